@@ -1,0 +1,143 @@
+"""The learner protocol that every streamcl method speaks.
+
+A learner sees each stream sample once, in micro-batches, and can be asked for predictions at
+any moment. The engine drives it with four verbs, on tensors, in this order per micro-batch::
+
+    scores = learner.predict(x, level)        # before learning: prequential accuracy
+    learner.learn(x, y, level, iterations)    # one single-pass update (``iterations`` >= 0)
+    state = learner.state_dict()              # tensors + JSON, never pickle
+    learner.load_state_dict(state)
+
+A learner knows nothing about Kafka, files or Prometheus. It is built from a :class:`Problem`
+(input shape and label space per hierarchy level) and its own pydantic config, validated once at
+the edge. Labels are dataset class ids in ``[0, num_classes[level])``; scores always have one
+column per class of the level, and classes the learner has not been taught yet score ``-inf``
+(the engine additionally masks classes the stream has not shown).
+
+>>> import torch
+>>> from learners.registry import create
+>>> problem = Problem(input_shape=(4,), num_classes=(3,))
+>>> nmc = create("nmc", problem)
+>>> nmc.learn(torch.eye(4)[:2], torch.tensor([0, 2]), torch.zeros(2, dtype=torch.long))
+>>> nmc.predict(torch.eye(4)[:2]).argmax(1).tolist()
+[0, 2]
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What a learner is asked to learn: its input and label space.
+
+    ``parents[l][c]`` is the class at level ``l`` that class ``c`` of level ``l + 1`` belongs to;
+    it is empty when there is no hierarchy. Level 0 is the coarsest level.
+    """
+
+    input_shape: tuple[int, ...]
+    num_classes: tuple[int, ...]
+    level_names: tuple[str, ...] = ("label",)
+    parents: tuple[tuple[int, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.input_shape or any(int(s) <= 0 for s in self.input_shape):
+            raise ValueError(f"Problem.input_shape must be non-empty and positive, got {self.input_shape}")
+        if not self.num_classes or any(int(k) <= 0 for k in self.num_classes):
+            raise ValueError(f"Problem.num_classes must be positive per level, got {self.num_classes}")
+        if len(self.level_names) != len(self.num_classes):
+            raise ValueError(
+                f"Problem.level_names has {len(self.level_names)} names for "
+                f"{len(self.num_classes)} levels"
+            )
+        if self.parents and len(self.parents) != len(self.num_classes) - 1:
+            raise ValueError("Problem.parents needs one parent map per level below the coarsest")
+        for level, parent_map in enumerate(self.parents):
+            if len(parent_map) != self.num_classes[level + 1]:
+                raise ValueError(
+                    f"Problem.parents[{level}] maps {len(parent_map)} classes, "
+                    f"level {level + 1} has {self.num_classes[level + 1]}"
+                )
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.num_classes)
+
+    @property
+    def input_dim(self) -> int:
+        """Number of input values per sample (features, or pixels of an image)."""
+        dim = 1
+        for size in self.input_shape:
+            dim *= int(size)
+        return dim
+
+
+@dataclass
+class LearnerState:
+    """A learner's checkpointable state: tensors (saved with safetensors) and JSON metadata."""
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class LearnerConfig(BaseModel):
+    """Base of every learner config: unknown keys are errors, every learner is seeded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+
+
+class Learner(ABC):
+    """Base class of all learners. Subclasses set ``name`` and ``config_model``."""
+
+    name: ClassVar[str]
+    config_model: ClassVar[type[LearnerConfig]] = LearnerConfig
+    # Options that keep the contract checks fast (small buffers, tiny models); see learners.checks.
+    check_config: ClassVar[dict[str, Any]] = {}
+    # The input shape the contract checks use; image-only learners override it.
+    check_input_shape: ClassVar[tuple[int, ...]] = (16,)
+
+    def __init__(self, problem: Problem, config: LearnerConfig) -> None:
+        self.problem = problem
+        self.config = config
+        self._device = torch.device("cpu")
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @abstractmethod
+    def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+        """Scores ``[B, num_classes[level]]``; the argmax is the prediction."""
+
+    @abstractmethod
+    def learn(
+        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+    ) -> None:
+        """Learn one micro-batch once. ``iterations`` gradient steps for gradient learners
+        (0 still registers the samples: memory, statistics); closed-form learners ignore it."""
+
+    @abstractmethod
+    def state_dict(self) -> LearnerState:
+        """Everything needed to continue exactly where this learner is."""
+
+    @abstractmethod
+    def load_state_dict(self, state: LearnerState) -> None:
+        """Restore a state produced by :meth:`state_dict` of a learner with the same config."""
+
+    def to(self, device: torch.device | str) -> Self:
+        """Move the learner to ``device``; subclasses move their tensors and call this."""
+        self._device = torch.device(device)
+        return self
+
+    @property
+    def memory_samples(self) -> int:
+        """Samples held in a replay memory (0 for exemplar-free learners)."""
+        return 0

@@ -1,0 +1,140 @@
+"""Experience replay (ER), the i-Blurry / Si-Blurry baseline.
+
+Each gradient step trains on the current stream micro-batch joined with an equally large batch
+drawn from a replay memory (reservoir by default); the stream samples enter the memory after the
+step, as in i-Blurry's ``online_step``. The classifier has one linear head per hierarchy level
+with a slot for every class; classes the learner has not seen are masked out of the softmax,
+which is the same as i-Blurry's head that grows a column per new class.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from learners.backbones import BackboneConfig, build_backbone, seeded_linear
+from learners.base import Learner, LearnerConfig, LearnerState, Problem
+from learners.torch_state import (
+    load_module_tensors,
+    load_optimizer_state,
+    module_tensors,
+    optimizer_state,
+)
+from memory import MemoryConfig, build_memory
+
+
+class ERConfig(LearnerConfig):
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    replay_batch_size: int | None = Field(
+        None, ge=0, description="memory samples per step; default: the stream batch size"
+    )
+
+
+class ER(Learner):
+    """Experience replay with a reservoir memory and a masked growing head per level."""
+
+    name = "er"
+    config_model = ERConfig
+    config: ERConfig
+    check_config = {"backbone": {"hidden": [32], "out_dim": 16}, "memory": {"capacity": 50}}
+
+    def __init__(self, problem: Problem, config: ERConfig) -> None:
+        super().__init__(problem, config)
+        self.backbone = build_backbone(config.backbone, problem.input_shape, config.seed)
+        self.heads = nn.ModuleList(
+            seeded_linear(self.backbone.out_dim, k, config.seed + 1 + level)
+            for level, k in enumerate(problem.num_classes)
+        )
+        self.model = nn.ModuleDict({"backbone": self.backbone, "heads": self.heads})
+        self.seen = [torch.zeros(k, dtype=torch.bool) for k in problem.num_classes]
+        self.memory = build_memory(config.memory, seed=config.seed)
+        self.optimizer = self._make_optimizer()
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.config.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        return torch.optim.Adam(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    @property
+    def memory_samples(self) -> int:
+        return len(self.memory)
+
+    def _logits(self, features: torch.Tensor, level: int) -> torch.Tensor:
+        logits = self.heads[level](features)
+        return logits.masked_fill(~self.seen[level], float("-inf"))
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+        self.model.eval()
+        return self._logits(self.backbone(x.to(self.device, torch.float32)), level)
+
+    def learn(
+        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+    ) -> None:
+        x = x.to(self.device, torch.float32)
+        y, level = y.to(self.device), level.to(self.device)
+        for lvl in range(self.problem.num_levels):
+            self.seen[lvl][y[level == lvl]] = True
+        replay = len(y) if self.config.replay_batch_size is None else self.config.replay_batch_size
+        self.model.train()
+        for _ in range(iterations):
+            bx, by, blevel = x, y, level
+            if replay > 0 and len(self.memory) > 0:
+                mx, my, mlevel = self.memory.sample(replay)
+                bx = torch.cat([x, mx.to(self.device, torch.float32)])
+                by = torch.cat([y, my.to(self.device)])
+                blevel = torch.cat([level, mlevel.to(self.device)])
+            self._step(bx, by, blevel)
+        self.memory.add(x, y, level)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor) -> None:
+        features = self.backbone(x)
+        if self.problem.num_levels == 1:
+            loss = nn.functional.cross_entropy(self._logits(features, 0), y)
+        else:
+            loss = x.new_zeros(())
+            for lvl in range(self.problem.num_levels):
+                rows = level == lvl
+                if rows.any():
+                    logits = self._logits(features[rows], lvl)
+                    loss = loss + nn.functional.cross_entropy(logits, y[rows], reduction="sum")
+            loss = loss / len(y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def state_dict(self) -> LearnerState:
+        tensors = module_tensors("model", self.model)
+        optim_tensors, optim_meta = optimizer_state("optimizer", self.optimizer)
+        tensors.update(optim_tensors)
+        for lvl, seen in enumerate(self.seen):
+            tensors[f"seen.{lvl}"] = seen.cpu()
+        memory = self.memory.state_dict()
+        tensors.update({f"memory.{k}": v for k, v in memory.tensors.items()})
+        return LearnerState(tensors, {"optimizer": optim_meta, "memory": memory.meta})
+
+    def load_state_dict(self, state: LearnerState) -> None:
+        load_module_tensors("model", self.model, state.tensors)
+        load_optimizer_state("optimizer", self.optimizer, state.tensors, state.meta["optimizer"])
+        self.seen = [state.tensors[f"seen.{lvl}"].to(self.device) for lvl in range(len(self.seen))]
+        prefix = "memory."
+        self.memory.load_state_dict(
+            LearnerState(
+                {k[len(prefix) :]: v for k, v in state.tensors.items() if k.startswith(prefix)},
+                state.meta["memory"],
+            )
+        )
+
+    def to(self, device: torch.device | str) -> ER:
+        super().to(device)
+        self.model.to(self.device)
+        self.seen = [s.to(self.device) for s in self.seen]
+        return self

@@ -1,0 +1,91 @@
+"""Nearest class mean (NMC): each class is the running mean of its features.
+
+Predictions are negative squared Euclidean distances to the class means. The class sums and
+counts are updated with one ``index_add_`` per micro-batch, which equals updating per sample, so
+the result does not depend on the batch size. Classes never seen score ``-inf``.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from learners.backbones import BackboneConfig, build_backbone
+from learners.base import Learner, LearnerConfig, LearnerState, Problem
+
+
+class NMCConfig(LearnerConfig):
+    backbone: BackboneConfig = Field(
+        default_factory=lambda: BackboneConfig(name="identity"),
+        description="feature extractor (frozen); identity uses the inputs as features",
+    )
+    normalize: bool = Field(False, description="L2-normalise features before averaging")
+
+
+class NMC(Learner):
+    """Nearest class mean over a frozen backbone, one set of means per hierarchy level."""
+
+    name = "nmc"
+    config_model = NMCConfig
+    config: NMCConfig
+
+    def __init__(self, problem: Problem, config: NMCConfig) -> None:
+        super().__init__(problem, config)
+        frozen = config.backbone.model_copy(update={"freeze": True})
+        self.backbone = build_backbone(frozen, problem.input_shape, config.seed).eval()
+        dim = self.backbone.out_dim
+        self.sums = [torch.zeros(k, dim, dtype=torch.float64) for k in problem.num_classes]
+        self.counts = [torch.zeros(k, dtype=torch.float64) for k in problem.num_classes]
+
+    @torch.no_grad()
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(x.to(self.device, torch.float32)).to(torch.float64)
+        if self.config.normalize:
+            features = torch.nn.functional.normalize(features, dim=1)
+        return features
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+        features = self._features(x)
+        counts = self.counts[level]
+        means = self.sums[level] / counts.clamp(min=1).unsqueeze(1)
+        # ||f - m||^2 = ||f||^2 - 2 f.m + ||m||^2; ||f||^2 is the same for every class.
+        scores = 2 * features @ means.T - (means * means).sum(1)
+        return scores.masked_fill(counts == 0, float("-inf")).to(torch.float32)
+
+    @torch.no_grad()
+    def learn(
+        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+    ) -> None:
+        features = self._features(x)
+        y, level = y.to(self.device), level.to(self.device)
+        for lvl in range(self.problem.num_levels):
+            rows = level == lvl if self.problem.num_levels > 1 else slice(None)
+            labels = y[rows]
+            self.sums[lvl].index_add_(0, labels, features[rows])
+            self.counts[lvl].index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
+
+    def state_dict(self) -> LearnerState:
+        tensors: dict[str, torch.Tensor] = {}
+        for lvl in range(self.problem.num_levels):
+            tensors[f"sums.{lvl}"] = self.sums[lvl].cpu()
+            tensors[f"counts.{lvl}"] = self.counts[lvl].cpu()
+        for key, value in self.backbone.state_dict().items():
+            tensors[f"backbone.{key}"] = value.cpu()
+        return LearnerState(tensors, {})
+
+    def load_state_dict(self, state: LearnerState) -> None:
+        for lvl in range(self.problem.num_levels):
+            self.sums[lvl] = state.tensors[f"sums.{lvl}"].to(self.device)
+            self.counts[lvl] = state.tensors[f"counts.{lvl}"].to(self.device)
+        prefix = "backbone."
+        self.backbone.load_state_dict(
+            {k[len(prefix) :]: v for k, v in state.tensors.items() if k.startswith(prefix)}
+        )
+
+    def to(self, device: torch.device | str) -> NMC:
+        super().to(device)
+        self.backbone.to(self.device)
+        self.sums = [s.to(self.device) for s in self.sums]
+        self.counts = [c.to(self.device) for c in self.counts]
+        return self

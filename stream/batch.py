@@ -1,0 +1,30 @@
+"""The micro-batch that flows from a source through the event loop to a learner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Batch:
+    """Samples learned together. ``task`` is for task-end metrics only; learners never see it."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    level: torch.Tensor
+    task: torch.Tensor | None = None
+    ids: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def slice(self, start: int, stop: int) -> Batch:
+        return Batch(
+            x=self.x[start:stop],
+            y=self.y[start:stop],
+            level=self.level[start:stop],
+            task=None if self.task is None else self.task[start:stop],
+            ids=None if self.ids is None else self.ids[start:stop],
+        )

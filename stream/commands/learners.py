@@ -1,0 +1,41 @@
+"""``streamcl learners``: list the registered learners and their options."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+
+from pydantic import BaseModel
+
+from learners import registry
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("learners", help="list learners and their options")
+    parser.set_defaults(run=run)
+
+
+def describe_options(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """One line per option, nested models as dotted names."""
+    lines = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            lines += describe_options(annotation, f"{prefix}{name}.")
+            continue
+        kind = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+        default = field.get_default(call_default_factory=True)
+        description = f"  {field.description}" if field.description else ""
+        lines.append(f"    {prefix}{name}: {kind} = {default!r}{description}")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    for name in registry.names():
+        cls = registry.get(name.split(":<")[0] + (":x" if ":<" in name else ""))
+        summary = (inspect.getdoc(cls) or "").splitlines()[0] if cls.__doc__ else ""
+        print(f"{name}  —  {summary}")
+        for line in describe_options(cls.config_model):
+            print(line)
+        print()
+    return 0

@@ -1,0 +1,56 @@
+"""``streamcl replay``: run one learner over a recorded stream and write results.json."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from learners.registry import describe_validation_error
+from stream.config_file import load_config_file
+from stream.errors import UsageError
+from stream.event_loop import LoopConfig
+from stream.progress import ProgressBar
+from stream.replay import prepare, replay
+from stream.report import format_table
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "replay",
+        help="replay a recorded stream through a learner",
+        description="Replay a recorded stream through a learner and write results.json and curve.png.",
+    )
+    parser.add_argument("stream", help="a stream file written by `streamcl schedule`")
+    parser.add_argument("--learner", required=True, help="learner name (see `streamcl learners`)")
+    parser.add_argument("--config", help="learner options, a JSON or TOML file")
+    parser.add_argument("--eval-period", type=int, default=1000, help="evaluate every N samples (0: task ends only)")
+    parser.add_argument("--batch-size", type=int, default=16, help="stream samples per micro-batch")
+    parser.add_argument("--online-iter", type=float, default=1.0, help="update steps per micro-batch")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--out", default=None, help="output directory (default: runs/<learner>)")
+    parser.set_defaults(run=run)
+
+
+def loop_config(args: argparse.Namespace) -> LoopConfig:
+    try:
+        return LoopConfig(
+            batch_size=args.batch_size,
+            online_iter=args.online_iter,
+            eval_period=args.eval_period or None,
+        )
+    except ValidationError as exc:
+        raise UsageError(describe_validation_error(exc, "loop options")) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    options = load_config_file(args.config) if args.config else {}
+    config = loop_config(args)
+    prepared = prepare(args.stream)
+    out = Path(args.out) if args.out else Path("runs") / args.learner.replace(":", "_")
+    bar = ProgressBar(len(prepared.stream), args.learner)
+    results = replay(prepared, args.learner, options, config, args.device, out, observers=[bar])
+    print(format_table({args.learner: results}))
+    print(f"results in {out / 'results.json'}")
+    return 0

@@ -1,0 +1,26 @@
+"""The errors that mean "the user asked for something wrong" (CLI exit code 2)."""
+
+from __future__ import annotations
+
+from learners.registry import LearnerConfigError, UnknownLearnerError
+from stream.config_file import ConfigFileError
+from stream.datasets import DatasetError
+from stream.device import DeviceError
+from stream.schedules import ScheduleError
+from stream.stream_file import StreamFileError
+
+
+class UsageError(ValueError):
+    """Bad command-line usage."""
+
+
+USER_ERRORS: tuple[type[Exception], ...] = (
+    UsageError,
+    ConfigFileError,
+    DatasetError,
+    DeviceError,
+    LearnerConfigError,
+    ScheduleError,
+    StreamFileError,
+    UnknownLearnerError,
+)

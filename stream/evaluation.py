@@ -1,0 +1,144 @@
+"""Anytime evaluation on a held-out test set, restricted to the classes seen so far.
+
+At an evaluation, for every hierarchy level, the test samples whose class at that level has
+appeared in the stream are scored by the learner, unseen-class scores are masked out, and the
+accuracy and the per-class accuracies (0 for unseen classes, as the official code reports them)
+are recorded. With a hierarchy, a coarse prediction also counts as correct when the parent of
+the fine prediction is right (``either`` accuracy, as in the HLE code).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from learners.base import Learner, Problem
+
+
+@dataclass
+class Evaluation:
+    """One anytime evaluation: pooled accuracy and per-level details."""
+
+    samples_seen: int
+    accuracy: float | None
+    level_accuracy: list[float | None]
+    class_accuracy: list[np.ndarray]
+    either_accuracy: list[float | None] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "samples_seen": self.samples_seen,
+            "accuracy": self.accuracy,
+            "level_accuracy": self.level_accuracy,
+            "class_accuracy": [acc.tolist() for acc in self.class_accuracy],
+            "either_accuracy": self.either_accuracy,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Evaluation:
+        return cls(
+            samples_seen=int(raw["samples_seen"]),
+            accuracy=raw["accuracy"],
+            level_accuracy=list(raw["level_accuracy"]),
+            class_accuracy=[np.asarray(a, dtype=np.float64) for a in raw["class_accuracy"]],
+            either_accuracy=list(raw.get("either_accuracy", [])),
+        )
+
+
+def masked_argmax(scores: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """Argmax over the seen classes only."""
+    return scores.masked_fill(~seen.to(scores.device), float("-inf")).argmax(dim=1)
+
+
+class AnytimeEvaluator:
+    """Scores a learner on the test samples of seen classes, per hierarchy level."""
+
+    def __init__(
+        self,
+        x_test: torch.Tensor,
+        y_test_levels: torch.Tensor,
+        problem: Problem,
+        batch_size: int = 512,
+    ) -> None:
+        if y_test_levels.ndim != 2 or y_test_levels.shape[1] != problem.num_levels:
+            raise ValueError("y_test_levels must be [m, num_levels]")
+        self.x_test = x_test
+        self.y_test_levels = y_test_levels.long()
+        self.problem = problem
+        self.batch_size = batch_size
+        self.parents = [torch.tensor(p, dtype=torch.long) for p in problem.parents]
+
+    def _predict(self, learner: Learner, rows: torch.Tensor, level: int, seen: torch.Tensor) -> torch.Tensor:
+        predictions = []
+        for start in range(0, len(rows), self.batch_size):
+            x = self.x_test[rows[start : start + self.batch_size]].to(learner.device)
+            predictions.append(masked_argmax(learner.predict(x, level), seen).cpu())
+        return torch.cat(predictions) if predictions else torch.empty(0, dtype=torch.long)
+
+    @torch.no_grad()
+    def evaluate(self, learner: Learner, seen: list[torch.Tensor], samples_seen: int) -> Evaluation:
+        """Evaluate ``learner`` given the per-level masks of classes seen in the stream."""
+        level_accuracy: list[float | None] = []
+        class_accuracy: list[np.ndarray] = []
+        predictions: list[torch.Tensor | None] = []
+        test_rows: list[torch.Tensor] = []
+        hits_total, count_total = 0, 0
+        for level in range(self.problem.num_levels):
+            labels = self.y_test_levels[:, level]
+            rows = torch.nonzero(seen[level].cpu()[labels]).flatten()
+            test_rows.append(rows)
+            per_class = np.zeros(self.problem.num_classes[level])
+            if len(rows) == 0:
+                level_accuracy.append(None)
+                class_accuracy.append(per_class)
+                predictions.append(None)
+                continue
+            predicted = self._predict(learner, rows, level, seen[level])
+            predictions.append(predicted)
+            hits = predicted == labels[rows]
+            hits_total += int(hits.sum())
+            count_total += len(rows)
+            level_accuracy.append(float(hits.float().mean()))
+            k = self.problem.num_classes[level]
+            correct = torch.bincount(labels[rows], weights=hits.double(), minlength=k)
+            counts = torch.bincount(labels[rows], minlength=k).double()
+            per_class = (correct / counts.clamp(min=1)).numpy()
+            class_accuracy.append(per_class)
+        either = self._either_accuracy(predictions, test_rows)
+        return Evaluation(
+            samples_seen=samples_seen,
+            accuracy=hits_total / count_total if count_total else None,
+            level_accuracy=level_accuracy,
+            class_accuracy=class_accuracy,
+            either_accuracy=either,
+        )
+
+    def _either_accuracy(
+        self, predictions: list[torch.Tensor | None], test_rows: list[torch.Tensor]
+    ) -> list[float | None]:
+        """Per level below the finest: correct if this level's prediction or the parent of the
+        next finer level's prediction is right (where the finer level has a prediction)."""
+        if self.problem.num_levels == 1:
+            return []
+        either: list[float | None] = []
+        for level in range(self.problem.num_levels - 1):
+            coarse, fine = predictions[level], predictions[level + 1]
+            if coarse is None:
+                either.append(None)
+                continue
+            rows = test_rows[level]
+            truth = self.y_test_levels[rows, level]
+            hits = coarse == truth
+            if fine is not None:
+                fine_pred = torch.full((len(self.y_test_levels),), -1, dtype=torch.long)
+                fine_pred[test_rows[level + 1]] = fine
+                fine_of_rows = fine_pred[rows]
+                has_fine = fine_of_rows >= 0
+                parent_hit = torch.zeros_like(hits)
+                parent_hit[has_fine] = self.parents[level][fine_of_rows[has_fine]] == truth[has_fine]
+                hits = hits | parent_hit
+            either.append(float(hits.float().mean()))
+        return either

@@ -1,0 +1,282 @@
+"""The event loop: micro-batches in, predict-then-learn, anytime evaluation, metrics out.
+
+Per micro-batch, in order:
+
+1. if the batch starts a new task, evaluate at the end of the previous one(s);
+2. predict the batch before learning it (prequential, test-then-train accuracy), with the
+   classes the stream has not shown masked out;
+3. mark the batch's classes seen; accumulate ``online_iter`` and let the learner take
+   ``int(accumulated)`` update steps, keeping the fraction for later batches (as i-Blurry does);
+4. every ``eval_period`` samples (at the end of the batch that reaches the mark) evaluate on
+   the test samples of seen classes.
+
+The loop knows nothing about where batches come from (file or Kafka) or where metrics go:
+observers receive every batch and evaluation. Its whole state is JSON, so a checkpoint can carry
+it next to the learner's tensors and the source offsets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from learners.base import Learner, Problem
+from stream import metrics
+from stream.batch import Batch
+from stream.evaluation import AnytimeEvaluator, Evaluation, masked_argmax
+from stream.validation import validate_batch
+
+
+class LoopConfig(BaseModel):
+    """How the loop feeds the learner and how often it evaluates."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(16, gt=0, description="stream samples per micro-batch")
+    online_iter: float = Field(1.0, ge=0, description="update steps per micro-batch (fractions accumulate)")
+    eval_period: int | None = Field(1000, gt=0, description="evaluate every N samples; null: task ends only")
+    prequential_window: int = Field(1000, gt=0, description="rolling prequential accuracy window")
+    eval_batch_size: int = Field(512, gt=0)
+
+
+class Observer:
+    """Receives what the loop does; every method is optional."""
+
+    def on_batch(self, loop: EventLoop, batch: Batch, hits: np.ndarray, learn_seconds: float) -> None:
+        """After a micro-batch was predicted and learned."""
+
+    def on_evaluation(self, loop: EventLoop, evaluation: Evaluation, kind: str) -> None:
+        """After an anytime (``kind="periodic"``) or task-end (``kind="task_end"``) evaluation."""
+
+    def on_finish(self, loop: EventLoop) -> None:
+        """After the stream ended and the last task-end evaluation was made."""
+
+
+class EventLoop:
+    """Drives one learner over a stream of micro-batches."""
+
+    def __init__(
+        self,
+        learner: Learner,
+        problem: Problem,
+        config: LoopConfig | None = None,
+        evaluator: AnytimeEvaluator | None = None,
+        num_tasks: int | None = None,
+        observers: Sequence[Observer] = (),
+    ) -> None:
+        self.learner = learner
+        self.problem = problem
+        self.config = config or LoopConfig()
+        self.evaluator = evaluator
+        self.num_tasks = num_tasks
+        self.observers = list(observers)
+        self.samples_seen = 0
+        self.seen = [torch.zeros(k, dtype=torch.bool) for k in problem.num_classes]
+        self.current_task: int | None = None
+        self.pending_updates = 0.0
+        self.next_eval = self.config.eval_period or 0
+        self.prequential = metrics.PrequentialAccuracy(self.config.prequential_window)
+        self.curve: list[Evaluation] = []
+        self.task_ends: list[Evaluation] = []
+        self.best_class_accuracy = [np.zeros(k) for k in problem.num_classes]
+        self.last_evaluation: Evaluation | None = None
+        self.learn_seconds = 0.0
+        self.finished = False
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self, batches: Iterable[Batch]) -> None:
+        """Process every batch, then close the last task."""
+        for batch in batches:
+            self.process(batch)
+        self.finish()
+
+    def process(self, batch: Batch) -> None:
+        """Predict, then learn, one micro-batch; evaluate when a mark is reached."""
+        if len(batch) == 0:
+            return
+        validate_batch(batch, self.problem)
+        if batch.task is not None:
+            self._enter_task(int(batch.task[0]))
+        hits = self._prequential(batch)
+        for level in range(self.problem.num_levels):
+            if self.problem.num_levels == 1:
+                self.seen[0][batch.y] = True
+            else:
+                self.seen[level][batch.y[batch.level == level]] = True
+        self.pending_updates += self.config.online_iter
+        iterations = int(self.pending_updates)
+        self.pending_updates -= iterations
+        started = time.perf_counter()
+        self.learner.learn(batch.x, batch.y, batch.level, iterations)
+        learn_seconds = time.perf_counter() - started
+        self.learn_seconds += learn_seconds
+        self.samples_seen += len(batch)
+        for observer in self.observers:
+            observer.on_batch(self, batch, hits, learn_seconds)
+        if self.config.eval_period and self.samples_seen >= self.next_eval:
+            period = self.config.eval_period
+            self.next_eval = (self.samples_seen // period + 1) * period
+            if self.evaluator is not None:
+                self._evaluate("periodic")
+
+    def finish(self) -> None:
+        """Close the stream: task-end evaluation(s) for the last task and any empty ones after."""
+        if self.finished:
+            return
+        last = (self.num_tasks - 1) if self.num_tasks else self.current_task
+        if last is not None:
+            self._close_tasks(through=last)
+        self.finished = True
+        for observer in self.observers:
+            observer.on_finish(self)
+
+    def _prequential(self, batch: Batch) -> np.ndarray:
+        learner, seen = self.learner, self.seen
+        if self.problem.num_levels == 1:
+            predicted = masked_argmax(learner.predict(batch.x, 0), seen[0]).cpu()
+            hits = (predicted == batch.y) & seen[0][predicted]
+        else:
+            hits = torch.zeros(len(batch), dtype=torch.bool)
+            for level in batch.level.unique().tolist():
+                rows = batch.level == level
+                predicted = masked_argmax(learner.predict(batch.x[rows], level), seen[level]).cpu()
+                hits[rows] = (predicted == batch.y[rows]) & seen[level][predicted]
+        hits_np = hits.numpy()
+        self.prequential.update(hits_np)
+        return hits_np
+
+    # -- tasks and evaluations ------------------------------------------------------------
+
+    def _enter_task(self, task: int) -> None:
+        if self.current_task is None:
+            # Tasks before the first non-empty one were empty: they end with nothing seen.
+            self._close_tasks(through=task - 1, start=0)
+            self.current_task = task
+        elif task != self.current_task:
+            self._close_tasks(through=task - 1)
+            self.current_task = task
+
+    def _close_tasks(self, through: int, start: int | None = None) -> None:
+        """Task-end evaluations for tasks ``start..through``; empty tasks repeat the result."""
+        first = self.current_task if start is None else start
+        if first is None or through < first:
+            return
+        evaluation = self._evaluate("task_end")
+        if evaluation is None:
+            return
+        for _ in range(first + 1, through + 1):
+            self.task_ends.append(evaluation)
+
+    def _evaluate(self, kind: str) -> Evaluation | None:
+        if self.evaluator is None:
+            return None
+        evaluation = self.evaluator.evaluate(self.learner, self.seen, self.samples_seen)
+        if kind == "periodic":
+            self.curve.append(evaluation)
+        else:
+            self.task_ends.append(evaluation)
+        for level, per_class in enumerate(evaluation.class_accuracy):
+            np.maximum(self.best_class_accuracy[level], per_class, out=self.best_class_accuracy[level])
+        self.last_evaluation = evaluation
+        for observer in self.observers:
+            observer.on_evaluation(self, evaluation, kind)
+        return evaluation
+
+    # -- results --------------------------------------------------------------------------
+
+    def running_forgetting(self, level: int) -> float | None:
+        """Forgetting now: each class's best accuracy so far minus its latest accuracy."""
+        if self.last_evaluation is None:
+            return None
+        return metrics.running_forgetting(
+            self.best_class_accuracy[level], self.last_evaluation.class_accuracy[level]
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """SPEC §4 metrics of the run so far, pooled over levels and (with a hierarchy) per level."""
+        result = _metrics_of(
+            [e.accuracy for e in self.curve],
+            [e.accuracy for e in self.task_ends],
+            [np.concatenate(e.class_accuracy) for e in self.task_ends],
+        )
+        result.update(
+            prequential_accuracy=self.prequential.cumulative,
+            prequential_accuracy_rolling=self.prequential.rolling,
+            samples=self.samples_seen,
+            curve=[[e.samples_seen, e.accuracy] for e in self.curve],
+            task_end_accuracies=[e.accuracy for e in self.task_ends],
+        )
+        if self.problem.num_levels > 1:
+            result["per_level"] = {
+                name: self._level_summary(level) for level, name in enumerate(self.problem.level_names)
+            }
+        return result
+
+    def _level_summary(self, level: int) -> dict[str, Any]:
+        summary = _metrics_of(
+            [e.level_accuracy[level] for e in self.curve],
+            [e.level_accuracy[level] for e in self.task_ends],
+            [e.class_accuracy[level] for e in self.task_ends],
+        )
+        summary["curve"] = [[e.samples_seen, e.level_accuracy[level]] for e in self.curve]
+        if level < self.problem.num_levels - 1:
+            either = _metrics_of(
+                [e.either_accuracy[level] for e in self.curve],
+                [e.either_accuracy[level] for e in self.task_ends],
+                [],
+            )
+            summary.update({f"{key}_either": either[key] for key in ("A_auc", "A_avg", "A_last")})
+        return summary
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The loop's whole state, as JSON."""
+        return {
+            "samples_seen": self.samples_seen,
+            "seen": [torch.nonzero(s).flatten().tolist() for s in self.seen],
+            "current_task": self.current_task,
+            "pending_updates": self.pending_updates,
+            "next_eval": self.next_eval,
+            "prequential": self.prequential.state_dict(),
+            "curve": [e.to_json() for e in self.curve],
+            "task_ends": [e.to_json() for e in self.task_ends],
+            "best_class_accuracy": [b.tolist() for b in self.best_class_accuracy],
+            "last_evaluation": None if self.last_evaluation is None else self.last_evaluation.to_json(),
+            "learn_seconds": self.learn_seconds,
+            "finished": self.finished,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.samples_seen = int(state["samples_seen"])
+        for mask, classes in zip(self.seen, state["seen"], strict=True):
+            mask.zero_()
+            mask[torch.tensor(classes, dtype=torch.long)] = True
+        self.current_task = state["current_task"]
+        self.pending_updates = float(state["pending_updates"])
+        self.next_eval = int(state["next_eval"])
+        self.prequential.load_state_dict(state["prequential"])
+        self.curve = [Evaluation.from_json(e) for e in state["curve"]]
+        self.task_ends = [Evaluation.from_json(e) for e in state["task_ends"]]
+        self.best_class_accuracy = [np.asarray(b, dtype=np.float64) for b in state["best_class_accuracy"]]
+        last = state["last_evaluation"]
+        self.last_evaluation = None if last is None else Evaluation.from_json(last)
+        self.learn_seconds = float(state["learn_seconds"])
+        self.finished = bool(state["finished"])
+
+
+def _metrics_of(
+    anytime: list[float | None], task_end: list[float | None], class_accuracy: list[np.ndarray]
+) -> dict[str, Any]:
+    return {
+        "A_auc": metrics.A_auc(anytime),
+        "A_avg": metrics.A_avg(task_end),
+        "A_last": metrics.A_last(task_end),
+        "F_last": metrics.F_last(np.stack(class_accuracy)) if class_accuracy else None,
+    }

@@ -1,0 +1,59 @@
+"""Micro-batches read from a recorded stream file, never spanning two tasks.
+
+As in the official i-Blurry / Si-Blurry loops, which run one data loader per task, the last
+micro-batch of a task may be short; the next task starts a fresh batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from stream.batch import Batch
+from stream.datasets import Dataset, as_float_tensor
+from stream.stream_file import RecordedStream, StreamFileError
+
+
+def check_against_dataset(stream: RecordedStream, dataset: Dataset, where: str) -> None:
+    """Refuse to replay a stream on data that is not the data it was recorded on."""
+    expected = stream.header.dataset_fingerprint
+    actual = dataset.fingerprint()
+    for key, value in expected.items():
+        if actual.get(key) != value:
+            raise StreamFileError(
+                f"{where}: recorded on {stream.header.dataset} with {key}={value}, "
+                f"but the dataset loaded now has {key}={actual.get(key)}"
+            )
+    if not stream.header.inline and len(stream) and int(np.max(stream.row)) >= len(dataset.y_train):
+        raise StreamFileError(f"{where}: refers to training rows beyond the dataset's {len(dataset.y_train)}")
+
+
+def task_batches(
+    stream: RecordedStream, dataset: Dataset | None, batch_size: int, start: int = 0
+) -> Iterator[Batch]:
+    """Micro-batches of up to ``batch_size`` events from event ``start`` on, cut at task changes."""
+    if batch_size <= 0:
+        raise ValueError(f"batch size must be positive, got {batch_size}")
+    task = np.asarray(stream.task)
+    changes = np.flatnonzero(np.diff(task)) + 1
+    boundaries = np.concatenate([[0], changes, [len(task)]])
+    source = stream.x if stream.x is not None else None
+    if source is None and dataset is None:
+        raise ValueError("a stream of dataset rows needs its dataset")
+    for task_start, task_end in zip(boundaries[:-1], boundaries[1:], strict=True):
+        for lo in range(max(int(task_start), start), int(task_end), batch_size):
+            hi = min(lo + batch_size, int(task_end))
+            if source is not None:
+                x = as_float_tensor(source[lo:hi])
+            else:
+                assert dataset is not None
+                x = as_float_tensor(dataset.X_train[np.asarray(stream.row[lo:hi])])
+            yield Batch(
+                x=x,
+                y=torch.from_numpy(np.array(stream.y[lo:hi], dtype=np.int64)),
+                level=torch.from_numpy(np.array(stream.level[lo:hi], dtype=np.int64)),
+                task=torch.from_numpy(np.array(stream.task[lo:hi], dtype=np.int64)),
+                ids=torch.from_numpy(np.array(stream.id[lo:hi], dtype=np.int64)),
+            )
