@@ -101,7 +101,7 @@ class AnytimeEvaluator:
             hits = predicted == labels[rows]
             hits_total += int(hits.sum())
             count_total += len(rows)
-            level_accuracy.append(float(hits.float().mean()))
+            level_accuracy.append(int(hits.sum()) / len(rows))
             k = self.problem.num_classes[level]
             correct = torch.bincount(labels[rows], weights=hits.double(), minlength=k)
             counts = torch.bincount(labels[rows], minlength=k).double()
@@ -140,5 +140,5 @@ class AnytimeEvaluator:
                 parent_hit = torch.zeros_like(hits)
                 parent_hit[has_fine] = self.parents[level][fine_of_rows[has_fine]] == truth[has_fine]
                 hits = hits | parent_hit
-            either.append(float(hits.float().mean()))
+            either.append(int(hits.sum()) / len(hits))
         return either
