@@ -116,7 +116,7 @@ class Dataset:
         maps = []
         for lvl in range(self.num_levels - 1):
             parent = np.full(self.num_classes_per_level[lvl + 1], -1, dtype=np.int64)
-            for child, par in np.unique(levels[:, lvl : lvl + 2], axis=0):
+            for par, child in np.unique(levels[:, lvl : lvl + 2], axis=0):
                 if parent[child] not in (-1, par):
                     raise DatasetError(
                         f"{self.spec}: class {child} of level {lvl + 1} has two parents at level "
