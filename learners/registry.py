@@ -19,6 +19,7 @@ from learners.base import Learner, LearnerConfig, Problem
 _BUILTIN: dict[str, str] = {
     "er": "learners.er:ER",
     "nmc": "learners.nmc:NMC",
+    "pl-fms": "learners.pl_fms:PLFMS",
 }
 
 # Learners whose name carries an argument, e.g. ``river:tree.HoeffdingTreeClassifier``.

@@ -6,12 +6,15 @@ decides which memory it gets.
 
 from __future__ import annotations
 
+from memory.class_balanced import ClassBalancedMemory
 from memory.config import MemoryConfig
 from memory.reservoir import ReservoirMemory
 
-__all__ = ["MemoryConfig", "ReservoirMemory", "build_memory"]
+__all__ = ["ClassBalancedMemory", "MemoryConfig", "ReservoirMemory", "build_memory"]
 
 
-def build_memory(config: MemoryConfig, seed: int) -> ReservoirMemory:
+def build_memory(config: MemoryConfig, seed: int) -> ReservoirMemory | ClassBalancedMemory:
     """The memory ``config`` asks for, seeded."""
+    if config.policy == "class-balanced":
+        return ClassBalancedMemory(config.capacity, seed=seed)
     return ReservoirMemory(config.capacity, seed=seed)

@@ -13,4 +13,7 @@ class MemoryConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     capacity: int = Field(500, ge=0, description="samples held at most")
-    policy: Literal["reservoir"] = Field("reservoir", description="insertion policy")
+    policy: Literal["reservoir", "class-balanced"] = Field(
+        "reservoir",
+        description="insertion policy: reservoir, or class-balanced (evict from the largest class)",
+    )
