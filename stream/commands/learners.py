@@ -15,16 +15,22 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def describe_options(model: type[BaseModel], prefix: str = "") -> list[str]:
-    """One line per option, nested models as dotted names."""
+def describe_options(
+    model: type[BaseModel], prefix: str = "", defaults: BaseModel | None = None
+) -> list[str]:
+    """One line per option, nested models as dotted names, with the defaults the learner gets
+    (a nested default such as NMC's identity backbone, not the nested model's own)."""
     lines = []
     for name, field in model.model_fields.items():
         annotation = field.annotation
+        if defaults is not None:
+            default = getattr(defaults, name)
+        else:
+            default = field.get_default(call_default_factory=True)
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            lines += describe_options(annotation, f"{prefix}{name}.")
+            lines += describe_options(annotation, f"{prefix}{name}.", default)
             continue
         kind = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-        default = field.get_default(call_default_factory=True)
         description = f"  {field.description}" if field.description else ""
         lines.append(f"    {prefix}{name}: {kind} = {default!r}{description}")
     return lines
