@@ -63,7 +63,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from learners.base import LearnerState, Problem
@@ -93,6 +93,14 @@ class PLFMSConfig(ERConfig):
     stream_length: int | None = Field(
         None, gt=0, description="N_total of FMS; default (and at least): the samples seen so far"
     )
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _class_balanced_unless_told(cls, value: Any) -> Any:
+        """``{"capacity": 1000}`` keeps PL-FMS's class-balanced policy."""
+        if isinstance(value, dict) and "policy" not in value:
+            return {**value, "policy": "class-balanced"}
+        return value
 
 
 def ancestor_maps(problem: Problem) -> dict[tuple[int, int], torch.Tensor]:

@@ -143,3 +143,10 @@ def test_without_fms_and_pl_it_is_er(policy):
     x, _, _ = labelled(1, [0, 1, 2, 3] * 5, seed=50)
     for lvl in (0, 1):
         assert torch.allclose(er.predict(x, lvl), plain.predict(x, lvl), atol=1e-5)
+
+
+def test_memory_stays_class_balanced_unless_told_otherwise():
+    learner = registry.create("pl-fms", PROBLEM, {"memory": {"capacity": 30}})
+    assert learner.config.memory.policy == "class-balanced" and learner.memory.capacity == 30
+    learner = registry.create("pl-fms", PROBLEM, {"memory": {"policy": "reservoir"}})
+    assert learner.config.memory.policy == "reservoir"
