@@ -46,7 +46,7 @@ def test_ivf_scanning_every_list_is_exact_and_few_lists_keep_recall():
     queries = clustered(32, 8, seed=4)
     _, slots = index.search(queries, 10)
     assert torch.equal(slots, exact(index.vectors, queries, 10))
-    probed = filled("ivf", n=2000, nprobe=4)
+    probed = filled("ivf", n=2000, nprobe=8)
     _, approximate = probed.search(queries, 10)
     truth = exact(probed.vectors, queries, 10)
     recall = sum(
@@ -81,7 +81,7 @@ def test_auto_turns_approximate_at_the_threshold_and_retrains_after_a_turnover()
     index.write(torch.arange(199, 400), clustered(201, 8, seed=6))
     index.search(torch.zeros(1, 8), 1)
     assert index.structure == "ivf" and index.trained_on == 400
-    assert index._faiss.nlist == ivf_lists(400) == 10
+    assert index._faiss.nlist == ivf_lists(400) == 25
     index.write(torch.arange(399), clustered(399, 8, seed=7))
     index.search(torch.zeros(1, 8), 1)
     assert index.written_since_train == 399  # not yet a full turnover
