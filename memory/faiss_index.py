@@ -25,6 +25,7 @@ pickled and the faiss index itself is never serialized.
 
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Any, Literal
 
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 
 try:
-    import faiss
+    faiss: Any = importlib.import_module("faiss")
 except ImportError:  # faiss is an optional extra; exact torch search needs nothing
     faiss = None
 else:
