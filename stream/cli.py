@@ -33,7 +33,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="streamcl", description="Streaming online continual learning.")
     parser.add_argument("--version", action="version", version=_version())
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
     for module in COMMANDS:
         importlib.import_module(module).add_parser(commands)
     return parser
@@ -58,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("streamcl: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - the last line of defence prints one line
+    except Exception as exc:
         print(f"streamcl: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
 

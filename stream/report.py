@@ -23,6 +23,9 @@ def format_table(results: Mapping[str, Mapping[str, Any]], columns: Sequence[str
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"]
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        lines.append("| " + " | ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)) + " |")
+    for name, *cells in rows:
+        padded = [name.ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(cells, widths[1:], strict=True)
+        ]
+        lines.append("| " + " | ".join(padded) + " |")
     return "\n".join(lines)

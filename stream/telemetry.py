@@ -43,36 +43,56 @@ class Telemetry:
             "streamcl_invalid_messages", "Messages that failed validation.", ["reason"], registry=r
         )
         self.anytime_accuracy = Gauge(
-            "streamcl_anytime_accuracy", "Last anytime accuracy a(t) on seen classes.",
-            ["learner", "level"], registry=r,
+            "streamcl_anytime_accuracy",
+            "Last anytime accuracy a(t) on seen classes.",
+            ["learner", "level"],
+            registry=r,
         )
         self.auc_accuracy = Gauge(
-            "streamcl_auc_accuracy", "Running A_auc (mean of anytime accuracies so far).",
-            ["learner", "level"], registry=r,
+            "streamcl_auc_accuracy",
+            "Running A_auc (mean of anytime accuracies so far).",
+            ["learner", "level"],
+            registry=r,
         )
         self.prequential_accuracy = Gauge(
-            "streamcl_prequential_accuracy", "Test-then-train accuracy on the stream.",
-            ["learner", "window"], registry=r,
+            "streamcl_prequential_accuracy",
+            "Test-then-train accuracy on the stream.",
+            ["learner", "window"],
+            registry=r,
         )
         self.forgetting = Gauge(
-            "streamcl_forgetting", "Running forgetting: mean drop from each class's best accuracy.",
-            ["learner", "level"], registry=r,
+            "streamcl_forgetting",
+            "Running forgetting: mean drop from each class's best accuracy.",
+            ["learner", "level"],
+            registry=r,
         )
-        self.seen_classes = Gauge("streamcl_seen_classes", "Classes seen in the stream.", ["level"], registry=r)
+        self.seen_classes = Gauge(
+            "streamcl_seen_classes", "Classes seen in the stream.", ["level"], registry=r
+        )
         self.memory_samples = Gauge(
             "streamcl_memory_samples", "Replay memory occupancy.", ["learner"], registry=r
         )
         self.update_seconds = Histogram(
-            "streamcl_update_seconds", "Duration of one learner update (one micro-batch).",
-            ["learner"], buckets=UPDATE_BUCKETS, registry=r,
+            "streamcl_update_seconds",
+            "Duration of one learner update (one micro-batch).",
+            ["learner"],
+            buckets=UPDATE_BUCKETS,
+            registry=r,
         )
         self.consumer_lag = Gauge(
-            "streamcl_consumer_lag", "Messages behind the partition end.", ["topic", "partition"], registry=r
+            "streamcl_consumer_lag",
+            "Messages behind the partition end.",
+            ["topic", "partition"],
+            registry=r,
         )
         self.last_checkpoint = Gauge(
-            "streamcl_last_checkpoint_timestamp_seconds", "Unix time of the last checkpoint.", registry=r
+            "streamcl_last_checkpoint_timestamp_seconds",
+            "Unix time of the last checkpoint.",
+            registry=r,
         )
-        self.build_info = Gauge("streamcl_build_info", "Build information.", ["version"], registry=r)
+        self.build_info = Gauge(
+            "streamcl_build_info", "Build information.", ["version"], registry=r
+        )
         self.build_info.labels(version=_version()).set(1)
         self.last_progress = time.monotonic()
 
@@ -108,15 +128,24 @@ class TelemetryObserver(Observer):
         self._update = t.update_seconds.labels(learner=learner)
         self._memory = t.memory_samples.labels(learner=learner)
 
-    def on_batch(self, loop: EventLoop, batch: Batch, hits: np.ndarray, learn_seconds: float) -> None:
+    def on_batch(
+        self, loop: EventLoop, batch: Batch, hits: np.ndarray, learn_seconds: float
+    ) -> None:
         t = self.telemetry
         self._samples.inc(len(batch))
         self._update.observe(learn_seconds)
         self._memory.set(loop.learner.memory_samples)
-        _set(t.prequential_accuracy, loop.prequential.cumulative, learner=self.learner, window="cumulative")
         _set(
-            t.prequential_accuracy, loop.prequential.rolling,
-            learner=self.learner, window=str(loop.prequential.window),
+            t.prequential_accuracy,
+            loop.prequential.cumulative,
+            learner=self.learner,
+            window="cumulative",
+        )
+        _set(
+            t.prequential_accuracy,
+            loop.prequential.rolling,
+            learner=self.learner,
+            window=str(loop.prequential.window),
         )
         for level, name in enumerate(loop.problem.level_names):
             t.seen_classes.labels(level=name).set(int(loop.seen[level].sum()))
@@ -128,9 +157,19 @@ class TelemetryObserver(Observer):
         _set(t.anytime_accuracy, evaluation.accuracy, learner=self.learner, level="all")
         _set(t.auc_accuracy, summary["A_auc"], learner=self.learner, level="all")
         for level, name in enumerate(loop.problem.level_names):
-            _set(t.anytime_accuracy, evaluation.level_accuracy[level], learner=self.learner, level=name)
+            _set(
+                t.anytime_accuracy,
+                evaluation.level_accuracy[level],
+                learner=self.learner,
+                level=name,
+            )
             _set(t.forgetting, loop.running_forgetting(level), learner=self.learner, level=name)
             if "per_level" in summary:
-                _set(t.auc_accuracy, summary["per_level"][name]["A_auc"], learner=self.learner, level=name)
+                _set(
+                    t.auc_accuracy,
+                    summary["per_level"][name]["A_auc"],
+                    learner=self.learner,
+                    level=name,
+                )
             else:
                 _set(t.auc_accuracy, summary["A_auc"], learner=self.learner, level=name)

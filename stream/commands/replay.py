@@ -25,9 +25,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("stream", help="a stream file written by `streamcl schedule`")
     parser.add_argument("--learner", required=True, help="learner name (see `streamcl learners`)")
     parser.add_argument("--config", help="learner options, a JSON or TOML file")
-    parser.add_argument("--eval-period", type=int, default=1000, help="evaluate every N samples (0: task ends only)")
+    parser.add_argument(
+        "--eval-period", type=int, default=1000, help="evaluate every N samples (0: task ends only)"
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="stream samples per micro-batch")
-    parser.add_argument("--online-iter", type=float, default=1.0, help="update steps per micro-batch")
+    parser.add_argument(
+        "--online-iter", type=float, default=1.0, help="update steps per micro-batch"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--out", default=None, help="output directory (default: runs/<learner>)")
     parser.set_defaults(run=run)
