@@ -9,7 +9,7 @@ which is the same as i-Blurry's head that grows a column per new class.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -43,7 +43,10 @@ class ER(Learner):
     name = "er"
     config_model = ERConfig
     config: ERConfig
-    check_config = {"backbone": {"hidden": [32], "out_dim": 16}, "memory": {"capacity": 50}}
+    check_config: ClassVar[dict[str, Any]] = {
+        "backbone": {"hidden": [32], "out_dim": 16},
+        "memory": {"capacity": 50},
+    }
 
     def __init__(self, problem: Problem, config: ERConfig) -> None:
         super().__init__(problem, config)

@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         report_failure("streamcl: interrupted")
         return 130
-    except Exception as exc:  # the last line of defence prints one line
+    except Exception as exc:
         report_failure(f"streamcl: failed: {type(exc).__name__}: {exc}")
         return 1
 

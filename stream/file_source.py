@@ -6,6 +6,7 @@ micro-batch of a task may be short; the next task starts a fresh batch.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import numpy as np
@@ -27,7 +28,9 @@ def check_against_dataset(stream: RecordedStream, dataset: Dataset, where: str) 
                 f"but the dataset loaded now has {key}={actual.get(key)}"
             )
     if not stream.header.inline and len(stream) and int(np.max(stream.row)) >= len(dataset.y_train):
-        raise StreamFileError(f"{where}: refers to training rows beyond the dataset's {len(dataset.y_train)}")
+        raise StreamFileError(
+            f"{where}: refers to training rows beyond the dataset's {len(dataset.y_train)}"
+        )
 
 
 def task_batches(
@@ -42,7 +45,7 @@ def task_batches(
     source = stream.x if stream.x is not None else None
     if source is None and dataset is None:
         raise ValueError("a stream of dataset rows needs its dataset")
-    for task_start, task_end in zip(boundaries[:-1], boundaries[1:], strict=True):
+    for task_start, task_end in itertools.pairwise(boundaries):
         for lo in range(max(int(task_start), start), int(task_end), batch_size):
             hi = min(lo + batch_size, int(task_end))
             if source is not None:

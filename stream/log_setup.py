@@ -28,8 +28,9 @@ import structlog
 FORMATS = ("auto", "json", "console")
 LEVELS = ("debug", "info", "warning", "error")
 
-_handler: logging.Handler | None = None
 _json_requested = False
+# Marks the root handler configure_logging installed, so a second call replaces it.
+_MARK = "streamcl_handler"
 
 
 def resolve_format(log_format: str, stream: IO[str]) -> str:
@@ -62,7 +63,7 @@ def configure_logging(
     log_format: str = "auto", level: str = "info", stream: IO[str] | None = None
 ) -> str:
     """Send structlog and stdlib logging to ``stream`` (default stderr); returns the format used."""
-    global _handler, _json_requested
+    global _json_requested
     target = sys.stderr if stream is None else stream
     resolved = resolve_format(log_format, target)
     if level not in LEVELS:
@@ -96,13 +97,14 @@ def configure_logging(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
         )
     )
+    setattr(handler, _MARK, True)
     root = logging.getLogger()
-    if _handler is not None:
-        root.removeHandler(_handler)
+    for previous in [h for h in root.handlers if getattr(h, _MARK, False)]:
+        root.removeHandler(previous)
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.captureWarnings(True)
-    _handler, _json_requested = handler, log_format == "json"
+    _json_requested = log_format == "json"
     return resolved
 
 

@@ -8,7 +8,7 @@ two runs share a learner); ``format_table`` is the table of pooled metrics and
 >>> print(format_table({"nmc": {"A_auc": 0.5, "A_last": 0.25}}, columns=("A_auc", "A_last")))
 | learner | A_auc | A_last |
 |---------|-------|--------|
-|     nmc | 50.00 |  25.00 |
+| nmc     | 50.00 |  25.00 |
 """
 
 from __future__ import annotations
@@ -41,10 +41,11 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"]
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        lines.append(
-            "| " + " | ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)) + " |"
-        )
+    for name, *cells in rows:
+        padded = [name.ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(cells, widths[1:], strict=True)
+        ]
+        lines.append("| " + " | ".join(padded) + " |")
     return "\n".join(lines)
 
 

@@ -14,8 +14,10 @@ import structlog
 from pydantic import ValidationError
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from learners import registry
 from learners.registry import describe_validation_error
 from stream.config_file import load_config_file
+from stream.device import resolve_device
 from stream.errors import UsageError
 from stream.event_loop import LoopConfig, Observer
 from stream.log_setup import resolve_format
@@ -108,11 +110,20 @@ def _check_metrics_options(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Everything a user can get wrong is checked before the first log line or any server, so
+    # bad input is one line (SPEC §5).
     _check_metrics_options(args)
     options = load_config_file(args.config) if args.config else {}
     config = loop_config(args)
+    learner_config = registry.validate_config(args.learner, options)
+    resolve_device(args.device)
+    prepared = prepare(args.stream)
     out = Path(args.out) if args.out else Path("runs") / args.learner.replace(":", "_")
-    observers: list[Observer] = [LoopLogger(args.learner)]
+    bar_enabled = None if resolve_format(args.log_format, sys.stderr) == "console" else False
+    observers: list[Observer] = [
+        LoopLogger(args.learner),
+        ProgressBar(len(prepared.stream), args.learner, enabled=bar_enabled),
+    ]
     server: MetricsServer | None = None
     with structlog.contextvars.bound_contextvars(learner=args.learner):
         if args.metrics_port is not None:
@@ -122,21 +133,11 @@ def run(args: argparse.Namespace) -> int:
                 telemetry, args.metrics_host or DEFAULT_HOST, args.metrics_port, args.health_stall
             )
         try:
-            prepared = prepare(args.stream)
-            bar_enabled = (
-                None if resolve_format(args.log_format, sys.stderr) == "console" else False
-            )
-            observers.append(ProgressBar(len(prepared.stream), args.learner, enabled=bar_enabled))
-            log.info(
-                "replay_started",
-                stream=args.stream,
-                events=len(prepared.stream),
-                device=args.device,
-            )
+            log.info("replay_started", stream=args.stream, events=len(prepared.stream))
             # Log lines on a terminal go above the progress bar rather than through it.
             with logging_redirect_tqdm() if bar_enabled is None else nullcontext():
                 results = replay(
-                    prepared, args.learner, options, config, args.device, out, observers=observers
+                    prepared, args.learner, learner_config, config, args.device, out, observers
                 )
             print(format_table({args.learner: results}), flush=True)
             print(f"results in {out / 'results.json'}", flush=True)

@@ -18,7 +18,6 @@ from stream import log_setup
 def restore_logging(monkeypatch):
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
-    monkeypatch.setattr(log_setup, "_handler", None)
     monkeypatch.setattr(log_setup, "_json_requested", False)
     yield
     root.handlers[:] = handlers

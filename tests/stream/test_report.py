@@ -21,7 +21,7 @@ def test_table_in_percent_with_missing_values_as_dashes():
     assert table.splitlines() == [
         "| learner | A_auc | A_last | samples/s |",
         "|---------|-------|--------|-----------|",
-        "|      er | 33.84 |      - |     1,234 |",
+        "| er      | 33.84 |      - |     1,234 |",
     ]
 
 

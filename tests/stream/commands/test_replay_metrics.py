@@ -77,6 +77,13 @@ def test_replay_serves_metrics_lingers_and_logs_json(tmp_path):
     ]
 
 
+@pytest.fixture(scope="module")
+def digits_stream(tmp_path_factory):
+    path = tmp_path_factory.mktemp("stream") / "digits.scl"
+    write_digits_stream(path)
+    return path
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -93,17 +100,36 @@ def test_replay_serves_metrics_lingers_and_logs_json(tmp_path):
         ),
     ],
 )
-def test_bad_metrics_options_are_one_line_exit_2(tmp_path, capsys, flags, message):
-    code = main(["replay", str(tmp_path / "never-read.scl"), "--learner", "nmc", *flags])
+def test_bad_metrics_options_are_one_line_exit_2(digits_stream, tmp_path, capsys, flags, message):
+    code = main(["replay", str(digits_stream), "--learner", "nmc", "--out", str(tmp_path), *flags])
     err = capsys.readouterr().err
     assert code == 2 and err == f"streamcl: error: {message}\n"
+    assert not (tmp_path / "results.json").exists()
 
 
-def test_a_taken_port_fails_before_any_work(tmp_path, capsys):
+def test_a_taken_port_is_one_line_exit_2(digits_stream, tmp_path, capsys):
     with start_metrics_server(Telemetry(), port=0) as taken:
-        code = main(["replay", str(tmp_path / "never-read.scl"), "--learner", "nmc",
+        code = main(["replay", str(digits_stream), "--learner", "nmc", "--out", str(tmp_path),
                      "--metrics-port", str(taken.port)])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2
     address = f"127.0.0.1:{taken.port}"
     assert err == f"streamcl: error: cannot serve metrics on {address}: Address already in use\n"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--learner", "nope"], "unknown learner 'nope'"),
+        (["--learner", "nmc", "--device", "tpu"], "unknown device 'tpu'"),
+    ],
+)
+def test_bad_input_with_metrics_is_still_one_line(digits_stream, tmp_path, capsys, flags, message):
+    """No log line (metrics server, replay start) comes before the error."""
+    code = main(
+        ["replay", str(digits_stream), "--metrics-port", "0", "--out", str(tmp_path), *flags]
+    )
+    err = capsys.readouterr().err.splitlines()
+    assert (
+        code == 2 and len(err) == 1 and err[0].startswith("streamcl: error: ") and message in err[0]
+    )
