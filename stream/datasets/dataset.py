@@ -173,7 +173,11 @@ class Dataset:
 
 def as_float_tensor(X: np.ndarray) -> torch.Tensor:
     """Inputs as float32: uint8 images scaled to ``[0, 1]``, floats as they are."""
-    tensor = torch.from_numpy(np.ascontiguousarray(X))
+    X = np.ascontiguousarray(X)
+    if not X.flags.writeable and X.dtype == np.float32:
+        # memory-mapped stream files are read-only; learners get their own copy
+        X = X.copy()
+    tensor = torch.from_numpy(X)
     if tensor.dtype == torch.uint8:
         return tensor.to(torch.float32).div_(255.0)
     return tensor.to(torch.float32)
