@@ -167,6 +167,18 @@ def test_a_reloaded_memory_continues_exactly(options):
         assert torch.equal(memory.importance.scores, restored.importance.scores)
 
 
+def test_a_restored_memory_draws_with_the_checkpointed_rng_not_its_own_seed():
+    original = ReplayMemory(MemoryConfig(capacity=6), seed=1)
+    original.add(*stream(20, seed=13))
+    restored = ReplayMemory(MemoryConfig(capacity=6), seed=99)
+    restored.load_state_dict(original.state_dict())
+    more = stream(20, seed=14)
+    original.add(*more)
+    restored.add(*more)
+    assert torch.equal(original.y, restored.y)
+    assert torch.equal(original.sample(3)[1], restored.sample(3)[1])
+
+
 def test_a_checkpoint_of_another_setup_is_refused():
     memory = ReplayMemory(MemoryConfig(capacity=10), seed=0)
     memory.add(*stream(5, seed=11))
