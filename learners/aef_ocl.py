@@ -20,7 +20,8 @@ Deviations from the official ``AEFOCL`` (ZHUANGHP/Analytic-continual-learning), 
   second round of pseudo-features to it for good. Here they only ever go into a copy;
 - the variance is accumulated with Chan/Welford updates (float64) instead of E[X²] − E[X]²,
   which cancels catastrophically and trips the official ``assert (std >= 0)``;
-- the draw is seeded (a generator saved in checkpoints), not from the global RNG.
+- each draw is seeded by (seed, level, draw index), not taken from the global RNG, and the class
+  moments it was made from are kept, so it can be made again exactly.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, ClassVar, Self
 
+import numpy as np
 import torch
 from pydantic import Field
 
@@ -86,6 +88,11 @@ class ClassMoments:
         self.m2[present] += m2[present] + delta * delta * (n_a * n_b / n).unsqueeze(1)
         self.counts[present] = n
 
+    def copy(self) -> ClassMoments:
+        copy = ClassMoments(0, 0)
+        copy.counts, copy.mean, copy.m2 = self.counts.clone(), self.mean.clone(), self.m2.clone()
+        return copy
+
     def std(self) -> torch.Tensor:
         """Unbiased per-class standard deviation (0 for classes with fewer than two samples)."""
         dof = (self.counts - 1).clamp(min=1).unsqueeze(1)
@@ -133,9 +140,10 @@ def pseudo_feature_generator(
 class AEFOCL(ACIL):
     """AEF-OCL: G-ACIL whose predictions come from a pseudo-feature-balanced copy of the head.
 
-    ``iterations`` is ignored as in :class:`learners.acil.ACIL`. ``state_dict`` drops the
-    balanced solutions (the next prediction redraws them from the saved generator state), so a
-    restored learner predicts bit-identically to the one that was checkpointed.
+    ``iterations`` is ignored as in :class:`learners.acil.ACIL`. A draw is reproducible from
+    the class moments it was made from and its index, both kept (and checkpointed), so a
+    balanced solution dropped for room, a device move or a checkpoint is rebuilt from the same
+    pseudo-features; ``state_dict`` drops it, so a restored learner predicts bit-identically.
     """
 
     name = "aef-ocl"
@@ -147,9 +155,11 @@ class AEFOCL(ACIL):
         super().__init__(problem, config)
         dim = self.backbone.out_dim
         self.moments = [ClassMoments(classes, dim) for classes in problem.num_classes]
-        self.generator = torch.Generator().manual_seed(config.seed + 2)
-        self.balanced: list[RidgeSolution | None] = [None] * problem.num_levels
-        self.since_draw = [0] * problem.num_levels
+        levels = problem.num_levels
+        self.drawn: list[ClassMoments | None] = [None] * levels  # the moments of the last draw
+        self.draws = [0] * levels
+        self.since_draw = [0] * levels
+        self.balanced: list[RidgeSolution | None] = [None] * levels
 
     @torch.no_grad()
     def learn(
@@ -170,32 +180,53 @@ class AEFOCL(ACIL):
                 self.balanced[lvl] = None
 
     def weights(self, level: int = 0) -> torch.Tensor:
-        """The balanced solution: the real statistics plus a fresh draw of pseudo-features."""
+        """The balanced solution: the real statistics plus the last draw of pseudo-features."""
+        if self.drawn[level] is None or self.since_draw[level] >= self.config.refresh_every:
+            self.drawn[level] = self.moments[level].copy()
+            self.draws[level] += 1
+            self.since_draw[level] = 0
+            self.balanced[level] = None
         balanced = self.balanced[level]
-        if balanced is None or self.since_draw[level] >= self.config.refresh_every:
+        if balanced is None:
             balanced = self.heads[level].augmented(self._pseudo_rows(level))
             self.balanced[level] = balanced
-            self.since_draw[level] = 0
         return balanced.weights()
 
+    def draw_generator(self, level: int) -> torch.Generator:
+        """The generator of the current draw at ``level``: seeded by (seed, level, draw index)."""
+        entropy = [self.config.seed % 2**64, level, self.draws[level]]
+        seed = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+        return torch.Generator().manual_seed(seed)
+
     def _pseudo_rows(self, level: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        drawn = self.drawn[level]
+        assert drawn is not None
         classes = self.problem.num_classes[level]
-        draws = pseudo_feature_generator(self.moments[level], self.config.noise, self.generator)
+        draws = pseudo_feature_generator(drawn, self.config.noise, self.draw_generator(level))
         for features, labels in draws:
             yield self.buffer(features), one_hot(labels, classes)
 
     def merge(self, other: ACIL) -> None:
+        """As :meth:`ACIL.merge`, plus the class moments; the next prediction draws afresh."""
         super().merge(other)
         assert isinstance(other, AEFOCL)
         for moments, other_moments in zip(self.moments, other.moments, strict=True):
             moments.merge(other_moments)
+        self.drawn = [None] * self.problem.num_levels
         self.balanced = [None] * self.problem.num_levels
 
     def state_dict(self) -> LearnerState:
         state = super().state_dict()
         for lvl, moments in enumerate(self.moments):
             state.tensors.update(moments.tensors(f"moments.{lvl}"))
-        state.tensors["generator"] = self.generator.get_state()
+            drawn = self.drawn[lvl]
+            if drawn is not None:
+                state.tensors.update(drawn.tensors(f"drawn.{lvl}"))
+        state.meta.update(
+            draws=list(self.draws),
+            since_draw=list(self.since_draw),
+            drawn=[d is not None for d in self.drawn],
+        )
         self.balanced = [None] * self.problem.num_levels
         return state
 
@@ -203,12 +234,18 @@ class AEFOCL(ACIL):
         super().load_state_dict(state)
         for lvl, moments in enumerate(self.moments):
             moments.load_tensors(f"moments.{lvl}", state.tensors)
-        self.generator.set_state(state.tensors["generator"].clone())
+            drawn = None
+            if state.meta["drawn"][lvl]:
+                drawn = ClassMoments(*moments.mean.shape, device=self.device)
+                drawn.load_tensors(f"drawn.{lvl}", state.tensors)
+            self.drawn[lvl] = drawn
+        self.draws = [int(n) for n in state.meta["draws"]]
+        self.since_draw = [int(n) for n in state.meta["since_draw"]]
         self.balanced = [None] * self.problem.num_levels
 
     def to(self, device: torch.device | str) -> Self:
         super().to(device)
-        for moments in self.moments:
+        for moments in (*self.moments, *(d for d in self.drawn if d is not None)):
             moments.to(self.device)
         self.balanced = [None] * self.problem.num_levels
         return self

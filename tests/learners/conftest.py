@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from tests.learners.streams import Digits
+
 
 @pytest.fixture
 def single_thread() -> Iterator[None]:
@@ -18,3 +20,8 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def digits() -> Digits:
+    return Digits()

@@ -7,7 +7,6 @@ the same buffer features.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,44 +14,12 @@ from learners.analytic import one_hot
 from learners.base import Problem
 from learners.registry import create
 from learners.state_io import state_from_bytes, state_to_bytes
-from stream.datasets import as_float_tensor, load_dataset
-from stream.schedules import make_schedule
-from tests.learners.test_analytic import joint_ridge, relative_error
+from tests.learners.streams import feed, joint_ridge, relative_error
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 BUFFER = 128
 TOLERANCE = 1e-8
-
-
-class Digits:
-    def __init__(self) -> None:
-        dataset = load_dataset("digits")
-        self.problem = dataset.problem()
-        self.x = as_float_tensor(dataset.X_train)
-        self.y = torch.from_numpy(dataset.y_train)
-        self.x_test = as_float_tensor(dataset.X_test)
-        schedule, _ = make_schedule("si-blurry", dataset, {}, seed=1)
-        self.orders = {
-            "class-sorted": torch.from_numpy(np.argsort(dataset.y_train, kind="stable")),
-            "si-blurry": torch.from_numpy(schedule.rows),
-            "random": torch.randperm(len(self.y), generator=torch.Generator().manual_seed(0)),
-        }
-
-
-@pytest.fixture(scope="module")
-def digits() -> Digits:
-    return Digits()
-
-
-def feed(learner, x, y, batch: int, prequential: bool, level: torch.Tensor | None = None) -> None:
-    """Stream ``x, y`` in batches; ``prequential``: predict each batch first, as the loop does."""
-    level = torch.zeros_like(y) if level is None else level
-    for start in range(0, len(y), batch):
-        rows = slice(start, start + batch)
-        if prequential:
-            learner.predict(x[rows], 0)
-        learner.learn(x[rows], y[rows], level[rows], iterations=1)
 
 
 def reference(learner, x, y, classes: int = 10) -> torch.Tensor:

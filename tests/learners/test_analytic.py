@@ -12,20 +12,9 @@ from learners.analytic import (
     WoodburySolution,
     one_hot,
 )
+from tests.learners.streams import GAMMA, joint_ridge, relative_error
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-GAMMA = 0.1
-
-
-def joint_ridge(H: torch.Tensor, Y: torch.Tensor, gamma: float = GAMMA) -> torch.Tensor:
-    """W = (HᵀH + γI)⁻¹ HᵀY computed directly on all the rows, float64."""
-    A = H.T @ H + gamma * torch.eye(H.shape[1], dtype=torch.float64)
-    return torch.linalg.solve(A, H.T @ Y)
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
 
 
 def rows(n: int, dim: int = 48, classes: int = 6, seed: int = 0):
