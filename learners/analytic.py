@@ -25,6 +25,9 @@ merge by addition, and which a checkpoint stores exactly. The solution is solved
 Where the official ``RecursiveLinear`` evaluates ``R @ X.T @ K @ X @ R`` left to right, which
 multiplies two d×d matrices per batch (O(d³)), :class:`WoodburySolution` associates the product
 as (R Xᵀ)(K⁻¹ X R), O(B·d²), and uses a Cholesky solve for K⁻¹ instead of ``torch.inverse``.
+
+:class:`AnalyticLearner` is what the learners built on this share: the frozen backbone, the
+:class:`RandomBuffer` and the split of a batch by hierarchy level.
 """
 
 from __future__ import annotations
@@ -70,6 +73,16 @@ class RandomBuffer(nn.Module):
         return _ACTIVATIONS[self.activation](features.to(torch.float64) @ self.weight)
 
 
+def cholesky_solve(B: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """(LLᵀ)⁻¹ B for a lower Cholesky factor L, as two triangular solves.
+
+    ``torch.cholesky_solve`` gives the same result but copies L into LAPACK's layout on every
+    call, which at d = 8192 (512 MB) costs several times the solve itself.
+    """
+    forward = torch.linalg.solve_triangular(factor, B, upper=False)
+    return torch.linalg.solve_triangular(factor.mT, forward, upper=True)
+
+
 def _active_columns(targets: torch.Tensor) -> torch.Tensor:
     """Indices of the target columns that are not all zero (their weights are zero otherwise)."""
     return targets.ne(0).any(dim=0).nonzero().flatten()
@@ -101,7 +114,7 @@ class CholeskySolution:
         self.W0 = torch.zeros_like(Q)
         columns = _active_columns(Q)
         if len(columns):
-            self.W0[:, columns] = torch.cholesky_solve(Q[:, columns], factor)
+            self.W0[:, columns] = cholesky_solve(Q[:, columns], factor)
         self.capacity = capacity
         self.rows = 0
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -144,7 +157,7 @@ class CholeskySolution:
             self._S = torch.empty(self.capacity, self.capacity, **like)
         assert self._Vt is not None and self._E is not None and self._S is not None
         k, b = self.rows, len(H)
-        V = torch.cholesky_solve(H.T, self.factor)  # (G₀+γI)⁻¹ Hᵀ
+        V = cholesky_solve(H.T, self.factor)  # (G₀+γI)⁻¹ Hᵀ
         self._U[k : k + b] = H
         self._Vt[k : k + b] = V.T
         self._E[k : k + b] = Y - H @ self.W0
@@ -165,7 +178,7 @@ class CholeskySolution:
         weights = self.W0.clone()
         if len(columns):
             S_factor = torch.linalg.cholesky(self._S[:k, :k])
-            Z = torch.cholesky_solve(E[:, columns], S_factor)
+            Z = cholesky_solve(E[:, columns], S_factor)
             weights[:, columns] += self._Vt[:k].T @ Z
         return weights
 
@@ -193,8 +206,9 @@ class WoodburySolution:
         K = H @ RHt
         K.diagonal().add_(1.0)
         K_factor = torch.linalg.cholesky(K)
-        self.W += RHt @ torch.cholesky_solve(Y - H @ self.W, K_factor)
-        self.R -= RHt @ torch.cholesky_solve(RHt.T, K_factor)
+        self.W.addmm_(RHt, cholesky_solve(Y - H @ self.W, K_factor))
+        # In place: R − (R Hᵀ)(K⁻¹ H R) as one product would allocate another d×d matrix.
+        self.R.addmm_(RHt, cholesky_solve(RHt.T, K_factor), alpha=-1)
 
     def weights(self) -> torch.Tensor:
         return self.W
@@ -357,7 +371,8 @@ class AnalyticConfig(LearnerConfig):
     buffer_size: int = Field(
         8192,
         gt=0,
-        description="width d of the random buffer layer; each head holds d×d float64 statistics",
+        description="width d of the random buffer layer; a head keeps two d×d float64 "
+        "matrices (statistics and their Cholesky factor), 1 GiB at 8192",
     )
     gamma: float = Field(0.1, gt=0, description="ridge regularisation γ")
     solver: Solver = Field(

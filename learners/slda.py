@@ -26,6 +26,7 @@ from typing import Self
 import torch
 from pydantic import Field
 
+from learners.analytic import cholesky_solve
 from learners.backbones import BackboneConfig, build_backbone
 from learners.base import Learner, LearnerConfig, LearnerState, Problem
 from learners.torch_state import load_module_tensors, module_tensors
@@ -141,7 +142,7 @@ class SLDA(Learner):
             total = float(stats.counts.sum())
             A = stats.scatter * ((1 - eps) / max(total, 1.0))
             A.diagonal().add_(eps)
-            W = torch.cholesky_solve(stats.means.T, torch.linalg.cholesky(A))
+            W = cholesky_solve(stats.means.T, torch.linalg.cholesky(A))
             solved = (W, 0.5 * (stats.means.T * W).sum(0))
             self._solved[level] = solved
         return solved
