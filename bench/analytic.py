@@ -162,8 +162,8 @@ def print_table(title: str, table: dict[str, dict[str, Any]]) -> None:
 
 def main(argv: list[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench analytic", description=__doc__)
-    parser.add_argument("--samples", type=int, default=20_000)
-    parser.add_argument("--prequential-samples", type=int, default=4_096)
+    parser.add_argument("--samples", type=int, default=10_000)
+    parser.add_argument("--prequential-samples", type=int, default=2_048)
     parser.add_argument("--d-in", type=int, default=512)
     parser.add_argument("--buffer", type=int, default=2048)
     parser.add_argument("--classes", type=int, default=100)

@@ -377,8 +377,9 @@ class AnalyticConfig(LearnerConfig):
     gamma: float = Field(0.1, gt=0, description="ridge regularisation γ")
     solver: Solver = Field(
         "lazy",
-        description="lazy: keep HᵀH, HᵀY and solve on demand (mergeable); "
-        "woodbury: the official recursive (HᵀH+γI)⁻¹ update",
+        description="lazy: keep HᵀH, HᵀY and solve when a prediction needs it (exact, mergeable; "
+        "the faster form unless every batch is predicted); woodbury: update (HᵀH+γI)⁻¹ and W "
+        "per batch as the official code does (faster when every batch is predicted; no merge)",
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from learners.base import Learner
+from learners.base import Learner, Problem
 from stream.datasets import as_float_tensor, load_dataset
 from stream.schedules import make_schedule
 
@@ -39,6 +39,20 @@ class Digits:
             "si-blurry": torch.from_numpy(schedule.rows),
             "random": torch.randperm(len(self.y), generator=torch.Generator().manual_seed(0)),
         }
+
+    def two_levels(self) -> tuple[Problem, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A hierarchy over digits (level 0: digit // 5, level 1: the digit), each sample of the
+        random order labelled at one level drawn at random: (problem, x, y, level)."""
+        problem = Problem(
+            input_shape=self.problem.input_shape,
+            num_classes=(2, 10),
+            level_names=("half", "digit"),
+            parents=(tuple(d // 5 for d in range(10)),),
+        )
+        rows = self.orders["random"]
+        x, fine = self.x[rows], self.y[rows]
+        level = torch.randint(0, 2, (len(fine),), generator=torch.Generator().manual_seed(3))
+        return problem, x, torch.where(level == 0, fine // 5, fine), level
 
 
 def feed(

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from learners.analytic import one_hot
-from learners.base import Problem
 from learners.registry import create
 from learners.state_io import state_from_bytes, state_to_bytes
 from tests.learners.streams import feed, joint_ridge, relative_error
@@ -109,16 +108,7 @@ def test_checkpoint_round_trip_predicts_identically(digits, solver):
 
 
 def test_each_level_of_a_hierarchy_is_its_own_joint_ridge(digits):
-    problem = Problem(
-        input_shape=digits.problem.input_shape,
-        num_classes=(2, 10),
-        level_names=("half", "digit"),
-        parents=(tuple(d // 5 for d in range(10)),),
-    )
-    rows = digits.orders["random"]
-    x, fine = digits.x[rows], digits.y[rows]
-    level = torch.randint(0, 2, (len(fine),), generator=torch.Generator().manual_seed(3))
-    y = torch.where(level == 0, fine // 5, fine)
+    problem, x, y, level = digits.two_levels()
     learner = create("acil", problem, {"buffer_size": BUFFER})
     feed(learner, x, y, 16, prequential=False, level=level)
     for lvl, classes in enumerate((2, 10)):

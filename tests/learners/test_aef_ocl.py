@@ -158,3 +158,20 @@ def test_merge_equals_the_learner_that_saw_both_halves():
     first.draws = list(whole.draws)  # the same next draw index, so the same pseudo-features
     assert relative_error(first.weights(), whole.weights()) <= 1e-8
     assert torch.equal(first.predict(x_test).argmax(1), whole.predict(x_test).argmax(1))
+
+
+def test_each_level_of_a_hierarchy_is_balanced_on_its_own(digits):
+    problem, x, y, level = digits.two_levels()
+    learner = create("aef-ocl", problem, {"buffer_size": 64})
+    for start in range(0, len(y), 16):
+        rows = slice(start, start + 16)
+        learner.learn(x[rows], y[rows], level[rows])
+    for lvl in range(2):
+        mine = level == lvl
+        assert (
+            learner.moments[lvl].counts.tolist()
+            == torch.bincount(y[mine], minlength=problem.num_classes[lvl]).double().tolist()
+        )
+        assert learner.predict(x[:4], level=lvl).shape == (4, problem.num_classes[lvl])
+        drawn = learner.drawn[lvl]
+        assert drawn is not None and torch.equal(drawn.counts, learner.moments[lvl].counts)

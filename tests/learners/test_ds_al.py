@@ -58,3 +58,14 @@ def test_without_compensation_it_is_g_acil(digits):
     assert torch.equal(
         ds_al.predict(digits.x_test).argmax(1), acil.predict(digits.x_test).argmax(1)
     )
+
+
+def test_each_level_of_a_hierarchy_has_its_own_streams(digits):
+    problem, x, y, level = digits.two_levels()
+    ds_al = create("ds-al", problem, {"buffer_size": BUFFER, "compensation_ratio": 0.0})
+    acil = create("acil", problem, {"buffer_size": BUFFER})
+    feed(ds_al, x, y, 16, prequential=False, level=level)
+    feed(acil, x, y, 16, prequential=False, level=level)
+    for lvl in range(2):
+        assert relative_error(ds_al.main[lvl].weights(), acil.weights(lvl)) <= TOLERANCE
+    assert ds_al.predict(x[:3], level=0).shape == (3, 2)

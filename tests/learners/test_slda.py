@@ -76,3 +76,14 @@ def test_untaught_classes_score_minus_infinity(digits):
     learner.learn(digits.x[taught], digits.y[taught], torch.zeros_like(digits.y[taught]), 0)
     scores = learner.predict(digits.x_test)
     assert bool(torch.isinf(scores[:, 4:]).all()) and bool(torch.isfinite(scores[:, :4]).all())
+
+
+def test_each_level_of_a_hierarchy_is_its_own_lda(digits):
+    problem, x, y, level = digits.two_levels()
+    learner = create("slda", problem, {"shrinkage": SHRINKAGE})
+    feed(learner, x, y, 16, prequential=False, level=level)
+    for lvl, classes in enumerate((2, 10)):
+        mine = level == lvl
+        W_direct, c_direct = direct_lda(x[mine], y[mine], classes)
+        W, c = learner.discriminant(lvl)
+        assert relative_error(W, W_direct) <= TOLERANCE and relative_error(c, c_direct) <= TOLERANCE
