@@ -9,10 +9,11 @@ one, passes them through the buffer layer, fits them into a *temporary* copy of 
 statistics, and predicts with that balanced solution. The real statistics never see a
 pseudo-feature, so the learner stays exact and mergeable.
 
-Streaming schedule of the redraw: the balanced solution is redrawn at the first prediction after
-``refresh_every`` samples of its level were learned since the last draw. In between, the samples
-learned are appended to the balanced solution exactly (:class:`learners.analytic.CholeskySolution`),
-so only the pseudo part is up to ``refresh_every`` samples old.
+Streaming schedule of the redraw: the pseudo-features are redrawn at the first prediction after
+``refresh_every`` samples of their level were learned since the last draw. In between, the
+samples learned go into the balanced solution exactly (appended to its factorisation, or, when
+that runs out of room, by rebuilding it from the real statistics and the same draw), so only
+the pseudo part is up to ``refresh_every`` samples old.
 
 Deviations from the official ``AEFOCL`` (ZHUANGHP/Analytic-continual-learning), on purpose:
 - the official ``update()`` fits the pseudo-features into the real head and restores a backup at
