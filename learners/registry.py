@@ -19,6 +19,10 @@ from learners.base import Learner, LearnerConfig, Problem
 _BUILTIN: dict[str, str] = {
     "er": "learners.er:ER",
     "nmc": "learners.nmc:NMC",
+    "acil": "learners.acil:ACIL",
+    "aef-ocl": "learners.aef_ocl:AEFOCL",
+    "ds-al": "learners.ds_al:DSAL",
+    "slda": "learners.slda:SLDA",
 }
 
 # Learners whose name carries an argument, e.g. ``river:tree.HoeffdingTreeClassifier``.
