@@ -42,7 +42,7 @@ RUNS: dict[str, tuple[str, dict[str, Any]]] = {
     "pl-fms": ("pl-fms", {"memory": {"capacity": MEMORY}, "stream_length": "{n}"}),
     "er + class-balanced memory": (
         "er",
-        {"memory": {"capacity": MEMORY, "policy": "class-balanced"}},
+        {"memory": {"capacity": MEMORY, "policy": "class_balanced"}},
     ),
     "pl-fms without PL": (
         "pl-fms",

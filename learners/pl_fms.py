@@ -73,7 +73,7 @@ from memory import MemoryConfig
 
 class PLFMSConfig(ERConfig):
     memory: MemoryConfig = Field(
-        default_factory=lambda: MemoryConfig(policy="class-balanced"),
+        default_factory=lambda: MemoryConfig(policy="class_balanced"),
         description="replay memory; class-balanced like the official PL-FMS memory",
     )
     flexible_sampling: bool = Field(True, description="FMS: thin out stream samples of new classes")
@@ -99,7 +99,7 @@ class PLFMSConfig(ERConfig):
     def _class_balanced_unless_told(cls, value: Any) -> Any:
         """``{"capacity": 1000}`` keeps PL-FMS's class-balanced policy."""
         if isinstance(value, dict) and "policy" not in value:
-            return {**value, "policy": "class-balanced"}
+            return {**value, "policy": "class_balanced"}
         return value
 
 
@@ -152,7 +152,7 @@ class PLFMS(ER):
             bx, by, blevel = x[keep], y[keep], level[keep]
             wanted = replay + int((~keep).sum())
             if wanted > 0 and len(self.memory) > 0:
-                mx, my, mlevel = self.memory.sample(wanted)
+                mx, my, mlevel = self.memory.sample(wanted, query=x)
                 bx = torch.cat([bx, mx.to(self.device, torch.float32)])
                 by = torch.cat([by, my.to(self.device)])
                 blevel = torch.cat([blevel, mlevel.to(self.device)])

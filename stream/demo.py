@@ -60,10 +60,19 @@ def run_demo(
     table = format_table(all_results)
     (out / "table.md").write_text(table + "\n", encoding="utf-8")
     (out / "summary.json").write_text(
-        json.dumps({n: {k: r[k] for k in ("A_auc", "A_avg", "A_last", "F_last", "prequential_accuracy")}
-                    for n, r in all_results.items()}, indent=2) + "\n",
+        json.dumps(
+            {
+                n: {k: r[k] for k in ("A_auc", "A_avg", "A_last", "F_last", "prequential_accuracy")}
+                for n, r in all_results.items()
+            },
+            indent=2,
+        )
+        + "\n",
         encoding="utf-8",
     )
-    plot_curves({n: r["curve"] for n, r in all_results.items()}, out / "curve.png",
-                title=f"{DATASET}, Si-Blurry T=5 N=50 M=10, seed {SEED}")
+    plot_curves(
+        {n: r["curve"] for n, r in all_results.items()},
+        out / "curve.png",
+        title=f"{DATASET}, Si-Blurry T=5 N=50 M=10, seed {SEED}",
+    )
     return all_results

@@ -6,6 +6,8 @@ from learners.registry import LearnerConfigError, UnknownLearnerError
 from stream.config_file import ConfigFileError
 from stream.datasets import DatasetError
 from stream.device import DeviceError
+from stream.metrics_server import MetricsServerError
+from stream.report import ReportError
 from stream.schedules import ScheduleError
 from stream.stream_file import StreamFileError
 
@@ -20,6 +22,8 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     DatasetError,
     DeviceError,
     LearnerConfigError,
+    MetricsServerError,
+    ReportError,
     ScheduleError,
     StreamFileError,
     UnknownLearnerError,

@@ -128,7 +128,7 @@ def test_covered_softmax_leaves_uncovered_coarse_classes_alone():
     assert grad[2].abs().sum() > 0
 
 
-@pytest.mark.parametrize("policy", ["reservoir", "class-balanced"])
+@pytest.mark.parametrize("policy", ["reservoir", "class_balanced"])
 def test_without_fms_and_pl_it_is_er(policy):
     options = {**SMALL, "memory": {"capacity": 20, "policy": policy}, "seed": 4}
     er = registry.create("er", PROBLEM, options)
@@ -147,6 +147,6 @@ def test_without_fms_and_pl_it_is_er(policy):
 
 def test_memory_stays_class_balanced_unless_told_otherwise():
     learner = registry.create("pl-fms", PROBLEM, {"memory": {"capacity": 30}})
-    assert learner.config.memory.policy == "class-balanced" and learner.memory.capacity == 30
+    assert learner.config.memory.policy == "class_balanced" and learner.memory.capacity == 30
     learner = registry.create("pl-fms", PROBLEM, {"memory": {"policy": "reservoir"}})
     assert learner.config.memory.policy == "reservoir"

@@ -11,7 +11,7 @@ from stream.stream_file import record_schedule, write_stream
 SPEC = "synthetic-hierarchy:branching=4x3,train=40,test=20,dim=8,separation=2"
 LEARNERS = {
     "er": {"lr": 3e-3, "memory": {"capacity": 100}},
-    "pl-fms": {"lr": 3e-3, "memory": {"capacity": 100, "policy": "class-balanced"}},
+    "pl-fms": {"lr": 3e-3, "memory": {"capacity": 100, "policy": "class_balanced"}},
 }
 
 

@@ -68,6 +68,13 @@ def test_needs_a_directory_and_all_files(tmp_path):
 def test_wrong_image_size_is_refused(tmp_path):
     write_cifar100(tmp_path)
     with open(tmp_path / "test", "wb") as out:
-        pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"fine_labels": [0, 1], b"coarse_labels": [0, 0]}, out)
+        pickle.dump(
+            {
+                b"data": np.zeros((2, 100), np.uint8),
+                b"fine_labels": [0, 1],
+                b"coarse_labels": [0, 0],
+            },
+            out,
+        )
     with pytest.raises(DatasetError, match="3072"):
         load_dataset(f"cifar100:{tmp_path}")

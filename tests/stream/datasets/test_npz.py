@@ -95,5 +95,5 @@ def test_missing_and_unreadable_files(tmp_path):
 
 
 def test_unknown_dataset_lists_the_known_ones():
-    with pytest.raises(DatasetError, match="known: .*digits"):
+    with pytest.raises(DatasetError, match=r"known: .*digits"):
         load_dataset("imagenet")
