@@ -122,7 +122,7 @@ class PLFMS(ER):
     """ER with flexible memory sampling and hierarchy-aware pseudo-labelling."""
 
     name = "pl-fms"
-    config_model = PLFMSConfig
+    config_model: ClassVar[type[ERConfig]] = PLFMSConfig
     config: PLFMSConfig
     # The contract streams are ~200 samples long; FMS holds a new class back for its first
     # N_total/|C| samples, so the checks use a faster step than the default to learn it in time.
