@@ -27,6 +27,9 @@ SEED = 1
 LEARNERS: dict[str, dict[str, Any]] = {
     "nmc": {},
     "er": {"lr": 3e-3, "memory": {"capacity": 200}},
+    "acil": {"buffer_size": 512},
+    "aef-ocl": {"buffer_size": 512},
+    "slda": {},
 }
 # Three update steps per micro-batch, as the i-Blurry / Si-Blurry experiments use.
 LOOP = LoopConfig(batch_size=16, online_iter=3.0, eval_period=100)
