@@ -20,7 +20,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         ".jsonl for JSON lines, anything else (e.g. .scl) for the fast binary form.",
     )
     parser.add_argument("schedule", choices=schedule_names())
-    parser.add_argument("--dataset", required=True, help="digits, fashion-mnist[:DIR], cifar100:DIR, npz:PATH")
+    parser.add_argument(
+        "--dataset", required=True,
+        help="digits, fashion-mnist[:DIR], cifar100:DIR, npz:PATH, river:NAME[?KEY=VALUE&...]",
+    )
     parser.add_argument("--tasks", type=int, help="number of tasks T (default 5)")
     parser.add_argument("--disjoint", type=int, help="N: percent of disjoint classes")
     parser.add_argument("--blurry", type=int, help="M: percent of blurry samples mixed")

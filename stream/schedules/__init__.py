@@ -1,4 +1,5 @@
-"""Stream schedules (SPEC §3): ``disjoint``, ``i-blurry``, ``si-blurry`` — deterministic in the seed.
+"""Stream schedules (SPEC §3): ``disjoint``, ``i-blurry``, ``si-blurry`` — deterministic in the
+seed — and ``ordered`` (dataset order, for streams whose order matters: river's drifting ones).
 
 >>> from stream.datasets import load_dataset
 >>> s, params = make_schedule("si-blurry", load_dataset("digits"), {}, seed=1)
@@ -23,6 +24,7 @@ _SCHEDULES: dict[str, tuple[str, str]] = {
     "disjoint": ("stream.schedules.disjoint", "DisjointParams"),
     "i-blurry": ("stream.schedules.i_blurry", "IBlurryParams"),
     "si-blurry": ("stream.schedules.si_blurry", "SiBlurryParams"),
+    "ordered": ("stream.schedules.ordered", "OrderedParams"),
 }
 
 
