@@ -5,6 +5,10 @@ drawn from a replay memory (reservoir by default); the stream samples enter the 
 step, as in i-Blurry's ``online_step``. The classifier has one linear head per hierarchy level
 with a slot for every class; classes the learner has not seen are masked out of the softmax,
 which is the same as i-Blurry's head that grows a column per new class.
+
+Not from the ER papers: on a detected concept drift ER can ``grow_recent``, restarting the
+reservoir's count so that the samples after the drift displace stored ones quickly and their
+share of the memory (and of the replay batches) grows (``ReservoirMemory.favour_recent``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from torch import nn
 
 from learners.backbones import BackboneConfig, build_backbone, seeded_linear
 from learners.base import Learner, LearnerConfig, LearnerState, Problem
+from learners.drift import DriftAction, DriftAdaptive
 from learners.torch_state import (
     load_module_tensors,
     load_optimizer_state,
@@ -37,13 +42,14 @@ class ERConfig(LearnerConfig):
     )
 
 
-class ER(Learner):
+class ER(Learner, DriftAdaptive):
     """Experience replay with a reservoir memory and a masked growing head per level."""
 
     name = "er"
     config_model = ERConfig
     config: ERConfig
     check_config = {"backbone": {"hidden": [32], "out_dim": 16}, "memory": {"capacity": 50}}
+    drift_actions = frozenset({DriftAction.GROW_RECENT})
 
     def __init__(self, problem: Problem, config: ERConfig) -> None:
         super().__init__(problem, config)
@@ -94,6 +100,10 @@ class ER(Learner):
                 blevel = torch.cat([level, mlevel.to(self.device)])
             self._step(bx, by, blevel)
         self.memory.add(x, y, level)
+
+    def on_drift(self, action: DriftAction) -> None:
+        if action is DriftAction.GROW_RECENT:
+            self.memory.favour_recent()
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor) -> None:
         features = self.backbone(x)

@@ -56,6 +56,15 @@ class ReservoirMemory:
             self.y[slots] = y[rows]
             self.level[slots] = level[rows]
 
+    def favour_recent(self) -> None:
+        """Restart the count of samples offered, as if the memory had just filled up.
+
+        The next sample then replaces a stored one with probability ``capacity / (capacity + 1)``
+        instead of ``capacity / seen``, so after a concept drift the samples that follow take
+        over a growing share of the memory quickly; from there on it is a reservoir again.
+        """
+        self.seen = self.size
+
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``min(n, len(self))`` distinct stored samples, uniformly at random."""
         n = min(n, self.size)

@@ -6,6 +6,7 @@ from learners.registry import LearnerConfigError, UnknownLearnerError
 from stream.config_file import ConfigFileError
 from stream.datasets import DatasetError
 from stream.device import DeviceError
+from stream.drift import DriftConfigError
 from stream.schedules import ScheduleError
 from stream.stream_file import StreamFileError
 
@@ -19,6 +20,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     ConfigFileError,
     DatasetError,
     DeviceError,
+    DriftConfigError,
     LearnerConfigError,
     ScheduleError,
     StreamFileError,

@@ -7,8 +7,16 @@ Per micro-batch, in order:
    classes the stream has not shown masked out;
 3. mark the batch's classes seen; accumulate ``online_iter`` and let the learner take
    ``int(accumulated)`` update steps, keeping the fraction for later batches (as i-Blurry does);
-4. every ``eval_period`` samples (at the end of the batch that reaches the mark) evaluate on
+4. with drift detection configured, feed the batch's prequential errors to the detector and,
+   on a detection, apply the configured action to the learner (stream/drift.py);
+5. every ``eval_period`` samples (at the end of the batch that reaches the mark) evaluate on
    the test samples of seen classes.
+
+A :class:`~learners.sequential.SequentialLearner` (river models) does steps 2 and 3 per sample
+instead: each sample is scored just before it is learned, with the classes shown earlier in
+the stream, this batch included, unmasked — river's own test-then-train, at any batch size.
+Samples the learner cannot predict at all (every class scores ``-inf``: it knows none yet) are
+left out of prequential accuracy, as river's ``progressive_val_score`` leaves them out.
 
 The loop knows nothing about where batches come from (file or Kafka) or where metrics go:
 observers receive every batch and evaluation. Its whole state is JSON, so a checkpoint can carry
@@ -23,12 +31,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from learners.base import Learner, Problem
+from learners.drift import DriftAction, supported_actions
+from learners.sequential import SequentialLearner
 from stream import metrics
 from stream.batch import Batch
-from stream.evaluation import AnytimeEvaluator, Evaluation, masked_argmax
+from stream.drift import DriftConfig, DriftConfigError, DriftMonitor
+from stream.evaluation import AnytimeEvaluator, Evaluation
 from stream.validation import validate_batch
 
 
@@ -40,8 +51,22 @@ class LoopConfig(BaseModel):
     batch_size: int = Field(16, gt=0, description="stream samples per micro-batch")
     online_iter: float = Field(1.0, ge=0, description="update steps per micro-batch (fractions accumulate)")
     eval_period: int | None = Field(1000, gt=0, description="evaluate every N samples; null: task ends only")
-    prequential_window: int = Field(1000, gt=0, description="rolling prequential accuracy window")
+    prequential_windows: list[int] = Field(
+        default_factory=lambda: [1000],
+        min_length=1,
+        description="rolling prequential accuracy windows",
+    )
     eval_batch_size: int = Field(512, gt=0)
+    drift: DriftConfig | None = Field(
+        None, description="drift detection on prequential errors; null: off"
+    )
+
+    @field_validator("prequential_windows")
+    @classmethod
+    def _distinct_positive(cls, windows: list[int]) -> list[int]:
+        if min(windows) <= 0 or len(set(windows)) != len(windows):
+            raise ValueError(f"windows must be distinct positive sizes, got {windows}")
+        return windows
 
 
 class Observer:
@@ -68,7 +93,11 @@ class EventLoop:
         evaluator: AnytimeEvaluator | None = None,
         num_tasks: int | None = None,
         observers: Sequence[Observer] = (),
+        learner_name: str | None = None,
+        checkpoint_key: bytes | None = None,
     ) -> None:
+        """``learner_name`` labels logs (default ``learner.name``); ``checkpoint_key`` signs the
+        drift detector's state in :meth:`state_dict` (given at the edge, like a learner's)."""
         self.learner = learner
         self.problem = problem
         self.config = config or LoopConfig()
@@ -80,7 +109,18 @@ class EventLoop:
         self.current_task: int | None = None
         self.pending_updates = 0.0
         self.next_eval = self.config.eval_period or 0
-        self.prequential = metrics.PrequentialAccuracy(self.config.prequential_window)
+        self.prequential = metrics.PrequentialAccuracy(self.config.prequential_windows)
+        self.checkpoint_key = checkpoint_key
+        self.drift: DriftMonitor | None = None
+        if self.config.drift is not None:
+            action = self.config.drift.action
+            if action not in supported_actions(learner):
+                supported = ", ".join(sorted(supported_actions(learner)))
+                raise DriftConfigError(
+                    f"learner {learner_name or learner.name!r} does not support drift action "
+                    f"{action.value!r} (it supports: {supported})"
+                )
+            self.drift = DriftMonitor(self.config.drift, learner_name or learner.name)
         self.curve: list[Evaluation] = []
         self.task_ends: list[Evaluation] = []
         self.best_class_accuracy = [np.zeros(k) for k in problem.num_classes]
@@ -103,22 +143,31 @@ class EventLoop:
         validate_batch(batch, self.problem)
         if batch.task is not None:
             self._enter_task(int(batch.task[0]))
-        hits = self._prequential(batch)
-        for level in range(self.problem.num_levels):
-            if self.problem.num_levels == 1:
-                self.seen[0][batch.y] = True
-            else:
-                self.seen[level][batch.y[batch.level == level]] = True
         self.pending_updates += self.config.online_iter
         iterations = int(self.pending_updates)
         self.pending_updates -= iterations
-        started = time.perf_counter()
-        self.learner.learn(batch.x, batch.y, batch.level, iterations)
-        learn_seconds = time.perf_counter() - started
+        if isinstance(self.learner, SequentialLearner):
+            started = time.perf_counter()
+            scores = self.learner.test_then_train(batch.x, batch.y, batch.level, iterations)
+            learn_seconds = time.perf_counter() - started
+            hits, answered = self._sequential_hits(batch, scores)
+            self._mark_seen(batch)
+        else:
+            hits, answered = self._prequential(batch)
+            self._mark_seen(batch)
+            started = time.perf_counter()
+            self.learner.learn(batch.x, batch.y, batch.level, iterations)
+            learn_seconds = time.perf_counter() - started
         self.learn_seconds += learn_seconds
+        self.prequential.update(hits[answered])
+        detected = self._watch_drift(hits, answered)
         self.samples_seen += len(batch)
         for observer in self.observers:
             observer.on_batch(self, batch, hits, learn_seconds)
+        if detected and self.drift is not None and self.config.drift is not None:
+            action = self.config.drift.action
+            if action is not DriftAction.NONE:
+                self.learner.on_drift(action)  # type: ignore[attr-defined]
         if self.config.eval_period and self.samples_seen >= self.next_eval:
             period = self.config.eval_period
             self.next_eval = (self.samples_seen // period + 1) * period
@@ -136,20 +185,59 @@ class EventLoop:
         for observer in self.observers:
             observer.on_finish(self)
 
-    def _prequential(self, batch: Batch) -> np.ndarray:
+    def _mark_seen(self, batch: Batch) -> None:
+        for level in range(self.problem.num_levels):
+            if self.problem.num_levels == 1:
+                self.seen[0][batch.y] = True
+            else:
+                self.seen[level][batch.y[batch.level == level]] = True
+
+    def _prequential(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """Hits and which samples were predicted at all, predicting the batch before learning."""
         learner, seen = self.learner, self.seen
         if self.problem.num_levels == 1:
-            predicted = masked_argmax(learner.predict(batch.x, 0), seen[0]).cpu()
-            hits = (predicted == batch.y) & seen[0][predicted]
-        else:
-            hits = torch.zeros(len(batch), dtype=torch.bool)
-            for level in batch.level.unique().tolist():
-                rows = batch.level == level
-                predicted = masked_argmax(learner.predict(batch.x[rows], level), seen[level]).cpu()
-                hits[rows] = (predicted == batch.y[rows]) & seen[level][predicted]
-        hits_np = hits.numpy()
-        self.prequential.update(hits_np)
-        return hits_np
+            scores = learner.predict(batch.x, 0).detach().cpu().numpy()
+            return _hits(scores, seen[0].numpy(), batch.y.numpy())
+        hits = np.zeros(len(batch), dtype=bool)
+        answered = np.zeros(len(batch), dtype=bool)
+        for level in batch.level.unique().tolist():
+            rows = batch.level == level
+            scores = learner.predict(batch.x[rows], level).detach().cpu().numpy()
+            rows_np = rows.numpy()
+            hits[rows_np], answered[rows_np] = _hits(scores, seen[level].numpy(), batch.y[rows].numpy())
+        return hits, answered
+
+    def _sequential_hits(self, batch: Batch, scores: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Hits of per-sample scores: row ``i`` may pick the classes shown before sample ``i``."""
+        width = scores.shape[1]
+        y, order = batch.y.numpy(), np.arange(len(batch))
+        visible = np.zeros((len(batch), width), dtype=bool)
+        levels = [0] if self.problem.num_levels == 1 else np.unique(batch.level.numpy()).tolist()
+        for level in levels:
+            rows = order if self.problem.num_levels == 1 else np.flatnonzero(batch.level == level)
+            # Shown before row i: the stream's classes so far and this batch's rows before i.
+            first = np.full(width, len(batch))
+            np.minimum.at(first, y[rows], rows)
+            shown = np.zeros(width, dtype=bool)
+            shown[: self.problem.num_classes[level]] = self.seen[level].numpy()
+            visible[rows] = shown | (first < rows[:, None])
+        return _hits(scores.detach().cpu().numpy(), visible, y)
+
+    def _watch_drift(self, hits: np.ndarray, answered: np.ndarray) -> list[int]:
+        if self.drift is None:
+            return []
+        rows = np.flatnonzero(answered)
+        errors = (~hits[rows]).astype(np.int8)
+        return self.drift.update(errors, self.samples_seen + 1 + rows)
+
+    def prequential_values(self) -> dict[str, float | None]:
+        """Prequential accuracy by window label (``cumulative``, ``"1000"``, ...), for gauges."""
+        return self.prequential.values()
+
+    @property
+    def drift_events(self) -> int:
+        """Drift detections so far (0 while detection is off)."""
+        return 0 if self.drift is None else self.drift.events
 
     # -- tasks and evaluations ------------------------------------------------------------
 
@@ -208,6 +296,11 @@ class EventLoop:
         result.update(
             prequential_accuracy=self.prequential.cumulative,
             prequential_accuracy_rolling=self.prequential.rolling,
+            prequential_accuracy_windows={
+                str(w): self.prequential.rolling_at(w) for w in self.prequential.windows
+            },
+            drift_events=self.drift_events,
+            drift_positions=[] if self.drift is None else list(self.drift.positions),
             samples=self.samples_seen,
             curve=[[e.samples_seen, e.accuracy] for e in self.curve],
             task_end_accuracies=[e.accuracy for e in self.task_ends],
@@ -251,6 +344,7 @@ class EventLoop:
             "last_evaluation": None if self.last_evaluation is None else self.last_evaluation.to_json(),
             "learn_seconds": self.learn_seconds,
             "finished": self.finished,
+            "drift": None if self.drift is None else self.drift.state_dict(self.checkpoint_key),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -269,6 +363,21 @@ class EventLoop:
         self.last_evaluation = None if last is None else Evaluation.from_json(last)
         self.learn_seconds = float(state["learn_seconds"])
         self.finished = bool(state["finished"])
+        if self.drift is not None:
+            if state.get("drift") is None:
+                raise ValueError(
+                    "checkpoint has no drift detector state, but drift detection is configured"
+                )
+            self.drift.load_state_dict(state["drift"], self.checkpoint_key)
+
+
+def _hits(scores: np.ndarray, seen: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hits of scores masked to the ``seen`` classes (``[K]``, or ``[B, K]`` per row), and which
+    rows had any class left to pick. numpy: on micro-batches its calls cost a tenth of torch's."""
+    masked = np.where(seen, scores, -np.inf)
+    answered = np.isfinite(masked).any(axis=1)
+    hits = (masked.argmax(axis=1) == y) & answered
+    return hits, answered
 
 
 def _metrics_of(
