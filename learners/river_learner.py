@@ -41,6 +41,7 @@ import inspect
 import math
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -71,7 +72,7 @@ class RiverComponent(BaseModel):
 
 class RiverConfig(LearnerConfig):
     target: str = Field(
-        description="the river classifier as module.Class, e.g. tree.HoeffdingTreeClassifier"
+        description="the river classifier as module.Class; the name river:<module.Class> sets it"
     )
     params: dict[str, Any] = Field(
         default_factory=dict,
@@ -212,44 +213,51 @@ class RiverLearner(Learner, SequentialLearner, DriftAdaptive):
     def _dicts(self, x: torch.Tensor) -> list[dict[int, float]]:
         keys = self._keys
         rows = x.detach().cpu().reshape(len(x), -1).tolist()
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+        return [dict(zip(keys, row, strict=False)) for row in rows]  # rows are all as long
+
+    def _choice(self, proba: dict[Any, float], features: dict[int, float], level: int) -> int:
+        """The class river's ``predict_one`` picks among the taught ones in ``proba``, or -1."""
+        learned = self.learned[level]
+        k = len(learned)
+        if not self._argmax_of_proba[level]:
+            choice = self.models[level].predict_one(features)
+            taught = choice is not None and 0 <= int(choice) < k and learned[int(choice)]
+            return int(choice) if taught else -1
+        # Python's max keeps the first of tied classes, as river's predict_one does.
+        winner, best = -1, 0.0
+        for label, p in proba.items():
+            c = int(label)
+            if 0 <= c < k and learned[c] and (winner < 0 or p > best):
+                winner, best = c, p
+        return winner
 
     def _score(self, features: dict[int, float], level: int) -> list[float]:
         """One sample's score row at ``level`` (``self._width`` wide)."""
-        model = self.models[level]
-        proba = model.predict_proba_one(features)
+        proba = self.models[level].predict_proba_one(features)
         if not proba:
             return [-math.inf] * self._width
         row = list(self._blank[level])
         learned = self.learned[level]
         k = len(learned)
-        winner, best = -1, 0.0
         for label, p in proba.items():
             c = int(label)
             if 0 <= c < k and learned[c]:
-                row[c] = p = float(p)
-                if winner < 0 or p > best:
-                    winner, best = c, p
-        if not self._argmax_of_proba[level]:
-            choice = model.predict_one(features)
-            taught = choice is not None and 0 <= int(choice) < k and learned[int(choice)]
-            winner = int(choice) if taught else -1
-            best = row[winner]
+                row[c] = float(p)
+        winner = self._choice(proba, features, level)
         if winner >= 0:
-            # river's predict_one keeps the first of tied classes; keep it on top here too.
+            # Keep river's choice on top where classes tie.
+            best = row[winner]
             below = math.nextafter(best, -math.inf)
             for c in self._taught[level]:
                 if c != winner and row[c] >= best:
                     row[c] = below
         return row
 
-    def _scores(self, rows: list[list[float]], width: int) -> torch.Tensor:
-        scores = torch.tensor(rows, dtype=torch.float64).reshape(len(rows), self._width)
-        return scores[:, :width].to(self.device)
-
     def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
         rows = [self._score(features, level) for features in self._dicts(x)]
-        return self._scores(rows, self.problem.num_classes[level])
+        # numpy first: torch.tensor on nested lists costs several times more.
+        scores = np.array(rows, dtype=np.float64).reshape(len(rows), self._width)
+        return torch.from_numpy(scores[:, : self.problem.num_classes[level]]).to(self.device)
 
     def learn(
         self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
@@ -261,12 +269,16 @@ class RiverLearner(Learner, SequentialLearner, DriftAdaptive):
     def test_then_train(
         self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
     ) -> torch.Tensor:
-        rows = []
+        predicted = []
+        models, learned = self.models, self.learned
         for features, label, lvl in zip(self._dicts(x), y.tolist(), level.tolist(), strict=True):
-            rows.append(self._score(features, lvl))
-            self.models[lvl].learn_one(features, label)
-            self._teach(lvl, label)
-        return self._scores(rows, self._width)
+            model = models[lvl]
+            proba = model.predict_proba_one(features)
+            predicted.append(self._choice(proba, features, lvl) if proba else -1)
+            model.learn_one(features, label)
+            if not learned[lvl][label]:
+                self._teach(lvl, label)
+        return torch.tensor(predicted, dtype=torch.long)
 
     def on_drift(self, action: DriftAction) -> None:
         if action is DriftAction.RESET:

@@ -21,10 +21,10 @@ class SequentialLearner(ABC):
     def test_then_train(
         self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
     ) -> torch.Tensor:
-        """For each sample in order, score it at its level, then learn it.
+        """For each sample in order, predict its class at its level, then learn it.
 
-        Returns scores ``[B, max(num_classes)]``: row ``i`` holds sample ``i``'s scores at its
-        level ``level[i]``, taken before sample ``i`` was learned and after samples ``< i``
-        were; columns beyond that level's classes are ``-inf``. Learning must equal
-        ``learn(x, y, level, iterations)``.
+        Returns ``[B]`` class ids (int64): sample ``i``'s prediction, made after samples
+        ``< i`` were learned and before sample ``i`` was, equal to the argmax of
+        ``predict`` at that moment; ``-1`` where the learner could not predict (every class
+        scored ``-inf``). Learning must equal ``learn(x, y, level, iterations)``.
         """

@@ -115,6 +115,20 @@ def test_batch_path_leaves_samples_out_until_the_learner_can_predict():
     assert (loop.prequential.correct, loop.prequential.total) == (1, 2)
 
 
+def test_sequential_path_counts_no_hit_on_a_class_not_yet_shown():
+    problem = Problem(input_shape=(1,), num_classes=(3,))
+    learner = registry.create("river:dummy.NoChangeClassifier", problem)
+    # A broken learner that "predicts" each label before it was ever shown.
+    learner.test_then_train = lambda x, y, level, iterations=1: y.clone()
+    loop = EventLoop(learner, problem, LoopConfig(eval_period=None))
+    loop.process(
+        Batch(torch.zeros(3, 1), torch.tensor([1, 1, 2]), torch.zeros(3, dtype=torch.long))
+    )
+    loop.process(Batch(torch.zeros(2, 1), torch.tensor([2, 0]), torch.zeros(2, dtype=torch.long)))
+    # Hits only on the second 1 and on the 2 of the second batch.
+    assert (loop.prequential.correct, loop.prequential.total) == (2, 5)
+
+
 def test_sequential_path_sees_classes_shown_earlier_in_the_same_batch():
     problem = Problem(input_shape=(1,), num_classes=(3,))
     learner = registry.create("river:dummy.NoChangeClassifier", problem)
