@@ -24,9 +24,13 @@ def describe_options(model: type[BaseModel], prefix: str = "") -> list[str]:
             lines += describe_options(annotation, f"{prefix}{name}.")
             continue
         kind = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-        default = field.get_default(call_default_factory=True)
+        default = (
+            "(required)"
+            if field.is_required()
+            else repr(field.get_default(call_default_factory=True))
+        )
         description = f"  {field.description}" if field.description else ""
-        lines.append(f"    {prefix}{name}: {kind} = {default!r}{description}")
+        lines.append(f"    {prefix}{name}: {kind} = {default}{description}")
     return lines
 
 
