@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from enum import StrEnum
-from typing import ClassVar
 
 
 class DriftAction(StrEnum):
@@ -27,9 +26,12 @@ class DriftAction(StrEnum):
 
 
 class DriftAdaptive(ABC):
-    """Mixin of learners that can react to a detected drift."""
+    """Mixin of learners that can react to a detected drift.
 
-    drift_actions: ClassVar[frozenset[DriftAction]]
+    ``drift_actions`` lists the actions the learner supports; it may depend on the learner's
+    config (``er`` grows the recent share only of a reservoir memory)."""
+
+    drift_actions: frozenset[DriftAction]
 
     @abstractmethod
     def on_drift(self, action: DriftAction) -> None:

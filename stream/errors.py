@@ -7,6 +7,8 @@ from stream.config_file import ConfigFileError
 from stream.datasets import DatasetError
 from stream.device import DeviceError
 from stream.drift import DriftConfigError
+from stream.metrics_server import MetricsServerError
+from stream.report import ReportError
 from stream.schedules import ScheduleError
 from stream.stream_file import StreamFileError
 
@@ -22,6 +24,8 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     DeviceError,
     DriftConfigError,
     LearnerConfigError,
+    MetricsServerError,
+    ReportError,
     ScheduleError,
     StreamFileError,
     UnknownLearnerError,

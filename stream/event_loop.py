@@ -49,8 +49,12 @@ class LoopConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     batch_size: int = Field(16, gt=0, description="stream samples per micro-batch")
-    online_iter: float = Field(1.0, ge=0, description="update steps per micro-batch (fractions accumulate)")
-    eval_period: int | None = Field(1000, gt=0, description="evaluate every N samples; null: task ends only")
+    online_iter: float = Field(
+        1.0, ge=0, description="update steps per micro-batch (fractions accumulate)"
+    )
+    eval_period: int | None = Field(
+        1000, gt=0, description="evaluate every N samples; null: task ends only"
+    )
     prequential_windows: list[int] = Field(
         default_factory=lambda: [1000],
         min_length=1,
@@ -72,7 +76,9 @@ class LoopConfig(BaseModel):
 class Observer:
     """Receives what the loop does; every method is optional."""
 
-    def on_batch(self, loop: EventLoop, batch: Batch, hits: np.ndarray, learn_seconds: float) -> None:
+    def on_batch(
+        self, loop: EventLoop, batch: Batch, hits: np.ndarray, learn_seconds: float
+    ) -> None:
         """After a micro-batch was predicted and learned."""
 
     def on_evaluation(self, loop: EventLoop, evaluation: Evaluation, kind: str) -> None:
@@ -105,12 +111,14 @@ class EventLoop:
         self.num_tasks = num_tasks
         self.observers = list(observers)
         self.samples_seen = 0
-        self.seen = [torch.zeros(k, dtype=torch.bool) for k in problem.num_classes]
+        # Classes shown by the stream so far, per level (numpy; torch views for the evaluator).
+        self.seen = [np.zeros(k, dtype=bool) for k in problem.num_classes]
         self.current_task: int | None = None
         self.pending_updates = 0.0
         self.next_eval = self.config.eval_period or 0
         self.prequential = metrics.PrequentialAccuracy(self.config.prequential_windows)
         self.checkpoint_key = checkpoint_key
+        self._sequential = learner if isinstance(learner, SequentialLearner) else None
         self.drift: DriftMonitor | None = None
         if self.config.drift is not None:
             action = self.config.drift.action
@@ -142,13 +150,13 @@ class EventLoop:
             return
         validate_batch(batch, self.problem)
         if batch.task is not None:
-            self._enter_task(int(batch.task[0]))
+            self._enter_task(int(batch.task.numpy()[0]))
         self.pending_updates += self.config.online_iter
         iterations = int(self.pending_updates)
         self.pending_updates -= iterations
-        if isinstance(self.learner, SequentialLearner):
+        if self._sequential is not None:
             started = time.perf_counter()
-            predicted = self.learner.test_then_train(batch.x, batch.y, batch.level, iterations)
+            predicted = self._sequential.test_then_train(batch.x, batch.y, batch.level, iterations)
             learn_seconds = time.perf_counter() - started
             hits, answered = self._sequential_hits(batch, predicted)
             self._mark_seen(batch)
@@ -178,37 +186,50 @@ class EventLoop:
         """Close the stream: task-end evaluation(s) for the last task and any empty ones after."""
         if self.finished:
             return
-        last = (self.num_tasks - 1) if self.num_tasks else self.current_task
-        if last is not None:
-            self._close_tasks(through=last)
+        if self.num_tasks:
+            last = self.num_tasks - 1
+        else:
+            # Without task labels the whole stream is one task.
+            last = self.current_task if self.current_task is not None else 0
+        self._close_tasks(through=last, start=0 if self.current_task is None else None)
         self.finished = True
         for observer in self.observers:
             observer.on_finish(self)
 
     def _mark_seen(self, batch: Batch) -> None:
-        # Through numpy views of the masks: a torch index_put costs ten times more per batch.
         y = batch.y.numpy()
         if self.problem.num_levels == 1:
-            self.seen[0].numpy()[y] = True
-            return
-        level = batch.level.numpy()
-        for lvl in range(self.problem.num_levels):
-            self.seen[lvl].numpy()[y[level == lvl]] = True
+            self.seen[0][y] = True
+        else:
+            levels = batch.level.numpy()
+            for level in range(self.problem.num_levels):
+                self.seen[level][y[levels == level]] = True
 
     def _prequential(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        """Hits and which samples were predicted at all, predicting the batch before learning."""
-        learner, seen = self.learner, self.seen
+        """Hits, and which samples the learner predicted at all, predicting the batch before
+        learning it. Bookkeeping runs in numpy on views of the CPU tensors: cheaper per call
+        than torch on micro-batches, and this runs on every batch."""
+        y = batch.y.numpy()
         if self.problem.num_levels == 1:
-            scores = learner.predict(batch.x, 0).detach().cpu().numpy()
-            return _hits(scores, seen[0].numpy(), batch.y.numpy())
-        hits = np.zeros(len(batch), dtype=bool)
-        answered = np.zeros(len(batch), dtype=bool)
-        for level in batch.level.unique().tolist():
-            rows = batch.level == level
-            scores = learner.predict(batch.x[rows], level).detach().cpu().numpy()
-            rows_np = rows.numpy()
-            hits[rows_np], answered[rows_np] = _hits(scores, seen[level].numpy(), batch.y[rows].numpy())
+            return self._hits(self.learner.predict(batch.x, 0), y, self.seen[0])
+        hits = np.zeros(len(y), dtype=bool)
+        answered = np.zeros(len(y), dtype=bool)
+        levels = batch.level.numpy()
+        for level in np.unique(levels).tolist():
+            rows = levels == level
+            scores = self.learner.predict(batch.x[torch.from_numpy(rows)], level)
+            hits[rows], answered[rows] = self._hits(scores, y[rows], self.seen[level])
         return hits, answered
+
+    @staticmethod
+    def _hits(
+        scores: torch.Tensor, y: np.ndarray, seen: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Right predictions among the seen classes, and which rows had a seen class scored
+        above ``-inf`` (a learner that knows no seen class yet makes no prediction)."""
+        masked = np.where(seen, scores.detach().cpu().numpy(), -np.inf)
+        answered = np.asarray(np.isfinite(masked).any(axis=1))
+        return np.asarray((masked.argmax(axis=1) == y) & answered), answered
 
     def _sequential_hits(
         self, batch: Batch, predicted: torch.Tensor
@@ -219,7 +240,7 @@ class EventLoop:
         Plain Python over the batch's few rows: between river's per-sample work, each numpy
         call costs several times what it costs alone (measured in bench/river.py's setting)."""
         pred, y, level = predicted.tolist(), batch.y.tolist(), batch.level.tolist()
-        seen = [mask.numpy() for mask in self.seen]
+        seen = self.seen
         hits, answered = [], []
         for i, (p, label, lvl) in enumerate(zip(pred, y, level, strict=True)):
             answered.append(p >= 0)
@@ -270,13 +291,16 @@ class EventLoop:
     def _evaluate(self, kind: str) -> Evaluation | None:
         if self.evaluator is None:
             return None
-        evaluation = self.evaluator.evaluate(self.learner, self.seen, self.samples_seen)
+        seen = [torch.from_numpy(mask) for mask in self.seen]
+        evaluation = self.evaluator.evaluate(self.learner, seen, self.samples_seen)
         if kind == "periodic":
             self.curve.append(evaluation)
         else:
             self.task_ends.append(evaluation)
         for level, per_class in enumerate(evaluation.class_accuracy):
-            np.maximum(self.best_class_accuracy[level], per_class, out=self.best_class_accuracy[level])
+            np.maximum(
+                self.best_class_accuracy[level], per_class, out=self.best_class_accuracy[level]
+            )
         self.last_evaluation = evaluation
         for observer in self.observers:
             observer.on_evaluation(self, evaluation, kind)
@@ -313,7 +337,8 @@ class EventLoop:
         )
         if self.problem.num_levels > 1:
             result["per_level"] = {
-                name: self._level_summary(level) for level, name in enumerate(self.problem.level_names)
+                name: self._level_summary(level)
+                for level, name in enumerate(self.problem.level_names)
             }
         return result
 
@@ -339,7 +364,7 @@ class EventLoop:
         """The loop's whole state, as JSON."""
         return {
             "samples_seen": self.samples_seen,
-            "seen": [torch.nonzero(s).flatten().tolist() for s in self.seen],
+            "seen": [np.flatnonzero(s).tolist() for s in self.seen],
             "current_task": self.current_task,
             "pending_updates": self.pending_updates,
             "next_eval": self.next_eval,
@@ -347,7 +372,9 @@ class EventLoop:
             "curve": [e.to_json() for e in self.curve],
             "task_ends": [e.to_json() for e in self.task_ends],
             "best_class_accuracy": [b.tolist() for b in self.best_class_accuracy],
-            "last_evaluation": None if self.last_evaluation is None else self.last_evaluation.to_json(),
+            "last_evaluation": None
+            if self.last_evaluation is None
+            else self.last_evaluation.to_json(),
             "learn_seconds": self.learn_seconds,
             "finished": self.finished,
             "drift": None if self.drift is None else self.drift.state_dict(self.checkpoint_key),
@@ -356,15 +383,17 @@ class EventLoop:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.samples_seen = int(state["samples_seen"])
         for mask, classes in zip(self.seen, state["seen"], strict=True):
-            mask.zero_()
-            mask[torch.tensor(classes, dtype=torch.long)] = True
+            mask[:] = False
+            mask[np.asarray(classes, dtype=np.int64)] = True
         self.current_task = state["current_task"]
         self.pending_updates = float(state["pending_updates"])
         self.next_eval = int(state["next_eval"])
         self.prequential.load_state_dict(state["prequential"])
         self.curve = [Evaluation.from_json(e) for e in state["curve"]]
         self.task_ends = [Evaluation.from_json(e) for e in state["task_ends"]]
-        self.best_class_accuracy = [np.asarray(b, dtype=np.float64) for b in state["best_class_accuracy"]]
+        self.best_class_accuracy = [
+            np.asarray(b, dtype=np.float64) for b in state["best_class_accuracy"]
+        ]
         last = state["last_evaluation"]
         self.last_evaluation = None if last is None else Evaluation.from_json(last)
         self.learn_seconds = float(state["learn_seconds"])
@@ -375,15 +404,6 @@ class EventLoop:
                     "checkpoint has no drift detector state, but drift detection is configured"
                 )
             self.drift.load_state_dict(state["drift"], self.checkpoint_key)
-
-
-def _hits(scores: np.ndarray, seen: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Hits of scores masked to the ``seen`` classes, and which rows had any class left to
-    pick. numpy: on micro-batches its calls cost a tenth of torch's."""
-    masked = np.where(seen, scores, -np.inf)
-    answered = np.asarray(np.isfinite(masked).any(axis=1))
-    hits = np.asarray((masked.argmax(axis=1) == y) & answered)
-    return hits, answered
 
 
 def _metrics_of(

@@ -79,11 +79,11 @@ class PrequentialAccuracy:
     {'cumulative': 0.75, '2': 1.0, '4': 0.75}
     """
 
-    def __init__(self, windows: Sequence[int] = (1000,)) -> None:
+    def __init__(self, windows: int | Sequence[int] = (1000,)) -> None:
         self._start(windows)
 
-    def _start(self, windows: Sequence[int]) -> None:
-        windows = tuple(int(w) for w in windows)
+    def _start(self, windows: int | Sequence[int]) -> None:
+        windows = (int(windows),) if isinstance(windows, int) else tuple(int(w) for w in windows)
         if not windows or min(windows) <= 0 or len(set(windows)) != len(windows):
             raise ValueError(f"prequential windows must be distinct positive sizes, got {windows}")
         self.windows = windows

@@ -14,7 +14,7 @@ from learners import registry
 from learners.base import Problem
 from learners.drift import DriftAction
 from learners.state_io import state_from_bytes, state_to_bytes
-from memory.reservoir import ReservoirMemory
+from memory import MemoryConfig, ReplayMemory
 from stream.batch import Batch
 from stream.datasets import as_float_tensor, load_dataset
 from stream.drift import DriftConfig, DriftConfigError, DriftMonitor
@@ -149,18 +149,19 @@ def test_er_grow_recent_restarts_the_reservoir_count():
     er.learn(x, y, torch.zeros_like(y))
     assert er.memory.seen == 200
     er.on_drift(DriftAction.GROW_RECENT)
-    assert er.memory.seen == len(er.memory) == 50
+    assert er.memory.seen == 200 and er.memory.reservoir_start == 150
+    balanced = {**registry.get("er").check_config, "memory": {"policy": "class_balanced"}}
+    assert registry.create("er", problem, balanced).drift_actions == frozenset()
 
 
 def recent_share(favour: bool) -> float:
-    memory = ReservoirMemory(100, seed=3)
+    memory = ReplayMemory(MemoryConfig(capacity=100), seed=3)
     old = torch.zeros(1000, 1)
     memory.add(old, torch.zeros(1000, dtype=torch.long), torch.zeros(1000, dtype=torch.long))
     if favour:
         memory.favour_recent()
-    memory.add(
-        torch.ones(100, 1), torch.ones(100, dtype=torch.long), torch.zeros(100, dtype=torch.long)
-    )
+    new = torch.ones(100, 1)
+    memory.add(new, torch.ones(100, dtype=torch.long), torch.zeros(100, dtype=torch.long))
     return float(memory.y[: len(memory)].float().mean())
 
 
