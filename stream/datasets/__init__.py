@@ -1,5 +1,6 @@
 """Datasets addressed by a string (SPEC §2): ``digits``, ``fashion-mnist[:DIR]``,
-``cifar100:DIR``, ``npz:PATH``, and river's datasets as ``river:NAME[?KEY=VALUE&...]``.
+``cifar100:DIR``, ``npz:PATH``, the generated ``synthetic-hierarchy[:k=v,...]`` and
+river's datasets as ``river:NAME[?KEY=VALUE&...]``.
 
 >>> ds = load_dataset("digits")
 >>> ds.num_classes, ds.input_shape, len(ds.y_train), len(ds.y_test)
@@ -22,6 +23,7 @@ _LOADERS: dict[str, str] = {
     "cifar100": "stream.datasets.cifar100",
     "npz": "stream.datasets.npz",
     "river": "stream.datasets.river_datasets",
+    "synthetic-hierarchy": "stream.datasets.synthetic_hierarchy",
 }
 
 
