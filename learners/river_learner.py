@@ -39,7 +39,7 @@ import bisect
 import importlib
 import inspect
 import math
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -178,7 +178,7 @@ class RiverLearner(Learner, SequentialLearner, DriftAdaptive):
     name = "river"
     config_model = RiverConfig
     config: RiverConfig
-    drift_actions: ClassVar[frozenset[DriftAction]] = frozenset({DriftAction.RESET})
+    drift_actions = frozenset({DriftAction.RESET})
 
     def __init__(self, problem: Problem, config: RiverConfig) -> None:
         super().__init__(problem, config)
