@@ -6,6 +6,7 @@ from learners.registry import LearnerConfigError, UnknownLearnerError
 from stream.config_file import ConfigFileError
 from stream.datasets import DatasetError
 from stream.device import DeviceError
+from stream.drift import DriftConfigError
 from stream.metrics_server import MetricsServerError
 from stream.report import ReportError
 from stream.schedules import ScheduleError
@@ -21,6 +22,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     ConfigFileError,
     DatasetError,
     DeviceError,
+    DriftConfigError,
     LearnerConfigError,
     MetricsServerError,
     ReportError,
