@@ -4,7 +4,7 @@ river's datasets as ``river:NAME[?KEY=VALUE&...]``.
 
 >>> ds = load_dataset("digits")
 >>> ds.num_classes, ds.input_shape, len(ds.y_train), len(ds.y_test)
-(10, (1, 8, 8), 1437, 360)
+(10, (1, 8, 8), 1442, 355)
 """
 
 from __future__ import annotations
