@@ -33,6 +33,10 @@ class ViTOptions(BaseModel):
     mlp_ratio: float = Field(2.0, gt=0, description="MLP hidden width / embed_dim")
 
 
+class BackboneError(ValueError):
+    """A backbone that cannot be built for the inputs it is given (says which and why)."""
+
+
 class BackboneConfig(BaseModel):
     """Which backbone to build and how big."""
 
@@ -107,7 +111,9 @@ class SmallCNN(Backbone):
         elif len(input_shape) == 3:
             in_channels = int(input_shape[0])
         else:
-            raise ValueError(f"cnn backbone needs image inputs [C,H,W] or [H,W], got {input_shape}")
+            raise BackboneError(
+                f"cnn backbone needs image inputs [C,H,W] or [H,W], got {input_shape}"
+            )
         self.image_rank = len(input_shape)
         layers: list[nn.Module] = []
         for width in channels:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from learners.backbones import Backbone
+from learners.backbones import Backbone, BackboneError
 
 
 class TimmUnavailableError(ImportError):
@@ -38,7 +38,7 @@ class TimmBackbone(Backbone):
         super().__init__()
         timm = import_timm()
         if len(input_shape) not in (2, 3):
-            raise ValueError(
+            raise BackboneError(
                 f"timm backbones need image inputs [C,H,W] or [H,W], got {input_shape}"
             )
         channels = 1 if len(input_shape) == 2 else int(input_shape[0])

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from learners.backbones import Backbone, ViTOptions
+from learners.backbones import Backbone, BackboneError, ViTOptions
 
 # timm's ViT LayerNorm epsilon; npz and timm weights were trained with it.
 LAYER_NORM_EPS = 1e-6
@@ -34,7 +34,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"vit embed_dim {dim} is not divisible by num_heads {num_heads}")
+            raise BackboneError(f"vit embed_dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -87,7 +87,7 @@ def image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
         return 1, int(input_shape[0]), int(input_shape[1])
     if len(input_shape) == 3:
         return int(input_shape[0]), int(input_shape[1]), int(input_shape[2])
-    raise ValueError(f"vit backbone needs image inputs [C,H,W] or [H,W], got {input_shape}")
+    raise BackboneError(f"vit backbone needs image inputs [C,H,W] or [H,W], got {input_shape}")
 
 
 class ViT(Backbone):
@@ -98,7 +98,7 @@ class ViT(Backbone):
         channels, height, width = image_shape(input_shape)
         p = options.patch_size
         if height % p or width % p:
-            raise ValueError(
+            raise BackboneError(
                 f"vit patch_size {p} does not divide the {height}x{width} image; pick a divisor"
             )
         self.image_rank = len(input_shape)

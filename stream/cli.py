@@ -20,6 +20,7 @@ COMMANDS = (
     "stream.commands.schedule",
     "stream.commands.replay",
     "stream.commands.learners",
+    "stream.commands.pretrain",
 )
 
 
