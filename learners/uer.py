@@ -124,15 +124,16 @@ class UER(Learner):
         replay = len(y) if self.config.replay_batch_size is None else self.config.replay_batch_size
         self.model.train()
         for _ in range(iterations):
-            loss = self._loss(x, y, level, self.cosine_logits)
             if replay > 0 and len(self.memory) > 0:
                 mx, my, mlevel = self.memory.sample(replay)
+                # one backbone pass over stream and replay samples, split for the two losses
+                features = self.backbone(torch.cat([x, mx.to(self.device, torch.float32)]))
+                loss = self._loss(features[: len(y)], y, level, self.cosine_logits)
                 loss = loss + self._loss(
-                    mx.to(self.device, torch.float32),
-                    my.to(self.device),
-                    mlevel.to(self.device),
-                    self.dot_logits,
+                    features[len(y) :], my.to(self.device), mlevel.to(self.device), self.dot_logits
                 )
+            else:
+                loss = self._loss(self.backbone(x), y, level, self.cosine_logits)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -140,22 +141,20 @@ class UER(Learner):
 
     def _loss(
         self,
-        x: torch.Tensor,
+        features: torch.Tensor,
         y: torch.Tensor,
         level: torch.Tensor,
         logits_of: Callable[[torch.Tensor, int], torch.Tensor],
     ) -> torch.Tensor:
         """Mean cross-entropy of ``logits_of(features, level)`` over the samples of every level."""
-        features = self.backbone(x)
         if self.problem.num_levels == 1:
             return F.cross_entropy(logits_of(features, 0), y)
         loss = features.new_zeros(())
         for lvl in range(self.problem.num_levels):
             rows = level == lvl
             if rows.any():
-                loss = loss + F.cross_entropy(
-                    logits_of(features[rows], lvl), y[rows], reduction="sum"
-                )
+                logits = logits_of(features[rows], lvl)
+                loss = loss + F.cross_entropy(logits, y[rows], reduction="sum")
         return loss / len(y)
 
     def state_dict(self) -> LearnerState:

@@ -15,16 +15,26 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def describe_options(model: type[BaseModel], prefix: str = "") -> list[str]:
-    """One line per option, nested models as dotted names."""
+def describe_options(
+    model: type[BaseModel], prefix: str = "", defaults: BaseModel | None = None
+) -> list[str]:
+    """One line per option, nested models as dotted names.
+
+    ``defaults`` is the nested model's default instance, so a learner's own default (e.g. mvp's
+    frozen ``vit`` backbone) shows instead of the nested model's class defaults.
+    """
     lines = []
     for name, field in model.model_fields.items():
         annotation = field.annotation
+        default = (
+            getattr(defaults, name)
+            if defaults is not None
+            else field.get_default(call_default_factory=True)
+        )
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            lines += describe_options(annotation, f"{prefix}{name}.")
+            lines += describe_options(annotation, f"{prefix}{name}.", default)
             continue
         kind = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-        default = field.get_default(call_default_factory=True)
         description = f"  {field.description}" if field.description else ""
         lines.append(f"    {prefix}{name}: {kind} = {default!r}{description}")
     return lines

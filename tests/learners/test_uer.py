@@ -48,11 +48,11 @@ def test_stream_loss_never_moves_weight_norms_but_replay_loss_does():
     """The angle-only loss has a gradient orthogonal to each class weight (cos is scale-free)."""
     learner = uer()
     x, y, level = batch()
-    learner._loss(x, y, level, learner.cosine_logits).backward()
+    learner._loss(learner.backbone(x), y, level, learner.cosine_logits).backward()
     w, grad = learner.weights[0].detach(), learner.weights[0].grad
     torch.testing.assert_close((w * grad).sum(1), torch.zeros(4), atol=1e-6, rtol=0)
     learner.weights[0].grad = None
-    learner._loss(x, y, level, learner.dot_logits).backward()
+    learner._loss(learner.backbone(x), y, level, learner.dot_logits).backward()
     assert (w * learner.weights[0].grad).sum(1).abs().max() > 1e-3
 
 
