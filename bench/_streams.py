@@ -19,27 +19,31 @@ from stream.stream_file import record_schedule, write_stream
 SI_BLURRY = {"tasks": 5, "disjoint": 50, "blurry": 10}
 
 
+def subsample_rows(
+    y: np.ndarray, per_class: int, classes: list[int], rng: np.random.Generator
+) -> np.ndarray:
+    """Sorted rows of ``per_class`` random samples of each class in ``classes``."""
+    picked = [rng.permutation(np.flatnonzero(y == c))[:per_class] for c in classes]
+    return np.sort(np.concatenate(picked))
+
+
 def subsample(
     spec: str,
     train_per_class: int,
     test_per_class: int,
     classes: list[int] | None = None,
     seed: int = 0,
-) -> Dataset:
+) -> tuple[Dataset, np.ndarray]:
     """``train_per_class`` / ``test_per_class`` images of each of ``classes`` (all by default),
-    relabelled ``0..len(classes)-1`` in the given order."""
+    relabelled ``0..len(classes)-1`` in the given order; and the training rows it took."""
     full = load_dataset(spec)
     classes = list(range(full.num_classes)) if classes is None else classes
     rng = np.random.default_rng(seed)
-
-    def rows(y: np.ndarray, per_class: int) -> np.ndarray:
-        picked = [rng.permutation(np.flatnonzero(y == c))[:per_class] for c in classes]
-        return np.sort(np.concatenate(picked))
-
-    train, test = rows(full.y_train, train_per_class), rows(full.y_test, test_per_class)
+    train = subsample_rows(full.y_train, train_per_class, classes, rng)
+    test = subsample_rows(full.y_test, test_per_class, classes, rng)
     relabel = np.full(full.num_classes, -1, dtype=np.int64)
     relabel[classes] = np.arange(len(classes))
-    return Dataset(
+    dataset = Dataset(
         spec=f"{spec}[classes={classes},train={train_per_class}/class,test={test_per_class}/class]",
         X_train=full.X_train[train],
         y_train=relabel[full.y_train[train]],
@@ -47,6 +51,7 @@ def subsample(
         y_test=relabel[full.y_test[test]],
         class_names=[full.class_names[c] for c in classes],
     )
+    return dataset, train
 
 
 def si_blurry_stream(

@@ -52,10 +52,10 @@ def main(argv: list[str]) -> dict[str, Any]:
     # Two intra-op threads on two shared, loaded cores ran a ViT step 6x slower than one.
     torch.set_num_threads(args.threads)
     try:
-        dataset = subsample(args.dataset, args.train_per_class, args.test_per_class)
+        dataset, _ = subsample(args.dataset, args.train_per_class, args.test_per_class)
     except DatasetError as exc:
         print(f"{exc}; using digits instead")
-        dataset = subsample("digits", 10_000, 10_000)
+        dataset, _ = subsample("digits", 10_000, 10_000)
     loop = LoopConfig(batch_size=16, online_iter=3.0, eval_period=500)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in LEARNERS}
     with tempfile.TemporaryDirectory() as tmp:

@@ -162,12 +162,17 @@ def build_backbone(config: BackboneConfig, input_shape: tuple[int, ...], seed: i
         torch.manual_seed(seed)
         backbone = BACKBONES[config.name](config, tuple(input_shape))
     if config.weights is not None:
-        # a timm backbone holds the timm model, whose names the weights file uses
-        target = backbone.model if config.name == "timm" else backbone
-        load_backbone_weights(target, config.weights)
+        load_backbone_weights(weights_module(backbone, config), config.weights)
     if config.freeze:
         backbone.requires_grad_(False)
     return backbone
+
+
+def weights_module(backbone: Backbone, config: BackboneConfig) -> nn.Module:
+    """The module whose state dict a weights file holds: a timm backbone's inner timm model
+    (so files use timm's own names), else the backbone itself."""
+    inner = getattr(backbone, "model", None) if config.name == "timm" else None
+    return inner if isinstance(inner, nn.Module) else backbone
 
 
 def seeded_linear(in_dim: int, out_dim: int, seed: int) -> nn.Linear:

@@ -269,7 +269,7 @@ class MVP(Learner):
         self, features: torch.Tensor, y: torch.Tensor, index: torch.Tensor, level: int
     ) -> torch.Tensor:
         """Sum over samples of the (AFS-scaled, GSF-weighted) masked cross-entropy."""
-        head: nn.Linear = self.heads[level]
+        head = cast(nn.Linear, self.heads[level])
         scale = self.logit_scale(index, level)
         bias = self.seen_bias(level)
         if self.config.use_afs:

@@ -23,7 +23,13 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
-from learners.backbones import Backbone, BackboneConfig, build_backbone, seeded_linear
+from learners.backbones import (
+    Backbone,
+    BackboneConfig,
+    build_backbone,
+    seeded_linear,
+    weights_module,
+)
 
 METADATA_KEY = "streamcl.pretrain"
 
@@ -136,8 +142,8 @@ def save_backbone(
     """Write the backbone's weights as safetensors, its config and ``extra`` as metadata."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    target = backbone.model if backbone_config.name == "timm" else backbone
-    tensors = {k: v.detach().cpu().contiguous() for k, v in target.state_dict().items()}
+    state = weights_module(backbone, backbone_config).state_dict()
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     config = backbone_config.model_dump(mode="json", exclude={"weights", "freeze"})
     metadata = {METADATA_KEY: json.dumps({"backbone": config, **(extra or {})}, allow_nan=False)}
     save_file(tensors, str(path), metadata=metadata)

@@ -34,6 +34,8 @@ from torch.nn import functional as F
 class PromptPool(nn.Module):
     """Keys, g-/e-prompts and per-key logit masks (one mask per hierarchy level)."""
 
+    count: torch.Tensor
+
     def __init__(
         self,
         pool_size: int,

@@ -138,8 +138,8 @@ def _init_weights(module: nn.Module) -> None:
     # already a (weak) feature extractor.
     if isinstance(module, nn.Linear):
         nn.init.xavier_uniform_(module.weight)
-        nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Conv2d):
         fan_in = module.in_channels * math.prod(module.kernel_size)
         nn.init.trunc_normal_(module.weight, std=1.0 / math.sqrt(fan_in))
+    if isinstance(module, nn.Linear | nn.Conv2d) and module.bias is not None:
         nn.init.zeros_(module.bias)
