@@ -25,6 +25,8 @@ On a ViT backbone (``learners.vit``, frozen by default; load pretrained weights 
 
 ``online_iter`` repeats are the ``iterations`` the engine passes. A replay memory is optional
 (``memory.capacity``, default 0, as the paper uses none); its samples join each step's batch.
+The memory gets the frozen query as sample embedding (``nearest`` retrieval) and the masked
+cross-entropy as per-sample loss (the ``clib`` policy).
 
 Deviation, on purpose: the official ``loss_fn`` multiplies the per-sample focal weights by the
 already-averaged batch loss, which collapses them to one scalar per batch
@@ -172,7 +174,9 @@ class MVP(Learner):
         )
         self.model = nn.ModuleDict({"vit": self.vit, "pool": self.pool, "heads": self.heads})
         self.seen = [torch.zeros(k, dtype=torch.bool) for k in problem.num_classes]
-        self.memory = build_memory(config.memory, seed=config.seed)
+        self.memory = build_memory(
+            config.memory, seed=config.seed, embed=self.query, loss=self._sample_losses
+        )
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=config.lr)
 
@@ -185,7 +189,7 @@ class MVP(Learner):
     @torch.no_grad()
     def query(self, x: torch.Tensor) -> torch.Tensor:
         """The frozen ViT's ``[CLS]`` token, the key-matching query (no prompts, no final norm)."""
-        tokens = self.vit.embed(x)
+        tokens = self.vit.embed(x.to(self.device, torch.float32))
         last = len(self.vit.blocks) - (0 if self.config.query_last_layer else 1)
         for block in self.vit.blocks[:last]:
             tokens = block(tokens)
@@ -240,7 +244,7 @@ class MVP(Learner):
         for _ in range(iterations):
             bx, by, blevel = x, y, level
             if replay > 0 and len(self.memory) > 0:
-                mx, my, mlevel = self.memory.sample(replay)
+                mx, my, mlevel = self.memory.sample(replay, query=x)
                 bx = torch.cat([x, mx.to(self.device, torch.float32)])
                 by = torch.cat([y, my.to(self.device)])
                 blevel = torch.cat([level, mlevel.to(self.device)])
@@ -291,6 +295,21 @@ class MVP(Learner):
         loss.backward()
         self.optimizer.step()
         self.pool.record(index)
+
+    @torch.no_grad()
+    def _sample_losses(self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """Masked cross-entropy of each sample under the prompts it selects (for the memory)."""
+        x, y, level = x.to(self.device, torch.float32), y.to(self.device), level.to(self.device)
+        _, index = self._select(x)
+        features = self.prompted_features(x, index)
+        losses = features.new_zeros(len(y))
+        for lvl in range(self.problem.num_levels):
+            rows = level == lvl
+            if rows.any():
+                logits = self.heads[lvl](features[rows]) * self.logit_scale(index[rows], lvl)
+                logits = logits + self.seen_bias(lvl)
+                losses[rows] = F.cross_entropy(logits, y[rows], reduction="none")
+        return losses
 
     # -- checkpoints ----------------------------------------------------------------------
 

@@ -19,7 +19,10 @@ What the paper leaves open, and the defaults chosen here (all options):
   temperature (0.09) that lets cosine logits reach a confident softmax;
 - ``replay_batch_size``: the stream batch size, as in i-Blurry's ER, so both losses see
   equally many samples per step;
-- ``memory``: reservoir sampling (``memory.build_memory``), 500 samples;
+- ``memory``: reservoir insertion, uniform retrieval, 500 samples (``memory.build_memory``; the
+  other policies and retrieval modes work too: UER gives the memory its backbone features as
+  embeddings and the dot-product cross-entropy, the loss replayed samples are learned with, as
+  the per-sample loss);
 - the two losses are summed with equal weight, each a mean over its own samples.
 """
 
@@ -84,7 +87,9 @@ class UER(Learner):
         )
         self.model = nn.ModuleDict({"backbone": self.backbone, "weights": self.weights})
         self.seen = [torch.zeros(k, dtype=torch.bool) for k in problem.num_classes]
-        self.memory = build_memory(config.memory, seed=config.seed)
+        self.memory = build_memory(
+            config.memory, seed=config.seed, embed=self._embed, loss=self._sample_losses
+        )
         params = [p for p in self.model.parameters() if p.requires_grad]
         if config.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
@@ -125,7 +130,7 @@ class UER(Learner):
         self.model.train()
         for _ in range(iterations):
             if replay > 0 and len(self.memory) > 0:
-                mx, my, mlevel = self.memory.sample(replay)
+                mx, my, mlevel = self.memory.sample(replay, query=x)
                 # one backbone pass over stream and replay samples, split for the two losses
                 features = self.backbone(torch.cat([x, mx.to(self.device, torch.float32)]))
                 loss = self._loss(features[: len(y)], y, level, self.cosine_logits)
@@ -156,6 +161,22 @@ class UER(Learner):
                 logits = logits_of(features[rows], lvl)
                 loss = loss + F.cross_entropy(logits, y[rows], reduction="sum")
         return loss / len(y)
+
+    @torch.no_grad()
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x.to(self.device, torch.float32))
+
+    @torch.no_grad()
+    def _sample_losses(self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(x.to(self.device, torch.float32))
+        y, level = y.to(self.device), level.to(self.device)
+        losses = features.new_zeros(len(y))
+        for lvl in range(self.problem.num_levels):
+            rows = level == lvl
+            if rows.any():
+                logits = self.dot_logits(features[rows], lvl)
+                losses[rows] = F.cross_entropy(logits, y[rows], reduction="none")
+        return losses
 
     def state_dict(self) -> LearnerState:
         tensors = module_tensors("model", self.model)

@@ -9,6 +9,8 @@ from learners.timm_backbone import TimmUnavailableError
 from stream.config_file import ConfigFileError
 from stream.datasets import DatasetError
 from stream.device import DeviceError
+from stream.metrics_server import MetricsServerError
+from stream.report import ReportError
 from stream.schedules import ScheduleError
 from stream.stream_file import StreamFileError
 
@@ -26,6 +28,8 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     DatasetError,
     DeviceError,
     LearnerConfigError,
+    MetricsServerError,
+    ReportError,
     ScheduleError,
     StreamFileError,
     UnknownLearnerError,

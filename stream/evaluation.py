@@ -71,7 +71,9 @@ class AnytimeEvaluator:
         self.batch_size = batch_size
         self.parents = [torch.tensor(p, dtype=torch.long) for p in problem.parents]
 
-    def _predict(self, learner: Learner, rows: torch.Tensor, level: int, seen: torch.Tensor) -> torch.Tensor:
+    def _predict(
+        self, learner: Learner, rows: torch.Tensor, level: int, seen: torch.Tensor
+    ) -> torch.Tensor:
         predictions = []
         for start in range(0, len(rows), self.batch_size):
             x = self.x_test[rows[start : start + self.batch_size]].to(learner.device)
@@ -101,7 +103,7 @@ class AnytimeEvaluator:
             hits = predicted == labels[rows]
             hits_total += int(hits.sum())
             count_total += len(rows)
-            level_accuracy.append(float(hits.float().mean()))
+            level_accuracy.append(int(hits.sum()) / len(rows))
             k = self.problem.num_classes[level]
             correct = torch.bincount(labels[rows], weights=hits.double(), minlength=k)
             counts = torch.bincount(labels[rows], minlength=k).double()
@@ -138,7 +140,9 @@ class AnytimeEvaluator:
                 fine_of_rows = fine_pred[rows]
                 has_fine = fine_of_rows >= 0
                 parent_hit = torch.zeros_like(hits)
-                parent_hit[has_fine] = self.parents[level][fine_of_rows[has_fine]] == truth[has_fine]
+                parent_hit[has_fine] = (
+                    self.parents[level][fine_of_rows[has_fine]] == truth[has_fine]
+                )
                 hits = hits | parent_hit
-            either.append(float(hits.float().mean()))
+            either.append(int(hits.sum()) / len(hits))
         return either

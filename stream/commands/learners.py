@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -20,8 +21,8 @@ def describe_options(
 ) -> list[str]:
     """One line per option, nested models as dotted names.
 
-    ``defaults`` is the nested model's default instance, so a learner's own default (e.g. mvp's
-    frozen ``vit`` backbone) shows instead of the nested model's class defaults.
+    ``defaults`` is the nested model's default instance in its parent (a learner may default its
+    backbone to ``identity`` while ``BackboneConfig`` itself defaults to ``mlp``).
     """
     lines = []
     for name, field in model.model_fields.items():
@@ -34,10 +35,15 @@ def describe_options(
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             lines += describe_options(annotation, f"{prefix}{name}.", default)
             continue
-        kind = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
         description = f"  {field.description}" if field.description else ""
-        lines.append(f"    {prefix}{name}: {kind} = {default!r}{description}")
+        lines.append(f"    {prefix}{name}: {_kind(annotation)} = {default!r}{description}")
     return lines
+
+
+def _kind(annotation: Any) -> str:
+    if get_origin(annotation) is Literal:
+        return "|".join(str(choice) for choice in get_args(annotation))
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 def run(args: argparse.Namespace) -> int:

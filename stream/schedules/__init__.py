@@ -16,7 +16,14 @@ from pydantic import ValidationError
 from stream.datasets import Dataset
 from stream.schedules.schedule import Schedule, ScheduleParams
 
-__all__ = ["Schedule", "ScheduleError", "ScheduleParams", "make_schedule", "params_model", "schedule_names"]
+__all__ = [
+    "Schedule",
+    "ScheduleError",
+    "ScheduleParams",
+    "make_schedule",
+    "params_model",
+    "schedule_names",
+]
 
 # name -> (module with build(levels, params, seed), params class name); one line per schedule.
 _SCHEDULES: dict[str, tuple[str, str]] = {

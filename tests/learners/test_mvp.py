@@ -223,3 +223,10 @@ def test_replay_memory_is_optional_and_off_by_default():
     replaying.learn(x, y, level)
     assert replaying.memory_samples == 10
     assert float(replaying.pool.count.sum()) == 6 + (6 + 4)  # second step: 6 stream + 4 replayed
+
+
+def test_memory_policies_and_retrieval_plug_in():
+    learner = mvp(memory={"capacity": 5, "policy": "clib", "retrieval": "nearest"})
+    for seed in range(3):
+        learner.learn(*batch(4, seed))
+    assert learner.memory_samples == 5

@@ -60,7 +60,7 @@ def test_replay_joins_the_step_with_the_stream_batch_size():
     learner = uer()
     drawn: list[int] = []
     sample = learner.memory.sample
-    learner.memory.sample = lambda n: drawn.append(n) or sample(n)  # type: ignore[method-assign]
+    learner.memory.sample = lambda n, **kw: drawn.append(n) or sample(n, **kw)  # type: ignore[method-assign]
     x, y, level = batch(8)
     learner.learn(x, y, level)  # memory empty: stream loss only
     assert drawn == [] and learner.memory_samples == 8
@@ -76,3 +76,14 @@ def test_unseen_classes_score_minus_infinity():
     scores = learner.predict(x)
     assert torch.isinf(scores[:, [1, 3]]).all() and torch.isfinite(scores[:, [0, 2]]).all()
     assert F.softmax(scores, 1)[:, [1, 3]].sum() == 0
+
+
+def test_every_memory_policy_and_retrieval_plugs_in():
+    learner = create(
+        "uer",
+        PROBLEM,
+        {**SMALL, "memory": {"capacity": 6, "policy": "clib", "retrieval": "nearest"}},
+    )
+    for seed in range(3):
+        learner.learn(*batch(4, seed))
+    assert learner.memory_samples == 6

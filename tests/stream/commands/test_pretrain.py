@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from stream.commands.pretrain import parse_classes
 from stream.errors import UsageError
-
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def streamcl(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "stream", *args], cwd=cwd, env=env, capture_output=True, text=True
-    )
+from tests.stream.cli_runner import streamcl
 
 
 def test_pretrain_a_first_session_then_replay_with_the_weights(tmp_path):
