@@ -5,7 +5,8 @@ Each learner sees the same synthetic 28x28 one-channel stream (Fashion-MNIST siz
 interleaved rounds (median per learner); the
 prequential ``predict`` is timed with ``learn`` since the engine calls both per batch. Each
 learner uses the backbone its benchmark uses (the MLP of ``uer_vs_er`` for er/uer, the frozen
-tiny ViT of ``mvp_pretrained`` for mvp and nmc), so absolute numbers depend on that choice;
+tiny ViT of ``mvp_pretrained`` for mvp and the frozen-backbone learners nmc, slda, acil,
+aef-ocl, ds-al, each with its default options), so absolute numbers depend on that choice;
 the ratio column is against ``er`` measured in the same run.
 
     python -m bench learner_throughput
@@ -31,9 +32,10 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "er": {"backbone": MLP, "memory": {"capacity": 200}},
     "uer": {"backbone": MLP, "memory": {"capacity": 200}},
     "mvp": {"backbone": FROZEN_VIT},
-    "nmc": {"backbone": FROZEN_VIT},
+    # the frozen-backbone learners, on the same frozen ViT
+    **{name: {"backbone": FROZEN_VIT} for name in ("nmc", "slda", "acil", "aef-ocl", "ds-al")},
 }
-BACKBONE_NAMES = {"er": "mlp", "uer": "mlp", "mvp": "vit (frozen)", "nmc": "vit (frozen)"}
+BACKBONE_NAMES = {name: "mlp" if name in ("er", "uer") else "vit (frozen)" for name in OPTIONS}
 
 
 def build(name: str) -> Learner:

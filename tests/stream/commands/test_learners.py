@@ -8,7 +8,9 @@ from stream.commands.learners import describe_options
 
 def test_nested_options_show_the_learners_defaults_not_the_nested_class_defaults():
     lines = describe_options(registry.get("mvp").config_model)
-    assert "    backbone.name: Literal = 'vit'" in lines
+    assert any(
+        line.startswith("    backbone.name: ") and line.endswith("= 'vit'") for line in lines
+    )
     assert any(line.startswith("    backbone.freeze: bool = True") for line in lines)
     assert any(line.startswith("    memory.capacity: int = 0") for line in lines)
     assert any(line.startswith("    backbone.vit.depth: int = 6") for line in lines)
