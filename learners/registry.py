@@ -24,6 +24,7 @@ _BUILTIN: dict[str, str] = {
     "acil": "learners.acil:ACIL",
     "aef-ocl": "learners.aef_ocl:AEFOCL",
     "ds-al": "learners.ds_al:DSAL",
+    "pl-fms": "learners.pl_fms:PLFMS",
     "slda": "learners.slda:SLDA",
 }
 

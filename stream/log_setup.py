@@ -59,6 +59,9 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+QUIET_LIBRARIES = ("faiss.loader",)
+
+
 def configure_logging(
     log_format: str = "auto", level: str = "info", stream: IO[str] | None = None
 ) -> str:
@@ -103,6 +106,10 @@ def configure_logging(
         root.removeHandler(previous)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Libraries that announce themselves at info on import (faiss: "Loading faiss with AVX2
+    # support") say nothing a user acts on; their warnings still come through.
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     logging.captureWarnings(True)
     _json_requested = log_format == "json"
     return resolved

@@ -28,6 +28,7 @@ from stream.metrics_server import (
     MetricsServer,
     start_metrics_server,
 )
+from stream.pacing import Pacer
 from stream.progress import ProgressBar
 from stream.replay import prepare, replay
 from stream.report import format_table
@@ -55,6 +56,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--out", default=None, help="output directory (default: runs/<learner>)")
+    parser.add_argument(
+        "--max-rate",
+        type=float,
+        default=None,
+        metavar="R",
+        help="replay at most R samples per second (to watch a run live)",
+    )
     metrics = parser.add_argument_group(
         "metrics", "Prometheus /metrics and /healthz while replaying"
     )
@@ -107,6 +115,8 @@ def _check_metrics_options(args: argparse.Namespace) -> None:
                 raise UsageError(f"{flag} needs --metrics-port")
     if args.metrics_linger < 0:
         raise UsageError(f"--metrics-linger must be >= 0 seconds, got {args.metrics_linger:g}")
+    if args.max_rate is not None and args.max_rate <= 0:
+        raise UsageError(f"--max-rate must be > 0 samples/s, got {args.max_rate:g}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
         LoopLogger(args.learner),
         ProgressBar(len(prepared.stream), args.learner, enabled=bar_enabled),
     ]
+    if args.max_rate is not None:
+        observers.append(Pacer(args.max_rate))
     server: MetricsServer | None = None
     with structlog.contextvars.bound_contextvars(learner=args.learner):
         if args.metrics_port is not None:

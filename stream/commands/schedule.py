@@ -15,20 +15,25 @@ from stream.stream_file import record_schedule, write_stream
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "schedule",
-        help="generate a recorded stream (disjoint, i-blurry, si-blurry, ...)",
+        help="generate a recorded stream (disjoint, i-blurry, si-blurry, hle)",
         description="Generate a recorded stream. The output form follows the suffix: "
         ".jsonl for JSON lines, anything else (e.g. .scl) for the fast binary form.",
     )
     parser.add_argument("schedule", choices=schedule_names())
     parser.add_argument(
-        "--dataset", required=True, help="digits, fashion-mnist[:DIR], cifar100:DIR, npz:PATH"
+        "--dataset",
+        required=True,
+        help="digits, fashion-mnist[:DIR], cifar100:DIR, npz:PATH, synthetic-hierarchy[:k=v,...]",
     )
-    parser.add_argument("--tasks", type=int, help="number of tasks T (default 5)")
+    parser.add_argument(
+        "--tasks", type=int, help="number of tasks T (default 5; hle: 1 + min(5, #coarse) or L)"
+    )
     parser.add_argument("--disjoint", type=int, help="N: percent of disjoint classes")
     parser.add_argument("--blurry", type=int, help="M: percent of blurry samples mixed")
     parser.add_argument(
         "--non-stochastic", action="store_true", help="si-blurry with fixed task sizes"
     )
+    parser.add_argument("--scenario", help="hle: single (default), dual or multi-depth")
     parser.add_argument(
         "--param",
         action="append",
@@ -46,7 +51,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
     params: dict[str, Any] = {}
-    for key in ("tasks", "disjoint", "blurry"):
+    for key in ("tasks", "disjoint", "blurry", "scenario"):
         if getattr(args, key) is not None:
             params[key] = getattr(args, key)
     if args.non_stochastic:

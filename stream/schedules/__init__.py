@@ -1,4 +1,5 @@
-"""Stream schedules (SPEC §3): ``disjoint``, ``i-blurry``, ``si-blurry`` — deterministic in the seed.
+"""Stream schedules (SPEC §3): ``disjoint``, ``i-blurry``, ``si-blurry``, ``hle`` — deterministic
+in the seed.
 
 >>> from stream.datasets import load_dataset
 >>> s, params = make_schedule("si-blurry", load_dataset("digits"), {}, seed=1)
@@ -30,6 +31,7 @@ _SCHEDULES: dict[str, tuple[str, str]] = {
     "disjoint": ("stream.schedules.disjoint", "DisjointParams"),
     "i-blurry": ("stream.schedules.i_blurry", "IBlurryParams"),
     "si-blurry": ("stream.schedules.si_blurry", "SiBlurryParams"),
+    "hle": ("stream.schedules.hle", "HLEParams"),
 }
 
 

@@ -218,6 +218,8 @@ def scraped_replay(tmp_path_factory):
             sys.executable, "-m", "stream", "replay", str(tmp / "digits.scl"), "--learner", "er",
             "--eval-period", "100", "--out", str(out), "--metrics-port", str(port),
             "--metrics-linger", "300", "--log-format", "json",
+            # paced to ~3 s, so scrapes every 250 ms see the run mid-stream
+            "--max-rate", "500",
         ]  # fmt: skip
         logs = tmp / "replay.log"
         with logs.open("w") as stderr:
