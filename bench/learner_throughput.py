@@ -2,12 +2,12 @@
 
 Each learner sees the same synthetic 28x28 one-channel stream (Fashion-MNIST sized), in
 16-sample micro-batches with one update step each (``online_iter`` 1), after a warm-up, in
-interleaved rounds (median per learner); the
-prequential ``predict`` is timed with ``learn`` since the engine calls both per batch. Each
-learner uses the backbone its benchmark uses (the MLP of ``uer_vs_er`` for er/uer, the frozen
-tiny ViT of ``mvp_pretrained`` for mvp and the frozen-backbone learners nmc, slda, acil,
-aef-ocl, ds-al, each with its default options), so absolute numbers depend on that choice;
-the ratio column is against ``er`` measured in the same run.
+interleaved rounds (median per learner); the prequential ``predict`` is timed with ``learn``
+since the engine calls both per batch. Each learner uses the backbone its benchmark uses: the
+MLP of ``uer_vs_er`` with a 200-sample memory for the replay learners (er, uer, pl-fms), the
+frozen tiny ViT of ``mvp_pretrained`` for mvp and the frozen-backbone learners (nmc, slda, acil,
+aef-ocl, ds-al; otherwise their default options). Absolute numbers depend on that choice; the
+ratio column is against ``er`` measured in the same run.
 
     python -m bench learner_throughput
 """
@@ -31,11 +31,14 @@ FROZEN_VIT = {"name": "vit", "vit": VIT, "freeze": True}
 OPTIONS: dict[str, dict[str, Any]] = {
     "er": {"backbone": MLP, "memory": {"capacity": 200}},
     "uer": {"backbone": MLP, "memory": {"capacity": 200}},
+    "pl-fms": {"backbone": MLP, "memory": {"capacity": 200}},
     "mvp": {"backbone": FROZEN_VIT},
     # the frozen-backbone learners, on the same frozen ViT
     **{name: {"backbone": FROZEN_VIT} for name in ("nmc", "slda", "acil", "aef-ocl", "ds-al")},
 }
-BACKBONE_NAMES = {name: "mlp" if name in ("er", "uer") else "vit (frozen)" for name in OPTIONS}
+BACKBONE_NAMES = {
+    name: "mlp" if "memory" in options else "vit (frozen)" for name, options in OPTIONS.items()
+}
 
 
 def build(name: str) -> Learner:
