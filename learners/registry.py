@@ -28,8 +28,11 @@ _BUILTIN: dict[str, str] = {
     "slda": "learners.slda:SLDA",
 }
 
-# Learners whose name carries an argument, e.g. ``river:tree.HoeffdingTreeClassifier``.
-_PREFIXED: dict[str, str] = {}
+# Learners whose name carries an argument, e.g. ``river:tree.HoeffdingTreeClassifier``:
+# prefix -> "module:Class:<what the argument is>".
+_PREFIXED: dict[str, str] = {
+    "river": "learners.river_learner:RiverLearner:module.Class",
+}
 
 
 class UnknownLearnerError(KeyError):

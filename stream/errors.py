@@ -9,6 +9,7 @@ from learners.timm_backbone import TimmUnavailableError
 from stream.config_file import ConfigFileError
 from stream.datasets import DatasetError
 from stream.device import DeviceError
+from stream.drift import DriftConfigError
 from stream.metrics_server import MetricsServerError
 from stream.report import ReportError
 from stream.schedules import ScheduleError
@@ -27,6 +28,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     ConfigFileError,
     DatasetError,
     DeviceError,
+    DriftConfigError,
     LearnerConfigError,
     MetricsServerError,
     ReportError,
