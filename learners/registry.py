@@ -18,7 +18,9 @@ from learners.base import Learner, LearnerConfig, Problem
 # name -> "module:Class". Add a learner by adding one line here.
 _BUILTIN: dict[str, str] = {
     "er": "learners.er:ER",
+    "mvp": "learners.mvp:MVP",
     "nmc": "learners.nmc:NMC",
+    "uer": "learners.uer:UER",
     "acil": "learners.acil:ACIL",
     "aef-ocl": "learners.aef_ocl:AEFOCL",
     "ds-al": "learners.ds_al:DSAL",

@@ -22,6 +22,7 @@ COMMANDS = (
     "stream.commands.replay",
     "stream.commands.report",
     "stream.commands.learners",
+    "stream.commands.pretrain",
 )
 
 

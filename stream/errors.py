@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from learners.backbone_weights import BackboneWeightsError
+from learners.backbones import BackboneError
 from learners.registry import LearnerConfigError, UnknownLearnerError
+from learners.timm_backbone import TimmUnavailableError
 from stream.config_file import ConfigFileError
 from stream.datasets import DatasetError
 from stream.device import DeviceError
@@ -19,6 +22,9 @@ class UsageError(ValueError):
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     UsageError,
+    BackboneError,
+    BackboneWeightsError,
+    TimmUnavailableError,
     ConfigFileError,
     DatasetError,
     DeviceError,
