@@ -51,7 +51,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--batch-sizes", default="16,64")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     dataset = feature_dataset(args.samples, args.dim, args.classes, seed=0)
     schedule, params = make_schedule("si-blurry", dataset, {}, seed=1)
@@ -123,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "samples": args.samples,
         "dim": args.dim,
         "classes": args.classes,
+        "threads": torch.get_num_threads(),
         "rows": rows,
         "target": 0.9,
     }

@@ -113,6 +113,8 @@ class EventLoop:
         self.samples_seen = 0
         # Classes shown by the stream so far, per level (numpy; torch views for the evaluator).
         self.seen = [np.zeros(k, dtype=bool) for k in problem.num_classes]
+        # 0 for seen classes, -inf for the others: masking scores is then one addition.
+        self._mask_bias = [np.full(k, -np.inf, dtype=np.float32) for k in problem.num_classes]
         self.current_task: int | None = None
         self.pending_updates = 0.0
         self.next_eval = self.config.eval_period or 0
@@ -167,7 +169,7 @@ class EventLoop:
             self.learner.learn(batch.x, batch.y, batch.level, iterations)
             learn_seconds = time.perf_counter() - started
         self.learn_seconds += learn_seconds
-        self.prequential.update(hits[answered])
+        self.prequential.update(hits if answered.all() else hits[answered])
         detected = self._watch_drift(hits, answered)
         self.samples_seen += len(batch)
         for observer in self.observers:
@@ -199,11 +201,17 @@ class EventLoop:
     def _mark_seen(self, batch: Batch) -> None:
         y = batch.y.numpy()
         if self.problem.num_levels == 1:
-            self.seen[0][y] = True
+            self._mark(0, y)
         else:
             levels = batch.level.numpy()
             for level in range(self.problem.num_levels):
-                self.seen[level][y[levels == level]] = True
+                self._mark(level, y[levels == level])
+
+    def _mark(self, level: int, labels: np.ndarray) -> None:
+        seen = self.seen[level]
+        if not seen[labels].all():
+            seen[labels] = True
+            self._mask_bias[level][labels] = 0.0
 
     def _prequential(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """Hits, and which samples the learner predicted at all, predicting the batch before
@@ -211,25 +219,26 @@ class EventLoop:
         than torch on micro-batches, and this runs on every batch."""
         y = batch.y.numpy()
         if self.problem.num_levels == 1:
-            return self._hits(self.learner.predict(batch.x, 0), y, self.seen[0])
+            return self._hits(self.learner.predict(batch.x, 0), y, self._mask_bias[0])
         hits = np.zeros(len(y), dtype=bool)
         answered = np.zeros(len(y), dtype=bool)
         levels = batch.level.numpy()
         for level in np.unique(levels).tolist():
             rows = levels == level
             scores = self.learner.predict(batch.x[torch.from_numpy(rows)], level)
-            hits[rows], answered[rows] = self._hits(scores, y[rows], self.seen[level])
+            hits[rows], answered[rows] = self._hits(scores, y[rows], self._mask_bias[level])
         return hits, answered
 
     @staticmethod
     def _hits(
-        scores: torch.Tensor, y: np.ndarray, seen: np.ndarray
+        scores: torch.Tensor, y: np.ndarray, mask_bias: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Right predictions among the seen classes, and which rows had a seen class scored
         above ``-inf`` (a learner that knows no seen class yet makes no prediction)."""
-        masked = np.where(seen, scores.detach().cpu().numpy(), -np.inf)
-        answered = np.asarray(np.isfinite(masked).any(axis=1))
-        return np.asarray((masked.argmax(axis=1) == y) & answered), answered
+        masked = scores.detach().cpu().numpy() + mask_bias
+        predicted = masked.argmax(axis=1)
+        answered = masked.max(axis=1) > -np.inf
+        return (predicted == y) & answered, answered
 
     def _sequential_hits(
         self, batch: Batch, predicted: torch.Tensor
@@ -382,9 +391,10 @@ class EventLoop:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.samples_seen = int(state["samples_seen"])
-        for mask, classes in zip(self.seen, state["seen"], strict=True):
+        for mask, bias, classes in zip(self.seen, self._mask_bias, state["seen"], strict=True):
             mask[:] = False
             mask[np.asarray(classes, dtype=np.int64)] = True
+            bias[:] = np.where(mask, 0.0, -np.inf)
         self.current_task = state["current_task"]
         self.pending_updates = float(state["pending_updates"])
         self.next_eval = int(state["next_eval"])

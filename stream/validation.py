@@ -9,7 +9,10 @@ every batch.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import torch
 
 from learners.base import Problem
 from stream.batch import Batch
@@ -20,32 +23,43 @@ class BatchError(ValueError):
 
 
 def validate_batch(batch: Batch, problem: Problem) -> None:
-    n = len(batch.y)
-    if batch.x.shape[0] != n or batch.level.shape != (n,):
+    x, y, level = batch.x, batch.y, batch.level
+    n = y.shape[0]
+    if y.ndim != 1 or x.shape[0] != n or level.shape != (n,):
+        raise BatchError(f"batch has {x.shape[0]} inputs, {n} labels and {level.shape[0]} levels")
+    if x.shape[1:] != problem.input_shape:
         raise BatchError(
-            f"batch has {batch.x.shape[0]} inputs, {n} labels and {batch.level.shape[0]} levels"
-        )
-    if tuple(batch.x.shape[1:]) != tuple(problem.input_shape):
-        raise BatchError(
-            f"input shape {tuple(batch.x.shape[1:])} does not match the problem's {tuple(problem.input_shape)}"
+            f"input shape {tuple(x.shape[1:])} does not match the problem's {tuple(problem.input_shape)}"
         )
     if n == 0:
         return
-    x = batch.x.detach().cpu().numpy()
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
+    if x.is_floating_point() and not _finite(x):
         raise BatchError("input contains NaN or inf")
-    y, level = batch.y.cpu().numpy(), batch.level.cpu().numpy()
+    labels, levels = y.numpy(), level.numpy()
     if problem.num_levels == 1:
-        if level.any():
+        if levels.any():
             raise BatchError("level outside [0, 1)")
-        if y.min() < 0 or y.max() >= problem.num_classes[0]:
+        if labels.min() < 0 or labels.max() >= problem.num_classes[0]:
             raise BatchError(f"label outside [0, {problem.num_classes[0]}) at level 0")
         return
-    if level.min() < 0 or level.max() >= problem.num_levels:
+    if levels.min() < 0 or levels.max() >= problem.num_levels:
         raise BatchError(f"level outside [0, {problem.num_levels})")
-    limits = np.asarray(problem.num_classes)[level]
-    if (y < 0).any() or (y >= limits).any():
-        bad = int(np.flatnonzero((y < 0) | (y >= limits))[0])
+    limits = np.asarray(problem.num_classes)[levels]
+    if (labels < 0).any() or (labels >= limits).any():
+        bad = int(np.flatnonzero((labels < 0) | (labels >= limits))[0])
         raise BatchError(
-            f"label {int(y[bad])} outside [0, {int(limits[bad])}) at level {int(level[bad])}"
+            f"label {int(labels[bad])} outside [0, {int(limits[bad])}) at level {int(levels[bad])}"
         )
+
+
+def _finite(x: torch.Tensor) -> bool:
+    """Whether every input value is finite.
+
+    x·x is finite exactly when every value is, except when a huge finite value overflows the
+    square: only then does the element-wise check run. One BLAS dot product costs a third of
+    an element-wise isfinite on a micro-batch, and this runs on every batch.
+    """
+    if x.dtype not in (torch.float32, torch.float64):
+        return bool(torch.isfinite(x).all())
+    flat = x.numpy().reshape(-1)
+    return math.isfinite(flat.dot(flat)) or bool(np.isfinite(flat).all())
