@@ -20,6 +20,8 @@ COMMANDS = (
     "stream.commands.schedule",
     "stream.commands.replay",
     "stream.commands.learners",
+    "stream.commands.publish",
+    "stream.commands.serve",
 )
 
 

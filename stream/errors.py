@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from learners.registry import LearnerConfigError, UnknownLearnerError
+from stream.checkpoint import CheckpointError
 from stream.config_file import ConfigFileError
+from stream.daemon.config import ServeConfigError
 from stream.datasets import DatasetError
 from stream.device import DeviceError
 from stream.schedules import ScheduleError
@@ -16,11 +18,13 @@ class UsageError(ValueError):
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     UsageError,
+    CheckpointError,
     ConfigFileError,
     DatasetError,
     DeviceError,
     LearnerConfigError,
     ScheduleError,
+    ServeConfigError,
     StreamFileError,
     UnknownLearnerError,
 )

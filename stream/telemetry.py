@@ -72,6 +72,9 @@ class Telemetry:
         self.last_checkpoint = Gauge(
             "streamcl_last_checkpoint_timestamp_seconds", "Unix time of the last checkpoint.", registry=r
         )
+        self.broker_up = Gauge(
+            "streamcl_broker_up", "1 while the Kafka broker answers, 0 while it does not.", registry=r
+        )
         self.build_info = Gauge("streamcl_build_info", "Build information.", ["version"], registry=r)
         self.build_info.labels(version=_version()).set(1)
         self.last_progress = time.monotonic()
@@ -87,6 +90,9 @@ class Telemetry:
 
     def checkpoint_written(self, timestamp: float | None = None) -> None:
         self.last_checkpoint.set(time.time() if timestamp is None else timestamp)
+
+    def set_broker_up(self, up: bool) -> None:
+        self.broker_up.set(1 if up else 0)
 
     def progressed(self) -> None:
         """The loop made progress (for the health check)."""
