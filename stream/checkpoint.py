@@ -104,8 +104,11 @@ class CheckpointStore:
         self.directory = Path(directory)
         self.keep = keep
         self.directory.mkdir(parents=True, exist_ok=True)
+
+    def remove_interrupted_writes(self) -> None:
+        """Delete temporary files: writes that a crash interrupted before their rename (call it
+        only from the process that writes the checkpoints)."""
         for stale in self.directory.glob(f"{_TEMP_PREFIX}*"):
-            # A temporary file is a write that a crash interrupted before its rename.
             stale.unlink()
 
     def files(self) -> list[tuple[int, Path]]:
@@ -143,7 +146,11 @@ class CheckpointStore:
         problems = []
         for sequence, path in self.files():
             try:
-                meta, learner = decode(path.read_bytes(), str(path))
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue  # pruned by the writer since it was listed
+            try:
+                meta, learner = decode(data, str(path))
             except CorruptCheckpoint as exc:
                 log.warning("checkpoint_skipped", path=str(path), problem=str(exc))
                 problems.append(str(exc))

@@ -14,14 +14,16 @@ after the last checkpoint is sent again (its ``streamcl-offset`` header identifi
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stream.kafka_sink import KafkaSink
+from stream.kafka_sink import Headers, KafkaSink, SinkError
 
 
 class DeadLetterSink(ABC):
@@ -90,33 +92,52 @@ class FileDeadLetters(DeadLetterSink):
 
 
 class TopicDeadLetters(DeadLetterSink):
-    """Dead letters produced to a Kafka topic, the reason and origin in headers."""
+    """Dead letters produced to a Kafka topic, the reason and origin in headers.
 
-    def __init__(self, sink: KafkaSink, topic: str, max_value_bytes: int) -> None:
+    The producer is opened on first use, and a letter that cannot be handed to it (broker
+    unreachable) is kept and retried; ``sync`` fails until every letter is delivered, so no
+    checkpoint moves past a message whose dead letter is not in the topic.
+    """
+
+    def __init__(
+        self, open_sink: Callable[[], KafkaSink], topic: str, max_value_bytes: int
+    ) -> None:
         super().__init__(max_value_bytes)
-        self.sink = sink
+        self._open_sink = open_sink
+        self.sink: KafkaSink | None = None
         self.topic = topic
+        self.pending: list[tuple[bytes, bytes, Headers]] = []
 
     def write(
         self, topic: str, partition: int, offset: int, value: bytes | None, reason: str, detail: str
     ) -> None:
         raw = value or b""
-        self.sink.send(
-            self.topic,
-            raw[: self.max_value_bytes],
-            key=f"{topic}:{partition}:{offset}".encode(),
-            headers=[
-                ("streamcl-reason", reason.encode()),
-                ("streamcl-detail", detail.encode()),
-                ("streamcl-topic", topic.encode()),
-                ("streamcl-partition", str(partition).encode()),
-                ("streamcl-offset", str(offset).encode()),
-                ("streamcl-value-bytes", str(len(raw)).encode()),
-            ],
-        )
+        headers = [
+            ("streamcl-reason", reason.encode()),
+            ("streamcl-detail", detail.encode()),
+            ("streamcl-topic", topic.encode()),
+            ("streamcl-partition", str(partition).encode()),
+            ("streamcl-offset", str(offset).encode()),
+            ("streamcl-value-bytes", str(len(raw)).encode()),
+        ]
+        key = f"{topic}:{partition}:{offset}".encode()
+        self.pending.append((raw[: self.max_value_bytes], key, headers))
+        with contextlib.suppress(SinkError):
+            self._send_pending()
+
+    def _send_pending(self) -> None:
+        if self.sink is None:
+            self.sink = self._open_sink()
+        while self.pending:
+            value, key, headers = self.pending[0]
+            self.sink.send(self.topic, value, key=key, headers=headers)
+            self.pending.pop(0)
 
     def sync(self) -> None:
+        self._send_pending()
+        assert self.sink is not None
         self.sink.flush()
 
     def close(self) -> None:
-        self.sink.close()
+        if self.sink is not None:
+            self.sink.close()

@@ -12,6 +12,8 @@ import contextlib
 from abc import ABC, abstractmethod
 from typing import Any, Literal
 
+from stream.kafka_source import client_log
+
 Client = Literal["kafka-python", "confluent"]
 Headers = list[tuple[str, bytes]]
 
@@ -69,7 +71,7 @@ class ConfluentSink(KafkaSink):
         from confluent_kafka.admin import AdminClient, NewTopic
 
         ck = self._ck
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "logger": client_log})
         try:
             metadata = admin.list_topics(timeout=timeout)
             if topic not in metadata.topics or metadata.topics[topic].error is not None:
@@ -134,9 +136,12 @@ class KafkaPythonSink(KafkaSink):
         import kafka.errors
 
         self._kafka = kafka
-        self.producer = kafka.KafkaProducer(
-            bootstrap_servers=bootstrap.split(","), linger_ms=5, **self.options
-        )
+        try:
+            self.producer = kafka.KafkaProducer(
+                bootstrap_servers=bootstrap.split(","), linger_ms=5, **self.options
+            )
+        except kafka.errors.KafkaError as exc:
+            raise SinkError(f"{bootstrap}: {type(exc).__name__}: {exc}") from None
         self._pending: list[Any] = []
 
     def ensure_topic(self, topic: str, partitions: int = 1, timeout: float = 30.0) -> int:

@@ -14,6 +14,7 @@ reported through ``on_error`` or as :class:`SourceError`, never by exiting.
 from __future__ import annotations
 
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,6 +105,8 @@ class ConfluentSource(KafkaSource):
             "logger": client_log,
             **config.options,
         }
+        strategy = str(settings.get("partition.assignment.strategy", ""))
+        self._cooperative = "cooperative" in strategy
         self.consumer = ck.Consumer(settings)
         self.consumer.subscribe(
             [config.topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
@@ -118,13 +121,13 @@ class ConfluentSource(KafkaSource):
         start = ck.OFFSET_BEGINNING if self.config.start_from == "earliest" else ck.OFFSET_END
         for tp in partitions:
             tp.offset = resume.get(tp.partition, start)
-        if self.consumer.rebalance_protocol() == "COOPERATIVE":
+        if self._cooperative:
             self.consumer.incremental_assign(partitions)
         else:
             self.consumer.assign(partitions)
 
     def _revoked(self, consumer: object, partitions: list) -> None:
-        if self.consumer.rebalance_protocol() == "COOPERATIVE":
+        if self._cooperative:
             self.consumer.incremental_unassign(partitions)
         else:
             self.consumer.unassign()
@@ -151,11 +154,15 @@ class ConfluentSource(KafkaSource):
 
     def end_offsets(self, partitions: list[int], timeout: float) -> dict[int, int]:
         ck = self._ck
+        deadline = time.monotonic() + timeout
         ends = {}
         for partition in partitions:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SourceError(f"end offsets not all answered within {timeout:g} s")
             try:
                 _, high = self.consumer.get_watermark_offsets(
-                    ck.TopicPartition(self.topic, partition), timeout=timeout, cached=False
+                    ck.TopicPartition(self.topic, partition), timeout=left, cached=False
                 )
             except ck.KafkaException as exc:
                 raise SourceError(f"end offset of partition {partition}: {exc}") from None
@@ -188,17 +195,22 @@ class KafkaPythonSource(KafkaSource):
         import kafka.errors
 
         self._kafka = kafka
-        self.consumer = kafka.KafkaConsumer(
-            bootstrap_servers=config.bootstrap.split(","),
-            group_id=config.group,
-            enable_auto_commit=False,
-            auto_offset_reset=config.start_from,
-            session_timeout_ms=config.session_timeout_ms,
-            heartbeat_interval_ms=config.heartbeat_interval_ms,
-            max_poll_interval_ms=config.max_poll_interval_ms,
-            request_timeout_ms=config.request_timeout_ms,
-            **config.options,
-        )
+        try:
+            self.consumer = kafka.KafkaConsumer(
+                bootstrap_servers=config.bootstrap.split(","),
+                group_id=config.group,
+                enable_auto_commit=False,
+                auto_offset_reset=config.start_from,
+                session_timeout_ms=config.session_timeout_ms,
+                heartbeat_interval_ms=config.heartbeat_interval_ms,
+                max_poll_interval_ms=config.max_poll_interval_ms,
+                request_timeout_ms=config.request_timeout_ms,
+                bootstrap_timeout_ms=config.request_timeout_ms,
+                **config.options,
+            )
+        except kafka.errors.KafkaError as exc:
+            # kafka-python meets the brokers in its constructor; confluent-kafka does it later.
+            raise SourceError(f"{type(exc).__name__}: {exc}") from None
         source = self
 
         class Listener(kafka.ConsumerRebalanceListener):

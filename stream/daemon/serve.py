@@ -122,6 +122,7 @@ class Daemon:
         )
         self.decoder = Decoder(self.problem, config.messages.format, config.messages.max_bytes)
         self.store = CheckpointStore(config.checkpoint.dir, config.checkpoint.keep)
+        self.store.remove_interrupted_writes()
         # Next offset to learn, per partition: what the model has seen, checkpointed or not.
         self.positions: dict[int, int] = {}
         self.messages = 0
@@ -184,8 +185,10 @@ class Daemon:
             resume_at = None if checkpoint is None else checkpoint.meta.get("dead_letter_position")
             return FileDeadLetters(target.file, limit, resume_at)
         assert target.topic is not None
-        sink = open_sink(self.config.kafka.client, self.config.kafka.bootstrap)
-        return TopicDeadLetters(sink, target.topic, limit)
+        kafka = self.config.kafka
+        return TopicDeadLetters(
+            lambda: open_sink(kafka.client, kafka.bootstrap), target.topic, limit
+        )
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -205,7 +208,6 @@ class Daemon:
             samples=self.loop.samples_seen,
         )
         try:
-            self.connect()
             while not self._stop.is_set():
                 self.step()
             self.checkpoint()
@@ -214,7 +216,8 @@ class Daemon:
         log.info("stopped", samples=self.loop.samples_seen, messages=self.messages)
 
     def connect(self) -> None:
-        """Join the consumer group (partitions arrive with the first polls)."""
+        """Join the consumer group (partitions arrive with the first polls); :class:`SourceError`
+        when the brokers cannot be reached (``step`` retries with backoff)."""
         if self.source is None:
             self.source = self.source_factory(self.config.kafka, self._assigned, self._client_error)
 
@@ -227,9 +230,10 @@ class Daemon:
 
     def step(self) -> None:
         """One poll: learn what came, checkpoint and probe when due."""
-        assert self.source is not None
         kafka = self.config.kafka
         try:
+            self.connect()
+            assert self.source is not None
             records = self.source.poll(kafka.max_poll_records, kafka.poll_timeout_seconds)
         except SourceError as exc:
             self._stop.wait(self.watch.failed(str(exc)))
@@ -333,8 +337,12 @@ class Daemon:
 
     def _probe(self) -> None:
         assert self.source is not None
+        kafka = self.config.kafka
         partitions = self.source.assignment() or [0]
-        timeout = min(self.config.kafka.request_timeout_ms / 1000, self.watch.interval)
+        # A probe blocks the loop: keep it well inside the poll interval the group enforces.
+        timeout = min(
+            kafka.request_timeout_ms / 1000, self.watch.interval, kafka.max_poll_interval_ms / 4000
+        )
         try:
             ends = self.source.end_offsets(partitions, timeout)
         except SourceError as exc:

@@ -19,7 +19,11 @@ def test_a_letter_has_origin_reason_and_the_value(tmp_path):
     sink.close()
     first, second = _letters(tmp_path / "dead.jsonl")
     assert (first["topic"], first["partition"], first["offset"]) == ("samples", 2, 17)
-    assert (first["reason"], first["detail"], first["value_bytes"]) == ("undecodable", "not JSON", 8)
+    assert (first["reason"], first["detail"], first["value_bytes"]) == (
+        "undecodable",
+        "not JSON",
+        8,
+    )
     assert base64.b64decode(first["value_base64"]) == b"\x00\x01ab"
     assert (second["reason"], second["value_bytes"], second["value_base64"]) == ("empty", 0, "")
 

@@ -90,7 +90,9 @@ def test_a_configured_format_refuses_the_other_form():
 
 def test_label_ranges_are_per_level_in_binary():
     x = np.zeros((2, 6), np.float32)
-    assert Decoder(PROBLEM).decode(encode_binary(x, np.array([4, 2]), np.array([1, 0]))).y.tolist() == [4, 2]
+    assert Decoder(PROBLEM).decode(
+        encode_binary(x, np.array([4, 2]), np.array([1, 0]))
+    ).y.tolist() == [4, 2]
     with pytest.raises(InvalidMessage, match="label_out_of_range"):
         Decoder(PROBLEM).decode(encode_binary(x, np.array([2, 4]), np.array([1, 0])))
     with pytest.raises(InvalidMessage, match="unknown_level"):
@@ -150,10 +152,14 @@ def test_fuzz_corrupted_valid_messages_decode_or_are_refused(message, flips, cut
 @given(
     st.recursive(
         st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
-        lambda inner: st.lists(inner, max_size=7) | st.dictionaries(st.text(max_size=5), inner, max_size=5),
+        lambda inner: (
+            st.lists(inner, max_size=7) | st.dictionaries(st.text(max_size=5), inner, max_size=5)
+        ),
         max_leaves=30,
     ),
-    st.dictionaries(st.sampled_from(["x", "y", "level", "task", "id"]), st.integers(-3, 8) | st.floats()),
+    st.dictionaries(
+        st.sampled_from(["x", "y", "level", "task", "id"]), st.integers(-3, 8) | st.floats()
+    ),
 )
 def test_fuzz_json_of_any_shape_decodes_or_is_refused(anything, fields):
     _check(Decoder(PROBLEM), json.dumps(anything).encode())

@@ -20,7 +20,11 @@ def _samples(ids, task):
 
 
 def test_batches_keep_order_and_size_and_cut_at_task_changes():
-    messages = [_samples([0, 1, 2], [0, 0, 0]), _samples([3, 4, 5, 6], [0, 1, 1, 1]), _samples([7], [1])]
+    messages = [
+        _samples([0, 1, 2], [0, 0, 0]),
+        _samples([3, 4, 5, 6], [0, 1, 1, 1]),
+        _samples([7], [1]),
+    ]
     batches = list(micro_batches(messages, 2))
     assert [b.ids.tolist() for b in batches] == [[0, 1], [2, 3], [4, 5], [6, 7]]
     assert [b.task.tolist() for b in batches] == [[0, 0], [0, 0], [1, 1], [1, 1]]
@@ -29,7 +33,7 @@ def test_batches_keep_order_and_size_and_cut_at_task_changes():
 
 def test_samples_without_a_task_make_batches_without_one():
     batches = list(micro_batches([_samples([0, 1], [-1, -1]), _samples([2], [4])], 8))
-    assert [b.task for b in batches][0] is None and batches[1].task.tolist() == [4]
+    assert next(b.task for b in batches) is None and batches[1].task.tolist() == [4]
 
 
 def test_nothing_in_nothing_out():

@@ -40,7 +40,12 @@ class MemorySource(KafkaSource):
         self.closed = False
 
     def bind(self, config, on_assign, on_error) -> MemorySource:
-        self.config, self.topic, self.on_assign, self.on_error = config, config.topic, on_assign, on_error
+        self.config, self.topic, self.on_assign, self.on_error = (
+            config,
+            config.topic,
+            on_assign,
+            on_error,
+        )
         return self
 
     def poll(self, max_records: int, timeout: float) -> list[Record]:
@@ -77,7 +82,9 @@ class MemorySource(KafkaSource):
         self.closed = True
 
     def drained(self) -> bool:
-        return self.assigned and all(self.positions[p] == len(v) for p, v in self.partitions.items())
+        return self.assigned and all(
+            self.positions[p] == len(v) for p, v in self.partitions.items()
+        )
 
 
 def _config(tmp_path, **overrides) -> ServeConfig:
@@ -138,7 +145,9 @@ def _reference(x: np.ndarray, y: np.ndarray):
 
 
 def _assert_same_model(learner, reference) -> None:
-    for mine, theirs in zip(learner.sums + learner.counts, reference.sums + reference.counts, strict=True):
+    for mine, theirs in zip(
+        learner.sums + learner.counts, reference.sums + reference.counts, strict=True
+    ):
         torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=0)
 
 
@@ -169,7 +178,10 @@ def test_bad_messages_are_dead_lettered_and_only_valid_ones_learned(tmp_path):
     registry_ = daemon.telemetry.registry
     for reason in {r for _, _, r in letters}:
         expected = sum(r == reason for _, _, r in letters)
-        assert registry_.get_sample_value("streamcl_invalid_messages_total", {"reason": reason}) == expected
+        assert (
+            registry_.get_sample_value("streamcl_invalid_messages_total", {"reason": reason})
+            == expected
+        )
     assert registry_.get_sample_value("streamcl_samples_total", {"learner": "nmc"}) == len(y)
     assert daemon.positions == {p: len(v) for p, v in partitions.items()}
     assert source.committed == daemon.positions
@@ -205,7 +217,9 @@ def test_a_rebalance_resumes_each_partition_where_learning_stopped(tmp_path):
 def test_a_restart_continues_from_the_checkpoint_and_learns_each_message_once(tmp_path):
     partitions, x, y, letters = _topic()
     first_source = MemorySource(partitions)
-    first = Daemon(_config(tmp_path, checkpoint={"every_samples": 10}), source_factory=first_source.bind)
+    first = Daemon(
+        _config(tmp_path, checkpoint={"every_samples": 10}), source_factory=first_source.bind
+    )
     first.connect()
     for _ in range(4):
         first.step()
@@ -263,7 +277,9 @@ def test_stop_finishes_the_batch_checkpoints_and_returns(tmp_path):
     partitions, x, y, _ = _topic()
     source = MemorySource(partitions)
     daemon = Daemon(
-        _config(tmp_path, checkpoint={"every_samples": 10_000}, kafka={"poll_timeout_seconds": 0.01}),
+        _config(
+            tmp_path, checkpoint={"every_samples": 10_000}, kafka={"poll_timeout_seconds": 0.01}
+        ),
         source_factory=source.bind,
     )
     runner = threading.Thread(target=daemon.run)
