@@ -64,6 +64,11 @@ class KafkaSource(ABC):
         """The broker's end offset per partition; :class:`SourceError` if it does not answer."""
 
     @abstractmethod
+    def highwater(self, partitions: list[int]) -> dict[int, int]:
+        """The end offsets the last fetches reported (no request; partitions not fetched yet
+        are left out)."""
+
+    @abstractmethod
     def commit(self, offsets: dict[int, int]) -> None:
         """Tell the group how far the daemon has learned (for lag monitors; best effort)."""
 
@@ -169,6 +174,20 @@ class ConfluentSource(KafkaSource):
             ends[partition] = int(high)
         return ends
 
+    def highwater(self, partitions: list[int]) -> dict[int, int]:
+        ck = self._ck
+        ends = {}
+        for partition in partitions:
+            try:
+                _, high = self.consumer.get_watermark_offsets(
+                    ck.TopicPartition(self.topic, partition), cached=True
+                )
+            except ck.KafkaException:
+                continue
+            if high >= 0:
+                ends[partition] = int(high)
+        return ends
+
     def commit(self, offsets: dict[int, int]) -> None:
         ck = self._ck
         assigned = set(self.assignment())
@@ -254,6 +273,15 @@ class KafkaPythonSource(KafkaSource):
         except kafka.errors.KafkaError as exc:
             raise SourceError(f"end offsets: {type(exc).__name__}: {exc}") from None
         return {tp.partition: int(offset) for tp, offset in ends.items()}
+
+    def highwater(self, partitions: list[int]) -> dict[int, int]:
+        kafka = self._kafka
+        ends = {}
+        for partition in partitions:
+            high = self.consumer.highwater(kafka.TopicPartition(self.topic, partition))
+            if high is not None:
+                ends[partition] = int(high)
+        return ends
 
     def commit(self, offsets: dict[int, int]) -> None:
         kafka = self._kafka

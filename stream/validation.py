@@ -25,7 +25,7 @@ def validate_batch(batch: Batch, problem: Problem) -> None:
         raise BatchError(
             f"input shape {tuple(batch.x.shape[1:])} does not match the problem's {tuple(problem.input_shape)}"
         )
-    if batch.x.is_floating_point() and not bool(torch.isfinite(batch.x).all()):
+    if batch.x.is_floating_point() and not _all_finite(batch.x):
         raise BatchError("input contains NaN or inf")
     if n == 0:
         return
@@ -35,3 +35,11 @@ def validate_batch(batch: Batch, problem: Problem) -> None:
         labels = batch.y if problem.num_levels == 1 else batch.y[batch.level == level]
         if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= classes):
             raise BatchError(f"label outside [0, {classes}) at level {level}")
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    # A float64 sum of float32 (or narrower) values cannot overflow, so it is finite exactly
+    # when every value is: one reduction instead of a boolean tensor the size of the batch.
+    if x.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        return bool(torch.isfinite(x.sum(dtype=torch.float64)))
+    return bool(torch.isfinite(x).all())

@@ -1,9 +1,10 @@
 """Whether the broker answers, and when to ask it next.
 
-While the broker answers, the daemon asks for the end offsets every ``interval`` seconds (that
-is also how it measures consumer lag). When a request fails or times out, the broker is reported
-down (``streamcl_broker_up 0`` and one warning) and asked again after a backoff that doubles up
-to ``backoff_max``; the first answer after that reports it up again, with the outage's length.
+Records arriving prove the broker is up; only when none have come for ``interval`` seconds does
+the daemon ask the broker for the end offsets (a request that blocks the loop, so it is not made
+while records flow). When a request fails or times out, the broker is reported down
+(``streamcl_broker_up 0`` and one warning) and asked again after a backoff that doubles up to
+``backoff_max``; the first answer after that reports it up again, with the outage's length.
 The clients reconnect on their own meanwhile; nothing is lost, because offsets only move when
 records are learned.
 """
@@ -46,6 +47,13 @@ class BrokerWatch:
     def expedite(self) -> None:
         """Probe at the next chance (a client reported trouble)."""
         self.next_probe = min(self.next_probe, self.clock())
+
+    def alive(self) -> None:
+        """Records arrived: the broker is up, and needs no probe for another interval."""
+        if self.up is True:
+            self.next_probe = self.clock() + self.interval
+        else:
+            self.succeeded()
 
     def succeeded(self) -> None:
         now = self.clock()

@@ -110,6 +110,9 @@ class LearnerSection(_Section):
     name: str = Field(description="a registered learner (streamcl learners)")
     options: dict[str, Any] = Field(default_factory=dict)
     device: str = "cpu"
+    threads: int | None = Field(
+        None, gt=0, description="torch CPU threads; 1 suits small models next to a Kafka client"
+    )
 
 
 class EvaluationConfig(_Section):

@@ -9,7 +9,8 @@ One iteration of the loop:
 3. learn the valid samples through the event loop, in micro-batches (predict, then learn);
 4. checkpoint every ``every_samples`` samples or ``every_seconds`` seconds: learner, loop state,
    the next offset per partition and the dead-letter position, in one atomic file;
-5. every few seconds ask the broker for the end offsets (consumer lag, broker health).
+5. report the consumer lag every few seconds, from the end offsets the fetches carry; when no
+   record has come for a while, ask the broker (stream/daemon/broker_watch.py).
 
 The checkpoint is the only source of truth for offsets. On start the latest valid checkpoint is
 loaded; whenever the group assigns partitions, each one is sought to the position the daemon
@@ -108,6 +109,8 @@ class Daemon:
         self.topic = config.kafka.topic
         self.telemetry = telemetry or Telemetry()
         self.source_factory = source_factory
+        if config.learner.threads is not None:
+            torch.set_num_threads(config.learner.threads)
         self.problem, evaluator = build_problem(config)
         name = config.learner.name
         self.learner: Learner = registry.create(
@@ -142,6 +145,7 @@ class Daemon:
         self.source: KafkaSource | None = None
         self._stop = threading.Event()
         self._last_checkpoint = time.monotonic()
+        self._next_lag_report = time.monotonic()
 
     # -- set up -------------------------------------------------------------------------------
 
@@ -238,12 +242,16 @@ class Daemon:
         except SourceError as exc:
             self._stop.wait(self.watch.failed(str(exc)))
             return
+        assert self.source is not None
         if records:
+            self.watch.alive()
             self.learn(records)
         if self._checkpoint_due():
             self.checkpoint()
         if self.watch.due():
             self._probe()
+        elif time.monotonic() >= self._next_lag_report:
+            self._report_lag(self.source.highwater(self.source.assignment()))
 
     def learn(self, records: list[Record]) -> None:
         """Judge every record, dead-letter the bad ones, learn the good ones."""
@@ -349,6 +357,10 @@ class Daemon:
             self.watch.failed(str(exc))
             return
         self.watch.succeeded()
+        self._report_lag(ends)
+
+    def _report_lag(self, ends: dict[int, int]) -> None:
+        self._next_lag_report = time.monotonic() + self.watch.interval
         for partition, end in ends.items():
             if partition in self.positions:
                 lag = max(end - self.positions[partition], 0)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream.daemon.batching import micro_batches
 from stream.wire import Samples
@@ -38,3 +40,22 @@ def test_samples_without_a_task_make_batches_without_one():
 
 def test_nothing_in_nothing_out():
     assert list(micro_batches([], 4)) == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(-1, 2), min_size=1, max_size=6), min_size=1, max_size=5),
+    st.integers(1, 5),
+)
+def test_batches_are_the_samples_in_order_cut_by_size_and_task(tasks, batch_size):
+    messages, next_id = [], 0
+    for task in tasks:
+        messages.append(_samples(list(range(next_id, next_id + len(task))), sorted(task)))
+        next_id += len(task)
+    batches = list(micro_batches(messages, batch_size))
+    ids = np.concatenate([m.ids for m in messages])
+    assert np.concatenate([b.ids for b in batches]).tolist() == ids.tolist()
+    assert np.concatenate([b.x[:, 0] for b in batches]).tolist() == ids.astype(float).tolist()
+    for batch in batches:
+        assert 1 <= len(batch) <= batch_size
+        assert batch.task is None or len(set(batch.task.tolist())) == 1

@@ -75,6 +75,9 @@ class MemorySource(KafkaSource):
     def end_offsets(self, partitions: list[int], timeout: float) -> dict[int, int]:
         return {p: len(self.partitions[p]) for p in partitions}
 
+    def highwater(self, partitions: list[int]) -> dict[int, int]:
+        return self.end_offsets(partitions, 0.0)
+
     def commit(self, offsets: dict[int, int]) -> None:
         self.committed = dict(offsets)
 
