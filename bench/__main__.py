@@ -12,7 +12,8 @@ import bench
 
 def topics() -> list[str]:
     return sorted(
-        m.name for m in pkgutil.iter_modules([str(Path(bench.__file__).parent)])
+        m.name
+        for m in pkgutil.iter_modules([str(Path(bench.__file__).parent)])
         if not m.name.startswith("_") and m.name != "output"
     )
 
@@ -21,7 +22,10 @@ def main(argv: list[str]) -> int:
     chosen = argv or topics()
     unknown = [t for t in chosen if t not in topics()]
     if unknown:
-        print(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(topics())}", file=sys.stderr)
+        print(
+            f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(topics())}",
+            file=sys.stderr,
+        )
         return 2
     for topic in chosen:
         print(f"== bench {topic}")

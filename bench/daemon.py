@@ -138,7 +138,7 @@ def daemon_loop(
         "loop": {"batch_size": args.loop_batch, "eval_period": None},
         "checkpoint": {"dir": str(work / group), "every_samples": 10**9, "every_seconds": 5},
         "dead_letter": {"file": str(work / f"{group}.dead.jsonl")},
-        "metrics": {"address": None},
+        "metrics": {"port": None},
     })  # fmt: skip
     assigned: list[float] = []
 

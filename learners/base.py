@@ -48,9 +48,13 @@ class Problem:
 
     def __post_init__(self) -> None:
         if not self.input_shape or any(int(s) <= 0 for s in self.input_shape):
-            raise ValueError(f"Problem.input_shape must be non-empty and positive, got {self.input_shape}")
+            raise ValueError(
+                f"Problem.input_shape must be non-empty and positive, got {self.input_shape}"
+            )
         if not self.num_classes or any(int(k) <= 0 for k in self.num_classes):
-            raise ValueError(f"Problem.num_classes must be positive per level, got {self.num_classes}")
+            raise ValueError(
+                f"Problem.num_classes must be positive per level, got {self.num_classes}"
+            )
         if len(self.level_names) != len(self.num_classes):
             raise ValueError(
                 f"Problem.level_names has {len(self.level_names)} names for "

@@ -102,7 +102,9 @@ def check_checkpoint_round_trip(name: str) -> None:
     restored = make(name, seed=3)
     restored.load_state_dict(state_from_bytes(state_to_bytes(learner.state_dict())))
     xt, _ = blobs(name, 50, seed=10)
-    assert torch.equal(learner.predict(xt), restored.predict(xt)), f"{name}: predictions differ after restore"
+    assert torch.equal(learner.predict(xt), restored.predict(xt)), (
+        f"{name}: predictions differ after restore"
+    )
     # Learning on after the restore must continue exactly as the original does.
     x2, y2 = blobs(name, 40, seed=11)
     stream_through(learner, x2, y2)

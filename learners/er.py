@@ -1,15 +1,18 @@
 """Experience replay (ER), the i-Blurry / Si-Blurry baseline.
 
 Each gradient step trains on the current stream micro-batch joined with an equally large batch
-drawn from a replay memory (reservoir by default); the stream samples enter the memory after the
-step, as in i-Blurry's ``online_step``. The classifier has one linear head per hierarchy level
-with a slot for every class; classes the learner has not seen are masked out of the softmax,
-which is the same as i-Blurry's head that grows a column per new class.
+drawn from a replay memory; the stream samples enter the memory after the step, as in i-Blurry's
+``online_step``. The memory's insertion policy and retrieval mode are config options
+(``memory.policy``, ``memory.retrieval``, see :mod:`memory.config`); ER gives the memory its
+backbone's features as embeddings (for ``nearest`` retrieval, queried with the stream batch) and
+its per-sample cross-entropy as the loss (for the ``clib`` policy). The classifier has one linear
+head per hierarchy level with a slot for every class; classes the learner has not seen are
+masked out of the softmax, which is the same as i-Blurry's head that grows a column per new class.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -38,12 +41,15 @@ class ERConfig(LearnerConfig):
 
 
 class ER(Learner):
-    """Experience replay with a reservoir memory and a masked growing head per level."""
+    """Experience replay with a configurable memory and a masked growing head per level."""
 
     name = "er"
     config_model = ERConfig
     config: ERConfig
-    check_config = {"backbone": {"hidden": [32], "out_dim": 16}, "memory": {"capacity": 50}}
+    check_config: ClassVar[dict[str, Any]] = {
+        "backbone": {"hidden": [32], "out_dim": 16},
+        "memory": {"capacity": 50},
+    }
 
     def __init__(self, problem: Problem, config: ERConfig) -> None:
         super().__init__(problem, config)
@@ -54,7 +60,9 @@ class ER(Learner):
         )
         self.model = nn.ModuleDict({"backbone": self.backbone, "heads": self.heads})
         self.seen = [torch.zeros(k, dtype=torch.bool) for k in problem.num_classes]
-        self.memory = build_memory(config.memory, seed=config.seed)
+        self.memory = build_memory(
+            config.memory, seed=config.seed, embed=self._embed, loss=self._sample_losses
+        )
         self.optimizer = self._make_optimizer()
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -88,25 +96,36 @@ class ER(Learner):
         for _ in range(iterations):
             bx, by, blevel = x, y, level
             if replay > 0 and len(self.memory) > 0:
-                mx, my, mlevel = self.memory.sample(replay)
+                mx, my, mlevel = self.memory.sample(replay, query=x)
                 bx = torch.cat([x, mx.to(self.device, torch.float32)])
                 by = torch.cat([y, my.to(self.device)])
                 blevel = torch.cat([level, mlevel.to(self.device)])
             self._step(bx, by, blevel)
         self.memory.add(x, y, level)
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor) -> None:
-        features = self.backbone(x)
+    def _losses(self, features: torch.Tensor, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of each sample against the head of its own level."""
         if self.problem.num_levels == 1:
-            loss = nn.functional.cross_entropy(self._logits(features, 0), y)
-        else:
-            loss = x.new_zeros(())
-            for lvl in range(self.problem.num_levels):
-                rows = level == lvl
-                if rows.any():
-                    logits = self._logits(features[rows], lvl)
-                    loss = loss + nn.functional.cross_entropy(logits, y[rows], reduction="sum")
-            loss = loss / len(y)
+            return nn.functional.cross_entropy(self._logits(features, 0), y, reduction="none")
+        losses = features.new_zeros(len(y))
+        for lvl in range(self.problem.num_levels):
+            rows = level == lvl
+            if rows.any():
+                logits = self._logits(features[rows], lvl)
+                losses[rows] = nn.functional.cross_entropy(logits, y[rows], reduction="none")
+        return losses
+
+    @torch.no_grad()
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x.to(self.device, torch.float32))
+
+    @torch.no_grad()
+    def _sample_losses(self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(x.to(self.device, torch.float32))
+        return self._losses(features, y.to(self.device), level.to(self.device))
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor) -> None:
+        loss = self._losses(self.backbone(x), y, level).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

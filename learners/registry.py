@@ -19,6 +19,11 @@ from learners.base import Learner, LearnerConfig, Problem
 _BUILTIN: dict[str, str] = {
     "er": "learners.er:ER",
     "nmc": "learners.nmc:NMC",
+    "acil": "learners.acil:ACIL",
+    "aef-ocl": "learners.aef_ocl:AEFOCL",
+    "ds-al": "learners.ds_al:DSAL",
+    "pl-fms": "learners.pl_fms:PLFMS",
+    "slda": "learners.slda:SLDA",
 }
 
 # Learners whose name carries an argument, e.g. ``river:tree.HoeffdingTreeClassifier``.
@@ -60,9 +65,7 @@ def get(name: str) -> type[Learner]:
     prefix = name.split(":", 1)[0]
     if ":" in name and prefix in _PREFIXED:
         return _import(_PREFIXED[prefix].rsplit(":", 1)[0])
-    raise UnknownLearnerError(
-        f"unknown learner {name!r}; known learners: {', '.join(names())}"
-    )
+    raise UnknownLearnerError(f"unknown learner {name!r}; known learners: {', '.join(names())}")
 
 
 def validate_config(name: str, options: dict[str, Any] | None) -> LearnerConfig:
@@ -74,7 +77,9 @@ def validate_config(name: str, options: dict[str, Any] | None) -> LearnerConfig:
     try:
         return cls.config_model.model_validate(options)
     except ValidationError as exc:
-        raise LearnerConfigError(describe_validation_error(exc, f"learner {name!r} config")) from None
+        raise LearnerConfigError(
+            describe_validation_error(exc, f"learner {name!r} config")
+        ) from None
 
 
 def describe_validation_error(exc: ValidationError, where: str) -> str:

@@ -9,7 +9,10 @@ import torch
 
 @dataclass
 class Batch:
-    """Samples learned together. ``task`` is for task-end metrics only; learners never see it."""
+    """Samples learned together, as CPU tensors (learners move them to their device).
+
+    ``task`` is for task-end metrics only; learners never see it.
+    """
 
     x: torch.Tensor
     y: torch.Tensor

@@ -13,12 +13,14 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from stream.errors import USER_ERRORS, UsageError
+from stream.log_setup import add_logging_arguments, configure_logging, report_failure
 
 # Each module adds one subcommand with ``add_parser(subparsers)``; add a command with one line.
 COMMANDS = (
     "stream.commands.demo",
     "stream.commands.schedule",
     "stream.commands.replay",
+    "stream.commands.report",
     "stream.commands.learners",
     "stream.commands.publish",
     "stream.commands.serve",
@@ -35,9 +37,13 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="streamcl", description="Streaming online continual learning.")
     parser.add_argument("--version", action="version", version=_version())
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
     for module in COMMANDS:
         importlib.import_module(module).add_parser(commands)
+    for command in commands.choices.values():
+        add_logging_arguments(command)
     return parser
 
 
@@ -53,15 +59,16 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        configure_logging(args.log_format, args.log_level)
         return int(args.run(args))
     except USER_ERRORS as exc:
-        print(f"streamcl: error: {exc}", file=sys.stderr)
+        report_failure(f"streamcl: error: {exc}")
         return 2
     except KeyboardInterrupt:
-        print("streamcl: interrupted", file=sys.stderr)
+        report_failure("streamcl: interrupted")
         return 130
-    except Exception as exc:  # noqa: BLE001 - the last line of defence prints one line
-        print(f"streamcl: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except Exception as exc:
+        report_failure(f"streamcl: failed: {type(exc).__name__}: {exc}")
         return 1
 
 

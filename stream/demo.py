@@ -27,6 +27,9 @@ SEED = 1
 LEARNERS: dict[str, dict[str, Any]] = {
     "nmc": {},
     "er": {"lr": 3e-3, "memory": {"capacity": 200}},
+    "acil": {"buffer_size": 512},
+    "aef-ocl": {"buffer_size": 512},
+    "slda": {},
 }
 # Three update steps per micro-batch, as the i-Blurry / Si-Blurry experiments use.
 LOOP = LoopConfig(batch_size=16, online_iter=3.0, eval_period=100)
@@ -60,10 +63,19 @@ def run_demo(
     table = format_table(all_results)
     (out / "table.md").write_text(table + "\n", encoding="utf-8")
     (out / "summary.json").write_text(
-        json.dumps({n: {k: r[k] for k in ("A_auc", "A_avg", "A_last", "F_last", "prequential_accuracy")}
-                    for n, r in all_results.items()}, indent=2) + "\n",
+        json.dumps(
+            {
+                n: {k: r[k] for k in ("A_auc", "A_avg", "A_last", "F_last", "prequential_accuracy")}
+                for n, r in all_results.items()
+            },
+            indent=2,
+        )
+        + "\n",
         encoding="utf-8",
     )
-    plot_curves({n: r["curve"] for n, r in all_results.items()}, out / "curve.png",
-                title=f"{DATASET}, Si-Blurry T=5 N=50 M=10, seed {SEED}")
+    plot_curves(
+        {n: r["curve"] for n, r in all_results.items()},
+        out / "curve.png",
+        title=f"{DATASET}, Si-Blurry T=5 N=50 M=10, seed {SEED}",
+    )
     return all_results

@@ -16,6 +16,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise DeviceError(f"device {name!r} requested but torch sees no CUDA GPU; use --device auto or cpu")
+            raise DeviceError(
+                f"device {name!r} requested but torch sees no CUDA GPU; use --device auto or cpu"
+            )
         return torch.device(name)
     raise DeviceError(f"unknown device {name!r}; use auto, cpu or cuda[:N]")

@@ -8,6 +8,8 @@ from stream.config_file import ConfigFileError
 from stream.daemon.config import ServeConfigError
 from stream.datasets import DatasetError
 from stream.device import DeviceError
+from stream.metrics_server import MetricsServerError
+from stream.report import ReportError
 from stream.schedules import ScheduleError
 from stream.stream_file import StreamFileError
 
@@ -23,6 +25,8 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     DatasetError,
     DeviceError,
     LearnerConfigError,
+    MetricsServerError,
+    ReportError,
     ScheduleError,
     ServeConfigError,
     StreamFileError,

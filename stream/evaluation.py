@@ -4,7 +4,7 @@ At an evaluation, for every hierarchy level, the test samples whose class at tha
 appeared in the stream are scored by the learner, unseen-class scores are masked out, and the
 accuracy and the per-class accuracies (0 for unseen classes, as the official code reports them)
 are recorded. With a hierarchy, a coarse prediction also counts as correct when the parent of
-the fine prediction is right (``either`` accuracy, as in the HLE code).
+the fine prediction is right (``either`` accuracy, as in the HLE code; see docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -71,7 +71,9 @@ class AnytimeEvaluator:
         self.batch_size = batch_size
         self.parents = [torch.tensor(p, dtype=torch.long) for p in problem.parents]
 
-    def _predict(self, learner: Learner, rows: torch.Tensor, level: int, seen: torch.Tensor) -> torch.Tensor:
+    def _predict(
+        self, learner: Learner, rows: torch.Tensor, level: int, seen: torch.Tensor
+    ) -> torch.Tensor:
         predictions = []
         for start in range(0, len(rows), self.batch_size):
             x = self.x_test[rows[start : start + self.batch_size]].to(learner.device)
@@ -107,7 +109,7 @@ class AnytimeEvaluator:
             counts = torch.bincount(labels[rows], minlength=k).double()
             per_class = (correct / counts.clamp(min=1)).numpy()
             class_accuracy.append(per_class)
-        either = self._either_accuracy(predictions, test_rows)
+        either = self._either_accuracy(learner, seen, predictions, test_rows)
         return Evaluation(
             samples_seen=samples_seen,
             accuracy=hits_total / count_total if count_total else None,
@@ -117,28 +119,36 @@ class AnytimeEvaluator:
         )
 
     def _either_accuracy(
-        self, predictions: list[torch.Tensor | None], test_rows: list[torch.Tensor]
+        self,
+        learner: Learner,
+        seen: list[torch.Tensor],
+        predictions: list[torch.Tensor | None],
+        test_rows: list[torch.Tensor],
     ) -> list[float | None]:
-        """Per level below the finest: correct if this level's prediction or the parent of the
-        next finer level's prediction is right (where the finer level has a prediction)."""
+        """Per level below the finest, scored as the HLE code scores its coarse level: a test
+        sample of a seen class is correct if this level's prediction is right or if the parent
+        of the next finer level's prediction is. The finer prediction is made over the finer
+        classes seen so far for every such sample, whether or not its own finer class was seen
+        (HLE's fine head only has seen classes and is asked for every coarse test sample)."""
         if self.problem.num_levels == 1:
             return []
         either: list[float | None] = []
         for level in range(self.problem.num_levels - 1):
-            coarse, fine = predictions[level], predictions[level + 1]
+            coarse = predictions[level]
             if coarse is None:
                 either.append(None)
                 continue
             rows = test_rows[level]
             truth = self.y_test_levels[rows, level]
             hits = coarse == truth
-            if fine is not None:
-                fine_pred = torch.full((len(self.y_test_levels),), -1, dtype=torch.long)
-                fine_pred[test_rows[level + 1]] = fine
-                fine_of_rows = fine_pred[rows]
-                has_fine = fine_of_rows >= 0
-                parent_hit = torch.zeros_like(hits)
-                parent_hit[has_fine] = self.parents[level][fine_of_rows[has_fine]] == truth[has_fine]
-                hits = hits | parent_hit
+            if bool(seen[level + 1].any()):
+                finer = torch.full((len(self.y_test_levels),), -1, dtype=torch.long)
+                known = predictions[level + 1]
+                if known is not None:
+                    finer[test_rows[level + 1]] = known
+                missing = rows[finer[rows] < 0]
+                if len(missing):
+                    finer[missing] = self._predict(learner, missing, level + 1, seen[level + 1])
+                hits = hits | (self.parents[level][finer[rows]] == truth)
             either.append(int(hits.sum()) / len(hits))
         return either

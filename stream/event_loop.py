@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from learners.base import Learner, Problem
 from stream import metrics
 from stream.batch import Batch
-from stream.evaluation import AnytimeEvaluator, Evaluation, masked_argmax
+from stream.evaluation import AnytimeEvaluator, Evaluation
 from stream.validation import validate_batch
 
 
@@ -38,8 +38,12 @@ class LoopConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     batch_size: int = Field(16, gt=0, description="stream samples per micro-batch")
-    online_iter: float = Field(1.0, ge=0, description="update steps per micro-batch (fractions accumulate)")
-    eval_period: int | None = Field(1000, gt=0, description="evaluate every N samples; null: task ends only")
+    online_iter: float = Field(
+        1.0, ge=0, description="update steps per micro-batch (fractions accumulate)"
+    )
+    eval_period: int | None = Field(
+        1000, gt=0, description="evaluate every N samples; null: task ends only"
+    )
     prequential_window: int = Field(1000, gt=0, description="rolling prequential accuracy window")
     eval_batch_size: int = Field(512, gt=0)
 
@@ -47,7 +51,9 @@ class LoopConfig(BaseModel):
 class Observer:
     """Receives what the loop does; every method is optional."""
 
-    def on_batch(self, loop: EventLoop, batch: Batch, hits: np.ndarray, learn_seconds: float) -> None:
+    def on_batch(
+        self, loop: EventLoop, batch: Batch, hits: np.ndarray, learn_seconds: float
+    ) -> None:
         """After a micro-batch was predicted and learned."""
 
     def on_evaluation(self, loop: EventLoop, evaluation: Evaluation, kind: str) -> None:
@@ -76,7 +82,8 @@ class EventLoop:
         self.num_tasks = num_tasks
         self.observers = list(observers)
         self.samples_seen = 0
-        self.seen = [torch.zeros(k, dtype=torch.bool) for k in problem.num_classes]
+        # Classes shown by the stream so far, per level (numpy; torch views for the evaluator).
+        self.seen = [np.zeros(k, dtype=bool) for k in problem.num_classes]
         self.current_task: int | None = None
         self.pending_updates = 0.0
         self.next_eval = self.config.eval_period or 0
@@ -102,13 +109,14 @@ class EventLoop:
             return
         validate_batch(batch, self.problem)
         if batch.task is not None:
-            self._enter_task(int(batch.task[0]))
+            self._enter_task(int(batch.task.numpy()[0]))
         hits = self._prequential(batch)
-        for level in range(self.problem.num_levels):
-            if self.problem.num_levels == 1:
-                self.seen[0][batch.y] = True
-            else:
-                self.seen[level][batch.y[batch.level == level]] = True
+        if self.problem.num_levels == 1:
+            self.seen[0][batch.y.numpy()] = True
+        else:
+            levels, y = batch.level.numpy(), batch.y.numpy()
+            for level in range(self.problem.num_levels):
+                self.seen[level][y[levels == level]] = True
         self.pending_updates += self.config.online_iter
         iterations = int(self.pending_updates)
         self.pending_updates -= iterations
@@ -129,27 +137,38 @@ class EventLoop:
         """Close the stream: task-end evaluation(s) for the last task and any empty ones after."""
         if self.finished:
             return
-        last = (self.num_tasks - 1) if self.num_tasks else self.current_task
-        if last is not None:
-            self._close_tasks(through=last)
+        if self.num_tasks:
+            last = self.num_tasks - 1
+        else:
+            # Without task labels the whole stream is one task.
+            last = self.current_task if self.current_task is not None else 0
+        self._close_tasks(through=last, start=0 if self.current_task is None else None)
         self.finished = True
         for observer in self.observers:
             observer.on_finish(self)
 
     def _prequential(self, batch: Batch) -> np.ndarray:
-        learner, seen = self.learner, self.seen
+        # Bookkeeping runs in numpy on views of the CPU tensors: cheaper per call than torch
+        # on micro-batches, and this runs on every batch.
+        y = batch.y.numpy()
         if self.problem.num_levels == 1:
-            predicted = masked_argmax(learner.predict(batch.x, 0), seen[0]).cpu()
-            hits = (predicted == batch.y) & seen[0][predicted]
+            hits = self._hits(self.learner.predict(batch.x, 0), y, self.seen[0])
         else:
-            hits = torch.zeros(len(batch), dtype=torch.bool)
-            for level in batch.level.unique().tolist():
-                rows = batch.level == level
-                predicted = masked_argmax(learner.predict(batch.x[rows], level), seen[level]).cpu()
-                hits[rows] = (predicted == batch.y[rows]) & seen[level][predicted]
-        hits_np = hits.numpy()
-        self.prequential.update(hits_np)
-        return hits_np
+            hits = np.zeros(len(y), dtype=bool)
+            levels = batch.level.numpy()
+            for level in np.unique(levels).tolist():
+                rows = levels == level
+                scores = self.learner.predict(batch.x[torch.from_numpy(rows)], level)
+                hits[rows] = self._hits(scores, y[rows], self.seen[level])
+        self.prequential.update(hits)
+        return hits
+
+    @staticmethod
+    def _hits(scores: torch.Tensor, y: np.ndarray, seen: np.ndarray) -> np.ndarray:
+        """Right predictions among the seen classes (nothing is right before a class is seen)."""
+        masked = np.where(seen, scores.detach().cpu().numpy(), -np.inf)
+        predicted = masked.argmax(axis=1)
+        return (predicted == y) & seen[predicted]
 
     # -- tasks and evaluations ------------------------------------------------------------
 
@@ -176,13 +195,16 @@ class EventLoop:
     def _evaluate(self, kind: str) -> Evaluation | None:
         if self.evaluator is None:
             return None
-        evaluation = self.evaluator.evaluate(self.learner, self.seen, self.samples_seen)
+        seen = [torch.from_numpy(mask) for mask in self.seen]
+        evaluation = self.evaluator.evaluate(self.learner, seen, self.samples_seen)
         if kind == "periodic":
             self.curve.append(evaluation)
         else:
             self.task_ends.append(evaluation)
         for level, per_class in enumerate(evaluation.class_accuracy):
-            np.maximum(self.best_class_accuracy[level], per_class, out=self.best_class_accuracy[level])
+            np.maximum(
+                self.best_class_accuracy[level], per_class, out=self.best_class_accuracy[level]
+            )
         self.last_evaluation = evaluation
         for observer in self.observers:
             observer.on_evaluation(self, evaluation, kind)
@@ -214,7 +236,8 @@ class EventLoop:
         )
         if self.problem.num_levels > 1:
             result["per_level"] = {
-                name: self._level_summary(level) for level, name in enumerate(self.problem.level_names)
+                name: self._level_summary(level)
+                for level, name in enumerate(self.problem.level_names)
             }
         return result
 
@@ -240,7 +263,7 @@ class EventLoop:
         """The loop's whole state, as JSON."""
         return {
             "samples_seen": self.samples_seen,
-            "seen": [torch.nonzero(s).flatten().tolist() for s in self.seen],
+            "seen": [np.flatnonzero(s).tolist() for s in self.seen],
             "current_task": self.current_task,
             "pending_updates": self.pending_updates,
             "next_eval": self.next_eval,
@@ -248,7 +271,9 @@ class EventLoop:
             "curve": [e.to_json() for e in self.curve],
             "task_ends": [e.to_json() for e in self.task_ends],
             "best_class_accuracy": [b.tolist() for b in self.best_class_accuracy],
-            "last_evaluation": None if self.last_evaluation is None else self.last_evaluation.to_json(),
+            "last_evaluation": None
+            if self.last_evaluation is None
+            else self.last_evaluation.to_json(),
             "learn_seconds": self.learn_seconds,
             "finished": self.finished,
         }
@@ -256,15 +281,17 @@ class EventLoop:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.samples_seen = int(state["samples_seen"])
         for mask, classes in zip(self.seen, state["seen"], strict=True):
-            mask.zero_()
-            mask[torch.tensor(classes, dtype=torch.long)] = True
+            mask[:] = False
+            mask[np.asarray(classes, dtype=np.int64)] = True
         self.current_task = state["current_task"]
         self.pending_updates = float(state["pending_updates"])
         self.next_eval = int(state["next_eval"])
         self.prequential.load_state_dict(state["prequential"])
         self.curve = [Evaluation.from_json(e) for e in state["curve"]]
         self.task_ends = [Evaluation.from_json(e) for e in state["task_ends"]]
-        self.best_class_accuracy = [np.asarray(b, dtype=np.float64) for b in state["best_class_accuracy"]]
+        self.best_class_accuracy = [
+            np.asarray(b, dtype=np.float64) for b in state["best_class_accuracy"]
+        ]
         last = state["last_evaluation"]
         self.last_evaluation = None if last is None else Evaluation.from_json(last)
         self.learn_seconds = float(state["learn_seconds"])

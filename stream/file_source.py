@@ -6,6 +6,7 @@ micro-batch of a task may be short; the next task starts a fresh batch.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import numpy as np
@@ -27,7 +28,9 @@ def check_against_dataset(stream: RecordedStream, dataset: Dataset, where: str) 
                 f"but the dataset loaded now has {key}={actual.get(key)}"
             )
     if not stream.header.inline and len(stream) and int(np.max(stream.row)) >= len(dataset.y_train):
-        raise StreamFileError(f"{where}: refers to training rows beyond the dataset's {len(dataset.y_train)}")
+        raise StreamFileError(
+            f"{where}: refers to training rows beyond the dataset's {len(dataset.y_train)}"
+        )
 
 
 def task_batches(
@@ -39,21 +42,20 @@ def task_batches(
     task = np.asarray(stream.task)
     changes = np.flatnonzero(np.diff(task)) + 1
     boundaries = np.concatenate([[0], changes, [len(task)]])
-    source = stream.x if stream.x is not None else None
+    source = stream.x
     if source is None and dataset is None:
         raise ValueError("a stream of dataset rows needs its dataset")
-    for task_start, task_end in zip(boundaries[:-1], boundaries[1:], strict=True):
-        for lo in range(max(int(task_start), start), int(task_end), batch_size):
-            hi = min(lo + batch_size, int(task_end))
+    # The event columns are small: turn each into one tensor once, then slice per batch.
+    y, level, ids = (
+        torch.from_numpy(np.array(a, dtype=np.int64)) for a in (stream.y, stream.level, stream.id)
+    )
+    tasks = torch.from_numpy(task.astype(np.int64))
+    for task_start, task_end in itertools.pairwise(boundaries.tolist()):
+        for lo in range(max(task_start, start), task_end, batch_size):
+            hi = min(lo + batch_size, task_end)
             if source is not None:
                 x = as_float_tensor(source[lo:hi])
             else:
                 assert dataset is not None
                 x = as_float_tensor(dataset.X_train[np.asarray(stream.row[lo:hi])])
-            yield Batch(
-                x=x,
-                y=torch.from_numpy(np.array(stream.y[lo:hi], dtype=np.int64)),
-                level=torch.from_numpy(np.array(stream.level[lo:hi], dtype=np.int64)),
-                task=torch.from_numpy(np.array(stream.task[lo:hi], dtype=np.int64)),
-                ids=torch.from_numpy(np.array(stream.id[lo:hi], dtype=np.int64)),
-            )
+            yield Batch(x=x, y=y[lo:hi], level=level[lo:hi], task=tasks[lo:hi], ids=ids[lo:hi])

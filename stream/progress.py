@@ -20,7 +20,9 @@ class ProgressBar(Observer):
         self.bar = tqdm(total=total, desc=label, unit="sample", disable=not enabled, leave=False)
         self.anytime: float | None = None
 
-    def on_batch(self, loop: EventLoop, batch: Batch, hits: np.ndarray, learn_seconds: float) -> None:
+    def on_batch(
+        self, loop: EventLoop, batch: Batch, hits: np.ndarray, learn_seconds: float
+    ) -> None:
         self.bar.update(len(batch))
 
     def on_evaluation(self, loop: EventLoop, evaluation: Evaluation, kind: str) -> None:

@@ -112,6 +112,9 @@ def write_results(results: dict[str, Any], out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     path.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    plot_curves({results["learner"]: results["curve"]}, out / "curve.png",
-                title=f"{results['learner']} on {results['dataset']} ({results['schedule']})")
+    plot_curves(
+        {results["learner"]: results["curve"]},
+        out / "curve.png",
+        title=f"{results['learner']} on {results['dataset']} ({results['schedule']})",
+    )
     return path

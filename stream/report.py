@@ -1,11 +1,32 @@
-"""Comparison tables of run results (A_auc / A_last / F_last ...) for terminals and markdown."""
+"""Comparison tables of run results (A_auc / A_last / F_last ...) for terminals and markdown.
+
+``load_results`` reads the ``results.json`` files that ``streamcl replay`` writes and checks the
+fields a report uses; ``label_runs`` names each run after its learner (and its directory where
+two runs share a learner); ``format_table`` is the table of pooled metrics and
+``format_level_table`` the per-level one of hierarchical runs.
+
+>>> print(format_table({"nmc": {"A_auc": 0.5, "A_last": 0.25}}, columns=("A_auc", "A_last")))
+| learner | A_auc | A_last |
+|---------|-------|--------|
+| nmc     | 50.00 |  25.00 |
+"""
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 COLUMNS = ("A_auc", "A_avg", "A_last", "F_last", "prequential_accuracy", "samples_per_second")
+LEVEL_COLUMNS = ("A_auc", "A_last", "F_last")
+# How a run's stream is described; runs that differ here are not measured on the same stream.
+STREAM_KEYS = ("dataset", "schedule", "schedule_params", "seed")
+
+
+class ReportError(ValueError):
+    """A results file that cannot be reported (missing, not JSON, or without the needed fields)."""
 
 
 def _cell(key: str, value: Any) -> str:
@@ -16,13 +37,101 @@ def _cell(key: str, value: Any) -> str:
     return f"{100 * value:.2f}"
 
 
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"]
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for name, *cells in rows:
+        padded = [name.ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(cells, widths[1:], strict=True)
+        ]
+        lines.append("| " + " | ".join(padded) + " |")
+    return "\n".join(lines)
+
+
 def format_table(results: Mapping[str, Mapping[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
     """A markdown table, one row per run; accuracies in percent."""
     header = ["learner", *[("samples/s" if c == "samples_per_second" else c) for c in columns]]
     rows = [[name, *[_cell(c, result.get(c)) for c in columns]] for name, result in results.items()]
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"]
-    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        lines.append("| " + " | ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)) + " |")
-    return "\n".join(lines)
+    return _markdown(header, rows)
+
+
+def format_level_table(
+    results: Mapping[str, Mapping[str, Any]], columns: Sequence[str] = LEVEL_COLUMNS
+) -> str | None:
+    """Per hierarchy level, ``columns`` of each run that has ``per_level``; ``None`` if none has."""
+    levels: list[str] = []
+    for result in results.values():
+        for level in result.get("per_level") or {}:
+            if level not in levels:
+                levels.append(level)
+    if not levels:
+        return None
+    header = ["learner", *[f"{column} [{level}]" for level in levels for column in columns]]
+    rows = []
+    for name, result in results.items():
+        per_level = result.get("per_level") or {}
+        rows.append(
+            [
+                name,
+                *[_cell(c, per_level.get(level, {}).get(c)) for level in levels for c in columns],
+            ]
+        )
+    return _markdown(header, rows)
+
+
+def describe_stream(result: Mapping[str, Any]) -> str:
+    """``dataset, schedule (params), seed S`` of a run."""
+    params = result.get("schedule_params") or {}
+    shown = " ".join(f"{k}={v}" for k, v in params.items())
+    return f"{result.get('dataset')}, {result.get('schedule')} ({shown}), seed {result.get('seed')}"
+
+
+def _is_number(value: Any) -> bool:
+    return value is None or (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    )
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """The results of one run: ``path`` is a ``results.json`` or a directory holding one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise ReportError(f"{path}: no such results file")
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{path}: not a JSON results file ({exc})") from None
+    if not isinstance(result, dict):
+        raise ReportError(f"{path}: a results file holds one JSON object")
+    if not isinstance(result.get("learner"), str):
+        raise ReportError(f"{path}: no 'learner' name (is it a results.json from streamcl replay?)")
+    for key in COLUMNS:
+        if not _is_number(result.get(key)):
+            raise ReportError(f"{path}: {key!r} must be a number or null, got {result.get(key)!r}")
+    curve = result.get("curve")
+    if not isinstance(curve, list) or not all(
+        isinstance(p, list) and len(p) == 2 and _is_number(p[0]) and _is_number(p[1]) for p in curve
+    ):
+        raise ReportError(f"{path}: 'curve' must be a list of [samples_seen, accuracy] pairs")
+    result["path"] = str(path)
+    return result
+
+
+def label_runs(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A distinct label per run: its learner, with its directory where learners repeat."""
+    labels = [str(r["learner"]) for r in results]
+    for attempt in (
+        lambda r: f"{r['learner']} ({Path(r['path']).parent.name})",
+        lambda r: r["path"],
+    ):
+        repeated = {label for label in labels if labels.count(label) > 1}
+        if not repeated:
+            break
+        labels = [
+            attempt(r) if label in repeated else label
+            for r, label in zip(results, labels, strict=True)
+        ]
+    return labels

@@ -87,7 +87,9 @@ def write_stream(path: str | Path, stream: RecordedStream) -> Path:
     """Write ``stream`` as JSON lines (``.jsonl``) or binary (any other suffix)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = stream.header.model_copy(update={"num_samples": len(stream), "inline": stream.x is not None})
+    header = stream.header.model_copy(
+        update={"num_samples": len(stream), "inline": stream.x is not None}
+    )
     if path.suffix == ".jsonl":
         _write_jsonl(path, header, stream)
     else:
@@ -177,7 +179,9 @@ def _read_binary(path: Path) -> RecordedStream:
         dtype, shape = np.dtype(spec["dtype"]), tuple(spec["shape"])
         start = data_start + int(spec["offset"])
         if start + dtype.itemsize * int(np.prod(shape)) > file_size:
-            raise StreamFileError(f"{path}: array {name!r} runs past the end of the file (truncated?)")
+            raise StreamFileError(
+                f"{path}: array {name!r} runs past the end of the file (truncated?)"
+            )
         if int(np.prod(shape)) == 0:
             arrays[name] = np.empty(shape, dtype=dtype)
         else:
@@ -192,7 +196,7 @@ def _read_jsonl(path: Path) -> RecordedStream:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise StreamFileError(f"{path}: not a streamcl stream file (no header line)") from None
         if not isinstance(first, dict) or "streamcl_stream" not in first:
-            raise StreamFileError(f"{path}: first line must be {{\"streamcl_stream\": {{...}}}}")
+            raise StreamFileError(f'{path}: first line must be {{"streamcl_stream": {{...}}}}')
         header = _header(path, first["streamcl_stream"])
         columns: dict[str, list[Any]] = {name: [] for name in (*EVENT_ARRAYS, "x")}
         for number, line in enumerate(lines, start=2):

@@ -17,7 +17,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", default="streamcl-demo", help="output directory")
     parser.add_argument(
-        "--learners", default=",".join(LEARNERS), help=f"comma-separated (default {','.join(LEARNERS)})"
+        "--learners",
+        default=",".join(LEARNERS),
+        help=f"comma-separated (default {','.join(LEARNERS)})",
     )
     parser.add_argument("--device", default="auto")
     parser.set_defaults(run=run)
@@ -32,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     print("digits, Si-Blurry (T=5, N=50, M=10), seed 1 — accuracies in %")
     print(format_table(results))
-    print(f"curves in {out / 'curve.png'}, table in {out / 'table.md'}, "
-          f"per-learner results in {out}/<learner>/results.json ({time.perf_counter() - started:.1f} s)")
+    print(
+        f"curves in {out / 'curve.png'}, table in {out / 'table.md'}, "
+        f"per-learner results in {out}/<learner>/results.json ({time.perf_counter() - started:.1f} s)"
+    )
     return 0

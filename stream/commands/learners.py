@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -15,19 +16,34 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def describe_options(model: type[BaseModel], prefix: str = "") -> list[str]:
-    """One line per option, nested models as dotted names."""
+def describe_options(
+    model: type[BaseModel], prefix: str = "", defaults: BaseModel | None = None
+) -> list[str]:
+    """One line per option, nested models as dotted names.
+
+    ``defaults`` is the nested model's default instance in its parent (a learner may default its
+    backbone to ``identity`` while ``BackboneConfig`` itself defaults to ``mlp``).
+    """
     lines = []
     for name, field in model.model_fields.items():
         annotation = field.annotation
+        default = (
+            getattr(defaults, name)
+            if defaults is not None
+            else field.get_default(call_default_factory=True)
+        )
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            lines += describe_options(annotation, f"{prefix}{name}.")
+            lines += describe_options(annotation, f"{prefix}{name}.", default)
             continue
-        kind = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-        default = field.get_default(call_default_factory=True)
         description = f"  {field.description}" if field.description else ""
-        lines.append(f"    {prefix}{name}: {kind} = {default!r}{description}")
+        lines.append(f"    {prefix}{name}: {_kind(annotation)} = {default!r}{description}")
     return lines
+
+
+def _kind(annotation: Any) -> str:
+    if get_origin(annotation) is Literal:
+        return "|".join(str(choice) for choice in get_args(annotation))
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -153,7 +153,15 @@ class MessagesConfig(_Section):
 
 
 class MetricsConfig(_Section):
-    address: str | None = Field("127.0.0.1:9464", description="HOST:PORT of /metrics; null: none")
+    """``/metrics`` and ``/healthz`` (stream/metrics_server.py)."""
+
+    host: str = Field("127.0.0.1", description="loopback unless a remote Prometheus scrapes it")
+    port: int | None = Field(
+        9100, ge=0, le=65535, description="null: no endpoint; 0: any free port"
+    )
+    stall_seconds: float = Field(
+        120.0, gt=0, description="/healthz fails after this long without a poll or a batch"
+    )
 
 
 class ServeConfig(_Section):

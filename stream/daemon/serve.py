@@ -51,6 +51,7 @@ from stream.kafka_source import (
     SourceError,
     open_source,
 )
+from stream.loop_log import LoopLogger
 from stream.telemetry import Telemetry
 from stream.wire import Decoder, InvalidMessage, Samples
 
@@ -121,7 +122,7 @@ class Daemon:
             self.problem,
             config.loop,
             evaluator=evaluator,
-            observers=[self.telemetry.observer(name)],
+            observers=[self.telemetry.observer(name), LoopLogger(name)],
         )
         self.decoder = Decoder(self.problem, config.messages.format, config.messages.max_bytes)
         self.store = CheckpointStore(config.checkpoint.dir, config.checkpoint.keep)
@@ -243,6 +244,7 @@ class Daemon:
             self._stop.wait(self.watch.failed(str(exc)))
             return
         assert self.source is not None
+        self.telemetry.progressed()  # the source answered: alive, even with nothing new
         if records:
             self.watch.alive()
             self.learn(records)
@@ -283,6 +285,11 @@ class Daemon:
                 )
             self.positions[record.partition] = record.offset + 1
             self.messages += 1
+        last = records[-1]
+        # On every log line of the loop while these batches are learned.
+        structlog.contextvars.bind_contextvars(
+            topic=self.topic, partition=last.partition, offset=last.offset
+        )
         for batch in micro_batches(good, self.config.loop.batch_size):
             self.loop.process(batch)
 

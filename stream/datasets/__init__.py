@@ -1,5 +1,5 @@
 """Datasets addressed by a string (SPEC §2): ``digits``, ``fashion-mnist[:DIR]``,
-``cifar100:DIR``, ``npz:PATH``.
+``cifar100:DIR``, ``npz:PATH``, and the generated ``synthetic-hierarchy[:k=v,...]``.
 
 >>> ds = load_dataset("digits")
 >>> ds.num_classes, ds.input_shape, len(ds.y_train), len(ds.y_test)
@@ -21,6 +21,7 @@ _LOADERS: dict[str, str] = {
     "fashion-mnist": "stream.datasets.fashion_mnist",
     "cifar100": "stream.datasets.cifar100",
     "npz": "stream.datasets.npz",
+    "synthetic-hierarchy": "stream.datasets.synthetic_hierarchy",
 }
 
 

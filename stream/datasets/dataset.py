@@ -60,7 +60,10 @@ class Dataset:
 
     def _validate(self) -> None:
         where = self.spec
-        for split, X, y in (("train", self.X_train, self.y_train), ("test", self.X_test, self.y_test)):
+        for split, X, y in (
+            ("train", self.X_train, self.y_train),
+            ("test", self.X_test, self.y_test),
+        ):
             if X.ndim not in (2, 3, 4):
                 raise DatasetError(
                     f"{where}: X_{split} must be [n, d], [n, H, W] or [n, C, H, W], got shape {X.shape}"
@@ -100,10 +103,14 @@ class Dataset:
                     raise DatasetError(
                         f"{where}: y_{split}_levels must be [n, L] with n = {len(y)}, got {levels.shape}"
                     )
-                if not np.issubdtype(levels.dtype, np.integer) or (len(levels) and levels.min() < 0):
+                if not np.issubdtype(levels.dtype, np.integer) or (
+                    len(levels) and levels.min() < 0
+                ):
                     raise DatasetError(f"{where}: y_{split}_levels must be non-negative integers")
                 if not np.array_equal(levels[:, -1], y):
-                    raise DatasetError(f"{where}: the last column of y_{split}_levels must equal y_{split}")
+                    raise DatasetError(
+                        f"{where}: the last column of y_{split}_levels must equal y_{split}"
+                    )
             if self.y_train_levels.shape[1] != self.y_test_levels.shape[1]:
                 raise DatasetError(f"{where}: train and test have different numbers of levels")
             self.y_train_levels = self.y_train_levels.astype(np.int64, copy=False)
@@ -116,7 +123,7 @@ class Dataset:
         maps = []
         for lvl in range(self.num_levels - 1):
             parent = np.full(self.num_classes_per_level[lvl + 1], -1, dtype=np.int64)
-            for child, par in np.unique(levels[:, lvl : lvl + 2], axis=0):
+            for par, child in np.unique(levels[:, lvl : lvl + 2], axis=0):
                 if parent[child] not in (-1, par):
                     raise DatasetError(
                         f"{self.spec}: class {child} of level {lvl + 1} has two parents at level "
@@ -166,7 +173,11 @@ class Dataset:
 
 def as_float_tensor(X: np.ndarray) -> torch.Tensor:
     """Inputs as float32: uint8 images scaled to ``[0, 1]``, floats as they are."""
-    tensor = torch.from_numpy(np.ascontiguousarray(X))
+    X = np.ascontiguousarray(X)
+    if not X.flags.writeable and X.dtype == np.float32:
+        # memory-mapped stream files are read-only; learners get their own copy
+        X = X.copy()
+    tensor = torch.from_numpy(X)
     if tensor.dtype == torch.uint8:
         return tensor.to(torch.float32).div_(255.0)
     return tensor.to(torch.float32)

@@ -1,4 +1,5 @@
-"""Stream schedules (SPEC §3): ``disjoint``, ``i-blurry``, ``si-blurry`` — deterministic in the seed.
+"""Stream schedules (SPEC §3): ``disjoint``, ``i-blurry``, ``si-blurry``, ``hle`` — deterministic
+in the seed.
 
 >>> from stream.datasets import load_dataset
 >>> s, params = make_schedule("si-blurry", load_dataset("digits"), {}, seed=1)
@@ -16,13 +17,21 @@ from pydantic import ValidationError
 from stream.datasets import Dataset
 from stream.schedules.schedule import Schedule, ScheduleParams
 
-__all__ = ["Schedule", "ScheduleError", "ScheduleParams", "make_schedule", "params_model", "schedule_names"]
+__all__ = [
+    "Schedule",
+    "ScheduleError",
+    "ScheduleParams",
+    "make_schedule",
+    "params_model",
+    "schedule_names",
+]
 
 # name -> (module with build(levels, params, seed), params class name); one line per schedule.
 _SCHEDULES: dict[str, tuple[str, str]] = {
     "disjoint": ("stream.schedules.disjoint", "DisjointParams"),
     "i-blurry": ("stream.schedules.i_blurry", "IBlurryParams"),
     "si-blurry": ("stream.schedules.si_blurry", "SiBlurryParams"),
+    "hle": ("stream.schedules.hle", "HLEParams"),
 }
 
 

@@ -37,10 +37,14 @@ def build(levels: np.ndarray, params: IBlurryParams, seed: int) -> Schedule:
         n_move = len(rows) * params.blurry // 100 if T > 1 else 0
         kept[t] += rows[n_move:].tolist()
         others = [o for o in range(T) if o != t]
-        for o, part in zip(others, np.array_split(rows[:n_move], max(len(others), 1)), strict=False):
+        for o, part in zip(
+            others, np.array_split(rows[:n_move], max(len(others), 1)), strict=False
+        ):
             kept[o] += part.tolist()
         moved_total += n_move
-    schedule = concat_tasks([np.array(d + k) for d, k in zip(task_rows, kept, strict=True)], labels, finest, rng)
+    schedule = concat_tasks(
+        [np.array(d + k) for d, k in zip(task_rows, kept, strict=True)], labels, finest, rng
+    )
     schedule.info = {
         "disjoint_classes": [sorted(int(c) for c in g) for g in disjoint_groups],
         "blurry_classes": [sorted(int(c) for c in g) for g in blurry_groups],

@@ -43,9 +43,11 @@ def concat_tasks(
     """Shuffle each task's rows and lay the tasks end to end, labelled at ``level``."""
     shuffled = [rng.permutation(np.asarray(rows, dtype=np.int64)) for rows in task_rows]
     rows = np.concatenate(shuffled) if shuffled else np.empty(0, dtype=np.int64)
-    task = np.concatenate(
-        [np.full(len(r), t, dtype=np.int32) for t, r in enumerate(shuffled)]
-    ) if shuffled else np.empty(0, dtype=np.int32)
+    task = (
+        np.concatenate([np.full(len(r), t, dtype=np.int32) for t, r in enumerate(shuffled)])
+        if shuffled
+        else np.empty(0, dtype=np.int32)
+    )
     return Schedule(
         rows=rows,
         y=labels[rows].astype(np.int64),

@@ -30,7 +30,9 @@ from stream.schedules.schedule import Schedule, ScheduleParams, concat_tasks, ro
 class SiBlurryParams(ScheduleParams):
     disjoint: int = Field(50, ge=0, le=100, description="N: percent of classes that are disjoint")
     blurry: int = Field(10, ge=0, le=100, description="M: percent of blurry samples mixed")
-    stochastic: bool = Field(True, description="random task sizes (Si-Blurry); false: i-Blurry-like")
+    stochastic: bool = Field(
+        True, description="random task sizes (Si-Blurry); false: i-Blurry-like"
+    )
 
 
 def _random_cuts(total: int, parts: int, rng: np.random.Generator) -> np.ndarray:
@@ -83,9 +85,7 @@ def build(levels: np.ndarray, params: SiBlurryParams, seed: int) -> Schedule:
     else:
         received = np.array_split(pool, T)
 
-    task_rows = [
-        np.concatenate([disjoint_rows[t], kept[t], received[t]]) for t in range(T)
-    ]
+    task_rows = [np.concatenate([disjoint_rows[t], kept[t], received[t]]) for t in range(T)]
     schedule = concat_tasks(task_rows, labels, finest, rng)
     schedule.info = {
         "disjoint_classes": [sorted(int(c) for c in g) for g in disjoint_groups],

@@ -48,7 +48,7 @@ def serve_config(
         "checkpoint": {"dir": str(tmp_path / f"{name}-ckpt"), "every_seconds": 0.3},
         "dead_letter": {"file": str(tmp_path / f"{name}-dead.jsonl")},
         "messages": {"max_bytes": MAX_BYTES},
-        "metrics": {"address": f"127.0.0.1:{free_port()}"},
+        "metrics": {"port": free_port(), "stall_seconds": 60},
     }
     for section, values in sections.items():
         config[section] = {**config.get(section, {}), **values}
@@ -57,7 +57,7 @@ def serve_config(
 
 def scrape(process: ServeProcess) -> dict[str, float]:
     """The daemon's /metrics samples, keyed by ``name{labels}`` as exposed."""
-    url = f"http://{process.config['metrics']['address']}/metrics"
+    url = f"http://127.0.0.1:{process.config['metrics']['port']}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
         text = response.read().decode()
     samples = {}

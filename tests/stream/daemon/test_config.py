@@ -7,6 +7,7 @@ import json
 import pytest
 
 from stream.daemon.config import ServeConfig, ServeConfigError, load_serve_config
+from tests.stream.commands.serve_process import REPO
 
 MINIMAL = {
     "kafka": {"bootstrap": "127.0.0.1:9092", "topic": "samples"},
@@ -65,3 +66,9 @@ def test_errors_name_the_field(tmp_path, change, field):
 
 def test_the_model_validates_directly():
     assert ServeConfig.model_validate(MINIMAL).problem.num_classes == [10]
+
+
+def test_the_deploy_config_is_a_valid_serve_config():
+    config = load_serve_config(REPO / "deploy" / "streamcl" / "serve.toml")
+    assert config.dead_letter.topic and config.evaluation.dataset == "digits"
+    assert (config.metrics.host, config.metrics.port) == ("0.0.0.0", 9100)

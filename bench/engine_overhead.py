@@ -1,0 +1,134 @@
+"""Engine overhead: replaying a recorded stream through ``nmc`` vs a bare loop on the same tensors.
+
+A 100k-sample stream of 512-d features (100 Gaussian classes, Si-Blurry T=5 N=50 M=10) is
+recorded in the binary form with the features inline. Three measurements, interleaved and
+repeated, best of each kept:
+
+- ``read``: iterating the micro-batches out of the memory-mapped file (no learner);
+- ``bare``: ``predict`` then ``learn`` on tensors already in memory, nothing else;
+- ``engine``: the event loop reading the file: validation, prequential accuracy, online_iter
+  accounting, metrics bookkeeping, ``predict`` and ``learn``.
+
+Anytime evaluation is off in both (it would cost the same in both). Target: engine ≥ 90% of bare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.output import write
+from learners.registry import create
+from stream.datasets import Dataset
+from stream.event_loop import EventLoop, LoopConfig
+from stream.file_source import task_batches
+from stream.schedules import make_schedule
+from stream.stream_file import read_stream, record_schedule, write_stream
+
+
+def feature_dataset(n: int, dim: int, classes: int, seed: int) -> Dataset:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, dim)).astype(np.float32)
+    y = rng.integers(0, classes, n + 1000)
+    X = centres[y] + rng.normal(scale=2.0, size=(len(y), dim)).astype(np.float32)
+    return Dataset("bench:features", X[:n], y[:n], X[n:], y[n:])
+
+
+def best_of(repeats: int, run) -> float:
+    return min(run() for _ in range(repeats))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m bench.engine_overhead")
+    parser.add_argument("--samples", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--batch-sizes", default="16,64")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    dataset = feature_dataset(args.samples, args.dim, args.classes, seed=0)
+    schedule, params = make_schedule("si-blurry", dataset, {}, seed=1)
+    problem = dataset.problem()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_stream(
+            Path(tmp) / "features.scl",
+            record_schedule(dataset, schedule, "si-blurry", params.model_dump(), 1, inline=True),
+        )
+        stream = read_stream(path)
+        for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
+            batches = list(task_batches(stream, None, batch_size))
+
+            def read(batch_size: int = batch_size) -> float:
+                started = time.perf_counter()
+                for _ in task_batches(stream, None, batch_size):
+                    pass
+                return time.perf_counter() - started
+
+            def bare(batches: list = batches) -> float:
+                nmc = create("nmc", problem)
+                started = time.perf_counter()
+                for b in batches:
+                    nmc.predict(b.x)
+                    nmc.learn(b.x, b.y, b.level)
+                return time.perf_counter() - started
+
+            def engine(batch_size: int = batch_size) -> float:
+                nmc = create("nmc", problem)
+                loop = EventLoop(nmc, problem, LoopConfig(batch_size=batch_size, eval_period=None))
+                started = time.perf_counter()
+                for b in task_batches(stream, None, batch_size):
+                    loop.process(b)
+                return time.perf_counter() - started
+
+            times = {"read": [], "bare": [], "engine": []}
+            for _ in range(args.repeats):
+                for name, run in (("read", read), ("bare", bare), ("engine", engine)):
+                    times[name].append(run())
+            n = len(stream)
+            best = {name: min(values) for name, values in times.items()}
+            rows.append(
+                {
+                    "batch_size": batch_size,
+                    "read_samples_per_second": n / best["read"],
+                    "bare_samples_per_second": n / best["bare"],
+                    "engine_samples_per_second": n / best["engine"],
+                    "engine_over_bare": best["bare"] / best["engine"],
+                    "read_share_of_engine_time": best["read"] / best["engine"],
+                }
+            )
+
+    print(
+        f"{args.samples} samples x {args.dim}-d, {args.classes} classes, nmc, torch threads {torch.get_num_threads()}"
+    )
+    print(
+        "| batch | read samples/s | bare samples/s | engine samples/s | engine / bare | read share |"
+    )
+    print(
+        "|------:|---------------:|---------------:|-----------------:|--------------:|-----------:|"
+    )
+    for r in rows:
+        print(
+            f"| {r['batch_size']:5d} | {r['read_samples_per_second']:14,.0f} | {r['bare_samples_per_second']:14,.0f} "
+            f"| {r['engine_samples_per_second']:16,.0f} | {r['engine_over_bare']:13.1%} | {r['read_share_of_engine_time']:10.1%} |"
+        )
+    results = {
+        "samples": args.samples,
+        "dim": args.dim,
+        "classes": args.classes,
+        "rows": rows,
+        "target": 0.9,
+    }
+    write("engine_overhead", results)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""G-ACIL: the analytic class-incremental learner as a streaming ridge head.
+
+ACIL (Zhuang et al., NeurIPS 2022) and G-ACIL (Zhuang et al., arXiv 2403.15706): a frozen
+backbone, a fixed random ReLU buffer layer, and a ridge head W = (HᵀH + γI)⁻¹ HᵀY fitted on every
+sample seen (:mod:`learners.analytic`). Because the head keeps the sufficient statistics of all
+the data, the streaming solution equals the joint (all data at once) ridge solution whatever the
+order of the stream or the size of its batches, and classes that are new and classes already
+known can share a batch without any special case (the generalised setting of G-ACIL). There are
+no exemplars and no gradients.
+
+Deviations from the official code (ZHUANGHP/Analytic-continual-learning), on purpose:
+- the head keeps G = HᵀH, Q = HᵀY and solves lazily (``solver="lazy"``, the default) instead of
+  updating R = (HᵀH+γI)⁻¹ per batch; the recursive form is ``solver="woodbury"``;
+- every class of the label space has a column from the start (Q's columns are zero until the
+  class arrives), and classes never learned score ``-inf``;
+- with a label hierarchy each level has its own head, fitted on the samples labelled at that level;
+- there is no gradient-trained base phase: the backbone comes from :mod:`learners.backbones`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Self
+
+import torch
+
+from learners.analytic import AnalyticConfig, AnalyticLearner, RecursiveRidge
+from learners.base import LearnerState, Problem
+
+
+class ACILConfig(AnalyticConfig):
+    """G-ACIL options: those of every analytic learner."""
+
+
+class ACIL(AnalyticLearner):
+    """G-ACIL: frozen backbone, random ReLU buffer, exact streaming ridge head per level.
+
+    ``learn`` absorbs each sample exactly once and ignores ``iterations``. ``state_dict`` drops
+    the cached solution, so the learner and one restored from its checkpoint predict
+    bit-identically. ``merge`` adds another learner's statistics.
+    """
+
+    name = "acil"
+    config_model = ACILConfig
+    config: ACILConfig
+    check_config: ClassVar[dict[str, Any]] = {"buffer_size": 64}
+
+    def __init__(self, problem: Problem, config: ACILConfig) -> None:
+        super().__init__(problem, config)
+        self.heads = [
+            RecursiveRidge(config.buffer_size, classes, config.gamma, config.solver)
+            for classes in problem.num_classes
+        ]
+
+    @torch.no_grad()
+    def learn(
+        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+    ) -> None:
+        H = self.expand(x)
+        y = y.to(self.device)
+        for lvl, rows in self.level_rows(level):
+            self.heads[lvl].fit_labels(H[rows], y[rows])
+
+    def weights(self, level: int = 0) -> torch.Tensor:
+        """The ridge solution W [buffer_size, num_classes[level]] (float64) predictions use."""
+        return self.heads[level].weights()
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+        scores = self.expand(x) @ self.weights(level)
+        return scores.masked_fill(self.heads[level].counts == 0, float("-inf"))
+
+    def merge(self, other: ACIL) -> None:
+        """Absorb what ``other`` learned: afterwards this learner equals one that saw both streams.
+
+        Both must have the same config (so the same seed, backbone and buffer) and problem.
+        """
+        if type(other) is not type(self):
+            raise ValueError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
+        if other.config != self.config or other.problem != self.problem:
+            raise ValueError(
+                f"cannot merge {self.name} learners with different configs or problems"
+            )
+        if not torch.equal(other.buffer.weight.to(self.device), self.buffer.weight):
+            raise ValueError(f"cannot merge {self.name} learners whose buffer layers differ")
+        for head, other_head in zip(self.heads, other.heads, strict=True):
+            head.merge(other_head)
+
+    def state_dict(self) -> LearnerState:
+        tensors = self._feature_tensors()
+        for lvl, head in enumerate(self.heads):
+            head.drop_cache()
+            tensors.update(head.tensors(f"heads.{lvl}"))
+        return LearnerState(tensors, {"solver": self.config.solver})
+
+    def load_state_dict(self, state: LearnerState) -> None:
+        self._check_solver(state)
+        self._load_feature_tensors(state.tensors)
+        for lvl, head in enumerate(self.heads):
+            head.load_tensors(f"heads.{lvl}", state.tensors)
+
+    def to(self, device: torch.device | str) -> Self:
+        super().to(device)
+        for head in self.heads:
+            head.to(self.device)
+        return self

@@ -1,0 +1,252 @@
+"""AEF-OCL: an analytic ridge head rebalanced with Gaussian pseudo-features (imbalanced streams).
+
+Zhuang et al., "Online Analytic Exemplar-Free Continual Learning with Large Models for Imbalanced
+Autonomous Driving Task" (IEEE TVT 2024, arXiv 2405.17779). A ridge head fitted on an imbalanced
+stream leans towards the frequent classes. AEF-OCL keeps, per class, the running mean and
+variance of the backbone features; before predicting it draws, for every class, Gaussian
+pseudo-features N(mean, noise²·diag(var)) until the class has as many samples as the largest
+one, passes them through the buffer layer, fits them into a *temporary* copy of the ridge
+statistics, and predicts with that balanced solution. The real statistics never see a
+pseudo-feature, so the learner stays exact and mergeable.
+
+Streaming schedule of the redraw: the pseudo-features are redrawn at the first prediction after
+``refresh_every`` samples of their level were learned since the last draw. In between, the
+samples learned go into the balanced solution exactly (appended to its factorisation, or, when
+that runs out of room, by rebuilding it from the real statistics and the same draw), so only
+the pseudo part is up to ``refresh_every`` samples old.
+
+Deviations from the official ``AEFOCL`` (ZHUANGHP/Analytic-continual-learning), on purpose:
+- the official ``update()`` fits the pseudo-features into the real head and restores a backup at
+  the next ``fit``; two evaluations in a row therefore back up the polluted head and add a
+  second round of pseudo-features to it for good. Here they only ever go into a copy;
+- the variance is accumulated with Chan/Welford updates (float64) instead of E[X²] − E[X]²,
+  which cancels catastrophically and trips the official ``assert (std >= 0)``;
+- each draw is seeded by (seed, level, draw index), not taken from the global RNG, and the class
+  moments it was made from are kept, so it can be made again exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from learners.acil import ACIL, ACILConfig
+from learners.analytic import RidgeSolution, one_hot
+from learners.base import LearnerState, Problem
+
+PSEUDO_CHUNK = 4096  # pseudo-features drawn and fitted per step (bounds the temporary memory)
+
+
+class AEFOCLConfig(ACILConfig):
+    noise: float = Field(
+        1.0, ge=0, description="scale of the pseudo-features' standard deviation (official: 1)"
+    )
+    refresh_every: int = Field(
+        1000,
+        gt=0,
+        description="samples learned (per level) before the next prediction redraws the "
+        "pseudo-features; 1 redraws before every prediction that follows learning",
+    )
+
+
+class ClassMoments:
+    """Per-class count, mean and sum of squared deviations (M2) of features, float64.
+
+    Batches and other instances are combined with Chan et al.'s parallel update, so the result
+    does not depend on how the samples were split.
+    """
+
+    def __init__(self, classes: int, dim: int, device: torch.device | str = "cpu") -> None:
+        like = {"dtype": torch.float64, "device": torch.device(device)}
+        self.counts = torch.zeros(classes, **like)
+        self.mean = torch.zeros(classes, dim, **like)
+        self.m2 = torch.zeros(classes, dim, **like)
+
+    def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        counts = torch.zeros_like(self.counts).index_add_(
+            0, labels, torch.ones_like(labels, dtype=torch.float64)
+        )
+        sums = torch.zeros_like(self.mean).index_add_(0, labels, features)
+        mean = sums / counts.clamp(min=1).unsqueeze(1)
+        centred = features - mean[labels]
+        m2 = torch.zeros_like(self.m2).index_add_(0, labels, centred * centred)
+        self._combine(counts, mean, m2)
+
+    def merge(self, other: ClassMoments) -> None:
+        device = self.counts.device
+        self._combine(other.counts.to(device), other.mean.to(device), other.m2.to(device))
+
+    def _combine(self, counts: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor) -> None:
+        present = counts > 0
+        n_a, n_b = self.counts[present], counts[present]
+        n = n_a + n_b
+        delta = mean[present] - self.mean[present]
+        self.mean[present] += delta * (n_b / n).unsqueeze(1)
+        self.m2[present] += m2[present] + delta * delta * (n_a * n_b / n).unsqueeze(1)
+        self.counts[present] = n
+
+    def copy(self) -> ClassMoments:
+        copy = ClassMoments(0, 0)
+        copy.counts, copy.mean, copy.m2 = self.counts.clone(), self.mean.clone(), self.m2.clone()
+        return copy
+
+    def std(self) -> torch.Tensor:
+        """Unbiased per-class standard deviation (0 for classes with fewer than two samples)."""
+        dof = (self.counts - 1).clamp(min=1).unsqueeze(1)
+        return (self.m2 / dof).sqrt()
+
+    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {
+            f"{prefix}.counts": self.counts.cpu(),
+            f"{prefix}.mean": self.mean.cpu(),
+            f"{prefix}.m2": self.m2.cpu(),
+        }
+
+    def load_tensors(self, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
+        device = self.counts.device
+        self.counts = tensors[f"{prefix}.counts"].to(device, torch.float64).clone()
+        self.mean = tensors[f"{prefix}.mean"].to(device, torch.float64).clone()
+        self.m2 = tensors[f"{prefix}.m2"].to(device, torch.float64).clone()
+
+    def to(self, device: torch.device | str) -> Self:
+        self.counts, self.mean, self.m2 = (t.to(device) for t in (self.counts, self.mean, self.m2))
+        return self
+
+
+def pseudo_feature_generator(
+    moments: ClassMoments, noise: float, generator: torch.Generator, chunk: int = PSEUDO_CHUNK
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Gaussian pseudo-features (features, labels) that fill every seen class up to the peak count.
+
+    Class c gets ``peak − count_c`` draws from N(mean_c, (noise·std_c)²) per dimension. Noise is
+    drawn on the CPU from ``generator`` so a seed gives the same draws on every device.
+    """
+    counts = moments.counts
+    if not bool((counts > 0).any()):
+        return
+    missing = (counts.max() - counts).masked_fill(counts == 0, 0).round().long().cpu()
+    labels = torch.repeat_interleave(torch.arange(len(counts)), missing)
+    std = moments.std() * noise
+    for start in range(0, len(labels), chunk):
+        rows = labels[start : start + chunk]
+        z = torch.randn(len(rows), moments.mean.shape[1], generator=generator, dtype=torch.float64)
+        rows = rows.to(counts.device)
+        yield moments.mean[rows] + z.to(counts.device) * std[rows], rows
+
+
+class AEFOCL(ACIL):
+    """AEF-OCL: G-ACIL whose predictions come from a pseudo-feature-balanced copy of the head.
+
+    ``iterations`` is ignored as in :class:`learners.acil.ACIL`. A draw is reproducible from
+    the class moments it was made from and its index, both kept (and checkpointed), so a
+    balanced solution dropped for room, a device move or a checkpoint is rebuilt from the same
+    pseudo-features; ``state_dict`` drops it, so a restored learner predicts bit-identically.
+    """
+
+    name = "aef-ocl"
+    config_model = AEFOCLConfig
+    config: AEFOCLConfig
+    check_config: ClassVar[dict[str, Any]] = {"buffer_size": 64}
+
+    def __init__(self, problem: Problem, config: AEFOCLConfig) -> None:
+        super().__init__(problem, config)
+        dim = self.backbone.out_dim
+        self.moments = [ClassMoments(classes, dim) for classes in problem.num_classes]
+        levels = problem.num_levels
+        self.drawn: list[ClassMoments | None] = [None] * levels  # the moments of the last draw
+        self.draws = [0] * levels
+        self.since_draw = [0] * levels
+        self.balanced: list[RidgeSolution | None] = [None] * levels
+
+    @torch.no_grad()
+    def learn(
+        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+    ) -> None:
+        features = self.features(x)
+        H = self.buffer(features)
+        y = y.to(self.device)
+        for lvl, rows in self.level_rows(level):
+            labels = y[rows]
+            self.heads[lvl].fit_labels(H[rows], labels)
+            self.moments[lvl].update(features[rows], labels)
+            self.since_draw[lvl] += len(labels)
+            balanced = self.balanced[lvl]
+            if balanced is not None and balanced.room(len(labels)):
+                balanced.append(H[rows], one_hot(labels, self.problem.num_classes[lvl]))
+            else:
+                self.balanced[lvl] = None
+
+    def weights(self, level: int = 0) -> torch.Tensor:
+        """The balanced solution: the real statistics plus the last draw of pseudo-features."""
+        if self.drawn[level] is None or self.since_draw[level] >= self.config.refresh_every:
+            self.drawn[level] = self.moments[level].copy()
+            self.draws[level] += 1
+            self.since_draw[level] = 0
+            self.balanced[level] = None
+        balanced = self.balanced[level]
+        if balanced is None:
+            balanced = self.heads[level].augmented(self._pseudo_rows(level))
+            self.balanced[level] = balanced
+        return balanced.weights()
+
+    def draw_generator(self, level: int) -> torch.Generator:
+        """The generator of the current draw at ``level``: seeded by (seed, level, draw index)."""
+        entropy = [self.config.seed % 2**64, level, self.draws[level]]
+        seed = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+        return torch.Generator().manual_seed(seed)
+
+    def _pseudo_rows(self, level: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        drawn = self.drawn[level]
+        assert drawn is not None
+        classes = self.problem.num_classes[level]
+        draws = pseudo_feature_generator(drawn, self.config.noise, self.draw_generator(level))
+        for features, labels in draws:
+            yield self.buffer(features), one_hot(labels, classes)
+
+    def merge(self, other: ACIL) -> None:
+        """As :meth:`ACIL.merge`, plus the class moments; the next prediction draws afresh."""
+        super().merge(other)
+        assert isinstance(other, AEFOCL)
+        for moments, other_moments in zip(self.moments, other.moments, strict=True):
+            moments.merge(other_moments)
+        self.drawn = [None] * self.problem.num_levels
+        self.balanced = [None] * self.problem.num_levels
+
+    def state_dict(self) -> LearnerState:
+        state = super().state_dict()
+        for lvl, moments in enumerate(self.moments):
+            state.tensors.update(moments.tensors(f"moments.{lvl}"))
+            drawn = self.drawn[lvl]
+            if drawn is not None:
+                state.tensors.update(drawn.tensors(f"drawn.{lvl}"))
+        state.meta.update(
+            draws=list(self.draws),
+            since_draw=list(self.since_draw),
+            drawn=[d is not None for d in self.drawn],
+        )
+        self.balanced = [None] * self.problem.num_levels
+        return state
+
+    def load_state_dict(self, state: LearnerState) -> None:
+        super().load_state_dict(state)
+        for lvl, moments in enumerate(self.moments):
+            moments.load_tensors(f"moments.{lvl}", state.tensors)
+            drawn = None
+            if state.meta["drawn"][lvl]:
+                drawn = ClassMoments(*moments.mean.shape, device=self.device)
+                drawn.load_tensors(f"drawn.{lvl}", state.tensors)
+            self.drawn[lvl] = drawn
+        self.draws = [int(n) for n in state.meta["draws"]]
+        self.since_draw = [int(n) for n in state.meta["since_draw"]]
+        self.balanced = [None] * self.problem.num_levels
+
+    def to(self, device: torch.device | str) -> Self:
+        super().to(device)
+        for moments in (*self.moments, *(d for d in self.drawn if d is not None)):
+            moments.to(self.device)
+        self.balanced = [None] * self.problem.num_levels
+        return self

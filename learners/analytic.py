@@ -1,0 +1,442 @@
+"""Closed-form ridge heads for the analytic learners (G-ACIL, AEF-OCL, DS-AL).
+
+ACIL (Zhuang et al., NeurIPS 2022) and its generalisation G-ACIL (Zhuang et al., arXiv
+2403.15706) put a fixed random *buffer* layer (a random linear map then an activation) on a
+frozen backbone and fit a linear head by ridge regression on every sample seen::
+
+    W = (HᵀH + γI)⁻¹ HᵀY          H: buffer features, Y: one-hot labels
+
+which is the same weight matrix joint training on all the data would give. The official code
+keeps R = (HᵀH + γI)⁻¹ and updates R and W per batch with the Woodbury identity (ACIL
+eqs. 9-10). :class:`RecursiveRidge` instead keeps the sufficient statistics G = HᵀH, Q = HᵀY and
+per-class counts (float64), which a batch updates with one rank-B product, which two learners
+merge by addition, and which a checkpoint stores exactly. The solution is solved lazily:
+
+- :class:`CholeskySolution` factorises G + γI once (Cholesky) and keeps W exact while rows
+  arrive by the block form of the same Woodbury identity, W = W₀ + V S⁻¹ (Y_U − U W₀) with
+  V = (G₀+γI)⁻¹Uᵀ and S = I + UV over the rows U appended since the factorisation, so frequent
+  predictions (the event loop predicts every batch) cost O(B·d²) per batch rather than a new
+  O(d³) factorisation. Past ``d/4`` appended rows, or ``d/8`` rows between two solves, a new
+  factorisation is cheaper and the cache is dropped.
+- :class:`WoodburySolution` is the recursive form of the official code, offered as
+  ``solver="woodbury"`` for comparison (``bench/analytic.py``); it holds R and W only, so it
+  cannot be merged.
+
+Where the official ``RecursiveLinear`` evaluates ``R @ X.T @ K @ X @ R`` left to right, which
+multiplies two d×d matrices per batch (O(d³)), :class:`WoodburySolution` associates the product
+as (R Xᵀ)(K⁻¹ X R), O(B·d²), and uses a Cholesky solve for K⁻¹ instead of ``torch.inverse``.
+
+:class:`AnalyticLearner` is what the learners built on this share: the frozen backbone, the
+:class:`RandomBuffer` and the split of a batch by hierarchy level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import ClassVar, Literal, Self
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from learners.backbones import BackboneConfig, build_backbone
+from learners.base import Learner, LearnerConfig, LearnerState, Problem
+from learners.torch_state import load_module_tensors, module_tensors
+
+Solver = Literal["lazy", "woodbury"]
+Activation = Literal["relu", "tanh", "identity"]
+
+_ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "identity": lambda x: x}
+
+
+class RandomBuffer(nn.Module):
+    """The fixed random "buffer" layer: features ↦ activation(features · B), in float64.
+
+    B is drawn like ``nn.Linear``'s default weights (uniform in ±1/√in_dim, no bias) from
+    ``seed`` without touching the global RNG, so learners with the same seed share it.
+    """
+
+    def __init__(self, in_dim: int, size: int, seed: int, activation: Activation = "relu") -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        bound = 1.0 / in_dim**0.5
+        weight = torch.rand(in_dim, size, generator=generator, dtype=torch.float64)
+        self.register_buffer("weight", weight.mul_(2 * bound).sub_(bound))
+        self.weight: torch.Tensor
+        self.activation = activation
+
+    @property
+    def size(self) -> int:
+        return int(self.weight.shape[1])
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return _ACTIVATIONS[self.activation](features.to(torch.float64) @ self.weight)
+
+
+def cholesky_solve(B: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """(LLᵀ)⁻¹ B for a lower Cholesky factor L, as two triangular solves.
+
+    ``torch.cholesky_solve`` gives the same result but copies L into LAPACK's layout on every
+    call, which at d = 8192 (512 MB) costs several times the solve itself.
+    """
+    forward = torch.linalg.solve_triangular(factor, B, upper=False)
+    return torch.linalg.solve_triangular(factor.mT, forward, upper=True)
+
+
+def _active_columns(targets: torch.Tensor) -> torch.Tensor:
+    """Indices of the target columns that are not all zero (their weights are zero otherwise)."""
+    return targets.ne(0).any(dim=0).nonzero().flatten()
+
+
+class CholeskySolution:
+    """The exact ridge solution of fixed statistics (G₀, Q₀), kept exact as rows are appended.
+
+    ``weights()`` returns (G₀ + UᵀU + γI)⁻¹ (Q₀ + UᵀY_U) for the rows U appended so far,
+    computed as W₀ + V S⁻¹ E with V = (G₀+γI)⁻¹Uᵀ, S = I + UV and E = Y_U − U W₀. Appended
+    rows are processed batch by batch at the next ``weights()`` call and kept in preallocated
+    buffers of ``capacity`` rows.
+    """
+
+    def __init__(
+        self, G: torch.Tensor, Q: torch.Tensor, gamma: float, capacity: int, in_place: bool = False
+    ) -> None:
+        A = G if in_place else G.clone()
+        A.diagonal().add_(gamma)
+        factor, info = torch.linalg.cholesky_ex(
+            A, out=(A, torch.empty((), dtype=torch.int32, device=A.device))
+        )
+        if int(info) != 0:
+            raise ValueError(
+                "ridge statistics are not positive definite "
+                "(non-finite features, or gamma too small?)"
+            )
+        self.factor = factor
+        self.W0 = torch.zeros_like(Q)
+        columns = _active_columns(Q)
+        if len(columns):
+            self.W0[:, columns] = cholesky_solve(Q[:, columns], factor)
+        self.capacity = capacity
+        self.rows = 0
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._pending_rows = 0
+        self._weights: torch.Tensor | None = self.W0
+        self._U: torch.Tensor | None = None
+        self._Vt: torch.Tensor | None = None
+        self._E: torch.Tensor | None = None
+        self._S: torch.Tensor | None = None
+
+    def room(self, rows: int) -> bool:
+        """Whether ``rows`` more rows can be appended more cheaply than re-factorising."""
+        total = self.rows + self._pending_rows + rows
+        return total <= self.capacity and self._pending_rows + rows <= max(1, self.capacity // 2)
+
+    def append(self, H: torch.Tensor, Y: torch.Tensor) -> None:
+        """Rows ``H`` with targets ``Y`` that the statistics gained after the factorisation."""
+        if not self.room(len(H)):
+            raise ValueError("CholeskySolution is full; factorise the statistics again")
+        self._pending.append((H, Y))
+        self._pending_rows += len(H)
+        self._weights = None
+
+    def weights(self) -> torch.Tensor:
+        if self._weights is None:
+            for H, Y in self._pending:
+                self._absorb(H, Y)
+            self._pending.clear()
+            self._pending_rows = 0
+            self._weights = self._corrected()
+        return self._weights
+
+    def _absorb(self, H: torch.Tensor, Y: torch.Tensor) -> None:
+        if self._U is None:
+            d, c = self.W0.shape
+            like = {"dtype": self.W0.dtype, "device": self.W0.device}
+            self._U = torch.empty(self.capacity, d, **like)
+            self._Vt = torch.empty(self.capacity, d, **like)
+            self._E = torch.empty(self.capacity, c, **like)
+            self._S = torch.empty(self.capacity, self.capacity, **like)
+        assert self._Vt is not None and self._E is not None and self._S is not None
+        k, b = self.rows, len(H)
+        V = cholesky_solve(H.T, self.factor)  # (G₀+γI)⁻¹ Hᵀ
+        self._U[k : k + b] = H
+        self._Vt[k : k + b] = V.T
+        self._E[k : k + b] = Y - H @ self.W0
+        # S = I + U (G₀+γI)⁻¹ Uᵀ is symmetric: compute the new columns, mirror them into rows.
+        block = self._U[: k + b] @ V
+        block[k : k + b].diagonal().add_(1.0)
+        self._S[: k + b, k : k + b] = block
+        self._S[k : k + b, :k] = block[:k].T
+        self.rows = k + b
+
+    def _corrected(self) -> torch.Tensor:
+        if self.rows == 0:
+            return self.W0
+        assert self._Vt is not None and self._E is not None and self._S is not None
+        k = self.rows
+        E = self._E[:k]
+        columns = _active_columns(E)
+        weights = self.W0.clone()
+        if len(columns):
+            S_factor = torch.linalg.cholesky(self._S[:k, :k])
+            Z = cholesky_solve(E[:, columns], S_factor)
+            weights[:, columns] += self._Vt[:k].T @ Z
+        return weights
+
+
+class WoodburySolution:
+    """The recursive form of ACIL eqs. 9-10: R = (HᵀH + γI)⁻¹ and W, updated per batch.
+
+    With K = I + H R Hᵀ: W ← W + R Hᵀ K⁻¹ (Y − H W), then R ← R − R Hᵀ K⁻¹ H R.
+    """
+
+    def __init__(self, R: torch.Tensor, W: torch.Tensor) -> None:
+        self.R = R
+        self.W = W
+
+    @classmethod
+    def fresh(cls, dim: int, outputs: int, gamma: float, device: torch.device) -> WoodburySolution:
+        R = torch.eye(dim, dtype=torch.float64, device=device).div_(gamma)
+        return cls(R, torch.zeros(dim, outputs, dtype=torch.float64, device=device))
+
+    def room(self, rows: int) -> bool:
+        return True
+
+    def append(self, H: torch.Tensor, Y: torch.Tensor) -> None:
+        RHt = self.R @ H.T
+        K = H @ RHt
+        K.diagonal().add_(1.0)
+        K_factor = torch.linalg.cholesky(K)
+        self.W.addmm_(RHt, cholesky_solve(Y - H @ self.W, K_factor))
+        # In place: R − (R Hᵀ)(K⁻¹ H R) as one product would allocate another d×d matrix.
+        self.R.addmm_(RHt, cholesky_solve(RHt.T, K_factor), alpha=-1)
+
+    def weights(self) -> torch.Tensor:
+        return self.W
+
+    def copy(self) -> WoodburySolution:
+        return WoodburySolution(self.R.clone(), self.W.clone())
+
+
+RidgeSolution = CholeskySolution | WoodburySolution
+
+
+class RecursiveRidge:
+    """One ridge head W = (HᵀH + γI)⁻¹ HᵀY over every row it was fitted on.
+
+    ``solver="lazy"`` keeps G, Q and solves on demand (:class:`CholeskySolution`);
+    ``solver="woodbury"`` keeps R, W (:class:`WoodburySolution`). Both keep per-class counts
+    of the labelled rows, so a learner knows which classes the head was taught.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        outputs: int,
+        gamma: float,
+        solver: Solver = "lazy",
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.dim, self.outputs, self.gamma, self.solver = dim, outputs, gamma, solver
+        device = torch.device(device)
+        self.counts = torch.zeros(outputs, dtype=torch.float64, device=device)
+        self.G: torch.Tensor | None = None
+        self.Q: torch.Tensor | None = None
+        self._solution: RidgeSolution | None = None
+        if solver == "lazy":
+            self.G = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+            self.Q = torch.zeros(dim, outputs, dtype=torch.float64, device=device)
+        else:
+            self._solution = WoodburySolution.fresh(dim, outputs, gamma, device)
+
+    @property
+    def capacity(self) -> int:
+        """Rows a :class:`CholeskySolution` absorbs before a new factorisation is cheaper."""
+        return max(1, self.dim // 4)
+
+    def fit(self, H: torch.Tensor, Y: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        """Add rows ``H`` [B, d] with targets ``Y`` [B, outputs]; ``labels`` count the classes."""
+        if len(H) == 0:
+            return
+        if labels is not None:
+            self.counts.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
+        if self.G is not None and self.Q is not None:
+            self.G.addmm_(H.T, H)
+            self.Q.addmm_(H.T, Y)
+            if self._solution is not None and self._solution.room(len(H)):
+                self._solution.append(H, Y)
+            else:
+                self._solution = None
+        else:
+            assert self._solution is not None
+            self._solution.append(H, Y)
+
+    def fit_labels(self, H: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add rows ``H`` with one-hot targets for ``labels``."""
+        self.fit(H, one_hot(labels, self.outputs), labels)
+
+    def weights(self) -> torch.Tensor:
+        """The current solution W [d, outputs] (float64)."""
+        if self._solution is None:
+            assert self.G is not None and self.Q is not None
+            self._solution = CholeskySolution(self.G, self.Q, self.gamma, self.capacity)
+        return self._solution.weights()
+
+    def drop_cache(self) -> None:
+        """Forget the lazy solution; it is recomputed from the statistics when next needed."""
+        if self.solver == "lazy":
+            self._solution = None
+
+    def augmented(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> RidgeSolution:
+        """The solution of a temporary copy of this head with extra rows; the head is unchanged."""
+        if self.G is not None and self.Q is not None:
+            G, Q = self.G.clone(), self.Q.clone()
+            for H, Y in batches:
+                G.addmm_(H.T, H)
+                Q.addmm_(H.T, Y)
+            return CholeskySolution(G, Q, self.gamma, self.capacity, in_place=True)
+        assert isinstance(self._solution, WoodburySolution)
+        solution = self._solution.copy()
+        for H, Y in batches:
+            solution.append(H, Y)
+        return solution
+
+    def merge(self, other: RecursiveRidge) -> None:
+        """Add ``other``'s statistics: the head then equals one fitted on both heads' rows."""
+        if self.solver != "lazy" or other.solver != "lazy":
+            raise ValueError(
+                "merging ridge heads needs solver='lazy' (Woodbury keeps no statistics)"
+            )
+        if (self.dim, self.outputs, self.gamma) != (other.dim, other.outputs, other.gamma):
+            raise ValueError("cannot merge ridge heads of different size or gamma")
+        assert self.G is not None and self.Q is not None
+        assert other.G is not None and other.Q is not None
+        self.G += other.G.to(self.G.device)
+        self.Q += other.Q.to(self.Q.device)
+        self.counts += other.counts.to(self.counts.device)
+        self._solution = None
+
+    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The head's state under ``prefix.``: G, Q, counts (lazy) or R, W, counts (woodbury)."""
+        state = {f"{prefix}.counts": self.counts}
+        if self.G is not None and self.Q is not None:
+            state.update({f"{prefix}.G": self.G, f"{prefix}.Q": self.Q})
+        else:
+            assert isinstance(self._solution, WoodburySolution)
+            state.update({f"{prefix}.R": self._solution.R, f"{prefix}.W": self._solution.W})
+        return {key: value.detach().cpu() for key, value in state.items()}
+
+    def load_tensors(self, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
+        device = self.counts.device
+
+        def take(name: str) -> torch.Tensor:
+            key = f"{prefix}.{name}"
+            if key not in tensors:
+                raise KeyError(
+                    f"checkpoint lacks {key} (was it saved with solver={self.solver!r}?)"
+                )
+            return tensors[key].to(device=device, dtype=torch.float64).clone()
+
+        self.counts = take("counts")
+        if self.solver == "lazy":
+            self.G, self.Q = take("G"), take("Q")
+            self._solution = None
+        else:
+            self._solution = WoodburySolution(take("R"), take("W"))
+
+    def to(self, device: torch.device | str) -> Self:
+        device = torch.device(device)
+        self.counts = self.counts.to(device)
+        if self.G is not None and self.Q is not None:
+            self.G, self.Q = self.G.to(device), self.Q.to(device)
+            self._solution = None
+        elif isinstance(self._solution, WoodburySolution):
+            self._solution = WoodburySolution(
+                self._solution.R.to(device), self._solution.W.to(device)
+            )
+        return self
+
+
+def one_hot(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """float64 one-hot targets [B, classes]."""
+    return nn.functional.one_hot(labels, classes).to(torch.float64)
+
+
+class AnalyticConfig(LearnerConfig):
+    """Options shared by the learners built on a random buffer and ridge heads."""
+
+    backbone: BackboneConfig = Field(
+        default_factory=lambda: BackboneConfig(name="identity"),
+        description="feature extractor (frozen); identity uses the inputs as features",
+    )
+    buffer_size: int = Field(
+        8192,
+        gt=0,
+        description="width d of the random buffer layer; a head keeps two d×d float64 "
+        "matrices (statistics and their Cholesky factor), 1 GiB at 8192",
+    )
+    gamma: float = Field(0.1, gt=0, description="ridge regularisation γ")
+    solver: Solver = Field(
+        "lazy",
+        description="lazy: keep HᵀH, HᵀY and solve when a prediction needs it (exact, mergeable; "
+        "the faster form unless every batch is predicted); woodbury: update (HᵀH+γI)⁻¹ and W "
+        "per batch as the official code does (faster when every batch is predicted; no merge)",
+    )
+
+
+class AnalyticLearner(Learner):
+    """What the analytic learners share: a frozen backbone, a random buffer, per-level rows.
+
+    ``learn`` absorbs each sample exactly once and ignores ``iterations``: a closed-form update
+    has no steps to repeat, and ``iterations=0`` (a fractional ``online_iter``) must still absorb
+    the batch.
+    """
+
+    config: AnalyticConfig
+    buffer_activation: ClassVar[Activation] = "relu"
+
+    def __init__(self, problem: Problem, config: AnalyticConfig) -> None:
+        super().__init__(problem, config)
+        frozen = config.backbone.model_copy(update={"freeze": True})
+        self.backbone = build_backbone(frozen, problem.input_shape, config.seed).eval()
+        self.buffer = RandomBuffer(
+            self.backbone.out_dim, config.buffer_size, config.seed + 1, self.buffer_activation
+        )
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features [B, out_dim] (float64) of inputs ``x``."""
+        return self.backbone(x.to(self.device, torch.float32)).to(torch.float64)
+
+    def expand(self, x: torch.Tensor) -> torch.Tensor:
+        """Buffer features H [B, buffer_size] (float64) of inputs ``x``."""
+        return self.buffer(self.features(x))
+
+    def level_rows(self, level: torch.Tensor) -> list[tuple[int, torch.Tensor | slice]]:
+        """(level, rows of the batch labelled at that level) for every level the batch touches."""
+        if self.problem.num_levels == 1:
+            return [(0, slice(None))]
+        level = level.to(self.device)
+        return [(int(lvl), level == lvl) for lvl in level.unique().tolist()]
+
+    def _check_solver(self, state: LearnerState) -> None:
+        if state.meta.get("solver") != self.config.solver:
+            raise ValueError(
+                f"{self.name} checkpoint was saved with solver={state.meta.get('solver')!r}, "
+                f"this learner uses solver={self.config.solver!r}"
+            )
+
+    def _feature_tensors(self) -> dict[str, torch.Tensor]:
+        """Backbone and buffer weights: they define the space the statistics live in."""
+        tensors = module_tensors("backbone", self.backbone)
+        tensors["buffer.weight"] = self.buffer.weight.cpu()
+        return tensors
+
+    def _load_feature_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        load_module_tensors("backbone", self.backbone, tensors)
+        self.buffer.weight.copy_(tensors["buffer.weight"])
+
+    def to(self, device: torch.device | str) -> Self:
+        super().to(device)
+        self.backbone.to(self.device)
+        self.buffer.to(self.device)
+        return self

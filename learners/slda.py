@@ -1,0 +1,186 @@
+"""SLDA: streaming linear discriminant analysis on frozen features.
+
+Hayes & Kanan, "Lifelong Machine Learning with Deep Streaming Linear Discriminant Analysis"
+(CVPR-W 2020), the head that First Session Adaptation (Panos et al., ICCV 2023) puts on its
+frozen backbone. Per class a running mean μ_k; one covariance Σ shared by all classes; with
+shrinkage ε the scores are
+
+    Λ = ((1 − ε) Σ + ε I)⁻¹,   score_k(x) = xᵀ Λ μ_k − ½ μ_kᵀ Λ μ_k.
+
+Σ is the pooled within-class covariance S_w / N, accumulated exactly (float64) with Chan et
+al.'s parallel update per batch, so it does not depend on batch size or order, and two learners
+merge into the one that saw both streams. Λ is solved by Cholesky when a prediction needs it.
+
+Deviations from the official Deep_SLDA ``StreamingLDA``, on purpose:
+- its Σ update weighs x − μ_y by n/(n+1) with n the total number of updates, so the first
+  sample of a new class adds its raw outer product xxᵀ (μ_y is still 0) to Σ; here each class's
+  scatter is weighed by that class's count, which is the exact within-class covariance;
+- its update is per sample (a batch with repeated labels loses updates); here batches are exact;
+- Σ starts at 0, not at the all-ones matrix, and Λ comes from a Cholesky solve, not ``pinverse``.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+import torch
+from pydantic import Field
+
+from learners.analytic import cholesky_solve
+from learners.backbones import BackboneConfig, build_backbone
+from learners.base import Learner, LearnerConfig, LearnerState, Problem
+from learners.torch_state import load_module_tensors, module_tensors
+
+
+class SLDAConfig(LearnerConfig):
+    backbone: BackboneConfig = Field(
+        default_factory=lambda: BackboneConfig(name="identity"),
+        description="feature extractor (frozen); identity uses the inputs as features",
+    )
+    shrinkage: float = Field(
+        1e-4, gt=0, le=1, description="ε in Λ = ((1−ε)Σ + εI)⁻¹ (Deep SLDA default 1e-4)"
+    )
+
+
+class ClassScatter:
+    """Class counts, class means and the pooled within-class scatter S_w of one label space."""
+
+    def __init__(self, classes: int, dim: int, device: torch.device | str = "cpu") -> None:
+        like = {"dtype": torch.float64, "device": torch.device(device)}
+        self.counts = torch.zeros(classes, **like)
+        self.means = torch.zeros(classes, dim, **like)
+        self.scatter = torch.zeros(dim, dim, **like)
+
+    def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        counts = torch.zeros_like(self.counts).index_add_(
+            0, labels, torch.ones_like(labels, dtype=torch.float64)
+        )
+        sums = torch.zeros_like(self.means).index_add_(0, labels, features)
+        means = sums / counts.clamp(min=1).unsqueeze(1)
+        centred = features - means[labels]
+        self._combine(counts, means, centred.T @ centred)
+
+    def merge(self, other: ClassScatter) -> None:
+        device = self.counts.device
+        self._combine(other.counts.to(device), other.means.to(device), other.scatter.to(device))
+
+    def _combine(self, counts: torch.Tensor, means: torch.Tensor, scatter: torch.Tensor) -> None:
+        present = counts > 0
+        n_a, n_b = self.counts[present], counts[present]
+        n = n_a + n_b
+        delta = means[present] - self.means[present]
+        # Chan et al.: S = S_a + S_b + Σ_k n_a n_b / n · δ_k δ_kᵀ, per class, pooled.
+        self.scatter += scatter
+        self.scatter.addmm_(delta.T, delta * (n_a * n_b / n).unsqueeze(1))
+        self.means[present] += delta * (n_b / n).unsqueeze(1)
+        self.counts[present] = n
+
+    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {
+            f"{prefix}.counts": self.counts.cpu(),
+            f"{prefix}.means": self.means.cpu(),
+            f"{prefix}.scatter": self.scatter.cpu(),
+        }
+
+    def load_tensors(self, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
+        device = self.counts.device
+        self.counts = tensors[f"{prefix}.counts"].to(device, torch.float64).clone()
+        self.means = tensors[f"{prefix}.means"].to(device, torch.float64).clone()
+        self.scatter = tensors[f"{prefix}.scatter"].to(device, torch.float64).clone()
+
+    def to(self, device: torch.device | str) -> Self:
+        self.counts, self.means, self.scatter = (
+            t.to(device) for t in (self.counts, self.means, self.scatter)
+        )
+        return self
+
+
+class SLDA(Learner):
+    """Streaming LDA: running class means, shared shrunk covariance, linear scores per level.
+
+    ``learn`` absorbs each sample exactly once and ignores ``iterations``.
+    """
+
+    name = "slda"
+    config_model = SLDAConfig
+    config: SLDAConfig
+
+    def __init__(self, problem: Problem, config: SLDAConfig) -> None:
+        super().__init__(problem, config)
+        frozen = config.backbone.model_copy(update={"freeze": True})
+        self.backbone = build_backbone(frozen, problem.input_shape, config.seed).eval()
+        dim = self.backbone.out_dim
+        self.stats = [ClassScatter(classes, dim) for classes in problem.num_classes]
+        self._solved: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * problem.num_levels
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x.to(self.device, torch.float32)).to(torch.float64)
+
+    @torch.no_grad()
+    def learn(
+        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+    ) -> None:
+        features = self.features(x)
+        y = y.to(self.device)
+        if self.problem.num_levels == 1:
+            self.stats[0].update(features, y)
+            self._solved[0] = None
+            return
+        level = level.to(self.device)
+        for lvl in level.unique().tolist():
+            rows = level == lvl
+            self.stats[lvl].update(features[rows], y[rows])
+            self._solved[lvl] = None
+
+    def discriminant(self, level: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W [dim, classes], c [classes]) with scores x·W − c."""
+        solved = self._solved[level]
+        if solved is None:
+            stats = self.stats[level]
+            eps = self.config.shrinkage
+            total = float(stats.counts.sum())
+            A = stats.scatter * ((1 - eps) / max(total, 1.0))
+            A.diagonal().add_(eps)
+            W = cholesky_solve(stats.means.T, torch.linalg.cholesky(A))
+            solved = (W, 0.5 * (stats.means.T * W).sum(0))
+            self._solved[level] = solved
+        return solved
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+        W, c = self.discriminant(level)
+        scores = self.features(x) @ W - c
+        return scores.masked_fill(self.stats[level].counts == 0, float("-inf"))
+
+    def merge(self, other: SLDA) -> None:
+        """Absorb what ``other`` learned: this learner then equals one that saw both streams."""
+        if (
+            not isinstance(other, SLDA)
+            or other.config != self.config
+            or other.problem != self.problem
+        ):
+            raise ValueError("cannot merge slda learners with different configs or problems")
+        for stats, other_stats in zip(self.stats, other.stats, strict=True):
+            stats.merge(other_stats)
+        self._solved = [None] * self.problem.num_levels
+
+    def state_dict(self) -> LearnerState:
+        tensors = module_tensors("backbone", self.backbone)
+        for lvl, stats in enumerate(self.stats):
+            tensors.update(stats.tensors(f"stats.{lvl}"))
+        return LearnerState(tensors, {})
+
+    def load_state_dict(self, state: LearnerState) -> None:
+        load_module_tensors("backbone", self.backbone, state.tensors)
+        for lvl, stats in enumerate(self.stats):
+            stats.load_tensors(f"stats.{lvl}", state.tensors)
+        self._solved = [None] * self.problem.num_levels
+
+    def to(self, device: torch.device | str) -> Self:
+        super().to(device)
+        self.backbone.to(self.device)
+        for stats in self.stats:
+            stats.to(self.device)
+        self._solved = [None] * self.problem.num_levels
+        return self

@@ -1,0 +1,134 @@
+"""The ridge machinery of learners/analytic.py: buffer, lazy Cholesky solution, Woodbury form."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from learners.analytic import (
+    CholeskySolution,
+    RandomBuffer,
+    RecursiveRidge,
+    WoodburySolution,
+    one_hot,
+)
+from tests.learners.streams import GAMMA, joint_ridge, relative_error
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def rows(n: int, dim: int = 48, classes: int = 6, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    buffer = RandomBuffer(12, dim, seed=seed)
+    labels = torch.randint(0, classes, (n,), generator=generator)
+    centres = torch.randn(classes, 12, generator=torch.Generator().manual_seed(5))
+    H = buffer(centres[labels] + 0.3 * torch.randn(n, 12, generator=generator))
+    return H, labels, one_hot(labels, classes)
+
+
+def test_buffer_is_seeded_and_sized_like_linear_init():
+    a, b, c = (
+        RandomBuffer(10, 32, seed=3),
+        RandomBuffer(10, 32, seed=3),
+        RandomBuffer(10, 32, seed=4),
+    )
+    assert torch.equal(a.weight, b.weight) and not torch.equal(a.weight, c.weight)
+    assert a.weight.dtype == torch.float64 and a.weight.abs().max() <= 1 / 10**0.5
+    x = torch.randn(5, 10)
+    assert bool((a(x) >= 0).all())
+    identity = RandomBuffer(10, 32, seed=3, activation="identity")
+    assert torch.allclose(identity(x), x.double() @ a.weight)
+
+
+@pytest.mark.parametrize("solver", ["lazy", "woodbury"])
+def test_head_equals_joint_ridge(solver):
+    H, labels, Y = rows(300)
+    head = RecursiveRidge(H.shape[1], Y.shape[1], GAMMA, solver)
+    for start in range(0, 300, 13):
+        head.fit_labels(H[start : start + 13], labels[start : start + 13])
+        if start % 39 == 0:
+            head.weights()  # solves between batches take the appended-rows path
+    assert relative_error(head.weights(), joint_ridge(H, Y)) <= 1e-10
+    assert head.counts.tolist() == torch.bincount(labels, minlength=6).double().tolist()
+
+
+def test_appended_rows_equal_a_new_factorisation():
+    H, _, Y = rows(200)
+    G, Q = H[:120].T @ H[:120], H[:120].T @ Y[:120]
+    solution = CholeskySolution(G, Q, GAMMA, capacity=80)
+    for start in range(120, 200, 20):
+        assert solution.room(20)
+        solution.append(H[start : start + 20], Y[start : start + 20])
+        if start == 140:
+            solution.weights()  # at most capacity/2 rows may wait between two solves
+    assert not solution.room(1)
+    with pytest.raises(ValueError, match="full"):
+        solution.append(H[:1], Y[:1])
+    assert relative_error(solution.weights(), joint_ridge(H, Y)) <= 1e-10
+
+
+def test_a_full_solution_is_dropped_and_refactorised():
+    H, labels, Y = rows(400, dim=32)
+    head = RecursiveRidge(32, 6, GAMMA)  # capacity 8 rows: most batches overflow it
+    for start in range(0, 400, 5):
+        head.fit_labels(H[start : start + 5], labels[start : start + 5])
+        head.weights()
+    assert relative_error(head.weights(), joint_ridge(H, Y)) <= 1e-10
+
+
+def test_woodbury_form_matches_its_definition():
+    H, _, Y = rows(60)
+    solution = WoodburySolution.fresh(H.shape[1], Y.shape[1], GAMMA, torch.device("cpu"))
+    solution.append(H[:30], Y[:30])
+    solution.append(H[30:], Y[30:])
+    R = torch.linalg.inv(H.T @ H + GAMMA * torch.eye(H.shape[1], dtype=torch.float64))
+    assert relative_error(solution.R, R) <= 1e-10
+    assert relative_error(solution.weights(), joint_ridge(H, Y)) <= 1e-10
+
+
+@pytest.mark.parametrize("solver", ["lazy", "woodbury"])
+def test_augmented_solution_leaves_the_head_alone(solver):
+    H, labels, Y = rows(150)
+    head = RecursiveRidge(H.shape[1], 6, GAMMA, solver)
+    head.fit_labels(H[:100], labels[:100])
+    before = {k: v.clone() for k, v in head.tensors("h").items()}
+    weights_before = head.weights().clone()
+    augmented = head.augmented([(H[100:], Y[100:])])
+    assert relative_error(augmented.weights(), joint_ridge(H, Y)) <= 1e-10
+    assert all(torch.equal(before[k], v) for k, v in head.tensors("h").items())
+    assert torch.equal(head.weights(), weights_before)
+
+
+def test_merge_adds_statistics_and_refuses_woodbury():
+    H, labels, Y = rows(200)
+    left, right = RecursiveRidge(48, 6, GAMMA), RecursiveRidge(48, 6, GAMMA)
+    left.fit_labels(H[:90], labels[:90])
+    left.weights()
+    right.fit_labels(H[90:], labels[90:])
+    left.merge(right)
+    assert relative_error(left.weights(), joint_ridge(H, Y)) <= 1e-10
+    with pytest.raises(ValueError, match="solver='lazy'"):
+        left.merge(RecursiveRidge(48, 6, GAMMA, "woodbury"))
+    with pytest.raises(ValueError, match="gamma"):
+        left.merge(RecursiveRidge(48, 6, 1.0))
+
+
+@pytest.mark.parametrize("solver", ["lazy", "woodbury"])
+def test_tensors_round_trip(solver):
+    H, labels, _ = rows(100)
+    head = RecursiveRidge(48, 6, GAMMA, solver)
+    head.fit_labels(H, labels)
+    restored = RecursiveRidge(48, 6, GAMMA, solver)
+    restored.load_tensors("h", head.tensors("h"))
+    head.drop_cache()
+    assert torch.equal(head.weights(), restored.weights())
+    other = "woodbury" if solver == "lazy" else "lazy"
+    with pytest.raises(KeyError, match="solver"):
+        RecursiveRidge(48, 6, GAMMA, other).load_tensors("h", head.tensors("h"))
+
+
+def test_non_finite_features_give_one_clear_error():
+    head = RecursiveRidge(4, 2, GAMMA)
+    head.fit_labels(torch.full((2, 4), float("nan"), dtype=torch.float64), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="positive definite"):
+        head.weights()
