@@ -221,6 +221,36 @@ def times_learned(process: ServeProcess) -> np.ndarray:
     return sums.sum(0).numpy()
 
 
+def crash_five_times(daemon: ServeProcess, total_messages: int, seed: str) -> list[int]:
+    """Start the daemon and ``kill -9`` it at a random moment after it has learned something,
+    five times; the messages its latest checkpoint covered at each kill."""
+    rng = random.Random(seed)
+    durable = []
+    for _ in range(5):
+        daemon.start()
+        daemon.wait_for(lambda e: e["event"] == "checkpoint_written", timeout=120)
+        time.sleep(rng.uniform(0.0, 0.25))
+        daemon.kill9()
+        offsets = daemon.latest_checkpoint().meta["offsets"]
+        durable.append(sum(offsets.values()))
+    assert durable == sorted(set(durable)), f"each run made progress: {durable}"
+    assert durable[-1] < total_messages, f"every kill came before the end: {durable}"
+    return durable
+
+
+def finish(daemon: ServeProcess, ends: dict[int, int]):
+    """Restart once more and let the daemon learn to the end; SIGTERM; the final checkpoint."""
+    # Bigger polls and checkpoints by time only, to finish sooner.
+    daemon.reconfigure(kafka={"max_poll_records": 500}, checkpoint={"every_samples": 100_000})
+    daemon.start()
+    try:
+        final = daemon.wait_until_learned(ends, timeout=120)
+        assert daemon.terminate() == 0
+    finally:
+        daemon.stop()
+    return final
+
+
 @pytest.mark.parametrize("client", CLIENTS)
 def test_kill_9_at_five_random_points_learns_every_message_exactly_once(
     kafka_broker, tmp_path, client
@@ -233,32 +263,76 @@ def test_kill_9_at_five_random_points_learns_every_message_exactly_once(
         kafka={"max_poll_records": 1}, checkpoint={"every_samples": 6, "every_seconds": 0.2},
     )  # fmt: skip
     daemon = ServeProcess(config, tmp_path, "crash")
-    rng = random.Random(f"kill-9-{client}")
-    killed_at = []
     try:
-        for _ in range(5):
-            daemon.start()
-            # Once this process has learned something, kill it at a random moment after.
-            first = daemon.wait_for(lambda e: e["event"] == "checkpoint_written", timeout=120)
-            time.sleep(rng.uniform(0.0, 0.25))
-            daemon.kill9()
-            killed_at.append(first["samples"])
-        # The last run takes bigger polls and checkpoints by time only, to finish sooner.
-        daemon.reconfigure(kafka={"max_poll_records": 500}, checkpoint={"every_samples": 100_000})
-        daemon.start()
-        final = daemon.wait_until_learned(topic.ends, timeout=120)
-        assert daemon.terminate() == 0
+        crash_five_times(daemon, sum(topic.ends.values()), f"kill-9-{client}")
     finally:
         daemon.stop()
-    assert all(samples < n for samples in killed_at), f"every kill mid-stream: {killed_at}"
-    assert len(set(killed_at)) == 5, f"five different points: {killed_at}"
+    final = finish(daemon, topic.ends)
     learned = times_learned(daemon)
     assert (learned == 1).all(), f"ids learned {sorted(set(learned.tolist()))} times"
-    assert (
-        final.meta["loop"]["samples_seen"] == n and final.meta["loop"]["prequential"]["total"] == n
-    )
+    loop = final.meta["loop"]
+    assert loop["samples_seen"] == n and loop["prequential"]["total"] == n
     assert sorted(dead_letters(daemon)) == sorted(topic.invalid) and topic.invalid
     assert final.meta["counters"]["messages"] == sum(topic.ends.values())
+
+
+def test_kill_9_five_times_and_the_acil_model_equals_an_uninterrupted_runs(kafka_broker, tmp_path):
+    stream_path = tmp_path / "digits.scl"
+    assert (
+        cli.main(
+            [
+                "schedule",
+                "si-blurry",
+                "--dataset",
+                "digits",
+                "--seed",
+                "4",
+                "--out",
+                str(stream_path),
+            ]
+        )
+        == 0
+    )
+    stream, dataset = read_stream(stream_path), load_dataset("digits")
+    x = as_float_tensor(dataset.X_train[np.asarray(stream.row)])
+    y, level = torch.from_numpy(np.asarray(stream.y)), torch.from_numpy(np.asarray(stream.level))
+    topic = Topic(kafka_broker.bootstrap, "crash-acil", partitions=2)
+    bad = malformed_messages(dataset.problem(), MAX_BYTES)
+    for number, start in enumerate(range(0, len(y), 6)):
+        rows = slice(start, start + 6)
+        topic.send(encode_binary(x[rows].numpy(), y[rows].numpy(), level[rows].numpy()), number % 2)
+        if number % 20 == 19 and bad:
+            reason, message = bad.pop()
+            topic.send(message, number % 2, reason)
+    topic.flush()
+    options = {"buffer_size": 256, "seed": 7}
+    config = serve_config(
+        tmp_path, "acil", kafka_broker.bootstrap, topic.name, "kafka-python",
+        problem={"input_shape": [1, 8, 8], "num_classes": [10]},
+        learner={"name": "acil", "options": options}, loop={"batch_size": 8},
+        kafka={"max_poll_records": 1}, checkpoint={"every_samples": 12, "every_seconds": 0.2},
+    )  # fmt: skip
+    daemon = ServeProcess(config, tmp_path, "acil")
+    try:
+        crash_five_times(daemon, sum(topic.ends.values()), "kill-9-acil")
+    finally:
+        daemon.stop()
+    final = finish(daemon, topic.ends)
+
+    assert final.meta["loop"]["samples_seen"] == len(y)
+    assert sorted(dead_letters(daemon)) == sorted(topic.invalid)
+    resumed = registry.create("acil", dataset.problem(), options)
+    resumed.load_state_dict(final.learner)
+    uninterrupted = registry.create("acil", dataset.problem(), options)
+    uninterrupted.learn(x, y, level)
+    mine, theirs = resumed.state_dict().tensors, uninterrupted.state_dict().tensors
+    assert mine.keys() == theirs.keys()
+    for name in mine:
+        a, b = mine[name].double(), theirs[name].double()
+        assert (a - b).norm() <= 1e-9 * b.norm(), name
+    w_resumed, w_uninterrupted = resumed.weights(0), uninterrupted.weights(0)
+    assert (w_resumed - w_uninterrupted).norm() <= 1e-9 * w_uninterrupted.norm()
+    assert torch.equal(resumed.predict(x).argmax(1), uninterrupted.predict(x).argmax(1))
 
 
 # -- a stalled broker ------------------------------------------------------------------------
