@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from stream.kafka_source import client_log
 
@@ -62,16 +62,21 @@ class ConfluentSink(KafkaSink):
         import confluent_kafka as ck
 
         self._ck = ck
-        self.producer = ck.Producer(
-            {"bootstrap.servers": bootstrap, "linger.ms": 5, **self.options}
-        )
+        settings: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "logger": client_log,
+            **self.options,
+        }
+        self.producer = ck.Producer(settings)
         self._failures: list[str] = []
 
     def ensure_topic(self, topic: str, partitions: int = 1, timeout: float = 30.0) -> int:
         from confluent_kafka.admin import AdminClient, NewTopic
 
         ck = self._ck
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "logger": client_log})
+        settings: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "logger": client_log}
+        admin = AdminClient(settings)
         try:
             metadata = admin.list_topics(timeout=timeout)
             if topic not in metadata.topics or metadata.topics[topic].error is not None:
@@ -105,7 +110,7 @@ class ConfluentSink(KafkaSink):
                     topic,
                     value=value,
                     key=key,
-                    headers=headers,
+                    headers=cast(Any, headers),
                     on_delivery=self._delivered,
                     **extra,
                 )

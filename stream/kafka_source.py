@@ -147,7 +147,9 @@ class ConfluentSource(KafkaSource):
         for message in messages:
             error = message.error()
             if error is None:
-                records.append(Record(message.partition(), message.offset(), message.value()))
+                partition, offset = message.partition(), message.offset()
+                assert partition is not None and offset is not None  # set on every fetched record
+                records.append(Record(partition, offset, message.value()))
             elif error.code() != ck.KafkaError._PARTITION_EOF:
                 self.on_error(str(error))
                 if error.fatal():

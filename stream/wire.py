@@ -39,7 +39,7 @@ MAGIC = b"SCLB"
 VERSION = 1
 # dtype code -> input dtype on the wire; uint8 inputs are pixels, scaled to [0, 1] on decode
 # exactly as image datasets are (stream.datasets.as_float_tensor).
-X_DTYPES = {1: np.dtype("<f4"), 2: np.dtype("u1")}
+X_DTYPES: dict[int, np.dtype[Any]] = {1: np.dtype("<f4"), 2: np.dtype("u1")}
 FLAG_IDS = 0x01
 FLAG_TASK = 0x02
 MAX_NDIM = 4
