@@ -286,12 +286,12 @@ class Daemon:
             self.positions[record.partition] = record.offset + 1
             self.messages += 1
         last = records[-1]
-        # On every log line of the loop while these batches are learned.
-        structlog.contextvars.bind_contextvars(
+        # On every log line of the loop while these batches are learned, and only then.
+        with structlog.contextvars.bound_contextvars(
             topic=self.topic, partition=last.partition, offset=last.offset
-        )
-        for batch in micro_batches(good, self.config.loop.batch_size):
-            self.loop.process(batch)
+        ):
+            for batch in micro_batches(good, self.config.loop.batch_size):
+                self.loop.process(batch)
 
     # -- checkpoints --------------------------------------------------------------------------
 

@@ -161,6 +161,11 @@ def test_a_published_si_blurry_stream_is_learned_and_malformed_messages_dead_let
     assert final.meta["loop"]["curve"], "anytime evaluations on the digits test split"
     assert metrics['streamcl_anytime_accuracy{learner="nmc",level="all"}'] > 0.5
     assert any(e["event"] == "stopped" for e in daemon.events())
+    task_ends = [e for e in daemon.events() if e["event"] == "task_end"]
+    assert task_ends and all(
+        e["learner"] == "nmc" and e["topic"] == topic.name and {"partition", "offset"} <= e.keys()
+        for e in task_ends
+    ), "the loop's lines say which records were being learned"
 
     reference = registry.create("nmc", dataset.problem())
     x = as_float_tensor(dataset.X_train[np.asarray(stream.row)])
