@@ -162,7 +162,9 @@ def daemon_loop(
 
 def main(argv: list[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench daemon")
-    parser.add_argument("--samples", type=int, default=600_000, help="binary samples in the topic")
+    parser.add_argument(
+        "--samples", type=int, default=1_500_000, help="binary samples in the topic"
+    )
     parser.add_argument(
         "--json-samples", type=int, default=20_000, help="JSON samples in the topic"
     )

@@ -106,6 +106,10 @@ class ConfluentSource(KafkaSource):
             "heartbeat.interval.ms": config.heartbeat_interval_ms,
             "max.poll.interval.ms": config.max_poll_interval_ms,
             "socket.timeout.ms": config.request_timeout_ms,
+            # When the local queue is full (the learner is slower than the broker), librdkafka
+            # waits this long before fetching again; its default, a second, leaves the queue
+            # empty and the learner idle for most of that second.
+            "fetch.queue.backoff.ms": 10,
             "error_cb": self._client_error,
             "logger": client_log,
             **config.options,
