@@ -117,10 +117,10 @@ class ServeProcess:
         self.process.kill()
         self.process.wait()
 
-    def terminate(self, timeout: float = 60) -> int:
-        """SIGTERM, then the exit code."""
+    def terminate(self, signum: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """SIGTERM (or ``signum``), then the exit code."""
         assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
+        self.process.send_signal(signum)
         return self.process.wait(timeout)
 
     def stop(self) -> None:

@@ -13,6 +13,7 @@ class sums of ``nmc`` (exact float64 sums) count how many times each sample was 
 from __future__ import annotations
 
 import random
+import signal
 import threading
 import time
 import urllib.request
@@ -33,6 +34,7 @@ from tests.stream.commands.serve_process import FAST_GROUP, ServeProcess, free_p
 from tests.stream.malformed import malformed_messages
 
 CLIENTS = ["kafka-python", "confluent"]
+STOP_SIGNALS = [signal.SIGTERM, signal.SIGINT]
 MAX_BYTES = 16_384
 pytestmark = pytest.mark.kafka
 
@@ -376,7 +378,9 @@ def test_a_broker_stopped_for_20_s_is_survived_reported_and_nothing_is_lost(star
                 lambda e: e["event"] == "broker_reachable" and "down_seconds" in e, timeout=30
             )
         reported_up = [scrape(daemon)["streamcl_broker_up"] for daemon in daemons]
-        codes = [daemon.terminate() for daemon in daemons]
+        codes = [
+            daemon.terminate(signum) for daemon, signum in zip(daemons, STOP_SIGNALS, strict=True)
+        ]
     finally:
         for daemon in daemons:
             daemon.stop()
@@ -390,3 +394,11 @@ def test_a_broker_stopped_for_20_s_is_survived_reported_and_nothing_is_lost(star
         assert (learned == 1).all(), (
             f"{daemon.log_path.stem}: ids learned {sorted(set(learned.tolist()))} times"
         )
+
+
+def test_a_bad_config_is_one_line_and_exit_2(tmp_path, capsys):
+    path = tmp_path / "serve.toml"
+    path.write_text('[kafka]\nbootstrap = "127.0.0.1:9092"\n[learner]\nname = "nmc"\n')
+    assert cli.main(["serve", "--config", str(path), "--log-format", "console"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "kafka.topic: Field required" in err

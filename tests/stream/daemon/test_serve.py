@@ -298,3 +298,24 @@ def test_stop_finishes_the_batch_checkpoints_and_returns(tmp_path):
     restored = registry.create("nmc", PROBLEM)
     restored.load_state_dict(latest.learner)
     _assert_same_model(restored, _reference(x, y))
+
+
+def test_brokers_unreachable_at_start_are_retried_until_they_answer(tmp_path):
+    partitions, x, y, _ = _topic()
+    source = MemorySource(partitions)
+    attempts = []
+
+    def factory(config, on_assign, on_error):
+        attempts.append(1)
+        if len(attempts) <= 2:
+            raise SourceError("Unable to bootstrap (test)")
+        return source.bind(config, on_assign, on_error)
+
+    daemon = Daemon(_config(tmp_path), source_factory=factory)
+    for _ in range(2):
+        daemon.step()
+    assert daemon.source is None and daemon.watch.up is False
+    _drain(daemon, source)
+    daemon.close()
+    assert len(attempts) == 3
+    _assert_same_model(daemon.learner, _reference(x, y))
