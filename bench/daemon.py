@@ -8,7 +8,9 @@ decode and validation, then ``nmc`` predicting and learning every sample through
 metrics, a checkpoint every 5 s) read the same topic, in back-to-back pairs repeated a few times
 (medians reported: the machine may be shared). The figure is samples/s from the partition
 assignment to the last record; the ratio daemon/bare is what learning and bookkeeping cost.
-kafka-python, much slower, reads only the first part of each topic.
+kafka-python, much slower, reads only the first part of each topic. Defaults: 64 samples per
+binary message (``streamcl publish``'s default), daemon micro-batches of 4096 samples (``nmc``
+learns the same whatever the batch size), one torch thread.
 
 Target (the issue): confluent + binary, daemon >= 70% of the bare loop and >= 50k samples/s on
 2 cores.
