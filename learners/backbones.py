@@ -1,18 +1,40 @@
-"""Feature extractors shared by the learners: ``identity``, ``mlp`` and a small ``cnn``.
+"""Feature extractors shared by the learners: ``identity``, ``mlp``, a small ``cnn``, a ``vit``
+(``learners.vit``) and, where timm is installed, any ``timm`` architecture by name.
 
 Every backbone maps a batch of inputs ``[B, *input_shape]`` to features ``[B, out_dim]`` and is
 initialised from its own seed, without touching the global RNG, so two learners built with the
-same seed start identical.
+same seed start identical. ``weights`` names a local file (safetensors, torch state dict or a
+``.npz`` ViT; see ``learners.backbone_weights``) loaded over that initialisation, e.g. one written
+by ``streamcl pretrain``; frozen-backbone learners need such weights to be useful.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
+
+from learners.backbone_weights import load_backbone_weights
+
+
+class ViTOptions(BaseModel):
+    """The size of the ``vit`` backbone (``learners.vit``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patch_size: int = Field(4, gt=0, description="square patch side in pixels")
+    embed_dim: int = Field(64, gt=0, description="token width (the feature size)")
+    depth: int = Field(6, gt=0, description="transformer blocks")
+    num_heads: int = Field(4, gt=0, description="attention heads (must divide embed_dim)")
+    mlp_ratio: float = Field(2.0, gt=0, description="MLP hidden width / embed_dim")
+
+
+class BackboneError(ValueError):
+    """A backbone that cannot be built for the inputs it is given (says which and why)."""
 
 
 class BackboneConfig(BaseModel):
@@ -20,11 +42,22 @@ class BackboneConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Literal["identity", "mlp", "cnn"] = "mlp"
+    name: Literal["identity", "mlp", "cnn", "vit", "timm"] = "mlp"
     hidden: list[int] = Field(default_factory=lambda: [256], description="mlp hidden widths")
     channels: list[int] = Field(default_factory=lambda: [32, 64], description="cnn conv widths")
     out_dim: int = Field(128, gt=0, description="feature size of mlp/cnn")
+    vit: ViTOptions = Field(default_factory=ViTOptions)
+    timm_model: str | None = Field(None, description="timm architecture name (name = timm)")
+    weights: Path | None = Field(
+        None, description="local weights file: .safetensors, .npz (ViT) or a torch state dict"
+    )
     freeze: bool = Field(False, description="keep backbone weights fixed while learning")
+
+    @model_validator(mode="after")
+    def _timm_needs_a_model(self) -> BackboneConfig:
+        if self.name == "timm" and not self.timm_model:
+            raise ValueError("backbone 'timm' needs timm_model, e.g. 'resnet18'")
+        return self
 
 
 class Backbone(nn.Module):
@@ -78,7 +111,9 @@ class SmallCNN(Backbone):
         elif len(input_shape) == 3:
             in_channels = int(input_shape[0])
         else:
-            raise ValueError(f"cnn backbone needs image inputs [C,H,W] or [H,W], got {input_shape}")
+            raise BackboneError(
+                f"cnn backbone needs image inputs [C,H,W] or [H,W], got {input_shape}"
+            )
         self.image_rank = len(input_shape)
         layers: list[nn.Module] = []
         for width in channels:
@@ -104,7 +139,21 @@ BACKBONES: dict[str, BackboneBuilder] = {
     "identity": lambda cfg, shape: Identity(shape),
     "mlp": lambda cfg, shape: MLP(shape, cfg.hidden, cfg.out_dim),
     "cnn": lambda cfg, shape: SmallCNN(shape, cfg.channels, cfg.out_dim),
+    "vit": lambda cfg, shape: _vit(cfg, shape),
+    "timm": lambda cfg, shape: _timm(cfg, shape),
 }
+
+
+def _vit(config: BackboneConfig, input_shape: tuple[int, ...]) -> Backbone:
+    from learners.vit import ViT  # the ViT module builds on Backbone, defined above
+
+    return ViT(input_shape, config.vit)
+
+
+def _timm(config: BackboneConfig, input_shape: tuple[int, ...]) -> Backbone:
+    from learners.timm_backbone import TimmBackbone
+
+    return TimmBackbone(str(config.timm_model), input_shape)
 
 
 def build_backbone(config: BackboneConfig, input_shape: tuple[int, ...], seed: int) -> Backbone:
@@ -112,9 +161,18 @@ def build_backbone(config: BackboneConfig, input_shape: tuple[int, ...], seed: i
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         backbone = BACKBONES[config.name](config, tuple(input_shape))
+    if config.weights is not None:
+        load_backbone_weights(weights_module(backbone, config), config.weights)
     if config.freeze:
         backbone.requires_grad_(False)
     return backbone
+
+
+def weights_module(backbone: Backbone, config: BackboneConfig) -> nn.Module:
+    """The module whose state dict a weights file holds: a timm backbone's inner timm model
+    (so files use timm's own names), else the backbone itself."""
+    inner = getattr(backbone, "model", None) if config.name == "timm" else None
+    return inner if isinstance(inner, nn.Module) else backbone
 
 
 def seeded_linear(in_dim: int, out_dim: int, seed: int) -> nn.Linear:

@@ -8,6 +8,11 @@ backbone's features as embeddings (for ``nearest`` retrieval, queried with the s
 its per-sample cross-entropy as the loss (for the ``clib`` policy). The classifier has one linear
 head per hierarchy level with a slot for every class; classes the learner has not seen are
 masked out of the softmax, which is the same as i-Blurry's head that grows a column per new class.
+
+Not from the ER papers: on a detected concept drift ER with a reservoir memory can
+``grow_recent``: the reservoir restarts its count, so the samples after the drift displace stored
+ones quickly and their share of the memory (and of the replay batches) grows
+(``ReplayMemory.favour_recent``).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from torch import nn
 
 from learners.backbones import BackboneConfig, build_backbone, seeded_linear
 from learners.base import Learner, LearnerConfig, LearnerState, Problem
+from learners.drift import DriftAction, DriftAdaptive
 from learners.torch_state import (
     load_module_tensors,
     load_optimizer_state,
@@ -40,7 +46,7 @@ class ERConfig(LearnerConfig):
     )
 
 
-class ER(Learner):
+class ER(Learner, DriftAdaptive):
     """Experience replay with a configurable memory and a masked growing head per level."""
 
     name = "er"
@@ -102,6 +108,17 @@ class ER(Learner):
                 blevel = torch.cat([level, mlevel.to(self.device)])
             self._step(bx, by, blevel)
         self.memory.add(x, y, level)
+
+    @property
+    def drift_actions(self) -> frozenset[DriftAction]:  # type: ignore[override]
+        # Only a reservoir weighs samples by how many came before; the class-balanced policies
+        # store every new sample already.
+        reservoir = self.config.memory.policy == "reservoir"
+        return frozenset({DriftAction.GROW_RECENT}) if reservoir else frozenset()
+
+    def on_drift(self, action: DriftAction) -> None:
+        if action is DriftAction.GROW_RECENT:
+            self.memory.favour_recent()
 
     def _losses(self, features: torch.Tensor, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of each sample against the head of its own level."""

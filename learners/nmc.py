@@ -2,7 +2,8 @@
 
 Predictions are negative squared Euclidean distances to the class means. The class sums and
 counts are updated with one ``index_add_`` per micro-batch, which equals updating per sample, so
-the result does not depend on the batch size. Classes never seen score ``-inf``.
+the result does not depend on the batch size. Classes never seen score ``-inf``. On a detected
+concept drift it can ``reset``: the class means start afresh from the samples that follow.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pydantic import Field
 
 from learners.backbones import BackboneConfig, build_backbone
 from learners.base import Learner, LearnerConfig, LearnerState, Problem
+from learners.drift import DriftAction, DriftAdaptive
 
 
 class NMCConfig(LearnerConfig):
@@ -22,12 +24,13 @@ class NMCConfig(LearnerConfig):
     normalize: bool = Field(False, description="L2-normalise features before averaging")
 
 
-class NMC(Learner):
+class NMC(Learner, DriftAdaptive):
     """Nearest class mean over a frozen backbone, one set of means per hierarchy level."""
 
     name = "nmc"
     config_model = NMCConfig
     config: NMCConfig
+    drift_actions = frozenset({DriftAction.RESET})
 
     def __init__(self, problem: Problem, config: NMCConfig) -> None:
         super().__init__(problem, config)
@@ -65,6 +68,12 @@ class NMC(Learner):
             labels = y[rows]
             self.sums[lvl].index_add_(0, labels, features[rows])
             self.counts[lvl].index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
+
+    def on_drift(self, action: DriftAction) -> None:
+        if action is DriftAction.RESET:
+            for sums, counts in zip(self.sums, self.counts, strict=True):
+                sums.zero_()
+                counts.zero_()
 
     def state_dict(self) -> LearnerState:
         tensors: dict[str, torch.Tensor] = {}

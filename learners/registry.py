@@ -18,7 +18,9 @@ from learners.base import Learner, LearnerConfig, Problem
 # name -> "module:Class". Add a learner by adding one line here.
 _BUILTIN: dict[str, str] = {
     "er": "learners.er:ER",
+    "mvp": "learners.mvp:MVP",
     "nmc": "learners.nmc:NMC",
+    "uer": "learners.uer:UER",
     "acil": "learners.acil:ACIL",
     "aef-ocl": "learners.aef_ocl:AEFOCL",
     "ds-al": "learners.ds_al:DSAL",
@@ -26,8 +28,11 @@ _BUILTIN: dict[str, str] = {
     "slda": "learners.slda:SLDA",
 }
 
-# Learners whose name carries an argument, e.g. ``river:tree.HoeffdingTreeClassifier``.
-_PREFIXED: dict[str, str] = {}
+# Learners whose name carries an argument, e.g. ``river:tree.HoeffdingTreeClassifier``:
+# prefix -> "module:Class:<what the argument is>".
+_PREFIXED: dict[str, str] = {
+    "river": "learners.river_learner:RiverLearner:module.Class",
+}
 
 
 class UnknownLearnerError(KeyError):

@@ -32,10 +32,12 @@ Policy = Callable[["ReplayMemory", int], int | None]
 
 
 def reservoir(memory: ReplayMemory, key: int) -> int | None:
-    """Algorithm R; ``memory.seen`` already counts the offered sample."""
+    """Algorithm R; ``memory.seen`` already counts the offered sample, and the count starts
+    at ``memory.reservoir_start`` (0, or where :meth:`ReplayMemory.favour_recent` restarted it)."""
     if memory.size < memory.slots:
         return memory.size
-    j = int(torch.randint(0, memory.seen, (1,), generator=memory.generator))
+    offered = memory.seen - memory.reservoir_start
+    j = int(torch.randint(0, offered, (1,), generator=memory.generator))
     return j if j < memory.slots else None
 
 

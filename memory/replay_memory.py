@@ -89,6 +89,7 @@ class ReplayMemory:
         self.capacity = config.capacity
         self.slots = config.capacity  # fixed at the first insert, when the byte bound is known
         self.seen = 0
+        self.reservoir_start = 0  # offered samples the reservoir's count leaves out
         self.steps = 0  # add() calls: the clock that embeddings age by
         self.size = 0
         self.generator = torch.Generator().manual_seed(seed)
@@ -138,6 +139,16 @@ class ReplayMemory:
         if self.importance is not None:
             total += self.importance.nbytes
         return total
+
+    def favour_recent(self) -> None:
+        """Restart the reservoir's count, as if the memory had just filled up.
+
+        The next sample then replaces a stored one with probability ``slots / (slots + 1)``
+        instead of ``slots / seen``, so after a concept drift the samples that follow take over a
+        growing share of the memory quickly; from there on it is a reservoir again. Arrivals and
+        ids keep counting every sample. Other policies are unaffected.
+        """
+        self.reservoir_start = self.seen - self.size
 
     def members(self, key: int) -> torch.Tensor:
         """Stored slots of class ``key``, ascending."""
@@ -313,6 +324,7 @@ class ReplayMemory:
             "capacity": self.capacity,
             "slots": self.slots,
             "seen": self.seen,
+            "reservoir_start": self.reservoir_start,
             "steps": self.steps,
             "policy": self.config.policy,
             "retrieval": self.config.retrieval,
@@ -342,6 +354,7 @@ class ReplayMemory:
                 )
         self.generator.set_state(tensors["rng"])
         self.seen = int(meta["seen"])
+        self.reservoir_start = int(meta.get("reservoir_start", 0))
         self.steps = int(meta["steps"])
         if "x" not in tensors:
             return

@@ -24,6 +24,7 @@ COMMANDS = (
     "stream.commands.learners",
     "stream.commands.publish",
     "stream.commands.serve",
+    "stream.commands.pretrain",
 )
 
 

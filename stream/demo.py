@@ -27,6 +27,7 @@ SEED = 1
 LEARNERS: dict[str, dict[str, Any]] = {
     "nmc": {},
     "er": {"lr": 3e-3, "memory": {"capacity": 200}},
+    "uer": {"lr": 3e-3, "memory": {"capacity": 200}},
     "acil": {"buffer_size": 512},
     "aef-ocl": {"buffer_size": 512},
     "slda": {},

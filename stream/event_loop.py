@@ -7,8 +7,16 @@ Per micro-batch, in order:
    classes the stream has not shown masked out;
 3. mark the batch's classes seen; accumulate ``online_iter`` and let the learner take
    ``int(accumulated)`` update steps, keeping the fraction for later batches (as i-Blurry does);
-4. every ``eval_period`` samples (at the end of the batch that reaches the mark) evaluate on
+4. with drift detection configured, feed the batch's prequential errors to the detector and,
+   on a detection, apply the configured action to the learner (stream/drift.py);
+5. every ``eval_period`` samples (at the end of the batch that reaches the mark) evaluate on
    the test samples of seen classes.
+
+A :class:`~learners.sequential.SequentialLearner` (river models) does steps 2 and 3 per sample
+instead: each sample is predicted just before it is learned, the classes shown earlier in the
+stream, this batch included, allowed — river's own test-then-train, at any batch size.
+Samples the learner cannot predict at all (every class scores ``-inf``: it knows none yet) are
+left out of prequential accuracy, as river's ``progressive_val_score`` leaves them out.
 
 The loop knows nothing about where batches come from (file or Kafka) or where metrics go:
 observers receive every batch and evaluation. Its whole state is JSON, so a checkpoint can carry
@@ -23,11 +31,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from learners.base import Learner, Problem
+from learners.drift import DriftAction, supported_actions
+from learners.sequential import SequentialLearner
 from stream import metrics
 from stream.batch import Batch
+from stream.drift import DriftConfig, DriftConfigError, DriftMonitor
 from stream.evaluation import AnytimeEvaluator, Evaluation
 from stream.validation import validate_batch
 
@@ -44,8 +55,22 @@ class LoopConfig(BaseModel):
     eval_period: int | None = Field(
         1000, gt=0, description="evaluate every N samples; null: task ends only"
     )
-    prequential_window: int = Field(1000, gt=0, description="rolling prequential accuracy window")
+    prequential_windows: list[int] = Field(
+        default_factory=lambda: [1000],
+        min_length=1,
+        description="rolling prequential accuracy windows",
+    )
     eval_batch_size: int = Field(512, gt=0)
+    drift: DriftConfig | None = Field(
+        None, description="drift detection on prequential errors; null: off"
+    )
+
+    @field_validator("prequential_windows")
+    @classmethod
+    def _distinct_positive(cls, windows: list[int]) -> list[int]:
+        if min(windows) <= 0 or len(set(windows)) != len(windows):
+            raise ValueError(f"windows must be distinct positive sizes, got {windows}")
+        return windows
 
 
 class Observer:
@@ -74,7 +99,11 @@ class EventLoop:
         evaluator: AnytimeEvaluator | None = None,
         num_tasks: int | None = None,
         observers: Sequence[Observer] = (),
+        learner_name: str | None = None,
+        checkpoint_key: bytes | None = None,
     ) -> None:
+        """``learner_name`` labels logs (default ``learner.name``); ``checkpoint_key`` signs the
+        drift detector's state in :meth:`state_dict` (given at the edge, like a learner's)."""
         self.learner = learner
         self.problem = problem
         self.config = config or LoopConfig()
@@ -87,7 +116,19 @@ class EventLoop:
         self.current_task: int | None = None
         self.pending_updates = 0.0
         self.next_eval = self.config.eval_period or 0
-        self.prequential = metrics.PrequentialAccuracy(self.config.prequential_window)
+        self.prequential = metrics.PrequentialAccuracy(self.config.prequential_windows)
+        self.checkpoint_key = checkpoint_key
+        self._sequential = learner if isinstance(learner, SequentialLearner) else None
+        self.drift: DriftMonitor | None = None
+        if self.config.drift is not None:
+            action = self.config.drift.action
+            if action not in supported_actions(learner):
+                supported = ", ".join(sorted(supported_actions(learner)))
+                raise DriftConfigError(
+                    f"learner {learner_name or learner.name!r} does not support drift action "
+                    f"{action.value!r} (it supports: {supported})"
+                )
+            self.drift = DriftMonitor(self.config.drift, learner_name or learner.name)
         self.curve: list[Evaluation] = []
         self.task_ends: list[Evaluation] = []
         self.best_class_accuracy = [np.zeros(k) for k in problem.num_classes]
@@ -110,23 +151,31 @@ class EventLoop:
         validate_batch(batch, self.problem)
         if batch.task is not None:
             self._enter_task(int(batch.task.numpy()[0]))
-        hits = self._prequential(batch)
-        if self.problem.num_levels == 1:
-            self.seen[0][batch.y.numpy()] = True
-        else:
-            levels, y = batch.level.numpy(), batch.y.numpy()
-            for level in range(self.problem.num_levels):
-                self.seen[level][y[levels == level]] = True
         self.pending_updates += self.config.online_iter
         iterations = int(self.pending_updates)
         self.pending_updates -= iterations
-        started = time.perf_counter()
-        self.learner.learn(batch.x, batch.y, batch.level, iterations)
-        learn_seconds = time.perf_counter() - started
+        if self._sequential is not None:
+            started = time.perf_counter()
+            predicted = self._sequential.test_then_train(batch.x, batch.y, batch.level, iterations)
+            learn_seconds = time.perf_counter() - started
+            hits, answered = self._sequential_hits(batch, predicted)
+            self._mark_seen(batch)
+        else:
+            hits, answered = self._prequential(batch)
+            self._mark_seen(batch)
+            started = time.perf_counter()
+            self.learner.learn(batch.x, batch.y, batch.level, iterations)
+            learn_seconds = time.perf_counter() - started
         self.learn_seconds += learn_seconds
+        self.prequential.update(hits[answered])
+        detected = self._watch_drift(hits, answered)
         self.samples_seen += len(batch)
         for observer in self.observers:
             observer.on_batch(self, batch, hits, learn_seconds)
+        if detected and self.drift is not None and self.config.drift is not None:
+            action = self.config.drift.action
+            if action is not DriftAction.NONE:
+                self.learner.on_drift(action)  # type: ignore[attr-defined]
         if self.config.eval_period and self.samples_seen >= self.next_eval:
             period = self.config.eval_period
             self.next_eval = (self.samples_seen // period + 1) * period
@@ -147,28 +196,75 @@ class EventLoop:
         for observer in self.observers:
             observer.on_finish(self)
 
-    def _prequential(self, batch: Batch) -> np.ndarray:
-        # Bookkeeping runs in numpy on views of the CPU tensors: cheaper per call than torch
-        # on micro-batches, and this runs on every batch.
+    def _mark_seen(self, batch: Batch) -> None:
         y = batch.y.numpy()
         if self.problem.num_levels == 1:
-            hits = self._hits(self.learner.predict(batch.x, 0), y, self.seen[0])
+            self.seen[0][y] = True
         else:
-            hits = np.zeros(len(y), dtype=bool)
             levels = batch.level.numpy()
-            for level in np.unique(levels).tolist():
-                rows = levels == level
-                scores = self.learner.predict(batch.x[torch.from_numpy(rows)], level)
-                hits[rows] = self._hits(scores, y[rows], self.seen[level])
-        self.prequential.update(hits)
-        return hits
+            for level in range(self.problem.num_levels):
+                self.seen[level][y[levels == level]] = True
+
+    def _prequential(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """Hits, and which samples the learner predicted at all, predicting the batch before
+        learning it. Bookkeeping runs in numpy on views of the CPU tensors: cheaper per call
+        than torch on micro-batches, and this runs on every batch."""
+        y = batch.y.numpy()
+        if self.problem.num_levels == 1:
+            return self._hits(self.learner.predict(batch.x, 0), y, self.seen[0])
+        hits = np.zeros(len(y), dtype=bool)
+        answered = np.zeros(len(y), dtype=bool)
+        levels = batch.level.numpy()
+        for level in np.unique(levels).tolist():
+            rows = levels == level
+            scores = self.learner.predict(batch.x[torch.from_numpy(rows)], level)
+            hits[rows], answered[rows] = self._hits(scores, y[rows], self.seen[level])
+        return hits, answered
 
     @staticmethod
-    def _hits(scores: torch.Tensor, y: np.ndarray, seen: np.ndarray) -> np.ndarray:
-        """Right predictions among the seen classes (nothing is right before a class is seen)."""
+    def _hits(
+        scores: torch.Tensor, y: np.ndarray, seen: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Right predictions among the seen classes, and which rows had a seen class scored
+        above ``-inf`` (a learner that knows no seen class yet makes no prediction)."""
         masked = np.where(seen, scores.detach().cpu().numpy(), -np.inf)
-        predicted = masked.argmax(axis=1)
-        return (predicted == y) & seen[predicted]
+        answered = np.asarray(np.isfinite(masked).any(axis=1))
+        return np.asarray((masked.argmax(axis=1) == y) & answered), answered
+
+    def _sequential_hits(
+        self, batch: Batch, predicted: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Hits of per-sample predictions (-1: none). A learner predicts only classes it was
+        taught, which the stream showed before; a hit on any other class is not counted.
+
+        Plain Python over the batch's few rows: between river's per-sample work, each numpy
+        call costs several times what it costs alone (measured in bench/river.py's setting)."""
+        pred, y, level = predicted.tolist(), batch.y.tolist(), batch.level.tolist()
+        seen = self.seen
+        hits, answered = [], []
+        for i, (p, label, lvl) in enumerate(zip(pred, y, level, strict=True)):
+            answered.append(p >= 0)
+            hit = p == label
+            if hit and not seen[lvl][label]:  # the class first appears in this batch
+                hit = any(y[j] == label and level[j] == lvl for j in range(i))
+            hits.append(hit)
+        return np.array(hits, dtype=bool), np.array(answered, dtype=bool)
+
+    def _watch_drift(self, hits: np.ndarray, answered: np.ndarray) -> list[int]:
+        if self.drift is None:
+            return []
+        rows = np.flatnonzero(answered)
+        errors = (~hits[rows]).astype(np.int8)
+        return self.drift.update(errors, self.samples_seen + 1 + rows)
+
+    def prequential_values(self) -> dict[str, float | None]:
+        """Prequential accuracy by window label (``cumulative``, ``"1000"``, ...), for gauges."""
+        return self.prequential.values()
+
+    @property
+    def drift_events(self) -> int:
+        """Drift detections so far (0 while detection is off)."""
+        return 0 if self.drift is None else self.drift.events
 
     # -- tasks and evaluations ------------------------------------------------------------
 
@@ -230,6 +326,11 @@ class EventLoop:
         result.update(
             prequential_accuracy=self.prequential.cumulative,
             prequential_accuracy_rolling=self.prequential.rolling,
+            prequential_accuracy_windows={
+                str(w): self.prequential.rolling_at(w) for w in self.prequential.windows
+            },
+            drift_events=self.drift_events,
+            drift_positions=[] if self.drift is None else list(self.drift.positions),
             samples=self.samples_seen,
             curve=[[e.samples_seen, e.accuracy] for e in self.curve],
             task_end_accuracies=[e.accuracy for e in self.task_ends],
@@ -276,6 +377,7 @@ class EventLoop:
             else self.last_evaluation.to_json(),
             "learn_seconds": self.learn_seconds,
             "finished": self.finished,
+            "drift": None if self.drift is None else self.drift.state_dict(self.checkpoint_key),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -296,6 +398,12 @@ class EventLoop:
         self.last_evaluation = None if last is None else Evaluation.from_json(last)
         self.learn_seconds = float(state["learn_seconds"])
         self.finished = bool(state["finished"])
+        if self.drift is not None:
+            if state.get("drift") is None:
+                raise ValueError(
+                    "checkpoint has no drift detector state, but drift detection is configured"
+                )
+            self.drift.load_state_dict(state["drift"], self.checkpoint_key)
 
 
 def _metrics_of(

@@ -6,8 +6,8 @@ official code (naver-ai/i-Blurry ``main.py``, KHU-AGI/Si-Blurry ``methods/_train
 - ``A_avg``: mean of the task-end accuracies; ``A_last``: the last task-end accuracy;
 - ``F_last``: mean over classes j of ``max_{k<T} acc_j(k) − acc_j(T)`` over the task ends k,
   for the classes whose best earlier accuracy is above 0;
-- prequential accuracy: test-then-train accuracy on the stream itself, cumulative and over a
-  rolling window.
+- prequential accuracy: test-then-train accuracy on the stream itself, cumulative and over
+  rolling windows (equal to river's ``Accuracy`` and ``Rolling`` metrics).
 
 An accuracy over no test sample (no class seen yet) is ``None`` and is left out of the means.
 
@@ -64,49 +64,86 @@ def running_forgetting(best: np.ndarray, current: np.ndarray) -> float | None:
 
 
 class PrequentialAccuracy:
-    """Test-then-train accuracy, cumulative and over the last ``window`` samples.
+    """Test-then-train accuracy, cumulative and over the last ``w`` predictions per window ``w``.
 
-    The window is a ring buffer of per-sample hits, so a micro-batch costs one slice write.
+    Only samples the learner made a prediction for are counted: a learner that knows no class
+    yet abstains, and river's ``progressive_val_score`` skips such samples too. The values equal
+    river's ``metrics.Accuracy`` and ``utils.Rolling(metrics.Accuracy, window_size=w)`` fed the
+    same predictions (tests/stream/test_metrics.py checks this exactly), but cost one slice
+    write per micro-batch instead of a Python call per sample and window: every window reads
+    one ring buffer of the last ``max(windows)`` hits.
+
+    >>> p = PrequentialAccuracy(windows=(2, 4))
+    >>> p.update(np.array([True, False, True, True]))
+    >>> p.values()
+    {'cumulative': 0.75, '2': 1.0, '4': 0.75}
     """
 
-    def __init__(self, window: int = 1000) -> None:
-        if window <= 0:
-            raise ValueError(f"prequential window must be positive, got {window}")
-        self.window = window
+    def __init__(self, windows: int | Sequence[int] = (1000,)) -> None:
+        self._start(windows)
+
+    def _start(self, windows: int | Sequence[int]) -> None:
+        windows = (int(windows),) if isinstance(windows, int) else tuple(int(w) for w in windows)
+        if not windows or min(windows) <= 0 or len(set(windows)) != len(windows):
+            raise ValueError(f"prequential windows must be distinct positive sizes, got {windows}")
+        self.windows = windows
         self.correct = 0
         self.total = 0
-        self._ring = np.zeros(window, dtype=bool)
+        self._capacity = max(windows)
+        self._ring = np.zeros(self._capacity, dtype=bool)
         self._position = 0
 
     def update(self, hits: np.ndarray) -> None:
+        """Count one hit (True) or miss (False) per predicted sample, in stream order."""
         hits = np.asarray(hits, dtype=bool)
         self.correct += int(hits.sum())
         self.total += len(hits)
-        if len(hits) >= self.window:
-            self._ring[:] = hits[-self.window :]
+        capacity = self._capacity
+        if len(hits) >= capacity:
+            self._ring[:] = hits[-capacity:]
             self._position = 0
             return
         end = self._position + len(hits)
-        if end <= self.window:
+        if end <= capacity:
             self._ring[self._position : end] = hits
         else:
-            split = self.window - self._position
+            split = capacity - self._position
             self._ring[self._position :] = hits[:split]
-            self._ring[: end - self.window] = hits[split:]
-        self._position = end % self.window
+            self._ring[: end - capacity] = hits[split:]
+        self._position = end % capacity
 
     @property
     def cumulative(self) -> float | None:
         return self.correct / self.total if self.total else None
 
+    def rolling_at(self, window: int) -> float | None:
+        """Accuracy over the last ``window`` predictions (fewer while the stream is shorter)."""
+        if window not in self.windows:
+            raise KeyError(f"no prequential window {window}; windows: {self.windows}")
+        filled = min(self.total, window)
+        if not filled:
+            return None
+        position = self._position
+        if filled <= position:
+            correct = int(self._ring[position - filled : position].sum())
+        else:
+            wrapped = filled - position
+            tail = self._ring[self._capacity - wrapped :]
+            correct = int(self._ring[:position].sum()) + int(tail.sum())
+        return correct / filled
+
     @property
     def rolling(self) -> float | None:
-        filled = min(self.total, self.window)
-        return float(self._ring.sum()) / filled if filled else None
+        """The first window's rolling accuracy."""
+        return self.rolling_at(self.windows[0])
+
+    def values(self) -> dict[str, float | None]:
+        """``{"cumulative": ..., "<window>": ...}``: the prequential gauges, by window label."""
+        return {"cumulative": self.cumulative, **{str(w): self.rolling_at(w) for w in self.windows}}
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "window": self.window,
+            "windows": list(self.windows),
             "correct": self.correct,
             "total": self.total,
             "ring": np.flatnonzero(self._ring).tolist(),
@@ -114,8 +151,7 @@ class PrequentialAccuracy:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.window = int(state["window"])
+        self._start(state["windows"])
         self.correct, self.total = int(state["correct"]), int(state["total"])
-        self._ring = np.zeros(self.window, dtype=bool)
         self._ring[np.asarray(state["ring"], dtype=np.int64)] = True
         self._position = int(state["position"])

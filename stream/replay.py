@@ -81,6 +81,7 @@ def replay(
         evaluator=prepared.evaluator(loop_config.eval_batch_size, torch_device),
         num_tasks=header.num_tasks,
         observers=observers,
+        learner_name=learner_name,
     )
     started = time.perf_counter()
     loop.run(task_batches(prepared.stream, prepared.dataset, loop_config.batch_size))

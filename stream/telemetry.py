@@ -100,6 +100,12 @@ class Telemetry:
             ["learner", "window"],
             registry=r,
         )
+        self.drift_events = Counter(
+            "streamcl_drift_events",
+            "Concept drifts detected on the prequential error stream.",
+            ["learner"],
+            registry=r,
+        )
         self.forgetting = Gauge(
             "streamcl_forgetting",
             "Running forgetting: mean drop from each class's best accuracy.",
@@ -208,8 +214,9 @@ class TelemetryObserver(Observer):
         self._samples = t.samples.labels(learner=learner)
         self._update = t.update_seconds.labels(learner=learner)
         self._memory = t.memory_samples.labels(learner=learner)
-        self._cumulative = t.prequential_accuracy.labels(learner=learner, window="cumulative")
-        self._rolling: Gauge | None = None
+        self._prequential: dict[str, Gauge] = {}
+        self._drift_events: Counter | None = None
+        self._drift_counted = 0
 
     def on_batch(
         self, loop: EventLoop, batch: Batch, hits: np.ndarray, learn_seconds: float
@@ -218,11 +225,18 @@ class TelemetryObserver(Observer):
         self._samples.inc(len(batch))
         self._update.observe(learn_seconds)
         self._memory.set(loop.learner.memory_samples)
-        if self._rolling is None:
-            window = str(loop.prequential.window)
-            self._rolling = t.prequential_accuracy.labels(learner=self.learner, window=window)
-        _set(self._cumulative, loop.prequential.cumulative)
-        _set(self._rolling, loop.prequential.rolling)
+        for window, value in loop.prequential_values().items():
+            gauge = self._prequential.get(window)
+            if gauge is None:
+                gauge = t.prequential_accuracy.labels(learner=self.learner, window=window)
+                self._prequential[window] = gauge
+            _set(gauge, value)
+        if loop.drift is not None:
+            # The series exists once detection is on (0 until the first drift), never without.
+            if self._drift_events is None:
+                self._drift_events = t.drift_events.labels(learner=self.learner)
+            self._drift_events.inc(loop.drift_events - self._drift_counted)
+            self._drift_counted = loop.drift_events
         for level, name in enumerate(loop.problem.level_names):
             t.seen_classes.labels(level=name).set(int(loop.seen[level].sum()))
         t.progressed()

@@ -36,7 +36,8 @@ def describe_options(
             lines += describe_options(annotation, f"{prefix}{name}.", default)
             continue
         description = f"  {field.description}" if field.description else ""
-        lines.append(f"    {prefix}{name}: {_kind(annotation)} = {default!r}{description}")
+        shown = "(required)" if field.is_required() else repr(default)
+        lines.append(f"    {prefix}{name}: {_kind(annotation)} = {shown}{description}")
     return lines
 
 

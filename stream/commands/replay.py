@@ -15,9 +15,11 @@ from pydantic import ValidationError
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from learners import registry
+from learners.drift import DriftAction
 from learners.registry import describe_validation_error
 from stream.config_file import load_config_file
 from stream.device import resolve_device
+from stream.drift import DriftConfig
 from stream.errors import UsageError
 from stream.event_loop import LoopConfig, Observer
 from stream.log_setup import resolve_format
@@ -53,6 +55,24 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="stream samples per micro-batch")
     parser.add_argument(
         "--online-iter", type=float, default=1.0, help="update steps per micro-batch"
+    )
+    parser.add_argument(
+        "--prequential-window",
+        type=int,
+        action="append",
+        metavar="N",
+        help="rolling prequential accuracy window (repeat for several; default 1000)",
+    )
+    parser.add_argument(
+        "--drift",
+        metavar="DETECTOR",
+        help="detect drift on prequential errors with a river.drift detector (e.g. ADWIN)",
+    )
+    parser.add_argument(
+        "--drift-action",
+        default="none",
+        choices=[a.value for a in DriftAction],
+        help="what a detected drift makes the learner do (default none)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--out", default=None, help="output directory (default: runs/<learner>)")
@@ -95,14 +115,22 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def loop_config(args: argparse.Namespace) -> LoopConfig:
+    if args.drift is None and args.drift_action != DriftAction.NONE:
+        raise UsageError("--drift-action needs --drift DETECTOR")
     try:
         return LoopConfig(
             batch_size=args.batch_size,
             online_iter=args.online_iter,
             eval_period=args.eval_period or None,
+            prequential_windows=args.prequential_window or [1000],
+            drift=None if args.drift is None else drift_config(args),
         )
     except ValidationError as exc:
         raise UsageError(describe_validation_error(exc, "loop options")) from None
+
+
+def drift_config(args: argparse.Namespace) -> DriftConfig:
+    return DriftConfig(detector=args.drift, action=DriftAction(args.drift_action))
 
 
 def _check_metrics_options(args: argparse.Namespace) -> None:

@@ -23,7 +23,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--dataset",
         required=True,
-        help="digits, fashion-mnist[:DIR], cifar100:DIR, npz:PATH, synthetic-hierarchy[:k=v,...]",
+        help="digits, fashion-mnist[:DIR], cifar100:DIR, npz:PATH, synthetic-hierarchy[:k=v,...],"
+        " river:NAME[?KEY=VALUE&...]",
     )
     parser.add_argument(
         "--tasks", type=int, help="number of tasks T (default 5; hle: 1 + min(5, #coarse) or L)"

@@ -1,9 +1,10 @@
 """Datasets addressed by a string (SPEC §2): ``digits``, ``fashion-mnist[:DIR]``,
-``cifar100:DIR``, ``npz:PATH``, and the generated ``synthetic-hierarchy[:k=v,...]``.
+``cifar100:DIR``, ``npz:PATH``, the generated ``synthetic-hierarchy[:k=v,...]`` and
+river's datasets as ``river:NAME[?KEY=VALUE&...]``.
 
 >>> ds = load_dataset("digits")
 >>> ds.num_classes, ds.input_shape, len(ds.y_train), len(ds.y_test)
-(10, (1, 8, 8), 1437, 360)
+(10, (1, 8, 8), 1442, 355)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ _LOADERS: dict[str, str] = {
     "fashion-mnist": "stream.datasets.fashion_mnist",
     "cifar100": "stream.datasets.cifar100",
     "npz": "stream.datasets.npz",
+    "river": "stream.datasets.river_datasets",
     "synthetic-hierarchy": "stream.datasets.synthetic_hierarchy",
 }
 

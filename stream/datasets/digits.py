@@ -1,7 +1,7 @@
 """scikit-learn's bundled 8x8 digits (10 classes, 1797 images, no download): the default dataset.
 
 The bundle has no train/test split; every fifth image of each class (in file order) is held out
-for testing, which is deterministic and stratified (1437 train, 360 test).
+for testing, which is deterministic and stratified (1442 train, 355 test).
 """
 
 from __future__ import annotations

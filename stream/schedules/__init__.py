@@ -1,5 +1,6 @@
 """Stream schedules (SPEC §3): ``disjoint``, ``i-blurry``, ``si-blurry``, ``hle`` — deterministic
-in the seed.
+in the seed — and ``ordered`` (dataset order, for streams whose order matters: river's drifting
+ones).
 
 >>> from stream.datasets import load_dataset
 >>> s, params = make_schedule("si-blurry", load_dataset("digits"), {}, seed=1)
@@ -32,6 +33,7 @@ _SCHEDULES: dict[str, tuple[str, str]] = {
     "i-blurry": ("stream.schedules.i_blurry", "IBlurryParams"),
     "si-blurry": ("stream.schedules.si_blurry", "SiBlurryParams"),
     "hle": ("stream.schedules.hle", "HLEParams"),
+    "ordered": ("stream.schedules.ordered", "OrderedParams"),
 }
 
 

@@ -59,7 +59,7 @@ def run(levels: int, observers: Sequence[Observer], eval_period: int = 16) -> Ev
     loop = EventLoop(
         registry.create("nmc", p),
         p,
-        LoopConfig(batch_size=8, eval_period=eval_period, prequential_window=20),
+        LoopConfig(batch_size=8, eval_period=eval_period, prequential_windows=[20]),
         evaluator=AnytimeEvaluator(x_test, y_levels, p),
         num_tasks=2,
         observers=observers,

@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from river import metrics as river_metrics
+from river import utils
 
 from stream import metrics
 
@@ -67,3 +69,52 @@ def test_prequential_before_any_sample_is_none():
     assert acc.cumulative is None and acc.rolling is None
     with pytest.raises(ValueError):
         metrics.PrequentialAccuracy(0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    hits=st.lists(st.booleans(), min_size=1, max_size=400),
+    cuts=st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=50),
+    windows=st.lists(st.integers(min_value=1, max_value=120), min_size=1, max_size=4, unique=True),
+)
+def test_prequential_equals_river_accuracy_and_rolling_after_every_batch(hits, cuts, windows):
+    ours = metrics.PrequentialAccuracy(windows)
+    accuracy = river_metrics.Accuracy()
+    rolling = {w: utils.Rolling(river_metrics.Accuracy, window_size=w) for w in windows}
+    position, batch = 0, 0
+    while position < len(hits):
+        size = cuts[batch % len(cuts)]
+        chunk = hits[position : position + size]
+        ours.update(np.asarray(chunk))
+        for hit in chunk:
+            # A hit is a prediction equal to the label; river sees the same pairs.
+            accuracy.update(True, hit)
+            for metric in rolling.values():
+                metric.update(True, hit)
+        assert ours.cumulative == accuracy.get()
+        for w, metric in rolling.items():
+            assert ours.rolling_at(w) == metric.get(), f"window {w} after {position + size}"
+        position += size
+        batch += 1
+
+
+def test_prequential_windows_state_round_trip_continues_identically():
+    a = metrics.PrequentialAccuracy((3, 10))
+    a.update(np.array([1, 0, 1, 1, 0, 0, 1], dtype=bool))
+    b = metrics.PrequentialAccuracy()
+    b.load_state_dict(a.state_dict())
+    for chunk in ([1, 1], [0, 1, 0, 1, 1, 1, 1, 0, 0, 1, 1]):
+        a.update(np.array(chunk, dtype=bool))
+        b.update(np.array(chunk, dtype=bool))
+        assert a.values() == b.values()
+
+
+def test_prequential_values_by_window_and_unknown_windows_refused():
+    p = metrics.PrequentialAccuracy((5, 2))
+    assert p.values() == {"cumulative": None, "5": None, "2": None}
+    p.update(np.array([True, False, True]))
+    assert p.values() == {"cumulative": 2 / 3, "5": 2 / 3, "2": 0.5}
+    with pytest.raises(KeyError):
+        p.rolling_at(6)
+    with pytest.raises(ValueError):
+        metrics.PrequentialAccuracy((5, 5))

@@ -147,3 +147,40 @@ def test_the_loop_beats_and_finishes():
     small_stream.run(1, [telemetry.observer("nmc")])
     assert telemetry.health(100).state == "finished"
     assert math.isclose(telemetry.last_progress, clock.now)
+
+
+def test_every_prequential_window_and_drift_events_are_exported():
+    import torch
+
+    from learners import registry
+    from learners.base import Problem
+    from stream.batch import Batch
+    from stream.drift import DriftConfig
+    from stream.event_loop import EventLoop, LoopConfig
+
+    telemetry = Telemetry()
+    problem = Problem(input_shape=(2,), num_classes=(2,))
+    config = LoopConfig(eval_period=None, prequential_windows=[50, 500], drift=DriftConfig())
+    loop = EventLoop(
+        registry.create("nmc", problem), problem, config, observers=[telemetry.observer("nmc")]
+    )
+    generator = torch.Generator().manual_seed(0)
+    side = torch.randint(0, 2, (3000,), generator=generator)
+    x = torch.randn(3000, 2, generator=generator) * 0.3 + side.unsqueeze(1) * 2.0
+    y = torch.where(torch.arange(3000) < 1500, side, 1 - side)  # labels swap half way
+    for start in range(0, 3000, 16):
+        rows = slice(start, start + 16)
+        loop.process(Batch(x[rows], y[rows], torch.zeros(len(y[rows]), dtype=torch.long)))
+    for window, value in loop.prequential_values().items():
+        assert (
+            _value(telemetry, "streamcl_prequential_accuracy", learner="nmc", window=window)
+            == value
+        )
+    assert loop.drift_events >= 1
+    assert _value(telemetry, "streamcl_drift_events_total", learner="nmc") == loop.drift_events
+
+
+def test_no_drift_series_without_drift_detection():
+    telemetry = Telemetry()
+    small_stream.run(1, [telemetry.observer("nmc")])
+    assert _value(telemetry, "streamcl_drift_events_total", learner="nmc") is None

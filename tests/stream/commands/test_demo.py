@@ -7,7 +7,7 @@ def test_demo_prints_the_table_and_writes_the_plot(tmp_path):
     result = streamcl("demo", "--out", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr
     assert "A_auc" in result.stdout and "F_last" in result.stdout
-    for name in ("nmc", "er", "acil", "aef-ocl", "slda"):
+    for name in ("nmc", "er", "uer", "acil", "aef-ocl", "slda"):
         assert f"| {name} " in result.stdout
         results = json.loads((tmp_path / "demo" / name / "results.json").read_text())
         assert results["schedule"] == "si-blurry" and results["schedule_params"]["tasks"] == 5

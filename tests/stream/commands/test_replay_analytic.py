@@ -85,7 +85,7 @@ def test_learners_lists_the_analytic_options(capsys):
     listing = capsys.readouterr().out
     for line in (
         "acil  —  G-ACIL",
-        "backbone.name: identity|mlp|cnn = 'identity'",
+        "backbone.name: identity|mlp|cnn|vit|timm = 'identity'",
         "buffer_size: int = 8192  width d of the random buffer layer",
         "solver: lazy|woodbury = 'lazy'  lazy: keep HᵀH, HᵀY",
         "refresh_every: int = 1000  samples learned",

@@ -278,7 +278,7 @@ def test_kill_9_at_five_random_points_learns_every_message_exactly_once(
     learned = times_learned(daemon)
     assert (learned == 1).all(), f"ids learned {sorted(set(learned.tolist()))} times"
     loop = final.meta["loop"]
-    assert loop["samples_seen"] == n and loop["prequential"]["total"] == n
+    assert loop["samples_seen"] == n
     assert sorted(dead_letters(daemon)) == sorted(topic.invalid) and topic.invalid
     assert final.meta["counters"]["messages"] == sum(topic.ends.values())
 

@@ -176,7 +176,7 @@ def test_bad_messages_are_dead_lettered_and_only_valid_ones_learned(tmp_path):
     daemon.checkpoint()
     daemon.close()
     _assert_same_model(daemon.learner, _reference(x, y))
-    assert daemon.loop.samples_seen == len(y) and daemon.loop.prequential.total == len(y)
+    assert daemon.loop.samples_seen == len(y)
     assert sorted(_letters(tmp_path)) == sorted(letters) and len(letters) >= 10
     registry_ = daemon.telemetry.registry
     for reason in {r for _, _, r in letters}:
@@ -238,7 +238,7 @@ def test_a_restart_continues_from_the_checkpoint_and_learns_each_message_once(tm
     second.close()
     assert source.assignments == [checkpointed]
     _assert_same_model(second.learner, _reference(x, y))
-    assert second.loop.samples_seen == len(y) and second.loop.prequential.total == len(y)
+    assert second.loop.samples_seen == len(y)
     assert sorted(_letters(tmp_path)) == sorted(letters)
     meta = CheckpointStore(tmp_path / "ckpt").latest().meta
     assert meta["counters"]["samples"] == len(y)

@@ -1,0 +1,207 @@
+"""UER (Lin et al., ACM MM 2023, "UER: A Heuristic Bias Addressing Approach for Online
+Continual Learning").
+
+A dot-product logit factors as ``z_c = f·w_c = ‖f‖ ‖w_c‖ cos θ_c``. UER argues that the norm
+factor ``‖f‖ ‖w_c‖`` is where the bias towards the newest classes lives, so
+
+- the current stream batch is learned with the angle factor only: cross-entropy on the scaled
+  cosine logits ``s · cos θ_c`` (new classes cannot win by growing their weight norms);
+- replayed memory samples are learned with the full dot-product logits (angle and norm), which
+  is where the norms are fitted, on a class-balanced-by-reservoir sample of the past;
+- inference uses the dot-product logits.
+
+The head is a bias-free linear layer so that the logit is exactly ``f·w_c``. Classes not seen
+yet are masked out of both softmaxes, as in ``er``.
+
+What the paper leaves open, and the defaults chosen here (all options):
+
+- ``scale`` (the cosine logit scale ``s``): ``1/0.09`` ≈ 11.1, a usual cosine-softmax
+  temperature (0.09) that lets cosine logits reach a confident softmax;
+- ``replay_batch_size``: the stream batch size, as in i-Blurry's ER, so both losses see
+  equally many samples per step;
+- ``memory``: reservoir insertion, uniform retrieval, 500 samples (``memory.build_memory``; the
+  other policies and retrieval modes work too: UER gives the memory its backbone features as
+  embeddings and the dot-product cross-entropy, the loss replayed samples are learned with, as
+  the per-sample loss);
+- the two losses are summed with equal weight, each a mean over its own samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+from torch.nn import functional as F
+
+from learners.backbones import BackboneConfig, build_backbone
+from learners.base import Learner, LearnerConfig, LearnerState, Problem
+from learners.torch_state import (
+    load_module_tensors,
+    load_optimizer_state,
+    module_tensors,
+    optimizer_state,
+)
+from memory import MemoryConfig, build_memory
+
+
+class UERConfig(LearnerConfig):
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    scale: float = Field(1 / 0.09, gt=0, description="cosine logit scale for stream samples")
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    replay_batch_size: int | None = Field(
+        None, ge=0, description="memory samples per step; default: the stream batch size"
+    )
+
+
+def seeded_weight(num_classes: int, dim: int, seed: int) -> torch.Tensor:
+    """A ``[num_classes, dim]`` head weight drawn as ``nn.Linear`` would, from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    bound = 1.0 / dim**0.5
+    return (torch.rand(num_classes, dim, generator=generator) * 2 - 1) * bound
+
+
+class UER(Learner):
+    """Angle-only cross-entropy on the stream batch, dot-product cross-entropy on replay."""
+
+    name = "uer"
+    config_model = UERConfig
+    config: UERConfig
+    check_config: ClassVar[dict[str, Any]] = {
+        "backbone": {"hidden": [32], "out_dim": 16},
+        "memory": {"capacity": 50},
+    }
+
+    def __init__(self, problem: Problem, config: UERConfig) -> None:
+        super().__init__(problem, config)
+        self.backbone = build_backbone(config.backbone, problem.input_shape, config.seed)
+        dim = self.backbone.out_dim
+        self.weights = nn.ParameterList(
+            nn.Parameter(seeded_weight(k, dim, config.seed + 1 + level))
+            for level, k in enumerate(problem.num_classes)
+        )
+        self.model = nn.ModuleDict({"backbone": self.backbone, "weights": self.weights})
+        self.seen = [torch.zeros(k, dtype=torch.bool) for k in problem.num_classes]
+        self.memory = build_memory(
+            config.memory, seed=config.seed, embed=self._embed, loss=self._sample_losses
+        )
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if config.optimizer == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                params, lr=config.lr, weight_decay=config.weight_decay
+            )
+        else:
+            self.optimizer = torch.optim.Adam(
+                params, lr=config.lr, weight_decay=config.weight_decay
+            )
+
+    @property
+    def memory_samples(self) -> int:
+        return len(self.memory)
+
+    def dot_logits(self, features: torch.Tensor, level: int) -> torch.Tensor:
+        """``‖f‖ ‖w_c‖ cos θ_c``, unseen classes ``-inf``."""
+        logits = features @ self.weights[level].T
+        return logits.masked_fill(~self.seen[level], float("-inf"))
+
+    def cosine_logits(self, features: torch.Tensor, level: int) -> torch.Tensor:
+        """``scale · cos θ_c``, unseen classes ``-inf``."""
+        cosine = F.normalize(features, dim=1) @ F.normalize(self.weights[level], dim=1).T
+        return (self.config.scale * cosine).masked_fill(~self.seen[level], float("-inf"))
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+        self.model.eval()
+        return self.dot_logits(self.backbone(x.to(self.device, torch.float32)), level)
+
+    def learn(
+        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+    ) -> None:
+        x = x.to(self.device, torch.float32)
+        y, level = y.to(self.device), level.to(self.device)
+        for lvl in range(self.problem.num_levels):
+            self.seen[lvl][y[level == lvl]] = True
+        replay = len(y) if self.config.replay_batch_size is None else self.config.replay_batch_size
+        self.model.train()
+        for _ in range(iterations):
+            if replay > 0 and len(self.memory) > 0:
+                mx, my, mlevel = self.memory.sample(replay, query=x)
+                # one backbone pass over stream and replay samples, split for the two losses
+                features = self.backbone(torch.cat([x, mx.to(self.device, torch.float32)]))
+                loss = self._loss(features[: len(y)], y, level, self.cosine_logits)
+                loss = loss + self._loss(
+                    features[len(y) :], my.to(self.device), mlevel.to(self.device), self.dot_logits
+                )
+            else:
+                loss = self._loss(self.backbone(x), y, level, self.cosine_logits)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        self.memory.add(x, y, level)
+
+    def _loss(
+        self,
+        features: torch.Tensor,
+        y: torch.Tensor,
+        level: torch.Tensor,
+        logits_of: Callable[[torch.Tensor, int], torch.Tensor],
+    ) -> torch.Tensor:
+        """Mean cross-entropy of ``logits_of(features, level)`` over the samples of every level."""
+        if self.problem.num_levels == 1:
+            return F.cross_entropy(logits_of(features, 0), y)
+        loss = features.new_zeros(())
+        for lvl in range(self.problem.num_levels):
+            rows = level == lvl
+            if rows.any():
+                logits = logits_of(features[rows], lvl)
+                loss = loss + F.cross_entropy(logits, y[rows], reduction="sum")
+        return loss / len(y)
+
+    @torch.no_grad()
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x.to(self.device, torch.float32))
+
+    @torch.no_grad()
+    def _sample_losses(self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(x.to(self.device, torch.float32))
+        y, level = y.to(self.device), level.to(self.device)
+        losses = features.new_zeros(len(y))
+        for lvl in range(self.problem.num_levels):
+            rows = level == lvl
+            if rows.any():
+                logits = self.dot_logits(features[rows], lvl)
+                losses[rows] = F.cross_entropy(logits, y[rows], reduction="none")
+        return losses
+
+    def state_dict(self) -> LearnerState:
+        tensors = module_tensors("model", self.model)
+        optim_tensors, optim_meta = optimizer_state("optimizer", self.optimizer)
+        tensors.update(optim_tensors)
+        for lvl, seen in enumerate(self.seen):
+            tensors[f"seen.{lvl}"] = seen.cpu()
+        memory = self.memory.state_dict()
+        tensors.update({f"memory.{k}": v for k, v in memory.tensors.items()})
+        return LearnerState(tensors, {"optimizer": optim_meta, "memory": memory.meta})
+
+    def load_state_dict(self, state: LearnerState) -> None:
+        load_module_tensors("model", self.model, state.tensors)
+        load_optimizer_state("optimizer", self.optimizer, state.tensors, state.meta["optimizer"])
+        self.seen = [state.tensors[f"seen.{lvl}"].to(self.device) for lvl in range(len(self.seen))]
+        prefix = "memory."
+        self.memory.load_state_dict(
+            LearnerState(
+                {k[len(prefix) :]: v for k, v in state.tensors.items() if k.startswith(prefix)},
+                state.meta["memory"],
+            )
+        )
+
+    def to(self, device: torch.device | str) -> UER:
+        super().to(device)
+        self.model.to(self.device)
+        self.seen = [s.to(self.device) for s in self.seen]
+        return self
