@@ -52,8 +52,9 @@ class NMC(Learner, DriftAdaptive):
         features = self._features(x)
         counts = self.counts[level]
         means = self.sums[level] / counts.clamp(min=1).unsqueeze(1)
-        # ||f - m||^2 = ||f||^2 - 2 f.m + ||m||^2; ||f||^2 is the same for every class.
-        scores = 2 * features @ means.T - (means * means).sum(1)
+        # ||f - m||^2 = ||f||^2 - 2 f.m + ||m||^2; ||f||^2 is the same for every class. The 2
+        # scales the [C, d] means, not the [B, d] features: the same numbers (x2 is exact).
+        scores = features @ (2 * means).T - (means * means).sum(1)
         return scores.masked_fill(counts == 0, float("-inf")).to(torch.float32)
 
     @torch.no_grad()

@@ -22,6 +22,8 @@ COMMANDS = (
     "stream.commands.replay",
     "stream.commands.report",
     "stream.commands.learners",
+    "stream.commands.publish",
+    "stream.commands.serve",
     "stream.commands.pretrain",
 )
 

@@ -6,7 +6,9 @@ from learners.backbone_weights import BackboneWeightsError
 from learners.backbones import BackboneError
 from learners.registry import LearnerConfigError, UnknownLearnerError
 from learners.timm_backbone import TimmUnavailableError
+from stream.checkpoint import CheckpointError
 from stream.config_file import ConfigFileError
+from stream.daemon.config import ServeConfigError
 from stream.datasets import DatasetError
 from stream.device import DeviceError
 from stream.drift import DriftConfigError
@@ -22,6 +24,7 @@ class UsageError(ValueError):
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     UsageError,
+    CheckpointError,
     BackboneError,
     BackboneWeightsError,
     TimmUnavailableError,
@@ -33,6 +36,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     MetricsServerError,
     ReportError,
     ScheduleError,
+    ServeConfigError,
     StreamFileError,
     UnknownLearnerError,
 )

@@ -110,7 +110,7 @@ def test_addresses_agree_across_files():
     kafka = SERVICES["kafka"]["environment"]
     assert f"PLAINTEXT://{SERVE['kafka']['bootstrap']}" in kafka["KAFKA_ADVERTISED_LISTENERS"]
     created = " ".join(SERVICES["kafka-topics"]["command"])
-    for topic in (SERVE["kafka"]["topic"], SERVE["kafka"]["dead_letter_topic"]):
+    for topic in (SERVE["kafka"]["topic"], SERVE["dead_letter"]["topic"]):
         assert f"--topic {topic} " in created
     assert f"--topic {SERVE['kafka']['topic']} " in " ".join(SERVICES["publisher"]["command"])
 

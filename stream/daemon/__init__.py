@@ -1,0 +1,1 @@
+"""The long-lived ``streamcl serve`` daemon: Kafka in, learning, checkpoints, metrics out."""

@@ -1,0 +1,191 @@
+"""The daemon's config file (``streamcl serve --config FILE``), validated once, at the edge.
+
+A TOML (or JSON) file with one table per concern; see ``docs/daemon.md`` for a full example::
+
+    [kafka]
+    bootstrap = "127.0.0.1:9092"
+    topic = "samples"
+
+    [problem]
+    input_shape = [64]
+    num_classes = [10]
+
+    [learner]
+    name = "nmc"
+
+    [checkpoint]
+    dir = "/var/lib/streamcl"
+
+Every error names the failing field, e.g. ``kafka.topic: Field required``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from learners.registry import describe_validation_error
+from stream.config_file import load_config_file
+from stream.event_loop import LoopConfig
+
+
+class ServeConfigError(ValueError):
+    """A serve config that does not validate; the message names the file and the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaConfig(_Section):
+    """Where the samples come from, and how the consumer behaves."""
+
+    bootstrap: str = Field(description="HOST:PORT[,HOST:PORT...] of the brokers")
+    topic: str = Field(min_length=1)
+    group: str = Field("streamcl", min_length=1, description="consumer group id")
+    client: Literal["kafka-python", "confluent"] = "kafka-python"
+    start_from: Literal["earliest", "latest"] = Field(
+        "earliest", description="where a partition the checkpoint does not know starts"
+    )
+    session_timeout_ms: int = Field(10_000, gt=0)
+    heartbeat_interval_ms: int = Field(1_000, gt=0)
+    max_poll_interval_ms: int = Field(
+        30_000, gt=0, description="also the group's rebalance timeout"
+    )
+    request_timeout_ms: int = Field(15_000, gt=0)
+    max_poll_records: int = Field(1_000, gt=0, description="messages taken per poll")
+    poll_timeout_seconds: float = Field(0.5, gt=0)
+    probe_interval_seconds: float = Field(
+        5.0, gt=0, description="how often the end offsets are asked for (consumer lag, broker up)"
+    )
+    retry_backoff_seconds: float = Field(0.5, gt=0, description="first wait after a broker failure")
+    retry_backoff_max_seconds: float = Field(30.0, gt=0, description="longest wait between retries")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="passed to the client as they are (librdkafka names or KafkaConsumer args)",
+    )
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _hosts(cls, value: str) -> str:
+        for host in value.split(","):
+            name, sep, port = host.strip().rpartition(":")
+            if not sep or not name or not port.isdigit():
+                raise ValueError(f"expected HOST:PORT[,HOST:PORT...], got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> KafkaConfig:
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be smaller than session_timeout_ms")
+        if self.session_timeout_ms > self.max_poll_interval_ms:
+            raise ValueError("session_timeout_ms must not exceed max_poll_interval_ms")
+        if self.retry_backoff_seconds > self.retry_backoff_max_seconds:
+            raise ValueError("retry_backoff_seconds must not exceed retry_backoff_max_seconds")
+        return self
+
+
+class ProblemConfig(_Section):
+    """The input and label space every message must fit."""
+
+    input_shape: list[int] = Field(min_length=1)
+    num_classes: list[int] = Field(
+        min_length=1, description="classes per hierarchy level, coarsest first"
+    )
+    level_names: list[str] | None = None
+    parents: list[list[int]] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProblemConfig:
+        if any(s <= 0 for s in self.input_shape) or any(k <= 0 for k in self.num_classes):
+            raise ValueError("input_shape and num_classes must be positive")
+        if self.level_names is not None and len(self.level_names) != len(self.num_classes):
+            raise ValueError(f"level_names needs {len(self.num_classes)} names, one per level")
+        return self
+
+
+class LearnerSection(_Section):
+    name: str = Field(description="a registered learner (streamcl learners)")
+    options: dict[str, Any] = Field(default_factory=dict)
+    device: str = "cpu"
+    threads: int | None = Field(
+        None, gt=0, description="torch CPU threads; 1 suits small models next to a Kafka client"
+    )
+
+
+class EvaluationConfig(_Section):
+    """Anytime evaluation on a dataset's test split (without it, prequential accuracy only)."""
+
+    dataset: str = Field(description="digits, fashion-mnist[:DIR], cifar100:DIR, npz:PATH")
+
+
+class CheckpointConfig(_Section):
+    dir: Path
+    every_samples: int = Field(
+        10_000, gt=0, description="checkpoint after this many samples learned"
+    )
+    every_seconds: float = Field(60.0, gt=0, description="and at least this often while learning")
+    keep: int = Field(3, ge=1, description="checkpoints kept; older ones are deleted")
+
+
+class DeadLetterConfig(_Section):
+    """Where invalid messages go: a JSON-lines file or a Kafka topic (exactly one)."""
+
+    file: Path | None = None
+    topic: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> DeadLetterConfig:
+        if (self.file is None) == (self.topic is None):
+            raise ValueError("give exactly one of file or topic")
+        return self
+
+
+class MessagesConfig(_Section):
+    format: Literal["auto", "json", "binary"] = Field(
+        "auto", description="auto tells binary micro-batches from JSON by their magic bytes"
+    )
+    max_bytes: int = Field(
+        1 << 20, gt=0, description="larger messages are dead-lettered as oversized"
+    )
+
+
+class MetricsConfig(_Section):
+    """``/metrics`` and ``/healthz`` (stream/metrics_server.py)."""
+
+    host: str = Field("127.0.0.1", description="loopback unless a remote Prometheus scrapes it")
+    port: int | None = Field(
+        9100, ge=0, le=65535, description="null: no endpoint; 0: any free port"
+    )
+    stall_seconds: float = Field(
+        120.0, gt=0, description="/healthz fails after this long without a poll or a batch"
+    )
+
+
+class ServeConfig(_Section):
+    kafka: KafkaConfig
+    learner: LearnerSection
+    checkpoint: CheckpointConfig
+    dead_letter: DeadLetterConfig
+    problem: ProblemConfig | None = None
+    evaluation: EvaluationConfig | None = None
+    loop: LoopConfig = Field(default_factory=LoopConfig)
+    messages: MessagesConfig = Field(default_factory=MessagesConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+    @model_validator(mode="after")
+    def _problem_known(self) -> ServeConfig:
+        if self.problem is None and self.evaluation is None:
+            raise ValueError("give [problem] or an [evaluation] dataset to take the problem from")
+        return self
+
+
+def load_serve_config(path: str | Path) -> ServeConfig:
+    """Read and validate a serve config file."""
+    raw = load_config_file(path)
+    try:
+        return ServeConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ServeConfigError(describe_validation_error(exc, f"serve config {path}")) from None

@@ -1,0 +1,374 @@
+"""The daemon: consume a topic, learn every valid message exactly once, checkpoint, report.
+
+One iteration of the loop:
+
+1. poll a batch of records from the assigned partitions;
+2. decode and validate each (stream/wire.py); an invalid one goes to the dead-letter sink with
+   its reason and offset and is counted; a record below the partition's known position (a
+   redelivery after a reconnect) is skipped;
+3. learn the valid samples through the event loop, in micro-batches (predict, then learn);
+4. checkpoint every ``every_samples`` samples or ``every_seconds`` seconds: learner, loop state,
+   the next offset per partition and the dead-letter position, in one atomic file;
+5. report the consumer lag every few seconds, from the end offsets the fetches carry; when no
+   record has come for a while, ask the broker (stream/daemon/broker_watch.py).
+
+The checkpoint is the only source of truth for offsets. On start the latest valid checkpoint is
+loaded; whenever the group assigns partitions, each one is sought to the position the daemon
+has learned up to, which after a restart is the checkpoint's. So a ``kill -9`` at any point
+costs only re-learning what came after the last checkpoint, into a model restored to exactly
+that point: every message is learned exactly once. ``stop()`` (SIGTERM/SIGINT) ends the loop
+after the current batch, and ``run`` writes a final checkpoint before it returns.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+import torch
+
+from learners import registry
+from learners.base import Learner, Problem
+from stream.checkpoint import Checkpoint, CheckpointError, CheckpointStore
+from stream.daemon.batching import micro_batches
+from stream.daemon.broker_watch import BrokerWatch
+from stream.daemon.config import ServeConfig, ServeConfigError
+from stream.datasets import as_float_tensor, load_dataset
+from stream.dead_letter import DeadLetterSink, FileDeadLetters, TopicDeadLetters
+from stream.device import resolve_device
+from stream.evaluation import AnytimeEvaluator
+from stream.event_loop import EventLoop
+from stream.kafka_sink import SinkError, open_sink
+from stream.kafka_source import (
+    AssignHandler,
+    ErrorHandler,
+    KafkaSource,
+    Record,
+    SourceError,
+    open_source,
+)
+from stream.loop_log import LoopLogger
+from stream.telemetry import Telemetry
+from stream.wire import Decoder, InvalidMessage, Samples
+
+log = structlog.get_logger("streamcl.serve")
+
+CHECKPOINT_FORMAT = 1
+SourceFactory = Callable[[Any, AssignHandler, ErrorHandler], KafkaSource]
+
+
+def build_problem(config: ServeConfig) -> tuple[Problem, AnytimeEvaluator | None]:
+    """The problem the daemon learns, and the anytime evaluator when a test set is configured."""
+    device = resolve_device(config.learner.device)
+    declared = config.problem
+    if config.evaluation is None:
+        assert declared is not None
+        levels = len(declared.num_classes)
+        names = declared.level_names or (
+            ["label"] if levels == 1 else [f"level{i}" for i in range(levels)]
+        )
+        problem = Problem(
+            input_shape=tuple(declared.input_shape),
+            num_classes=tuple(declared.num_classes),
+            level_names=tuple(names),
+            parents=tuple(tuple(p) for p in declared.parents or ()),
+        )
+        return problem, None
+    dataset = load_dataset(config.evaluation.dataset)
+    problem = dataset.problem()
+    if declared is not None:
+        for name in ("input_shape", "num_classes"):
+            if list(getattr(declared, name)) != list(getattr(problem, name)):
+                raise ServeConfigError(
+                    f"problem.{name} {getattr(declared, name)} differs from evaluation dataset "
+                    f"{config.evaluation.dataset!r}'s {list(getattr(problem, name))}"
+                )
+    assert dataset.y_test_levels is not None
+    evaluator = AnytimeEvaluator(
+        as_float_tensor(dataset.X_test).to(device),
+        torch.from_numpy(dataset.y_test_levels),
+        problem,
+        batch_size=config.loop.eval_batch_size,
+    )
+    return problem, evaluator
+
+
+class Daemon:
+    """``streamcl serve``: one learner fed by one topic, checkpointed with its offsets."""
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        telemetry: Telemetry | None = None,
+        source_factory: SourceFactory = open_source,
+    ) -> None:
+        self.config = config
+        self.topic = config.kafka.topic
+        self.telemetry = telemetry or Telemetry()
+        self.source_factory = source_factory
+        if config.learner.threads is not None:
+            torch.set_num_threads(config.learner.threads)
+        self.problem, evaluator = build_problem(config)
+        name = config.learner.name
+        self.learner: Learner = registry.create(
+            name, self.problem, config.learner.options, resolve_device(config.learner.device)
+        )
+        self.loop = EventLoop(
+            self.learner,
+            self.problem,
+            config.loop,
+            evaluator=evaluator,
+            observers=[self.telemetry.observer(name), LoopLogger(name)],
+        )
+        self.decoder = Decoder(self.problem, config.messages.format, config.messages.max_bytes)
+        self.store = CheckpointStore(config.checkpoint.dir, config.checkpoint.keep)
+        self.store.remove_interrupted_writes()
+        # Next offset to learn, per partition: what the model has seen, checkpointed or not.
+        self.positions: dict[int, int] = {}
+        self.messages = 0
+        self.invalid: Counter[str] = Counter()
+        self.checkpointed_positions: dict[int, int] = {}
+        self.checkpointed_samples = 0
+        checkpoint = self.store.latest()
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        self.dead_letters = self._open_dead_letters(checkpoint)
+        self.watch = BrokerWatch(
+            self.telemetry,
+            config.kafka.probe_interval_seconds,
+            config.kafka.retry_backoff_seconds,
+            config.kafka.retry_backoff_max_seconds,
+        )
+        self.source: KafkaSource | None = None
+        self._stop = threading.Event()
+        self._last_checkpoint = time.monotonic()
+        self._next_lag_report = time.monotonic()
+
+    # -- set up -------------------------------------------------------------------------------
+
+    def _identity(self) -> dict[str, Any]:
+        """What a checkpoint must agree with to be resumed by this config."""
+        return {
+            "topic": self.topic,
+            "learner": self.config.learner.name,
+            "learner_config": self.learner.config.model_dump(mode="json"),
+            "input_shape": list(self.problem.input_shape),
+            "num_classes": list(self.problem.num_classes),
+        }
+
+    def _restore(self, checkpoint: Checkpoint) -> None:
+        meta = checkpoint.meta
+        saved = meta.get("identity", {})
+        for key, value in self._identity().items():
+            if saved.get(key) != value:
+                raise CheckpointError(
+                    f"{checkpoint.path} was written for {key}={saved.get(key)!r}, "
+                    f"the config asks for {value!r}; use another checkpoint.dir for a new model"
+                )
+        self.learner.load_state_dict(checkpoint.learner)
+        self.loop.load_state_dict(meta["loop"])
+        self.positions = {int(p): int(o) for p, o in meta["offsets"].items()}
+        self.messages = int(meta["counters"]["messages"])
+        self.invalid = Counter({k: int(v) for k, v in meta["counters"]["invalid"].items()})
+        self.checkpointed_positions = dict(self.positions)
+        self.checkpointed_samples = self.loop.samples_seen
+        log.info(
+            "checkpoint_loaded",
+            path=str(checkpoint.path),
+            samples=self.loop.samples_seen,
+            offsets=self.positions,
+        )
+
+    def _open_dead_letters(self, checkpoint: Checkpoint | None) -> DeadLetterSink:
+        target = self.config.dead_letter
+        limit = self.config.messages.max_bytes
+        if target.file is not None:
+            resume_at = None if checkpoint is None else checkpoint.meta.get("dead_letter_position")
+            return FileDeadLetters(target.file, limit, resume_at)
+        assert target.topic is not None
+        kafka = self.config.kafka
+        return TopicDeadLetters(
+            lambda: open_sink(kafka.client, kafka.bootstrap), target.topic, limit
+        )
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Finish the current batch, checkpoint and return from :meth:`run` (signal-safe)."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Serve until :meth:`stop`; then write a final checkpoint and leave the group."""
+        kafka = self.config.kafka
+        log.info(
+            "serving",
+            topic=self.topic,
+            group=kafka.group,
+            client=kafka.client,
+            learner=self.config.learner.name,
+            samples=self.loop.samples_seen,
+        )
+        try:
+            while not self._stop.is_set():
+                self.step()
+            self.checkpoint()
+        finally:
+            self.close()
+        log.info("stopped", samples=self.loop.samples_seen, messages=self.messages)
+
+    def connect(self) -> None:
+        """Join the consumer group (partitions arrive with the first polls); :class:`SourceError`
+        when the brokers cannot be reached (``step`` retries with backoff)."""
+        if self.source is None:
+            self.source = self.source_factory(self.config.kafka, self._assigned, self._client_error)
+
+    def close(self) -> None:
+        """Leave the group and close the dead-letter sink (no checkpoint: see :meth:`run`)."""
+        if self.source is not None:
+            self.source.close()
+            self.source = None
+        self.dead_letters.close()
+
+    def step(self) -> None:
+        """One poll: learn what came, checkpoint and probe when due."""
+        kafka = self.config.kafka
+        try:
+            self.connect()
+            assert self.source is not None
+            records = self.source.poll(kafka.max_poll_records, kafka.poll_timeout_seconds)
+        except SourceError as exc:
+            self._stop.wait(self.watch.failed(str(exc)))
+            return
+        assert self.source is not None
+        self.telemetry.progressed()  # the source answered: alive, even with nothing new
+        if records:
+            self.watch.alive()
+            self.learn(records)
+        if self._checkpoint_due():
+            self.checkpoint()
+        if self.watch.due():
+            self._probe()
+        elif time.monotonic() >= self._next_lag_report:
+            self._report_lag(self.source.highwater(self.source.assignment()))
+
+    def learn(self, records: list[Record]) -> None:
+        """Judge every record, dead-letter the bad ones, learn the good ones."""
+        good: list[Samples] = []
+        for record in records:
+            known = self.positions.get(record.partition)
+            if known is not None and record.offset < known:
+                continue  # learned already: a redelivery after a reconnect or rebalance
+            try:
+                good.append(self.decoder.decode(record.value))
+            except InvalidMessage as exc:
+                self.dead_letters.write(
+                    self.topic,
+                    record.partition,
+                    record.offset,
+                    record.value,
+                    exc.reason,
+                    exc.detail,
+                )
+                self.telemetry.invalid_message(exc.reason)
+                self.invalid[exc.reason] += 1
+                log.info(
+                    "invalid_message",
+                    reason=exc.reason,
+                    detail=exc.detail,
+                    topic=self.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                )
+            self.positions[record.partition] = record.offset + 1
+            self.messages += 1
+        last = records[-1]
+        # On every log line of the loop while these batches are learned, and only then.
+        with structlog.contextvars.bound_contextvars(
+            topic=self.topic, partition=last.partition, offset=last.offset
+        ):
+            for batch in micro_batches(good, self.config.loop.batch_size):
+                self.loop.process(batch)
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def _checkpoint_due(self) -> bool:
+        every = self.config.checkpoint
+        if self.loop.samples_seen - self.checkpointed_samples >= every.every_samples:
+            return True
+        changed = self.positions != self.checkpointed_positions
+        return changed and time.monotonic() - self._last_checkpoint >= every.every_seconds
+
+    def checkpoint(self) -> None:
+        """Write a checkpoint if anything changed since the last (a failure is retried later)."""
+        if self.positions == self.checkpointed_positions:
+            return
+        self._last_checkpoint = time.monotonic()
+        try:
+            self.dead_letters.sync()
+            meta = {
+                "streamcl_checkpoint": CHECKPOINT_FORMAT,
+                "created": time.time(),
+                "identity": self._identity(),
+                "group": self.config.kafka.group,
+                "offsets": {str(p): o for p, o in sorted(self.positions.items())},
+                "loop": self.loop.state_dict(),
+                "dead_letter_position": self.dead_letters.position(),
+                "counters": {
+                    "messages": self.messages,
+                    "samples": self.loop.samples_seen,
+                    "invalid": dict(self.invalid),
+                },
+            }
+            path = self.store.write(meta, self.learner.state_dict())
+        except (OSError, SinkError) as exc:
+            log.error("checkpoint_failed", problem=f"{type(exc).__name__}: {exc}")
+            return
+        self.checkpointed_positions = dict(self.positions)
+        self.checkpointed_samples = self.loop.samples_seen
+        self.telemetry.checkpoint_written()
+        log.info(
+            "checkpoint_written",
+            path=str(path),
+            samples=self.loop.samples_seen,
+            offsets=meta["offsets"],
+        )
+        if self.source is not None:
+            self.source.commit(self.positions)
+
+    # -- the group and the broker -------------------------------------------------------------
+
+    def _assigned(self, partitions: list[int]) -> dict[int, int]:
+        resume = {p: self.positions[p] for p in partitions if p in self.positions}
+        log.info("partitions_assigned", topic=self.topic, partitions=partitions, resume_at=resume)
+        return resume
+
+    def _client_error(self, problem: str) -> None:
+        log.warning("kafka_client_error", problem=problem)
+        self.watch.expedite()
+
+    def _probe(self) -> None:
+        assert self.source is not None
+        kafka = self.config.kafka
+        partitions = self.source.assignment() or [0]
+        # A probe blocks the loop: keep it well inside the poll interval the group enforces.
+        timeout = min(
+            kafka.request_timeout_ms / 1000, self.watch.interval, kafka.max_poll_interval_ms / 4000
+        )
+        try:
+            ends = self.source.end_offsets(partitions, timeout)
+        except SourceError as exc:
+            self.watch.failed(str(exc))
+            return
+        self.watch.succeeded()
+        self._report_lag(ends)
+
+    def _report_lag(self, ends: dict[int, int]) -> None:
+        self._next_lag_report = time.monotonic() + self.watch.interval
+        for partition, end in ends.items():
+            if partition in self.positions:
+                lag = max(end - self.positions[partition], 0)
+                self.telemetry.set_consumer_lag(self.topic, partition, lag)

@@ -1,0 +1,308 @@
+"""Reading a topic in a consumer group with kafka-python or confluent-kafka, behind one interface.
+
+The daemon owns the offsets: its checkpoint is the only record of what has been learned. So the
+sources never auto-commit and never start from the group's committed offsets. When the group
+assigns partitions (at start, after a rebalance, after a broker outage), the source asks the
+daemon where each one continues (``on_assign``) and seeks there; partitions the daemon does not
+know start from ``start_from``. ``commit`` exists for monitoring tools only.
+
+Both clients give the same behaviour: ``poll`` returns records in offset order per partition,
+``end_offsets`` asks the broker (and so doubles as a health probe), and broker trouble is
+reported through ``on_error`` or as :class:`SourceError`, never by exiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from stream.daemon.config import KafkaConfig
+
+# Partition -> offset to continue from, for the partitions the daemon knows.
+AssignHandler = Callable[[list[int]], dict[int, int]]
+ErrorHandler = Callable[[str], None]
+
+# librdkafka and kafka-python log through stdlib logging under this name.
+client_log = logging.getLogger("streamcl.kafka")
+
+
+@dataclass(frozen=True)
+class Record:
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+class SourceError(RuntimeError):
+    """A broker request that failed or timed out; the daemon retries with backoff."""
+
+
+class KafkaSource(ABC):
+    """One consumer of ``config.topic`` in group ``config.group``."""
+
+    def __init__(
+        self, config: KafkaConfig, on_assign: AssignHandler, on_error: ErrorHandler
+    ) -> None:
+        self.config = config
+        self.topic = config.topic
+        self.on_assign = on_assign
+        self.on_error = on_error
+
+    @abstractmethod
+    def poll(self, max_records: int, timeout: float) -> list[Record]:
+        """Up to ``max_records`` records, waiting up to ``timeout`` seconds for the first."""
+
+    @abstractmethod
+    def assignment(self) -> list[int]:
+        """Partitions assigned to this consumer now."""
+
+    @abstractmethod
+    def end_offsets(self, partitions: list[int], timeout: float) -> dict[int, int]:
+        """The broker's end offset per partition; :class:`SourceError` if it does not answer."""
+
+    @abstractmethod
+    def highwater(self, partitions: list[int]) -> dict[int, int]:
+        """The end offsets the last fetches reported (no request; partitions not fetched yet
+        are left out)."""
+
+    @abstractmethod
+    def commit(self, offsets: dict[int, int]) -> None:
+        """Tell the group how far the daemon has learned (for lag monitors; best effort)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Leave the group."""
+
+
+def open_source(
+    config: KafkaConfig, on_assign: AssignHandler, on_error: ErrorHandler
+) -> KafkaSource:
+    """The source for ``config.client``."""
+    if config.client == "confluent":
+        return ConfluentSource(config, on_assign, on_error)
+    return KafkaPythonSource(config, on_assign, on_error)
+
+
+class ConfluentSource(KafkaSource):
+    """confluent-kafka (librdkafka): fetches in background threads, the faster client."""
+
+    def __init__(
+        self, config: KafkaConfig, on_assign: AssignHandler, on_error: ErrorHandler
+    ) -> None:
+        super().__init__(config, on_assign, on_error)
+        import confluent_kafka as ck
+
+        self._ck = ck
+        settings = {
+            "bootstrap.servers": config.bootstrap,
+            "group.id": config.group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": config.start_from,
+            "session.timeout.ms": config.session_timeout_ms,
+            "heartbeat.interval.ms": config.heartbeat_interval_ms,
+            "max.poll.interval.ms": config.max_poll_interval_ms,
+            "socket.timeout.ms": config.request_timeout_ms,
+            # When the local queue is full (the learner is slower than the broker), librdkafka
+            # waits this long before fetching again; its default, a second, leaves the queue
+            # empty and the learner idle for most of that second.
+            "fetch.queue.backoff.ms": 10,
+            "error_cb": self._client_error,
+            "logger": client_log,
+            **config.options,
+        }
+        strategy = str(settings.get("partition.assignment.strategy", ""))
+        self._cooperative = "cooperative" in strategy
+        self.consumer = ck.Consumer(settings)
+        self.consumer.subscribe(
+            [config.topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
+        )
+
+    def _client_error(self, error: object) -> None:
+        self.on_error(str(error))
+
+    def _assigned(self, consumer: object, partitions: list) -> None:
+        ck = self._ck
+        resume = self.on_assign([tp.partition for tp in partitions])
+        start = ck.OFFSET_BEGINNING if self.config.start_from == "earliest" else ck.OFFSET_END
+        for tp in partitions:
+            tp.offset = resume.get(tp.partition, start)
+        if self._cooperative:
+            self.consumer.incremental_assign(partitions)
+        else:
+            self.consumer.assign(partitions)
+
+    def _revoked(self, consumer: object, partitions: list) -> None:
+        if self._cooperative:
+            self.consumer.incremental_unassign(partitions)
+        else:
+            self.consumer.unassign()
+
+    def poll(self, max_records: int, timeout: float) -> list[Record]:
+        ck = self._ck
+        try:
+            messages = self.consumer.consume(max_records, timeout)
+        except ck.KafkaException as exc:
+            raise SourceError(str(exc)) from None
+        records = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                partition, offset = message.partition(), message.offset()
+                assert partition is not None and offset is not None  # set on every fetched record
+                records.append(Record(partition, offset, message.value()))
+            elif error.code() != ck.KafkaError._PARTITION_EOF:
+                self.on_error(str(error))
+                if error.fatal():
+                    raise SourceError(str(error))
+        return records
+
+    def assignment(self) -> list[int]:
+        return sorted(tp.partition for tp in self.consumer.assignment())
+
+    def end_offsets(self, partitions: list[int], timeout: float) -> dict[int, int]:
+        ck = self._ck
+        deadline = time.monotonic() + timeout
+        ends = {}
+        for partition in partitions:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SourceError(f"end offsets not all answered within {timeout:g} s")
+            try:
+                _, high = self.consumer.get_watermark_offsets(
+                    ck.TopicPartition(self.topic, partition), timeout=left, cached=False
+                )
+            except ck.KafkaException as exc:
+                raise SourceError(f"end offset of partition {partition}: {exc}") from None
+            ends[partition] = int(high)
+        return ends
+
+    def highwater(self, partitions: list[int]) -> dict[int, int]:
+        ck = self._ck
+        ends = {}
+        for partition in partitions:
+            try:
+                _, high = self.consumer.get_watermark_offsets(
+                    ck.TopicPartition(self.topic, partition), cached=True
+                )
+            except ck.KafkaException:
+                continue
+            if high >= 0:
+                ends[partition] = int(high)
+        return ends
+
+    def commit(self, offsets: dict[int, int]) -> None:
+        ck = self._ck
+        assigned = set(self.assignment())
+        chosen = [ck.TopicPartition(self.topic, p, o) for p, o in offsets.items() if p in assigned]
+        if not chosen:
+            return
+        try:
+            self.consumer.commit(offsets=chosen, asynchronous=True)
+        except ck.KafkaException as exc:
+            client_log.debug("monitoring commit failed: %s", exc)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class KafkaPythonSource(KafkaSource):
+    """kafka-python: pure Python, the client the user named as the default."""
+
+    def __init__(
+        self, config: KafkaConfig, on_assign: AssignHandler, on_error: ErrorHandler
+    ) -> None:
+        super().__init__(config, on_assign, on_error)
+        import kafka
+        import kafka.errors
+
+        self._kafka = kafka
+        try:
+            self.consumer = kafka.KafkaConsumer(
+                bootstrap_servers=config.bootstrap.split(","),
+                group_id=config.group,
+                enable_auto_commit=False,
+                auto_offset_reset=config.start_from,
+                session_timeout_ms=config.session_timeout_ms,
+                heartbeat_interval_ms=config.heartbeat_interval_ms,
+                max_poll_interval_ms=config.max_poll_interval_ms,
+                request_timeout_ms=config.request_timeout_ms,
+                bootstrap_timeout_ms=config.request_timeout_ms,
+                **config.options,
+            )
+        except kafka.errors.KafkaError as exc:
+            # kafka-python meets the brokers in its constructor; confluent-kafka does it later.
+            raise SourceError(f"{type(exc).__name__}: {exc}") from None
+        source = self
+
+        class Listener(kafka.ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked: object) -> None:
+                """Nothing to do: what was learned stays learned and the positions stay known."""
+
+            def on_partitions_assigned(self, assigned: object) -> None:
+                source._assigned(list(assigned))  # type: ignore[call-overload]
+
+        self.consumer.subscribe([config.topic], listener=Listener())
+
+    def _assigned(self, partitions: list) -> None:
+        resume = self.on_assign([tp.partition for tp in partitions])
+        for tp in partitions:
+            if tp.partition in resume:
+                self.consumer.seek(tp, resume[tp.partition])
+            elif self.config.start_from == "earliest":
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek_to_end(tp)
+
+    def poll(self, max_records: int, timeout: float) -> list[Record]:
+        try:
+            batches = self.consumer.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
+        except self._kafka.errors.KafkaError as exc:
+            raise SourceError(f"{type(exc).__name__}: {exc}") from None
+        return [
+            Record(tp.partition, message.offset, message.value)
+            for tp, messages in batches.items()
+            for message in messages
+        ]
+
+    def assignment(self) -> list[int]:
+        return sorted(tp.partition for tp in self.consumer.assignment())
+
+    def end_offsets(self, partitions: list[int], timeout: float) -> dict[int, int]:
+        kafka = self._kafka
+        wanted = [kafka.TopicPartition(self.topic, p) for p in partitions]
+        try:
+            ends = self.consumer.end_offsets(wanted, timeout_ms=int(timeout * 1000))
+        except kafka.errors.KafkaError as exc:
+            raise SourceError(f"end offsets: {type(exc).__name__}: {exc}") from None
+        return {tp.partition: int(offset) for tp, offset in ends.items()}
+
+    def highwater(self, partitions: list[int]) -> dict[int, int]:
+        kafka = self._kafka
+        ends = {}
+        for partition in partitions:
+            high = self.consumer.highwater(kafka.TopicPartition(self.topic, partition))
+            if high is not None:
+                ends[partition] = int(high)
+        return ends
+
+    def commit(self, offsets: dict[int, int]) -> None:
+        kafka = self._kafka
+        assigned = set(self.assignment())
+        chosen = {
+            kafka.TopicPartition(self.topic, p): kafka.OffsetAndMetadata(o, "", -1)
+            for p, o in offsets.items()
+            if p in assigned
+        }
+        if not chosen:
+            return
+        try:
+            self.consumer.commit_async(chosen)
+        except kafka.errors.KafkaError as exc:
+            client_log.debug("monitoring commit failed: %s", exc)
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)

@@ -1,0 +1,74 @@
+"""The serve config: validated once, every error naming its field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stream.daemon.config import ServeConfig, ServeConfigError, load_serve_config
+from tests.stream.commands.serve_process import REPO
+
+MINIMAL = {
+    "kafka": {"bootstrap": "127.0.0.1:9092", "topic": "samples"},
+    "problem": {"input_shape": [64], "num_classes": [10]},
+    "learner": {"name": "nmc"},
+    "checkpoint": {"dir": "ckpt"},
+    "dead_letter": {"file": "dead.jsonl"},
+}
+
+
+def _write(tmp_path, config, suffix=".json"):
+    path = tmp_path / f"serve{suffix}"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_a_minimal_config_gets_defaults(tmp_path):
+    config = load_serve_config(_write(tmp_path, MINIMAL))
+    assert config.kafka.client == "kafka-python" and config.kafka.group == "streamcl"
+    assert config.messages.format == "auto" and config.loop.batch_size == 16
+
+
+def test_toml_works_too(tmp_path):
+    path = tmp_path / "serve.toml"
+    path.write_text(
+        '[kafka]\nbootstrap = "h:1"\ntopic = "t"\nclient = "confluent"\n'
+        '[evaluation]\ndataset = "digits"\n[learner]\nname = "nmc"\n'
+        '[checkpoint]\ndir = "c"\nevery_samples = 5\n[dead_letter]\ntopic = "dead"\n'
+    )
+    config = load_serve_config(path)
+    assert config.kafka.client == "confluent" and config.dead_letter.topic == "dead"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda c: c["kafka"].pop("topic"), "kafka.topic"),
+        (lambda c: c["kafka"].update(bootstrap="nohost"), "kafka.bootstrap"),
+        (lambda c: c["kafka"].update(client="java"), "kafka.client"),
+        (lambda c: c["kafka"].update(heartbeat_interval_ms=20_000), "kafka"),
+        (lambda c: c["checkpoint"].update(every_samples=0), "checkpoint.every_samples"),
+        (lambda c: c["dead_letter"].update(topic="dead"), "dead_letter"),
+        (lambda c: c["problem"].update(level_names=["a", "b"]), "problem"),
+        (lambda c: c.pop("problem"), "(root)"),
+        (lambda c: c.update(extra=1), "extra"),
+        (lambda c: c.update(loop={"batch_size": -1}), "loop.batch_size"),
+    ],
+)
+def test_errors_name_the_field(tmp_path, change, field):
+    config = json.loads(json.dumps(MINIMAL))
+    change(config)
+    with pytest.raises(ServeConfigError) as error:
+        load_serve_config(_write(tmp_path, config))
+    assert f"{field}:" in str(error.value) and "serve" in str(error.value)
+
+
+def test_the_model_validates_directly():
+    assert ServeConfig.model_validate(MINIMAL).problem.num_classes == [10]
+
+
+def test_the_deploy_config_is_a_valid_serve_config():
+    config = load_serve_config(REPO / "deploy" / "streamcl" / "serve.toml")
+    assert config.dead_letter.topic and config.evaluation.dataset == "digits"
+    assert (config.metrics.host, config.metrics.port) == ("0.0.0.0", 9100)

@@ -1,0 +1,321 @@
+"""The daemon's loop, in process, over an in-memory stand-in for the broker.
+
+These tests drive the exact code ``streamcl serve`` runs; only the Kafka client is replaced by
+``MemorySource``, which keeps the source contract (assign with resume offsets, poll in offset
+order, redeliver when rewound). The real-broker tests are in tests/stream/commands/test_serve.py.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from learners import registry
+from learners.base import Problem
+from stream.checkpoint import CheckpointError, CheckpointStore
+from stream.daemon.config import ServeConfig
+from stream.daemon.serve import Daemon
+from stream.kafka_source import KafkaSource, Record, SourceError
+from stream.wire import encode_binary, encode_json
+from tests.stream.malformed import malformed_messages
+
+PROBLEM = Problem(input_shape=(4,), num_classes=(3,))
+MAX_BYTES = 2048
+
+
+class MemorySource(KafkaSource):
+    """Partitions held in memory, behind the ``KafkaSource`` interface."""
+
+    def __init__(self, partitions: dict[int, list[bytes | None]]) -> None:
+        self.partitions = partitions
+        self.positions: dict[int, int] = {}
+        self.assigned = False
+        self.failing_polls = 0
+        self.committed: dict[int, int] = {}
+        self.assignments: list[dict[int, int]] = []
+        self.closed = False
+
+    def bind(self, config, on_assign, on_error) -> MemorySource:
+        self.config, self.topic, self.on_assign, self.on_error = (
+            config,
+            config.topic,
+            on_assign,
+            on_error,
+        )
+        return self
+
+    def poll(self, max_records: int, timeout: float) -> list[Record]:
+        if self.failing_polls:
+            self.failing_polls -= 1
+            raise SourceError("connection refused (test)")
+        if not self.assigned:
+            resume = self.on_assign(sorted(self.partitions))
+            self.assignments.append(resume)
+            self.positions = {p: resume.get(p, 0) for p in self.partitions}
+            self.assigned = True
+        records: list[Record] = []
+        while len(records) < max_records and not self.drained():
+            for partition, values in sorted(self.partitions.items()):
+                offset = self.positions[partition]
+                if offset < len(values) and len(records) < max_records:
+                    records.append(Record(partition, offset, values[offset]))
+                    self.positions[partition] += 1
+        return records
+
+    def rebalance(self) -> None:
+        self.assigned = False
+
+    def assignment(self) -> list[int]:
+        return sorted(self.partitions) if self.assigned else []
+
+    def end_offsets(self, partitions: list[int], timeout: float) -> dict[int, int]:
+        return {p: len(self.partitions[p]) for p in partitions}
+
+    def highwater(self, partitions: list[int]) -> dict[int, int]:
+        return self.end_offsets(partitions, 0.0)
+
+    def commit(self, offsets: dict[int, int]) -> None:
+        self.committed = dict(offsets)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def drained(self) -> bool:
+        return self.assigned and all(
+            self.positions[p] == len(v) for p, v in self.partitions.items()
+        )
+
+
+def _config(tmp_path, **overrides) -> ServeConfig:
+    raw = {
+        "kafka": {
+            "bootstrap": "127.0.0.1:9", "topic": "samples", "max_poll_records": 3,
+            "retry_backoff_seconds": 0.01, "retry_backoff_max_seconds": 0.02,
+        },
+        "problem": {"input_shape": [4], "num_classes": [3]},
+        "learner": {"name": "nmc"},
+        "checkpoint": {"dir": str(tmp_path / "ckpt"), "every_samples": 5, "every_seconds": 3600},
+        "dead_letter": {"file": str(tmp_path / "dead.jsonl")},
+        "messages": {"max_bytes": MAX_BYTES},
+        "loop": {"batch_size": 4},
+    }  # fmt: skip
+    for section, values in overrides.items():
+        raw[section].update(values)
+    return ServeConfig.model_validate(raw)
+
+
+def _topic(seed: int = 0):
+    """Two partitions of valid messages (JSON and binary) with every malformed kind mixed in.
+
+    Returns the partitions, the valid samples ``(x, y)`` and the expected ``(partition, offset,
+    reason)`` dead letters. A sample's first feature is its id, so the audit can tell them apart.
+    """
+    rng = np.random.default_rng(seed)
+    bad = malformed_messages(PROBLEM, MAX_BYTES)
+    partitions: dict[int, list[bytes | None]] = {0: [], 1: []}
+    xs, ys, letters = [], [], []
+    next_id = 0
+    for i in range(24):
+        partition = i % 2
+        if i % 3 == 2 and bad:
+            reason, message = bad.pop()
+            letters.append((partition, len(partitions[partition]), reason))
+            partitions[partition].append(message)
+            continue
+        n = 1 if i % 2 else 3
+        x = rng.normal(size=(n, 4)).astype(np.float32)
+        x[:, 0] = np.arange(next_id, next_id + n)
+        y = rng.integers(0, 3, n)
+        next_id += n
+        message = encode_json(x[0], int(y[0])) if n == 1 else encode_binary(x, y)
+        partitions[partition].append(message)
+        xs.append(x)
+        ys.append(y)
+    for reason, message in bad:
+        letters.append((1, len(partitions[1]), reason))
+        partitions[1].append(message)
+    return partitions, np.concatenate(xs), np.concatenate(ys), letters
+
+
+def _reference(x: np.ndarray, y: np.ndarray):
+    learner = registry.create("nmc", PROBLEM)
+    learner.learn(torch.from_numpy(x), torch.from_numpy(y), torch.zeros(len(y), dtype=torch.long))
+    return learner
+
+
+def _assert_same_model(learner, reference) -> None:
+    for mine, theirs in zip(
+        learner.sums + learner.counts, reference.sums + reference.counts, strict=True
+    ):
+        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=0)
+
+
+def _drain(daemon: Daemon, source: MemorySource, limit: int = 1000) -> None:
+    daemon.connect()
+    for _ in range(limit):
+        daemon.step()
+        if source.drained():
+            return
+    raise AssertionError("the source was not drained")
+
+
+def _letters(tmp_path):
+    lines = (tmp_path / "dead.jsonl").read_text().splitlines()
+    return [(d["partition"], d["offset"], d["reason"]) for d in map(json.loads, lines)]
+
+
+def test_bad_messages_are_dead_lettered_and_only_valid_ones_learned(tmp_path):
+    partitions, x, y, letters = _topic()
+    source = MemorySource(partitions)
+    daemon = Daemon(_config(tmp_path), source_factory=source.bind)
+    _drain(daemon, source)
+    daemon.checkpoint()
+    daemon.close()
+    _assert_same_model(daemon.learner, _reference(x, y))
+    assert daemon.loop.samples_seen == len(y)
+    assert sorted(_letters(tmp_path)) == sorted(letters) and len(letters) >= 10
+    registry_ = daemon.telemetry.registry
+    for reason in {r for _, _, r in letters}:
+        expected = sum(r == reason for _, _, r in letters)
+        assert (
+            registry_.get_sample_value("streamcl_invalid_messages_total", {"reason": reason})
+            == expected
+        )
+    assert registry_.get_sample_value("streamcl_samples_total", {"learner": "nmc"}) == len(y)
+    assert daemon.positions == {p: len(v) for p, v in partitions.items()}
+    assert source.committed == daemon.positions
+
+
+def test_redelivered_records_are_not_learned_again(tmp_path):
+    partitions, x, y, letters = _topic()
+    source = MemorySource(partitions)
+    daemon = Daemon(_config(tmp_path), source_factory=source.bind)
+    _drain(daemon, source)
+    source.positions = {0: 1, 1: 0}  # a client that fetches from old positions after a reconnect
+    _drain(daemon, source)
+    daemon.close()
+    _assert_same_model(daemon.learner, _reference(x, y))
+    assert daemon.loop.samples_seen == len(y) and len(_letters(tmp_path)) == len(letters)
+
+
+def test_a_rebalance_resumes_each_partition_where_learning_stopped(tmp_path):
+    partitions, x, y, _ = _topic()
+    source = MemorySource(partitions)
+    daemon = Daemon(_config(tmp_path), source_factory=source.bind)
+    daemon.connect()
+    for _ in range(3):
+        daemon.step()
+    learned_up_to = dict(daemon.positions)
+    source.rebalance()
+    _drain(daemon, source)
+    daemon.close()
+    assert source.assignments == [{}, learned_up_to]
+    _assert_same_model(daemon.learner, _reference(x, y))
+
+
+def test_a_restart_continues_from_the_checkpoint_and_learns_each_message_once(tmp_path):
+    partitions, x, y, letters = _topic()
+    first_source = MemorySource(partitions)
+    first = Daemon(
+        _config(tmp_path, checkpoint={"every_samples": 10}), source_factory=first_source.bind
+    )
+    first.connect()
+    for _ in range(4):
+        first.step()
+    checkpointed = dict(first.checkpointed_positions)
+    assert checkpointed and first.positions != checkpointed  # learned beyond the checkpoint
+    first.close()  # a crash: no final checkpoint
+
+    source = MemorySource(partitions)
+    second = Daemon(_config(tmp_path), source_factory=source.bind)
+    assert second.positions == checkpointed
+    _drain(second, source)
+    second.checkpoint()
+    second.close()
+    assert source.assignments == [checkpointed]
+    _assert_same_model(second.learner, _reference(x, y))
+    assert second.loop.samples_seen == len(y)
+    assert sorted(_letters(tmp_path)) == sorted(letters)
+    meta = CheckpointStore(tmp_path / "ckpt").latest().meta
+    assert meta["counters"]["samples"] == len(y)
+    assert meta["counters"]["messages"] == sum(len(v) for v in partitions.values())
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path):
+    partitions, *_ = _topic()
+    source = MemorySource(partitions)
+    daemon = Daemon(_config(tmp_path), source_factory=source.bind)
+    _drain(daemon, source)
+    daemon.checkpoint()
+    daemon.close()
+    with pytest.raises(CheckpointError, match="learner_config"):
+        Daemon(_config(tmp_path, learner={"options": {"normalize": True}}))
+    with pytest.raises(CheckpointError, match="topic"):
+        Daemon(_config(tmp_path, kafka={"topic": "other"}))
+
+
+def test_broker_failures_back_off_are_reported_and_lose_nothing(tmp_path):
+    partitions, x, y, _ = _topic()
+    source = MemorySource(partitions)
+    source.failing_polls = 3
+    daemon = Daemon(_config(tmp_path), source_factory=source.bind)
+    daemon.connect()
+    for _ in range(3):
+        daemon.step()
+    assert daemon.telemetry.registry.get_sample_value("streamcl_broker_up") == 0
+    assert daemon.watch.failures == 3 and daemon.loop.samples_seen == 0
+    _drain(daemon, source)
+    daemon.watch.next_probe = 0
+    daemon.step()
+    assert daemon.telemetry.registry.get_sample_value("streamcl_broker_up") == 1
+    daemon.close()
+    _assert_same_model(daemon.learner, _reference(x, y))
+
+
+def test_stop_finishes_the_batch_checkpoints_and_returns(tmp_path):
+    partitions, x, y, _ = _topic()
+    source = MemorySource(partitions)
+    daemon = Daemon(
+        _config(
+            tmp_path, checkpoint={"every_samples": 10_000}, kafka={"poll_timeout_seconds": 0.01}
+        ),
+        source_factory=source.bind,
+    )
+    runner = threading.Thread(target=daemon.run)
+    runner.start()
+    while not source.drained():
+        runner.join(0.01)
+    daemon.stop()
+    runner.join(10)
+    assert not runner.is_alive() and source.closed
+    latest = CheckpointStore(tmp_path / "ckpt").latest()
+    assert {int(p): o for p, o in latest.meta["offsets"].items()} == daemon.positions
+    assert latest.meta["loop"]["samples_seen"] == len(y)
+    restored = registry.create("nmc", PROBLEM)
+    restored.load_state_dict(latest.learner)
+    _assert_same_model(restored, _reference(x, y))
+
+
+def test_brokers_unreachable_at_start_are_retried_until_they_answer(tmp_path):
+    partitions, x, y, _ = _topic()
+    source = MemorySource(partitions)
+    attempts = []
+
+    def factory(config, on_assign, on_error):
+        attempts.append(1)
+        if len(attempts) <= 2:
+            raise SourceError("Unable to bootstrap (test)")
+        return source.bind(config, on_assign, on_error)
+
+    daemon = Daemon(_config(tmp_path), source_factory=factory)
+    for _ in range(2):
+        daemon.step()
+    assert daemon.source is None and daemon.watch.up is False
+    _drain(daemon, source)
+    daemon.close()
+    assert len(attempts) == 3
+    _assert_same_model(daemon.learner, _reference(x, y))
