@@ -11,9 +11,10 @@ keeps R = (HᵀH + γI)⁻¹ and updates R and W per batch with the Woodbury ide
 eqs. 9-10). :class:`RecursiveRidge` instead keeps the sufficient statistics G = HᵀH, Q = HᵀY and
 per-class counts (float64), which a batch updates with one rank-B product, which two learners
 merge by addition, and which a checkpoint stores exactly. G is symmetric, so the head updates and
-reads only its lower triangle (:mod:`learners.cholesky`: a ``syrk``-like update and a blocked
-Cholesky, each about half the work of the full-matrix torch call); a checkpoint holds the full
-symmetric G. The solution is solved lazily:
+reads only its lower triangle (:mod:`learners.gram`: a ``syrk``-like update with about half the
+flops of the full product; :mod:`learners.cholesky`: a blocked Cholesky factorisation, several
+times faster than ``torch.linalg.cholesky`` on a CPU); a checkpoint holds the full symmetric G.
+The solution is solved lazily:
 
 - :class:`CholeskySolution` factorises G + γI once (Cholesky) and keeps W exact while rows
   arrive by the block form of the same Woodbury identity, W = W₀ + V S⁻¹ (Y_U − U W₀) with
@@ -44,7 +45,8 @@ from torch import nn
 
 from learners.backbones import BackboneConfig, build_backbone
 from learners.base import Learner, LearnerConfig, LearnerState, Problem
-from learners.cholesky import NotPositiveDefinite, add_gram, cholesky, cholesky_solve, symmetric
+from learners.cholesky import NotPositiveDefinite, cholesky, cholesky_solve
+from learners.gram import add_gram, symmetric
 from learners.torch_state import load_module_tensors, module_tensors
 
 Solver = Literal["lazy", "woodbury"]
@@ -232,7 +234,8 @@ class RecursiveRidge:
 
     The lazy head keeps G = HᵀH in the lower triangle (diagonal included) of ``_G`` only; the
     strict upper triangle is stale, so everything that reads ``_G`` reads its lower triangle
-    (:func:`learners.cholesky.cholesky`, merging by addition) or goes through :meth:`gram`.
+    (:func:`learners.cholesky.cholesky`, merging by addition) or goes through :meth:`gram`
+    (:func:`learners.gram.symmetric`).
     The Cholesky factor is written into one d×d buffer reused by every solve.
     """
 
