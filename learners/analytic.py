@@ -11,8 +11,8 @@ keeps R = (HᵀH + γI)⁻¹ and updates R and W per batch with the Woodbury ide
 eqs. 9-10). :class:`RecursiveRidge` instead keeps the sufficient statistics G = HᵀH, Q = HᵀY and
 per-class counts (float64), which a batch updates with one rank-B product, which two learners
 merge by addition, and which a checkpoint stores exactly. G is symmetric, so the head updates and
-reads only its lower triangle (:mod:`learners.gram`: a ``syrk``-like update with about half the
-flops of the full product; :mod:`learners.cholesky`: a blocked Cholesky factorisation, several
+reads only its lower triangle (:mod:`learners.gram`: a ``syrk``-like update with about 60% of
+the flops of the full product; :mod:`learners.cholesky`: a blocked Cholesky factorisation, several
 times faster than ``torch.linalg.cholesky`` on a CPU); a checkpoint holds the full symmetric G.
 The solution is solved lazily:
 

@@ -138,10 +138,10 @@ def test_non_finite_features_give_one_clear_error(bad):
 
 
 def test_head_wider_than_a_block_equals_joint_ridge():
-    """d = 300 spans two 256-row blocks of the lower-triangle Gram update and of the blocked
-    Cholesky (a full one and a partial one), as d = 2048 or 8192 spans several."""
-    H, labels, Y = rows(500, dim=300)
-    left, right = RecursiveRidge(300, 6, GAMMA), RecursiveRidge(300, 6, GAMMA)
+    """d = 600 spans two 512-row blocks of the lower-triangle Gram update and three 256-row
+    blocks of the blocked Cholesky (the last one partial), as d = 2048 or 8192 spans several."""
+    H, labels, Y = rows(500, dim=600)
+    left, right = RecursiveRidge(600, 6, GAMMA), RecursiveRidge(600, 6, GAMMA)
     for start in range(0, 260, 37):
         left.fit_labels(H[start : min(start + 37, 260)], labels[start : min(start + 37, 260)])
         left.weights()  # every batch predicted: appended rows, then a new factorisation
@@ -151,7 +151,7 @@ def test_head_wider_than_a_block_equals_joint_ridge():
     assert relative_error(left.weights(), joint_ridge(H, Y)) <= 1e-10
     assert relative_error(left.gram(), H.T @ H) <= 1e-14
     assert torch.equal(left.gram(), left.gram().mT)
-    restored = RecursiveRidge(300, 6, GAMMA)
+    restored = RecursiveRidge(600, 6, GAMMA)
     restored.load_tensors("h", left.tensors("h"))
     left.drop_cache()
     assert torch.equal(restored.weights(), left.weights())
