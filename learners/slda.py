@@ -26,9 +26,9 @@ from typing import Self
 import torch
 from pydantic import Field
 
-from learners.analytic import cholesky_solve
 from learners.backbones import BackboneConfig, build_backbone
 from learners.base import Learner, LearnerConfig, LearnerState, Problem
+from learners.cholesky import cholesky_solve
 from learners.torch_state import load_module_tensors, module_tensors
 
 

@@ -119,16 +119,43 @@ def test_tensors_round_trip(solver):
     head = RecursiveRidge(48, 6, GAMMA, solver)
     head.fit_labels(H, labels)
     restored = RecursiveRidge(48, 6, GAMMA, solver)
-    restored.load_tensors("h", head.tensors("h"))
+    saved = head.tensors("h")
+    restored.load_tensors("h", saved)
     head.drop_cache()
     assert torch.equal(head.weights(), restored.weights())
+    assert all(torch.equal(saved[k], v) for k, v in restored.tensors("h").items())
     other = "woodbury" if solver == "lazy" else "lazy"
     with pytest.raises(KeyError, match="solver"):
         RecursiveRidge(48, 6, GAMMA, other).load_tensors("h", head.tensors("h"))
 
 
-def test_non_finite_features_give_one_clear_error():
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_features_give_one_clear_error(bad):
     head = RecursiveRidge(4, 2, GAMMA)
-    head.fit_labels(torch.full((2, 4), float("nan"), dtype=torch.float64), torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match="positive definite"):
+    head.fit_labels(torch.full((2, 4), bad, dtype=torch.float64), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="ridge statistics are not positive definite"):
         head.weights()
+
+
+def test_head_wider_than_a_block_equals_joint_ridge():
+    """d = 600 spans two 512-row blocks of the lower-triangle Gram update and three 256-row
+    blocks of the blocked Cholesky (the last one partial), as d = 2048 or 8192 spans several."""
+    H, labels, Y = rows(500, dim=600)
+    left, right = RecursiveRidge(600, 6, GAMMA), RecursiveRidge(600, 6, GAMMA)
+    for start in range(0, 260, 37):
+        left.fit_labels(H[start : min(start + 37, 260)], labels[start : min(start + 37, 260)])
+        left.weights()  # every batch predicted: appended rows, then a new factorisation
+    right.fit_labels(H[260:], labels[260:])
+    assert relative_error(right.weights(), joint_ridge(H[260:], Y[260:])) <= 1e-10
+    left.merge(right)
+    assert relative_error(left.weights(), joint_ridge(H, Y)) <= 1e-10
+    assert relative_error(left.gram(), H.T @ H) <= 1e-14
+    assert torch.equal(left.gram(), left.gram().mT)
+    restored = RecursiveRidge(600, 6, GAMMA)
+    restored.load_tensors("h", left.tensors("h"))
+    left.drop_cache()
+    assert torch.equal(restored.weights(), left.weights())
+    augmented = restored.augmented([(H[:50], Y[:50])])
+    expected = joint_ridge(torch.cat([H, H[:50]]), torch.cat([Y, Y[:50]]))
+    assert relative_error(augmented.weights(), expected) <= 1e-10
+    assert torch.equal(restored.weights(), left.weights())
