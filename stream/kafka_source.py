@@ -106,6 +106,7 @@ class ConfluentSource(KafkaSource):
             "heartbeat.interval.ms": config.heartbeat_interval_ms,
             "max.poll.interval.ms": config.max_poll_interval_ms,
             "socket.timeout.ms": config.request_timeout_ms,
+            "fetch.wait.max.ms": config.fetch_max_wait_ms,
             # When the local queue is full (the learner is slower than the broker), librdkafka
             # waits this long before fetching again; its default, a second, leaves the queue
             # empty and the learner idle for most of that second.
@@ -231,6 +232,7 @@ class KafkaPythonSource(KafkaSource):
                 max_poll_interval_ms=config.max_poll_interval_ms,
                 request_timeout_ms=config.request_timeout_ms,
                 bootstrap_timeout_ms=config.request_timeout_ms,
+                fetch_max_wait_ms=config.fetch_max_wait_ms,
                 **config.options,
             )
         except kafka.errors.KafkaError as exc:

@@ -55,6 +55,12 @@ class KafkaConfig(_Section):
         30_000, gt=0, description="also the group's rebalance timeout"
     )
     request_timeout_ms: int = Field(15_000, gt=0)
+    fetch_max_wait_ms: int = Field(
+        500,
+        gt=0,
+        description="how long the broker holds a fetch open when no data is there; requests "
+        "on the same connection (the end-offset probe) queue behind it",
+    )
     max_poll_records: int = Field(1_000, gt=0, description="messages taken per poll")
     poll_timeout_seconds: float = Field(0.5, gt=0)
     probe_interval_seconds: float = Field(
@@ -82,6 +88,8 @@ class KafkaConfig(_Section):
             raise ValueError("heartbeat_interval_ms must be smaller than session_timeout_ms")
         if self.session_timeout_ms > self.max_poll_interval_ms:
             raise ValueError("session_timeout_ms must not exceed max_poll_interval_ms")
+        if self.fetch_max_wait_ms >= self.request_timeout_ms:
+            raise ValueError("fetch_max_wait_ms must be smaller than request_timeout_ms")
         if self.retry_backoff_seconds > self.retry_backoff_max_seconds:
             raise ValueError("retry_backoff_seconds must not exceed retry_backoff_max_seconds")
         return self

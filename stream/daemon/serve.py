@@ -355,8 +355,16 @@ class Daemon:
         kafka = self.config.kafka
         partitions = self.source.assignment() or [0]
         # A probe blocks the loop: keep it well inside the poll interval the group enforces.
-        timeout = min(
-            kafka.request_timeout_ms / 1000, self.watch.interval, kafka.max_poll_interval_ms / 4000
+        # But each partition's end-offset request may wait behind a fetch the broker holds
+        # open for fetch_max_wait_ms on an idle topic: a shorter timeout reported an idle,
+        # healthy broker as down.
+        timeout = max(
+            min(
+                kafka.request_timeout_ms / 1000,
+                self.watch.interval,
+                kafka.max_poll_interval_ms / 4000,
+            ),
+            len(partitions) * (kafka.fetch_max_wait_ms / 1000 + 0.5),
         )
         try:
             ends = self.source.end_offsets(partitions, timeout)

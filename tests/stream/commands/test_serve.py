@@ -229,14 +229,22 @@ def times_learned(process: ServeProcess) -> np.ndarray:
 
 
 def crash_five_times(daemon: ServeProcess, total_messages: int, seed: str) -> list[int]:
-    """Start the daemon and ``kill -9`` it at a random moment after it has learned something,
-    five times; the messages its latest checkpoint covered at each kill."""
+    """Start the daemon and ``kill -9`` it five times, each time just after a checkpoint that
+    covers a random number of messages past the last kill's (drawn in the first half of the
+    stream, so every run makes progress and every kill comes before the end however fast the
+    machine is); the messages its latest checkpoint covered at each kill."""
     rng = random.Random(seed)
-    durable = []
-    for _ in range(5):
+    marks = sorted(rng.sample(range(total_messages // 10, total_messages // 2), 5))
+    durable: list[int] = []
+    for mark in marks:
         daemon.start()
-        daemon.wait_for(lambda e: e["event"] == "checkpoint_written", timeout=120)
-        time.sleep(rng.uniform(0.0, 0.25))
+        daemon.wait_for(
+            lambda e, mark=mark: (
+                e["event"] == "checkpoint_written" and sum(e["offsets"].values()) >= mark
+            ),
+            timeout=120,
+        )
+        time.sleep(rng.uniform(0.0, 0.02))
         daemon.kill9()
         offsets = daemon.latest_checkpoint().meta["offsets"]
         durable.append(sum(offsets.values()))
@@ -394,6 +402,28 @@ def test_a_broker_stopped_for_20_s_is_survived_reported_and_nothing_is_lost(star
         assert (learned == 1).all(), (
             f"{daemon.log_path.stem}: ids learned {sorted(set(learned.tolist()))} times"
         )
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_an_idle_daemon_at_the_end_of_the_topic_reports_the_broker_up(
+    kafka_broker, tmp_path, client
+):
+    """End-offset probes on an idle topic queue behind fetches the broker holds open; they
+    once timed out and an idle, healthy broker was reported down."""
+    topic = Topic(kafka_broker.bootstrap, f"idle-{client}", partitions=2)
+    publish_audit(topic, range(40), per_message=4)
+    config = audit_config(tmp_path, "idle", kafka_broker.bootstrap, topic.name, client)
+    daemon = ServeProcess(config, tmp_path, "idle")
+    try:
+        daemon.start()
+        daemon.wait_until_learned(topic.ends, timeout=60)
+        time.sleep(4 * config["kafka"]["probe_interval_seconds"])  # several probes while idle
+        events = [e["event"] for e in daemon.events()]
+        assert "broker_unreachable" not in events, daemon.tail()
+        assert scrape(daemon)["streamcl_broker_up"] == 1.0
+        assert daemon.terminate() == 0
+    finally:
+        daemon.stop()
 
 
 def test_a_bad_config_is_one_line_and_exit_2(tmp_path, capsys):
