@@ -1,14 +1,14 @@
 """deploy/grafana/dashboards/streamcl.json: valid Grafana JSON, and every query returns data.
 
 The structural tests read the JSON. The end-to-end tests start a real Prometheus (Debian
-package ``prometheus``) scraping a running ``streamcl replay --metrics-port`` every 250 ms, then
-run every panel query and every variable query through Prometheus' HTTP API.
+package ``prometheus``) scraping, every 250 ms, a running ``streamcl replay --metrics-port`` and
+a ``streamcl serve`` daemon learning a published stream (with malformed messages) from a real
+Kafka-compatible broker (tansu), then run every panel query and every variable query through
+Prometheus' HTTP API, and each must return finite data.
 
 Which process answers which query: a replay exports every series except the daemon's
 (``DAEMON_METRICS``: consumer lag, invalid messages, checkpoint time, broker state), which it
-leaves absent rather than faking; the tests assert exactly that. When ``streamcl serve`` lands
-(issue 7), a fixture that runs it against a broker and adds its address to the Prometheus
-targets turns ``test_daemon_queries_have_no_replay_data`` into "daemon queries return data".
+leaves absent rather than faking; the daemon exports those too. The tests check both.
 """
 
 from __future__ import annotations
@@ -27,9 +27,15 @@ from typing import Any
 import numpy as np
 import pytest
 
+from stream.datasets import load_dataset
+from stream.kafka_sink import open_sink
+from stream.stream_file import read_stream
 from stream.telemetry import Telemetry
+from stream.wire import encode_binary
 from tests.digits_stream import write_digits_stream
 from tests.prometheus_server import PrometheusServer, all_finite, free_port, get_json
+from tests.stream.commands.serve_process import FAST_GROUP, ServeProcess
+from tests.stream.malformed import malformed_messages
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD_PATH = ROOT / "deploy" / "grafana" / "dashboards" / "streamcl.json"
@@ -192,7 +198,8 @@ def test_queries_split_into_replay_and_daemon_ones():
 
 
 class ScrapedReplay:
-    """A replay lingering after its stream, and the Prometheus that scraped it."""
+    """A replay lingering after its stream, a daemon idle after its topic, and the Prometheus
+    that scraped both."""
 
     def __init__(
         self, prometheus: PrometheusServer, port: int, logs: Path, task_sizes: list[int]
@@ -202,14 +209,73 @@ class ScrapedReplay:
         self.logs = logs
         self.task_sizes = task_sizes
         self.results: dict[str, Any] = {}
+        self.daemon_port = 0
+        self.invalid_reasons: dict[str, int] = {}
+
+
+DAEMON_TOPIC = "dashboard"
+MAX_BYTES = 16_384  # the daemon's message size limit, so the "oversized" bad message is one
+
+
+class Publisher:
+    """Sends the recorded stream to the daemon's topic in binary micro-batches of 32, with
+    malformed messages before and after it."""
+
+    def __init__(self, bootstrap: str, stream_path: Path) -> None:
+        self.sink = open_sink("confluent", bootstrap)
+        assert self.sink.ensure_topic(DAEMON_TOPIC, 1) == 1
+        dataset = load_dataset("digits")
+        stream = read_stream(stream_path)
+        x = dataset.X_train[np.asarray(stream.row)]
+        y, level = np.asarray(stream.y), np.asarray(stream.level)
+        self.messages = [
+            encode_binary(x[i : i + 32], y[i : i + 32], level[i : i + 32])
+            for i in range(0, len(y), 32)
+        ]
+        self.bad = malformed_messages(dataset.problem(), MAX_BYTES)[:4]
+        self.reasons: dict[str, int] = {}
+        for reason, _ in self.bad:
+            self.reasons[reason] = self.reasons.get(reason, 0) + 1
+
+    def send(self, part: int) -> None:
+        """Part 0: two bad messages and the first half; part 1: the rest and two bad ones."""
+        half = len(self.messages) // 2
+        chosen = (
+            [m for _, m in self.bad[:2]] + self.messages[:half]
+            if part == 0
+            else self.messages[half:] + [m for _, m in self.bad[2:]]
+        )
+        for message in chosen:
+            self.sink.send(DAEMON_TOPIC, message, partition=0)
+        self.sink.flush()
+
+
+def start_daemon(tmp: Path, bootstrap: str, port: int) -> ServeProcess:
+    """``streamcl serve`` (nmc) on the dashboard topic, with its metrics on ``port``."""
+    config = {
+        "kafka": {"bootstrap": bootstrap, "topic": DAEMON_TOPIC, "group": "dashboard",
+                  "client": "confluent", **FAST_GROUP},
+        "problem": {"input_shape": [1, 8, 8], "num_classes": [10]},
+        "learner": {"name": "nmc"},
+        "checkpoint": {"dir": str(tmp / "daemon-ckpt"), "every_seconds": 0.3},
+        "dead_letter": {"file": str(tmp / "daemon-dead.jsonl")},
+        "messages": {"max_bytes": MAX_BYTES},
+        "metrics": {"port": port, "stall_seconds": 60},
+    }  # fmt: skip
+    daemon = ServeProcess(config, tmp, "daemon")
+    daemon.start()
+    return daemon
 
 
 @pytest.fixture(scope="module")
-def scraped_replay(tmp_path_factory):
+def scraped_replay(tmp_path_factory, kafka_broker):
     tmp = tmp_path_factory.mktemp("prometheus-e2e")
-    port = free_port()
-    prometheus = PrometheusServer(tmp / "prometheus", [f"127.0.0.1:{port}"])
+    port, daemon_port = free_port(), free_port()
+    prometheus = PrometheusServer(
+        tmp / "prometheus", [f"127.0.0.1:{port}", f"127.0.0.1:{daemon_port}"]
+    )
     process: subprocess.Popen | None = None
+    daemon: ServeProcess | None = None
     try:
         task_sizes = write_digits_stream(tmp / "digits.scl")
         out = tmp / "run"
@@ -227,6 +293,15 @@ def scraped_replay(tmp_path_factory):
                 command, cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=stderr
             )
         replay = ScrapedReplay(prometheus, port, logs, task_sizes)
+        # The daemon learns the stream in two halves with a scrape between them, so its
+        # update-latency rates have an increase to show, as a live daemon's do.
+        publisher = Publisher(kafka_broker.bootstrap, tmp / "digits.scl")
+        replay.invalid_reasons = publisher.reasons
+        replay.daemon_port = daemon_port
+        daemon = start_daemon(tmp, kafka_broker.bootstrap, daemon_port)
+        publisher.send(0)
+        prometheus.wait_for('streamcl_samples_total{learner="nmc"}', bool, timeout=120)
+        publisher.send(1)
         deadline = time.monotonic() + 300
         # The replay logs metrics_linger once results.json is written.
         while '"metrics_linger"' not in logs.read_text():
@@ -236,8 +311,20 @@ def scraped_replay(tmp_path_factory):
             time.sleep(0.2)
         replay.results = json.loads((out / "results.json").read_text())
         samples = replay.results["samples"]
-        # The final values are in Prometheus once a scrape after the end has happened.
-        prometheus.wait_for("streamcl_samples_total", lambda v: v == [samples], timeout=60)
+        # The final values are in Prometheus once a scrape after the end has happened: the
+        # replay's, and the daemon's once it has learned the whole topic and checkpointed.
+        prometheus.wait_for(
+            'streamcl_samples_total{learner="er"}', lambda v: v == [samples], timeout=60
+        )
+        prometheus.wait_for(
+            'streamcl_samples_total{learner="nmc"}', lambda v: v == [samples], timeout=120
+        )
+        prometheus.wait_for("streamcl_last_checkpoint_timestamp_seconds", bool, timeout=60)
+        prometheus.wait_for(
+            "sum(streamcl_invalid_messages_total)",
+            lambda v: v == [sum(replay.invalid_reasons.values())],
+            timeout=60,
+        )
         yield replay
     finally:
         if process is not None:
@@ -247,6 +334,8 @@ def scraped_replay(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        if daemon is not None:
+            daemon.stop()
         prometheus.stop()
 
 
@@ -256,7 +345,8 @@ def test_replay_scraped_while_learning(scraped_replay):
     p = scraped_replay.prometheus
     total = scraped_replay.results["samples"]
     during = p.values(
-        f"count_over_time((streamcl_samples_total > 0 < {total})[{RATE_INTERVAL}:250ms])"
+        f'count_over_time((streamcl_samples_total{{learner="er"}} > 0 < {total})'
+        f"[{RATE_INTERVAL}:250ms])"
     )
     assert during and during[0] >= 2, during
 
@@ -270,9 +360,28 @@ def test_replay_query_returns_data(scraped_replay, query_id, expr):
 
 @pytest.mark.prometheus
 @pytest.mark.parametrize(("query_id", "expr"), DAEMON_QUERIES, ids=[q for q, _ in DAEMON_QUERIES])
-def test_daemon_queries_have_no_replay_data(scraped_replay, query_id, expr):
-    """A replay has no consumer, dead letters, broker or checkpoints, and exports none of them."""
-    assert scraped_replay.prometheus.query(substitute(expr)) == []
+def test_daemon_query_returns_data(scraped_replay, query_id, expr):
+    values = scraped_replay.prometheus.values(substitute(expr))
+    assert all_finite(values), f"{query_id}: {substitute(expr)} -> {values}"
+
+
+@pytest.mark.prometheus
+@pytest.mark.parametrize("metric", sorted(DAEMON_METRICS))
+def test_the_replay_exports_no_daemon_series(scraped_replay, metric):
+    """A replay has no consumer, dead letters, broker or checkpoints, and fakes none of them."""
+    replay = f'{{instance="127.0.0.1:{scraped_replay.port}"}}'
+    daemon = f'{{instance="127.0.0.1:{scraped_replay.daemon_port}"}}'
+    assert scraped_replay.prometheus.query(f"{metric}{replay}") == []
+    assert scraped_replay.prometheus.query(f"{metric}{daemon}") != []
+
+
+@pytest.mark.prometheus
+def test_the_daemon_counts_invalid_messages_by_reason(scraped_replay):
+    p = scraped_replay.prometheus
+    for reason, count in scraped_replay.invalid_reasons.items():
+        assert p.values(f'streamcl_invalid_messages_total{{reason="{reason}"}}') == [count]
+    (up,) = p.values("streamcl_broker_up")
+    assert up == 1.0
 
 
 @pytest.mark.prometheus
@@ -283,8 +392,10 @@ def test_variable_query_lists_values(scraped_replay, variable):
     selector, label = substitute(match.group(1)), match.group(2)
     values = scraped_replay.prometheus.api(f"label/{label}/values", **{"match[]": selector})
     expected = {
-        "instance": [f"127.0.0.1:{scraped_replay.port}"],
-        "learner": ["er"],
+        "instance": sorted(
+            f"127.0.0.1:{port}" for port in (scraped_replay.port, scraped_replay.daemon_port)
+        ),
+        "learner": ["er", "nmc"],
         "level": ["all", "label"],
     }[variable["name"]]
     assert sorted(values) == expected
@@ -295,6 +406,12 @@ def test_scraped_values_are_the_runs_results(scraped_replay):
     p, results = scraped_replay.prometheus, scraped_replay.results
 
     def value(expr: str) -> float:
+        """The replay's single series of ``expr`` (the daemon exports the same names)."""
+        selector = f'instance="127.0.0.1:{scraped_replay.port}"'
+        if "{" in expr:
+            expr = expr.replace("{", "{" + selector + ",")
+        else:
+            expr = expr + "{" + selector + "}"
         (v,) = p.values(expr)
         return v
 
