@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 nmc = create("nmc", problem)
                 loop = EventLoop(nmc, problem, LoopConfig(batch_size=batch_size, eval_period=None))
                 started = time.perf_counter()
-                for b in task_batches(stream, None, batch_size):
+                for b in task_batches(stream, None, batch_size, problem=problem):
                     loop.process(b)
                 return time.perf_counter() - started
 

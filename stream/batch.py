@@ -11,7 +11,9 @@ import torch
 class Batch:
     """Samples learned together, as CPU tensors (learners move them to their device).
 
-    ``task`` is for task-end metrics only; learners never see it.
+    ``task`` is for task-end metrics only; learners never see it. ``validated`` says the source
+    has already checked the samples against the problem (the recorded-stream source checks a
+    whole stream once, the daemon's decoder each message), so the loop need not check again.
     """
 
     x: torch.Tensor
@@ -19,6 +21,7 @@ class Batch:
     level: torch.Tensor
     task: torch.Tensor | None = None
     ids: torch.Tensor | None = None
+    validated: bool = False
 
     def __len__(self) -> int:
         return len(self.y)
@@ -30,4 +33,5 @@ class Batch:
             level=self.level[start:stop],
             task=None if self.task is None else self.task[start:stop],
             ids=None if self.ids is None else self.ids[start:stop],
+            validated=self.validated,
         )

@@ -115,6 +115,7 @@ class EventLoop:
         self.seen = [np.zeros(k, dtype=bool) for k in problem.num_classes]
         # 0 for seen classes, -inf for the others: masking scores is then one addition.
         self._mask_bias = [np.full(k, -np.inf, dtype=np.float32) for k in problem.num_classes]
+        self._all_seen = [False] * problem.num_levels
         self.current_task: int | None = None
         self.pending_updates = 0.0
         self.next_eval = self.config.eval_period or 0
@@ -150,7 +151,8 @@ class EventLoop:
         """Predict, then learn, one micro-batch; evaluate when a mark is reached."""
         if len(batch) == 0:
             return
-        validate_batch(batch, self.problem)
+        if not batch.validated:
+            validate_batch(batch, self.problem)
         if batch.task is not None:
             self._enter_task(int(batch.task.numpy()[0]))
         self.pending_updates += self.config.online_iter
@@ -212,6 +214,10 @@ class EventLoop:
         if not seen[labels].all():
             seen[labels] = True
             self._mask_bias[level][labels] = 0.0
+            self._all_seen[level] = bool(seen.all())
+
+    def _unseen_bias(self, level: int) -> np.ndarray | None:
+        return None if self._all_seen[level] else self._mask_bias[level]
 
     def _prequential(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """Hits, and which samples the learner predicted at all, predicting the batch before
@@ -219,25 +225,28 @@ class EventLoop:
         than torch on micro-batches, and this runs on every batch."""
         y = batch.y.numpy()
         if self.problem.num_levels == 1:
-            return self._hits(self.learner.predict(batch.x, 0), y, self._mask_bias[0])
+            return self._hits(self.learner.predict(batch.x, 0), y, self._unseen_bias(0))
         hits = np.zeros(len(y), dtype=bool)
         answered = np.zeros(len(y), dtype=bool)
         levels = batch.level.numpy()
         for level in np.unique(levels).tolist():
             rows = levels == level
             scores = self.learner.predict(batch.x[torch.from_numpy(rows)], level)
-            hits[rows], answered[rows] = self._hits(scores, y[rows], self._mask_bias[level])
+            hits[rows], answered[rows] = self._hits(scores, y[rows], self._unseen_bias(level))
         return hits, answered
 
     @staticmethod
     def _hits(
-        scores: torch.Tensor, y: np.ndarray, mask_bias: np.ndarray
+        scores: torch.Tensor, y: np.ndarray, mask_bias: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Right predictions among the seen classes, and which rows had a seen class scored
-        above ``-inf`` (a learner that knows no seen class yet makes no prediction)."""
-        masked = scores.detach().cpu().numpy() + mask_bias
+        above ``-inf`` (a learner that knows no seen class yet makes no prediction).
+        ``mask_bias`` is None once every class has been seen: nothing to mask."""
+        masked = scores.detach().cpu().numpy()
+        if mask_bias is not None:
+            masked = masked + mask_bias
         predicted = masked.argmax(axis=1)
-        answered = masked.max(axis=1) > -np.inf
+        answered = masked[np.arange(len(predicted)), predicted] > -np.inf
         return (predicted == y) & answered, answered
 
     def _sequential_hits(
@@ -395,6 +404,7 @@ class EventLoop:
             mask[:] = False
             mask[np.asarray(classes, dtype=np.int64)] = True
             bias[:] = np.where(mask, 0.0, -np.inf)
+        self._all_seen = [bool(mask.all()) for mask in self.seen]
         self.current_task = state["current_task"]
         self.pending_updates = float(state["pending_updates"])
         self.next_eval = int(state["next_eval"])

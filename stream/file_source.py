@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from learners.base import Problem
 from stream.batch import Batch
 from stream.datasets import Dataset, as_float_tensor
 from stream.stream_file import RecordedStream, StreamFileError
@@ -33,12 +34,49 @@ def check_against_dataset(stream: RecordedStream, dataset: Dataset, where: str) 
         )
 
 
+def check_events(stream: RecordedStream, dataset: Dataset | None, problem: Problem) -> None:
+    """Check every event of ``stream`` against ``problem`` at once (labels, levels, input shape,
+    finite inline inputs), so its batches need no per-batch check."""
+    where = f"stream recorded on {stream.header.dataset}"
+    shape = stream.x.shape[1:] if stream.x is not None else dataset.input_shape if dataset else None
+    if shape is not None and tuple(shape) != tuple(problem.input_shape):
+        raise StreamFileError(
+            f"{where}: inputs {tuple(shape)}, the problem wants {problem.input_shape}"
+        )
+    level, y = np.asarray(stream.level), np.asarray(stream.y)
+    if len(y) == 0:
+        return
+    if level.min() < 0 or level.max() >= problem.num_levels:
+        bad = int(np.flatnonzero((level < 0) | (level >= problem.num_levels))[0])
+        raise StreamFileError(f"{where}: event {bad} has level {int(level[bad])}")
+    limits = np.asarray(problem.num_classes)[level]
+    wrong = (y < 0) | (y >= limits)
+    if wrong.any():
+        bad = int(np.flatnonzero(wrong)[0])
+        raise StreamFileError(
+            f"{where}: event {bad} has label {int(y[bad])} outside [0, {int(limits[bad])})"
+        )
+    x = stream.x
+    if x is not None and np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        raise StreamFileError(f"{where}: inline inputs contain NaN or inf")
+
+
 def task_batches(
-    stream: RecordedStream, dataset: Dataset | None, batch_size: int, start: int = 0
+    stream: RecordedStream,
+    dataset: Dataset | None,
+    batch_size: int,
+    start: int = 0,
+    problem: Problem | None = None,
 ) -> Iterator[Batch]:
-    """Micro-batches of up to ``batch_size`` events from event ``start`` on, cut at task changes."""
+    """Micro-batches of up to ``batch_size`` events from event ``start`` on, cut at task changes.
+
+    With ``problem``, every event is checked once up front and the batches come marked
+    validated; without it the event loop checks each batch.
+    """
     if batch_size <= 0:
         raise ValueError(f"batch size must be positive, got {batch_size}")
+    if problem is not None:
+        check_events(stream, dataset, problem)
     task = np.asarray(stream.task)
     changes = np.flatnonzero(np.diff(task)) + 1
     boundaries = np.concatenate([[0], changes, [len(task)]])
@@ -58,4 +96,11 @@ def task_batches(
             else:
                 assert dataset is not None
                 x = as_float_tensor(dataset.X_train[np.asarray(stream.row[lo:hi])])
-            yield Batch(x=x, y=y[lo:hi], level=level[lo:hi], task=tasks[lo:hi], ids=ids[lo:hi])
+            yield Batch(
+                x=x,
+                y=y[lo:hi],
+                level=level[lo:hi],
+                task=tasks[lo:hi],
+                ids=ids[lo:hi],
+                validated=problem is not None,
+            )

@@ -84,7 +84,11 @@ def replay(
         learner_name=learner_name,
     )
     started = time.perf_counter()
-    loop.run(task_batches(prepared.stream, prepared.dataset, loop_config.batch_size))
+    loop.run(
+        task_batches(
+            prepared.stream, prepared.dataset, loop_config.batch_size, problem=prepared.problem
+        )
+    )
     seconds = time.perf_counter() - started
     results = loop.summary()
     results.update(

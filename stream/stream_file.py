@@ -185,7 +185,8 @@ def _read_binary(path: Path) -> RecordedStream:
         if int(np.prod(shape)) == 0:
             arrays[name] = np.empty(shape, dtype=dtype)
         else:
-            arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=start, shape=shape)
+            # copy-on-write: batches are writable views (no copy, no aliasing of the file)
+            arrays[name] = np.memmap(path, dtype=dtype, mode="c", offset=start, shape=shape)
     return _checked(path, header, arrays)
 
 

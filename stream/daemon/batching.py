@@ -38,6 +38,8 @@ def micro_batches(samples: list[Samples], batch_size: int) -> Iterator[Batch]:
                 level=torch.from_numpy(level[lo:hi]),
                 task=None if task[lo] < 0 else torch.from_numpy(task[lo:hi]),
                 ids=torch.from_numpy(ids[lo:hi]),
+                # the decoder refused every sample that does not fit the problem
+                validated=True,
             )
 
 

@@ -175,7 +175,7 @@ def as_float_tensor(X: np.ndarray) -> torch.Tensor:
     """Inputs as float32: uint8 images scaled to ``[0, 1]``, floats as they are."""
     X = np.ascontiguousarray(X)
     if not X.flags.writeable and X.dtype == np.float32:
-        # memory-mapped stream files are read-only; learners get their own copy
+        # a read-only array: learners get their own copy rather than an alias they cannot write
         X = X.copy()
     tensor = torch.from_numpy(X)
     if tensor.dtype == torch.uint8:

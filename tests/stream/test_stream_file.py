@@ -1,9 +1,11 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from stream.datasets import load_dataset
+from stream.file_source import task_batches
 from stream.schedules import make_schedule
 from stream.stream_file import StreamFileError, read_stream, record_schedule, write_stream
 
@@ -93,3 +95,42 @@ def test_event_count_must_match_header(tmp_path, recorded):
     path.write_text("\n".join(lines[:-3]) + "\n")
     with pytest.raises(StreamFileError, match="header says"):
         read_stream(path)
+
+
+def test_batches_checked_up_front_are_marked_validated_and_match_unchecked(recorded):
+    ds, stream = recorded
+    problem = ds.problem()
+    checked = list(task_batches(stream, ds, 16, problem=problem))
+    unchecked = list(task_batches(stream, ds, 16))
+    assert all(b.validated for b in checked) and not any(b.validated for b in unchecked)
+    assert len(checked) == len(unchecked)
+    for a, b in zip(checked, unchecked, strict=True):
+        assert torch_equal(a.x, b.x) and torch_equal(a.y, b.y)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("y", 10, "event 5 has label 10 outside"), ("level", 1, "event 5 has level 1")],
+)
+def test_a_bad_event_is_refused_before_any_batch(recorded, field, value, message):
+    ds, stream = recorded
+    bad = getattr(stream, field).copy()
+    bad[5] = value
+    problem = ds.problem()
+    with pytest.raises(StreamFileError, match=message):
+        next(task_batches(replace(stream, **{field: bad}), ds, 16, problem=problem))
+
+
+def test_non_finite_inline_inputs_are_refused_before_any_batch():
+    ds = load_dataset("digits")
+    schedule, params = make_schedule("disjoint", ds, {}, seed=1)
+    stream = record_schedule(ds, schedule, "disjoint", params.model_dump(), 1, inline=True)
+    stream.x = stream.x.astype(np.float32)
+    stream.x[7, 0, 3, 3] = np.nan
+    problem = ds.problem()
+    with pytest.raises(StreamFileError, match="NaN or inf"):
+        next(task_batches(stream, ds, 16, problem=problem))
+
+
+def torch_equal(a, b):
+    return bool((a == b).all())
