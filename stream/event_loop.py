@@ -149,7 +149,8 @@ class EventLoop:
 
     def process(self, batch: Batch) -> None:
         """Predict, then learn, one micro-batch; evaluate when a mark is reached."""
-        if len(batch) == 0:
+        n = batch.y.shape[0]
+        if n == 0:
             return
         if not batch.validated:
             validate_batch(batch, self.problem)
@@ -173,7 +174,7 @@ class EventLoop:
         self.learn_seconds += learn_seconds
         self.prequential.update(hits if answered.all() else hits[answered])
         detected = self._watch_drift(hits, answered)
-        self.samples_seen += len(batch)
+        self.samples_seen += n
         for observer in self.observers:
             observer.on_batch(self, batch, hits, learn_seconds)
         if detected and self.drift is not None and self.config.drift is not None:
@@ -203,7 +204,8 @@ class EventLoop:
     def _mark_seen(self, batch: Batch) -> None:
         y = batch.y.numpy()
         if self.problem.num_levels == 1:
-            self._mark(0, y)
+            if not self._all_seen[0]:
+                self._mark(0, y)
         else:
             levels = batch.level.numpy()
             for level in range(self.problem.num_levels):
@@ -242,11 +244,11 @@ class EventLoop:
         """Right predictions among the seen classes, and which rows had a seen class scored
         above ``-inf`` (a learner that knows no seen class yet makes no prediction).
         ``mask_bias`` is None once every class has been seen: nothing to mask."""
-        masked = scores.detach().cpu().numpy()
+        masked = scores.numpy(force=True)
         if mask_bias is not None:
             masked = masked + mask_bias
         predicted = masked.argmax(axis=1)
-        answered = masked[np.arange(len(predicted)), predicted] > -np.inf
+        answered = masked.max(axis=1) > -np.inf
         return (predicted == y) & answered, answered
 
     def _sequential_hits(

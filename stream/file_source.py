@@ -57,8 +57,18 @@ def check_events(stream: RecordedStream, dataset: Dataset | None, problem: Probl
             f"{where}: event {bad} has label {int(y[bad])} outside [0, {int(limits[bad])})"
         )
     x = stream.x
-    if x is not None and np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-        raise StreamFileError(f"{where}: inline inputs contain NaN or inf")
+    if x is not None and np.issubdtype(x.dtype, np.floating) and not _all_finite(x):
+        bad = int(np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[0])
+        raise StreamFileError(f"{where}: event {bad} has NaN or inf in its input")
+
+
+def _all_finite(x: np.ndarray) -> bool:
+    """Whether every value of ``x`` is finite: a NaN or inf makes the sum non-finite, so one sum
+    (half the time of ``isfinite``) decides, and only a non-finite sum, which huge finite values
+    can also give, is checked value by value."""
+    return bool(np.isfinite(np.add.reduce(x.reshape(-1), dtype=x.dtype))) or bool(
+        np.isfinite(x).all()
+    )
 
 
 def task_batches(
@@ -83,24 +93,35 @@ def task_batches(
     source = stream.x
     if source is None and dataset is None:
         raise ValueError("a stream of dataset rows needs its dataset")
-    # The event columns are small: turn each into one tensor once, then slice per batch.
-    y, level, ids = (
-        torch.from_numpy(np.array(a, dtype=np.int64)) for a in (stream.y, stream.level, stream.id)
-    )
-    tasks = torch.from_numpy(task.astype(np.int64))
-    for task_start, task_end in itertools.pairwise(boundaries.tolist()):
-        for lo in range(max(task_start, start), task_end, batch_size):
-            hi = min(lo + batch_size, task_end)
-            if source is not None:
-                x = as_float_tensor(source[lo:hi])
-            else:
-                assert dataset is not None
-                x = as_float_tensor(dataset.X_train[np.asarray(stream.row[lo:hi])])
-            yield Batch(
-                x=x,
-                y=y[lo:hi],
-                level=level[lo:hi],
-                task=tasks[lo:hi],
-                ids=ids[lo:hi],
-                validated=problem is not None,
-            )
+    starts = [
+        lo
+        for task_start, task_end in itertools.pairwise(boundaries.tolist())
+        for lo in range(max(task_start, start), task_end, batch_size)
+    ]
+    if not starts:
+        return
+    ends = [*starts[1:], len(task)]  # batches tile the events from ``start`` on
+    # Cut each event column into per-batch views in one call: slicing tensors one by one costs
+    # more per batch than a small learner's update (bench/engine_overhead.py).
+    cuts = starts[1:]
+    first = starts[0]
+    columns = [
+        torch.from_numpy(np.array(a[first:], dtype=np.int64)).tensor_split(
+            [c - first for c in cuts]
+        )
+        for a in (stream.y, stream.level, task, stream.id)
+    ]
+    inline = None
+    if source is not None and source.dtype == np.float32 and source.flags.writeable:
+        inline = torch.from_numpy(np.asarray(source[first:])).tensor_split(
+            [c - first for c in cuts]
+        )
+    for i, (lo, hi, y, level, tasks, ids) in enumerate(zip(starts, ends, *columns, strict=True)):
+        if inline is not None:
+            x = inline[i]
+        elif source is not None:
+            x = as_float_tensor(source[lo:hi])
+        else:
+            assert dataset is not None
+            x = as_float_tensor(dataset.X_train[np.asarray(stream.row[lo:hi])])
+        yield Batch(x=x, y=y, level=level, task=tasks, ids=ids, validated=problem is not None)

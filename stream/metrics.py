@@ -96,7 +96,7 @@ class PrequentialAccuracy:
     def update(self, hits: np.ndarray) -> None:
         """Count one hit (True) or miss (False) per predicted sample, in stream order."""
         hits = np.asarray(hits, dtype=bool)
-        self.correct += int(hits.sum())
+        self.correct += int(np.count_nonzero(hits))
         self.total += len(hits)
         capacity = self._capacity
         if len(hits) >= capacity:

@@ -128,9 +128,36 @@ def test_non_finite_inline_inputs_are_refused_before_any_batch():
     stream.x = stream.x.astype(np.float32)
     stream.x[7, 0, 3, 3] = np.nan
     problem = ds.problem()
-    with pytest.raises(StreamFileError, match="NaN or inf"):
+    with pytest.raises(StreamFileError, match="event 7 has NaN or inf"):
         next(task_batches(stream, ds, 16, problem=problem))
 
 
 def torch_equal(a, b):
     return bool((a == b).all())
+
+
+@pytest.mark.parametrize("inline", [False, True])
+@pytest.mark.parametrize(("batch_size", "start"), [(1, 0), (16, 0), (16, 37), (500, 3), (64, -1)])
+def test_batches_tile_the_stream_from_start_and_never_cross_a_task(
+    recorded, inline, batch_size, start
+):
+    ds, stream = recorded
+    start = start % len(stream)  # -1: the last event alone
+    if inline:
+        stream = replace(stream, x=ds.X_train[stream.row].astype(np.float32))
+    batches = list(task_batches(stream, ds, batch_size, start=start))
+    ids = np.concatenate([b.ids.numpy() for b in batches])
+    assert np.array_equal(ids, stream.id[start:])
+    position = start
+    for b in batches:
+        n = len(b)
+        assert 0 < n <= batch_size
+        assert len(set(b.task.tolist())) == 1
+        assert np.array_equal(b.y.numpy(), stream.y[position : position + n])
+        assert np.array_equal(b.x.numpy(), ds.X_train[stream.row[position : position + n]])
+        position += n
+    boundaries = np.flatnonzero(np.diff(stream.task[start:])) + 1
+    assert len(batches) == sum(
+        -(-(hi - lo) // batch_size)
+        for lo, hi in zip([0, *boundaries], [*boundaries, len(stream) - start], strict=True)
+    )
