@@ -81,6 +81,24 @@ def test_prequential_predicts_before_learning_and_masks_unseen_classes():
     assert loop.prequential.correct == 3 and loop.prequential.total == 5
 
 
+class Abstainer(Recorder):
+    """Like Recorder, but scores -inf throughout (no prediction) where x[:, 1] is 1."""
+
+    def predict(self, x, level=0):
+        scores = super().predict(x, level)
+        scores[x[:, 1] == 1] = -torch.inf
+        return scores
+
+
+def test_rows_a_learner_cannot_predict_are_left_out_once_every_class_is_seen():
+    loop = EventLoop(Abstainer(), PROBLEM)
+    loop.process(batch([0, 1, 2, 3]))  # every class seen; nothing predicted yet
+    b = batch([0, 1, 2, 3], predicted=[0, 1, 0, 3])
+    b.x[[1, 2], 1] = 1  # abstains on a right and on a wrong guess
+    loop.process(b)
+    assert loop.prequential.correct == 2 and loop.prequential.total == 2
+
+
 def test_periodic_evaluation_at_the_batch_that_reaches_each_mark():
     seen_at = []
 
