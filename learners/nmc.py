@@ -4,6 +4,10 @@ Predictions are negative squared Euclidean distances to the class means. The cla
 counts are updated with one ``index_add_`` per micro-batch, which equals updating per sample, so
 the result does not depend on the batch size. Classes never seen score ``-inf``. On a detected
 concept drift it can ``reset``: the class means start afresh from the samples that follow.
+
+The engine predicts each micro-batch, then learns it: the features of the last input tensor
+are kept, so ``learn`` on the tensor ``predict`` just saw (same object, not modified in place
+since) does not run the backbone again.
 """
 
 from __future__ import annotations
@@ -39,12 +43,19 @@ class NMC(Learner, DriftAdaptive):
         dim = self.backbone.out_dim
         self.sums = [torch.zeros(k, dim, dtype=torch.float64) for k in problem.num_classes]
         self.counts = [torch.zeros(k, dtype=torch.float64) for k in problem.num_classes]
+        # (input, its in-place version counter, features): the backbone is frozen, so these
+        # stay right until the input changes or the backbone is replaced
+        self._last: tuple[torch.Tensor, int, torch.Tensor] | None = None
 
     @torch.no_grad()
     def _features(self, x: torch.Tensor) -> torch.Tensor:
+        last = self._last
+        if last is not None and last[0] is x and last[1] == x._version:
+            return last[2]
         features = self.backbone(x.to(self.device, torch.float32)).to(torch.float64)
         if self.config.normalize:
             features = torch.nn.functional.normalize(features, dim=1)
+        self._last = (x, x._version, features)
         return features
 
     @torch.no_grad()
@@ -54,8 +65,10 @@ class NMC(Learner, DriftAdaptive):
         means = self.sums[level] / counts.clamp(min=1).unsqueeze(1)
         # ||f - m||^2 = ||f||^2 - 2 f.m + ||m||^2; ||f||^2 is the same for every class. The 2
         # scales the [C, d] means, not the [B, d] features: the same numbers (x2 is exact).
-        scores = features @ (2 * means).T - (means * means).sum(1)
-        return scores.masked_fill(counts == 0, float("-inf")).to(torch.float32)
+        # Unseen classes get -inf in the [C] offset, which the product cannot cancel (features
+        # are finite): one fused multiply-add, no pass over the [B, C] scores to mask them.
+        offset = (means * means).sum(1).neg_().masked_fill_(counts == 0, float("-inf"))
+        return torch.addmm(offset, features, (2 * means).T).to(torch.float32)
 
     @torch.no_grad()
     def learn(
@@ -85,6 +98,7 @@ class NMC(Learner, DriftAdaptive):
         return LearnerState(tensors, {})
 
     def load_state_dict(self, state: LearnerState) -> None:
+        self._last = None
         for lvl in range(self.problem.num_levels):
             self.sums[lvl] = state.tensors[f"sums.{lvl}"].to(self.device)
             self.counts[lvl] = state.tensors[f"counts.{lvl}"].to(self.device)
@@ -95,6 +109,7 @@ class NMC(Learner, DriftAdaptive):
 
     def to(self, device: torch.device | str) -> NMC:
         super().to(device)
+        self._last = None
         self.backbone.to(self.device)
         self.sums = [s.to(self.device) for s in self.sums]
         self.counts = [c.to(self.device) for c in self.counts]

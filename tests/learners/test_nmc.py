@@ -47,3 +47,37 @@ def test_one_set_of_means_per_level():
     nmc.learn(x, torch.tensor([0, 1, 3]), torch.tensor([0, 1, 1]))
     assert nmc.counts[0].tolist() == [1, 0] and nmc.counts[1].tolist() == [0, 1, 0, 1]
     assert nmc.predict(torch.tensor([[4.0]]), level=1).argmax(1).item() == 3
+
+
+def test_scores_are_negative_squared_distances_up_to_a_per_row_constant():
+    problem = Problem(input_shape=(3,), num_classes=(4,))
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(40, 3, generator=g), torch.randint(0, 3, (40,), generator=g)
+    nmc = create("nmc", problem)
+    nmc.learn(x, y, torch.zeros(40, dtype=torch.long))
+    queries = torch.randn(5, 3, generator=g)
+    scores = nmc.predict(queries).double()
+    means = torch.stack([x[y == c].double().mean(0) for c in range(3)])
+    distances = torch.cdist(queries.double(), means) ** 2
+    # score = -||q - m||^2 + ||q||^2
+    expected = -distances + (queries.double() ** 2).sum(1, keepdim=True)
+    torch.testing.assert_close(scores[:, :3], expected, rtol=1e-5, atol=1e-5)
+    assert torch.isneginf(scores[:, 3]).all()
+
+
+def test_learning_a_predicted_tensor_changed_in_place_uses_its_new_values():
+    problem = Problem(input_shape=(2,), num_classes=(2,))
+    level = torch.zeros(2, dtype=torch.long)
+    cached, fresh = create("nmc", problem), create("nmc", problem)
+    x = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
+    cached.predict(x)
+    x.mul_(10)  # after predict saw it
+    cached.learn(x, torch.tensor([0, 1]), level)
+    fresh.learn(x.clone(), torch.tensor([0, 1]), level)
+    assert torch.equal(cached.sums[0], fresh.sums[0])
+    # and the features of the tensor predict just saw are those learn uses
+    y = torch.tensor([[1.0, 1.0], [4.0, 4.0]])
+    cached.predict(y)
+    cached.learn(y, torch.tensor([1, 1]), level)
+    fresh.learn(y.clone(), torch.tensor([1, 1]), level)
+    assert torch.equal(cached.sums[0], fresh.sums[0])
