@@ -116,6 +116,7 @@ class EventLoop:
         # 0 for seen classes, -inf for the others: masking scores is then one addition.
         self._mask_bias = [np.full(k, -np.inf, dtype=np.float32) for k in problem.num_classes]
         self._all_seen = [False] * problem.num_levels
+        self._any_seen = [False] * problem.num_levels
         self.current_task: int | None = None
         self.pending_updates = 0.0
         self.next_eval = self.config.eval_period or 0
@@ -172,7 +173,7 @@ class EventLoop:
             self.learner.learn(batch.x, batch.y, batch.level, iterations)
             learn_seconds = time.perf_counter() - started
         self.learn_seconds += learn_seconds
-        self.prequential.update(hits if answered.all() else hits[answered])
+        self.prequential.update(hits if answered is None else hits[answered])
         detected = self._watch_drift(hits, answered)
         self.samples_seen += n
         for observer in self.observers:
@@ -217,37 +218,40 @@ class EventLoop:
             seen[labels] = True
             self._mask_bias[level][labels] = 0.0
             self._all_seen[level] = bool(seen.all())
+            self._any_seen[level] = True
 
-    def _unseen_bias(self, level: int) -> np.ndarray | None:
-        return None if self._all_seen[level] else self._mask_bias[level]
-
-    def _prequential(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        """Hits, and which samples the learner predicted at all, predicting the batch before
-        learning it. Bookkeeping runs in numpy on views of the CPU tensors: cheaper per call
-        than torch on micro-batches, and this runs on every batch."""
+    def _prequential(self, batch: Batch) -> tuple[np.ndarray, np.ndarray | None]:
+        """Hits, and which samples the learner predicted at all (None: every one), predicting
+        the batch before learning it. Bookkeeping runs in numpy on views of the CPU tensors:
+        cheaper per call than torch on micro-batches, and this runs on every batch."""
         y = batch.y.numpy()
         if self.problem.num_levels == 1:
-            return self._hits(self.learner.predict(batch.x, 0), y, self._unseen_bias(0))
+            return self._hits(self.learner.predict(batch.x, 0), y, 0)
         hits = np.zeros(len(y), dtype=bool)
         answered = np.zeros(len(y), dtype=bool)
         levels = batch.level.numpy()
         for level in np.unique(levels).tolist():
             rows = levels == level
             scores = self.learner.predict(batch.x[torch.from_numpy(rows)], level)
-            hits[rows], answered[rows] = self._hits(scores, y[rows], self._unseen_bias(level))
+            level_hits, level_answered = self._hits(scores, y[rows], level)
+            hits[rows] = level_hits
+            answered[rows] = True if level_answered is None else level_answered
         return hits, answered
 
-    @staticmethod
     def _hits(
-        scores: torch.Tensor, y: np.ndarray, mask_bias: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, scores: torch.Tensor, y: np.ndarray, level: int
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Right predictions among the seen classes, and which rows had a seen class scored
-        above ``-inf`` (a learner that knows no seen class yet makes no prediction).
-        ``mask_bias`` is None once every class has been seen: nothing to mask."""
-        masked = scores.numpy(force=True)
-        if mask_bias is not None:
-            masked = masked + mask_bias
+        above ``-inf`` (a learner that knows no seen class yet makes no prediction); None
+        when every row had, the usual case, told by one reduction over the raw scores."""
+        raw = scores.numpy(force=True)
+        if self._all_seen[level]:
+            masked, some_seen = raw, True  # nothing to mask
+        else:
+            masked, some_seen = raw + self._mask_bias[level], self._any_seen[level]
         predicted = masked.argmax(axis=1)
+        if some_seen and raw.min() > -np.inf:  # (a NaN fails this too)
+            return predicted == y, None
         # a row scored -inf throughout has its argmax at -inf; reading the argmax entries back
         # costs a fraction of a row-wise max
         rows, classes = masked.shape
@@ -256,7 +260,7 @@ class EventLoop:
 
     def _sequential_hits(
         self, batch: Batch, predicted: torch.Tensor
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Hits of per-sample predictions (-1: none). A learner predicts only classes it was
         taught, which the stream showed before; a hit on any other class is not counted.
 
@@ -273,10 +277,10 @@ class EventLoop:
             hits.append(hit)
         return np.array(hits, dtype=bool), np.array(answered, dtype=bool)
 
-    def _watch_drift(self, hits: np.ndarray, answered: np.ndarray) -> list[int]:
+    def _watch_drift(self, hits: np.ndarray, answered: np.ndarray | None) -> list[int]:
         if self.drift is None:
             return []
-        rows = np.flatnonzero(answered)
+        rows = np.arange(len(hits)) if answered is None else np.flatnonzero(answered)
         errors = (~hits[rows]).astype(np.int8)
         return self.drift.update(errors, self.samples_seen + 1 + rows)
 
@@ -410,6 +414,7 @@ class EventLoop:
             mask[np.asarray(classes, dtype=np.int64)] = True
             bias[:] = np.where(mask, 0.0, -np.inf)
         self._all_seen = [bool(mask.all()) for mask in self.seen]
+        self._any_seen = [bool(mask.any()) for mask in self.seen]
         self.current_task = state["current_task"]
         self.pending_updates = float(state["pending_updates"])
         self.next_eval = int(state["next_eval"])
