@@ -24,14 +24,9 @@ from pydantic import Field
 from torch import nn
 
 from learners.backbones import BackboneConfig, build_backbone, seeded_linear
-from learners.base import Learner, LearnerConfig, LearnerState, Problem
+from learners.base import Learner, LearnerConfig, Problem
 from learners.drift import DriftAction, DriftAdaptive
-from learners.torch_state import (
-    load_module_tensors,
-    load_optimizer_state,
-    module_tensors,
-    optimizer_state,
-)
+from learners.torch_state import ReplayTrainingState
 from memory import MemoryConfig, build_memory
 
 
@@ -46,7 +41,7 @@ class ERConfig(LearnerConfig):
     )
 
 
-class ER(Learner, DriftAdaptive):
+class ER(ReplayTrainingState, Learner, DriftAdaptive):
     """Experience replay with a configurable memory and a masked growing head per level."""
 
     name = "er"
@@ -146,31 +141,3 @@ class ER(Learner, DriftAdaptive):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-
-    def state_dict(self) -> LearnerState:
-        tensors = module_tensors("model", self.model)
-        optim_tensors, optim_meta = optimizer_state("optimizer", self.optimizer)
-        tensors.update(optim_tensors)
-        for lvl, seen in enumerate(self.seen):
-            tensors[f"seen.{lvl}"] = seen.cpu()
-        memory = self.memory.state_dict()
-        tensors.update({f"memory.{k}": v for k, v in memory.tensors.items()})
-        return LearnerState(tensors, {"optimizer": optim_meta, "memory": memory.meta})
-
-    def load_state_dict(self, state: LearnerState) -> None:
-        load_module_tensors("model", self.model, state.tensors)
-        load_optimizer_state("optimizer", self.optimizer, state.tensors, state.meta["optimizer"])
-        self.seen = [state.tensors[f"seen.{lvl}"].to(self.device) for lvl in range(len(self.seen))]
-        prefix = "memory."
-        self.memory.load_state_dict(
-            LearnerState(
-                {k[len(prefix) :]: v for k, v in state.tensors.items() if k.startswith(prefix)},
-                state.meta["memory"],
-            )
-        )
-
-    def to(self, device: torch.device | str) -> ER:
-        super().to(device)
-        self.model.to(self.device)
-        self.seen = [s.to(self.device) for s in self.seen]
-        return self

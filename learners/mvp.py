@@ -43,14 +43,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from learners.backbones import BackboneConfig, build_backbone, seeded_linear
-from learners.base import Learner, LearnerConfig, LearnerState, Problem
+from learners.base import Learner, LearnerConfig, Problem
 from learners.prompts import PromptPool
-from learners.torch_state import (
-    load_module_tensors,
-    load_optimizer_state,
-    module_tensors,
-    optimizer_state,
-)
+from learners.torch_state import ReplayTrainingState
 from learners.vit import ViT
 from memory import MemoryConfig, build_memory
 
@@ -126,7 +121,7 @@ def feature_scale(
     return 1 - F.cosine_similarity(class_weights, features, dim=1) + margin
 
 
-class MVP(Learner):
+class MVP(ReplayTrainingState, Learner):
     """Prompt-pool tuning of a frozen ViT with logit masks, CVPT, AFS and the GSF focal loss."""
 
     name = "mvp"
@@ -312,31 +307,3 @@ class MVP(Learner):
         return losses
 
     # -- checkpoints ----------------------------------------------------------------------
-
-    def state_dict(self) -> LearnerState:
-        tensors = module_tensors("model", self.model)
-        optim_tensors, optim_meta = optimizer_state("optimizer", self.optimizer)
-        tensors.update(optim_tensors)
-        for lvl, seen in enumerate(self.seen):
-            tensors[f"seen.{lvl}"] = seen.cpu()
-        memory = self.memory.state_dict()
-        tensors.update({f"memory.{k}": v for k, v in memory.tensors.items()})
-        return LearnerState(tensors, {"optimizer": optim_meta, "memory": memory.meta})
-
-    def load_state_dict(self, state: LearnerState) -> None:
-        load_module_tensors("model", self.model, state.tensors)
-        load_optimizer_state("optimizer", self.optimizer, state.tensors, state.meta["optimizer"])
-        self.seen = [state.tensors[f"seen.{lvl}"].to(self.device) for lvl in range(len(self.seen))]
-        prefix = "memory."
-        self.memory.load_state_dict(
-            LearnerState(
-                {k[len(prefix) :]: v for k, v in state.tensors.items() if k.startswith(prefix)},
-                state.meta["memory"],
-            )
-        )
-
-    def to(self, device: torch.device | str) -> MVP:
-        super().to(device)
-        self.model.to(self.device)
-        self.seen = [s.to(self.device) for s in self.seen]
-        return self

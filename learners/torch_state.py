@@ -6,10 +6,12 @@ nested dict of tensors and numbers — is split here into named tensors and a JS
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import nn
+
+from learners.base import LearnerState
 
 
 def module_tensors(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
@@ -56,3 +58,44 @@ def load_optimizer_state(
             for key, value in entries.items()
         }
     optimizer.load_state_dict({"state": state, "param_groups": skeleton["param_groups"]})
+
+
+class ReplayTrainingState:
+    """Checkpoint and device moves for a learner trained by gradient steps with a replay memory:
+    its ``model`` (which holds every trained parameter), ``optimizer``, per-level masks of the
+    classes ``seen`` and its ``memory``. Mixed in before :class:`~learners.base.Learner`;
+    learners with more state extend these methods and call them."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    seen: list[torch.Tensor]
+    memory: Any
+    device: torch.device
+
+    def state_dict(self) -> LearnerState:
+        tensors = module_tensors("model", self.model)
+        optim_tensors, optim_meta = optimizer_state("optimizer", self.optimizer)
+        tensors.update(optim_tensors)
+        for lvl, seen in enumerate(self.seen):
+            tensors[f"seen.{lvl}"] = seen.cpu()
+        memory = self.memory.state_dict()
+        tensors.update({f"memory.{k}": v for k, v in memory.tensors.items()})
+        return LearnerState(tensors, {"optimizer": optim_meta, "memory": memory.meta})
+
+    def load_state_dict(self, state: LearnerState) -> None:
+        load_module_tensors("model", self.model, state.tensors)
+        load_optimizer_state("optimizer", self.optimizer, state.tensors, state.meta["optimizer"])
+        self.seen = [state.tensors[f"seen.{lvl}"].to(self.device) for lvl in range(len(self.seen))]
+        prefix = "memory."
+        self.memory.load_state_dict(
+            LearnerState(
+                {k[len(prefix) :]: v for k, v in state.tensors.items() if k.startswith(prefix)},
+                state.meta["memory"],
+            )
+        )
+
+    def to(self, device: torch.device | str) -> Self:
+        super().to(device)  # type: ignore[misc]  # the Learner this is mixed into
+        self.model.to(self.device)
+        self.seen = [s.to(self.device) for s in self.seen]
+        return self

@@ -37,13 +37,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from learners.backbones import BackboneConfig, build_backbone
-from learners.base import Learner, LearnerConfig, LearnerState, Problem
-from learners.torch_state import (
-    load_module_tensors,
-    load_optimizer_state,
-    module_tensors,
-    optimizer_state,
-)
+from learners.base import Learner, LearnerConfig, Problem
+from learners.torch_state import ReplayTrainingState
 from memory import MemoryConfig, build_memory
 
 
@@ -66,7 +61,7 @@ def seeded_weight(num_classes: int, dim: int, seed: int) -> torch.Tensor:
     return (torch.rand(num_classes, dim, generator=generator) * 2 - 1) * bound
 
 
-class UER(Learner):
+class UER(ReplayTrainingState, Learner):
     """Angle-only cross-entropy on the stream batch, dot-product cross-entropy on replay."""
 
     name = "uer"
@@ -177,31 +172,3 @@ class UER(Learner):
                 logits = self.dot_logits(features[rows], lvl)
                 losses[rows] = F.cross_entropy(logits, y[rows], reduction="none")
         return losses
-
-    def state_dict(self) -> LearnerState:
-        tensors = module_tensors("model", self.model)
-        optim_tensors, optim_meta = optimizer_state("optimizer", self.optimizer)
-        tensors.update(optim_tensors)
-        for lvl, seen in enumerate(self.seen):
-            tensors[f"seen.{lvl}"] = seen.cpu()
-        memory = self.memory.state_dict()
-        tensors.update({f"memory.{k}": v for k, v in memory.tensors.items()})
-        return LearnerState(tensors, {"optimizer": optim_meta, "memory": memory.meta})
-
-    def load_state_dict(self, state: LearnerState) -> None:
-        load_module_tensors("model", self.model, state.tensors)
-        load_optimizer_state("optimizer", self.optimizer, state.tensors, state.meta["optimizer"])
-        self.seen = [state.tensors[f"seen.{lvl}"].to(self.device) for lvl in range(len(self.seen))]
-        prefix = "memory."
-        self.memory.load_state_dict(
-            LearnerState(
-                {k[len(prefix) :]: v for k, v in state.tensors.items() if k.startswith(prefix)},
-                state.meta["memory"],
-            )
-        )
-
-    def to(self, device: torch.device | str) -> UER:
-        super().to(device)
-        self.model.to(self.device)
-        self.seen = [s.to(self.device) for s in self.seen]
-        return self
