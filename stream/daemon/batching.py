@@ -26,6 +26,7 @@ def micro_batches(samples: list[Samples], batch_size: int) -> Iterator[Batch]:
     level = np.concatenate([s.level for s in samples])
     task = np.concatenate([s.task for s in samples])
     ids = np.concatenate([s.ids for s in samples])
+    inputs = [s.x for s in samples]
     starts = np.cumsum([0] + [len(s) for s in samples])
     cuts = np.flatnonzero(task[1:] != task[:-1]) + 1
     bounds = np.concatenate([[0], cuts, [len(y)]]).tolist()
@@ -33,7 +34,7 @@ def micro_batches(samples: list[Samples], batch_size: int) -> Iterator[Batch]:
         for lo in range(start, stop, batch_size):
             hi = min(lo + batch_size, stop)
             yield Batch(
-                x=torch.from_numpy(_gather([s.x for s in samples], starts, lo, hi)),
+                x=torch.from_numpy(_gather(inputs, starts, lo, hi)),
                 y=torch.from_numpy(y[lo:hi]),
                 level=torch.from_numpy(level[lo:hi]),
                 task=None if task[lo] < 0 else torch.from_numpy(task[lo:hi]),
