@@ -5,8 +5,12 @@ counts are updated with one ``index_add_`` per micro-batch, which equals updatin
 the result does not depend on the batch size. Classes never seen score ``-inf``. On a detected
 concept drift it can ``reset``: the class means start afresh from the samples that follow.
 
-The engine predicts each micro-batch, then learns it: the features of the last input tensor
-are kept, so ``learn`` on the tensor ``predict`` just saw (same object, not modified in place
+Sums are float64, so the means stay exact over a long stream. Scoring reads float32 copies of
+``2 * mean`` and ``-||mean||^2`` (``-inf`` for unseen classes) that ``learn`` refreshes for the
+classes it touched, so ``predict`` is one float32 multiply-add against the backbone's float32
+output, with no pass over the [C, d] means per call (the scores were float32 anyway). The
+engine predicts each micro-batch, then learns it: the backbone output for the last input tensor
+is kept, so ``learn`` on the tensor ``predict`` just saw (same object, not modified in place
 since) does not run the backbone again.
 """
 
@@ -43,50 +47,72 @@ class NMC(Learner, DriftAdaptive):
         dim = self.backbone.out_dim
         self.sums = [torch.zeros(k, dim, dtype=torch.float64) for k in problem.num_classes]
         self.counts = [torch.zeros(k, dtype=torch.float64) for k in problem.num_classes]
-        # (input, its in-place version counter, features): the backbone is frozen, so these
-        # stay right until the input changes or the backbone is replaced
+        # scoring copies, per level: 2 * mean [C, d] and -||mean||^2 [C], float32
+        self._weights = [torch.zeros(k, dim) for k in problem.num_classes]
+        self._offsets = [torch.full((k,), float("-inf")) for k in problem.num_classes]
+        # (input, its in-place version counter, backbone output): the backbone is frozen, so
+        # these stay right until the input changes or the backbone is replaced
         self._last: tuple[torch.Tensor, int, torch.Tensor] | None = None
 
     @torch.no_grad()
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's float32 output for ``x`` (kept for a next call on the same ``x``)."""
         last = self._last
         if last is not None and last[0] is x and last[1] == x._version:
             return last[2]
-        features = self.backbone(x.to(self.device, torch.float32)).to(torch.float64)
+        embedded = self.backbone(x.to(self.device, torch.float32))
+        self._last = (x, x._version, embedded)
+        return embedded
+
+    def _normalized(self, features: torch.Tensor) -> torch.Tensor:
         if self.config.normalize:
-            features = torch.nn.functional.normalize(features, dim=1)
-        self._last = (x, x._version, features)
+            return torch.nn.functional.normalize(features, dim=1)
         return features
+
+    def _refresh(self, level: int, classes: torch.Tensor | None = None) -> None:
+        """Recompute the scoring copies of ``classes`` (all when None) from the sums."""
+        rows = slice(None) if classes is None else classes
+        counts = self.counts[level][rows]
+        means = self.sums[level][rows] / counts.clamp(min=1).unsqueeze(1)
+        # ||f - m||^2 = ||f||^2 - 2 f.m + ||m||^2; ||f||^2 is the same for every class. Unseen
+        # classes get -inf in the offset, which the product cannot cancel (features are
+        # finite): one multiply-add scores and masks, with no pass over the [B, C] scores.
+        offset = (means * means).sum(1).neg_().masked_fill_(counts == 0, float("-inf"))
+        self._weights[level][rows] = (2 * means).to(torch.float32)
+        self._offsets[level][rows] = offset.to(torch.float32)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
-        features = self._features(x)
-        counts = self.counts[level]
-        means = self.sums[level] / counts.clamp(min=1).unsqueeze(1)
-        # ||f - m||^2 = ||f||^2 - 2 f.m + ||m||^2; ||f||^2 is the same for every class. The 2
-        # scales the [C, d] means, not the [B, d] features: the same numbers (x2 is exact).
-        # Unseen classes get -inf in the [C] offset, which the product cannot cancel (features
-        # are finite): one fused multiply-add, no pass over the [B, C] scores to mask them.
-        offset = (means * means).sum(1).neg_().masked_fill_(counts == 0, float("-inf"))
-        return torch.addmm(offset, features, (2 * means).T).to(torch.float32)
+        features = self._normalized(self._embed(x))
+        return torch.addmm(self._offsets[level], features, self._weights[level].T)
 
     @torch.no_grad()
     def learn(
         self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
     ) -> None:
-        features = self._features(x)
+        features = self._normalized(self._embed(x).to(torch.float64))
         y, level = y.to(self.device), level.to(self.device)
         for lvl in range(self.problem.num_levels):
             rows = level == lvl if self.problem.num_levels > 1 else slice(None)
             labels = y[rows]
             self.sums[lvl].index_add_(0, labels, features[rows])
             self.counts[lvl].index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
+            # a batch with at least C samples pays C rows anyway; a smaller one only its classes
+            if len(labels) >= len(self.counts[lvl]):
+                self._refresh(lvl)
+            elif len(labels):
+                self._refresh(lvl, labels.unique())
 
     def on_drift(self, action: DriftAction) -> None:
         if action is DriftAction.RESET:
             for sums, counts in zip(self.sums, self.counts, strict=True):
                 sums.zero_()
                 counts.zero_()
+            self._refresh_all()
+
+    def _refresh_all(self) -> None:
+        for lvl in range(self.problem.num_levels):
+            self._refresh(lvl)
 
     def state_dict(self) -> LearnerState:
         tensors: dict[str, torch.Tensor] = {}
@@ -106,6 +132,7 @@ class NMC(Learner, DriftAdaptive):
         self.backbone.load_state_dict(
             {k[len(prefix) :]: v for k, v in state.tensors.items() if k.startswith(prefix)}
         )
+        self._refresh_all()
 
     def to(self, device: torch.device | str) -> NMC:
         super().to(device)
@@ -113,4 +140,6 @@ class NMC(Learner, DriftAdaptive):
         self.backbone.to(self.device)
         self.sums = [s.to(self.device) for s in self.sums]
         self.counts = [c.to(self.device) for c in self.counts]
+        self._weights = [w.to(self.device) for w in self._weights]
+        self._offsets = [o.to(self.device) for o in self._offsets]
         return self
