@@ -26,7 +26,7 @@ from torch import nn
 from learners.backbones import BackboneConfig, build_backbone, seeded_linear
 from learners.base import Learner, LearnerConfig, Problem
 from learners.drift import DriftAction, DriftAdaptive
-from learners.torch_state import ReplayTrainingState
+from learners.torch_state import ReplayTraining
 from memory import MemoryConfig, build_memory
 
 
@@ -41,8 +41,11 @@ class ERConfig(LearnerConfig):
     )
 
 
-class ER(ReplayTrainingState, Learner, DriftAdaptive):
-    """Experience replay with a configurable memory and a masked growing head per level."""
+class ER(ReplayTraining, Learner, DriftAdaptive):
+    """Experience replay with a configurable memory and a masked growing head per level.
+
+    ``learn`` (the replay step), checkpoints and device moves are those of
+    :class:`~learners.torch_state.ReplayTraining`; this class supplies the model and ``_step``."""
 
     name = "er"
     config_model = ERConfig
@@ -84,25 +87,6 @@ class ER(ReplayTrainingState, Learner, DriftAdaptive):
     def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
         self.model.eval()
         return self._logits(self.backbone(x.to(self.device, torch.float32)), level)
-
-    def learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
-    ) -> None:
-        x = x.to(self.device, torch.float32)
-        y, level = y.to(self.device), level.to(self.device)
-        for lvl in range(self.problem.num_levels):
-            self.seen[lvl][y[level == lvl]] = True
-        replay = len(y) if self.config.replay_batch_size is None else self.config.replay_batch_size
-        self.model.train()
-        for _ in range(iterations):
-            bx, by, blevel = x, y, level
-            if replay > 0 and len(self.memory) > 0:
-                mx, my, mlevel = self.memory.sample(replay, query=x)
-                bx = torch.cat([x, mx.to(self.device, torch.float32)])
-                by = torch.cat([y, my.to(self.device)])
-                blevel = torch.cat([level, mlevel.to(self.device)])
-            self._step(bx, by, blevel)
-        self.memory.add(x, y, level)
 
     @property
     def drift_actions(self) -> frozenset[DriftAction]:  # type: ignore[override]

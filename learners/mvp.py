@@ -45,7 +45,7 @@ from torch.nn import functional as F
 from learners.backbones import BackboneConfig, build_backbone, seeded_linear
 from learners.base import Learner, LearnerConfig, Problem
 from learners.prompts import PromptPool
-from learners.torch_state import ReplayTrainingState
+from learners.torch_state import ReplayTraining
 from learners.vit import ViT
 from memory import MemoryConfig, build_memory
 
@@ -121,8 +121,11 @@ def feature_scale(
     return 1 - F.cosine_similarity(class_weights, features, dim=1) + margin
 
 
-class MVP(ReplayTrainingState, Learner):
-    """Prompt-pool tuning of a frozen ViT with logit masks, CVPT, AFS and the GSF focal loss."""
+class MVP(ReplayTraining, Learner):
+    """Prompt-pool tuning of a frozen ViT with logit masks, CVPT, AFS and the GSF focal loss.
+
+    Stream and replay samples are joined as in ER (``learn`` of
+    :class:`~learners.torch_state.ReplayTraining`); ``_step`` is MVP's."""
 
     name = "mvp"
     config_model = MVPConfig
@@ -226,25 +229,6 @@ class MVP(ReplayTrainingState, Learner):
         return self.heads[level](features) * self.logit_scale(index, level) + self.seen_bias(level)
 
     # -- learning -------------------------------------------------------------------------
-
-    def learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
-    ) -> None:
-        x = x.to(self.device, torch.float32)
-        y, level = y.to(self.device), level.to(self.device)
-        for lvl in range(self.problem.num_levels):
-            self.seen[lvl][y[level == lvl]] = True
-        replay = len(y) if self.config.replay_batch_size is None else self.config.replay_batch_size
-        self.model.train()
-        for _ in range(iterations):
-            bx, by, blevel = x, y, level
-            if replay > 0 and len(self.memory) > 0:
-                mx, my, mlevel = self.memory.sample(replay, query=x)
-                bx = torch.cat([x, mx.to(self.device, torch.float32)])
-                by = torch.cat([y, my.to(self.device)])
-                blevel = torch.cat([level, mlevel.to(self.device)])
-            self._step(bx, by, blevel)
-        self.memory.add(x, y, level)
 
     def loss(
         self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor

@@ -1,4 +1,5 @@
-"""Flattening torch modules and optimizers into the tensors + JSON of a ``LearnerState``.
+"""Flattening torch modules and optimizers into the tensors + JSON of a ``LearnerState``, and
+the replay training loop and checkpoint shared by ER-like learners (:class:`ReplayTraining`).
 
 Checkpoints hold only tensors (safetensors) and JSON, never pickles, so optimizer state — a
 nested dict of tensors and numbers — is split here into named tensors and a JSON skeleton.
@@ -11,7 +12,7 @@ from typing import Any, Self
 import torch
 from torch import nn
 
-from learners.base import LearnerState
+from learners.base import LearnerState, Problem
 
 
 def module_tensors(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
@@ -60,17 +61,44 @@ def load_optimizer_state(
     optimizer.load_state_dict({"state": state, "param_groups": skeleton["param_groups"]})
 
 
-class ReplayTrainingState:
-    """Checkpoint and device moves for a learner trained by gradient steps with a replay memory:
-    its ``model`` (which holds every trained parameter), ``optimizer``, per-level masks of the
-    classes ``seen`` and its ``memory``. Mixed in before :class:`~learners.base.Learner`;
+class ReplayTraining:
+    """The training loop, checkpoint and device moves shared by learners trained by gradient
+    steps with a replay memory (ER and those built like it): a ``model`` holding every trained
+    parameter, an ``optimizer``, per-level masks of the classes ``seen``, a ``memory`` and
+    ``config.replay_batch_size``. ``learn`` is experience replay: mark the batch's classes seen,
+    then each iteration take one step (``_step``) on the batch joined by as many memory samples,
+    and finally offer the batch to the memory. Mixed in before :class:`~learners.base.Learner`;
     learners with more state extend these methods and call them."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
     seen: list[torch.Tensor]
     memory: Any
+    config: Any
+    problem: Problem
     device: torch.device
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def learn(
+        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+    ) -> None:
+        x = x.to(self.device, torch.float32)
+        y, level = y.to(self.device), level.to(self.device)
+        for lvl in range(self.problem.num_levels):
+            self.seen[lvl][y[level == lvl]] = True
+        replay = len(y) if self.config.replay_batch_size is None else self.config.replay_batch_size
+        self.model.train()
+        for _ in range(iterations):
+            bx, by, blevel = x, y, level
+            if replay > 0 and len(self.memory) > 0:
+                mx, my, mlevel = self.memory.sample(replay, query=x)
+                bx = torch.cat([x, mx.to(self.device, torch.float32)])
+                by = torch.cat([y, my.to(self.device)])
+                blevel = torch.cat([level, mlevel.to(self.device)])
+            self._step(bx, by, blevel)
+        self.memory.add(x, y, level)
 
     def state_dict(self) -> LearnerState:
         tensors = module_tensors("model", self.model)

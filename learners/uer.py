@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 from learners.backbones import BackboneConfig, build_backbone
 from learners.base import Learner, LearnerConfig, Problem
-from learners.torch_state import ReplayTrainingState
+from learners.torch_state import ReplayTraining
 from memory import MemoryConfig, build_memory
 
 
@@ -61,7 +61,7 @@ def seeded_weight(num_classes: int, dim: int, seed: int) -> torch.Tensor:
     return (torch.rand(num_classes, dim, generator=generator) * 2 - 1) * bound
 
 
-class UER(ReplayTrainingState, Learner):
+class UER(ReplayTraining, Learner):
     """Angle-only cross-entropy on the stream batch, dot-product cross-entropy on replay."""
 
     name = "uer"
