@@ -16,6 +16,7 @@ from learners.base import Problem
 from stream.batch import Batch
 from stream.datasets import Dataset, as_float_tensor
 from stream.stream_file import RecordedStream, StreamFileError
+from stream.validation import outside_label_space
 
 
 def check_against_dataset(stream: RecordedStream, dataset: Dataset, where: str) -> None:
@@ -43,19 +44,11 @@ def check_events(stream: RecordedStream, dataset: Dataset | None, problem: Probl
         raise StreamFileError(
             f"{where}: inputs {tuple(shape)}, the problem wants {problem.input_shape}"
         )
-    level, y = np.asarray(stream.level), np.asarray(stream.y)
-    if len(y) == 0:
-        return
-    if level.min() < 0 or level.max() >= problem.num_levels:
-        bad = int(np.flatnonzero((level < 0) | (level >= problem.num_levels))[0])
-        raise StreamFileError(f"{where}: event {bad} has level {int(level[bad])}")
-    limits = np.asarray(problem.num_classes)[level]
-    wrong = (y < 0) | (y >= limits)
-    if wrong.any():
-        bad = int(np.flatnonzero(wrong)[0])
-        raise StreamFileError(
-            f"{where}: event {bad} has label {int(y[bad])} outside [0, {int(limits[bad])})"
-        )
+    bad = outside_label_space(
+        np.asarray(stream.y), np.asarray(stream.level), np.asarray(problem.num_classes)
+    )
+    if bad is not None:
+        raise StreamFileError(f"{where}: event {bad[0]} has {bad[2]}")
     x = stream.x
     if x is not None and np.issubdtype(x.dtype, np.floating) and not _all_finite(x):
         bad = int(np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[0])

@@ -20,6 +20,28 @@ class BatchError(ValueError):
     """A micro-batch that does not fit the problem."""
 
 
+def outside_label_space(
+    labels: np.ndarray, levels: np.ndarray, num_classes: np.ndarray
+) -> tuple[int, str, str] | None:
+    """The first sample whose level or label lies outside the label space (``num_classes``
+    per level): its index, ``"level"`` or ``"label"``, and what is wrong; None when all fit.
+    Shared by the batch check, the recorded-stream check and the wire decoder."""
+    if len(labels) == 0:
+        return None
+    if levels.min() < 0 or levels.max() >= len(num_classes):
+        i = int(np.flatnonzero((levels < 0) | (levels >= len(num_classes)))[0])
+        return i, "level", f"level {int(levels[i])} outside [0, {len(num_classes)})"
+    limits = num_classes[0] if len(num_classes) == 1 else num_classes[levels]
+    if labels.min() >= 0 and labels.max() < limits.min():
+        return None  # the usual case: two reductions decide
+    wrong = (labels < 0) | (labels >= limits)
+    if not wrong.any():
+        return None
+    i = int(np.flatnonzero(wrong)[0])
+    limit = int(limits if np.ndim(limits) == 0 else limits[i])
+    return i, "label", f"label {int(labels[i])} outside [0, {limit}) at level {int(levels[i])}"
+
+
 def validate_batch(batch: Batch, problem: Problem) -> None:
     x, y, level = batch.x, batch.y, batch.level
     n = y.shape[0]
@@ -33,21 +55,9 @@ def validate_batch(batch: Batch, problem: Problem) -> None:
         return
     if x.is_floating_point() and not _finite(x):
         raise BatchError("input contains NaN or inf")
-    labels, levels = y.numpy(), level.numpy()
-    if problem.num_levels == 1:
-        if levels.any():
-            raise BatchError("level outside [0, 1)")
-        if labels.min() < 0 or labels.max() >= problem.num_classes[0]:
-            raise BatchError(f"label outside [0, {problem.num_classes[0]}) at level 0")
-        return
-    if levels.min() < 0 or levels.max() >= problem.num_levels:
-        raise BatchError(f"level outside [0, {problem.num_levels})")
-    limits = np.asarray(problem.num_classes)[levels]
-    if (labels < 0).any() or (labels >= limits).any():
-        bad = int(np.flatnonzero((labels < 0) | (labels >= limits))[0])
-        raise BatchError(
-            f"label {int(labels[bad])} outside [0, {int(limits[bad])}) at level {int(levels[bad])}"
-        )
+    bad = outside_label_space(y.numpy(), level.numpy(), np.asarray(problem.num_classes))
+    if bad is not None:
+        raise BatchError(bad[2])
 
 
 def _finite(x: torch.Tensor) -> bool:

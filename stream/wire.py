@@ -34,6 +34,7 @@ from typing import Any, Literal
 import numpy as np
 
 from learners.base import Problem
+from stream.validation import outside_label_space
 
 MAGIC = b"SCLB"
 VERSION = 1
@@ -242,18 +243,10 @@ class Decoder:
         )
 
     def _check_labels(self, y: np.ndarray, level: np.ndarray) -> None:
-        if int(level.max()) >= len(self._num_classes):
-            raise InvalidMessage(
-                "unknown_level", f"level {int(level.max())} outside [0, {len(self._num_classes)})"
-            )
-        limits = self._num_classes[level]
-        bad = np.flatnonzero((y < 0) | (y >= limits))
-        if len(bad):
-            i = int(bad[0])
-            raise InvalidMessage(
-                "label_out_of_range",
-                f"label {int(y[i])} outside [0, {int(limits[i])}) at level {int(level[i])}",
-            )
+        bad = outside_label_space(y, level, self._num_classes)
+        if bad is not None:
+            _, kind, what = bad
+            raise InvalidMessage("unknown_level" if kind == "level" else "label_out_of_range", what)
 
     # -- JSON ---------------------------------------------------------------------------------
 
