@@ -28,18 +28,28 @@ def outside_label_space(
     Shared by the batch check, the recorded-stream check and the wire decoder."""
     if len(labels) == 0:
         return None
+    if len(num_classes) == 1:  # the usual case, in as few numpy calls as possible
+        if levels.any():
+            i = int(np.flatnonzero(levels)[0])
+            return i, "level", f"level {int(levels[i])} outside [0, 1)"
+        limit = int(num_classes[0])
+        if labels.min() >= 0 and labels.max() < limit:
+            return None
+        i = int(np.flatnonzero((labels < 0) | (labels >= limit))[0])
+        return i, "label", f"label {int(labels[i])} outside [0, {limit}) at level 0"
     if levels.min() < 0 or levels.max() >= len(num_classes):
         i = int(np.flatnonzero((levels < 0) | (levels >= len(num_classes)))[0])
         return i, "level", f"level {int(levels[i])} outside [0, {len(num_classes)})"
-    limits = num_classes[0] if len(num_classes) == 1 else num_classes[levels]
-    if labels.min() >= 0 and labels.max() < limits.min():
-        return None  # the usual case: two reductions decide
+    limits = num_classes[levels]
     wrong = (labels < 0) | (labels >= limits)
     if not wrong.any():
         return None
     i = int(np.flatnonzero(wrong)[0])
-    limit = int(limits if np.ndim(limits) == 0 else limits[i])
-    return i, "label", f"label {int(labels[i])} outside [0, {limit}) at level {int(levels[i])}"
+    return (
+        i,
+        "label",
+        f"label {int(labels[i])} outside [0, {int(limits[i])}) at level {int(levels[i])}",
+    )
 
 
 def validate_batch(batch: Batch, problem: Problem) -> None:

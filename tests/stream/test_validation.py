@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from learners.base import Problem
 from stream.batch import Batch
-from stream.validation import BatchError, validate_batch
+from stream.validation import BatchError, outside_label_space, validate_batch
 
 PROBLEM = Problem(input_shape=(3,), num_classes=(2,))
 
@@ -35,3 +36,26 @@ def test_the_largest_finite_values_summed_are_still_accepted(dtype):
     big = torch.finfo(dtype).max
     validate_batch(_batch(torch.full((64, 3), big, dtype=dtype)), PROBLEM)
     validate_batch(_batch(torch.full((64, 3), -big, dtype=dtype)), PROBLEM)
+
+
+@pytest.mark.parametrize(
+    ("num_classes", "labels", "levels", "expected"),
+    [
+        ((3,), [0, 2, 1], [0, 0, 0], None),
+        ((3,), [0, 3, 1], [0, 0, 0], (1, "label", "label 3 outside [0, 3) at level 0")),
+        ((3,), [0, -1, 1], [0, 0, 0], (1, "label", "label -1 outside [0, 3) at level 0")),
+        ((3,), [0, 1, 1], [0, 0, 1], (2, "level", "level 1 outside [0, 1)")),
+        ((3,), [], [], None),
+        ((2, 5), [1, 4, 0], [0, 1, 1], None),
+        ((2, 5), [1, 4, 2], [0, 1, 0], (2, "label", "label 2 outside [0, 2) at level 0")),
+        ((2, 5), [1, 5, 0], [0, 1, 0], (1, "label", "label 5 outside [0, 5) at level 1")),
+        ((2, 5), [1, 0, 0], [0, 2, -1], (1, "level", "level 2 outside [0, 2)")),
+    ],
+)
+def test_the_first_sample_outside_the_label_space_is_named(num_classes, labels, levels, expected):
+    found = outside_label_space(
+        np.asarray(labels, dtype=np.int64),
+        np.asarray(levels, dtype=np.int64),
+        np.asarray(num_classes),
+    )
+    assert found == expected
