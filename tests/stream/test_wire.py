@@ -135,6 +135,9 @@ _VALID = [
 ]  # fmt: skip
 
 
+# A flipped byte can make both +inf and -inf; the finite check's sum then warns on inf - inf
+# before the message is refused as non_finite (what the test asserts).
+@pytest.mark.filterwarnings("ignore:invalid value encountered in reduce:RuntimeWarning")
 @settings(max_examples=400, deadline=None)
 @given(
     st.sampled_from(_VALID),
