@@ -81,15 +81,23 @@ class ReplayTraining:
     def _step(self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
-    ) -> None:
+    def _begin(
+        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """Start a ``learn``: the batch on the device, its classes marked seen, the model in
+        training mode; returns the batch and how many memory samples to replay per step."""
         x = x.to(self.device, torch.float32)
         y, level = y.to(self.device), level.to(self.device)
         for lvl in range(self.problem.num_levels):
             self.seen[lvl][y[level == lvl]] = True
         replay = len(y) if self.config.replay_batch_size is None else self.config.replay_batch_size
         self.model.train()
+        return x, y, level, replay
+
+    def learn(
+        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+    ) -> None:
+        x, y, level, replay = self._begin(x, y, level)
         for _ in range(iterations):
             bx, by, blevel = x, y, level
             if replay > 0 and len(self.memory) > 0:

@@ -117,12 +117,7 @@ class UER(ReplayTraining, Learner):
     def learn(
         self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
     ) -> None:
-        x = x.to(self.device, torch.float32)
-        y, level = y.to(self.device), level.to(self.device)
-        for lvl in range(self.problem.num_levels):
-            self.seen[lvl][y[level == lvl]] = True
-        replay = len(y) if self.config.replay_batch_size is None else self.config.replay_batch_size
-        self.model.train()
+        x, y, level, replay = self._begin(x, y, level)
         for _ in range(iterations):
             if replay > 0 and len(self.memory) > 0:
                 mx, my, mlevel = self.memory.sample(replay, query=x)
