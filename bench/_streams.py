@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from stream.datasets import Dataset, load_dataset
-from stream.replay import PreparedStream, prepare
-from stream.schedules import make_schedule
-from stream.stream_file import record_schedule, write_stream
+from stream.data.datasets import Dataset, load_dataset
+from stream.data.schedules import make_schedule
+from stream.data.stream_file import record_schedule, write_stream
+from stream.runs.recorded_run import PreparedStream, prepare
 
 SI_BLURRY = {"tasks": 5, "disjoint": 50, "blurry": 10}
 

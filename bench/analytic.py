@@ -30,7 +30,8 @@ from typing import Any
 import torch
 
 from bench.output import write
-from learners.analytic import RandomBuffer, RecursiveRidge, one_hot
+from learners.analytic import RandomBuffer
+from learners.linalg.ridge import RecursiveRidge, one_hot
 
 GAMMA = 0.1
 

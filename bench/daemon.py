@@ -37,9 +37,9 @@ import bench.output
 from learners.base import Problem
 from stream.daemon.config import KafkaConfig, ServeConfig
 from stream.daemon.serve import Daemon
-from stream.kafka_sink import open_sink
-from stream.kafka_source import AssignHandler, ErrorHandler, KafkaSource, open_source
-from stream.wire import Decoder, encode_binary, encode_json
+from stream.sinks.kafka_sink import open_sink
+from stream.sources.kafka_source import AssignHandler, ErrorHandler, KafkaSource, open_source
+from stream.sources.wire import Decoder, encode_binary, encode_json
 
 DIM, CLASSES = 64, 10
 PROBLEM = Problem(input_shape=(DIM,), num_classes=(CLASSES,))

@@ -29,11 +29,11 @@ import torch
 
 from bench.output import write
 from learners.registry import create
-from stream.datasets import Dataset
-from stream.event_loop import EventLoop, LoopConfig
-from stream.file_source import task_batches
-from stream.schedules import make_schedule
-from stream.stream_file import read_stream, record_schedule, write_stream
+from stream.data.datasets import Dataset
+from stream.data.schedules import make_schedule
+from stream.data.stream_file import read_stream, record_schedule, write_stream
+from stream.engine.event_loop import EventLoop, LoopConfig
+from stream.sources.file_source import task_batches
 
 
 def feature_dataset(n: int, dim: int, classes: int, seed: int) -> Dataset:

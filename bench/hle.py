@@ -32,11 +32,11 @@ import numpy as np
 import torch
 
 from bench import output
-from stream.datasets import load_dataset
-from stream.event_loop import LoopConfig
-from stream.replay import prepare, replay
-from stream.schedules import make_schedule
-from stream.stream_file import record_schedule, write_stream
+from stream.data.datasets import load_dataset
+from stream.data.schedules import make_schedule
+from stream.data.stream_file import record_schedule, write_stream
+from stream.engine.event_loop import LoopConfig
+from stream.runs.recorded_run import prepare, replay
 
 SYNTHETIC = "synthetic-hierarchy:branching=10x5,separation=0.5"
 SEEDS = (1, 2, 3)

@@ -28,10 +28,10 @@ import torch
 
 from bench import output
 from bench._streams import si_blurry_stream, subsample
-from stream.cli import main as streamcl
-from stream.datasets import load_dataset
-from stream.event_loop import LoopConfig
-from stream.replay import replay
+from stream.cli.main import main as streamcl
+from stream.data.datasets import load_dataset
+from stream.engine.event_loop import LoopConfig
+from stream.runs.recorded_run import replay
 
 # 7x7 patches: 16 image tokens + [CLS] + 25 prompt tokens keep MVP at minutes on two cores.
 VIT = {"patch_size": 7, "embed_dim": 48, "depth": 5, "num_heads": 4, "mlp_ratio": 2.0}

@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.output import write
-from stream.datasets import load_dataset
-from stream.event_loop import LoopConfig
-from stream.replay import prepare, replay
-from stream.schedules import make_schedule
-from stream.stream_file import record_schedule, write_stream
+from stream.data.datasets import load_dataset
+from stream.data.schedules import make_schedule
+from stream.data.stream_file import record_schedule, write_stream
+from stream.engine.event_loop import LoopConfig
+from stream.runs.recorded_run import prepare, replay
 
 TARGET = 0.85
 DATASET = "river:RandomRBF?n=20000&n_features=10&n_classes=5&seed=1&test_every=0"

@@ -21,9 +21,9 @@ import torch
 
 from bench import output
 from bench._streams import si_blurry_stream, subsample
-from stream.datasets import DatasetError
-from stream.event_loop import LoopConfig
-from stream.replay import replay
+from stream.data.datasets import DatasetError
+from stream.engine.event_loop import LoopConfig
+from stream.runs.recorded_run import replay
 
 LEARNERS = ("er", "uer")
 METRICS = ("A_auc", "A_last", "F_last")

@@ -14,7 +14,7 @@ Deviations from the official code (ZHUANGHP/Analytic-continual-learning), on pur
 - every class of the label space has a column from the start (Q's columns are zero until the
   class arrives), and classes never learned score ``-inf``;
 - with a label hierarchy each level has its own head, fitted on the samples labelled at that level;
-- there is no gradient-trained base phase: the backbone comes from :mod:`learners.backbones`.
+- there is no gradient-trained base phase: the backbone comes from :mod:`learners.backbones.backbone`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from typing import Any, ClassVar, Self
 
 import torch
 
-from learners.analytic import AnalyticConfig, AnalyticLearner, RecursiveRidge
-from learners.base import LearnerState, Problem
+from learners.analytic import AnalyticConfig, AnalyticLearner
+from learners.base import Problem
+from learners.linalg.ridge import RecursiveRidge
+from learners.state.learner_state import LearnerState
 
 
 class ACILConfig(AnalyticConfig):

@@ -35,8 +35,9 @@ import torch
 from pydantic import Field
 
 from learners.acil import ACIL, ACILConfig
-from learners.analytic import RidgeSolution, one_hot
-from learners.base import LearnerState, Problem
+from learners.base import Problem
+from learners.linalg.ridge import RidgeSolution, one_hot
+from learners.state.learner_state import LearnerState
 
 PSEUDO_CHUNK = 4096  # pseudo-features drawn and fitted per step (bounds the temporary memory)
 

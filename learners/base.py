@@ -26,11 +26,13 @@ column per class of the level, and classes the learner has not been taught yet s
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 import torch
 from pydantic import BaseModel, ConfigDict
+
+from learners.state.learner_state import LearnerState
 
 
 @dataclass(frozen=True)
@@ -80,14 +82,6 @@ class Problem:
         for size in self.input_shape:
             dim *= int(size)
         return dim
-
-
-@dataclass
-class LearnerState:
-    """A learner's checkpointable state: tensors (saved with safetensors) and JSON metadata."""
-
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 class LearnerConfig(BaseModel):

@@ -14,7 +14,7 @@ import torch
 
 from learners import registry
 from learners.base import Learner, Problem
-from learners.state_io import state_from_bytes, state_to_bytes
+from learners.state.safetensors_io import state_from_bytes, state_to_bytes
 
 NUM_CLASSES = 4
 

@@ -28,8 +28,10 @@ from typing import Any, ClassVar, Self
 import torch
 from pydantic import Field
 
-from learners.analytic import AnalyticConfig, AnalyticLearner, RecursiveRidge, one_hot
-from learners.base import LearnerState, Problem
+from learners.analytic import AnalyticConfig, AnalyticLearner
+from learners.base import Problem
+from learners.linalg.ridge import RecursiveRidge, one_hot
+from learners.state.learner_state import LearnerState
 
 
 class DSALConfig(AnalyticConfig):

@@ -23,10 +23,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from learners.backbones import BackboneConfig, build_backbone, seeded_linear
+from learners.backbones.backbone import BackboneConfig, build_backbone, seeded_linear
 from learners.base import Learner, LearnerConfig, Problem
-from learners.drift import DriftAction, DriftAdaptive
-from learners.torch_state import ReplayTraining
+from learners.capabilities import DriftAction, DriftAdaptive
+from learners.replay_training import ReplayTraining
 from memory import MemoryConfig, build_memory
 
 
@@ -45,7 +45,7 @@ class ER(ReplayTraining, Learner, DriftAdaptive):
     """Experience replay with a configurable memory and a masked growing head per level.
 
     ``learn`` (the replay step), checkpoints and device moves are those of
-    :class:`~learners.torch_state.ReplayTraining`; this class supplies the model and ``_step``."""
+    :class:`~learners.state.torch_state.ReplayTraining`; this class supplies the model and ``_step``."""
 
     name = "er"
     config_model = ERConfig

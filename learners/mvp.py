@@ -3,12 +3,12 @@ Learning on Stochastic Blurry Task Boundary via Mask and Visual Prompt Tuning"; 
 KHU-AGI/Si-Blurry ``models/mvp.py`` and ``methods/mvp.py``, read at 61bd5eb, the last commit
 whose ``models/mvp.py`` parses).
 
-On a ViT backbone (``learners.vit``, frozen by default; load pretrained weights through
+On a ViT backbone (``learners.backbones.vit``, frozen by default; load pretrained weights through
 ``backbone.weights``), per micro-batch and per update step:
 
 1. the frozen ViT gives each instance a query: its ``[CLS]`` token after all blocks but the last
    (``query_last_layer: false``, the official default), without the final norm;
-2. the prompt pool (``learners.prompts``) picks a key per instance by cosine distance penalised
+2. the prompt pool (``learners.backbones.prompts``) picks a key per instance by cosine distance penalised
    by use; the g-prompt and the key's e-prompt are prepended at their layers;
 3. logits ``z = head(f) ⊙ 2·sigmoid(mask_s)`` (instance-wise logit mask), classes not seen yet
    masked to ``−inf`` (seen-class masking, the official ``self.mask``);
@@ -42,11 +42,11 @@ from pydantic import Field, model_validator
 from torch import nn
 from torch.nn import functional as F
 
-from learners.backbones import BackboneConfig, build_backbone, seeded_linear
+from learners.backbones.backbone import BackboneConfig, build_backbone, seeded_linear
+from learners.backbones.prompts import PromptPool
+from learners.backbones.vit import ViT
 from learners.base import Learner, LearnerConfig, Problem
-from learners.prompts import PromptPool
-from learners.torch_state import ReplayTraining
-from learners.vit import ViT
+from learners.replay_training import ReplayTraining
 from memory import MemoryConfig, build_memory
 
 
@@ -125,7 +125,7 @@ class MVP(ReplayTraining, Learner):
     """Prompt-pool tuning of a frozen ViT with logit masks, CVPT, AFS and the GSF focal loss.
 
     Stream and replay samples are joined as in ER (``learn`` of
-    :class:`~learners.torch_state.ReplayTraining`); ``_step`` is MVP's."""
+    :class:`~learners.state.torch_state.ReplayTraining`); ``_step`` is MVP's."""
 
     name = "mvp"
     config_model = MVPConfig

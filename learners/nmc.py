@@ -19,9 +19,10 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from learners.backbones import BackboneConfig, build_backbone
-from learners.base import Learner, LearnerConfig, LearnerState, Problem
-from learners.drift import DriftAction, DriftAdaptive
+from learners.backbones.backbone import BackboneConfig, build_backbone
+from learners.base import Learner, LearnerConfig, Problem
+from learners.capabilities import DriftAction, DriftAdaptive
+from learners.state.learner_state import LearnerState
 
 
 class NMCConfig(LearnerConfig):

@@ -76,8 +76,9 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from learners.base import LearnerState, Problem
+from learners.base import Problem
 from learners.er import ER, ERConfig
+from learners.state.learner_state import LearnerState
 from memory import MemoryConfig
 
 

@@ -27,10 +27,10 @@ Scores map river's ``predict_proba_one`` onto the engine's class space:
 Scores are float64, river's probabilities unrounded.
 
 ``iterations`` is ignored: every sample is learned exactly once, as river does. The learner is
-a :class:`~learners.sequential.SequentialLearner` (test-then-train per sample inside a batch,
+a :class:`~learners.capabilities.SequentialLearner` (test-then-train per sample inside a batch,
 so prequential accuracy equals river's at any batch size) and supports the ``reset`` drift
 action (a fresh clone of the configured model). Checkpoints carry the models as a sealed pickle
-(``learners/sealed_pickle.py``): a SHA-256 digest always, an HMAC when ``checkpoint_key`` is set.
+(``learners/state/sealed_pickle.py``): a SHA-256 digest always, an HMAC when ``checkpoint_key`` is set.
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from learners.base import Learner, LearnerConfig, LearnerState, Problem
-from learners.drift import DriftAction, DriftAdaptive
-from learners.sealed_pickle import seal, unseal
-from learners.sequential import SequentialLearner
+from learners.base import Learner, LearnerConfig, Problem
+from learners.capabilities import DriftAction, DriftAdaptive, SequentialLearner
+from learners.state.learner_state import LearnerState
+from learners.state.sealed_pickle import seal, unseal
 
 
 class RiverComponent(BaseModel):

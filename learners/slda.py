@@ -26,10 +26,11 @@ from typing import Self
 import torch
 from pydantic import Field
 
-from learners.backbones import BackboneConfig, build_backbone
-from learners.base import Learner, LearnerConfig, LearnerState, Problem
-from learners.cholesky import cholesky_solve
-from learners.torch_state import load_module_tensors, module_tensors
+from learners.backbones.backbone import BackboneConfig, build_backbone
+from learners.base import Learner, LearnerConfig, Problem
+from learners.linalg.cholesky import cholesky_solve
+from learners.state.learner_state import LearnerState
+from learners.state.torch_state import load_module_tensors, module_tensors
 
 
 class SLDAConfig(LearnerConfig):

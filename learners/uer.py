@@ -36,9 +36,9 @@ from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
-from learners.backbones import BackboneConfig, build_backbone
+from learners.backbones.backbone import BackboneConfig, build_backbone
 from learners.base import Learner, LearnerConfig, Problem
-from learners.torch_state import ReplayTraining
+from learners.replay_training import ReplayTraining
 from memory import MemoryConfig, build_memory
 
 

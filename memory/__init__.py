@@ -8,11 +8,10 @@ per-sample ``loss`` function (see :mod:`memory.replay_memory`).
 
 from __future__ import annotations
 
-from learners.registry import LearnerConfigError
-from memory.config import MemoryConfig
+from memory.config import MemoryConfig, MemoryConfigError
 from memory.replay_memory import Embed, ReplayBatch, ReplayMemory, SampleLoss
 
-__all__ = ["MemoryConfig", "ReplayBatch", "ReplayMemory", "build_memory"]
+__all__ = ["MemoryConfig", "MemoryConfigError", "ReplayBatch", "ReplayMemory", "build_memory"]
 
 
 def build_memory(
@@ -22,14 +21,14 @@ def build_memory(
     loss: SampleLoss | None = None,
 ) -> ReplayMemory:
     """The memory ``config`` asks for, seeded; a config option the learner cannot serve (it gives
-    no ``embed`` or ``loss`` function) is a :class:`LearnerConfigError`."""
+    no ``embed`` or ``loss`` function) is a :class:`MemoryConfigError`."""
     if config.retrieval == "nearest" and embed is None:
-        raise LearnerConfigError(
+        raise MemoryConfigError(
             "invalid learner config: memory.retrieval: 'nearest' needs sample embeddings, and "
             "this learner gives its memory none; use uniform, class_balanced or per_level"
         )
     if config.policy == "clib" and loss is None:
-        raise LearnerConfigError(
+        raise MemoryConfigError(
             "invalid learner config: memory.policy: 'clib' needs per-sample losses, and this "
             "learner gives its memory none; use reservoir or class_balanced"
         )

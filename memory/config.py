@@ -19,6 +19,10 @@ Retrieval = Literal["uniform", "class_balanced", "nearest", "per_level"]
 IndexKind = Literal["auto", "flat", "ivf", "torch"]
 
 
+class MemoryConfigError(ValueError):
+    """A memory option the learner that owns the memory cannot serve; the message names it."""
+
+
 class MemoryConfig(BaseModel):
     """How many samples (and bytes) a replay memory holds, which it keeps and which it replays."""
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from learners.base import LearnerState
+from learners.state.learner_state import LearnerState
 from memory import retrieval
 from memory.config import MemoryConfig
 from memory.faiss_index import EmbeddingIndex, faiss_available

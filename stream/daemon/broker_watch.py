@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import structlog
 
-from stream.telemetry import Telemetry
+from stream.observe.telemetry import Telemetry
 
 log = structlog.get_logger("streamcl.broker")
 

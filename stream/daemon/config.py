@@ -27,8 +27,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from learners.registry import describe_validation_error
-from stream.config_file import load_config_file
-from stream.event_loop import LoopConfig
+from stream.cli.config_file import load_config_file
+from stream.engine.event_loop import LoopConfig
 
 
 class ServeConfigError(ValueError):
@@ -161,7 +161,7 @@ class MessagesConfig(_Section):
 
 
 class MetricsConfig(_Section):
-    """``/metrics`` and ``/healthz`` (stream/metrics_server.py)."""
+    """``/metrics`` and ``/healthz`` (stream/observe/http_endpoint.py)."""
 
     host: str = Field("127.0.0.1", description="loopback unless a remote Prometheus scrapes it")
     port: int | None = Field(

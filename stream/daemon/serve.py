@@ -3,7 +3,7 @@
 One iteration of the loop:
 
 1. poll a batch of records from the assigned partitions;
-2. decode and validate each (stream/wire.py); an invalid one goes to the dead-letter sink with
+2. decode and validate each (stream/sources/wire.py); an invalid one goes to the dead-letter sink with
    its reason and offset and is counted; a record below the partition's known position (a
    redelivery after a reconnect) is skipped;
 3. learn the valid samples through the event loop, in micro-batches (predict, then learn);
@@ -33,17 +33,19 @@ import torch
 
 from learners import registry
 from learners.base import Learner, Problem
-from stream.checkpoint import Checkpoint, CheckpointError, CheckpointStore
-from stream.daemon.batching import micro_batches
 from stream.daemon.broker_watch import BrokerWatch
+from stream.daemon.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from stream.daemon.config import ServeConfig, ServeConfigError
-from stream.datasets import as_float_tensor, load_dataset
-from stream.dead_letter import DeadLetterSink, FileDeadLetters, TopicDeadLetters
-from stream.device import resolve_device
-from stream.evaluation import AnytimeEvaluator
-from stream.event_loop import EventLoop
-from stream.kafka_sink import SinkError, open_sink
-from stream.kafka_source import (
+from stream.data.datasets import as_float_tensor, load_dataset
+from stream.engine.device import resolve_device
+from stream.engine.evaluation import AnytimeEvaluator
+from stream.engine.event_loop import EventLoop
+from stream.observe.loop_log import LoopLogger
+from stream.observe.telemetry import Telemetry
+from stream.sinks.dead_letter import DeadLetterSink, FileDeadLetters, TopicDeadLetters
+from stream.sinks.kafka_sink import SinkError, open_sink
+from stream.sources.batcher import micro_batches
+from stream.sources.kafka_source import (
     AssignHandler,
     ErrorHandler,
     KafkaSource,
@@ -51,9 +53,7 @@ from stream.kafka_source import (
     SourceError,
     open_source,
 )
-from stream.loop_log import LoopLogger
-from stream.telemetry import Telemetry
-from stream.wire import Decoder, InvalidMessage, Samples
+from stream.sources.wire import Decoder, InvalidMessage, Samples
 
 log = structlog.get_logger("streamcl.serve")
 

@@ -27,15 +27,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stream.datasets import load_dataset
-from stream.kafka_sink import open_sink
-from stream.stream_file import read_stream
-from stream.telemetry import Telemetry
-from stream.wire import encode_binary
-from tests.digits_stream import write_digits_stream
-from tests.prometheus_server import PrometheusServer, all_finite, free_port, get_json
-from tests.stream.commands.serve_process import FAST_GROUP, ServeProcess
-from tests.stream.malformed import malformed_messages
+from stream.data.datasets import load_dataset
+from stream.data.stream_file import read_stream
+from stream.observe.telemetry import Telemetry
+from stream.sinks.kafka_sink import open_sink
+from stream.sources.wire import encode_binary
+from tests.support.digits_stream import write_digits_stream
+from tests.support.malformed import malformed_messages
+from tests.support.prometheus_server import PrometheusServer, all_finite, free_port, get_json
+from tests.support.serve_process import FAST_GROUP, ServeProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD_PATH = ROOT / "deploy" / "grafana" / "dashboards" / "streamcl.json"

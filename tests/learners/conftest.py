@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from tests.learners.streams import Digits
+from tests.support.learner_streams import Digits
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from learners.analytic import one_hot
+from learners.linalg.ridge import one_hot
 from learners.registry import create
-from learners.state_io import state_from_bytes, state_to_bytes
-from tests.learners.streams import feed, joint_ridge, relative_error
+from learners.state.safetensors_io import state_from_bytes, state_to_bytes
+from tests.support.learner_streams import feed, joint_ridge, relative_error
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from learners.aef_ocl import ClassMoments, pseudo_feature_generator
-from learners.analytic import one_hot
 from learners.base import Problem
+from learners.linalg.ridge import one_hot
 from learners.registry import create
-from learners.state_io import state_from_bytes, state_to_bytes
-from tests.learners.streams import joint_ridge, relative_error
+from learners.state.safetensors_io import state_from_bytes, state_to_bytes
+from tests.support.learner_streams import joint_ridge, relative_error
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -5,14 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from learners.analytic import (
-    CholeskySolution,
-    RandomBuffer,
-    RecursiveRidge,
-    WoodburySolution,
-    one_hot,
-)
-from tests.learners.streams import GAMMA, joint_ridge, relative_error
+from learners.analytic import RandomBuffer
+from learners.linalg.ridge import CholeskySolution, RecursiveRidge, WoodburySolution, one_hot
+from tests.support.learner_streams import GAMMA, joint_ridge, relative_error
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

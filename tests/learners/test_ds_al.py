@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from learners.analytic import one_hot
+from learners.linalg.ridge import one_hot
 from learners.registry import create
-from tests.learners.streams import GAMMA, feed, joint_ridge, relative_error
+from tests.support.learner_streams import GAMMA, feed, joint_ridge, relative_error
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

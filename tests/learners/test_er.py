@@ -10,7 +10,7 @@ import torch
 from learners import checks, registry
 from learners.base import Problem
 from learners.registry import create
-from learners.state_io import state_from_bytes, state_to_bytes
+from learners.state.safetensors_io import state_from_bytes, state_to_bytes
 
 
 def test_unseen_classes_are_masked_in_training_and_prediction():

@@ -11,10 +11,10 @@ from river import base, linear_model, naive_bayes, tree
 
 from learners import checks, registry
 from learners.base import Problem
-from learners.drift import DriftAction
+from learners.capabilities import DriftAction
 from learners.registry import LearnerConfigError
-from learners.sealed_pickle import SealError
-from learners.state_io import state_from_bytes, state_to_bytes
+from learners.state.safetensors_io import state_from_bytes, state_to_bytes
+from learners.state.sealed_pickle import SealError
 
 # The contract suite only runs names without ``:<``; these stand for the family: a naive Bayes,
 # a tree, a linear model, and a seeded forest (determinism under the learner's seed).

@@ -7,7 +7,7 @@ import torch
 
 from learners.registry import create
 from learners.slda import ClassScatter
-from tests.learners.streams import feed, relative_error
+from tests.support.learner_streams import feed, relative_error
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

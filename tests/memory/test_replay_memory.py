@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from learners.registry import LearnerConfigError, validate_config
-from learners.state_io import state_from_bytes, state_to_bytes
-from memory import MemoryConfig, ReplayMemory, build_memory
+from learners.state.safetensors_io import state_from_bytes, state_to_bytes
+from memory import MemoryConfig, MemoryConfigError, ReplayMemory, build_memory
 
 
 class Backbone:
@@ -200,9 +200,9 @@ def test_an_empty_memory_round_trips_and_a_zero_capacity_one_stores_nothing():
 
 
 def test_options_a_learner_cannot_serve_are_config_errors():
-    with pytest.raises(LearnerConfigError, match=r"memory\.retrieval: 'nearest' needs"):
+    with pytest.raises(MemoryConfigError, match=r"memory\.retrieval: 'nearest' needs"):
         build_memory(MemoryConfig(retrieval="nearest"), seed=0)
-    with pytest.raises(LearnerConfigError, match=r"memory\.policy: 'clib' needs"):
+    with pytest.raises(MemoryConfigError, match=r"memory\.policy: 'clib' needs"):
         build_memory(MemoryConfig(policy="clib"), seed=0)
     with pytest.raises(LearnerConfigError, match=r"memory\.retrieval: Input should be"):
         validate_config("er", {"memory": {"retrieval": "closest"}})

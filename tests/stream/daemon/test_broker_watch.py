@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from stream.daemon.broker_watch import BrokerWatch
-from stream.telemetry import Telemetry
+from stream.observe.telemetry import Telemetry
 
 
 class Clock:

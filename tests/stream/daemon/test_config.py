@@ -7,7 +7,7 @@ import json
 import pytest
 
 from stream.daemon.config import ServeConfig, ServeConfigError, load_serve_config
-from tests.stream.commands.serve_process import REPO
+from tests.support.serve_process import REPO
 
 MINIMAL = {
     "kafka": {"bootstrap": "127.0.0.1:9092", "topic": "samples"},

@@ -2,7 +2,7 @@
 
 These tests drive the exact code ``streamcl serve`` runs; only the Kafka client is replaced by
 ``MemorySource``, which keeps the source contract (assign with resume offsets, poll in offset
-order, redeliver when rewound). The real-broker tests are in tests/stream/commands/test_serve.py.
+order, redeliver when rewound). The real-broker tests are in tests/stream/cli/commands/test_serve.py.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import torch
 
 from learners import registry
 from learners.base import Problem
-from stream.checkpoint import CheckpointError, CheckpointStore
+from stream.daemon.checkpoint import CheckpointError, CheckpointStore
 from stream.daemon.config import ServeConfig
 from stream.daemon.serve import Daemon
-from stream.kafka_source import KafkaSource, Record, SourceError
-from stream.wire import encode_binary, encode_json
-from tests.stream.malformed import malformed_messages
+from stream.sources.kafka_source import KafkaSource, Record, SourceError
+from stream.sources.wire import encode_binary, encode_json
+from tests.support.malformed import malformed_messages
 
 PROBLEM = Problem(input_shape=(4,), num_classes=(3,))
 MAX_BYTES = 2048

@@ -1,0 +1,70 @@
+r"""Capabilities a learner may declare beyond the four verbs of :class:`learners.base.Learner`.
+
+The engine and the contract checks (:mod:`learners.checks`) look for these by ``isinstance``:
+
+- :class:`SequentialLearner` — the per-sample path. The engine's default micro-batch step
+  predicts a whole batch, then learns it. A learner that updates sample by sample anyway (a
+  river model's ``learn_one``) can instead predict each sample just before learning it, inside
+  the batch, which is exactly river's test-then-train (``evaluate.progressive_val_score``) at any
+  batch size, and converts each input once instead of twice.
+- :class:`DriftAdaptive` — what a learner does when the engine detects a concept drift on the
+  prequential error stream (``stream/engine/drift_detection.py``). On a detection the engine asks
+  the learner to adapt with one of the :class:`DriftAction`\ s it declares; the learner knows
+  nothing about the detector:
+
+  - ``none``: log and count only;
+  - ``reset``: forget learned statistics and start afresh (``nmc``'s class means, a river
+    model's state);
+  - ``grow_recent``: grow the share of recent samples in the replay memory (``er``).
+
+  Asking a learner for an action it does not declare is a configuration error, reported before
+  the stream starts.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from enum import StrEnum
+
+import torch
+
+
+class DriftAction(StrEnum):
+    NONE = "none"
+    RESET = "reset"
+    GROW_RECENT = "grow_recent"
+
+
+class DriftAdaptive(ABC):
+    """Mixin of learners that can react to a detected drift.
+
+    ``drift_actions`` lists the actions the learner supports; it may depend on the learner's
+    config (``er`` grows the recent share only of a reservoir memory)."""
+
+    drift_actions: frozenset[DriftAction]
+
+    @abstractmethod
+    def on_drift(self, action: DriftAction) -> None:
+        """Apply ``action`` (one of :attr:`drift_actions`, never ``none``) now."""
+
+
+def supported_actions(learner: object) -> frozenset[DriftAction]:
+    """The actions ``learner`` supports; ``none`` always is."""
+    declared = learner.drift_actions if isinstance(learner, DriftAdaptive) else frozenset()
+    return frozenset({DriftAction.NONE, *declared})
+
+
+class SequentialLearner(ABC):
+    """Mixin of learners that can predict each sample of a batch just before learning it."""
+
+    @abstractmethod
+    def test_then_train(
+        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+    ) -> torch.Tensor:
+        """For each sample in order, predict its class at its level, then learn it.
+
+        Returns ``[B]`` class ids (int64): sample ``i``'s prediction, made after samples
+        ``< i`` were learned and before sample ``i`` was, equal to the argmax of
+        ``predict`` at that moment; ``-1`` where the learner could not predict (every class
+        scored ``-inf``). Learning must equal ``learn(x, y, level, iterations)``.
+        """

@@ -1,0 +1,40 @@
+"""The ridge statistics G = HᵀH of a lazy head, kept as their lower triangle.
+
+G is symmetric, so a head keeps only its lower triangle (diagonal included) up to date, and
+everything that reads it reads that triangle (:func:`learners.linalg.cholesky.cholesky`, a merge by
+addition) or the full matrix rebuilt by :func:`symmetric` (checkpoints):
+
+- :func:`add_gram` adds HᵀH to the lower triangle block row by block row, the work of BLAS
+  ``syrk``, which torch does not expose: about 60% of the flops of ``G.addmm_(H.T, H)``
+  (9 ms against 13 ms for a rank-256 update at d = 2048 on two cores).
+- :func:`symmetric` rebuilds the full matrix from its lower triangle.
+"""
+
+from __future__ import annotations
+
+import torch
+
+BLOCK = 512
+"""Rows of G per product. The diagonal blocks are computed in full, so smaller blocks do less
+work (56% of the full product with 256-row blocks at d = 2048, 62% with 512) but run more,
+shorter products; at d = 2048 on two cores, rank-256 updates took 9.0 ms with 512-row blocks
+against 9.2 ms with 256 (13 ms for the full product) on a quiet machine, and 23 ms against
+29 ms with two other busy processes (medians of 25)."""
+
+
+def add_gram(G: torch.Tensor, H: torch.Tensor, block: int = BLOCK) -> None:
+    """G += HᵀH on the lower triangle of G (H: [rows, d], G: [d, d]).
+
+    Each block row of G gets the product of its columns of H with every column of H up to the
+    end of its diagonal block, so the strict upper triangle outside the diagonal blocks is left
+    untouched (and stale): readers of G must read only its lower triangle.
+    """
+    dim = G.shape[0]
+    for start in range(0, dim, block):
+        end = min(start + block, dim)
+        G[start:end, :end].addmm_(H[:, start:end].T, H[:, :end])
+
+
+def symmetric(G: torch.Tensor) -> torch.Tensor:
+    """The symmetric matrix whose lower triangle (diagonal included) is G's, as a new tensor."""
+    return G.tril() + G.tril(-1).mT

@@ -1,0 +1,108 @@
+"""``streamcl publish STREAM``: write a recorded stream into a Kafka topic, optionally paced.
+
+Each event becomes one JSON message, or events are grouped into binary micro-batch messages of
+``--batch`` samples (docs/wire-format.md). Inputs are sent as the learner sees them (float32; the
+pixels of uint8 image datasets as uint8 in binary, scaled on decode exactly as on replay), with
+the event's label, level, task and id. Messages are dealt round-robin over the topic's
+partitions; a one-partition topic keeps the stream's order. A missing topic is created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from stream.cli.errors import UsageError
+from stream.data.datasets import as_float_tensor, load_dataset
+from stream.data.stream_file import RecordedStream, read_stream
+from stream.sinks.kafka_sink import open_sink
+from stream.sources.file_source import check_against_dataset
+from stream.sources.wire import encode_binary, encode_json
+
+# Events whose inputs are read from the dataset at once, so memory stays bounded on big streams.
+CHUNK = 4096
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "publish",
+        help="write a recorded stream into a Kafka topic",
+        description="Publish a recorded stream to a Kafka topic, one JSON message per sample or "
+        "binary micro-batches, optionally rate-limited.",
+    )
+    parser.add_argument("stream", help="a stream file written by `streamcl schedule`")
+    parser.add_argument("--bootstrap", required=True, help="HOST:PORT of a broker")
+    parser.add_argument("--topic", required=True)
+    parser.add_argument(
+        "--rate", type=float, default=None, help="samples per second (default: as fast as possible)"
+    )
+    parser.add_argument("--format", choices=("json", "binary"), default="binary")
+    parser.add_argument("--batch", type=int, default=64, help="samples per binary message")
+    parser.add_argument("--client", choices=("kafka-python", "confluent"), default="kafka-python")
+    parser.add_argument(
+        "--partitions", type=int, default=1, help="partitions of the topic if it is created"
+    )
+    parser.set_defaults(run=run)
+
+
+def _inputs(stream: RecordedStream, start: int, stop: int, dataset: object) -> np.ndarray:
+    if stream.x is not None:
+        raw = np.asarray(stream.x[start:stop])
+    else:
+        raw = dataset.X_train[np.asarray(stream.row[start:stop])]  # type: ignore[attr-defined]
+    return raw if raw.dtype == np.uint8 else as_float_tensor(raw).numpy()
+
+
+def messages(
+    stream: RecordedStream, dataset: object, form: str, batch: int
+) -> Iterator[tuple[bytes, int]]:
+    """``(message, samples in it)`` for every event of ``stream``, in order."""
+    for chunk in range(0, len(stream), CHUNK):
+        end = min(chunk + CHUNK, len(stream))
+        x = _inputs(stream, chunk, end, dataset)
+        y, level = np.asarray(stream.y[chunk:end]), np.asarray(stream.level[chunk:end])
+        task, ids = np.asarray(stream.task[chunk:end]), np.asarray(stream.id[chunk:end])
+        if form == "json":
+            floats = as_float_tensor(x).numpy() if x.dtype == np.uint8 else x
+            for i in range(end - chunk):
+                yield encode_json(floats[i], int(y[i]), int(level[i]), int(task[i]), int(ids[i])), 1
+            continue
+        for lo in range(0, end - chunk, batch):
+            hi = min(lo + batch, end - chunk)
+            yield encode_binary(x[lo:hi], y[lo:hi], level[lo:hi], task[lo:hi], ids[lo:hi]), hi - lo
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch <= 0 or args.partitions <= 0 or (args.rate is not None and args.rate <= 0):
+        raise UsageError("--batch, --partitions and --rate must be positive")
+    stream = read_stream(args.stream)
+    dataset = None
+    if stream.x is None:
+        dataset = load_dataset(stream.header.dataset)
+        check_against_dataset(stream, dataset, args.stream)
+    sink = open_sink(args.client, args.bootstrap)
+    partitions = sink.ensure_topic(args.topic, args.partitions)
+    if partitions == 0:
+        raise UsageError(f"topic {args.topic!r} has no partitions")
+    started = time.monotonic()
+    sent = samples = 0
+    for message, count in messages(stream, dataset, args.format, args.batch):
+        sink.send(args.topic, message, partition=sent % partitions)
+        sent += 1
+        samples += count
+        if args.rate is not None:
+            ahead = started + samples / args.rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+    sink.flush()
+    sink.close()
+    seconds = time.monotonic() - started
+    print(
+        f"published {samples} samples in {sent} {args.format} messages to {args.topic} "
+        f"({partitions} partitions) in {seconds:.2f} s "
+        f"({samples / max(seconds, 1e-9):.0f} samples/s)"
+    )
+    return 0

@@ -1,0 +1,44 @@
+"""The errors that mean "the user asked for something wrong" (CLI exit code 2)."""
+
+from __future__ import annotations
+
+from learners.backbones.backbone import BackboneError
+from learners.backbones.timm_backbone import TimmUnavailableError
+from learners.backbones.weights import BackboneWeightsError
+from learners.registry import LearnerConfigError, UnknownLearnerError
+from memory.config import MemoryConfigError
+from stream.cli.config_file import ConfigFileError
+from stream.daemon.checkpoint import CheckpointError
+from stream.daemon.config import ServeConfigError
+from stream.data.datasets import DatasetError
+from stream.data.schedules import ScheduleError
+from stream.data.stream_file import StreamFileError
+from stream.engine.device import DeviceError
+from stream.engine.drift_detection import DriftConfigError
+from stream.observe.http_endpoint import MetricsServerError
+from stream.runs.report import ReportError
+
+
+class UsageError(ValueError):
+    """Bad command-line usage."""
+
+
+USER_ERRORS: tuple[type[Exception], ...] = (
+    UsageError,
+    CheckpointError,
+    BackboneError,
+    BackboneWeightsError,
+    TimmUnavailableError,
+    ConfigFileError,
+    DatasetError,
+    DeviceError,
+    DriftConfigError,
+    LearnerConfigError,
+    MemoryConfigError,
+    MetricsServerError,
+    ReportError,
+    ScheduleError,
+    ServeConfigError,
+    StreamFileError,
+    UnknownLearnerError,
+)

@@ -1,0 +1,77 @@
+"""The ``streamcl`` command line (SPEC §5).
+
+Exit codes: 0 success; 2 bad usage or bad config, with one line that says what and where;
+1 any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from stream.cli.errors import USER_ERRORS, UsageError
+from stream.observe.log_setup import add_logging_arguments, configure_logging, report_failure
+
+# Each module adds one subcommand with ``add_parser(subparsers)``; add a command with one line.
+COMMANDS = (
+    "stream.cli.commands.demo",
+    "stream.cli.commands.schedule",
+    "stream.cli.commands.replay",
+    "stream.cli.commands.report",
+    "stream.cli.commands.learners",
+    "stream.cli.commands.publish",
+    "stream.cli.commands.serve",
+    "stream.cli.commands.pretrain",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad usage as one line (exit 2) instead of usage + message."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="streamcl", description="Streaming online continual learning.")
+    parser.add_argument("--version", action="version", version=_version())
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    for module in COMMANDS:
+        importlib.import_module(module).add_parser(commands)
+    for command in commands.choices.values():
+        add_logging_arguments(command)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("streamcl")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        configure_logging(args.log_format, args.log_level)
+        return int(args.run(args))
+    except USER_ERRORS as exc:
+        report_failure(f"streamcl: error: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        report_failure("streamcl: interrupted")
+        return 130
+    except Exception as exc:
+        report_failure(f"streamcl: failed: {type(exc).__name__}: {exc}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

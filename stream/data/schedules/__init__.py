@@ -1,0 +1,74 @@
+"""Stream schedules (SPEC §3): ``disjoint``, ``i-blurry``, ``si-blurry``, ``hle`` — deterministic
+in the seed — and ``ordered`` (dataset order, for streams whose order matters: river's drifting
+ones).
+
+>>> from stream.data.datasets import load_dataset
+>>> s, params = make_schedule("si-blurry", load_dataset("digits"), {}, seed=1)
+>>> len(s), s.num_tasks, params.disjoint, params.blurry
+(1442, 5, 50, 10)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from pydantic import ValidationError
+
+from stream.data.datasets import Dataset
+from stream.data.schedules.schedule import Schedule, ScheduleParams
+
+__all__ = [
+    "Schedule",
+    "ScheduleError",
+    "ScheduleParams",
+    "make_schedule",
+    "params_model",
+    "schedule_names",
+]
+
+# name -> (module with build(levels, params, seed), params class name); one line per schedule.
+_SCHEDULES: dict[str, tuple[str, str]] = {
+    "disjoint": ("stream.data.schedules.disjoint", "DisjointParams"),
+    "i-blurry": ("stream.data.schedules.i_blurry", "IBlurryParams"),
+    "si-blurry": ("stream.data.schedules.si_blurry", "SiBlurryParams"),
+    "hle": ("stream.data.schedules.hle", "HLEParams"),
+    "ordered": ("stream.data.schedules.ordered", "OrderedParams"),
+}
+
+
+class ScheduleError(ValueError):
+    """Unknown schedule or parameters that do not fit it or the dataset."""
+
+
+def schedule_names() -> list[str]:
+    return list(_SCHEDULES)
+
+
+def params_model(name: str) -> type[ScheduleParams]:
+    if name not in _SCHEDULES:
+        raise ScheduleError(f"unknown schedule {name!r}; known: {', '.join(_SCHEDULES)}")
+    module, cls = _SCHEDULES[name]
+    model: type[ScheduleParams] = getattr(importlib.import_module(module), cls)
+    return model
+
+
+def make_schedule(
+    name: str, dataset: Dataset, params: dict[str, Any], seed: int
+) -> tuple[Schedule, ScheduleParams]:
+    """Build schedule ``name`` over ``dataset``'s training split."""
+    model = params_model(name)
+    try:
+        validated = model.model_validate(params)
+    except ValidationError as exc:
+        fields = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ScheduleError(f"invalid {name} parameters: {fields}") from None
+    build = importlib.import_module(_SCHEDULES[name][0]).build
+    assert dataset.y_train_levels is not None
+    try:
+        schedule: Schedule = build(dataset.y_train_levels, validated, seed)
+    except ValueError as exc:
+        raise ScheduleError(str(exc)) from None
+    return schedule, validated

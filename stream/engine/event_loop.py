@@ -1,0 +1,446 @@
+"""The event loop: micro-batches in, predict-then-learn, anytime evaluation, metrics out.
+
+Per micro-batch, in order:
+
+1. if the batch starts a new task, evaluate at the end of the previous one(s);
+2. predict the batch before learning it (prequential, test-then-train accuracy), with the
+   classes the stream has not shown masked out;
+3. mark the batch's classes seen; accumulate ``online_iter`` and let the learner take
+   ``int(accumulated)`` update steps, keeping the fraction for later batches (as i-Blurry does);
+4. with drift detection configured, feed the batch's prequential errors to the detector and,
+   on a detection, apply the configured action to the learner (stream/engine/drift_detection.py);
+5. every ``eval_period`` samples (at the end of the batch that reaches the mark) evaluate on
+   the test samples of seen classes.
+
+A :class:`~learners.capabilities.SequentialLearner` (river models) does steps 2 and 3 per sample
+instead: each sample is predicted just before it is learned, the classes shown earlier in the
+stream, this batch included, allowed — river's own test-then-train, at any batch size.
+Samples the learner cannot predict at all (every class scores ``-inf``: it knows none yet) are
+left out of prequential accuracy, as river's ``progressive_val_score`` leaves them out.
+
+The loop knows nothing about where batches come from (file or Kafka) or where metrics go:
+observers receive every batch and evaluation. Its whole state is JSON, so a checkpoint can carry
+it next to the learner's tensors and the source offsets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from learners.base import Learner, Problem
+from learners.capabilities import DriftAction, SequentialLearner, supported_actions
+from stream.engine import metrics
+from stream.engine.batch import Batch
+from stream.engine.drift_detection import DriftConfig, DriftConfigError, DriftMonitor
+from stream.engine.evaluation import AnytimeEvaluator, Evaluation
+from stream.engine.validation import validate_batch
+
+
+class LoopConfig(BaseModel):
+    """How the loop feeds the learner and how often it evaluates."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(16, gt=0, description="stream samples per micro-batch")
+    online_iter: float = Field(
+        1.0, ge=0, description="update steps per micro-batch (fractions accumulate)"
+    )
+    eval_period: int | None = Field(
+        1000, gt=0, description="evaluate every N samples; null: task ends only"
+    )
+    prequential_windows: list[int] = Field(
+        default_factory=lambda: [1000],
+        min_length=1,
+        description="rolling prequential accuracy windows",
+    )
+    eval_batch_size: int = Field(512, gt=0)
+    drift: DriftConfig | None = Field(
+        None, description="drift detection on prequential errors; null: off"
+    )
+
+    @field_validator("prequential_windows")
+    @classmethod
+    def _distinct_positive(cls, windows: list[int]) -> list[int]:
+        if min(windows) <= 0 or len(set(windows)) != len(windows):
+            raise ValueError(f"windows must be distinct positive sizes, got {windows}")
+        return windows
+
+
+class Observer:
+    """Receives what the loop does; every method is optional."""
+
+    def on_batch(
+        self, loop: EventLoop, batch: Batch, hits: np.ndarray, learn_seconds: float
+    ) -> None:
+        """After a micro-batch was predicted and learned."""
+
+    def on_evaluation(self, loop: EventLoop, evaluation: Evaluation, kind: str) -> None:
+        """After an anytime (``kind="periodic"``) or task-end (``kind="task_end"``) evaluation."""
+
+    def on_finish(self, loop: EventLoop) -> None:
+        """After the stream ended and the last task-end evaluation was made."""
+
+
+class EventLoop:
+    """Drives one learner over a stream of micro-batches."""
+
+    def __init__(
+        self,
+        learner: Learner,
+        problem: Problem,
+        config: LoopConfig | None = None,
+        evaluator: AnytimeEvaluator | None = None,
+        num_tasks: int | None = None,
+        observers: Sequence[Observer] = (),
+        learner_name: str | None = None,
+        checkpoint_key: bytes | None = None,
+    ) -> None:
+        """``learner_name`` labels logs (default ``learner.name``); ``checkpoint_key`` signs the
+        drift detector's state in :meth:`state_dict` (given at the edge, like a learner's)."""
+        self.learner = learner
+        self.problem = problem
+        self.config = config or LoopConfig()
+        self.evaluator = evaluator
+        self.num_tasks = num_tasks
+        self.observers = list(observers)
+        self.samples_seen = 0
+        # Classes shown by the stream so far, per level (numpy; torch views for the evaluator).
+        self.seen = [np.zeros(k, dtype=bool) for k in problem.num_classes]
+        # 0 for seen classes, -inf for the others: masking scores is then one addition.
+        self._mask_bias = [np.full(k, -np.inf, dtype=np.float32) for k in problem.num_classes]
+        self._all_seen = [False] * problem.num_levels
+        self._any_seen = [False] * problem.num_levels
+        self.current_task: int | None = None
+        self.pending_updates = 0.0
+        self.next_eval = self.config.eval_period or 0
+        self.prequential = metrics.PrequentialAccuracy(self.config.prequential_windows)
+        self.checkpoint_key = checkpoint_key
+        self._sequential = learner if isinstance(learner, SequentialLearner) else None
+        self.drift: DriftMonitor | None = None
+        if self.config.drift is not None:
+            action = self.config.drift.action
+            if action not in supported_actions(learner):
+                supported = ", ".join(sorted(supported_actions(learner)))
+                raise DriftConfigError(
+                    f"learner {learner_name or learner.name!r} does not support drift action "
+                    f"{action.value!r} (it supports: {supported})"
+                )
+            self.drift = DriftMonitor(self.config.drift, learner_name or learner.name)
+        self.curve: list[Evaluation] = []
+        self.task_ends: list[Evaluation] = []
+        self.best_class_accuracy = [np.zeros(k) for k in problem.num_classes]
+        self.last_evaluation: Evaluation | None = None
+        self.learn_seconds = 0.0
+        self.finished = False
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self, batches: Iterable[Batch]) -> None:
+        """Process every batch, then close the last task."""
+        for batch in batches:
+            self.process(batch)
+        self.finish()
+
+    def process(self, batch: Batch) -> None:
+        """Predict, then learn, one micro-batch; evaluate when a mark is reached."""
+        n = batch.y.shape[0]
+        if n == 0:
+            return
+        if not batch.validated:
+            validate_batch(batch, self.problem)
+        if batch.task is not None:
+            self._enter_task(int(batch.task.numpy()[0]))
+        self.pending_updates += self.config.online_iter
+        iterations = int(self.pending_updates)
+        self.pending_updates -= iterations
+        if self._sequential is not None:
+            started = time.perf_counter()
+            predicted = self._sequential.test_then_train(batch.x, batch.y, batch.level, iterations)
+            learn_seconds = time.perf_counter() - started
+            hits, answered = self._sequential_hits(batch, predicted)
+            self._mark_seen(batch)
+        else:
+            hits, answered = self._prequential(batch)
+            self._mark_seen(batch)
+            started = time.perf_counter()
+            self.learner.learn(batch.x, batch.y, batch.level, iterations)
+            learn_seconds = time.perf_counter() - started
+        self.learn_seconds += learn_seconds
+        self.prequential.update(hits if answered is None else hits[answered])
+        detected = self._watch_drift(hits, answered)
+        self.samples_seen += n
+        for observer in self.observers:
+            observer.on_batch(self, batch, hits, learn_seconds)
+        if detected and self.drift is not None and self.config.drift is not None:
+            action = self.config.drift.action
+            if action is not DriftAction.NONE:
+                self.learner.on_drift(action)  # type: ignore[attr-defined]
+        if self.config.eval_period and self.samples_seen >= self.next_eval:
+            period = self.config.eval_period
+            self.next_eval = (self.samples_seen // period + 1) * period
+            if self.evaluator is not None:
+                self._evaluate("periodic")
+
+    def finish(self) -> None:
+        """Close the stream: task-end evaluation(s) for the last task and any empty ones after."""
+        if self.finished:
+            return
+        if self.num_tasks:
+            last = self.num_tasks - 1
+        else:
+            # Without task labels the whole stream is one task.
+            last = self.current_task if self.current_task is not None else 0
+        self._close_tasks(through=last, start=0 if self.current_task is None else None)
+        self.finished = True
+        for observer in self.observers:
+            observer.on_finish(self)
+
+    def _mark_seen(self, batch: Batch) -> None:
+        y = batch.y.numpy()
+        if self.problem.num_levels == 1:
+            if not self._all_seen[0]:
+                self._mark(0, y)
+        else:
+            levels = batch.level.numpy()
+            for level in range(self.problem.num_levels):
+                self._mark(level, y[levels == level])
+
+    def _mark(self, level: int, labels: np.ndarray) -> None:
+        seen = self.seen[level]
+        if not seen[labels].all():
+            seen[labels] = True
+            self._mask_bias[level][labels] = 0.0
+            self._all_seen[level] = bool(seen.all())
+            self._any_seen[level] = True
+
+    def _prequential(self, batch: Batch) -> tuple[np.ndarray, np.ndarray | None]:
+        """Hits, and which samples the learner predicted at all (None: every one), predicting
+        the batch before learning it. Bookkeeping runs in numpy on views of the CPU tensors:
+        cheaper per call than torch on micro-batches, and this runs on every batch."""
+        y = batch.y.numpy()
+        if self.problem.num_levels == 1:
+            return self._hits(self.learner.predict(batch.x, 0), y, 0)
+        hits = np.zeros(len(y), dtype=bool)
+        answered = np.zeros(len(y), dtype=bool)
+        levels = batch.level.numpy()
+        for level in np.unique(levels).tolist():
+            rows = levels == level
+            scores = self.learner.predict(batch.x[torch.from_numpy(rows)], level)
+            level_hits, level_answered = self._hits(scores, y[rows], level)
+            hits[rows] = level_hits
+            answered[rows] = True if level_answered is None else level_answered
+        return hits, answered
+
+    def _hits(
+        self, scores: torch.Tensor, y: np.ndarray, level: int
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Right predictions among the seen classes, and which rows had a seen class scored
+        above ``-inf`` (a learner that knows no seen class yet makes no prediction); None
+        when every row had, the usual case, told by one reduction over the raw scores."""
+        raw = scores.numpy(force=True)
+        if self._all_seen[level]:
+            masked, some_seen = raw, True  # nothing to mask
+        else:
+            masked, some_seen = raw + self._mask_bias[level], self._any_seen[level]
+        predicted = masked.argmax(axis=1)
+        if some_seen and raw.min() > -np.inf:  # (a NaN fails this too)
+            return predicted == y, None
+        # a row scored -inf throughout has its argmax at -inf; reading the argmax entries back
+        # costs a fraction of a row-wise max
+        rows, classes = masked.shape
+        answered = masked.reshape(-1)[predicted + np.arange(0, rows * classes, classes)] > -np.inf
+        return (predicted == y) & answered, answered
+
+    def _sequential_hits(
+        self, batch: Batch, predicted: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Hits of per-sample predictions (-1: none). A learner predicts only classes it was
+        taught, which the stream showed before; a hit on any other class is not counted.
+
+        Plain Python over the batch's few rows: between river's per-sample work, each numpy
+        call costs several times what it costs alone (measured in bench/river.py's setting)."""
+        pred, y, level = predicted.tolist(), batch.y.tolist(), batch.level.tolist()
+        seen = self.seen
+        hits, answered = [], []
+        for i, (p, label, lvl) in enumerate(zip(pred, y, level, strict=True)):
+            answered.append(p >= 0)
+            hit = p == label
+            if hit and not seen[lvl][label]:  # the class first appears in this batch
+                hit = any(y[j] == label and level[j] == lvl for j in range(i))
+            hits.append(hit)
+        return np.array(hits, dtype=bool), np.array(answered, dtype=bool)
+
+    def _watch_drift(self, hits: np.ndarray, answered: np.ndarray | None) -> list[int]:
+        if self.drift is None:
+            return []
+        rows = np.arange(len(hits)) if answered is None else np.flatnonzero(answered)
+        errors = (~hits[rows]).astype(np.int8)
+        return self.drift.update(errors, self.samples_seen + 1 + rows)
+
+    def prequential_values(self) -> dict[str, float | None]:
+        """Prequential accuracy by window label (``cumulative``, ``"1000"``, ...), for gauges."""
+        return self.prequential.values()
+
+    @property
+    def drift_events(self) -> int:
+        """Drift detections so far (0 while detection is off)."""
+        return 0 if self.drift is None else self.drift.events
+
+    # -- tasks and evaluations ------------------------------------------------------------
+
+    def _enter_task(self, task: int) -> None:
+        if self.current_task is None:
+            # Tasks before the first non-empty one were empty: they end with nothing seen.
+            self._close_tasks(through=task - 1, start=0)
+            self.current_task = task
+        elif task != self.current_task:
+            self._close_tasks(through=task - 1)
+            self.current_task = task
+
+    def _close_tasks(self, through: int, start: int | None = None) -> None:
+        """Task-end evaluations for tasks ``start..through``; empty tasks repeat the result."""
+        first = self.current_task if start is None else start
+        if first is None or through < first:
+            return
+        evaluation = self._evaluate("task_end")
+        if evaluation is None:
+            return
+        for _ in range(first + 1, through + 1):
+            self.task_ends.append(evaluation)
+
+    def _evaluate(self, kind: str) -> Evaluation | None:
+        if self.evaluator is None:
+            return None
+        seen = [torch.from_numpy(mask) for mask in self.seen]
+        evaluation = self.evaluator.evaluate(self.learner, seen, self.samples_seen)
+        if kind == "periodic":
+            self.curve.append(evaluation)
+        else:
+            self.task_ends.append(evaluation)
+        for level, per_class in enumerate(evaluation.class_accuracy):
+            np.maximum(
+                self.best_class_accuracy[level], per_class, out=self.best_class_accuracy[level]
+            )
+        self.last_evaluation = evaluation
+        for observer in self.observers:
+            observer.on_evaluation(self, evaluation, kind)
+        return evaluation
+
+    # -- results --------------------------------------------------------------------------
+
+    def running_forgetting(self, level: int) -> float | None:
+        """Forgetting now: each class's best accuracy so far minus its latest accuracy."""
+        if self.last_evaluation is None:
+            return None
+        return metrics.running_forgetting(
+            self.best_class_accuracy[level], self.last_evaluation.class_accuracy[level]
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """SPEC §4 metrics of the run so far, pooled over levels and (with a hierarchy) per level."""
+        result = _metrics_of(
+            [e.accuracy for e in self.curve],
+            [e.accuracy for e in self.task_ends],
+            [np.concatenate(e.class_accuracy) for e in self.task_ends],
+        )
+        result.update(
+            prequential_accuracy=self.prequential.cumulative,
+            prequential_accuracy_rolling=self.prequential.rolling,
+            prequential_accuracy_windows={
+                str(w): self.prequential.rolling_at(w) for w in self.prequential.windows
+            },
+            drift_events=self.drift_events,
+            drift_positions=[] if self.drift is None else list(self.drift.positions),
+            samples=self.samples_seen,
+            curve=[[e.samples_seen, e.accuracy] for e in self.curve],
+            task_end_accuracies=[e.accuracy for e in self.task_ends],
+        )
+        if self.problem.num_levels > 1:
+            result["per_level"] = {
+                name: self._level_summary(level)
+                for level, name in enumerate(self.problem.level_names)
+            }
+        return result
+
+    def _level_summary(self, level: int) -> dict[str, Any]:
+        summary = _metrics_of(
+            [e.level_accuracy[level] for e in self.curve],
+            [e.level_accuracy[level] for e in self.task_ends],
+            [e.class_accuracy[level] for e in self.task_ends],
+        )
+        summary["curve"] = [[e.samples_seen, e.level_accuracy[level]] for e in self.curve]
+        if level < self.problem.num_levels - 1:
+            either = _metrics_of(
+                [e.either_accuracy[level] for e in self.curve],
+                [e.either_accuracy[level] for e in self.task_ends],
+                [],
+            )
+            summary.update({f"{key}_either": either[key] for key in ("A_auc", "A_avg", "A_last")})
+        return summary
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The loop's whole state, as JSON."""
+        return {
+            "samples_seen": self.samples_seen,
+            "seen": [np.flatnonzero(s).tolist() for s in self.seen],
+            "current_task": self.current_task,
+            "pending_updates": self.pending_updates,
+            "next_eval": self.next_eval,
+            "prequential": self.prequential.state_dict(),
+            "curve": [e.to_json() for e in self.curve],
+            "task_ends": [e.to_json() for e in self.task_ends],
+            "best_class_accuracy": [b.tolist() for b in self.best_class_accuracy],
+            "last_evaluation": None
+            if self.last_evaluation is None
+            else self.last_evaluation.to_json(),
+            "learn_seconds": self.learn_seconds,
+            "finished": self.finished,
+            "drift": None if self.drift is None else self.drift.state_dict(self.checkpoint_key),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.samples_seen = int(state["samples_seen"])
+        for mask, bias, classes in zip(self.seen, self._mask_bias, state["seen"], strict=True):
+            mask[:] = False
+            mask[np.asarray(classes, dtype=np.int64)] = True
+            bias[:] = np.where(mask, 0.0, -np.inf)
+        self._all_seen = [bool(mask.all()) for mask in self.seen]
+        self._any_seen = [bool(mask.any()) for mask in self.seen]
+        self.current_task = state["current_task"]
+        self.pending_updates = float(state["pending_updates"])
+        self.next_eval = int(state["next_eval"])
+        self.prequential.load_state_dict(state["prequential"])
+        self.curve = [Evaluation.from_json(e) for e in state["curve"]]
+        self.task_ends = [Evaluation.from_json(e) for e in state["task_ends"]]
+        self.best_class_accuracy = [
+            np.asarray(b, dtype=np.float64) for b in state["best_class_accuracy"]
+        ]
+        last = state["last_evaluation"]
+        self.last_evaluation = None if last is None else Evaluation.from_json(last)
+        self.learn_seconds = float(state["learn_seconds"])
+        self.finished = bool(state["finished"])
+        if self.drift is not None:
+            if state.get("drift") is None:
+                raise ValueError(
+                    "checkpoint has no drift detector state, but drift detection is configured"
+                )
+            self.drift.load_state_dict(state["drift"], self.checkpoint_key)
+
+
+def _metrics_of(
+    anytime: list[float | None], task_end: list[float | None], class_accuracy: list[np.ndarray]
+) -> dict[str, Any]:
+    return {
+        "A_auc": metrics.A_auc(anytime),
+        "A_avg": metrics.A_avg(task_end),
+        "A_last": metrics.A_last(task_end),
+        "F_last": metrics.F_last(np.stack(class_accuracy)) if class_accuracy else None,
+    }

@@ -1,0 +1,157 @@
+"""Evaluation metrics of online continual learning (SPEC §4), as in the i-Blurry and Si-Blurry
+official code (naver-ai/i-Blurry ``main.py``, KHU-AGI/Si-Blurry ``methods/_trainer.py``).
+
+- ``A_auc``: mean of the anytime accuracies measured every ``eval_period`` samples
+  (the official code averages only those periodic points, not the task-end ones);
+- ``A_avg``: mean of the task-end accuracies; ``A_last``: the last task-end accuracy;
+- ``F_last``: mean over classes j of ``max_{k<T} acc_j(k) − acc_j(T)`` over the task ends k,
+  for the classes whose best earlier accuracy is above 0;
+- prequential accuracy: test-then-train accuracy on the stream itself, cumulative and over
+  rolling windows (equal to river's ``Accuracy`` and ``Rolling`` metrics).
+
+An accuracy over no test sample (no class seen yet) is ``None`` and is left out of the means.
+
+>>> A_auc([0.5, 1.0, None])
+0.75
+>>> F_last(np.array([[1.0, 0.0], [0.5, 1.0], [0.25, 0.5]]))
+0.625
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
+
+
+def A_auc(anytime_accuracies: Sequence[float | None]) -> float | None:
+    """Area under the anytime-accuracy curve, as the mean of its evaluations."""
+    return _mean(anytime_accuracies)
+
+
+def A_avg(task_end_accuracies: Sequence[float | None]) -> float | None:
+    return _mean(task_end_accuracies)
+
+
+def A_last(task_end_accuracies: Sequence[float | None]) -> float | None:
+    return task_end_accuracies[-1] if task_end_accuracies else None
+
+
+def F_last(class_accuracy: np.ndarray) -> float | None:
+    """Forgetting at the end from per-class accuracies ``[task_ends, classes]``."""
+    class_accuracy = np.asarray(class_accuracy, dtype=np.float64)
+    if class_accuracy.ndim != 2 or class_accuracy.shape[0] < 2:
+        return None
+    best_before = class_accuracy[:-1].max(axis=0)
+    forgotten = best_before > 0
+    if not forgotten.any():
+        return None
+    return float(np.mean(best_before[forgotten] - class_accuracy[-1][forgotten]))
+
+
+def running_forgetting(best: np.ndarray, current: np.ndarray) -> float | None:
+    """Forgetting right now: mean of (best accuracy so far − current) over classes with best > 0."""
+    mask = best > 0
+    if not mask.any():
+        return None
+    return float(np.mean(best[mask] - current[mask]))
+
+
+class PrequentialAccuracy:
+    """Test-then-train accuracy, cumulative and over the last ``w`` predictions per window ``w``.
+
+    Only samples the learner made a prediction for are counted: a learner that knows no class
+    yet abstains, and river's ``progressive_val_score`` skips such samples too. The values equal
+    river's ``metrics.Accuracy`` and ``utils.Rolling(metrics.Accuracy, window_size=w)`` fed the
+    same predictions (tests/stream/engine/test_metrics.py checks this exactly), but cost one slice
+    write per micro-batch instead of a Python call per sample and window: every window reads
+    one ring buffer of the last ``max(windows)`` hits.
+
+    >>> p = PrequentialAccuracy(windows=(2, 4))
+    >>> p.update(np.array([True, False, True, True]))
+    >>> p.values()
+    {'cumulative': 0.75, '2': 1.0, '4': 0.75}
+    """
+
+    def __init__(self, windows: int | Sequence[int] = (1000,)) -> None:
+        self._start(windows)
+
+    def _start(self, windows: int | Sequence[int]) -> None:
+        windows = (int(windows),) if isinstance(windows, int) else tuple(int(w) for w in windows)
+        if not windows or min(windows) <= 0 or len(set(windows)) != len(windows):
+            raise ValueError(f"prequential windows must be distinct positive sizes, got {windows}")
+        self.windows = windows
+        self.correct = 0
+        self.total = 0
+        self._capacity = max(windows)
+        self._ring = np.zeros(self._capacity, dtype=bool)
+        self._position = 0
+
+    def update(self, hits: np.ndarray) -> None:
+        """Count one hit (True) or miss (False) per predicted sample, in stream order."""
+        hits = np.asarray(hits, dtype=bool)
+        self.correct += int(np.count_nonzero(hits))
+        self.total += len(hits)
+        capacity = self._capacity
+        if len(hits) >= capacity:
+            self._ring[:] = hits[-capacity:]
+            self._position = 0
+            return
+        end = self._position + len(hits)
+        if end <= capacity:
+            self._ring[self._position : end] = hits
+        else:
+            split = capacity - self._position
+            self._ring[self._position :] = hits[:split]
+            self._ring[: end - capacity] = hits[split:]
+        self._position = end % capacity
+
+    @property
+    def cumulative(self) -> float | None:
+        return self.correct / self.total if self.total else None
+
+    def rolling_at(self, window: int) -> float | None:
+        """Accuracy over the last ``window`` predictions (fewer while the stream is shorter)."""
+        if window not in self.windows:
+            raise KeyError(f"no prequential window {window}; windows: {self.windows}")
+        filled = min(self.total, window)
+        if not filled:
+            return None
+        position = self._position
+        if filled <= position:
+            correct = int(self._ring[position - filled : position].sum())
+        else:
+            wrapped = filled - position
+            tail = self._ring[self._capacity - wrapped :]
+            correct = int(self._ring[:position].sum()) + int(tail.sum())
+        return correct / filled
+
+    @property
+    def rolling(self) -> float | None:
+        """The first window's rolling accuracy."""
+        return self.rolling_at(self.windows[0])
+
+    def values(self) -> dict[str, float | None]:
+        """``{"cumulative": ..., "<window>": ...}``: the prequential gauges, by window label."""
+        return {"cumulative": self.cumulative, **{str(w): self.rolling_at(w) for w in self.windows}}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "windows": list(self.windows),
+            "correct": self.correct,
+            "total": self.total,
+            "ring": np.flatnonzero(self._ring).tolist(),
+            "position": self._position,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._start(state["windows"])
+        self.correct, self.total = int(state["correct"]), int(state["total"])
+        self._ring[np.asarray(state["ring"], dtype=np.int64)] = True
+        self._position = int(state["position"])

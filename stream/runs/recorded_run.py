@@ -1,0 +1,125 @@
+"""Replaying a recorded stream through a learner: the research evaluation path.
+
+``replay`` loads the stream and the dataset it names, builds the learner from the registry,
+runs the event loop with anytime evaluation on the dataset's test split, and returns (and
+optionally writes) ``results.json`` with every SPEC §4 key plus the run's provenance.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from learners import registry
+from learners.base import Learner, LearnerConfig, Problem
+from stream.data.datasets import Dataset, as_float_tensor, load_dataset
+from stream.data.stream_file import RecordedStream, StreamFileError, read_stream
+from stream.engine.device import resolve_device
+from stream.engine.evaluation import AnytimeEvaluator
+from stream.engine.event_loop import EventLoop, LoopConfig, Observer
+from stream.runs.plots import plot_curves
+from stream.sources.file_source import check_against_dataset, task_batches
+
+
+@dataclass
+class PreparedStream:
+    """A recorded stream with its dataset, label space and test-set evaluator inputs."""
+
+    path: Path
+    stream: RecordedStream
+    dataset: Dataset
+    problem: Problem
+
+    def evaluator(self, batch_size: int, device: torch.device) -> AnytimeEvaluator:
+        assert self.dataset.y_test_levels is not None
+        return AnytimeEvaluator(
+            as_float_tensor(self.dataset.X_test).to(device),
+            torch.from_numpy(self.dataset.y_test_levels),
+            self.problem,
+            batch_size=batch_size,
+        )
+
+
+def prepare(path: str | Path, dataset: Dataset | None = None) -> PreparedStream:
+    """Read the stream at ``path`` and load (or check) the dataset it was recorded on."""
+    path = Path(path)
+    stream = read_stream(path)
+    dataset = dataset or load_dataset(stream.header.dataset)
+    check_against_dataset(stream, dataset, str(path))
+    problem = dataset.problem()
+    if list(problem.num_classes) != list(stream.header.num_classes):
+        raise StreamFileError(
+            f"{path}: stream label space {stream.header.num_classes} != dataset {list(problem.num_classes)}"
+        )
+    return PreparedStream(path, stream, dataset, problem)
+
+
+def replay(
+    prepared: PreparedStream,
+    learner_name: str,
+    options: dict[str, Any] | LearnerConfig | None = None,
+    loop_config: LoopConfig | None = None,
+    device: str = "auto",
+    out_dir: str | Path | None = None,
+    observers: Sequence[Observer] = (),
+) -> dict[str, Any]:
+    """Run ``learner_name`` over ``prepared``; write results.json and curve.png to ``out_dir``."""
+    loop_config = loop_config or LoopConfig()
+    torch_device = resolve_device(device)
+    learner: Learner = registry.create(learner_name, prepared.problem, options, torch_device)
+    header = prepared.stream.header
+    loop = EventLoop(
+        learner,
+        prepared.problem,
+        loop_config,
+        evaluator=prepared.evaluator(loop_config.eval_batch_size, torch_device),
+        num_tasks=header.num_tasks,
+        observers=observers,
+        learner_name=learner_name,
+    )
+    started = time.perf_counter()
+    loop.run(
+        task_batches(
+            prepared.stream, prepared.dataset, loop_config.batch_size, problem=prepared.problem
+        )
+    )
+    seconds = time.perf_counter() - started
+    results = loop.summary()
+    results.update(
+        learner=learner_name,
+        config=learner.config.model_dump(mode="json"),
+        loop=loop_config.model_dump(mode="json"),
+        device=str(torch_device),
+        seconds=seconds,
+        learn_seconds=loop.learn_seconds,
+        samples_per_second=loop.samples_seen / seconds if seconds > 0 else None,
+        stream=str(prepared.path),
+        dataset=header.dataset,
+        schedule=header.schedule,
+        schedule_params=header.params,
+        seed=header.seed,
+        num_tasks=header.num_tasks,
+    )
+    if out_dir is not None:
+        write_results(results, out_dir)
+    return results
+
+
+def write_results(results: dict[str, Any], out_dir: str | Path) -> Path:
+    """``results.json`` and ``curve.png`` in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    path.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    plot_curves(
+        {results["learner"]: results["curve"]},
+        out / "curve.png",
+        title=f"{results['learner']} on {results['dataset']} ({results['schedule']})",
+    )
+    return path

@@ -1,0 +1,117 @@
+"""Micro-batches read from a recorded stream file, never spanning two tasks.
+
+As in the official i-Blurry / Si-Blurry loops, which run one data loader per task, the last
+micro-batch of a task may be short; the next task starts a fresh batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from learners.base import Problem
+from stream.data.datasets import Dataset, as_float_tensor
+from stream.data.stream_file import RecordedStream, StreamFileError
+from stream.engine.batch import Batch
+from stream.engine.validation import outside_label_space
+
+
+def check_against_dataset(stream: RecordedStream, dataset: Dataset, where: str) -> None:
+    """Refuse to replay a stream on data that is not the data it was recorded on."""
+    expected = stream.header.dataset_fingerprint
+    actual = dataset.fingerprint()
+    for key, value in expected.items():
+        if actual.get(key) != value:
+            raise StreamFileError(
+                f"{where}: recorded on {stream.header.dataset} with {key}={value}, "
+                f"but the dataset loaded now has {key}={actual.get(key)}"
+            )
+    if not stream.header.inline and len(stream) and int(np.max(stream.row)) >= len(dataset.y_train):
+        raise StreamFileError(
+            f"{where}: refers to training rows beyond the dataset's {len(dataset.y_train)}"
+        )
+
+
+def check_events(stream: RecordedStream, dataset: Dataset | None, problem: Problem) -> None:
+    """Check every event of ``stream`` against ``problem`` at once (labels, levels, input shape,
+    finite inline inputs), so its batches need no per-batch check."""
+    where = f"stream recorded on {stream.header.dataset}"
+    shape = stream.x.shape[1:] if stream.x is not None else dataset.input_shape if dataset else None
+    if shape is not None and tuple(shape) != tuple(problem.input_shape):
+        raise StreamFileError(
+            f"{where}: inputs {tuple(shape)}, the problem wants {problem.input_shape}"
+        )
+    bad = outside_label_space(
+        np.asarray(stream.y), np.asarray(stream.level), np.asarray(problem.num_classes)
+    )
+    if bad is not None:
+        raise StreamFileError(f"{where}: event {bad[0]} has {bad[2]}")
+    x = stream.x
+    if x is not None and np.issubdtype(x.dtype, np.floating) and not _all_finite(x):
+        bad = int(np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[0])
+        raise StreamFileError(f"{where}: event {bad} has NaN or inf in its input")
+
+
+def _all_finite(x: np.ndarray) -> bool:
+    """Whether every value of ``x`` is finite: NaN propagates through min and max and an inf is
+    one of them, so two reductions decide, with no boolean array the size of the stream."""
+    return bool(np.isfinite(x.min()) and np.isfinite(x.max()))
+
+
+def task_batches(
+    stream: RecordedStream,
+    dataset: Dataset | None,
+    batch_size: int,
+    start: int = 0,
+    problem: Problem | None = None,
+) -> Iterator[Batch]:
+    """Micro-batches of up to ``batch_size`` events from event ``start`` on, cut at task changes.
+
+    With ``problem``, every event is checked once up front and the batches come marked
+    validated; without it the event loop checks each batch.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch size must be positive, got {batch_size}")
+    if problem is not None:
+        check_events(stream, dataset, problem)
+    task = np.asarray(stream.task)
+    changes = np.flatnonzero(np.diff(task)) + 1
+    boundaries = np.concatenate([[0], changes, [len(task)]])
+    source = stream.x
+    if source is None and dataset is None:
+        raise ValueError("a stream of dataset rows needs its dataset")
+    starts = [
+        lo
+        for task_start, task_end in itertools.pairwise(boundaries.tolist())
+        for lo in range(max(task_start, start), task_end, batch_size)
+    ]
+    if not starts:
+        return
+    ends = [*starts[1:], len(task)]  # batches tile the events from ``start`` on
+    # Cut each event column into per-batch views in one call: slicing tensors one by one costs
+    # more per batch than a small learner's update (bench/engine_overhead.py).
+    cuts = starts[1:]
+    first = starts[0]
+    columns = [
+        torch.from_numpy(np.array(a[first:], dtype=np.int64)).tensor_split(
+            [c - first for c in cuts]
+        )
+        for a in (stream.y, stream.level, task, stream.id)
+    ]
+    inline = None
+    if source is not None and source.dtype == np.float32 and source.flags.writeable:
+        inline = torch.from_numpy(np.asarray(source[first:])).tensor_split(
+            [c - first for c in cuts]
+        )
+    for i, (lo, hi, y, level, tasks, ids) in enumerate(zip(starts, ends, *columns, strict=True)):
+        if inline is not None:
+            x = inline[i]
+        elif source is not None:
+            x = as_float_tensor(source[lo:hi])
+        else:
+            assert dataset is not None
+            x = as_float_tensor(dataset.X_train[np.asarray(stream.row[lo:hi])])
+        yield Batch(x=x, y=y, level=level, task=tasks, ids=ids, validated=problem is not None)

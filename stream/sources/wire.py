@@ -1,0 +1,338 @@
+"""The messages the daemon reads from Kafka: one sample as JSON, or a micro-batch in binary.
+
+Both forms are specified in ``docs/wire-format.md``. A JSON message is one labelled sample::
+
+    {"x": [0.0, 0.25, ...], "y": 3, "level": 0, "task": 1, "id": 517}
+
+A binary message is a little-endian header followed by typed arrays (ids, labels, tasks, inputs,
+levels) for ``n`` samples; it costs no text parsing and decodes without copying.
+
+:class:`Decoder` checks every message against the problem the daemon learns (input shape, label
+space per level) and refuses a bad one whole with an :class:`InvalidMessage` that carries a
+reason code (the ``reason`` label of ``streamcl_invalid_messages_total``) and a one-line detail.
+Whatever the bytes, decoding either returns valid samples or raises ``InvalidMessage``.
+
+>>> from learners.base import Problem
+>>> decoder = Decoder(Problem(input_shape=(2,), num_classes=(3,)))
+>>> samples = decoder.decode(encode_binary(np.ones((2, 2), np.float32), np.array([0, 2])))
+>>> samples.y.tolist(), samples.x.shape
+([0, 2], (2, 2))
+>>> decoder.decode(b'{"x": [1, 2], "y": 7}')
+Traceback (most recent call last):
+...
+stream.sources.wire.InvalidMessage: label_out_of_range: label 7 outside [0, 3) at level 0
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from learners.base import Problem
+from stream.engine.validation import outside_label_space
+
+MAGIC = b"SCLB"
+VERSION = 1
+# dtype code -> input dtype on the wire; uint8 inputs are pixels, scaled to [0, 1] on decode
+# exactly as image datasets are (stream.data.datasets.as_float_tensor).
+X_DTYPES: dict[int, np.dtype[Any]] = {1: np.dtype("<f4"), 2: np.dtype("u1")}
+FLAG_IDS = 0x01
+FLAG_TASK = 0x02
+MAX_NDIM = 4
+_FIXED = struct.Struct("<4sBBBBI")  # magic, version, dtype code, flags, ndim, n
+_INT32_MAX = 2**31 - 1
+_INT64_MAX = 2**63 - 1
+
+Format = Literal["auto", "json", "binary"]
+
+# The reason codes, in the order docs/wire-format.md lists them.
+REASONS = (
+    "oversized",
+    "empty",
+    "undecodable",
+    "unsupported_version",
+    "truncated",
+    "wrong_type",
+    "missing_field",
+    "wrong_dimension",
+    "non_finite",
+    "label_out_of_range",
+    "unknown_level",
+)
+
+
+class InvalidMessage(ValueError):
+    """A message that fails decoding or validation; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class Samples:
+    """Decoded samples: ``x`` float32 ``[n, *input_shape]``; ``task`` and ``ids`` are -1 where
+    the message carries none."""
+
+    x: np.ndarray
+    y: np.ndarray
+    level: np.ndarray
+    task: np.ndarray
+    ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def _header_size(ndim: int) -> int:
+    return (_FIXED.size + 4 * ndim + 7) // 8 * 8
+
+
+def encode_binary(
+    x: np.ndarray,
+    y: np.ndarray,
+    level: np.ndarray | None = None,
+    task: np.ndarray | None = None,
+    ids: np.ndarray | None = None,
+) -> bytes:
+    """One binary micro-batch message. ``x`` is float32 (any float is cast) or uint8 pixels."""
+    x = np.asarray(x)
+    n = len(x)
+    code = 2 if x.dtype == np.uint8 else 1
+    sample_shape = x.shape[1:]
+    if not 1 <= len(sample_shape) <= MAX_NDIM:
+        raise ValueError(f"a sample must have 1 to {MAX_NDIM} dimensions, got shape {sample_shape}")
+    flags = (FLAG_IDS if ids is not None else 0) | (FLAG_TASK if task is not None else 0)
+    header = _FIXED.pack(MAGIC, VERSION, code, flags, len(sample_shape), n)
+    header += struct.pack(f"<{len(sample_shape)}I", *sample_shape)
+    header += b"\0" * (_header_size(len(sample_shape)) - len(header))
+    parts = [header]
+    if ids is not None:
+        parts.append(np.asarray(ids, dtype="<i8").tobytes())
+    parts.append(np.asarray(y, dtype="<i4").tobytes())
+    if task is not None:
+        parts.append(np.asarray(task, dtype="<i4").tobytes())
+    parts.append(np.ascontiguousarray(x, dtype=X_DTYPES[code]).tobytes())
+    parts.append(
+        np.zeros(n, "u1").tobytes() if level is None else np.asarray(level, dtype="u1").tobytes()
+    )
+    return b"".join(parts)
+
+
+def encode_json(
+    x: np.ndarray | list[Any],
+    y: int,
+    level: int = 0,
+    task: int | None = None,
+    id: int | None = None,
+) -> bytes:
+    """One JSON single-sample message (inputs written as the float32 values the learner sees)."""
+    message: dict[str, Any] = {"x": np.asarray(x, dtype=np.float32).ravel().tolist(), "y": int(y)}
+    if level:
+        message["level"] = int(level)
+    if task is not None:
+        message["task"] = int(task)
+    if id is not None:
+        message["id"] = int(id)
+    return json.dumps(message, separators=(",", ":")).encode()
+
+
+class Decoder:
+    """Decodes and validates messages for one problem."""
+
+    def __init__(self, problem: Problem, format: Format = "auto", max_bytes: int = 1 << 20) -> None:
+        self.problem = problem
+        self.format = format
+        self.max_bytes = max_bytes
+        self.input_shape = tuple(int(s) for s in problem.input_shape)
+        self.input_dim = problem.input_dim
+        self._num_classes = np.asarray(problem.num_classes, dtype=np.int64)
+        self._levels = {name: i for i, name in enumerate(problem.level_names)}
+
+    def decode(self, value: bytes | None) -> Samples:
+        """The samples in ``value``, or :class:`InvalidMessage` saying why there are none."""
+        if not value:
+            raise InvalidMessage("empty", "message has no value (empty or tombstone)")
+        if len(value) > self.max_bytes:
+            raise InvalidMessage("oversized", f"{len(value)} bytes, the limit is {self.max_bytes}")
+        binary = value[:4] == MAGIC
+        if self.format == "json" and binary:
+            raise InvalidMessage("undecodable", "binary message on a topic configured for JSON")
+        if self.format == "binary" and not binary:
+            raise InvalidMessage(
+                "undecodable", "message does not start with the binary magic b'SCLB'"
+            )
+        return self._binary(value) if binary else self._json(value)
+
+    # -- binary -------------------------------------------------------------------------------
+
+    def _binary(self, value: bytes) -> Samples:
+        if len(value) < _FIXED.size:
+            raise InvalidMessage("truncated", f"{len(value)} bytes, shorter than the binary header")
+        _, version, code, flags, ndim, n = _FIXED.unpack_from(value)
+        if version != VERSION:
+            raise InvalidMessage(
+                "unsupported_version", f"binary version {version}, this daemon reads {VERSION}"
+            )
+        if code not in X_DTYPES:
+            raise InvalidMessage("wrong_type", f"unknown input dtype code {code}")
+        if flags & ~(FLAG_IDS | FLAG_TASK):
+            raise InvalidMessage("wrong_type", f"unknown flags {flags:#04x}")
+        if not 1 <= ndim <= MAX_NDIM:
+            raise InvalidMessage("wrong_dimension", f"sample ndim {ndim} outside [1, {MAX_NDIM}]")
+        if n == 0:
+            raise InvalidMessage("empty", "binary message with 0 samples")
+        start = _header_size(ndim)
+        if len(value) < start:
+            raise InvalidMessage("truncated", f"{len(value)} bytes, the header needs {start}")
+        shape = struct.unpack_from(f"<{ndim}I", value, _FIXED.size)
+        if shape != self.input_shape and shape != (self.input_dim,):
+            raise InvalidMessage(
+                "wrong_dimension", f"sample shape {shape}, expected {self.input_shape}"
+            )
+        x_dtype = X_DTYPES[code]
+        has_ids, has_task = bool(flags & FLAG_IDS), bool(flags & FLAG_TASK)
+        expected = start + n * (
+            8 * has_ids + 4 + 4 * has_task + self.input_dim * x_dtype.itemsize + 1
+        )
+        if len(value) < expected:
+            raise InvalidMessage("truncated", f"{len(value)} bytes, {n} samples need {expected}")
+        if len(value) > expected:
+            raise InvalidMessage(
+                "undecodable", f"{len(value) - expected} bytes after the last array"
+            )
+        offset = start
+        ids = task = None
+        if has_ids:
+            ids = np.frombuffer(value, "<i8", n, offset)
+            offset += 8 * n
+        y = np.frombuffer(value, "<i4", n, offset)
+        offset += 4 * n
+        if has_task:
+            task = np.frombuffer(value, "<i4", n, offset)
+            offset += 4 * n
+        raw = np.frombuffer(value, x_dtype, n * self.input_dim, offset).reshape(
+            n, *self.input_shape
+        )
+        offset += raw.nbytes
+        level = np.frombuffer(value, "u1", n, offset)
+        if ids is not None and int(ids.min()) < 0:
+            raise InvalidMessage("wrong_type", "ids must be non-negative")
+        if task is not None and int(task.min()) < 0:
+            raise InvalidMessage("wrong_type", "tasks must be non-negative")
+        if code == 1:
+            _check_finite(raw)
+            x = raw
+        else:
+            # Correctly rounded float32 division, the same as stream.data.datasets.as_float_tensor.
+            x = raw.astype(np.float32) / np.float32(255)
+        level64 = level.astype(np.int64)
+        self._check_labels(y.astype(np.int64), level64)
+        return Samples(
+            x=x,
+            y=y.astype(np.int64),
+            level=level64,
+            task=np.full(n, -1, np.int64) if task is None else task.astype(np.int64),
+            ids=np.full(n, -1, np.int64) if ids is None else ids.astype(np.int64),
+        )
+
+    def _check_labels(self, y: np.ndarray, level: np.ndarray) -> None:
+        bad = outside_label_space(y, level, self._num_classes)
+        if bad is not None:
+            _, kind, what = bad
+            raise InvalidMessage("unknown_level" if kind == "level" else "label_out_of_range", what)
+
+    # -- JSON ---------------------------------------------------------------------------------
+
+    def _json(self, value: bytes) -> Samples:
+        try:
+            message = json.loads(value)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError too
+            raise InvalidMessage("undecodable", f"not JSON ({type(exc).__name__})") from None
+        if not isinstance(message, dict):
+            raise InvalidMessage(
+                "wrong_type", f"a JSON message must be an object, got {type(message).__name__}"
+            )
+        for name in ("x", "y"):
+            if name not in message:
+                raise InvalidMessage("missing_field", f"field {name!r} is missing")
+        x = self._json_input(message["x"])
+        y = _json_int(message["y"], "y")
+        level = self._json_level(message.get("level", 0))
+        task = (
+            -1 if message.get("task") is None else _json_int(message["task"], "task", 0, _INT32_MAX)
+        )
+        ident = -1 if message.get("id") is None else _json_int(message["id"], "id", 0, _INT64_MAX)
+        classes = int(self._num_classes[level])
+        if not 0 <= y < classes:
+            raise InvalidMessage(
+                "label_out_of_range", f"label {y} outside [0, {classes}) at level {level}"
+            )
+        return Samples(
+            x=x[None],
+            y=np.array([y], np.int64),
+            level=np.array([level], np.int64),
+            task=np.array([task], np.int64),
+            ids=np.array([ident], np.int64),
+        )
+
+    def _json_input(self, raw: Any) -> np.ndarray:
+        if not isinstance(raw, list):
+            raise InvalidMessage(
+                "wrong_type", f"'x' must be a list of numbers, got {type(raw).__name__}"
+            )
+        try:
+            cells = np.array(raw, dtype=object)
+        except ValueError:
+            raise InvalidMessage("wrong_dimension", "'x' is a ragged nested list") from None
+        # numpy would turn "1.5" or True into numbers; a message with them is malformed.
+        if not all(type(v) is float or type(v) is int for v in cells.flat):
+            raise InvalidMessage("wrong_type", "'x' holds something other than numbers")
+        if cells.shape != self.input_shape and cells.shape != (self.input_dim,):
+            raise InvalidMessage(
+                "wrong_dimension", f"'x' has shape {cells.shape}, expected {self.input_shape}"
+            )
+        try:
+            with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused just below
+                x = cells.astype(np.float64).astype(np.float32).reshape(self.input_shape)
+        except OverflowError:
+            raise InvalidMessage(
+                "non_finite", "'x' holds an integer beyond the float range"
+            ) from None
+        _check_finite(x)
+        return x
+
+    def _json_level(self, raw: Any) -> int:
+        if isinstance(raw, str):
+            if raw not in self._levels:
+                raise InvalidMessage(
+                    "unknown_level", f"level {raw!r} is not one of {list(self._levels)}"
+                )
+            return self._levels[raw]
+        level = _json_int(raw, "level")
+        if not 0 <= level < len(self._num_classes):
+            raise InvalidMessage(
+                "unknown_level", f"level {level} outside [0, {len(self._num_classes)})"
+            )
+        return level
+
+
+def _json_int(raw: Any, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    if type(raw) is not int:
+        raise InvalidMessage("wrong_type", f"{name!r} must be an integer, got {type(raw).__name__}")
+    if (minimum is not None and raw < minimum) or (maximum is not None and raw > maximum):
+        raise InvalidMessage("wrong_type", f"{name!r} must be in [{minimum}, {maximum}], got {raw}")
+    return raw
+
+
+def _check_finite(x: np.ndarray) -> None:
+    # A float64 sum of float32 values cannot overflow, so it is finite exactly when every value
+    # is: one reduction instead of a boolean array the size of the batch.
+    if not math.isfinite(float(x.sum(dtype=np.float64))):
+        raise InvalidMessage("non_finite", "input contains NaN or inf")

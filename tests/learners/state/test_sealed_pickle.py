@@ -1,0 +1,87 @@
+"""Sealed pickles (learners/state/sealed_pickle.py): digest, HMAC and the restricted unpickler."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+
+import pytest
+from river import drift, forest, linear_model, naive_bayes, neighbors, preprocessing, tree
+from river.datasets import Phishing
+
+from learners.state.sealed_pickle import SealError, seal, unseal
+
+
+def digest_meta(data: bytes) -> dict[str, str]:
+    """What an attacker without the key can always produce: a matching digest."""
+    return {"format": "streamcl-sealed-pickle-1", "sha256": hashlib.sha256(data).hexdigest()}
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        tree.HoeffdingAdaptiveTreeClassifier(seed=1),
+        forest.ARFClassifier(n_models=2, seed=1),
+        preprocessing.StandardScaler() | linear_model.SoftmaxRegression(),
+        naive_bayes.GaussianNB(),
+        neighbors.KNNClassifier(),
+    ],
+    ids=lambda m: type(m).__name__,
+)
+def test_trained_river_models_pass_the_restricted_unpickler(model):
+    for x, y in list(Phishing())[:200]:
+        model.learn_one(x, y)
+    data, meta = seal(model)
+    restored = unseal(data, meta)
+    probe = next(iter(Phishing()))[0]
+    assert restored.predict_proba_one(probe) == model.predict_proba_one(probe)
+
+
+def test_drift_detector_state_round_trips():
+    detector = drift.ADWIN()
+    for i in range(500):
+        detector.update(float(i % 7 == 0))
+    restored = unseal(*seal(detector))
+    for i in range(500, 3000):
+        value = float(i % 7 == 0 if i < 1500 else i % 2 == 0)
+        detector.update(value)
+        restored.update(value)
+        assert restored.drift_detected == detector.drift_detected
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pickle.dumps(Exploit()),
+        pickle.dumps(eval),
+        # A dotted name walks attributes: river.datasets.base imports os.
+        b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00\x8c\x13river.datasets.base\x8c\tos.system\x93.",
+    ],
+    ids=["os.system", "builtins.eval", "river-module-os"],
+)
+def test_forbidden_globals_are_refused_even_with_a_valid_digest(payload):
+    with pytest.raises(SealError, match="forbidden global"):
+        unseal(payload, digest_meta(payload))
+
+
+def test_hmac_refuses_a_forgery_without_the_key():
+    forged = pickle.dumps(Exploit())
+    with pytest.raises(SealError, match="unsigned"):
+        unseal(forged, digest_meta(forged), key=b"k")
+    fake = {**digest_meta(forged), "hmac_sha256": "0" * 64}
+    with pytest.raises(SealError, match="not signed with"):
+        unseal(forged, fake, key=b"k")
+
+
+def test_damage_is_detected_before_unpickling():
+    data, meta = seal({"weights": [1.0, 2.0]})
+    with pytest.raises(SealError, match="damaged"):
+        unseal(data[:-1] + b"\x00", meta)
+    with pytest.raises(SealError, match="not a sealed pickle"):
+        unseal(data, {**meta, "format": "other"})

@@ -1,0 +1,144 @@
+"""The command line as a user meets it: exit codes and one-line errors (SPEC §5)."""
+
+import json
+
+import pytest
+
+from stream.cli.main import main
+from tests.support.cli_runner import streamcl
+
+
+def one_error_line(result):
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("streamcl: error: ")
+    return lines[0]
+
+
+def test_schedule_then_replay_writes_results_with_every_spec_key(tmp_path):
+    made = streamcl(
+        "schedule",
+        "si-blurry",
+        "--dataset",
+        "digits",
+        "--seed",
+        "1",
+        "--out",
+        str(tmp_path / "s.jsonl"),
+    )
+    assert made.returncode == 0, made.stderr
+    assert "wrote 1442 events in 5 tasks" in made.stdout
+    ran = streamcl(
+        "replay", str(tmp_path / "s.jsonl"), "--learner", "nmc", "--out", str(tmp_path / "r")
+    )
+    assert ran.returncode == 0, ran.stderr
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    for key in (
+        "A_auc",
+        "A_avg",
+        "A_last",
+        "F_last",
+        "prequential_accuracy",
+        "samples",
+        "seconds",
+        "samples_per_second",
+        "curve",
+        "learner",
+        "config",
+        "schedule",
+        "seed",
+    ):
+        assert key in results, key
+    assert results["samples"] == 1442 and results["learner"] == "nmc"
+    assert results["schedule"] == "si-blurry" and results["seed"] == 1
+    assert all(0 <= v <= 1 for v in (results["A_auc"], results["A_avg"], results["A_last"]))
+    assert (tmp_path / "r" / "curve.png").stat().st_size > 1000
+    assert "| nmc" in ran.stdout
+
+
+def test_replay_with_a_config_file(tmp_path):
+    streamcl(
+        "schedule",
+        "disjoint",
+        "--dataset",
+        "digits",
+        "--tasks",
+        "2",
+        "--out",
+        str(tmp_path / "s.scl"),
+    )
+    (tmp_path / "er.toml").write_text("lr = 0.003\n[memory]\ncapacity = 50\n")
+    ran = streamcl(
+        "replay",
+        str(tmp_path / "s.scl"),
+        "--learner",
+        "er",
+        "--config",
+        str(tmp_path / "er.toml"),
+        "--eval-period",
+        "500",
+        "--out",
+        str(tmp_path / "r"),
+    )
+    assert ran.returncode == 0, ran.stderr
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert results["config"]["memory"]["capacity"] == 50 and results["config"]["lr"] == 0.003
+    # evaluated at the end of the micro-batch that reaches each mark (tasks end in short batches)
+    marks = [s for s, _ in results["curve"]]
+    assert len(marks) == 2 and 500 <= marks[0] < 516 and 1000 <= marks[1] < 1016
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli")
+    assert main(["schedule", "disjoint", "--dataset", "digits", "--out", str(path / "S")]) == 0
+    (path / "CFG").write_text(json.dumps({"backbone": {"hidden": "wide"}}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["replay", "S", "--learner", "nope"], "unknown learner 'nope'"),
+        (
+            ["schedule", "si-blurry", "--dataset", "mnist", "--out", "x.scl"],
+            "unknown dataset 'mnist'",
+        ),
+        (
+            ["schedule", "si-blurry", "--dataset", "digits", "--disjoint", "200", "--out", "x.scl"],
+            "disjoint",
+        ),
+        (["schedule", "blurry", "--dataset", "digits", "--out", "x.scl"], "invalid choice"),
+        (["replay"], "required"),
+        (["frobnicate"], "invalid choice"),
+        (["replay", "missing.scl", "--learner", "nmc"], "does not exist"),
+        (["replay", "S", "--learner", "er", "--config", "CFG"], "backbone.hidden"),
+        (["replay", "S", "--learner", "nmc", "--batch-size", "0"], "batch_size"),
+        (["replay", "S", "--learner", "nmc", "--device", "tpu"], "unknown device"),
+    ],
+)
+def test_bad_usage_exits_2_with_one_line(workdir, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(workdir)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("streamcl: error: ") and message in err[0], err
+
+
+def test_bad_usage_through_the_real_entry_point():
+    result = streamcl("replay", "nowhere.scl", "--learner", "nmc")
+    assert result.returncode == 2
+    assert "does not exist" in one_error_line(result)
+
+
+def test_invalid_json_config_names_file_and_line(workdir, monkeypatch, capsys):
+    monkeypatch.chdir(workdir)
+    (workdir / "c.json").write_text('{\n  "lr": 0.1,\n  oops\n}')
+    assert main(["replay", "S", "--learner", "er", "--config", "c.json"]) == 2
+    assert "c.json:3:" in capsys.readouterr().err
+
+
+def test_learners_lists_every_learner_with_options(capsys):
+    assert main(["learners"]) == 0
+    out = capsys.readouterr().out
+    assert "nmc" in out and "er" in out
+    assert "memory.capacity" in out and "backbone.name" in out

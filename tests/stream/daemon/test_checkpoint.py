@@ -1,0 +1,106 @@
+"""Checkpoint files: atomic writes, rotation, corruption detected and skipped, no pickle."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from learners.state.learner_state import LearnerState
+from stream.daemon.checkpoint import (
+    CheckpointError,
+    CheckpointStore,
+    CorruptCheckpoint,
+    decode,
+    encode,
+)
+
+
+def _state(value: float) -> LearnerState:
+    return LearnerState({"w": torch.full((3, 2), value, dtype=torch.float64)}, {"step": value})
+
+
+def test_round_trip_keeps_tensors_and_json_exactly():
+    meta = {"offsets": {"0": 12, "3": 7}, "loop": {"samples_seen": 40}}
+    loaded_meta, state = decode(encode(meta, _state(0.1)))
+    assert loaded_meta == meta
+    assert torch.equal(state.tensors["w"], _state(0.1).tensors["w"]) and state.meta == {"step": 0.1}
+
+
+def test_loading_never_unpickles(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path)
+    store.write({"offsets": {}}, _state(1.0))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a checkpoint must not be unpickled")
+
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    assert store.latest().meta["offsets"] == {}
+
+
+def test_latest_is_the_newest_and_only_keep_are_kept(tmp_path):
+    store = CheckpointStore(tmp_path, keep=2)
+    for step in range(4):
+        store.write({"step": step}, _state(step))
+    assert [seq for seq, _ in store.files()] == [4, 3]
+    latest = store.latest()
+    assert latest.sequence == 4 and latest.meta["step"] == 3 and latest.meta["sequence"] == 4
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "garbage"])
+def test_a_damaged_latest_falls_back_to_the_previous_good_one(tmp_path, damage):
+    store = CheckpointStore(tmp_path, keep=3)
+    store.write({"step": 1}, _state(1.0))
+    newest = store.write({"step": 2}, _state(2.0))
+    data = bytearray(newest.read_bytes())
+    if damage == "flip":
+        data[-5] ^= 0xFF
+    elif damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "empty":
+        data = bytearray()
+    else:
+        data = bytearray(b"not a checkpoint at all, but long enough to hold a header....")
+    newest.write_bytes(bytes(data))
+    latest = store.latest()
+    assert latest.meta["step"] == 1 and torch.equal(
+        latest.learner.tensors["w"], _state(1.0).tensors["w"]
+    )
+    # The next checkpoint never reuses the damaged one's number.
+    assert store.write({"step": 3}, _state(3.0)).name.endswith("000000000003.sclckpt")
+    assert store.latest().meta["step"] == 3
+
+
+def test_every_checkpoint_damaged_is_an_error_not_a_fresh_start(tmp_path):
+    store = CheckpointStore(tmp_path)
+    path = store.write({"step": 1}, _state(1.0))
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(CheckpointError, match="no valid checkpoint"):
+        store.latest()
+
+
+def test_an_interrupted_write_leaves_the_previous_checkpoint_and_is_cleaned_up(tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.write({"step": 1}, _state(1.0))
+    # What a crash between writing and renaming leaves behind.
+    partial = encode({"step": 2}, _state(2.0))
+    (tmp_path / ".checkpoint-000000000002.tmp").write_bytes(partial[:40])
+    reopened = CheckpointStore(tmp_path)
+    assert reopened.latest().meta["step"] == 1
+    reopened.remove_interrupted_writes()
+    assert not list(tmp_path.glob(".checkpoint-*"))
+
+
+def test_an_empty_directory_has_no_checkpoint(tmp_path):
+    assert CheckpointStore(tmp_path / "new").latest() is None
+
+
+def test_decode_names_the_problem():
+    data = encode({"a": 1}, _state(1.0))
+    with pytest.raises(CorruptCheckpoint, match="checksum"):
+        decode(data[:60] + bytes([data[60] ^ 1]) + data[61:], "x.sclckpt")
+    with pytest.raises(CorruptCheckpoint, match="truncated"):
+        decode(data[:-3], "x.sclckpt")

@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+
+from stream.data.datasets import DatasetError, load_dataset
+
+
+def test_same_spec_same_arrays_other_seed_other_arrays():
+    a = load_dataset("synthetic-hierarchy:branching=3x2,train=5,test=3,seed=4")
+    b = load_dataset("synthetic-hierarchy:branching=3x2,train=5,test=3,seed=4")
+    c = load_dataset("synthetic-hierarchy:branching=3x2,train=5,test=3,seed=5")
+    for name in ("X_train", "y_train", "X_test", "y_test", "y_train_levels", "y_test_levels"):
+        assert np.array_equal(getattr(a, name), getattr(b, name))
+    assert not np.array_equal(a.X_train, c.X_train)
+
+
+def test_any_depth_forms_a_tree_with_the_asked_branching():
+    ds = load_dataset("synthetic-hierarchy:branching=2x3x2,train=4,test=2,dim=6")
+    assert ds.num_levels == 3 and ds.level_names == ["level0", "level1", "level2"]
+    assert ds.num_classes_per_level == [2, 6, 12]
+    assert ds.parents == [[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]]
+    assert ds.input_shape == (6,) and ds.X_train.dtype == np.float32
+    assert len(ds.y_train) == 12 * 4 and len(ds.y_test) == 12 * 2
+    assert np.bincount(ds.y_train).tolist() == [4] * 12
+
+
+def test_siblings_are_closer_than_cousins():
+    ds = load_dataset("synthetic-hierarchy:branching=4x4,train=200,test=1,dim=16,noise=0.5")
+    means = np.stack([ds.X_train[ds.y_train == c].mean(0) for c in range(16)])
+    distance = np.linalg.norm(means[:, None] - means[None], axis=2)
+    parent = np.array(ds.parents[0])
+    same = parent[:, None] == parent[None]
+    off_diagonal = ~np.eye(16, dtype=bool)
+    assert distance[same & off_diagonal].mean() < 0.7 * distance[~same].mean()
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ("branching=3y2", "branching"),
+        ("branching=3x0", "at least one child"),
+        ("colour=red", "colour"),
+        ("dim=-1", "dim"),
+        ("train", "KEY=VALUE"),
+    ],
+)
+def test_bad_options_name_the_option(argument, message):
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(f"synthetic-hierarchy:{argument}")

@@ -1,0 +1,206 @@
+import numpy as np
+import pytest
+import torch
+
+from learners.base import Learner, Problem
+from learners.registry import create
+from learners.state.learner_state import LearnerState
+from stream.data.datasets import as_float_tensor, load_dataset
+from stream.data.schedules import make_schedule
+from stream.data.stream_file import record_schedule
+from stream.engine.batch import Batch
+from stream.engine.evaluation import AnytimeEvaluator
+from stream.engine.event_loop import EventLoop, LoopConfig, Observer
+from stream.engine.validation import BatchError
+from stream.sources.file_source import task_batches
+
+PROBLEM = Problem(input_shape=(2,), num_classes=(4,))
+
+
+class Recorder(Learner):
+    """Predicts class x[:, 0]; records every learn call."""
+
+    name = "recorder"
+
+    def __init__(self, problem=PROBLEM):
+        super().__init__(problem, None)
+        self.calls: list[tuple[int, int]] = []
+
+    def predict(self, x, level=0):
+        return torch.nn.functional.one_hot(x[:, 0].long(), self.problem.num_classes[level]).float()
+
+    def learn(self, x, y, level, iterations=1):
+        self.calls.append((len(y), iterations))
+
+    def state_dict(self):
+        return LearnerState(meta={"calls": self.calls})
+
+    def load_state_dict(self, state):
+        self.calls = [tuple(c) for c in state.meta["calls"]]
+
+
+def batch(labels, predicted=None, task=None):
+    y = torch.tensor(labels)
+    guess = torch.tensor(predicted if predicted is not None else labels)
+    x = torch.stack([guess.float(), torch.zeros(len(y))], 1)
+    t = None if task is None else torch.full((len(y),), task)
+    return Batch(x=x, y=y, level=torch.zeros(len(y), dtype=torch.long), task=t)
+
+
+def evaluator():
+    y = torch.tensor([0, 1, 2, 3])
+    return AnytimeEvaluator(torch.stack([y.float(), torch.zeros(4)], 1), y[:, None], PROBLEM)
+
+
+@pytest.mark.parametrize(
+    ("online_iter", "expected"),
+    [
+        (1.0, [1, 1, 1, 1]),
+        (0.5, [0, 1, 0, 1]),
+        (1.5, [1, 2, 1, 2]),
+        (0.25, [0, 0, 0, 1]),
+        (3.0, [3, 3, 3, 3]),
+    ],
+)
+def test_online_iter_fractions_accumulate(online_iter, expected):
+    learner = Recorder()
+    loop = EventLoop(learner, PROBLEM, LoopConfig(online_iter=online_iter))
+    for _ in range(4):
+        loop.process(batch([0, 1]))
+    assert [it for _, it in learner.calls] == expected
+
+
+def test_prequential_predicts_before_learning_and_masks_unseen_classes():
+    loop = EventLoop(Recorder(), PROBLEM)
+    # Nothing seen yet: no class can be predicted, so the samples are left out (as river's
+    # progressive_val_score leaves out samples its model cannot predict), even if the guess is right.
+    loop.process(batch([0, 0]))
+    assert loop.prequential.correct == 0 and loop.prequential.total == 0
+    loop.process(batch([0, 1], predicted=[0, 1]))  # class 1 unseen before this batch
+    assert loop.prequential.correct == 1
+    loop.process(batch([1, 2, 0], predicted=[1, 3, 0]))  # 3 never seen: masked, so wrong
+    assert loop.prequential.correct == 3 and loop.prequential.total == 5
+
+
+class Abstainer(Recorder):
+    """Like Recorder, but scores -inf throughout (no prediction) where x[:, 1] is 1."""
+
+    def predict(self, x, level=0):
+        scores = super().predict(x, level)
+        scores[x[:, 1] == 1] = -torch.inf
+        return scores
+
+
+def test_rows_a_learner_cannot_predict_are_left_out_once_every_class_is_seen():
+    loop = EventLoop(Abstainer(), PROBLEM)
+    loop.process(batch([0, 1, 2, 3]))  # every class seen; nothing predicted yet
+    b = batch([0, 1, 2, 3], predicted=[0, 1, 0, 3])
+    b.x[[1, 2], 1] = 1  # abstains on a right and on a wrong guess
+    loop.process(b)
+    assert loop.prequential.correct == 2 and loop.prequential.total == 2
+
+
+def test_periodic_evaluation_at_the_batch_that_reaches_each_mark():
+    seen_at = []
+
+    class Marks(Observer):
+        def on_evaluation(self, loop, evaluation, kind):
+            seen_at.append((kind, evaluation.samples_seen))
+
+    loop = EventLoop(
+        Recorder(), PROBLEM, LoopConfig(eval_period=40), evaluator(), observers=[Marks()]
+    )
+    for _ in range(8):
+        loop.process(batch(list(range(4)) * 4))
+    assert seen_at == [("periodic", 48), ("periodic", 80), ("periodic", 128)]
+    loop.finish()
+    assert seen_at[-1] == ("task_end", 128)
+
+
+def test_task_ends_include_empty_tasks_and_the_last_tasks():
+    loop = EventLoop(Recorder(), PROBLEM, LoopConfig(eval_period=None), evaluator(), num_tasks=5)
+    loop.process(batch([0, 1], task=0))
+    loop.process(batch([1], task=0))
+    loop.process(batch([2], task=1))
+    loop.process(batch([3], task=3))  # task 2 is empty
+    loop.finish()  # task 4 is empty
+    ends = [e.samples_seen for e in loop.task_ends]
+    assert ends == [3, 4, 4, 5, 5]
+    summary = loop.summary()
+    assert summary["A_last"] == 1.0 and len(summary["task_end_accuracies"]) == 5
+    assert summary["curve"] == [] and summary["A_auc"] is None
+
+
+def test_empty_leading_tasks_end_with_nothing_seen():
+    loop = EventLoop(Recorder(), PROBLEM, LoopConfig(eval_period=None), evaluator(), num_tasks=3)
+    loop.process(batch([0], task=2))
+    loop.finish()
+    assert [e.accuracy for e in loop.task_ends] == [None, None, 1.0]
+
+
+def test_a_bad_batch_is_refused_before_any_state_changes():
+    learner = Recorder()
+    loop = EventLoop(learner, PROBLEM)
+    loop.process(batch([0, 1]))
+    before = loop.state_dict()
+    bad = [
+        Batch(x=torch.zeros(2, 3), y=torch.tensor([0, 1]), level=torch.zeros(2, dtype=torch.long)),
+        Batch(
+            x=torch.tensor([[float("nan"), 0.0]]),
+            y=torch.tensor([0]),
+            level=torch.zeros(1, dtype=torch.long),
+        ),
+        Batch(x=torch.zeros(1, 2), y=torch.tensor([4]), level=torch.zeros(1, dtype=torch.long)),
+        Batch(x=torch.zeros(1, 2), y=torch.tensor([-1]), level=torch.zeros(1, dtype=torch.long)),
+        Batch(x=torch.zeros(1, 2), y=torch.tensor([0]), level=torch.ones(1, dtype=torch.long)),
+        Batch(x=torch.zeros(2, 2), y=torch.tensor([0]), level=torch.zeros(1, dtype=torch.long)),
+    ]
+    for b in bad:
+        with pytest.raises(BatchError):
+            loop.process(b)
+    assert loop.state_dict() == before and len(learner.calls) == 1
+
+
+def digits_run(learner_name, batches_before_resume=None):
+    ds = load_dataset("digits")
+    schedule, params = make_schedule("si-blurry", ds, {}, seed=3)
+    stream = record_schedule(ds, schedule, "si-blurry", params.model_dump(), 3)
+    problem = ds.problem()
+    ev = AnytimeEvaluator(as_float_tensor(ds.X_test), torch.from_numpy(ds.y_test_levels), problem)
+    config = LoopConfig(eval_period=200, online_iter=1.5)
+    learner = create(learner_name, problem, {"seed": 1})
+    loop = EventLoop(learner, problem, config, ev, num_tasks=schedule.num_tasks)
+    batches = list(task_batches(stream, ds, config.batch_size))
+    if batches_before_resume is None:
+        loop.run(batches)
+        return loop
+    for b in batches[:batches_before_resume]:
+        loop.process(b)
+    # a fresh process: new learner and loop, restored from the saved states
+    learner_state, loop_state = learner.state_dict(), loop.state_dict()
+    learner2 = create(learner_name, problem, {"seed": 1})
+    learner2.load_state_dict(learner_state)
+    loop2 = EventLoop(learner2, problem, config, ev, num_tasks=schedule.num_tasks)
+    loop2.load_state_dict(loop_state)
+    loop2.run(batches[batches_before_resume:])
+    return loop2
+
+
+@pytest.mark.parametrize("learner_name", ["nmc", "er"])
+def test_resumed_run_equals_uninterrupted_run(learner_name):
+    whole = digits_run(learner_name)
+    resumed = digits_run(learner_name, batches_before_resume=37)
+    a, b = whole.summary(), resumed.summary()
+    assert a["samples"] == b["samples"] == 1442
+    assert a["curve"] == b["curve"]
+    assert a["task_end_accuracies"] == b["task_end_accuracies"]
+    assert a["F_last"] == b["F_last"] and a["prequential_accuracy"] == b["prequential_accuracy"]
+
+
+def test_summary_has_every_spec_key():
+    summary = digits_run("nmc").summary()
+    for key in ("A_auc", "A_avg", "A_last", "F_last", "prequential_accuracy", "samples", "curve"):
+        assert key in summary
+    assert 0.5 < summary["A_auc"] <= 1 and 0.5 < summary["A_last"] <= 1
+    assert all(0 <= acc <= 1 for _, acc in summary["curve"])
+    assert np.all(np.diff([s for s, _ in summary["curve"]]) > 0)

@@ -1,0 +1,61 @@
+"""Decoded samples to micro-batches: order kept, size bounded, cut at task changes."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream.sources.batcher import micro_batches
+from stream.sources.wire import Samples
+
+
+def _samples(ids, task):
+    n = len(ids)
+    return Samples(
+        x=np.asarray(ids, np.float32)[:, None],
+        y=np.zeros(n, np.int64),
+        level=np.zeros(n, np.int64),
+        task=np.asarray(task, np.int64),
+        ids=np.asarray(ids, np.int64),
+    )
+
+
+def test_batches_keep_order_and_size_and_cut_at_task_changes():
+    messages = [
+        _samples([0, 1, 2], [0, 0, 0]),
+        _samples([3, 4, 5, 6], [0, 1, 1, 1]),
+        _samples([7], [1]),
+    ]
+    batches = list(micro_batches(messages, 2))
+    assert [b.ids.tolist() for b in batches] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert [b.task.tolist() for b in batches] == [[0, 0], [0, 0], [1, 1], [1, 1]]
+    assert [b.x[:, 0].tolist() for b in batches][1] == [2.0, 3.0]
+
+
+def test_samples_without_a_task_make_batches_without_one():
+    batches = list(micro_batches([_samples([0, 1], [-1, -1]), _samples([2], [4])], 8))
+    assert next(b.task for b in batches) is None and batches[1].task.tolist() == [4]
+
+
+def test_nothing_in_nothing_out():
+    assert list(micro_batches([], 4)) == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(-1, 2), min_size=1, max_size=6), min_size=1, max_size=5),
+    st.integers(1, 5),
+)
+def test_batches_are_the_samples_in_order_cut_by_size_and_task(tasks, batch_size):
+    messages, next_id = [], 0
+    for task in tasks:
+        messages.append(_samples(list(range(next_id, next_id + len(task))), sorted(task)))
+        next_id += len(task)
+    batches = list(micro_batches(messages, batch_size))
+    ids = np.concatenate([m.ids for m in messages])
+    assert np.concatenate([b.ids for b in batches]).tolist() == ids.tolist()
+    assert np.concatenate([b.x[:, 0] for b in batches]).tolist() == ids.astype(float).tolist()
+    for batch in batches:
+        assert 1 <= len(batch) <= batch_size
+        assert batch.task is None or len(set(batch.task.tolist())) == 1

@@ -1,0 +1,79 @@
+"""The layering of the packages, checked on every import statement (nested ones included).
+
+- ``stream/engine`` is the core: it imports nothing from sources, sinks, daemon, observe, runs or
+  cli, so the event loop can run with any source and any observer.
+- ``learners`` and ``memory`` never import ``stream``: a learner knows nothing of Kafka, files or
+  Prometheus.
+- ``memory`` imports from ``learners`` only its state plumbing (``learners/state``), so the two
+  packages have no cycle.
+- ``learners/linalg`` and ``learners/state`` import no learner.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def imported_modules(path: Path) -> set[str]:
+    modules: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules.add(node.module)
+            modules.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return modules
+
+
+def imports_of(package: str) -> dict[str, set[str]]:
+    return {
+        str(path.relative_to(ROOT)): imported_modules(path)
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
+
+
+def offenders(package: str, forbidden: tuple[str, ...], allowed: tuple[str, ...] = ()) -> list[str]:
+    found = []
+    for file, modules in imports_of(package).items():
+        for module in sorted(modules):
+            if module.startswith(allowed):
+                continue
+            if any(module == f or module.startswith(f + ".") for f in forbidden):
+                found.append(f"{file} imports {module}")
+    return found
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden", "allowed"),
+    [
+        (
+            "stream/engine",
+            (
+                "stream.sources",
+                "stream.sinks",
+                "stream.daemon",
+                "stream.observe",
+                "stream.runs",
+                "stream.cli",
+            ),
+            (),
+        ),
+        ("learners", ("stream",), ()),
+        ("memory", ("stream", "learners"), ("learners.state",)),
+        ("learners/linalg", ("learners", "memory"), ("learners.linalg",)),
+        ("learners/state", ("learners", "memory"), ("learners.state",)),
+    ],
+)
+def test_layering(package, forbidden, allowed):
+    assert offenders(package, forbidden, allowed) == []
+
+
+def test_the_rule_sees_nested_imports(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    from stream.daemon import serve\n    import stream.cli\n")
+    assert {"stream.daemon", "stream.daemon.serve", "stream.cli"} <= imported_modules(module)
