@@ -29,10 +29,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from learners.registry import describe_validation_error
 from stream.cli.config_file import load_config_file
 from stream.engine.event_loop import LoopConfig
+from stream.sources.wire import DEFAULT_MAX_ABS, DEFAULT_MAX_TASK
+
+# Default cut of a dead letter's value: well under the 1 MB message limit that Kafka brokers
+# and clients default to, with room for the key and headers.
+DEFAULT_MAX_VALUE_BYTES = 256 * 1024
 
 
 class ServeConfigError(ValueError):
     """A serve config that does not validate; the message names the file and the field."""
+
+
+class KafkaClientConfigError(ServeConfigError):
+    """Options the Kafka client itself refuses (an unknown name, a bad value): a config error,
+    reported before serving, never retried as if the broker were away."""
 
 
 class _Section(BaseModel):
@@ -136,6 +146,9 @@ class CheckpointConfig(_Section):
     )
     every_seconds: float = Field(60.0, gt=0, description="and at least this often while learning")
     keep: int = Field(3, ge=1, description="checkpoints kept; older ones are deleted")
+    unhealthy_after_failures: int = Field(
+        3, ge=1, description="/healthz fails after this many checkpoint failures in a row"
+    )
 
 
 class DeadLetterConfig(_Section):
@@ -143,6 +156,18 @@ class DeadLetterConfig(_Section):
 
     file: Path | None = None
     topic: str | None = None
+    max_value_bytes: int = Field(
+        DEFAULT_MAX_VALUE_BYTES,
+        gt=0,
+        le=900_000,
+        description="a dead letter keeps at most this much of the message value (under the "
+        "broker's 1 MB message limit)",
+    )
+    spill_file: Path | None = Field(
+        None,
+        description="where letters the dead-letter topic refuses for good go; default "
+        "dead-letters-spill.jsonl in checkpoint.dir",
+    )
 
     @model_validator(mode="after")
     def _one(self) -> DeadLetterConfig:
@@ -157,6 +182,17 @@ class MessagesConfig(_Section):
     )
     max_bytes: int = Field(
         1 << 20, gt=0, description="larger messages are dead-lettered as oversized"
+    )
+    max_abs: float = Field(
+        DEFAULT_MAX_ABS,
+        gt=0,
+        description="inputs with a value beyond +-max_abs are dead-lettered as out_of_range",
+    )
+    max_task: int = Field(
+        DEFAULT_MAX_TASK,
+        ge=0,
+        le=DEFAULT_MAX_TASK * 10,
+        description="task ids beyond this are dead-lettered as out_of_range",
     )
 
 

@@ -5,10 +5,16 @@ One iteration of the loop:
 1. poll a batch of records from the assigned partitions;
 2. decode and validate each (stream/sources/wire.py); an invalid one goes to the dead-letter sink with
    its reason and offset and is counted; a record below the partition's known position (a
-   redelivery after a reconnect) is skipped;
-3. learn the valid samples through the event loop, in micro-batches (predict, then learn);
+   redelivery after a reconnect) is skipped, unless the broker's end offset is below that
+   position too (an offset reset: the topic was recreated or truncated), which is logged,
+   counted and read on from where the client now stands;
+3. learn the valid samples through the event loop, in micro-batches (predict, then learn),
+   through a :class:`~stream.engine.guard.LearnerGuard`: a batch whose learning raises or leaves
+   non-finite state is undone and dead-lettered as ``learner_error``; while a long batch is
+   learned the consumer stays in its group (stream/daemon/keep_alive.py);
 4. checkpoint every ``every_samples`` samples or ``every_seconds`` seconds: learner, loop state,
-   the next offset per partition and the dead-letter position, in one atomic file;
+   the next offset per partition and the dead-letter position, in one atomic file, never with
+   non-finite state; a failed write is retried with backoff (stream/daemon/storage_retry.py);
 5. report the consumer lag every few seconds, from the end offsets the fetches carry; when no
    record has come for a while, ask the broker (stream/daemon/broker_watch.py).
 
@@ -22,12 +28,14 @@ after the current batch, and ``run`` writes a final checkpoint before it returns
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import structlog
 import torch
 
@@ -36,10 +44,13 @@ from learners.base import Learner, Problem
 from stream.daemon.broker_watch import BrokerWatch
 from stream.daemon.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from stream.daemon.config import ServeConfig, ServeConfigError
+from stream.daemon.keep_alive import KeepAlive
+from stream.daemon.storage_retry import StorageRetry
 from stream.data.datasets import as_float_tensor, load_dataset
 from stream.engine.device import resolve_device
 from stream.engine.evaluation import AnytimeEvaluator
 from stream.engine.event_loop import EventLoop
+from stream.engine.guard import LearnerGuard, Rejected
 from stream.observe.loop_log import LoopLogger
 from stream.observe.telemetry import Telemetry
 from stream.sinks.dead_letter import DeadLetterSink, FileDeadLetters, TopicDeadLetters
@@ -53,11 +64,16 @@ from stream.sources.kafka_source import (
     SourceError,
     open_source,
 )
-from stream.sources.wire import Decoder, InvalidMessage, Samples
+from stream.sources.wire import Decoder, InvalidMessage, Samples, encode_binary
 
 log = structlog.get_logger("streamcl.serve")
 
 CHECKPOINT_FORMAT = 1
+# Dead letters that may wait in memory for storage (a full disk, the topic away) before the
+# daemon stops taking records; each holds at most dead_letter.max_value_bytes of value.
+MAX_DEAD_LETTER_BACKLOG = 1000
+# (partitions, offsets) of a micro-batch's samples: where to dead-letter them if rejected.
+Origins = tuple[np.ndarray, np.ndarray]
 SourceFactory = Callable[[Any, AssignHandler, ErrorHandler], KafkaSource]
 
 
@@ -124,7 +140,10 @@ class Daemon:
             evaluator=evaluator,
             observers=[self.telemetry.observer(name), LoopLogger(name)],
         )
-        self.decoder = Decoder(self.problem, config.messages.format, config.messages.max_bytes)
+        messages = config.messages
+        self.decoder = Decoder(
+            self.problem, messages.format, messages.max_bytes, messages.max_abs, messages.max_task
+        )
         self.store = CheckpointStore(config.checkpoint.dir, config.checkpoint.keep)
         self.store.remove_interrupted_writes()
         # Next offset to learn, per partition: what the model has seen, checkpointed or not.
@@ -136,12 +155,24 @@ class Daemon:
         checkpoint = self.store.latest()
         if checkpoint is not None:
             self._restore(checkpoint)
+        self.guard: LearnerGuard[Origins] = LearnerGuard(self.loop)
         self.dead_letters = self._open_dead_letters(checkpoint)
         self.watch = BrokerWatch(
             self.telemetry,
             config.kafka.probe_interval_seconds,
             config.kafka.retry_backoff_seconds,
             config.kafka.retry_backoff_max_seconds,
+        )
+        kafka = config.kafka
+        self.checkpoint_retry, self.dead_letter_retry = (
+            StorageRetry(
+                what,
+                self.telemetry,
+                kafka.retry_backoff_seconds,
+                kafka.retry_backoff_max_seconds,
+                config.checkpoint.unhealthy_after_failures,
+            )
+            for what in ("checkpoint", "dead_letter")
         )
         self.source: KafkaSource | None = None
         self._stop = threading.Event()
@@ -185,14 +216,19 @@ class Daemon:
 
     def _open_dead_letters(self, checkpoint: Checkpoint | None) -> DeadLetterSink:
         target = self.config.dead_letter
-        limit = self.config.messages.max_bytes
+        limit = min(self.config.messages.max_bytes, target.max_value_bytes)
         if target.file is not None:
             resume_at = None if checkpoint is None else checkpoint.meta.get("dead_letter_position")
             return FileDeadLetters(target.file, limit, resume_at)
         assert target.topic is not None
         kafka = self.config.kafka
+        spill = target.spill_file or self.config.checkpoint.dir / "dead-letters-spill.jsonl"
         return TopicDeadLetters(
-            lambda: open_sink(kafka.client, kafka.bootstrap), target.topic, limit
+            lambda: open_sink(kafka.client, kafka.bootstrap),
+            target.topic,
+            limit,
+            spill=FileDeadLetters(spill, limit),
+            on_spill=lambda problem: self.telemetry.dead_letter_spilled(),
         )
 
     # -- the loop -----------------------------------------------------------------------------
@@ -213,9 +249,13 @@ class Daemon:
             samples=self.loop.samples_seen,
         )
         try:
+            # Options the client refuses stop the daemon here, before it serves (exit 2); an
+            # unreachable broker is retried by step.
+            with contextlib.suppress(SourceError):
+                self.connect()
             while not self._stop.is_set():
                 self.step()
-            self.checkpoint()
+            self.checkpoint(force=True)
         finally:
             self.close()
         log.info("stopped", samples=self.loop.samples_seen, messages=self.messages)
@@ -236,6 +276,8 @@ class Daemon:
     def step(self) -> None:
         """One poll: learn what came, checkpoint and probe when due."""
         kafka = self.config.kafka
+        if self.dead_letters.backlog >= MAX_DEAD_LETTER_BACKLOG and not self._store_dead_letters():
+            return
         try:
             self.connect()
             assert self.source is not None
@@ -258,40 +300,116 @@ class Daemon:
     def learn(self, records: list[Record]) -> None:
         """Judge every record, dead-letter the bad ones, learn the good ones."""
         good: list[Samples] = []
+        origins: list[tuple[int, int, int]] = []  # partition, offset, samples of each good one
+        resets: dict[int, bool] = {}
         for record in records:
-            known = self.positions.get(record.partition)
+            partition = record.partition
+            known = self.positions.get(partition)
             if known is not None and record.offset < known:
-                continue  # learned already: a redelivery after a reconnect or rebalance
+                if partition not in resets:
+                    resets[partition] = self._offset_reset(partition, known)
+                if not resets[partition]:
+                    continue  # learned already: a redelivery after a reconnect or rebalance
             try:
-                good.append(self.decoder.decode(record.value))
+                samples = self.decoder.decode(record.value)
             except InvalidMessage as exc:
-                self.dead_letters.write(
-                    self.topic,
-                    record.partition,
-                    record.offset,
-                    record.value,
-                    exc.reason,
-                    exc.detail,
-                )
-                self.telemetry.invalid_message(exc.reason)
-                self.invalid[exc.reason] += 1
-                log.info(
-                    "invalid_message",
-                    reason=exc.reason,
-                    detail=exc.detail,
-                    topic=self.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                )
-            self.positions[record.partition] = record.offset + 1
+                self._dead_letter(partition, record.offset, record.value, exc.reason, exc.detail)
+            else:
+                good.append(samples)
+                origins.append((partition, record.offset, len(samples)))
+            self.positions[partition] = record.offset + 1
             self.messages += 1
+        if not good:
+            return
+        counts = [n for _, _, n in origins]
+        partition_of = np.repeat([p for p, _, _ in origins], counts)
+        offset_of = np.repeat([o for _, o, _ in origins], counts)
         last = records[-1]
+        kafka = self.config.kafka
+        keep_alive = (
+            contextlib.nullcontext(None)
+            if self.source is None
+            else KeepAlive(self.source, kafka.max_poll_interval_ms / 4000)
+        )
         # On every log line of the loop while these batches are learned, and only then.
-        with structlog.contextvars.bound_contextvars(
-            topic=self.topic, partition=last.partition, offset=last.offset
+        with (
+            structlog.contextvars.bound_contextvars(
+                topic=self.topic, partition=last.partition, offset=last.offset
+            ),
+            keep_alive as alive,
         ):
+            start = 0
             for batch in micro_batches(good, self.config.loop.batch_size):
-                self.loop.process(batch)
+                stop = start + len(batch)
+                origin = (partition_of[start:stop], offset_of[start:stop])
+                start = stop
+                rejected = self.guard.process(batch, origin)
+                if rejected is not None:
+                    self._reject(rejected)
+        if alive is not None and alive.records:
+            self.learn(alive.records)
+
+    def _dead_letter(
+        self, partition: int, offset: int, value: bytes | None, reason: str, detail: str
+    ) -> None:
+        self.dead_letters.write(self.topic, partition, offset, value, reason, detail)
+        self.telemetry.invalid_message(reason)
+        self.invalid[reason] += 1
+        log.info(
+            "invalid_message",
+            reason=reason,
+            detail=detail,
+            topic=self.topic,
+            partition=partition,
+            offset=offset,
+        )
+
+    def _reject(self, rejected: Rejected[Origins]) -> None:
+        """Dead-letter the samples of a batch the learner could not take, per message, as a
+        binary message of just those samples (what was not learned, ready to publish again)."""
+        batch = rejected.batch
+        partitions, offsets = rejected.tag
+        log.error("learner_error", problem=rejected.problem, samples=len(batch))
+        for partition, offset in dict.fromkeys(
+            zip(partitions.tolist(), offsets.tolist(), strict=True)
+        ):
+            rows = torch.from_numpy((partitions == partition) & (offsets == offset))
+            ids = None if batch.ids is None else batch.ids[rows].numpy()
+            value = encode_binary(
+                batch.x[rows].numpy(),
+                batch.y[rows].numpy(),
+                batch.level[rows].numpy(),
+                None if batch.task is None else batch.task[rows].numpy(),
+                None if ids is None or (ids < 0).any() else ids,
+            )
+            self._dead_letter(partition, offset, value, "learner_error", rejected.problem)
+
+    def _store_dead_letters(self) -> bool:
+        """With too many dead letters waiting for storage: retry storing them (with backoff),
+        keeping the consumer in its group meanwhile; whether the daemon may poll again."""
+        if self.dead_letter_retry.ready():
+            try:
+                self.dead_letters.sync()
+            except (OSError, SinkError) as exc:
+                self.dead_letter_retry.failed(exc)
+            else:
+                self.dead_letter_retry.succeeded()
+        if self.dead_letters.backlog < MAX_DEAD_LETTER_BACKLOG:
+            if self.source is not None and self.source.paused:
+                self.source.resume()
+            return True
+        if self.source is not None:
+            try:
+                if not self.source.paused:
+                    self.source.pause()
+                records = self.source.keep_alive()
+            except SourceError as exc:
+                log.warning("keep_alive_failed", problem=str(exc))
+                records = []
+            if records:
+                self.learn(records)
+        self._stop.wait(min(self.config.kafka.poll_timeout_seconds, self.dead_letter_retry.backoff))
+        return False
 
     # -- checkpoints --------------------------------------------------------------------------
 
@@ -302,11 +420,20 @@ class Daemon:
         changed = self.positions != self.checkpointed_positions
         return changed and time.monotonic() - self._last_checkpoint >= every.every_seconds
 
-    def checkpoint(self) -> None:
-        """Write a checkpoint if anything changed since the last (a failure is retried later)."""
+    def checkpoint(self, force: bool = False) -> None:
+        """Write a checkpoint if anything changed since the last; a failure is retried after a
+        backoff (``force``: now, as at the end of :meth:`run`)."""
         if self.positions == self.checkpointed_positions:
             return
+        if not force and not self.checkpoint_retry.ready():
+            return
         self._last_checkpoint = time.monotonic()
+        # Never a checkpoint with NaN or inf in it: undo the batches that put them there.
+        for rejected in self.guard.verify():
+            self._reject(rejected)
+        state = self.learner.state_dict()
+        # The point a learner error goes back to, whether or not the write below succeeds.
+        self.guard.mark_good(state)
         try:
             self.dead_letters.sync()
             meta = {
@@ -323,10 +450,11 @@ class Daemon:
                     "invalid": dict(self.invalid),
                 },
             }
-            path = self.store.write(meta, self.learner.state_dict())
+            path = self.store.write(meta, state)
         except (OSError, SinkError) as exc:
-            log.error("checkpoint_failed", problem=f"{type(exc).__name__}: {exc}")
+            self.checkpoint_retry.failed(exc)
             return
+        self.checkpoint_retry.succeeded()
         self.checkpointed_positions = dict(self.positions)
         self.checkpointed_samples = self.loop.samples_seen
         self.telemetry.checkpoint_written()
@@ -377,6 +505,38 @@ class Daemon:
     def _report_lag(self, ends: dict[int, int]) -> None:
         self._next_lag_report = time.monotonic() + self.watch.interval
         for partition, end in ends.items():
-            if partition in self.positions:
-                lag = max(end - self.positions[partition], 0)
-                self.telemetry.set_consumer_lag(self.topic, partition, lag)
+            if partition not in self.positions:
+                continue
+            if end < self.positions[partition]:
+                self._reset_detected(partition, end)
+                continue
+            self.telemetry.set_consumer_lag(self.topic, partition, end - self.positions[partition])
+
+    def _offset_reset(self, partition: int, known: int) -> bool:
+        """A record below the learned position: a redelivery (False), or the partition was
+        reset, its end now below that position (True: read on from here)."""
+        assert self.source is not None
+        try:
+            end = self.source.end_offsets([partition], self.config.kafka.request_timeout_ms / 1000)
+        except SourceError as exc:
+            log.warning("offset_check_failed", partition=partition, problem=str(exc))
+            return False  # skipped as a redelivery; a reset shows again at the next probe
+        if end.get(partition, known) >= known:
+            return False
+        self._reset_detected(partition, end[partition])
+        return True
+
+    def _reset_detected(self, partition: int, end: int) -> None:
+        """The policy (docs/daemon.md, "Offset resets"): report it, forget the old position and
+        read the partition on from where the client stands (``start_from`` on an offset out of
+        range), learning its records as new. What the model learned before stays learned."""
+        known = self.positions.pop(partition)
+        log.error(
+            "offset_reset",
+            topic=self.topic,
+            partition=partition,
+            learned_up_to=known,
+            end_offset=end,
+            start_from=self.config.kafka.start_from,
+        )
+        self.telemetry.offset_reset(self.topic, partition)

@@ -14,7 +14,9 @@ polls (the daemon's Kafka consumer) beats after every poll, even one that return
 a daemon idle on an empty topic keeps beating and is healthy, while a loop stuck inside a
 learner update, an evaluation or a hung client call stops beating and, after ``stall_seconds``,
 is reported stalled. A loop that has finished its stream (a replay that lingers to be scraped)
-is healthy. Broker reachability is not liveness: it has its own gauge.
+is healthy. Broker reachability is not liveness: it has its own gauge. A daemon that goes on
+learning but cannot make its work durable (checkpoints failing again and again on a full disk)
+is ``failing``: :meth:`Telemetry.set_problem` names the trouble until it clears.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -51,23 +53,28 @@ def _version() -> str:
 
 @dataclass(frozen=True)
 class Health:
-    """What ``/healthz`` answers: ``state`` is ``progressing``, ``finished`` or ``stalled``."""
+    """What ``/healthz`` answers: ``state`` is ``progressing``, ``finished``, ``stalled`` or
+    ``failing`` (``problems`` says what fails)."""
 
     state: str
     seconds_since_progress: float
     stall_seconds: float
+    problems: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return self.state != "stalled"
+        return self.state not in ("stalled", "failing")
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "status": "ok" if self.ok else "stalled",
+        answer = {
+            "status": "ok" if self.ok else self.state,
             "state": self.state,
             "seconds_since_progress": round(self.seconds_since_progress, 3),
             "stall_seconds": self.stall_seconds,
         }
+        if self.problems:
+            answer["problems"] = dict(self.problems)
+        return answer
 
 
 class Telemetry:
@@ -143,6 +150,23 @@ class Telemetry:
             "1 while the Kafka broker answers, 0 while it does not.",
             registry=None,
         )
+        self.storage_failures = Counter(
+            "streamcl_storage_failures",
+            "Failed writes of checkpoints or dead letters (disk full, I/O error, broker away).",
+            ["what"],
+            registry=r,
+        )
+        self.dead_letters_spilled = Counter(
+            "streamcl_dead_letters_spilled",
+            "Dead letters the dead-letter topic refused for good, written to the spill file.",
+            registry=r,
+        )
+        self.offset_resets = Counter(
+            "streamcl_offset_resets",
+            "Partitions found behind the checkpoint's position (topic recreated or truncated).",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.build_info = Gauge(
             "streamcl_build_info", "Build information.", ["version"], registry=r
         )
@@ -152,6 +176,7 @@ class Telemetry:
         self._clock = clock
         self.last_progress = clock()
         self.finished = False
+        self.problems: dict[str, str] = {}
 
     def observer(self, learner: str) -> TelemetryObserver:
         return TelemetryObserver(self, learner)
@@ -172,6 +197,23 @@ class Telemetry:
         self._register(self.broker_up)
         self.broker_up.set(1 if up else 0)
 
+    def storage_failed(self, what: str) -> None:
+        self.storage_failures.labels(what=what).inc()
+
+    def dead_letter_spilled(self) -> None:
+        self.dead_letters_spilled.inc()
+
+    def offset_reset(self, topic: str, partition: int) -> None:
+        self.offset_resets.labels(topic=topic, partition=str(partition)).inc()
+
+    def set_problem(self, name: str, problem: str | None) -> None:
+        """Report ``/healthz`` failing because of ``problem`` (None: ``name`` is fine again)."""
+        with self._lock:
+            if problem is None:
+                self.problems.pop(name, None)
+            else:
+                self.problems[name] = problem
+
     def _register(self, gauge: Gauge) -> None:
         with self._lock:
             if gauge not in self._registered:
@@ -191,13 +233,17 @@ class Telemetry:
 
     def health(self, stall_seconds: float) -> Health:
         since = max(0.0, self._clock() - self.last_progress)
+        with self._lock:
+            problems = dict(self.problems)
         if self.finished:
             state = "finished"
         elif since > stall_seconds:
             state = "stalled"
+        elif problems:
+            state = "failing"
         else:
             state = "progressing"
-        return Health(state, since, stall_seconds)
+        return Health(state, since, stall_seconds, problems)
 
 
 def _set(gauge: Gauge, value: float | None) -> None:

@@ -19,7 +19,47 @@ Headers = list[tuple[str, bytes]]
 
 
 class SinkError(RuntimeError):
-    """Messages that the broker did not take (unreachable, too large, ...)."""
+    """Messages that the broker did not take (unreachable, too large, ...).
+
+    ``permanent`` is true when sending the same message again cannot succeed (too large for
+    the broker, refused by its policy or ACLs); ``failed`` maps the key of each message whose
+    delivery failed to whether that failure was permanent (empty when it is not known which)."""
+
+    def __init__(
+        self, message: str, permanent: bool = False, failed: dict[bytes, bool] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.failed = dict(failed or {})
+
+
+# Errors after which the same message can never be delivered; anything else (timeouts, a broker
+# away) may pass on a retry.
+_PERMANENT_CONFLUENT = (
+    "MSG_SIZE_TOO_LARGE",
+    "INVALID_RECORD",
+    "RECORD_LIST_TOO_LARGE",
+    "TOPIC_AUTHORIZATION_FAILED",
+    "INVALID_TOPIC_EXCEPTION",
+    "POLICY_VIOLATION",
+    "INVALID_REQUIRED_ACKS",
+)
+_PERMANENT_KAFKA_PYTHON = (
+    "MessageSizeTooLargeError",
+    "InvalidRecordError",
+    "RecordListTooLargeError",
+    "TopicAuthorizationFailedError",
+    "InvalidTopicError",
+    "PolicyViolationError",
+)
+
+
+def _confluent_permanent(error: Any) -> bool:
+    return any(error.code() == getattr(error, code, None) for code in _PERMANENT_CONFLUENT)
+
+
+def _kafka_python_permanent(exc: BaseException | None) -> bool:
+    return type(exc).__name__ in _PERMANENT_KAFKA_PYTHON
 
 
 class KafkaSink(ABC):
@@ -69,7 +109,7 @@ class ConfluentSink(KafkaSink):
             **self.options,
         }
         self.producer = ck.Producer(settings)
-        self._failures: list[str] = []
+        self._failures: list[tuple[bytes, str, bool]] = []
 
     def ensure_topic(self, topic: str, partitions: int = 1, timeout: float = 30.0) -> int:
         from confluent_kafka.admin import AdminClient, NewTopic
@@ -91,9 +131,9 @@ class ConfluentSink(KafkaSink):
             raise SinkError(f"topic {topic!r} on {self.bootstrap}: {exc}") from None
         return len(found.partitions)
 
-    def _delivered(self, error: object, message: object) -> None:
+    def _delivered(self, error: Any, message: Any) -> None:
         if error is not None:
-            self._failures.append(str(error))
+            self._failures.append((message.key() or b"", str(error), _confluent_permanent(error)))
 
     def send(
         self,
@@ -119,7 +159,9 @@ class ConfluentSink(KafkaSink):
                 # The local queue is full: serve delivery reports until there is room.
                 self.producer.poll(0.05)
             except self._ck.KafkaException as exc:
-                raise SinkError(f"sending to {topic!r}: {exc}") from None
+                raise SinkError(
+                    f"sending to {topic!r}: {exc}", permanent=_confluent_permanent(exc.args[0])
+                ) from None
         self.producer.poll(0)
 
     def flush(self, timeout: float = 60.0) -> None:
@@ -128,7 +170,10 @@ class ConfluentSink(KafkaSink):
         if left:
             raise SinkError(f"{left} messages not delivered within {timeout:g} s")
         if failures:
-            raise SinkError(f"{len(failures)} messages not delivered: {failures[0]}")
+            raise SinkError(
+                f"{len(failures)} messages not delivered: {failures[0][1]}",
+                failed={key: permanent for key, _, permanent in failures},
+            )
 
     def close(self) -> None:
         self.producer.flush(0)
@@ -147,7 +192,7 @@ class KafkaPythonSink(KafkaSink):
             )
         except kafka.errors.KafkaError as exc:
             raise SinkError(f"{bootstrap}: {type(exc).__name__}: {exc}") from None
-        self._pending: list[Any] = []
+        self._pending: list[tuple[bytes, Any]] = []
 
     def ensure_topic(self, topic: str, partitions: int = 1, timeout: float = 30.0) -> int:
         kafka = self._kafka
@@ -183,8 +228,11 @@ class KafkaPythonSink(KafkaSink):
                 topic, value=value, key=key, headers=headers, partition=partition
             )
         except self._kafka.errors.KafkaError as exc:
-            raise SinkError(f"sending to {topic!r}: {type(exc).__name__}: {exc}") from None
-        self._pending.append(future)
+            raise SinkError(
+                f"sending to {topic!r}: {type(exc).__name__}: {exc}",
+                permanent=_kafka_python_permanent(exc),
+            ) from None
+        self._pending.append((key or b"", future))
 
     def flush(self, timeout: float = 60.0) -> None:
         kafka = self._kafka
@@ -193,10 +241,14 @@ class KafkaPythonSink(KafkaSink):
         except kafka.errors.KafkaError as exc:
             raise SinkError(f"flush: {type(exc).__name__}: {exc}") from None
         pending, self._pending = self._pending, []
-        failed = [f for f in pending if not f.is_done or f.failed()]
+        failed = [(k, f) for k, f in pending if not f.is_done or f.failed()]
         if failed:
-            first = failed[0].exception if failed[0].is_done else "not delivered in time"
-            raise SinkError(f"{len(failed)} messages not delivered: {first}")
+            future = failed[0][1]
+            first = future.exception if future.is_done else "not delivered in time"
+            raise SinkError(
+                f"{len(failed)} messages not delivered: {first}",
+                failed={k: f.is_done and _kafka_python_permanent(f.exception) for k, f in failed},
+            )
 
     def close(self) -> None:
         self.producer.close(timeout=5)

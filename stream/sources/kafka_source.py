@@ -8,7 +8,13 @@ know start from ``start_from``. ``commit`` exists for monitoring tools only.
 
 Both clients give the same behaviour: ``poll`` returns records in offset order per partition,
 ``end_offsets`` asks the broker (and so doubles as a health probe), and broker trouble is
-reported through ``on_error`` or as :class:`SourceError`, never by exiting.
+reported through ``on_error`` or as :class:`SourceError`, never by exiting. Options the client
+refuses are :class:`~stream.daemon.config.KafkaClientConfigError`, raised when the source is
+opened.
+
+While the daemon learns a long batch, ``pause`` stops fetching and ``keep_alive`` polls without
+taking records, so the group does not count the consumer as gone (``max_poll_interval_ms``);
+``resume`` continues from the first record not yet returned (stream/daemon/keep_alive.py).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from stream.daemon.config import KafkaConfig
+from stream.daemon.config import KafkaClientConfigError, KafkaConfig
 
 # Partition -> offset to continue from, for the partitions the daemon knows.
 AssignHandler = Callable[[list[int]], dict[int, int]]
@@ -50,6 +56,7 @@ class KafkaSource(ABC):
         self.topic = config.topic
         self.on_assign = on_assign
         self.on_error = on_error
+        self.paused = False
 
     @abstractmethod
     def poll(self, max_records: int, timeout: float) -> list[Record]:
@@ -75,6 +82,28 @@ class KafkaSource(ABC):
     @abstractmethod
     def close(self) -> None:
         """Leave the group."""
+
+    def pause(self) -> None:
+        """Stop fetching from every assigned partition (and any assigned until ``resume``)."""
+        self.paused = True
+        self._pause(self.assignment())
+
+    def resume(self) -> None:
+        """Fetch again, from the first record ``poll`` has not returned."""
+        self.paused = False
+        self._resume(self.assignment())
+
+    @abstractmethod
+    def _pause(self, partitions: list[int]) -> None: ...
+
+    @abstractmethod
+    def _resume(self, partitions: list[int]) -> None: ...
+
+    @abstractmethod
+    def keep_alive(self) -> list[Record]:
+        """Poll while paused: tells the group the consumer is alive (and serves a rebalance).
+        Returns what a partition not paused in time gave (normally nothing), for the caller
+        to learn; :class:`SourceError` if the client fails."""
 
 
 def open_source(
@@ -117,7 +146,10 @@ class ConfluentSource(KafkaSource):
         }
         strategy = str(settings.get("partition.assignment.strategy", ""))
         self._cooperative = "cooperative" in strategy
-        self.consumer = ck.Consumer(settings)
+        try:
+            self.consumer = ck.Consumer(settings)
+        except (ck.KafkaException, TypeError, ValueError) as exc:
+            raise KafkaClientConfigError(f"kafka.options for confluent-kafka: {exc}") from None
         self.consumer.subscribe(
             [config.topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
         )
@@ -135,6 +167,8 @@ class ConfluentSource(KafkaSource):
             self.consumer.incremental_assign(partitions)
         else:
             self.consumer.assign(partitions)
+        if self.paused:
+            self.consumer.pause(partitions)
 
     def _revoked(self, consumer: object, partitions: list) -> None:
         if self._cooperative:
@@ -163,6 +197,17 @@ class ConfluentSource(KafkaSource):
 
     def assignment(self) -> list[int]:
         return sorted(tp.partition for tp in self.consumer.assignment())
+
+    def _pause(self, partitions: list[int]) -> None:
+        # librdkafka drops what it fetched for these partitions and, on resume, fetches again
+        # from the position after the last record consume() returned.
+        self.consumer.pause([self._ck.TopicPartition(self.topic, p) for p in partitions])
+
+    def _resume(self, partitions: list[int]) -> None:
+        self.consumer.resume([self._ck.TopicPartition(self.topic, p) for p in partitions])
+
+    def keep_alive(self) -> list[Record]:
+        return self.poll(1, 0.0)
 
     def end_offsets(self, partitions: list[int], timeout: float) -> dict[int, int]:
         ck = self._ck
@@ -238,6 +283,9 @@ class KafkaPythonSource(KafkaSource):
         except kafka.errors.KafkaError as exc:
             # kafka-python meets the brokers in its constructor; confluent-kafka does it later.
             raise SourceError(f"{type(exc).__name__}: {exc}") from None
+        except (AssertionError, TypeError, ValueError) as exc:
+            # kafka-python asserts that every option is one it knows
+            raise KafkaClientConfigError(f"kafka.options for kafka-python: {exc}") from None
         source = self
 
         class Listener(kafka.ConsumerRebalanceListener):
@@ -258,6 +306,8 @@ class KafkaPythonSource(KafkaSource):
                 self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek_to_end(tp)
+        if self.paused:
+            self.consumer.pause(*partitions)
 
     def poll(self, max_records: int, timeout: float) -> list[Record]:
         try:
@@ -272,6 +322,16 @@ class KafkaPythonSource(KafkaSource):
 
     def assignment(self) -> list[int]:
         return sorted(tp.partition for tp in self.consumer.assignment())
+
+    def _pause(self, partitions: list[int]) -> None:
+        # kafka-python drops fetched records of paused partitions without moving the position.
+        self.consumer.pause(*(self._kafka.TopicPartition(self.topic, p) for p in partitions))
+
+    def _resume(self, partitions: list[int]) -> None:
+        self.consumer.resume(*(self._kafka.TopicPartition(self.topic, p) for p in partitions))
+
+    def keep_alive(self) -> list[Record]:
+        return self.poll(1, 0.0)
 
     def end_offsets(self, partitions: list[int], timeout: float) -> dict[int, int]:
         kafka = self._kafka

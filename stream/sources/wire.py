@@ -47,6 +47,13 @@ MAX_NDIM = 4
 _FIXED = struct.Struct("<4sBBBBI")  # magic, version, dtype code, flags, ndim, n
 _INT32_MAX = 2**31 - 1
 _INT64_MAX = 2**63 - 1
+# Characters of detail kept per refusal (see InvalidMessage).
+MAX_DETAIL = 200
+# Default bound on |input|: far above any scaled feature or pixel, far below where a learner's
+# sums of squares leave float32 (1e6 squared, times a million samples, is 1e18 << 3.4e38).
+DEFAULT_MAX_ABS = 1e6
+# Default bound on task ids: task-end bookkeeping grows with the number of tasks.
+DEFAULT_MAX_TASK = 100_000
 
 Format = Literal["auto", "json", "binary"]
 
@@ -61,18 +68,32 @@ REASONS = (
     "missing_field",
     "wrong_dimension",
     "non_finite",
+    "out_of_range",
     "label_out_of_range",
     "unknown_level",
 )
 
 
 class InvalidMessage(ValueError):
-    """A message that fails decoding or validation; ``reason`` is one of :data:`REASONS`."""
+    """A message that fails decoding or validation; ``reason`` is one of :data:`REASONS`.
+
+    The detail is cut to :data:`MAX_DETAIL` characters: it may quote the message, and it goes
+    into a log line, a dead-letter record and a Kafka header, none of which may grow with what a
+    producer sends."""
 
     def __init__(self, reason: str, detail: str) -> None:
+        detail = short(detail)
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+def short(text: str, limit: int | None = None) -> str:
+    """``text`` cut to ``limit`` (default :data:`MAX_DETAIL`) characters, marked where cut."""
+    limit = MAX_DETAIL if limit is None else limit
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…"
 
 
 @dataclass
@@ -146,10 +167,21 @@ def encode_json(
 class Decoder:
     """Decodes and validates messages for one problem."""
 
-    def __init__(self, problem: Problem, format: Format = "auto", max_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        problem: Problem,
+        format: Format = "auto",
+        max_bytes: int = 1 << 20,
+        max_abs: float = DEFAULT_MAX_ABS,
+        max_task: int = DEFAULT_MAX_TASK,
+    ) -> None:
+        """``max_abs`` bounds every input value, ``max_task`` every task id (refused beyond,
+        as ``out_of_range``)."""
         self.problem = problem
         self.format = format
         self.max_bytes = max_bytes
+        self.max_abs = float(max_abs)
+        self.max_task = int(max_task)
         self.input_shape = tuple(int(s) for s in problem.input_shape)
         self.input_dim = problem.input_dim
         self._num_classes = np.asarray(problem.num_classes, dtype=np.int64)
@@ -226,8 +258,10 @@ class Decoder:
             raise InvalidMessage("wrong_type", "ids must be non-negative")
         if task is not None and int(task.min()) < 0:
             raise InvalidMessage("wrong_type", "tasks must be non-negative")
+        if task is not None:
+            self._check_task(int(task.max()))
         if code == 1:
-            _check_finite(raw)
+            self._check_values(raw)
             x = raw
         else:
             # Correctly rounded float32 division, the same as stream.data.datasets.as_float_tensor.
@@ -268,6 +302,8 @@ class Decoder:
         task = (
             -1 if message.get("task") is None else _json_int(message["task"], "task", 0, _INT32_MAX)
         )
+        if task >= 0:
+            self._check_task(task)
         ident = -1 if message.get("id") is None else _json_int(message["id"], "id", 0, _INT64_MAX)
         classes = int(self._num_classes[level])
         if not 0 <= y < classes:
@@ -305,14 +341,34 @@ class Decoder:
             raise InvalidMessage(
                 "non_finite", "'x' holds an integer beyond the float range"
             ) from None
-        _check_finite(x)
+        self._check_values(x)
         return x
+
+    def _check_values(self, x: np.ndarray) -> None:
+        """Finite, and within ``max_abs``: a finite 3e38 passes a finiteness test but turns a
+        learner's sums of squares to inf."""
+        _check_finite(x)
+        # min and max rather than abs: no temporary the size of the batch
+        low, high = float(x.min()), float(x.max())
+        if max(-low, high) > self.max_abs:
+            raise InvalidMessage(
+                "out_of_range",
+                f"input value {low if -low > high else high:g} beyond "
+                f"messages.max_abs = {self.max_abs:g}",
+            )
+
+    def _check_task(self, task: int) -> None:
+        if task > self.max_task:
+            raise InvalidMessage(
+                "out_of_range", f"task {task} beyond messages.max_task = {self.max_task}"
+            )
 
     def _json_level(self, raw: Any) -> int:
         if isinstance(raw, str):
             if raw not in self._levels:
                 raise InvalidMessage(
-                    "unknown_level", f"level {raw!r} is not one of {list(self._levels)}"
+                    "unknown_level",
+                    f"level {short(raw, 40)!r} is not one of {list(self._levels)}",
                 )
             return self._levels[raw]
         level = _json_int(raw, "level")

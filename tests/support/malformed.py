@@ -11,7 +11,7 @@ from stream.sources.wire import encode_binary
 
 
 def malformed_messages(problem: Problem, max_bytes: int) -> list[tuple[str, bytes]]:
-    """``(expected reason, message)`` pairs, at least one per reason code, 18 kinds in all."""
+    """``(expected reason, message)`` pairs, at least one per reason code."""
     d = problem.input_dim
     good_x = [0.5] * d
     binary = encode_binary(np.full((2, d), 0.5, np.float32), np.array([0, 1]))
@@ -39,6 +39,9 @@ def malformed_messages(problem: Problem, max_bytes: int) -> list[tuple[str, byte
         ("wrong_dimension", encode_binary(np.zeros((1, d + 1), np.float32), np.array([0]))),
         ("non_finite", json.dumps({"x": [float("nan"), *good_x[1:]], "y": 0}).encode()),
         ("non_finite", encode_binary(with_inf, np.array([0, 1]))),
+        ("out_of_range", json.dumps({"x": [3e38, *good_x[1:]], "y": 0}).encode()),
+        ("out_of_range", json.dumps({"x": good_x, "y": 0, "task": 2**31 - 1}).encode()),
+        ("out_of_range", encode_binary(np.full((2, d), -3e38, np.float32), np.array([0, 1]))),
         ("label_out_of_range", json.dumps({"x": good_x, "y": problem.num_classes[0]}).encode()),
         ("label_out_of_range", json.dumps({"x": good_x, "y": -1}).encode()),
         ("unknown_level", json.dumps({"x": good_x, "y": 0, "level": levels}).encode()),

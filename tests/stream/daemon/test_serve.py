@@ -19,75 +19,13 @@ from learners.base import Problem
 from stream.daemon.checkpoint import CheckpointError, CheckpointStore
 from stream.daemon.config import ServeConfig
 from stream.daemon.serve import Daemon
-from stream.sources.kafka_source import KafkaSource, Record, SourceError
+from stream.sources.kafka_source import SourceError
 from stream.sources.wire import encode_binary, encode_json
 from tests.support.malformed import malformed_messages
+from tests.support.memory_source import MemorySource
 
 PROBLEM = Problem(input_shape=(4,), num_classes=(3,))
 MAX_BYTES = 2048
-
-
-class MemorySource(KafkaSource):
-    """Partitions held in memory, behind the ``KafkaSource`` interface."""
-
-    def __init__(self, partitions: dict[int, list[bytes | None]]) -> None:
-        self.partitions = partitions
-        self.positions: dict[int, int] = {}
-        self.assigned = False
-        self.failing_polls = 0
-        self.committed: dict[int, int] = {}
-        self.assignments: list[dict[int, int]] = []
-        self.closed = False
-
-    def bind(self, config, on_assign, on_error) -> MemorySource:
-        self.config, self.topic, self.on_assign, self.on_error = (
-            config,
-            config.topic,
-            on_assign,
-            on_error,
-        )
-        return self
-
-    def poll(self, max_records: int, timeout: float) -> list[Record]:
-        if self.failing_polls:
-            self.failing_polls -= 1
-            raise SourceError("connection refused (test)")
-        if not self.assigned:
-            resume = self.on_assign(sorted(self.partitions))
-            self.assignments.append(resume)
-            self.positions = {p: resume.get(p, 0) for p in self.partitions}
-            self.assigned = True
-        records: list[Record] = []
-        while len(records) < max_records and not self.drained():
-            for partition, values in sorted(self.partitions.items()):
-                offset = self.positions[partition]
-                if offset < len(values) and len(records) < max_records:
-                    records.append(Record(partition, offset, values[offset]))
-                    self.positions[partition] += 1
-        return records
-
-    def rebalance(self) -> None:
-        self.assigned = False
-
-    def assignment(self) -> list[int]:
-        return sorted(self.partitions) if self.assigned else []
-
-    def end_offsets(self, partitions: list[int], timeout: float) -> dict[int, int]:
-        return {p: len(self.partitions[p]) for p in partitions}
-
-    def highwater(self, partitions: list[int]) -> dict[int, int]:
-        return self.end_offsets(partitions, 0.0)
-
-    def commit(self, offsets: dict[int, int]) -> None:
-        self.committed = dict(offsets)
-
-    def close(self) -> None:
-        self.closed = True
-
-    def drained(self) -> bool:
-        return self.assigned and all(
-            self.positions[p] == len(v) for p, v in self.partitions.items()
-        )
 
 
 def _config(tmp_path, **overrides) -> ServeConfig:

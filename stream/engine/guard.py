@@ -1,0 +1,148 @@
+"""The learner as a trust boundary: undo a micro-batch whose learning fails or poisons the state.
+
+A finite but extreme sample, or a learner bug that one input triggers, can make ``learn`` raise
+("not positive definite") or leave NaN/inf in the learner's statistics; kept, that state would go
+into the next checkpoint and fail every prediction after every restart. :class:`LearnerGuard`
+sits between a source and :class:`~stream.engine.event_loop.EventLoop`:
+
+- :meth:`LearnerGuard.mark_good` keeps a copy of the learner's state (serialised exactly as a
+  checkpoint serialises it) and the loop's state, and starts a journal of the batches learned
+  after it; the daemon calls it with every checkpoint, so the journal holds at most one
+  checkpoint interval of batches;
+- :meth:`LearnerGuard.process` runs a batch through the loop; if anything raises, the learner and
+  loop are restored to the last good copy and the journal is learned again (a learner is
+  deterministic given its state, so this re-creates exactly the state before the batch), and the
+  batch is handed back as rejected;
+- :meth:`LearnerGuard.verify` checks that every tensor of the state is finite (one pass over the
+  state, before each checkpoint, rather than after every batch); if one is not, it re-learns the
+  journal from the good copy batch by batch, checking after each, and rejects the batches that
+  turn the state non-finite.
+
+What was rejected never counts as learned: the loop's own state (samples seen, prequential
+accuracy, seen classes) comes back with the learner's. Observers see each batch once, when it is
+first learned; re-learning runs with them muted, and a batch rejected after it was observed
+stays in counters such as ``streamcl_samples_total``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import torch
+
+from learners.state.learner_state import LearnerState
+from learners.state.safetensors_io import state_from_bytes, state_to_bytes
+from stream.engine.batch import Batch
+from stream.engine.event_loop import EventLoop
+
+Tag = TypeVar("Tag")
+
+
+@dataclass
+class Rejected(Generic[Tag]):
+    """A batch the learner could not learn safely, with the caller's tag and why."""
+
+    batch: Batch
+    tag: Tag
+    problem: str
+
+
+def non_finite(state: LearnerState) -> str | None:
+    """Which part of ``state`` holds NaN or inf (None: all finite)."""
+    for name, tensor in state.tensors.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            # A sum is finite exactly when every element is (a float64 sum of float32 values
+            # cannot overflow): one reduction instead of a boolean tensor the size of the state.
+            total = tensor.detach().sum(dtype=torch.float64) if tensor.numel() else 0.0
+            if not math.isfinite(float(total)):
+                return f"tensor {name!r} holds NaN or inf"
+    try:
+        json.dumps(state.meta, allow_nan=False)
+    except ValueError:
+        return "state metadata holds NaN or inf"
+    return None
+
+
+class LearnerGuard(Generic[Tag]):
+    """Runs batches through ``loop``; rejects, and undoes, those the learner cannot take."""
+
+    def __init__(self, loop: EventLoop) -> None:
+        self.loop = loop
+        self.journal: list[tuple[Batch, Tag]] = []
+        self._learner_bytes = b""
+        self._loop_state = ""
+        self.mark_good()
+
+    def mark_good(self, state: LearnerState | None = None) -> None:
+        """The learner's state now (``state``, if the caller has it already) is the point to
+        return to; forget the journal before it."""
+        state = self.loop.learner.state_dict() if state is None else state
+        self._learner_bytes = state_to_bytes(state)
+        self._loop_state = json.dumps(self.loop.state_dict())
+        self.journal = []
+
+    def process(self, batch: Batch, tag: Tag) -> Rejected[Tag] | None:
+        """Predict and learn ``batch``; if that raises, undo it and return it as rejected."""
+        try:
+            self.loop.process(batch)
+        except Exception as exc:  # a learner may fail in any way; the batch is what is refused
+            self._restore(self.journal)
+            return Rejected(batch, tag, f"{type(exc).__name__}: {exc}")
+        self.journal.append((batch, tag))
+        return None
+
+    def verify(self) -> list[Rejected[Tag]]:
+        """Check the state is finite; if not, undo the batches since :meth:`mark_good` that
+        made it so (returned) and keep the others learned."""
+        problem = non_finite(self.loop.learner.state_dict())
+        if problem is None:
+            return []
+        kept: list[tuple[Batch, Tag]] = []
+        rejected: list[Rejected[Tag]] = []
+        self._restore([])
+        for batch, tag in self.journal:
+            failure = None
+            try:
+                with self._muted():
+                    self.loop.process(batch)
+                failure = non_finite(self.loop.learner.state_dict())
+            except Exception as exc:  # learned once already; should it fail now, refuse it too
+                failure = f"{type(exc).__name__}: {exc}"
+            if failure is None:
+                kept.append((batch, tag))
+            else:
+                rejected.append(Rejected(batch, tag, failure))
+                self._restore(kept)
+        # (Should none fail now, the learner was not deterministic: the re-learned, finite state
+        # is kept and nothing is refused.)
+        self.journal = kept
+        return rejected
+
+    def _restore(self, batches: Sequence[tuple[Batch, Tag]]) -> None:
+        """Back to the last good state, then learn ``batches`` again."""
+        self.loop.learner.load_state_dict(state_from_bytes(self._learner_bytes))
+        self.loop.load_state_dict(json.loads(self._loop_state))
+        with self._muted():
+            for batch, _ in batches:
+                self.loop.process(batch)
+
+    def _muted(self) -> _Muted:
+        return _Muted(self.loop)
+
+
+class _Muted:
+    """Observers switched off: they saw these batches when they were first learned."""
+
+    def __init__(self, loop: EventLoop) -> None:
+        self.loop = loop
+        self.saved: list[Any] = []
+
+    def __enter__(self) -> None:
+        self.saved, self.loop.observers = self.loop.observers, []
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.observers = self.saved
