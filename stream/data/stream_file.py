@@ -25,12 +25,21 @@ Readers detect the form from the magic bytes, not the suffix.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
 from stream.data.datasets import Dataset
 from stream.data.schedules import Schedule
@@ -39,6 +48,21 @@ MAGIC = b"SCLSTRM1"
 VERSION = 1
 ALIGN = 64
 EVENT_ARRAYS = ("id", "row", "y", "level", "task")
+# The dtypes each binary array may have: plain little-endian numbers, never objects (an object
+# dtype would have numpy build Python objects out of file bytes).
+ARRAY_DTYPES: dict[str, frozenset[str]] = {
+    **{name: frozenset({"<i8", "<i4"}) for name in ("id", "row", "y", "level", "task")},
+    "x": frozenset({"<f4", "|u1"}),
+}
+_INPUT_DTYPES = {"float32": "<f4", "uint8": "|u1"}
+# Bounds on what a header may declare, far above any real stream and far below what would
+# exhaust memory or overflow a product before a size check.
+MAX_HEADER_BYTES = 16 << 20
+MAX_COUNT = 1 << 40
+MAX_TASKS = 1_000_000
+MAX_CLASSES = 1 << 24
+_INT64_MAX = 2**63 - 1
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class StreamFileError(ValueError):
@@ -50,21 +74,37 @@ class StreamHeader(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    version: int = VERSION
+    version: Literal[1] = VERSION
     dataset: str
     test_split: str = "test"
     dataset_fingerprint: dict[str, Any] = Field(default_factory=dict)
     schedule: str
     params: dict[str, Any] = Field(default_factory=dict)
     seed: int
-    num_samples: int
-    num_tasks: int
-    num_classes: list[int]
+    num_samples: StrictInt = Field(ge=0, le=MAX_COUNT)
+    num_tasks: StrictInt = Field(ge=1, le=MAX_TASKS)
+    num_classes: list[Annotated[StrictInt, Field(ge=1, le=MAX_CLASSES)]] = Field(
+        min_length=1, max_length=256
+    )
     level_names: list[str]
     inline: bool = False
-    input_shape: list[int] = Field(default_factory=list)
-    input_dtype: str = "float32"
+    input_shape: list[Annotated[StrictInt, Field(ge=1, le=MAX_COUNT)]] = Field(
+        default_factory=list, max_length=8
+    )
+    input_dtype: Literal["float32", "uint8"] = "float32"
     info: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StreamHeader:
+        if len(self.level_names) != len(self.num_classes):
+            raise ValueError(
+                f"{len(self.level_names)} level_names for {len(self.num_classes)} levels"
+            )
+        if self.inline and not self.input_shape:
+            raise ValueError("an inline stream needs its input_shape")
+        if math.prod(self.input_shape) > MAX_COUNT:
+            raise ValueError(f"input_shape {self.input_shape} holds more than {MAX_COUNT} values")
+        return self
 
 
 @dataclass
@@ -141,7 +181,11 @@ def _align(offset: int) -> int:
 
 
 def read_stream(path: str | Path) -> RecordedStream:
-    """Read a stream file in either form."""
+    """Read a stream file in either form.
+
+    Every count in the file is bounded before anything is allocated, and every refusal is a
+    :class:`StreamFileError` that names the file, the byte offset (binary) or line (JSON
+    lines), and the reason."""
     path = Path(path)
     if not path.is_file():
         raise StreamFileError(f"stream file {path} does not exist")
@@ -152,79 +196,231 @@ def read_stream(path: str | Path) -> RecordedStream:
     return _read_jsonl(path)
 
 
-def _header(path: Path, raw: Any) -> StreamHeader:
+def _header(where: str, raw: Any) -> StreamHeader:
+    if not isinstance(raw, dict):
+        raise StreamFileError(f"{where}: the stream header must be a JSON object")
     try:
         return StreamHeader.model_validate(raw)
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise StreamFileError(f"{path}: invalid stream header: {fields}") from None
+        raise StreamFileError(f"{where}: invalid stream header: {_short(fields)}") from None
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _read_binary(path: Path) -> RecordedStream:
+    file_size = path.stat().st_size
+    prefix = len(MAGIC) + 8
+    if file_size < prefix:
+        raise StreamFileError(f"{path}: byte {len(MAGIC)}: file ends inside the header length")
     with path.open("rb") as handle:
         handle.seek(len(MAGIC))
         size = int.from_bytes(handle.read(8), "little")
-        try:
-            raw = json.loads(handle.read(size))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise StreamFileError(f"{path}: corrupt binary stream header ({exc})") from None
+        if size > min(MAX_HEADER_BYTES, file_size - prefix):
+            raise StreamFileError(
+                f"{path}: byte {len(MAGIC)}: header length {size} exceeds the "
+                f"{min(MAX_HEADER_BYTES, file_size - prefix)} bytes available"
+            )
+        text = handle.read(size)
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StreamFileError(
+            f"{path}: byte {prefix + exc.pos}: corrupt stream header ({exc.msg})"
+        ) from None
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise StreamFileError(
+            f"{path}: byte {prefix}: corrupt stream header ({type(exc).__name__})"
+        ) from None
+    where = f"{path}: byte {prefix}"
+    if not isinstance(raw, dict):
+        raise StreamFileError(f"{where}: the stream header must be a JSON object")
     layout = raw.pop("arrays", None)
-    header = _header(path, raw)
-    if not isinstance(layout, dict) or any(name not in layout for name in EVENT_ARRAYS):
-        raise StreamFileError(f"{path}: binary stream lacks event arrays {EVENT_ARRAYS}")
-    file_size = path.stat().st_size
-    data_start = _align(len(MAGIC) + 8 + size)
+    header = _header(where, raw)
+    if not isinstance(layout, dict):
+        raise StreamFileError(f'{where}: header has no "arrays" object')
+    data_start = _align(prefix + size)
     arrays: dict[str, np.ndarray] = {}
     for name, spec in layout.items():
-        dtype, shape = np.dtype(spec["dtype"]), tuple(spec["shape"])
-        start = data_start + int(spec["offset"])
-        if start + dtype.itemsize * int(np.prod(shape)) > file_size:
+        dtype, shape, start = _array_spec(where, header, name, spec, data_start)
+        nbytes = dtype.itemsize * math.prod(shape)
+        if start + nbytes > file_size:
             raise StreamFileError(
-                f"{path}: array {name!r} runs past the end of the file (truncated?)"
+                f"{path}: byte {start}: array {name!r} needs {nbytes} bytes, the file ends "
+                f"{max(file_size - start, 0)} bytes after its start (truncated?)"
             )
-        if int(np.prod(shape)) == 0:
+        if nbytes == 0:
             arrays[name] = np.empty(shape, dtype=dtype)
         else:
             # copy-on-write: batches are writable views (no copy, no aliasing of the file)
             arrays[name] = np.memmap(path, dtype=dtype, mode="c", offset=start, shape=shape)
-    return _checked(path, header, arrays)
+    missing = [name for name in EVENT_ARRAYS if name not in arrays]
+    if missing:
+        raise StreamFileError(f"{where}: binary stream lacks event arrays {missing}")
+    if header.inline and "x" not in arrays:
+        raise StreamFileError(f'{where}: inline stream without an "x" array')
+    starts = {name: data_start + int(layout[name]["offset"]) for name in arrays}
+
+    def locate(name: str, event: int) -> str:
+        return f"{path}: byte {starts[name] + event * arrays[name].itemsize}"
+
+    return _checked(header, arrays, locate)
+
+
+def _array_spec(
+    where: str, header: StreamHeader, name: Any, spec: Any, data_start: int
+) -> tuple[np.dtype[Any], tuple[int, ...], int]:
+    """The dtype, shape and absolute start of one array, each checked against the whitelist
+    and the header before anything is mapped."""
+    label = repr(_short(str(name), 40))
+    if name not in ARRAY_DTYPES:
+        raise StreamFileError(f"{where}: unknown array {label}")
+    if not isinstance(spec, dict):
+        raise StreamFileError(f"{where}: array {label}: spec must be an object")
+    dtype_name, shape, offset = spec.get("dtype"), spec.get("shape"), spec.get("offset")
+    if not isinstance(dtype_name, str) or dtype_name not in ARRAY_DTYPES[name]:
+        raise StreamFileError(
+            f"{where}: array {label}: dtype {_short(repr(dtype_name), 40)} is not one of "
+            f"{sorted(ARRAY_DTYPES[name])}"
+        )
+    if not _is_count(offset) or offset % ALIGN:
+        raise StreamFileError(
+            f"{where}: array {label}: offset must be a non-negative multiple of {ALIGN}"
+        )
+    if not isinstance(shape, list) or not all(_is_count(s) for s in shape):
+        raise StreamFileError(f"{where}: array {label}: shape must be a list of counts >= 0")
+    expected = [header.num_samples, *header.input_shape] if name == "x" else [header.num_samples]
+    if shape != expected:
+        raise StreamFileError(
+            f"{where}: array {label}: shape {_short(str(shape), 60)}, the header implies {expected}"
+        )
+    if name == "x" and dtype_name != _INPUT_DTYPES[header.input_dtype]:
+        raise StreamFileError(
+            f"{where}: array 'x': dtype {dtype_name}, the header says {header.input_dtype}"
+        )
+    dtype = np.dtype(dtype_name)
+    assert not dtype.hasobject  # the whitelist holds plain numbers only
+    return dtype, tuple(shape), data_start + offset
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= MAX_COUNT
 
 
 def _read_jsonl(path: Path) -> RecordedStream:
-    with path.open("r", encoding="utf-8") as lines:
+    with path.open("rb") as lines:
+        first = lines.readline(MAX_HEADER_BYTES + 1)
         try:
-            first = json.loads(lines.readline())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise StreamFileError(f"{path}: not a streamcl stream file (no header line)") from None
-        if not isinstance(first, dict) or "streamcl_stream" not in first:
-            raise StreamFileError(f'{path}: first line must be {{"streamcl_stream": {{...}}}}')
-        header = _header(path, first["streamcl_stream"])
+            raw = json.loads(first)
+        except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError too
+            raise StreamFileError(
+                f"{path}:1: not a streamcl stream file (no header line)"
+            ) from None
+        if not isinstance(raw, dict) or "streamcl_stream" not in raw:
+            raise StreamFileError(f'{path}:1: first line must be {{"streamcl_stream": {{...}}}}')
+        header = _header(f"{path}:1", raw["streamcl_stream"])
         columns: dict[str, list[Any]] = {name: [] for name in (*EVENT_ARRAYS, "x")}
-        for number, line in enumerate(lines, start=2):
+        numbers: list[int] = []
+        input_size = math.prod(header.input_shape)
+        # The longest line an event can need: its five integers and, inline, every input
+        # value written out in full.
+        longest = 1024 + (32 * input_size if header.inline else 0)
+        for number, line in enumerate(iter(lambda: lines.readline(longest + 1), b""), start=2):
+            if len(line) > longest:
+                raise StreamFileError(f"{path}:{number}: line longer than {longest} bytes")
             if not line.strip():
                 continue
+            if len(numbers) >= header.num_samples:
+                raise StreamFileError(
+                    f"{path}:{number}: more events than the header's {header.num_samples}"
+                )
             try:
                 event = json.loads(line)
-                for name in EVENT_ARRAYS:
-                    columns[name].append(int(event[name]))
-                if header.inline:
-                    columns["x"].append(event["x"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise StreamFileError(f"{path}:{number}: malformed event ({exc!r})") from None
+            except (ValueError, RecursionError) as exc:
+                raise StreamFileError(
+                    f"{path}:{number}: malformed event ({type(exc).__name__})"
+                ) from None
+            _check_event(f"{path}:{number}", header, event, input_size)
+            for name in EVENT_ARRAYS:
+                columns[name].append(event[name])
+            if header.inline:
+                columns["x"].append(event["x"])
+            numbers.append(number)
     arrays = {name: np.asarray(columns[name], dtype=np.int64) for name in EVENT_ARRAYS}
     if header.inline:
-        arrays["x"] = np.asarray(columns["x"], dtype=np.dtype(header.input_dtype))
-    return _checked(path, header, arrays)
+        shape = (len(numbers), *header.input_shape)
+        arrays["x"] = np.asarray(columns["x"], dtype=np.dtype(header.input_dtype)).reshape(shape)
+
+    def locate(name: str, event: int) -> str:
+        return f"{path}:{numbers[event]}"
+
+    return _checked(header, arrays, locate, f"{path}: end of file")
 
 
-def _checked(path: Path, header: StreamHeader, arrays: dict[str, np.ndarray]) -> RecordedStream:
+def _check_event(where: str, header: StreamHeader, event: Any, input_size: int) -> None:
+    if not isinstance(event, dict):
+        raise StreamFileError(f"{where}: malformed event (not a JSON object)")
+    for name in EVENT_ARRAYS:
+        value = event.get(name)
+        if type(value) is not int or not 0 <= value <= _INT64_MAX:
+            got = "missing" if value is None else _short(repr(value), 40)
+            raise StreamFileError(
+                f"{where}: malformed event ({name!r} must be an integer >= 0, got {got})"
+            )
+    if not header.inline:
+        return
+    x = event.get("x")
+    try:
+        values = np.asarray(x, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError):
+        raise StreamFileError(
+            f"{where}: malformed event ('x' must be numbers in the shape {header.input_shape})"
+        ) from None
+    if not isinstance(x, list) or values.size != input_size:
+        raise StreamFileError(
+            f"{where}: malformed event ('x' has {values.size} values, the header's input_shape "
+            f"{header.input_shape} needs {input_size})"
+        )
+    with np.errstate(invalid="ignore"):
+        if header.input_dtype == "uint8":
+            fits = bool(((values >= 0) & (values <= 255) & (values == np.round(values))).all())
+        else:
+            # beyond float32 would become inf; NaN and inf are reported with the event index
+            fits = not bool((np.abs(values[np.isfinite(values)]) > _FLOAT32_MAX).any())
+    if not fits:
+        raise StreamFileError(
+            f"{where}: malformed event ('x' holds a value that is not a {header.input_dtype})"
+        )
+
+
+def _checked(
+    header: StreamHeader,
+    arrays: dict[str, np.ndarray],
+    locate: Callable[[str, int], str],
+    end: str | None = None,
+) -> RecordedStream:
+    """The events checked against the header: counts, and each column within its range."""
     n = len(arrays["y"])
-    if any(len(arrays[name]) != n for name in EVENT_ARRAYS):
-        raise StreamFileError(f"{path}: event arrays have different lengths")
     if n != header.num_samples:
-        raise StreamFileError(f"{path}: header says {header.num_samples} events, file has {n}")
-    if header.inline and ("x" not in arrays or len(arrays["x"]) != n):
-        raise StreamFileError(f"{path}: inline stream without an input per event")
+        where = end or locate("y", 0)
+        raise StreamFileError(f"{where}: header says {header.num_samples} events, file has {n}")
+    bounds = {
+        "id": (0, _INT64_MAX),
+        "row": (0, _INT64_MAX),
+        "y": (0, max(header.num_classes) - 1),
+        "level": (0, len(header.num_classes) - 1),
+        "task": (0, header.num_tasks - 1),
+    }
+    for name, (low, high) in bounds.items():
+        column = arrays[name]
+        if n and (int(column.min()) < low or int(column.max()) > high):
+            bad = int(np.flatnonzero((column < low) | (column > high))[0])
+            raise StreamFileError(
+                f"{locate(name, bad)}: event {bad}: {name} {int(column[bad])} outside "
+                f"[{low}, {high}] (from the header)"
+            )
     return RecordedStream(
         header=header,
         id=arrays["id"],
