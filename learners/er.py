@@ -26,6 +26,7 @@ from torch import nn
 from learners.backbones.backbone import BackboneConfig, build_backbone, seeded_linear
 from learners.base import Learner, LearnerConfig, Problem
 from learners.capabilities import DriftAction, DriftAdaptive
+from learners.finite_step import finite_step
 from learners.replay_training import ReplayTraining
 from memory import MemoryConfig, build_memory
 
@@ -122,6 +123,4 @@ class ER(ReplayTraining, Learner, DriftAdaptive):
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor) -> None:
         loss = self._losses(self.backbone(x), y, level).mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        finite_step(self.optimizer, loss)

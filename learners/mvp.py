@@ -46,6 +46,7 @@ from learners.backbones.backbone import BackboneConfig, build_backbone, seeded_l
 from learners.backbones.prompts import PromptPool
 from learners.backbones.vit import ViT
 from learners.base import Learner, LearnerConfig, Problem
+from learners.finite_step import finite_step
 from learners.replay_training import ReplayTraining
 from memory import MemoryConfig, build_memory
 
@@ -270,9 +271,7 @@ class MVP(ReplayTraining, Learner):
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor) -> None:
         loss, index = self.loss(x, y, level)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        finite_step(self.optimizer, loss)
         self.pool.record(index)
 
     @torch.no_grad()

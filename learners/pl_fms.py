@@ -78,6 +78,7 @@ from torch import nn
 
 from learners.base import Problem
 from learners.er import ER, ERConfig
+from learners.finite_step import finite_step
 from learners.state.learner_state import LearnerState
 from memory import MemoryConfig
 
@@ -230,9 +231,7 @@ class PLFMS(ER):
             pseudo = nn.functional.cross_entropy(pseudo_logits, target[accept], reduction="sum")
             loss = loss + self.config.lambda_u * pseudo
         loss = loss / len(y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        finite_step(self.optimizer, loss)
 
     def _covered(self, lvl: int) -> torch.Tensor:
         """Level-``lvl`` classes with a seen descendant at some finer level."""

@@ -38,6 +38,7 @@ from torch.nn import functional as F
 
 from learners.backbones.backbone import BackboneConfig, build_backbone
 from learners.base import Learner, LearnerConfig, Problem
+from learners.finite_step import finite_step
 from learners.replay_training import ReplayTraining
 from memory import MemoryConfig, build_memory
 
@@ -129,9 +130,7 @@ class UER(ReplayTraining, Learner):
                 )
             else:
                 loss = self._loss(self.backbone(x), y, level, self.cosine_logits)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            finite_step(self.optimizer, loss)
         self.memory.add(x, y, level)
 
     def _loss(

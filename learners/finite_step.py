@@ -1,0 +1,31 @@
+"""One gradient step that is skipped when the loss or a gradient is not finite.
+
+An extreme input, or a learning rate too large for one batch, can give a NaN or inf loss or
+gradient; one optimizer step with it turns every weight non-finite for good. The gradient
+learners (er, uer, mvp, pl-fms) take their steps through :func:`finite_step`, which leaves the
+weights (and the optimizer's moments) untouched instead. The check is one reduction over all
+gradients (``torch.nn.utils.get_total_norm``, the norm that gradient clipping computes).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def finite_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> bool:
+    """``loss.backward()`` and ``optimizer.step()``, unless the loss or a gradient is NaN or
+    inf; whether the step was taken."""
+    optimizer.zero_grad(set_to_none=True)
+    if not math.isfinite(float(loss.detach())):
+        return False
+    loss.backward()
+    grads = [
+        p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None
+    ]
+    if grads and not math.isfinite(float(torch.nn.utils.get_total_norm(grads))):
+        optimizer.zero_grad(set_to_none=True)
+        return False
+    optimizer.step()
+    return True
