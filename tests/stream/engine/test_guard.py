@@ -1,0 +1,143 @@
+"""The learner guard: a batch whose learning raises or leaves NaN/inf is undone, exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from learners import registry
+from learners.base import Problem
+from stream.engine.batch import Batch
+from stream.engine.event_loop import EventLoop
+from stream.engine.guard import LearnerGuard, non_finite
+
+PROBLEM = Problem(input_shape=(4,), num_classes=(3,))
+POISON = 999.0  # a first feature of this value makes the faulty learner fail
+
+
+def _batches(count: int, seed: int = 0) -> list[Batch]:
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(count):
+        x = torch.from_numpy(rng.normal(size=(4, 4)).astype(np.float32))
+        y = torch.from_numpy(rng.integers(0, 3, 4))
+        batches.append(Batch(x=x, y=y, level=torch.zeros(4, dtype=torch.long)))
+    return batches
+
+
+def _poisoned(batch: Batch) -> Batch:
+    x = batch.x.clone()
+    x[1, 0] = POISON
+    return Batch(x=x, y=batch.y, level=batch.level)
+
+
+class Faulty:
+    """Wraps nmc's learn: raises, or leaves NaN in its sums, on a poisoned sample."""
+
+    def __init__(self, learner, mode: str) -> None:
+        self.learner, self.mode, self.calls = learner, mode, 0
+        self.learn = learner.learn
+        learner.learn = self
+
+    def __call__(self, x, y, level, iterations=1):
+        self.calls += 1
+        if not (x[:, 0] == POISON).any():
+            return self.learn(x, y, level, iterations)
+        if self.mode == "raise":
+            self.learn(x, y, level, iterations)  # half-done work, then the failure
+            raise np.linalg.LinAlgError("Matrix is not positive definite")
+        self.learn(x, y, level, iterations)
+        self.learner.sums[0][0, 0] = float("nan")
+        return None
+
+
+def _loop(mode: str) -> tuple[EventLoop, Faulty]:
+    learner = registry.create("nmc", PROBLEM)
+    return EventLoop(learner, PROBLEM), Faulty(learner, mode)
+
+
+def _reference(batches: list[Batch]) -> EventLoop:
+    loop = EventLoop(registry.create("nmc", PROBLEM), PROBLEM)
+    for batch in batches:
+        loop.process(batch)
+    return loop
+
+
+def _assert_same(loop: EventLoop, reference: EventLoop) -> None:
+    for mine, theirs in zip(
+        loop.learner.sums + loop.learner.counts,
+        reference.learner.sums + reference.learner.counts,
+        strict=True,
+    ):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+    mine_state, their_state = loop.state_dict(), reference.state_dict()
+    mine_state.pop("learn_seconds"), their_state.pop("learn_seconds")
+    assert mine_state == their_state
+
+
+def test_a_batch_whose_learning_raises_is_undone_and_handed_back():
+    batches = _batches(6)
+    loop, _ = _loop("raise")
+    guard: LearnerGuard[int] = LearnerGuard(loop)
+    guard.process(batches[0], 0)
+    guard.mark_good()
+    for i in (1, 2):
+        assert guard.process(batches[i], i) is None
+    rejected = guard.process(_poisoned(batches[3]), 3)
+    assert rejected is not None and rejected.tag == 3
+    assert rejected.problem == "LinAlgError: Matrix is not positive definite"
+    for i in (4, 5):
+        assert guard.process(batches[i], i) is None
+    _assert_same(loop, _reference([b for i, b in enumerate(batches) if i != 3]))
+
+
+def test_non_finite_state_is_found_at_verify_and_only_the_batch_that_caused_it_is_undone():
+    batches = _batches(6, seed=1)
+    loop, _ = _loop("nan")
+    guard: LearnerGuard[int] = LearnerGuard(loop)
+    for i, batch in enumerate(batches):
+        assert guard.process(_poisoned(batch) if i == 2 else batch, i) is None
+    assert non_finite(loop.learner.state_dict()) is not None
+    [rejected] = guard.verify()
+    assert rejected.tag == 2 and "holds NaN or inf" in rejected.problem
+    assert non_finite(loop.learner.state_dict()) is None
+    _assert_same(loop, _reference([b for i, b in enumerate(batches) if i != 2]))
+    assert [tag for _, tag in guard.journal] == [0, 1, 3, 4, 5]
+    assert guard.verify() == []
+
+
+def test_observers_see_each_batch_once_even_when_batches_are_learned_again():
+    seen: list[int] = []
+
+    class Counting:
+        def on_batch(self, loop, batch, hits, learn_seconds):
+            seen.append(len(batch))
+
+        def on_evaluation(self, *args):
+            """Not evaluated here."""
+
+    batches = _batches(4, seed=2)
+    loop, _ = _loop("raise")
+    loop.observers = [Counting()]
+    guard: LearnerGuard[int] = LearnerGuard(loop)
+    for i, batch in enumerate(batches[:3]):
+        guard.process(batch, i)
+    assert guard.process(_poisoned(batches[3]), 3) is not None
+    assert seen == [4, 4, 4]
+
+
+@pytest.mark.parametrize(
+    ("state", "problem"),
+    [
+        ({"w": torch.tensor([1.0, float("inf")])}, "tensor 'w' holds NaN or inf"),
+        ({"w": torch.tensor([float("nan")], dtype=torch.float64)}, "tensor 'w' holds NaN or inf"),
+        ({"w": torch.tensor([3e38, 3e38])}, None),  # large but finite: a float64 sum is finite
+        ({"n": torch.tensor([2**62])}, None),
+    ],
+)
+def test_non_finite_names_the_tensor(state, problem):
+    from learners.state.learner_state import LearnerState
+
+    assert non_finite(LearnerState(state)) == problem
+    assert non_finite(LearnerState({}, {"mean": float("nan")})) == "state metadata holds NaN or inf"
