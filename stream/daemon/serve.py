@@ -5,9 +5,9 @@ One iteration of the loop:
 1. poll a batch of records from the assigned partitions;
 2. decode and validate each (stream/sources/wire.py); an invalid one goes to the dead-letter sink with
    its reason and offset and is counted; a record below the partition's known position (a
-   redelivery after a reconnect) is skipped, unless the broker's end offset is below that
-   position too (an offset reset: the topic was recreated or truncated), which is logged,
-   counted and read on from where the client now stands;
+   redelivery after a reconnect) is skipped; a position the broker no longer has (an offset
+   reset: the topic was recreated or truncated) is logged, counted and read on from
+   ``start_from``;
 3. learn the valid samples through the event loop, in micro-batches (predict, then learn),
    through a :class:`~stream.engine.guard.LearnerGuard`: a batch whose learning raises or leaves
    non-finite state is undone and dead-lettered as ``learner_error``; while a long batch is
@@ -239,20 +239,22 @@ class Daemon:
 
     def run(self) -> None:
         """Serve until :meth:`stop`; then write a final checkpoint and leave the group."""
-        kafka = self.config.kafka
-        log.info(
-            "serving",
-            topic=self.topic,
-            group=kafka.group,
-            client=kafka.client,
-            learner=self.config.learner.name,
-            samples=self.loop.samples_seen,
-        )
         try:
             # Options the client refuses stop the daemon here, before it serves (exit 2); an
             # unreachable broker is retried by step.
-            with contextlib.suppress(SourceError):
+            try:
                 self.connect()
+            except SourceError as exc:
+                self._stop.wait(self.watch.failed(str(exc)))
+            kafka = self.config.kafka
+            log.info(
+                "serving",
+                topic=self.topic,
+                group=kafka.group,
+                client=kafka.client,
+                learner=self.config.learner.name,
+                samples=self.loop.samples_seen,
+            )
             while not self._stop.is_set():
                 self.step()
             self.checkpoint(force=True)
@@ -265,6 +267,7 @@ class Daemon:
         when the brokers cannot be reached (``step`` retries with backoff)."""
         if self.source is None:
             self.source = self.source_factory(self.config.kafka, self._assigned, self._client_error)
+            self.source.on_reset = self._offset_reset
 
     def close(self) -> None:
         """Leave the group and close the dead-letter sink (no checkpoint: see :meth:`run`)."""
@@ -301,15 +304,11 @@ class Daemon:
         """Judge every record, dead-letter the bad ones, learn the good ones."""
         good: list[Samples] = []
         origins: list[tuple[int, int, int]] = []  # partition, offset, samples of each good one
-        resets: dict[int, bool] = {}
         for record in records:
             partition = record.partition
             known = self.positions.get(partition)
             if known is not None and record.offset < known:
-                if partition not in resets:
-                    resets[partition] = self._offset_reset(partition, known)
-                if not resets[partition]:
-                    continue  # learned already: a redelivery after a reconnect or rebalance
+                continue  # learned already: a redelivery after a reconnect or rebalance
             try:
                 samples = self.decoder.decode(record.value)
             except InvalidMessage as exc:
@@ -505,38 +504,22 @@ class Daemon:
     def _report_lag(self, ends: dict[int, int]) -> None:
         self._next_lag_report = time.monotonic() + self.watch.interval
         for partition, end in ends.items():
-            if partition not in self.positions:
-                continue
-            if end < self.positions[partition]:
-                self._reset_detected(partition, end)
-                continue
-            self.telemetry.set_consumer_lag(self.topic, partition, end - self.positions[partition])
+            if partition in self.positions:
+                lag = max(end - self.positions[partition], 0)
+                self.telemetry.set_consumer_lag(self.topic, partition, lag)
 
-    def _offset_reset(self, partition: int, known: int) -> bool:
-        """A record below the learned position: a redelivery (False), or the partition was
-        reset, its end now below that position (True: read on from here)."""
-        assert self.source is not None
-        try:
-            end = self.source.end_offsets([partition], self.config.kafka.request_timeout_ms / 1000)
-        except SourceError as exc:
-            log.warning("offset_check_failed", partition=partition, problem=str(exc))
-            return False  # skipped as a redelivery; a reset shows again at the next probe
-        if end.get(partition, known) >= known:
-            return False
-        self._reset_detected(partition, end[partition])
-        return True
-
-    def _reset_detected(self, partition: int, end: int) -> None:
-        """The policy (docs/daemon.md, "Offset resets"): report it, forget the old position and
-        read the partition on from where the client stands (``start_from`` on an offset out of
-        range), learning its records as new. What the model learned before stays learned."""
-        known = self.positions.pop(partition)
+    def _offset_reset(self, partition: int, offset: int) -> None:
+        """The policy (docs/daemon.md, "Offset resets"): the broker no longer has the position
+        the daemon learned up to. Report it, forget that position, and read the partition on
+        from ``start_from`` (the source seeks there), learning its records as new; what the
+        model learned before stays learned."""
+        known = self.positions.pop(partition, None)
         log.error(
             "offset_reset",
             topic=self.topic,
             partition=partition,
             learned_up_to=known,
-            end_offset=end,
+            out_of_range=offset,
             start_from=self.config.kafka.start_from,
         )
         self.telemetry.offset_reset(self.topic, partition)

@@ -15,6 +15,10 @@ opened.
 While the daemon learns a long batch, ``pause`` stops fetching and ``keep_alive`` polls without
 taking records, so the group does not count the consumer as gone (``max_poll_interval_ms``);
 ``resume`` continues from the first record not yet returned (stream/daemon/keep_alive.py).
+
+Neither client resets an out-of-range position on its own (``auto.offset.reset`` is off): an
+offset the broker no longer has (the topic was recreated or truncated under the daemon) is
+reported to ``on_reset``, and the partition then continues from ``start_from``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from stream.daemon.config import KafkaClientConfigError, KafkaConfig
 # Partition -> offset to continue from, for the partitions the daemon knows.
 AssignHandler = Callable[[list[int]], dict[int, int]]
 ErrorHandler = Callable[[str], None]
+# Told of an offset reset: the partition, and the offset the client found out of range.
+ResetHandler = Callable[[int, int], None]
 
 # librdkafka and kafka-python log through stdlib logging under this name.
 client_log = logging.getLogger("streamcl.kafka")
@@ -48,6 +54,8 @@ class SourceError(RuntimeError):
 
 class KafkaSource(ABC):
     """One consumer of ``config.topic`` in group ``config.group``."""
+
+    on_reset: ResetHandler | None = None  # set by the daemon
 
     def __init__(
         self, config: KafkaConfig, on_assign: AssignHandler, on_error: ErrorHandler
@@ -130,7 +138,9 @@ class ConfluentSource(KafkaSource):
             "group.id": config.group,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
-            "auto.offset.reset": config.start_from,
+            # A checkpoint's position the broker no longer has is an event for the daemon
+            # (poll reports it); new partitions start from start_from in _assigned.
+            "auto.offset.reset": "error",
             "session.timeout.ms": config.session_timeout_ms,
             "heartbeat.interval.ms": config.heartbeat_interval_ms,
             "max.poll.interval.ms": config.max_poll_interval_ms,
@@ -189,11 +199,25 @@ class ConfluentSource(KafkaSource):
                 partition, offset = message.partition(), message.offset()
                 assert partition is not None and offset is not None  # set on every fetched record
                 records.append(Record(partition, offset, message.value()))
+            elif error.code() == ck.KafkaError._AUTO_OFFSET_RESET:
+                partition = message.partition()
+                assert partition is not None
+                self._out_of_range(partition, message.offset() or -1)
             elif error.code() != ck.KafkaError._PARTITION_EOF:
                 self.on_error(str(error))
                 if error.fatal():
                     raise SourceError(str(error))
         return records
+
+    def _out_of_range(self, partition: int, offset: int) -> None:
+        if self.on_reset is not None:
+            self.on_reset(partition, offset)
+        ck = self._ck
+        start = ck.OFFSET_BEGINNING if self.config.start_from == "earliest" else ck.OFFSET_END
+        try:
+            self.consumer.seek(ck.TopicPartition(self.topic, partition, start))
+        except ck.KafkaException as exc:
+            raise SourceError(f"seeking partition {partition} after a reset: {exc}") from None
 
     def assignment(self) -> list[int]:
         return sorted(tp.partition for tp in self.consumer.assignment())
@@ -271,7 +295,8 @@ class KafkaPythonSource(KafkaSource):
                 bootstrap_servers=config.bootstrap.split(","),
                 group_id=config.group,
                 enable_auto_commit=False,
-                auto_offset_reset=config.start_from,
+                # out-of-range positions raise from poll (see _out_of_range)
+                auto_offset_reset="none",
                 session_timeout_ms=config.session_timeout_ms,
                 heartbeat_interval_ms=config.heartbeat_interval_ms,
                 max_poll_interval_ms=config.max_poll_interval_ms,
@@ -280,12 +305,12 @@ class KafkaPythonSource(KafkaSource):
                 fetch_max_wait_ms=config.fetch_max_wait_ms,
                 **config.options,
             )
+        except (kafka.errors.KafkaConfigurationError, AssertionError, TypeError, ValueError) as exc:
+            # an option kafka-python does not know, or a value it refuses
+            raise KafkaClientConfigError(f"kafka.options for kafka-python: {exc}") from None
         except kafka.errors.KafkaError as exc:
             # kafka-python meets the brokers in its constructor; confluent-kafka does it later.
             raise SourceError(f"{type(exc).__name__}: {exc}") from None
-        except (AssertionError, TypeError, ValueError) as exc:
-            # kafka-python asserts that every option is one it knows
-            raise KafkaClientConfigError(f"kafka.options for kafka-python: {exc}") from None
         source = self
 
         class Listener(kafka.ConsumerRebalanceListener):
@@ -312,6 +337,15 @@ class KafkaPythonSource(KafkaSource):
     def poll(self, max_records: int, timeout: float) -> list[Record]:
         try:
             batches = self.consumer.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
+        except self._kafka.errors.OffsetOutOfRangeError as exc:
+            for tp, offset in exc.args[0].items():
+                if self.on_reset is not None:
+                    self.on_reset(tp.partition, int(offset))
+                if self.config.start_from == "earliest":
+                    self.consumer.seek_to_beginning(tp)
+                else:
+                    self.consumer.seek_to_end(tp)
+            return []
         except self._kafka.errors.KafkaError as exc:
             raise SourceError(f"{type(exc).__name__}: {exc}") from None
         return [

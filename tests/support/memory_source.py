@@ -44,6 +44,10 @@ class MemorySource(KafkaSource):
                 if partition in self.paused_partitions:
                     continue
                 offset = self.positions[partition]
+                if offset > len(values):  # out of range, as after the topic was recreated
+                    if self.on_reset is not None:
+                        self.on_reset(partition, offset)
+                    self.positions[partition] = offset = 0  # start_from = "earliest"
                 if offset < len(values) and len(records) < max_records:
                     records.append(Record(partition, offset, values[offset]))
                     self.positions[partition] += 1
@@ -82,5 +86,5 @@ class MemorySource(KafkaSource):
 
     def drained(self) -> bool:
         return self.assigned and all(
-            self.positions[p] >= len(v) for p, v in self.partitions.items()
+            self.positions[p] == len(v) for p, v in self.partitions.items()
         )

@@ -9,11 +9,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from stream.daemon.checkpoint import Checkpoint, CheckpointStore
+from stream.sinks.kafka_sink import open_sink
 
 REPO = Path(__file__).resolve().parents[2]
 # Short group timeouts: tansu waits a whole rebalance timeout before it assigns partitions, and
@@ -130,3 +132,69 @@ class ServeProcess:
     def tail(self, lines: int = 15) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+def serve_config(
+    tmp_path: Path,
+    name: str,
+    bootstrap: str,
+    topic: str,
+    client: str,
+    max_bytes: int = 16_384,
+    **sections: Any,
+) -> dict:
+    """A daemon config for a test on a real broker (fast group timeouts, private dirs)."""
+    name = f"{name}-{client}"
+    kafka = {"bootstrap": bootstrap, "topic": topic, "client": client, "group": name}
+    config = {
+        "kafka": {**kafka, **FAST_GROUP},
+        "learner": {"name": "nmc"},
+        "checkpoint": {"dir": str(tmp_path / f"{name}-ckpt"), "every_seconds": 0.3},
+        "dead_letter": {"file": str(tmp_path / f"{name}-dead.jsonl")},
+        "messages": {"max_bytes": max_bytes},
+        "metrics": {"port": free_port(), "stall_seconds": 60},
+    }
+    for section, values in sections.items():
+        config[section] = {**config.get(section, {}), **values}
+    return config
+
+
+def scrape(process: ServeProcess) -> dict[str, float]:
+    """The daemon's /metrics samples, keyed by ``name{labels}`` as exposed."""
+    url = f"http://127.0.0.1:{process.config['metrics']['port']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            samples[key] = float(value)
+    return samples
+
+
+def dead_letters(process: ServeProcess) -> list[tuple[int, int, str]]:
+    path = Path(process.config["dead_letter"]["file"])
+    return [
+        (d["partition"], d["offset"], d["reason"])
+        for d in map(json.loads, path.read_text().splitlines())
+    ]
+
+
+class Topic:
+    """Sends to a topic, counting offsets per partition (what the dead letters must name)."""
+
+    def __init__(self, bootstrap: str, name: str, partitions: int) -> None:
+        self.name = name
+        self.sink = open_sink("confluent", bootstrap)
+        assert self.sink.ensure_topic(name, partitions) == partitions
+        self.ends = dict.fromkeys(range(partitions), 0)
+        self.invalid: list[tuple[int, int, str]] = []
+
+    def send(self, value: bytes, partition: int, reason: str | None = None) -> None:
+        self.sink.send(self.name, value, partition=partition)
+        if reason is not None:
+            self.invalid.append((partition, self.ends[partition], reason))
+        self.ends[partition] += 1
+
+    def flush(self) -> None:
+        self.sink.flush()

@@ -379,7 +379,6 @@ def test_a_recreated_topic_is_an_offset_reset_logged_counted_and_learned_from_it
     _drain(daemon, source)
     new, x_new, y_new = _valid(6, seed=9)
     source.partitions[0] = new  # the topic deleted and created again, with 6 records
-    source.positions[0] = 0  # where the client's auto.offset.reset = earliest puts it
     _drain(daemon, source)
     daemon.checkpoint()
     daemon.close()
@@ -388,19 +387,6 @@ def test_a_recreated_topic_is_an_offset_reset_logged_counted_and_learned_from_it
     assert daemon.positions == {0: 6} and daemon.loop.samples_seen == 26
     both = (np.concatenate([x_old, x_new]), np.concatenate([y_old, y_new]))
     _assert_same_model(daemon.learner, _reference(*both))
-
-
-def test_an_end_offset_below_the_position_is_an_offset_reset_found_by_the_probe(tmp_path):
-    old, _, _ = _valid(10, seed=10)
-    source = MemorySource({0: old})
-    daemon = Daemon(_config(tmp_path), source_factory=source.bind)
-    _drain(daemon, source)
-    source.partitions[0] = old[:3]  # truncated below the position, nothing new to read
-    daemon.watch.next_probe = 0
-    daemon.step()
-    assert _sample(daemon, "streamcl_offset_resets_total", {"topic": "samples", "partition": "0"})
-    assert 0 not in daemon.positions
-    daemon.close()
 
 
 def test_a_redelivery_is_not_an_offset_reset(tmp_path):

@@ -16,7 +16,6 @@ import random
 import signal
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -28,76 +27,20 @@ from learners.base import Problem
 from stream.cli import main as cli
 from stream.data.datasets import as_float_tensor, load_dataset
 from stream.data.stream_file import read_stream
-from stream.sinks.kafka_sink import open_sink
 from stream.sources.wire import encode_binary
 from tests.support.malformed import malformed_messages
-from tests.support.serve_process import FAST_GROUP, ServeProcess, free_port
+from tests.support.serve_process import (
+    ServeProcess,
+    Topic,
+    dead_letters,
+    scrape,
+    serve_config,
+)
 
 CLIENTS = ["kafka-python", "confluent"]
 STOP_SIGNALS = [signal.SIGTERM, signal.SIGINT]
 MAX_BYTES = 16_384
 pytestmark = pytest.mark.kafka
-
-
-def serve_config(
-    tmp_path: Path, name: str, bootstrap: str, topic: str, client: str, **sections
-) -> dict:
-    name = f"{name}-{client}"
-    kafka = {"bootstrap": bootstrap, "topic": topic, "client": client, "group": name}
-    config = {
-        "kafka": {**kafka, **FAST_GROUP},
-        "learner": {"name": "nmc"},
-        "checkpoint": {"dir": str(tmp_path / f"{name}-ckpt"), "every_seconds": 0.3},
-        "dead_letter": {"file": str(tmp_path / f"{name}-dead.jsonl")},
-        "messages": {"max_bytes": MAX_BYTES},
-        "metrics": {"port": free_port(), "stall_seconds": 60},
-    }
-    for section, values in sections.items():
-        config[section] = {**config.get(section, {}), **values}
-    return config
-
-
-def scrape(process: ServeProcess) -> dict[str, float]:
-    """The daemon's /metrics samples, keyed by ``name{labels}`` as exposed."""
-    url = f"http://127.0.0.1:{process.config['metrics']['port']}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            samples[key] = float(value)
-    return samples
-
-
-def dead_letters(process: ServeProcess) -> list[tuple[int, int, str]]:
-    import json
-
-    path = Path(process.config["dead_letter"]["file"])
-    return [
-        (d["partition"], d["offset"], d["reason"])
-        for d in map(json.loads, path.read_text().splitlines())
-    ]
-
-
-class Topic:
-    """Sends to a topic, counting offsets per partition (what the dead letters must name)."""
-
-    def __init__(self, bootstrap: str, name: str, partitions: int) -> None:
-        self.name = name
-        self.sink = open_sink("confluent", bootstrap)
-        assert self.sink.ensure_topic(name, partitions) == partitions
-        self.ends = dict.fromkeys(range(partitions), 0)
-        self.invalid: list[tuple[int, int, str]] = []
-
-    def send(self, value: bytes, partition: int, reason: str | None = None) -> None:
-        self.sink.send(self.name, value, partition=partition)
-        if reason is not None:
-            self.invalid.append((partition, self.ends[partition], reason))
-        self.ends[partition] += 1
-
-    def flush(self) -> None:
-        self.sink.flush()
 
 
 # -- end to end: a recorded Si-Blurry stream ---------------------------------------------------
