@@ -59,7 +59,7 @@ _INPUT_DTYPES = {"float32": "<f4", "uint8": "|u1"}
 # exhaust memory or overflow a product before a size check.
 MAX_HEADER_BYTES = 16 << 20
 MAX_COUNT = 1 << 40
-MAX_TASKS = 1_000_000
+MAX_TASKS = 100_000
 MAX_CLASSES = 1 << 24
 _INT64_MAX = 2**63 - 1
 _FLOAT32_MAX = float(np.finfo(np.float32).max)

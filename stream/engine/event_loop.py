@@ -25,6 +25,7 @@ it next to the learner's tensors and the source offsets.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -396,7 +397,7 @@ class EventLoop:
             "next_eval": self.next_eval,
             "prequential": self.prequential.state_dict(),
             "curve": [e.to_json() for e in self.curve],
-            "task_ends": [e.to_json() for e in self.task_ends],
+            "task_ends": _runs(self.task_ends),
             "best_class_accuracy": [b.tolist() for b in self.best_class_accuracy],
             "last_evaluation": None
             if self.last_evaluation is None
@@ -419,7 +420,7 @@ class EventLoop:
         self.next_eval = int(state["next_eval"])
         self.prequential.load_state_dict(state["prequential"])
         self.curve = [Evaluation.from_json(e) for e in state["curve"]]
-        self.task_ends = [Evaluation.from_json(e) for e in state["task_ends"]]
+        self.task_ends = _from_runs(state["task_ends"])
         self.best_class_accuracy = [
             np.asarray(b, dtype=np.float64) for b in state["best_class_accuracy"]
         ]
@@ -433,6 +434,27 @@ class EventLoop:
                     "checkpoint has no drift detector state, but drift detection is configured"
                 )
             self.drift.load_state_dict(state["drift"], self.checkpoint_key)
+
+
+def _runs(evaluations: list[Evaluation]) -> list[Any]:
+    """Task-end evaluations as JSON, a run of empty tasks (one evaluation repeated) as
+    ``{"repeat": count, "evaluation": ...}``: a checkpoint does not grow with the task count."""
+    runs: list[Any] = []
+    for _, group in itertools.groupby(evaluations, key=id):
+        same = list(group)
+        json = same[0].to_json()
+        runs.append(json if len(same) == 1 else {"repeat": len(same), "evaluation": json})
+    return runs
+
+
+def _from_runs(runs: list[Any]) -> list[Evaluation]:
+    evaluations: list[Evaluation] = []
+    for run in runs:
+        if isinstance(run, dict) and "repeat" in run:
+            evaluations += [Evaluation.from_json(run["evaluation"])] * int(run["repeat"])
+        else:
+            evaluations.append(Evaluation.from_json(run))
+    return evaluations
 
 
 def _metrics_of(

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -204,3 +206,21 @@ def test_summary_has_every_spec_key():
     assert 0.5 < summary["A_auc"] <= 1 and 0.5 < summary["A_last"] <= 1
     assert all(0 <= acc <= 1 for _, acc in summary["curve"])
     assert np.all(np.diff([s for s, _ in summary["curve"]]) > 0)
+
+
+def test_a_run_of_empty_tasks_is_one_record_in_the_state_and_round_trips():
+    """A task id that jumps closes every task in between with the same evaluation: the
+    checkpointed state holds that run once, with its count, not once per task."""
+    problem = Problem(input_shape=(2,), num_classes=(2,))
+    x = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    evaluator = AnytimeEvaluator(x, torch.tensor([[0], [1]]), problem)
+    loop = EventLoop(create("nmc", problem), problem, evaluator=evaluator)
+    level = torch.zeros(2, dtype=torch.long)
+    loop.process(Batch(x=x, y=torch.tensor([0, 1]), level=level, task=torch.tensor([0, 0])))
+    loop.process(Batch(x=x, y=torch.tensor([0, 1]), level=level, task=torch.tensor([5000] * 2)))
+    state = loop.state_dict()
+    assert len(loop.task_ends) == 5000 and len(state["task_ends"]) == 1
+    assert state["task_ends"][0]["repeat"] == 5000
+    restored = EventLoop(create("nmc", problem), problem, evaluator=evaluator)
+    restored.load_state_dict(json.loads(json.dumps(state)))
+    assert restored.summary() == loop.summary()
