@@ -200,9 +200,9 @@ class ConfluentSource(KafkaSource):
                 assert partition is not None and offset is not None  # set on every fetched record
                 records.append(Record(partition, offset, message.value()))
             elif error.code() == ck.KafkaError._AUTO_OFFSET_RESET:
-                partition = message.partition()
+                partition, offset = message.partition(), message.offset()
                 assert partition is not None
-                self._out_of_range(partition, message.offset() or -1)
+                self._out_of_range(partition, -1 if offset is None else offset)
             elif error.code() != ck.KafkaError._PARTITION_EOF:
                 self.on_error(str(error))
                 if error.fatal():
