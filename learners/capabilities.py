@@ -68,3 +68,24 @@ class SequentialLearner(ABC):
         ``predict`` at that moment; ``-1`` where the learner could not predict (every class
         scored ``-inf``). Learning must equal ``learn(x, y, level, iterations)``.
         """
+
+
+class AdditiveStatistics(ABC):
+    """Mixin of learners whose learned state is a sum over the samples learned.
+
+    Learning a batch adds that batch's contribution to a fixed list of float64 tensors (class
+    sums and counts, a ridge head's HᵀH and HᵀY), and everything the learner predicts with is
+    derived from them. Two copies of a learner that start equal and learn disjoint parts of a
+    stream therefore add up, tensor by tensor, to one that learned all of it, in any order:
+    the scale-out daemon (``stream/daemon/statistics_sync.py``) all-reduces each copy's
+    increment since the last sync point. ``merge`` on two whole learners is the same sum.
+    """
+
+    @abstractmethod
+    def additive_statistics(self) -> list[torch.Tensor]:
+        """The live statistics tensors, in a fixed order; changing them in place changes the
+        learner once :meth:`statistics_changed` is called."""
+
+    @abstractmethod
+    def statistics_changed(self) -> None:
+        """Drop whatever was derived from the statistics (they were changed in place)."""
