@@ -21,6 +21,7 @@ every message is learned exactly once whichever rank reads it now.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -181,6 +182,7 @@ class ScaleOutDaemon(Daemon):
             "serving",
             topic=self.topic,
             rank=self.world.rank,
+            pid=os.getpid(),
             world_size=self.world.size,
             learner=self.config.learner.name,
             samples=self.loop.samples_seen,

@@ -85,7 +85,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def launch_workers(config: str, workers: int, max_restarts: int) -> int:
-    """Run ``workers`` ranks of this config under torchrun on this machine; its exit code."""
+    """Run ``workers`` ranks of this config under torchrun on this machine; its exit code.
+
+    SIGTERM and SIGINT go to the workers themselves: each finishes its round, the group writes a
+    last aligned checkpoint, every worker exits 0 and so does torchrun. (Signalled itself,
+    torchrun would stop its workers the same way but report failure.)"""
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         "--nproc-per-node", str(workers), "--max-restarts", str(max_restarts),
@@ -94,8 +98,29 @@ def launch_workers(config: str, workers: int, max_restarts: int) -> int:
     launcher = subprocess.Popen(command)
 
     def forward(signum: int, frame: FrameType | None) -> None:
-        launcher.send_signal(signum)
+        children = _children(launcher.pid)
+        for pid in children or [launcher.pid]:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                continue  # exited meanwhile
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     return launcher.wait()
+
+
+def _children(pid: int) -> list[int]:
+    """The pids of ``pid``'s child processes (Linux /proc); empty where it cannot tell."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as listing:
+                found.extend(int(child) for child in listing.read().split())
+        except OSError:
+            continue
+    return found
