@@ -32,6 +32,13 @@ class World:
     rank: int
     size: int
     local_rank: int = 0
+    # Where the rendezvous store is, and which start of the group this is (torchrun counts
+    # restarts); each start meets under its own prefix in the store.
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    restart: int = 0
+    # True under torchrun, whose agent hosts the store; otherwise rank 0 hosts it.
+    agent_store: bool = False
 
     def __post_init__(self) -> None:
         if self.size < 1 or not 0 <= self.rank < self.size:
@@ -47,6 +54,10 @@ class World:
                 rank=int(environ["RANK"]),
                 size=int(environ["WORLD_SIZE"]),
                 local_rank=int(environ.get("LOCAL_RANK", "0")),
+                master_addr=environ.get("MASTER_ADDR", "127.0.0.1"),
+                master_port=int(environ.get("MASTER_PORT", "29500")),
+                restart=int(environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
+                agent_store=environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true",
             )
         except ValueError as exc:
             raise ValueError(f"torchrun environment: {exc}") from None
@@ -63,18 +74,31 @@ def backend_for(device: torch.device) -> str:
 
 
 def join(world: World, device: torch.device, timeout_seconds: float) -> None:
-    """Join the process group torchrun set up (``env://`` rendezvous). A collective that waits
-    longer than ``timeout_seconds`` for a peer fails, so a group whose member died ends and
-    torchrun can restart it."""
+    """Join the process group through the rendezvous store torchrun set up. A collective that
+    waits longer than ``timeout_seconds`` for a peer fails, so a group whose member died ends
+    and torchrun can restart it.
+
+    Each start of the group meets under its own store prefix: after a restart, the addresses
+    the previous start's ranks published are still in the agent's store, and a new rank that
+    read one tried to connect to a dead worker (seen with torch 2.13 and gloo)."""
     if dist.is_initialized():
         return
     if device.type == "cuda":
         torch.cuda.set_device(world.local_rank)
+    timeout = datetime.timedelta(seconds=timeout_seconds)
+    store = dist.TCPStore(
+        world.master_addr,
+        world.master_port,
+        world.size,
+        is_master=world.rank == 0 and not world.agent_store,
+        timeout=timeout,
+    )
     dist.init_process_group(
         backend_for(device),
+        store=dist.PrefixStore(f"streamcl/start-{world.restart}", store),
         rank=world.rank,
         world_size=world.size,
-        timeout=datetime.timedelta(seconds=timeout_seconds),
+        timeout=timeout,
     )
 
 
