@@ -18,8 +18,15 @@ from stream.sources.wire import encode_binary
 from tests.support.serve_process import ServeProcess
 
 
-def publish(bootstrap: str, topic: str, partitions: int, x: np.ndarray, y: np.ndarray,
-            per_message: int, start: int = 0) -> dict[int, int]:
+def publish(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    x: np.ndarray,
+    y: np.ndarray,
+    per_message: int,
+    start: int = 0,
+) -> dict[int, int]:
     """Binary messages of ``per_message`` samples, dealt round-robin over the partitions (a
     topic created on first use); returns how many messages each partition got."""
     sink = open_sink("confluent", bootstrap)
