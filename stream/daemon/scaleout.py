@@ -24,7 +24,9 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -34,16 +36,25 @@ from stream.daemon.checkpoint import Checkpoint, CheckpointError
 from stream.daemon.config import ServeConfig, ServeConfigError
 from stream.daemon.distributed import Collectives, World, assign_partitions, join, leave
 from stream.daemon.gradient_sync import GradientSync
-from stream.daemon.serve import CHECKPOINT_FORMAT, Daemon, SourceFactory
+from stream.daemon.serve import CHECKPOINT_FORMAT, Daemon
 from stream.daemon.statistics_sync import StatisticsSync
 from stream.engine.device import resolve_device
 from stream.observe.rank_label import RankLabelledRegistry
 from stream.observe.telemetry import Telemetry
 from stream.sinks.dead_letter import DeadLetterSink, FileDeadLetters
 from stream.sinks.kafka_sink import SinkError
-from stream.sources.kafka_source import SourceError, open_source
+from stream.sources.kafka_source import (
+    AssignHandler,
+    ErrorHandler,
+    KafkaSource,
+    PartitionChooser,
+    SourceError,
+    open_source,
+)
 
 log = structlog.get_logger("streamcl.scaleout")
+
+ChosenSourceFactory = Callable[[Any, AssignHandler, ErrorHandler, PartitionChooser], KafkaSource]
 
 
 def rank_file(path: Path, rank: int) -> Path:
@@ -55,20 +66,28 @@ class ScaleOutDaemon(Daemon):
     """One rank of a scaled-out ``streamcl serve``."""
 
     def __init__(
-        self, config: ServeConfig, world: World, source_factory: SourceFactory = open_source
+        self,
+        config: ServeConfig,
+        world: World,
+        source_factory: ChosenSourceFactory = open_source,
+        collectives: Collectives | None = None,
     ) -> None:
+        """Joins the process group torchrun set up, unless ``collectives`` are given (tests run
+        ranks as threads that way)."""
         self.world = world
-        device = resolve_device(config.learner.device)
-        join(world, device, config.sync.timeout_seconds)
-        self.collectives = Collectives(world, device)
+        self._joined = collectives is None
+        if collectives is None:
+            device = resolve_device(config.learner.device)
+            join(world, device, config.sync.timeout_seconds)
+            collectives = Collectives(world, device)
+        self.collectives = collectives
         self.aligned = AlignedCheckpoints(config.checkpoint.dir, config.checkpoint.keep)
         self._shard: Shard | None = None
         self._resume_offsets: dict[int, int] = {}
         self.epoch = 0
         self.partitions: list[int] | None = None
-        super().__init__(
-            config, Telemetry(registry=RankLabelledRegistry(world.rank)), source_factory
-        )
+        self.choosing_source_factory = source_factory
+        super().__init__(config, Telemetry(registry=RankLabelledRegistry(world.rank)))
         if world.rank != 0:
             self.loop.evaluator = None  # the global model's anytime accuracy comes from rank 0
         self.statistics: StatisticsSync | None = None
@@ -147,7 +166,7 @@ class ScaleOutDaemon(Daemon):
 
     def connect(self) -> None:
         if self.source is None:
-            self.source = self.source_factory(
+            self.source = self.choosing_source_factory(
                 self.config.kafka, self._assigned, self._client_error, self._choose
             )
 
@@ -194,7 +213,8 @@ class ScaleOutDaemon(Daemon):
             self.close()
             if self.gradients is not None:
                 self.gradients.close()
-            leave()
+            if self._joined:
+                leave()
         log.info("stopped", rank=self.world.rank, samples=self.loop.samples_seen)
 
     def step(self) -> None:

@@ -72,3 +72,6 @@ class ThreadedCollectives:
 
     def gather_json(self, value: Any) -> list[Any]:
         return self._all(value)
+
+    def broadcast_int(self, value: int, source: int = 0) -> int:
+        return int(self._all(value)[source])
