@@ -19,9 +19,11 @@ def test_a_world_is_read_from_torchruns_environment():
     assert World.from_environment({}) is None
 
 
-@pytest.mark.parametrize("environ", [{"RANK": "3", "WORLD_SIZE": "3"}, {"RANK": "x", "WORLD_SIZE": "2"}])
+@pytest.mark.parametrize(
+    "environ", [{"RANK": "3", "WORLD_SIZE": "3"}, {"RANK": "x", "WORLD_SIZE": "2"}]
+)
 def test_a_wrong_environment_is_one_clear_error(environ):
-    with pytest.raises(ValueError, match="rank|torchrun"):
+    with pytest.raises(ValueError, match="torchrun environment"):
         World.from_environment(environ)
 
 

@@ -13,7 +13,9 @@ def test_every_exposed_sample_has_the_rank_label():
     telemetry.samples.labels("acil").inc(3)
     telemetry.set_consumer_lag("t", 4, 17)
     registry = telemetry.registry
-    assert registry.get_sample_value("streamcl_samples_total", {"learner": "acil", "rank": "2"}) == 3
+    assert (
+        registry.get_sample_value("streamcl_samples_total", {"learner": "acil", "rank": "2"}) == 3
+    )
     lag = {"topic": "t", "partition": "4", "rank": "2"}
     assert registry.get_sample_value("streamcl_consumer_lag", lag) == 17
     lines = [
