@@ -30,7 +30,7 @@ from typing import Any
 
 import structlog
 
-from learners.capabilities import AdditiveStatistics
+from learners.capabilities import AdditiveStatistics, DriftAction
 from stream.daemon.aligned_checkpoint import AlignedCheckpoints, Shard
 from stream.daemon.checkpoint import Checkpoint, CheckpointError
 from stream.daemon.config import ServeConfig, ServeConfigError
@@ -74,6 +74,14 @@ class ScaleOutDaemon(Daemon):
     ) -> None:
         """Joins the process group torchrun set up, unless ``collectives`` are given (tests run
         ranks as threads that way)."""
+        drift = config.loop.drift
+        if drift is not None and drift.action is not DriftAction.NONE:
+            # A detection is one rank's view of its own partitions; acting on it would change
+            # the one model on one rank only.
+            raise ServeConfigError(
+                f"loop.drift.action {drift.action.value!r}: a scaled-out daemon supports only "
+                "'none' (detect and count)"
+            )
         self.world = world
         self._joined = collectives is None
         if collectives is None:

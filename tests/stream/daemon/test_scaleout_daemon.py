@@ -20,6 +20,7 @@ from stream.daemon.aligned_checkpoint import AlignedCheckpoints
 from stream.daemon.config import ServeConfig, ServeConfigError
 from stream.daemon.distributed import World
 from stream.daemon.scaleout import ScaleOutDaemon, rank_file
+from stream.engine.drift_detection import DriftConfig
 from stream.sources.kafka_source import KafkaSource, Record
 from stream.sources.wire import encode_binary
 from tests.support.threaded_ranks import ThreadedCollectives, ThreadedGroup
@@ -206,6 +207,18 @@ def test_each_rank_writes_its_own_dead_letters(tmp_path):
 def test_a_learner_that_cannot_be_scaled_out_is_refused(tmp_path):
     cfg = config(tmp_path, {"name": "slda"})
     with pytest.raises(ServeConfigError, match="cannot be scaled out"):
+        ScaleOutDaemon(
+            cfg,
+            World(0, 1),
+            lambda *args: PartitionSource({0: []}, *args),
+            ThreadedCollectives(ThreadedGroup(1), 0),
+        )
+
+
+def test_a_drift_action_is_refused_since_one_rank_cannot_change_the_one_model(tmp_path):
+    cfg = config(tmp_path, {"name": "nmc"})
+    cfg.loop.drift = DriftConfig(action="reset")
+    with pytest.raises(ServeConfigError, match="only 'none'"):
         ScaleOutDaemon(
             cfg,
             World(0, 1),
