@@ -85,12 +85,3 @@ class GradientSync:
                 self.optimizer.step()
         finally:
             self._draining = False
-
-    def align(self) -> None:
-        """Make every rank's parameters rank 0's (at start: a rank that loaded another shard,
-        or none, must still hold the one model)."""
-        import torch.distributed as dist
-
-        if self.collectives.world.size > 1:
-            for p in self.params:
-                dist.broadcast(p.data, 0)
