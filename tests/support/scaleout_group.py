@@ -74,6 +74,19 @@ class ScaleOutGroup(ServeProcess):
     def kill_rank(self, rank: int, timeout: float) -> None:
         os.kill(self.rank_pids(timeout)[rank], signal.SIGKILL)
 
+    def wait_for_epoch(self, epoch: int, timeout: float) -> dict[str, Any]:
+        """The manifest of the first complete epoch numbered ``epoch`` or later."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            manifest = self.store.latest()
+            if manifest is not None and manifest["epoch"] >= epoch:
+                return manifest
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"serve exited {self.process.returncode}: {self.tail()}")
+            time.sleep(0.05)
+        raise AssertionError(f"no epoch {epoch} within {timeout} s: {self.tail()}")
+
     def wait_for_offsets(self, ends: dict[int, int], timeout: float) -> dict[str, Any]:
         """The manifest of the first complete epoch whose offsets reach ``ends``."""
         deadline = time.monotonic() + timeout
