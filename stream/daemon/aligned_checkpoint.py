@@ -8,7 +8,7 @@ world size, every shard's file name, length and SHA-256, and the union of the of
 counts only once its manifest exists and every shard it names matches it, so a worker killed
 while writing (or before the manifest) leaves the previous epoch as the one to resume from.
 
-When the learner's model is the same on every rank at a sync point (additive statistics, just
+When the learner's model is the same on every rank at a sync point (synced statistics, just
 synchronised), only rank 0's shard carries the learner; the others carry offsets and loop state.
 Gradient learners keep a replay memory per rank, so every shard carries its rank's learner.
 """

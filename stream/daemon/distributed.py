@@ -126,6 +126,14 @@ class Collectives:
         if self.world.size > 1:
             dist.all_reduce(tensor)
 
+    def gather_(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's ``tensor`` (same shape on every rank), in rank order."""
+        if self.world.size == 1:
+            return [tensor]
+        gathered = [torch.empty_like(tensor) for _ in range(self.world.size)]
+        dist.all_gather(gathered, tensor)
+        return gathered
+
     def broadcast_int(self, value: int, source: int = 0) -> int:
         tensor = torch.tensor([value], dtype=torch.int64, device=self.device)
         if self.world.size > 1:

@@ -3,8 +3,8 @@
 Every worker (rank) reads its own Kafka partitions (:mod:`stream.daemon.distributed`) and learns
 them into its copy of the one model; the copies are kept one by the learner's kind:
 
-- additive statistics (acil, nmc, ds-al): each rank learns alone between sync points and the
-  increments are all-reduced at each (:mod:`stream.daemon.statistics_sync`);
+- synced statistics (acil, aef-ocl, nmc, ds-al, slda): each rank learns alone between sync
+  points, where what each learned since the last is combined (:mod:`stream.daemon.statistics_sync`);
 - gradient learners (er, uer, mvp): every optimizer step is synchronous, with gradients
   averaged over the ranks (:mod:`stream.daemon.gradient_sync`).
 
@@ -30,7 +30,7 @@ from typing import Any
 
 import structlog
 
-from learners.capabilities import AdditiveStatistics, DriftAction
+from learners.capabilities import DriftAction, SyncedStatistics
 from stream.daemon.aligned_checkpoint import AlignedCheckpoints, Shard
 from stream.daemon.checkpoint import Checkpoint, CheckpointError
 from stream.daemon.config import ServeConfig, ServeConfigError
@@ -101,7 +101,7 @@ class ScaleOutDaemon(Daemon):
         self.statistics: StatisticsSync | None = None
         self.gradients: GradientSync | None = None
         optimizer = getattr(self.learner, "optimizer", None)
-        if isinstance(self.learner, AdditiveStatistics):
+        if isinstance(self.learner, SyncedStatistics):
             try:
                 self.statistics = StatisticsSync(self.learner, self.collectives)
             except ValueError as exc:
@@ -110,7 +110,7 @@ class ScaleOutDaemon(Daemon):
             self.gradients = GradientSync(optimizer, self.collectives)
         else:
             raise ServeConfigError(
-                f"learner {config.learner.name!r} cannot be scaled out: it has neither additive "
+                f"learner {config.learner.name!r} cannot be scaled out: it has neither synced "
                 "statistics nor gradient steps; run it as one process"
             )
         self._synced_samples = self.loop.samples_seen

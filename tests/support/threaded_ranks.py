@@ -75,3 +75,6 @@ class ThreadedCollectives:
 
     def broadcast_int(self, value: int, source: int = 0) -> int:
         return int(self._all(value)[source])
+
+    def gather_(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        return [t.clone() for t in self._all(tensor.clone())]

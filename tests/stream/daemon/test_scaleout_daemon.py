@@ -142,6 +142,19 @@ def test_ranks_read_disjoint_partitions_and_hold_one_model_equal_to_one_learner(
     ]  # fmt: skip
 
 
+def test_slda_ranks_combine_their_moments_into_one_exact_model(tmp_path):
+    x, y = samples(96, seed=5)
+    cfg = config(tmp_path, {"name": "slda"})
+    daemons = run_group(cfg, topic_of(x, y, 3), ranks=2, rounds=5)
+    alone = registry.create("slda", PROBLEM, {})
+    alone.learn(torch.from_numpy(x), torch.from_numpy(y), torch.zeros(len(y), dtype=torch.long))
+    for daemon in daemons:
+        stats = daemon.learner.stats[0]
+        assert torch.equal(stats.counts, alone.stats[0].counts)
+        torch.testing.assert_close(stats.means, alone.stats[0].means, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(stats.scatter, alone.stats[0].scatter, rtol=1e-9, atol=1e-9)
+
+
 def test_a_vanished_group_resumes_from_the_last_global_checkpoint_in_another_world(tmp_path):
     """Three ranks learn part of the topic and vanish; two ranks resume from the last complete
     epoch, partitions move between ranks, and every sample is learned exactly once."""
@@ -208,7 +221,7 @@ def test_each_rank_writes_its_own_dead_letters(tmp_path):
 
 
 def test_a_learner_that_cannot_be_scaled_out_is_refused(tmp_path):
-    cfg = config(tmp_path, {"name": "slda"})
+    cfg = config(tmp_path, {"name": "river:naive_bayes.GaussianNB"})
     with pytest.raises(ServeConfigError, match="cannot be scaled out"):
         ScaleOutDaemon(
             cfg,
