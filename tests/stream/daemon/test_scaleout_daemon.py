@@ -17,7 +17,7 @@ import torch
 from learners import registry
 from learners.base import Problem
 from stream.daemon.aligned_checkpoint import AlignedCheckpoints
-from stream.daemon.config import ServeConfig, ServeConfigError
+from stream.daemon.config import EvaluationConfig, ServeConfig, ServeConfigError
 from stream.daemon.distributed import World
 from stream.daemon.scaleout import ScaleOutDaemon, rank_file
 from stream.engine.drift_detection import DriftConfig
@@ -241,3 +241,30 @@ def test_a_drift_action_is_refused_since_one_rank_cannot_change_the_one_model(tm
             lambda *args: PartitionSource({0: []}, *args),
             ThreadedCollectives(ThreadedGroup(1), 0),
         )
+
+
+def test_only_rank_zero_evaluates_and_every_series_carries_its_rank(tmp_path):
+    cfg = config(tmp_path, {"name": "nmc"})
+    cfg.problem = None
+    cfg.evaluation = EvaluationConfig(dataset="digits")
+    x, y = np.zeros((4, 64), np.float32), np.arange(4)
+    topic = {0: [], 1: [encode_binary(x, y)]}
+    group = ThreadedGroup(2)
+
+    def work(rank: int) -> ScaleOutDaemon:
+        daemon = ScaleOutDaemon(
+            cfg,
+            World(rank, 2),
+            lambda *args: PartitionSource(topic, *args),
+            ThreadedCollectives(group, rank),
+        )
+        daemon.round()
+        daemon.close()
+        return daemon
+
+    first, second = group.run(work)
+    assert first.loop.evaluator is not None and second.loop.evaluator is None
+    registry = second.telemetry.registry
+    assert registry.get_sample_value("streamcl_samples_total", {"learner": "nmc", "rank": "1"}) == 4
+    lag = {"topic": "t", "partition": "1", "rank": "1"}
+    assert registry.get_sample_value("streamcl_consumer_lag", lag) == 0
