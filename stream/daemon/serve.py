@@ -152,10 +152,10 @@ class Daemon:
         self.invalid: Counter[str] = Counter()
         self.checkpointed_positions: dict[int, int] = {}
         self.checkpointed_samples = 0
-        checkpoint = self.store.latest()
-        if checkpoint is not None:
-            self._restore(checkpoint)
-        self.guard: LearnerGuard[Origins] = LearnerGuard(self.loop)
+        checkpoint = self._resume()
+        # None where a batch cannot be undone alone (a scaled-out rank: re-learning would
+        # replay gradient steps that meet the other ranks, and undo their synced statistics).
+        self.guard: LearnerGuard[Origins] | None = LearnerGuard(self.loop)
         self.dead_letters = self._open_dead_letters(checkpoint)
         self.watch = BrokerWatch(
             self.telemetry,
@@ -190,6 +190,13 @@ class Daemon:
             "input_shape": list(self.problem.input_shape),
             "num_classes": list(self.problem.num_classes),
         }
+
+    def _resume(self) -> Checkpoint | None:
+        """Restore the latest checkpoint, if any; returns it (the dead letters resume from it)."""
+        checkpoint = self.store.latest()
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        return checkpoint
 
     def _restore(self, checkpoint: Checkpoint) -> None:
         meta = checkpoint.meta
@@ -342,6 +349,9 @@ class Daemon:
                 stop = start + len(batch)
                 origin = (partition_of[start:stop], offset_of[start:stop])
                 start = stop
+                if self.guard is None:
+                    self.loop.process(batch)
+                    continue
                 rejected = self.guard.process(batch, origin)
                 if rejected is not None:
                     self._reject(rejected)
@@ -427,12 +437,14 @@ class Daemon:
         if not force and not self.checkpoint_retry.ready():
             return
         self._last_checkpoint = time.monotonic()
-        # Never a checkpoint with NaN or inf in it: undo the batches that put them there.
-        for rejected in self.guard.verify():
-            self._reject(rejected)
+        if self.guard is not None:
+            # Never a checkpoint with NaN or inf in it: undo the batches that put them there.
+            for rejected in self.guard.verify():
+                self._reject(rejected)
         state = self.learner.state_dict()
-        # The point a learner error goes back to, whether or not the write below succeeds.
-        self.guard.mark_good(state)
+        if self.guard is not None:
+            # The point a learner error goes back to, whether or not the write below succeeds.
+            self.guard.mark_good(state)
         try:
             self.dead_letters.sync()
             meta = {
