@@ -102,26 +102,20 @@ class KafkaSource(ABC):
         """Leave the group."""
 
     def pause(self) -> None:
-        """Stop fetching from every assigned partition (and any assigned until ``resume``)."""
+        """Stop fetching from every assigned partition (and any assigned until ``resume``);
+        a source with no group membership only notes it."""
         self.paused = True
-        self._pause(self.assignment())
 
     def resume(self) -> None:
         """Fetch again, from the first record ``poll`` has not returned."""
         self.paused = False
-        self._resume(self.assignment())
 
-    @abstractmethod
-    def _pause(self, partitions: list[int]) -> None: ...
-
-    @abstractmethod
-    def _resume(self, partitions: list[int]) -> None: ...
-
-    @abstractmethod
     def keep_alive(self) -> list[Record]:
         """Poll while paused: tells the group the consumer is alive (and serves a rebalance).
         Returns what a partition not paused in time gave (normally nothing), for the caller
-        to learn; :class:`SourceError` if the client fails."""
+        to learn; :class:`SourceError` if the client fails. A source with no group membership
+        has nothing to keep alive."""
+        return []
 
 
 def open_source(
@@ -253,13 +247,15 @@ class ConfluentSource(KafkaSource):
     def assignment(self) -> list[int]:
         return sorted(tp.partition for tp in self.consumer.assignment())
 
-    def _pause(self, partitions: list[int]) -> None:
+    def pause(self) -> None:
+        super().pause()
         # librdkafka drops what it fetched for these partitions and, on resume, fetches again
         # from the position after the last record consume() returned.
-        self.consumer.pause([self._ck.TopicPartition(self.topic, p) for p in partitions])
+        self.consumer.pause([self._ck.TopicPartition(self.topic, p) for p in self.assignment()])
 
-    def _resume(self, partitions: list[int]) -> None:
-        self.consumer.resume([self._ck.TopicPartition(self.topic, p) for p in partitions])
+    def resume(self) -> None:
+        super().resume()
+        self.consumer.resume([self._ck.TopicPartition(self.topic, p) for p in self.assignment()])
 
     def keep_alive(self) -> list[Record]:
         return self.poll(1, 0.0)
@@ -405,12 +401,16 @@ class KafkaPythonSource(KafkaSource):
     def assignment(self) -> list[int]:
         return sorted(tp.partition for tp in self.consumer.assignment())
 
-    def _pause(self, partitions: list[int]) -> None:
+    def pause(self) -> None:
+        super().pause()
         # kafka-python drops fetched records of paused partitions without moving the position.
-        self.consumer.pause(*(self._kafka.TopicPartition(self.topic, p) for p in partitions))
+        tps = [self._kafka.TopicPartition(self.topic, p) for p in self.assignment()]
+        self.consumer.pause(*tps)
 
-    def _resume(self, partitions: list[int]) -> None:
-        self.consumer.resume(*(self._kafka.TopicPartition(self.topic, p) for p in partitions))
+    def resume(self) -> None:
+        super().resume()
+        tps = [self._kafka.TopicPartition(self.topic, p) for p in self.assignment()]
+        self.consumer.resume(*tps)
 
     def keep_alive(self) -> list[Record]:
         return self.poll(1, 0.0)

@@ -71,11 +71,13 @@ class MemorySource(KafkaSource):
     def close(self) -> None:
         self.closed = True
 
-    def _pause(self, partitions: list[int]) -> None:
-        self.paused_partitions |= set(partitions)
+    def pause(self) -> None:
+        self.paused = True
+        self.paused_partitions |= set(self.assignment())
 
-    def _resume(self, partitions: list[int]) -> None:
-        self.paused_partitions -= set(partitions)
+    def resume(self) -> None:
+        self.paused = False
+        self.paused_partitions -= set(self.assignment())
 
     def keep_alive(self) -> list[Record]:
         self.keep_alives += 1
