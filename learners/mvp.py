@@ -79,6 +79,13 @@ class MVPConfig(LearnerConfig):
     def _prompts_fit_the_vit(self) -> MVPConfig:
         if self.backbone.name != "vit":
             raise ValueError(f"mvp needs backbone.name 'vit' (got {self.backbone.name!r})")
+        if self.backbone.freeze and self.backbone.weights is None:
+            # A frozen, randomly initialised ViT is no feature extractor: MVP on it scored
+            # A_auc .23 where every other learner scored .56 to .72 (issue 17). Refuse, once.
+            raise ValueError(
+                "mvp freezes its vit, which needs pretrained backbone.weights (make a file "
+                "with `streamcl pretrain`), or set backbone.freeze: false to tune the vit too"
+            )
         depth = self.backbone.vit.depth
         for name in ("g_prompt_layers", "e_prompt_layers"):
             layers = getattr(self, name)
@@ -122,7 +129,9 @@ def feature_scale(
 
 
 class MVP(ReplayTraining, Learner):
-    """Prompt-pool tuning of a frozen ViT with logit masks, CVPT, AFS and the GSF focal loss.
+    """Prompt tuning of a frozen pretrained ViT; refuses without backbone.weights (streamcl pretrain).
+
+    Prompt pool, logit masks, CVPT, AFS and the GSF focal loss.
 
     Stream and replay samples are joined as in ER (``learn`` of
     :class:`~learners.state.torch_state.ReplayTraining`); ``_step`` is MVP's."""

@@ -318,8 +318,9 @@ class EmbeddingIndex:
         # as flat; ivf's approximate ones may differ).
         self.structure = meta["structure"] if faiss is not None else "torch"
         if "centroids" in tensors and faiss is not None:
-            # The nprobe chosen at training: recalibrating on today's vectors could pick another.
-            chosen = meta.get("nprobe")
+            # A calibrated index keeps the nprobe chosen at training: recalibrating on today's
+            # vectors could pick another and so other neighbours. A configured nprobe wins.
+            chosen = meta.get("nprobe") if self.nprobe is None else self.nprobe
             self._build(
                 "ivf", tensors["centroids"], None if chosen is None else max(int(chosen), 1)
             )
