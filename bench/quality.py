@@ -1,6 +1,6 @@
 """Learning quality on data no one tuned to (issue 17): writes docs/results/quality.md.
 
-Three parts, each a table of mean ± std over seeds 1, 2, 3 and one plot per dataset:
+Four parts, each a table of mean ± std over seeds 1, 2, 3 and one plot per dataset:
 
 ``hle`` — ``er`` against ``pl-fms`` per hierarchy level on HLE streams (``stream/data/schedules/
 hle.py``), scenarios ``single`` and ``dual`` (``multi-depth`` needs three levels; these have two):
@@ -21,14 +21,17 @@ streams of ``digits`` (100 training / 30 test images per class) and ``fashion-mn
 The ViT is pretrained (``learners.backbones.pretrain``, the code behind ``streamcl pretrain``)
 on classes 0–4 of training images that the stream does not contain.
 
+``hle-why`` — where ``pl-fms`` lost to ``er`` (the coarse level of digits, ``dual``): ``er``
+and ``pl-fms`` each with the other's memory policy, and ``pl-fms`` without PL.
+
 ``mvp`` — why MVP forgets: on the Fashion-MNIST stream of ``images``, MVP with one piece
 changed at a time (GSF off, AFS off, logit masks off, a replay memory, a lower learning rate)
 against ``nmc`` and a linear head on the same frozen features.
 
 Accuracies, not speed, are measured: torch runs on one thread (the machine is shared).
 
-    python -m bench quality                 # all three parts (about 30 minutes on 2 loaded cores)
-    python -m bench quality --part images   # one part; the page keeps the others' last figures
+    python -m bench quality                 # all four parts (about 40 minutes on 2 loaded cores)
+    python -m bench.quality --part images   # one part; the page keeps the others' last figures
 """
 
 from __future__ import annotations
@@ -98,7 +101,23 @@ def hle_stream(name: str, spec: str, scenario: str, seed: int, directory: Path) 
     return prepare(write_stream(path, recorded), dataset)
 
 
-def hle_part(directory: Path) -> dict[str, Any]:
+# Where pl-fms lost (coarse level, dual scenario): which of its pieces costs the coarse level.
+HLE_WHY: dict[str, tuple[str, dict[str, Any]]] = {
+    "er": ("er", {}),
+    "er + class-balanced memory": ("er", {"memory": {"policy": "class_balanced"}}),
+    "pl-fms": ("pl-fms", {}),
+    "pl-fms + reservoir memory": ("pl-fms", {"memory": {"policy": "reservoir"}}),
+    "pl-fms without PL": ("pl-fms", {"pseudo_label": False}),
+}
+
+
+def hle_part(
+    directory: Path,
+    learners: dict[str, tuple[str, dict[str, Any]]] | None = None,
+    only: tuple[str, str] | None = None,
+    prefix: str = "",
+) -> dict[str, Any]:
+    learners = learners or {name: (name, {}) for name in HLE_LEARNERS}
     specs = {
         "synthetic": SYNTHETIC,
         "fashion-mnist": hierarchy_npz(
@@ -109,22 +128,26 @@ def hle_part(directory: Path) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name, spec in specs.items():
         for scenario in HLE_SCENARIOS:
-            runs: dict[str, list[dict[str, Any]]] = {learner: [] for learner in HLE_LEARNERS}
+            if only is not None and (name, scenario) != only:
+                continue
+            runs: dict[str, list[dict[str, Any]]] = {label: [] for label in learners}
             for seed in SEEDS:
                 stream = hle_stream(name, spec, scenario, seed, directory)
                 n = len(stream.stream)
                 loop = LoopConfig(**LOOP, eval_period=max(n // 25, 16))
-                for learner in HLE_LEARNERS:
+                for label, (learner, extra) in learners.items():
+                    memory = {"capacity": round(MEMORY_SHARE * n), **extra.get("memory", {})}
                     options: dict[str, Any] = {
                         "backbone": MLP,
-                        "memory": {"capacity": round(MEMORY_SHARE * n)},
+                        **extra,
+                        "memory": memory,
                         "seed": seed,
                     }
                     if learner == "pl-fms":
                         options["stream_length"] = n
                     result = replay(stream, learner, options, loop, "cpu")
                     levels = result["per_level"]
-                    runs[learner].append(
+                    runs[label].append(
                         {
                             "coarse": _level(levels["coarse"]),
                             "fine": _level(levels["fine"]),
@@ -132,8 +155,8 @@ def hle_part(directory: Path) -> dict[str, Any]:
                             "tasks": result["num_tasks"],
                         }
                     )
-                    _say(f"hle {name} {scenario} seed {seed} {learner}", runs[learner][-1])
-            results[f"{name}/{scenario}"] = {
+                    _say(f"hle {name} {scenario} seed {seed} {label}", runs[label][-1])
+            results[f"{prefix}{name}/{scenario}"] = {
                 "dataset": name,
                 "scenario": scenario,
                 "spec": spec if name == "synthetic" else f"{name} (npz written by bench)",
@@ -166,7 +189,7 @@ def _say(label: str, figures: dict[str, Any]) -> None:
 
 IMAGE_DATASETS = {
     # per class (train, test); the ViT patches the image into 16 tokens
-    "digits": ((100, 30), {"patch_size": 2, "embed_dim": 32, "depth": 4, "num_heads": 2}),
+    "digits": ((100, 30), {"patch_size": 2, "embed_dim": 32, "depth": 5, "num_heads": 2}),
     "fashion-mnist": (
         (200, 100),
         {"patch_size": 7, "embed_dim": 48, "depth": 5, "num_heads": 4, "mlp_ratio": 2.0},
@@ -327,7 +350,7 @@ def plot(dataset: str, results: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
-def write_page(results: dict[str, Any], argv: list[str]) -> Path:
+def write_page(results: dict[str, Any], commands: dict[str, str]) -> Path:
     """docs/results/quality.md: every table and plot of ``results`` with the command."""
     lines = [
         "# Learning quality: results",
@@ -336,15 +359,23 @@ def write_page(results: dict[str, Any], argv: list[str]) -> Path:
         "size and setting). Do not edit: rerun. The reading of these figures is in "
         "[docs/quality.md](../quality.md).",
         "",
-        f"Last command: `python -m bench quality {' '.join(argv)}`".rstrip() + "; seeds "
-        f"{', '.join(map(str, SEEDS))}; accuracies in %, mean ± std over seeds; measured on a "
-        "shared, loaded 2-core machine (accuracies do not depend on the load).",
+        f"Seeds {', '.join(map(str, SEEDS))}; accuracies in %, mean ± std over seeds; measured "
+        "on a shared, loaded 2-core machine (accuracies do not depend on the load). The "
+        "commands that produced the figures below, per part:",
+        "",
+        *[f"- {part}: `{command}`" for part, command in sorted(commands.items())],
         "",
     ]
-    hle = {k: v for k, v in results.items() if v.get("scenario")}
-    if hle:
-        lines += ["## PL-FMS against ER per hierarchy level (HLE)", ""]
-        for entry in hle.values():
+    hle = {k: v for k, v in results.items() if v.get("scenario") and not k.startswith("why:")}
+    why = {k: v for k, v in results.items() if k.startswith("why:")}
+    for title, chosen in (
+        ("PL-FMS against ER per hierarchy level (HLE)", hle),
+        ("Where PL-FMS loses: which piece costs the coarse level", why),
+    ):
+        if not chosen:
+            continue
+        lines += [f"## {title}", ""]
+        for entry in chosen.values():
             first = entry["runs"]["er"][0]
             lines += [
                 f"### {entry['dataset']}, HLE {entry['scenario']} "
@@ -388,23 +419,35 @@ def write_page(results: dict[str, Any], argv: list[str]) -> Path:
 def main(argv: list[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench quality", description=__doc__)
     parser.add_argument(
-        "--part", action="append", choices=["hle", "images", "mvp"], help="default: all three"
+        "--part",
+        action="append",
+        choices=["hle", "hle-why", "images", "mvp"],
+        help="default: all four",
     )
     args = parser.parse_args(argv)
-    parts = set(args.part or ["hle", "images", "mvp"])
+    parts = set(args.part or ["hle", "hle-why", "images", "mvp"])
     torch.set_num_threads(1)
     previous = output.OUT / "quality.json"
     results: dict[str, Any] = {}
+    commands: dict[str, str] = {}
     if previous.exists():
-        results = json.loads(previous.read_text(encoding="utf-8")).get("results", {})
+        earlier = json.loads(previous.read_text(encoding="utf-8"))
+        results, commands = earlier.get("results", {}), earlier.get("commands", {})
+    command = "python -m bench quality" if not argv else f"python -m bench.quality {' '.join(argv)}"
+    commands.update({part: command for part in parts})
     with tempfile.TemporaryDirectory() as tmp:
         if "hle" in parts:
             results.update(hle_part(Path(tmp)))
-            output.write("quality", {"results": results})  # kept if a later part fails
+            output.write(
+                "quality", {"results": results, "commands": commands}
+            )  # if a later part fails
+        if "hle-why" in parts:
+            results.update(hle_part(Path(tmp), HLE_WHY, ("digits", "dual"), prefix="why:"))
+            output.write("quality", {"results": results, "commands": commands})
         if parts & {"images", "mvp"}:
             results.update(image_part(Path(tmp), parts))
-    output.write("quality", {"results": results})
-    page = write_page(results, argv)
+    output.write("quality", {"results": results, "commands": commands})
+    page = write_page(results, commands)
     print(f"written to {page}")
     return results
 
