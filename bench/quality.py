@@ -15,7 +15,8 @@ hle.py``), scenarios ``single`` and ``dual`` (``multi-depth`` needs three levels
 Settings as ``bench/hle.py``: batches of 16, three update steps per batch, memory 4% of the
 stream, the MLP backbone (256 → 128), ``pl-fms`` given the stream length as ``N_total``.
 
-``images`` — ``er``, ``uer`` (MLP backbone 256 → 128 trained online, memory 200), ``mvp`` and
+``images`` — ``er``, ``uer`` (MLP backbone 256 → 128 trained online, memory 200; each with its
+default Adam and with SGD at 0.05, the optimiser of UER's paper), ``mvp`` and
 ``nmc`` (both on the same frozen tiny ViT, pretrained here) on Si-Blurry (T=5, N=50, M=10)
 streams of ``digits`` (100 training / 30 test images per class) and ``fashion-mnist`` (200 / 100).
 The ViT is pretrained (``learners.backbones.pretrain``, the code behind ``streamcl pretrain``)
@@ -196,6 +197,7 @@ IMAGE_DATASETS = {
     ),
 }
 PRETRAIN_CLASSES = [0, 1, 2, 3, 4]
+SGD = {"optimizer": "sgd", "lr": 0.05}
 IMAGE_METRICS = ("A_auc", "A_last", "F_last")
 
 
@@ -226,6 +228,9 @@ def image_learners(frozen: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any
     return {
         "er": ("er", {"backbone": MLP, "memory": {"capacity": 200}}),
         "uer": ("uer", {"backbone": MLP, "memory": {"capacity": 200}}),
+        # UER's paper trains with SGD; its norm argument needs it (docs/quality.md)
+        "er, sgd 0.05": ("er", {"backbone": MLP, "memory": {"capacity": 200}, **SGD}),
+        "uer, sgd 0.05": ("uer", {"backbone": MLP, "memory": {"capacity": 200}, **SGD}),
         "mvp": ("mvp", {"backbone": frozen}),
         "nmc (same frozen ViT)": ("nmc", {"backbone": frozen}),
     }
