@@ -312,11 +312,13 @@ def image_table(entry: dict[str, Any]) -> list[str]:
 
 
 def _mean_curve(curves: list[list[list[float]]]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean accuracy over seeds at each seed's evaluation positions, by evaluation index."""
+    """Mean accuracy over seeds at each seed's evaluation positions, by evaluation index (a
+    level's accuracy is None until a class of it has been seen: left out of the mean)."""
     length = min(len(c) for c in curves)
     x = np.mean([[p[0] for p in c[:length]] for c in curves], axis=0)
-    y = np.mean([[p[1] for p in c[:length]] for c in curves], axis=0)
-    return x, y
+    y = np.array([[np.nan if p[1] is None else p[1] for p in c[:length]] for c in curves])
+    seen = ~np.isnan(y).all(axis=0)
+    return x[seen], np.nanmean(y[:, seen], axis=0)
 
 
 def plot(dataset: str, results: dict[str, Any], path: Path) -> None:
@@ -429,8 +431,11 @@ def main(argv: list[str]) -> dict[str, Any]:
         choices=["hle", "hle-why", "images", "mvp"],
         help="default: all four",
     )
+    parser.add_argument(
+        "--page", action="store_true", help="only rewrite the page from bench/out/quality.json"
+    )
     args = parser.parse_args(argv)
-    parts = set(args.part or ["hle", "hle-why", "images", "mvp"])
+    parts = set() if args.page else set(args.part or ["hle", "hle-why", "images", "mvp"])
     torch.set_num_threads(1)
     previous = output.OUT / "quality.json"
     results: dict[str, Any] = {}

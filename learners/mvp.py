@@ -28,6 +28,12 @@ On a ViT backbone (``learners.backbones.vit``, frozen by default; load pretraine
 The memory gets the frozen query as sample embedding (``nearest`` retrieval) and the masked
 cross-entropy as per-sample loss (the ``clib`` policy).
 
+A frozen ViT needs pretrained ``backbone.weights``: without them the config is refused (a frozen
+random ViT is no feature extractor). On the small ViTs buildable here MVP forgets like a linear
+head trained online without memory, which it then equals; GSF, AFS and the logit masks each
+change that by under a point, a replay memory (``memory.capacity``) helps most (docs/quality.md,
+``python -m bench quality``). The defaults stay the official script's (Adam 5e-3, no memory).
+
 Deviation, on purpose: the official ``loss_fn`` multiplies the per-sample focal weights by the
 already-averaged batch loss, which collapses them to one scalar per batch
 (``mean(w)·mean(CE)``); here each sample's cross-entropy carries its own weight.
