@@ -78,6 +78,8 @@ TRAINING_POINTS_PER_LIST = 16
 # need (256 x n dot products) costs a small fraction of the k-means it follows.
 CALIBRATION_QUERIES = 256
 CALIBRATION_K = 10
+# Stored rows per block of the exact search: 256 x 32768 float32 distances, 32 MiB at a time.
+EXACT_CHUNK = 32_768
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,26 @@ class Calibration:
     recall: float
     k: int
     queries: int
+
+
+def _exact_neighbours_of_stored(stored: np.ndarray, picked: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` nearest stored rows of each row in ``picked``, itself left out; over chunks of
+    :data:`EXACT_CHUNK` rows, so the distance matrix stays small whatever the memory's size."""
+    q = torch.from_numpy(stored[picked])
+    rows = torch.arange(len(picked))
+    best_d = torch.full((len(picked), k), float("inf"))
+    best_i = torch.zeros((len(picked), k), dtype=torch.long)
+    for start in range(0, len(stored), EXACT_CHUNK):
+        part = torch.from_numpy(stored[start : start + EXACT_CHUNK])
+        d = (q * q).sum(1, keepdim=True) - 2 * q @ part.T + (part * part).sum(1)
+        own = torch.from_numpy((picked >= start) & (picked < start + len(part)))
+        d[rows[own], torch.from_numpy(picked)[own] - start] = float("inf")
+        found = d.topk(min(k, len(part)), dim=1, largest=False)
+        merged_d = torch.cat([best_d, found.values], dim=1)
+        merged_i = torch.cat([best_i, found.indices + start], dim=1)
+        keep = merged_d.topk(k, dim=1, largest=False).indices
+        best_d, best_i = merged_d.gather(1, keep), merged_i.gather(1, keep)
+    return best_i.numpy()
 
 
 def calibrate_nprobe(
@@ -108,10 +130,7 @@ def calibrate_nprobe(
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(n, size=min(CALIBRATION_QUERIES, n), replace=False))
     queries = stored[picked]
-    base, q = torch.from_numpy(stored), torch.from_numpy(queries)
-    distances = (q * q).sum(1, keepdim=True) - 2 * q @ base.T + (base * base).sum(1)
-    distances[torch.arange(len(picked)), torch.from_numpy(picked)] = float("inf")
-    truth = distances.topk(k, dim=1, largest=False).indices.numpy()
+    truth = _exact_neighbours_of_stored(stored, picked, k)
 
     def recall_at(nprobe: int) -> float:
         index.nprobe = nprobe

@@ -208,3 +208,14 @@ def test_exact_structures_have_no_calibration():
     index = filled("flat")
     index.search(torch.zeros(1, 8), 1)
     assert index.calibration is None
+
+
+def test_the_exact_search_of_calibration_is_the_same_in_small_chunks(monkeypatch):
+    vectors = noisy_clusters(2000, 32, seed=6)
+    picked = torch.randperm(2000, generator=torch.Generator().manual_seed(0))[:50].sort().values
+    whole = faiss_index._exact_neighbours_of_stored(vectors.numpy(), picked.numpy(), 10)
+    monkeypatch.setattr(faiss_index, "EXACT_CHUNK", 300)
+    chunked = faiss_index._exact_neighbours_of_stored(vectors.numpy(), picked.numpy(), 10)
+    assert (chunked == whole).all()
+    others = exact(vectors, vectors[picked], 11)[:, 1:]  # nearest first: itself, then the others
+    assert (torch.from_numpy(whole) == others).all()
