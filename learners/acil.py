@@ -25,6 +25,7 @@ import torch
 
 from learners.analytic import AnalyticConfig, AnalyticLearner
 from learners.base import Problem
+from learners.levels import level_index
 from learners.linalg.ridge import RecursiveRidge
 from learners.state.learner_state import LearnerState
 
@@ -55,7 +56,11 @@ class ACIL(AnalyticLearner):
 
     @torch.no_grad()
     def learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        level: torch.Tensor | None = None,
+        iterations: int = 1,
     ) -> None:
         H = self.expand(x)
         y = y.to(self.device)
@@ -67,7 +72,8 @@ class ACIL(AnalyticLearner):
         return self.heads[level].weights()
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, level: int | None = None) -> torch.Tensor:
+        level = level_index(level)
         scores = self.expand(x) @ self.weights(level)
         return scores.masked_fill(self.heads[level].counts == 0, float("-inf"))
 

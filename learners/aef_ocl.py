@@ -165,7 +165,11 @@ class AEFOCL(ACIL):
 
     @torch.no_grad()
     def learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        level: torch.Tensor | None = None,
+        iterations: int = 1,
     ) -> None:
         features = self.features(x)
         H = self.buffer(features)

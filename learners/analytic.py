@@ -15,6 +15,7 @@ from torch import nn
 
 from learners.backbones.backbone import BackboneConfig, build_backbone
 from learners.base import Learner, LearnerConfig, Problem
+from learners.levels import Rows, level_rows
 from learners.linalg.ridge import Solver
 from learners.state.learner_state import LearnerState
 from learners.state.torch_state import load_module_tensors, module_tensors
@@ -98,12 +99,10 @@ class AnalyticLearner(Learner):
         """Buffer features H [B, buffer_size] (float64) of inputs ``x``."""
         return self.buffer(self.features(x))
 
-    def level_rows(self, level: torch.Tensor) -> list[tuple[int, torch.Tensor | slice]]:
-        """(level, rows of the batch labelled at that level) for every level the batch touches."""
-        if self.problem.num_levels == 1:
-            return [(0, slice(None))]
-        level = level.to(self.device)
-        return [(int(lvl), level == lvl) for lvl in level.unique().tolist()]
+    def level_rows(self, level: torch.Tensor | None) -> list[tuple[int, Rows]]:
+        """:func:`learners.levels.level_rows` of ``level`` on this learner's device."""
+        level = None if level is None else level.to(self.device)
+        return level_rows(level, self.problem.num_levels)
 
     def _check_solver(self, state: LearnerState) -> None:
         if state.meta.get("solver") != self.config.solver:

@@ -59,7 +59,11 @@ class SequentialLearner(ABC):
 
     @abstractmethod
     def test_then_train(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        level: torch.Tensor | None = None,
+        iterations: int = 1,
     ) -> torch.Tensor:
         """For each sample in order, predict its class at its level, then learn it.
 

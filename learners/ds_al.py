@@ -30,6 +30,7 @@ from pydantic import Field
 
 from learners.analytic import AnalyticConfig, AnalyticLearner
 from learners.base import Problem
+from learners.levels import level_index
 from learners.linalg.ridge import RecursiveRidge, one_hot
 from learners.state.learner_state import LearnerState
 
@@ -70,7 +71,11 @@ class DSAL(AnalyticLearner):
 
     @torch.no_grad()
     def learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        level: torch.Tensor | None = None,
+        iterations: int = 1,
     ) -> None:
         projected = self.expand(x)
         y = y.to(self.device)
@@ -85,7 +90,8 @@ class DSAL(AnalyticLearner):
             self.comp[lvl].fit(H_comp, residual.masked_fill_(~current, 0.0))
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, level: int | None = None) -> torch.Tensor:
+        level = level_index(level)
         projected = self.expand(x)
         scores = torch.relu(projected) @ self.main[level].weights()
         scores += self.config.compensation_ratio * (

@@ -22,6 +22,7 @@ from pydantic import Field
 from learners.backbones.backbone import BackboneConfig, build_backbone
 from learners.base import Learner, LearnerConfig, Problem
 from learners.capabilities import DriftAction, DriftAdaptive
+from learners.levels import level_index, level_rows
 from learners.state.learner_state import LearnerState
 
 
@@ -83,18 +84,23 @@ class NMC(Learner, DriftAdaptive):
         self._offsets[level][rows] = offset.to(torch.float32)
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, level: int | None = None) -> torch.Tensor:
+        level = level_index(level)
         features = self._normalized(self._embed(x))
         return torch.addmm(self._offsets[level], features, self._weights[level].T)
 
     @torch.no_grad()
     def learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        level: torch.Tensor | None = None,
+        iterations: int = 1,
     ) -> None:
         features = self._normalized(self._embed(x).to(torch.float64))
-        y, level = y.to(self.device), level.to(self.device)
-        for lvl in range(self.problem.num_levels):
-            rows = level == lvl if self.problem.num_levels > 1 else slice(None)
+        y = y.to(self.device)
+        level = None if level is None else level.to(self.device)
+        for lvl, rows in level_rows(level, self.problem.num_levels):
             labels = y[rows]
             self.sums[lvl].index_add_(0, labels, features[rows])
             self.counts[lvl].index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))

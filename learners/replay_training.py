@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from learners.base import Problem
+from learners.levels import level_rows, sample_levels
 from learners.state.learner_state import LearnerState
 from learners.state.torch_state import (
     load_module_tensors,
@@ -38,20 +39,26 @@ class ReplayTraining:
         raise NotImplementedError
 
     def _begin(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor
+        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """Start a ``learn``: the batch on the device, its classes marked seen, the model in
-        training mode; returns the batch and how many memory samples to replay per step."""
+        training mode; returns the batch (with its per-sample levels) and how many memory
+        samples to replay per step."""
         x = x.to(self.device, torch.float32)
-        y, level = y.to(self.device), level.to(self.device)
-        for lvl in range(self.problem.num_levels):
-            self.seen[lvl][y[level == lvl]] = True
+        y = y.to(self.device)
+        level = sample_levels(level, y)
+        for lvl, rows in level_rows(level, self.problem.num_levels):
+            self.seen[lvl][y[rows]] = True
         replay = len(y) if self.config.replay_batch_size is None else self.config.replay_batch_size
         self.model.train()
         return x, y, level, replay
 
     def learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        level: torch.Tensor | None = None,
+        iterations: int = 1,
     ) -> None:
         x, y, level, replay = self._begin(x, y, level)
         for _ in range(iterations):

@@ -28,6 +28,7 @@ from pydantic import Field
 
 from learners.backbones.backbone import BackboneConfig, build_backbone
 from learners.base import Learner, LearnerConfig, Problem
+from learners.levels import level_index, level_rows
 from learners.linalg.cholesky import cholesky_solve
 from learners.state.learner_state import LearnerState
 from learners.state.torch_state import load_module_tensors, module_tensors
@@ -120,17 +121,16 @@ class SLDA(Learner):
 
     @torch.no_grad()
     def learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        level: torch.Tensor | None = None,
+        iterations: int = 1,
     ) -> None:
         features = self.features(x)
         y = y.to(self.device)
-        if self.problem.num_levels == 1:
-            self.stats[0].update(features, y)
-            self._solved[0] = None
-            return
-        level = level.to(self.device)
-        for lvl in level.unique().tolist():
-            rows = level == lvl
+        level = None if level is None else level.to(self.device)
+        for lvl, rows in level_rows(level, self.problem.num_levels):
             self.stats[lvl].update(features[rows], y[rows])
             self._solved[lvl] = None
 
@@ -149,7 +149,8 @@ class SLDA(Learner):
         return solved
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, level: int | None = None) -> torch.Tensor:
+        level = level_index(level)
         W, c = self.discriminant(level)
         scores = self.features(x) @ W - c
         return scores.masked_fill(self.stats[level].counts == 0, float("-inf"))
