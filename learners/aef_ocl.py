@@ -81,8 +81,9 @@ class AEFOCL(ACIL):
 
     ``iterations`` is ignored as in :class:`learners.acil.ACIL`. A draw is reproducible from
     the class moments it was made from and its index, both kept (and checkpointed), so a
-    balanced solution dropped for room, a device move or a checkpoint is rebuilt from the same
-    pseudo-features; ``state_dict`` drops it, so a restored learner predicts bit-identically.
+    balanced solution dropped for room, a device move or a restore is rebuilt from the same
+    pseudo-features; a restored learner's solution equals the one it replaces to rounding
+    (``restore_tolerance``, as :class:`learners.acil.ACIL`).
     """
 
     name = "aef-ocl"
@@ -170,7 +171,6 @@ class AEFOCL(ACIL):
             since_draw=list(self.since_draw),
             drawn=[d is not None for d in self.drawn],
         )
-        self.balanced = [None] * self.problem.num_levels
         return state
 
     def load_state_dict(self, state: LearnerState) -> None:

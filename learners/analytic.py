@@ -81,6 +81,9 @@ class AnalyticLearner(Learner):
 
     config: AnalyticConfig
     buffer_activation: ClassVar[Activation] = "relu"
+    # a restored head factorises its statistics afresh, where the live one kept a factorisation
+    # exact by Woodbury updates: the two solutions agree to rounding
+    restore_tolerance: ClassVar[float] = 1e-9
 
     def __init__(self, problem: Problem, config: AnalyticConfig) -> None:
         super().__init__(problem, config)

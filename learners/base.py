@@ -105,6 +105,9 @@ class Learner(ABC):
     check_config: ClassVar[dict[str, Any]] = {}
     # The input shape the contract checks use; image-only learners override it.
     check_input_shape: ClassVar[tuple[int, ...]] = (16,)
+    # How far (relative) a restored learner's scores may be from the uninterrupted learner's:
+    # 0 (bit-identical) unless a cache the checkpoint leaves out is exact only to rounding.
+    restore_tolerance: ClassVar[float] = 0.0
 
     def __init__(self, problem: Problem, config: LearnerConfig) -> None:
         self.problem = problem

@@ -19,12 +19,22 @@ The engine and the contract checks (:mod:`learners.checks`) look for these by ``
 
   Asking a learner for an action it does not declare is a configuration error, reported before
   the stream starts.
+- :class:`Mergeable` — ``merge(other)``: absorb what another learner of the same name, config
+  and problem learned, so that the result equals one learner that saw both streams (up to
+  floating-point rounding; the order of the additions differs). Learners whose state is
+  sufficient statistics offer it (``acil``, ``aef-ocl``, ``nmc``, ``slda``); ``ds-al`` does
+  not (its compensation targets depend on the main stream's state at each batch), nor do the
+  gradient learners.
+
+The contract checks (:func:`learners.checks.yield_checks`) pick the checks of each capability
+a learner declares.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from enum import StrEnum
+from typing import Self
 
 import torch
 
@@ -52,6 +62,37 @@ def supported_actions(learner: object) -> frozenset[DriftAction]:
     """The actions ``learner`` supports; ``none`` always is."""
     declared = learner.drift_actions if isinstance(learner, DriftAdaptive) else frozenset()
     return frozenset({DriftAction.NONE, *declared})
+
+
+class Mergeable(ABC):
+    """Mixin of learners that can absorb another learner's state.
+
+    ``can_merge`` may depend on the config (a ridge head in its recursive Woodbury form keeps
+    no statistics to add)."""
+
+    @property
+    def can_merge(self) -> bool:
+        return True
+
+    @abstractmethod
+    def merge(self, other: Self) -> None:
+        """Absorb what ``other`` (same class, config and problem) learned; afterwards this
+        learner equals one that saw both streams. Raises ValueError for any other learner."""
+
+    def refuse_foreign(self, other: object) -> None:
+        """Raise ValueError unless ``other`` is a learner of this class, config and problem."""
+        mine = (getattr(self, "config", None), getattr(self, "problem", None))
+        theirs = (getattr(other, "config", None), getattr(other, "problem", None))
+        if type(other) is not type(self) or mine != theirs:
+            raise ValueError(
+                f"cannot merge {type(other).__name__} into {type(self).__name__}: "
+                "different configs or problems"
+            )
+
+
+def mergeable(learner: object) -> bool:
+    """Whether ``learner`` offers :meth:`Mergeable.merge` in its configuration."""
+    return isinstance(learner, Mergeable) and learner.can_merge
 
 
 class SequentialLearner(ABC):

@@ -47,8 +47,9 @@ class DSALConfig(AnalyticConfig):
 class DSAL(AnalyticLearner):
     """DS-AL: ReLU main stream + C × tanh compensation stream fitted to its cleansed residual.
 
-    ``learn`` absorbs each sample exactly once and ignores ``iterations``. ``state_dict`` drops
-    the cached solutions, so a restored learner predicts and learns on bit-identically.
+    ``learn`` absorbs each sample exactly once and ignores ``iterations``. ``state_dict`` saves
+    the statistics, not the cached solutions, which a restored learner solves afresh: equal to
+    rounding (``restore_tolerance``), as :class:`learners.acil.ACIL`.
     """
 
     name = "ds-al"
@@ -103,7 +104,6 @@ class DSAL(AnalyticLearner):
         tensors = self._feature_tensors()
         for lvl in range(self.problem.num_levels):
             for stream, heads in (("main", self.main), ("comp", self.comp)):
-                heads[lvl].drop_cache()
                 tensors.update(heads[lvl].tensors(f"{stream}.{lvl}"))
         return LearnerState(tensors, {"solver": self.config.solver})
 

@@ -4,6 +4,7 @@ Predictions are negative squared Euclidean distances to the class means. The cla
 counts are updated with one ``index_add_`` per micro-batch, which equals updating per sample, so
 the result does not depend on the batch size. Classes never seen score ``-inf``. On a detected
 concept drift it can ``reset``: the class means start afresh from the samples that follow.
+Two learners ``merge`` by adding their sums and counts.
 
 Sums are float64, so the means stay exact over a long stream. Scoring reads float32 copies of
 ``2 * mean`` and ``-||mean||^2`` (``-inf`` for unseen classes) that ``learn`` refreshes for the
@@ -21,7 +22,7 @@ from pydantic import Field
 
 from learners.backbones.backbone import BackboneConfig, build_backbone
 from learners.base import Learner, LearnerConfig, Problem
-from learners.capabilities import DriftAction, DriftAdaptive
+from learners.capabilities import DriftAction, DriftAdaptive, Mergeable
 from learners.levels import level_index, level_rows
 from learners.state.learner_state import LearnerState
 
@@ -34,7 +35,7 @@ class NMCConfig(LearnerConfig):
     normalize: bool = Field(False, description="L2-normalise features before averaging")
 
 
-class NMC(Learner, DriftAdaptive):
+class NMC(Learner, DriftAdaptive, Mergeable):
     """Nearest class mean over a frozen backbone, one set of means per hierarchy level."""
 
     name = "nmc"
@@ -116,6 +117,14 @@ class NMC(Learner, DriftAdaptive):
                 sums.zero_()
                 counts.zero_()
             self._refresh_all()
+
+    def merge(self, other: NMC) -> None:
+        """Add ``other``'s class sums and counts: the means are then those of both streams."""
+        self.refuse_foreign(other)
+        for lvl in range(self.problem.num_levels):
+            self.sums[lvl] += other.sums[lvl].to(self.device)
+            self.counts[lvl] += other.counts[lvl].to(self.device)
+        self._refresh_all()
 
     def _refresh_all(self) -> None:
         for lvl in range(self.problem.num_levels):

@@ -28,6 +28,7 @@ from pydantic import Field
 
 from learners.backbones.backbone import BackboneConfig, build_backbone
 from learners.base import Learner, LearnerConfig, Problem
+from learners.capabilities import Mergeable
 from learners.levels import level_index, level_rows
 from learners.linalg.cholesky import cholesky_solve
 from learners.linalg.class_moments import ClassMoments
@@ -45,7 +46,7 @@ class SLDAConfig(LearnerConfig):
     )
 
 
-class SLDA(Learner):
+class SLDA(Learner, Mergeable):
     """Streaming LDA: running class means, shared shrunk covariance, linear scores per level.
 
     ``learn`` absorbs each sample exactly once and ignores ``iterations``.
@@ -105,12 +106,7 @@ class SLDA(Learner):
 
     def merge(self, other: SLDA) -> None:
         """Absorb what ``other`` learned: this learner then equals one that saw both streams."""
-        if (
-            not isinstance(other, SLDA)
-            or other.config != self.config
-            or other.problem != self.problem
-        ):
-            raise ValueError("cannot merge slda learners with different configs or problems")
+        self.refuse_foreign(other)
         for stats, other_stats in zip(self.stats, other.stats, strict=True):
             stats.merge(other_stats)
         self._solved = [None] * self.problem.num_levels
