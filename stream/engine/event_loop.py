@@ -312,7 +312,7 @@ class EventLoop:
         )
 
     def summary(self) -> dict[str, Any]:
-        """SPEC §4 metrics of the run so far, pooled over levels and (with a hierarchy) per level."""
+        """The metrics of docs/metrics.md for the run so far, pooled over levels and (with a hierarchy) per level."""
         result = _metrics_of(
             [e.accuracy for e in self.curve],
             [e.accuracy for e in self.task_ends],

@@ -2,7 +2,7 @@
 
 ``replay`` loads the stream and the dataset it names, builds the learner from the registry,
 runs the event loop with anytime evaluation on the dataset's test split, and returns (and
-optionally writes) ``results.json`` with every SPEC §4 key plus the run's provenance.
+optionally writes) ``results.json`` with every metric of docs/metrics.md plus the run's provenance.
 """
 
 from __future__ import annotations
