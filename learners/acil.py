@@ -95,16 +95,15 @@ class ACIL(AnalyticLearner, Mergeable):
             head.merge(other_head)
 
     def state_dict(self) -> LearnerState:
-        tensors = self._feature_tensors()
+        state = self._feature_state()
         for lvl, head in enumerate(self.heads):
-            tensors.update(head.tensors(f"heads.{lvl}"))
-        return LearnerState(tensors, {"solver": self.config.solver})
+            state.put(f"heads.{lvl}", head.state_dict())
+        return state
 
     def load_state_dict(self, state: LearnerState) -> None:
-        self._check_solver(state)
-        self._load_feature_tensors(state.tensors)
+        self._load_feature_state(state)
         for lvl, head in enumerate(self.heads):
-            head.load_tensors(f"heads.{lvl}", state.tensors)
+            head.load_state_dict(state.part(f"heads.{lvl}"))
 
     def to(self, device: torch.device | str) -> Self:
         super().to(device)

@@ -18,7 +18,7 @@ from learners.base import Learner, LearnerConfig, Problem
 from learners.levels import Rows, level_rows
 from learners.linalg.ridge import Solver
 from learners.state.learner_state import LearnerState
-from learners.state.torch_state import load_module_tensors, module_tensors
+from learners.state.torch_state import load_module_state, module_state
 
 Activation = Literal["relu", "tanh", "identity"]
 
@@ -114,15 +114,17 @@ class AnalyticLearner(Learner):
                 f"this learner uses solver={self.config.solver!r}"
             )
 
-    def _feature_tensors(self) -> dict[str, torch.Tensor]:
+    def _feature_state(self) -> LearnerState:
         """Backbone and buffer weights: they define the space the statistics live in."""
-        tensors = module_tensors("backbone", self.backbone)
-        tensors["buffer.weight"] = self.buffer.weight.cpu()
-        return tensors
+        state = LearnerState(meta={"solver": self.config.solver})
+        state.put("backbone", module_state(self.backbone))
+        state.put("buffer", module_state(self.buffer))
+        return state
 
-    def _load_feature_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        load_module_tensors("backbone", self.backbone, tensors)
-        self.buffer.weight.copy_(tensors["buffer.weight"])
+    def _load_feature_state(self, state: LearnerState) -> None:
+        self._check_solver(state)
+        load_module_state(self.backbone, state.part("backbone"))
+        load_module_state(self.buffer, state.part("buffer"))
 
     def to(self, device: torch.device | str) -> Self:
         super().to(device)

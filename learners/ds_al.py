@@ -101,18 +101,17 @@ class DSAL(AnalyticLearner):
         return scores.masked_fill(self.main[level].counts == 0, float("-inf"))
 
     def state_dict(self) -> LearnerState:
-        tensors = self._feature_tensors()
+        state = self._feature_state()
         for lvl in range(self.problem.num_levels):
-            for stream, heads in (("main", self.main), ("comp", self.comp)):
-                tensors.update(heads[lvl].tensors(f"{stream}.{lvl}"))
-        return LearnerState(tensors, {"solver": self.config.solver})
+            state.put(f"main.{lvl}", self.main[lvl].state_dict())
+            state.put(f"comp.{lvl}", self.comp[lvl].state_dict())
+        return state
 
     def load_state_dict(self, state: LearnerState) -> None:
-        self._check_solver(state)
-        self._load_feature_tensors(state.tensors)
+        self._load_feature_state(state)
         for lvl in range(self.problem.num_levels):
-            self.main[lvl].load_tensors(f"main.{lvl}", state.tensors)
-            self.comp[lvl].load_tensors(f"comp.{lvl}", state.tensors)
+            self.main[lvl].load_state_dict(state.part(f"main.{lvl}"))
+            self.comp[lvl].load_state_dict(state.part(f"comp.{lvl}"))
 
     def to(self, device: torch.device | str) -> Self:
         super().to(device)

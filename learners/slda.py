@@ -33,7 +33,7 @@ from learners.levels import level_index, level_rows
 from learners.linalg.cholesky import cholesky_solve
 from learners.linalg.class_moments import ClassMoments
 from learners.state.learner_state import LearnerState
-from learners.state.torch_state import load_module_tensors, module_tensors
+from learners.state.torch_state import load_module_state, module_state
 
 
 class SLDAConfig(LearnerConfig):
@@ -112,13 +112,14 @@ class SLDA(Learner, Mergeable):
         self._solved = [None] * self.problem.num_levels
 
     def state_dict(self) -> LearnerState:
-        state = LearnerState(module_tensors("backbone", self.backbone))
+        state = LearnerState()
+        state.put("backbone", module_state(self.backbone))
         for lvl, stats in enumerate(self.stats):
             state.put(f"stats.{lvl}", stats.state_dict())
         return state
 
     def load_state_dict(self, state: LearnerState) -> None:
-        load_module_tensors("backbone", self.backbone, state.tensors)
+        load_module_state(self.backbone, state.part("backbone"))
         for lvl, stats in enumerate(self.stats):
             stats.load_state_dict(state.part(f"stats.{lvl}"))
         self._solved = [None] * self.problem.num_levels

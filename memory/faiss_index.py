@@ -32,6 +32,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from learners.state.learner_state import LearnerState
+
 try:
     faiss: Any = importlib.import_module("faiss")
 except ImportError:  # faiss is an optional extra; exact torch search needs nothing
@@ -200,8 +202,8 @@ class EmbeddingIndex:
             self._gpu_copy = faiss.index_cpu_to_gpu(self._gpu_resources, 0, self._faiss)
         return self._gpu_copy
 
-    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Tensors and JSON that :meth:`load` turns back into this index."""
+    def state_dict(self) -> LearnerState:
+        """Tensors and JSON that :meth:`load_state_dict` turns back into this index."""
         tensors = {"vectors": self.vectors[: self.size].clone()}
         if self.structure == "ivf" and self._faiss is not None:
             nlist = self._faiss.nlist
@@ -212,9 +214,10 @@ class EmbeddingIndex:
             "trained_on": self.trained_on,
             "written_since_train": self.written_since_train,
         }
-        return tensors, meta
+        return LearnerState(tensors, meta)
 
-    def load(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    def load_state_dict(self, state: LearnerState) -> None:
+        tensors, meta = state.tensors, state.meta
         if int(meta["dim"]) != self.dim:
             raise ValueError(
                 f"checkpointed embeddings have dim {meta['dim']}, index has {self.dim}"
