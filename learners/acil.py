@@ -26,7 +26,7 @@ import torch
 from learners.analytic import AnalyticConfig, AnalyticLearner
 from learners.base import Problem
 from learners.capabilities import Mergeable
-from learners.levels import level_index
+from learners.levels import Levels, level_index
 from learners.linalg.ridge import RecursiveRidge
 from learners.state.learner_state import LearnerState
 
@@ -58,11 +58,7 @@ class ACIL(AnalyticLearner, Mergeable):
 
     @torch.no_grad()
     def learn(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        level: torch.Tensor | None = None,
-        iterations: int = 1,
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> None:
         H = self.expand(x)
         y = y.to(self.device)

@@ -36,6 +36,7 @@ from pydantic import Field
 
 from learners.acil import ACIL, ACILConfig
 from learners.base import Problem
+from learners.levels import Levels
 from learners.linalg.class_moments import ClassMoments
 from learners.linalg.ridge import RidgeSolution, one_hot
 from learners.state.learner_state import LearnerState
@@ -103,11 +104,7 @@ class AEFOCL(ACIL):
 
     @torch.no_grad()
     def learn(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        level: torch.Tensor | None = None,
-        iterations: int = 1,
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> None:
         features = self.features(x)
         H = self.buffer(features)

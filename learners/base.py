@@ -36,6 +36,7 @@ from typing import Any, ClassVar, Self
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from learners.levels import Levels
 from learners.state.learner_state import LearnerState
 
 
@@ -125,11 +126,7 @@ class Learner(ABC):
 
     @abstractmethod
     def learn(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        level: torch.Tensor | None = None,
-        iterations: int = 1,
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> None:
         """Learn one micro-batch once; ``level`` holds each sample's level (None: all level 0,
         see :mod:`learners.levels`). ``iterations`` gradient steps for gradient learners (0 still

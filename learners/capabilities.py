@@ -38,6 +38,8 @@ from typing import Self
 
 import torch
 
+from learners.levels import Levels
+
 
 class DriftAction(StrEnum):
     NONE = "none"
@@ -100,11 +102,7 @@ class SequentialLearner(ABC):
 
     @abstractmethod
     def test_then_train(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        level: torch.Tensor | None = None,
-        iterations: int = 1,
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> torch.Tensor:
         """For each sample in order, predict its class at its level, then learn it.
 

@@ -30,7 +30,7 @@ from pydantic import Field
 
 from learners.analytic import AnalyticConfig, AnalyticLearner
 from learners.base import Problem
-from learners.levels import level_index
+from learners.levels import Levels, level_index
 from learners.linalg.ridge import RecursiveRidge, one_hot
 from learners.state.learner_state import LearnerState
 
@@ -72,11 +72,7 @@ class DSAL(AnalyticLearner):
 
     @torch.no_grad()
     def learn(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        level: torch.Tensor | None = None,
-        iterations: int = 1,
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> None:
         projected = self.expand(x)
         y = y.to(self.device)

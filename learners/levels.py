@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 
 Rows = torch.Tensor | slice
+# The per-sample levels a ``learn`` call takes: ``[B]`` int64, or None for level 0 throughout.
+Levels = torch.Tensor | None
 
 
 def level_index(level: int | None) -> int:

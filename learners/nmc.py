@@ -23,7 +23,7 @@ from pydantic import Field
 from learners.backbones.backbone import BackboneConfig, build_backbone
 from learners.base import Learner, LearnerConfig, Problem
 from learners.capabilities import DriftAction, DriftAdaptive, Mergeable
-from learners.levels import level_index, level_rows
+from learners.levels import Levels, level_index, level_rows
 from learners.state.learner_state import LearnerState
 
 
@@ -92,11 +92,7 @@ class NMC(Learner, DriftAdaptive, Mergeable):
 
     @torch.no_grad()
     def learn(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        level: torch.Tensor | None = None,
-        iterations: int = 1,
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> None:
         features = self._normalized(self._embed(x).to(torch.float64))
         y = y.to(self.device)

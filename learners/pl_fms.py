@@ -78,7 +78,7 @@ from torch import nn
 
 from learners.base import Problem
 from learners.er import ER, ERConfig
-from learners.levels import level_rows, sample_levels
+from learners.levels import Levels, level_rows, sample_levels
 from learners.state.learner_state import LearnerState
 from memory import MemoryConfig
 
@@ -152,11 +152,7 @@ class PLFMS(ER):
         self.ancestors = ancestor_maps(problem)
 
     def learn(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        level: torch.Tensor | None = None,
-        iterations: int = 1,
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> None:
         x = x.to(self.device, torch.float32)
         y = y.to(self.device)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from learners.base import Problem
-from learners.levels import level_rows, sample_levels
+from learners.levels import Levels, level_rows, sample_levels
 from learners.state.learner_state import LearnerState
 from learners.state.torch_state import (
     load_module_state,
@@ -54,11 +54,7 @@ class ReplayTraining:
         return x, y, level, replay
 
     def learn(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        level: torch.Tensor | None = None,
-        iterations: int = 1,
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> None:
         x, y, level, replay = self._begin(x, y, level)
         for _ in range(iterations):

@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from learners.base import Learner, LearnerConfig, Problem
 from learners.capabilities import DriftAction, DriftAdaptive, SequentialLearner
-from learners.levels import level_index, sample_levels
+from learners.levels import Levels, level_index, sample_levels
 from learners.state.learner_state import LearnerState
 from learners.state.sealed_pickle import seal, unseal
 
@@ -262,11 +262,7 @@ class RiverLearner(Learner, SequentialLearner, DriftAdaptive):
         return torch.from_numpy(scores[:, : self.problem.num_classes[level]]).to(self.device)
 
     def learn(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        level: torch.Tensor | None = None,
-        iterations: int = 1,
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> None:
         levels = sample_levels(level, y).tolist()
         for features, label, lvl in zip(self._dicts(x), y.tolist(), levels, strict=True):
@@ -274,11 +270,7 @@ class RiverLearner(Learner, SequentialLearner, DriftAdaptive):
             self._teach(lvl, label)
 
     def test_then_train(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        level: torch.Tensor | None = None,
-        iterations: int = 1,
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> torch.Tensor:
         predicted = []
         models, learned = self.models, self.learned

@@ -29,7 +29,7 @@ from pydantic import Field
 from learners.backbones.backbone import BackboneConfig, build_backbone
 from learners.base import Learner, LearnerConfig, Problem
 from learners.capabilities import Mergeable
-from learners.levels import level_index, level_rows
+from learners.levels import Levels, level_index, level_rows
 from learners.linalg.cholesky import cholesky_solve
 from learners.linalg.class_moments import ClassMoments
 from learners.state.learner_state import LearnerState
@@ -70,11 +70,7 @@ class SLDA(Learner, Mergeable):
 
     @torch.no_grad()
     def learn(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        level: torch.Tensor | None = None,
-        iterations: int = 1,
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> None:
         features = self.features(x)
         y = y.to(self.device)

@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 from learners.backbones.backbone import BackboneConfig, build_backbone
 from learners.base import Learner, LearnerConfig, Problem
-from learners.levels import level_index, level_rows
+from learners.levels import Levels, level_index, level_rows
 from learners.replay_training import ReplayTraining
 from memory import MemoryConfig, build_memory
 
@@ -117,11 +117,7 @@ class UER(ReplayTraining, Learner):
         return self.dot_logits(self.backbone(x.to(self.device, torch.float32)), level)
 
     def learn(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        level: torch.Tensor | None = None,
-        iterations: int = 1,
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> None:
         x, y, level, replay = self._begin(x, y, level)
         for _ in range(iterations):

@@ -48,18 +48,10 @@ class RateLimit:
             self.sleep(wait)
 
 
-class Pacer(Observer):
+class Pacer(RateLimit, Observer):
     """Sleeps so that no more than ``max_rate`` samples per second go through the loop."""
-
-    def __init__(
-        self,
-        max_rate: float,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.limit = RateLimit(max_rate, clock, sleep)
 
     def on_batch(
         self, loop: EventLoop, batch: Batch, hits: np.ndarray, learn_seconds: float
     ) -> None:
-        self.limit.passed(len(batch))
+        self.passed(len(batch))
