@@ -35,19 +35,9 @@ def test_replays_memory_and_fills_it_after_the_step():
     problem = Problem(input_shape=(4,), num_classes=(3,))
     er = create("er", problem, {"memory": {"capacity": 5}, "replay_batch_size": 3})
     assert er.memory_samples == 0
-    er.learn(
-        torch.randn(4, 4),
-        torch.tensor([0, 1, 2, 0]),
-        torch.zeros(4, dtype=torch.long),
-        iterations=0,
-    )
+    er.learn(torch.randn(4, 4), torch.tensor([0, 1, 2, 0]), iterations=0)
     assert er.memory_samples == 4
-    er.learn(
-        torch.randn(4, 4),
-        torch.tensor([0, 1, 2, 0]),
-        torch.zeros(4, dtype=torch.long),
-        iterations=1,
-    )
+    er.learn(torch.randn(4, 4), torch.tensor([0, 1, 2, 0]), iterations=1)
     assert er.memory_samples == 5 and er.memory.seen == 8
 
 
