@@ -100,8 +100,6 @@ class StreamHeader(BaseModel):
             raise ValueError(
                 f"{len(self.level_names)} level_names for {len(self.num_classes)} levels"
             )
-        if self.inline and not self.input_shape:
-            raise ValueError("an inline stream needs its input_shape")
         if math.prod(self.input_shape) > MAX_COUNT:
             raise ValueError(f"input_shape {self.input_shape} holds more than {MAX_COUNT} values")
         return self
