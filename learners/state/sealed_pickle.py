@@ -122,6 +122,15 @@ def unseal(data: bytes, meta: dict[str, Any]) -> Any:
         raise SealError(f"sealed pickle does not load: {type(exc).__name__}: {exc}") from None
 
 
+def holds_sealed_pickles(state: Any) -> bool:
+    """Whether a JSON-like state (a checkpoint's metadata) carries sealed pickle metadata."""
+    if isinstance(state, dict):
+        return state.get("format") == FORMAT or any(holds_sealed_pickles(v) for v in state.values())
+    if isinstance(state, list):
+        return any(holds_sealed_pickles(v) for v in state)
+    return False
+
+
 def _in_river(module: str) -> bool:
     return (module == "river" or module.startswith("river.")) and not any(
         module == io_module or module.startswith(io_module + ".") for io_module in _RIVER_IO_MODULES

@@ -9,6 +9,7 @@ from learners.registry import LearnerConfigError, UnknownLearnerError
 from memory.config import MemoryConfigError
 from stream.cli.config_file import ConfigFileError
 from stream.daemon.checkpoint import CheckpointError
+from stream.daemon.checkpoint_key import CheckpointKeyError
 from stream.daemon.config import ServeConfigError
 from stream.data.datasets import DatasetError
 from stream.data.schedules import ScheduleError
@@ -26,6 +27,7 @@ class UsageError(ValueError):
 USER_ERRORS: tuple[type[Exception], ...] = (
     UsageError,
     CheckpointError,
+    CheckpointKeyError,
     BackboneError,
     BackboneWeightsError,
     TimmUnavailableError,

@@ -136,6 +136,15 @@ class CheckpointConfig(_Section):
     )
     every_seconds: float = Field(60.0, gt=0, description="and at least this often while learning")
     keep: int = Field(3, ge=1, description="checkpoints kept; older ones are deleted")
+    key_file: Path | None = Field(
+        None,
+        description="file holding the HMAC key that signs checkpoints (or env "
+        "STREAMCL_CHECKPOINT_KEY); required when the state holds river objects",
+    )
+    history_file_bytes: int = Field(
+        64 << 20, gt=0, description="evaluation history: a file is rotated at this size"
+    )
+    history_files: int = Field(16, ge=1, description="evaluation history files kept")
 
 
 class DeadLetterConfig(_Section):

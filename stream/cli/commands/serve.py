@@ -8,9 +8,11 @@ batch, write a checkpoint and exit 0.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 from types import FrameType
 
+from stream.daemon.checkpoint_key import load_checkpoint_key
 from stream.daemon.config import load_serve_config
 from stream.daemon.serve import Daemon
 from stream.observe.http_endpoint import start_metrics_server
@@ -31,7 +33,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = load_serve_config(args.config)
-    daemon = Daemon(config)
+    key = load_checkpoint_key(config.checkpoint.key_file, os.environ)
+    daemon = Daemon(config, checkpoint_key=key)
     metrics = config.metrics
     server = None
     if metrics.port is not None:
