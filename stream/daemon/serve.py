@@ -409,7 +409,7 @@ class Daemon:
             return
         self.checkpointed_positions = dict(self.positions)
         self.checkpointed_samples = self.loop.samples_seen
-        self.telemetry.checkpoint_written()
+        self.telemetry.checkpoint_written(meta["created"])
         log.info(
             "checkpoint_written",
             path=str(path),

@@ -61,6 +61,9 @@ class LoopConfig(BaseModel):
         description="rolling prequential accuracy windows",
     )
     eval_batch_size: int = Field(512, gt=0)
+    recent_evaluations: int = Field(
+        16, gt=0, description="evaluations a daemon keeps in memory and checkpoints"
+    )
     drift: DriftConfig | None = Field(
         None, description="drift detection on prequential errors; null: off"
     )
@@ -133,7 +136,9 @@ class EventLoop:
                     f"{action.value!r} (it supports: {supported})"
                 )
             self.drift = DriftMonitor(self.config.drift, learner_name or learner.name)
-        self.evaluations = EvaluationAggregates(problem.num_classes, keep_history)
+        self.evaluations = EvaluationAggregates(
+            problem.num_classes, keep_history, self.config.recent_evaluations
+        )
         self.learn_seconds = 0.0
         self.finished = False
 
