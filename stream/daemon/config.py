@@ -21,6 +21,7 @@ Every error names the failing field, e.g. ``kafka.topic: Field required``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from learners.registry import describe_validation_error
 from stream.cli.config_file import load_config_file
 from stream.engine.event_loop import LoopConfig
+from stream.sources.kafka_options import resolve_secrets
 
 
 class ServeConfigError(ValueError):
@@ -70,7 +72,8 @@ class KafkaConfig(_Section):
     retry_backoff_max_seconds: float = Field(30.0, gt=0, description="longest wait between retries")
     options: dict[str, Any] = Field(
         default_factory=dict,
-        description="passed to the client as they are (librdkafka names or KafkaConsumer args)",
+        description="given to every Kafka client (consumer, dead-letter producer, admin): "
+        "librdkafka names or kafka-python args; <name>_file / <name>_env read a secret",
     )
 
     @field_validator("bootstrap")
@@ -197,6 +200,12 @@ class ServeConfig(_Section):
         if self.problem is None and self.evaluation is None:
             raise ValueError("give [problem] or an [evaluation] dataset to take the problem from")
         return self
+
+
+def resolve_kafka_secrets(config: ServeConfig, environ: Mapping[str, str]) -> ServeConfig:
+    """``config`` with its Kafka options' ``*_file`` / ``*_env`` secrets read (at the edge)."""
+    options = resolve_secrets(config.kafka.options, environ)
+    return config.model_copy(update={"kafka": config.kafka.model_copy(update={"options": options})})
 
 
 def load_serve_config(path: str | Path) -> ServeConfig:

@@ -267,7 +267,7 @@ class Daemon:
         assert target.topic is not None
         kafka = self.config.kafka
         return TopicDeadLetters(
-            lambda: open_sink(kafka.client, kafka.bootstrap), target.topic, limit
+            lambda: open_sink(kafka.client, kafka.bootstrap, kafka.options), target.topic, limit
         )
 
     # -- the loop -----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import signal
 from types import FrameType
 
 from stream.daemon.checkpoint_key import load_checkpoint_key
-from stream.daemon.config import load_serve_config
+from stream.daemon.config import load_serve_config, resolve_kafka_secrets
 from stream.daemon.serve import Daemon
 from stream.observe.http_endpoint import start_metrics_server
 
@@ -32,7 +32,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_serve_config(args.config)
+    config = resolve_kafka_secrets(load_serve_config(args.config), os.environ)
     key = load_checkpoint_key(config.checkpoint.key_file, os.environ)
     daemon = Daemon(config, checkpoint_key=key)
     metrics = config.metrics
