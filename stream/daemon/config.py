@@ -182,6 +182,29 @@ class MetricsConfig(_Section):
     stall_seconds: float = Field(
         120.0, gt=0, description="/healthz fails after this long without a poll or a batch"
     )
+    request_timeout_seconds: float = Field(
+        10.0, gt=0, description="a request must arrive whole within this time"
+    )
+    max_connections: int = Field(128, ge=1, description="open connections at most")
+    tls_cert_file: Path | None = Field(None, description="PEM certificate chain: serve HTTPS")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")
+    auth: Literal["none", "bearer", "basic"] = Field(
+        "none", description="who may scrape: a bearer token or a basic-auth user"
+    )
+    username: str | None = Field(None, description="the basic-auth user")
+    secret_file: Path | None = Field(
+        None,
+        description="file with the bearer token or basic-auth password "
+        "(or env STREAMCL_METRICS_SECRET)",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MetricsConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("give both tls_cert_file and tls_key_file, or neither")
+        if (self.auth == "basic") != (self.username is not None):
+            raise ValueError("username goes with auth 'basic', and auth 'basic' needs it")
+        return self
 
 
 class ServeConfig(_Section):

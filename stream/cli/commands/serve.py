@@ -14,6 +14,7 @@ from types import FrameType
 
 from stream.daemon.checkpoint_key import load_checkpoint_key
 from stream.daemon.config import load_serve_config, resolve_kafka_secrets
+from stream.daemon.endpoint_security import endpoint_limits, endpoint_security
 from stream.daemon.serve import Daemon
 from stream.observe.http_endpoint import start_metrics_server
 
@@ -34,13 +35,23 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     config = resolve_kafka_secrets(load_serve_config(args.config), os.environ)
     key = load_checkpoint_key(config.checkpoint.key_file, os.environ)
-    daemon = Daemon(config, checkpoint_key=key)
     metrics = config.metrics
+    security = endpoint_security(metrics, os.environ) if metrics.port is not None else None
+    daemon = Daemon(config, checkpoint_key=key)
     server = None
     if metrics.port is not None:
-        server = start_metrics_server(
-            daemon.telemetry, metrics.host, metrics.port, metrics.stall_seconds
-        )
+        try:
+            server = start_metrics_server(
+                daemon.telemetry,
+                metrics.host,
+                metrics.port,
+                metrics.stall_seconds,
+                endpoint_limits(metrics),
+                security,
+            )
+        except BaseException:
+            daemon.close()
+            raise
 
     def stop(signum: int, frame: FrameType | None) -> None:
         daemon.stop()
