@@ -80,10 +80,7 @@ _ALLOWED_FUNCTIONS: frozenset[tuple[str, str]] = frozenset(
             for module in ("numpy.core.multiarray", "numpy._core.multiarray")
             for name in ("_reconstruct", "scalar")
         ),
-        *(
-            (module, "_frombuffer")
-            for module in ("numpy.core.numeric", "numpy._core.numeric")
-        ),
+        *((module, "_frombuffer") for module in ("numpy.core.numeric", "numpy._core.numeric")),
         *(
             ("numpy.random._pickle", name)
             for name in ("__randomstate_ctor", "__bit_generator_ctor", "__generator_ctor")

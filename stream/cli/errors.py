@@ -16,9 +16,9 @@ from stream.data.schedules import ScheduleError
 from stream.data.stream_file import StreamFileError
 from stream.engine.device import DeviceError
 from stream.engine.drift_detection import DriftConfigError
-from stream.sources.kafka_options import KafkaOptionsError
 from stream.observe.http_endpoint import MetricsServerError
 from stream.runs.report import ReportError
+from stream.sources.kafka_options import KafkaOptionsError
 
 
 class UsageError(ValueError):

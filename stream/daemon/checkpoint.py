@@ -138,7 +138,9 @@ def decode(
     try:
         return json.loads(body), state_from_bytes(tensors)
     except Exception as exc:  # a sealed but malformed section (a bug, or our key leaked)
-        raise CorruptCheckpoint(f"{where}: unreadable content: {type(exc).__name__}: {exc}") from None
+        raise CorruptCheckpoint(
+            f"{where}: unreadable content: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 class CheckpointStore:

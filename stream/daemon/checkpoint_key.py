@@ -35,7 +35,9 @@ def load_checkpoint_key(key_file: Path | None, environ: Mapping[str, str]) -> by
     try:
         mode = os.stat(key_file).st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise CheckpointKeyError(f"{where}: readable by others (mode {mode & 0o777:o}); chmod 600")
+            raise CheckpointKeyError(
+                f"{where}: readable by others (mode {mode & 0o777:o}); chmod 600"
+            )
         data = Path(key_file).read_bytes()
     except OSError as exc:
         raise CheckpointKeyError(f"{where}: {exc.strerror or exc}") from None
@@ -44,5 +46,7 @@ def load_checkpoint_key(key_file: Path | None, environ: Mapping[str, str]) -> by
 
 def _checked(key: bytes, where: str) -> bytes:
     if len(key) < MIN_BYTES:
-        raise CheckpointKeyError(f"{where}: the key has {len(key)} bytes, at least {MIN_BYTES} needed")
+        raise CheckpointKeyError(
+            f"{where}: the key has {len(key)} bytes, at least {MIN_BYTES} needed"
+        )
     return key

@@ -59,9 +59,7 @@ def _secret(path: Path | None, environ: Mapping[str, str]) -> str:
         try:
             secret = path.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
-            raise ServeConfigError(
-                f"metrics.secret_file {path}: {exc.strerror or exc}"
-            ) from None
+            raise ServeConfigError(f"metrics.secret_file {path}: {exc.strerror or exc}") from None
     if len(secret) < 16:
         raise ServeConfigError(f"metrics secret: {len(secret)} characters, at least 16 needed")
     return secret

@@ -37,15 +37,15 @@ import torch
 
 from learners import registry
 from learners.base import Learner, Problem
-from stream.daemon.broker_watch import BrokerWatch
 from learners.state.sealed_pickle import holds_sealed_pickles
+from stream.daemon.broker_watch import BrokerWatch
 from stream.daemon.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from stream.daemon.checkpoint_key import ENV_VAR
 from stream.daemon.config import ServeConfig, ServeConfigError
+from stream.daemon.evaluation_history import EvaluationHistory
 from stream.data.datasets import as_float_tensor, load_dataset
 from stream.engine.device import resolve_device
 from stream.engine.evaluation import AnytimeEvaluator
-from stream.daemon.evaluation_history import EvaluationHistory
 from stream.engine.event_loop import EventLoop
 from stream.observe.loop_log import LoopLogger
 from stream.observe.telemetry import Telemetry
@@ -232,7 +232,9 @@ class Daemon:
         meta = checkpoint.meta
         version = meta.get("streamcl_checkpoint")
         if version != CHECKPOINT_FORMAT:
-            raise ValueError(f"checkpoint format {version!r}, this daemon reads {CHECKPOINT_FORMAT}")
+            raise ValueError(
+                f"checkpoint format {version!r}, this daemon reads {CHECKPOINT_FORMAT}"
+            )
         saved = meta.get("identity", {})
         for key, value in self._identity().items():
             if saved.get(key) != value:

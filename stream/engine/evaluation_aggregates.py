@@ -97,7 +97,9 @@ class EvaluationAggregates:
             (self.curve if kind == "periodic" else self.task_ends).append(evaluation)
         if repeated:
             return
-        for best, per_class in zip(self.best_class_accuracy, evaluation.class_accuracy, strict=True):
+        for best, per_class in zip(
+            self.best_class_accuracy, evaluation.class_accuracy, strict=True
+        ):
             np.maximum(best, per_class, out=best)
         self.last = evaluation
         self.recent.append((kind, evaluation))
@@ -156,7 +158,9 @@ class EvaluationAggregates:
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {
             "counts": dict(self.counts),
-            "sums": {kind: {k: list(v) for k, v in sums.items()} for kind, sums in self.sums.items()},
+            "sums": {
+                kind: {k: list(v) for k, v in sums.items()} for kind, sums in self.sums.items()
+            },
             "last_task_end": None if self.last_task_end is None else self.last_task_end.to_json(),
             "best_before_last": [b.tolist() for b in self.best_before_last],
             "best_class_accuracy": [b.tolist() for b in self.best_class_accuracy],

@@ -427,4 +427,3 @@ class EventLoop:
                     "checkpoint has no drift detector state, but drift detection is configured"
                 )
             self.drift.load_state_dict(state["drift"])
-

@@ -322,7 +322,10 @@ class MetricsServer:
         challenge = self.security.challenge()
         if challenge is not None and not self.security.allows(request.headers.get("authorization")):
             return Response(
-                401, "text/plain; charset=utf-8", b"unauthorized\n", (("WWW-Authenticate", challenge),)
+                401,
+                "text/plain; charset=utf-8",
+                b"unauthorized\n",
+                (("WWW-Authenticate", challenge),),
             )
         route = self.routes.get((request.method, request.path))
         if route is None:

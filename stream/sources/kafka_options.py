@@ -106,4 +106,3 @@ def kafka_python_options(options: Mapping[str, Any], role: str) -> dict[str, Any
             "(options use its argument names, e.g. security_protocol, sasl_plain_username)"
         )
     return {k: v for k, v in options.items() if k in known[role]}
-

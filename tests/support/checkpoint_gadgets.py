@@ -21,7 +21,7 @@ class _Download:
     def __init__(self, url: str, target: Path) -> None:
         self.url, self.target = url, target
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         from river.datasets import Bikes  # any RemoteDataset
 
         dataset = Bikes()
@@ -34,7 +34,7 @@ class _System:
     def __init__(self, target: Path) -> None:
         self.target = target
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (os.system, (f"touch {self.target}",))
 
 

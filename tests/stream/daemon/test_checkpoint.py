@@ -8,8 +8,8 @@ import pickle
 import pytest
 import torch
 
-from learners.state.learner_state import LearnerState
 import stream.daemon.checkpoint as checkpoint_module
+from learners.state.learner_state import LearnerState
 from stream.daemon.checkpoint import (
     CheckpointError,
     CheckpointLocked,
@@ -155,7 +155,9 @@ def test_a_second_process_cannot_take_the_lock(tmp_path):
     first = CheckpointStore(tmp_path)
     first.lock()
     second = CheckpointStore(tmp_path)
-    with pytest.raises(CheckpointLocked, match=rf"in use by another streamcl daemon \(pid {os.getpid()}\)"):
+    with pytest.raises(
+        CheckpointLocked, match=rf"in use by another streamcl daemon \(pid {os.getpid()}\)"
+    ):
         second.lock()
     first.unlock()
     second.lock()

@@ -16,9 +16,7 @@ def test_bearer_token_from_a_file_or_the_environment(tmp_path):
     token.write_text(SECRET + "\n")
     from_file = endpoint_security(MetricsConfig(auth="bearer", secret_file=token), {})
     assert from_file.bearer_token == SECRET and from_file.tls is None
-    from_env = endpoint_security(
-        MetricsConfig(auth="bearer"), {"STREAMCL_METRICS_SECRET": SECRET}
-    )
+    from_env = endpoint_security(MetricsConfig(auth="bearer"), {"STREAMCL_METRICS_SECRET": SECRET})
     assert from_env.allows(f"Bearer {SECRET}") and not from_env.allows("Bearer nope")
 
 

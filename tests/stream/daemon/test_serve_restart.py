@@ -14,7 +14,7 @@ import torch
 
 from learners.state.learner_state import LearnerState
 from stream.cli import main as cli
-from stream.daemon.checkpoint import CheckpointError, CheckpointLocked, CheckpointStore, encode
+from stream.daemon.checkpoint import CheckpointLocked, CheckpointStore, encode
 from stream.daemon.config import ServeConfig, ServeConfigError
 from stream.daemon.evaluation_history import read_history
 from stream.daemon.serve import Daemon
@@ -181,13 +181,15 @@ def _plant(tmp_path, payload: bytes, section: str, key: bytes | None) -> None:
 def test_a_planted_gadget_is_refused_without_writing_or_running_anything(
     tmp_path, gadget, leaked_key
 ):
-    learner, loop, section = (RIVER, {}, "models") if gadget == "download" else (
-        {"name": "nmc"}, DRIFT, "drift"
+    learner, loop, section = (
+        (RIVER, {}, "models") if gadget == "download" else ({"name": "nmc"}, DRIFT, "drift")
     )
     _run(tmp_path, _digits_topic(10), key=KEY, learner=learner, loop=loop)
     target = tmp_path / "evil.pth"
     with CountingServer() as server:
-        payload = download_gadget(server.url, target) if gadget == "download" else system_gadget(target)
+        payload = (
+            download_gadget(server.url, target) if gadget == "download" else system_gadget(target)
+        )
         _plant(tmp_path, payload, section, KEY if leaked_key else None)
         before = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").glob("checkpoint-*")}
         daemon = Daemon(

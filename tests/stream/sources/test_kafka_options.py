@@ -9,6 +9,7 @@ clients standing in for kafka-python's and confluent-kafka's.
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 import kafka
 import pytest
@@ -73,7 +74,7 @@ def test_each_kafka_python_client_gets_the_options_it_accepts():
 class Recorder:
     """Stands in for every client class; records the keyword arguments of each construction."""
 
-    made: list[tuple[str, dict]] = []
+    made: ClassVar[list[tuple[str, dict]]] = []
 
     def __init__(self, *args, **kwargs):
         settings = args[0] if args and isinstance(args[0], dict) else kwargs
@@ -103,7 +104,7 @@ class _Done:
 
 class _Metadata:
     topic = type("T", (), {"error": None, "partitions": {0: None}})()
-    topics = {"samples": topic, "dead": topic}
+    topics: ClassVar[dict] = {"samples": topic, "dead": topic}
 
 
 def _recorders(monkeypatch):
