@@ -12,8 +12,9 @@ newest checkpoint file and the median time of the last 20 checkpoints; the figur
 100 % must each be at most 1.1x those at 10 % (the issue's bound: state kept is flat in the
 number of samples). Checkpoint time is bounded as CPU time (encoding, hashing, writing: what
 grows with the state); the wall time is reported too, but it is dominated by ``fsync``, which
-on a disk shared with other work varies by tens of percent from one checkpoint to the next. Before this, every evaluation ever made was kept in memory and rewritten
-into every checkpoint (the issue measured 52 KB growing to 199 KB over 60k samples).
+on a disk shared with other work varies by tens of percent from one checkpoint to the next.
+Before this, every evaluation ever made was kept in memory and rewritten into every checkpoint
+(the issue measured 52 KB growing to 199 KB over 60k samples).
 
     python -m bench soak                    # 2 M samples
     python -m bench.soak [--samples N]
@@ -165,7 +166,8 @@ def main(argv: list[str]) -> dict[str, Any]:
     for row in rows:
         print(
             f"{row['samples']:>10,} {row['rss_bytes'] / 2**20:>9.1f} {row['checkpoint_bytes']:>11,}"
-            f" {row['checkpoint_seconds'] * 1000:>12.2f} {row['checkpoint_wall_seconds'] * 1000:>13.2f}"
+            f" {row['checkpoint_seconds'] * 1000:>12.2f}"
+            f" {row['checkpoint_wall_seconds'] * 1000:>13.2f}"
             f" {row['evaluations']:>6}"
         )
     ratios = {

@@ -17,11 +17,12 @@ second daemon on it exits 2), and the newest checkpoint whose seal verifies and 
 this daemon can use is loaded (stream/daemon/checkpoint.py: a state holding river objects
 requires the checkpoint key); every metric is set from it before the first poll. The loop keeps
 running aggregates; each evaluation is appended to the history files next to the checkpoints
-(stream/daemon/evaluation_history.py). Whenever the group assigns partitions, each one is sought to the position the daemon
-has learned up to, which after a restart is the checkpoint's. So a ``kill -9`` at any point
-costs only re-learning what came after the last checkpoint, into a model restored to exactly
-that point: every message is learned exactly once. ``stop()`` (SIGTERM/SIGINT) ends the loop
-after the current batch, and ``run`` writes a final checkpoint before it returns.
+(stream/daemon/evaluation_history.py). Whenever the group assigns partitions, each one is
+sought to the position the daemon has learned up to, which after a restart is the
+checkpoint's. So a ``kill -9`` at any point costs only re-learning what came after the last
+checkpoint, into a model restored to exactly that point: every message is learned exactly once.
+``stop()`` (SIGTERM/SIGINT) ends the loop after the current batch, and ``run`` writes a final
+checkpoint before it returns.
 """
 
 from __future__ import annotations

@@ -254,7 +254,8 @@ class TelemetryObserver(Observer):
 
     def _evaluation_gauges(self, loop: EventLoop, evaluation: Evaluation) -> None:
         t, learner = self.telemetry, self.learner
-        # A_auc averages the periodic evaluations only, as results.json does (stream.engine.metrics).
+        # A_auc averages the periodic evaluations only, as results.json does
+        # (stream.engine.metrics).
         _set(t.anytime_accuracy.labels(learner=learner, level="all"), evaluation.accuracy)
         _set(t.auc_accuracy.labels(learner=learner, level="all"), loop.anytime_auc())
         for level, name in enumerate(loop.problem.level_names):

@@ -3,8 +3,9 @@ dead-letter topic.
 
 ``ensure_topic`` creates a missing topic (the partition count applies only then) and returns the
 partition count. The producer and the admin client get the process's Kafka options
-(stream/sources/kafka_options.py: TLS, SASL). ``flush`` waits for every message sent so far and raises :class:`SinkError`
-when one was not delivered, so a caller that flushed knows its messages are in the topic.
+(stream/sources/kafka_options.py: TLS, SASL). ``flush`` waits for every message sent so far
+and raises :class:`SinkError` when one was not delivered, so a caller that flushed knows its
+messages are in the topic.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""stream/daemon/endpoint_security.py: the [metrics] section's TLS and credentials, read at the edge."""
+"""stream/daemon/endpoint_security.py: [metrics] TLS and credentials, read at the edge."""
 
 from __future__ import annotations
 

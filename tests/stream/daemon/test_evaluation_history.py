@@ -1,4 +1,4 @@
-"""stream/daemon/evaluation_history.py: append-only, rotated, cut back to a checkpoint's position."""
+"""stream/daemon/evaluation_history.py: append-only, rotated, cut back to a checkpoint's place."""
 
 from __future__ import annotations
 

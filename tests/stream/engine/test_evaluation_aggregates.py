@@ -1,4 +1,4 @@
-"""stream/engine/evaluation_aggregates.py: bounded aggregates give the metrics of the full history."""
+"""stream/engine/evaluation_aggregates.py: bounded aggregates give the full history's metrics."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def test_bounded_aggregates_equal_the_metrics_of_the_whole_history():
             metrics.A_avg([value(e) for e in ends]), rel=1e-12
         )
         assert bounded.last_value(series) == value(ends[-1])
-    # max is exact: forgetting from the aggregates equals the formula over every task end, bit for bit
+    # max is exact: forgetting from the aggregates equals the formula over all task ends, bitwise
     pooled = np.stack([np.concatenate(e.class_accuracy) for e in ends])
     assert bounded.forgetting(None) == full.forgetting(None) == metrics.F_last(pooled)
     for level in range(2):
