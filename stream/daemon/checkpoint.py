@@ -58,6 +58,7 @@ from learners.state.safetensors_io import state_from_bytes, state_to_bytes
 
 MAGIC = b"SCLCKPT2"
 _OLD_MAGIC = b"SCLCKPT1"
+_OLD_HEADER = struct.Struct("<8sQQ32s")
 _HEADER = struct.Struct("<8sQQQ32s")
 _SHA256, _HMAC = 0, 1
 _LOCK_NAME = ".lock"
@@ -110,13 +111,16 @@ def decode(
 ) -> tuple[dict[str, Any], LearnerState]:
     """The JSON section and learner state of a checkpoint file's bytes, parsed only once the
     seal (with ``key``: the HMAC) verified."""
+    if data[:8] == _OLD_MAGIC:
+        if key:
+            raise CorruptCheckpoint(
+                f"{where}: checkpoint format 1 (an older streamcl) is unsigned; a daemon with a "
+                "checkpoint key reads only checkpoints signed with it"
+            )
+        return _decode_format_1(data, where)
     if len(data) < _HEADER.size:
         raise CorruptCheckpoint(f"{where}: {len(data)} bytes, shorter than the header (truncated)")
     magic, mode, body_size, tensor_size, seal = _HEADER.unpack_from(data)
-    if magic == _OLD_MAGIC:
-        raise CorruptCheckpoint(
-            f"{where}: checkpoint format 1 (an older streamcl, unkeyed); this one reads format 2"
-        )
     if magic != MAGIC:
         raise CorruptCheckpoint(f"{where}: not a streamcl checkpoint (magic {magic!r})")
     if mode not in (_SHA256, _HMAC):
@@ -138,6 +142,28 @@ def decode(
     try:
         return json.loads(body), state_from_bytes(tensors)
     except Exception as exc:  # a sealed but malformed section (a bug, or our key leaked)
+        raise CorruptCheckpoint(
+            f"{where}: unreadable content: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _decode_format_1(data: bytes, where: str) -> tuple[dict[str, Any], LearnerState]:
+    """A checkpoint of streamcl before checkpoint keys (a SHA-256 over JSON and safetensors),
+    so that a keyless daemon resumes the model it had; its content is data only."""
+    if len(data) < _OLD_HEADER.size:
+        raise CorruptCheckpoint(f"{where}: {len(data)} bytes, shorter than the header (truncated)")
+    _, body_size, tensor_size, checksum = _OLD_HEADER.unpack_from(data)
+    if len(data) != _OLD_HEADER.size + body_size + tensor_size:
+        raise CorruptCheckpoint(
+            f"{where}: {len(data)} bytes, not what the header says (truncated?)"
+        )
+    body = data[_OLD_HEADER.size : _OLD_HEADER.size + body_size]
+    tensors = data[_OLD_HEADER.size + body_size :]
+    if not hmac.compare_digest(_seal(None, body, tensors), checksum):
+        raise CorruptCheckpoint(f"{where}: checksum mismatch (corrupt)")
+    try:
+        return json.loads(body), state_from_bytes(tensors)
+    except Exception as exc:
         raise CorruptCheckpoint(
             f"{where}: unreadable content: {type(exc).__name__}: {exc}"
         ) from None

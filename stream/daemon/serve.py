@@ -66,6 +66,8 @@ from stream.sources.wire import Decoder, InvalidMessage, Samples
 log = structlog.get_logger("streamcl.serve")
 
 CHECKPOINT_FORMAT = 2
+# Format 1 (no evaluation history, the loop's whole history in its state) is migrated on load.
+_READABLE_FORMATS = (1, CHECKPOINT_FORMAT)
 # What a checkpoint's content can raise when it does not fit (a bug or a format change, under a
 # valid seal): that checkpoint is skipped for the one before it.
 _UNUSABLE = (KeyError, IndexError, TypeError, ValueError, RuntimeError)
@@ -232,9 +234,9 @@ class Daemon:
     def _restore(self, checkpoint: Checkpoint) -> None:
         meta = checkpoint.meta
         version = meta.get("streamcl_checkpoint")
-        if version != CHECKPOINT_FORMAT:
+        if version not in _READABLE_FORMATS:
             raise ValueError(
-                f"checkpoint format {version!r}, this daemon reads {CHECKPOINT_FORMAT}"
+                f"checkpoint format {version!r}, this daemon reads {_READABLE_FORMATS}"
             )
         saved = meta.get("identity", {})
         for key, value in self._identity().items():
@@ -246,7 +248,8 @@ class Daemon:
         positions = {int(p): int(o) for p, o in meta["offsets"].items()}
         messages = int(meta["counters"]["messages"])
         invalid = Counter({str(k): int(v) for k, v in meta["counters"]["invalid"].items()})
-        history = meta["history_position"]
+        # format 1 kept no history file: the history starts with this run
+        history = meta["history_position"] if version > 1 else {"file": 1, "bytes": 0}
         history_at = {"file": int(history["file"]), "bytes": int(history["bytes"])}
         self.learner.load_state_dict(checkpoint.learner)
         self.loop.load_state_dict(meta["loop"])

@@ -192,6 +192,27 @@ class EvaluationAggregates:
             self.curve = [Evaluation.from_json(e) for e in state["curve"]]
             self.task_ends = [Evaluation.from_json(e) for e in state["task_ends"]]
 
+    def load_history(
+        self,
+        curve: list[Evaluation],
+        task_ends: list[Evaluation],
+        best_class_accuracy: list[list[float]],
+        last: Evaluation | None,
+    ) -> None:
+        """Start from a whole history (a loop state from before these aggregates): the periodic
+        and task-end evaluations, each in order, with each class's best accuracy and the last
+        evaluation as that state kept them."""
+        self._start()
+        merged = sorted(
+            [(e.samples_seen, 0, "periodic", e) for e in curve]
+            + [(e.samples_seen, 1, "task_end", e) for e in task_ends],
+            key=lambda item: item[:2],
+        )
+        for _, _, kind, evaluation in merged:
+            self.add(evaluation, kind)
+        self.best_class_accuracy = self._per_level(best_class_accuracy)
+        self.last = last
+
     def _per_level(self, raw: list[list[float]]) -> list[np.ndarray]:
         arrays = [np.asarray(values, dtype=np.float64) for values in raw]
         if [len(a) for a in arrays] != list(self.num_classes):

@@ -418,7 +418,17 @@ class EventLoop:
         self.pending_updates = float(state["pending_updates"])
         self.next_eval = int(state["next_eval"])
         self.prequential.load_state_dict(state["prequential"])
-        self.evaluations.load_state_dict(state["evaluations"])
+        if "evaluations" in state:
+            self.evaluations.load_state_dict(state["evaluations"])
+        else:  # the layout before evaluation aggregates: every evaluation in the state
+            self.evaluations.load_history(
+                [Evaluation.from_json(e) for e in state["curve"]],
+                [Evaluation.from_json(e) for e in state["task_ends"]],
+                state["best_class_accuracy"],
+                None
+                if state["last_evaluation"] is None
+                else Evaluation.from_json(state["last_evaluation"]),
+            )
         self.learn_seconds = float(state["learn_seconds"])
         self.finished = bool(state["finished"])
         if self.drift is not None:

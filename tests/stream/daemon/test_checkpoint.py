@@ -145,10 +145,27 @@ def test_the_seal_is_checked_before_anything_is_parsed(monkeypatch):
     assert parsed == []
 
 
-def test_a_format_1_checkpoint_is_named(tmp_path):
-    data = b"SCLCKPT1" + bytes(120)
-    with pytest.raises(CorruptCheckpoint, match="format 1"):
-        decode(data, "old.sclckpt")
+def format_1(meta: dict, learner: LearnerState) -> bytes:
+    """A checkpoint file as streamcl wrote them before checkpoint keys."""
+    import hashlib
+    import json
+    import struct
+
+    from learners.state.safetensors_io import state_to_bytes
+
+    body, tensors = json.dumps(meta).encode(), state_to_bytes(learner)
+    digest = hashlib.sha256(body + tensors).digest()
+    return struct.pack("<8sQQ32s", b"SCLCKPT1", len(body), len(tensors), digest) + body + tensors
+
+
+def test_a_format_1_checkpoint_is_read_by_a_keyless_store_only():
+    data = format_1({"a": 1}, _state(1.0))
+    meta, state = decode(data, "old.sclckpt")
+    assert meta == {"a": 1} and torch.equal(state.tensors["w"], _state(1.0).tensors["w"])
+    with pytest.raises(CorruptCheckpoint, match=r"format 1 .* is unsigned"):
+        decode(data, "old.sclckpt", key=KEY)
+    with pytest.raises(CorruptCheckpoint, match="checksum mismatch"):
+        decode(data[:-1] + bytes([data[-1] ^ 1]), "old.sclckpt")
 
 
 def test_a_second_process_cannot_take_the_lock(tmp_path):

@@ -129,6 +129,38 @@ def test_a_checkpoint_with_a_valid_seal_but_unusable_content_falls_back(tmp_path
     assert restarted.loop.samples_seen == first.loop.samples_seen == 80
 
 
+def test_a_format_1_checkpoint_is_resumed_with_its_metrics(tmp_path):
+    from tests.stream.daemon.test_checkpoint import format_1
+
+    # every evaluation kept in "recent": its list is the whole history a format-1 state held
+    everything = {"recent_evaluations": 1000}
+    first = _run(tmp_path, _digits_topic(40), loop=everything)
+    before = {name: _value(first, name, **labels) for name, labels in SERIES}
+    store = CheckpointStore(tmp_path / "ckpt")
+    latest = store.latest()
+    meta = json.loads(json.dumps(latest.meta))
+    evaluations = meta["loop"].pop("evaluations")
+    meta["loop"].update(
+        curve=[e for kind, e in evaluations["recent"] if kind == "periodic"],
+        task_ends=[e for kind, e in evaluations["recent"] if kind == "task_end"],
+        best_class_accuracy=evaluations["best_class_accuracy"],
+        last_evaluation=evaluations["last"],
+    )
+    meta["streamcl_checkpoint"] = 1
+    del meta["history_position"]
+    for _, path in store.files():
+        path.unlink()
+    (tmp_path / "ckpt" / "checkpoint-000000000001.sclckpt").write_bytes(
+        format_1(meta, latest.learner)
+    )
+    resumed = Daemon(_config(tmp_path, loop=everything), source_factory=MemorySource({0: []}).bind)
+    resumed.close()
+    after = {name: _value(resumed, name, **labels) for name, labels in SERIES}
+    assert after == before
+    assert resumed.loop.summary() == first.loop.summary()
+    assert resumed.positions == first.positions
+
+
 def test_a_second_daemon_on_the_directory_exits_2_with_one_line(tmp_path, capsys):
     config = _config(tmp_path)
     holder = Daemon(config, source_factory=MemorySource({0: []}).bind)
