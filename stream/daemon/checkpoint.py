@@ -24,7 +24,8 @@ checkpoint with it, and reads none whose HMAC does not verify: the seal is check
 bytes before a single byte is parsed, so a checkpoint planted by someone without the key is
 refused without running anything. Without a key, checkpoints carry a SHA-256 digest (damage
 detection) and a signed one is refused; a keyless daemon never unpickles (its learner and loop
-hold none), so what it loads is data only.
+hold none), so what it loads is data only. Format 1 (``SCLCKPT1``: the same without the seal
+field, always SHA-256), written before checkpoint keys existed, is read by keyless stores only.
 
 Writing is atomic: a temporary file in the same directory is written, fsynced, renamed over the
 final name and the directory fsynced, so a crash leaves either the old or the new checkpoint,
