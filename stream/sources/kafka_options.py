@@ -68,7 +68,12 @@ def _read(value: str, suffix: str, where: str, environ: Mapping[str, str]) -> st
 
 
 def parse_option(text: str) -> tuple[str, Any]:
-    """``K=V`` from the command line; V as JSON when it parses (numbers, booleans), else text."""
+    """``K=V`` from the command line; V as JSON when it parses (numbers, booleans, a quoted
+    string), else text.
+
+    >>> parse_option("request_timeout_ms=5000"), parse_option('sasl_plain_username="007"')
+    (('request_timeout_ms', 5000), ('sasl_plain_username', '007'))
+    """
     import json
 
     key, sep, value = text.partition("=")

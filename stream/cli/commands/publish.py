@@ -53,7 +53,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a Kafka client option (TLS, SASL), repeatable; KEY_file / KEY_env read a secret",
+        help="a Kafka client option (TLS, SASL), repeatable; VALUE is JSON when it parses "
+        "(write '\"123\"' for the string 123); KEY_file / KEY_env read a secret",
     )
     parser.add_argument(
         "--options-file",
