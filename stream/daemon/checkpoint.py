@@ -182,10 +182,11 @@ class CheckpointStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock: IO[str] | None = None
 
-    def lock(self) -> None:
-        """Take the directory's lock, or raise :class:`CheckpointLocked` when another process
-        holds it (released by :meth:`unlock` or when the process ends, even by ``kill -9``)."""
-        handle = (self.directory / _LOCK_NAME).open("a+")
+    def lock(self, name: str = _LOCK_NAME) -> None:
+        """Take the directory's lock ``name`` (one per writer: a rank of a scaled-out daemon has
+        its own), or raise :class:`CheckpointLocked` when another process holds it (released by
+        :meth:`unlock` or when the process ends, even by ``kill -9``)."""
+        handle = (self.directory / name).open("a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

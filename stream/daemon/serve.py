@@ -31,6 +31,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -142,7 +143,7 @@ class Daemon:
             )
         self.decoder = Decoder(self.problem, config.messages.format, config.messages.max_bytes)
         self.store = CheckpointStore(config.checkpoint.dir, config.checkpoint.keep, checkpoint_key)
-        self.store.lock()
+        self.store.lock(self._lock_name())
         try:
             self._start()
         except BaseException:
@@ -176,9 +177,9 @@ class Daemon:
         self.checkpointed_samples = 0
         # without a checkpoint, history lines are of a run that starts over
         self._history_at = {"file": 1, "bytes": 0}
-        checkpoint = self._load_checkpoint()
+        checkpoint = self._resume()
         self.history = EvaluationHistory(
-            config.checkpoint.dir / "history",
+            self._history_dir(),
             config.checkpoint.history_file_bytes,
             config.checkpoint.history_files,
             resume_at=self._history_at,
@@ -196,9 +197,17 @@ class Daemon:
         self._last_checkpoint = time.monotonic()
         self._next_lag_report = time.monotonic()
 
-    def _load_checkpoint(self) -> Checkpoint | None:
-        """Restore the newest usable checkpoint and set the metrics from it; None if there is
-        no checkpoint at all (:class:`CheckpointError` if there are only unusable ones)."""
+    def _lock_name(self) -> str:
+        """The lock file that keeps a second writer of these checkpoints off the directory."""
+        return ".lock"
+
+    def _history_dir(self) -> Path:
+        return self.config.checkpoint.dir / "history"
+
+    def _resume(self) -> Checkpoint | None:
+        """Restore the newest usable checkpoint and set the metrics from it; returns it (the
+        dead letters resume from it), None if there is no checkpoint at all
+        (:class:`CheckpointError` if there are only unusable ones)."""
         for checkpoint in self.store.candidates():
             try:
                 self._restore(checkpoint)
