@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from stream.daemon.config import KafkaClientConfigError, KafkaConfig
+from stream.sources.kafka_options import kafka_python_options
 
 # Partition -> offset to continue from, for the partitions the daemon knows.
 AssignHandler = Callable[[list[int]], dict[int, int]]
@@ -334,7 +335,7 @@ class KafkaPythonSource(KafkaSource):
                 request_timeout_ms=config.request_timeout_ms,
                 bootstrap_timeout_ms=config.request_timeout_ms,
                 fetch_max_wait_ms=config.fetch_max_wait_ms,
-                **config.options,
+                **kafka_python_options(config.options, "consumer"),
             )
         except (kafka.errors.KafkaConfigurationError, AssertionError, TypeError, ValueError) as exc:
             # an option kafka-python does not know, or a value it refuses
