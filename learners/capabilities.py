@@ -19,6 +19,11 @@ The engine and the contract checks (:mod:`learners.checks`) look for these by ``
 
   Asking a learner for an action it does not declare is a configuration error, reported before
   the stream starts.
+- :class:`FusedPrediction` — predict-before-learn in one call. The engine's default step calls
+  ``predict`` and then ``learn``; a learner whose first learning step computes what the
+  prediction needs anyway (the stream batch's features under the same weights: ``er``, ``uer``,
+  ``pl-fms``) returns the prediction from that step, so prequential accuracy costs no forward
+  of its own. Learners without it keep the two calls.
 """
 
 from __future__ import annotations
@@ -67,4 +72,21 @@ class SequentialLearner(ABC):
         ``< i`` were learned and before sample ``i`` was, equal to the argmax of
         ``predict`` at that moment; ``-1`` where the learner could not predict (every class
         scored ``-inf``). Learning must equal ``learn(x, y, level, iterations)``.
+        """
+
+
+class FusedPrediction(ABC):
+    """Mixin of learners that predict a batch and learn it in one call, sharing work between the
+    two (a replay learner's first step computes the features the prediction needs)."""
+
+    @abstractmethod
+    def predict_then_learn(
+        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+    ) -> torch.Tensor:
+        """``predict`` of each sample at its own level, made before learning the batch, then
+        ``learn(x, y, level, iterations)``.
+
+        Returns ``[B, max(num_classes)]`` scores, each row equal to what ``predict(x, level)``
+        would have given it before the batch was learned (up to floating-point summation order),
+        padded with ``-inf`` beyond its level's classes. Learning must equal ``learn``'s.
         """

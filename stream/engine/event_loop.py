@@ -137,6 +137,7 @@ class EventLoop:
         self.best_class_accuracy = [np.zeros(k) for k in problem.num_classes]
         self.last_evaluation: Evaluation | None = None
         self.learn_seconds = 0.0
+        self.evaluation_seconds = 0.0
         self.finished = False
 
     # -- the loop -------------------------------------------------------------------------
@@ -318,7 +319,9 @@ class EventLoop:
         if self.evaluator is None:
             return None
         seen = [torch.from_numpy(mask) for mask in self.seen]
+        started = time.perf_counter()
         evaluation = self.evaluator.evaluate(self.learner, seen, self.samples_seen)
+        self.evaluation_seconds += time.perf_counter() - started
         if kind == "periodic":
             self.curve.append(evaluation)
         else:
@@ -402,6 +405,7 @@ class EventLoop:
             if self.last_evaluation is None
             else self.last_evaluation.to_json(),
             "learn_seconds": self.learn_seconds,
+            "evaluation_seconds": self.evaluation_seconds,
             "finished": self.finished,
             "drift": None if self.drift is None else self.drift.state_dict(self.checkpoint_key),
         }
@@ -426,6 +430,7 @@ class EventLoop:
         last = state["last_evaluation"]
         self.last_evaluation = None if last is None else Evaluation.from_json(last)
         self.learn_seconds = float(state["learn_seconds"])
+        self.evaluation_seconds = float(state.get("evaluation_seconds", 0.0))
         self.finished = bool(state["finished"])
         if self.drift is not None:
             if state.get("drift") is None:
