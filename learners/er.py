@@ -123,11 +123,13 @@ class ER(ReplayTraining, Learner, FusedPrediction, DriftAdaptive):
         return self._losses(features, y.to(self.device), level.to(self.device))
 
     def _step(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, stream_rows: int
-    ) -> torch.Tensor:
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        level: torch.Tensor,
+        stream_rows: int,
+        seen_before: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor | None:
         features = self.backbone(x)
         loss = self._losses(features, y, level).mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return features
+        return self._update(loss, features, level, stream_rows, seen_before)

@@ -190,8 +190,13 @@ class PLFMS(ER):
         return draw.to(self.device) < self.keep_probability(y, level)
 
     def _step(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, stream_rows: int
-    ) -> torch.Tensor:
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        level: torch.Tensor,
+        stream_rows: int,
+        seen_before: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor | None:
         from_memory = torch.arange(len(y), device=self.device) >= stream_rows
         features = self.backbone(x)
         loss = x.new_zeros(())
@@ -220,10 +225,7 @@ class PLFMS(ER):
             pseudo = nn.functional.cross_entropy(pseudo_logits, target[accept], reduction="sum")
             loss = loss + self.config.lambda_u * pseudo
         loss = loss / len(y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return features
+        return self._update(loss, features, level, stream_rows, seen_before)
 
     def _covered(self, lvl: int) -> torch.Tensor:
         """Level-``lvl`` classes with a seen descendant at some finer level."""

@@ -106,12 +106,38 @@ class ReplayTraining:
     predict: Any
 
     def _step(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, stream_rows: int
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        level: torch.Tensor,
+        stream_rows: int,
+        seen_before: list[torch.Tensor] | None = None,
     ) -> torch.Tensor | None:
         """One gradient step on a batch whose first ``stream_rows`` rows are stream samples and
-        the rest replayed; returns the backbone features of ``x`` it computed before the step
-        (None if it has none that ``_scores`` can use)."""
+        the rest replayed. With ``seen_before`` (fused prediction), also returns the stream
+        rows' scores under the weights before the step (:meth:`_update` makes them)."""
         raise NotImplementedError
+
+    def _update(
+        self,
+        loss: torch.Tensor,
+        features: torch.Tensor,
+        level: torch.Tensor,
+        stream_rows: int,
+        seen_before: list[torch.Tensor] | None,
+    ) -> torch.Tensor | None:
+        """Step the optimizer on ``loss``; before that, with ``seen_before``, score the stream
+        rows from the step's own ``features`` (the weights are about to change)."""
+        scores = None
+        if seen_before is not None:
+            with torch.no_grad():
+                scores = self._scores(
+                    features[:stream_rows].detach(), level[:stream_rows], seen_before
+                )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return scores
 
     def _stream_selection(self, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor | None:
         """Which stream samples take part in this step (a bool mask); None: all of them."""
@@ -184,11 +210,10 @@ class ReplayTraining:
                 with torch.no_grad():
                     scores = self._scores(self._features(x), level, seen_before)
                 fuse = False
-            if len(by):
-                features = self._step(bx, by, blevel, stream_rows)
-                if fuse:
-                    assert features is not None
-                    scores = self._scores(features[: len(y)].detach(), level, seen_before)
+            if fuse:
+                scores = self._step(bx, by, blevel, stream_rows, seen_before)
+            elif len(by):
+                self._step(bx, by, blevel, stream_rows)
         self.memory.add(x, y, level)
         return scores
 

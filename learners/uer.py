@@ -117,8 +117,13 @@ class UER(ReplayTraining, Learner, FusedPrediction):
         return scores
 
     def _step(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, stream_rows: int
-    ) -> torch.Tensor:
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        level: torch.Tensor,
+        stream_rows: int,
+        seen_before: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor | None:
         """Cosine cross-entropy on the stream rows plus dot-product cross-entropy on the replayed
         ones, from one backbone pass over both."""
         features = self.backbone(x)
@@ -126,10 +131,7 @@ class UER(ReplayTraining, Learner, FusedPrediction):
         loss = self._loss(features[:n], y[:n], level[:n], self.cosine_logits)
         if len(y) > n:
             loss = loss + self._loss(features[n:], y[n:], level[n:], self.dot_logits)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return features
+        return self._update(loss, features, level, stream_rows, seen_before)
 
     def _loss(
         self,
