@@ -17,6 +17,7 @@ learner whose model holds any other module (dropout, batch norm, a ViT) predicts
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal, Self
 
 import torch
@@ -166,6 +167,10 @@ class ReplayTraining:
         self._train_mode(True)
         return x, y, level, replay
 
+    @functools.cached_property
+    def _mode_free(self) -> bool:
+        return mode_free(self.model)
+
     def _train_mode(self, training: bool) -> None:
         # ``Module.train`` walks every submodule; predict and learn alternate on every batch.
         if self.model.training != training:
@@ -189,7 +194,7 @@ class ReplayTraining:
         scores = None
         seen_before: list[torch.Tensor] = []
         if predict:
-            if isinstance(self, FusedPrediction) and iterations > 0 and mode_free(self.model):
+            if isinstance(self, FusedPrediction) and iterations > 0 and self._mode_free:
                 seen_before = [s.clone() for s in self.seen]
             else:
                 scores = self._predict_padded(x, level)

@@ -177,12 +177,13 @@ class ReplayMemory:
         # slot -> batch row that ends up there; a later sample overwrites an earlier one in the
         # same slot, as one-at-a-time insertion would.
         placed: dict[int, int] = {}
-        for i in range(n):
+        # Python ints: indexing a tensor element by element costs more than the policy itself
+        for i, (lvl, label) in enumerate(zip(level.tolist(), y.tolist(), strict=True)):
             self.seen += 1
-            key = class_key(int(level[i]), int(y[i]))
+            key = class_key(lvl, label)
             slot = self._policy(self, key)
             if slot is not None:
-                self._take(slot, key, int(level[i]), int(y[i]))
+                self._take(slot, key, lvl, label)
                 placed[slot] = i
         slots = torch.tensor(list(placed), dtype=torch.long)
         rows = torch.tensor(list(placed.values()), dtype=torch.long)
