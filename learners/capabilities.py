@@ -24,6 +24,8 @@ The engine and the contract checks (:mod:`learners.checks`) look for these by ``
   prediction needs anyway (the stream batch's features under the same weights: ``er``, ``uer``,
   ``pl-fms``) returns the prediction from that step, so prequential accuracy costs no forward
   of its own. Learners without it keep the two calls.
+- :class:`MultiLevelPrediction` — every level's scores from one backbone pass, which the anytime
+  evaluation of a hierarchy uses instead of one ``predict`` per level.
 """
 
 from __future__ import annotations
@@ -90,3 +92,11 @@ class FusedPrediction(ABC):
         would have given it before the batch was learned (up to floating-point summation order),
         padded with ``-inf`` beyond its level's classes. Learning must equal ``learn``'s.
         """
+
+
+class MultiLevelPrediction(ABC):
+    """Mixin of learners that score several hierarchy levels from one backbone pass."""
+
+    @abstractmethod
+    def predict_levels(self, x: torch.Tensor, levels: list[int]) -> list[torch.Tensor]:
+        """``[predict(x, level) for level in levels]``, the backbone run once."""

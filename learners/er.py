@@ -24,7 +24,12 @@ from torch import nn
 
 from learners.backbones.backbone import build_backbone, seeded_linear
 from learners.base import Learner, Problem
-from learners.capabilities import DriftAction, DriftAdaptive, FusedPrediction
+from learners.capabilities import (
+    DriftAction,
+    DriftAdaptive,
+    FusedPrediction,
+    MultiLevelPrediction,
+)
 from learners.replay_training import ReplayConfig, ReplayTraining, make_optimizer
 from memory import build_memory
 
@@ -33,7 +38,7 @@ class ERConfig(ReplayConfig):
     """ER's options are those of every replay learner (:class:`ReplayConfig`)."""
 
 
-class ER(ReplayTraining, Learner, FusedPrediction, DriftAdaptive):
+class ER(ReplayTraining, Learner, FusedPrediction, MultiLevelPrediction, DriftAdaptive):
     """Experience replay with a configurable memory and a masked growing head per level.
 
     ``learn`` (the replay step), ``predict_then_learn``, checkpoints and device moves are those
@@ -74,6 +79,12 @@ class ER(ReplayTraining, Learner, FusedPrediction, DriftAdaptive):
     def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
         self._train_mode(False)
         return self._logits(self.backbone(x.to(self.device, torch.float32)), level)
+
+    @torch.no_grad()
+    def predict_levels(self, x: torch.Tensor, levels: list[int]) -> list[torch.Tensor]:
+        self._train_mode(False)
+        features = self.backbone(x.to(self.device, torch.float32))
+        return [self._logits(features, level) for level in levels]
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)

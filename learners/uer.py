@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 from learners.backbones.backbone import build_backbone
 from learners.base import Learner, Problem
-from learners.capabilities import FusedPrediction
+from learners.capabilities import FusedPrediction, MultiLevelPrediction
 from learners.replay_training import ReplayConfig, ReplayTraining, make_optimizer
 from memory import build_memory
 
@@ -54,7 +54,7 @@ def seeded_weight(num_classes: int, dim: int, seed: int) -> torch.Tensor:
     return (torch.rand(num_classes, dim, generator=generator) * 2 - 1) * bound
 
 
-class UER(ReplayTraining, Learner, FusedPrediction):
+class UER(ReplayTraining, Learner, FusedPrediction, MultiLevelPrediction):
     """Angle-only cross-entropy on the stream batch, dot-product cross-entropy on replay."""
 
     name = "uer"
@@ -98,6 +98,12 @@ class UER(ReplayTraining, Learner, FusedPrediction):
     def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
         self._train_mode(False)
         return self.dot_logits(self.backbone(x.to(self.device, torch.float32)), level)
+
+    @torch.no_grad()
+    def predict_levels(self, x: torch.Tensor, levels: list[int]) -> list[torch.Tensor]:
+        self._train_mode(False)
+        features = self.backbone(x.to(self.device, torch.float32))
+        return [self.dot_logits(features, level) for level in levels]
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
