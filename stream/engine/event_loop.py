@@ -122,7 +122,9 @@ class EventLoop:
         # 0 for seen classes, -inf for the others: masking scores is then one addition.
         self._mask_bias = [np.full(k, -np.inf, dtype=np.float32) for k in problem.num_classes]
         self._all_seen = [False] * problem.num_levels
-        self._any_seen = [False] * problem.num_levels
+        # per batch shape: masked-score buffers and row offsets, made once
+        self._buffers: dict[tuple[tuple[int, ...], np.dtype], np.ndarray] = {}
+        self._offsets: dict[tuple[int, int], np.ndarray] = {}
         self.current_task: int | None = None
         self.pending_updates = 0.0
         self.next_eval = self.config.eval_period or 0
@@ -232,7 +234,6 @@ class EventLoop:
             seen[labels] = True
             self._mask_bias[level][labels] = 0.0
             self._all_seen[level] = bool(seen.all())
-            self._any_seen[level] = True
 
     def _prequential(
         self, batch: Batch, scores: torch.Tensor | None = None
@@ -264,20 +265,36 @@ class EventLoop:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Right predictions among the seen classes, and which rows had a seen class scored
         above ``-inf`` (a learner that knows no seen class yet makes no prediction); None
-        when every row had, the usual case, told by one reduction over the raw scores."""
+        when every row had, the usual case. Reading each row's argmax entry back tells both
+        at a fraction of a reduction over all scores; a NaN row is not answered either."""
         raw = scores.numpy(force=True)
+        rows, classes = raw.shape
         if self._all_seen[level]:
-            masked, some_seen = raw, True  # nothing to mask
+            masked = raw  # nothing to mask
         else:
-            masked, some_seen = raw + self._mask_bias[level], self._any_seen[level]
+            masked = self._scratch(raw.shape, raw.dtype)
+            np.add(raw, self._mask_bias[level], out=masked)
         predicted = masked.argmax(axis=1)
-        if some_seen and raw.min() > -np.inf:  # (a NaN fails this too)
-            return predicted == y, None
-        # a row scored -inf throughout has its argmax at -inf; reading the argmax entries back
-        # costs a fraction of a row-wise max
-        rows, classes = masked.shape
-        answered = masked.reshape(-1)[predicted + np.arange(0, rows * classes, classes)] > -np.inf
-        return (predicted == y) & answered, answered
+        top = masked.reshape(-1)[predicted + self._row_starts(rows, classes)]
+        hits = predicted == y
+        answered = top > -np.inf
+        if answered.all():
+            return hits, None
+        return hits & answered, answered
+
+    def _scratch(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A buffer for masked scores, reused across batches of the same shape and dtype."""
+        buffer = self._buffers.get((shape, dtype))
+        if buffer is None:
+            buffer = self._buffers[(shape, dtype)] = np.empty(shape, dtype)
+        return buffer
+
+    def _row_starts(self, rows: int, classes: int) -> np.ndarray:
+        """Flat index of each row's first entry in a ``[rows, classes]`` array."""
+        starts = self._offsets.get((rows, classes))
+        if starts is None:
+            starts = self._offsets[(rows, classes)] = np.arange(0, rows * classes, classes)
+        return starts
 
     def _sequential_hits(
         self, batch: Batch, predicted: torch.Tensor
@@ -438,7 +455,6 @@ class EventLoop:
             mask[np.asarray(classes, dtype=np.int64)] = True
             bias[:] = np.where(mask, 0.0, -np.inf)
         self._all_seen = [bool(mask.all()) for mask in self.seen]
-        self._any_seen = [bool(mask.any()) for mask in self.seen]
         self.current_task = state["current_task"]
         self.pending_updates = float(state["pending_updates"])
         self.next_eval = int(state["next_eval"])
