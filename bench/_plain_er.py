@@ -25,9 +25,13 @@ from torch import nn
 
 @dataclass
 class PlainResult:
+    """Seconds of wall clock and of this process's CPU (``*_cpu``)."""
+
     samples: int
     train_seconds: float
+    train_cpu: float
     seconds: float
+    cpu: float
     prequential_accuracy: float
     A_last: float
 
@@ -60,7 +64,8 @@ def plain_er(
     stored, offered = 0, 0
     rng = random.Random(seed)
     seen = torch.zeros(num_classes, dtype=torch.bool)
-    hits, samples, train_seconds, next_eval = 0, 0, 0.0, eval_period
+    hits, samples, next_eval = 0, 0, eval_period
+    train_seconds, train_cpu = 0.0, 0.0
     task, accuracy = None, 0.0
 
     def evaluate() -> float:
@@ -75,7 +80,7 @@ def plain_er(
         model.train()
         return right / max(len(rows), 1)
 
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     for x, y, batch_task in batches:
         if task is not None and batch_task != task:
             accuracy = evaluate()
@@ -87,7 +92,7 @@ def plain_er(
         model.train()
         seen[y] = True
 
-        step_started = time.perf_counter()
+        step_started, step_cpu = time.perf_counter(), time.process_time()
         if stored:
             picked = torch.tensor(rng.sample(range(stored), min(len(y), stored)))
             bx, by = torch.cat([x, memory_x[picked]]), torch.cat([y, memory_y[picked]])
@@ -107,6 +112,7 @@ def plain_er(
                     continue
             memory_x[slot], memory_y[slot] = x[i], y[i]
         train_seconds += time.perf_counter() - step_started
+        train_cpu += time.process_time() - step_cpu
 
         samples += len(y)
         if samples >= next_eval:
@@ -114,5 +120,11 @@ def plain_er(
             evaluate()
     accuracy = evaluate()
     return PlainResult(
-        samples, train_seconds, time.perf_counter() - started, hits / max(samples, 1), accuracy
+        samples,
+        train_seconds,
+        train_cpu,
+        time.perf_counter() - started,
+        time.process_time() - started_cpu,
+        hits / max(samples, 1),
+        accuracy,
     )

@@ -14,6 +14,11 @@ back-to-back pair (load from other processes hits both of a pair):
 - ``whole``: the whole replay (reading, prequential accuracy, learning, evaluations) over the
   whole plain loop.
 
+Each by wall clock and by this process's CPU time (``time.process_time``; ``er``'s ``learn``
+is timed by wrapping the learner's method), the steadier figure where other processes load
+the machine: both loops run one process, and with one torch thread the two agree on a quiet
+machine.
+
 ``nmc``: :mod:`bench.engine_overhead` (engine vs bare ``predict``/``learn``) at batch 16, 64, 256.
 
 Both on one torch thread and on two. Targets: learn ≥ 0.9, whole ≥ 0.8, nmc ≥ 0.9 at 64 and 256.
@@ -26,6 +31,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -34,6 +42,7 @@ import torch
 from bench import engine_overhead, output
 from bench._plain_er import plain_er
 from bench._streams import si_blurry_stream, subsample
+from learners.er import ER
 from stream.data.datasets import Dataset, DatasetError, as_float_tensor, load_dataset
 from stream.engine.event_loop import LoopConfig
 from stream.runs.recorded_run import PreparedStream, replay
@@ -93,18 +102,44 @@ def run_plain(prepared: PreparedStream) -> dict[str, float]:
     return {
         "samples": result.samples,
         "train_seconds": result.train_seconds,
+        "train_cpu": result.train_cpu,
         "seconds": result.seconds,
+        "cpu": result.cpu,
         "A_last": result.A_last,
         "prequential_accuracy": result.prequential_accuracy,
     }
 
 
+@contextmanager
+def cpu_of_learn() -> Iterator[list[float]]:
+    """CPU seconds spent in ``er``'s per-batch call (``predict_then_learn``), while open."""
+    spent = [0.0]
+    method = ER.predict_then_learn
+
+    def timed(self: ER, *args: Any, **kwargs: Any) -> Any:
+        started = time.process_time()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            spent[0] += time.process_time() - started
+
+    ER.predict_then_learn = timed  # type: ignore[method-assign]
+    try:
+        yield spent
+    finally:
+        ER.predict_then_learn = method  # type: ignore[method-assign]
+
+
 def run_engine(prepared: PreparedStream) -> dict[str, float]:
-    results = replay(prepared, "er", {}, LoopConfig(batch_size=BATCH), "cpu")
+    started = time.process_time()
+    with cpu_of_learn() as learn_cpu:
+        results = replay(prepared, "er", {}, LoopConfig(batch_size=BATCH), "cpu")
     return {
         "samples": results["samples"],
         "train_seconds": results["learn_seconds"],
+        "train_cpu": learn_cpu[0],
         "seconds": results["seconds"],
+        "cpu": time.process_time() - started,
         "evaluation_seconds": results["evaluation_seconds"],
         "A_last": results["A_last"],
         "prequential_accuracy": results["prequential_accuracy"],
@@ -172,7 +207,8 @@ def main(argv: list[str]) -> dict[str, Any]:
                 }
                 rows.append(row)
                 print(
-                    f"er {name:9s} threads {threads}: learn {row['learn_over_plain']:.2f}x "
+                    f"er {name:9s} threads {threads}: CPU time: learn {row['learn_over_plain_cpu']:.2f}x, "
+                    f"whole {row['whole_over_plain_cpu']:.2f}x; wall: learn {row['learn_over_plain']:.2f}x "
                     f"({row['engine_learn_samples_per_second']:,.0f} vs {row['plain_train_samples_per_second']:,.0f}/s), "
                     f"whole {row['whole_over_plain']:.2f}x ({row['engine_samples_per_second']:,.0f} vs "
                     f"{row['plain_samples_per_second']:,.0f}/s), A_last {row['engine_A_last']:.3f} vs {row['plain_A_last']:.3f}"
