@@ -26,6 +26,11 @@ The engine and the contract checks (:mod:`learners.checks`) look for these by ``
   of its own. Learners without it keep the two calls.
 - :class:`MultiLevelPrediction` — every level's scores from one backbone pass, which the anytime
   evaluation of a hierarchy uses instead of one ``predict`` per level.
+- :class:`PurePrediction` — ``predict`` reads the learner and changes nothing, so the anytime
+  evaluation may run it under ``torch.inference_mode`` (no version counters, no autograd
+  records). A learner that caches work in ``predict`` for a later ``learn`` (a lazily solved
+  ridge head, a feature cache) must not declare it: a tensor made in inference mode cannot be
+  updated in place outside it.
 """
 
 from __future__ import annotations
@@ -100,3 +105,7 @@ class MultiLevelPrediction(ABC):
     @abstractmethod
     def predict_levels(self, x: torch.Tensor, levels: list[int]) -> list[torch.Tensor]:
         """``[predict(x, level) for level in levels]``, the backbone run once."""
+
+
+class PurePrediction:
+    """Marker of learners whose ``predict`` changes no state (see the module docstring)."""

@@ -14,6 +14,7 @@ import torch
 
 from learners import registry
 from learners.base import Learner, Problem
+from learners.capabilities import FusedPrediction, MultiLevelPrediction, PurePrediction
 from learners.state.safetensors_io import state_from_bytes, state_to_bytes
 
 NUM_CLASSES = 4
@@ -138,6 +139,53 @@ def check_iterations_zero_still_registers(name: str) -> None:
     assert learner.predict(x).shape == (10, NUM_CLASSES)
 
 
+def check_predicts_in_inference_mode(name: str) -> None:
+    """A learner declaring :class:`PurePrediction` is evaluated under ``torch.inference_mode``:
+    the same predictions, and learning goes on after as if it had not been asked."""
+    learner, twin = make(name, seed=2), make(name, seed=2)
+    x, y = blobs(name, 40, seed=16)
+    stream_through(learner, x, y)
+    stream_through(twin, x, y)
+    xt, _ = blobs(name, 20, seed=17)
+    with torch.inference_mode():
+        inferred = learner.predict(xt)
+    assert torch.equal(inferred, twin.predict(xt)), f"{name}: inference mode changes predictions"
+    x2, y2 = blobs(name, 20, seed=18)
+    stream_through(learner, x2, y2)
+    stream_through(twin, x2, y2)
+    assert torch.equal(learner.predict(xt), twin.predict(xt)), (
+        f"{name}: predicting in inference mode changed what it learned next"
+    )
+
+
+def check_fused_prediction_equals_two_calls(name: str) -> None:
+    """``predict_then_learn`` predicts what ``predict`` would, and learns what ``learn`` would,
+    for every ``iterations`` the engine may pass."""
+    fused, plain = make(name, seed=4), make(name, seed=4)
+    assert isinstance(fused, FusedPrediction)
+    x, y = blobs(name, 60, seed=19)
+    for start, iterations in zip(range(0, 60, 10), (1, 1, 0, 2, 1, 1), strict=True):
+        xb, yb = x[start : start + 10], y[start : start + 10]
+        expected = plain.predict(xb)
+        plain.learn(xb, yb, levels_for(yb), iterations)
+        scores = fused.predict_then_learn(xb, yb, levels_for(yb), iterations)
+        assert scores.shape == expected.shape, f"{name}: fused scores {tuple(scores.shape)}"
+        assert torch.equal(scores.isinf(), expected.isinf()), f"{name}: fused masking differs"
+        assert torch.equal(scores.argmax(1), expected.argmax(1)), f"{name}: fused argmax differs"
+        torch.testing.assert_close(scores, expected)
+    xt, _ = blobs(name, 20, seed=20)
+    assert torch.equal(fused.predict(xt), plain.predict(xt)), f"{name}: fused learning differs"
+
+
+def check_predict_levels_equals_predict(name: str) -> None:
+    learner = make(name)
+    assert isinstance(learner, MultiLevelPrediction)
+    x, y = blobs(name, 30, seed=21)
+    stream_through(learner, x, y)
+    [scores] = learner.predict_levels(x, [0])
+    assert torch.equal(scores, learner.predict(x, 0)), f"{name}: predict_levels != predict"
+
+
 CHECKS: tuple[Callable[[str], None], ...] = (
     check_predicts_before_learning,
     check_learns_in_a_single_pass,
@@ -150,5 +198,12 @@ CHECKS: tuple[Callable[[str], None], ...] = (
 
 
 def yield_checks(name: str) -> Iterator[Callable[[str], None]]:
-    """The checks that apply to learner ``name``."""
+    """The checks that apply to learner ``name``, by what it declares it can do."""
     yield from CHECKS
+    cls = registry.get(name)
+    if issubclass(cls, PurePrediction):
+        yield check_predicts_in_inference_mode
+    if issubclass(cls, FusedPrediction):
+        yield check_fused_prediction_equals_two_calls
+    if issubclass(cls, MultiLevelPrediction):
+        yield check_predict_levels_equals_predict

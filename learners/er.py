@@ -29,6 +29,7 @@ from learners.capabilities import (
     DriftAdaptive,
     FusedPrediction,
     MultiLevelPrediction,
+    PurePrediction,
 )
 from learners.replay_training import ReplayConfig, ReplayTraining, make_optimizer
 from memory import build_memory
@@ -38,7 +39,9 @@ class ERConfig(ReplayConfig):
     """ER's options are those of every replay learner (:class:`ReplayConfig`)."""
 
 
-class ER(ReplayTraining, Learner, FusedPrediction, MultiLevelPrediction, DriftAdaptive):
+class ER(
+    ReplayTraining, Learner, FusedPrediction, MultiLevelPrediction, PurePrediction, DriftAdaptive
+):
     """Experience replay with a configurable memory and a masked growing head per level.
 
     ``learn`` (the replay step), ``predict_then_learn``, checkpoints and device moves are those

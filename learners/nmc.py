@@ -58,9 +58,6 @@ class NMC(Learner, DriftAdaptive):
     @torch.no_grad()
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone's float32 output for ``x`` (kept for a next call on the same ``x``)."""
-        if x.is_inference():
-            # an evaluation input (no version counter to check a later call against)
-            return self.backbone(x.to(self.device, torch.float32))
         last = self._last
         if last is not None and last[0] is x and last[1] == x._version:
             return last[2]

@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 from learners.backbones.backbone import build_backbone
 from learners.base import Learner, Problem
-from learners.capabilities import FusedPrediction, MultiLevelPrediction
+from learners.capabilities import FusedPrediction, MultiLevelPrediction, PurePrediction
 from learners.replay_training import ReplayConfig, ReplayTraining, make_optimizer
 from memory import build_memory
 
@@ -54,7 +54,7 @@ def seeded_weight(num_classes: int, dim: int, seed: int) -> torch.Tensor:
     return (torch.rand(num_classes, dim, generator=generator) * 2 - 1) * bound
 
 
-class UER(ReplayTraining, Learner, FusedPrediction, MultiLevelPrediction):
+class UER(ReplayTraining, Learner, FusedPrediction, MultiLevelPrediction, PurePrediction):
     """Angle-only cross-entropy on the stream batch, dot-product cross-entropy on replay."""
 
     name = "uer"

@@ -6,7 +6,9 @@ accuracy and the per-class accuracies (0 for unseen classes, as the official cod
 are recorded. With a hierarchy, a coarse prediction also counts as correct when the parent of
 the fine prediction is right (``either`` accuracy, as in the HLE code; see docs/metrics.md).
 
-Evaluation runs without autograd, in chunks of ``batch_size`` test samples. With a hierarchy,
+Evaluation runs without autograd (in inference mode for a learner whose ``predict`` changes
+nothing, :class:`~learners.capabilities.PurePrediction`), in chunks of ``batch_size`` test
+samples. With a hierarchy,
 a learner that scores every level from one backbone pass
 (:class:`~learners.capabilities.MultiLevelPrediction`) is asked once per chunk of the test
 samples any level needs, instead of once per level (and again for the ``either`` accuracy).
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 
 from learners.base import Learner, Problem
-from learners.capabilities import MultiLevelPrediction
+from learners.capabilities import MultiLevelPrediction, PurePrediction
 
 # rows of the test set, level -> the learner's predictions for them at that level
 Predictions = Callable[[torch.Tensor, int], torch.Tensor]
@@ -110,10 +112,15 @@ class AnytimeEvaluator:
                 table[chunk, lvl] = masked_argmax(level_scores, seen[lvl]).cpu()
         return lambda rows, level: table[rows, level]
 
-    @torch.inference_mode()
     def evaluate(self, learner: Learner, seen: list[torch.Tensor], samples_seen: int) -> Evaluation:
         """Evaluate ``learner`` given the per-level masks of classes seen in the stream."""
-        seen = [mask.cpu() for mask in seen]
+        pure = isinstance(learner, PurePrediction)
+        with torch.inference_mode() if pure else torch.no_grad():
+            return self._evaluate(learner, [mask.cpu() for mask in seen], samples_seen)
+
+    def _evaluate(
+        self, learner: Learner, seen: list[torch.Tensor], samples_seen: int
+    ) -> Evaluation:
         test_rows = [
             torch.nonzero(seen[level][self.y_test_levels[:, level]]).flatten()
             for level in range(self.problem.num_levels)
