@@ -165,6 +165,10 @@ def compare(prepared: PreparedStream, repeats: int) -> dict[str, Any]:
             p["train_seconds"] / e["train_seconds"] for p, e in pairs
         ),
         "whole_over_plain": statistics.median(p["seconds"] / e["seconds"] for p, e in pairs),
+        "learn_over_plain_cpu": statistics.median(
+            p["train_cpu"] / e["train_cpu"] for p, e in pairs
+        ),
+        "whole_over_plain_cpu": statistics.median(p["cpu"] / e["cpu"] for p, e in pairs),
         "plain_train_samples_per_second": samples
         / statistics.median(r["train_seconds"] for r in runs["plain"]),
         "engine_learn_samples_per_second": samples / median("train_seconds"),
