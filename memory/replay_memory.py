@@ -171,7 +171,6 @@ class ReplayMemory:
             self._refresh_stale()
             return
         x, y, level = x.detach().cpu(), y.detach().cpu().long(), level.detach().cpu().long()
-        ids = torch.arange(start, start + n) if ids is None else ids.detach().cpu().long()
         if self.x is None:
             self._allocate(x)
         # slot -> batch row that ends up there; a later sample overwrites an earlier one in the
@@ -185,13 +184,13 @@ class ReplayMemory:
             if slot is not None:
                 self._take(slot, key, lvl, label)
                 placed[slot] = i
-        slots = torch.tensor(list(placed), dtype=torch.long)
-        rows = torch.tensor(list(placed.values()), dtype=torch.long)
-        if len(slots):
+        if placed:  # a full reservoir stores few of a batch, often none
             assert self.x is not None
+            slots = torch.tensor(list(placed), dtype=torch.long)
+            rows = torch.tensor(list(placed.values()), dtype=torch.long)
             self.x[slots] = x[rows].to(self.x.dtype)
-            self.ids[slots] = ids[rows]
             self.arrival[slots] = start + rows
+            self.ids[slots] = start + rows if ids is None else ids.detach().cpu().long()[rows]
             if self.index is not None:
                 self.index.write(slots, self._embed_inputs(x[rows]))
                 self.embedded_at[slots] = self.steps
@@ -282,8 +281,9 @@ class ReplayMemory:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(x, y, level)`` of ``min(n, len(self))`` distinct stored samples (see
         :meth:`sample_batch`)."""
-        batch = self.sample_batch(n, query)
-        return batch.x, batch.y, batch.level
+        slots = self._draw(n, query)
+        assert self.x is not None
+        return self.x[slots], self.y[slots], self.level[slots]
 
     def sample_batch(self, n: int, query: torch.Tensor | None = None) -> ReplayBatch:
         """``min(n, len(self))`` distinct stored samples chosen by the configured retrieval.
@@ -291,6 +291,19 @@ class ReplayMemory:
         ``query`` is the current stream batch's inputs; ``nearest`` retrieval needs it (and
         embeds it), the other modes ignore it, so a learner may always pass it.
         """
+        slots = self._draw(n, query)
+        assert self.x is not None
+        return ReplayBatch(
+            self.x[slots],
+            self.y[slots],
+            self.level[slots],
+            self.ids[slots],
+            self.arrival[slots],
+            slots,
+        )
+
+    def _draw(self, n: int, query: torch.Tensor | None) -> torch.Tensor:
+        """The slots of a replay batch (one training step, for CLIB's importance)."""
         self._measure_importance()
         n = min(n, self.size)
         if n <= 0:
@@ -310,15 +323,7 @@ class ReplayMemory:
             slots = retrieval.uniform(self.size, n, self.generator)
         if self.importance is not None:
             self.importance.replayed_in_step(slots)
-        assert self.x is not None
-        return ReplayBatch(
-            self.x[slots],
-            self.y[slots],
-            self.level[slots],
-            self.ids[slots],
-            self.arrival[slots],
-            slots,
-        )
+        return slots
 
     def state_dict(self) -> LearnerState:
         meta: dict[str, Any] = {
