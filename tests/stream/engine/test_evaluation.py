@@ -159,7 +159,10 @@ def test_one_backbone_pass_for_every_level_gives_the_per_level_evaluation():
     from learners.registry import create
 
     problem = Problem(
-        input_shape=(5,), num_classes=(2, 4), level_names=("coarse", "fine"), parents=((0, 0, 1, 1),)
+        input_shape=(5,),
+        num_classes=(2, 4),
+        level_names=("coarse", "fine"),
+        parents=((0, 0, 1, 1),),
     )
     generator = torch.Generator().manual_seed(0)
     learner = create("er", problem, {"backbone": {"hidden": [16], "out_dim": 8}})

@@ -206,6 +206,14 @@ def test_summary_has_every_spec_key():
     assert np.all(np.diff([s for s, _ in summary["curve"]]) > 0)
 
 
+class HitsRecorder(Observer):
+    def __init__(self):
+        self.hits = []
+
+    def on_batch(self, loop, batch, hits, learn_seconds):
+        self.hits.append(hits.copy())
+
+
 class TwoCalls(Learner):
     """A learner's ``predict`` and ``learn`` only: the engine's path without fused prediction."""
 
@@ -239,31 +247,26 @@ def test_fused_prediction_gives_the_two_call_results_exactly(learner_name):
     summaries, hits = [], []
     for wrap in (False, True):
         learner = create(learner_name, problem, {"seed": 1, "memory": {"capacity": 100}})
-        recorded = []
-
-        class Hits(Observer):
-            def on_batch(self, loop, batch, batch_hits, learn_seconds):
-                recorded.append(batch_hits.copy())
-
+        recorder = HitsRecorder()
         loop = EventLoop(
             TwoCalls(learner) if wrap else learner,
             problem,
             config,
             ev,
             num_tasks=schedule.num_tasks,
-            observers=[Hits()],
+            observers=[recorder],
         )
         loop.run(task_batches(stream, ds, config.batch_size))
         summary = loop.summary()
         summaries.append({k: summary[k] for k in ("curve", "A_last", "prequential_accuracy")})
-        hits.append(np.concatenate(recorded))
+        hits.append(np.concatenate(recorder.hits))
     assert summaries[0] == summaries[1]
     np.testing.assert_array_equal(hits[0], hits[1])
 
 
 def test_evaluation_time_is_counted_apart_and_checkpointed():
     loop = digits_run("nmc")
-    assert 0 < loop.evaluation_seconds
+    assert loop.evaluation_seconds > 0
     state = loop.state_dict()
     assert state["evaluation_seconds"] == loop.evaluation_seconds
     restored = EventLoop(create("nmc", loop.problem), loop.problem, loop.config)
