@@ -25,7 +25,7 @@ def test_plain_er_learns_a_digits_stream_as_er_does():
         eval_period=300,
     )
     assert result.samples == len(stream)
-    assert 0 < result.train_cpu and result.train_seconds < result.seconds
+    assert result.train_cpu > 0 and result.train_seconds < result.seconds
     # er with the same memory reaches 0.42 here (tests/learners/test_replay_training.py); a loop
     # without replay ends near the last task's share of the classes
     assert result.A_last > 0.3
