@@ -19,6 +19,13 @@ The engine and the contract checks (:mod:`learners.checks`) look for these by ``
 
   Asking a learner for an action it does not declare is a configuration error, reported before
   the stream starts.
+- :class:`Mergeable` — ``merge(other)``: absorb what another learner of the same name, config
+  and problem learned, so that the result equals one learner that saw both streams (up to
+  floating-point rounding; the order of the additions differs). Learners whose state is
+  sufficient statistics offer it (``acil``, ``aef-ocl``, ``nmc``, ``slda``); ``ds-al`` does
+  not (its compensation targets depend on the main stream's state at each batch), nor do the
+  gradient learners.
+
 - :class:`FusedPrediction` — predict-before-learn in one call. The engine's default step calls
   ``predict`` and then ``learn``; a learner whose first learning step computes what the
   prediction needs anyway (the stream batch's features under the same weights: ``er``, ``uer``,
@@ -31,14 +38,21 @@ The engine and the contract checks (:mod:`learners.checks`) look for these by ``
   records). A learner that caches work in ``predict`` for a later ``learn`` (a lazily solved
   ridge head, a feature cache) must not declare it: a tensor made in inference mode cannot be
   updated in place outside it.
+
+The contract checks (:func:`learners.checks.yield_checks`) pick the checks of each capability
+a learner declares.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from enum import StrEnum
+from typing import Self
 
 import torch
+
+from learners.levels import Levels
 
 
 class DriftAction(StrEnum):
@@ -66,12 +80,43 @@ def supported_actions(learner: object) -> frozenset[DriftAction]:
     return frozenset({DriftAction.NONE, *declared})
 
 
+class Mergeable(ABC):
+    """Mixin of learners that can absorb another learner's state.
+
+    ``can_merge`` may depend on the config (a ridge head in its recursive Woodbury form keeps
+    no statistics to add)."""
+
+    @property
+    def can_merge(self) -> bool:
+        return True
+
+    @abstractmethod
+    def merge(self, other: Self) -> None:
+        """Absorb what ``other`` (same class, config and problem) learned; afterwards this
+        learner equals one that saw both streams. Raises ValueError for any other learner."""
+
+    def refuse_foreign(self, other: object) -> None:
+        """Raise ValueError unless ``other`` is a learner of this class, config and problem."""
+        mine = (getattr(self, "config", None), getattr(self, "problem", None))
+        theirs = (getattr(other, "config", None), getattr(other, "problem", None))
+        if type(other) is not type(self) or mine != theirs:
+            raise ValueError(
+                f"cannot merge {type(other).__name__} into {type(self).__name__}: "
+                "different configs or problems"
+            )
+
+
+def mergeable(learner: object) -> bool:
+    """Whether ``learner`` offers :meth:`Mergeable.merge` in its configuration."""
+    return isinstance(learner, Mergeable) and learner.can_merge
+
+
 class SequentialLearner(ABC):
     """Mixin of learners that can predict each sample of a batch just before learning it."""
 
     @abstractmethod
     def test_then_train(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> torch.Tensor:
         """For each sample in order, predict its class at its level, then learn it.
 
@@ -82,13 +127,64 @@ class SequentialLearner(ABC):
         """
 
 
+class SyncedStatistics(ABC):
+    """Learners whose learned state is statistics that copies of the learner can combine, so
+    that the scale-out daemon (``stream/daemon/statistics_sync.py``) keeps one exact model over
+    several workers: :class:`AdditiveStatistics`, :class:`MomentStatistics` or both."""
+
+    @abstractmethod
+    def statistics_changed(self) -> None:
+        """Drop whatever was derived from the statistics (they were changed in place)."""
+
+
+class AdditiveStatistics(SyncedStatistics):
+    """Mixin of learners whose learned state is a sum over the samples learned.
+
+    Learning a batch adds that batch's contribution to a fixed list of float64 tensors (class
+    sums and counts, a ridge head's HᵀH and HᵀY), and everything the learner predicts with is
+    derived from them. Two copies of a learner that start equal and learn disjoint parts of a
+    stream therefore add up, tensor by tensor, to one that learned all of it, in any order:
+    the scale-out daemon all-reduces each copy's increment since the last sync point. ``merge``
+    on two whole learners is the same sum.
+    """
+
+    @abstractmethod
+    def additive_statistics(self) -> list[torch.Tensor]:
+        """The live statistics tensors, in a fixed order; changing them in place changes the
+        learner once :meth:`statistics_changed` is called."""
+
+
+@dataclass(frozen=True)
+class ClassMomentsView:
+    """Live per-class counts ``[C]``, means ``[C, d]`` and centred second moments of one label
+    space: ``pooled`` — one within-class scatter ``[d, d]`` summed over the classes (slda);
+    otherwise per-class, per-feature sums of squared deviations ``[C, d]`` (aef-ocl)."""
+
+    counts: torch.Tensor
+    means: torch.Tensor
+    second: torch.Tensor
+    pooled: bool
+
+
+class MomentStatistics(SyncedStatistics):
+    """Mixin of learners that keep class means and centred second moments, which two sample
+    sets combine by Chan et al.'s parallel update (not by addition). The scale-out daemon
+    gathers each copy's moments of the samples since the last sync point and combines them, in
+    rank order, into the last sync point's."""
+
+    @abstractmethod
+    def moment_statistics(self) -> list[ClassMomentsView]:
+        """Views of the live moment tensors, in a fixed order (changed in place by a sync,
+        followed by :meth:`statistics_changed`)."""
+
+
 class FusedPrediction(ABC):
     """Mixin of learners that predict a batch and learn it in one call, sharing work between the
     two (a replay learner's first step computes the features the prediction needs)."""
 
     @abstractmethod
     def predict_then_learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> torch.Tensor:
         """``predict`` of each sample at its own level, made before learning the batch, then
         ``learn(x, y, level, iterations)``.

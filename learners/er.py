@@ -31,6 +31,7 @@ from learners.capabilities import (
     MultiLevelPrediction,
     PurePrediction,
 )
+from learners.levels import level_index, level_rows
 from learners.replay_training import ReplayConfig, ReplayTraining, make_optimizer
 from memory import build_memory
 
@@ -79,7 +80,8 @@ class ER(
         return logits.masked_fill(~self.seen[level], float("-inf"))
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, level: int | None = None) -> torch.Tensor:
+        level = level_index(level)
         self._train_mode(False)
         return self._logits(self.backbone(x.to(self.device, torch.float32)), level)
 
@@ -120,11 +122,9 @@ class ER(
         if self.problem.num_levels == 1:
             return nn.functional.cross_entropy(self._logits(features, 0), y, reduction="none")
         losses = features.new_zeros(len(y))
-        for lvl in range(self.problem.num_levels):
-            rows = level == lvl
-            if rows.any():
-                logits = self._logits(features[rows], lvl)
-                losses[rows] = nn.functional.cross_entropy(logits, y[rows], reduction="none")
+        for lvl, rows in level_rows(level, self.problem.num_levels):
+            logits = self._logits(features[rows], lvl)
+            losses[rows] = nn.functional.cross_entropy(logits, y[rows], reduction="none")
         return losses
 
     @torch.no_grad()

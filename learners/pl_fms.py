@@ -78,6 +78,7 @@ from torch import nn
 
 from learners.base import Problem
 from learners.er import ER, ERConfig
+from learners.levels import level_rows
 from learners.state.learner_state import LearnerState
 from memory import MemoryConfig
 
@@ -163,8 +164,8 @@ class PLFMS(ER):
 
     def _register(self, y: torch.Tensor, level: torch.Tensor) -> None:
         """Count the batch and note where each new class first appeared (1-based)."""
-        for lvl in range(self.problem.num_levels):
-            positions = torch.nonzero(level == lvl).flatten()
+        for lvl, rows in level_rows(level, self.problem.num_levels):
+            positions = torch.arange(len(y), device=y.device)[rows]
             for c in y[positions].unique().tolist():
                 if self.first_seen[lvl][c] < 0:
                     first = int(positions[y[positions] == c][0])
@@ -175,8 +176,7 @@ class PLFMS(ER):
     def keep_probability(self, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         """FMS's ``p_c(t) = min(1, (t − t_c) / (N_total / |C_seen|))`` of each stream sample."""
         first = torch.empty_like(y)
-        for lvl in range(self.problem.num_levels):
-            rows = level == lvl
+        for lvl, rows in level_rows(level, self.problem.num_levels):
             first[rows] = self.first_seen[lvl][y[rows]]
         seen_classes = sum(int((f >= 0).sum()) for f in self.first_seen)
         total = max(self.config.stream_length or 0, self.samples_seen)

@@ -27,11 +27,12 @@ from torch import nn
 from learners.backbones.backbone import MLP, BackboneConfig, Identity, SmallCNN
 from learners.base import LearnerConfig, Problem
 from learners.capabilities import FusedPrediction
+from learners.levels import Levels, level_rows, sample_levels
 from learners.state.learner_state import LearnerState
 from learners.state.torch_state import (
-    load_module_tensors,
+    load_module_state,
     load_optimizer_state,
-    module_tensors,
+    module_state,
     optimizer_state,
 )
 from memory import MemoryConfig
@@ -152,17 +153,16 @@ class ReplayTraining:
         raise NotImplementedError
 
     def _begin(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor
+        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """Start a ``learn``: the batch on the device, its classes marked seen, the model in
-        training mode; returns the batch and how many memory samples to replay per step."""
+        training mode; returns the batch (with its per-sample levels) and how many memory
+        samples to replay per step."""
         x = x.to(self.device, torch.float32)
-        y, level = y.to(self.device), level.to(self.device)
-        if self.problem.num_levels == 1:
-            self.seen[0][y] = True
-        else:
-            for lvl in range(self.problem.num_levels):
-                self.seen[lvl][y[level == lvl]] = True
+        y = y.to(self.device)
+        level = sample_levels(level, y)
+        for lvl, rows in level_rows(level, self.problem.num_levels):
+            self.seen[lvl][y[rows]] = True
         replay = len(y) if self.config.replay_batch_size is None else self.config.replay_batch_size
         self._train_mode(True)
         return x, y, level, replay
@@ -177,20 +177,21 @@ class ReplayTraining:
             self.model.train(training)
 
     def learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> None:
         self._learn(x, y, level, iterations, predict=False)
 
     def predict_then_learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> torch.Tensor:
         scores = self._learn(x, y, level, iterations, predict=True)
         assert scores is not None
         return scores
 
     def _learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int, predict: bool
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels, iterations: int, predict: bool
     ) -> torch.Tensor | None:
+        level = sample_levels(level, y)
         scores = None
         seen_before: list[torch.Tensor] = []
         if predict:
@@ -237,26 +238,17 @@ class ReplayTraining:
         return scores
 
     def state_dict(self) -> LearnerState:
-        tensors = module_tensors("model", self.model)
-        optim_tensors, optim_meta = optimizer_state("optimizer", self.optimizer)
-        tensors.update(optim_tensors)
-        for lvl, seen in enumerate(self.seen):
-            tensors[f"seen.{lvl}"] = seen.cpu()
-        memory = self.memory.state_dict()
-        tensors.update({f"memory.{k}": v for k, v in memory.tensors.items()})
-        return LearnerState(tensors, {"optimizer": optim_meta, "memory": memory.meta})
+        state = LearnerState({f"seen.{lvl}": seen.cpu() for lvl, seen in enumerate(self.seen)})
+        state.put("model", module_state(self.model))
+        state.put("optimizer", optimizer_state(self.optimizer))
+        state.put("memory", self.memory.state_dict())
+        return state
 
     def load_state_dict(self, state: LearnerState) -> None:
-        load_module_tensors("model", self.model, state.tensors)
-        load_optimizer_state("optimizer", self.optimizer, state.tensors, state.meta["optimizer"])
+        load_module_state(self.model, state.part("model"))
+        load_optimizer_state(self.optimizer, state.part("optimizer"))
         self.seen = [state.tensors[f"seen.{lvl}"].to(self.device) for lvl in range(len(self.seen))]
-        prefix = "memory."
-        self.memory.load_state_dict(
-            LearnerState(
-                {k[len(prefix) :]: v for k, v in state.tensors.items() if k.startswith(prefix)},
-                state.meta["memory"],
-            )
-        )
+        self.memory.load_state_dict(state.part("memory"))
 
     def to(self, device: torch.device | str) -> Self:
         super().to(device)  # type: ignore[misc]  # the Learner this is mixed into

@@ -39,6 +39,7 @@ from torch.nn import functional as F
 from learners.backbones.backbone import build_backbone
 from learners.base import Learner, Problem
 from learners.capabilities import FusedPrediction, MultiLevelPrediction, PurePrediction
+from learners.levels import level_index, level_rows
 from learners.replay_training import ReplayConfig, ReplayTraining, make_optimizer
 from memory import build_memory
 
@@ -95,7 +96,8 @@ class UER(ReplayTraining, Learner, FusedPrediction, MultiLevelPrediction, PurePr
         return (self.config.scale * cosine).masked_fill(~self.seen[level], float("-inf"))
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, level: int | None = None) -> torch.Tensor:
+        level = level_index(level)
         self._train_mode(False)
         return self.dot_logits(self.backbone(x.to(self.device, torch.float32)), level)
 
@@ -150,11 +152,8 @@ class UER(ReplayTraining, Learner, FusedPrediction, MultiLevelPrediction, PurePr
         if self.problem.num_levels == 1:
             return F.cross_entropy(logits_of(features, 0), y)
         loss = features.new_zeros(())
-        for lvl in range(self.problem.num_levels):
-            rows = level == lvl
-            if rows.any():
-                logits = logits_of(features[rows], lvl)
-                loss = loss + F.cross_entropy(logits, y[rows], reduction="sum")
+        for lvl, rows in level_rows(level, self.problem.num_levels):
+            loss = loss + F.cross_entropy(logits_of(features[rows], lvl), y[rows], reduction="sum")
         return loss / len(y)
 
     @torch.no_grad()
@@ -166,9 +165,8 @@ class UER(ReplayTraining, Learner, FusedPrediction, MultiLevelPrediction, PurePr
         features = self.backbone(x.to(self.device, torch.float32))
         y, level = y.to(self.device), level.to(self.device)
         losses = features.new_zeros(len(y))
-        for lvl in range(self.problem.num_levels):
-            rows = level == lvl
-            if rows.any():
-                logits = self.dot_logits(features[rows], lvl)
-                losses[rows] = F.cross_entropy(logits, y[rows], reduction="none")
+        for lvl, rows in level_rows(level, self.problem.num_levels):
+            losses[rows] = F.cross_entropy(
+                self.dot_logits(features[rows], lvl), y[rows], reduction="none"
+            )
         return losses

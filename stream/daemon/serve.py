@@ -36,7 +36,7 @@ from learners.base import Learner, Problem
 from stream.daemon.broker_watch import BrokerWatch
 from stream.daemon.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from stream.daemon.config import ServeConfig, ServeConfigError
-from stream.data.datasets import as_float_tensor, load_dataset
+from stream.data.datasets import load_dataset
 from stream.engine.device import resolve_device
 from stream.engine.evaluation import AnytimeEvaluator
 from stream.engine.event_loop import EventLoop
@@ -87,12 +87,8 @@ def build_problem(config: ServeConfig) -> tuple[Problem, AnytimeEvaluator | None
                     f"problem.{name} {getattr(declared, name)} differs from evaluation dataset "
                     f"{config.evaluation.dataset!r}'s {list(getattr(problem, name))}"
                 )
-    assert dataset.y_test_levels is not None
-    evaluator = AnytimeEvaluator(
-        as_float_tensor(dataset.X_test).to(device),
-        torch.from_numpy(dataset.y_test_levels),
-        problem,
-        batch_size=config.loop.eval_batch_size,
+    evaluator = AnytimeEvaluator.on_test_split(
+        dataset, problem, config.loop.eval_batch_size, device
     )
     return problem, evaluator
 
@@ -133,9 +129,7 @@ class Daemon:
         self.invalid: Counter[str] = Counter()
         self.checkpointed_positions: dict[int, int] = {}
         self.checkpointed_samples = 0
-        checkpoint = self.store.latest()
-        if checkpoint is not None:
-            self._restore(checkpoint)
+        checkpoint = self._resume()
         self.dead_letters = self._open_dead_letters(checkpoint)
         self.watch = BrokerWatch(
             self.telemetry,
@@ -159,6 +153,13 @@ class Daemon:
             "input_shape": list(self.problem.input_shape),
             "num_classes": list(self.problem.num_classes),
         }
+
+    def _resume(self) -> Checkpoint | None:
+        """Restore the latest checkpoint, if any; returns it (the dead letters resume from it)."""
+        checkpoint = self.store.latest()
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        return checkpoint
 
     def _restore(self, checkpoint: Checkpoint) -> None:
         meta = checkpoint.meta

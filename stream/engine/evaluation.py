@@ -1,22 +1,22 @@
 """Anytime evaluation on a held-out test set, restricted to the classes seen so far.
 
 At an evaluation, for every hierarchy level, the test samples whose class at that level has
-appeared in the stream are scored by the learner, unseen-class scores are masked out, and the
+appeared in the stream are scored by the learner, unseen-class scores are masked out
+(stream/engine/seen_classes.py, the rule the prequential accuracy shares), and the
 accuracy and the per-class accuracies (0 for unseen classes, as the official code reports them)
 are recorded. With a hierarchy, a coarse prediction also counts as correct when the parent of
 the fine prediction is right (``either`` accuracy, as in the HLE code; see docs/metrics.md).
 
 Evaluation runs without autograd (in inference mode for a learner whose ``predict`` changes
 nothing, :class:`~learners.capabilities.PurePrediction`), in chunks of ``batch_size`` test
-samples. With a hierarchy,
-a learner that scores every level from one backbone pass
+samples. With a hierarchy, a learner that scores every level from one backbone pass
 (:class:`~learners.capabilities.MultiLevelPrediction`) is asked once per chunk of the test
 samples any level needs, instead of once per level (and again for the ``either`` accuracy).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,8 @@ import torch
 
 from learners.base import Learner, Problem
 from learners.capabilities import MultiLevelPrediction, PurePrediction
+from stream.data.datasets import Dataset, as_float_tensor
+from stream.engine.seen_classes import SeenClasses
 
 # rows of the test set, level -> the learner's predictions for them at that level
 Predictions = Callable[[torch.Tensor, int], torch.Tensor]
@@ -60,11 +62,6 @@ class Evaluation:
         )
 
 
-def masked_argmax(scores: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
-    """Argmax over the seen classes only."""
-    return scores.masked_fill(~seen.to(scores.device), float("-inf")).argmax(dim=1)
-
-
 class AnytimeEvaluator:
     """Scores a learner on the test samples of seen classes, per hierarchy level."""
 
@@ -83,21 +80,36 @@ class AnytimeEvaluator:
         self.batch_size = batch_size
         self.parents = [torch.tensor(p, dtype=torch.long) for p in problem.parents]
 
+    @classmethod
+    def on_test_split(
+        cls, dataset: Dataset, problem: Problem, batch_size: int, device: torch.device
+    ) -> AnytimeEvaluator:
+        """The evaluator on ``dataset``'s test split (held on ``device``), as a replay and the
+        daemon both build it."""
+        assert dataset.y_test_levels is not None  # a Dataset always has them
+        return cls(
+            as_float_tensor(dataset.X_test).to(device),
+            torch.from_numpy(dataset.y_test_levels),
+            problem,
+            batch_size=batch_size,
+        )
+
     def _predict(
-        self, learner: Learner, rows: torch.Tensor, level: int, seen: torch.Tensor
+        self, learner: Learner, rows: torch.Tensor, level: int, seen: SeenClasses
     ) -> torch.Tensor:
         predictions = []
         for start in range(0, len(rows), self.batch_size):
             x = self.x_test[rows[start : start + self.batch_size]].to(learner.device)
-            predictions.append(masked_argmax(learner.predict(x, level), seen).cpu())
+            predicted, _ = seen.argmax(learner.predict(x, level), level)
+            predictions.append(torch.from_numpy(predicted))
         return torch.cat(predictions) if predictions else torch.empty(0, dtype=torch.long)
 
     def _predictions(
-        self, learner: Learner, seen: list[torch.Tensor], test_rows: list[torch.Tensor]
+        self, learner: Learner, seen: SeenClasses, test_rows: list[torch.Tensor]
     ) -> Predictions:
         """How to get the learner's predictions for test rows at a level."""
         if self.problem.num_levels == 1 or not isinstance(learner, MultiLevelPrediction):
-            return lambda rows, level: self._predict(learner, rows, level, seen[level])
+            return lambda rows, level: self._predict(learner, rows, level, seen)
         # every level's prediction for every test row that some level needs, one pass a chunk
         needed = torch.zeros(len(self.y_test_levels), dtype=torch.bool)
         for rows in test_rows:
@@ -109,20 +121,24 @@ class AnytimeEvaluator:
             chunk = union[start : start + self.batch_size]
             scores = learner.predict_levels(self.x_test[chunk].to(learner.device), levels)
             for lvl, level_scores in zip(levels, scores, strict=True):
-                table[chunk, lvl] = masked_argmax(level_scores, seen[lvl]).cpu()
+                table[chunk, lvl] = torch.from_numpy(seen.argmax(level_scores, lvl)[0])
         return lambda rows, level: table[rows, level]
 
-    def evaluate(self, learner: Learner, seen: list[torch.Tensor], samples_seen: int) -> Evaluation:
-        """Evaluate ``learner`` given the per-level masks of classes seen in the stream."""
-        pure = isinstance(learner, PurePrediction)
-        with torch.inference_mode() if pure else torch.no_grad():
-            return self._evaluate(learner, [mask.cpu() for mask in seen], samples_seen)
-
-    def _evaluate(
-        self, learner: Learner, seen: list[torch.Tensor], samples_seen: int
+    def evaluate(
+        self,
+        learner: Learner,
+        seen: SeenClasses | Sequence[torch.Tensor | np.ndarray],
+        samples_seen: int,
     ) -> Evaluation:
+        """Evaluate ``learner`` given the classes seen in the stream (or their per-level masks)."""
+        if not isinstance(seen, SeenClasses):
+            seen = SeenClasses.from_masks(seen)
+        with torch.inference_mode() if isinstance(learner, PurePrediction) else torch.no_grad():
+            return self._evaluate(learner, seen, samples_seen)
+
+    def _evaluate(self, learner: Learner, seen: SeenClasses, samples_seen: int) -> Evaluation:
         test_rows = [
-            torch.nonzero(seen[level][self.y_test_levels[:, level]]).flatten()
+            torch.nonzero(torch.from_numpy(seen[level])[self.y_test_levels[:, level]]).flatten()
             for level in range(self.problem.num_levels)
         ]
         predict = self._predictions(learner, seen, test_rows)
@@ -162,7 +178,7 @@ class AnytimeEvaluator:
     def _either_accuracy(
         self,
         predict: Predictions,
-        seen: list[torch.Tensor],
+        seen: SeenClasses,
         predictions: list[torch.Tensor | None],
         test_rows: list[torch.Tensor],
     ) -> list[float | None]:

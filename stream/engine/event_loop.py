@@ -4,7 +4,8 @@ Per micro-batch, in order:
 
 1. if the batch starts a new task, evaluate at the end of the previous one(s);
 2. predict the batch before learning it (prequential, test-then-train accuracy), with the
-   classes the stream has not shown masked out; a learner that declares
+   classes the stream has not shown masked out (stream/engine/seen_classes.py, as for the
+   anytime evaluation); a learner that declares
    :class:`~learners.capabilities.FusedPrediction` returns this prediction from the call that
    learns the batch (step 3), computed from its first step's forward;
 3. mark the batch's classes seen; accumulate ``online_iter`` and let the learner take
@@ -46,6 +47,7 @@ from stream.engine import metrics
 from stream.engine.batch import Batch
 from stream.engine.drift_detection import DriftConfig, DriftConfigError, DriftMonitor
 from stream.engine.evaluation import AnytimeEvaluator, Evaluation
+from stream.engine.seen_classes import SeenClasses
 from stream.engine.validation import validate_batch
 
 
@@ -117,14 +119,8 @@ class EventLoop:
         self.num_tasks = num_tasks
         self.observers = list(observers)
         self.samples_seen = 0
-        # Classes shown by the stream so far, per level (numpy; torch views for the evaluator).
-        self.seen = [np.zeros(k, dtype=bool) for k in problem.num_classes]
-        # 0 for seen classes, -inf for the others: masking scores is then one addition.
-        self._mask_bias = [np.full(k, -np.inf, dtype=np.float32) for k in problem.num_classes]
-        self._all_seen = [False] * problem.num_levels
-        # per batch shape: masked-score buffers and row offsets, made once
-        self._buffers: dict[tuple[tuple[int, ...], np.dtype], np.ndarray] = {}
-        self._offsets: dict[tuple[int, int], np.ndarray] = {}
+        # Classes shown by the stream so far, per level; predictions are masked to them.
+        self.seen = SeenClasses(problem.num_classes)
         self.current_task: int | None = None
         self.pending_updates = 0.0
         self.next_eval = self.config.eval_period or 0
@@ -175,16 +171,16 @@ class EventLoop:
             predicted = self._sequential.test_then_train(batch.x, batch.y, batch.level, iterations)
             learn_seconds = time.perf_counter() - started
             hits, answered = self._sequential_hits(batch, predicted)
-            self._mark_seen(batch)
+            self.seen.mark_batch(batch.y.numpy(), batch.level.numpy())
         elif self._fused is not None:
             started = time.perf_counter()
             scores = self._fused.predict_then_learn(batch.x, batch.y, batch.level, iterations)
             learn_seconds = time.perf_counter() - started
             hits, answered = self._prequential(batch, scores)
-            self._mark_seen(batch)
+            self.seen.mark_batch(batch.y.numpy(), batch.level.numpy())
         else:
             hits, answered = self._prequential(batch)
-            self._mark_seen(batch)
+            self.seen.mark_batch(batch.y.numpy(), batch.level.numpy())
             started = time.perf_counter()
             self.learner.learn(batch.x, batch.y, batch.level, iterations)
             learn_seconds = time.perf_counter() - started
@@ -218,23 +214,6 @@ class EventLoop:
         for observer in self.observers:
             observer.on_finish(self)
 
-    def _mark_seen(self, batch: Batch) -> None:
-        y = batch.y.numpy()
-        if self.problem.num_levels == 1:
-            if not self._all_seen[0]:
-                self._mark(0, y)
-        else:
-            levels = batch.level.numpy()
-            for level in range(self.problem.num_levels):
-                self._mark(level, y[levels == level])
-
-    def _mark(self, level: int, labels: np.ndarray) -> None:
-        seen = self.seen[level]
-        if not seen[labels].all():
-            seen[labels] = True
-            self._mask_bias[level][labels] = 0.0
-            self._all_seen[level] = bool(seen.all())
-
     def _prequential(
         self, batch: Batch, scores: torch.Tensor | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -263,38 +242,12 @@ class EventLoop:
     def _hits(
         self, scores: torch.Tensor, y: np.ndarray, level: int
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Right predictions among the seen classes, and which rows had a seen class scored
-        above ``-inf`` (a learner that knows no seen class yet makes no prediction); None
-        when every row had, the usual case. Reading each row's argmax entry back tells both
-        at a fraction of a reduction over all scores; a NaN row is not answered either."""
-        raw = scores.numpy(force=True)
-        rows, classes = raw.shape
-        if self._all_seen[level]:
-            masked = raw  # nothing to mask
-        else:
-            masked = self._scratch(raw.shape, raw.dtype)
-            np.add(raw, self._mask_bias[level], out=masked)
-        predicted = masked.argmax(axis=1)
-        top = masked.reshape(-1)[predicted + self._row_starts(rows, classes)]
-        hits = predicted == y
-        answered = top > -np.inf
-        if answered.all():
-            return hits, None
-        return hits & answered, answered
-
-    def _scratch(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """A buffer for masked scores, reused across batches of the same shape and dtype."""
-        buffer = self._buffers.get((shape, dtype))
-        if buffer is None:
-            buffer = self._buffers[(shape, dtype)] = np.empty(shape, dtype)
-        return buffer
-
-    def _row_starts(self, rows: int, classes: int) -> np.ndarray:
-        """Flat index of each row's first entry in a ``[rows, classes]`` array."""
-        starts = self._offsets.get((rows, classes))
-        if starts is None:
-            starts = self._offsets[(rows, classes)] = np.arange(0, rows * classes, classes)
-        return starts
+        """Right predictions among the seen classes, and which rows the learner predicted at
+        all (None: every one); see :meth:`SeenClasses.argmax`."""
+        predicted, answered = self.seen.argmax(scores, level)
+        if answered is None:
+            return predicted == y, None
+        return (predicted == y) & answered, answered
 
     def _sequential_hits(
         self, batch: Batch, predicted: torch.Tensor
@@ -356,9 +309,8 @@ class EventLoop:
     def _evaluate(self, kind: str) -> Evaluation | None:
         if self.evaluator is None:
             return None
-        seen = [torch.from_numpy(mask) for mask in self.seen]
         started = time.perf_counter()
-        evaluation = self.evaluator.evaluate(self.learner, seen, self.samples_seen)
+        evaluation = self.evaluator.evaluate(self.learner, self.seen, self.samples_seen)
         self.evaluation_seconds += time.perf_counter() - started
         if kind == "periodic":
             self.curve.append(evaluation)
@@ -384,7 +336,7 @@ class EventLoop:
         )
 
     def summary(self) -> dict[str, Any]:
-        """SPEC §4 metrics of the run so far, pooled over levels and (with a hierarchy) per level."""
+        """The metrics of docs/metrics.md for the run so far, pooled over levels and (with a hierarchy) per level."""
         result = _metrics_of(
             [e.accuracy for e in self.curve],
             [e.accuracy for e in self.task_ends],
@@ -431,7 +383,7 @@ class EventLoop:
         """The loop's whole state, as JSON."""
         return {
             "samples_seen": self.samples_seen,
-            "seen": [np.flatnonzero(s).tolist() for s in self.seen],
+            "seen": self.seen.state_dict(),
             "current_task": self.current_task,
             "pending_updates": self.pending_updates,
             "next_eval": self.next_eval,
@@ -450,11 +402,7 @@ class EventLoop:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.samples_seen = int(state["samples_seen"])
-        for mask, bias, classes in zip(self.seen, self._mask_bias, state["seen"], strict=True):
-            mask[:] = False
-            mask[np.asarray(classes, dtype=np.int64)] = True
-            bias[:] = np.where(mask, 0.0, -np.inf)
-        self._all_seen = [bool(mask.all()) for mask in self.seen]
+        self.seen.load_state_dict(state["seen"])
         self.current_task = state["current_task"]
         self.pending_updates = float(state["pending_updates"])
         self.next_eval = int(state["next_eval"])

@@ -1,0 +1,108 @@
+"""The classes the stream has shown so far, per level, and the one place scores are masked to them.
+
+Learners say only what they were taught (untaught classes score ``-inf``, see
+:mod:`learners.base`). Which classes count is the engine's rule, owned here: both the prequential
+accuracy of the event loop and the anytime evaluation (``stream/engine/evaluation.py``) predict
+the argmax over the classes seen in the stream, as the i-Blurry / Si-Blurry code masks its logits
+to the classes it has exposed. Bookkeeping runs in numpy: cheaper per call than torch on
+micro-batches, and the loop masks every batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+
+class SeenClasses:
+    """Per level, a boolean mask of the classes the stream has shown."""
+
+    def __init__(self, num_classes: Sequence[int]) -> None:
+        self.masks = [np.zeros(int(k), dtype=bool) for k in num_classes]
+        # 0 for seen classes, -inf for the others: masking scores is then one addition.
+        self._bias = [np.full(int(k), -np.inf, dtype=np.float32) for k in num_classes]
+        self._all = [False] * len(self.masks)
+        # per score shape: masked-score buffers and row offsets, made once
+        self._buffers: dict[tuple[tuple[int, ...], np.dtype], np.ndarray] = {}
+        self._offsets: dict[tuple[int, int], np.ndarray] = {}
+
+    @classmethod
+    def from_masks(cls, masks: Iterable[np.ndarray | torch.Tensor]) -> SeenClasses:
+        """The seen classes given as one boolean mask per level."""
+        arrays = [m.numpy(force=True) if isinstance(m, torch.Tensor) else m for m in masks]
+        seen = cls([len(m) for m in arrays])
+        for level, mask in enumerate(arrays):
+            seen.mark(level, np.flatnonzero(mask))
+        return seen
+
+    def __getitem__(self, level: int) -> np.ndarray:
+        return self.masks[level]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(self.masks)
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def mark(self, level: int, labels: np.ndarray) -> None:
+        """The stream showed ``labels`` at ``level``."""
+        seen = self.masks[level]
+        if not seen[labels].all():
+            seen[labels] = True
+            self._bias[level][labels] = 0.0
+            self._all[level] = bool(seen.all())
+
+    def mark_batch(self, y: np.ndarray, levels: np.ndarray) -> None:
+        """The stream showed a batch labelled ``y`` at the per-sample ``levels``."""
+        if len(self.masks) == 1:
+            if not self._all[0]:
+                self.mark(0, y)
+            return
+        for level in range(len(self.masks)):
+            self.mark(level, y[levels == level])
+
+    def argmax(self, scores: torch.Tensor, level: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The predicted class of each row among the seen classes, and which rows scored some
+        seen class above ``-inf`` (a learner that knows no seen class yet makes no prediction;
+        such a row's argmax is 0); None when every row did, the usual case. Reading each row's
+        argmax entry back tells which at a fraction of a reduction over all scores; a NaN row
+        is not answered either."""
+        raw = scores.numpy(force=True)
+        rows, classes = raw.shape
+        if self._all[level]:
+            masked = raw  # nothing to mask
+        else:
+            masked = self._scratch(raw.shape, raw.dtype)
+            np.add(raw, self._bias[level], out=masked)
+        predicted = masked.argmax(axis=1)
+        answered = masked.reshape(-1)[predicted + self._row_starts(rows, classes)] > -np.inf
+        if answered.all():
+            return predicted, None
+        return predicted, answered
+
+    def _scratch(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A buffer for masked scores, reused across batches of the same shape and dtype."""
+        buffer = self._buffers.get((shape, dtype))
+        if buffer is None:
+            buffer = self._buffers[(shape, dtype)] = np.empty(shape, dtype)
+        return buffer
+
+    def _row_starts(self, rows: int, classes: int) -> np.ndarray:
+        """Flat index of each row's first entry in a ``[rows, classes]`` array."""
+        starts = self._offsets.get((rows, classes))
+        if starts is None:
+            starts = self._offsets[(rows, classes)] = np.arange(0, rows * classes, classes)
+        return starts
+
+    def state_dict(self) -> list[list[int]]:
+        """The seen classes of each level, as JSON."""
+        return [np.flatnonzero(mask).tolist() for mask in self.masks]
+
+    def load_state_dict(self, state: list[list[int]]) -> None:
+        for level, (mask, classes) in enumerate(zip(self.masks, state, strict=True)):
+            mask[:] = False
+            mask[np.asarray(classes, dtype=np.int64)] = True
+            self._bias[level][:] = np.where(mask, 0.0, -np.inf)
+        self._all = [bool(mask.all()) for mask in self.masks]
