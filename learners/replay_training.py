@@ -145,6 +145,11 @@ class ReplayTraining:
         """Which stream samples take part in this step (a bool mask); None: all of them."""
         return None
 
+    def _memory_first(self) -> bool:
+        """Whether the batch enters the memory before the steps (so it can be replayed in
+        them) instead of after."""
+        return False
+
     def _scores(
         self, features: torch.Tensor, level: torch.Tensor, seen: list[torch.Tensor]
     ) -> torch.Tensor:
@@ -200,6 +205,9 @@ class ReplayTraining:
             else:
                 scores = self._predict_padded(x, level)
         x, y, level, replay = self._begin(x, y, level)
+        memory_first = self._memory_first()
+        if memory_first:
+            self.memory.add(x, y, level)
         for iteration in range(iterations):
             keep = self._stream_selection(y, level)
             bx, by, blevel = (x, y, level) if keep is None else (x[keep], y[keep], level[keep])
@@ -220,7 +228,8 @@ class ReplayTraining:
                 scores = self._step(bx, by, blevel, stream_rows, seen_before)
             elif len(by):
                 self._step(bx, by, blevel, stream_rows)
-        self.memory.add(x, y, level)
+        if not memory_first:
+            self.memory.add(x, y, level)
         return scores
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
