@@ -63,10 +63,11 @@ class AnalyticConfig(LearnerConfig):
     )
     gamma: float = Field(0.1, gt=0, description="ridge regularisation γ")
     solver: Solver = Field(
-        "lazy",
-        description="lazy: keep HᵀH, HᵀY and solve when a prediction needs it (exact, mergeable; "
-        "the faster form unless every batch is predicted); woodbury: update (HᵀH+γI)⁻¹ and W "
-        "per batch as the official code does (faster when every batch is predicted; no merge)",
+        "auto",
+        description="auto: keep HᵀH, HᵀY and solve in the form the prediction cadence makes "
+        "fastest (exact, mergeable); lazy: the same statistics, always solved by a Cholesky "
+        "factorisation when a prediction needs it (fastest when predictions are rare); "
+        "woodbury: update (HᵀH+γI)⁻¹ and W per batch as the official code does (no merge)",
     )
 
 

@@ -19,6 +19,18 @@ lazily:
   ``solver="woodbury"``; it holds R and W only, so it cannot be merged. Where the official
   ``RecursiveLinear`` evaluates ``R @ X.T @ K @ X @ R`` left to right (two d×d products per batch,
   O(d³)), this associates the product as (R Xᵀ)(K⁻¹ X R), O(B·d²), with a Cholesky solve for K⁻¹.
+- :class:`InverseSolution` keeps R = (G+γI)⁻¹ explicitly and absorbs appended rows by the same
+  block Woodbury form, each batch by one product H R (one read of R); every ``capacity`` rows
+  it folds them into R and W by one rank-``capacity`` update, and every ``refresh`` rows it
+  recomputes R from the statistics, so rounding cannot accumulate. This is the form for frequent
+  predictions (every micro-batch: prequential accuracy, the daemon).
+
+``solver="auto"`` (the default) keeps the statistics as ``lazy`` does and picks the solution by
+the prediction cadence (:class:`Cadence`): :class:`InverseSolution` while predictions come
+every few rows, :class:`CholeskySolution` while they are rare. Either way the Gram update of
+the statistics is deferred to blocks of :data:`GRAM_ROWS` rows (one rank-256 product instead
+of sixteen rank-16 ones, which on a CPU are bound by memory traffic over G); everything that
+reads G flushes them first. See docs/analytic.md for the cost of each path against the floor.
 """
 
 from __future__ import annotations
@@ -32,12 +44,34 @@ from torch import nn
 from learners.linalg.cholesky import NotPositiveDefinite, cholesky, cholesky_solve
 from learners.linalg.gram import add_gram, symmetric
 
-Solver = Literal["lazy", "woodbury"]
+Solver = Literal["auto", "lazy", "woodbury"]
+
+GRAM_ROWS = 256
+"""Rows whose Gram update a head defers and applies as one product (see the module docstring)."""
+
+FOLD_ROWS = 64
+"""Rows an :class:`InverseSolution` absorbs before folding them into R: its weights cost
+O(d·rows·classes) per solve, so few rows keep frequent solves cheap, while a rank-64 update
+of R still runs near the speed of a large matrix product."""
 
 
 def _active_columns(targets: torch.Tensor) -> torch.Tensor:
     """Indices of the target columns that are not all zero (their weights are zero otherwise)."""
     return targets.ne(0).any(dim=0).nonzero().flatten()
+
+
+def _factorise(G: torch.Tensor, gamma: float, out: torch.Tensor) -> torch.Tensor:
+    """The Cholesky factor of G + γI (G's lower triangle) written into ``out`` (may be G)."""
+    if out is not G:
+        out.copy_(G)
+    out.diagonal().add_(gamma)
+    try:
+        return cholesky(out, out=out)
+    except NotPositiveDefinite as error:
+        raise ValueError(
+            "ridge statistics are not positive definite "
+            "(non-finite features, or gamma too small?)"
+        ) from error
 
 
 class CholeskySolution:
@@ -59,18 +93,7 @@ class CholeskySolution:
     ) -> None:
         """Factorise G + γI, reading only G's lower triangle; ``out`` (d×d, may be ``G``
         itself) receives the factor, so that a head can reuse one buffer across solves."""
-        if out is None:
-            out = G.clone()
-        elif out is not G:
-            out.copy_(G)
-        out.diagonal().add_(gamma)
-        try:
-            factor = cholesky(out, out=out)
-        except NotPositiveDefinite as error:
-            raise ValueError(
-                "ridge statistics are not positive definite "
-                "(non-finite features, or gamma too small?)"
-            ) from error
+        factor = _factorise(G, gamma, G.clone() if out is None else out)
         self.factor = factor
         self.W0 = torch.zeros_like(Q)
         columns = _active_columns(Q)
@@ -144,6 +167,133 @@ class CholeskySolution:
         return weights
 
 
+class InverseSolution:
+    """The exact ridge solution with R = (G+γI)⁻¹ kept explicitly, for frequent solves.
+
+    Between two folds, ``weights()`` is W₀ + Vᵀ S⁻¹ E over the k rows U absorbed since the last
+    fold, with V = U R₀ (one product per batch, reading R₀ once), S = I + U R₀ Uᵀ and
+    E = Y_U − U W₀, as in :class:`CholeskySolution`. Past ``capacity`` rows the block is folded:
+    R₀ ← R₀ − Vᵀ S⁻¹ V, W₀ ← W (ACIL eqs. 9-10 for the whole block at once). ``refreshed`` tells
+    how many rows were folded since R₀ was last computed from statistics, so that the head can
+    recompute it before rounding accumulates. R₀ is symmetric; only products with it are read.
+    """
+
+    def __init__(self, R: torch.Tensor, W: torch.Tensor, capacity: int = FOLD_ROWS) -> None:
+        self.R, self.W0 = R, W
+        self.capacity = capacity
+        self.folded = 0
+        self.rows = 0
+        d, c = W.shape
+        like = {"dtype": W.dtype, "device": W.device}
+        self._U = torch.empty(capacity, d, **like)
+        self._Vt = torch.empty(capacity, d, **like)
+        self._E = torch.empty(capacity, c, **like)
+        self._S = torch.empty(capacity, capacity, **like)
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._weights: torch.Tensor | None = W
+
+    @classmethod
+    def of_statistics(
+        cls, G: torch.Tensor, Q: torch.Tensor, gamma: float, capacity: int = FOLD_ROWS
+    ) -> InverseSolution:
+        """R = (G+γI)⁻¹ and W = R Q from G's lower triangle; G is overwritten (by the factor)."""
+        factor = _factorise(G, gamma, G)
+        W = torch.zeros_like(Q)
+        columns = _active_columns(Q)
+        if len(columns):
+            W[:, columns] = cholesky_solve(Q[:, columns], factor)
+        return cls(torch.cholesky_inverse(factor), W, capacity)
+
+    def room(self, rows: int) -> bool:
+        return True
+
+    def append(self, H: torch.Tensor, Y: torch.Tensor) -> None:
+        self._pending.append((H, Y))
+        self._weights = None
+
+    def weights(self) -> torch.Tensor:
+        if self._weights is None:
+            for H, Y in self._pending:
+                for start in range(0, len(H), self.capacity):
+                    self._absorb(H[start : start + self.capacity], Y[start : start + self.capacity])
+            self._pending.clear()
+            self._weights = self._corrected()
+        return self._weights
+
+    def _absorb(self, H: torch.Tensor, Y: torch.Tensor) -> None:
+        if self.rows + len(H) > self.capacity:
+            self._fold()
+        k, b = self.rows, len(H)
+        Vt = H @ self.R  # = (R Hᵀ)ᵀ, R symmetric
+        self._U[k : k + b] = H
+        self._Vt[k : k + b] = Vt
+        self._E[k : k + b] = Y - H @ self.W0
+        block = self._U[: k + b] @ Vt.T
+        block[k : k + b].diagonal().add_(1.0)
+        self._S[: k + b, k : k + b] = block
+        self._S[k : k + b, :k] = block[:k].T
+        self.rows = k + b
+
+    def _fold(self) -> None:
+        if self.rows == 0:
+            return
+        k = self.rows
+        self.W0 = self._corrected()
+        Vt = self._Vt[:k]
+        S_factor = torch.linalg.cholesky(self._S[:k, :k])
+        self.R.addmm_(Vt.T, cholesky_solve(Vt, S_factor), alpha=-1)
+        self.folded += k
+        self.rows = 0
+
+    def _corrected(self) -> torch.Tensor:
+        if self.rows == 0:
+            return self.W0
+        k = self.rows
+        E = self._E[:k]
+        columns = _active_columns(E)
+        weights = self.W0.clone()
+        if len(columns):
+            S_factor = torch.linalg.cholesky(self._S[:k, :k])
+            weights[:, columns] += self._Vt[:k].T @ cholesky_solve(E[:, columns], S_factor)
+        return weights
+
+
+class Cadence:
+    """How often a head is solved, to choose between the lazy and the inverse solution.
+
+    Counts the rows learned between two solves; solves with nothing learned in between (the
+    chunks of one evaluation set) do not count. Predictions are *frequent* once two solves in a
+    row came at most ``threshold`` rows apart, and *rare* again once two in a row came further
+    apart, so a single evaluation or a single long gap does not make a head switch forms.
+    """
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self.frequent = False
+        self.rows = 0
+        self._streak = 0
+
+    def learned(self, rows: int) -> None:
+        self.rows += rows
+
+    def solved(self) -> bool:
+        """Record a solve; whether it switched the cadence."""
+        if self.rows == 0:
+            return False
+        frequent, self.rows = self.rows <= self.threshold, 0
+        if frequent == self.frequent:
+            self._streak = 0
+            return False
+        self._streak += 1
+        if self._streak < 2:
+            return False
+        self.frequent, self._streak = frequent, 0
+        return True
+
+    def reset(self) -> None:
+        self.frequent, self.rows, self._streak = False, 0, 0
+
+
 class WoodburySolution:
     """The recursive form of ACIL eqs. 9-10: R = (HᵀH + γI)⁻¹ and W, updated per batch.
 
@@ -178,21 +328,27 @@ class WoodburySolution:
         return WoodburySolution(self.R.clone(), self.W.clone())
 
 
-RidgeSolution = CholeskySolution | WoodburySolution
+RidgeSolution = CholeskySolution | InverseSolution | WoodburySolution
 
 
 class RecursiveRidge:
     """One ridge head W = (HᵀH + γI)⁻¹ HᵀY over every row it was fitted on.
 
-    ``solver="lazy"`` keeps G, Q and solves on demand (:class:`CholeskySolution`);
-    ``solver="woodbury"`` keeps R, W (:class:`WoodburySolution`). Both keep per-class counts
+    ``solver="auto"`` and ``"lazy"`` keep the statistics G, Q; ``auto`` solves with
+    :class:`InverseSolution` while its :class:`Cadence` says predictions are frequent and with
+    :class:`CholeskySolution` otherwise, ``lazy`` always with the latter.
+    ``solver="woodbury"`` keeps R, W (:class:`WoodburySolution`). All keep per-class counts
     of the labelled rows, so a learner knows which classes the head was taught.
 
-    The lazy head keeps G = HᵀH in the lower triangle (diagonal included) of ``_G`` only; the
-    strict upper triangle is stale, so everything that reads ``_G`` reads its lower triangle
-    (:func:`learners.linalg.cholesky.cholesky`, merging by addition) or goes through :meth:`gram`
-    (:func:`learners.linalg.gram.symmetric`).
-    The Cholesky factor is written into one d×d buffer reused by every solve.
+    A head with statistics keeps G = HᵀH in the lower triangle (diagonal included) of ``_G``
+    only; the strict upper triangle is stale, so everything that reads ``_G`` reads its lower
+    triangle (:func:`learners.linalg.cholesky.cholesky`, merging by addition) or goes through
+    :meth:`gram` (:func:`learners.linalg.gram.symmetric`). The last fitted rows, fewer than
+    :data:`GRAM_ROWS`, wait in ``_waiting`` for their Gram update, which is applied to ``_G``
+    only when :data:`GRAM_ROWS` rows have gathered: G's rounding then depends on the rows alone,
+    not on batch sizes or on when predictions came, and reading the statistics
+    (:meth:`statistics`, checkpoints) changes nothing. The lazy Cholesky factor is written into
+    one d×d buffer reused by every solve.
     """
 
     def __init__(
@@ -200,26 +356,40 @@ class RecursiveRidge:
         dim: int,
         outputs: int,
         gamma: float,
-        solver: Solver = "lazy",
+        solver: Solver = "auto",
         device: torch.device | str = "cpu",
     ) -> None:
         self.dim, self.outputs, self.gamma, self.solver = dim, outputs, gamma, solver
         device = torch.device(device)
         self.counts = torch.zeros(outputs, dtype=torch.float64, device=device)
+        self.cadence = Cadence(threshold=max(1, dim // 8))
         self._G: torch.Tensor | None = None
         self.Q: torch.Tensor | None = None
+        self._waiting: torch.Tensor | None = None
+        self._waiting_rows = 0
         self._factor: torch.Tensor | None = None
         self._solution: RidgeSolution | None = None
-        if solver == "lazy":
+        if solver == "woodbury":
+            self._solution = WoodburySolution.fresh(dim, outputs, gamma, device)
+        else:
             self._G = torch.zeros(dim, dim, dtype=torch.float64, device=device)
             self.Q = torch.zeros(dim, outputs, dtype=torch.float64, device=device)
-        else:
-            self._solution = WoodburySolution.fresh(dim, outputs, gamma, device)
 
     @property
     def capacity(self) -> int:
         """Rows a :class:`CholeskySolution` absorbs before a new factorisation is cheaper."""
         return max(1, self.dim // 4)
+
+    @property
+    def refresh(self) -> int:
+        """Rows an :class:`InverseSolution` folds before R is recomputed from the statistics:
+        the recomputation costs O(d³), so every 4d rows it adds O(d²/4) per row."""
+        return 4 * self.dim
+
+    @property
+    def inverse(self) -> bool:
+        """Whether this head solves with :class:`InverseSolution` now."""
+        return self.solver == "auto" and self.cadence.frequent
 
     def fit(self, H: torch.Tensor, Y: torch.Tensor, labels: torch.Tensor | None = None) -> None:
         """Add rows ``H`` [B, d] with targets ``Y`` [B, outputs]; ``labels`` count the classes."""
@@ -227,16 +397,50 @@ class RecursiveRidge:
             return
         if labels is not None:
             self.counts.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
-        if self._G is not None and self.Q is not None:
-            add_gram(self._G, H)
-            self.Q.addmm_(H.T, Y)
-            if self._solution is not None and self._solution.room(len(H)):
-                self._solution.append(H, Y)
-            else:
-                self._solution = None
-        else:
+        self.cadence.learned(len(H))
+        if self._G is None or self.Q is None:
             assert self._solution is not None
             self._solution.append(H, Y)
+            return
+        self._defer_gram(H)
+        self.Q.addmm_(H.T, Y)
+        if self._solution is not None and self._solution.room(len(H)):
+            self._solution.append(H, Y)
+        else:
+            self._solution = None
+
+    def _defer_gram(self, H: torch.Tensor) -> None:
+        assert self._G is not None
+        if self._waiting is None:
+            self._waiting = torch.empty(GRAM_ROWS, self.dim, dtype=H.dtype, device=H.device)
+        start = 0
+        while start < len(H):
+            take = min(GRAM_ROWS - self._waiting_rows, len(H) - start)
+            self._waiting[self._waiting_rows : self._waiting_rows + take] = H[start : start + take]
+            self._waiting_rows += take
+            start += take
+            if self._waiting_rows == GRAM_ROWS:
+                add_gram(self._G, self._waiting)
+                self._waiting_rows = 0
+
+    @property
+    def waiting(self) -> torch.Tensor:
+        """The fitted rows whose Gram update is still deferred [< GRAM_ROWS, d]."""
+        if self._waiting is None:
+            return torch.zeros(0, self.dim, dtype=torch.float64, device=self.counts.device)
+        return self._waiting[: self._waiting_rows]
+
+    def statistics(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The lower triangle of G = HᵀH over every row fitted, in ``out`` or a new tensor
+        (the strict upper triangle is stale); the head is unchanged."""
+        assert self._G is not None
+        if out is None:
+            out = self._G.clone()
+        else:
+            out.copy_(self._G)
+        if self._waiting_rows:
+            add_gram(out, self.waiting)
+        return out
 
     def fit_labels(self, H: torch.Tensor, labels: torch.Tensor) -> None:
         """Add rows ``H`` with one-hot targets for ``labels``."""
@@ -244,35 +448,53 @@ class RecursiveRidge:
 
     def weights(self) -> torch.Tensor:
         """The current solution W [d, outputs] (float64)."""
-        if self._solution is None:
-            assert self._G is not None and self.Q is not None
-            if self._factor is None:
-                self._factor = torch.empty_like(self._G)
-            # No other solution holds the buffer: the head's previous one was dropped, and
-            # ``augmented`` factorises a copy of its own.
-            self._solution = CholeskySolution(
-                self._G, self.Q, self.gamma, self.capacity, out=self._factor
-            )
-        return self._solution.weights()
+        if self.cadence.solved() and self.solver == "auto":
+            self._solution = None  # the cadence changed: solve in the other form
+        solution = self._solution
+        if isinstance(solution, InverseSolution) and solution.folded >= self.refresh:
+            solution = None
+        if solution is None:
+            solution = self._solve()
+            self._solution = solution
+        return solution.weights()
+
+    def _solve(self) -> RidgeSolution:
+        assert self._G is not None and self.Q is not None
+        if self.inverse:
+            self._factor = None  # R takes its place: a head holds two d×d matrices, not three
+            return InverseSolution.of_statistics(self.statistics(), self.Q, self.gamma)
+        if self._factor is None:
+            self._factor = torch.empty_like(self._G)
+        # No other solution holds the buffer: the head's previous one was dropped, and
+        # ``augmented`` factorises a copy of its own.
+        G = self.statistics(out=self._factor)
+        return CholeskySolution(G, self.Q, self.gamma, self.capacity, out=G)
 
     def gram(self) -> torch.Tensor:
-        """G = HᵀH over the rows fitted, as a new full symmetric matrix (lazy heads only)."""
+        """G = HᵀH over the rows fitted, as a new full symmetric matrix (not woodbury heads)."""
         if self._G is None:
-            raise ValueError("a woodbury ridge head keeps no statistics; use solver='lazy'")
-        return symmetric(self._G)
+            raise ValueError("a woodbury ridge head keeps no statistics; use solver='auto'")
+        return symmetric(self.statistics())
 
     def drop_cache(self) -> None:
-        """Forget the lazy solution; it is recomputed from the statistics when next needed."""
-        if self.solver == "lazy":
+        """Forget the solution and the cadence (heads with statistics): they are recomputed
+        from the statistics, so a head restored from them solves exactly like this one."""
+        if self._G is not None:
             self._solution = None
+            self.cadence.reset()
 
     def augmented(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> RidgeSolution:
-        """The solution of a temporary copy of this head with extra rows; the head is unchanged."""
+        """The solution of a temporary copy of this head with extra rows; the head is unchanged.
+
+        In the form the head's cadence picks, so that rows appended to it later are cheap.
+        """
         if self._G is not None and self.Q is not None:
-            G, Q = self._G.clone(), self.Q.clone()
+            G, Q = self.statistics(), self.Q.clone()
             for H, Y in batches:
                 add_gram(G, H)
                 Q.addmm_(H.T, Y)
+            if self.inverse:
+                return InverseSolution.of_statistics(G, Q, self.gamma)
             return CholeskySolution(G, Q, self.gamma, self.capacity, out=G)
         assert isinstance(self._solution, WoodburySolution)
         solution = self._solution.copy()
@@ -282,25 +504,34 @@ class RecursiveRidge:
 
     def merge(self, other: RecursiveRidge) -> None:
         """Add ``other``'s statistics: the head then equals one fitted on both heads' rows."""
-        if self.solver != "lazy" or other.solver != "lazy":
+        if self._G is None or other._G is None:
             raise ValueError(
-                "merging ridge heads needs solver='lazy' (Woodbury keeps no statistics)"
+                "merging ridge heads needs statistics (solver='auto' or 'lazy'; "
+                "woodbury keeps none)"
             )
         if (self.dim, self.outputs, self.gamma) != (other.dim, other.outputs, other.gamma):
             raise ValueError("cannot merge ridge heads of different size or gamma")
-        assert self._G is not None and self.Q is not None
-        assert other._G is not None and other.Q is not None
+        assert self.Q is not None and other.Q is not None
         self._G += other._G.to(self._G.device)  # lower triangles add; the stale uppers too
+        if len(other.waiting):
+            add_gram(self._G, other.waiting.to(self._G.device))
         self.Q += other.Q.to(self.Q.device)
         self.counts += other.counts.to(self.counts.device)
         self._solution = None
 
     def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
-        """The head's state under ``prefix.``: G (full, symmetric), Q, counts (lazy) or R, W,
-        counts (woodbury)."""
+        """The head's state under ``prefix.``: counts and either G, Q and the rows whose Gram
+        update is deferred (``waiting``; HᵀH over every row is G + waitingᵀwaiting, full and
+        symmetric), or R, W (woodbury). Saving changes nothing in the head."""
         state = {f"{prefix}.counts": self.counts}
         if self._G is not None and self.Q is not None:
-            state.update({f"{prefix}.G": self.gram(), f"{prefix}.Q": self.Q})
+            state.update(
+                {
+                    f"{prefix}.G": symmetric(self._G),
+                    f"{prefix}.Q": self.Q,
+                    f"{prefix}.waiting": self.waiting,
+                }
+            )
         else:
             assert isinstance(self._solution, WoodburySolution)
             state.update({f"{prefix}.R": self._solution.R, f"{prefix}.W": self._solution.W})
@@ -318,17 +549,33 @@ class RecursiveRidge:
             return tensors[key].to(device=device, dtype=torch.float64).clone()
 
         self.counts = take("counts")
-        if self.solver == "lazy":
-            self._G, self.Q = take("G"), take("Q")
-            self._solution = None
-        else:
+        if self.solver == "woodbury":
             self._solution = WoodburySolution(take("R"), take("W"))
+        else:
+            self._G, self.Q = take("G"), take("Q")
+            # Checkpoints written before the Gram update was deferred have no waiting rows.
+            key = f"{prefix}.waiting"
+            waiting = take("waiting") if key in tensors else torch.zeros(0, self.dim)
+            if waiting.shape[0] >= GRAM_ROWS or waiting.shape[1:] != (self.dim,):
+                raise ValueError(
+                    f"checkpoint {prefix}.waiting has shape {tuple(waiting.shape)}, "
+                    f"expected fewer than {GRAM_ROWS} rows of {self.dim}"
+                )
+            self._waiting, self._waiting_rows = None, 0
+            if len(waiting):
+                self._waiting = torch.empty(GRAM_ROWS, self.dim, dtype=torch.float64, device=device)
+                self._waiting[: len(waiting)] = waiting
+                self._waiting_rows = len(waiting)
+            self._solution = self._factor = None
+            self.cadence.reset()
 
     def to(self, device: torch.device | str) -> Self:
         device = torch.device(device)
         self.counts = self.counts.to(device)
         if self._G is not None and self.Q is not None:
             self._G, self.Q = self._G.to(device), self.Q.to(device)
+            if self._waiting is not None:
+                self._waiting = self._waiting.to(device)
             self._factor = self._solution = None
         elif isinstance(self._solution, WoodburySolution):
             self._solution = WoodburySolution(
