@@ -42,17 +42,17 @@ import torch
 from torch import nn
 
 from learners.linalg.cholesky import NotPositiveDefinite, cholesky, cholesky_solve
-from learners.linalg.gram import add_gram, symmetric
+from learners.linalg.gram import add_gram, symmetric, symmetric_product
 
 Solver = Literal["auto", "lazy", "woodbury"]
 
 GRAM_ROWS = 256
 """Rows whose Gram update a head defers and applies as one product (see the module docstring)."""
 
-FOLD_ROWS = 64
-"""Rows an :class:`InverseSolution` absorbs before folding them into R: its weights cost
-O(d·rows·classes) per solve, so few rows keep frequent solves cheap, while a rank-64 update
-of R still runs near the speed of a large matrix product."""
+FOLD_ROWS = 128
+"""Rows an :class:`InverseSolution` absorbs before folding them into R: each batch costs
+O(d·rows·b) more per row absorbed, while a rank-128 update of R runs near the speed of a
+large matrix product (a rank-16 one, per batch, is bound by memory traffic over R)."""
 
 
 def _active_columns(targets: torch.Tensor) -> torch.Tensor:
@@ -68,10 +68,12 @@ def _factorise(G: torch.Tensor, gamma: float, out: torch.Tensor) -> torch.Tensor
     try:
         return cholesky(out, out=out)
     except NotPositiveDefinite as error:
-        raise ValueError(
-            "ridge statistics are not positive definite "
-            "(non-finite features, or gamma too small?)"
-        ) from error
+        raise ValueError(_NOT_POSITIVE_DEFINITE) from error
+
+
+_NOT_POSITIVE_DEFINITE = (
+    "ridge statistics are not positive definite (non-finite features, or gamma too small?)"
+)
 
 
 class CholeskySolution:
@@ -170,27 +172,29 @@ class CholeskySolution:
 class InverseSolution:
     """The exact ridge solution with R = (G+γI)⁻¹ kept explicitly, for frequent solves.
 
-    Between two folds, ``weights()`` is W₀ + Vᵀ S⁻¹ E over the k rows U absorbed since the last
-    fold, with V = U R₀ (one product per batch, reading R₀ once), S = I + U R₀ Uᵀ and
-    E = Y_U − U W₀, as in :class:`CholeskySolution`. Past ``capacity`` rows the block is folded:
-    R₀ ← R₀ − Vᵀ S⁻¹ V, W₀ ← W (ACIL eqs. 9-10 for the whole block at once). ``refreshed`` tells
-    how many rows were folded since R₀ was last computed from statistics, so that the head can
-    recompute it before rounding accumulates. R₀ is symmetric; only products with it are read.
+    W is kept current batch by batch: a batch H of b rows costs one product A = R₀Hᵀ (reading
+    R₀ once), then W ← W + P K⁻¹ (Y − H W) with P = R Hᵀ, the recursive form of ACIL eqs. 9-10,
+    where R = R₀ − Vᵀ S⁻¹ V is left implicit over the k rows U absorbed since the last fold
+    (V = U R₀, S = I + U R₀ Uᵀ, whose Cholesky factor grows by one block row per batch, the
+    new diagonal block being K's factor). Past ``capacity`` rows the block is folded into R₀
+    by one symmetric rank-k update, R₀ ← R₀ − ZᵀZ with Z = L_S⁻¹ V: the d×d work of sixteen
+    rank-16 Woodbury updates done as one product. ``folded`` counts the rows folded since R₀
+    was computed from statistics, so that the head can recompute it before rounding
+    accumulates. R₀ is kept like G: its lower triangle and :func:`add_gram`'s diagonal blocks,
+    read by :func:`symmetric_product` (half the memory traffic of a full product).
     """
 
     def __init__(self, R: torch.Tensor, W: torch.Tensor, capacity: int = FOLD_ROWS) -> None:
-        self.R, self.W0 = R, W
+        self.R, self.W = R, W
         self.capacity = capacity
         self.folded = 0
         self.rows = 0
-        d, c = W.shape
+        d = W.shape[0]
         like = {"dtype": W.dtype, "device": W.device}
         self._U = torch.empty(capacity, d, **like)
         self._Vt = torch.empty(capacity, d, **like)
-        self._E = torch.empty(capacity, c, **like)
-        self._S = torch.empty(capacity, capacity, **like)
+        self._L = torch.zeros(capacity, capacity, **like)
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._weights: torch.Tensor | None = W
 
     @classmethod
     def of_statistics(
@@ -209,53 +213,45 @@ class InverseSolution:
 
     def append(self, H: torch.Tensor, Y: torch.Tensor) -> None:
         self._pending.append((H, Y))
-        self._weights = None
 
     def weights(self) -> torch.Tensor:
-        if self._weights is None:
-            for H, Y in self._pending:
-                for start in range(0, len(H), self.capacity):
-                    self._absorb(H[start : start + self.capacity], Y[start : start + self.capacity])
-            self._pending.clear()
-            self._weights = self._corrected()
-        return self._weights
+        for H, Y in self._pending:
+            for start in range(0, len(H), self.capacity):
+                self._absorb(H[start : start + self.capacity], Y[start : start + self.capacity])
+        self._pending.clear()
+        return self.W
 
     def _absorb(self, H: torch.Tensor, Y: torch.Tensor) -> None:
         if self.rows + len(H) > self.capacity:
             self._fold()
         k, b = self.rows, len(H)
-        Vt = H @ self.R  # = (R Hᵀ)ᵀ, R symmetric
+        A = symmetric_product(self.R, H.T)  # R₀Hᵀ [d, b]
+        S_new = H @ A
+        S_new.diagonal().add_(1.0)
+        P = A
+        if k:
+            L = self._L[:k, :k]
+            X = torch.linalg.solve_triangular(L, self._U[:k] @ A, upper=False)  # L_S⁻¹ U R₀ Hᵀ
+            S_new -= X.T @ X  # the Schur complement: K = I + H R Hᵀ
+            P = A - self._Vt[:k].T @ torch.linalg.solve_triangular(L.T, X, upper=True)
+            self._L[k : k + b, :k] = X.T
+        K_factor, info = torch.linalg.cholesky_ex(S_new)
+        if int(info) or not bool(K_factor.diagonal().isfinite().all()):
+            raise ValueError(_NOT_POSITIVE_DEFINITE)
+        self.W.addmm_(P, cholesky_solve(Y - H @ self.W, K_factor))
+        self._L[k : k + b, k : k + b] = K_factor
         self._U[k : k + b] = H
-        self._Vt[k : k + b] = Vt
-        self._E[k : k + b] = Y - H @ self.W0
-        block = self._U[: k + b] @ Vt.T
-        block[k : k + b].diagonal().add_(1.0)
-        self._S[: k + b, k : k + b] = block
-        self._S[k : k + b, :k] = block[:k].T
+        self._Vt[k : k + b] = A.T
         self.rows = k + b
 
     def _fold(self) -> None:
-        if self.rows == 0:
-            return
         k = self.rows
-        self.W0 = self._corrected()
-        Vt = self._Vt[:k]
-        S_factor = torch.linalg.cholesky(self._S[:k, :k])
-        self.R.addmm_(Vt.T, cholesky_solve(Vt, S_factor), alpha=-1)
+        if k == 0:
+            return
+        Z = torch.linalg.solve_triangular(self._L[:k, :k], self._Vt[:k], upper=False)
+        add_gram(self.R, Z, alpha=-1.0)
         self.folded += k
         self.rows = 0
-
-    def _corrected(self) -> torch.Tensor:
-        if self.rows == 0:
-            return self.W0
-        k = self.rows
-        E = self._E[:k]
-        columns = _active_columns(E)
-        weights = self.W0.clone()
-        if len(columns):
-            S_factor = torch.linalg.cholesky(self._S[:k, :k])
-            weights[:, columns] += self._Vt[:k].T @ cholesky_solve(E[:, columns], S_factor)
-        return weights
 
 
 class Cadence:
@@ -269,7 +265,7 @@ class Cadence:
 
     def __init__(self, threshold: int) -> None:
         self.threshold = threshold
-        self.frequent = False
+        self.frequent = True  # the engine predicts every batch: expect that until shown otherwise
         self.rows = 0
         self._streak = 0
 
@@ -291,7 +287,7 @@ class Cadence:
         return True
 
     def reset(self) -> None:
-        self.frequent, self.rows, self._streak = False, 0, 0
+        self.frequent, self.rows, self._streak = True, 0, 0
 
 
 class WoodburySolution:
@@ -369,6 +365,7 @@ class RecursiveRidge:
         self._waiting_rows = 0
         self._factor: torch.Tensor | None = None
         self._solution: RidgeSolution | None = None
+        self._fresh = True  # no row fitted yet: the inverse solution is (γI)⁻¹, no solve needed
         if solver == "woodbury":
             self._solution = WoodburySolution.fresh(dim, outputs, gamma, device)
         else:
@@ -402,6 +399,9 @@ class RecursiveRidge:
             assert self._solution is not None
             self._solution.append(H, Y)
             return
+        if self._fresh and self._solution is None and self.inverse:
+            self._solution = self._solve()
+        self._fresh = False
         self._defer_gram(H)
         self.Q.addmm_(H.T, Y)
         if self._solution is not None and self._solution.room(len(H)):
@@ -462,6 +462,9 @@ class RecursiveRidge:
         assert self._G is not None and self.Q is not None
         if self.inverse:
             self._factor = None  # R takes its place: a head holds two d×d matrices, not three
+            if self._fresh:
+                R = torch.eye(self.dim, dtype=torch.float64, device=self._G.device)
+                return InverseSolution(R.div_(self.gamma), torch.zeros_like(self.Q))
             return InverseSolution.of_statistics(self.statistics(), self.Q, self.gamma)
         if self._factor is None:
             self._factor = torch.empty_like(self._G)
@@ -517,6 +520,7 @@ class RecursiveRidge:
             add_gram(self._G, other.waiting.to(self._G.device))
         self.Q += other.Q.to(self.Q.device)
         self.counts += other.counts.to(self.counts.device)
+        self._fresh = self._fresh and other._fresh
         self._solution = None
 
     def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
@@ -567,6 +571,7 @@ class RecursiveRidge:
                 self._waiting[: len(waiting)] = waiting
                 self._waiting_rows = len(waiting)
             self._solution = self._factor = None
+            self._fresh = not (self._G.any() or self._waiting_rows)
             self.cadence.reset()
 
     def to(self, device: torch.device | str) -> Self:
