@@ -7,7 +7,6 @@ addition) or the full matrix rebuilt by :func:`symmetric` (checkpoints):
 - :func:`add_gram` adds HᵀH to the lower triangle block row by block row, the work of BLAS
   ``syrk``, which torch does not expose: about 60% of the flops of ``G.addmm_(H.T, H)``
   (9 ms against 13 ms for a rank-256 update at d = 2048 on two cores).
-- :func:`symmetric_product` multiplies by the symmetric matrix, reading the lower triangle.
 - :func:`symmetric` rebuilds the full matrix from its lower triangle.
 """
 
@@ -23,8 +22,8 @@ against 9.2 ms with 256 (13 ms for the full product) on a quiet machine, and 23 
 29 ms with two other busy processes (medians of 25)."""
 
 
-def add_gram(G: torch.Tensor, H: torch.Tensor, block: int = BLOCK, alpha: float = 1.0) -> None:
-    """G += α HᵀH on the lower triangle of G (H: [rows, d], G: [d, d]).
+def add_gram(G: torch.Tensor, H: torch.Tensor, block: int = BLOCK) -> None:
+    """G += HᵀH on the lower triangle of G (H: [rows, d], G: [d, d]).
 
     Each block row of G gets the product of its columns of H with every column of H up to the
     end of its diagonal block, so the strict upper triangle outside the diagonal blocks is left
@@ -33,22 +32,7 @@ def add_gram(G: torch.Tensor, H: torch.Tensor, block: int = BLOCK, alpha: float 
     dim = G.shape[0]
     for start in range(0, dim, block):
         end = min(start + block, dim)
-        G[start:end, :end].addmm_(H[:, start:end].T, H[:, :end], alpha=alpha)
-
-
-def symmetric_product(G: torch.Tensor, M: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
-    """S M for the symmetric S whose lower triangle and :func:`add_gram`'s diagonal blocks are
-    G's (M: [d, columns]), reading only those: half the memory traffic of ``G @ M``, which
-    bounds the product's speed when M has few columns (BLAS ``symm``, which torch does not
-    expose)."""
-    dim = G.shape[0]
-    out = torch.zeros(dim, M.shape[1], dtype=M.dtype, device=M.device)
-    for start in range(0, dim, block):
-        end = min(start + block, dim)
-        out[start:end].addmm_(G[start:end, :end], M[:end])
-        if start:
-            out[:start].addmm_(G[start:end, :start].T, M[start:end])
-    return out
+        G[start:end, :end].addmm_(H[:, start:end].T, H[:, :end])
 
 
 def symmetric(G: torch.Tensor) -> torch.Tensor:

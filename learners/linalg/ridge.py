@@ -41,8 +41,8 @@ from typing import Literal, Self
 import torch
 from torch import nn
 
-from learners.linalg.cholesky import NotPositiveDefinite, cholesky, cholesky_solve
-from learners.linalg.gram import add_gram, symmetric, symmetric_product
+from learners.linalg.cholesky import NotPositiveDefinite, cholesky, cholesky_solve, one_thread
+from learners.linalg.gram import add_gram, symmetric
 
 Solver = Literal["auto", "lazy", "woodbury"]
 
@@ -177,11 +177,15 @@ class InverseSolution:
     where R = R₀ − Vᵀ S⁻¹ V is left implicit over the k rows U absorbed since the last fold
     (V = U R₀, S = I + U R₀ Uᵀ, whose Cholesky factor grows by one block row per batch, the
     new diagonal block being K's factor). Past ``capacity`` rows the block is folded into R₀
-    by one symmetric rank-k update, R₀ ← R₀ − ZᵀZ with Z = L_S⁻¹ V: the d×d work of sixteen
-    rank-16 Woodbury updates done as one product. ``folded`` counts the rows folded since R₀
-    was computed from statistics, so that the head can recompute it before rounding
-    accumulates. R₀ is kept like G: its lower triangle and :func:`add_gram`'s diagonal blocks,
-    read by :func:`symmetric_product` (half the memory traffic of a full product).
+    by one rank-k update, R₀ ← R₀ − ZᵀZ with Z = L_S⁻¹ V: the d×d work of several rank-b
+    Woodbury updates done as one product, which runs near the speed of a large matrix product
+    where rank-16 ones do not. ``folded`` counts the rows folded since R₀ was computed from
+    statistics, so that the head can recompute it before rounding accumulates.
+
+    R₀ is kept whole (not as a lower triangle like G): a product with half of it, block by
+    block, was no faster on two cores, and its many small products each wait out the time
+    slice of a preempted thread on a busy machine (see :func:`learners.linalg.cholesky.one_thread`),
+    where one product per batch does not.
     """
 
     def __init__(self, R: torch.Tensor, W: torch.Tensor, capacity: int = FOLD_ROWS) -> None:
@@ -224,8 +228,13 @@ class InverseSolution:
     def _absorb(self, H: torch.Tensor, Y: torch.Tensor) -> None:
         if self.rows + len(H) > self.capacity:
             self._fold()
-        k, b = self.rows, len(H)
-        A = symmetric_product(self.R, H.T)  # R₀Hᵀ [d, b]
+        A = self.R @ H.T  # R₀Hᵀ [d, b]: R₀ is symmetric, and this order runs faster than H R₀
+        with one_thread(A):
+            self._update(H, Y, A, self.rows)
+
+    def _update(self, H: torch.Tensor, Y: torch.Tensor, A: torch.Tensor, k: int) -> None:
+        """Everything after the product with R₀: small, so on one thread (see ``one_thread``)."""
+        b = len(H)
         S_new = H @ A
         S_new.diagonal().add_(1.0)
         P = A
@@ -249,7 +258,7 @@ class InverseSolution:
         if k == 0:
             return
         Z = torch.linalg.solve_triangular(self._L[:k, :k], self._Vt[:k], upper=False)
-        add_gram(self.R, Z, alpha=-1.0)
+        self.R.addmm_(Z.T, Z, alpha=-1.0)
         self.folded += k
         self.rows = 0
 
