@@ -24,7 +24,6 @@ from typing import Any, ClassVar, Self
 import torch
 
 from learners.analytic import AnalyticConfig, AnalyticLearner
-from learners.base import Problem
 from learners.linalg.ridge import RecursiveRidge
 from learners.state.learner_state import LearnerState
 
@@ -46,12 +45,14 @@ class ACIL(AnalyticLearner):
     config: ACILConfig
     check_config: ClassVar[dict[str, Any]] = {"buffer_size": 64}
 
-    def __init__(self, problem: Problem, config: ACILConfig) -> None:
-        super().__init__(problem, config)
+    def _build_heads(self, width: int) -> None:
         self.heads = [
-            RecursiveRidge(config.buffer_size, classes, config.gamma, config.solver)
-            for classes in problem.num_classes
+            RecursiveRidge(width, classes, self.config.gamma, self.config.solver, self.device)
+            for classes in self.problem.num_classes
         ]
+
+    def has_learned(self) -> bool:
+        return any(bool(head.counts.any()) for head in self.heads)
 
     @torch.no_grad()
     def learn(
@@ -63,7 +64,7 @@ class ACIL(AnalyticLearner):
             self.heads[lvl].fit_labels(H[rows], y[rows])
 
     def weights(self, level: int = 0) -> torch.Tensor:
-        """The ridge solution W [buffer_size, num_classes[level]] (float64) predictions use."""
+        """The ridge solution W [width, num_classes[level]] (float64) predictions use."""
         return self.heads[level].weights()
 
     @torch.no_grad()

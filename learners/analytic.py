@@ -7,6 +7,7 @@ arXiv 2403.15706).
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import ClassVar, Literal, Self
 
 import torch
@@ -48,6 +49,18 @@ class RandomBuffer(nn.Module):
         return _ACTIVATIONS[self.activation](features.to(torch.float64) @ self.weight)
 
 
+DEFAULT_WIDTH = {"cpu": 2048, "cuda": 8192}
+"""The buffer width by device type when the config leaves it out. Each sample costs O(d²) in
+the heads whatever the input size (the projection, O(d_in·d), is small beside it), so the
+device alone decides: 2048 keeps G-ACIL, AEF-OCL and DS-AL above 1,000 samples/s on two CPU
+cores with every batch predicted; a GPU runs the d×d products of 8192 cheaply (docs/analytic.md)."""
+
+
+def default_width(device: torch.device) -> int:
+    """The buffer width a config without ``buffer_size`` gets on ``device``."""
+    return DEFAULT_WIDTH.get(device.type, DEFAULT_WIDTH["cpu"])
+
+
 class AnalyticConfig(LearnerConfig):
     """Options shared by the learners built on a random buffer and ridge heads."""
 
@@ -55,11 +68,13 @@ class AnalyticConfig(LearnerConfig):
         default_factory=lambda: BackboneConfig(name="identity"),
         description="feature extractor (frozen); identity uses the inputs as features",
     )
-    buffer_size: int = Field(
-        8192,
+    buffer_size: int | None = Field(
+        None,
         gt=0,
-        description="width d of the random buffer layer; a head keeps two d×d float64 "
-        "matrices (statistics and their Cholesky factor), 1 GiB at 8192",
+        description="width d of the random buffer layer; null: by device, "
+        f"{DEFAULT_WIDTH['cpu']} on a CPU, {DEFAULT_WIDTH['cuda']} on a GPU (docs/analytic.md "
+        "has the accuracy/speed frontier); a head keeps two d×d float64 matrices, "
+        "1 GiB at 8192",
     )
     gamma: float = Field(0.1, gt=0, description="ridge regularisation γ")
     solver: Solver = Field(
@@ -86,9 +101,38 @@ class AnalyticLearner(Learner):
         super().__init__(problem, config)
         frozen = config.backbone.model_copy(update={"freeze": True})
         self.backbone = build_backbone(frozen, problem.input_shape, config.seed).eval()
+        self._build(config.buffer_size or default_width(self.device))
+
+    @property
+    def width(self) -> int:
+        """The buffer width d in use (``buffer_size``, or the default of the device)."""
+        return self.buffer.size
+
+    def _build(self, width: int) -> None:
+        """The random buffer of ``width`` and empty heads over it."""
         self.buffer = RandomBuffer(
-            self.backbone.out_dim, config.buffer_size, config.seed + 1, self.buffer_activation
+            self.backbone.out_dim, width, self.config.seed + 1, self.buffer_activation
         )
+        self.buffer.to(self.device)
+        self._build_heads(width)
+
+    @abstractmethod
+    def _build_heads(self, width: int) -> None:
+        """Empty ridge heads over a buffer of ``width`` on this learner's device."""
+
+    @abstractmethod
+    def has_learned(self) -> bool:
+        """Whether any sample was learned (the width can then no longer change)."""
+
+    def _rebuild_for(self, width: int, why: str) -> None:
+        """Take ``width`` when the config leaves it to the device and nothing was learned."""
+        if width == self.width:
+            return
+        if self.config.buffer_size is not None or self.has_learned():
+            raise ValueError(
+                f"{self.name}: buffer width {self.width} cannot become {width} ({why})"
+            )
+        self._build(width)
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,6 +156,9 @@ class AnalyticLearner(Learner):
                 f"{self.name} checkpoint was saved with solver={state.meta.get('solver')!r}, "
                 f"this learner uses solver={self.config.solver!r}"
             )
+        saved = state.tensors.get("buffer.weight")
+        if saved is not None and saved.ndim == 2 and saved.shape[1] != self.width:
+            self._rebuild_for(int(saved.shape[1]), "the checkpoint's width")
 
     def _feature_tensors(self) -> dict[str, torch.Tensor]:
         """Backbone and buffer weights: they define the space the statistics live in."""
@@ -124,7 +171,12 @@ class AnalyticLearner(Learner):
         self.buffer.weight.copy_(tensors["buffer.weight"])
 
     def to(self, device: torch.device | str) -> Self:
+        """Move to ``device``; a learner that has learned nothing and was given no
+        ``buffer_size`` takes the device's default width first."""
         super().to(device)
         self.backbone.to(self.device)
         self.buffer.to(self.device)
+        width = default_width(self.device)
+        if self.config.buffer_size is None and width != self.width and not self.has_learned():
+            self._build(width)
         return self

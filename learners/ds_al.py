@@ -29,7 +29,6 @@ import torch
 from pydantic import Field
 
 from learners.analytic import AnalyticConfig, AnalyticLearner
-from learners.base import Problem
 from learners.linalg.ridge import RecursiveRidge, one_hot
 from learners.state.learner_state import LearnerState
 
@@ -56,17 +55,19 @@ class DSAL(AnalyticLearner):
     check_config: ClassVar[dict[str, Any]] = {"buffer_size": 64}
     buffer_activation = "identity"
 
-    def __init__(self, problem: Problem, config: DSALConfig) -> None:
-        super().__init__(problem, config)
-        size = config.buffer_size
+    def _build_heads(self, width: int) -> None:
+        config, device = self.config, self.device
         self.main = [
-            RecursiveRidge(size, classes, config.gamma, config.solver)
-            for classes in problem.num_classes
+            RecursiveRidge(width, classes, config.gamma, config.solver, device)
+            for classes in self.problem.num_classes
         ]
         self.comp = [
-            RecursiveRidge(size, classes, config.gamma_comp, config.solver)
-            for classes in problem.num_classes
+            RecursiveRidge(width, classes, config.gamma_comp, config.solver, device)
+            for classes in self.problem.num_classes
         ]
+
+    def has_learned(self) -> bool:
+        return any(bool(head.counts.any()) for head in self.main)
 
     @torch.no_grad()
     def learn(
