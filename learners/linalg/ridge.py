@@ -350,10 +350,10 @@ class RecursiveRidge:
     triangle (:func:`learners.linalg.cholesky.cholesky`, merging by addition) or goes through
     :meth:`gram` (:func:`learners.linalg.gram.symmetric`). The last fitted rows, fewer than
     :data:`GRAM_ROWS`, wait in ``_waiting`` for their Gram update, which is applied to ``_G``
-    only when :data:`GRAM_ROWS` rows have gathered: G's rounding then depends on the rows alone,
-    not on batch sizes or on when predictions came, and reading the statistics
-    (:meth:`statistics`, checkpoints) changes nothing. The lazy Cholesky factor is written into
-    one d×d buffer reused by every solve.
+    only when :data:`GRAM_ROWS` rows have gathered (or the state is saved): G's rounding then
+    depends on the rows alone, not on batch sizes or on when predictions came, and solving
+    (:meth:`statistics`) changes nothing. The lazy Cholesky factor is written into one d×d
+    buffer reused by every solve.
     """
 
     def __init__(
@@ -533,18 +533,15 @@ class RecursiveRidge:
         self._solution = None
 
     def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
-        """The head's state under ``prefix.``: counts and either G, Q and the rows whose Gram
-        update is deferred (``waiting``; HᵀH over every row is G + waitingᵀwaiting, full and
-        symmetric), or R, W (woodbury). Saving changes nothing in the head."""
+        """The head's state under ``prefix.``: counts and either G (full, symmetric) and Q, or
+        R and W (woodbury). The deferred Gram update is applied first, so that this head and one
+        restored from its state continue with the same G bit for bit."""
         state = {f"{prefix}.counts": self.counts}
         if self._G is not None and self.Q is not None:
-            state.update(
-                {
-                    f"{prefix}.G": symmetric(self._G),
-                    f"{prefix}.Q": self.Q,
-                    f"{prefix}.waiting": self.waiting,
-                }
-            )
+            if self._waiting_rows:
+                add_gram(self._G, self.waiting)
+                self._waiting_rows = 0
+            state.update({f"{prefix}.G": symmetric(self._G), f"{prefix}.Q": self.Q})
         else:
             assert isinstance(self._solution, WoodburySolution)
             state.update({f"{prefix}.R": self._solution.R, f"{prefix}.W": self._solution.W})
@@ -566,21 +563,9 @@ class RecursiveRidge:
             self._solution = WoodburySolution(take("R"), take("W"))
         else:
             self._G, self.Q = take("G"), take("Q")
-            # Checkpoints written before the Gram update was deferred have no waiting rows.
-            key = f"{prefix}.waiting"
-            waiting = take("waiting") if key in tensors else torch.zeros(0, self.dim)
-            if waiting.shape[0] >= GRAM_ROWS or waiting.shape[1:] != (self.dim,):
-                raise ValueError(
-                    f"checkpoint {prefix}.waiting has shape {tuple(waiting.shape)}, "
-                    f"expected fewer than {GRAM_ROWS} rows of {self.dim}"
-                )
-            self._waiting, self._waiting_rows = None, 0
-            if len(waiting):
-                self._waiting = torch.empty(GRAM_ROWS, self.dim, dtype=torch.float64, device=device)
-                self._waiting[: len(waiting)] = waiting
-                self._waiting_rows = len(waiting)
+            self._waiting_rows = 0
             self._solution = self._factor = None
-            self._fresh = not (self._G.any() or self._waiting_rows)
+            self._fresh = not bool(self._G.any())
             self.cadence.reset()
 
     def to(self, device: torch.device | str) -> Self:
