@@ -29,7 +29,8 @@ MODES, SCALE = 3, 0.5
 SEED = 1
 
 
-def synthetic_npz(path: Path) -> Path:
+def synthetic_npz(path: Path, train: int = TRAIN) -> Path:
+    """The synthetic problem with ``train`` training samples per class."""
     rng = np.random.default_rng(0)
     centres = SCALE * rng.normal(size=(CLASSES, MODES, DIM))
 
@@ -39,7 +40,7 @@ def synthetic_npz(path: Path) -> Path:
         x = centres[y, mode] + rng.normal(size=(len(y), DIM))
         return x.astype(np.float32), y
 
-    X_train, y_train = draw(TRAIN)
+    X_train, y_train = draw(train)
     X_test, y_test = draw(TEST)
     np.savez(path, X_train=X_train, y_train=y_train, X_test=X_test, y_test=y_test)
     return path
@@ -58,9 +59,11 @@ def fashion_npz(path: Path) -> Path:
 DATASETS = {"synthetic": synthetic_npz, "fashion-mnist": fashion_npz}
 
 
-def stream(name: str, directory: Path) -> PreparedStream:
-    """The Si-Blurry stream of dataset ``name``, written under ``directory``, ready to replay."""
-    npz = DATASETS[name](directory / f"{name}.npz")
+def stream(name: str, directory: Path, train: int | None = None) -> PreparedStream:
+    """The Si-Blurry stream of dataset ``name``, written under ``directory``, ready to replay;
+    ``train``: training samples per class of the synthetic problem (default 35)."""
+    path = directory / f"{name}.npz"
+    npz = synthetic_npz(path, train) if train is not None else DATASETS[name](path)
     dataset = load_dataset(f"npz:{npz}")
     schedule, params = make_schedule("si-blurry", dataset, SI_BLURRY, SEED)
     recorded = record_schedule(dataset, schedule, "si-blurry", params.model_dump(mode="json"), SEED)
