@@ -7,8 +7,8 @@ batch with the Woodbury identity (ACIL eqs. 9-10). :class:`RecursiveRidge` inste
 sufficient statistics G = HᵀH, Q = HᵀY and per-class counts (float64), which a batch updates with
 one rank-B product, which two heads merge by addition, and which a checkpoint stores exactly. G is
 symmetric, so the head updates and reads only its lower triangle (:mod:`learners.linalg.gram`,
-:mod:`learners.linalg.cholesky`); a checkpoint holds the full symmetric G. The solution is solved
-lazily:
+:mod:`learners.linalg.cholesky`); a checkpoint holds the full symmetric G. The solution is a
+cache, rebuilt from the statistics whenever it is dropped:
 
 - :class:`CholeskySolution` factorises G + γI once and keeps W exact while rows arrive by the
   block form of the same Woodbury identity, W = W₀ + V S⁻¹ (Y_U − U W₀) with V = (G₀+γI)⁻¹Uᵀ and
@@ -19,18 +19,19 @@ lazily:
   ``solver="woodbury"``; it holds R and W only, so it cannot be merged. Where the official
   ``RecursiveLinear`` evaluates ``R @ X.T @ K @ X @ R`` left to right (two d×d products per batch,
   O(d³)), this associates the product as (R Xᵀ)(K⁻¹ X R), O(B·d²), with a Cholesky solve for K⁻¹.
-- :class:`InverseSolution` keeps R = (G+γI)⁻¹ explicitly and absorbs appended rows by the same
-  block Woodbury form, each batch by one product H R (one read of R); every ``capacity`` rows
-  it folds them into R and W by one rank-``capacity`` update, and every ``refresh`` rows it
-  recomputes R from the statistics, so rounding cannot accumulate. This is the form for frequent
-  predictions (every micro-batch: prequential accuracy, the daemon).
+- :class:`InverseSolution` keeps R = (G+γI)⁻¹ explicitly and the current W, updated per
+  batch by the recursive form with one product R₀Hᵀ (one read of R₀), R itself left implicit
+  over the rows absorbed since the last fold; every ``capacity`` rows it folds them into R₀ by
+  one rank-``capacity`` product, and the head recomputes R₀ from the statistics every
+  ``refresh`` rows, so rounding cannot accumulate. This is the form for frequent predictions
+  (every micro-batch: prequential accuracy, the daemon).
 
 ``solver="auto"`` (the default) keeps the statistics as ``lazy`` does and picks the solution by
 the prediction cadence (:class:`Cadence`): :class:`InverseSolution` while predictions come
 every few rows, :class:`CholeskySolution` while they are rare. Either way the Gram update of
 the statistics is deferred to blocks of :data:`GRAM_ROWS` rows (one rank-256 product instead
-of sixteen rank-16 ones, which on a CPU are bound by memory traffic over G); everything that
-reads G flushes them first. See docs/analytic.md for the cost of each path against the floor.
+of sixteen rank-16 ones, which run far below a matrix product's speed); solves read G plus the
+waiting rows. See docs/analytic.md for the cost of each path against the floor.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ GRAM_ROWS = 256
 FOLD_ROWS = 128
 """Rows an :class:`InverseSolution` absorbs before folding them into R: each batch costs
 O(d·rows·b) more per row absorbed, while a rank-128 update of R runs near the speed of a
-large matrix product (a rank-16 one, per batch, is bound by memory traffic over R)."""
+large matrix product (a rank-16 one, per batch, runs at a fraction of that speed)."""
 
 
 def _active_columns(targets: torch.Tensor) -> torch.Tensor:
@@ -199,6 +200,7 @@ class InverseSolution:
         self._Vt = torch.empty(capacity, d, **like)
         self._L = torch.zeros(capacity, capacity, **like)
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._pending_rows = 0
 
     @classmethod
     def of_statistics(
@@ -213,16 +215,23 @@ class InverseSolution:
         return cls(torch.cholesky_inverse(factor), W, capacity)
 
     def room(self, rows: int) -> bool:
-        return True
+        """Whether ``rows`` more rows may wait for the next solve: a few folds' worth, so that
+        a solution nobody solves (a head whose learner predicts from a copy, as AEF-OCL does)
+        is dropped instead of holding every row."""
+        return self._pending_rows + rows <= 4 * self.capacity
 
     def append(self, H: torch.Tensor, Y: torch.Tensor) -> None:
+        if not self.room(len(H)):
+            raise ValueError("InverseSolution has too many rows waiting; solve it first")
         self._pending.append((H, Y))
+        self._pending_rows += len(H)
 
     def weights(self) -> torch.Tensor:
         for H, Y in self._pending:
             for start in range(0, len(H), self.capacity):
                 self._absorb(H[start : start + self.capacity], Y[start : start + self.capacity])
         self._pending.clear()
+        self._pending_rows = 0
         return self.W
 
     def _absorb(self, H: torch.Tensor, Y: torch.Tensor) -> None:

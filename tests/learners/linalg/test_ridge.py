@@ -49,6 +49,9 @@ def test_inverse_solution_of_statistics_equals_the_ridge_solution():
     assert relative_error(solution.R, R) <= 1e-10
     for start in range(200, 300, 10):  # batches of 10 in a 24-row block: folds of 20 rows
         solution.append(H[start : start + 10], Y[start : start + 10])
+        if start == 250:
+            solution.weights()  # at most four blocks' rows may wait between two solves
+    assert not solution.room(97)
     assert relative_error(solution.weights(), joint_ridge(H, Y)) <= 1e-10
     assert solution.folded == 80 and solution.rows == 20
 
@@ -112,3 +115,12 @@ def test_saving_applies_the_waiting_rows_and_the_restored_head_continues_identic
         for each in (head, restored):
             each.fit_labels(H[start : start + 16], labels[start : start + 16])
         assert torch.equal(head.weights(), restored.weights())
+
+
+def test_a_solution_nobody_solves_is_dropped_instead_of_holding_every_row():
+    H, labels, Y = rows(5 * FOLD_ROWS)
+    head = RecursiveRidge(H.shape[1], 7, GAMMA)  # starts in the inverse form
+    for start in range(0, len(H), 16):
+        head.fit_labels(H[start : start + 16], labels[start : start + 16])
+    assert head._solution is None
+    assert relative_error(head.weights(), joint_ridge(H, Y)) <= 1e-10
