@@ -7,7 +7,8 @@ recursive form of the official code (``solver="woodbury"``) at the same width, a
 
 - ``replay``: :func:`stream.runs.recorded_run.replay`, what ``streamcl replay`` runs, on the
   synthetic 384-d, 87-class Si-Blurry stream of :mod:`bench._analytic_data` (batch 16,
-  evaluation every 1000 samples), about 3,000 samples at width 2048 and 522 at width 8192;
+  evaluation every 1000 samples), about 3,000 samples at widths 1024 (the CPU default) and 2048,
+  522 at width 8192 (the GPU default);
 - ``daemon``: :class:`stream.daemon.serve.Daemon` consuming the same samples from a tansu broker
   on loopback (binary messages of 16 samples, at most 8 per poll, micro-batches of 16, no
   test-set evaluation), timed from the end of the first poll that brought samples to the last;
@@ -284,9 +285,9 @@ def print_paths(rows: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench analytic", description=__doc__)
-    parser.add_argument("--widths", type=int, nargs="+", default=[2048, 8192])
+    parser.add_argument("--widths", type=int, nargs="+", default=[1024, 2048, 8192])
     parser.add_argument(
-        "--train-per-class", type=int, nargs="+", default=[35, 6],
+        "--train-per-class", type=int, nargs="+", default=[35, 35, 6],
         help="training samples per class of the stream at each width (87 classes)",
     )  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3, help="back-to-back pairs per path")

@@ -49,11 +49,12 @@ class RandomBuffer(nn.Module):
         return _ACTIVATIONS[self.activation](features.to(torch.float64) @ self.weight)
 
 
-DEFAULT_WIDTH = {"cpu": 2048, "cuda": 8192}
+DEFAULT_WIDTH = {"cpu": 1024, "cuda": 8192}
 """The buffer width by device type when the config leaves it out. Each sample costs O(d²) in
 the heads whatever the input size (the projection, O(d_in·d), is small beside it), so the
-device alone decides: 2048 keeps G-ACIL, AEF-OCL and DS-AL above 1,000 samples/s on two CPU
-cores with every batch predicted; a GPU runs the d×d products of 8192 cheaply (docs/analytic.md)."""
+device alone decides: 1024 keeps G-ACIL, AEF-OCL and DS-AL above 1,000 samples/s on a CPU
+with every batch predicted, even on one thread of a busy machine (at 2048 DS-AL and AEF-OCL
+fall below that there); a GPU runs the d×d products of 8192 cheaply (docs/analytic.md)."""
 
 
 def default_width(device: torch.device) -> int:

@@ -151,7 +151,7 @@ def test_default_solver_predicts_like_woodbury_at_the_default_width(digits):
 
 
 def test_width_follows_the_device_unless_configured(digits):
-    assert default_width(torch.device("cpu")) == 2048
+    assert default_width(torch.device("cpu")) == 1024
     assert default_width(torch.device("cuda")) == 8192
     assert create("acil", digits.problem, {"buffer_size": 96}).width == 96
 
