@@ -359,9 +359,9 @@ class RecursiveRidge:
     triangle (:func:`learners.linalg.cholesky.cholesky`, merging by addition) or goes through
     :meth:`gram` (:func:`learners.linalg.gram.symmetric`). The last fitted rows, fewer than
     :data:`GRAM_ROWS`, wait in ``_waiting`` for their Gram update, which is applied to ``_G``
-    only when :data:`GRAM_ROWS` rows have gathered (or the state is saved): G's rounding then
-    depends on the rows alone, not on batch sizes or on when predictions came, and solving
-    (:meth:`statistics`) changes nothing. The lazy Cholesky factor is written into one d×d
+    only when :data:`GRAM_ROWS` rows have gathered (or G is saved or handed out by
+    :meth:`statistics`): G's rounding then depends on the rows alone, not on batch sizes or on
+    when predictions came, and solving (:meth:`_current_gram`) changes nothing. The lazy Cholesky factor is written into one d×d
     buffer reused by every solve.
     """
 
@@ -441,6 +441,12 @@ class RecursiveRidge:
                 add_gram(self._G, self._waiting)
                 self._waiting_rows = 0
 
+    def _apply_waiting(self) -> None:
+        """Apply the deferred Gram update now (before G is saved or handed out live)."""
+        if self._waiting_rows and self._G is not None:
+            add_gram(self._G, self.waiting)
+            self._waiting_rows = 0
+
     @property
     def waiting(self) -> torch.Tensor:
         """The fitted rows whose Gram update is still deferred [< GRAM_ROWS, d]."""
@@ -448,9 +454,9 @@ class RecursiveRidge:
             return torch.zeros(0, self.dim, dtype=torch.float64, device=self.counts.device)
         return self._waiting[: self._waiting_rows]
 
-    def statistics(self, out: torch.Tensor | None = None) -> torch.Tensor:
-        """The lower triangle of G = HᵀH over every row fitted, in ``out`` or a new tensor
-        (the strict upper triangle is stale); the head is unchanged."""
+    def _current_gram(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The lower triangle of G = HᵀH over every row fitted, waiting rows included, in
+        ``out`` or a new tensor (the strict upper triangle is stale); the head is unchanged."""
         assert self._G is not None
         if out is None:
             out = self._G.clone()
@@ -483,19 +489,19 @@ class RecursiveRidge:
             if self._fresh:
                 R = torch.eye(self.dim, dtype=torch.float64, device=self._G.device)
                 return InverseSolution(R.div_(self.gamma), torch.zeros_like(self.Q))
-            return InverseSolution.of_statistics(self.statistics(), self.Q, self.gamma)
+            return InverseSolution.of_statistics(self._current_gram(), self.Q, self.gamma)
         if self._factor is None:
             self._factor = torch.empty_like(self._G)
         # No other solution holds the buffer: the head's previous one was dropped, and
         # ``augmented`` factorises a copy of its own.
-        G = self.statistics(out=self._factor)
+        G = self._current_gram(out=self._factor)
         return CholeskySolution(G, self.Q, self.gamma, self.capacity, out=G)
 
     def gram(self) -> torch.Tensor:
         """G = HᵀH over the rows fitted, as a new full symmetric matrix (not woodbury heads)."""
         if self._G is None:
             raise ValueError("a woodbury ridge head keeps no statistics; use solver='auto'")
-        return symmetric(self.statistics())
+        return symmetric(self._current_gram())
 
     def drop_cache(self) -> None:
         """Forget the solution and the cadence (heads with statistics): they are recomputed
@@ -510,7 +516,7 @@ class RecursiveRidge:
         In the form the head's cadence picks, so that rows appended to it later are cheap.
         """
         if self._G is not None and self.Q is not None:
-            G, Q = self.statistics(), self.Q.clone()
+            G, Q = self._current_gram(), self.Q.clone()
             for H, Y in batches:
                 add_gram(G, H)
                 Q.addmm_(H.T, Y)
@@ -541,15 +547,23 @@ class RecursiveRidge:
         self._fresh = self._fresh and other._fresh
         self._solution = None
 
+    def statistics(self) -> list[torch.Tensor]:
+        """The live additive statistics G (lower triangle meaningful), Q and counts, with the
+        deferred Gram update applied; after changing them in place call :meth:`drop_cache`
+        (heads with statistics only)."""
+        if self._G is None or self.Q is None:
+            raise ValueError("a woodbury ridge head keeps no statistics; use solver='auto'")
+        self._apply_waiting()
+        self._fresh = False  # the caller may add rows to them: (γI)⁻¹ is no longer known to fit
+        return [self._G, self.Q, self.counts]
+
     def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         """The head's state under ``prefix.``: counts and either G (full, symmetric) and Q, or
         R and W (woodbury). The deferred Gram update is applied first, so that this head and one
         restored from its state continue with the same G bit for bit."""
         state = {f"{prefix}.counts": self.counts}
         if self._G is not None and self.Q is not None:
-            if self._waiting_rows:
-                add_gram(self._G, self.waiting)
-                self._waiting_rows = 0
+            self._apply_waiting()
             state.update({f"{prefix}.G": symmetric(self._G), f"{prefix}.Q": self.Q})
         else:
             assert isinstance(self._solution, WoodburySolution)

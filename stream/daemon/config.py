@@ -172,6 +172,21 @@ class MetricsConfig(_Section):
     )
 
 
+class SyncConfig(_Section):
+    """Scale-out (``torchrun ... -m stream serve``): when the workers make their models one."""
+
+    every_samples: int = Field(
+        1_000, gt=0, description="sync point after the group learned this many samples"
+    )
+    every_seconds: float = Field(5.0, gt=0, description="and at least this often while learning")
+    timeout_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="a worker waiting longer than this for a peer fails (torchrun then restarts "
+        "the group)",
+    )
+
+
 class ServeConfig(_Section):
     kafka: KafkaConfig
     learner: LearnerSection
@@ -182,6 +197,7 @@ class ServeConfig(_Section):
     loop: LoopConfig = Field(default_factory=LoopConfig)
     messages: MessagesConfig = Field(default_factory=MessagesConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    sync: SyncConfig = Field(default_factory=SyncConfig)
 
     @model_validator(mode="after")
     def _problem_known(self) -> ServeConfig:
