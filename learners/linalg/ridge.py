@@ -276,9 +276,10 @@ class Cadence:
     """How often a head is solved, to choose between the lazy and the inverse solution.
 
     Counts the rows learned between two solves; solves with nothing learned in between (the
-    chunks of one evaluation set) do not count. Predictions are *frequent* once two solves in a
-    row came at most ``threshold`` rows apart, and *rare* again once two in a row came further
-    apart, so a single evaluation or a single long gap does not make a head switch forms.
+    chunks of one evaluation set) do not count. Predictions become *rare* at the first solve
+    that comes more than ``threshold`` rows after the previous one (dropping R costs nothing),
+    and *frequent* again only once two solves in a row came at most ``threshold`` rows apart
+    (building R costs a factorisation and an inverse, O(d³)).
     """
 
     def __init__(self, threshold: int) -> None:
@@ -299,7 +300,7 @@ class Cadence:
             self._streak = 0
             return False
         self._streak += 1
-        if self._streak < 2:
+        if frequent and self._streak < 2:
             return False
         self.frequent, self._streak = frequent, 0
         return True
