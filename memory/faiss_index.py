@@ -9,7 +9,10 @@ checkpoints save) and mirrors the first ``size`` of them in a search structure:
   the ``nprobe`` inverted lists nearest to it. Overwriting a slot is a remove and an add by id.
   The coarse quantizer (k-means, :func:`ivf_lists` centroids) is trained on the stored vectors
   and retrained, at the next search, once as many vectors were written since as it was trained
-  on: the lists follow the stream's drift and the refreshed embeddings.
+  on: the lists follow the stream's drift and the refreshed embeddings. At every (re)training,
+  and when a checkpoint's centroids are loaded, :func:`calibrate_nprobe` measures recall@10
+  against exact search and, unless ``nprobe`` is fixed, scans the fewest lists that reach
+  ``target_recall``; :attr:`EmbeddingIndex.calibration` reports the outcome.
 - ``torch`` — exact top-k from one matmul, for machines without faiss.
 
 ``auto`` is flat (faiss, else torch) below ``approximate_from`` stored vectors and ivf from there.
@@ -27,10 +30,13 @@ from __future__ import annotations
 
 import importlib
 import math
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
+
+from learners.state.learner_state import LearnerState
 
 try:
     faiss: Any = importlib.import_module("faiss")
@@ -38,9 +44,8 @@ except ImportError:  # faiss is an optional extra; exact torch search needs noth
     faiss = None
 else:
     # Exact distances for a batch of 20+ queries as one BLAS matmul, faiss's long-standing
-    # default; this faiss-cpu build ships 128000, i.e. one pass over the stored vectors per query,
-    # which made a flat search of 32 queries over 20k x 512 seven times slower (338 ms against
-    # 50 ms), and ivf's coarse search over the list centroids likewise.
+    # default; this faiss-cpu build ships 128000, one pass over the stored vectors per query,
+    # several times slower for a batch (docs/performance-notes.md).
     faiss.cvar.distance_compute_blas_threshold = 20
 
 Structure = Literal["flat", "ivf", "torch"]
@@ -64,10 +69,99 @@ def ivf_lists(n: int) -> int:
 
 
 # k-means trains on this many points per list (faiss asks for 39 and samples up to 256). The
-# memory retrains after every turnover, so training time counts: at 100k x 512 with 1024 lists,
-# 16 points took 5 s and 32 points 9 s on 2 shared cores, and with 16 the lists still reach
-# recall@10 >= 0.95 at nprobe 8 (bench/memory.py).
+# memory retrains after every turnover, so training time counts: 16 points train in about half
+# the time of 32, and the lists still reach recall@10 >= 0.95 at nprobe 8 (bench/memory.py;
+# docs/performance-notes.md).
 TRAINING_POINTS_PER_LIST = 16
+
+# Calibration queries: this many stored vectors, recall@CALIBRATION_K of the others. 256 queries
+# x 10 neighbours put the recall's standard error near 0.005 at 0.95, and the exact search they
+# need (256 x n dot products) costs a small fraction of the k-means it follows.
+CALIBRATION_QUERIES = 256
+CALIBRATION_K = 10
+# Stored rows per block of the exact search: 256 x 32768 float32 distances, 32 MiB at a time.
+EXACT_CHUNK = 32_768
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """An ivf index's ``nprobe`` and the recall@``k`` measured with it at (re)training."""
+
+    nprobe: int
+    recall: float
+    k: int
+    queries: int
+
+
+def _exact_neighbours_of_stored(stored: np.ndarray, picked: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` nearest stored rows of each row in ``picked``, itself left out; over chunks of
+    :data:`EXACT_CHUNK` rows, so the distance matrix stays small whatever the memory's size."""
+    q = torch.from_numpy(stored[picked])
+    rows = torch.arange(len(picked))
+    best_d = torch.full((len(picked), k), float("inf"))
+    best_i = torch.zeros((len(picked), k), dtype=torch.long)
+    for start in range(0, len(stored), EXACT_CHUNK):
+        part = torch.from_numpy(stored[start : start + EXACT_CHUNK])
+        d = (q * q).sum(1, keepdim=True) - 2 * q @ part.T + (part * part).sum(1)
+        own = torch.from_numpy((picked >= start) & (picked < start + len(part)))
+        d[rows[own], torch.from_numpy(picked)[own] - start] = float("inf")
+        found = d.topk(min(k, len(part)), dim=1, largest=False)
+        merged_d = torch.cat([best_d, found.values], dim=1)
+        merged_i = torch.cat([best_i, found.indices + start], dim=1)
+        keep = merged_d.topk(k, dim=1, largest=False).indices
+        best_d, best_i = merged_d.gather(1, keep), merged_i.gather(1, keep)
+    return best_i.numpy()
+
+
+def calibrate_nprobe(
+    index: Any, stored: np.ndarray, target_recall: float | None, fixed: int | None, seed: int
+) -> Calibration:
+    """Recall@k of ``index`` on a sample of its own ``stored`` vectors, against exact search.
+
+    Each sampled vector queries the index; its own slot is left out of both answers (a stored
+    vector always finds itself, which would flatter the recall by one hit in k). With ``fixed``
+    the recall is measured at that ``nprobe``; otherwise the smallest ``nprobe`` whose recall
+    reaches ``target_recall``: doubling up from 1, then bisection (recall grows with ``nprobe``:
+    the lists scanned are a superset). Scanning every list is exact, so a target is always met.
+    """
+    n = len(stored)
+    k = min(CALIBRATION_K, n - 1)
+    if k <= 0:
+        return Calibration(nprobe=fixed or 1, recall=1.0, k=0, queries=0)
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(n, size=min(CALIBRATION_QUERIES, n), replace=False))
+    queries = stored[picked]
+    truth = _exact_neighbours_of_stored(stored, picked, k)
+
+    def recall_at(nprobe: int) -> float:
+        index.nprobe = nprobe
+        _, found = index.search(queries, k + 1)
+        hits = 0
+        for own, row, exact in zip(picked, found, truth, strict=True):
+            others = row[(row != own) & (row >= 0)][:k]
+            hits += len(np.intersect1d(others, exact))
+        return hits / truth.size
+
+    nlist = int(index.nlist)
+    if fixed is not None or target_recall is None:
+        nprobe = min(fixed or nlist, nlist)
+        return Calibration(nprobe, recall_at(nprobe), k, len(picked))
+    measured: dict[int, float] = {}
+    low, high = 0, 1  # recall(low) < target (0: none scanned), recall(high) to be checked
+    while True:
+        measured[high] = recall_at(high)
+        if measured[high] >= target_recall or high == nlist:
+            break
+        low, high = high, min(2 * high, nlist)
+    while high - low > 1:
+        middle = (low + high) // 2
+        measured[middle] = recall_at(middle)
+        if measured[middle] >= target_recall:
+            high = middle
+        else:
+            low = middle
+    index.nprobe = high
+    return Calibration(high, measured[high], k, len(picked))
 
 
 class EmbeddingIndex:
@@ -79,7 +173,8 @@ class EmbeddingIndex:
         dim: int,
         kind: Literal["auto", "flat", "ivf", "torch"] = "auto",
         approximate_from: int = 20_000,
-        nprobe: int = 16,
+        nprobe: int | None = None,
+        target_recall: float = 0.95,
     ) -> None:
         if kind in ("flat", "ivf") and faiss is None:
             raise ValueError(f"index {kind!r} needs faiss, which is not installed")
@@ -88,6 +183,8 @@ class EmbeddingIndex:
         self.kind = kind
         self.approximate_from = approximate_from
         self.nprobe = nprobe
+        self.target_recall = target_recall
+        self.calibration: Calibration | None = None  # set whenever an ivf index is (re)built
         self.structure: Structure = "torch"
         self._faiss: Any = None  # mirrors vectors[:size]; None until the first search builds it
         self.trained_on = 0
@@ -166,8 +263,14 @@ class EmbeddingIndex:
         if wanted != self.structure or stale_lists or (wanted != "torch" and self._faiss is None):
             self._build(wanted)
 
-    def _build(self, structure: Structure, centroids: torch.Tensor | None = None) -> None:
+    def _build(
+        self,
+        structure: Structure,
+        centroids: torch.Tensor | None = None,
+        nprobe: int | None = None,
+    ) -> None:
         self.structure = structure
+        self.calibration = None
         self._gpu_copy = None
         self._faiss = None
         stored = self.vectors[: self.size].numpy()
@@ -189,7 +292,10 @@ class EmbeddingIndex:
                 index = faiss.IndexIVFFlat(quantizer, self.dim, len(centroids))
             index.set_direct_map_type(faiss.DirectMap.Hashtable)
             index.add_with_ids(stored, np.arange(self.size, dtype=np.int64))
-            index.nprobe = min(self.nprobe, index.nlist)
+            # Seeded by the training size: a reloaded index draws the same queries again.
+            self.calibration = calibrate_nprobe(
+                index, stored, self.target_recall, nprobe or self.nprobe, seed=self.trained_on
+            )
             self._faiss = index
 
     def _searchable(self) -> Any:
@@ -201,8 +307,8 @@ class EmbeddingIndex:
             self._gpu_copy = faiss.index_cpu_to_gpu(self._gpu_resources, 0, self._faiss)
         return self._gpu_copy
 
-    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Tensors and JSON that :meth:`load` turns back into this index."""
+    def state_dict(self) -> LearnerState:
+        """Tensors and JSON that :meth:`load_state_dict` turns back into this index."""
         tensors = {"vectors": self.vectors[: self.size].clone()}
         if self.structure == "ivf" and self._faiss is not None:
             nlist = self._faiss.nlist
@@ -212,10 +318,12 @@ class EmbeddingIndex:
             "structure": self.structure,
             "trained_on": self.trained_on,
             "written_since_train": self.written_since_train,
+            "nprobe": self.calibration.nprobe if self.calibration is not None else None,
         }
-        return tensors, meta
+        return LearnerState(tensors, meta)
 
-    def load(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    def load_state_dict(self, state: LearnerState) -> None:
+        tensors, meta = state.tensors, state.meta
         if int(meta["dim"]) != self.dim:
             raise ValueError(
                 f"checkpointed embeddings have dim {meta['dim']}, index has {self.dim}"
@@ -231,4 +339,9 @@ class EmbeddingIndex:
         # as flat; ivf's approximate ones may differ).
         self.structure = meta["structure"] if faiss is not None else "torch"
         if "centroids" in tensors and faiss is not None:
-            self._build("ivf", centroids=tensors["centroids"])
+            # A calibrated index keeps the nprobe chosen at training: recalibrating on today's
+            # vectors could pick another and so other neighbours. A configured nprobe wins.
+            chosen = meta.get("nprobe") if self.nprobe is None else self.nprobe
+            self._build(
+                "ivf", tensors["centroids"], None if chosen is None else max(int(chosen), 1)
+            )

@@ -40,7 +40,7 @@ import torch
 from learners.state.learner_state import LearnerState
 from memory import retrieval
 from memory.config import MemoryConfig
-from memory.faiss_index import EmbeddingIndex, faiss_available
+from memory.faiss_index import Calibration, EmbeddingIndex, faiss_available
 from memory.importance import SampleImportance
 from memory.policies import POLICIES
 
@@ -126,6 +126,11 @@ class ReplayMemory:
         if self.config.policy == "clib":
             total += 4 + 4 + 1  # importance, previous loss, measured flag
         return total
+
+    @property
+    def index_calibration(self) -> Calibration | None:
+        """The approximate (ivf) index's ``nprobe`` and measured recall; None while exact."""
+        return self.index.calibration if self.index is not None else None
 
     @property
     def nbytes(self) -> int:
@@ -230,7 +235,7 @@ class ReplayMemory:
         if dim is not None:
             cfg = self.config
             self.index = EmbeddingIndex(
-                self.slots, dim, cfg.index, cfg.approximate_from, cfg.nprobe
+                self.slots, dim, cfg.index, cfg.approximate_from, cfg.nprobe, cfg.target_recall
             )
             self.embedded_at = torch.zeros(self.slots, dtype=torch.long)
         if self.config.policy == "clib":
@@ -329,20 +334,18 @@ class ReplayMemory:
             "policy": self.config.policy,
             "retrieval": self.config.retrieval,
         }
-        tensors = {"rng": self.generator.get_state()}
+        state = LearnerState({"rng": self.generator.get_state()}, meta)
         if self.x is None:
-            return LearnerState(tensors, meta)
+            return state
         n = self.size
         for name in ("x", "y", "level", "ids", "arrival"):
-            tensors[name] = getattr(self, name)[:n].clone()
+            state.tensors[name] = getattr(self, name)[:n].clone()
         if self.index is not None:
-            index_tensors, meta["index"] = self.index.state()
-            tensors.update({f"index.{k}": v for k, v in index_tensors.items()})
-            tensors["embedded_at"] = self.embedded_at[:n].clone()
+            state.put("index", self.index.state_dict())
+            state.tensors["embedded_at"] = self.embedded_at[:n].clone()
         if self.importance is not None:
-            importance_tensors, meta["importance"] = self.importance.state(n)
-            tensors.update({f"importance.{k}": v for k, v in importance_tensors.items()})
-        return LearnerState(tensors, meta)
+            state.put("importance", self.importance.state_dict(n))
+        return state
 
     def load_state_dict(self, state: LearnerState) -> None:
         meta, tensors = state.meta, state.tensors
@@ -372,15 +375,7 @@ class ReplayMemory:
         keys, counts = torch.unique(self.keys[:n], return_counts=True)
         self.class_counts = dict(zip(keys.tolist(), counts.tolist(), strict=True))
         if self.index is not None:
-            prefix = "index."
-            self.index.load(
-                {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)},
-                meta["index"],
-            )
+            self.index.load_state_dict(state.part("index"))
             self.embedded_at[:n] = tensors["embedded_at"]
         if self.importance is not None:
-            prefix = "importance."
-            self.importance.load(
-                {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)},
-                meta["importance"],
-            )
+            self.importance.load_state_dict(state.part("importance"))

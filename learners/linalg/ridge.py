@@ -44,6 +44,7 @@ from torch import nn
 
 from learners.linalg.cholesky import NotPositiveDefinite, cholesky, cholesky_solve, one_thread
 from learners.linalg.gram import add_gram, symmetric
+from learners.state.learner_state import LearnerState
 
 Solver = Literal["auto", "lazy", "woodbury"]
 
@@ -360,9 +361,9 @@ class RecursiveRidge:
     triangle (:func:`learners.linalg.cholesky.cholesky`, merging by addition) or goes through
     :meth:`gram` (:func:`learners.linalg.gram.symmetric`). The last fitted rows, fewer than
     :data:`GRAM_ROWS`, wait in ``_waiting`` for their Gram update, which is applied to ``_G``
-    only when :data:`GRAM_ROWS` rows have gathered (or G is saved or handed out by
+    only when :data:`GRAM_ROWS` rows have gathered (or G is handed out live by
     :meth:`statistics`): G's rounding then depends on the rows alone, not on batch sizes or on
-    when predictions came, and solving (:meth:`_current_gram`) changes nothing. The lazy Cholesky factor is written into one d×d
+    when predictions came, and solving or saving (:meth:`_current_gram`) changes nothing. The lazy Cholesky factor is written into one d×d
     buffer reused by every solve.
     """
 
@@ -443,7 +444,7 @@ class RecursiveRidge:
                 self._waiting_rows = 0
 
     def _apply_waiting(self) -> None:
-        """Apply the deferred Gram update now (before G is saved or handed out live)."""
+        """Apply the deferred Gram update now (before G is handed out live)."""
         if self._waiting_rows and self._G is not None:
             add_gram(self._G, self.waiting)
             self._waiting_rows = 0
@@ -558,29 +559,28 @@ class RecursiveRidge:
         self._fresh = False  # the caller may add rows to them: (γI)⁻¹ is no longer known to fit
         return [self._G, self.Q, self.counts]
 
-    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
-        """The head's state under ``prefix.``: counts and either G (full, symmetric) and Q, or
-        R and W (woodbury). The deferred Gram update is applied first, so that this head and one
-        restored from its state continue with the same G bit for bit."""
-        state = {f"{prefix}.counts": self.counts}
+    def state_dict(self) -> LearnerState:
+        """The head's statistics: counts and either G (full, symmetric, the waiting rows
+        included) and Q, or R and W (woodbury). The solution is a cache, left out; saving
+        changes nothing in the head."""
+        tensors = {"counts": self.counts}
         if self._G is not None and self.Q is not None:
-            self._apply_waiting()
-            state.update({f"{prefix}.G": symmetric(self._G), f"{prefix}.Q": self.Q})
+            tensors.update({"G": self.gram(), "Q": self.Q})
         else:
             assert isinstance(self._solution, WoodburySolution)
-            state.update({f"{prefix}.R": self._solution.R, f"{prefix}.W": self._solution.W})
-        return {key: value.detach().cpu() for key, value in state.items()}
+            tensors.update({"R": self._solution.R, "W": self._solution.W})
+        return LearnerState({key: value.detach().cpu() for key, value in tensors.items()})
 
-    def load_tensors(self, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state: LearnerState) -> None:
         device = self.counts.device
 
         def take(name: str) -> torch.Tensor:
-            key = f"{prefix}.{name}"
-            if key not in tensors:
+            if name not in state.tensors:
                 raise KeyError(
-                    f"checkpoint lacks {key} (was it saved with solver={self.solver!r}?)"
+                    f"checkpoint lacks the ridge head's {name} "
+                    f"(was it saved with solver={self.solver!r}?)"
                 )
-            return tensors[key].to(device=device, dtype=torch.float64).clone()
+            return state.tensors[name].to(device=device, dtype=torch.float64).clone()
 
         self.counts = take("counts")
         if self.solver == "woodbury":

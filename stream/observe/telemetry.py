@@ -1,4 +1,4 @@
-"""Prometheus metrics of a streamcl process (SPEC §7), fed by the event loop and the daemon.
+"""Prometheus metrics of a streamcl process (listed in docs/metrics.md), fed by the event loop and the daemon.
 
 Every metric lives in the ``Telemetry`` object's own registry, so several loops (or tests) in
 one process do not collide. ``TelemetryObserver`` turns the loop's batches and evaluations into
@@ -71,7 +71,7 @@ class Health:
 
 
 class Telemetry:
-    """The SPEC §7 metrics, registered in a private registry, and the loop's heartbeat."""
+    """The metrics of docs/metrics.md, registered in a private registry, and the loop's heartbeat."""
 
     def __init__(
         self, registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.monotonic
@@ -117,6 +117,19 @@ class Telemetry:
         )
         self.memory_samples = Gauge(
             "streamcl_memory_samples", "Replay memory occupancy.", ["learner"], registry=r
+        )
+        # Only while the memory searches approximately (an ivf index); absent otherwise.
+        self.memory_index_recall = Gauge(
+            "streamcl_memory_index_recall",
+            "Recall@10 of the replay memory's ivf index against exact search, at its last training.",
+            ["learner"],
+            registry=r,
+        )
+        self.memory_index_nprobe = Gauge(
+            "streamcl_memory_index_nprobe",
+            "Inverted lists the replay memory's ivf index scans per query.",
+            ["learner"],
+            registry=r,
         )
         self.update_seconds = Histogram(
             "streamcl_update_seconds",
@@ -225,6 +238,10 @@ class TelemetryObserver(Observer):
         self._samples.inc(len(batch))
         self._update.observe(learn_seconds)
         self._memory.set(loop.learner.memory_samples)
+        calibration = loop.learner.memory_index_calibration
+        if calibration is not None:
+            t.memory_index_recall.labels(learner=self.learner).set(calibration.recall)
+            t.memory_index_nprobe.labels(learner=self.learner).set(calibration.nprobe)
         for window, value in loop.prequential_values().items():
             gauge = self._prequential.get(window)
             if gauge is None:

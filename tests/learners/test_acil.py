@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from learners.acil import ACIL
 from learners.analytic import DEFAULT_WIDTH, default_width
 from learners.linalg.ridge import one_hot
 from learners.registry import create
@@ -88,7 +89,17 @@ def test_merge_refuses_learners_that_cannot_add_up(digits):
         )
 
 
-@pytest.mark.parametrize("solver", ["lazy", "woodbury"])
+def assert_restored(scores: torch.Tensor, restored: torch.Tensor) -> None:
+    """Same predictions, scores equal to ACIL.restore_tolerance: the restored head solves its
+    statistics afresh (and applies their deferred Gram update at other rows), so its rounding
+    may differ from the cached solution of the learner that was saved."""
+    assert torch.equal(scores.argmax(1), restored.argmax(1))
+    assert torch.equal(scores.isinf(), restored.isinf())
+    finite = scores.isfinite()
+    assert relative_error(restored[finite], scores[finite]) <= ACIL.restore_tolerance
+
+
+@pytest.mark.parametrize("solver", ["auto", "lazy", "woodbury"])
 def test_checkpoint_round_trip_predicts_identically(digits, solver):
     rows = digits.orders["random"]
     x, y = digits.x[rows], digits.y[rows]
@@ -97,11 +108,11 @@ def test_checkpoint_round_trip_predicts_identically(digits, solver):
     feed(learner, x[:700], y[:700], 7, prequential=True)  # leaves rows appended to a cached solve
     restored = create("acil", digits.problem, options)
     restored.load_state_dict(state_from_bytes(state_to_bytes(learner.state_dict())))
-    assert torch.equal(learner.predict(digits.x_test), restored.predict(digits.x_test))
+    assert_restored(learner.predict(digits.x_test), restored.predict(digits.x_test))
     feed(learner, x[700:], y[700:], 7, prequential=True)
     feed(restored, x[700:], y[700:], 7, prequential=True)
-    assert torch.equal(learner.predict(digits.x_test), restored.predict(digits.x_test))
-    other = "woodbury" if solver == "lazy" else "lazy"
+    assert_restored(learner.predict(digits.x_test), restored.predict(digits.x_test))
+    other = "woodbury" if solver != "woodbury" else "lazy"
     with pytest.raises(ValueError, match="solver"):
         create("acil", digits.problem, {**options, "solver": other}).load_state_dict(
             learner.state_dict()

@@ -18,6 +18,7 @@ import numpy as np
 from stream.cli.errors import UsageError
 from stream.data.datasets import as_float_tensor, load_dataset
 from stream.data.stream_file import RecordedStream, read_stream
+from stream.observe.pacing import RateLimit
 from stream.sinks.kafka_sink import open_sink
 from stream.sources.file_source import check_against_dataset
 from stream.sources.wire import encode_binary, encode_json
@@ -88,15 +89,14 @@ def run(args: argparse.Namespace) -> int:
     if partitions == 0:
         raise UsageError(f"topic {args.topic!r} has no partitions")
     started = time.monotonic()
+    limit = RateLimit(args.rate) if args.rate is not None else None
     sent = samples = 0
     for message, count in messages(stream, dataset, args.format, args.batch):
         sink.send(args.topic, message, partition=sent % partitions)
         sent += 1
         samples += count
-        if args.rate is not None:
-            ahead = started + samples / args.rate - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
+        if limit is not None:
+            limit.passed(count)
     sink.flush()
     sink.close()
     seconds = time.monotonic() - started

@@ -1,4 +1,4 @@
-"""The command line as a user meets it: exit codes and one-line errors (SPEC §5)."""
+"""The command line as a user meets it: exit codes and one-line errors."""
 
 import json
 
@@ -113,6 +113,7 @@ def workdir(tmp_path_factory):
         (["frobnicate"], "invalid choice"),
         (["replay", "missing.scl", "--learner", "nmc"], "does not exist"),
         (["replay", "S", "--learner", "er", "--config", "CFG"], "backbone.hidden"),
+        (["replay", "S", "--learner", "mvp"], "needs pretrained backbone.weights"),
         (["replay", "S", "--learner", "nmc", "--batch-size", "0"], "batch_size"),
         (["replay", "S", "--learner", "nmc", "--device", "tpu"], "unknown device"),
     ],

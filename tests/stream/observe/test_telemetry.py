@@ -1,4 +1,4 @@
-"""stream/observe/telemetry.py: the SPEC §7 metrics carry the loop's own figures; health is a heartbeat."""
+"""stream/observe/telemetry.py: the metrics of docs/metrics.md carry the loop's own figures; health is a heartbeat."""
 
 from __future__ import annotations
 
@@ -57,6 +57,20 @@ def test_observer_exports_the_loops_figures(levels):
         assert v("streamcl_auc_accuracy", learner="nmc", level="fine") == pytest.approx(
             fine["A_auc"]
         )
+
+
+def test_an_approximate_memory_index_exports_its_calibrated_nprobe_and_recall():
+    telemetry = Telemetry()
+    memory = {"capacity": 100, "retrieval": "nearest", "index": "ivf"}
+    options = {"backbone": {"hidden": [16], "out_dim": 8}, "memory": memory}
+    loop = small_stream.run(1, [telemetry.observer("er")], learner="er", options=options)
+    calibration = loop.learner.memory_index_calibration
+    assert calibration is not None and calibration.recall >= 0.95
+    assert _value(telemetry, "streamcl_memory_index_recall", learner="er") == calibration.recall
+    assert _value(telemetry, "streamcl_memory_index_nprobe", learner="er") == calibration.nprobe
+    exact = Telemetry()
+    small_stream.run(1, [exact.observer("nmc")])
+    assert _value(exact, "streamcl_memory_index_recall", learner="nmc") is None
 
 
 def test_each_telemetry_has_its_own_registry():
