@@ -9,8 +9,9 @@ known can share a batch without any special case (the generalised setting of G-A
 no exemplars and no gradients.
 
 Deviations from the official code (ZHUANGHP/Analytic-continual-learning), on purpose:
-- the head keeps G = HᵀH, Q = HᵀY and solves lazily (``solver="lazy"``, the default) instead of
-  updating R = (HᵀH+γI)⁻¹ per batch; the recursive form is ``solver="woodbury"``;
+- the head keeps G = HᵀH, Q = HᵀY (``solver="auto"``, the default, or ``"lazy"``) and solves
+  them in the form the prediction cadence makes fastest, instead of only updating
+  R = (HᵀH+γI)⁻¹ per batch; the recursive form is ``solver="woodbury"`` (docs/analytic.md);
 - every class of the label space has a column from the start (Q's columns are zero until the
   class arrives), and classes never learned score ``-inf``;
 - with a label hierarchy each level has its own head, fitted on the samples labelled at that level;
@@ -78,7 +79,7 @@ class ACIL(AnalyticLearner, Mergeable, AdditiveStatistics):
 
     @property
     def can_merge(self) -> bool:
-        return self.config.solver == "lazy"
+        return self.config.solver != "woodbury"  # woodbury keeps no statistics
 
     def merge(self, other: ACIL) -> None:
         """Absorb what ``other`` learned: afterwards this learner equals one that saw both streams.

@@ -14,7 +14,7 @@ Deviations from the official ``DSAL`` (ZHUANGHP/Analytic-continual-learning), on
 - PLC there keeps the last ``increase_size`` columns, i.e. the classes of the current phase; a
   stream has no phases, so here the "current" classes are those in the micro-batch. (The
   official slice ``Y[:, :-increase_size]`` also clears nothing when a phase adds no class.)
-- both streams keep sufficient statistics (``solver="lazy"``) or the recursive form
+- both streams keep sufficient statistics (``solver="auto"`` or ``"lazy"``) or the recursive form
   (``solver="woodbury"``), as G-ACIL; each level of a hierarchy has its own pair of streams.
 
 DS-AL has no ``merge``: the compensation targets depend on the main stream's state at each

@@ -193,3 +193,10 @@ def test_cuda_head_equals_the_cpu_one(digits, solver):
     feed(cuda, x, y, 16, prequential=True)
     assert relative_error(cuda.weights().cpu(), cpu.weights()) <= 1e-8
     assert relative_error(cuda.heads[0].gram().cpu(), cpu.heads[0].gram()) <= 1e-8
+
+
+def test_every_solver_with_statistics_can_merge(digits):
+    for solver, mergeable in (("auto", True), ("lazy", True), ("woodbury", False)):
+        learner = create("acil", digits.problem, {"buffer_size": 64, "solver": solver})
+        assert learner.can_merge is mergeable, solver
+    assert create("acil", digits.problem).can_merge  # the default config
