@@ -21,8 +21,10 @@ import sys
 from types import FrameType
 
 from stream.cli.errors import UsageError
-from stream.daemon.config import load_serve_config
+from stream.daemon.checkpoint_key import load_checkpoint_key
+from stream.daemon.config import load_serve_config, resolve_kafka_secrets
 from stream.daemon.distributed import World
+from stream.daemon.endpoint_security import endpoint_limits, endpoint_security
 from stream.daemon.scaleout import ScaleOutDaemon
 from stream.daemon.serve import Daemon
 from stream.observe.http_endpoint import start_metrics_server
@@ -58,18 +60,35 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
     if args.max_restarts < 0:
         raise UsageError(f"--max-restarts must be >= 0, got {args.max_restarts}")
-    config = load_serve_config(args.config)
+    config = resolve_kafka_secrets(load_serve_config(args.config), os.environ)
+    key = load_checkpoint_key(config.checkpoint.key_file, os.environ)
     world = World.from_environment(os.environ)
     if args.workers > 1 and world is None:
         return launch_workers(args.config, args.workers, args.max_restarts)
-    daemon = Daemon(config) if world is None else ScaleOutDaemon(config, world)
     metrics = config.metrics
+    security = endpoint_security(metrics, os.environ) if metrics.port is not None else None
+    daemon = (
+        Daemon(config, checkpoint_key=key)
+        if world is None
+        else ScaleOutDaemon(config, world, checkpoint_key=key)
+    )
     server = None
     if metrics.port is not None:
         port = metrics.port
         if world is not None and port != 0:
             port += world.local_rank
-        server = start_metrics_server(daemon.telemetry, metrics.host, port, metrics.stall_seconds)
+        try:
+            server = start_metrics_server(
+                daemon.telemetry,
+                metrics.host,
+                port,
+                metrics.stall_seconds,
+                endpoint_limits(metrics),
+                security,
+            )
+        except BaseException:
+            daemon.close()
+            raise
 
     def stop(signum: int, frame: FrameType | None) -> None:
         daemon.stop()
