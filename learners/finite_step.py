@@ -2,7 +2,7 @@
 
 An extreme input, or a learning rate too large for one batch, can give a NaN or inf loss or
 gradient; one optimizer step with it turns every weight non-finite for good. The gradient
-learners (er, uer, mvp, pl-fms) take their steps through :func:`finite_step`, which leaves the
+learners (er, uer, pl-fms through ReplayTraining._update, and mvp) take their steps through :func:`finite_step`, which leaves the
 weights (and the optimizer's moments) untouched instead. The check is one reduction over all
 gradients (``torch.nn.utils.get_total_norm``, the norm that gradient clipping computes).
 """
