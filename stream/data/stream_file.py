@@ -65,6 +65,8 @@ class StreamHeader(BaseModel):
     input_shape: list[int] = Field(default_factory=list)
     input_dtype: str = "float32"
     info: dict[str, Any] = Field(default_factory=dict)
+    # Labels this many samples after their samples (stream/data/label_delay.py); None: with them.
+    label_delay: int | None = Field(None, ge=0)
 
 
 @dataclass

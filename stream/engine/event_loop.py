@@ -147,8 +147,12 @@ class EventLoop:
             self.process(batch)
         self.finish()
 
-    def process(self, batch: Batch) -> None:
-        """Predict, then learn, one micro-batch; evaluate when a mark is reached."""
+    def process(self, batch: Batch, served: np.ndarray | None = None) -> None:
+        """Predict, then learn, one micro-batch; evaluate when a mark is reached.
+
+        ``served``: labels that arrived after their samples were predicted (stream/engine/
+        serving.py) carry the class served then (-1: none); prequential accuracy scores that
+        prediction, the one a user got, instead of predicting again."""
         n = batch.y.shape[0]
         if n == 0:
             return
@@ -159,7 +163,14 @@ class EventLoop:
         self.pending_updates += self.config.online_iter
         iterations = int(self.pending_updates)
         self.pending_updates -= iterations
-        if self._sequential is not None:
+        if served is not None:
+            answered = served >= 0
+            hits = (served == batch.y.numpy()) & answered
+            self._mark_seen(batch)
+            started = time.perf_counter()
+            self.learner.learn(batch.x, batch.y, batch.level, iterations)
+            learn_seconds = time.perf_counter() - started
+        elif self._sequential is not None:
             started = time.perf_counter()
             predicted = self._sequential.test_then_train(batch.x, batch.y, batch.level, iterations)
             learn_seconds = time.perf_counter() - started
@@ -218,6 +229,12 @@ class EventLoop:
             self._mask_bias[level][labels] = 0.0
             self._all_seen[level] = bool(seen.all())
             self._any_seen[level] = True
+
+    def masked_scores(self, x: torch.Tensor, level: int) -> np.ndarray:
+        """The learner's scores for ``x`` at ``level`` with the classes the stream has not shown
+        at ``-inf``: what a prediction served now is the argmax of."""
+        raw = self.learner.predict(x, level).numpy(force=True)
+        return raw if self._all_seen[level] else raw + self._mask_bias[level]
 
     def _prequential(self, batch: Batch) -> tuple[np.ndarray, np.ndarray | None]:
         """Hits, and which samples the learner predicted at all (None: every one), predicting

@@ -74,6 +74,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         choices=[a.value for a in DriftAction],
         help="what a detected drift makes the learner do (default none)",
     )
+    parser.add_argument(
+        "--label-delay",
+        type=int,
+        default=None,
+        metavar="N",
+        help="labels arrive N samples after their samples, which are predicted first (as "
+        "`streamcl serve` sees them; default: the stream's own delay, else none)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--out", default=None, help="output directory (default: runs/<learner>)")
     parser.add_argument(
@@ -156,6 +164,11 @@ def run(args: argparse.Namespace) -> int:
     learner_config = registry.validate_config(args.learner, options)
     resolve_device(args.device)
     prepared = prepare(args.stream)
+    label_delay = args.label_delay
+    if label_delay is None:
+        label_delay = prepared.stream.header.label_delay
+    if label_delay is not None and label_delay < 0:
+        raise UsageError(f"--label-delay must be >= 0 samples, got {label_delay}")
     out = Path(args.out) if args.out else Path("runs") / args.learner.replace(":", "_")
     bar_enabled = None if resolve_format(args.log_format, sys.stderr) == "console" else False
     observers: list[Observer] = [
@@ -177,7 +190,14 @@ def run(args: argparse.Namespace) -> int:
             # Log lines on a terminal go above the progress bar rather than through it.
             with logging_redirect_tqdm() if bar_enabled is None else nullcontext():
                 results = replay(
-                    prepared, args.learner, learner_config, config, args.device, out, observers
+                    prepared,
+                    args.learner,
+                    learner_config,
+                    config,
+                    args.device,
+                    out,
+                    observers,
+                    label_delay=label_delay,
                 )
             print(format_table({args.learner: results}), flush=True)
             print(f"results in {out / 'results.json'}", flush=True)

@@ -46,6 +46,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--inline", action="store_true", help="store inputs in the stream, not row references"
     )
+    parser.add_argument(
+        "--label-delay",
+        type=int,
+        default=None,
+        metavar="N",
+        help="labels arrive N samples late: replay and publish then predict each sample before "
+        "its label is known (docs/serving.md)",
+    )
     parser.add_argument("--out", required=True, help="output stream file (.jsonl or .scl)")
     parser.set_defaults(run=run)
 
@@ -79,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
         args.seed,
         inline=args.inline,
     )
+    if args.label_delay is not None:
+        if args.label_delay < 0:
+            raise UsageError(f"--label-delay must be >= 0 samples, got {args.label_delay}")
+        recorded.header = recorded.header.model_copy(update={"label_delay": args.label_delay})
     path = write_stream(args.out, recorded)
     sizes = [int((schedule.task == t).sum()) for t in range(schedule.num_tasks)]
     print(f"wrote {len(schedule)} events in {schedule.num_tasks} tasks {sizes} to {path}")
