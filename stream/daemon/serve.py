@@ -36,6 +36,7 @@ from learners.base import Learner, Problem
 from stream.daemon.broker_watch import BrokerWatch
 from stream.daemon.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from stream.daemon.config import ServeConfig, ServeConfigError
+from stream.daemon.predictions import PredictionService
 from stream.data.datasets import as_float_tensor, load_dataset
 from stream.engine.device import resolve_device
 from stream.engine.evaluation import AnytimeEvaluator
@@ -53,6 +54,7 @@ from stream.sources.kafka_source import (
     SourceError,
     open_source,
 )
+from stream.sources.serving_wire import Labels, Requests, ServingDecoder
 from stream.sources.wire import Decoder, InvalidMessage, Samples
 
 log = structlog.get_logger("streamcl.serve")
@@ -124,7 +126,12 @@ class Daemon:
             evaluator=evaluator,
             observers=[self.telemetry.observer(name), LoopLogger(name)],
         )
-        self.decoder = Decoder(self.problem, config.messages.format, config.messages.max_bytes)
+        decoder = Decoder(self.problem, config.messages.format, config.messages.max_bytes)
+        self.decoder: Decoder | ServingDecoder = decoder
+        self.predictions: PredictionService | None = None
+        if config.predictions is not None:
+            self.predictions = PredictionService(config, self.loop, self.problem, self.telemetry)
+            self.decoder = ServingDecoder(decoder)
         self.store = CheckpointStore(config.checkpoint.dir, config.checkpoint.keep)
         self.store.remove_interrupted_writes()
         # Next offset to learn, per partition: what the model has seen, checkpointed or not.
@@ -171,6 +178,8 @@ class Daemon:
                 )
         self.learner.load_state_dict(checkpoint.learner)
         self.loop.load_state_dict(meta["loop"])
+        if self.predictions is not None and "serving" in meta:
+            self.predictions.restore(meta["serving"])
         self.positions = {int(p): int(o) for p, o in meta["offsets"].items()}
         self.messages = int(meta["counters"]["messages"])
         self.invalid = Counter({k: int(v) for k, v in meta["counters"]["invalid"].items()})
@@ -232,12 +241,16 @@ class Daemon:
             self.source.close()
             self.source = None
         self.dead_letters.close()
+        if self.predictions is not None:
+            self.predictions.close()
 
     def step(self) -> None:
         """One poll: learn what came, checkpoint and probe when due."""
         kafka = self.config.kafka
         try:
             self.connect()
+            if self.predictions is not None:
+                self.predictions.recover()
             assert self.source is not None
             records = self.source.poll(kafka.max_poll_records, kafka.poll_timeout_seconds)
         except SourceError as exc:
@@ -257,13 +270,16 @@ class Daemon:
 
     def learn(self, records: list[Record]) -> None:
         """Judge every record, dead-letter the bad ones, learn the good ones."""
-        good: list[Samples] = []
+        received = time.perf_counter()
+        good: list[Samples | Requests | Labels] = []
+        origins: list[Record] = []
         for record in records:
             known = self.positions.get(record.partition)
             if known is not None and record.offset < known:
                 continue  # learned already: a redelivery after a reconnect or rebalance
             try:
                 good.append(self.decoder.decode(record.value))
+                origins.append(record)
             except InvalidMessage as exc:
                 self.dead_letters.write(
                     self.topic,
@@ -290,7 +306,10 @@ class Daemon:
         with structlog.contextvars.bound_contextvars(
             topic=self.topic, partition=last.partition, offset=last.offset
         ):
-            for batch in micro_batches(good, self.config.loop.batch_size):
+            if self.predictions is not None:
+                self.predictions.handle(good, origins, received)
+                return
+            for batch in micro_batches(good, self.config.loop.batch_size):  # type: ignore[arg-type]
                 self.loop.process(batch)
 
     # -- checkpoints --------------------------------------------------------------------------
@@ -309,6 +328,7 @@ class Daemon:
         self._last_checkpoint = time.monotonic()
         try:
             self.dead_letters.sync()
+            serving = None if self.predictions is None else self.predictions.checkpoint_state()
             meta = {
                 "streamcl_checkpoint": CHECKPOINT_FORMAT,
                 "created": time.time(),
@@ -323,6 +343,8 @@ class Daemon:
                     "invalid": dict(self.invalid),
                 },
             }
+            if serving is not None:
+                meta["serving"] = serving
             path = self.store.write(meta, self.learner.state_dict())
         except (OSError, SinkError) as exc:
             log.error("checkpoint_failed", problem=f"{type(exc).__name__}: {exc}")

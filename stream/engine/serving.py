@@ -39,6 +39,7 @@ prediction from running inside a learner update.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,14 @@ class Prediction:
     scores: list[np.ndarray]
     predicted: np.ndarray
     position: int
+
+
+@dataclass
+class Served:
+    """A prediction served earlier: the class per level and when."""
+
+    predicted: list[int]
+    served_at: float
 
 
 @dataclass
@@ -102,18 +111,33 @@ class ServingLoop:
         return Prediction(scores, predicted, position)
 
     def request(
-        self, ids: np.ndarray, x: np.ndarray, now: float, task: np.ndarray | None = None
+        self,
+        ids: np.ndarray,
+        x: np.ndarray,
+        now: float,
+        task: np.ndarray | None = None,
+        served: Sequence[Served | None] | None = None,
     ) -> Prediction:
         """Serve requests: learn what is queued, predict, keep those with an id (>= 0) for their
-        labels. Requests that push older ones out of the window count in ``expired``."""
+        labels. Requests that push older ones out of the window count in ``expired``.
+
+        ``served`` gives, for requests answered before a crash, the classes and time they were
+        served then: those are kept for their labels instead of this prediction."""
         self.flush()
         prediction = self.predict(x)
         self.predictions += len(x)
         tasks = np.full(len(x), -1) if task is None else task
         for i, id in enumerate(ids.tolist()):
+            earlier = None if served is None else served[i]
+            if earlier is not None:
+                prediction.predicted[i] = earlier.predicted
             if id >= 0:
                 dropped = self.join.add(
-                    id, x[i], prediction.predicted[i].tolist(), now, int(tasks[i])
+                    id,
+                    x[i],
+                    prediction.predicted[i].tolist(),
+                    now if earlier is None else earlier.served_at,
+                    int(tasks[i]),
                 )
                 self.expired += len(dropped)
         return prediction

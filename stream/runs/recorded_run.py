@@ -23,8 +23,8 @@ from stream.data.stream_file import RecordedStream, StreamFileError, read_stream
 from stream.engine.device import resolve_device
 from stream.engine.evaluation import AnytimeEvaluator
 from stream.engine.event_loop import EventLoop, LoopConfig, Observer
-from stream.runs.plots import plot_curves
 from stream.runs.delayed_labels import run_delayed
+from stream.runs.plots import plot_curves
 from stream.sources.file_source import check_against_dataset, check_events, task_batches
 
 
