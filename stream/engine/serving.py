@@ -84,7 +84,7 @@ class ServingLoop:
 
     def __init__(self, loop: EventLoop, join: LabelJoin | None = None) -> None:
         self.loop = loop
-        self.join = join or LabelJoin()
+        self.join = join if join is not None else LabelJoin()
         self.batch_size = loop.config.batch_size
         self.lock = threading.Lock()
         self.predictions = 0

@@ -13,6 +13,9 @@ it has not progressed for ``stall_seconds``, with the details as JSON; see ``str
 for what counts as progress. ``stall_seconds`` must exceed the longest single learner update or
 evaluation the process does, or a slow but working loop is reported stalled.
 
+A process may add ``POST`` routes (the daemon's ``/predict``, stream/daemon/predict_http.py):
+a body needs a ``Content-Length`` (411 without) within the route's limit (413 above it, unread).
+
 The default address is loopback: the metrics describe what a model learned, so exposing them
 to other hosts (a Prometheus in another container) is a deliberate choice of ``host``.
 """
@@ -23,6 +26,8 @@ import json
 import socket
 import sys
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -41,15 +46,30 @@ class MetricsServerError(ValueError):
     """The metrics endpoint cannot start as asked (bad host or port, port taken, bad stall time)."""
 
 
+@dataclass(frozen=True)
+class PostRoute:
+    """A ``POST`` path (``/predict``): bodies above ``max_bytes`` are refused unread (413);
+    ``handle`` takes the body and answers ``(status, JSON body)``."""
+
+    max_bytes: int
+    handle: Callable[[bytes], tuple[int, bytes]]
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(
-        self, address: tuple[str, int], family: int, telemetry: Telemetry, stall_seconds: float
+        self,
+        address: tuple[str, int],
+        family: int,
+        telemetry: Telemetry,
+        stall_seconds: float,
+        post_routes: dict[str, PostRoute],
     ) -> None:
         self.address_family = family
         self.telemetry = telemetry
         self.stall_seconds = stall_seconds
+        self.post_routes = post_routes
         super().__init__(address, _Handler)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -75,6 +95,26 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200 if health.ok else 503, "application/json", body)
         else:
             self._reply(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
+
+    def do_POST(self) -> None:
+        route = self.server.post_routes.get(self.path.split("?", 1)[0])
+        if route is None:
+            self._refuse(404, "not_found", f"no POST route {self.path.split('?', 1)[0]!r}")
+            return
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            self._refuse(411, "length_required", "send the body with a Content-Length")
+            return
+        if int(length) > route.max_bytes:
+            self.close_connection = True  # the body is left unread
+            self._refuse(413, "oversized", f"{length} bytes, the limit is {route.max_bytes}")
+            return
+        status, body = route.handle(self.rfile.read(int(length)))
+        self._reply(status, "application/json", body)
+
+    def _refuse(self, status: int, reason: str, detail: str) -> None:
+        body = json.dumps({"error": reason, "detail": detail}).encode() + b"\n"
+        self._reply(status, "application/json", body)
 
     def _reply(self, status: int, content_type: str, body: bytes) -> None:
         self.send_response(status)
@@ -119,15 +159,17 @@ def start_metrics_server(
     host: str = DEFAULT_HOST,
     port: int = 9100,
     stall_seconds: float = DEFAULT_STALL_SECONDS,
+    post_routes: dict[str, PostRoute] | None = None,
 ) -> MetricsServer:
-    """Serve ``telemetry`` on ``host:port`` (port 0: any free port; see ``.port``)."""
+    """Serve ``telemetry`` on ``host:port`` (port 0: any free port; see ``.port``), and any
+    ``post_routes`` (the daemon's ``POST /predict``) next to it."""
     if not 0 <= port <= 65535:
         raise MetricsServerError(f"metrics port must be in 0..65535, got {port}")
     if stall_seconds <= 0:
         raise MetricsServerError(f"health stall time must be positive, got {stall_seconds}")
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        httpd = _Server((host, port), family, telemetry, stall_seconds)
+        httpd = _Server((host, port), family, telemetry, stall_seconds, post_routes or {})
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise MetricsServerError(f"cannot serve metrics on {host}:{port}: {reason}") from None

@@ -12,6 +12,7 @@ import signal
 from types import FrameType
 
 from stream.daemon.config import load_serve_config
+from stream.daemon.predict_http import predict_routes
 from stream.daemon.serve import Daemon
 from stream.observe.http_endpoint import start_metrics_server
 
@@ -36,7 +37,11 @@ def run(args: argparse.Namespace) -> int:
     server = None
     if metrics.port is not None:
         server = start_metrics_server(
-            daemon.telemetry, metrics.host, metrics.port, metrics.stall_seconds
+            daemon.telemetry,
+            metrics.host,
+            metrics.port,
+            metrics.stall_seconds,
+            post_routes=predict_routes(daemon),
         )
 
     def stop(signum: int, frame: FrameType | None) -> None:
