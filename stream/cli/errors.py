@@ -17,6 +17,7 @@ from stream.engine.device import DeviceError
 from stream.engine.drift_detection import DriftConfigError
 from stream.observe.http_endpoint import MetricsServerError
 from stream.runs.report import ReportError
+from stream.runs.served_model import ModelFileError
 
 
 class UsageError(ValueError):
@@ -36,6 +37,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     LearnerConfigError,
     MemoryConfigError,
     MetricsServerError,
+    ModelFileError,
     ReportError,
     ScheduleError,
     ServeConfigError,

@@ -102,6 +102,11 @@ def test_bad_requests_get_4xx_with_the_reason(endpoint, body, status, reason, de
     server, _, telemetry = endpoint
     got, answer = _post(server, body)
     assert (got, answer["error"]) == (status, reason) and detail in answer["detail"]
+    if status == 400:
+        counted = telemetry.registry.get_sample_value(
+            "streamcl_predict_http_errors_total", {"reason": reason}
+        )
+        assert counted == 1
 
 
 def test_a_body_without_a_length_or_another_path_is_refused(endpoint):
