@@ -103,7 +103,7 @@ def test_the_exported_state_is_the_learners_own(trained):
 
 
 def test_missing_or_foreign_inputs_are_one_line_errors(trained, tmp_path, capsys):
-    tmp, stream_path, _, _, _ = trained
+    _, stream_path, _, _, _ = trained
     assert cli.main(["export", "--checkpoint", str(tmp_path / "none"), "--out", "m.st"]) == 2
     assert "does not exist" in capsys.readouterr().err
     lonely = tmp_path / "lonely.safetensors"
