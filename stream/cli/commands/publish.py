@@ -5,6 +5,12 @@ Each event becomes one JSON message, or events are grouped into binary micro-bat
 pixels of uint8 image datasets as uint8 in binary, scaled on decode exactly as on replay), with
 the event's label, level, task and id. Messages are dealt round-robin over the topic's
 partitions; a one-partition topic keeps the stream's order. A missing topic is created.
+
+With a label delay (``--label-delay N``, or the stream's own from ``streamcl schedule
+--label-delay``) every event is first a prediction request and its label follows N events later
+(stream/data/label_delay.py; docs/serving.md): one request per message, in the chosen form, and
+labels as JSON ``{id, y, level}``, so a daemon with ``[predictions]`` serves and learns it as
+``streamcl replay --label-delay N`` does.
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ import numpy as np
 
 from stream.cli.errors import UsageError
 from stream.data.datasets import as_float_tensor, load_dataset
+from stream.data.label_delay import delayed_order
 from stream.data.stream_file import RecordedStream, read_stream
 from stream.sinks.kafka_sink import open_sink
 from stream.sources.file_source import check_against_dataset
+from stream.sources.serving_wire import encode_label_json, encode_request_json, encode_requests
 from stream.sources.wire import encode_binary, encode_json
 
 # Events whose inputs are read from the dataset at once, so memory stays bounded on big streams.
@@ -44,6 +52,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--client", choices=("kafka-python", "confluent"), default="kafka-python")
     parser.add_argument(
         "--partitions", type=int, default=1, help="partitions of the topic if it is created"
+    )
+    parser.add_argument(
+        "--label-delay",
+        type=int,
+        default=None,
+        metavar="N",
+        help="send each event as a prediction request and its label N events later "
+        "(default: the stream's own delay, else labelled samples)",
     )
     parser.set_defaults(run=run)
 
@@ -75,10 +91,30 @@ def messages(
             yield encode_binary(x[lo:hi], y[lo:hi], level[lo:hi], task[lo:hi], ids[lo:hi]), hi - lo
 
 
+def delayed_messages(
+    stream: RecordedStream, dataset: object, form: str, delay: int
+) -> Iterator[tuple[bytes, int]]:
+    """Requests and their labels ``delay`` events later; a request counts as the sample."""
+    for kind, i in delayed_order(len(stream), delay):
+        if kind == "label":
+            yield encode_label_json(int(stream.id[i]), int(stream.y[i]), int(stream.level[i])), 0
+            continue
+        x = _inputs(stream, i, i + 1, dataset)
+        ident, task = np.asarray(stream.id[i : i + 1]), np.asarray(stream.task[i : i + 1])
+        if form == "json":
+            floats = as_float_tensor(x).numpy() if x.dtype == np.uint8 else x
+            yield encode_request_json(floats[0], int(ident[0]), int(task[0])), 1
+        else:
+            yield encode_requests(x, ident, task), 1
+
+
 def run(args: argparse.Namespace) -> int:
     if args.batch <= 0 or args.partitions <= 0 or (args.rate is not None and args.rate <= 0):
         raise UsageError("--batch, --partitions and --rate must be positive")
+    if args.label_delay is not None and args.label_delay < 0:
+        raise UsageError(f"--label-delay must be >= 0 events, got {args.label_delay}")
     stream = read_stream(args.stream)
+    delay = stream.header.label_delay if args.label_delay is None else args.label_delay
     dataset = None
     if stream.x is None:
         dataset = load_dataset(stream.header.dataset)
@@ -89,7 +125,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"topic {args.topic!r} has no partitions")
     started = time.monotonic()
     sent = samples = 0
-    for message, count in messages(stream, dataset, args.format, args.batch):
+    if delay is None:
+        chosen = messages(stream, dataset, args.format, args.batch)
+    else:
+        chosen = delayed_messages(stream, dataset, args.format, delay)
+    for message, count in chosen:
         sink.send(args.topic, message, partition=sent % partitions)
         sent += 1
         samples += count

@@ -1,6 +1,7 @@
 """``streamcl serve`` with ``[predictions]`` against a real broker (tansu): the serving side.
 
-An unlabelled digits stream whose labels arrive 500 samples late is published; the daemon is
+An unlabelled digits stream whose labels arrive 500 samples late is published (``streamcl
+publish --label-delay 500``); the daemon is
 killed with ``kill -9`` twice while it serves. Afterwards every request has exactly one
 prediction on the predictions topic, every sample was learned once, and the prequential
 accuracy (scored on the predictions served) equals ``streamcl replay --label-delay 500`` of the
@@ -11,42 +12,17 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from stream.cli import main as cli
-from stream.data.datasets import as_float_tensor, load_dataset
-from stream.data.label_delay import delayed_order
 from stream.data.stream_file import read_stream
 from stream.engine.metrics import PrequentialAccuracy
-from stream.sinks.kafka_sink import open_sink
-from stream.sources.serving_wire import encode_label_json, encode_request_json
 from tests.support.serve_process import FAST_GROUP, ServeProcess, free_port
 from tests.support.topic_reader import read_topic
 
 DELAY = 500
 pytestmark = pytest.mark.kafka
-
-
-def publish_delayed(bootstrap: str, topic: str, stream_path: Path) -> int:
-    """Requests and labels of the stream in the delayed order; the number of messages."""
-    stream = read_stream(stream_path)
-    x = as_float_tensor(load_dataset("digits").X_train[np.asarray(stream.row)]).numpy()
-    sink = open_sink("confluent", bootstrap)
-    sink.ensure_topic(topic, 1)
-    sent = 0
-    for kind, i in delayed_order(len(stream), DELAY):
-        if kind == "request":
-            value = encode_request_json(x[i], id=int(stream.id[i]), task=int(stream.task[i]))
-        else:
-            value = encode_label_json(int(stream.id[i]), int(stream.y[i]), int(stream.level[i]))
-        sink.send(topic, value, partition=0)
-        sent += 1
-    sink.flush()
-    sink.close()
-    return sent
 
 
 def test_delayed_labels_are_served_once_across_kill_9_and_scored_as_a_replay(
@@ -56,7 +32,10 @@ def test_delayed_labels_are_served_once_across_kill_9_and_scored_as_a_replay(
     schedule = ["schedule", "si-blurry", "--dataset", "digits", "--seed", "3"]
     assert cli.main([*schedule, "--out", str(stream_path)]) == 0
     stream = read_stream(stream_path)
-    total = publish_delayed(kafka_broker.bootstrap, "serve-in", stream_path)
+    publish = ["publish", str(stream_path), "--bootstrap", kafka_broker.bootstrap]
+    publish += ["--topic", "serve-in", "--format", "json", "--client", "confluent"]
+    assert cli.main([*publish, "--label-delay", str(DELAY)]) == 0
+    total = 2 * len(stream)
     config = {
         "kafka": {
             "bootstrap": kafka_broker.bootstrap, "topic": "serve-in", "client": "confluent",
