@@ -88,15 +88,25 @@ class PredictionService:
             "published": {str(p): o for p, o in sorted(ends.items())},
         }
 
-    def recover(self) -> None:
+    def recover(self, positions: dict[int, int]) -> None:
         """Read the predictions published since the checkpoint, once, before the first poll
-        (:class:`SourceError` while the broker does not answer: the daemon retries)."""
+        (:class:`SourceError` while the broker does not answer: the daemon retries).
+
+        Only those for requests at or after ``positions`` (the checkpoint's offsets) are kept:
+        the ones the daemon will read again. Reading from before the checkpoint's recorded end
+        is therefore harmless (a broker may report a low end offset: tansu does)."""
         if self.recovered is not None:
             return
         try:
-            self.recovered = read_published(self.bootstrap, self.config.topic, self.published_from)
+            found = read_published(self.bootstrap, self.config.topic, self.published_from)
         except SinkError as exc:
             raise SourceError(str(exc)) from None
+        self.recovered = {
+            key: message
+            for key, message in found.items()
+            if message["request"]["topic"] == self.topic
+            and message["request"]["offset"] >= positions.get(message["request"]["partition"], 0)
+        }
         if self.recovered:
             log.info("predictions_recovered", count=len(self.recovered), topic=self.config.topic)
 

@@ -250,7 +250,7 @@ class Daemon:
         try:
             self.connect()
             if self.predictions is not None:
-                self.predictions.recover()
+                self.predictions.recover(self.positions)
             assert self.source is not None
             records = self.source.poll(kafka.max_poll_records, kafka.poll_timeout_seconds)
         except SourceError as exc:

@@ -80,6 +80,7 @@ class PredictionSink:
         self.bootstrap = bootstrap
         self.sink: KafkaSink | None = None
         self.pending: list[tuple[bytes, bytes]] = []
+        self._offsets: Any = None  # a consumer kept for end-offset requests, opened on use
 
     def publish(self, message: dict[str, Any], key: str) -> None:
         self.pending.append((json.dumps(message, separators=(",", ":")).encode(), key.encode()))
@@ -100,9 +101,23 @@ class PredictionSink:
         self.send()
         assert self.sink is not None
         self.sink.flush()
-        return end_offsets(self.bootstrap, self.topic)
+        import kafka.errors
+
+        try:
+            if self._offsets is None:
+                self._offsets = _consumer(self.bootstrap)
+            return _end_offsets(self._offsets, self.topic)
+        except kafka.errors.KafkaError as exc:
+            self._close_offsets()
+            raise SinkError(f"end offsets of {self.topic!r}: {type(exc).__name__}: {exc}") from None
+
+    def _close_offsets(self) -> None:
+        if self._offsets is not None:
+            self._offsets.close(autocommit=False)
+            self._offsets = None
 
     def close(self) -> None:
+        self._close_offsets()
         if self.sink is not None:
             self.sink.close()
 
@@ -118,21 +133,13 @@ def _consumer(bootstrap: str) -> Any:
     )
 
 
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    """The end offset of each partition of ``topic`` (:class:`SinkError` if not answered)."""
+def _end_offsets(consumer: Any, topic: str) -> dict[int, int]:
+    """The end offset of each partition of ``topic``."""
     import kafka
-    import kafka.errors
 
-    try:
-        consumer = _consumer(bootstrap)
-        try:
-            partitions = consumer.partitions_for_topic(topic) or set()
-            wanted = [kafka.TopicPartition(topic, p) for p in sorted(partitions)]
-            ends = consumer.end_offsets(wanted) if wanted else {}
-        finally:
-            consumer.close(autocommit=False)
-    except kafka.errors.KafkaError as exc:
-        raise SinkError(f"end offsets of {topic!r}: {type(exc).__name__}: {exc}") from None
+    partitions = consumer.partitions_for_topic(topic) or set()
+    wanted = [kafka.TopicPartition(topic, p) for p in sorted(partitions)]
+    ends = consumer.end_offsets(wanted) if wanted else {}
     return {tp.partition: int(offset) for tp, offset in ends.items()}
 
 

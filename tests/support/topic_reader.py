@@ -12,6 +12,8 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 30.0) -> list[tuple[
     consumer = kafka.KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     try:
         partitions = sorted(consumer.partitions_for_topic(topic) or ())
+        if not partitions:
+            return []  # not created yet
         wanted = [kafka.TopicPartition(topic, p) for p in partitions]
         consumer.assign(wanted)
         consumer.seek_to_beginning(*wanted)

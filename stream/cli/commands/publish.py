@@ -23,11 +23,10 @@ import numpy as np
 
 from stream.cli.errors import UsageError
 from stream.data.datasets import as_float_tensor, load_dataset
-from stream.data.label_delay import delayed_order
 from stream.data.stream_file import RecordedStream, read_stream
+from stream.sinks.delayed_messages import delayed_messages
 from stream.sinks.kafka_sink import open_sink
 from stream.sources.file_source import check_against_dataset
-from stream.sources.serving_wire import encode_label_json, encode_request_json, encode_requests
 from stream.sources.wire import encode_binary, encode_json
 
 # Events whose inputs are read from the dataset at once, so memory stays bounded on big streams.
@@ -89,23 +88,6 @@ def messages(
         for lo in range(0, end - chunk, batch):
             hi = min(lo + batch, end - chunk)
             yield encode_binary(x[lo:hi], y[lo:hi], level[lo:hi], task[lo:hi], ids[lo:hi]), hi - lo
-
-
-def delayed_messages(
-    stream: RecordedStream, dataset: object, form: str, delay: int
-) -> Iterator[tuple[bytes, int]]:
-    """Requests and their labels ``delay`` events later; a request counts as the sample."""
-    for kind, i in delayed_order(len(stream), delay):
-        if kind == "label":
-            yield encode_label_json(int(stream.id[i]), int(stream.y[i]), int(stream.level[i])), 0
-            continue
-        x = _inputs(stream, i, i + 1, dataset)
-        ident, task = np.asarray(stream.id[i : i + 1]), np.asarray(stream.task[i : i + 1])
-        if form == "json":
-            floats = as_float_tensor(x).numpy() if x.dtype == np.uint8 else x
-            yield encode_request_json(floats[0], int(ident[0]), int(task[0])), 1
-        else:
-            yield encode_requests(x, ident, task), 1
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,13 +16,23 @@ import time
 import pytest
 
 from stream.cli import main as cli
+from stream.data.datasets import load_dataset
 from stream.data.stream_file import read_stream
 from stream.engine.metrics import PrequentialAccuracy
+from stream.sinks.delayed_messages import delayed_messages
+from stream.sinks.kafka_sink import open_sink
 from tests.support.serve_process import FAST_GROUP, ServeProcess, free_port
 from tests.support.topic_reader import read_topic
 
 DELAY = 500
 pytestmark = pytest.mark.kafka
+
+
+def wait_for_predictions(bootstrap: str, count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while len(read_topic(bootstrap, "serve-out")) < count:
+        assert time.monotonic() < deadline, f"{count} predictions not published in {timeout} s"
+        time.sleep(0.2)
 
 
 def test_delayed_labels_are_served_once_across_kill_9_and_scored_as_a_replay(
@@ -32,10 +42,21 @@ def test_delayed_labels_are_served_once_across_kill_9_and_scored_as_a_replay(
     schedule = ["schedule", "si-blurry", "--dataset", "digits", "--seed", "3"]
     assert cli.main([*schedule, "--out", str(stream_path)]) == 0
     stream = read_stream(stream_path)
-    publish = ["publish", str(stream_path), "--bootstrap", kafka_broker.bootstrap]
-    publish += ["--topic", "serve-in", "--format", "json", "--client", "confluent"]
-    assert cli.main([*publish, "--label-delay", str(DELAY)]) == 0
-    total = 2 * len(stream)
+    messages = list(delayed_messages(stream, load_dataset("digits"), "json", DELAY))
+    sink = open_sink("confluent", kafka_broker.bootstrap)
+    sink.ensure_topic("serve-in", 1)
+
+    def requests(stop: int) -> int:
+        """The requests among messages ``0:stop``."""
+        return sum(count for _, count in messages[:stop])
+
+    def publish(start: int, stop: int) -> int:
+        """Send messages ``start:stop``; the requests among messages ``0:stop``."""
+        for message, _ in messages[start:stop]:
+            sink.send("serve-in", message, partition=0)
+        sink.flush()
+        return requests(stop)
+
     config = {
         "kafka": {
             "bootstrap": kafka_broker.bootstrap, "topic": "serve-in", "client": "confluent",
@@ -44,41 +65,47 @@ def test_delayed_labels_are_served_once_across_kill_9_and_scored_as_a_replay(
         "problem": {"input_shape": [64], "num_classes": [10]},
         "learner": {"name": "nmc"},
         "loop": {"batch_size": 16},
-        "checkpoint": {"dir": str(tmp_path / "ckpt"), "every_samples": 40, "every_seconds": 3600},
+        # Checkpoints only at a clean stop (SIGTERM), until the last run.
+        "checkpoint": {
+            "dir": str(tmp_path / "ckpt"), "every_samples": 10**9, "every_seconds": 3600,
+        },
         "dead_letter": {"file": str(tmp_path / "dead.jsonl")},
         "predictions": {"topic": "serve-out", "top_k": 3},
         "metrics": {"port": free_port()},
     }  # fmt: skip
     daemon = ServeProcess(config, tmp_path, "serving")
     try:
-        # Labels start after request 500 (message 500): kill twice while labels are joined.
-        for mark in (1300, 2100):
-            daemon.start()
-            daemon.wait_for(
-                lambda e, mark=mark: (
-                    e["event"] == "checkpoint_written" and sum(e["offsets"].values()) >= mark
-                ),
-                timeout=120,
-            )
-            time.sleep(0.3)
-            daemon.kill9()
+        # Up to message 1300 (labels from message 500 on), then a clean stop: a checkpoint
+        # with requests pending for their labels.
+        daemon.start()
+        wait_for_predictions(kafka_broker.bootstrap, publish(0, 1300))
+        assert daemon.terminate() == 0
+        checkpointed = daemon.latest_checkpoint()
+        assert checkpointed.meta["offsets"] == {"0": 1300}
+        assert len(checkpointed.meta["serving"]["loop"]["join"]["requests"]) == DELAY
+        # Then up to 2100, every request answered, and kill -9: nothing of it checkpointed.
+        daemon.start()
+        wait_for_predictions(kafka_broker.bootstrap, publish(1300, 2100))
+        daemon.kill9()
+        assert daemon.latest_checkpoint().meta["offsets"] == {"0": 1300}
+        # The rest, read from the checkpoint's offsets again.
         daemon.reconfigure(checkpoint={"every_seconds": 0.3})
         daemon.start()
-        final = daemon.wait_until_learned({0: total}, timeout=120)
+        recovered = daemon.wait_for(lambda e: e["event"] == "predictions_recovered", 60)
+        assert recovered["count"] == requests(2100) - requests(1300)
+        publish(2100, len(messages))
+        final = daemon.wait_until_learned({0: len(messages)}, timeout=120)
         assert daemon.terminate() == 0
     finally:
         daemon.stop()
+        sink.close()
 
-    recovered = [
-        e for e in daemon.events(since_start=False) if e["event"] == "predictions_recovered"
-    ]
-    assert recovered, "a kill left predictions published after its checkpoint"
     published = read_topic(kafka_broker.bootstrap, "serve-out")
     ids = sorted(json.loads(value)["id"] for _, value in published)
     assert ids == sorted(stream.id.tolist()), "one prediction per request"
     assert len({key for key, _ in published}) == len(published)
-    first = json.loads(published[-1][1])
-    assert set(first) >= {"id", "predicted", "top_k", "position", "latency_seconds", "request"}
+    last = json.loads(published[-1][1])
+    assert set(last) >= {"id", "predicted", "top_k", "position", "latency_seconds", "request"}
     assert final.meta["loop"]["samples_seen"] == len(stream)
 
     replayed = tmp_path / "replay"

@@ -23,9 +23,7 @@ def _replay(stream_path, out, *options) -> dict:
     return json.loads((out / "results.json").read_text())
 
 
-def test_labels_with_no_delay_score_as_test_then_train_one_sample_at_a_time(
-    stream_path, tmp_path
-):
+def test_labels_with_no_delay_score_as_test_then_train_one_sample_at_a_time(stream_path, tmp_path):
     served = _replay(stream_path, tmp_path / "served", "--label-delay", "0")
     plain = _replay(stream_path, tmp_path / "plain", "--batch-size", "1")
     for key in ("prequential_accuracy", "A_auc", "A_last", "F_last", "samples", "curve"):
@@ -33,9 +31,7 @@ def test_labels_with_no_delay_score_as_test_then_train_one_sample_at_a_time(
     assert served["predictions"] == served["samples"] and served["expired"] == 0
 
 
-def test_a_longer_delay_lowers_prequential_accuracy_but_learns_every_sample(
-    stream_path, tmp_path
-):
+def test_a_longer_delay_lowers_prequential_accuracy_but_learns_every_sample(stream_path, tmp_path):
     quick = _replay(stream_path, tmp_path / "quick", "--label-delay", "10")
     late = _replay(stream_path, tmp_path / "late", "--label-delay", "300")
     assert late["samples"] == quick["samples"] == len(read_stream(stream_path))
