@@ -106,3 +106,14 @@ def test_the_state_round_trips_and_refuses_with_samples_queued():
     restored = _serving()
     restored.load_state_dict(serving.state_dict())
     assert list(restored.join.pending) == [1] and restored.predictions == 2
+
+
+def test_a_sequential_learner_serves_and_learns_joined_labels():
+    loop = EventLoop(create("river:naive_bayes.GaussianNB", PROBLEM), PROBLEM)
+    serving = ServingLoop(loop)
+    x = np.eye(3, dtype=np.float32)
+    assert serving.request(np.arange(3), x, now=0.0).predicted[:, 0].tolist() == [-1, -1, -1]
+    _label(serving, [0, 1, 2], [0, 1, 2])
+    serving.flush()
+    assert loop.samples_seen == 3 and loop.prequential.total == 0  # none was answered
+    assert (serving.request(np.arange(3, 6), x, now=2.0).predicted >= 0).all()
