@@ -109,8 +109,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the body is left unread
             self._refuse(413, "oversized", f"{length} bytes, the limit is {route.max_bytes}")
             return
-        status, body = route.handle(self.rfile.read(int(length)))
-        self._reply(status, "application/json", body)
+        body = self.rfile.read(int(length))
+        try:
+            status, answer = route.handle(body)
+        except Exception as exc:  # a failing model must not drop the connection silently
+            log.exception("post_failed", path=self.path)
+            self._refuse(500, "internal_error", f"{type(exc).__name__}: {exc}")
+            return
+        self._reply(status, "application/json", answer)
 
     def _refuse(self, status: int, reason: str, detail: str) -> None:
         body = json.dumps({"error": reason, "detail": detail}).encode() + b"\n"

@@ -109,7 +109,7 @@ def test_delayed_labels_are_served_once_across_kill_9_and_scored_as_a_replay(
     assert final.meta["loop"]["samples_seen"] == len(stream)
 
     replayed = tmp_path / "replay"
-    replay = ["replay", str(stream_path), "--learner", "nmc", "--eval-period", "0"]
+    replay = ["replay", str(stream_path), "--learner", "nmc"]
     assert cli.main([*replay, "--label-delay", str(DELAY), "--out", str(replayed)]) == 0
     results = json.loads((replayed / "results.json").read_text())
     served = PrequentialAccuracy([1000])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import urllib.error
@@ -10,7 +11,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.observe.http_endpoint import MetricsServerError, start_metrics_server
+from stream.observe.http_endpoint import MetricsServerError, PostRoute, start_metrics_server
 from stream.observe.telemetry import Telemetry
 from tests.support import small_stream
 from tests.support.clock import Clock
@@ -112,3 +113,22 @@ def test_a_taken_port_is_one_clear_error():
 def test_bad_address_is_one_clear_error(host, port, stall, message):
     with pytest.raises(MetricsServerError, match=message.replace(".", r"\.")):
         start_metrics_server(Telemetry(), host, port, stall)
+
+
+def test_a_post_route_that_fails_answers_500_with_the_error():
+    def broken(body: bytes) -> tuple[int, bytes]:
+        raise RuntimeError("model on fire")
+
+    server = start_metrics_server(
+        Telemetry(), port=0, post_routes={"/predict": PostRoute(100, broken)}
+    )
+    try:
+        connection = http.client.HTTPConnection(server.host, server.port, timeout=10)
+        connection.request("POST", "/predict", b"{}")
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+        connection.close()
+    finally:
+        server.stop()
+    assert response.status == 500 and answer["error"] == "internal_error"
+    assert "model on fire" in answer["detail"]
