@@ -121,6 +121,7 @@ def predict_routes(daemon: Daemon) -> dict[str, PostRoute]:
     config = daemon.config.predictions
     if service is None or config is None or not config.http:
         return {}
+    assert isinstance(daemon.decoder, ServingDecoder)  # a serving daemon decodes requests
     handler = PredictHandler(
         service.serving,
         daemon.decoder,
