@@ -11,7 +11,9 @@ same stream.
 from __future__ import annotations
 
 import json
+import re
 import time
+import urllib.request
 
 import pytest
 
@@ -35,6 +37,19 @@ def wait_for_predictions(bootstrap: str, count: int, timeout: float = 120) -> No
         time.sleep(0.2)
 
 
+def wait_for_learned(port: int, count: int, timeout: float = 60) -> None:
+    """Until the daemon's ``streamcl_samples_total`` reaches ``count``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        found = re.search(r'^streamcl_samples_total\{learner="nmc"\} (\S+)$', text, re.M)
+        if found and float(found.group(1)) >= count:
+            return
+        assert time.monotonic() < deadline, f"{count} samples not learned in {timeout} s"
+        time.sleep(0.1)
+
+
 def test_delayed_labels_are_served_once_across_kill_9_and_scored_as_a_replay(
     kafka_broker, tmp_path
 ):
@@ -42,7 +57,15 @@ def test_delayed_labels_are_served_once_across_kill_9_and_scored_as_a_replay(
     schedule = ["schedule", "si-blurry", "--dataset", "digits", "--seed", "3"]
     assert cli.main([*schedule, "--out", str(stream_path)]) == 0
     stream = read_stream(stream_path)
-    messages = list(delayed_messages(stream, load_dataset("digits"), "json", DELAY))
+    # First a bad request, a bad label and a label no request waits for: dead-lettered twice,
+    # and unmatched once (it learns nothing).
+    bad = [
+        (b'{"id": 1, "x": [1.0, 2.0]}', 0),
+        (b'{"id": 2, "y": 10}', 0),
+        (b'{"id": 123456, "y": 1}', 0),
+    ]
+    messages = bad + list(delayed_messages(stream, load_dataset("digits"), "json", DELAY))
+    first, second = len(bad) + 1300, len(bad) + 2100  # each part ends with a label
     sink = open_sink("confluent", kafka_broker.bootstrap)
     sink.ensure_topic("serve-in", 1)
 
@@ -75,31 +98,39 @@ def test_delayed_labels_are_served_once_across_kill_9_and_scored_as_a_replay(
     }  # fmt: skip
     daemon = ServeProcess(config, tmp_path, "serving")
     try:
-        # Up to message 1300 (labels from message 500 on), then a clean stop: a checkpoint
+        # Up to request 900 and label 400, then a clean stop: a checkpoint
         # with requests pending for their labels.
         daemon.start()
-        wait_for_predictions(kafka_broker.bootstrap, publish(0, 1300))
+        wait_for_predictions(kafka_broker.bootstrap, publish(0, first))
+        wait_for_learned(config["metrics"]["port"], first - len(bad) - requests(first))
         assert daemon.terminate() == 0
         checkpointed = daemon.latest_checkpoint()
-        assert checkpointed.meta["offsets"] == {"0": 1300}
+        assert checkpointed.meta["offsets"] == {"0": first}
         assert len(checkpointed.meta["serving"]["loop"]["join"]["requests"]) == DELAY
-        # Then up to 2100, every request answered, and kill -9: nothing of it checkpointed.
+        # Then up to request 1300, every request answered, and kill -9: nothing of it checkpointed.
         daemon.start()
-        wait_for_predictions(kafka_broker.bootstrap, publish(1300, 2100))
+        wait_for_predictions(kafka_broker.bootstrap, publish(first, second))
         daemon.kill9()
-        assert daemon.latest_checkpoint().meta["offsets"] == {"0": 1300}
+        assert daemon.latest_checkpoint().meta["offsets"] == {"0": first}
         # The rest, read from the checkpoint's offsets again.
         daemon.reconfigure(checkpoint={"every_seconds": 0.3})
         daemon.start()
         recovered = daemon.wait_for(lambda e: e["event"] == "predictions_recovered", 60)
-        assert recovered["count"] == requests(2100) - requests(1300)
-        publish(2100, len(messages))
+        assert recovered["count"] == requests(second) - requests(first)
+        publish(second, len(messages))
         final = daemon.wait_until_learned({0: len(messages)}, timeout=120)
         assert daemon.terminate() == 0
     finally:
         daemon.stop()
         sink.close()
 
+    letters = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert [(d["offset"], d["reason"]) for d in letters] == [
+        (0, "wrong_dimension"),
+        (1, "label_out_of_range"),
+    ]
+    unmatched = [e for e in daemon.events(since_start=False) if e["event"] == "label_unmatched"]
+    assert [e["ids"] for e in unmatched] == [[123456]]
     published = read_topic(kafka_broker.bootstrap, "serve-out")
     ids = sorted(json.loads(value)["id"] for _, value in published)
     assert ids == sorted(stream.id.tolist()), "one prediction per request"
