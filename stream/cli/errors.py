@@ -11,6 +11,7 @@ from stream.cli.config_file import ConfigFileError
 from stream.daemon.checkpoint import CheckpointError
 from stream.daemon.config import ServeConfigError
 from stream.data.datasets import DatasetError
+from stream.data.label_delay import LabelDelayError
 from stream.data.schedules import ScheduleError
 from stream.data.stream_file import StreamFileError
 from stream.engine.device import DeviceError
@@ -34,6 +35,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     DatasetError,
     DeviceError,
     DriftConfigError,
+    LabelDelayError,
     LearnerConfigError,
     MemoryConfigError,
     MetricsServerError,

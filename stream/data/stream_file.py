@@ -65,8 +65,9 @@ class StreamHeader(BaseModel):
     input_shape: list[int] = Field(default_factory=list)
     input_dtype: str = "float32"
     info: dict[str, Any] = Field(default_factory=dict)
-    # Labels this many samples after their samples (stream/data/label_delay.py); None: with them.
-    label_delay: int | None = Field(None, ge=0)
+    # When labels arrive (stream/data/label_delay.py: N, uniform:A-B, exponential:MEAN samples
+    # late, drawn with ``seed``); None: with their samples.
+    label_delay: int | str | None = None
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from stream.data.datasets import Dataset, as_float_tensor
-from stream.data.label_delay import delayed_order
+from stream.data.label_delay import delayed_order, label_delays
 from stream.data.stream_file import RecordedStream
 from stream.engine.event_loop import EventLoop
 from stream.engine.label_join import LabelJoin
@@ -23,12 +23,13 @@ from stream.engine.serving import ServingLoop
 
 
 def run_delayed(
-    loop: EventLoop, stream: RecordedStream, dataset: Dataset | None, delay: int
+    loop: EventLoop, stream: RecordedStream, dataset: Dataset | None, delay: int | str
 ) -> dict[str, Any]:
-    """Feed ``stream`` to ``loop`` with labels ``delay`` samples late; finish the loop and
-    return the serving counts (predictions served, requests expired)."""
+    """Feed ``stream`` to ``loop`` with labels ``delay`` late (stream/data/label_delay.py, drawn
+    with the stream's seed); finish the loop and return the serving counts."""
+    delays = label_delays(delay, len(stream), stream.header.seed)
     # The window holds every request a label is still due for: nothing expires in a replay.
-    serving = ServingLoop(loop, LabelJoin(max_pending=delay + 1, max_bytes=1 << 62))
+    serving = ServingLoop(loop, LabelJoin(max_pending=max(len(stream), 1), max_bytes=1 << 62))
     ids, y, level = np.asarray(stream.id), np.asarray(stream.y), np.asarray(stream.level)
     task = np.asarray(stream.task)
     requests: list[int] = []
@@ -38,7 +39,7 @@ def run_delayed(
         serving.request(ids[rows], _inputs(stream, dataset, rows), now=0.0, task=task[rows])
         requests.clear()
 
-    for kind, i in delayed_order(len(stream), delay):
+    for kind, i in delayed_order(len(stream), delays):
         if kind == "request":
             requests.append(i)
             continue

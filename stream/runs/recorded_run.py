@@ -69,12 +69,12 @@ def replay(
     device: str = "auto",
     out_dir: str | Path | None = None,
     observers: Sequence[Observer] = (),
-    label_delay: int | None = None,
+    label_delay: int | str | None = None,
 ) -> dict[str, Any]:
     """Run ``learner_name`` over ``prepared``; write results.json and curve.png to ``out_dir``.
 
-    With ``label_delay`` (samples), every sample is a prediction request first and its label
-    comes that many samples later (stream/runs/delayed_labels.py)."""
+    With ``label_delay`` (stream/data/label_delay.py), every sample is a prediction request
+    first and its label comes that late (stream/runs/delayed_labels.py)."""
     loop_config = loop_config or LoopConfig()
     torch_device = resolve_device(device)
     learner: Learner = registry.create(learner_name, prepared.problem, options, torch_device)

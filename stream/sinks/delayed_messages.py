@@ -1,7 +1,7 @@
 """A recorded stream as wire messages with delayed labels (docs/serving.md).
 
 Every event becomes a prediction request (one per message: JSON, or a binary micro-batch of
-one) and its label ``{id, y, level}`` (JSON) follows ``delay`` events later, in the order of
+one) and its label ``{id, y, level}`` (JSON) follows as late as the delay says, in the order of
 stream/data/label_delay.py. ``streamcl publish --label-delay`` and ``streamcl demo --daemon``
 send these; ``streamcl replay --label-delay`` replays the same order without a broker.
 """
@@ -13,16 +13,17 @@ from collections.abc import Iterator
 import numpy as np
 
 from stream.data.datasets import Dataset, as_float_tensor
-from stream.data.label_delay import delayed_order
+from stream.data.label_delay import delayed_order, label_delays
 from stream.data.stream_file import RecordedStream
 from stream.sources.serving_wire import encode_label_json, encode_request_json, encode_requests
 
 
 def delayed_messages(
-    stream: RecordedStream, dataset: Dataset | None, form: str, delay: int
+    stream: RecordedStream, dataset: Dataset | None, form: str, delay: int | str
 ) -> Iterator[tuple[bytes, int]]:
     """``(message, samples)``: requests count as one sample, labels as none."""
-    for kind, i in delayed_order(len(stream), delay):
+    delays = label_delays(delay, len(stream), stream.header.seed)
+    for kind, i in delayed_order(len(stream), delays):
         if kind == "label":
             yield encode_label_json(int(stream.id[i]), int(stream.y[i]), int(stream.level[i])), 0
             continue

@@ -23,6 +23,7 @@ import numpy as np
 
 from stream.cli.errors import UsageError
 from stream.data.datasets import as_float_tensor, load_dataset
+from stream.data.label_delay import check_label_delay
 from stream.data.stream_file import RecordedStream, read_stream
 from stream.sinks.delayed_messages import delayed_messages
 from stream.sinks.kafka_sink import open_sink
@@ -54,11 +55,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--label-delay",
-        type=int,
         default=None,
-        metavar="N",
-        help="send each event as a prediction request and its label N events later "
-        "(default: the stream's own delay, else labelled samples)",
+        metavar="DELAY",
+        help="send each event as a prediction request and its label late: N events, "
+        "uniform:A-B or exponential:MEAN (default: the stream's own delay, else labelled samples)",
     )
     parser.set_defaults(run=run)
 
@@ -93,10 +93,10 @@ def messages(
 def run(args: argparse.Namespace) -> int:
     if args.batch <= 0 or args.partitions <= 0 or (args.rate is not None and args.rate <= 0):
         raise UsageError("--batch, --partitions and --rate must be positive")
-    if args.label_delay is not None and args.label_delay < 0:
-        raise UsageError(f"--label-delay must be >= 0 events, got {args.label_delay}")
     stream = read_stream(args.stream)
     delay = stream.header.label_delay if args.label_delay is None else args.label_delay
+    if delay is not None:
+        delay = check_label_delay(delay)
     dataset = None
     if stream.x is None:
         dataset = load_dataset(stream.header.dataset)

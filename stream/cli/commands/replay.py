@@ -19,6 +19,7 @@ from learners.capabilities import DriftAction
 from learners.registry import describe_validation_error
 from stream.cli.config_file import load_config_file
 from stream.cli.errors import UsageError
+from stream.data.label_delay import check_label_delay
 from stream.engine.device import resolve_device
 from stream.engine.drift_detection import DriftConfig
 from stream.engine.event_loop import LoopConfig, Observer
@@ -76,11 +77,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--label-delay",
-        type=int,
         default=None,
-        metavar="N",
-        help="labels arrive N samples after their samples, which are predicted first (as "
-        "`streamcl serve` sees them; default: the stream's own delay, else none)",
+        metavar="DELAY",
+        help="labels arrive late (N samples, uniform:A-B or exponential:MEAN), each sample "
+        "predicted first, as `streamcl serve` sees them (default: the stream's own, else none)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--out", default=None, help="output directory (default: runs/<learner>)")
@@ -167,8 +167,8 @@ def run(args: argparse.Namespace) -> int:
     label_delay = args.label_delay
     if label_delay is None:
         label_delay = prepared.stream.header.label_delay
-    if label_delay is not None and label_delay < 0:
-        raise UsageError(f"--label-delay must be >= 0 samples, got {label_delay}")
+    if label_delay is not None:
+        label_delay = check_label_delay(label_delay)
     out = Path(args.out) if args.out else Path("runs") / args.learner.replace(":", "_")
     bar_enabled = None if resolve_format(args.log_format, sys.stderr) == "console" else False
     observers: list[Observer] = [

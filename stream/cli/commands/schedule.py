@@ -8,6 +8,7 @@ from typing import Any
 
 from stream.cli.errors import UsageError
 from stream.data.datasets import load_dataset
+from stream.data.label_delay import check_label_delay
 from stream.data.schedules import make_schedule, schedule_names
 from stream.data.stream_file import record_schedule, write_stream
 
@@ -48,11 +49,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--label-delay",
-        type=int,
         default=None,
-        metavar="N",
-        help="labels arrive N samples late: replay and publish then predict each sample before "
-        "its label is known (docs/serving.md)",
+        metavar="DELAY",
+        help="labels arrive late: N samples, uniform:A-B or exponential:MEAN (drawn with the "
+        "seed); replay and publish then predict each sample before its label is known "
+        "(docs/serving.md)",
     )
     parser.add_argument("--out", required=True, help="output stream file (.jsonl or .scl)")
     parser.set_defaults(run=run)
@@ -88,9 +89,8 @@ def run(args: argparse.Namespace) -> int:
         inline=args.inline,
     )
     if args.label_delay is not None:
-        if args.label_delay < 0:
-            raise UsageError(f"--label-delay must be >= 0 samples, got {args.label_delay}")
-        recorded.header = recorded.header.model_copy(update={"label_delay": args.label_delay})
+        delay = check_label_delay(args.label_delay)
+        recorded.header = recorded.header.model_copy(update={"label_delay": delay})
     path = write_stream(args.out, recorded)
     sizes = [int((schedule.task == t).sum()) for t in range(schedule.num_tasks)]
     print(f"wrote {len(schedule)} events in {schedule.num_tasks} tasks {sizes} to {path}")

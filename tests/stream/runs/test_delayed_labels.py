@@ -54,6 +54,21 @@ def test_a_stream_scheduled_with_a_delay_replays_with_it(tmp_path):
 def test_a_negative_delay_is_bad_usage(stream_path, tmp_path, capsys):
     args = ["replay", str(stream_path), "--learner", "nmc", "--label-delay", "-1"]
     assert cli.main([*args, "--out", str(tmp_path)]) == 2
-    assert "--label-delay must be >= 0" in capsys.readouterr().err
-    schedule = ["schedule", "disjoint", "--dataset", "digits", "--label-delay", "-3"]
+    assert (
+        "label delay '-1': expected N, uniform:A-B or exponential:MEAN" in capsys.readouterr().err
+    )
+    schedule = ["schedule", "disjoint", "--dataset", "digits", "--label-delay", "uniform:9-3"]
     assert cli.main([*schedule, "--out", str(tmp_path / "s.scl")]) == 2
+
+
+def test_drawn_delays_replay_the_same_twice_and_sit_between_their_bounds(stream_path, tmp_path):
+    drawn = [
+        _replay(stream_path, tmp_path / f"drawn{i}", "--label-delay", "uniform:10-300")
+        for i in range(2)
+    ]
+    assert drawn[0]["prequential_accuracy"] == drawn[1]["prequential_accuracy"]
+    quick = _replay(stream_path, tmp_path / "quick", "--label-delay", "10")
+    late = _replay(stream_path, tmp_path / "late", "--label-delay", "300")
+    assert late["prequential_accuracy"] < drawn[0]["prequential_accuracy"]
+    assert drawn[0]["prequential_accuracy"] < quick["prequential_accuracy"]
+    assert drawn[0]["label_delay"] == "uniform:10-300"
