@@ -25,6 +25,7 @@ import torch
 
 from learners.analytic import AnalyticConfig, AnalyticLearner
 from learners.base import Problem
+from learners.capabilities import AdditiveStatistics
 from learners.linalg.ridge import RecursiveRidge
 from learners.state.learner_state import LearnerState
 
@@ -33,7 +34,7 @@ class ACILConfig(AnalyticConfig):
     """G-ACIL options: those of every analytic learner."""
 
 
-class ACIL(AnalyticLearner):
+class ACIL(AnalyticLearner, AdditiveStatistics):
     """G-ACIL: frozen backbone, random ReLU buffer, exact streaming ridge head per level.
 
     ``learn`` absorbs each sample exactly once and ignores ``iterations``. ``state_dict`` drops
@@ -86,6 +87,13 @@ class ACIL(AnalyticLearner):
             raise ValueError(f"cannot merge {self.name} learners whose buffer layers differ")
         for head, other_head in zip(self.heads, other.heads, strict=True):
             head.merge(other_head)
+
+    def additive_statistics(self) -> list[torch.Tensor]:
+        return [t for head in self.heads for t in head.statistics()]
+
+    def statistics_changed(self) -> None:
+        for head in self.heads:
+            head.drop_cache()
 
     def state_dict(self) -> LearnerState:
         tensors = self._feature_tensors()

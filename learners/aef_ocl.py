@@ -36,6 +36,7 @@ from pydantic import Field
 
 from learners.acil import ACIL, ACILConfig
 from learners.base import Problem
+from learners.capabilities import ClassMomentsView, MomentStatistics
 from learners.linalg.ridge import RidgeSolution, one_hot
 from learners.state.learner_state import LearnerState
 
@@ -139,7 +140,7 @@ def pseudo_feature_generator(
         yield moments.mean[rows] + z.to(counts.device) * std[rows], rows
 
 
-class AEFOCL(ACIL):
+class AEFOCL(ACIL, MomentStatistics):
     """AEF-OCL: G-ACIL whose predictions come from a pseudo-feature-balanced copy of the head.
 
     ``iterations`` is ignored as in :class:`learners.acil.ACIL`. A draw is reproducible from
@@ -207,6 +208,15 @@ class AEFOCL(ACIL):
         draws = pseudo_feature_generator(drawn, self.config.noise, self.draw_generator(level))
         for features, labels in draws:
             yield self.buffer(features), one_hot(labels, classes)
+
+    def moment_statistics(self) -> list[ClassMomentsView]:
+        return [ClassMomentsView(m.counts, m.mean, m.m2, pooled=False) for m in self.moments]
+
+    def statistics_changed(self) -> None:
+        """As :meth:`ACIL.statistics_changed`; the next prediction draws afresh."""
+        super().statistics_changed()
+        self.drawn = [None] * self.problem.num_levels
+        self.balanced = [None] * self.problem.num_levels
 
     def merge(self, other: ACIL) -> None:
         """As :meth:`ACIL.merge`, plus the class moments; the next prediction draws afresh."""

@@ -24,6 +24,7 @@ The engine and the contract checks (:mod:`learners.checks`) look for these by ``
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from enum import StrEnum
 
 import torch
@@ -68,3 +69,54 @@ class SequentialLearner(ABC):
         ``predict`` at that moment; ``-1`` where the learner could not predict (every class
         scored ``-inf``). Learning must equal ``learn(x, y, level, iterations)``.
         """
+
+
+class SyncedStatistics(ABC):
+    """Learners whose learned state is statistics that copies of the learner can combine, so
+    that the scale-out daemon (``stream/daemon/statistics_sync.py``) keeps one exact model over
+    several workers: :class:`AdditiveStatistics`, :class:`MomentStatistics` or both."""
+
+    @abstractmethod
+    def statistics_changed(self) -> None:
+        """Drop whatever was derived from the statistics (they were changed in place)."""
+
+
+class AdditiveStatistics(SyncedStatistics):
+    """Mixin of learners whose learned state is a sum over the samples learned.
+
+    Learning a batch adds that batch's contribution to a fixed list of float64 tensors (class
+    sums and counts, a ridge head's HᵀH and HᵀY), and everything the learner predicts with is
+    derived from them. Two copies of a learner that start equal and learn disjoint parts of a
+    stream therefore add up, tensor by tensor, to one that learned all of it, in any order:
+    the scale-out daemon all-reduces each copy's increment since the last sync point. ``merge``
+    on two whole learners is the same sum.
+    """
+
+    @abstractmethod
+    def additive_statistics(self) -> list[torch.Tensor]:
+        """The live statistics tensors, in a fixed order; changing them in place changes the
+        learner once :meth:`statistics_changed` is called."""
+
+
+@dataclass(frozen=True)
+class ClassMomentsView:
+    """Live per-class counts ``[C]``, means ``[C, d]`` and centred second moments of one label
+    space: ``pooled`` — one within-class scatter ``[d, d]`` summed over the classes (slda);
+    otherwise per-class, per-feature sums of squared deviations ``[C, d]`` (aef-ocl)."""
+
+    counts: torch.Tensor
+    means: torch.Tensor
+    second: torch.Tensor
+    pooled: bool
+
+
+class MomentStatistics(SyncedStatistics):
+    """Mixin of learners that keep class means and centred second moments, which two sample
+    sets combine by Chan et al.'s parallel update (not by addition). The scale-out daemon
+    gathers each copy's moments of the samples since the last sync point and combines them, in
+    rank order, into the last sync point's."""
+
+    @abstractmethod
+    def moment_statistics(self) -> list[ClassMomentsView]:
+        """Views of the live moment tensors, in a fixed order (changed in place by a sync,
+        followed by :meth:`statistics_changed`)."""

@@ -19,6 +19,9 @@ Deviations from the official ``DSAL`` (ZHUANGHP/Analytic-continual-learning), on
 
 DS-AL has no ``merge``: the compensation targets depend on the main stream's state at each
 batch, so two learners that saw halves of a stream do not add up to one that saw all of it.
+Both streams' statistics are still sums over batches (:class:`AdditiveStatistics`), which is
+what scale-out synchronises: the main stream then equals a single-process run exactly, while
+each compensation row is the residual against the main stream its worker held at that batch.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pydantic import Field
 
 from learners.analytic import AnalyticConfig, AnalyticLearner
 from learners.base import Problem
+from learners.capabilities import AdditiveStatistics
 from learners.linalg.ridge import RecursiveRidge, one_hot
 from learners.state.learner_state import LearnerState
 
@@ -43,7 +47,7 @@ class DSALConfig(AnalyticConfig):
     )
 
 
-class DSAL(AnalyticLearner):
+class DSAL(AnalyticLearner, AdditiveStatistics):
     """DS-AL: ReLU main stream + C × tanh compensation stream fitted to its cleansed residual.
 
     ``learn`` absorbs each sample exactly once and ignores ``iterations``. ``state_dict`` drops
@@ -83,6 +87,13 @@ class DSAL(AnalyticLearner):
             current = torch.zeros(targets.shape[1], dtype=torch.bool, device=self.device)
             current[labels] = True
             self.comp[lvl].fit(H_comp, residual.masked_fill_(~current, 0.0))
+
+    def additive_statistics(self) -> list[torch.Tensor]:
+        return [t for heads in (self.main, self.comp) for head in heads for t in head.statistics()]
+
+    def statistics_changed(self) -> None:
+        for head in (*self.main, *self.comp):
+            head.drop_cache()
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:

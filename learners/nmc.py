@@ -21,7 +21,7 @@ from pydantic import Field
 
 from learners.backbones.backbone import BackboneConfig, build_backbone
 from learners.base import Learner, LearnerConfig, Problem
-from learners.capabilities import DriftAction, DriftAdaptive
+from learners.capabilities import AdditiveStatistics, DriftAction, DriftAdaptive
 from learners.state.learner_state import LearnerState
 
 
@@ -33,7 +33,7 @@ class NMCConfig(LearnerConfig):
     normalize: bool = Field(False, description="L2-normalise features before averaging")
 
 
-class NMC(Learner, DriftAdaptive):
+class NMC(Learner, DriftAdaptive, AdditiveStatistics):
     """Nearest class mean over a frozen backbone, one set of means per hierarchy level."""
 
     name = "nmc"
@@ -114,6 +114,12 @@ class NMC(Learner, DriftAdaptive):
     def _refresh_all(self) -> None:
         for lvl in range(self.problem.num_levels):
             self._refresh(lvl)
+
+    def additive_statistics(self) -> list[torch.Tensor]:
+        return [*self.sums, *self.counts]
+
+    def statistics_changed(self) -> None:
+        self._refresh_all()
 
     def state_dict(self) -> LearnerState:
         tensors: dict[str, torch.Tensor] = {}

@@ -28,6 +28,7 @@ from pydantic import Field
 
 from learners.backbones.backbone import BackboneConfig, build_backbone
 from learners.base import Learner, LearnerConfig, Problem
+from learners.capabilities import ClassMomentsView, MomentStatistics
 from learners.linalg.cholesky import cholesky_solve
 from learners.state.learner_state import LearnerState
 from learners.state.torch_state import load_module_tensors, module_tensors
@@ -96,7 +97,7 @@ class ClassScatter:
         return self
 
 
-class SLDA(Learner):
+class SLDA(Learner, MomentStatistics):
     """Streaming LDA: running class means, shared shrunk covariance, linear scores per level.
 
     ``learn`` absorbs each sample exactly once and ignores ``iterations``.
@@ -153,6 +154,12 @@ class SLDA(Learner):
         W, c = self.discriminant(level)
         scores = self.features(x) @ W - c
         return scores.masked_fill(self.stats[level].counts == 0, float("-inf"))
+
+    def moment_statistics(self) -> list[ClassMomentsView]:
+        return [ClassMomentsView(s.counts, s.means, s.scatter, pooled=True) for s in self.stats]
+
+    def statistics_changed(self) -> None:
+        self._solved = [None] * self.problem.num_levels
 
     def merge(self, other: SLDA) -> None:
         """Absorb what ``other`` learned: this learner then equals one that saw both streams."""

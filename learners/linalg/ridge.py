@@ -295,6 +295,13 @@ class RecursiveRidge:
         self.counts += other.counts.to(self.counts.device)
         self._solution = None
 
+    def statistics(self) -> list[torch.Tensor]:
+        """The live additive statistics G (lower triangle meaningful), Q and counts; after
+        changing them in place call :meth:`drop_cache` (lazy heads only)."""
+        if self._G is None or self.Q is None:
+            raise ValueError("a woodbury ridge head keeps no statistics; use solver='lazy'")
+        return [self._G, self.Q, self.counts]
+
     def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         """The head's state under ``prefix.``: G (full, symmetric), Q, counts (lazy) or R, W,
         counts (woodbury)."""

@@ -193,6 +193,21 @@ class PredictionsConfig(_Section):
     http_max_samples: int = Field(1024, gt=0, description="most samples in one POST /predict")
 
 
+class SyncConfig(_Section):
+    """Scale-out (``torchrun ... -m stream serve``): when the workers make their models one."""
+
+    every_samples: int = Field(
+        1_000, gt=0, description="sync point after the group learned this many samples"
+    )
+    every_seconds: float = Field(5.0, gt=0, description="and at least this often while learning")
+    timeout_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="a worker waiting longer than this for a peer fails (torchrun then restarts "
+        "the group)",
+    )
+
+
 class ServeConfig(_Section):
     kafka: KafkaConfig
     learner: LearnerSection
@@ -204,6 +219,7 @@ class ServeConfig(_Section):
     messages: MessagesConfig = Field(default_factory=MessagesConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     predictions: PredictionsConfig | None = None
+    sync: SyncConfig = Field(default_factory=SyncConfig)
 
     @model_validator(mode="after")
     def _problem_known(self) -> ServeConfig:

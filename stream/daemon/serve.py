@@ -140,9 +140,7 @@ class Daemon:
         self.invalid: Counter[str] = Counter()
         self.checkpointed_positions: dict[int, int] = {}
         self.checkpointed_samples = 0
-        checkpoint = self.store.latest()
-        if checkpoint is not None:
-            self._restore(checkpoint)
+        checkpoint = self._resume()
         self.dead_letters = self._open_dead_letters(checkpoint)
         self.watch = BrokerWatch(
             self.telemetry,
@@ -166,6 +164,13 @@ class Daemon:
             "input_shape": list(self.problem.input_shape),
             "num_classes": list(self.problem.num_classes),
         }
+
+    def _resume(self) -> Checkpoint | None:
+        """Restore the latest checkpoint, if any; returns it (the dead letters resume from it)."""
+        checkpoint = self.store.latest()
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        return checkpoint
 
     def _restore(self, checkpoint: Checkpoint) -> None:
         meta = checkpoint.meta

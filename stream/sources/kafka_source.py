@@ -4,7 +4,9 @@ The daemon owns the offsets: its checkpoint is the only record of what has been 
 sources never auto-commit and never start from the group's committed offsets. When the group
 assigns partitions (at start, after a rebalance, after a broker outage), the source asks the
 daemon where each one continues (``on_assign``) and seeks there; partitions the daemon does not
-know start from ``start_from``. ``commit`` exists for monitoring tools only.
+know start from ``start_from``. ``commit`` exists for monitoring tools only. Given a ``choose``
+function, a source joins no group rebalance: it reads the topic's partition list once and assigns
+itself the partitions ``choose`` picks (``on_assign`` still says where each continues).
 
 Both clients give the same behaviour: ``poll`` returns records in offset order per partition,
 ``end_offsets`` asks the broker (and so doubles as a health probe), and broker trouble is
@@ -24,6 +26,9 @@ from stream.daemon.config import KafkaConfig
 # Partition -> offset to continue from, for the partitions the daemon knows.
 AssignHandler = Callable[[list[int]], dict[int, int]]
 ErrorHandler = Callable[[str], None]
+# The topic's partitions -> those this consumer reads, for a manual assignment without a group
+# rebalance (a scaled-out daemon's ranks: stream/daemon/distributed.py).
+PartitionChooser = Callable[[list[int]], list[int]]
 
 # librdkafka and kafka-python log through stdlib logging under this name.
 client_log = logging.getLogger("streamcl.kafka")
@@ -44,9 +49,14 @@ class KafkaSource(ABC):
     """One consumer of ``config.topic`` in group ``config.group``."""
 
     def __init__(
-        self, config: KafkaConfig, on_assign: AssignHandler, on_error: ErrorHandler
+        self,
+        config: KafkaConfig,
+        on_assign: AssignHandler,
+        on_error: ErrorHandler,
+        choose: PartitionChooser | None = None,
     ) -> None:
         self.config = config
+        self.choose = choose
         self.topic = config.topic
         self.on_assign = on_assign
         self.on_error = on_error
@@ -78,21 +88,28 @@ class KafkaSource(ABC):
 
 
 def open_source(
-    config: KafkaConfig, on_assign: AssignHandler, on_error: ErrorHandler
+    config: KafkaConfig,
+    on_assign: AssignHandler,
+    on_error: ErrorHandler,
+    choose: PartitionChooser | None = None,
 ) -> KafkaSource:
-    """The source for ``config.client``."""
+    """The source for ``config.client``; manually assigned when ``choose`` is given."""
     if config.client == "confluent":
-        return ConfluentSource(config, on_assign, on_error)
-    return KafkaPythonSource(config, on_assign, on_error)
+        return ConfluentSource(config, on_assign, on_error, choose)
+    return KafkaPythonSource(config, on_assign, on_error, choose)
 
 
 class ConfluentSource(KafkaSource):
     """confluent-kafka (librdkafka): fetches in background threads, the faster client."""
 
     def __init__(
-        self, config: KafkaConfig, on_assign: AssignHandler, on_error: ErrorHandler
+        self,
+        config: KafkaConfig,
+        on_assign: AssignHandler,
+        on_error: ErrorHandler,
+        choose: PartitionChooser | None = None,
     ) -> None:
-        super().__init__(config, on_assign, on_error)
+        super().__init__(config, on_assign, on_error, choose)
         import confluent_kafka as ck
 
         self._ck = ck
@@ -118,6 +135,20 @@ class ConfluentSource(KafkaSource):
         strategy = str(settings.get("partition.assignment.strategy", ""))
         self._cooperative = "cooperative" in strategy
         self.consumer = ck.Consumer(settings)
+        if choose is not None:
+            try:
+                metadata = self.consumer.list_topics(config.topic, config.request_timeout_ms / 1000)
+            except ck.KafkaException as exc:
+                self.consumer.close()
+                raise SourceError(f"partitions of {config.topic}: {exc}") from None
+            topic = metadata.topics.get(config.topic)
+            if topic is None or topic.error is not None or not topic.partitions:
+                self.consumer.close()
+                raise SourceError(f"topic {config.topic!r} has no partitions (yet)")
+            chosen = choose(sorted(topic.partitions))
+            self._cooperative = False
+            self._assigned(self.consumer, [ck.TopicPartition(config.topic, p) for p in chosen])
+            return
         self.consumer.subscribe(
             [config.topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
         )
@@ -214,9 +245,13 @@ class KafkaPythonSource(KafkaSource):
     """kafka-python: pure Python, the client the user named as the default."""
 
     def __init__(
-        self, config: KafkaConfig, on_assign: AssignHandler, on_error: ErrorHandler
+        self,
+        config: KafkaConfig,
+        on_assign: AssignHandler,
+        on_error: ErrorHandler,
+        choose: PartitionChooser | None = None,
     ) -> None:
-        super().__init__(config, on_assign, on_error)
+        super().__init__(config, on_assign, on_error, choose)
         import kafka
         import kafka.errors
 
@@ -238,6 +273,19 @@ class KafkaPythonSource(KafkaSource):
         except kafka.errors.KafkaError as exc:
             # kafka-python meets the brokers in its constructor; confluent-kafka does it later.
             raise SourceError(f"{type(exc).__name__}: {exc}") from None
+        if choose is not None:
+            try:
+                found = self.consumer.partitions_for_topic(config.topic)
+            except kafka.errors.KafkaError as exc:
+                self.consumer.close(autocommit=False)
+                raise SourceError(f"partitions of {config.topic}: {exc}") from None
+            if not found:
+                self.consumer.close(autocommit=False)
+                raise SourceError(f"topic {config.topic!r} has no partitions (yet)")
+            chosen = [kafka.TopicPartition(config.topic, p) for p in choose(sorted(found))]
+            self.consumer.assign(chosen)
+            self._assigned(chosen)
+            return
         source = self
 
         class Listener(kafka.ConsumerRebalanceListener):

@@ -56,13 +56,15 @@ class ServeProcess:
     def checkpoint_dir(self) -> Path:
         return Path(self.config["checkpoint"]["dir"])
 
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "stream", "serve", "--config", str(self.config_path)]
+
     def start(self) -> None:
         self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "stream", "serve", "--config", str(self.config_path)],
-                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                self.command(), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
 
     def events(self, since_start: bool = True) -> list[dict[str, Any]]:

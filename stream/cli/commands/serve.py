@@ -3,16 +3,28 @@
 Logs are JSON lines on stderr (``--log-format console`` for people); ``/metrics`` and
 ``/healthz`` are served on ``metrics.host:metrics.port``. SIGTERM and SIGINT finish the current
 batch, write a checkpoint and exit 0.
+
+Scale-out (docs/scale-out.md): under ``torchrun`` (which sets ``RANK`` and ``WORLD_SIZE``) each
+worker is one rank of :class:`~stream.daemon.scaleout.ScaleOutDaemon`, serving ``/metrics`` on
+``metrics.port + LOCAL_RANK``. ``--workers N`` starts such a group of N workers on this machine
+through ``torch.distributed.run`` (torchrun's module), which restarts the group when a worker
+fails (``--max-restarts``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import subprocess
+import sys
 from types import FrameType
 
+from stream.cli.errors import UsageError
 from stream.daemon.config import load_serve_config
+from stream.daemon.distributed import World
 from stream.daemon.predict_http import predict_routes
+from stream.daemon.scaleout import ScaleOutDaemon
 from stream.daemon.serve import Daemon
 from stream.observe.http_endpoint import start_metrics_server
 
@@ -26,20 +38,48 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "(docs/daemon.md).",
     )
     parser.add_argument("--config", required=True, help="serve config, a TOML or JSON file")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="learn one model with N worker processes on this machine (torchrun); default 1",
+    )
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=3,
+        help="with --workers: how often torchrun restarts the group after a worker failed",
+    )
     # JSON log lines unless asked otherwise: a daemon's stderr goes to a log collector.
     parser.set_defaults(run=run, log_format="json")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    if args.max_restarts < 0:
+        raise UsageError(f"--max-restarts must be >= 0, got {args.max_restarts}")
     config = load_serve_config(args.config)
-    daemon = Daemon(config)
+    world = World.from_environment(os.environ)
+    if config.predictions is not None and (args.workers > 1 or world is not None):
+        # One join window and one predictions log per model: ranks would each hold a part.
+        raise UsageError(
+            "[predictions] is served by a single daemon; scale-out (--workers, torchrun) does "
+            "not serve predictions (docs/serving.md)"
+        )
+    if args.workers > 1 and world is None:
+        return launch_workers(args.config, args.workers, args.max_restarts)
+    daemon = Daemon(config) if world is None else ScaleOutDaemon(config, world)
     metrics = config.metrics
     server = None
     if metrics.port is not None:
+        port = metrics.port
+        if world is not None and port != 0:
+            port += world.local_rank
         server = start_metrics_server(
             daemon.telemetry,
             metrics.host,
-            metrics.port,
+            port,
             metrics.stall_seconds,
             post_routes=predict_routes(daemon),
         )
@@ -55,3 +95,45 @@ def run(args: argparse.Namespace) -> int:
         if server is not None:
             server.stop()
     return 0
+
+
+def launch_workers(config: str, workers: int, max_restarts: int) -> int:
+    """Run ``workers`` ranks of this config under torchrun on this machine; its exit code.
+
+    SIGTERM and SIGINT go to the workers themselves: each finishes its round, the group writes a
+    last aligned checkpoint, every worker exits 0 and so does torchrun. (Signalled itself,
+    torchrun would stop its workers the same way but report failure.)"""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        "--nproc-per-node", str(workers), "--max-restarts", str(max_restarts),
+        "-m", "stream", "serve", "--config", config,
+    ]  # fmt: skip
+    launcher = subprocess.Popen(command)
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        children = _children(launcher.pid)
+        for pid in children or [launcher.pid]:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                continue  # exited meanwhile
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    return launcher.wait()
+
+
+def _children(pid: int) -> list[int]:
+    """The pids of ``pid``'s child processes (Linux /proc); empty where it cannot tell."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as listing:
+                found.extend(int(child) for child in listing.read().split())
+        except OSError:
+            continue
+    return found

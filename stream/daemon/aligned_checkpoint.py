@@ -1,0 +1,180 @@
+"""Aligned checkpoints of a scaled-out daemon: one global checkpoint out of every rank's shard.
+
+At a sync point every rank writes its shard of epoch E, ``epoch-<E>/rank-<r>.sclckpt`` (the
+single-process checkpoint format of :mod:`stream.daemon.checkpoint`: offsets of its partitions,
+loop state, counters and learner state), atomically. The ranks then agree that all shards were
+written, and rank 0 writes ``epoch-<E>/MANIFEST.json`` last, atomically: the epoch number, the
+world size, every shard's file name, length and SHA-256, and the union of the offsets. An epoch
+counts only once its manifest exists and every shard it names matches it, so a worker killed
+while writing (or before the manifest) leaves the previous epoch as the one to resume from.
+
+When the learner's model is the same on every rank at a sync point (synced statistics, just
+synchronised), only rank 0's shard carries the learner; the others carry offsets and loop state.
+Gradient learners keep a replay memory per rank, so every shard carries its rank's learner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from learners.state.learner_state import LearnerState
+from stream.daemon.checkpoint import CheckpointError, CorruptCheckpoint, decode, encode
+
+MANIFEST = "MANIFEST.json"
+MANIFEST_FORMAT = 1
+_EPOCH = re.compile(r"^epoch-(\d{12})$")
+
+
+def shard_name(rank: int) -> str:
+    return f"rank-{rank:05d}.sclckpt"
+
+
+@dataclass
+class Shard:
+    """One rank's part of a global checkpoint, as loaded."""
+
+    epoch: int
+    rank: int
+    meta: dict[str, Any]
+    learner: LearnerState | None
+
+
+class AlignedCheckpoints:
+    """The epochs of one scaled-out daemon, in one directory shared by its ranks."""
+
+    def __init__(self, directory: str | Path, keep: int = 3) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.directory = Path(directory)
+        self.keep = keep
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def epoch_dir(self, epoch: int) -> Path:
+        return self.directory / f"epoch-{epoch:012d}"
+
+    def epochs(self) -> list[int]:
+        """Every epoch directory's number, newest first, complete or not."""
+        found = [int(m.group(1)) for p in self.directory.iterdir() if (m := _EPOCH.match(p.name))]
+        return sorted(found, reverse=True)
+
+    def write_shard(
+        self, epoch: int, rank: int, meta: dict[str, Any], learner: LearnerState | None
+    ) -> dict[str, Any]:
+        """Write rank ``rank``'s shard of ``epoch`` atomically; returns its manifest entry."""
+        directory = self.epoch_dir(epoch)
+        directory.mkdir(exist_ok=True)
+        data = encode(
+            {**meta, "epoch": epoch, "rank": rank, "has_learner": learner is not None},
+            learner or LearnerState({}, {}),
+        )
+        name = shard_name(rank)
+        _write_atomically(directory / name, data)
+        return {"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+    def write_manifest(
+        self, epoch: int, world_size: int, shards: list[dict[str, Any]], offsets: dict[str, int]
+    ) -> Path:
+        """Rank 0, after every rank wrote its shard: the epoch becomes the one to resume from.
+        Epochs beyond ``keep`` are deleted."""
+        manifest = {
+            "streamcl_manifest": MANIFEST_FORMAT,
+            "epoch": epoch,
+            "world_size": world_size,
+            "shards": shards,
+            "offsets": offsets,
+        }
+        path = self.epoch_dir(epoch) / MANIFEST
+        _write_atomically(path, json.dumps(manifest, indent=1).encode())
+        for old in self.epochs():
+            if old < epoch and old not in self._kept(epoch):
+                shutil.rmtree(self.epoch_dir(old), ignore_errors=True)
+        return path
+
+    def _kept(self, newest: int) -> set[int]:
+        complete = [e for e in self.epochs() if e <= newest and self._manifest(e) is not None]
+        return set(complete[: self.keep])
+
+    def _manifest(self, epoch: int) -> dict[str, Any] | None:
+        try:
+            manifest = json.loads((self.epoch_dir(epoch) / MANIFEST).read_bytes())
+        except (FileNotFoundError, ValueError):
+            return None
+        return manifest if isinstance(manifest, dict) else None
+
+    def latest(self) -> dict[str, Any] | None:
+        """The manifest of the newest complete epoch, whose shards all match it; None when no
+        epoch exists. :class:`CheckpointError` when epochs exist but none is complete and valid
+        (starting afresh would throw away what was learned)."""
+        problems = []
+        epochs = self.epochs()
+        for epoch in epochs:
+            manifest = self._manifest(epoch)
+            if manifest is None:
+                continue  # interrupted before the manifest: not a global checkpoint
+            problem = self._verify(epoch, manifest)
+            if problem is None:
+                return manifest
+            problems.append(problem)
+        if problems:
+            raise CheckpointError(
+                f"no complete global checkpoint in {self.directory}: {'; '.join(problems)}; "
+                "move these epochs away to start from scratch"
+            )
+        return None
+
+    def _verify(self, epoch: int, manifest: dict[str, Any]) -> str | None:
+        for entry in manifest.get("shards", []):
+            path = self.epoch_dir(epoch) / entry["file"]
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                return f"{path} is missing"
+            if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                return f"{path} does not match its manifest"
+        return None
+
+    def load_shard(self, manifest: dict[str, Any], rank: int) -> Shard:
+        """Shard ``rank`` of the manifest's epoch (verified against the manifest)."""
+        epoch = int(manifest["epoch"])
+        path = self.epoch_dir(epoch) / shard_name(rank)
+        try:
+            meta, learner = decode(path.read_bytes(), str(path))
+        except (OSError, CorruptCheckpoint) as exc:
+            raise CheckpointError(f"epoch {epoch}: {exc}") from None
+        return Shard(epoch, rank, meta, learner if meta.get("has_learner") else None)
+
+    def remove_incomplete(self) -> None:
+        """Delete epochs newer than the newest one with a manifest: writes that a crash
+        interrupted. Call it only while no rank writes (at start, before the ranks meet)."""
+        for epoch in self.epochs():
+            if self._manifest(epoch) is not None:
+                return
+            shutil.rmtree(self.epoch_dir(epoch), ignore_errors=True)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    with temp.open("wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temp, path)
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,349 @@
+"""``streamcl serve`` as one worker of many: one model learned by a ``torchrun`` group.
+
+Every worker (rank) reads its own Kafka partitions (:mod:`stream.daemon.distributed`) and learns
+them into its copy of the one model; the copies are kept one by the learner's kind:
+
+- synced statistics (acil, aef-ocl, nmc, ds-al, slda): each rank learns alone between sync
+  points, where what each learned since the last is combined (:mod:`stream.daemon.statistics_sync`);
+- gradient learners (er, uer, mvp): every optimizer step is synchronous, with gradients
+  averaged over the ranks (:mod:`stream.daemon.gradient_sync`).
+
+The loop runs in rounds, the same number on every rank: poll and learn locally (gradient steps
+meet inside), then one small all-reduce decides, from every rank's counts and clocks, whether
+this round ends at a sync point, a checkpoint or a stop, so that all ranks take the same
+decision. A checkpoint is a sync point at which every rank writes its shard and rank 0 the
+manifest (:mod:`stream.daemon.aligned_checkpoint`). A stop asked of any rank (SIGTERM, SIGINT)
+stops the group after a last aligned checkpoint. A rank that dies makes the others' next
+collective fail; torchrun then restarts the group, and every rank resumes from the last complete
+global checkpoint: the model, and the offsets of every partition, as they were at that epoch, so
+every message is learned exactly once whichever rank reads it now.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from learners.capabilities import DriftAction, SyncedStatistics
+from stream.daemon.aligned_checkpoint import AlignedCheckpoints, Shard
+from stream.daemon.checkpoint import Checkpoint, CheckpointError
+from stream.daemon.config import ServeConfig, ServeConfigError
+from stream.daemon.distributed import Collectives, World, assign_partitions, join, leave
+from stream.daemon.gradient_sync import GradientSync
+from stream.daemon.serve import CHECKPOINT_FORMAT, Daemon
+from stream.daemon.statistics_sync import StatisticsSync
+from stream.engine.device import resolve_device
+from stream.observe.rank_label import RankLabelledRegistry
+from stream.observe.telemetry import Telemetry
+from stream.sinks.dead_letter import DeadLetterSink, FileDeadLetters
+from stream.sinks.kafka_sink import SinkError
+from stream.sources.kafka_source import (
+    AssignHandler,
+    ErrorHandler,
+    KafkaSource,
+    PartitionChooser,
+    SourceError,
+    open_source,
+)
+
+log = structlog.get_logger("streamcl.scaleout")
+
+ChosenSourceFactory = Callable[[Any, AssignHandler, ErrorHandler, PartitionChooser], KafkaSource]
+
+
+def rank_file(path: Path, rank: int) -> Path:
+    """A per-rank file next to ``path``: ``dead.jsonl`` -> ``dead.rank-1.jsonl``."""
+    return path.with_name(f"{path.stem}.rank-{rank}{path.suffix}")
+
+
+class ScaleOutDaemon(Daemon):
+    """One rank of a scaled-out ``streamcl serve``."""
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        world: World,
+        source_factory: ChosenSourceFactory = open_source,
+        collectives: Collectives | None = None,
+    ) -> None:
+        """Joins the process group torchrun set up, unless ``collectives`` are given (tests run
+        ranks as threads that way)."""
+        drift = config.loop.drift
+        if drift is not None and drift.action is not DriftAction.NONE:
+            # A detection is one rank's view of its own partitions; acting on it would change
+            # the one model on one rank only.
+            raise ServeConfigError(
+                f"loop.drift.action {drift.action.value!r}: a scaled-out daemon supports only "
+                "'none' (detect and count)"
+            )
+        self.world = world
+        self._joined = collectives is None
+        if collectives is None:
+            device = resolve_device(config.learner.device)
+            join(world, device, config.sync.timeout_seconds)
+            collectives = Collectives(world, device)
+        self.collectives = collectives
+        self.aligned = AlignedCheckpoints(config.checkpoint.dir, config.checkpoint.keep)
+        self._shard: Shard | None = None
+        self._resume_offsets: dict[int, int] = {}
+        self.epoch = 0
+        self.partitions: list[int] | None = None
+        self.choosing_source_factory = source_factory
+        super().__init__(config, Telemetry(registry=RankLabelledRegistry(world.rank)))
+        if world.rank != 0:
+            self.loop.evaluator = None  # the global model's anytime accuracy comes from rank 0
+        self.statistics: StatisticsSync | None = None
+        self.gradients: GradientSync | None = None
+        optimizer = getattr(self.learner, "optimizer", None)
+        if isinstance(self.learner, SyncedStatistics):
+            try:
+                self.statistics = StatisticsSync(self.learner, self.collectives)
+            except ValueError as exc:
+                raise ServeConfigError(f"learner {config.learner.name!r}: {exc}") from None
+        elif optimizer is not None:
+            self.gradients = GradientSync(optimizer, self.collectives)
+        else:
+            raise ServeConfigError(
+                f"learner {config.learner.name!r} cannot be scaled out: it has neither synced "
+                "statistics nor gradient steps; run it as one process"
+            )
+        self._synced_samples = self.loop.samples_seen
+        self._last_sync = time.monotonic()
+
+    # -- resume -------------------------------------------------------------------------------
+
+    def _resume(self) -> Checkpoint | None:
+        if self.world.rank == 0:
+            self.aligned.remove_incomplete()
+        self.collectives.sum([0.0])  # nobody reads the epochs while rank 0 tidies them
+        manifest = self.aligned.latest()
+        epoch = 0 if manifest is None else int(manifest["epoch"])
+        if self.collectives.broadcast_int(epoch) != epoch:
+            raise CheckpointError("the ranks see different global checkpoints; is the dir shared?")
+        self.epoch = epoch
+        if manifest is None:
+            return None
+        own = (
+            self.aligned.load_shard(manifest, self.world.rank)
+            if self.world.rank < int(manifest["world_size"])
+            else None
+        )
+        carrier = own if own is not None and own.learner is not None else None
+        if carrier is None:
+            carrier = self.aligned.load_shard(manifest, 0)
+        saved = carrier.meta.get("identity", {})
+        for key, value in self._identity().items():
+            if saved.get(key) != value:
+                raise CheckpointError(
+                    f"epoch {epoch} was written for {key}={saved.get(key)!r}, the config asks "
+                    f"for {value!r}; use another checkpoint.dir for a new model"
+                )
+        assert carrier.learner is not None
+        self.learner.load_state_dict(carrier.learner)
+        if own is not None:
+            self.loop.load_state_dict(own.meta["loop"])
+            self.messages = int(own.meta["counters"]["messages"])
+            self.invalid = Counter({k: int(v) for k, v in own.meta["counters"]["invalid"].items()})
+        self._resume_offsets = {int(p): int(o) for p, o in manifest["offsets"].items()}
+        self.checkpointed_samples = self.loop.samples_seen
+        self._shard = own
+        log.info(
+            "checkpoint_loaded",
+            epoch=epoch,
+            rank=self.world.rank,
+            samples=self.loop.samples_seen,
+            offsets=self._resume_offsets,
+        )
+        return None
+
+    def _open_dead_letters(self, checkpoint: Checkpoint | None) -> DeadLetterSink:
+        target = self.config.dead_letter
+        if target.file is None:
+            return super()._open_dead_letters(None)
+        resume_at = None if self._shard is None else self._shard.meta.get("dead_letter_position")
+        path = rank_file(target.file, self.world.rank)
+        return FileDeadLetters(path, self.config.messages.max_bytes, resume_at)
+
+    # -- partitions ---------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        if self.source is None:
+            self.source = self.choosing_source_factory(
+                self.config.kafka, self._assigned, self._client_error, self._choose
+            )
+
+    def _choose(self, partitions: list[int]) -> list[int]:
+        self.partitions = assign_partitions(partitions, self.world)
+        return self.partitions
+
+    def _assigned(self, partitions: list[int]) -> dict[int, int]:
+        resume = {}
+        for p in partitions:
+            if p in self.positions:
+                resume[p] = self.positions[p]
+            elif p in self._resume_offsets:
+                resume[p] = self.positions[p] = self.checkpointed_positions[p] = (
+                    self._resume_offsets[p]
+                )
+        log.info(
+            "partitions_assigned",
+            topic=self.topic,
+            rank=self.world.rank,
+            world_size=self.world.size,
+            partitions=partitions,
+            resume_at=resume,
+        )
+        return resume
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve in rounds until any rank is asked to stop; the last round checkpoints."""
+        log.info(
+            "serving",
+            topic=self.topic,
+            rank=self.world.rank,
+            pid=os.getpid(),
+            world_size=self.world.size,
+            learner=self.config.learner.name,
+            samples=self.loop.samples_seen,
+        )
+        try:
+            while not self.round():
+                pass
+        finally:
+            self.close()
+            if self.gradients is not None:
+                self.gradients.close()
+            if self._joined:
+                leave()
+        log.info("stopped", rank=self.world.rank, samples=self.loop.samples_seen)
+
+    def step(self) -> None:
+        self.round()
+
+    def round(self) -> bool:
+        """Poll and learn locally, then meet: sync, checkpoint, stop as the group decides.
+        Returns True when the group stops."""
+        self._poll_and_learn()
+        if self.gradients is not None:
+            self.gradients.finish_round()
+        now = time.monotonic()
+        unsynced = self.loop.samples_seen - self._synced_samples
+        changed = self.positions != self.checkpointed_positions
+        every = self.config.checkpoint
+        totals = self.collectives.sum(
+            [
+                float(unsynced),
+                float(now - self._last_sync >= self.config.sync.every_seconds),
+                float(self.loop.samples_seen - self.checkpointed_samples),
+                float(changed and now - self._last_checkpoint >= every.every_seconds),
+                float(changed),
+                float(self._stop.is_set()),
+            ]
+        )
+        unsynced_all, sync_clock, uncheckpointed, checkpoint_clock, changed_any, stop = totals
+        checkpoint = changed_any > 0 and (
+            stop > 0 or uncheckpointed >= every.every_samples or checkpoint_clock > 0
+        )
+        sync = checkpoint or (
+            unsynced_all > 0 and (unsynced_all >= self.config.sync.every_samples or sync_clock > 0)
+        )
+        if sync:
+            if self.statistics is not None:
+                self.statistics.synchronize()
+            self._synced_samples = self.loop.samples_seen
+            self._last_sync = now
+            self.telemetry.progressed()
+        if checkpoint:
+            self.checkpoint()
+        if self.source is not None:
+            if self.watch.due():
+                self._probe()
+            elif time.monotonic() >= self._next_lag_report:
+                self._report_lag(self.source.highwater(self.source.assignment()))
+        return stop > 0
+
+    def _poll_and_learn(self) -> None:
+        kafka = self.config.kafka
+        try:
+            self.connect()
+            assert self.source is not None
+            if not self.partitions:
+                # More ranks than partitions: this one learns nothing but still meets the others.
+                self._stop.wait(kafka.poll_timeout_seconds)
+                records = []
+            else:
+                records = self.source.poll(kafka.max_poll_records, kafka.poll_timeout_seconds)
+        except SourceError as exc:
+            # Wait no longer than a poll: the other ranks expect this one at the round's end.
+            self._stop.wait(min(self.watch.failed(str(exc)), kafka.poll_timeout_seconds))
+            return
+        self.telemetry.progressed()
+        if records:
+            self.watch.alive()
+            self.learn(records)
+
+    # -- aligned checkpoints ------------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Write this rank's shard of the next epoch; rank 0 writes the manifest once every rank
+        wrote its shard (a collective: every rank calls it in the same round)."""
+        self._last_checkpoint = time.monotonic()
+        epoch = self.epoch + 1
+        mine = {str(p): o for p, o in sorted(self.positions.items())}
+        meta = {
+            "streamcl_checkpoint": CHECKPOINT_FORMAT,
+            "created": time.time(),
+            "identity": self._identity(),
+            "group": self.config.kafka.group,
+            "world_size": self.world.size,
+            "offsets": mine,
+            "loop": self.loop.state_dict(),
+            "counters": {
+                "messages": self.messages,
+                "samples": self.loop.samples_seen,
+                "invalid": dict(self.invalid),
+            },
+        }
+        carries_learner = self.world.rank == 0 or self.statistics is None
+        entry = None
+        try:
+            self.dead_letters.sync()
+            meta["dead_letter_position"] = self.dead_letters.position()
+            learner = self.learner.state_dict() if carries_learner else None
+            entry = self.aligned.write_shard(epoch, self.world.rank, meta, learner)
+        except (OSError, SinkError) as exc:
+            log.error("checkpoint_failed", epoch=epoch, problem=f"{type(exc).__name__}: {exc}")
+        written = self.collectives.gather_json({"entry": entry, "offsets": mine})
+        self.epoch = epoch  # an abandoned epoch's number is not reused
+        if any(w["entry"] is None for w in written):
+            log.error("global_checkpoint_abandoned", epoch=epoch)
+            return
+        if self.world.rank == 0:
+            offsets = {p: o for w in written for p, o in w["offsets"].items()}
+            try:
+                self.aligned.write_manifest(
+                    epoch, self.world.size, [w["entry"] for w in written], offsets
+                )
+            except OSError as exc:
+                log.error("checkpoint_failed", epoch=epoch, problem=f"manifest: {exc}")
+                return
+        self.checkpointed_positions = dict(self.positions)
+        self.checkpointed_samples = self.loop.samples_seen
+        self.telemetry.checkpoint_written()
+        log.info(
+            "checkpoint_written",
+            epoch=epoch,
+            rank=self.world.rank,
+            samples=self.loop.samples_seen,
+            offsets=mine,
+        )
+        if self.source is not None:
+            self.source.commit(self.positions)

@@ -1,0 +1,141 @@
+"""Scale-out on the real broker (tansu): ``streamcl serve --workers 3`` over 3 partitions.
+
+- acil: after the whole topic the group's one model equals a single-process run on the same
+  samples to 1e-9, also when one rank is killed with ``kill -9`` mid-stream (torchrun restarts
+  the group, every rank resumes from the last complete global checkpoint);
+- er: synchronous data-parallel steps keep one model on every rank, and its loss goes down.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from learners import registry
+from learners.base import Problem
+from tests.support.scaleout_group import ScaleOutGroup, publish
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+PARTITIONS = 3
+WORKERS = 3
+DIM = 16
+CLASSES = 5
+PROBLEM = Problem(input_shape=(DIM,), num_classes=(CLASSES,))
+
+
+def blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Separable Gaussian classes: a loss that can go down."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, (CLASSES, DIM))
+    y = rng.integers(0, CLASSES, n)
+    return (centres[y] + rng.normal(0, 1, (n, DIM))).astype(np.float32), y.astype(np.int64)
+
+
+def group_config(tmp_path: Path, name: str, bootstrap: str, learner: dict) -> dict:
+    return {
+        "kafka": {"bootstrap": bootstrap, "topic": name, "group": name, "client": "confluent",
+                  "poll_timeout_seconds": 0.2, "max_poll_records": 4},
+        "problem": {"input_shape": [DIM], "num_classes": [CLASSES]},
+        "learner": {**learner, "threads": 1},
+        "checkpoint": {"dir": str(tmp_path / f"{name}-ckpt"), "every_seconds": 0.5, "keep": 2},
+        "sync": {"every_samples": 40, "every_seconds": 0.3, "timeout_seconds": 30},
+        "dead_letter": {"file": str(tmp_path / f"{name}-dead.jsonl")},
+        "metrics": {"port": None},
+    }  # fmt: skip
+
+
+def single_process(name: str, options: dict, x: np.ndarray, y: np.ndarray):
+    learner = registry.create(name, PROBLEM, options)
+    learner.learn(torch.from_numpy(x), torch.from_numpy(y), torch.zeros(len(y), dtype=torch.long))
+    return learner
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["clean", "kill-9-one-rank"])
+def test_acil_on_three_ranks_equals_one_process_on_all_samples(kafka_broker, tmp_path, kill):
+    """With ``kill``: the first half of the topic is learned, but only a part of it is
+    checkpointed (a checkpoint only every 240 samples, at most 30 learned per round, no time
+    trigger), when rank 1 is killed; the group resumes from that checkpoint and learns the rest
+    again, then the second half."""
+    name = f"scaleout-acil-{'kill' if kill else 'clean'}"
+    options = {"buffer_size": 256, "gamma": 0.1}
+    x, y = blobs(600, seed=1)
+    half = 300
+    config = group_config(
+        tmp_path, name, kafka_broker.bootstrap, {"name": "acil", "options": options}
+    )
+    if kill:
+        config["kafka"]["max_poll_records"] = 1
+        config["checkpoint"].update(every_samples=240, every_seconds=3600)
+    group = ScaleOutGroup(config, tmp_path, name, WORKERS)
+    sent = publish(kafka_broker.bootstrap, name, PARTITIONS, x[:half], y[:half], per_message=10)
+    group.start()
+    try:
+        if kill:
+            first = group.wait_for_epoch(1, timeout=120)
+            assert sum(first["offsets"].values()) < sum(sent.values())
+            time.sleep(2)  # the rest of the first half is learned, not checkpointed
+            group.reconfigure(checkpoint={"every_samples": 10_000, "every_seconds": 0.5})
+            group.kill_rank(1, timeout=10)
+            restored = group.wait_for(lambda e: e["event"] == "checkpoint_loaded", timeout=120)
+            assert restored["offsets"] == first["offsets"]
+        more = publish(
+            kafka_broker.bootstrap, name, PARTITIONS, x[half:], y[half:], per_message=10,
+            start=half,
+        )  # fmt: skip
+        ends = {p: sent[p] + more[p] for p in sent}
+        manifest = group.wait_for_offsets(ends, timeout=120)
+        assert group.terminate(timeout=60) == 0
+    finally:
+        group.stop()
+    learned = group.learner(group.store.latest() or manifest, 0, PROBLEM)
+    alone = single_process("acil", options, x, y)
+    assert float(learned.heads[0].counts.sum()) == len(y)  # every sample exactly once
+    torch.testing.assert_close(learned.heads[0].gram(), alone.heads[0].gram(), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(learned.heads[0].Q, alone.heads[0].Q, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(learned.weights(), alone.weights(), rtol=1e-9, atol=1e-9)
+    if kill:
+        restarts = [e for e in group.events() if e["event"] == "checkpoint_loaded"]
+        assert {e["rank"] for e in restarts} == set(range(WORKERS))
+
+
+def test_er_steps_data_parallel_and_its_loss_goes_down(kafka_broker, tmp_path):
+    name = "scaleout-er"
+    options = {
+        "backbone": {"hidden": [32], "out_dim": 16},
+        "lr": 0.01,
+        "memory": {"capacity": 40},
+        "replay_batch_size": 8,
+    }
+    x, y = blobs(450, seed=2)
+    group = ScaleOutGroup(
+        group_config(tmp_path, name, kafka_broker.bootstrap, {"name": "er", "options": options}),
+        tmp_path, name, WORKERS,
+    )  # fmt: skip
+    sent = publish(kafka_broker.bootstrap, name, PARTITIONS, x, y, per_message=10)
+    group.start()
+    try:
+        group.wait_for_offsets(sent, timeout=120)
+        assert group.terminate(timeout=60) == 0
+    finally:
+        group.stop()
+    manifest = group.store.latest()
+    assert manifest is not None
+    ranks = [group.learner(manifest, r, PROBLEM) for r in range(WORKERS)]
+    for other in ranks[1:]:  # one model: the same parameters on every rank
+        for a, b in zip(ranks[0].model.parameters(), other.model.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert sum(r.memory_samples for r in ranks) > 40  # a memory shard per rank
+    fresh = registry.create("er", PROBLEM, options)
+    inputs, labels = torch.from_numpy(x), torch.from_numpy(y)
+    level = torch.zeros(len(y), dtype=torch.long)
+    for learner in (fresh, ranks[0]):
+        learner.seen = [torch.ones(CLASSES, dtype=torch.bool)]
+    with torch.no_grad():
+        before = fresh._losses(fresh.backbone(inputs), labels, level).mean()
+        after = ranks[0]._losses(ranks[0].backbone(inputs), labels, level).mean()
+    assert after < 0.5 * before

@@ -1,0 +1,270 @@
+"""The scale-out daemon's rounds, in process: ranks as threads over in-memory partitions.
+
+The exact code of ``stream/daemon/scaleout.py`` runs; only the process group (threads that sum,
+tests/support/threaded_ranks.py) and the Kafka client (``PartitionSource``) are stand-ins. The
+torchrun and real-broker tests are in tests/stream/daemon/test_scaleout.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from learners import registry
+from learners.base import Problem
+from stream.daemon.aligned_checkpoint import AlignedCheckpoints
+from stream.daemon.config import EvaluationConfig, ServeConfig, ServeConfigError
+from stream.daemon.distributed import World
+from stream.daemon.scaleout import ScaleOutDaemon, rank_file
+from stream.engine.drift_detection import DriftConfig
+from stream.sources.kafka_source import KafkaSource, Record
+from stream.sources.wire import encode_binary
+from tests.support.threaded_ranks import ThreadedCollectives, ThreadedGroup
+
+PROBLEM = Problem(input_shape=(6,), num_classes=(3,))
+PER_MESSAGE = 4
+
+
+class PartitionSource(KafkaSource):
+    """A topic held in memory; reads the partitions ``choose`` picks, from where the daemon says."""
+
+    def __init__(self, topic: dict[int, list[bytes]], config, on_assign, on_error, choose) -> None:
+        super().__init__(config, on_assign, on_error, choose)
+        self.data = topic
+        self.mine = choose(sorted(topic))
+        resume = on_assign(self.mine)
+        self.positions = {p: resume.get(p, 0) for p in self.mine}
+
+    def poll(self, max_records: int, timeout: float) -> list[Record]:
+        records = []
+        for partition in self.mine:
+            values = self.data[partition]
+            while self.positions[partition] < len(values) and len(records) < max_records:
+                offset = self.positions[partition]
+                records.append(Record(partition, offset, values[offset]))
+                self.positions[partition] += 1
+        return records
+
+    def assignment(self) -> list[int]:
+        return list(self.mine)
+
+    def end_offsets(self, partitions: list[int], timeout: float) -> dict[int, int]:
+        return {p: len(self.data[p]) for p in partitions}
+
+    def highwater(self, partitions: list[int]) -> dict[int, int]:
+        return self.end_offsets(partitions, 0.0)
+
+    def commit(self, offsets: dict[int, int]) -> None:
+        """Nothing to tell: there is no group."""
+
+    def close(self) -> None:
+        """Nothing to leave."""
+
+
+def samples(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 6)).astype(np.float32), rng.integers(0, 3, n)
+
+
+def topic_of(x: np.ndarray, y: np.ndarray, partitions: int) -> dict[int, list[bytes]]:
+    topic: dict[int, list[bytes]] = {p: [] for p in range(partitions)}
+    for number, start in enumerate(range(0, len(y), PER_MESSAGE)):
+        rows = slice(start, start + PER_MESSAGE)
+        topic[number % partitions].append(encode_binary(x[rows], y[rows]))
+    return topic
+
+
+def config(tmp_path: Path, learner: dict, every_samples: int = 24) -> ServeConfig:
+    return ServeConfig.model_validate(
+        {
+            "kafka": {
+                "bootstrap": "127.0.0.1:9",
+                "topic": "t",
+                "max_poll_records": 3,
+                "poll_timeout_seconds": 0.05,
+            },
+            "problem": {"input_shape": [6], "num_classes": [3]},
+            "learner": learner,
+            "checkpoint": {"dir": str(tmp_path / "ckpt"), "every_samples": every_samples},
+            "sync": {"every_samples": 10},
+            "dead_letter": {"file": str(tmp_path / "dead.jsonl")},
+            "metrics": {"port": None},
+        }
+    )
+
+
+def run_group(
+    cfg: ServeConfig, topic: dict[int, list[bytes]], ranks: int, rounds: int, stop: bool = True
+) -> list[ScaleOutDaemon]:
+    """``rounds`` rounds of ``ranks`` ranks; with ``stop`` rank 0 is then asked to stop (the
+    group checkpoints and ends), without it the ranks just vanish (as after ``kill -9``)."""
+    group = ThreadedGroup(ranks)
+
+    def work(rank: int) -> ScaleOutDaemon:
+        daemon = ScaleOutDaemon(
+            cfg,
+            World(rank, ranks),
+            lambda *args: PartitionSource(topic, *args),
+            ThreadedCollectives(group, rank),
+        )
+        for _ in range(rounds):
+            daemon.round()
+        if stop:
+            if rank == 0:
+                daemon.stop()
+            while not daemon.round():
+                pass
+        daemon.close()
+        return daemon
+
+    return group.run(work)
+
+
+def test_ranks_read_disjoint_partitions_and_hold_one_model_equal_to_one_learner(tmp_path):
+    x, y = samples(120)
+    cfg = config(tmp_path, {"name": "acil", "options": {"buffer_size": 24}})
+    daemons = run_group(cfg, topic_of(x, y, 5), ranks=3, rounds=6)
+    assert [d.partitions for d in daemons] == [[0, 3], [1, 4], [2]]
+    alone = registry.create("acil", PROBLEM, {"buffer_size": 24})
+    alone.learn(torch.from_numpy(x), torch.from_numpy(y), torch.zeros(len(y), dtype=torch.long))
+    for daemon in daemons:
+        torch.testing.assert_close(daemon.learner.weights(), alone.weights(), rtol=1e-9, atol=1e-9)
+    assert sum(d.loop.samples_seen for d in daemons) == len(y)
+    manifest = AlignedCheckpoints(cfg.checkpoint.dir).latest()
+    assert manifest is not None and manifest["world_size"] == 3
+    assert manifest["offsets"] == {"0": 6, "1": 6, "2": 6, "3": 6, "4": 6}
+    assert [s["file"] for s in manifest["shards"]] == [
+        "rank-00000.sclckpt", "rank-00001.sclckpt", "rank-00002.sclckpt",
+    ]  # fmt: skip
+
+
+def test_slda_ranks_combine_their_moments_into_one_exact_model(tmp_path):
+    x, y = samples(96, seed=5)
+    cfg = config(tmp_path, {"name": "slda"})
+    daemons = run_group(cfg, topic_of(x, y, 3), ranks=2, rounds=5)
+    alone = registry.create("slda", PROBLEM, {})
+    alone.learn(torch.from_numpy(x), torch.from_numpy(y), torch.zeros(len(y), dtype=torch.long))
+    for daemon in daemons:
+        stats = daemon.learner.stats[0]
+        assert torch.equal(stats.counts, alone.stats[0].counts)
+        torch.testing.assert_close(stats.means, alone.stats[0].means, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(stats.scatter, alone.stats[0].scatter, rtol=1e-9, atol=1e-9)
+
+
+def test_a_vanished_group_resumes_from_the_last_global_checkpoint_in_another_world(tmp_path):
+    """Three ranks learn part of the topic and vanish; two ranks resume from the last complete
+    epoch, partitions move between ranks, and every sample is learned exactly once."""
+    x, y = samples(160, seed=1)
+    topic = topic_of(x, y, 4)
+    cfg = config(tmp_path, {"name": "nmc"}, every_samples=40)
+    vanished = run_group(cfg, topic, ranks=3, rounds=3, stop=False)
+    store = AlignedCheckpoints(cfg.checkpoint.dir)
+    first = store.latest()
+    assert first is not None
+    learned = sum(o for d in vanished for o in d.positions.values())
+    # mid-stream, and messages were learned after the last checkpoint: they are learned again
+    assert sum(first["offsets"].values()) < learned < sum(len(v) for v in topic.values())
+    daemons = run_group(cfg, topic, ranks=2, rounds=12)
+    assert [d.partitions for d in daemons] == [[0, 2], [1, 3]]
+    model = daemons[0].learner
+    alone = registry.create("nmc", PROBLEM, {})
+    alone.learn(torch.from_numpy(x), torch.from_numpy(y), torch.zeros(len(y), dtype=torch.long))
+    assert torch.equal(model.counts[0], alone.counts[0])  # each sample once
+    torch.testing.assert_close(model.sums[0], alone.sums[0], rtol=1e-9, atol=1e-9)
+    final = store.latest()
+    assert final is not None and final["world_size"] == 2
+    assert final["offsets"] == {str(p): len(v) for p, v in topic.items()}
+
+
+def test_er_ranks_step_together_and_shards_carry_their_memory(tmp_path):
+    x, y = samples(90, seed=2)
+    options = {"backbone": {"hidden": [8], "out_dim": 4}, "memory": {"capacity": 30}}
+    cfg = config(tmp_path, {"name": "er", "options": options})
+    daemons = run_group(cfg, topic_of(x, y, 2), ranks=3, rounds=8)
+    assert daemons[2].partitions == []  # more ranks than partitions: rank 2 steps with zero weight
+    first = list(daemons[0].learner.model.parameters())
+    for other in daemons[1:]:
+        for a, b in zip(first, other.learner.model.parameters(), strict=True):
+            assert torch.equal(a, b)
+    assert daemons[2].learner.memory_samples == 0
+    manifest = AlignedCheckpoints(cfg.checkpoint.dir).latest()
+    assert manifest is not None
+    shards = [AlignedCheckpoints(cfg.checkpoint.dir).load_shard(manifest, r) for r in range(3)]
+    assert all(shard.learner is not None for shard in shards)
+
+
+def test_additive_learners_write_the_model_in_rank_zeros_shard_only(tmp_path):
+    x, y = samples(40, seed=3)
+    cfg = config(tmp_path, {"name": "nmc"})
+    run_group(cfg, topic_of(x, y, 2), ranks=2, rounds=3)
+    store = AlignedCheckpoints(cfg.checkpoint.dir)
+    manifest = store.latest()
+    assert manifest is not None
+    assert store.load_shard(manifest, 0).learner is not None
+    assert store.load_shard(manifest, 1).learner is None
+
+
+def test_each_rank_writes_its_own_dead_letters(tmp_path):
+    x, y = samples(16, seed=4)
+    topic = topic_of(x, y, 2)
+    topic[1].append(b"not a message")
+    cfg = config(tmp_path, {"name": "nmc"})
+    run_group(cfg, topic, ranks=2, rounds=2)
+    first, second = (rank_file(tmp_path / "dead.jsonl", rank) for rank in (0, 1))
+    assert not first.exists() or first.read_text() == ""
+    [letter] = [json.loads(line) for line in second.read_text().splitlines()]
+    assert (letter["partition"], letter["offset"]) == (1, len(topic[1]) - 1)
+
+
+def test_a_learner_that_cannot_be_scaled_out_is_refused(tmp_path):
+    cfg = config(tmp_path, {"name": "river:naive_bayes.GaussianNB"})
+    with pytest.raises(ServeConfigError, match="cannot be scaled out"):
+        ScaleOutDaemon(
+            cfg,
+            World(0, 1),
+            lambda *args: PartitionSource({0: []}, *args),
+            ThreadedCollectives(ThreadedGroup(1), 0),
+        )
+
+
+def test_a_drift_action_is_refused_since_one_rank_cannot_change_the_one_model(tmp_path):
+    cfg = config(tmp_path, {"name": "nmc"})
+    cfg.loop.drift = DriftConfig(action="reset")
+    with pytest.raises(ServeConfigError, match="only 'none'"):
+        ScaleOutDaemon(
+            cfg,
+            World(0, 1),
+            lambda *args: PartitionSource({0: []}, *args),
+            ThreadedCollectives(ThreadedGroup(1), 0),
+        )
+
+
+def test_only_rank_zero_evaluates_and_every_series_carries_its_rank(tmp_path):
+    cfg = config(tmp_path, {"name": "nmc"})
+    cfg.problem = None
+    cfg.evaluation = EvaluationConfig(dataset="digits")
+    x, y = np.zeros((4, 64), np.float32), np.arange(4)
+    topic = {0: [], 1: [encode_binary(x, y)]}
+    group = ThreadedGroup(2)
+
+    def work(rank: int) -> ScaleOutDaemon:
+        daemon = ScaleOutDaemon(
+            cfg,
+            World(rank, 2),
+            lambda *args: PartitionSource(topic, *args),
+            ThreadedCollectives(group, rank),
+        )
+        daemon.round()
+        daemon.close()
+        return daemon
+
+    first, second = group.run(work)
+    assert first.loop.evaluator is not None and second.loop.evaluator is None
+    registry = second.telemetry.registry
+    assert registry.get_sample_value("streamcl_samples_total", {"learner": "nmc", "rank": "1"}) == 4
+    lag = {"topic": "t", "partition": "1", "rank": "1"}
+    assert registry.get_sample_value("streamcl_consumer_lag", lag) == 0
