@@ -44,10 +44,6 @@ def feature_dataset(n: int, dim: int, classes: int, seed: int) -> Dataset:
     return Dataset("bench:features", X[:n], y[:n], X[n:], y[n:])
 
 
-def best_of(repeats: int, run) -> float:
-    return min(run() for _ in range(repeats))
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench.engine_overhead")
     parser.add_argument("--samples", type=int, default=100_000)

@@ -96,7 +96,7 @@ def search_table(
         started = time.perf_counter()
         if index.kind == "ivf" and trained is not None:
             # Same centroids for every nprobe: train once, reuse through the checkpoint path.
-            index.load(*trained.state())
+            index.load_state_dict(trained.state_dict())
         else:
             index.write(torch.arange(len(stored)), stored)
         index.search(queries[:1], 1)  # builds (and for ivf trains) the faiss structure

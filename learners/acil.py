@@ -25,7 +25,8 @@ import torch
 
 from learners.analytic import AnalyticConfig, AnalyticLearner
 from learners.base import Problem
-from learners.capabilities import AdditiveStatistics
+from learners.capabilities import AdditiveStatistics, Mergeable
+from learners.levels import Levels, level_index
 from learners.linalg.ridge import RecursiveRidge
 from learners.state.learner_state import LearnerState
 
@@ -34,12 +35,13 @@ class ACILConfig(AnalyticConfig):
     """G-ACIL options: those of every analytic learner."""
 
 
-class ACIL(AnalyticLearner, AdditiveStatistics):
+class ACIL(AnalyticLearner, Mergeable, AdditiveStatistics):
     """G-ACIL: frozen backbone, random ReLU buffer, exact streaming ridge head per level.
 
-    ``learn`` absorbs each sample exactly once and ignores ``iterations``. ``state_dict`` drops
-    the cached solution, so the learner and one restored from its checkpoint predict
-    bit-identically. ``merge`` adds another learner's statistics.
+    ``learn`` absorbs each sample exactly once and ignores ``iterations``. ``state_dict`` saves
+    the statistics, not the cached solution: a restored learner solves afresh, which equals the
+    cached solution (kept exact by Woodbury updates since its factorisation) to rounding, not
+    bit for bit (``restore_tolerance``). ``merge`` adds another learner's statistics.
     """
 
     name = "acil"
@@ -56,7 +58,7 @@ class ACIL(AnalyticLearner, AdditiveStatistics):
 
     @torch.no_grad()
     def learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> None:
         H = self.expand(x)
         y = y.to(self.device)
@@ -68,21 +70,21 @@ class ACIL(AnalyticLearner, AdditiveStatistics):
         return self.heads[level].weights()
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, level: int | None = None) -> torch.Tensor:
+        level = level_index(level)
         scores = self.expand(x) @ self.weights(level)
         return scores.masked_fill(self.heads[level].counts == 0, float("-inf"))
+
+    @property
+    def can_merge(self) -> bool:
+        return self.config.solver == "lazy"
 
     def merge(self, other: ACIL) -> None:
         """Absorb what ``other`` learned: afterwards this learner equals one that saw both streams.
 
         Both must have the same config (so the same seed, backbone and buffer) and problem.
         """
-        if type(other) is not type(self):
-            raise ValueError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
-        if other.config != self.config or other.problem != self.problem:
-            raise ValueError(
-                f"cannot merge {self.name} learners with different configs or problems"
-            )
+        self.refuse_foreign(other)
         if not torch.equal(other.buffer.weight.to(self.device), self.buffer.weight):
             raise ValueError(f"cannot merge {self.name} learners whose buffer layers differ")
         for head, other_head in zip(self.heads, other.heads, strict=True):
@@ -96,17 +98,15 @@ class ACIL(AnalyticLearner, AdditiveStatistics):
             head.drop_cache()
 
     def state_dict(self) -> LearnerState:
-        tensors = self._feature_tensors()
+        state = self._feature_state()
         for lvl, head in enumerate(self.heads):
-            head.drop_cache()
-            tensors.update(head.tensors(f"heads.{lvl}"))
-        return LearnerState(tensors, {"solver": self.config.solver})
+            state.put(f"heads.{lvl}", head.state_dict())
+        return state
 
     def load_state_dict(self, state: LearnerState) -> None:
-        self._check_solver(state)
-        self._load_feature_tensors(state.tensors)
+        self._load_feature_state(state)
         for lvl, head in enumerate(self.heads):
-            head.load_tensors(f"heads.{lvl}", state.tensors)
+            head.load_state_dict(state.part(f"heads.{lvl}"))
 
     def to(self, device: torch.device | str) -> Self:
         super().to(device)

@@ -37,6 +37,8 @@ from pydantic import Field
 from learners.acil import ACIL, ACILConfig
 from learners.base import Problem
 from learners.capabilities import ClassMomentsView, MomentStatistics
+from learners.levels import Levels
+from learners.linalg.class_moments import ClassMoments
 from learners.linalg.ridge import RidgeSolution, one_hot
 from learners.state.learner_state import LearnerState
 
@@ -53,70 +55,6 @@ class AEFOCLConfig(ACILConfig):
         description="samples learned (per level) before the next prediction redraws the "
         "pseudo-features; 1 redraws before every prediction that follows learning",
     )
-
-
-class ClassMoments:
-    """Per-class count, mean and sum of squared deviations (M2) of features, float64.
-
-    Batches and other instances are combined with Chan et al.'s parallel update, so the result
-    does not depend on how the samples were split.
-    """
-
-    def __init__(self, classes: int, dim: int, device: torch.device | str = "cpu") -> None:
-        like = {"dtype": torch.float64, "device": torch.device(device)}
-        self.counts = torch.zeros(classes, **like)
-        self.mean = torch.zeros(classes, dim, **like)
-        self.m2 = torch.zeros(classes, dim, **like)
-
-    def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        counts = torch.zeros_like(self.counts).index_add_(
-            0, labels, torch.ones_like(labels, dtype=torch.float64)
-        )
-        sums = torch.zeros_like(self.mean).index_add_(0, labels, features)
-        mean = sums / counts.clamp(min=1).unsqueeze(1)
-        centred = features - mean[labels]
-        m2 = torch.zeros_like(self.m2).index_add_(0, labels, centred * centred)
-        self._combine(counts, mean, m2)
-
-    def merge(self, other: ClassMoments) -> None:
-        device = self.counts.device
-        self._combine(other.counts.to(device), other.mean.to(device), other.m2.to(device))
-
-    def _combine(self, counts: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor) -> None:
-        present = counts > 0
-        n_a, n_b = self.counts[present], counts[present]
-        n = n_a + n_b
-        delta = mean[present] - self.mean[present]
-        self.mean[present] += delta * (n_b / n).unsqueeze(1)
-        self.m2[present] += m2[present] + delta * delta * (n_a * n_b / n).unsqueeze(1)
-        self.counts[present] = n
-
-    def copy(self) -> ClassMoments:
-        copy = ClassMoments(0, 0)
-        copy.counts, copy.mean, copy.m2 = self.counts.clone(), self.mean.clone(), self.m2.clone()
-        return copy
-
-    def std(self) -> torch.Tensor:
-        """Unbiased per-class standard deviation (0 for classes with fewer than two samples)."""
-        dof = (self.counts - 1).clamp(min=1).unsqueeze(1)
-        return (self.m2 / dof).sqrt()
-
-    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
-        return {
-            f"{prefix}.counts": self.counts.cpu(),
-            f"{prefix}.mean": self.mean.cpu(),
-            f"{prefix}.m2": self.m2.cpu(),
-        }
-
-    def load_tensors(self, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
-        device = self.counts.device
-        self.counts = tensors[f"{prefix}.counts"].to(device, torch.float64).clone()
-        self.mean = tensors[f"{prefix}.mean"].to(device, torch.float64).clone()
-        self.m2 = tensors[f"{prefix}.m2"].to(device, torch.float64).clone()
-
-    def to(self, device: torch.device | str) -> Self:
-        self.counts, self.mean, self.m2 = (t.to(device) for t in (self.counts, self.mean, self.m2))
-        return self
 
 
 def pseudo_feature_generator(
@@ -145,8 +83,9 @@ class AEFOCL(ACIL, MomentStatistics):
 
     ``iterations`` is ignored as in :class:`learners.acil.ACIL`. A draw is reproducible from
     the class moments it was made from and its index, both kept (and checkpointed), so a
-    balanced solution dropped for room, a device move or a checkpoint is rebuilt from the same
-    pseudo-features; ``state_dict`` drops it, so a restored learner predicts bit-identically.
+    balanced solution dropped for room, a device move or a restore is rebuilt from the same
+    pseudo-features; a restored learner's solution equals the one it replaces to rounding
+    (``restore_tolerance``, as :class:`learners.acil.ACIL`).
     """
 
     name = "aef-ocl"
@@ -157,7 +96,7 @@ class AEFOCL(ACIL, MomentStatistics):
     def __init__(self, problem: Problem, config: AEFOCLConfig) -> None:
         super().__init__(problem, config)
         dim = self.backbone.out_dim
-        self.moments = [ClassMoments(classes, dim) for classes in problem.num_classes]
+        self.moments = [ClassMoments(classes, dim, "diagonal") for classes in problem.num_classes]
         levels = problem.num_levels
         self.drawn: list[ClassMoments | None] = [None] * levels  # the moments of the last draw
         self.draws = [0] * levels
@@ -166,7 +105,7 @@ class AEFOCL(ACIL, MomentStatistics):
 
     @torch.no_grad()
     def learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> None:
         features = self.features(x)
         H = self.buffer(features)
@@ -230,26 +169,25 @@ class AEFOCL(ACIL, MomentStatistics):
     def state_dict(self) -> LearnerState:
         state = super().state_dict()
         for lvl, moments in enumerate(self.moments):
-            state.tensors.update(moments.tensors(f"moments.{lvl}"))
+            state.put(f"moments.{lvl}", moments.state_dict())
             drawn = self.drawn[lvl]
             if drawn is not None:
-                state.tensors.update(drawn.tensors(f"drawn.{lvl}"))
+                state.put(f"drawn.{lvl}", drawn.state_dict())
         state.meta.update(
             draws=list(self.draws),
             since_draw=list(self.since_draw),
             drawn=[d is not None for d in self.drawn],
         )
-        self.balanced = [None] * self.problem.num_levels
         return state
 
     def load_state_dict(self, state: LearnerState) -> None:
         super().load_state_dict(state)
         for lvl, moments in enumerate(self.moments):
-            moments.load_tensors(f"moments.{lvl}", state.tensors)
+            moments.load_state_dict(state.part(f"moments.{lvl}"))
             drawn = None
             if state.meta["drawn"][lvl]:
-                drawn = ClassMoments(*moments.mean.shape, device=self.device)
-                drawn.load_tensors(f"drawn.{lvl}", state.tensors)
+                drawn = ClassMoments(*moments.mean.shape, "diagonal", device=self.device)
+                drawn.load_state_dict(state.part(f"drawn.{lvl}"))
             self.drawn[lvl] = drawn
         self.draws = [int(n) for n in state.meta["draws"]]
         self.since_draw = [int(n) for n in state.meta["since_draw"]]

@@ -15,9 +15,10 @@ from torch import nn
 
 from learners.backbones.backbone import BackboneConfig, build_backbone
 from learners.base import Learner, LearnerConfig, Problem
+from learners.levels import Rows, level_rows
 from learners.linalg.ridge import Solver
 from learners.state.learner_state import LearnerState
-from learners.state.torch_state import load_module_tensors, module_tensors
+from learners.state.torch_state import load_module_state, module_state
 
 Activation = Literal["relu", "tanh", "identity"]
 
@@ -80,6 +81,9 @@ class AnalyticLearner(Learner):
 
     config: AnalyticConfig
     buffer_activation: ClassVar[Activation] = "relu"
+    # a restored head factorises its statistics afresh, where the live one kept a factorisation
+    # exact by Woodbury updates: the two solutions agree to rounding
+    restore_tolerance: ClassVar[float] = 1e-9
 
     def __init__(self, problem: Problem, config: AnalyticConfig) -> None:
         super().__init__(problem, config)
@@ -98,12 +102,10 @@ class AnalyticLearner(Learner):
         """Buffer features H [B, buffer_size] (float64) of inputs ``x``."""
         return self.buffer(self.features(x))
 
-    def level_rows(self, level: torch.Tensor) -> list[tuple[int, torch.Tensor | slice]]:
-        """(level, rows of the batch labelled at that level) for every level the batch touches."""
-        if self.problem.num_levels == 1:
-            return [(0, slice(None))]
-        level = level.to(self.device)
-        return [(int(lvl), level == lvl) for lvl in level.unique().tolist()]
+    def level_rows(self, level: torch.Tensor | None) -> list[tuple[int, Rows]]:
+        """:func:`learners.levels.level_rows` of ``level`` on this learner's device."""
+        level = None if level is None else level.to(self.device)
+        return level_rows(level, self.problem.num_levels)
 
     def _check_solver(self, state: LearnerState) -> None:
         if state.meta.get("solver") != self.config.solver:
@@ -112,15 +114,17 @@ class AnalyticLearner(Learner):
                 f"this learner uses solver={self.config.solver!r}"
             )
 
-    def _feature_tensors(self) -> dict[str, torch.Tensor]:
+    def _feature_state(self) -> LearnerState:
         """Backbone and buffer weights: they define the space the statistics live in."""
-        tensors = module_tensors("backbone", self.backbone)
-        tensors["buffer.weight"] = self.buffer.weight.cpu()
-        return tensors
+        state = LearnerState(meta={"solver": self.config.solver})
+        state.put("backbone", module_state(self.backbone))
+        state.put("buffer", module_state(self.buffer))
+        return state
 
-    def _load_feature_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        load_module_tensors("backbone", self.backbone, tensors)
-        self.buffer.weight.copy_(tensors["buffer.weight"])
+    def _load_feature_state(self, state: LearnerState) -> None:
+        self._check_solver(state)
+        load_module_state(self.backbone, state.part("backbone"))
+        load_module_state(self.buffer, state.part("buffer"))
 
     def to(self, device: torch.device | str) -> Self:
         super().to(device)

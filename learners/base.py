@@ -4,21 +4,25 @@ A learner sees each stream sample once, in micro-batches, and can be asked for p
 any moment. The engine drives it with four verbs, on tensors, in this order per micro-batch::
 
     scores = learner.predict(x, level)        # before learning: prequential accuracy
-    learner.learn(x, y, level, iterations)    # one single-pass update (``iterations`` >= 0)
+    learner.learn(x, y, levels, iterations)   # one single-pass update (``iterations`` >= 0)
     state = learner.state_dict()              # tensors + JSON, never pickle
     learner.load_state_dict(state)
 
 A learner knows nothing about Kafka, files or Prometheus. It is built from a :class:`Problem`
 (input shape and label space per hierarchy level) and its own pydantic config, validated once at
-the edge. Labels are dataset class ids in ``[0, num_classes[level])``; scores always have one
-column per class of the level, and classes the learner has not been taught yet score ``-inf``
-(the engine additionally masks classes the stream has not shown).
+the edge. ``level`` is optional everywhere (``None``: level 0, the only level without a
+hierarchy). Labels are dataset class ids in ``[0, num_classes[level])``; scores always have one
+column per class of the level, and classes the learner has not been taught yet score ``-inf``.
+That is all a learner says about classes: masking the classes the stream has not shown is the
+engine's (``stream/engine/seen_classes.py``). ``state_dict`` is pure: saving changes nothing,
+and caches are dropped when a state is loaded. What a learner can do beyond the four verbs
+(predict sample by sample, adapt to drift, merge) it declares in :mod:`learners.capabilities`.
 
 >>> import torch
 >>> from learners.registry import create
 >>> problem = Problem(input_shape=(4,), num_classes=(3,))
 >>> nmc = create("nmc", problem)
->>> nmc.learn(torch.eye(4)[:2], torch.tensor([0, 2]), torch.zeros(2, dtype=torch.long))
+>>> nmc.learn(torch.eye(4)[:2], torch.tensor([0, 2]))
 >>> nmc.predict(torch.eye(4)[:2]).argmax(1).tolist()
 [0, 2]
 """
@@ -32,6 +36,7 @@ from typing import Any, ClassVar, Self
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from learners.levels import Levels
 from learners.state.learner_state import LearnerState
 
 
@@ -101,6 +106,9 @@ class Learner(ABC):
     check_config: ClassVar[dict[str, Any]] = {}
     # The input shape the contract checks use; image-only learners override it.
     check_input_shape: ClassVar[tuple[int, ...]] = (16,)
+    # How far (relative) a restored learner's scores may be from the uninterrupted learner's:
+    # 0 (bit-identical) unless a cache the checkpoint leaves out is exact only to rounding.
+    restore_tolerance: ClassVar[float] = 0.0
 
     def __init__(self, problem: Problem, config: LearnerConfig) -> None:
         self.problem = problem
@@ -112,15 +120,17 @@ class Learner(ABC):
         return self._device
 
     @abstractmethod
-    def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
-        """Scores ``[B, num_classes[level]]``; the argmax is the prediction."""
+    def predict(self, x: torch.Tensor, level: int | None = None) -> torch.Tensor:
+        """Scores ``[B, num_classes[level]]`` (``level`` None: level 0); the argmax is the
+        prediction. Classes the learner was never taught score ``-inf``."""
 
     @abstractmethod
     def learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> None:
-        """Learn one micro-batch once. ``iterations`` gradient steps for gradient learners
-        (0 still registers the samples: memory, statistics); closed-form learners ignore it."""
+        """Learn one micro-batch once; ``level`` holds each sample's level (None: all level 0,
+        see :mod:`learners.levels`). ``iterations`` gradient steps for gradient learners (0 still
+        registers the samples: memory, statistics); closed-form learners ignore it."""
 
     @abstractmethod
     def state_dict(self) -> LearnerState:

@@ -19,6 +19,15 @@ The engine and the contract checks (:mod:`learners.checks`) look for these by ``
 
   Asking a learner for an action it does not declare is a configuration error, reported before
   the stream starts.
+- :class:`Mergeable` — ``merge(other)``: absorb what another learner of the same name, config
+  and problem learned, so that the result equals one learner that saw both streams (up to
+  floating-point rounding; the order of the additions differs). Learners whose state is
+  sufficient statistics offer it (``acil``, ``aef-ocl``, ``nmc``, ``slda``); ``ds-al`` does
+  not (its compensation targets depend on the main stream's state at each batch), nor do the
+  gradient learners.
+
+The contract checks (:func:`learners.checks.yield_checks`) pick the checks of each capability
+a learner declares.
 """
 
 from __future__ import annotations
@@ -26,8 +35,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Self
 
 import torch
+
+from learners.levels import Levels
 
 
 class DriftAction(StrEnum):
@@ -55,12 +67,43 @@ def supported_actions(learner: object) -> frozenset[DriftAction]:
     return frozenset({DriftAction.NONE, *declared})
 
 
+class Mergeable(ABC):
+    """Mixin of learners that can absorb another learner's state.
+
+    ``can_merge`` may depend on the config (a ridge head in its recursive Woodbury form keeps
+    no statistics to add)."""
+
+    @property
+    def can_merge(self) -> bool:
+        return True
+
+    @abstractmethod
+    def merge(self, other: Self) -> None:
+        """Absorb what ``other`` (same class, config and problem) learned; afterwards this
+        learner equals one that saw both streams. Raises ValueError for any other learner."""
+
+    def refuse_foreign(self, other: object) -> None:
+        """Raise ValueError unless ``other`` is a learner of this class, config and problem."""
+        mine = (getattr(self, "config", None), getattr(self, "problem", None))
+        theirs = (getattr(other, "config", None), getattr(other, "problem", None))
+        if type(other) is not type(self) or mine != theirs:
+            raise ValueError(
+                f"cannot merge {type(other).__name__} into {type(self).__name__}: "
+                "different configs or problems"
+            )
+
+
+def mergeable(learner: object) -> bool:
+    """Whether ``learner`` offers :meth:`Mergeable.merge` in its configuration."""
+    return isinstance(learner, Mergeable) and learner.can_merge
+
+
 class SequentialLearner(ABC):
     """Mixin of learners that can predict each sample of a batch just before learning it."""
 
     @abstractmethod
     def test_then_train(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> torch.Tensor:
         """For each sample in order, predict its class at its level, then learn it.
 

@@ -1,9 +1,15 @@
 """The contract every registered learner must honour (modelled on ``river.checks``).
 
-``yield_checks(name)`` yields check functions; ``tests/learners/test_contract.py`` runs each one
-over every registered learner, so a new learner gets these tests by being registered. Each
-check takes a learner name and builds fresh learners with the class's ``check_config`` (small
-models, so the suite stays fast).
+``yield_checks(name)`` yields the check functions that apply to learner ``name``: those of every
+learner, then those of each capability it declares (:mod:`learners.capabilities`), picked as
+river picks a model's checks by what it can do. ``tests/learners/test_contract.py`` runs each
+one over every registered learner on a one-level and on a two-level (hierarchical) problem, so
+a new learner gets these tests by being registered. Each check takes a learner name and a
+number of levels and builds fresh learners with the class's ``check_config`` (small models, so
+the suite stays fast).
+
+On the two-level problem the four fine classes have two coarse parents (0, 0, 1, 1); each sample
+is labelled at one level, drawn at random, with its fine class or that class's parent.
 """
 
 from __future__ import annotations
@@ -14,26 +20,45 @@ import torch
 
 from learners import registry
 from learners.base import Learner, Problem
+from learners.capabilities import (
+    DriftAction,
+    SequentialLearner,
+    mergeable,
+    supported_actions,
+)
 from learners.state.safetensors_io import state_from_bytes, state_to_bytes
 
 NUM_CLASSES = 4
+PARENTS = (0, 0, 1, 1)
+LEVELS = (1, 2)
+
+Check = Callable[[str, int], None]
+Stream = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def check_problem(name: str) -> Problem:
-    cls = registry.get(name)
-    return Problem(input_shape=cls.check_input_shape, num_classes=(NUM_CLASSES,))
+def check_problem(name: str, levels: int = 1) -> Problem:
+    shape = registry.get(name).check_input_shape
+    if levels == 1:
+        return Problem(input_shape=shape, num_classes=(NUM_CLASSES,))
+    return Problem(
+        input_shape=shape,
+        num_classes=(max(PARENTS) + 1, NUM_CLASSES),
+        level_names=("coarse", "fine"),
+        parents=(PARENTS,),
+    )
 
 
-def make(name: str, seed: int = 0, device: str = "cpu") -> Learner:
-    cls = registry.get(name)
-    options = {**cls.check_config, "seed": seed}
-    return registry.create(name, check_problem(name), options, device)
+def make(name: str, levels: int = 1, seed: int = 0, device: str = "cpu") -> Learner:
+    options = {**registry.get(name).check_config, "seed": seed}
+    return registry.create(name, check_problem(name, levels), options, device)
 
 
 def blobs(
-    name: str, n: int, seed: int, classes: list[int] | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Well-separated Gaussian blobs shaped like the learner's check input."""
+    name: str, n: int, seed: int, classes: list[int] | None = None, levels: int = 1
+) -> Stream:
+    """Well-separated Gaussian blobs of the fine ``classes``, shaped like the learner's check
+    input: (x, y, level), each sample labelled at a random level (its fine class at the finest
+    level, that class's parent at the coarse one)."""
     shape = registry.get(name).check_input_shape
     dim = 1
     for size in shape:
@@ -41,114 +66,282 @@ def blobs(
     generator = torch.Generator().manual_seed(1000 + seed)
     centres = torch.randn(NUM_CLASSES, dim, generator=torch.Generator().manual_seed(7)) * 3.0
     pool = torch.tensor(classes if classes is not None else list(range(NUM_CLASSES)))
-    y = pool[torch.randint(0, len(pool), (n,), generator=generator)]
-    x = centres[y] + 0.5 * torch.randn(n, dim, generator=generator)
+    fine = pool[torch.randint(0, len(pool), (n,), generator=generator)]
+    x = centres[fine] + 0.5 * torch.randn(n, dim, generator=generator)
     if len(shape) > 1:
         x = torch.sigmoid(x)  # image-like inputs live in [0, 1]
-    return x.reshape(n, *shape), y
+    level = torch.randint(0, levels, (n,), generator=generator)
+    y = torch.where(level == levels - 1, fine, torch.tensor(PARENTS)[fine])
+    return x.reshape(n, *shape), y, level
 
 
-def levels_for(y: torch.Tensor) -> torch.Tensor:
-    return torch.zeros_like(y)
+def labels_at(y: torch.Tensor, level: torch.Tensor, at: int, levels: int) -> torch.Tensor:
+    """The level-``at`` label of every sample of a :func:`blobs` stream (fine → coarse by
+    parent; a coarse label has no single fine class, so ``at`` must not be finer than it)."""
+    if at == levels - 1:
+        return y
+    return torch.where(level == levels - 1, torch.tensor(PARENTS)[y], y)
 
 
-def stream_through(learner: Learner, x: torch.Tensor, y: torch.Tensor, batch: int = 10) -> None:
+def stream_through(
+    learner: Learner, stream: Stream, batch: int = 10, prequential: bool = False
+) -> list[torch.Tensor]:
+    """Learn ``stream`` in batches; with ``prequential`` predict each batch (at every level)
+    first, as the engine does, and return those scores."""
+    x, y, level = stream
+    scores = []
     for start in range(0, len(y), batch):
-        xb, yb = x[start : start + batch], y[start : start + batch]
-        learner.learn(xb, yb, levels_for(yb), iterations=1)
+        rows = slice(start, start + batch)
+        if prequential:
+            scores += [learner.predict(x[rows], lvl) for lvl in range(learner.problem.num_levels)]
+        learner.learn(x[rows], y[rows], level[rows], iterations=1)
+    return scores
 
 
-def accuracy(learner: Learner, x: torch.Tensor, y: torch.Tensor) -> float:
-    return float((learner.predict(x).argmax(1).cpu() == y).float().mean())
+def accuracies(learner: Learner, stream: Stream) -> list[float]:
+    """Accuracy at each level of ``learner`` on ``stream`` (every sample, at every level it has
+    a label for: all at the coarse level, the finest-labelled ones at the finest)."""
+    x, y, level = stream
+    levels = learner.problem.num_levels
+    result = []
+    for at in range(levels):
+        rows = torch.ones_like(y, dtype=torch.bool) if at < levels - 1 else level == at
+        truth = labels_at(y, level, at, levels)[rows]
+        predicted = learner.predict(x[rows], at).argmax(1).cpu()
+        result.append(float((predicted == truth).float().mean()))
+    return result
 
 
-def check_predicts_before_learning(name: str) -> None:
-    learner = make(name)
-    x, _ = blobs(name, 8, seed=1)
-    scores = learner.predict(x)
-    assert scores.shape == (8, NUM_CLASSES), f"{name}: scores shape {tuple(scores.shape)}"
+def all_scores(learner: Learner, x: torch.Tensor) -> list[torch.Tensor]:
+    return [learner.predict(x, lvl).cpu() for lvl in range(learner.problem.num_levels)]
 
 
-def check_learns_in_a_single_pass(name: str) -> None:
-    learner = make(name)
-    x, y = blobs(name, 300, seed=2)
-    xt, yt = blobs(name, 200, seed=3)
-    stream_through(learner, x, y)
-    acc = accuracy(learner, xt, yt)
-    assert acc >= 0.6, f"{name}: accuracy {acc:.2f} after one pass over separable blobs"
+def assert_same_scores(
+    mine: list[torch.Tensor], theirs: list[torch.Tensor], tolerance: float, what: str
+) -> None:
+    """Equal scores: bit for bit with ``tolerance`` 0, else the same ``-inf`` pattern and
+    finite scores within ``tolerance`` relative to their largest magnitude."""
+    for a, b in zip(mine, theirs, strict=True):
+        if tolerance == 0:
+            assert torch.equal(a, b), what
+            continue
+        assert torch.equal(torch.isinf(a), torch.isinf(b)), what
+        finite = torch.isfinite(b)
+        scale = float(b[finite].abs().max()) if bool(finite.any()) else 0.0
+        error = float((a[finite] - b[finite]).abs().max()) if bool(finite.any()) else 0.0
+        assert error <= tolerance * max(scale, 1e-12), f"{what} (relative error {error / scale})"
 
 
-def check_new_class_mid_batch(name: str) -> None:
-    learner = make(name)
-    x_old, y_old = blobs(name, 60, seed=4, classes=[0, 1])
-    stream_through(learner, x_old, y_old)
-    x_new, y_new = blobs(name, 9, seed=5, classes=[2])
-    x_mix, y_mix = blobs(name, 10, seed=6, classes=[0, 1])
-    # The new class first appears in the middle of a batch.
+# -- every learner ------------------------------------------------------------------------------
+
+
+def check_predicts_before_learning(name: str, levels: int) -> None:
+    """Before any sample a learner answers with the right shape and knows no class (-inf)."""
+    learner = make(name, levels)
+    x, _, _ = blobs(name, 8, seed=1, levels=levels)
+    for lvl, scores in enumerate(all_scores(learner, x)):
+        k = learner.problem.num_classes[lvl]
+        assert scores.shape == (8, k), f"{name}: level {lvl} scores shape {tuple(scores.shape)}"
+        assert bool((scores == float("-inf")).all()), f"{name}: scores a class before learning"
+
+
+def check_learns_in_a_single_pass(name: str, levels: int) -> None:
+    learner = make(name, levels)
+    stream_through(learner, blobs(name, 300 * levels, seed=2, levels=levels))
+    for lvl, acc in enumerate(accuracies(learner, blobs(name, 200, seed=3, levels=levels))):
+        assert acc >= 0.6, f"{name}: level {lvl} accuracy {acc:.2f} after one pass over blobs"
+
+
+def check_new_class_mid_batch(name: str, levels: int) -> None:
+    learner = make(name, levels)
+    stream_through(learner, blobs(name, 60, seed=4, classes=[0, 1], levels=levels))
+    x_new, y_new, _ = blobs(name, 9, seed=5, classes=[2], levels=1)
+    x_mix, y_mix, level_mix = blobs(name, 10, seed=6, classes=[0, 1], levels=levels)
+    # The new (fine) class first appears in the middle of a batch.
+    finest = torch.tensor([levels - 1])
     x = torch.cat([x_mix[:5], x_new[:1], x_mix[5:]])
     y = torch.cat([y_mix[:5], y_new[:1], y_mix[5:]])
-    learner.learn(x, y, levels_for(y), iterations=1)
-    more_x, more_y = blobs(name, 120, seed=7, classes=[0, 1, 2])
-    stream_through(learner, more_x, more_y)
-    xt, yt = blobs(name, 60, seed=8, classes=[2])
-    acc = accuracy(learner, xt, yt)
+    level = torch.cat([level_mix[:5], finest, level_mix[5:]])
+    learner.learn(x, y, level, iterations=1)
+    stream_through(learner, blobs(name, 120 * levels, seed=7, classes=[0, 1, 2], levels=levels))
+    xt, yt, _ = blobs(name, 60, seed=8, classes=[2], levels=1)
+    acc = float((learner.predict(xt, levels - 1).argmax(1).cpu() == yt).float().mean())
     assert acc >= 0.5, f"{name}: new class predicted with accuracy {acc:.2f}"
 
 
-def check_checkpoint_round_trip(name: str) -> None:
-    learner = make(name, seed=3)
-    x, y = blobs(name, 80, seed=9)
-    stream_through(learner, x, y)
-    restored = make(name, seed=3)
-    restored.load_state_dict(state_from_bytes(state_to_bytes(learner.state_dict())))
-    xt, _ = blobs(name, 50, seed=10)
-    assert torch.equal(learner.predict(xt), restored.predict(xt)), (
-        f"{name}: predictions differ after restore"
-    )
-    # Learning on after the restore must continue exactly as the original does.
-    x2, y2 = blobs(name, 40, seed=11)
-    stream_through(learner, x2, y2)
-    stream_through(restored, x2, y2)
-    assert torch.equal(learner.predict(xt), restored.predict(xt)), f"{name}: diverged after restore"
+def check_untaught_classes_never_predicted(name: str, levels: int) -> None:
+    """Classes the learner was never taught score ``-inf`` at every level, however it learns
+    (with a hierarchy, coarse labels teach nothing at the fine level and vice versa)."""
+    learner = make(name, levels)
+    stream = blobs(name, 80, seed=16, classes=[0, 1], levels=levels)
+    stream_through(learner, stream, prequential=True)
+    _, y, level = stream
+    x_any, _, _ = blobs(name, 40, seed=17, levels=levels)
+    for lvl, scores in enumerate(all_scores(learner, x_any)):
+        taught = torch.zeros(learner.problem.num_classes[lvl], dtype=torch.bool)
+        taught[y[level == lvl]] = True
+        assert bool((scores[:, ~taught] == float("-inf")).all()), (
+            f"{name}: level {lvl} scores a class it was never taught"
+        )
+        if bool(taught.any()):
+            assert bool(taught[scores.argmax(1)].all()), f"{name}: predicts an untaught class"
 
 
-def check_deterministic_under_seed(name: str) -> None:
+def check_checkpoint_round_trip(name: str, levels: int) -> None:
+    """Saving changes nothing (``state_dict`` is pure), and a learner restored from the
+    checkpoint goes on as the uninterrupted one: equal predictions, then equal learning."""
+    saved, untouched = make(name, levels, seed=3), make(name, levels, seed=3)
+    first = blobs(name, 74, seed=9, levels=levels)
+    # small batches, so that a learner's caches (a factorisation updated per batch) live on
+    stream_through(saved, first, batch=4, prequential=True)
+    stream_through(untouched, first, batch=4, prequential=True)
+    data = state_to_bytes(saved.state_dict())
+    assert state_to_bytes(saved.state_dict()) == data, f"{name}: two saves in a row differ"
+    restored = make(name, levels, seed=3)
+    restored.load_state_dict(state_from_bytes(data))
+    tolerance = registry.get(name).restore_tolerance
+    xt, _, _ = blobs(name, 50, seed=10, levels=levels)
+    second = blobs(name, 40, seed=11, levels=levels)
+    for step in ("after restore", "after learning on"):
+        reference = all_scores(untouched, xt)
+        assert_same_scores(all_scores(saved, xt), reference, 0.0, f"{name}: saving changed it")
+        assert_same_scores(
+            all_scores(restored, xt), reference, tolerance, f"{name}: differs {step}"
+        )
+        for learner in (saved, untouched, restored):
+            stream_through(learner, second, batch=4, prequential=True)
+
+
+def check_deterministic_under_seed(name: str, levels: int) -> None:
     runs = []
     for _ in range(2):
-        learner = make(name, seed=5)
-        x, y = blobs(name, 60, seed=12)
-        stream_through(learner, x, y)
-        runs.append(learner.predict(blobs(name, 30, seed=13)[0]))
-    assert torch.equal(runs[0], runs[1]), f"{name}: two runs with the same seed differ"
+        learner = make(name, levels, seed=5)
+        stream_through(learner, blobs(name, 60, seed=12, levels=levels), prequential=True)
+        runs.append(all_scores(learner, blobs(name, 30, seed=13, levels=levels)[0]))
+    assert_same_scores(runs[0], runs[1], 0.0, f"{name}: two runs with the same seed differ")
 
 
-def check_runs_on_cpu(name: str) -> None:
-    learner = make(name, device="cpu")
-    x, y = blobs(name, 20, seed=14)
-    stream_through(learner, x, y)
-    assert learner.predict(x).device.type == "cpu"
+def check_inputs_not_mutated(name: str, levels: int) -> None:
+    learner = make(name, levels)
+    x, y, level = blobs(name, 30, seed=18, levels=levels)
+    copies = (x.clone(), y.clone(), level.clone())
+    stream_through(learner, (x, y, level), prequential=True)
+    for lvl in range(levels):
+        learner.predict(x, lvl)
+    for given, copy in zip((x, y, level), copies, strict=True):
+        assert torch.equal(given, copy), f"{name}: changed its input tensors"
+
+
+def check_level_defaults_to_zero(name: str, levels: int) -> None:
+    """``level`` None means level 0: in ``predict`` and, per sample, in ``learn``."""
+    implicit, explicit = make(name, levels), make(name, levels)
+    x, y, _ = blobs(name, 40, seed=19, classes=[0, 2], levels=1)
+    y = labels_at(y, torch.full_like(y, levels - 1), 0, levels)  # labels at level 0
+    for start in range(0, len(y), 10):
+        rows = slice(start, start + 10)
+        implicit.learn(x[rows], y[rows])
+        explicit.learn(x[rows], y[rows], torch.zeros_like(y[rows]))
+    assert_same_scores(
+        [implicit.predict(x)], [explicit.predict(x, 0)], 0.0, f"{name}: level None is not 0"
+    )
+
+
+def check_runs_on_cpu(name: str, levels: int) -> None:
+    learner = make(name, levels, device="cpu")
+    x, y, level = blobs(name, 20, seed=14, levels=levels)
+    stream_through(learner, (x, y, level))
+    assert all(s.device.type == "cpu" for s in (learner.predict(x, lvl) for lvl in range(levels)))
     assert isinstance(learner.memory_samples, int) and learner.memory_samples >= 0
 
 
-def check_iterations_zero_still_registers(name: str) -> None:
+def check_iterations_zero_still_registers(name: str, levels: int) -> None:
     """``iterations=0`` (a fractional online_iter not yet reaching 1) must not break a learner."""
-    learner = make(name)
-    x, y = blobs(name, 10, seed=15)
-    learner.learn(x, y, levels_for(y), iterations=0)
-    assert learner.predict(x).shape == (10, NUM_CLASSES)
+    learner = make(name, levels)
+    x, y, level = blobs(name, 10, seed=15, levels=levels)
+    learner.learn(x, y, level, iterations=0)
+    for lvl in range(levels):
+        assert learner.predict(x, lvl).shape == (10, learner.problem.num_classes[lvl])
 
 
-CHECKS: tuple[Callable[[str], None], ...] = (
+# -- capabilities -------------------------------------------------------------------------------
+
+
+def check_test_then_train_is_predict_then_learn_per_sample(name: str, levels: int) -> None:
+    """A sequential learner's in-batch predictions are those of predicting each sample just
+    before learning it alone, and it learns the same."""
+    batched, single = make(name, levels), make(name, levels)
+    assert isinstance(batched, SequentialLearner)
+    x, y, level = blobs(name, 60, seed=20, levels=levels)
+    for start in range(0, len(y), 12):
+        rows = slice(start, start + 12)
+        predicted = batched.test_then_train(x[rows], y[rows], level[rows]).tolist()
+        for i in range(start, min(start + 12, len(y))):
+            scores = single.predict(x[i : i + 1], int(level[i]))[0]
+            expected = int(scores.argmax()) if bool(torch.isfinite(scores).any()) else -1
+            assert predicted[i - start] == expected, f"{name}: sample {i} predicted differently"
+            single.learn(x[i : i + 1], y[i : i + 1], level[i : i + 1])
+    xt, _, _ = blobs(name, 20, seed=21, levels=levels)
+    assert_same_scores(all_scores(batched, xt), all_scores(single, xt), 0.0, f"{name}: learned")
+
+
+def check_drift_actions(name: str, levels: int) -> None:
+    """Every declared drift action applies; ``reset`` forgets every class."""
+    for action in sorted(supported_actions(make(name, levels)) - {DriftAction.NONE}):
+        learner = make(name, levels)
+        stream = blobs(name, 40, seed=22, levels=levels)
+        stream_through(learner, stream)
+        learner.on_drift(action)  # type: ignore[attr-defined]
+        x = stream[0]
+        if action is DriftAction.RESET:
+            for scores in all_scores(learner, x):
+                assert bool((scores == float("-inf")).all()), f"{name}: reset kept a class"
+        stream_through(learner, stream)
+        assert all(bool(torch.isfinite(s).any()) for s in all_scores(learner, x)), (
+            f"{name}: learns nothing after {action.value}"
+        )
+
+
+def check_merge_equals_learning_the_union(name: str, levels: int) -> None:
+    """Two learners that saw two halves of a stream merge into one that saw it all."""
+    left, right, union = (make(name, levels, seed=4) for _ in range(3))
+    first = blobs(name, 70, seed=23, classes=[0, 1, 2], levels=levels)
+    second = blobs(name, 50, seed=24, classes=[1, 2, 3], levels=levels)
+    stream_through(left, first)
+    stream_through(right, second)
+    stream_through(union, first)
+    stream_through(union, second)
+    left.merge(right)  # type: ignore[attr-defined]
+    xt, _, _ = blobs(name, 40, seed=25, levels=levels)
+    assert_same_scores(all_scores(left, xt), all_scores(union, xt), 1e-9, f"{name}: merged")
+    try:
+        left.merge(make(name, levels, seed=5))  # type: ignore[attr-defined]
+    except ValueError:
+        return
+    raise AssertionError(f"{name}: merged a learner with another config")
+
+
+COMMON: tuple[Check, ...] = (
     check_predicts_before_learning,
     check_learns_in_a_single_pass,
     check_new_class_mid_batch,
+    check_untaught_classes_never_predicted,
     check_checkpoint_round_trip,
     check_deterministic_under_seed,
+    check_inputs_not_mutated,
+    check_level_defaults_to_zero,
     check_runs_on_cpu,
     check_iterations_zero_still_registers,
 )
 
 
-def yield_checks(name: str) -> Iterator[Callable[[str], None]]:
-    """The checks that apply to learner ``name``."""
-    yield from CHECKS
+def yield_checks(name: str) -> Iterator[Check]:
+    """The checks that apply to learner ``name``: the common ones, then those of each
+    capability its check configuration declares."""
+    yield from COMMON
+    learner = make(name)
+    if isinstance(learner, SequentialLearner):
+        yield check_test_then_train_is_predict_then_learn_per_sample
+    if supported_actions(learner) != {DriftAction.NONE}:
+        yield check_drift_actions
+    if mergeable(learner):
+        yield check_merge_equals_learning_the_union

@@ -34,6 +34,7 @@ from pydantic import Field
 from learners.analytic import AnalyticConfig, AnalyticLearner
 from learners.base import Problem
 from learners.capabilities import AdditiveStatistics
+from learners.levels import Levels, level_index
 from learners.linalg.ridge import RecursiveRidge, one_hot
 from learners.state.learner_state import LearnerState
 
@@ -50,8 +51,9 @@ class DSALConfig(AnalyticConfig):
 class DSAL(AnalyticLearner, AdditiveStatistics):
     """DS-AL: ReLU main stream + C × tanh compensation stream fitted to its cleansed residual.
 
-    ``learn`` absorbs each sample exactly once and ignores ``iterations``. ``state_dict`` drops
-    the cached solutions, so a restored learner predicts and learns on bit-identically.
+    ``learn`` absorbs each sample exactly once and ignores ``iterations``. ``state_dict`` saves
+    the statistics, not the cached solutions, which a restored learner solves afresh: equal to
+    rounding (``restore_tolerance``), as :class:`learners.acil.ACIL`.
     """
 
     name = "ds-al"
@@ -74,7 +76,7 @@ class DSAL(AnalyticLearner, AdditiveStatistics):
 
     @torch.no_grad()
     def learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> None:
         projected = self.expand(x)
         y = y.to(self.device)
@@ -96,7 +98,8 @@ class DSAL(AnalyticLearner, AdditiveStatistics):
             head.drop_cache()
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, level: int | None = None) -> torch.Tensor:
+        level = level_index(level)
         projected = self.expand(x)
         scores = torch.relu(projected) @ self.main[level].weights()
         scores += self.config.compensation_ratio * (
@@ -105,19 +108,17 @@ class DSAL(AnalyticLearner, AdditiveStatistics):
         return scores.masked_fill(self.main[level].counts == 0, float("-inf"))
 
     def state_dict(self) -> LearnerState:
-        tensors = self._feature_tensors()
+        state = self._feature_state()
         for lvl in range(self.problem.num_levels):
-            for stream, heads in (("main", self.main), ("comp", self.comp)):
-                heads[lvl].drop_cache()
-                tensors.update(heads[lvl].tensors(f"{stream}.{lvl}"))
-        return LearnerState(tensors, {"solver": self.config.solver})
+            state.put(f"main.{lvl}", self.main[lvl].state_dict())
+            state.put(f"comp.{lvl}", self.comp[lvl].state_dict())
+        return state
 
     def load_state_dict(self, state: LearnerState) -> None:
-        self._check_solver(state)
-        self._load_feature_tensors(state.tensors)
+        self._load_feature_state(state)
         for lvl in range(self.problem.num_levels):
-            self.main[lvl].load_tensors(f"main.{lvl}", state.tensors)
-            self.comp[lvl].load_tensors(f"comp.{lvl}", state.tensors)
+            self.main[lvl].load_state_dict(state.part(f"main.{lvl}"))
+            self.comp[lvl].load_state_dict(state.part(f"comp.{lvl}"))
 
     def to(self, device: torch.device | str) -> Self:
         super().to(device)

@@ -26,6 +26,7 @@ from torch import nn
 from learners.backbones.backbone import BackboneConfig, build_backbone, seeded_linear
 from learners.base import Learner, LearnerConfig, Problem
 from learners.capabilities import DriftAction, DriftAdaptive
+from learners.levels import level_index, level_rows
 from learners.replay_training import ReplayTraining
 from memory import MemoryConfig, build_memory
 
@@ -84,7 +85,8 @@ class ER(ReplayTraining, Learner, DriftAdaptive):
         return logits.masked_fill(~self.seen[level], float("-inf"))
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, level: int | None = None) -> torch.Tensor:
+        level = level_index(level)
         self.model.eval()
         return self._logits(self.backbone(x.to(self.device, torch.float32)), level)
 
@@ -104,11 +106,9 @@ class ER(ReplayTraining, Learner, DriftAdaptive):
         if self.problem.num_levels == 1:
             return nn.functional.cross_entropy(self._logits(features, 0), y, reduction="none")
         losses = features.new_zeros(len(y))
-        for lvl in range(self.problem.num_levels):
-            rows = level == lvl
-            if rows.any():
-                logits = self._logits(features[rows], lvl)
-                losses[rows] = nn.functional.cross_entropy(logits, y[rows], reduction="none")
+        for lvl, rows in level_rows(level, self.problem.num_levels):
+            logits = self._logits(features[rows], lvl)
+            losses[rows] = nn.functional.cross_entropy(logits, y[rows], reduction="none")
         return losses
 
     @torch.no_grad()

@@ -46,6 +46,7 @@ from learners.backbones.backbone import BackboneConfig, build_backbone, seeded_l
 from learners.backbones.prompts import PromptPool
 from learners.backbones.vit import ViT
 from learners.base import Learner, LearnerConfig, Problem
+from learners.levels import level_index, level_rows
 from learners.replay_training import ReplayTraining
 from memory import MemoryConfig, build_memory
 
@@ -221,7 +222,8 @@ class MVP(ReplayTraining, Learner):
         return distances, self.pool.select(distances, self.config.frequency_penalty)
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, level: int | None = None) -> torch.Tensor:
+        level = level_index(level)
         self.model.eval()
         x = x.to(self.device, torch.float32)
         _, index = self._select(x)
@@ -237,10 +239,8 @@ class MVP(ReplayTraining, Learner):
         distances, index = self._select(x)
         features = self.prompted_features(x, index)
         loss = features.new_zeros(())
-        for lvl in range(self.problem.num_levels):
-            rows = (level == lvl).nonzero().flatten()
-            if len(rows):
-                loss = loss + self.classification_loss(features[rows], y[rows], index[rows], lvl)
+        for lvl, rows in level_rows(level, self.problem.num_levels):
+            loss = loss + self.classification_loss(features[rows], y[rows], index[rows], lvl)
         loss = loss / len(y)
         if self.config.use_contrastive:
             key_loss = self.pool.contrastive_loss(distances, index, self.config.frequency_penalty)
@@ -282,12 +282,10 @@ class MVP(ReplayTraining, Learner):
         _, index = self._select(x)
         features = self.prompted_features(x, index)
         losses = features.new_zeros(len(y))
-        for lvl in range(self.problem.num_levels):
-            rows = level == lvl
-            if rows.any():
-                logits = self.heads[lvl](features[rows]) * self.logit_scale(index[rows], lvl)
-                logits = logits + self.seen_bias(lvl)
-                losses[rows] = F.cross_entropy(logits, y[rows], reduction="none")
+        for lvl, rows in level_rows(level, self.problem.num_levels):
+            logits = self.heads[lvl](features[rows]) * self.logit_scale(index[rows], lvl)
+            logits = logits + self.seen_bias(lvl)
+            losses[rows] = F.cross_entropy(logits, y[rows], reduction="none")
         return losses
 
     # -- checkpoints ----------------------------------------------------------------------

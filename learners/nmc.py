@@ -4,6 +4,7 @@ Predictions are negative squared Euclidean distances to the class means. The cla
 counts are updated with one ``index_add_`` per micro-batch, which equals updating per sample, so
 the result does not depend on the batch size. Classes never seen score ``-inf``. On a detected
 concept drift it can ``reset``: the class means start afresh from the samples that follow.
+Two learners ``merge`` by adding their sums and counts.
 
 Sums are float64, so the means stay exact over a long stream. Scoring reads float32 copies of
 ``2 * mean`` and ``-||mean||^2`` (``-inf`` for unseen classes) that ``learn`` refreshes for the
@@ -21,7 +22,8 @@ from pydantic import Field
 
 from learners.backbones.backbone import BackboneConfig, build_backbone
 from learners.base import Learner, LearnerConfig, Problem
-from learners.capabilities import AdditiveStatistics, DriftAction, DriftAdaptive
+from learners.capabilities import AdditiveStatistics, DriftAction, DriftAdaptive, Mergeable
+from learners.levels import Levels, level_index, level_rows
 from learners.state.learner_state import LearnerState
 
 
@@ -33,7 +35,7 @@ class NMCConfig(LearnerConfig):
     normalize: bool = Field(False, description="L2-normalise features before averaging")
 
 
-class NMC(Learner, DriftAdaptive, AdditiveStatistics):
+class NMC(Learner, DriftAdaptive, Mergeable, AdditiveStatistics):
     """Nearest class mean over a frozen backbone, one set of means per hierarchy level."""
 
     name = "nmc"
@@ -83,18 +85,19 @@ class NMC(Learner, DriftAdaptive, AdditiveStatistics):
         self._offsets[level][rows] = offset.to(torch.float32)
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, level: int | None = None) -> torch.Tensor:
+        level = level_index(level)
         features = self._normalized(self._embed(x))
         return torch.addmm(self._offsets[level], features, self._weights[level].T)
 
     @torch.no_grad()
     def learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> None:
         features = self._normalized(self._embed(x).to(torch.float64))
-        y, level = y.to(self.device), level.to(self.device)
-        for lvl in range(self.problem.num_levels):
-            rows = level == lvl if self.problem.num_levels > 1 else slice(None)
+        y = y.to(self.device)
+        level = None if level is None else level.to(self.device)
+        for lvl, rows in level_rows(level, self.problem.num_levels):
             labels = y[rows]
             self.sums[lvl].index_add_(0, labels, features[rows])
             self.counts[lvl].index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
@@ -110,6 +113,14 @@ class NMC(Learner, DriftAdaptive, AdditiveStatistics):
                 sums.zero_()
                 counts.zero_()
             self._refresh_all()
+
+    def merge(self, other: NMC) -> None:
+        """Add ``other``'s class sums and counts: the means are then those of both streams."""
+        self.refuse_foreign(other)
+        for lvl in range(self.problem.num_levels):
+            self.sums[lvl] += other.sums[lvl].to(self.device)
+            self.counts[lvl] += other.counts[lvl].to(self.device)
+        self._refresh_all()
 
     def _refresh_all(self) -> None:
         for lvl in range(self.problem.num_levels):

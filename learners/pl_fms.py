@@ -78,6 +78,7 @@ from torch import nn
 
 from learners.base import Problem
 from learners.er import ER, ERConfig
+from learners.levels import Levels, level_rows, sample_levels
 from learners.state.learner_state import LearnerState
 from memory import MemoryConfig
 
@@ -151,10 +152,11 @@ class PLFMS(ER):
         self.ancestors = ancestor_maps(problem)
 
     def learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> None:
         x = x.to(self.device, torch.float32)
-        y, level = y.to(self.device), level.to(self.device)
+        y = y.to(self.device)
+        level = sample_levels(level, y)
         self._register(y, level)
         replay = len(y) if self.config.replay_batch_size is None else self.config.replay_batch_size
         self.model.train()
@@ -174,8 +176,8 @@ class PLFMS(ER):
 
     def _register(self, y: torch.Tensor, level: torch.Tensor) -> None:
         """Count the batch and note where each new class first appeared (1-based)."""
-        for lvl in range(self.problem.num_levels):
-            positions = torch.nonzero(level == lvl).flatten()
+        for lvl, rows in level_rows(level, self.problem.num_levels):
+            positions = torch.arange(len(y), device=y.device)[rows]
             for c in y[positions].unique().tolist():
                 if self.first_seen[lvl][c] < 0:
                     first = int(positions[y[positions] == c][0])
@@ -186,8 +188,7 @@ class PLFMS(ER):
     def keep_probability(self, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         """FMS's ``p_c(t) = min(1, (t − t_c) / (N_total / |C_seen|))`` of each stream sample."""
         first = torch.empty_like(y)
-        for lvl in range(self.problem.num_levels):
-            rows = level == lvl
+        for lvl, rows in level_rows(level, self.problem.num_levels):
             first[rows] = self.first_seen[lvl][y[rows]]
         seen_classes = sum(int((f >= 0).sum()) for f in self.first_seen)
         total = max(self.config.stream_length or 0, self.samples_seen)

@@ -8,11 +8,12 @@ import torch
 from torch import nn
 
 from learners.base import Problem
+from learners.levels import Levels, level_rows, sample_levels
 from learners.state.learner_state import LearnerState
 from learners.state.torch_state import (
-    load_module_tensors,
+    load_module_state,
     load_optimizer_state,
-    module_tensors,
+    module_state,
     optimizer_state,
 )
 
@@ -38,20 +39,22 @@ class ReplayTraining:
         raise NotImplementedError
 
     def _begin(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor
+        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """Start a ``learn``: the batch on the device, its classes marked seen, the model in
-        training mode; returns the batch and how many memory samples to replay per step."""
+        training mode; returns the batch (with its per-sample levels) and how many memory
+        samples to replay per step."""
         x = x.to(self.device, torch.float32)
-        y, level = y.to(self.device), level.to(self.device)
-        for lvl in range(self.problem.num_levels):
-            self.seen[lvl][y[level == lvl]] = True
+        y = y.to(self.device)
+        level = sample_levels(level, y)
+        for lvl, rows in level_rows(level, self.problem.num_levels):
+            self.seen[lvl][y[rows]] = True
         replay = len(y) if self.config.replay_batch_size is None else self.config.replay_batch_size
         self.model.train()
         return x, y, level, replay
 
     def learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> None:
         x, y, level, replay = self._begin(x, y, level)
         for _ in range(iterations):
@@ -65,26 +68,17 @@ class ReplayTraining:
         self.memory.add(x, y, level)
 
     def state_dict(self) -> LearnerState:
-        tensors = module_tensors("model", self.model)
-        optim_tensors, optim_meta = optimizer_state("optimizer", self.optimizer)
-        tensors.update(optim_tensors)
-        for lvl, seen in enumerate(self.seen):
-            tensors[f"seen.{lvl}"] = seen.cpu()
-        memory = self.memory.state_dict()
-        tensors.update({f"memory.{k}": v for k, v in memory.tensors.items()})
-        return LearnerState(tensors, {"optimizer": optim_meta, "memory": memory.meta})
+        state = LearnerState({f"seen.{lvl}": seen.cpu() for lvl, seen in enumerate(self.seen)})
+        state.put("model", module_state(self.model))
+        state.put("optimizer", optimizer_state(self.optimizer))
+        state.put("memory", self.memory.state_dict())
+        return state
 
     def load_state_dict(self, state: LearnerState) -> None:
-        load_module_tensors("model", self.model, state.tensors)
-        load_optimizer_state("optimizer", self.optimizer, state.tensors, state.meta["optimizer"])
+        load_module_state(self.model, state.part("model"))
+        load_optimizer_state(self.optimizer, state.part("optimizer"))
         self.seen = [state.tensors[f"seen.{lvl}"].to(self.device) for lvl in range(len(self.seen))]
-        prefix = "memory."
-        self.memory.load_state_dict(
-            LearnerState(
-                {k[len(prefix) :]: v for k, v in state.tensors.items() if k.startswith(prefix)},
-                state.meta["memory"],
-            )
-        )
+        self.memory.load_state_dict(state.part("memory"))
 
     def to(self, device: torch.device | str) -> Self:
         super().to(device)  # type: ignore[misc]  # the Learner this is mixed into

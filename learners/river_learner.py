@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from learners.base import Learner, LearnerConfig, Problem
 from learners.capabilities import DriftAction, DriftAdaptive, SequentialLearner
+from learners.levels import Levels, level_index, sample_levels
 from learners.state.learner_state import LearnerState
 from learners.state.sealed_pickle import seal, unseal
 
@@ -253,25 +254,28 @@ class RiverLearner(Learner, SequentialLearner, DriftAdaptive):
                     row[c] = below
         return row
 
-    def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, level: int | None = None) -> torch.Tensor:
+        level = level_index(level)
         rows = [self._score(features, level) for features in self._dicts(x)]
         # numpy first: torch.tensor on nested lists costs several times more.
         scores = np.array(rows, dtype=np.float64).reshape(len(rows), self._width)
         return torch.from_numpy(scores[:, : self.problem.num_classes[level]]).to(self.device)
 
     def learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> None:
-        for features, label, lvl in zip(self._dicts(x), y.tolist(), level.tolist(), strict=True):
+        levels = sample_levels(level, y).tolist()
+        for features, label, lvl in zip(self._dicts(x), y.tolist(), levels, strict=True):
             self.models[lvl].learn_one(features, label)
             self._teach(lvl, label)
 
     def test_then_train(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> torch.Tensor:
         predicted = []
         models, learned = self.models, self.learned
-        for features, label, lvl in zip(self._dicts(x), y.tolist(), level.tolist(), strict=True):
+        levels = sample_levels(level, y).tolist()
+        for features, label, lvl in zip(self._dicts(x), y.tolist(), levels, strict=True):
             model = models[lvl]
             proba = model.predict_proba_one(features)
             predicted.append(self._choice(proba, features, lvl) if proba else -1)

@@ -28,10 +28,12 @@ from pydantic import Field
 
 from learners.backbones.backbone import BackboneConfig, build_backbone
 from learners.base import Learner, LearnerConfig, Problem
-from learners.capabilities import ClassMomentsView, MomentStatistics
+from learners.capabilities import ClassMomentsView, Mergeable, MomentStatistics
+from learners.levels import Levels, level_index, level_rows
 from learners.linalg.cholesky import cholesky_solve
+from learners.linalg.class_moments import ClassMoments
 from learners.state.learner_state import LearnerState
-from learners.state.torch_state import load_module_tensors, module_tensors
+from learners.state.torch_state import load_module_state, module_state
 
 
 class SLDAConfig(LearnerConfig):
@@ -44,60 +46,7 @@ class SLDAConfig(LearnerConfig):
     )
 
 
-class ClassScatter:
-    """Class counts, class means and the pooled within-class scatter S_w of one label space."""
-
-    def __init__(self, classes: int, dim: int, device: torch.device | str = "cpu") -> None:
-        like = {"dtype": torch.float64, "device": torch.device(device)}
-        self.counts = torch.zeros(classes, **like)
-        self.means = torch.zeros(classes, dim, **like)
-        self.scatter = torch.zeros(dim, dim, **like)
-
-    def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        counts = torch.zeros_like(self.counts).index_add_(
-            0, labels, torch.ones_like(labels, dtype=torch.float64)
-        )
-        sums = torch.zeros_like(self.means).index_add_(0, labels, features)
-        means = sums / counts.clamp(min=1).unsqueeze(1)
-        centred = features - means[labels]
-        self._combine(counts, means, centred.T @ centred)
-
-    def merge(self, other: ClassScatter) -> None:
-        device = self.counts.device
-        self._combine(other.counts.to(device), other.means.to(device), other.scatter.to(device))
-
-    def _combine(self, counts: torch.Tensor, means: torch.Tensor, scatter: torch.Tensor) -> None:
-        present = counts > 0
-        n_a, n_b = self.counts[present], counts[present]
-        n = n_a + n_b
-        delta = means[present] - self.means[present]
-        # Chan et al.: S = S_a + S_b + Σ_k n_a n_b / n · δ_k δ_kᵀ, per class, pooled.
-        self.scatter += scatter
-        self.scatter.addmm_(delta.T, delta * (n_a * n_b / n).unsqueeze(1))
-        self.means[present] += delta * (n_b / n).unsqueeze(1)
-        self.counts[present] = n
-
-    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
-        return {
-            f"{prefix}.counts": self.counts.cpu(),
-            f"{prefix}.means": self.means.cpu(),
-            f"{prefix}.scatter": self.scatter.cpu(),
-        }
-
-    def load_tensors(self, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
-        device = self.counts.device
-        self.counts = tensors[f"{prefix}.counts"].to(device, torch.float64).clone()
-        self.means = tensors[f"{prefix}.means"].to(device, torch.float64).clone()
-        self.scatter = tensors[f"{prefix}.scatter"].to(device, torch.float64).clone()
-
-    def to(self, device: torch.device | str) -> Self:
-        self.counts, self.means, self.scatter = (
-            t.to(device) for t in (self.counts, self.means, self.scatter)
-        )
-        return self
-
-
-class SLDA(Learner, MomentStatistics):
+class SLDA(Learner, Mergeable, MomentStatistics):
     """Streaming LDA: running class means, shared shrunk covariance, linear scores per level.
 
     ``learn`` absorbs each sample exactly once and ignores ``iterations``.
@@ -112,7 +61,7 @@ class SLDA(Learner, MomentStatistics):
         frozen = config.backbone.model_copy(update={"freeze": True})
         self.backbone = build_backbone(frozen, problem.input_shape, config.seed).eval()
         dim = self.backbone.out_dim
-        self.stats = [ClassScatter(classes, dim) for classes in problem.num_classes]
+        self.stats = [ClassMoments(classes, dim, "pooled") for classes in problem.num_classes]
         self._solved: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * problem.num_levels
 
     @torch.no_grad()
@@ -121,17 +70,12 @@ class SLDA(Learner, MomentStatistics):
 
     @torch.no_grad()
     def learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> None:
         features = self.features(x)
         y = y.to(self.device)
-        if self.problem.num_levels == 1:
-            self.stats[0].update(features, y)
-            self._solved[0] = None
-            return
-        level = level.to(self.device)
-        for lvl in level.unique().tolist():
-            rows = level == lvl
+        level = None if level is None else level.to(self.device)
+        for lvl, rows in level_rows(level, self.problem.num_levels):
             self.stats[lvl].update(features[rows], y[rows])
             self._solved[lvl] = None
 
@@ -142,47 +86,44 @@ class SLDA(Learner, MomentStatistics):
             stats = self.stats[level]
             eps = self.config.shrinkage
             total = float(stats.counts.sum())
-            A = stats.scatter * ((1 - eps) / max(total, 1.0))
+            A = stats.m2 * ((1 - eps) / max(total, 1.0))
             A.diagonal().add_(eps)
-            W = cholesky_solve(stats.means.T, torch.linalg.cholesky(A))
-            solved = (W, 0.5 * (stats.means.T * W).sum(0))
+            W = cholesky_solve(stats.mean.T, torch.linalg.cholesky(A))
+            solved = (W, 0.5 * (stats.mean.T * W).sum(0))
             self._solved[level] = solved
         return solved
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, level: int | None = None) -> torch.Tensor:
+        level = level_index(level)
         W, c = self.discriminant(level)
         scores = self.features(x) @ W - c
         return scores.masked_fill(self.stats[level].counts == 0, float("-inf"))
 
     def moment_statistics(self) -> list[ClassMomentsView]:
-        return [ClassMomentsView(s.counts, s.means, s.scatter, pooled=True) for s in self.stats]
+        return [ClassMomentsView(s.counts, s.mean, s.m2, pooled=True) for s in self.stats]
 
     def statistics_changed(self) -> None:
         self._solved = [None] * self.problem.num_levels
 
     def merge(self, other: SLDA) -> None:
         """Absorb what ``other`` learned: this learner then equals one that saw both streams."""
-        if (
-            not isinstance(other, SLDA)
-            or other.config != self.config
-            or other.problem != self.problem
-        ):
-            raise ValueError("cannot merge slda learners with different configs or problems")
+        self.refuse_foreign(other)
         for stats, other_stats in zip(self.stats, other.stats, strict=True):
             stats.merge(other_stats)
         self._solved = [None] * self.problem.num_levels
 
     def state_dict(self) -> LearnerState:
-        tensors = module_tensors("backbone", self.backbone)
+        state = LearnerState()
+        state.put("backbone", module_state(self.backbone))
         for lvl, stats in enumerate(self.stats):
-            tensors.update(stats.tensors(f"stats.{lvl}"))
-        return LearnerState(tensors, {})
+            state.put(f"stats.{lvl}", stats.state_dict())
+        return state
 
     def load_state_dict(self, state: LearnerState) -> None:
-        load_module_tensors("backbone", self.backbone, state.tensors)
+        load_module_state(self.backbone, state.part("backbone"))
         for lvl, stats in enumerate(self.stats):
-            stats.load_tensors(f"stats.{lvl}", state.tensors)
+            stats.load_state_dict(state.part(f"stats.{lvl}"))
         self._solved = [None] * self.problem.num_levels
 
     def to(self, device: torch.device | str) -> Self:

@@ -38,6 +38,7 @@ from torch.nn import functional as F
 
 from learners.backbones.backbone import BackboneConfig, build_backbone
 from learners.base import Learner, LearnerConfig, Problem
+from learners.levels import Levels, level_index, level_rows
 from learners.replay_training import ReplayTraining
 from memory import MemoryConfig, build_memory
 
@@ -110,12 +111,13 @@ class UER(ReplayTraining, Learner):
         return (self.config.scale * cosine).masked_fill(~self.seen[level], float("-inf"))
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, level: int | None = None) -> torch.Tensor:
+        level = level_index(level)
         self.model.eval()
         return self.dot_logits(self.backbone(x.to(self.device, torch.float32)), level)
 
     def learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, iterations: int = 1
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> None:
         x, y, level, replay = self._begin(x, y, level)
         for _ in range(iterations):
@@ -145,11 +147,8 @@ class UER(ReplayTraining, Learner):
         if self.problem.num_levels == 1:
             return F.cross_entropy(logits_of(features, 0), y)
         loss = features.new_zeros(())
-        for lvl in range(self.problem.num_levels):
-            rows = level == lvl
-            if rows.any():
-                logits = logits_of(features[rows], lvl)
-                loss = loss + F.cross_entropy(logits, y[rows], reduction="sum")
+        for lvl, rows in level_rows(level, self.problem.num_levels):
+            loss = loss + F.cross_entropy(logits_of(features[rows], lvl), y[rows], reduction="sum")
         return loss / len(y)
 
     @torch.no_grad()
@@ -161,9 +160,8 @@ class UER(ReplayTraining, Learner):
         features = self.backbone(x.to(self.device, torch.float32))
         y, level = y.to(self.device), level.to(self.device)
         losses = features.new_zeros(len(y))
-        for lvl in range(self.problem.num_levels):
-            rows = level == lvl
-            if rows.any():
-                logits = self.dot_logits(features[rows], lvl)
-                losses[rows] = F.cross_entropy(logits, y[rows], reduction="none")
+        for lvl, rows in level_rows(level, self.problem.num_levels):
+            losses[rows] = F.cross_entropy(
+                self.dot_logits(features[rows], lvl), y[rows], reduction="none"
+            )
         return losses

@@ -32,15 +32,16 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from learners.state.learner_state import LearnerState
+
 try:
     faiss: Any = importlib.import_module("faiss")
 except ImportError:  # faiss is an optional extra; exact torch search needs nothing
     faiss = None
 else:
     # Exact distances for a batch of 20+ queries as one BLAS matmul, faiss's long-standing
-    # default; this faiss-cpu build ships 128000, i.e. one pass over the stored vectors per query,
-    # which made a flat search of 32 queries over 20k x 512 seven times slower (338 ms against
-    # 50 ms), and ivf's coarse search over the list centroids likewise.
+    # default; this faiss-cpu build ships 128000, one pass over the stored vectors per query,
+    # several times slower for a batch (docs/performance-notes.md).
     faiss.cvar.distance_compute_blas_threshold = 20
 
 Structure = Literal["flat", "ivf", "torch"]
@@ -64,9 +65,9 @@ def ivf_lists(n: int) -> int:
 
 
 # k-means trains on this many points per list (faiss asks for 39 and samples up to 256). The
-# memory retrains after every turnover, so training time counts: at 100k x 512 with 1024 lists,
-# 16 points took 5 s and 32 points 9 s on 2 shared cores, and with 16 the lists still reach
-# recall@10 >= 0.95 at nprobe 8 (bench/memory.py).
+# memory retrains after every turnover, so training time counts: 16 points train in about half
+# the time of 32, and the lists still reach recall@10 >= 0.95 at nprobe 8 (bench/memory.py;
+# docs/performance-notes.md).
 TRAINING_POINTS_PER_LIST = 16
 
 
@@ -201,8 +202,8 @@ class EmbeddingIndex:
             self._gpu_copy = faiss.index_cpu_to_gpu(self._gpu_resources, 0, self._faiss)
         return self._gpu_copy
 
-    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Tensors and JSON that :meth:`load` turns back into this index."""
+    def state_dict(self) -> LearnerState:
+        """Tensors and JSON that :meth:`load_state_dict` turns back into this index."""
         tensors = {"vectors": self.vectors[: self.size].clone()}
         if self.structure == "ivf" and self._faiss is not None:
             nlist = self._faiss.nlist
@@ -213,9 +214,10 @@ class EmbeddingIndex:
             "trained_on": self.trained_on,
             "written_since_train": self.written_since_train,
         }
-        return tensors, meta
+        return LearnerState(tensors, meta)
 
-    def load(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    def load_state_dict(self, state: LearnerState) -> None:
+        tensors, meta = state.tensors, state.meta
         if int(meta["dim"]) != self.dim:
             raise ValueError(
                 f"checkpointed embeddings have dim {meta['dim']}, index has {self.dim}"

@@ -20,9 +20,9 @@ the measured decrease.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
+
+from learners.state.learner_state import LearnerState
 
 
 class SampleImportance:
@@ -78,7 +78,8 @@ class SampleImportance:
         else:
             self.scores[slot] = 0.0
 
-    def state(self, size: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def state_dict(self, size: int) -> LearnerState:
+        """The scores of the first ``size`` slots and the steps' bookkeeping."""
         replayed = torch.cat(self.replayed) if self.replayed else torch.empty(0, dtype=torch.long)
         tensors = {
             "scores": self.scores[:size].clone(),
@@ -87,9 +88,10 @@ class SampleImportance:
             "replayed": replayed,
         }
         meta = {"steps": self.steps, "replayed_sizes": [len(r) for r in self.replayed]}
-        return tensors, meta
+        return LearnerState(tensors, meta)
 
-    def load(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    def load_state_dict(self, state: LearnerState) -> None:
+        tensors, meta = state.tensors, state.meta
         size = len(tensors["scores"])
         self.scores[:size] = tensors["scores"]
         self.previous_loss[:size] = tensors["previous_loss"]

@@ -329,20 +329,18 @@ class ReplayMemory:
             "policy": self.config.policy,
             "retrieval": self.config.retrieval,
         }
-        tensors = {"rng": self.generator.get_state()}
+        state = LearnerState({"rng": self.generator.get_state()}, meta)
         if self.x is None:
-            return LearnerState(tensors, meta)
+            return state
         n = self.size
         for name in ("x", "y", "level", "ids", "arrival"):
-            tensors[name] = getattr(self, name)[:n].clone()
+            state.tensors[name] = getattr(self, name)[:n].clone()
         if self.index is not None:
-            index_tensors, meta["index"] = self.index.state()
-            tensors.update({f"index.{k}": v for k, v in index_tensors.items()})
-            tensors["embedded_at"] = self.embedded_at[:n].clone()
+            state.put("index", self.index.state_dict())
+            state.tensors["embedded_at"] = self.embedded_at[:n].clone()
         if self.importance is not None:
-            importance_tensors, meta["importance"] = self.importance.state(n)
-            tensors.update({f"importance.{k}": v for k, v in importance_tensors.items()})
-        return LearnerState(tensors, meta)
+            state.put("importance", self.importance.state_dict(n))
+        return state
 
     def load_state_dict(self, state: LearnerState) -> None:
         meta, tensors = state.meta, state.tensors
@@ -372,15 +370,7 @@ class ReplayMemory:
         keys, counts = torch.unique(self.keys[:n], return_counts=True)
         self.class_counts = dict(zip(keys.tolist(), counts.tolist(), strict=True))
         if self.index is not None:
-            prefix = "index."
-            self.index.load(
-                {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)},
-                meta["index"],
-            )
+            self.index.load_state_dict(state.part("index"))
             self.embedded_at[:n] = tensors["embedded_at"]
         if self.importance is not None:
-            prefix = "importance."
-            self.importance.load(
-                {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)},
-                meta["importance"],
-            )
+            self.importance.load_state_dict(state.part("importance"))

@@ -6,7 +6,8 @@
   Prometheus.
 - ``memory`` imports from ``learners`` only its state plumbing (``learners/state``), so the two
   packages have no cycle.
-- ``learners/linalg`` and ``learners/state`` import no learner.
+- ``learners/linalg`` and ``learners/state`` import no learner (linalg states its parts in
+  ``learners/state``'s one form).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def offenders(package: str, forbidden: tuple[str, ...], allowed: tuple[str, ...]
         ),
         ("learners", ("stream",), ()),
         ("memory", ("stream", "learners"), ("learners.state",)),
-        ("learners/linalg", ("learners", "memory"), ("learners.linalg",)),
+        ("learners/linalg", ("learners", "memory"), ("learners.linalg", "learners.state")),
         ("learners/state", ("learners", "memory"), ("learners.state",)),
     ],
 )

@@ -70,10 +70,9 @@ def _one_thread(like: torch.Tensor) -> Iterator[None]:
 
     For the factorisation of a diagonal block and the triangular solve of its panel: MKL splits
     them over every thread, though a 256-row block gains little from that, and each of their
-    many internal barriers waits out the time slice of any thread the OS has preempted. On a
-    two-core machine with one other busy process, a whole factorisation at d = 2048 took 420 ms
-    that way (100 ms with these steps on one thread, 175 ms for ``torch.linalg.cholesky``);
-    on a quiet machine one thread costs about 15% (45 ms against 38 ms).
+    many internal barriers waits out the time slice of any thread the OS has preempted: on a
+    loaded machine one thread is several times faster, on a quiet one it costs a little
+    (docs/performance-notes.md).
     """
     threads = torch.get_num_threads()
     if like.device.type != "cpu" or threads == 1:

@@ -6,7 +6,7 @@ addition) or the full matrix rebuilt by :func:`symmetric` (checkpoints):
 
 - :func:`add_gram` adds HᵀH to the lower triangle block row by block row, the work of BLAS
   ``syrk``, which torch does not expose: about 60% of the flops of ``G.addmm_(H.T, H)``
-  (9 ms against 13 ms for a rank-256 update at d = 2048 on two cores).
+  (timings in docs/performance-notes.md).
 - :func:`symmetric` rebuilds the full matrix from its lower triangle.
 """
 
@@ -16,10 +16,8 @@ import torch
 
 BLOCK = 512
 """Rows of G per product. The diagonal blocks are computed in full, so smaller blocks do less
-work (56% of the full product with 256-row blocks at d = 2048, 62% with 512) but run more,
-shorter products; at d = 2048 on two cores, rank-256 updates took 9.0 ms with 512-row blocks
-against 9.2 ms with 256 (13 ms for the full product) on a quiet machine, and 23 ms against
-29 ms with two other busy processes (medians of 25)."""
+work but run more, shorter products; 512 rows beat 256 at d = 2048, quiet or loaded
+(docs/performance-notes.md)."""
 
 
 def add_gram(G: torch.Tensor, H: torch.Tensor, block: int = BLOCK) -> None:

@@ -31,6 +31,7 @@ from torch import nn
 
 from learners.linalg.cholesky import NotPositiveDefinite, cholesky, cholesky_solve
 from learners.linalg.gram import add_gram, symmetric
+from learners.state.learner_state import LearnerState
 
 Solver = Literal["lazy", "woodbury"]
 
@@ -302,27 +303,27 @@ class RecursiveRidge:
             raise ValueError("a woodbury ridge head keeps no statistics; use solver='lazy'")
         return [self._G, self.Q, self.counts]
 
-    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
-        """The head's state under ``prefix.``: G (full, symmetric), Q, counts (lazy) or R, W,
-        counts (woodbury)."""
-        state = {f"{prefix}.counts": self.counts}
+    def state_dict(self) -> LearnerState:
+        """The head's statistics: G (full, symmetric), Q, counts (lazy) or R, W, counts
+        (woodbury). The lazy solution is a cache, left out."""
+        tensors = {"counts": self.counts}
         if self._G is not None and self.Q is not None:
-            state.update({f"{prefix}.G": self.gram(), f"{prefix}.Q": self.Q})
+            tensors.update({"G": self.gram(), "Q": self.Q})
         else:
             assert isinstance(self._solution, WoodburySolution)
-            state.update({f"{prefix}.R": self._solution.R, f"{prefix}.W": self._solution.W})
-        return {key: value.detach().cpu() for key, value in state.items()}
+            tensors.update({"R": self._solution.R, "W": self._solution.W})
+        return LearnerState({key: value.detach().cpu() for key, value in tensors.items()})
 
-    def load_tensors(self, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state: LearnerState) -> None:
         device = self.counts.device
 
         def take(name: str) -> torch.Tensor:
-            key = f"{prefix}.{name}"
-            if key not in tensors:
+            if name not in state.tensors:
                 raise KeyError(
-                    f"checkpoint lacks {key} (was it saved with solver={self.solver!r}?)"
+                    f"checkpoint lacks the ridge head's {name} "
+                    f"(was it saved with solver={self.solver!r}?)"
                 )
-            return tensors[key].to(device=device, dtype=torch.float64).clone()
+            return state.tensors[name].to(device=device, dtype=torch.float64).clone()
 
         self.counts = take("counts")
         if self.solver == "lazy":

@@ -1,4 +1,10 @@
-"""A learner's checkpointable state: named tensors and JSON metadata, never pickles."""
+"""A learner's checkpointable state: named tensors and JSON metadata, never pickles.
+
+It is the one form of state in ``learners/`` and ``memory/``: a learner, a memory, a ridge head
+or a set of class moments each gives a ``state_dict()`` and takes it back with
+``load_state_dict()``. A whole nests its parts with :meth:`LearnerState.put` and reads them
+back with :meth:`LearnerState.part`.
+"""
 
 from __future__ import annotations
 
@@ -14,3 +20,16 @@ class LearnerState:
 
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def put(self, prefix: str, part: LearnerState) -> None:
+        """Nest ``part`` under ``prefix``: its tensors as ``prefix.name``, its metadata (when it
+        has any) as ``meta[prefix]``."""
+        self.tensors.update({f"{prefix}.{name}": value for name, value in part.tensors.items()})
+        if part.meta:
+            self.meta[prefix] = part.meta
+
+    def part(self, prefix: str) -> LearnerState:
+        """The state :meth:`put` nested under ``prefix``."""
+        head = f"{prefix}."
+        tensors = {k[len(head) :]: v for k, v in self.tensors.items() if k.startswith(head)}
+        return LearnerState(tensors, self.meta.get(prefix, {}))

@@ -11,22 +11,21 @@ from typing import Any
 import torch
 from torch import nn
 
-
-def module_tensors(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
-    """``module``'s state dict with keys under ``prefix.``, on CPU."""
-    return {f"{prefix}.{key}": value.detach().cpu() for key, value in module.state_dict().items()}
+from learners.state.learner_state import LearnerState
 
 
-def load_module_tensors(prefix: str, module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """Load the tensors stored by :func:`module_tensors` under ``prefix`` into ``module``."""
-    head = f"{prefix}."
-    module.load_state_dict({k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)})
+def module_state(module: nn.Module) -> LearnerState:
+    """``module``'s parameters and buffers, on CPU."""
+    return LearnerState({key: value.detach().cpu() for key, value in module.state_dict().items()})
 
 
-def optimizer_state(
-    prefix: str, optimizer: torch.optim.Optimizer
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split ``optimizer.state_dict()`` into named tensors and a JSON-able skeleton."""
+def load_module_state(module: nn.Module, state: LearnerState) -> None:
+    """Load a state made by :func:`module_state` into ``module``."""
+    module.load_state_dict(state.tensors)
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> LearnerState:
+    """``optimizer.state_dict()`` split into named tensors and a JSON-able skeleton."""
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     skeleton: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
@@ -34,25 +33,20 @@ def optimizer_state(
         plain: dict[str, Any] = {}
         for key, value in entries.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{prefix}.{param_id}.{key}"] = value.detach().cpu()
+                tensors[f"{param_id}.{key}"] = value.detach().cpu()
                 plain[key] = None
             else:
                 plain[key] = value
         skeleton["state"][str(param_id)] = plain
-    return tensors, skeleton
+    return LearnerState(tensors, skeleton)
 
 
-def load_optimizer_state(
-    prefix: str,
-    optimizer: torch.optim.Optimizer,
-    tensors: dict[str, torch.Tensor],
-    skeleton: dict[str, Any],
-) -> None:
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: LearnerState) -> None:
     """Inverse of :func:`optimizer_state`."""
-    state: dict[int, dict[str, Any]] = {}
-    for param_id, entries in skeleton["state"].items():
-        state[int(param_id)] = {
-            key: tensors[f"{prefix}.{param_id}.{key}"] if value is None else value
+    entries_of: dict[int, dict[str, Any]] = {}
+    for param_id, entries in state.meta["state"].items():
+        entries_of[int(param_id)] = {
+            key: state.tensors[f"{param_id}.{key}"] if value is None else value
             for key, value in entries.items()
         }
-    optimizer.load_state_dict({"state": state, "param_groups": skeleton["param_groups"]})
+    optimizer.load_state_dict({"state": entries_of, "param_groups": state.meta["param_groups"]})

@@ -1,4 +1,4 @@
-"""The ``streamcl`` command line (SPEC §5).
+"""The ``streamcl`` command line (README, "Command line").
 
 Exit codes: 0 success; 2 bad usage or bad config, with one line that says what and where;
 1 any other failure.

@@ -37,7 +37,7 @@ from stream.daemon.broker_watch import BrokerWatch
 from stream.daemon.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from stream.daemon.config import ServeConfig, ServeConfigError
 from stream.daemon.predictions import PredictionService
-from stream.data.datasets import as_float_tensor, load_dataset
+from stream.data.datasets import load_dataset
 from stream.engine.device import resolve_device
 from stream.engine.evaluation import AnytimeEvaluator
 from stream.engine.event_loop import EventLoop
@@ -89,12 +89,8 @@ def build_problem(config: ServeConfig) -> tuple[Problem, AnytimeEvaluator | None
                     f"problem.{name} {getattr(declared, name)} differs from evaluation dataset "
                     f"{config.evaluation.dataset!r}'s {list(getattr(problem, name))}"
                 )
-    assert dataset.y_test_levels is not None
-    evaluator = AnytimeEvaluator(
-        as_float_tensor(dataset.X_test).to(device),
-        torch.from_numpy(dataset.y_test_levels),
-        problem,
-        batch_size=config.loop.eval_batch_size,
+    evaluator = AnytimeEvaluator.on_test_split(
+        dataset, problem, config.loop.eval_batch_size, device
     )
     return problem, evaluator
 

@@ -25,13 +25,3 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.y)
-
-    def slice(self, start: int, stop: int) -> Batch:
-        return Batch(
-            x=self.x[start:stop],
-            y=self.y[start:stop],
-            level=self.level[start:stop],
-            task=None if self.task is None else self.task[start:stop],
-            ids=None if self.ids is None else self.ids[start:stop],
-            validated=self.validated,
-        )

@@ -1,7 +1,8 @@
 """Anytime evaluation on a held-out test set, restricted to the classes seen so far.
 
 At an evaluation, for every hierarchy level, the test samples whose class at that level has
-appeared in the stream are scored by the learner, unseen-class scores are masked out, and the
+appeared in the stream are scored by the learner, unseen-class scores are masked out
+(stream/engine/seen_classes.py, the rule the prequential accuracy shares), and the
 accuracy and the per-class accuracies (0 for unseen classes, as the official code reports them)
 are recorded. With a hierarchy, a coarse prediction also counts as correct when the parent of
 the fine prediction is right (``either`` accuracy, as in the HLE code; see docs/metrics.md).
@@ -9,6 +10,7 @@ the fine prediction is right (``either`` accuracy, as in the HLE code; see docs/
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +18,8 @@ import numpy as np
 import torch
 
 from learners.base import Learner, Problem
+from stream.data.datasets import Dataset, as_float_tensor
+from stream.engine.seen_classes import SeenClasses
 
 
 @dataclass
@@ -48,11 +52,6 @@ class Evaluation:
         )
 
 
-def masked_argmax(scores: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
-    """Argmax over the seen classes only."""
-    return scores.masked_fill(~seen.to(scores.device), float("-inf")).argmax(dim=1)
-
-
 class AnytimeEvaluator:
     """Scores a learner on the test samples of seen classes, per hierarchy level."""
 
@@ -71,18 +70,40 @@ class AnytimeEvaluator:
         self.batch_size = batch_size
         self.parents = [torch.tensor(p, dtype=torch.long) for p in problem.parents]
 
+    @classmethod
+    def on_test_split(
+        cls, dataset: Dataset, problem: Problem, batch_size: int, device: torch.device
+    ) -> AnytimeEvaluator:
+        """The evaluator on ``dataset``'s test split (held on ``device``), as a replay and the
+        daemon both build it."""
+        assert dataset.y_test_levels is not None  # a Dataset always has them
+        return cls(
+            as_float_tensor(dataset.X_test).to(device),
+            torch.from_numpy(dataset.y_test_levels),
+            problem,
+            batch_size=batch_size,
+        )
+
     def _predict(
-        self, learner: Learner, rows: torch.Tensor, level: int, seen: torch.Tensor
+        self, learner: Learner, rows: torch.Tensor, level: int, seen: SeenClasses
     ) -> torch.Tensor:
         predictions = []
         for start in range(0, len(rows), self.batch_size):
             x = self.x_test[rows[start : start + self.batch_size]].to(learner.device)
-            predictions.append(masked_argmax(learner.predict(x, level), seen).cpu())
+            predicted, _ = seen.argmax(learner.predict(x, level), level)
+            predictions.append(torch.from_numpy(predicted))
         return torch.cat(predictions) if predictions else torch.empty(0, dtype=torch.long)
 
     @torch.no_grad()
-    def evaluate(self, learner: Learner, seen: list[torch.Tensor], samples_seen: int) -> Evaluation:
-        """Evaluate ``learner`` given the per-level masks of classes seen in the stream."""
+    def evaluate(
+        self,
+        learner: Learner,
+        seen: SeenClasses | Sequence[torch.Tensor | np.ndarray],
+        samples_seen: int,
+    ) -> Evaluation:
+        """Evaluate ``learner`` given the classes seen in the stream (or their per-level masks)."""
+        if not isinstance(seen, SeenClasses):
+            seen = SeenClasses.from_masks(seen)
         level_accuracy: list[float | None] = []
         class_accuracy: list[np.ndarray] = []
         predictions: list[torch.Tensor | None] = []
@@ -90,7 +111,7 @@ class AnytimeEvaluator:
         hits_total, count_total = 0, 0
         for level in range(self.problem.num_levels):
             labels = self.y_test_levels[:, level]
-            rows = torch.nonzero(seen[level].cpu()[labels]).flatten()
+            rows = torch.nonzero(torch.from_numpy(seen[level])[labels]).flatten()
             test_rows.append(rows)
             per_class = np.zeros(self.problem.num_classes[level])
             if len(rows) == 0:
@@ -98,7 +119,7 @@ class AnytimeEvaluator:
                 class_accuracy.append(per_class)
                 predictions.append(None)
                 continue
-            predicted = self._predict(learner, rows, level, seen[level])
+            predicted = self._predict(learner, rows, level, seen)
             predictions.append(predicted)
             hits = predicted == labels[rows]
             hits_total += int(hits.sum())
@@ -121,7 +142,7 @@ class AnytimeEvaluator:
     def _either_accuracy(
         self,
         learner: Learner,
-        seen: list[torch.Tensor],
+        seen: SeenClasses,
         predictions: list[torch.Tensor | None],
         test_rows: list[torch.Tensor],
     ) -> list[float | None]:
@@ -148,7 +169,7 @@ class AnytimeEvaluator:
                     finer[test_rows[level + 1]] = known
                 missing = rows[finer[rows] < 0]
                 if len(missing):
-                    finer[missing] = self._predict(learner, missing, level + 1, seen[level + 1])
+                    finer[missing] = self._predict(learner, missing, level + 1, seen)
                 hits = hits | (self.parents[level][finer[rows]] == truth)
             either.append(int(hits.sum()) / len(hits))
         return either

@@ -4,7 +4,8 @@ Per micro-batch, in order:
 
 1. if the batch starts a new task, evaluate at the end of the previous one(s);
 2. predict the batch before learning it (prequential, test-then-train accuracy), with the
-   classes the stream has not shown masked out;
+   classes the stream has not shown masked out (stream/engine/seen_classes.py, as for the
+   anytime evaluation);
 3. mark the batch's classes seen; accumulate ``online_iter`` and let the learner take
    ``int(accumulated)`` update steps, keeping the fraction for later batches (as i-Blurry does);
 4. with drift detection configured, feed the batch's prequential errors to the detector and,
@@ -39,6 +40,7 @@ from stream.engine import metrics
 from stream.engine.batch import Batch
 from stream.engine.drift_detection import DriftConfig, DriftConfigError, DriftMonitor
 from stream.engine.evaluation import AnytimeEvaluator, Evaluation
+from stream.engine.seen_classes import SeenClasses
 from stream.engine.validation import validate_batch
 
 
@@ -110,12 +112,8 @@ class EventLoop:
         self.num_tasks = num_tasks
         self.observers = list(observers)
         self.samples_seen = 0
-        # Classes shown by the stream so far, per level (numpy; torch views for the evaluator).
-        self.seen = [np.zeros(k, dtype=bool) for k in problem.num_classes]
-        # 0 for seen classes, -inf for the others: masking scores is then one addition.
-        self._mask_bias = [np.full(k, -np.inf, dtype=np.float32) for k in problem.num_classes]
-        self._all_seen = [False] * problem.num_levels
-        self._any_seen = [False] * problem.num_levels
+        # Classes shown by the stream so far, per level; predictions are masked to them.
+        self.seen = SeenClasses(problem.num_classes)
         self.current_task: int | None = None
         self.pending_updates = 0.0
         self.next_eval = self.config.eval_period or 0
@@ -166,7 +164,7 @@ class EventLoop:
         if served is not None:
             answered = served >= 0
             hits = (served == batch.y.numpy()) & answered
-            self._mark_seen(batch)
+            self.seen.mark_batch(batch.y.numpy(), batch.level.numpy())
             started = time.perf_counter()
             self.learner.learn(batch.x, batch.y, batch.level, iterations)
             learn_seconds = time.perf_counter() - started
@@ -175,10 +173,10 @@ class EventLoop:
             predicted = self._sequential.test_then_train(batch.x, batch.y, batch.level, iterations)
             learn_seconds = time.perf_counter() - started
             hits, answered = self._sequential_hits(batch, predicted)
-            self._mark_seen(batch)
+            self.seen.mark_batch(batch.y.numpy(), batch.level.numpy())
         else:
             hits, answered = self._prequential(batch)
-            self._mark_seen(batch)
+            self.seen.mark_batch(batch.y.numpy(), batch.level.numpy())
             started = time.perf_counter()
             self.learner.learn(batch.x, batch.y, batch.level, iterations)
             learn_seconds = time.perf_counter() - started
@@ -212,29 +210,10 @@ class EventLoop:
         for observer in self.observers:
             observer.on_finish(self)
 
-    def _mark_seen(self, batch: Batch) -> None:
-        y = batch.y.numpy()
-        if self.problem.num_levels == 1:
-            if not self._all_seen[0]:
-                self._mark(0, y)
-        else:
-            levels = batch.level.numpy()
-            for level in range(self.problem.num_levels):
-                self._mark(level, y[levels == level])
-
-    def _mark(self, level: int, labels: np.ndarray) -> None:
-        seen = self.seen[level]
-        if not seen[labels].all():
-            seen[labels] = True
-            self._mask_bias[level][labels] = 0.0
-            self._all_seen[level] = bool(seen.all())
-            self._any_seen[level] = True
-
     def masked_scores(self, x: torch.Tensor, level: int) -> np.ndarray:
         """The learner's scores for ``x`` at ``level`` with the classes the stream has not shown
         at ``-inf``: what a prediction served now is the argmax of."""
-        raw = self.learner.predict(x, level).numpy(force=True)
-        return raw if self._all_seen[level] else raw + self._mask_bias[level]
+        return self.seen.masked(self.learner.predict(x, level), level)
 
     def _prequential(self, batch: Batch) -> tuple[np.ndarray, np.ndarray | None]:
         """Hits, and which samples the learner predicted at all (None: every one), predicting
@@ -257,21 +236,11 @@ class EventLoop:
     def _hits(
         self, scores: torch.Tensor, y: np.ndarray, level: int
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Right predictions among the seen classes, and which rows had a seen class scored
-        above ``-inf`` (a learner that knows no seen class yet makes no prediction); None
-        when every row had, the usual case, told by one reduction over the raw scores."""
-        raw = scores.numpy(force=True)
-        if self._all_seen[level]:
-            masked, some_seen = raw, True  # nothing to mask
-        else:
-            masked, some_seen = raw + self._mask_bias[level], self._any_seen[level]
-        predicted = masked.argmax(axis=1)
-        if some_seen and raw.min() > -np.inf:  # (a NaN fails this too)
+        """Right predictions among the seen classes, and which rows the learner predicted at
+        all (None: every one); see :meth:`SeenClasses.argmax`."""
+        predicted, answered = self.seen.argmax(scores, level)
+        if answered is None:
             return predicted == y, None
-        # a row scored -inf throughout has its argmax at -inf; reading the argmax entries back
-        # costs a fraction of a row-wise max
-        rows, classes = masked.shape
-        answered = masked.reshape(-1)[predicted + np.arange(0, rows * classes, classes)] > -np.inf
         return (predicted == y) & answered, answered
 
     def _sequential_hits(
@@ -334,8 +303,7 @@ class EventLoop:
     def _evaluate(self, kind: str) -> Evaluation | None:
         if self.evaluator is None:
             return None
-        seen = [torch.from_numpy(mask) for mask in self.seen]
-        evaluation = self.evaluator.evaluate(self.learner, seen, self.samples_seen)
+        evaluation = self.evaluator.evaluate(self.learner, self.seen, self.samples_seen)
         if kind == "periodic":
             self.curve.append(evaluation)
         else:
@@ -360,7 +328,7 @@ class EventLoop:
         )
 
     def summary(self) -> dict[str, Any]:
-        """SPEC §4 metrics of the run so far, pooled over levels and (with a hierarchy) per level."""
+        """The metrics of docs/metrics.md for the run so far, pooled over levels and (with a hierarchy) per level."""
         result = _metrics_of(
             [e.accuracy for e in self.curve],
             [e.accuracy for e in self.task_ends],
@@ -407,7 +375,7 @@ class EventLoop:
         """The loop's whole state, as JSON."""
         return {
             "samples_seen": self.samples_seen,
-            "seen": [np.flatnonzero(s).tolist() for s in self.seen],
+            "seen": self.seen.state_dict(),
             "current_task": self.current_task,
             "pending_updates": self.pending_updates,
             "next_eval": self.next_eval,
@@ -425,12 +393,7 @@ class EventLoop:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.samples_seen = int(state["samples_seen"])
-        for mask, bias, classes in zip(self.seen, self._mask_bias, state["seen"], strict=True):
-            mask[:] = False
-            mask[np.asarray(classes, dtype=np.int64)] = True
-            bias[:] = np.where(mask, 0.0, -np.inf)
-        self._all_seen = [bool(mask.all()) for mask in self.seen]
-        self._any_seen = [bool(mask.any()) for mask in self.seen]
+        self.seen.load_state_dict(state["seen"])
         self.current_task = state["current_task"]
         self.pending_updates = float(state["pending_updates"])
         self.next_eval = int(state["next_eval"])

@@ -1,4 +1,4 @@
-"""Evaluation metrics of online continual learning (SPEC §4), as in the i-Blurry and Si-Blurry
+"""Evaluation metrics of online continual learning (docs/metrics.md), as in the i-Blurry and Si-Blurry
 official code (naver-ai/i-Blurry ``main.py``, KHU-AGI/Si-Blurry ``methods/_trainer.py``).
 
 - ``A_auc``: mean of the anytime accuracies measured every ``eval_period`` samples

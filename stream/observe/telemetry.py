@@ -1,4 +1,4 @@
-"""Prometheus metrics of a streamcl process (SPEC §7), fed by the event loop and the daemon.
+"""Prometheus metrics of a streamcl process (listed in docs/metrics.md), fed by the event loop and the daemon.
 
 Every metric lives in the ``Telemetry`` object's own registry, so several loops (or tests) in
 one process do not collide. ``TelemetryObserver`` turns the loop's batches and evaluations into
@@ -71,7 +71,7 @@ class Health:
 
 
 class Telemetry:
-    """The SPEC §7 metrics, registered in a private registry, and the loop's heartbeat."""
+    """The metrics of docs/metrics.md, registered in a private registry, and the loop's heartbeat."""
 
     def __init__(
         self, registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.monotonic

@@ -2,7 +2,7 @@
 
 ``replay`` loads the stream and the dataset it names, builds the learner from the registry,
 runs the event loop with anytime evaluation on the dataset's test split, and returns (and
-optionally writes) ``results.json`` with every SPEC §4 key plus the run's provenance.
+optionally writes) ``results.json`` with every metric of docs/metrics.md plus the run's provenance.
 """
 
 from __future__ import annotations
@@ -14,11 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from learners import registry
 from learners.base import Learner, LearnerConfig, Problem
-from stream.data.datasets import Dataset, as_float_tensor, load_dataset
+from stream.data.datasets import Dataset, load_dataset
 from stream.data.stream_file import RecordedStream, StreamFileError, read_stream
 from stream.engine.device import resolve_device
 from stream.engine.evaluation import AnytimeEvaluator
@@ -36,15 +34,6 @@ class PreparedStream:
     stream: RecordedStream
     dataset: Dataset
     problem: Problem
-
-    def evaluator(self, batch_size: int, device: torch.device) -> AnytimeEvaluator:
-        assert self.dataset.y_test_levels is not None
-        return AnytimeEvaluator(
-            as_float_tensor(self.dataset.X_test).to(device),
-            torch.from_numpy(self.dataset.y_test_levels),
-            self.problem,
-            batch_size=batch_size,
-        )
 
 
 def prepare(path: str | Path, dataset: Dataset | None = None) -> PreparedStream:
@@ -83,7 +72,9 @@ def replay(
         learner,
         prepared.problem,
         loop_config,
-        evaluator=prepared.evaluator(loop_config.eval_batch_size, torch_device),
+        evaluator=AnytimeEvaluator.on_test_split(
+            prepared.dataset, prepared.problem, loop_config.eval_batch_size, torch_device
+        ),
         num_tasks=header.num_tasks,
         observers=observers,
         learner_name=learner_name,

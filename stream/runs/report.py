@@ -21,8 +21,6 @@ from typing import Any
 
 COLUMNS = ("A_auc", "A_avg", "A_last", "F_last", "prequential_accuracy", "samples_per_second")
 LEVEL_COLUMNS = ("A_auc", "A_last", "F_last")
-# How a run's stream is described; runs that differ here are not measured on the same stream.
-STREAM_KEYS = ("dataset", "schedule", "schedule_params", "seed")
 
 
 class ReportError(ValueError):

@@ -1,8 +1,9 @@
 """Decoded messages to the event loop's micro-batches.
 
 The samples of one poll are taken in order and cut into batches of at most ``batch_size``,
-never spanning a task change (as the recorded-stream source cuts them), so a micro-batch message
-and a run of single-sample JSON messages feed the learner the same way. Inputs are gathered one
+never spanning a task change, by the rule the recorded-stream source follows too
+(:func:`stream.sources.cuts.batch_starts`), so a micro-batch message and a run of single-sample
+JSON messages feed the learner the same way. Inputs are gathered one
 batch at a time, so a large poll is never copied whole.
 """
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from stream.engine.batch import Batch
+from stream.sources.cuts import batch_starts
 from stream.sources.wire import Samples
 
 
@@ -28,20 +30,16 @@ def micro_batches(samples: list[Samples], batch_size: int) -> Iterator[Batch]:
     ids = np.concatenate([s.ids for s in samples])
     inputs = [s.x for s in samples]
     starts = np.cumsum([0] + [len(s) for s in samples])
-    cuts = np.flatnonzero(task[1:] != task[:-1]) + 1
-    bounds = np.concatenate([[0], cuts, [len(y)]]).tolist()
-    for start, stop in itertools.pairwise(bounds):
-        for lo in range(start, stop, batch_size):
-            hi = min(lo + batch_size, stop)
-            yield Batch(
-                x=torch.from_numpy(_gather(inputs, starts, lo, hi)),
-                y=torch.from_numpy(y[lo:hi]),
-                level=torch.from_numpy(level[lo:hi]),
-                task=None if task[lo] < 0 else torch.from_numpy(task[lo:hi]),
-                ids=torch.from_numpy(ids[lo:hi]),
-                # the decoder refused every sample that does not fit the problem
-                validated=True,
-            )
+    for lo, hi in itertools.pairwise([*batch_starts(task, batch_size), len(y)]):
+        yield Batch(
+            x=torch.from_numpy(_gather(inputs, starts, lo, hi)),
+            y=torch.from_numpy(y[lo:hi]),
+            level=torch.from_numpy(level[lo:hi]),
+            task=None if task[lo] < 0 else torch.from_numpy(task[lo:hi]),
+            ids=torch.from_numpy(ids[lo:hi]),
+            # the decoder refused every sample that does not fit the problem
+            validated=True,
+        )
 
 
 def _gather(inputs: list[np.ndarray], starts: np.ndarray, lo: int, hi: int) -> np.ndarray:

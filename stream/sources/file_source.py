@@ -1,12 +1,8 @@
-"""Micro-batches read from a recorded stream file, never spanning two tasks.
-
-As in the official i-Blurry / Si-Blurry loops, which run one data loader per task, the last
-micro-batch of a task may be short; the next task starts a fresh batch.
-"""
+"""Micro-batches read from a recorded stream file, cut as every source cuts them
+(:func:`stream.sources.cuts.batch_starts`: never spanning two tasks)."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 
 import numpy as np
@@ -17,6 +13,7 @@ from stream.data.datasets import Dataset, as_float_tensor
 from stream.data.stream_file import RecordedStream, StreamFileError
 from stream.engine.batch import Batch
 from stream.engine.validation import outside_label_space
+from stream.sources.cuts import batch_starts
 
 
 def check_against_dataset(stream: RecordedStream, dataset: Dataset, where: str) -> None:
@@ -68,26 +65,19 @@ def task_batches(
     start: int = 0,
     problem: Problem | None = None,
 ) -> Iterator[Batch]:
-    """Micro-batches of up to ``batch_size`` events from event ``start`` on, cut at task changes.
+    """Micro-batches of up to ``batch_size`` events from event ``start`` on, cut at task changes
+    (:func:`~stream.sources.cuts.batch_starts`).
 
     With ``problem``, every event is checked once up front and the batches come marked
     validated; without it the event loop checks each batch.
     """
-    if batch_size <= 0:
-        raise ValueError(f"batch size must be positive, got {batch_size}")
+    task = np.asarray(stream.task)
+    starts = batch_starts(task, batch_size, start)
     if problem is not None:
         check_events(stream, dataset, problem)
-    task = np.asarray(stream.task)
-    changes = np.flatnonzero(np.diff(task)) + 1
-    boundaries = np.concatenate([[0], changes, [len(task)]])
     source = stream.x
     if source is None and dataset is None:
         raise ValueError("a stream of dataset rows needs its dataset")
-    starts = [
-        lo
-        for task_start, task_end in itertools.pairwise(boundaries.tolist())
-        for lo in range(max(task_start, start), task_end, batch_size)
-    ]
     if not starts:
         return
     ends = [*starts[1:], len(task)]  # batches tile the events from ``start`` on

@@ -41,7 +41,7 @@ from tests.support.serve_process import FAST_GROUP, ServeProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD_PATH = ROOT / "deploy" / "grafana" / "dashboards" / "streamcl.json"
-# SPEC §7, as exported (counters with _total).
+# The metrics of docs/metrics.md, as exported (counters with _total).
 SPEC_METRICS = {
     "streamcl_samples_total", "streamcl_invalid_messages_total", "streamcl_anytime_accuracy",
     "streamcl_auc_accuracy", "streamcl_prequential_accuracy", "streamcl_forgetting",

@@ -27,7 +27,7 @@ def test_runs_the_daemon_and_stops_it_gracefully():
     assert service["ExecStart"] == f"{EXECUTABLE} serve --config /etc/streamcl/serve.toml"
     assert service["KillSignal"] == "SIGTERM" and int(service["TimeoutStopSec"]) >= 30
     assert service["Restart"] == "on-failure"
-    # Exit 2 is a bad config (SPEC §5): restarting cannot fix it.
+    # Exit 2 is a bad config (README, "Watching it"): restarting cannot fix it.
     assert service["RestartPreventExitStatus"] == "2"
     assert service["User"] == "streamcl" and service["StateDirectory"] == "streamcl"
     assert unit["Install"]["WantedBy"] == "multi-user.target"

@@ -13,7 +13,7 @@ from tests.support.learner_streams import Digits
 @pytest.fixture
 def single_thread() -> Iterator[None]:
     """Run torch on one thread: streams of tiny batches are dominated by thread hand-offs, which
-    on a shared machine cost far more than the arithmetic (a batch-1 stream runs >10x faster)."""
+    on a shared machine cost far more than the arithmetic (docs/performance-notes.md)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -1,4 +1,4 @@
-"""AEF-OCL (learners/aef_ocl.py): class moments, the pseudo-feature generator, and the balanced
+"""AEF-OCL (learners/aef_ocl.py): the pseudo-feature generator, and the balanced
 head that helps on imbalanced streams without ever touching the real statistics."""
 
 from __future__ import annotations
@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from learners.aef_ocl import ClassMoments, pseudo_feature_generator
+from learners.aef_ocl import pseudo_feature_generator
 from learners.base import Problem
+from learners.linalg.class_moments import ClassMoments
 from learners.linalg.ridge import one_hot
 from learners.registry import create
 from learners.state.safetensors_io import state_from_bytes, state_to_bytes
@@ -50,27 +51,9 @@ def mean_class_accuracy(learner, x, y) -> float:
     )
 
 
-def test_class_moments_match_the_data_for_any_split():
-    x, y, _, _ = imbalanced(0)
-    x = x.double() * 3 + 100  # a large mean is where E[x²] − E[x]² loses its digits
-    whole, merged = ClassMoments(CLASSES, DIM), ClassMoments(CLASSES, DIM)
-    other = ClassMoments(CLASSES, DIM)
-    for start in range(0, len(y), 37):
-        whole.update(x[start : start + 37], y[start : start + 37])
-    merged.update(x[:1000], y[:1000])
-    other.update(x[1000:], y[1000:])
-    merged.merge(other)
-    for moments in (whole, merged):
-        for c in range(CLASSES):
-            rows = x[y == c]
-            assert moments.counts[c] == len(rows)
-            assert torch.allclose(moments.mean[c], rows.mean(0), rtol=1e-12, atol=0)
-            assert torch.allclose(moments.std()[c], rows.std(0), rtol=1e-10, atol=0)
-
-
 def test_pseudo_features_fill_every_seen_class_up_to_the_peak():
     x, y, _, _ = imbalanced(1)
-    moments = ClassMoments(CLASSES + 1, DIM)  # the last class is never seen
+    moments = ClassMoments(CLASSES + 1, DIM, "diagonal")  # the last class is never seen
     moments.update(x.double(), y)
     draws = list(
         pseudo_feature_generator(moments, 1.0, torch.Generator().manual_seed(0), chunk=500)
@@ -95,8 +78,8 @@ def test_real_statistics_are_never_polluted():
     feed(acil, x, y)
     aef.predict(x_test)
     aef.predict(x_test)  # two evaluations in a row (the official code pollutes the head here)
-    for name, tensor in acil.heads[0].tensors("h").items():
-        assert torch.equal(aef.heads[0].tensors("h")[name], tensor), name
+    for name, tensor in acil.heads[0].state_dict().tensors.items():
+        assert torch.equal(aef.heads[0].state_dict().tensors[name], tensor), name
     acil.heads[0].drop_cache()  # both solve the statistics afresh
     assert torch.equal(aef.heads[0].weights(), acil.weights())
     assert relative_error(aef.weights(), acil.weights()) > 1e-3
@@ -110,7 +93,7 @@ def test_balanced_solution_is_the_real_data_plus_one_draw_of_pseudo_features():
     # The next rows are appended to the balanced solution, which is rebuilt from the same draw
     # each time it runs out of room (every 64 rows with this buffer): never a new draw.
     feed(aef, x[1000:], y[1000:], batch=16, prequential=True)
-    moments = ClassMoments(CLASSES, DIM)
+    moments = ClassMoments(CLASSES, DIM, "diagonal")
     moments.update(aef.features(x[:1000]), y[:1000])
     pseudo = list(pseudo_feature_generator(moments, 1.0, aef.draw_generator(0)))
     H = torch.cat([aef.expand(x)] + [aef.buffer(features) for features, _ in pseudo])
@@ -134,16 +117,21 @@ def test_beats_acil_on_mean_class_accuracy_when_some_classes_are_ten_times_rarer
 
 
 def test_checkpoint_round_trip_redraws_identically():
+    """The restored learner draws the same pseudo-features; it solves them afresh where the live
+    one kept its balanced solution, so the two agree to rounding (``restore_tolerance``)."""
     x, y, x_test, _ = imbalanced(4)
     options = {**OPTIONS, "refresh_every": 300}
     learner = create("aef-ocl", PROBLEM, options)
     feed(learner, x[:900], y[:900])
     restored = create("aef-ocl", PROBLEM, options)
     restored.load_state_dict(state_from_bytes(state_to_bytes(learner.state_dict())))
-    assert torch.equal(learner.predict(x_test), restored.predict(x_test))
+    tolerance = learner.restore_tolerance
+    assert relative_error(restored.predict(x_test), learner.predict(x_test)) <= tolerance
     feed(learner, x[900:], y[900:])
     feed(restored, x[900:], y[900:])
-    assert torch.equal(learner.predict(x_test), restored.predict(x_test))
+    assert restored.draws == learner.draws
+    assert relative_error(restored.predict(x_test), learner.predict(x_test)) <= tolerance
+    assert torch.equal(restored.predict(x_test).argmax(1), learner.predict(x_test).argmax(1))
 
 
 def test_merge_equals_the_learner_that_saw_both_halves():

@@ -86,11 +86,11 @@ def test_augmented_solution_leaves_the_head_alone(solver):
     H, labels, Y = rows(150)
     head = RecursiveRidge(H.shape[1], 6, GAMMA, solver)
     head.fit_labels(H[:100], labels[:100])
-    before = {k: v.clone() for k, v in head.tensors("h").items()}
+    before = {k: v.clone() for k, v in head.state_dict().tensors.items()}
     weights_before = head.weights().clone()
     augmented = head.augmented([(H[100:], Y[100:])])
     assert relative_error(augmented.weights(), joint_ridge(H, Y)) <= 1e-10
-    assert all(torch.equal(before[k], v) for k, v in head.tensors("h").items())
+    assert all(torch.equal(before[k], v) for k, v in head.state_dict().tensors.items())
     assert torch.equal(head.weights(), weights_before)
 
 
@@ -109,19 +109,19 @@ def test_merge_adds_statistics_and_refuses_woodbury():
 
 
 @pytest.mark.parametrize("solver", ["lazy", "woodbury"])
-def test_tensors_round_trip(solver):
+def test_state_round_trip(solver):
     H, labels, _ = rows(100)
     head = RecursiveRidge(48, 6, GAMMA, solver)
     head.fit_labels(H, labels)
     restored = RecursiveRidge(48, 6, GAMMA, solver)
-    saved = head.tensors("h")
-    restored.load_tensors("h", saved)
+    saved = head.state_dict()
+    restored.load_state_dict(saved)
     head.drop_cache()
     assert torch.equal(head.weights(), restored.weights())
-    assert all(torch.equal(saved[k], v) for k, v in restored.tensors("h").items())
+    assert all(torch.equal(saved.tensors[k], v) for k, v in restored.state_dict().tensors.items())
     other = "woodbury" if solver == "lazy" else "lazy"
     with pytest.raises(KeyError, match="solver"):
-        RecursiveRidge(48, 6, GAMMA, other).load_tensors("h", head.tensors("h"))
+        RecursiveRidge(48, 6, GAMMA, other).load_state_dict(head.state_dict())
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
@@ -147,7 +147,7 @@ def test_head_wider_than_a_block_equals_joint_ridge():
     assert relative_error(left.gram(), H.T @ H) <= 1e-14
     assert torch.equal(left.gram(), left.gram().mT)
     restored = RecursiveRidge(600, 6, GAMMA)
-    restored.load_tensors("h", left.tensors("h"))
+    restored.load_state_dict(left.state_dict())
     left.drop_cache()
     assert torch.equal(restored.weights(), left.weights())
     augmented = restored.augmented([(H[:50], Y[:50])])

@@ -35,19 +35,9 @@ def test_replays_memory_and_fills_it_after_the_step():
     problem = Problem(input_shape=(4,), num_classes=(3,))
     er = create("er", problem, {"memory": {"capacity": 5}, "replay_batch_size": 3})
     assert er.memory_samples == 0
-    er.learn(
-        torch.randn(4, 4),
-        torch.tensor([0, 1, 2, 0]),
-        torch.zeros(4, dtype=torch.long),
-        iterations=0,
-    )
+    er.learn(torch.randn(4, 4), torch.tensor([0, 1, 2, 0]), iterations=0)
     assert er.memory_samples == 4
-    er.learn(
-        torch.randn(4, 4),
-        torch.tensor([0, 1, 2, 0]),
-        torch.zeros(4, dtype=torch.long),
-        iterations=1,
-    )
+    er.learn(torch.randn(4, 4), torch.tensor([0, 1, 2, 0]), iterations=1)
     assert er.memory_samples == 5 and er.memory.seen == 8
 
 
@@ -72,24 +62,22 @@ def make(policy: str, retrieval: str, seed: int = 0):
 @pytest.mark.parametrize(("policy", "retrieval"), MODES)
 def test_er_learns_and_resumes_exactly_with_each_memory_mode(policy, retrieval):
     learner = make(policy, retrieval, seed=2)
-    x, y = checks.blobs("er", 200, seed=1)
-    checks.stream_through(learner, x, y)
-    xt, yt = checks.blobs("er", 100, seed=2)
-    assert checks.accuracy(learner, xt, yt) >= 0.6
+    checks.stream_through(learner, checks.blobs("er", 200, seed=1))
+    test = checks.blobs("er", 100, seed=2)
+    assert checks.accuracies(learner, test)[0] >= 0.6
     assert learner.memory_samples == 40
     restored = make(policy, retrieval, seed=2)
     restored.load_state_dict(state_from_bytes(state_to_bytes(learner.state_dict())))
-    x2, y2 = checks.blobs("er", 60, seed=3)
-    checks.stream_through(learner, x2, y2)
-    checks.stream_through(restored, x2, y2)
-    assert torch.equal(learner.predict(xt), restored.predict(xt))
+    more = checks.blobs("er", 60, seed=3)
+    checks.stream_through(learner, more)
+    checks.stream_through(restored, more)
+    assert torch.equal(learner.predict(test[0]), restored.predict(test[0]))
     assert torch.equal(learner.memory.ids, restored.memory.ids)
 
 
 def test_er_embeds_with_its_backbone():
     learner = make("reservoir", "nearest")
-    x, y = checks.blobs("er", 40, seed=4)
-    checks.stream_through(learner, x, y)
+    checks.stream_through(learner, checks.blobs("er", 40, seed=4))
     stored = learner.memory.x[: len(learner.memory)]
     with torch.no_grad():
         features = learner.backbone(stored)

@@ -27,15 +27,18 @@ RIVER_MODELS = [
 
 
 @pytest.mark.parametrize(
-    ("name", "check"),
+    ("name", "levels", "check"),
     [
-        pytest.param(name, check, id=f"{name}-{check.__name__.removeprefix('check_')}")
+        pytest.param(
+            name, levels, check, id=f"{name}-{levels}level-{check.__name__.removeprefix('check_')}"
+        )
         for name in RIVER_MODELS
         for check in checks.yield_checks(name)
+        for levels in checks.LEVELS
     ],
 )
-def test_contract(name, check):
-    check(name)
+def test_contract(name, levels, check):
+    check(name, levels)
 
 
 def problem(k: int = 3, d: int = 2) -> Problem:
@@ -112,7 +115,7 @@ def test_models_with_their_own_predict_one_are_followed():
 
 @pytest.mark.parametrize("name", ["river:naive_bayes.GaussianNB", "river:dummy.PriorClassifier"])
 def test_test_then_train_predicts_each_sample_before_learning_it(name):
-    x, y = checks.blobs("river:naive_bayes.GaussianNB", 40, seed=3)
+    x, y, _ = checks.blobs("river:naive_bayes.GaussianNB", 40, seed=3)
     sequential, stepwise = checks.make(name), checks.make(name)
     predicted = sequential.test_then_train(x, y, torch.zeros_like(y))
     assert predicted.dtype == torch.long and predicted[0] == -1, "nothing to predict from yet"
@@ -203,11 +206,11 @@ def test_checkpoint_key_is_not_written_to_config_dumps():
 
 
 def trained(options=None, seed=0):
-    x, y = checks.blobs("river:naive_bayes.GaussianNB", 60, seed=seed)
+    x, y, level = checks.blobs("river:naive_bayes.GaussianNB", 60, seed=seed)
     learner = registry.create(
         "river:tree.HoeffdingTreeClassifier", Problem((16,), (4,)), options or {}
     )
-    checks.stream_through(learner, x, y)
+    checks.stream_through(learner, (x, y, level))
     return learner
 
 
@@ -252,8 +255,8 @@ def test_reset_on_drift_starts_a_fresh_model():
     assert torch.isneginf(learner.predict(torch.zeros(3, 16))).all()
     assert isinstance(learner.models[0], tree.HoeffdingTreeClassifier)
     assert learner.models[0].predict_proba_one(dict.fromkeys(range(16), 0.0)) == {}
-    x, y = checks.blobs("river:naive_bayes.GaussianNB", 20, seed=9)
-    checks.stream_through(learner, x, y)
+    x, y, level = checks.blobs("river:naive_bayes.GaussianNB", 20, seed=9)
+    checks.stream_through(learner, (x, y, level))
     assert torch.isfinite(learner.predict(x)).any(dim=1).all()
 
 

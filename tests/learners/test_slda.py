@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from learners.registry import create
-from learners.slda import ClassScatter
 from tests.support.learner_streams import feed, relative_error
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -57,17 +56,6 @@ def test_merge_of_two_halves_equals_the_whole(digits):
         assert relative_error(mine, theirs) <= TOLERANCE
     with pytest.raises(ValueError, match="different configs"):
         first.merge(create("slda", digits.problem, {"shrinkage": 0.5}))
-
-
-def test_first_sample_of_a_class_adds_no_scatter():
-    """Deep SLDA weighs x − μ_y by the total count, so a new class's first sample (μ_y = 0 then)
-    adds xxᵀ to Σ; the within-class scatter of single samples is zero."""
-    stats = ClassScatter(3, 4)
-    x = torch.tensor([[1.0, 2, 3, 4], [5, 6, 7, 8], [9, 1, 2, 3]], dtype=torch.float64)
-    for row in range(3):
-        stats.update(x[row : row + 1], torch.tensor([row]))
-    assert torch.equal(stats.scatter, torch.zeros(4, 4, dtype=torch.float64))
-    assert torch.equal(stats.means, x)
 
 
 def test_untaught_classes_score_minus_infinity(digits):

@@ -94,10 +94,10 @@ def test_reloaded_ivf_returns_the_same_neighbours_without_retraining():
     index = filled("ivf", n=3000, nprobe=2)
     index.search(torch.zeros(1, 8), 1)
     index.write(torch.arange(0, 3000, 7), clustered(429, 8, seed=9))  # drift after training
-    tensors, meta = index.state()
-    assert tensors.keys() == {"vectors", "centroids"}
+    state = index.state_dict()
+    assert state.tensors.keys() == {"vectors", "centroids"}
     restored = EmbeddingIndex(capacity=3000, dim=8, kind="ivf", nprobe=2)
-    restored.load(tensors, meta)
+    restored.load_state_dict(state)
     queries = clustered(32, 8, seed=10)
     original_d, original_s = index.search(queries, 10)
     restored_d, restored_s = restored.search(queries, 10)

@@ -25,6 +25,7 @@ from stream.cli.errors import UsageError
 from stream.data.datasets import as_float_tensor, load_dataset
 from stream.data.label_delay import check_label_delay
 from stream.data.stream_file import RecordedStream, read_stream
+from stream.observe.pacing import RateLimit
 from stream.sinks.delayed_messages import delayed_messages
 from stream.sinks.kafka_sink import open_sink
 from stream.sources.file_source import check_against_dataset
@@ -106,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     if partitions == 0:
         raise UsageError(f"topic {args.topic!r} has no partitions")
     started = time.monotonic()
+    limit = RateLimit(args.rate) if args.rate is not None else None
     sent = samples = 0
     if delay is None:
         chosen = messages(stream, dataset, args.format, args.batch)
@@ -115,10 +117,8 @@ def run(args: argparse.Namespace) -> int:
         sink.send(args.topic, message, partition=sent % partitions)
         sent += 1
         samples += count
-        if args.rate is not None:
-            ahead = started + samples / args.rate - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
+        if limit is not None:
+            limit.passed(count)
     sink.flush()
     sink.close()
     seconds = time.monotonic() - started

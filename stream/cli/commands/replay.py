@@ -157,7 +157,7 @@ def _check_metrics_options(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Everything a user can get wrong is checked before the first log line or any server, so
-    # bad input is one line (SPEC §5).
+    # bad input is one line.
     _check_metrics_options(args)
     options = load_config_file(args.config) if args.config else {}
     config = loop_config(args)

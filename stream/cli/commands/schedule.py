@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from stream.cli.errors import UsageError
 from stream.data.datasets import load_dataset
 from stream.data.label_delay import check_label_delay
+from stream.data.option_value import option_value
 from stream.data.schedules import make_schedule, schedule_names
 from stream.data.stream_file import record_schedule, write_stream
 
@@ -70,10 +70,7 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UsageError(f"--param expects KEY=VALUE, got {item!r}")
-        try:
-            params[key] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key] = value
+        params[key] = option_value(value)
     return params
 
 

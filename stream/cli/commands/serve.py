@@ -1,4 +1,4 @@
-"""``streamcl serve --config FILE``: the long-lived daemon next to a Kafka topic (SPEC §6).
+"""``streamcl serve --config FILE``: the long-lived daemon next to a Kafka topic (docs/daemon.md).
 
 Logs are JSON lines on stderr (``--log-format console`` for people); ``/metrics`` and
 ``/healthz`` are served on ``metrics.host:metrics.port``. SIGTERM and SIGINT finish the current

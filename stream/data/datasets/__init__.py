@@ -1,4 +1,4 @@
-"""Datasets addressed by a string (SPEC §2): ``digits``, ``fashion-mnist[:DIR]``,
+"""Datasets addressed by a string (docs/datasets.md): ``digits``, ``fashion-mnist[:DIR]``,
 ``cifar100:DIR``, ``npz:PATH``, the generated ``synthetic-hierarchy[:k=v,...]`` and
 river's datasets as ``river:NAME[?KEY=VALUE&...]``.
 

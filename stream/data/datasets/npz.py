@@ -1,4 +1,4 @@
-"""The generic ``npz:PATH`` format users bring their own data in (SPEC §2).
+"""The generic ``npz:PATH`` format users bring their own data in (docs/datasets.md).
 
 Keys: ``X_train``, ``y_train``, ``X_test``, ``y_test``; optional ``class_names``,
 ``y_train_levels``/``y_test_levels`` (hierarchy, column 0 coarsest, last column = y) and

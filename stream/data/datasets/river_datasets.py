@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import math
 import numbers
 from typing import Any
@@ -47,6 +46,7 @@ from urllib.parse import parse_qsl
 import numpy as np
 
 from stream.data.datasets.dataset import Dataset, DatasetError
+from stream.data.option_value import option_value
 
 DEFAULT_SAMPLES = 10_000
 DEFAULT_TEST_EVERY = 5
@@ -125,10 +125,7 @@ def _parse_query(spec: str, query: str) -> dict[str, Any]:
     for key, raw in pairs:
         if key in options:
             raise DatasetError(f"{spec}: {key} is given twice")
-        try:
-            options[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key] = raw
+        options[key] = option_value(raw)
     return options
 
 

@@ -1,4 +1,4 @@
-"""Stream schedules (SPEC §3): ``disjoint``, ``i-blurry``, ``si-blurry``, ``hle`` — deterministic
+"""Stream schedules: ``disjoint``, ``i-blurry``, ``si-blurry``, ``hle`` — deterministic
 in the seed — and ``ordered`` (dataset order, for streams whose order matters: river's drifting
 ones).
 

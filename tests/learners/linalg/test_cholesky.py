@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from learners.linalg.cholesky import NotPositiveDefinite, cholesky, cholesky_solve
+from tests.support.learner_streams import relative_error
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -24,10 +25,6 @@ def spd(dim: int, seed: int = 0) -> torch.Tensor:
     A = H.T @ H
     A.diagonal().add_(0.1)
     return A
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
 
 
 @pytest.mark.parametrize(("dim", "block"), [(1, 4), (4, 4), (13, 4), (23, 5), (40, 256)])

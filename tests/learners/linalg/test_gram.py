@@ -6,16 +6,13 @@ import pytest
 import torch
 
 from learners.linalg.gram import add_gram, symmetric
+from tests.support.learner_streams import relative_error
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def rows(n: int, dim: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
 
 
 @pytest.mark.parametrize(("dim", "block"), [(3, 4), (13, 4), (16, 4), (23, 5)])

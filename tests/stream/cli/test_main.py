@@ -1,4 +1,4 @@
-"""The command line as a user meets it: exit codes and one-line errors (SPEC §5)."""
+"""The command line as a user meets it: exit codes and one-line errors."""
 
 import json
 

@@ -151,8 +151,8 @@ def test_slda_ranks_combine_their_moments_into_one_exact_model(tmp_path):
     for daemon in daemons:
         stats = daemon.learner.stats[0]
         assert torch.equal(stats.counts, alone.stats[0].counts)
-        torch.testing.assert_close(stats.means, alone.stats[0].means, rtol=1e-9, atol=1e-9)
-        torch.testing.assert_close(stats.scatter, alone.stats[0].scatter, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(stats.mean, alone.stats[0].mean, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(stats.m2, alone.stats[0].m2, rtol=1e-9, atol=1e-9)
 
 
 def test_a_vanished_group_resumes_from_the_last_global_checkpoint_in_another_world(tmp_path):

@@ -1,4 +1,4 @@
-"""stream/observe/telemetry.py: the SPEC §7 metrics carry the loop's own figures; health is a heartbeat."""
+"""stream/observe/telemetry.py: the metrics of docs/metrics.md carry the loop's own figures; health is a heartbeat."""
 
 from __future__ import annotations
 

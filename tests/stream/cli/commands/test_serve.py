@@ -30,6 +30,7 @@ from stream.data.datasets import as_float_tensor, load_dataset
 from stream.data.stream_file import read_stream
 from stream.sinks.kafka_sink import open_sink
 from stream.sources.wire import encode_binary
+from tests.support.digits_stream import write_digits_stream
 from tests.support.malformed import malformed_messages
 from tests.support.serve_process import FAST_GROUP, ServeProcess, free_port
 
@@ -108,21 +109,7 @@ def test_a_published_si_blurry_stream_is_learned_and_malformed_messages_dead_let
     kafka_broker, tmp_path, client, form
 ):
     stream_path = tmp_path / "digits.scl"
-    assert (
-        cli.main(
-            [
-                "schedule",
-                "si-blurry",
-                "--dataset",
-                "digits",
-                "--seed",
-                "3",
-                "--out",
-                str(stream_path),
-            ]
-        )
-        == 0
-    )
+    write_digits_stream(stream_path, seed=3)
     stream = read_stream(stream_path)
     dataset = load_dataset("digits")
     topic = Topic(kafka_broker.bootstrap, f"e2e-{client}", partitions=1)
@@ -293,21 +280,7 @@ def test_kill_9_at_five_random_points_learns_every_message_exactly_once(
 
 def test_kill_9_five_times_and_the_acil_model_equals_an_uninterrupted_runs(kafka_broker, tmp_path):
     stream_path = tmp_path / "digits.scl"
-    assert (
-        cli.main(
-            [
-                "schedule",
-                "si-blurry",
-                "--dataset",
-                "digits",
-                "--seed",
-                "4",
-                "--out",
-                str(stream_path),
-            ]
-        )
-        == 0
-    )
+    write_digits_stream(stream_path, seed=4)
     stream, dataset = read_stream(stream_path), load_dataset("digits")
     x = as_float_tensor(dataset.X_train[np.asarray(stream.row)])
     y, level = torch.from_numpy(np.asarray(stream.y)), torch.from_numpy(np.asarray(stream.level))

@@ -22,26 +22,11 @@ def write_idx(path, array, compress=True):
 def make_fashion(directory, n_train=30, n_test=10, compress=True):
     rng = np.random.default_rng(0)
     suffix = ".gz" if compress else ""
-    write_idx(
-        directory / f"train-images-idx3-ubyte{suffix}",
-        rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-        compress,
-    )
-    write_idx(
-        directory / f"train-labels-idx1-ubyte{suffix}",
-        (np.arange(n_train) % 10).astype(np.uint8),
-        compress,
-    )
-    write_idx(
-        directory / f"t10k-images-idx3-ubyte{suffix}",
-        rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-        compress,
-    )
-    write_idx(
-        directory / f"t10k-labels-idx1-ubyte{suffix}",
-        (np.arange(n_test) % 10).astype(np.uint8),
-        compress,
-    )
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        write_idx(directory / f"{split}-images-idx3-ubyte{suffix}", images, compress)
+        write_idx(directory / f"{split}-labels-idx1-ubyte{suffix}", labels, compress)
 
 
 @pytest.mark.parametrize("compress", [True, False])

@@ -1,0 +1,15 @@
+"""How a value given as text (``--param KEY=VALUE``, a dataset spec's ``?KEY=VALUE``) is read."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def option_value(raw: str) -> Any:
+    """The JSON value ``raw`` spells (``3``, ``0.5``, ``true``, ``[1, 2]``), or ``raw`` itself
+    as a string when it is not JSON (``reservoir``)."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
