@@ -224,7 +224,7 @@ class ScrapedReplay:
 
 
 DAEMON_TOPIC = "dashboard"
-SERVED = 40  # prediction requests sent with the first half; their labels come with the second
+SERVED = 40  # prediction requests and their labels, sent with the second half
 MAX_BYTES = 16_384  # the daemon's message size limit, so the "oversized" bad message is one
 
 
@@ -251,13 +251,15 @@ class Publisher:
             self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
     def send(self, part: int) -> None:
-        """Part 0: two bad messages, the first half and the prediction requests; part 1: the
-        rest, the requests' labels and two bad ones."""
+        """Part 0: two bad messages and the first half; part 1: the prediction requests, the
+        rest, the requests' labels and two bad ones. Part 1 goes out after Prometheus scraped
+        the daemon, so every serving series is scraped before it first changes and its rate has
+        an increase to show."""
         half = len(self.messages) // 2
         chosen = (
-            [m for _, m in self.bad[:2]] + self.messages[:half] + [self.requests]
+            [m for _, m in self.bad[:2]] + self.messages[:half]
             if part == 0
-            else self.messages[half:] + self.labels + [m for _, m in self.bad[2:]]
+            else [self.requests, *self.messages[half:], *self.labels] + [m for _, m in self.bad[2:]]
         )
         for message in chosen:
             self.sink.send(DAEMON_TOPIC, message, partition=0)
