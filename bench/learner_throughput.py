@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +26,8 @@ import torch
 from bench import output
 from bench.mvp_pretrained import VIT
 from learners import registry
+from learners.backbones.backbone import BackboneConfig, build_backbone
+from learners.backbones.pretrain import save_backbone
 from learners.base import Learner, Problem
 
 MLP = {"name": "mlp", "hidden": [256], "out_dim": 128}
@@ -41,9 +45,19 @@ BACKBONE_NAMES = {
 }
 
 
-def build(name: str) -> Learner:
+def build(name: str, weights: Path) -> Learner:
     problem = Problem(input_shape=(1, 28, 28), num_classes=(10,))
-    return registry.create(name, problem, OPTIONS[name], "cpu")
+    options = OPTIONS[name]
+    if options["backbone"] is FROZEN_VIT:
+        options = {**options, "backbone": {**FROZEN_VIT, "weights": str(weights)}}
+    return registry.create(name, problem, options, "cpu")
+
+
+def seeded_vit_weights(path: Path) -> Path:
+    """The frozen ViT's own seeded initialisation as a weights file: speed does not depend on
+    the weights, and mvp refuses a frozen ViT without a file."""
+    config = BackboneConfig.model_validate({**FROZEN_VIT, "freeze": False})
+    return save_backbone(build_backbone(config, (1, 28, 28), seed=0), config, path)
 
 
 def timed_chunk(learner: Learner, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -71,7 +85,9 @@ def main(argv: list[str]) -> dict[str, Any]:
     registered = [n for n in registry.names() if ":<" not in n]
     names = [n for n in registered if n in OPTIONS]
     uncovered = [n for n in registered if n not in OPTIONS]
-    learners = {name: build(name) for name in names}
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = seeded_vit_weights(Path(tmp) / "vit.safetensors")
+        learners = {name: build(name, weights) for name in names}
     generator = torch.Generator().manual_seed(0)
     shape = (args.batches, args.batch_size)
     x = torch.rand(*shape, 1, 28, 28, generator=generator)

@@ -33,7 +33,7 @@ import numpy as np
 import bench.output
 from bench.daemon import Tansu
 from stream.daemon.config import ServeConfig
-from stream.daemon.predict_http import predict_routes
+from stream.daemon.predict_http import add_predict_route
 from stream.daemon.serve import Daemon
 from stream.data.datasets import as_float_tensor, load_dataset
 from stream.observe.http_endpoint import start_metrics_server
@@ -109,7 +109,8 @@ def main(argv: list[str]) -> dict[str, Any]:
             }
         )
         daemon = Daemon(config)
-        server = start_metrics_server(daemon.telemetry, port=0, post_routes=predict_routes(daemon))
+        server = start_metrics_server(daemon.telemetry, port=0)
+        add_predict_route(server, daemon)
         thread = threading.Thread(target=daemon.run, daemon=True)
         thread.start()
         try:

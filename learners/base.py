@@ -31,13 +31,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from learners.levels import Levels
 from learners.state.learner_state import LearnerState
+
+if TYPE_CHECKING:
+    from memory.faiss_index import Calibration
 
 
 @dataclass(frozen=True)
@@ -149,3 +152,8 @@ class Learner(ABC):
     def memory_samples(self) -> int:
         """Samples held in a replay memory (0 for exemplar-free learners)."""
         return 0
+
+    @property
+    def memory_index_calibration(self) -> Calibration | None:
+        """``nprobe`` and recall of the replay memory's approximate index, if it has one."""
+        return getattr(getattr(self, "memory", None), "index_calibration", None)

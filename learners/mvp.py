@@ -28,6 +28,12 @@ On a ViT backbone (``learners.backbones.vit``, frozen by default; load pretraine
 The memory gets the frozen query as sample embedding (``nearest`` retrieval) and the masked
 cross-entropy as per-sample loss (the ``clib`` policy).
 
+A frozen ViT needs pretrained ``backbone.weights``: without them the config is refused (a frozen
+random ViT is no feature extractor). On the small ViTs buildable here MVP forgets like a linear
+head trained online without memory, which it then equals; GSF, AFS and the logit masks each
+change that by under a point, a replay memory (``memory.capacity``) helps most (docs/quality.md,
+``python -m bench quality``). The defaults stay the official script's (Adam 5e-3, no memory).
+
 Deviation, on purpose: the official ``loss_fn`` multiplies the per-sample focal weights by the
 already-averaged batch loss, which collapses them to one scalar per batch
 (``mean(w)·mean(CE)``); here each sample's cross-entropy carries its own weight.
@@ -80,6 +86,13 @@ class MVPConfig(LearnerConfig):
     def _prompts_fit_the_vit(self) -> MVPConfig:
         if self.backbone.name != "vit":
             raise ValueError(f"mvp needs backbone.name 'vit' (got {self.backbone.name!r})")
+        if self.backbone.freeze and self.backbone.weights is None:
+            # A frozen, randomly initialised ViT is no feature extractor: MVP on it scored
+            # A_auc .23 where every other learner scored .56 to .72 (issue 17). Refuse, once.
+            raise ValueError(
+                "mvp freezes its vit, which needs pretrained backbone.weights (make a file "
+                "with `streamcl pretrain`), or set backbone.freeze: false to tune the vit too"
+            )
         depth = self.backbone.vit.depth
         for name in ("g_prompt_layers", "e_prompt_layers"):
             layers = getattr(self, name)
@@ -123,7 +136,9 @@ def feature_scale(
 
 
 class MVP(ReplayTraining, Learner):
-    """Prompt-pool tuning of a frozen ViT with logit masks, CVPT, AFS and the GSF focal loss.
+    """Prompt tuning of a frozen pretrained ViT; refuses without backbone.weights (streamcl pretrain).
+
+    Prompt pool, logit masks, CVPT, AFS and the GSF focal loss.
 
     Stream and replay samples are joined as in ER (``learn`` of
     :class:`~learners.state.torch_state.ReplayTraining`); ``_step`` is MVP's."""

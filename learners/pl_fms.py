@@ -54,15 +54,34 @@ runs the ablations):
 - *The tree* comes from the problem (``Problem.parents``), which streamcl gives every learner.
   Judging by the compiled ``hp_*`` modules the official repository ships (names only: a
   histogram of predicted coarse classes and a ``γ`` threshold), the authors estimated a class's
-  allowed parent from its predictions; with the tree known that is not needed. Without a parent map only
-  the confidence rule applies; with one level PL is void and PL-FMS is ER with FMS.
-- Not taken over: CLIB's per-sample importance scores (the default memory evicts a random sample
-  of the largest class; ``memory.policy = "clib"`` gives CLIB's rule) and CLIB's adaptive
-  learning rate, which the official PL-FMS inherits.
+  allowed parent from its predictions; with the tree known that is not needed. Without a parent
+  map only the confidence rule applies; with one level PL is void and PL-FMS is ER with FMS.
 
-Measured (``bench/hle.py``): on the synthetic hierarchy the gains over ``er`` come from the
-class-balanced memory and PL; FMS brought no gain beyond the seed spread (±0.5 points) there or
-on Fashion-MNIST. A
+Against the official code (Hyun1A/HLE ``single_depth/methods/pl_fms.py``, read at its only
+commit; the ``multi_depth`` copy differs only where said), line by line:
+
+- *Same:* FMS's ``p_c`` with ``t`` and ``t_c`` counted in samples and ``|C_seen|`` over all
+  levels; FMS off for the first stream batch (the official ``n_count_num > temp_batchsize``);
+  the step's batch filled up from memory to a fixed size (official ``batch_size`` = 2 ×
+  ``temp_batchsize``; here the stream batch plus ``replay_batch_size``, which defaults to the
+  stream batch, plus one memory sample per dropped stream sample); stream samples stored in the
+  memory *before* the update steps (``memory_first``; the official ER stores them after, as
+  ``er`` here does); a class-balanced memory whose classes are ``(level, label)`` pairs; the
+  loss summed over levels and divided by the batch size.
+- *On purpose, different:* no CutMix and no image augmentation (the engine feeds every
+  learner the same tensors); no CLIB adaptive learning rate (a fixed Adam rate, as ``er``, so
+  that the comparison isolates FMS and PL); the evicted sample of the largest class is random,
+  not CLIB's least important (the official importance re-scores the whole memory every step;
+  ``memory.policy = "clib"`` gives that rule); heads sized for every class up front with unseen
+  classes masked, where the official code rebuilds ``nn.Linear`` at each new class, copying the
+  old weights but not the old biases (a reset we do not copy); FMS draws from a seeded generator
+  (the official code uses torch's global one); ``N_total`` is the stream length as in
+  ``single_depth`` (``multi_depth`` uses twice it).
+- *Not in the official code at all:* pseudo-labelling (above), built from the paper.
+
+Measured: docs/quality.md (``python -m bench quality``) and ``bench/hle.py`` (ablations). On
+the synthetic hierarchy the gains over ``er`` come from the class-balanced memory and PL; FMS
+brought no gain beyond the seed spread (±0.5 points) there or on Fashion-MNIST. A
 class-balanced memory costs accuracy where the coarse classes are unequal in size (Fashion-MNIST
 grouped as tops, bottoms, footwear and bags), since it stores as few samples of a large coarse
 class as of a small one while the test set keeps their proportions.
@@ -104,6 +123,11 @@ class PLFMSConfig(ERConfig):
     )
     stream_length: int | None = Field(
         None, gt=0, description="N_total of FMS; default (and at least): the samples seen so far"
+    )
+    memory_first: bool = Field(
+        True,
+        description="stream samples enter the memory before the update steps (official "
+        "PL-FMS), else after them (i-Blurry's ER)",
     )
 
     @field_validator("memory", mode="before")
@@ -160,6 +184,8 @@ class PLFMS(ER):
         self._register(y, level)
         replay = len(y) if self.config.replay_batch_size is None else self.config.replay_batch_size
         self.model.train()
+        if self.config.memory_first:
+            self.memory.add(x, y, level)
         for _ in range(iterations):
             keep = self._flexible_selection(y, level)
             bx, by, blevel = x[keep], y[keep], level[keep]
@@ -172,7 +198,8 @@ class PLFMS(ER):
             if len(by):
                 from_memory = torch.arange(len(by), device=self.device) >= int(keep.sum())
                 self._step(bx, by, blevel, from_memory)
-        self.memory.add(x, y, level)
+        if not self.config.memory_first:
+            self.memory.add(x, y, level)
 
     def _register(self, y: torch.Tensor, level: torch.Tensor) -> None:
         """Count the batch and note where each new class first appeared (1-based)."""
@@ -195,8 +222,10 @@ class PLFMS(ER):
         return ((self.samples_seen - first).double() * seen_classes / total).clamp(max=1.0)
 
     def _flexible_selection(self, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        """Which stream samples stay in this step's batch, each with its ``p_c(t)``."""
-        if not self.config.flexible_sampling or len(self.memory) == 0:
+        """Which stream samples stay in this step's batch, each with its ``p_c(t)``; all of the
+        first batch (as the official code, which starts FMS after ``temp_batchsize`` samples)."""
+        first_batch = self.samples_seen <= len(y)
+        if not self.config.flexible_sampling or first_batch or len(self.memory) == 0:
             return torch.ones(len(y), dtype=torch.bool, device=self.device)
         draw = torch.rand(len(y), generator=self.fms_generator, dtype=torch.float64)
         return draw.to(self.device) < self.keep_probability(y, level)

@@ -30,7 +30,9 @@ Scores are float64, river's probabilities unrounded.
 a :class:`~learners.capabilities.SequentialLearner` (test-then-train per sample inside a batch,
 so prequential accuracy equals river's at any batch size) and supports the ``reset`` drift
 action (a fresh clone of the configured model). Checkpoints carry the models as a sealed pickle
-(``learners/state/sealed_pickle.py``): a SHA-256 digest always, an HMAC when ``checkpoint_key`` is set.
+(``learners/state/sealed_pickle.py``: a digest and a restricted unpickler); the daemon loads
+such a checkpoint only when the HMAC over the whole file verifies under its key
+(stream/daemon/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from learners.base import Learner, LearnerConfig, Problem
 from learners.capabilities import DriftAction, DriftAdaptive, SequentialLearner
@@ -82,9 +84,6 @@ class RiverConfig(LearnerConfig):
     preprocessing: list[RiverComponent] = Field(
         default_factory=list,
         description="river transformers applied in order before the classifier",
-    )
-    checkpoint_key: SecretStr | None = Field(
-        None, description="HMAC key that signs and verifies checkpoints (give it at the edge)"
     )
 
     @field_validator("target")
@@ -289,12 +288,8 @@ class RiverLearner(Learner, SequentialLearner, DriftAdaptive):
             self.models = [model.clone() for model in self.models]
             self._reset_learned()
 
-    def _key(self) -> bytes | None:
-        key = self.config.checkpoint_key
-        return key.get_secret_value().encode() if key is not None else None
-
     def state_dict(self) -> LearnerState:
-        data, sealed = seal(self.models, self._key())
+        data, sealed = seal(self.models)
         learned = [[c for c, taught in enumerate(row) if taught] for row in self.learned]
         return LearnerState(
             {"models": torch.frombuffer(bytearray(data), dtype=torch.uint8)},
@@ -306,9 +301,7 @@ class RiverLearner(Learner, SequentialLearner, DriftAdaptive):
             raise ValueError(
                 f"checkpoint holds river:{state.meta.get('target')}, not river:{self.config.target}"
             )
-        models = unseal(
-            state.tensors["models"].numpy().tobytes(), state.meta["sealed"], self._key()
-        )
+        models = unseal(state.tensors["models"].numpy().tobytes(), state.meta["sealed"])
         expected = [type(m) for m in self.models]
         if not isinstance(models, list) or [type(m) for m in models] != expected:
             raise ValueError("checkpoint's river models do not match this learner's config")

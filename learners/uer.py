@@ -23,7 +23,19 @@ What the paper leaves open, and the defaults chosen here (all options):
   other policies and retrieval modes work too: UER gives the memory its backbone features as
   embeddings and the dot-product cross-entropy, the loss replayed samples are learned with, as
   the per-sample loss);
-- the two losses are summed with equal weight, each a mean over its own samples.
+- the two losses are summed with equal weight, each a mean over its own samples;
+- ``optimizer``: Adam (lr 1e-3), as ``er``, where the paper trains with SGD. UER's argument
+  needs SGD: the gradient of ``cos(f, w_c)`` with respect to ``w_c`` is orthogonal to ``w_c``, so
+  SGD steps on the stream's cosine loss leave ``‖w_c‖`` unchanged to first order and only replay
+  fits the norms. Adam rescales each coordinate of the step, which breaks that orthogonality. With
+  ``optimizer: sgd`` UER forgets far less than ER with SGD; against ER with Adam, the stronger
+  baseline here, it wins on digits and not on Fashion-MNIST (docs/quality.md), so the default
+  stays Adam.
+
+Checked against the paper's statement of the method (Lin et al. 2023: UER "learns current
+samples only by the angle factor and further replays previous samples by both the norm and
+angle factors"): the stream batch on ``s · cos θ``, replay on ``f·w``, as here. The official
+repository (FelixHuiweiLin/UER) holds only a README, so there is no code to compare against.
 """
 
 from __future__ import annotations

@@ -53,7 +53,15 @@ class MemoryConfig(BaseModel):
     approximate_from: int = Field(
         20_000, gt=0, description="stored embeddings from which index=auto turns approximate (ivf)"
     )
-    nprobe: int = Field(16, gt=0, description="ivf lists scanned per query")
+    nprobe: int | None = Field(
+        None,
+        gt=0,
+        description="ivf lists scanned per query; null: the fewest that reach target_recall, "
+        "measured at every (re)training of the lists",
+    )
+    target_recall: float = Field(
+        0.95, gt=0, le=1, description="recall@10 against exact search that nprobe=null reaches"
+    )
     refresh_chunk: int = Field(
         32,
         ge=0,

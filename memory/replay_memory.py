@@ -40,7 +40,7 @@ import torch
 from learners.state.learner_state import LearnerState
 from memory import retrieval
 from memory.config import MemoryConfig
-from memory.faiss_index import EmbeddingIndex, faiss_available
+from memory.faiss_index import Calibration, EmbeddingIndex, faiss_available
 from memory.importance import SampleImportance
 from memory.policies import POLICIES
 
@@ -126,6 +126,11 @@ class ReplayMemory:
         if self.config.policy == "clib":
             total += 4 + 4 + 1  # importance, previous loss, measured flag
         return total
+
+    @property
+    def index_calibration(self) -> Calibration | None:
+        """The approximate (ivf) index's ``nprobe`` and measured recall; None while exact."""
+        return self.index.calibration if self.index is not None else None
 
     @property
     def nbytes(self) -> int:
@@ -230,7 +235,7 @@ class ReplayMemory:
         if dim is not None:
             cfg = self.config
             self.index = EmbeddingIndex(
-                self.slots, dim, cfg.index, cfg.approximate_from, cfg.nprobe
+                self.slots, dim, cfg.index, cfg.approximate_from, cfg.nprobe, cfg.target_recall
             )
             self.embedded_at = torch.zeros(self.slots, dtype=torch.long)
         if self.config.policy == "clib":

@@ -1,25 +1,26 @@
-"""Integrity-checked pickles, for state that exists only as Python objects (river models).
+"""Sealed pickles, for state that exists only as Python objects (river models, drift detectors).
 
 streamcl checkpoints hold tensors (safetensors) and JSON. A river model has no such form: it
 is a graph of Python objects whose only serialisation is pickle, and unpickling runs code the
-pickle names. So a river model travels *sealed*:
+pickle names. So a river object travels *sealed*:
 
-- ``seal`` pickles the object and records, in the JSON metadata, the SHA-256 digest of the
-  bytes and, when a key is given, their HMAC-SHA256 under that key;
-- ``unseal`` refuses bytes whose digest does not match (a damaged or truncated checkpoint) and,
-  when a key is given, bytes without a valid HMAC (a checkpoint not written by a holder of the
-  key); only then does it unpickle, with an unpickler that resolves nothing but river's own
-  classes and functions, numpy's array constructors and a short list of builtins and
-  ``collections`` types.
+- ``seal`` pickles the object and records the SHA-256 digest of the bytes in the JSON metadata;
+- ``unseal`` refuses bytes whose digest does not match (damage), then unpickles with an
+  unpickler that resolves only *classes* (river's own, outside its I/O modules
+  ``river.datasets``, ``river.stream`` and ``river.api``; a few builtins, ``collections`` and
+  numpy types) and a fixed list of named functions river models are pickled with (numpy's
+  array constructors, ``copy.deepcopy``, a distance and a factory of river's). No other
+  function resolves: not river's dataset downloaders, not ``os.system``. ``getattr`` resolves
+  to a guard that hands out only the bound methods river models keep as attributes (a
+  ``PageHinkley``'s test), of instances of allowed classes.
 
-The trust boundary: without a key, the digest detects accidents, not attacks — anyone who can
-write the checkpoint can recompute it. Load only checkpoints you wrote, or configure a key
-(given to the daemon at the edge, from its config or environment) so that a checkpoint forged
-without the key is refused before a single byte is unpickled. The restricted unpickler narrows
-what a pickle can call; it is a second fence, not a sandbox (see docs/river.md).
+The digest detects accidents, not attacks: anyone who can write the bytes can recompute it. The
+trust boundary is the checkpoint file: the daemon loads a checkpoint that holds sealed pickles
+only after the HMAC over the whole file verified under the key it was given at start
+(stream/daemon/checkpoint.py). The allow-list is a second fence, not a sandbox.
 
->>> data, meta = seal({"a": 1}, key=b"secret")
->>> unseal(data, meta, key=b"secret")
+>>> data, meta = seal({"a": 1})
+>>> unseal(data, meta)
 {'a': 1}
 """
 
@@ -31,11 +32,11 @@ import io
 import pickle
 from typing import Any
 
-FORMAT = "streamcl-sealed-pickle-1"
+FORMAT = "streamcl-sealed-pickle-2"
 
-# Globals a river model's pickle may name outside river itself (found by pickling river's
-# trees, linear models, naive Bayes, forests, ensembles, neighbours and drift detectors).
-_ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
+# Classes a river object's pickle may name outside river (found by pickling river's trees,
+# linear models, naive Bayes, forests, ensembles, neighbours and drift detectors).
+_ALLOWED_CLASSES: frozenset[tuple[str, str]] = frozenset(
     {
         *(
             ("builtins", name)
@@ -61,73 +62,105 @@ _ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
         ("collections", "OrderedDict"),
         ("collections", "defaultdict"),
         ("collections", "deque"),
-        ("copy", "deepcopy"),
-        ("copyreg", "_reconstructor"),
         ("functools", "partial"),
         ("random", "Random"),
     }
 )
-_NUMPY_NAMES = frozenset(
+_NUMPY_CLASSES = frozenset(
+    {"ndarray", "dtype", "MT19937", "PCG64", "RandomState", "Generator", "BitGenerator"}
+)
+# The only functions that resolve, by exact module and name: each builds a value from data.
+_ALLOWED_FUNCTIONS: frozenset[tuple[str, str]] = frozenset(
     {
-        "_reconstruct",
-        "ndarray",
-        "dtype",
-        "scalar",
-        "_frombuffer",
-        "__randomstate_ctor",
-        "__bit_generator_ctor",
-        "__generator_ctor",
-        "MT19937",
-        "PCG64",
-        "RandomState",
-        "Generator",
+        ("copy", "deepcopy"),
+        ("river._river_rust.vectordict", "euclidean_distance_tuple"),
+        ("river.naive_bayes.gaussian", "GaussianNB._make_gaussian"),
+        *(
+            (module, name)
+            for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+            for name in ("_reconstruct", "scalar")
+        ),
+        *((module, "_frombuffer") for module in ("numpy.core.numeric", "numpy._core.numeric")),
+        *(
+            ("numpy.random._pickle", name)
+            for name in ("__randomstate_ctor", "__bit_generator_ctor", "__generator_ctor")
+        ),
     }
 )
+# Bound methods a river object keeps as an attribute, by the class that defines them.
+_ALLOWED_METHODS: dict[str, frozenset[str]] = {
+    "river.drift.page_hinkley.PageHinkley": frozenset({"_test_up", "_test_down", "_test_both"}),
+}
+_RIVER_IO_MODULES = ("river.datasets", "river.stream", "river.api")
 
 
 class SealError(ValueError):
     """Sealed bytes that fail their integrity check or name a forbidden global."""
 
 
-def seal(obj: Any, key: bytes | None = None) -> tuple[bytes, dict[str, str]]:
+def seal(obj: Any) -> tuple[bytes, dict[str, str]]:
     """Pickle ``obj``; return the bytes and the JSON metadata that vouches for them."""
     data = pickle.dumps(obj, protocol=5)
-    meta = {"format": FORMAT, "sha256": hashlib.sha256(data).hexdigest()}
-    if key:
-        meta["hmac_sha256"] = hmac.new(key, data, hashlib.sha256).hexdigest()
-    return data, meta
+    return data, {"format": FORMAT, "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def unseal(data: bytes, meta: dict[str, Any], key: bytes | None = None) -> Any:
-    """Verify ``data`` against ``meta`` (and ``key``), then unpickle it restrictedly."""
+def unseal(data: bytes, meta: dict[str, Any]) -> Any:
+    """Verify ``data`` against ``meta``, then unpickle it restrictedly."""
     if meta.get("format") != FORMAT:
         raise SealError(f"not a sealed pickle (format {meta.get('format')!r}, expected {FORMAT!r})")
     digest = hashlib.sha256(data).hexdigest()
     if not hmac.compare_digest(digest, str(meta.get("sha256", ""))):
         raise SealError("sealed pickle is damaged: its SHA-256 digest does not match")
-    signature = meta.get("hmac_sha256")
-    if key:
-        if signature is None:
-            raise SealError("sealed pickle is unsigned but a checkpoint key is configured")
-        expected = hmac.new(key, data, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, str(signature)):
-            raise SealError("sealed pickle was not signed with the configured checkpoint key")
-    elif signature is not None:
-        raise SealError("sealed pickle is signed; configure its checkpoint key to load it")
-    return _RestrictedUnpickler(io.BytesIO(data)).load()
+    try:
+        return _RestrictedUnpickler(io.BytesIO(data)).load()
+    except SealError:
+        raise
+    except Exception as exc:  # a malformed pickle fails in many ways; all mean "unusable"
+        raise SealError(f"sealed pickle does not load: {type(exc).__name__}: {exc}") from None
+
+
+def holds_sealed_pickles(state: Any) -> bool:
+    """Whether a JSON-like state (a checkpoint's metadata) carries sealed pickle metadata."""
+    if isinstance(state, dict):
+        return state.get("format") == FORMAT or any(holds_sealed_pickles(v) for v in state.values())
+    if isinstance(state, list):
+        return any(holds_sealed_pickles(v) for v in state)
+    return False
+
+
+def _in_river(module: str) -> bool:
+    return (module == "river" or module.startswith("river.")) and not any(
+        module == io_module or module.startswith(io_module + ".") for io_module in _RIVER_IO_MODULES
+    )
+
+
+def _allowed_class(obj: Any) -> bool:
+    return isinstance(obj, type) and _in_river(getattr(obj, "__module__", "") or "")
+
+
+def _guarded_getattr(obj: Any, name: str) -> Any:
+    """``getattr`` for a pickle: only a listed bound method of an instance of an allowed class."""
+    cls = type(obj)
+    allowed = _ALLOWED_METHODS.get(f"{cls.__module__}.{cls.__qualname__}", frozenset())
+    if isinstance(obj, type) or not _allowed_class(cls) or name not in allowed:
+        raise SealError(f"sealed pickle asks for attribute {name!r} of a {cls.__qualname__}")
+    return getattr(obj, name)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED_GLOBALS:
+        if (module, name) in _ALLOWED_CLASSES or (module, name) in _ALLOWED_FUNCTIONS:
             return super().find_class(module, name)
-        if (module == "numpy" or module.startswith("numpy.")) and name in _NUMPY_NAMES:
-            return super().find_class(module, name)
-        if module == "river" or module.startswith("river."):
+        if (module, name) == ("builtins", "getattr"):
+            return _guarded_getattr
+        if (module == "numpy" or module.startswith("numpy.")) and name in _NUMPY_CLASSES:
             obj = super().find_class(module, name)
-            # A dotted name walks attributes, so check where the object found is defined:
-            # ``river.x`` may have imported ``os``, and ``("river.x", "os.system")`` must fail.
-            defined_in = getattr(obj, "__module__", None) or ""
-            if defined_in == "river" or defined_in.startswith("river."):
+            if isinstance(obj, type):
+                return obj
+        if _in_river(module) and "." not in name:
+            # Resolved only for its check: a river module may import anything (os), and a
+            # name that is not a class defined in river (a function, a module) is refused.
+            obj = super().find_class(module, name)
+            if _allowed_class(obj):
                 return obj
         raise SealError(f"sealed pickle names a forbidden global {module}.{name}")

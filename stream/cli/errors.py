@@ -9,6 +9,7 @@ from learners.registry import LearnerConfigError, UnknownLearnerError
 from memory.config import MemoryConfigError
 from stream.cli.config_file import ConfigFileError
 from stream.daemon.checkpoint import CheckpointError
+from stream.daemon.checkpoint_key import CheckpointKeyError
 from stream.daemon.config import ServeConfigError
 from stream.data.datasets import DatasetError
 from stream.data.label_delay import LabelDelayError
@@ -19,6 +20,7 @@ from stream.engine.drift_detection import DriftConfigError
 from stream.observe.http_endpoint import MetricsServerError
 from stream.runs.report import ReportError
 from stream.runs.served_model import ModelFileError
+from stream.sources.kafka_options import KafkaOptionsError
 
 
 class UsageError(ValueError):
@@ -28,6 +30,7 @@ class UsageError(ValueError):
 USER_ERRORS: tuple[type[Exception], ...] = (
     UsageError,
     CheckpointError,
+    CheckpointKeyError,
     BackboneError,
     BackboneWeightsError,
     TimmUnavailableError,
@@ -36,6 +39,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     DeviceError,
     DriftConfigError,
     LabelDelayError,
+    KafkaOptionsError,
     LearnerConfigError,
     MemoryConfigError,
     MetricsServerError,

@@ -49,11 +49,13 @@ class Shard:
 class AlignedCheckpoints:
     """The epochs of one scaled-out daemon, in one directory shared by its ranks."""
 
-    def __init__(self, directory: str | Path, keep: int = 3) -> None:
+    def __init__(self, directory: str | Path, keep: int = 3, key: bytes | None = None) -> None:
+        """``key`` signs every shard and is required to read one (stream/daemon/checkpoint.py)."""
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         self.directory = Path(directory)
         self.keep = keep
+        self.key = key
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def epoch_dir(self, epoch: int) -> Path:
@@ -73,6 +75,7 @@ class AlignedCheckpoints:
         data = encode(
             {**meta, "epoch": epoch, "rank": rank, "has_learner": learner is not None},
             learner or LearnerState({}, {}),
+            self.key,
         )
         name = shard_name(rank)
         _write_atomically(directory / name, data)
@@ -145,7 +148,7 @@ class AlignedCheckpoints:
         epoch = int(manifest["epoch"])
         path = self.epoch_dir(epoch) / shard_name(rank)
         try:
-            meta, learner = decode(path.read_bytes(), str(path))
+            meta, learner = decode(path.read_bytes(), str(path), self.key)
         except (OSError, CorruptCheckpoint) as exc:
             raise CheckpointError(f"epoch {epoch}: {exc}") from None
         return Shard(epoch, rank, meta, learner if meta.get("has_learner") else None)

@@ -8,37 +8,61 @@ snapshot operator state with the source offsets).
 
 One file per checkpoint, ``checkpoint-<sequence>.sclckpt``, little-endian::
 
-    8 bytes   magic b"SCLCKPT1"
+    8 bytes   magic b"SCLCKPT2"
+    8 bytes   uint64 seal: 0 SHA-256, 1 HMAC-SHA256 under the checkpoint key
     8 bytes   uint64 length J of the JSON section
     8 bytes   uint64 length T of the tensor section
-    32 bytes  SHA-256 of the JSON section followed by the tensor section
+    32 bytes  the seal of the first 32 header bytes, the JSON section and the tensor section
     J bytes   JSON (UTF-8): offsets, loop state, learner name and config, counters
-    T bytes   the learner state as safetensors (learners/state/safetensors_io.py); no pickle anywhere
+    T bytes   the learner state as safetensors (learners/state/safetensors_io.py)
+
+Trust: JSON and safetensors run no code when parsed, but a river model or a river drift
+detector has no form other than a pickle (learners/state/sealed_pickle.py), and unpickling runs
+what the pickle names. So a daemon whose state holds such pickles must be given a key (env var
+``STREAMCL_CHECKPOINT_KEY`` or a key file, stream/daemon/checkpoint_key.py), signs every
+checkpoint with it, and reads none whose HMAC does not verify: the seal is checked on the raw
+bytes before a single byte is parsed, so a checkpoint planted by someone without the key is
+refused without running anything. Without a key, checkpoints carry a SHA-256 digest (damage
+detection) and a signed one is refused; a keyless daemon never unpickles (its learner and loop
+hold none), so what it loads is data only. Format 1 (``SCLCKPT1``: the same without the seal
+field, always SHA-256), written before checkpoint keys existed, is read by keyless stores only.
 
 Writing is atomic: a temporary file in the same directory is written, fsynced, renamed over the
 final name and the directory fsynced, so a crash leaves either the old or the new checkpoint,
 never half of one. The newest ``keep`` checkpoints are kept; on start the newest whose length
-and checksum are right is loaded, and a corrupt or truncated newer one is reported and skipped.
+and seal are right is offered first, and a corrupt, truncated or forged newer one is reported
+and skipped. A lock file (``flock``) keeps a second daemon off the directory.
+
+:class:`CheckpointStore` is the one writer and reader of checkpoint files; anything that
+checkpoints (a daemon, a rank of a scaled-out run) goes through it.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
+import hmac
 import json
 import os
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import structlog
 
 from learners.state.learner_state import LearnerState
 from learners.state.safetensors_io import state_from_bytes, state_to_bytes
 
-MAGIC = b"SCLCKPT1"
-_HEADER = struct.Struct("<8sQQ32s")
+MAGIC = b"SCLCKPT2"
+_OLD_MAGIC = b"SCLCKPT1"
+_OLD_HEADER = struct.Struct("<8sQQ32s")
+_HEADER = struct.Struct("<8sQQQ32s")
+_SHA256, _HMAC = 0, 1
+_LOCK_NAME = ".lock"
 _NAME = re.compile(r"^checkpoint-(\d{12})\.sclckpt$")
 _TEMP_PREFIX = ".checkpoint-"
 
@@ -50,7 +74,11 @@ class CheckpointError(ValueError):
 
 
 class CorruptCheckpoint(ValueError):
-    """One checkpoint file that fails its length or checksum test."""
+    """One checkpoint file that fails its length or seal test."""
+
+
+class CheckpointLocked(CheckpointError):
+    """Another process holds the checkpoint directory's lock."""
 
 
 @dataclass
@@ -63,47 +91,125 @@ class Checkpoint:
     path: Path
 
 
-def encode(meta: dict[str, Any], learner: LearnerState) -> bytes:
-    """The bytes of one checkpoint file."""
+def _seal(key: bytes | None, *parts: bytes) -> bytes:
+    digest = hmac.new(key, digestmod=hashlib.sha256) if key else hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.digest()
+
+
+def encode(meta: dict[str, Any], learner: LearnerState, key: bytes | None = None) -> bytes:
+    """The bytes of one checkpoint file, signed with ``key`` when one is given."""
     body = json.dumps(meta, separators=(",", ":")).encode()
     tensors = state_to_bytes(learner)
-    digest = hashlib.sha256()
-    digest.update(body)
-    digest.update(tensors)
-    return _HEADER.pack(MAGIC, len(body), len(tensors), digest.digest()) + body + tensors
+    mode = _HMAC if key else _SHA256
+    prefix = _HEADER.pack(MAGIC, mode, len(body), len(tensors), b"")[:32]
+    return prefix + _seal(key, prefix, body, tensors) + body + tensors
 
 
-def decode(data: bytes, where: str = "checkpoint") -> tuple[dict[str, Any], LearnerState]:
-    """The JSON section and learner state of a checkpoint file's bytes."""
+def decode(
+    data: bytes, where: str = "checkpoint", key: bytes | None = None
+) -> tuple[dict[str, Any], LearnerState]:
+    """The JSON section and learner state of a checkpoint file's bytes, parsed only once the
+    seal (with ``key``: the HMAC) verified."""
+    if data[:8] == _OLD_MAGIC:
+        if key:
+            raise CorruptCheckpoint(
+                f"{where}: checkpoint format 1 (an older streamcl) is unsigned; a daemon with a "
+                "checkpoint key reads only checkpoints signed with it"
+            )
+        return _decode_format_1(data, where)
     if len(data) < _HEADER.size:
         raise CorruptCheckpoint(f"{where}: {len(data)} bytes, shorter than the header (truncated)")
-    magic, body_size, tensor_size, checksum = _HEADER.unpack_from(data)
+    magic, mode, body_size, tensor_size, seal = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise CorruptCheckpoint(f"{where}: not a streamcl checkpoint (magic {magic!r})")
+    if mode not in (_SHA256, _HMAC):
+        raise CorruptCheckpoint(f"{where}: unknown seal {mode}")
     expected = _HEADER.size + body_size + tensor_size
     if len(data) != expected:
         raise CorruptCheckpoint(
             f"{where}: {len(data)} bytes, the header says {expected} (truncated?)"
         )
+    if key and mode != _HMAC:
+        raise CorruptCheckpoint(f"{where}: unsigned, but a checkpoint key is configured")
+    if not key and mode == _HMAC:
+        raise CorruptCheckpoint(f"{where}: signed; give the daemon its checkpoint key to load it")
     body = data[_HEADER.size : _HEADER.size + body_size]
     tensors = data[_HEADER.size + body_size :]
-    digest = hashlib.sha256()
-    digest.update(body)
-    digest.update(tensors)
-    if digest.digest() != checksum:
+    if not hmac.compare_digest(_seal(key, data[:32], body, tensors), seal):
+        problem = "HMAC does not verify under the configured key" if key else "checksum mismatch"
+        raise CorruptCheckpoint(f"{where}: {problem} (corrupt or forged)")
+    try:
+        return json.loads(body), state_from_bytes(tensors)
+    except Exception as exc:  # a sealed but malformed section (a bug, or our key leaked)
+        raise CorruptCheckpoint(
+            f"{where}: unreadable content: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _decode_format_1(data: bytes, where: str) -> tuple[dict[str, Any], LearnerState]:
+    """A checkpoint of streamcl before checkpoint keys (a SHA-256 over JSON and safetensors),
+    so that a keyless daemon resumes the model it had; its content is data only."""
+    if len(data) < _OLD_HEADER.size:
+        raise CorruptCheckpoint(f"{where}: {len(data)} bytes, shorter than the header (truncated)")
+    _, body_size, tensor_size, checksum = _OLD_HEADER.unpack_from(data)
+    if len(data) != _OLD_HEADER.size + body_size + tensor_size:
+        raise CorruptCheckpoint(
+            f"{where}: {len(data)} bytes, not what the header says (truncated?)"
+        )
+    body = data[_OLD_HEADER.size : _OLD_HEADER.size + body_size]
+    tensors = data[_OLD_HEADER.size + body_size :]
+    if not hmac.compare_digest(_seal(None, body, tensors), checksum):
         raise CorruptCheckpoint(f"{where}: checksum mismatch (corrupt)")
-    return json.loads(body), state_from_bytes(tensors)
+    try:
+        return json.loads(body), state_from_bytes(tensors)
+    except Exception as exc:
+        raise CorruptCheckpoint(
+            f"{where}: unreadable content: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 class CheckpointStore:
     """The checkpoints of one daemon, in one directory."""
 
-    def __init__(self, directory: str | Path, keep: int = 3) -> None:
+    def __init__(self, directory: str | Path, keep: int = 3, key: bytes | None = None) -> None:
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         self.directory = Path(directory)
         self.keep = keep
+        self.key = key
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock: IO[str] | None = None
+
+    def lock(self, name: str = _LOCK_NAME) -> None:
+        """Take the directory's lock ``name`` (one per writer: a rank of a scaled-out daemon has
+        its own), or raise :class:`CheckpointLocked` when another process holds it (released by
+        :meth:`unlock` or when the process ends, even by ``kill -9``)."""
+        handle = (self.directory / name).open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                handle.close()
+                raise
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise CheckpointLocked(
+                f"checkpoint.dir {self.directory} is in use by another streamcl daemon "
+                f"(pid {holder}); give each daemon its own directory"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock = handle
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the flock
+            self._lock = None
 
     def remove_interrupted_writes(self) -> None:
         """Delete temporary files: writes that a crash interrupted before their rename (call it
@@ -126,7 +232,7 @@ class CheckpointStore:
         sequence = files[0][0] + 1 if files else 1
         path = self.directory / f"checkpoint-{sequence:012d}.sclckpt"
         temp = self.directory / f"{_TEMP_PREFIX}{sequence:012d}.tmp"
-        data = encode({**meta, "sequence": sequence}, learner)
+        data = encode({**meta, "sequence": sequence}, learner, self.key)
         with temp.open("wb") as out:
             out.write(data)
             out.flush()
@@ -137,31 +243,40 @@ class CheckpointStore:
             old.unlink()
         return path
 
-    def latest(self) -> Checkpoint | None:
-        """The newest valid checkpoint; None if there is none at all.
-
-        Raises :class:`CheckpointError` when checkpoint files exist but none is valid: starting
-        from scratch then would silently throw away everything learned.
-        """
-        problems = []
+    def candidates(self) -> Iterator[Checkpoint]:
+        """Every checkpoint whose length and seal are right, newest first (a bad one is logged
+        and skipped). The caller restores the first it can use and asks for the next when the
+        content of one turns out unusable."""
         for sequence, path in self.files():
             try:
                 data = path.read_bytes()
             except FileNotFoundError:
                 continue  # pruned by the writer since it was listed
             try:
-                meta, learner = decode(data, str(path))
+                meta, learner = decode(data, str(path), self.key)
             except CorruptCheckpoint as exc:
                 log.warning("checkpoint_skipped", path=str(path), problem=str(exc))
-                problems.append(str(exc))
                 continue
-            return Checkpoint(sequence, meta, learner, path)
-        if problems:
+            yield Checkpoint(sequence, meta, learner, path)
+
+    def latest(self) -> Checkpoint | None:
+        """The newest valid checkpoint; None if there is none at all.
+
+        Raises :class:`CheckpointError` when checkpoint files exist but none is valid: starting
+        from scratch then would silently throw away everything learned.
+        """
+        for checkpoint in self.candidates():
+            return checkpoint
+        self.refuse_if_any("none has a valid seal")
+        return None
+
+    def refuse_if_any(self, problem: str) -> None:
+        """Raise :class:`CheckpointError` if checkpoint files exist (none of which was usable)."""
+        if self.files():
             raise CheckpointError(
-                f"no valid checkpoint in {self.directory}: {'; '.join(problems)}; "
+                f"no usable checkpoint in {self.directory}: {problem} (see the log); "
                 "move these files away to start from scratch"
             )
-        return None
 
 
 def _fsync_directory(directory: Path) -> None:

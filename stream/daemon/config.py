@@ -21,6 +21,7 @@ Every error names the failing field, e.g. ``kafka.topic: Field required``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from learners.registry import describe_validation_error
 from stream.cli.config_file import load_config_file
 from stream.engine.event_loop import LoopConfig
+from stream.sources.kafka_options import resolve_secrets
 
 
 class ServeConfigError(ValueError):
@@ -70,7 +72,8 @@ class KafkaConfig(_Section):
     retry_backoff_max_seconds: float = Field(30.0, gt=0, description="longest wait between retries")
     options: dict[str, Any] = Field(
         default_factory=dict,
-        description="passed to the client as they are (librdkafka names or KafkaConsumer args)",
+        description="given to every Kafka client (consumer, dead-letter producer, admin): "
+        "librdkafka names or kafka-python args; <name>_file / <name>_env read a secret",
     )
 
     @field_validator("bootstrap")
@@ -136,6 +139,15 @@ class CheckpointConfig(_Section):
     )
     every_seconds: float = Field(60.0, gt=0, description="and at least this often while learning")
     keep: int = Field(3, ge=1, description="checkpoints kept; older ones are deleted")
+    key_file: Path | None = Field(
+        None,
+        description="file holding the HMAC key that signs checkpoints (or env "
+        "STREAMCL_CHECKPOINT_KEY); required when the state holds river objects",
+    )
+    history_file_bytes: int = Field(
+        64 << 20, gt=0, description="evaluation history: a file is rotated at this size"
+    )
+    history_files: int = Field(16, ge=1, description="evaluation history files kept")
 
 
 class DeadLetterConfig(_Section):
@@ -170,6 +182,29 @@ class MetricsConfig(_Section):
     stall_seconds: float = Field(
         120.0, gt=0, description="/healthz fails after this long without a poll or a batch"
     )
+    request_timeout_seconds: float = Field(
+        10.0, gt=0, description="a request must arrive whole within this time"
+    )
+    max_connections: int = Field(128, ge=1, description="open connections at most")
+    tls_cert_file: Path | None = Field(None, description="PEM certificate chain: serve HTTPS")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")
+    auth: Literal["none", "bearer", "basic"] = Field(
+        "none", description="who may scrape: a bearer token or a basic-auth user"
+    )
+    username: str | None = Field(None, description="the basic-auth user")
+    secret_file: Path | None = Field(
+        None,
+        description="file with the bearer token or basic-auth password "
+        "(or env STREAMCL_METRICS_SECRET)",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MetricsConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("give both tls_cert_file and tls_key_file, or neither")
+        if (self.auth == "basic") != (self.username is not None):
+            raise ValueError("username goes with auth 'basic', and auth 'basic' needs it")
+        return self
 
 
 class PredictionsConfig(_Section):
@@ -226,6 +261,12 @@ class ServeConfig(_Section):
         if self.problem is None and self.evaluation is None:
             raise ValueError("give [problem] or an [evaluation] dataset to take the problem from")
         return self
+
+
+def resolve_kafka_secrets(config: ServeConfig, environ: Mapping[str, str]) -> ServeConfig:
+    """``config`` with its Kafka options' ``*_file`` / ``*_env`` secrets read (at the edge)."""
+    options = resolve_secrets(config.kafka.options, environ)
+    return config.model_copy(update={"kafka": config.kafka.model_copy(update={"options": options})})
 
 
 def load_serve_config(path: str | Path) -> ServeConfig:

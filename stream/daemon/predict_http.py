@@ -7,7 +7,9 @@ each sample is checked exactly as a prediction request on the topic is
     {"predictions": [{"id": 17, "predicted": {"label": 3}, "scores": {...}, "position": 1234}],
      "position": 1234, "latency_seconds": 0.0008}
 
-A bad request is refused whole: 400 (413 for too many samples) with ``{"error": REASON,
+It is a route of the metrics endpoint (stream/observe/http_endpoint.py), behind the same
+connection limits, TLS and authentication as ``/metrics``. A bad request is refused whole: 400
+(413 for too many samples or bytes) with ``{"error": REASON,
 "detail": "sample 3: ..."}``. HTTP predictions change nothing: they are not kept for labels and
 not published (requests that want both go through the topic). They are counted in
 ``streamcl_predictions_total{source="http"}`` and timed in
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stream.engine.serving import ServingLoop
-from stream.observe.http_endpoint import PostRoute
+from stream.observe.http_endpoint import MetricsServer, Request, Response
 from stream.observe.serving_telemetry import ServingTelemetry
 from stream.sinks.predictions import prediction_json
 from stream.sources.serving_wire import ServingDecoder
@@ -45,6 +47,7 @@ class PredictHandler:
         level_names: Sequence[str],
         top_k: int | None,
         max_samples: int,
+        max_bytes: int = 4 << 20,
     ) -> None:
         self.serving = serving
         self.decoder = decoder
@@ -52,10 +55,20 @@ class PredictHandler:
         self.level_names = level_names
         self.top_k = top_k
         self.max_samples = max_samples
+        self.max_bytes = max_bytes
+
+    def route(self, request: Request) -> Response:
+        """The endpoint's route (stream/observe/http_endpoint.py: limits, TLS and auth apply)."""
+        status, body = self(request.body)
+        return Response(status, "application/json", body)
 
     def __call__(self, body: bytes) -> tuple[int, bytes]:
         started = time.perf_counter()
         try:
+            if len(body) > self.max_bytes:
+                raise InvalidMessage(
+                    "oversized", f"{len(body)} bytes, the limit is {self.max_bytes}"
+                )
             ids, x = self.parse(body)
         except InvalidMessage as exc:
             self.metrics.http_errors.labels(reason=exc.reason).inc()
@@ -115,12 +128,12 @@ def _json(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
-def predict_routes(daemon: Daemon) -> dict[str, PostRoute]:
-    """``{"/predict": route}`` for a daemon that serves over HTTP; empty otherwise."""
+def add_predict_route(server: MetricsServer, daemon: Daemon) -> None:
+    """``POST /predict`` on ``server`` when ``daemon`` serves over HTTP."""
     service = daemon.predictions
     config = daemon.config.predictions
     if service is None or config is None or not config.http:
-        return {}
+        return
     assert isinstance(daemon.decoder, ServingDecoder)  # a serving daemon decodes requests
     handler = PredictHandler(
         service.serving,
@@ -129,5 +142,6 @@ def predict_routes(daemon: Daemon) -> dict[str, PostRoute]:
         daemon.problem.level_names,
         config.top_k,
         config.http_max_samples,
+        config.http_max_bytes,
     )
-    return {"/predict": PostRoute(config.http_max_bytes, handler)}
+    server.add_route("POST", "/predict", handler.route)

@@ -44,22 +44,13 @@ log = structlog.get_logger("streamcl.predictions")
 class PredictionService:
     """Requests, labels and labelled samples of the daemon's topic, through one serving loop."""
 
-    def __init__(
-        self, config: ServeConfig, loop: EventLoop, problem: Problem, telemetry: Telemetry
-    ) -> None:
+    def __init__(self, config: ServeConfig, problem: Problem, telemetry: Telemetry) -> None:
+        """The daemon attaches its event loop (:meth:`attach`) before any message comes."""
         assert config.predictions is not None
         self.config: PredictionsConfig = config.predictions
         self.topic = config.kafka.topic
         self.batch_size = config.loop.batch_size
         self.level_names = problem.level_names
-        self.serving = ServingLoop(
-            loop,
-            LabelJoin(
-                self.config.max_pending,
-                self.config.max_age_seconds,
-                self.config.max_pending_bytes,
-            ),
-        )
         self.metrics = ServingTelemetry(telemetry)
         kafka = config.kafka
         self.sink = PredictionSink(
@@ -70,6 +61,17 @@ class PredictionService:
         self.published_from: dict[int, int] = {}
         self.recovered: dict[str, dict[str, Any]] | None = None
         self._expired_counted = 0
+
+    def attach(self, loop: EventLoop) -> None:
+        """Serve with ``loop`` (again when the daemon rebuilds its model), an empty window."""
+        self.serving = ServingLoop(
+            loop,
+            LabelJoin(
+                self.config.max_pending,
+                self.config.max_age_seconds,
+                self.config.max_pending_bytes,
+            ),
+        )
 
     # -- checkpoints ----------------------------------------------------------------------
 

@@ -71,9 +71,10 @@ class ScaleOutDaemon(Daemon):
         world: World,
         source_factory: ChosenSourceFactory = open_source,
         collectives: Collectives | None = None,
+        checkpoint_key: bytes | None = None,
     ) -> None:
         """Joins the process group torchrun set up, unless ``collectives`` are given (tests run
-        ranks as threads that way)."""
+        ranks as threads that way); ``checkpoint_key`` signs and verifies the shards."""
         drift = config.loop.drift
         if drift is not None and drift.action is not DriftAction.NONE:
             # A detection is one rank's view of its own partitions; acting on it would change
@@ -89,13 +90,19 @@ class ScaleOutDaemon(Daemon):
             join(world, device, config.sync.timeout_seconds)
             collectives = Collectives(world, device)
         self.collectives = collectives
-        self.aligned = AlignedCheckpoints(config.checkpoint.dir, config.checkpoint.keep)
+        self.aligned = AlignedCheckpoints(
+            config.checkpoint.dir, config.checkpoint.keep, checkpoint_key
+        )
         self._shard: Shard | None = None
         self._resume_offsets: dict[int, int] = {}
         self.epoch = 0
         self.partitions: list[int] | None = None
         self.choosing_source_factory = source_factory
-        super().__init__(config, Telemetry(registry=RankLabelledRegistry(world.rank)))
+        super().__init__(
+            config,
+            Telemetry(registry=RankLabelledRegistry(world.rank)),
+            checkpoint_key=checkpoint_key,
+        )
         if world.rank != 0:
             self.loop.evaluator = None  # the global model's anytime accuracy comes from rank 0
         self.statistics: StatisticsSync | None = None
@@ -117,6 +124,12 @@ class ScaleOutDaemon(Daemon):
         self._last_sync = time.monotonic()
 
     # -- resume -------------------------------------------------------------------------------
+
+    def _lock_name(self) -> str:
+        return f".lock.rank-{self.world.rank}"
+
+    def _history_dir(self) -> Path:
+        return super()._history_dir() / f"rank-{self.world.rank}"
 
     def _resume(self) -> Checkpoint | None:
         if self.world.rank == 0:
@@ -150,6 +163,11 @@ class ScaleOutDaemon(Daemon):
             self.loop.load_state_dict(own.meta["loop"])
             self.messages = int(own.meta["counters"]["messages"])
             self.invalid = Counter({k: int(v) for k, v in own.meta["counters"]["invalid"].items()})
+            history = own.meta.get("history_position")
+            if history is not None:
+                self._history_at = {"file": int(history["file"]), "bytes": int(history["bytes"])}
+            self._telemetry_observer.restore(self.loop)
+            self.telemetry.restore_invalid_messages(dict(self.invalid))
         self._resume_offsets = {int(p): int(o) for p, o in manifest["offsets"].items()}
         self.checkpointed_samples = self.loop.samples_seen
         self._shard = own
@@ -316,7 +334,9 @@ class ScaleOutDaemon(Daemon):
         entry = None
         try:
             self.dead_letters.sync()
+            self.history.sync()
             meta["dead_letter_position"] = self.dead_letters.position()
+            meta["history_position"] = self.history.position()
             learner = self.learner.state_dict() if carries_learner else None
             entry = self.aligned.write_shard(epoch, self.world.rank, meta, learner)
         except (OSError, SinkError) as exc:

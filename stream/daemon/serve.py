@@ -12,12 +12,17 @@ One iteration of the loop:
 5. report the consumer lag every few seconds, from the end offsets the fetches carry; when no
    record has come for a while, ask the broker (stream/daemon/broker_watch.py).
 
-The checkpoint is the only source of truth for offsets. On start the latest valid checkpoint is
-loaded; whenever the group assigns partitions, each one is sought to the position the daemon
-has learned up to, which after a restart is the checkpoint's. So a ``kill -9`` at any point
-costs only re-learning what came after the last checkpoint, into a model restored to exactly
-that point: every message is learned exactly once. ``stop()`` (SIGTERM/SIGINT) ends the loop
-after the current batch, and ``run`` writes a final checkpoint before it returns.
+The checkpoint is the only source of truth for offsets. On start the directory is locked (a
+second daemon on it exits 2), and the newest checkpoint whose seal verifies and whose content
+this daemon can use is loaded (stream/daemon/checkpoint.py: a state holding river objects
+requires the checkpoint key); every metric is set from it before the first poll. The loop keeps
+running aggregates; each evaluation is appended to the history files next to the checkpoints
+(stream/daemon/evaluation_history.py). Whenever the group assigns partitions, each one is
+sought to the position the daemon has learned up to, which after a restart is the
+checkpoint's. So a ``kill -9`` at any point costs only re-learning what came after the last
+checkpoint, into a model restored to exactly that point: every message is learned exactly once.
+``stop()`` (SIGTERM/SIGINT) ends the loop after the current batch, and ``run`` writes a final
+checkpoint before it returns.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -33,9 +39,12 @@ import torch
 
 from learners import registry
 from learners.base import Learner, Problem
+from learners.state.sealed_pickle import holds_sealed_pickles
 from stream.daemon.broker_watch import BrokerWatch
 from stream.daemon.checkpoint import Checkpoint, CheckpointError, CheckpointStore
+from stream.daemon.checkpoint_key import ENV_VAR
 from stream.daemon.config import ServeConfig, ServeConfigError
+from stream.daemon.evaluation_history import EvaluationHistory
 from stream.daemon.predictions import PredictionService
 from stream.data.datasets import load_dataset
 from stream.engine.device import resolve_device
@@ -59,7 +68,12 @@ from stream.sources.wire import Decoder, InvalidMessage, Samples
 
 log = structlog.get_logger("streamcl.serve")
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+# Format 1 (no evaluation history, the loop's whole history in its state) is migrated on load.
+_READABLE_FORMATS = (1, CHECKPOINT_FORMAT)
+# What a checkpoint's content can raise when it does not fit (a bug or a format change, under a
+# valid seal): that checkpoint is skipped for the one before it.
+_UNUSABLE = (KeyError, IndexError, TypeError, ValueError, RuntimeError)
 SourceFactory = Callable[[Any, AssignHandler, ErrorHandler], KafkaSource]
 
 
@@ -103,32 +117,63 @@ class Daemon:
         config: ServeConfig,
         telemetry: Telemetry | None = None,
         source_factory: SourceFactory = open_source,
+        checkpoint_key: bytes | None = None,
     ) -> None:
+        """``checkpoint_key`` signs and verifies checkpoints (read at the edge:
+        stream/daemon/checkpoint_key.py)."""
         self.config = config
         self.topic = config.kafka.topic
         self.telemetry = telemetry or Telemetry()
         self.source_factory = source_factory
         if config.learner.threads is not None:
             torch.set_num_threads(config.learner.threads)
-        self.problem, evaluator = build_problem(config)
-        name = config.learner.name
+        self.problem, self._evaluator = build_problem(config)
+        self.predictions: PredictionService | None = None
+        if config.predictions is not None:
+            self.predictions = PredictionService(config, self.problem, self.telemetry)
+        self._build_model()
+        if checkpoint_key is None and (
+            holds_sealed_pickles(self.learner.state_dict().meta)
+            or holds_sealed_pickles(self.loop.state_dict())
+        ):
+            raise ServeConfigError(
+                f"learner {config.learner.name!r}"
+                f"{' with drift detection' if config.loop.drift is not None else ''} "
+                f"checkpoints Python objects (river); set {ENV_VAR} or checkpoint.key_file "
+                "so that only checkpoints signed with that key are loaded"
+            )
+        decoder = Decoder(self.problem, config.messages.format, config.messages.max_bytes)
+        self.decoder: Decoder | ServingDecoder = decoder
+        if self.predictions is not None:
+            self.decoder = ServingDecoder(decoder)
+        self.store = CheckpointStore(config.checkpoint.dir, config.checkpoint.keep, checkpoint_key)
+        self.store.lock(self._lock_name())
+        try:
+            self._start()
+        except BaseException:
+            self.store.unlock()
+            raise
+
+    def _build_model(self) -> None:
+        """A fresh learner and event loop (again after an unusable checkpoint touched them)."""
+        config, name = self.config, self.config.learner.name
         self.learner: Learner = registry.create(
             name, self.problem, config.learner.options, resolve_device(config.learner.device)
         )
+        self._telemetry_observer = self.telemetry.observer(name)
         self.loop = EventLoop(
             self.learner,
             self.problem,
             config.loop,
-            evaluator=evaluator,
-            observers=[self.telemetry.observer(name), LoopLogger(name)],
+            evaluator=self._evaluator,
+            observers=[self._telemetry_observer, LoopLogger(name)],
+            keep_history=False,
         )
-        decoder = Decoder(self.problem, config.messages.format, config.messages.max_bytes)
-        self.decoder: Decoder | ServingDecoder = decoder
-        self.predictions: PredictionService | None = None
-        if config.predictions is not None:
-            self.predictions = PredictionService(config, self.loop, self.problem, self.telemetry)
-            self.decoder = ServingDecoder(decoder)
-        self.store = CheckpointStore(config.checkpoint.dir, config.checkpoint.keep)
+        if self.predictions is not None:
+            self.predictions.attach(self.loop)
+
+    def _start(self) -> None:
+        config = self.config
         self.store.remove_interrupted_writes()
         # Next offset to learn, per partition: what the model has seen, checkpointed or not.
         self.positions: dict[int, int] = {}
@@ -136,7 +181,16 @@ class Daemon:
         self.invalid: Counter[str] = Counter()
         self.checkpointed_positions: dict[int, int] = {}
         self.checkpointed_samples = 0
+        # without a checkpoint, history lines are of a run that starts over
+        self._history_at = {"file": 1, "bytes": 0}
         checkpoint = self._resume()
+        self.history = EvaluationHistory(
+            self._history_dir(),
+            config.checkpoint.history_file_bytes,
+            config.checkpoint.history_files,
+            resume_at=self._history_at,
+        )
+        self.loop.observers.append(self.history)
         self.dead_letters = self._open_dead_letters(checkpoint)
         self.watch = BrokerWatch(
             self.telemetry,
@@ -148,6 +202,37 @@ class Daemon:
         self._stop = threading.Event()
         self._last_checkpoint = time.monotonic()
         self._next_lag_report = time.monotonic()
+
+    def _lock_name(self) -> str:
+        """The lock file that keeps a second writer of these checkpoints off the directory."""
+        return ".lock"
+
+    def _history_dir(self) -> Path:
+        return self.config.checkpoint.dir / "history"
+
+    def _resume(self) -> Checkpoint | None:
+        """Restore the newest usable checkpoint and set the metrics from it; returns it (the
+        dead letters resume from it), None if there is no checkpoint at all
+        (:class:`CheckpointError` if there are only unusable ones)."""
+        for checkpoint in self.store.candidates():
+            try:
+                self._restore(checkpoint)
+            except CheckpointError:
+                raise
+            except _UNUSABLE as exc:
+                log.warning(
+                    "checkpoint_unusable",
+                    path=str(checkpoint.path),
+                    problem=f"{type(exc).__name__}: {exc}",
+                )
+                self._build_model()
+                continue
+            self._telemetry_observer.restore(self.loop)
+            self.telemetry.restore_invalid_messages(dict(self.invalid))
+            self.telemetry.checkpoint_written(float(checkpoint.meta["created"]))
+            return checkpoint
+        self.store.refuse_if_any("none has both a valid seal and usable content")
+        return None
 
     # -- set up -------------------------------------------------------------------------------
 
@@ -161,15 +246,13 @@ class Daemon:
             "num_classes": list(self.problem.num_classes),
         }
 
-    def _resume(self) -> Checkpoint | None:
-        """Restore the latest checkpoint, if any; returns it (the dead letters resume from it)."""
-        checkpoint = self.store.latest()
-        if checkpoint is not None:
-            self._restore(checkpoint)
-        return checkpoint
-
     def _restore(self, checkpoint: Checkpoint) -> None:
         meta = checkpoint.meta
+        version = meta.get("streamcl_checkpoint")
+        if version not in _READABLE_FORMATS:
+            raise ValueError(
+                f"checkpoint format {version!r}, this daemon reads {_READABLE_FORMATS}"
+            )
         saved = meta.get("identity", {})
         for key, value in self._identity().items():
             if saved.get(key) != value:
@@ -177,13 +260,18 @@ class Daemon:
                     f"{checkpoint.path} was written for {key}={saved.get(key)!r}, "
                     f"the config asks for {value!r}; use another checkpoint.dir for a new model"
                 )
+        positions = {int(p): int(o) for p, o in meta["offsets"].items()}
+        messages = int(meta["counters"]["messages"])
+        invalid = Counter({str(k): int(v) for k, v in meta["counters"]["invalid"].items()})
+        # format 1 kept no history file: the history starts with this run
+        history = meta["history_position"] if version > 1 else {"file": 1, "bytes": 0}
+        history_at = {"file": int(history["file"]), "bytes": int(history["bytes"])}
         self.learner.load_state_dict(checkpoint.learner)
         self.loop.load_state_dict(meta["loop"])
         if self.predictions is not None and "serving" in meta:
             self.predictions.restore(meta["serving"])
-        self.positions = {int(p): int(o) for p, o in meta["offsets"].items()}
-        self.messages = int(meta["counters"]["messages"])
-        self.invalid = Counter({k: int(v) for k, v in meta["counters"]["invalid"].items()})
+        self.positions, self.messages, self.invalid = positions, messages, invalid
+        self._history_at = history_at
         self.checkpointed_positions = dict(self.positions)
         self.checkpointed_samples = self.loop.samples_seen
         log.info(
@@ -202,7 +290,7 @@ class Daemon:
         assert target.topic is not None
         kafka = self.config.kafka
         return TopicDeadLetters(
-            lambda: open_sink(kafka.client, kafka.bootstrap), target.topic, limit
+            lambda: open_sink(kafka.client, kafka.bootstrap, kafka.options), target.topic, limit
         )
 
     # -- the loop -----------------------------------------------------------------------------
@@ -237,13 +325,16 @@ class Daemon:
             self.source = self.source_factory(self.config.kafka, self._assigned, self._client_error)
 
     def close(self) -> None:
-        """Leave the group and close the dead-letter sink (no checkpoint: see :meth:`run`)."""
+        """Leave the group, close the dead-letter sink and the history, release the checkpoint
+        directory (no checkpoint: see :meth:`run`)."""
         if self.source is not None:
             self.source.close()
             self.source = None
         self.dead_letters.close()
+        self.history.close()
         if self.predictions is not None:
             self.predictions.close()
+        self.store.unlock()
 
     def step(self) -> None:
         """One poll: learn what came, checkpoint and probe when due."""
@@ -329,6 +420,7 @@ class Daemon:
         self._last_checkpoint = time.monotonic()
         try:
             self.dead_letters.sync()
+            self.history.sync()
             serving = None if self.predictions is None else self.predictions.checkpoint_state()
             meta = {
                 "streamcl_checkpoint": CHECKPOINT_FORMAT,
@@ -338,6 +430,7 @@ class Daemon:
                 "offsets": {str(p): o for p, o in sorted(self.positions.items())},
                 "loop": self.loop.state_dict(),
                 "dead_letter_position": self.dead_letters.position(),
+                "history_position": self.history.position(),
                 "counters": {
                     "messages": self.messages,
                     "samples": self.loop.samples_seen,
@@ -352,7 +445,7 @@ class Daemon:
             return
         self.checkpointed_positions = dict(self.positions)
         self.checkpointed_samples = self.loop.samples_seen
-        self.telemetry.checkpoint_written()
+        self.telemetry.checkpoint_written(meta["created"])
         log.info(
             "checkpoint_written",
             path=str(path),

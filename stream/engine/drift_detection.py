@@ -151,9 +151,11 @@ class DriftMonitor:
             )
         return found
 
-    def state_dict(self, key: bytes | None = None) -> dict[str, Any]:
-        """Counts and positions as JSON; the detector as a sealed pickle in base64."""
-        data, sealed = seal(self.detector, key)
+    def state_dict(self) -> dict[str, Any]:
+        """Counts and positions as JSON; the detector as a sealed pickle in base64 (river's
+        detectors have no other form; a checkpoint holding one must be signed, see
+        stream/daemon/checkpoint.py)."""
+        data, sealed = seal(self.detector)
         return {
             "events": self.events,
             "positions": list(self.positions),
@@ -161,8 +163,8 @@ class DriftMonitor:
             "sealed": sealed,
         }
 
-    def load_state_dict(self, state: dict[str, Any], key: bytes | None = None) -> None:
-        detector = unseal(base64.b64decode(state["detector"]), state["sealed"], key)
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        detector = unseal(base64.b64decode(state["detector"]), state["sealed"])
         if type(detector) is not type(self.detector):
             raise ValueError(
                 f"checkpointed drift detector is {type(detector).__name__}, "

@@ -40,6 +40,7 @@ from stream.engine import metrics
 from stream.engine.batch import Batch
 from stream.engine.drift_detection import DriftConfig, DriftConfigError, DriftMonitor
 from stream.engine.evaluation import AnytimeEvaluator, Evaluation
+from stream.engine.evaluation_aggregates import EvaluationAggregates
 from stream.engine.seen_classes import SeenClasses
 from stream.engine.validation import validate_batch
 
@@ -62,6 +63,9 @@ class LoopConfig(BaseModel):
         description="rolling prequential accuracy windows",
     )
     eval_batch_size: int = Field(512, gt=0)
+    recent_evaluations: int = Field(
+        16, gt=0, description="evaluations a daemon keeps in memory and checkpoints"
+    )
     drift: DriftConfig | None = Field(
         None, description="drift detection on prequential errors; null: off"
     )
@@ -101,10 +105,11 @@ class EventLoop:
         num_tasks: int | None = None,
         observers: Sequence[Observer] = (),
         learner_name: str | None = None,
-        checkpoint_key: bytes | None = None,
+        keep_history: bool = True,
     ) -> None:
-        """``learner_name`` labels logs (default ``learner.name``); ``checkpoint_key`` signs the
-        drift detector's state in :meth:`state_dict` (given at the edge, like a learner's)."""
+        """``learner_name`` labels logs (default ``learner.name``); ``keep_history``: keep every
+        evaluation in memory (a finite run, whose results list the curve), or only running
+        aggregates (a daemon; stream/engine/evaluation_aggregates.py)."""
         self.learner = learner
         self.problem = problem
         self.config = config or LoopConfig()
@@ -118,7 +123,6 @@ class EventLoop:
         self.pending_updates = 0.0
         self.next_eval = self.config.eval_period or 0
         self.prequential = metrics.PrequentialAccuracy(self.config.prequential_windows)
-        self.checkpoint_key = checkpoint_key
         self._sequential = learner if isinstance(learner, SequentialLearner) else None
         self.drift: DriftMonitor | None = None
         if self.config.drift is not None:
@@ -130,10 +134,9 @@ class EventLoop:
                     f"{action.value!r} (it supports: {supported})"
                 )
             self.drift = DriftMonitor(self.config.drift, learner_name or learner.name)
-        self.curve: list[Evaluation] = []
-        self.task_ends: list[Evaluation] = []
-        self.best_class_accuracy = [np.zeros(k) for k in problem.num_classes]
-        self.last_evaluation: Evaluation | None = None
+        self.evaluations = EvaluationAggregates(
+            problem.num_classes, keep_history, self.config.recent_evaluations
+        )
         self.learn_seconds = 0.0
         self.finished = False
 
@@ -298,42 +301,43 @@ class EventLoop:
         if evaluation is None:
             return
         for _ in range(first + 1, through + 1):
-            self.task_ends.append(evaluation)
+            self.evaluations.add(evaluation, "task_end", repeated=True)
 
     def _evaluate(self, kind: str) -> Evaluation | None:
         if self.evaluator is None:
             return None
         evaluation = self.evaluator.evaluate(self.learner, self.seen, self.samples_seen)
-        if kind == "periodic":
-            self.curve.append(evaluation)
-        else:
-            self.task_ends.append(evaluation)
-        for level, per_class in enumerate(evaluation.class_accuracy):
-            np.maximum(
-                self.best_class_accuracy[level], per_class, out=self.best_class_accuracy[level]
-            )
-        self.last_evaluation = evaluation
+        self.evaluations.add(evaluation, kind)
         for observer in self.observers:
             observer.on_evaluation(self, evaluation, kind)
         return evaluation
 
     # -- results --------------------------------------------------------------------------
 
+    @property
+    def last_evaluation(self) -> Evaluation | None:
+        return self.evaluations.last
+
+    def anytime_auc(self, level: int | None = None) -> float | None:
+        """Running ``A_auc``, pooled over levels (``None``) or of one level."""
+        return self.evaluations.mean("periodic", "all" if level is None else f"level{level}")
+
     def running_forgetting(self, level: int) -> float | None:
         """Forgetting now: each class's best accuracy so far minus its latest accuracy."""
-        if self.last_evaluation is None:
-            return None
-        return metrics.running_forgetting(
-            self.best_class_accuracy[level], self.last_evaluation.class_accuracy[level]
-        )
+        return self.evaluations.running_forgetting(level)
 
     def summary(self) -> dict[str, Any]:
-        """The metrics of docs/metrics.md for the run so far, pooled over levels and (with a hierarchy) per level."""
-        result = _metrics_of(
-            [e.accuracy for e in self.curve],
-            [e.accuracy for e in self.task_ends],
-            [np.concatenate(e.class_accuracy) for e in self.task_ends],
-        )
+        """The metrics of docs/metrics.md for the run so far, pooled over levels and (with a
+        hierarchy) per level.
+        Without ``keep_history`` the curve lists only the recent evaluations (the whole one is
+        in the daemon's history file)."""
+        ev = self.evaluations
+        result = {
+            "A_auc": ev.mean("periodic", "all"),
+            "A_avg": ev.mean("task_end", "all"),
+            "A_last": ev.last_value("all"),
+            "F_last": ev.forgetting(None),
+        }
         result.update(
             prequential_accuracy=self.prequential.cumulative,
             prequential_accuracy_rolling=self.prequential.rolling,
@@ -343,8 +347,8 @@ class EventLoop:
             drift_events=self.drift_events,
             drift_positions=[] if self.drift is None else list(self.drift.positions),
             samples=self.samples_seen,
-            curve=[[e.samples_seen, e.accuracy] for e in self.curve],
-            task_end_accuracies=[e.accuracy for e in self.task_ends],
+            curve=ev.curve_points("all"),
+            task_end_accuracies=ev.task_end_accuracies(),
         )
         if self.problem.num_levels > 1:
             result["per_level"] = {
@@ -354,19 +358,21 @@ class EventLoop:
         return result
 
     def _level_summary(self, level: int) -> dict[str, Any]:
-        summary = _metrics_of(
-            [e.level_accuracy[level] for e in self.curve],
-            [e.level_accuracy[level] for e in self.task_ends],
-            [e.class_accuracy[level] for e in self.task_ends],
-        )
-        summary["curve"] = [[e.samples_seen, e.level_accuracy[level]] for e in self.curve]
+        ev, series = self.evaluations, f"level{level}"
+        summary: dict[str, Any] = {
+            "A_auc": ev.mean("periodic", series),
+            "A_avg": ev.mean("task_end", series),
+            "A_last": ev.last_value(series),
+            "F_last": ev.forgetting(level),
+            "curve": ev.curve_points(series),
+        }
         if level < self.problem.num_levels - 1:
-            either = _metrics_of(
-                [e.either_accuracy[level] for e in self.curve],
-                [e.either_accuracy[level] for e in self.task_ends],
-                [],
+            either = f"either{level}"
+            summary.update(
+                A_auc_either=ev.mean("periodic", either),
+                A_avg_either=ev.mean("task_end", either),
+                A_last_either=ev.last_value(either),
             )
-            summary.update({f"{key}_either": either[key] for key in ("A_auc", "A_avg", "A_last")})
         return summary
 
     # -- checkpoints ----------------------------------------------------------------------
@@ -380,15 +386,10 @@ class EventLoop:
             "pending_updates": self.pending_updates,
             "next_eval": self.next_eval,
             "prequential": self.prequential.state_dict(),
-            "curve": [e.to_json() for e in self.curve],
-            "task_ends": [e.to_json() for e in self.task_ends],
-            "best_class_accuracy": [b.tolist() for b in self.best_class_accuracy],
-            "last_evaluation": None
-            if self.last_evaluation is None
-            else self.last_evaluation.to_json(),
+            "evaluations": self.evaluations.state_dict(),
             "learn_seconds": self.learn_seconds,
             "finished": self.finished,
-            "drift": None if self.drift is None else self.drift.state_dict(self.checkpoint_key),
+            "drift": None if self.drift is None else self.drift.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -398,13 +399,17 @@ class EventLoop:
         self.pending_updates = float(state["pending_updates"])
         self.next_eval = int(state["next_eval"])
         self.prequential.load_state_dict(state["prequential"])
-        self.curve = [Evaluation.from_json(e) for e in state["curve"]]
-        self.task_ends = [Evaluation.from_json(e) for e in state["task_ends"]]
-        self.best_class_accuracy = [
-            np.asarray(b, dtype=np.float64) for b in state["best_class_accuracy"]
-        ]
-        last = state["last_evaluation"]
-        self.last_evaluation = None if last is None else Evaluation.from_json(last)
+        if "evaluations" in state:
+            self.evaluations.load_state_dict(state["evaluations"])
+        else:  # the layout before evaluation aggregates: every evaluation in the state
+            self.evaluations.load_history(
+                [Evaluation.from_json(e) for e in state["curve"]],
+                [Evaluation.from_json(e) for e in state["task_ends"]],
+                state["best_class_accuracy"],
+                None
+                if state["last_evaluation"] is None
+                else Evaluation.from_json(state["last_evaluation"]),
+            )
         self.learn_seconds = float(state["learn_seconds"])
         self.finished = bool(state["finished"])
         if self.drift is not None:
@@ -412,15 +417,4 @@ class EventLoop:
                 raise ValueError(
                     "checkpoint has no drift detector state, but drift detection is configured"
                 )
-            self.drift.load_state_dict(state["drift"], self.checkpoint_key)
-
-
-def _metrics_of(
-    anytime: list[float | None], task_end: list[float | None], class_accuracy: list[np.ndarray]
-) -> dict[str, Any]:
-    return {
-        "A_auc": metrics.A_auc(anytime),
-        "A_avg": metrics.A_avg(task_end),
-        "A_last": metrics.A_last(task_end),
-        "F_last": metrics.F_last(np.stack(class_accuracy)) if class_accuracy else None,
-    }
+            self.drift.load_state_dict(state["drift"])

@@ -1,7 +1,7 @@
 """The HTTP endpoint of a streamcl process: ``/metrics`` for Prometheus and ``/healthz``.
 
-A small threaded server on a daemon thread, so any process (a replay, the daemon, a notebook)
-exposes its :class:`~stream.observe.telemetry.Telemetry` with one call and stops it with another::
+A small server on a daemon thread, so any process (a replay, the daemon, a notebook) exposes
+its :class:`~stream.observe.telemetry.Telemetry` with one call and stops it with another::
 
     server = start_metrics_server(telemetry, "127.0.0.1", 9100)
     ...
@@ -9,27 +9,40 @@ exposes its :class:`~stream.observe.telemetry.Telemetry` with one call and stops
 
 ``/metrics`` is the Prometheus text format (OpenMetrics when the scraper asks for it).
 ``/healthz`` answers 200 while the loop makes progress (or has finished its stream) and 503 once
-it has not progressed for ``stall_seconds``, with the details as JSON; see ``stream.observe.telemetry``
-for what counts as progress. ``stall_seconds`` must exceed the longest single learner update or
-evaluation the process does, or a slow but working loop is reported stalled.
+it has not progressed for ``stall_seconds``, with the details as JSON; see
+``stream.observe.telemetry`` for what counts as progress. ``stall_seconds`` must exceed the
+longest single learner update or evaluation the process does, or a slow but working loop is
+reported stalled.
 
-A process may add ``POST`` routes (the daemon's ``/predict``, stream/daemon/predict_http.py):
-a body needs a ``Content-Length`` (411 without) within the route's limit (413 above it, unread).
+Every byte a client sends is hostile until proven otherwise. Connections are read by one
+asyncio event loop, not a thread each, so idle or half-sent requests cost a few KiB, not a
+thread: a request must arrive whole (request line and headers within ``max_header_bytes``, a
+body within ``max_body_bytes``) within ``request_timeout`` seconds or the connection is closed;
+at most ``max_connections`` are open, and a new one beyond that closes the oldest that has not
+finished sending its request (so a flood of idle connections cannot lock a scraper out). Only
+a complete request reaches a handler, which runs on a small thread pool.
 
-The default address is loopback: the metrics describe what a model learned, so exposing them
-to other hosts (a Prometheus in another container) is a deliberate choice of ``host``.
+Optional TLS (``EndpointSecurity.tls``) and authentication (a bearer token or a basic-auth
+pair, compared in constant time) apply to every route, those added later with
+:meth:`MetricsServer.add_route` included. The default address is loopback: the metrics
+describe what a model learned, so exposing them to other hosts (a Prometheus in another
+container) is a deliberate choice of ``host``; docs/daemon.md shows TLS, auth and the
+reverse-proxy setup.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hmac
 import json
 import socket
-import sys
+import ssl
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import structlog
 from prometheus_client.exposition import choose_encoder
@@ -41,117 +54,200 @@ DEFAULT_STALL_SECONDS = 120.0
 
 log = structlog.get_logger("streamcl.metrics_server")
 
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
 
 class MetricsServerError(ValueError):
-    """The metrics endpoint cannot start as asked (bad host or port, port taken, bad stall time)."""
+    """The metrics endpoint cannot start as asked (bad host or port, port taken, bad limits)."""
 
 
 @dataclass(frozen=True)
-class PostRoute:
-    """A ``POST`` path (``/predict``): bodies above ``max_bytes`` are refused unread (413);
-    ``handle`` takes the body and answers ``(status, JSON body)``."""
-
-    max_bytes: int
-    handle: Callable[[bytes], tuple[int, bytes]]
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        family: int,
-        telemetry: Telemetry,
-        stall_seconds: float,
-        post_routes: dict[str, PostRoute],
-    ) -> None:
-        self.address_family = family
-        self.telemetry = telemetry
-        self.stall_seconds = stall_seconds
-        self.post_routes = post_routes
-        super().__init__(address, _Handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A scraper that gave up (its timeout passed while the loop held the GIL) is routine;
-        # anything else is a bug worth a traceback, as one log line rather than raw stderr.
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            log.debug("client_disconnected", client=client_address[0])
-        else:
-            log.exception("request_failed", client=client_address[0])
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    client: str
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+@dataclass(frozen=True)
+class Response:
+    status: int
+    content_type: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
 
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-            self._reply(200, content_type, encoder(self.server.telemetry.registry))
-        elif path == "/healthz":
-            health = self.server.telemetry.health(self.server.stall_seconds)
-            body = json.dumps(health.to_json()).encode() + b"\n"
-            self._reply(200 if health.ok else 503, "application/json", body)
-        else:
-            self._reply(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
 
-    def do_POST(self) -> None:
-        route = self.server.post_routes.get(self.path.split("?", 1)[0])
-        if route is None:
-            self._refuse(404, "not_found", f"no POST route {self.path.split('?', 1)[0]!r}")
-            return
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            self._refuse(411, "length_required", "send the body with a Content-Length")
-            return
-        if int(length) > route.max_bytes:
-            self.close_connection = True  # the body is left unread
-            self._refuse(413, "oversized", f"{length} bytes, the limit is {route.max_bytes}")
-            return
-        body = self.rfile.read(int(length))
-        try:
-            status, answer = route.handle(body)
-        except Exception as exc:  # a failing model must not drop the connection silently
-            log.exception("post_failed", path=self.path)
-            self._refuse(500, "internal_error", f"{type(exc).__name__}: {exc}")
-            return
-        self._reply(status, "application/json", answer)
+Route = Callable[[Request], Response]
 
-    def _refuse(self, status: int, reason: str, detail: str) -> None:
-        body = json.dumps({"error": reason, "detail": detail}).encode() + b"\n"
-        self._reply(status, "application/json", body)
 
-    def _reply(self, status: int, content_type: str, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+@dataclass(frozen=True)
+class EndpointLimits:
+    """What one connection may cost."""
 
-    def log_message(self, format: str, *args: Any) -> None:
-        # One line per scrape would drown the loop's own logs; keep it for debugging.
-        log.debug("http_request", client=self.client_address[0], request=format % args)
+    request_timeout: float = 10.0
+    max_connections: int = 128
+    max_header_bytes: int = 16 << 10
+    max_body_bytes: int = 1 << 20
+    handler_threads: int = 4
+
+    def check(self) -> None:
+        if self.request_timeout <= 0 or self.max_connections < 1 or self.handler_threads < 1:
+            raise MetricsServerError(
+                "request timeout, connection cap and handler threads must be positive, got "
+                f"{self.request_timeout}, {self.max_connections}, {self.handler_threads}"
+            )
+
+
+@dataclass(frozen=True)
+class EndpointSecurity:
+    """TLS and who may ask: a bearer token, or a basic-auth user and password (or neither)."""
+
+    tls: ssl.SSLContext | None = None
+    bearer_token: str | None = None
+    basic_user: str | None = None
+    basic_password: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.bearer_token is not None and self.basic_user is not None:
+            raise MetricsServerError("give a bearer token or basic auth, not both")
+        if (self.basic_user is None) != (self.basic_password is None):
+            raise MetricsServerError("basic auth needs both a user and a password")
+
+    def challenge(self) -> str | None:
+        """The ``WWW-Authenticate`` value when auth is on, else None."""
+        if self.bearer_token is not None:
+            return 'Bearer realm="streamcl"'
+        if self.basic_user is not None:
+            return 'Basic realm="streamcl", charset="UTF-8"'
+        return None
+
+    def allows(self, authorization: str | None) -> bool:
+        if self.challenge() is None:
+            return True
+        scheme, _, credentials = (authorization or "").partition(" ")
+        if self.bearer_token is not None:
+            return scheme.lower() == "bearer" and hmac.compare_digest(
+                credentials.strip().encode(), self.bearer_token.encode()
+            )
+        assert self.basic_user is not None and self.basic_password is not None
+        expected = base64.b64encode(f"{self.basic_user}:{self.basic_password}".encode())
+        return scheme.lower() == "basic" and hmac.compare_digest(
+            credentials.strip().encode(), expected
+        )
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
 
 
 class MetricsServer:
-    """A running metrics endpoint; ``stop()`` closes it and frees the port."""
+    """A running endpoint; ``add_route`` serves more paths, ``stop()`` frees the port."""
 
-    def __init__(self, httpd: _Server, thread: threading.Thread) -> None:
-        self._httpd = httpd
-        self._thread = thread
-        address = httpd.server_address
+    def __init__(
+        self,
+        telemetry: Telemetry,
+        stall_seconds: float,
+        limits: EndpointLimits,
+        security: EndpointSecurity,
+    ) -> None:
+        self.telemetry = telemetry
+        self.stall_seconds = stall_seconds
+        self.limits = limits
+        self.security = security
+        self.routes: dict[tuple[str, str], Route] = {
+            ("GET", "/metrics"): self._metrics,
+            ("GET", "/healthz"): self._healthz,
+        }
+        self._pending: OrderedDict[int, asyncio.StreamWriter] = OrderedDict()
+        self._open = 0
+        self._executor = ThreadPoolExecutor(limits.handler_threads, "streamcl-http")
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.AbstractServer | None = None
+        self._thread: threading.Thread | None = None
+        self.host, self.port = "", 0
+
+    # -- routes ---------------------------------------------------------------------------
+
+    def add_route(self, method: str, path: str, route: Route) -> None:
+        """Serve ``route`` for ``method path`` (behind the same limits, TLS and auth)."""
+        self.routes[(method.upper(), path)] = route
+
+    def _metrics(self, request: Request) -> Response:
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(200, content_type, encoder(self.telemetry.registry))
+
+    def _healthz(self, request: Request) -> Response:
+        health = self.telemetry.health(self.stall_seconds)
+        body = json.dumps(health.to_json()).encode() + b"\n"
+        return Response(200 if health.ok else 503, "application/json", body)
+
+    # -- start and stop -------------------------------------------------------------------
+
+    def start(self, host: str, port: int) -> None:
+        try:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            listener = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listener.bind((host, port))
+            except OSError:
+                listener.close()
+                raise
+        except OSError as exc:
+            self._loop.close()
+            self._executor.shutdown()
+            reason = exc.strerror or str(exc)
+            raise MetricsServerError(f"cannot serve metrics on {host}:{port}: {reason}") from None
+        self._server = self._loop.run_until_complete(
+            asyncio.start_server(
+                self._connection,
+                sock=listener,
+                ssl=self.security.tls,
+                ssl_handshake_timeout=self.limits.request_timeout if self.security.tls else None,
+                limit=self.limits.max_header_bytes,
+            )
+        )
+        address = self._server.sockets[0].getsockname()
         self.host, self.port = str(address[0]), int(address[1])
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="streamcl-metrics", daemon=True
+        )
+        self._thread.start()
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.security.tls else 'http'}://{host}:{self.port}"
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        if self._thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
+        self._thread = None
+        self._loop.close()
+        self._executor.shutdown(wait=True)
+
+    async def _shutdown(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._pending.values()):
+            writer.close()
+        await self._server.wait_closed()
 
     def __enter__(self) -> MetricsServer:
         return self
@@ -159,28 +255,123 @@ class MetricsServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    # -- one connection -------------------------------------------------------------------
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        key = id(writer)
+        if self._open >= self.limits.max_connections:
+            if not self._pending:  # every connection is being answered: refuse this one
+                writer.close()
+                return
+            _, oldest = self._pending.popitem(last=False)
+            oldest.close()  # its read fails and its task ends
+            log.debug("connection_evicted", open=self._open)
+        self._open += 1
+        self._pending[key] = writer
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if peer else "?"
+        try:
+            try:
+                request = await asyncio.wait_for(
+                    self._read(reader, client), self.limits.request_timeout
+                )
+            except _BadRequest as exc:
+                self._pending.pop(key, None)
+                await self._send(writer, Response(exc.status, "text/plain; charset=utf-8",
+                                                  f"{exc}\n".encode()))  # fmt: skip
+                return
+            self._pending.pop(key, None)
+            response = await self._loop.run_in_executor(self._executor, self._answer, request)
+            await self._send(writer, response)
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, OSError):
+            log.debug("connection_dropped", client=client)
+        finally:
+            self._pending.pop(key, None)
+            self._open -= 1
+            writer.close()
+
+    async def _read(self, reader: asyncio.StreamReader, client: str) -> Request:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            raise _BadRequest(431, "request headers too large") from None
+        try:
+            lines = head.decode("latin-1").split("\r\n")
+            method, target, version = lines[0].split(" ")
+        except ValueError:
+            raise _BadRequest(400, "malformed request line") from None
+        if not version.startswith("HTTP/1."):
+            raise _BadRequest(400, "HTTP/1.x only")
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            if line:
+                name, sep, value = line.partition(":")
+                if not sep:
+                    raise _BadRequest(400, "malformed header line")
+                headers[name.strip().lower()] = value.strip()
+        try:
+            length = int(headers.get("content-length", "0"))
+        except ValueError:
+            raise _BadRequest(400, "bad Content-Length") from None
+        if length < 0 or length > self.limits.max_body_bytes:
+            raise _BadRequest(413, f"body over {self.limits.max_body_bytes} bytes")
+        body = await reader.readexactly(length) if length else b""
+        return Request(method.upper(), target.split("?", 1)[0], headers, body, client)
+
+    def _answer(self, request: Request) -> Response:
+        challenge = self.security.challenge()
+        if challenge is not None and not self.security.allows(request.headers.get("authorization")):
+            return Response(
+                401,
+                "text/plain; charset=utf-8",
+                b"unauthorized\n",
+                (("WWW-Authenticate", challenge),),
+            )
+        route = self.routes.get((request.method, request.path))
+        if route is None:
+            if any(path == request.path for _, path in self.routes):
+                return Response(405, "text/plain; charset=utf-8", b"method not allowed\n")
+            paths = " or ".join(sorted({path for _, path in self.routes}))
+            return Response(404, "text/plain; charset=utf-8", f"not found: try {paths}\n".encode())
+        try:
+            return route(request)
+        except Exception:
+            log.exception("request_failed", client=request.client, path=request.path)
+            return Response(500, "text/plain; charset=utf-8", b"internal error\n")
+
+    async def _send(self, writer: asyncio.StreamWriter, response: Response) -> None:
+        head = [
+            f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Unknown')}",
+            f"Content-Type: {response.content_type}",
+            f"Content-Length: {len(response.body)}",
+            "Connection: close",
+            *(f"{name}: {value}" for name, value in response.headers),
+        ]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body)
+        await asyncio.wait_for(writer.drain(), self.limits.request_timeout)
+
 
 def start_metrics_server(
     telemetry: Telemetry,
     host: str = DEFAULT_HOST,
     port: int = 9100,
     stall_seconds: float = DEFAULT_STALL_SECONDS,
-    post_routes: dict[str, PostRoute] | None = None,
+    limits: EndpointLimits | None = None,
+    security: EndpointSecurity | None = None,
 ) -> MetricsServer:
-    """Serve ``telemetry`` on ``host:port`` (port 0: any free port; see ``.port``), and any
-    ``post_routes`` (the daemon's ``POST /predict``) next to it."""
+    """Serve ``telemetry`` on ``host:port`` (port 0: any free port; see ``.port``)."""
     if not 0 <= port <= 65535:
         raise MetricsServerError(f"metrics port must be in 0..65535, got {port}")
     if stall_seconds <= 0:
         raise MetricsServerError(f"health stall time must be positive, got {stall_seconds}")
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        httpd = _Server((host, port), family, telemetry, stall_seconds, post_routes or {})
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise MetricsServerError(f"cannot serve metrics on {host}:{port}: {reason}") from None
-    thread = threading.Thread(target=httpd.serve_forever, name="streamcl-metrics", daemon=True)
-    thread.start()
-    server = MetricsServer(httpd, thread)
-    log.info("metrics_server_started", url=server.url, stall_seconds=stall_seconds)
+    limits = limits or EndpointLimits()
+    limits.check()
+    server = MetricsServer(telemetry, stall_seconds, limits, security or EndpointSecurity())
+    server.start(host, port)
+    log.info(
+        "metrics_server_started",
+        url=server.url,
+        stall_seconds=stall_seconds,
+        auth=(server.security.challenge() or "none").split(" ")[0].lower(),
+    )
     return server

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import structlog
 
-from stream.engine import metrics
 from stream.engine.batch import Batch
 from stream.engine.evaluation import Evaluation
 from stream.engine.event_loop import EventLoop, Observer
@@ -71,7 +70,7 @@ class LoopLogger(Observer):
         fields: dict[str, Any] = {
             "samples": loop.samples_seen,
             "anytime_accuracy": _rounded(evaluation.accuracy),
-            "A_auc": _rounded(metrics.A_auc([e.accuracy for e in loop.curve])),
+            "A_auc": _rounded(loop.anytime_auc()),
             "prequential_accuracy": _rounded(loop.prequential.cumulative),
             "seen_classes": self._seen(loop),
         }
@@ -83,7 +82,7 @@ class LoopLogger(Observer):
                 )
             }
         if kind == "task_end":
-            self.log.info("task_end", task=len(loop.task_ends) - 1, **fields)
+            self.log.info("task_end", task=loop.evaluations.counts["task_end"] - 1, **fields)
         else:
             self.log.debug("evaluation", **fields)
 

@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from stream.engine import metrics
 from stream.engine.batch import Batch
 from stream.engine.evaluation import Evaluation
 from stream.engine.event_loop import EventLoop, Observer
@@ -118,6 +117,19 @@ class Telemetry:
         self.memory_samples = Gauge(
             "streamcl_memory_samples", "Replay memory occupancy.", ["learner"], registry=r
         )
+        # Only while the memory searches approximately (an ivf index); absent otherwise.
+        self.memory_index_recall = Gauge(
+            "streamcl_memory_index_recall",
+            "Recall@10 of the replay memory's ivf index against exact search, at its last training.",
+            ["learner"],
+            registry=r,
+        )
+        self.memory_index_nprobe = Gauge(
+            "streamcl_memory_index_nprobe",
+            "Inverted lists the replay memory's ivf index scans per query.",
+            ["learner"],
+            registry=r,
+        )
         self.update_seconds = Histogram(
             "streamcl_update_seconds",
             "Duration of one learner update (one micro-batch).",
@@ -163,6 +175,11 @@ class Telemetry:
 
     def set_consumer_lag(self, topic: str, partition: int, lag: int) -> None:
         self.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+
+    def restore_invalid_messages(self, counts: dict[str, int]) -> None:
+        """Continue the invalid-message counters from a checkpoint's counts."""
+        for reason, count in counts.items():
+            self.invalid_messages.labels(reason=reason).inc(count)
 
     def checkpoint_written(self, timestamp: float | None = None) -> None:
         self._register(self.last_checkpoint)
@@ -221,10 +238,18 @@ class TelemetryObserver(Observer):
     def on_batch(
         self, loop: EventLoop, batch: Batch, hits: np.ndarray, learn_seconds: float
     ) -> None:
-        t = self.telemetry
         self._samples.inc(len(batch))
         self._update.observe(learn_seconds)
+        self._loop_gauges(loop)
+        self.telemetry.progressed()
+
+    def _loop_gauges(self, loop: EventLoop) -> None:
+        t = self.telemetry
         self._memory.set(loop.learner.memory_samples)
+        calibration = loop.learner.memory_index_calibration
+        if calibration is not None:
+            t.memory_index_recall.labels(learner=self.learner).set(calibration.recall)
+            t.memory_index_nprobe.labels(learner=self.learner).set(calibration.nprobe)
         for window, value in loop.prequential_values().items():
             gauge = self._prequential.get(window)
             if gauge is None:
@@ -239,27 +264,33 @@ class TelemetryObserver(Observer):
             self._drift_counted = loop.drift_events
         for level, name in enumerate(loop.problem.level_names):
             t.seen_classes.labels(level=name).set(int(loop.seen[level].sum()))
-        t.progressed()
 
     def on_evaluation(self, loop: EventLoop, evaluation: Evaluation, kind: str) -> None:
+        self._evaluation_gauges(loop, evaluation)
+        self.telemetry.progressed()
+
+    def _evaluation_gauges(self, loop: EventLoop, evaluation: Evaluation) -> None:
         t, learner = self.telemetry, self.learner
-        # A_auc averages the periodic evaluations only, as results.json does (stream.engine.metrics).
+        # A_auc averages the periodic evaluations only, as results.json does
+        # (stream.engine.metrics).
         _set(t.anytime_accuracy.labels(learner=learner, level="all"), evaluation.accuracy)
-        _set(
-            t.auc_accuracy.labels(learner=learner, level="all"),
-            metrics.A_auc([e.accuracy for e in loop.curve]),
-        )
+        _set(t.auc_accuracy.labels(learner=learner, level="all"), loop.anytime_auc())
         for level, name in enumerate(loop.problem.level_names):
             _set(
                 t.anytime_accuracy.labels(learner=learner, level=name),
                 evaluation.level_accuracy[level],
             )
             _set(t.forgetting.labels(learner=learner, level=name), loop.running_forgetting(level))
-            _set(
-                t.auc_accuracy.labels(learner=learner, level=name),
-                metrics.A_auc([e.level_accuracy[level] for e in loop.curve]),
-            )
-        t.progressed()
+            _set(t.auc_accuracy.labels(learner=learner, level=name), loop.anytime_auc(level))
+
+    def restore(self, loop: EventLoop) -> None:
+        """Set every series from a loop just restored from a checkpoint (once, before any batch):
+        the samples counter continues from the checkpoint's count, and the gauges show what the
+        model had reached, not an empty model."""
+        self._samples.inc(loop.samples_seen)
+        self._loop_gauges(loop)
+        if loop.last_evaluation is not None:
+            self._evaluation_gauges(loop, loop.last_evaluation)
 
     def on_finish(self, loop: EventLoop) -> None:
         self.telemetry.loop_finished()

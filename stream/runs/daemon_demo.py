@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from stream.daemon.config import ServeConfig
-from stream.daemon.predict_http import predict_routes
+from stream.daemon.predict_http import add_predict_route
 from stream.daemon.serve import Daemon
 from stream.data.datasets import as_float_tensor, load_dataset
 from stream.data.schedules import make_schedule
@@ -87,9 +87,8 @@ def run_daemon_demo(
         port = free_port()
         daemon = Daemon(_config(broker.bootstrap, workdir, port))
         assert daemon.predictions is not None
-        server = start_metrics_server(
-            daemon.telemetry, port=port, post_routes=predict_routes(daemon)
-        )
+        server = start_metrics_server(daemon.telemetry, port=port)
+        add_predict_route(server, daemon)
         serving = threading.Thread(target=daemon.run, name="streamcl-demo-daemon", daemon=True)
         published = {"messages": 0, "done": False}
         publisher = threading.Thread(

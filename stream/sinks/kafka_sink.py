@@ -2,8 +2,10 @@
 dead-letter topic.
 
 ``ensure_topic`` creates a missing topic (the partition count applies only then) and returns the
-partition count. ``flush`` waits for every message sent so far and raises :class:`SinkError`
-when one was not delivered, so a caller that flushed knows its messages are in the topic.
+partition count. The producer and the admin client get the process's Kafka options
+(stream/sources/kafka_options.py: TLS, SASL). ``flush`` waits for every message sent so far
+and raises :class:`SinkError` when one was not delivered, so a caller that flushed knows its
+messages are in the topic.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from typing import Any, Literal, cast
 
+from stream.sources.kafka_options import kafka_python_options
 from stream.sources.kafka_source import client_log
 
 Client = Literal["kafka-python", "confluent"]
@@ -75,7 +78,11 @@ class ConfluentSink(KafkaSink):
         from confluent_kafka.admin import AdminClient, NewTopic
 
         ck = self._ck
-        settings: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "logger": client_log}
+        settings: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap,
+            "logger": client_log,
+            **self.options,
+        }
         admin = AdminClient(settings)
         try:
             metadata = admin.list_topics(timeout=timeout)
@@ -143,7 +150,9 @@ class KafkaPythonSink(KafkaSink):
         self._kafka = kafka
         try:
             self.producer = kafka.KafkaProducer(
-                bootstrap_servers=bootstrap.split(","), linger_ms=5, **self.options
+                bootstrap_servers=bootstrap.split(","),
+                linger_ms=5,
+                **kafka_python_options(self.options, "producer"),
             )
         except kafka.errors.KafkaError as exc:
             raise SinkError(f"{bootstrap}: {type(exc).__name__}: {exc}") from None
@@ -155,7 +164,11 @@ class KafkaPythonSink(KafkaSink):
 
         try:
             admin = kafka.KafkaAdminClient(
-                bootstrap_servers=self.bootstrap.split(","), request_timeout_ms=int(timeout * 1000)
+                **{
+                    **kafka_python_options(self.options, "admin"),
+                    "bootstrap_servers": self.bootstrap.split(","),
+                    "request_timeout_ms": int(timeout * 1000),
+                }
             )
             try:
                 if topic not in admin.list_topics():

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from stream.daemon.config import KafkaConfig
+from stream.sources.kafka_options import kafka_python_options
 
 # Partition -> offset to continue from, for the partitions the daemon knows.
 AssignHandler = Callable[[list[int]], dict[int, int]]
@@ -268,7 +269,7 @@ class KafkaPythonSource(KafkaSource):
                 request_timeout_ms=config.request_timeout_ms,
                 bootstrap_timeout_ms=config.request_timeout_ms,
                 fetch_max_wait_ms=config.fetch_max_wait_ms,
-                **config.options,
+                **kafka_python_options(config.options, "consumer"),
             )
         except kafka.errors.KafkaError as exc:
             # kafka-python meets the brokers in its constructor; confluent-kafka does it later.

@@ -9,6 +9,7 @@ Prometheus config where it is installed.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tomllib
@@ -142,3 +143,23 @@ def test_promtool_accepts_the_prometheus_config():
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Kafka's image writes its server.properties from the environment when it starts.
+WRITES_ITS_ROOT = {"kafka", "kafka-topics"}
+
+
+def test_every_container_is_hardened():
+    for name, service in SERVICES.items():
+        assert service.get("cap_drop") == ["ALL"], f"{name}: drop every capability"
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert re.fullmatch(r"\d+[mg]", str(service.get("mem_limit", ""))), f"{name}: mem_limit"
+        if name not in WRITES_ITS_ROOT:
+            assert service.get("read_only") is True, f"{name}: read-only root filesystem"
+    # our own image is pinned too: a full Python version, not a moving tag
+    base = next(
+        line.split()[1]
+        for line in (DEPLOY / "Dockerfile").read_text().splitlines()
+        if line.startswith("FROM ")
+    )
+    assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base), base

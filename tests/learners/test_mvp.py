@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from learners.backbones.backbone import BackboneConfig, build_backbone
+from learners.backbones.pretrain import save_backbone
 from learners.base import Problem
 from learners.mvp import MVP, MVPConfig, feature_scale, focal_weights, gradient_dissimilarity
 from learners.registry import LearnerConfigError, create
@@ -25,6 +27,18 @@ TINY = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def tiny_weights(tmp_path_factory):
+    """The tiny ViT's own seeded initialisation as its weights file: these tests check MVP's
+    mechanics, which need a frozen ViT (MVP refuses one without weights), not a good one."""
+    config = BackboneConfig.model_validate({**TINY["backbone"], "freeze": False})
+    backbone = build_backbone(config, PROBLEM.input_shape, seed=0)
+    path = save_backbone(backbone, config, tmp_path_factory.mktemp("vit") / "tiny.safetensors")
+    TINY["backbone"]["weights"] = str(path)
+    yield path
+    del TINY["backbone"]["weights"]
+
+
 def mvp(**options) -> MVP:
     learner = create("mvp", PROBLEM, {**TINY, **options})
     assert isinstance(learner, MVP)
@@ -41,13 +55,26 @@ def batch(n: int = 6, seed: int = 0):
 
 
 def test_defaults_follow_the_official_script():
-    config = MVPConfig()
+    config = MVPConfig.model_construct()  # the defaults alone do not validate: no weights
     assert config.backbone.name == "vit" and config.backbone.freeze
     assert (config.g_prompt_layers, config.g_prompt_length) == ([0, 1], 5)
     assert (config.e_prompt_layers, config.e_prompt_length) == ([2, 3, 4], 20)
     assert (config.alpha, config.gamma, config.margin) == (0.5, 2.0, 0.5)
     assert config.memory.capacity == 0 and config.lr == 5e-3
     assert all((config.use_mask, config.use_contrastive, config.use_afs, config.use_gsf))
+
+
+def test_a_frozen_vit_without_weights_is_refused_in_one_line_naming_the_fix():
+    frozen = {key: value for key, value in TINY["backbone"].items() if key != "weights"}
+    with pytest.raises(LearnerConfigError) as refused:
+        create("mvp", PROBLEM, {**TINY, "backbone": frozen})
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "backbone.weights" in message and "streamcl pretrain" in message
+    with pytest.raises(LearnerConfigError, match=r"backbone\.weights"):
+        create("mvp", PROBLEM)  # the defaults: a frozen vit, no weights
+    tuned = create("mvp", PROBLEM, {**TINY, "backbone": {**frozen, "freeze": False}})
+    assert any(p.requires_grad for p in tuned.vit.parameters())
 
 
 def test_config_needs_a_vit_with_the_prompt_layers():

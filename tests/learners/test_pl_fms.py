@@ -133,7 +133,9 @@ def test_without_fms_and_pl_it_is_er(policy):
     options = {**SMALL, "memory": {"capacity": 20, "policy": policy}, "seed": 4}
     er = registry.create("er", PROBLEM, options)
     plain = registry.create(
-        "pl-fms", PROBLEM, {**options, "flexible_sampling": False, "pseudo_label": False}
+        "pl-fms",
+        PROBLEM,
+        {**options, "flexible_sampling": False, "pseudo_label": False, "memory_first": False},
     )
     batches = [labelled(0, [0, 1] * 4, seed=s) for s in range(5)]
     batches += [labelled(1, [0, 1, 2, 3] * 2, seed=s) for s in range(5, 15)]
@@ -143,6 +145,37 @@ def test_without_fms_and_pl_it_is_er(policy):
     x, _, _ = labelled(1, [0, 1, 2, 3] * 5, seed=50)
     for lvl in (0, 1):
         assert torch.allclose(er.predict(x, lvl), plain.predict(x, lvl), atol=1e-5)
+
+
+def test_memory_first_replays_a_batchs_own_samples_in_its_first_step():
+    """The official PL-FMS stores each stream sample before training on it; ER after."""
+    options = {**SMALL, "memory": {"capacity": 20}, "flexible_sampling": False}
+    replayed = {}
+    for first in (True, False):
+        learner = registry.create("pl-fms", PROBLEM, {**options, "memory_first": first})
+        sizes: list[int] = []
+        sample = learner.memory.sample
+
+        def counting(n, query=None, memory=learner.memory, sample=sample, sizes=sizes):
+            sizes.append(len(memory))
+            return sample(n, query)
+
+        learner.memory.sample = counting
+        learner.learn(*labelled(0, [0, 1] * 4, seed=0), iterations=1)
+        replayed[first] = sizes
+    assert replayed[True] == [8] and replayed[False] == []
+
+
+def test_fms_spares_the_first_batch_and_thins_new_classes_after_it():
+    options = {**SMALL, "memory": {"capacity": 50}, "stream_length": 10**6}
+    learner = registry.create("pl-fms", PROBLEM, options)
+    x, y, level = labelled(0, [0, 1] * 4, seed=0)
+    learner._register(y, level)
+    assert bool(learner._flexible_selection(y, level).all())  # first batch: kept
+    learner.memory.add(x, y, level)
+    x, y, level = labelled(1, [2, 3] * 4, seed=1)  # new fine classes: p_c < 1e-4
+    learner._register(y, level)
+    assert not bool(learner._flexible_selection(y, level).any())
 
 
 def test_memory_stays_class_balanced_unless_told_otherwise():

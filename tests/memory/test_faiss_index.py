@@ -137,3 +137,85 @@ def test_without_faiss_auto_searches_exactly_and_faiss_kinds_are_refused(monkeyp
     assert index.structure == "torch"
     with pytest.raises(ValueError, match="index 'ivf' needs faiss"):
         MemoryConfig(index="ivf")
+
+
+def held_out_recall(index: EmbeddingIndex, queries: torch.Tensor, k: int = 10) -> float:
+    _, found = index.search(queries, k)
+    truth = exact(index.vectors[: index.size], queries, k)
+    hits = sum(len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True))
+    return hits / truth.numel()
+
+
+def noisy_clusters(n: int, dim: int, seed: int) -> torch.Tensor:
+    """Overlapping clusters in a 16-d subspace plus isotropic noise: IVF needs several lists."""
+    centres = torch.randn(40, 16, generator=torch.Generator().manual_seed(98)) * 1.5
+    g = torch.Generator().manual_seed(seed)
+    latent = centres[torch.randint(0, 40, (n,), generator=g)] + torch.randn(n, 16, generator=g)
+    projection = torch.randn(16, dim, generator=torch.Generator().manual_seed(99))
+    return latent @ projection + 0.5 * torch.randn(n, dim, generator=g)
+
+
+def test_calibration_picks_the_fewest_lists_that_reach_the_target_recall():
+    vectors = noisy_clusters(6000, 32, seed=0)
+    index = EmbeddingIndex(capacity=6000, dim=32, kind="ivf", target_recall=0.95)
+    index.write(torch.arange(6000), vectors)
+    index.search(vectors[:1], 1)
+    chosen = index.calibration
+    assert chosen is not None and chosen.k == 10 and chosen.queries == 256
+    assert chosen.recall >= 0.95 and 1 < chosen.nprobe < index._faiss.nlist
+    assert index._faiss.nprobe == chosen.nprobe
+    # One list fewer misses the target on the same calibration queries: the smallest is chosen.
+    fewer = faiss_index.calibrate_nprobe(
+        index._faiss, vectors.numpy(), None, chosen.nprobe - 1, seed=index.trained_on
+    )
+    assert fewer.recall < 0.95
+    # The promise holds for queries the index never stored, too.
+    assert held_out_recall(index, noisy_clusters(200, 32, seed=1)) >= 0.93
+
+
+def test_a_higher_target_scans_more_lists_and_a_fixed_nprobe_is_only_measured():
+    vectors = noisy_clusters(4000, 32, seed=2)
+    chosen = {}
+    for target in (0.8, 0.99):
+        index = EmbeddingIndex(capacity=4000, dim=32, kind="ivf", target_recall=target)
+        index.write(torch.arange(4000), vectors)
+        index.search(vectors[:1], 1)
+        chosen[target] = index.calibration
+    assert chosen[0.8].nprobe < chosen[0.99].nprobe and chosen[0.99].recall >= 0.99
+    fixed = EmbeddingIndex(capacity=4000, dim=32, kind="ivf", nprobe=1)
+    fixed.write(torch.arange(4000), vectors)
+    fixed.search(vectors[:1], 1)
+    assert fixed.calibration.nprobe == 1 and fixed.calibration.recall < chosen[0.8].recall
+
+
+def test_calibration_is_redone_at_retraining_and_kept_through_a_reload():
+    vectors = noisy_clusters(3000, 32, seed=3)
+    index = EmbeddingIndex(capacity=3000, dim=32, kind="ivf")
+    index.write(torch.arange(3000), vectors)
+    index.search(vectors[:1], 1)
+    first = index.calibration
+    index.write(torch.arange(3000), noisy_clusters(3000, 32, seed=4))  # a whole turnover
+    index.search(vectors[:1], 1)
+    assert index.calibration is not first and index.calibration.recall >= 0.95
+    restored = EmbeddingIndex(capacity=3000, dim=32, kind="ivf")
+    restored.load_state_dict(index.state_dict())
+    assert restored.calibration.nprobe == index.calibration.nprobe
+    queries = noisy_clusters(20, 32, seed=5)
+    assert torch.equal(restored.search(queries, 10)[1], index.search(queries, 10)[1])
+
+
+def test_exact_structures_have_no_calibration():
+    index = filled("flat")
+    index.search(torch.zeros(1, 8), 1)
+    assert index.calibration is None
+
+
+def test_the_exact_search_of_calibration_is_the_same_in_small_chunks(monkeypatch):
+    vectors = noisy_clusters(2000, 32, seed=6)
+    picked = torch.randperm(2000, generator=torch.Generator().manual_seed(0))[:50].sort().values
+    whole = faiss_index._exact_neighbours_of_stored(vectors.numpy(), picked.numpy(), 10)
+    monkeypatch.setattr(faiss_index, "EXACT_CHUNK", 300)
+    chunked = faiss_index._exact_neighbours_of_stored(vectors.numpy(), picked.numpy(), 10)
+    assert (chunked == whole).all()
+    others = exact(vectors, vectors[picked], 11)[:, 1:]  # nearest first: itself, then the others
+    assert (torch.from_numpy(whole) == others).all()

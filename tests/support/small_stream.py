@@ -4,6 +4,7 @@ the event loop in well under a second (for the tests of loop observers)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -50,14 +51,20 @@ def batches(levels: int, samples_per_task: int = 40, batch_size: int = 8) -> lis
     return out
 
 
-def run(levels: int, observers: Sequence[Observer], eval_period: int = 16) -> EventLoop:
+def run(
+    levels: int,
+    observers: Sequence[Observer],
+    eval_period: int = 16,
+    learner: str = "nmc",
+    options: dict[str, Any] | None = None,
+) -> EventLoop:
     p = problem(levels)
     x_test, y_test = _blobs(60, seed=99)
     y_levels = (
         torch.stack([torch.tensor(PARENTS)[y_test], y_test], 1) if levels == 2 else y_test[:, None]
     )
     loop = EventLoop(
-        registry.create("nmc", p),
+        registry.create(learner, p, options),
         p,
         LoopConfig(batch_size=8, eval_period=eval_period, prequential_windows=[20]),
         evaluator=AnytimeEvaluator(x_test, y_levels, p),

@@ -11,16 +11,21 @@ With a label delay (``--label-delay N``, or the stream's own from ``streamcl sch
 (stream/data/label_delay.py; docs/serving.md): one request per message, in the chosen form, and
 labels as JSON ``{id, y, level}``, so a daemon with ``[predictions]`` serves and learns it as
 ``streamcl replay --label-delay N`` does.
+``--option K=V`` and ``--options-file`` give the Kafka client its TLS and SASL settings, as the
+daemon's ``kafka.options`` does (stream/sources/kafka_options.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
+from stream.cli.config_file import load_config_file
 from stream.cli.errors import UsageError
 from stream.data.datasets import as_float_tensor, load_dataset
 from stream.data.label_delay import check_label_delay
@@ -29,6 +34,7 @@ from stream.observe.pacing import RateLimit
 from stream.sinks.delayed_messages import delayed_messages
 from stream.sinks.kafka_sink import open_sink
 from stream.sources.file_source import check_against_dataset
+from stream.sources.kafka_options import parse_option, resolve_secrets
 from stream.sources.wire import encode_binary, encode_json
 
 # Events whose inputs are read from the dataset at once, so memory stays bounded on big streams.
@@ -51,6 +57,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", choices=("json", "binary"), default="binary")
     parser.add_argument("--batch", type=int, default=64, help="samples per binary message")
     parser.add_argument("--client", choices=("kafka-python", "confluent"), default="kafka-python")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Kafka client option (TLS, SASL), repeatable; VALUE is JSON when it parses "
+        "(write '\"123\"' for the string 123); KEY_file / KEY_env read a secret",
+    )
+    parser.add_argument(
+        "--options-file",
+        help="a TOML or JSON file of Kafka client options (e.g. the serve config's kafka.options)",
+    )
     parser.add_argument(
         "--partitions", type=int, default=1, help="partitions of the topic if it is created"
     )
@@ -91,6 +109,18 @@ def messages(
             yield encode_binary(x[lo:hi], y[lo:hi], level[lo:hi], task[lo:hi], ids[lo:hi]), hi - lo
 
 
+def client_options(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
+    """The Kafka options of ``--options-file`` then ``--option``s (which win), secrets read."""
+    options: dict[str, Any] = {}
+    if args.options_file:
+        loaded = load_config_file(args.options_file)
+        if not isinstance(loaded, dict):
+            raise UsageError(f"--options-file {args.options_file}: expected a table of options")
+        options.update(loaded)
+    options.update(parse_option(text) for text in args.option)
+    return resolve_secrets(options, environ)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.batch <= 0 or args.partitions <= 0 or (args.rate is not None and args.rate <= 0):
         raise UsageError("--batch, --partitions and --rate must be positive")
@@ -102,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     if stream.x is None:
         dataset = load_dataset(stream.header.dataset)
         check_against_dataset(stream, dataset, args.stream)
-    sink = open_sink(args.client, args.bootstrap)
+    sink = open_sink(args.client, args.bootstrap, client_options(args, os.environ))
     partitions = sink.ensure_topic(args.topic, args.partitions)
     if partitions == 0:
         raise UsageError(f"topic {args.topic!r} has no partitions")

@@ -21,9 +21,11 @@ import sys
 from types import FrameType
 
 from stream.cli.errors import UsageError
-from stream.daemon.config import load_serve_config
+from stream.daemon.checkpoint_key import load_checkpoint_key
+from stream.daemon.config import load_serve_config, resolve_kafka_secrets
 from stream.daemon.distributed import World
-from stream.daemon.predict_http import predict_routes
+from stream.daemon.endpoint_security import endpoint_limits, endpoint_security
+from stream.daemon.predict_http import add_predict_route
 from stream.daemon.scaleout import ScaleOutDaemon
 from stream.daemon.serve import Daemon
 from stream.observe.http_endpoint import start_metrics_server
@@ -59,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
     if args.max_restarts < 0:
         raise UsageError(f"--max-restarts must be >= 0, got {args.max_restarts}")
-    config = load_serve_config(args.config)
+    config = resolve_kafka_secrets(load_serve_config(args.config), os.environ)
+    key = load_checkpoint_key(config.checkpoint.key_file, os.environ)
     world = World.from_environment(os.environ)
     if config.predictions is not None and (args.workers > 1 or world is not None):
         # One join window and one predictions log per model: ranks would each hold a part.
@@ -69,20 +72,31 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.workers > 1 and world is None:
         return launch_workers(args.config, args.workers, args.max_restarts)
-    daemon = Daemon(config) if world is None else ScaleOutDaemon(config, world)
     metrics = config.metrics
+    security = endpoint_security(metrics, os.environ) if metrics.port is not None else None
+    daemon = (
+        Daemon(config, checkpoint_key=key)
+        if world is None
+        else ScaleOutDaemon(config, world, checkpoint_key=key)
+    )
     server = None
     if metrics.port is not None:
         port = metrics.port
         if world is not None and port != 0:
             port += world.local_rank
-        server = start_metrics_server(
-            daemon.telemetry,
-            metrics.host,
-            port,
-            metrics.stall_seconds,
-            post_routes=predict_routes(daemon),
-        )
+        try:
+            server = start_metrics_server(
+                daemon.telemetry,
+                metrics.host,
+                port,
+                metrics.stall_seconds,
+                endpoint_limits(metrics),
+                security,
+            )
+            add_predict_route(server, daemon)
+        except BaseException:
+            daemon.close()
+            raise
 
     def stop(signum: int, frame: FrameType | None) -> None:
         daemon.stop()

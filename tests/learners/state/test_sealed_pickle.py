@@ -11,11 +11,12 @@ from river import drift, forest, linear_model, naive_bayes, neighbors, preproces
 from river.datasets import Phishing
 
 from learners.state.sealed_pickle import SealError, seal, unseal
+from tests.support.checkpoint_gadgets import CountingServer, download_gadget, system_gadget
 
 
 def digest_meta(data: bytes) -> dict[str, str]:
-    """What an attacker without the key can always produce: a matching digest."""
-    return {"format": "streamcl-sealed-pickle-1", "sha256": hashlib.sha256(data).hexdigest()}
+    """What anyone can produce: a matching digest (the key guards the checkpoint file)."""
+    return {"format": "streamcl-sealed-pickle-2", "sha256": hashlib.sha256(data).hexdigest()}
 
 
 @pytest.mark.parametrize(
@@ -26,6 +27,7 @@ def digest_meta(data: bytes) -> dict[str, str]:
         preprocessing.StandardScaler() | linear_model.SoftmaxRegression(),
         naive_bayes.GaussianNB(),
         neighbors.KNNClassifier(),
+        tree.ExtremelyFastDecisionTreeClassifier(),
     ],
     ids=lambda m: type(m).__name__,
 )
@@ -38,8 +40,13 @@ def test_trained_river_models_pass_the_restricted_unpickler(model):
     assert restored.predict_proba_one(probe) == model.predict_proba_one(probe)
 
 
-def test_drift_detector_state_round_trips():
-    detector = drift.ADWIN()
+@pytest.mark.parametrize(
+    "make",
+    [drift.ADWIN, drift.PageHinkley, lambda: drift.KSWIN(seed=1), drift.binary.DDM],
+    ids=["ADWIN", "PageHinkley", "KSWIN", "DDM"],
+)
+def test_drift_detector_state_round_trips(make):
+    detector = make()
     for i in range(500):
         detector.update(float(i % 7 == 0))
     restored = unseal(*seal(detector))
@@ -70,13 +77,37 @@ def test_forbidden_globals_are_refused_even_with_a_valid_digest(payload):
         unseal(payload, digest_meta(payload))
 
 
-def test_hmac_refuses_a_forgery_without_the_key():
-    forged = pickle.dumps(Exploit())
-    with pytest.raises(SealError, match="unsigned"):
-        unseal(forged, digest_meta(forged), key=b"k")
-    fake = {**digest_meta(forged), "hmac_sha256": "0" * 64}
-    with pytest.raises(SealError, match="not signed with"):
-        unseal(forged, fake, key=b"k")
+class Method:
+    def __reduce__(self):
+        # getattr(<a river class>, "download"): a function reached through getattr.
+        from river.datasets.base import RemoteDataset
+
+        return (getattr, (RemoteDataset, "download"))
+
+
+def test_river_functions_are_refused(tmp_path):
+    target = tmp_path / "evil.pth"
+    with CountingServer() as server:
+        gadget = download_gadget(server.url, target)
+        # the gadget works where it is not refused
+        assert b"RemoteDataset.download" in gadget
+        with pytest.raises(SealError, match=r"forbidden global river\.datasets\.base"):
+            unseal(gadget, digest_meta(gadget))
+        assert server.requests == 0
+    assert not target.exists()
+    drawn = pickle.dumps(tree.HoeffdingTreeClassifier.draw, protocol=5)
+    for payload in (pickle.dumps(Method(), protocol=5), drawn, system_gadget(target)):
+        with pytest.raises(SealError):
+            unseal(payload, digest_meta(payload))
+    assert not target.exists()
+
+
+def test_a_function_of_a_module_allowed_for_classes_is_refused():
+    from river.utils.math import softmax
+
+    payload = pickle.dumps(softmax, protocol=5)
+    with pytest.raises(SealError, match=r"forbidden global river\.utils\.math\.softmax"):
+        unseal(payload, digest_meta(payload))
 
 
 def test_damage_is_detected_before_unpickling():

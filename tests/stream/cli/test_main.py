@@ -113,6 +113,7 @@ def workdir(tmp_path_factory):
         (["frobnicate"], "invalid choice"),
         (["replay", "missing.scl", "--learner", "nmc"], "does not exist"),
         (["replay", "S", "--learner", "er", "--config", "CFG"], "backbone.hidden"),
+        (["replay", "S", "--learner", "mvp"], "needs pretrained backbone.weights"),
         (["replay", "S", "--learner", "nmc", "--batch-size", "0"], "batch_size"),
         (["replay", "S", "--learner", "nmc", "--device", "tpu"], "unknown device"),
     ],

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import pytest
 import torch
 
+import stream.daemon.checkpoint as checkpoint_module
 from learners.state.learner_state import LearnerState
 from stream.daemon.checkpoint import (
     CheckpointError,
+    CheckpointLocked,
     CheckpointStore,
     CorruptCheckpoint,
     decode,
@@ -78,7 +81,7 @@ def test_every_checkpoint_damaged_is_an_error_not_a_fresh_start(tmp_path):
     store = CheckpointStore(tmp_path)
     path = store.write({"step": 1}, _state(1.0))
     path.write_bytes(path.read_bytes()[:-1])
-    with pytest.raises(CheckpointError, match="no valid checkpoint"):
+    with pytest.raises(CheckpointError, match="no usable checkpoint"):
         store.latest()
 
 
@@ -104,3 +107,75 @@ def test_decode_names_the_problem():
         decode(data[:60] + bytes([data[60] ^ 1]) + data[61:], "x.sclckpt")
     with pytest.raises(CorruptCheckpoint, match="truncated"):
         decode(data[:-3], "x.sclckpt")
+
+
+KEY = b"0123456789abcdef0123456789abcdef"
+
+
+def test_a_keyed_store_signs_and_reads_only_what_its_key_signed(tmp_path):
+    keyed = CheckpointStore(tmp_path / "keyed", key=KEY)
+    keyed.write({"step": 1}, _state(1.0))
+    assert keyed.latest().meta["step"] == 1
+    with pytest.raises(CheckpointError, match="no usable checkpoint"):
+        CheckpointStore(tmp_path / "keyed", key=b"another key, also long enough").latest()
+    with pytest.raises(CheckpointError, match="no usable checkpoint"):
+        CheckpointStore(tmp_path / "keyed").latest()
+    unkeyed = CheckpointStore(tmp_path / "unkeyed")
+    unkeyed.write({"step": 1}, _state(1.0))
+    with pytest.raises(CheckpointError, match="no usable checkpoint"):
+        CheckpointStore(tmp_path / "unkeyed", key=KEY).latest()
+
+
+def test_the_seal_is_checked_before_anything_is_parsed(monkeypatch):
+    forged = encode({"a": 1}, _state(1.0))  # a valid digest, no HMAC: what anyone can write
+    parsed = []
+    monkeypatch.setattr(checkpoint_module.json, "loads", lambda *a: parsed.append(a))
+    monkeypatch.setattr(checkpoint_module, "state_from_bytes", lambda *a: parsed.append(a))
+    with pytest.raises(CorruptCheckpoint, match="unsigned"):
+        decode(forged, "x", key=KEY)
+    signed = bytearray(encode({"a": 1}, _state(1.0), key=KEY))
+    signed[-1] ^= 1
+    with pytest.raises(CorruptCheckpoint, match="HMAC does not verify"):
+        decode(bytes(signed), "x", key=KEY)
+    # a header that claims the HMAC seal while carrying a digest
+    claimed = bytearray(forged)
+    claimed[8] = 1
+    with pytest.raises(CorruptCheckpoint, match="HMAC does not verify"):
+        decode(bytes(claimed), "x", key=KEY)
+    assert parsed == []
+
+
+def format_1(meta: dict, learner: LearnerState) -> bytes:
+    """A checkpoint file as streamcl wrote them before checkpoint keys."""
+    import hashlib
+    import json
+    import struct
+
+    from learners.state.safetensors_io import state_to_bytes
+
+    body, tensors = json.dumps(meta).encode(), state_to_bytes(learner)
+    digest = hashlib.sha256(body + tensors).digest()
+    return struct.pack("<8sQQ32s", b"SCLCKPT1", len(body), len(tensors), digest) + body + tensors
+
+
+def test_a_format_1_checkpoint_is_read_by_a_keyless_store_only():
+    data = format_1({"a": 1}, _state(1.0))
+    meta, state = decode(data, "old.sclckpt")
+    assert meta == {"a": 1} and torch.equal(state.tensors["w"], _state(1.0).tensors["w"])
+    with pytest.raises(CorruptCheckpoint, match=r"format 1 .* is unsigned"):
+        decode(data, "old.sclckpt", key=KEY)
+    with pytest.raises(CorruptCheckpoint, match="checksum mismatch"):
+        decode(data[:-1] + bytes([data[-1] ^ 1]), "old.sclckpt")
+
+
+def test_a_second_process_cannot_take_the_lock(tmp_path):
+    first = CheckpointStore(tmp_path)
+    first.lock()
+    second = CheckpointStore(tmp_path)
+    with pytest.raises(
+        CheckpointLocked, match=rf"in use by another streamcl daemon \(pid {os.getpid()}\)"
+    ):
+        second.lock()
+    first.unlock()
+    second.lock()
+    second.unlock()

@@ -15,7 +15,7 @@ from stream.data.datasets import as_float_tensor, load_dataset
 from stream.engine.batch import Batch
 from stream.engine.event_loop import EventLoop
 from stream.engine.serving import ServingLoop
-from stream.observe.http_endpoint import PostRoute, start_metrics_server
+from stream.observe.http_endpoint import start_metrics_server
 from stream.observe.serving_telemetry import ServingTelemetry
 from stream.observe.telemetry import Telemetry
 from stream.sources.serving_wire import ServingDecoder
@@ -42,10 +42,11 @@ def endpoint(digits):
     telemetry = Telemetry()
     metrics = ServingTelemetry(telemetry)
     decoder = ServingDecoder(Decoder(problem, max_bytes=1 << 20))
-    handler = PredictHandler(serving, decoder, metrics, problem.level_names, 2, max_samples=64)
-    server = start_metrics_server(
-        telemetry, port=0, post_routes={"/predict": PostRoute(64_000, handler)}
+    handler = PredictHandler(
+        serving, decoder, metrics, problem.level_names, 2, max_samples=64, max_bytes=64_000
     )
+    server = start_metrics_server(telemetry, port=0)
+    server.add_route("POST", "/predict", handler.route)
     yield server, serving, telemetry
     server.stop()
 
@@ -58,7 +59,10 @@ def _post(server, body: bytes, path: str = "/predict", length: bool = True):
             connection.putheader("Content-Length", str(len(body)))
         connection.endheaders(body)
         response = connection.getresponse()
-        return response.status, json.loads(response.read())
+        text = response.read()
+        if response.getheader("Content-Type") != "application/json":
+            return response.status, text
+        return response.status, json.loads(text)
     finally:
         connection.close()
 
@@ -111,5 +115,6 @@ def test_bad_requests_get_4xx_with_the_reason(endpoint, body, status, reason, de
 
 def test_a_body_without_a_length_or_another_path_is_refused(endpoint):
     server, _, _ = endpoint
-    assert _post(server, b"", length=False)[0] == 411
+    status, answer = _post(server, b"", length=False)  # read as an empty body
+    assert (status, answer["error"]) == (400, "undecodable")
     assert _post(server, _body([]), path="/learn")[0] == 404

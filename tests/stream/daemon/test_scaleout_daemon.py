@@ -228,6 +228,7 @@ def test_a_learner_that_cannot_be_scaled_out_is_refused(tmp_path):
             World(0, 1),
             lambda *args: PartitionSource({0: []}, *args),
             ThreadedCollectives(ThreadedGroup(1), 0),
+            checkpoint_key=b"a checkpoint key: river state is pickled",
         )
 
 

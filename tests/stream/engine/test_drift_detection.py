@@ -178,13 +178,12 @@ def test_resumed_loop_detects_exactly_as_an_uninterrupted_one():
     whole = EventLoop(registry.create("nmc", problem), problem, config)
     for batch in batches(x, y):
         whole.process(batch)
-    first = EventLoop(registry.create("nmc", problem), problem, config, checkpoint_key=b"k")
+    first = EventLoop(registry.create("nmc", problem), problem, config)
     for batch in batches(x[:2016], y[:2016]):
         first.process(batch)
     learner_state = state_from_bytes(state_to_bytes(first.learner.state_dict()))
     loop_state = json.loads(json.dumps(first.state_dict()))
-    assert "hmac_sha256" in loop_state["drift"]["sealed"]
-    resumed = EventLoop(registry.create("nmc", problem), problem, config, checkpoint_key=b"k")
+    resumed = EventLoop(registry.create("nmc", problem), problem, config)
     resumed.learner.load_state_dict(learner_state)
     resumed.load_state_dict(loop_state)
     for batch in batches(x[2016:], y[2016:]):

@@ -124,7 +124,7 @@ def test_task_ends_include_empty_tasks_and_the_last_tasks():
     loop.process(batch([2], task=1))
     loop.process(batch([3], task=3))  # task 2 is empty
     loop.finish()  # task 4 is empty
-    ends = [e.samples_seen for e in loop.task_ends]
+    ends = [e.samples_seen for e in loop.evaluations.task_ends]
     assert ends == [3, 4, 4, 5, 5]
     summary = loop.summary()
     assert summary["A_last"] == 1.0 and len(summary["task_end_accuracies"]) == 5
@@ -135,7 +135,7 @@ def test_empty_leading_tasks_end_with_nothing_seen():
     loop = EventLoop(Recorder(), PROBLEM, LoopConfig(eval_period=None), evaluator(), num_tasks=3)
     loop.process(batch([0], task=2))
     loop.finish()
-    assert [e.accuracy for e in loop.task_ends] == [None, None, 1.0]
+    assert [e.accuracy for e in loop.evaluations.task_ends] == [None, None, 1.0]
 
 
 def test_a_bad_batch_is_refused_before_any_state_changes():

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-import http.client
+import base64
 import json
+import shutil
 import socket
+import ssl
+import subprocess
+import threading
+import time
 import urllib.error
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.observe.http_endpoint import MetricsServerError, PostRoute, start_metrics_server
+from stream.observe.http_endpoint import (
+    EndpointLimits,
+    EndpointSecurity,
+    MetricsServerError,
+    Response,
+    start_metrics_server,
+)
 from stream.observe.telemetry import Telemetry
 from tests.support import small_stream
 from tests.support.clock import Clock
@@ -115,20 +126,96 @@ def test_bad_address_is_one_clear_error(host, port, stall, message):
         start_metrics_server(Telemetry(), host, port, stall)
 
 
-def test_a_post_route_that_fails_answers_500_with_the_error():
-    def broken(body: bytes) -> tuple[int, bytes]:
-        raise RuntimeError("model on fire")
+# -- hostile clients, TLS and auth --------------------------------------------------------------
 
-    server = start_metrics_server(
-        Telemetry(), port=0, post_routes={"/predict": PostRoute(100, broken)}
-    )
+
+def test_500_idle_half_sent_requests_do_not_pin_threads_or_lock_out_a_scraper():
+    limits = EndpointLimits(request_timeout=2.0, max_connections=64)
+    with start_metrics_server(Telemetry(), port=0, limits=limits) as server:
+        threads_before = threading.active_count()
+        idle = []
+        for _ in range(500):
+            conn = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finished
+            idle.append(conn)
+        time.sleep(0.3)
+        assert threading.active_count() <= threads_before + limits.handler_threads
+        # the oldest idle connections made room; a scraper still gets its answer
+        assert _get(f"{server.url}/metrics")[0] == 200
+        # and every idle one is closed by the server within the request timeout
+        deadline = time.monotonic() + 3 * limits.request_timeout
+        closed = 0
+        for conn in idle:
+            conn.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                closed += conn.recv(1) == b""
+            except (ConnectionResetError, TimeoutError):
+                closed += 1
+            conn.close()
+        assert closed == 500
+
+
+def test_oversized_and_malformed_requests_get_one_clear_status():
+    limits = EndpointLimits(max_header_bytes=1024)
+    with start_metrics_server(Telemetry(), port=0, limits=limits) as server:
+        for raw, status in [
+            (b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 4096 + b"\r\n\r\n", b"431"),
+            (b"NONSENSE\r\n\r\n", b"400"),
+            (b"GET /metrics HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", b"413"),
+            (b"POST /metrics HTTP/1.1\r\n\r\n", b"405"),
+        ]:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+                conn.sendall(raw)
+                assert conn.recv(64).split(b" ")[1] == status, raw[:40]
+
+
+@pytest.mark.parametrize(
+    ("security", "good", "bad"),
+    [
+        (EndpointSecurity(bearer_token="t0ken"), "Bearer t0ken", "Bearer t0kem"),
+        (
+            EndpointSecurity(basic_user="prom", basic_password="pw"),
+            "Basic " + base64.b64encode(b"prom:pw").decode(),
+            "Basic " + base64.b64encode(b"prom:px").decode(),
+        ),
+    ],
+    ids=["bearer", "basic"],
+)
+def test_auth_guards_every_route_including_added_ones(security, good, bad):
+    with start_metrics_server(Telemetry(), port=0, security=security) as server:
+        server.add_route("GET", "/extra", lambda request: Response(200, "text/plain", b"x"))
+        for path in ("/metrics", "/healthz", "/extra"):
+            status, _, _ = _get_with(f"{server.url}{path}", None)
+            assert status == 401
+            assert _get_with(f"{server.url}{path}", bad)[0] == 401
+            assert _get_with(f"{server.url}{path}", good)[0] == 200
+
+
+def _get_with(url: str, authorization: str | None, context=None) -> tuple[int, str, bytes]:
+    headers = {"Authorization": authorization} if authorization else {}
+    request = urllib.request.Request(url, headers=headers)
     try:
-        connection = http.client.HTTPConnection(server.host, server.port, timeout=10)
-        connection.request("POST", "/predict", b"{}")
-        response = connection.getresponse()
-        answer = json.loads(response.read())
-        connection.close()
-    finally:
-        server.stop()
-    assert response.status == 500 and answer["error"] == "internal_error"
-    assert "model on fire" in answer["detail"]
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
+            return response.status, response.headers.get("WWW-Authenticate", ""), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("WWW-Authenticate", ""), exc.read()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
+def test_tls_serves_https_and_refuses_plain_http(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    security = EndpointSecurity(tls=context, bearer_token="t")
+    with start_metrics_server(Telemetry(), port=0, security=security) as server:
+        assert server.url.startswith("https://")
+        client = ssl.create_default_context(cafile=str(cert))
+        assert _get_with(f"{server.url}/metrics", "Bearer t", client)[0] == 200
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # a TLS port: no answer
+            urllib.request.urlopen(server.url.replace("https", "http") + "/metrics", timeout=5)

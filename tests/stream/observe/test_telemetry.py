@@ -59,6 +59,20 @@ def test_observer_exports_the_loops_figures(levels):
         )
 
 
+def test_an_approximate_memory_index_exports_its_calibrated_nprobe_and_recall():
+    telemetry = Telemetry()
+    memory = {"capacity": 100, "retrieval": "nearest", "index": "ivf"}
+    options = {"backbone": {"hidden": [16], "out_dim": 8}, "memory": memory}
+    loop = small_stream.run(1, [telemetry.observer("er")], learner="er", options=options)
+    calibration = loop.learner.memory_index_calibration
+    assert calibration is not None and calibration.recall >= 0.95
+    assert _value(telemetry, "streamcl_memory_index_recall", learner="er") == calibration.recall
+    assert _value(telemetry, "streamcl_memory_index_nprobe", learner="er") == calibration.nprobe
+    exact = Telemetry()
+    small_stream.run(1, [exact.observer("nmc")])
+    assert _value(exact, "streamcl_memory_index_recall", learner="nmc") is None
+
+
 def test_each_telemetry_has_its_own_registry():
     first, second = Telemetry(), Telemetry()
     small_stream.run(1, [first.observer("nmc")])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from learners import registry
-from stream.cli.commands.learners import describe_options
+from stream.cli.commands.learners import describe_options, run
 
 
 def policy_line(name):
@@ -24,3 +24,11 @@ def test_nested_options_show_the_learners_defaults_not_the_nested_class_defaults
     assert any(line.startswith("    backbone.freeze: bool = True") for line in lines)
     assert any(line.startswith("    memory.capacity: int = 0") for line in lines)
     assert any(line.startswith("    backbone.vit.depth: int = 6") for line in lines)
+
+
+def test_the_listing_says_mvp_refuses_without_pretrained_weights(capsys):
+    assert run(None) == 0
+    mvp_line = next(
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("mvp ")
+    )
+    assert "refuses without backbone.weights" in mvp_line and "streamcl pretrain" in mvp_line

@@ -1,0 +1,39 @@
+"""stream/daemon/evaluation_history.py: append-only, rotated, cut back to a checkpoint's place."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stream.daemon.evaluation_history import EvaluationHistory, read_history
+from stream.engine.evaluation import Evaluation
+
+
+def _evaluation(samples: int) -> Evaluation:
+    return Evaluation(samples, 0.5, [0.5], [np.full(10, 0.5)])
+
+
+def test_files_rotate_and_only_the_newest_are_kept(tmp_path):
+    history = EvaluationHistory(tmp_path, file_bytes=1000, files=3)
+    for samples in range(1, 101):
+        history.on_evaluation(None, _evaluation(samples), "periodic")
+    history.close()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) == 3 and names[-1] > names[0]
+    kept = [line["samples_seen"] for line in read_history(tmp_path)]
+    assert kept == list(range(kept[0], 101)) and kept[0] > 1
+    assert all(p.stat().st_size < 1000 + 400 for p in tmp_path.iterdir())
+
+
+def test_resuming_cuts_back_what_no_checkpoint_covers(tmp_path):
+    history = EvaluationHistory(tmp_path, file_bytes=600, files=10)
+    for samples in range(1, 6):
+        history.on_evaluation(None, _evaluation(samples), "periodic")
+    history.sync()
+    checkpointed = history.position()
+    for samples in range(6, 20):  # evaluations after the checkpoint, across a rotation
+        history.on_evaluation(None, _evaluation(samples), "task_end")
+    history.close()  # a crash
+    resumed = EvaluationHistory(tmp_path, file_bytes=600, files=10, resume_at=checkpointed)
+    resumed.on_evaluation(None, _evaluation(6), "periodic")
+    resumed.close()
+    assert [line["samples_seen"] for line in read_history(tmp_path)] == [1, 2, 3, 4, 5, 6]
