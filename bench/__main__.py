@@ -1,4 +1,7 @@
-"""``python -m bench [TOPIC ...]``: run every benchmark (or the named ones) in turn."""
+"""``python -m bench [TOPIC ...] [-- OPTIONS]``: run every benchmark (or the named ones) in turn.
+
+Options after the topics (from the first argument starting with ``-``) go to each named one,
+e.g. ``python -m bench loop --threads 1``."""
 
 from __future__ import annotations
 
@@ -19,7 +22,9 @@ def topics() -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    chosen = argv or topics()
+    first_option = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+    options = [a for a in argv[first_option:] if a != "--"]
+    chosen = argv[:first_option] or topics()
     unknown = [t for t in chosen if t not in topics()]
     if unknown:
         print(
@@ -29,7 +34,7 @@ def main(argv: list[str]) -> int:
         return 2
     for topic in chosen:
         print(f"== bench {topic}")
-        importlib.import_module(f"bench.{topic}").main([])
+        importlib.import_module(f"bench.{topic}").main(options)
     return 0
 
 

@@ -26,6 +26,19 @@ The engine and the contract checks (:mod:`learners.checks`) look for these by ``
   not (its compensation targets depend on the main stream's state at each batch), nor do the
   gradient learners.
 
+- :class:`FusedPrediction` — predict-before-learn in one call. The engine's default step calls
+  ``predict`` and then ``learn``; a learner whose first learning step computes what the
+  prediction needs anyway (the stream batch's features under the same weights: ``er``, ``uer``,
+  ``pl-fms``) returns the prediction from that step, so prequential accuracy costs no forward
+  of its own. Learners without it keep the two calls.
+- :class:`MultiLevelPrediction` — every level's scores from one backbone pass, which the anytime
+  evaluation of a hierarchy uses instead of one ``predict`` per level.
+- :class:`PurePrediction` — ``predict`` reads the learner and changes nothing, so the anytime
+  evaluation may run it under ``torch.inference_mode`` (no version counters, no autograd
+  records). A learner that caches work in ``predict`` for a later ``learn`` (a lazily solved
+  ridge head, a feature cache) must not declare it: a tensor made in inference mode cannot be
+  updated in place outside it.
+
 The contract checks (:func:`learners.checks.yield_checks`) pick the checks of each capability
 a learner declares.
 """
@@ -163,3 +176,32 @@ class MomentStatistics(SyncedStatistics):
     def moment_statistics(self) -> list[ClassMomentsView]:
         """Views of the live moment tensors, in a fixed order (changed in place by a sync,
         followed by :meth:`statistics_changed`)."""
+
+
+class FusedPrediction(ABC):
+    """Mixin of learners that predict a batch and learn it in one call, sharing work between the
+    two (a replay learner's first step computes the features the prediction needs)."""
+
+    @abstractmethod
+    def predict_then_learn(
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
+    ) -> torch.Tensor:
+        """``predict`` of each sample at its own level, made before learning the batch, then
+        ``learn(x, y, level, iterations)``.
+
+        Returns ``[B, max(num_classes)]`` scores, each row equal to what ``predict(x, level)``
+        would have given it before the batch was learned (up to floating-point summation order),
+        padded with ``-inf`` beyond its level's classes. Learning must equal ``learn``'s.
+        """
+
+
+class MultiLevelPrediction(ABC):
+    """Mixin of learners that score several hierarchy levels from one backbone pass."""
+
+    @abstractmethod
+    def predict_levels(self, x: torch.Tensor, levels: list[int]) -> list[torch.Tensor]:
+        """``[predict(x, level) for level in levels]``, the backbone run once."""
+
+
+class PurePrediction:
+    """Marker of learners whose ``predict`` changes no state (see the module docstring)."""

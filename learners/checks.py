@@ -22,6 +22,9 @@ from learners import registry
 from learners.base import Learner, Problem
 from learners.capabilities import (
     DriftAction,
+    FusedPrediction,
+    MultiLevelPrediction,
+    PurePrediction,
     SequentialLearner,
     mergeable,
     supported_actions,
@@ -320,6 +323,62 @@ def check_merge_equals_learning_the_union(name: str, levels: int) -> None:
     raise AssertionError(f"{name}: merged a learner with another config")
 
 
+def check_predicts_in_inference_mode(name: str, levels: int) -> None:
+    """A learner declaring :class:`PurePrediction` is evaluated under ``torch.inference_mode``:
+    the same predictions, and learning goes on after as if it had not been asked."""
+    learner, twin = make(name, levels, seed=2), make(name, levels, seed=2)
+    stream = blobs(name, 40, seed=26, levels=levels)
+    stream_through(learner, stream)
+    stream_through(twin, stream)
+    xt, _, _ = blobs(name, 20, seed=27, levels=levels)
+    with torch.inference_mode():
+        inferred = all_scores(learner, xt)
+    assert_same_scores(inferred, all_scores(twin, xt), 0.0, f"{name}: inference mode differs")
+    more = blobs(name, 20, seed=28, levels=levels)
+    stream_through(learner, more)
+    stream_through(twin, more)
+    assert_same_scores(
+        all_scores(learner, xt), all_scores(twin, xt), 0.0, f"{name}: inference mode changed it"
+    )
+
+
+def check_fused_prediction_equals_two_calls(name: str, levels: int) -> None:
+    """``predict_then_learn`` predicts what ``predict`` would (each row at its own level,
+    padded with -inf), and learns what ``learn`` would, for every ``iterations`` the engine may
+    pass."""
+    fused, plain = make(name, levels, seed=4), make(name, levels, seed=4)
+    assert isinstance(fused, FusedPrediction)
+    x, y, level = blobs(name, 60, seed=29, levels=levels)
+    widest = max(plain.problem.num_classes)
+    for start, iterations in zip(range(0, 60, 10), (1, 1, 0, 2, 1, 1), strict=True):
+        rows = slice(start, start + 10)
+        expected = torch.full((10, widest), float("-inf"))
+        for lvl in level[rows].unique().tolist():
+            mine = level[rows] == lvl
+            scores = plain.predict(x[rows][mine], lvl).cpu()
+            expected[mine, : plain.problem.num_classes[lvl]] = scores
+        plain.learn(x[rows], y[rows], level[rows], iterations)
+        scores = fused.predict_then_learn(x[rows], y[rows], level[rows], iterations).cpu()
+        assert_same_scores([scores], [expected], 1e-5, f"{name}: fused prediction differs")
+        assert torch.equal(scores.argmax(1), expected.argmax(1)), f"{name}: fused argmax differs"
+    xt, _, _ = blobs(name, 20, seed=30, levels=levels)
+    assert_same_scores(all_scores(fused, xt), all_scores(plain, xt), 0.0, f"{name}: fused learns")
+
+
+def check_predict_levels_equals_predict(name: str, levels: int) -> None:
+    learner = make(name, levels)
+    assert isinstance(learner, MultiLevelPrediction)
+    stream = blobs(name, 30, seed=31, levels=levels)
+    stream_through(learner, stream)
+    every = list(range(levels))
+    assert_same_scores(
+        [s.cpu() for s in learner.predict_levels(stream[0], every)],
+        all_scores(learner, stream[0]),
+        0.0,
+        f"{name}: predict_levels != predict",
+    )
+
+
 COMMON: tuple[Check, ...] = (
     check_predicts_before_learning,
     check_learns_in_a_single_pass,
@@ -345,3 +404,9 @@ def yield_checks(name: str) -> Iterator[Check]:
         yield check_drift_actions
     if mergeable(learner):
         yield check_merge_equals_learning_the_union
+    if isinstance(learner, PurePrediction):
+        yield check_predicts_in_inference_mode
+    if isinstance(learner, FusedPrediction):
+        yield check_fused_prediction_equals_two_calls
+    if isinstance(learner, MultiLevelPrediction):
+        yield check_predict_levels_equals_predict

@@ -17,36 +17,37 @@ ones quickly and their share of the memory (and of the replay batches) grows
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from learners.backbones.backbone import BackboneConfig, build_backbone, seeded_linear
-from learners.base import Learner, LearnerConfig, Problem
-from learners.capabilities import DriftAction, DriftAdaptive
+from learners.backbones.backbone import build_backbone, seeded_linear
+from learners.base import Learner, Problem
+from learners.capabilities import (
+    DriftAction,
+    DriftAdaptive,
+    FusedPrediction,
+    MultiLevelPrediction,
+    PurePrediction,
+)
 from learners.levels import level_index, level_rows
-from learners.replay_training import ReplayTraining
-from memory import MemoryConfig, build_memory
+from learners.replay_training import ReplayConfig, ReplayTraining, make_optimizer
+from memory import build_memory
 
 
-class ERConfig(LearnerConfig):
-    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
-    optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    memory: MemoryConfig = Field(default_factory=MemoryConfig)
-    replay_batch_size: int | None = Field(
-        None, ge=0, description="memory samples per step; default: the stream batch size"
-    )
+class ERConfig(ReplayConfig):
+    """ER's options are those of every replay learner (:class:`ReplayConfig`)."""
 
 
-class ER(ReplayTraining, Learner, DriftAdaptive):
+class ER(
+    ReplayTraining, Learner, FusedPrediction, MultiLevelPrediction, PurePrediction, DriftAdaptive
+):
     """Experience replay with a configurable memory and a masked growing head per level.
 
-    ``learn`` (the replay step), checkpoints and device moves are those of
-    :class:`~learners.state.torch_state.ReplayTraining`; this class supplies the model and ``_step``."""
+    ``learn`` (the replay step), ``predict_then_learn``, checkpoints and device moves are those
+    of :class:`~learners.replay_training.ReplayTraining`; this class supplies the model,
+    ``_step`` and ``_scores``."""
 
     name = "er"
     config_model = ERConfig
@@ -68,13 +69,7 @@ class ER(ReplayTraining, Learner, DriftAdaptive):
         self.memory = build_memory(
             config.memory, seed=config.seed, embed=self._embed, loss=self._sample_losses
         )
-        self.optimizer = self._make_optimizer()
-
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.config.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
-        return torch.optim.Adam(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        self.optimizer = make_optimizer(self.model, config)
 
     @property
     def memory_samples(self) -> int:
@@ -87,8 +82,29 @@ class ER(ReplayTraining, Learner, DriftAdaptive):
     @torch.no_grad()
     def predict(self, x: torch.Tensor, level: int | None = None) -> torch.Tensor:
         level = level_index(level)
-        self.model.eval()
+        self._train_mode(False)
         return self._logits(self.backbone(x.to(self.device, torch.float32)), level)
+
+    @torch.no_grad()
+    def predict_levels(self, x: torch.Tensor, levels: list[int]) -> list[torch.Tensor]:
+        self._train_mode(False)
+        features = self.backbone(x.to(self.device, torch.float32))
+        return [self._logits(features, level) for level in levels]
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def _scores(
+        self, features: torch.Tensor, level: torch.Tensor, seen: list[torch.Tensor]
+    ) -> torch.Tensor:
+        if self.problem.num_levels == 1:
+            return self.heads[0](features).masked_fill(~seen[0], float("-inf"))
+        scores = features.new_full((len(level), max(self.problem.num_classes)), float("-inf"))
+        for lvl in level.unique().tolist():
+            rows = level == lvl
+            logits = self.heads[lvl](features[rows]).masked_fill(~seen[lvl], float("-inf"))
+            scores[rows, : self.problem.num_classes[lvl]] = logits
+        return scores
 
     @property
     def drift_actions(self) -> frozenset[DriftAction]:  # type: ignore[override]
@@ -120,8 +136,14 @@ class ER(ReplayTraining, Learner, DriftAdaptive):
         features = self.backbone(x.to(self.device, torch.float32))
         return self._losses(features, y.to(self.device), level.to(self.device))
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor) -> None:
-        loss = self._losses(self.backbone(x), y, level).mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+    def _step(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        level: torch.Tensor,
+        stream_rows: int,
+        seen_before: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor | None:
+        features = self.backbone(x)
+        loss = self._losses(features, y, level).mean()
+        return self._update(loss, features, level, stream_rows, seen_before)

@@ -283,7 +283,9 @@ class MVP(ReplayTraining, Learner):
             per_sample = focal_weights(ign, self.config.alpha, self.config.gamma) * per_sample
         return per_sample.sum()
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor) -> None:
+    def _step(
+        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, stream_rows: int
+    ) -> None:
         loss, index = self.loss(x, y, level)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

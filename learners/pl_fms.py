@@ -97,7 +97,7 @@ from torch import nn
 
 from learners.base import Problem
 from learners.er import ER, ERConfig
-from learners.levels import Levels, level_rows, sample_levels
+from learners.levels import level_rows
 from learners.state.learner_state import LearnerState
 from memory import MemoryConfig
 
@@ -175,31 +175,19 @@ class PLFMS(ER):
         self.fms_generator = torch.Generator().manual_seed(config.seed + 7919)
         self.ancestors = ancestor_maps(problem)
 
-    def learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
-    ) -> None:
-        x = x.to(self.device, torch.float32)
-        y = y.to(self.device)
-        level = sample_levels(level, y)
+    def _begin(
+        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        x, y, level, replay = super()._begin(x, y, level)
         self._register(y, level)
-        replay = len(y) if self.config.replay_batch_size is None else self.config.replay_batch_size
-        self.model.train()
-        if self.config.memory_first:
-            self.memory.add(x, y, level)
-        for _ in range(iterations):
-            keep = self._flexible_selection(y, level)
-            bx, by, blevel = x[keep], y[keep], level[keep]
-            wanted = replay + int((~keep).sum())
-            if wanted > 0 and len(self.memory) > 0:
-                mx, my, mlevel = self.memory.sample(wanted, query=x)
-                bx = torch.cat([bx, mx.to(self.device, torch.float32)])
-                by = torch.cat([by, my.to(self.device)])
-                blevel = torch.cat([blevel, mlevel.to(self.device)])
-            if len(by):
-                from_memory = torch.arange(len(by), device=self.device) >= int(keep.sum())
-                self._step(bx, by, blevel, from_memory)
-        if not self.config.memory_first:
-            self.memory.add(x, y, level)
+        return x, y, level, replay
+
+    def _stream_selection(self, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor | None:
+        keep = self._flexible_selection(y, level)
+        return None if bool(keep.all()) else keep
+
+    def _memory_first(self) -> bool:
+        return self.config.memory_first
 
     def _register(self, y: torch.Tensor, level: torch.Tensor) -> None:
         """Count the batch and note where each new class first appeared (1-based)."""
@@ -230,9 +218,15 @@ class PLFMS(ER):
         draw = torch.rand(len(y), generator=self.fms_generator, dtype=torch.float64)
         return draw.to(self.device) < self.keep_probability(y, level)
 
-    def _step(  # type: ignore[override]
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, from_memory: torch.Tensor
-    ) -> None:
+    def _step(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        level: torch.Tensor,
+        stream_rows: int,
+        seen_before: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor | None:
+        from_memory = torch.arange(len(y), device=self.device) >= stream_rows
         features = self.backbone(x)
         loss = x.new_zeros(())
         for lvl in range(self.problem.num_levels):
@@ -260,9 +254,7 @@ class PLFMS(ER):
             pseudo = nn.functional.cross_entropy(pseudo_logits, target[accept], reduction="sum")
             loss = loss + self.config.lambda_u * pseudo
         loss = loss / len(y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        return self._update(loss, features, level, stream_rows, seen_before)
 
     def _covered(self, lvl: int) -> torch.Tensor:
         """Level-``lvl`` classes with a seen descendant at some finer level."""

@@ -1,13 +1,32 @@
-"""The training loop, checkpoint and device moves shared by the replay learners (ER, UER, MVP)."""
+"""The configuration, training loop, checkpoint and device moves shared by the replay learners
+(ER, UER, PL-FMS, MVP), and the fused predict-before-learn of those that can.
+
+One learn loop (:meth:`ReplayTraining.learn`): mark the batch's classes seen, then per iteration
+choose which stream samples take part (all, unless a learner thins them out, as PL-FMS's
+flexible sampling does), fill the batch up with as many memory samples as the stream batch
+holds (plus one per dropped stream sample), take one step (``_step``), and finally offer the
+batch to the memory.
+
+Fused prediction (:class:`~learners.capabilities.FusedPrediction`): the prequential prediction
+and the first step see the same weights and the same stream batch, so the backbone features the
+first step computes serve both, and predicting the batch before learning it costs no forward of
+its own. The features of a stream sample depend on the mode of no layer of a model built only
+from :data:`MODE_FREE` modules, so the step's training-mode features equal ``predict``'s; a
+learner whose model holds any other module (dropout, batch norm, a ViT) predicts separately.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Self
+import functools
+from typing import Any, Literal, Self
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from learners.base import Problem
+from learners.backbones.backbone import MLP, BackboneConfig, Identity, SmallCNN
+from learners.base import LearnerConfig, Problem
+from learners.capabilities import FusedPrediction
 from learners.levels import Levels, level_rows, sample_levels
 from learners.state.learner_state import LearnerState
 from learners.state.torch_state import (
@@ -16,16 +35,68 @@ from learners.state.torch_state import (
     module_state,
     optimizer_state,
 )
+from memory import MemoryConfig
+
+# Modules whose forward never reads ``self.training``.
+MODE_FREE: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.ReLU,
+    nn.GELU,
+    nn.Flatten,
+    nn.Identity,
+    nn.Conv2d,
+    nn.MaxPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.LayerNorm,
+    nn.Sequential,
+    nn.ModuleList,
+    nn.ModuleDict,
+    nn.ParameterList,
+    MLP,
+    SmallCNN,
+    Identity,
+)
+
+
+def mode_free(model: nn.Module) -> bool:
+    """Whether ``model`` computes the same in training and in evaluation mode."""
+    return all(type(module) in MODE_FREE for module in model.modules())
+
+
+class ReplayConfig(LearnerConfig):
+    """Options of every learner trained by gradient steps on stream plus replayed samples."""
+
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    replay_batch_size: int | None = Field(
+        None, ge=0, description="memory samples per step; default: the stream batch size"
+    )
+
+
+def make_optimizer(model: nn.Module, config: ReplayConfig) -> torch.optim.Optimizer:
+    """Adam or SGD over ``model``'s trainable parameters.
+
+    ``foreach``: one kernel launch per update op for all parameters instead of one per parameter
+    (bench/loop.py), with results identical to the per-parameter loop on the CPU."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
 
 
 class ReplayTraining:
     """The training loop, checkpoint and device moves shared by learners trained by gradient
     steps with a replay memory (ER and those built like it): a ``model`` holding every trained
     parameter, an ``optimizer``, per-level masks of the classes ``seen``, a ``memory`` and
-    ``config.replay_batch_size``. ``learn`` is experience replay: mark the batch's classes seen,
-    then each iteration take one step (``_step``) on the batch joined by as many memory samples,
-    and finally offer the batch to the memory. Mixed in before :class:`~learners.base.Learner`;
-    learners with more state extend these methods and call them."""
+    ``config.replay_batch_size``. Mixed in before :class:`~learners.base.Learner`; learners with
+    more state extend these methods and call them.
+
+    A learner supplies ``_step`` and may override ``_stream_selection``; one that can serve the
+    prequential prediction from its step's features (:class:`FusedPrediction`) overrides
+    ``_scores``."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -34,8 +105,56 @@ class ReplayTraining:
     config: Any
     problem: Problem
     device: torch.device
+    predict: Any
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor) -> None:
+    def _step(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        level: torch.Tensor,
+        stream_rows: int,
+        seen_before: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor | None:
+        """One gradient step on a batch whose first ``stream_rows`` rows are stream samples and
+        the rest replayed. With ``seen_before`` (fused prediction), also returns the stream
+        rows' scores under the weights before the step (:meth:`_update` makes them)."""
+        raise NotImplementedError
+
+    def _update(
+        self,
+        loss: torch.Tensor,
+        features: torch.Tensor,
+        level: torch.Tensor,
+        stream_rows: int,
+        seen_before: list[torch.Tensor] | None,
+    ) -> torch.Tensor | None:
+        """Step the optimizer on ``loss``; before that, with ``seen_before``, score the stream
+        rows from the step's own ``features`` (the weights are about to change)."""
+        scores = None
+        if seen_before is not None:
+            with torch.no_grad():
+                scores = self._scores(
+                    features[:stream_rows].detach(), level[:stream_rows], seen_before
+                )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return scores
+
+    def _stream_selection(self, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor | None:
+        """Which stream samples take part in this step (a bool mask); None: all of them."""
+        return None
+
+    def _memory_first(self) -> bool:
+        """Whether the batch enters the memory before the steps (so it can be replayed in
+        them) instead of after."""
+        return False
+
+    def _scores(
+        self, features: torch.Tensor, level: torch.Tensor, seen: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """``predict``'s scores of samples with these backbone ``features`` at their ``level``,
+        with the classes ``seen`` then, padded with ``-inf`` to the widest level."""
         raise NotImplementedError
 
     def _begin(
@@ -50,22 +169,82 @@ class ReplayTraining:
         for lvl, rows in level_rows(level, self.problem.num_levels):
             self.seen[lvl][y[rows]] = True
         replay = len(y) if self.config.replay_batch_size is None else self.config.replay_batch_size
-        self.model.train()
+        self._train_mode(True)
         return x, y, level, replay
+
+    @functools.cached_property
+    def _mode_free(self) -> bool:
+        return mode_free(self.model)
+
+    def _train_mode(self, training: bool) -> None:
+        # ``Module.train`` walks every submodule; predict and learn alternate on every batch.
+        if self.model.training != training:
+            self.model.train(training)
 
     def learn(
         self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> None:
+        self._learn(x, y, level, iterations, predict=False)
+
+    def predict_then_learn(
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
+    ) -> torch.Tensor:
+        scores = self._learn(x, y, level, iterations, predict=True)
+        assert scores is not None
+        return scores
+
+    def _learn(
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels, iterations: int, predict: bool
+    ) -> torch.Tensor | None:
+        level = sample_levels(level, y)
+        scores = None
+        seen_before: list[torch.Tensor] = []
+        if predict:
+            if isinstance(self, FusedPrediction) and iterations > 0 and self._mode_free:
+                seen_before = [s.clone() for s in self.seen]
+            else:
+                scores = self._predict_padded(x, level)
         x, y, level, replay = self._begin(x, y, level)
-        for _ in range(iterations):
-            bx, by, blevel = x, y, level
-            if replay > 0 and len(self.memory) > 0:
-                mx, my, mlevel = self.memory.sample(replay, query=x)
-                bx = torch.cat([x, mx.to(self.device, torch.float32)])
-                by = torch.cat([y, my.to(self.device)])
-                blevel = torch.cat([level, mlevel.to(self.device)])
-            self._step(bx, by, blevel)
-        self.memory.add(x, y, level)
+        memory_first = self._memory_first()
+        if memory_first:
+            self.memory.add(x, y, level)
+        for iteration in range(iterations):
+            keep = self._stream_selection(y, level)
+            bx, by, blevel = (x, y, level) if keep is None else (x[keep], y[keep], level[keep])
+            wanted = replay + (0 if keep is None else len(y) - len(by))
+            stream_rows = len(by)
+            if wanted > 0 and len(self.memory) > 0:
+                mx, my, mlevel = self.memory.sample(wanted, query=x)
+                bx = torch.cat([bx, mx.to(self.device, torch.float32)])
+                by = torch.cat([by, my.to(self.device)])
+                blevel = torch.cat([blevel, mlevel.to(self.device)])
+            fuse = iteration == 0 and bool(seen_before)
+            if fuse and keep is not None:
+                # some stream samples sit this step out: the prediction needs their features too
+                with torch.no_grad():
+                    scores = self._scores(self._features(x), level, seen_before)
+                fuse = False
+            if fuse:
+                scores = self._step(bx, by, blevel, stream_rows, seen_before)
+            elif len(by):
+                self._step(bx, by, blevel, stream_rows)
+        if not memory_first:
+            self.memory.add(x, y, level)
+        return scores
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features of ``x`` (on the device, float32), for ``_scores``."""
+        raise NotImplementedError
+
+    def _predict_padded(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """``predict`` of each sample at its own level, padded with ``-inf`` to the widest."""
+        if self.problem.num_levels == 1:
+            return self.predict(x, 0)
+        scores = torch.full((len(level), max(self.problem.num_classes)), float("-inf"))
+        for lvl in level.unique().tolist():
+            rows = level == lvl
+            scores[rows, : self.problem.num_classes[lvl]] = self.predict(x[rows], lvl).cpu()
+        return scores
 
     def state_dict(self) -> LearnerState:
         state = LearnerState({f"seen.{lvl}": seen.cpu() for lvl, seen in enumerate(self.seen)})

@@ -41,30 +41,23 @@ repository (FelixHuiweiLin/UER) holds only a README, so there is no code to comp
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
-from learners.backbones.backbone import BackboneConfig, build_backbone
-from learners.base import Learner, LearnerConfig, Problem
-from learners.levels import Levels, level_index, level_rows
-from learners.replay_training import ReplayTraining
-from memory import MemoryConfig, build_memory
+from learners.backbones.backbone import build_backbone
+from learners.base import Learner, Problem
+from learners.capabilities import FusedPrediction, MultiLevelPrediction, PurePrediction
+from learners.levels import level_index, level_rows
+from learners.replay_training import ReplayConfig, ReplayTraining, make_optimizer
+from memory import build_memory
 
 
-class UERConfig(LearnerConfig):
-    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
-    optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+class UERConfig(ReplayConfig):
     scale: float = Field(1 / 0.09, gt=0, description="cosine logit scale for stream samples")
-    memory: MemoryConfig = Field(default_factory=MemoryConfig)
-    replay_batch_size: int | None = Field(
-        None, ge=0, description="memory samples per step; default: the stream batch size"
-    )
 
 
 def seeded_weight(num_classes: int, dim: int, seed: int) -> torch.Tensor:
@@ -74,7 +67,7 @@ def seeded_weight(num_classes: int, dim: int, seed: int) -> torch.Tensor:
     return (torch.rand(num_classes, dim, generator=generator) * 2 - 1) * bound
 
 
-class UER(ReplayTraining, Learner):
+class UER(ReplayTraining, Learner, FusedPrediction, MultiLevelPrediction, PurePrediction):
     """Angle-only cross-entropy on the stream batch, dot-product cross-entropy on replay."""
 
     name = "uer"
@@ -98,15 +91,7 @@ class UER(ReplayTraining, Learner):
         self.memory = build_memory(
             config.memory, seed=config.seed, embed=self._embed, loss=self._sample_losses
         )
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if config.optimizer == "sgd":
-            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                params, lr=config.lr, weight_decay=config.weight_decay
-            )
-        else:
-            self.optimizer = torch.optim.Adam(
-                params, lr=config.lr, weight_decay=config.weight_decay
-            )
+        self.optimizer = make_optimizer(self.model, config)
 
     @property
     def memory_samples(self) -> int:
@@ -125,28 +110,48 @@ class UER(ReplayTraining, Learner):
     @torch.no_grad()
     def predict(self, x: torch.Tensor, level: int | None = None) -> torch.Tensor:
         level = level_index(level)
-        self.model.eval()
+        self._train_mode(False)
         return self.dot_logits(self.backbone(x.to(self.device, torch.float32)), level)
 
-    def learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
-    ) -> None:
-        x, y, level, replay = self._begin(x, y, level)
-        for _ in range(iterations):
-            if replay > 0 and len(self.memory) > 0:
-                mx, my, mlevel = self.memory.sample(replay, query=x)
-                # one backbone pass over stream and replay samples, split for the two losses
-                features = self.backbone(torch.cat([x, mx.to(self.device, torch.float32)]))
-                loss = self._loss(features[: len(y)], y, level, self.cosine_logits)
-                loss = loss + self._loss(
-                    features[len(y) :], my.to(self.device), mlevel.to(self.device), self.dot_logits
-                )
-            else:
-                loss = self._loss(self.backbone(x), y, level, self.cosine_logits)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-        self.memory.add(x, y, level)
+    @torch.no_grad()
+    def predict_levels(self, x: torch.Tensor, levels: list[int]) -> list[torch.Tensor]:
+        self._train_mode(False)
+        features = self.backbone(x.to(self.device, torch.float32))
+        return [self.dot_logits(features, level) for level in levels]
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def _scores(
+        self, features: torch.Tensor, level: torch.Tensor, seen: list[torch.Tensor]
+    ) -> torch.Tensor:
+        if self.problem.num_levels == 1:
+            return (features @ self.weights[0].detach().T).masked_fill(~seen[0], float("-inf"))
+        scores = features.new_full((len(level), max(self.problem.num_classes)), float("-inf"))
+        for lvl in level.unique().tolist():
+            rows = level == lvl
+            logits = features[rows] @ self.weights[lvl].detach().T
+            scores[rows, : self.problem.num_classes[lvl]] = logits.masked_fill(
+                ~seen[lvl], float("-inf")
+            )
+        return scores
+
+    def _step(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        level: torch.Tensor,
+        stream_rows: int,
+        seen_before: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor | None:
+        """Cosine cross-entropy on the stream rows plus dot-product cross-entropy on the replayed
+        ones, from one backbone pass over both."""
+        features = self.backbone(x)
+        n = stream_rows
+        loss = self._loss(features[:n], y[:n], level[:n], self.cosine_logits)
+        if len(y) > n:
+            loss = loss + self._loss(features[n:], y[n:], level[n:], self.dot_logits)
+        return self._update(loss, features, level, stream_rows, seen_before)
 
     def _loss(
         self,

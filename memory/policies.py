@@ -37,7 +37,7 @@ def reservoir(memory: ReplayMemory, key: int) -> int | None:
     if memory.size < memory.slots:
         return memory.size
     offered = memory.seen - memory.reservoir_start
-    j = int(torch.randint(0, offered, (1,), generator=memory.generator))
+    j = memory.randbelow(offered)
     return j if j < memory.slots else None
 
 
@@ -61,7 +61,7 @@ def class_balanced(memory: ReplayMemory, key: int) -> int | None:
     if memory.size < memory.slots:
         return memory.size
     members = memory.members(largest_class(memory.class_counts, key))
-    return int(members[torch.randint(0, len(members), (1,), generator=memory.generator)])
+    return int(members[memory.randbelow(len(members))])
 
 
 def clib(memory: ReplayMemory, key: int) -> int | None:

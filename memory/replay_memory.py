@@ -93,6 +93,7 @@ class ReplayMemory:
         self.steps = 0  # add() calls: the clock that embeddings age by
         self.size = 0
         self.generator = torch.Generator().manual_seed(seed)
+        self._draw_into = torch.empty(1, dtype=torch.long)
         self._policy = POLICIES[config.policy]
         self._embed = embed
         self._loss = loss
@@ -155,6 +156,12 @@ class ReplayMemory:
         """
         self.reservoir_start = self.seen - self.size
 
+    def randbelow(self, n: int) -> int:
+        """A uniform draw from ``[0, n)`` off the memory's generator: the value
+        ``torch.randint(0, n, (1,))`` draws, at half its cost (no new tensor per draw; policies
+        draw once per offered sample)."""
+        return int(self._draw_into.random_(0, n, generator=self.generator).item())
+
     def members(self, key: int) -> torch.Tensor:
         """Stored slots of class ``key``, ascending."""
         return torch.nonzero(self.keys[: self.size] == key).flatten()
@@ -176,26 +183,26 @@ class ReplayMemory:
             self._refresh_stale()
             return
         x, y, level = x.detach().cpu(), y.detach().cpu().long(), level.detach().cpu().long()
-        ids = torch.arange(start, start + n) if ids is None else ids.detach().cpu().long()
         if self.x is None:
             self._allocate(x)
         # slot -> batch row that ends up there; a later sample overwrites an earlier one in the
         # same slot, as one-at-a-time insertion would.
         placed: dict[int, int] = {}
-        for i in range(n):
+        # Python ints: indexing a tensor element by element costs more than the policy itself
+        for i, (lvl, label) in enumerate(zip(level.tolist(), y.tolist(), strict=True)):
             self.seen += 1
-            key = class_key(int(level[i]), int(y[i]))
+            key = class_key(lvl, label)
             slot = self._policy(self, key)
             if slot is not None:
-                self._take(slot, key, int(level[i]), int(y[i]))
+                self._take(slot, key, lvl, label)
                 placed[slot] = i
-        slots = torch.tensor(list(placed), dtype=torch.long)
-        rows = torch.tensor(list(placed.values()), dtype=torch.long)
-        if len(slots):
+        if placed:  # a full reservoir stores few of a batch, often none
             assert self.x is not None
+            slots = torch.tensor(list(placed), dtype=torch.long)
+            rows = torch.tensor(list(placed.values()), dtype=torch.long)
             self.x[slots] = x[rows].to(self.x.dtype)
-            self.ids[slots] = ids[rows]
             self.arrival[slots] = start + rows
+            self.ids[slots] = start + rows if ids is None else ids.detach().cpu().long()[rows]
             if self.index is not None:
                 self.index.write(slots, self._embed_inputs(x[rows]))
                 self.embedded_at[slots] = self.steps
@@ -286,8 +293,9 @@ class ReplayMemory:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(x, y, level)`` of ``min(n, len(self))`` distinct stored samples (see
         :meth:`sample_batch`)."""
-        batch = self.sample_batch(n, query)
-        return batch.x, batch.y, batch.level
+        slots = self._draw(n, query)
+        assert self.x is not None
+        return self.x[slots], self.y[slots], self.level[slots]
 
     def sample_batch(self, n: int, query: torch.Tensor | None = None) -> ReplayBatch:
         """``min(n, len(self))`` distinct stored samples chosen by the configured retrieval.
@@ -295,6 +303,19 @@ class ReplayMemory:
         ``query`` is the current stream batch's inputs; ``nearest`` retrieval needs it (and
         embeds it), the other modes ignore it, so a learner may always pass it.
         """
+        slots = self._draw(n, query)
+        assert self.x is not None
+        return ReplayBatch(
+            self.x[slots],
+            self.y[slots],
+            self.level[slots],
+            self.ids[slots],
+            self.arrival[slots],
+            slots,
+        )
+
+    def _draw(self, n: int, query: torch.Tensor | None) -> torch.Tensor:
+        """The slots of a replay batch (one training step, for CLIB's importance)."""
         self._measure_importance()
         n = min(n, self.size)
         if n <= 0:
@@ -314,15 +335,7 @@ class ReplayMemory:
             slots = retrieval.uniform(self.size, n, self.generator)
         if self.importance is not None:
             self.importance.replayed_in_step(slots)
-        assert self.x is not None
-        return ReplayBatch(
-            self.x[slots],
-            self.y[slots],
-            self.level[slots],
-            self.ids[slots],
-            self.arrival[slots],
-            slots,
-        )
+        return slots
 
     def state_dict(self) -> LearnerState:
         meta: dict[str, Any] = {

@@ -6,11 +6,17 @@ appeared in the stream are scored by the learner, unseen-class scores are masked
 accuracy and the per-class accuracies (0 for unseen classes, as the official code reports them)
 are recorded. With a hierarchy, a coarse prediction also counts as correct when the parent of
 the fine prediction is right (``either`` accuracy, as in the HLE code; see docs/metrics.md).
+
+Evaluation runs without autograd (in inference mode for a learner whose ``predict`` changes
+nothing, :class:`~learners.capabilities.PurePrediction`), in chunks of ``batch_size`` test
+samples. With a hierarchy, a learner that scores every level from one backbone pass
+(:class:`~learners.capabilities.MultiLevelPrediction`) is asked once per chunk of the test
+samples any level needs, instead of once per level (and again for the ``either`` accuracy).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +24,12 @@ import numpy as np
 import torch
 
 from learners.base import Learner, Problem
+from learners.capabilities import MultiLevelPrediction, PurePrediction
 from stream.data.datasets import Dataset, as_float_tensor
 from stream.engine.seen_classes import SeenClasses
+
+# rows of the test set, level -> the learner's predictions for them at that level
+Predictions = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 @dataclass
@@ -94,7 +104,26 @@ class AnytimeEvaluator:
             predictions.append(torch.from_numpy(predicted))
         return torch.cat(predictions) if predictions else torch.empty(0, dtype=torch.long)
 
-    @torch.no_grad()
+    def _predictions(
+        self, learner: Learner, seen: SeenClasses, test_rows: list[torch.Tensor]
+    ) -> Predictions:
+        """How to get the learner's predictions for test rows at a level."""
+        if self.problem.num_levels == 1 or not isinstance(learner, MultiLevelPrediction):
+            return lambda rows, level: self._predict(learner, rows, level, seen)
+        # every level's prediction for every test row that some level needs, one pass a chunk
+        needed = torch.zeros(len(self.y_test_levels), dtype=torch.bool)
+        for rows in test_rows:
+            needed[rows] = True
+        union = torch.nonzero(needed).flatten()
+        table = torch.full((len(needed), self.problem.num_levels), -1, dtype=torch.long)
+        levels = [lvl for lvl in range(self.problem.num_levels) if bool(seen[lvl].any())]
+        for start in range(0, len(union), self.batch_size):
+            chunk = union[start : start + self.batch_size]
+            scores = learner.predict_levels(self.x_test[chunk].to(learner.device), levels)
+            for lvl, level_scores in zip(levels, scores, strict=True):
+                table[chunk, lvl] = torch.from_numpy(seen.argmax(level_scores, lvl)[0])
+        return lambda rows, level: table[rows, level]
+
     def evaluate(
         self,
         learner: Learner,
@@ -104,22 +133,29 @@ class AnytimeEvaluator:
         """Evaluate ``learner`` given the classes seen in the stream (or their per-level masks)."""
         if not isinstance(seen, SeenClasses):
             seen = SeenClasses.from_masks(seen)
+        with torch.inference_mode() if isinstance(learner, PurePrediction) else torch.no_grad():
+            return self._evaluate(learner, seen, samples_seen)
+
+    def _evaluate(self, learner: Learner, seen: SeenClasses, samples_seen: int) -> Evaluation:
+        test_rows = [
+            torch.nonzero(torch.from_numpy(seen[level])[self.y_test_levels[:, level]]).flatten()
+            for level in range(self.problem.num_levels)
+        ]
+        predict = self._predictions(learner, seen, test_rows)
         level_accuracy: list[float | None] = []
         class_accuracy: list[np.ndarray] = []
         predictions: list[torch.Tensor | None] = []
-        test_rows: list[torch.Tensor] = []
         hits_total, count_total = 0, 0
         for level in range(self.problem.num_levels):
             labels = self.y_test_levels[:, level]
-            rows = torch.nonzero(torch.from_numpy(seen[level])[labels]).flatten()
-            test_rows.append(rows)
+            rows = test_rows[level]
             per_class = np.zeros(self.problem.num_classes[level])
             if len(rows) == 0:
                 level_accuracy.append(None)
                 class_accuracy.append(per_class)
                 predictions.append(None)
                 continue
-            predicted = self._predict(learner, rows, level, seen)
+            predicted = predict(rows, level)
             predictions.append(predicted)
             hits = predicted == labels[rows]
             hits_total += int(hits.sum())
@@ -130,7 +166,7 @@ class AnytimeEvaluator:
             counts = torch.bincount(labels[rows], minlength=k).double()
             per_class = (correct / counts.clamp(min=1)).numpy()
             class_accuracy.append(per_class)
-        either = self._either_accuracy(learner, seen, predictions, test_rows)
+        either = self._either_accuracy(predict, seen, predictions, test_rows)
         return Evaluation(
             samples_seen=samples_seen,
             accuracy=hits_total / count_total if count_total else None,
@@ -141,7 +177,7 @@ class AnytimeEvaluator:
 
     def _either_accuracy(
         self,
-        learner: Learner,
+        predict: Predictions,
         seen: SeenClasses,
         predictions: list[torch.Tensor | None],
         test_rows: list[torch.Tensor],
@@ -169,7 +205,7 @@ class AnytimeEvaluator:
                     finer[test_rows[level + 1]] = known
                 missing = rows[finer[rows] < 0]
                 if len(missing):
-                    finer[missing] = self._predict(learner, missing, level + 1, seen)
+                    finer[missing] = predict(missing, level + 1)
                 hits = hits | (self.parents[level][finer[rows]] == truth)
             either.append(int(hits.sum()) / len(hits))
         return either

@@ -5,7 +5,9 @@ Per micro-batch, in order:
 1. if the batch starts a new task, evaluate at the end of the previous one(s);
 2. predict the batch before learning it (prequential, test-then-train accuracy), with the
    classes the stream has not shown masked out (stream/engine/seen_classes.py, as for the
-   anytime evaluation);
+   anytime evaluation); a learner that declares
+   :class:`~learners.capabilities.FusedPrediction` returns this prediction from the call that
+   learns the batch (step 3), computed from its first step's forward;
 3. mark the batch's classes seen; accumulate ``online_iter`` and let the learner take
    ``int(accumulated)`` update steps, keeping the fraction for later batches (as i-Blurry does);
 4. with drift detection configured, feed the batch's prequential errors to the detector and,
@@ -35,7 +37,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from learners.base import Learner, Problem
-from learners.capabilities import DriftAction, SequentialLearner, supported_actions
+from learners.capabilities import (
+    DriftAction,
+    FusedPrediction,
+    SequentialLearner,
+    supported_actions,
+)
 from stream.engine import metrics
 from stream.engine.batch import Batch
 from stream.engine.drift_detection import DriftConfig, DriftConfigError, DriftMonitor
@@ -124,6 +131,7 @@ class EventLoop:
         self.next_eval = self.config.eval_period or 0
         self.prequential = metrics.PrequentialAccuracy(self.config.prequential_windows)
         self._sequential = learner if isinstance(learner, SequentialLearner) else None
+        self._fused = learner if isinstance(learner, FusedPrediction) else None
         self.drift: DriftMonitor | None = None
         if self.config.drift is not None:
             action = self.config.drift.action
@@ -138,6 +146,7 @@ class EventLoop:
             problem.num_classes, keep_history, self.config.recent_evaluations
         )
         self.learn_seconds = 0.0
+        self.evaluation_seconds = 0.0
         self.finished = False
 
     # -- the loop -------------------------------------------------------------------------
@@ -176,6 +185,12 @@ class EventLoop:
             predicted = self._sequential.test_then_train(batch.x, batch.y, batch.level, iterations)
             learn_seconds = time.perf_counter() - started
             hits, answered = self._sequential_hits(batch, predicted)
+            self.seen.mark_batch(batch.y.numpy(), batch.level.numpy())
+        elif self._fused is not None:
+            started = time.perf_counter()
+            scores = self._fused.predict_then_learn(batch.x, batch.y, batch.level, iterations)
+            learn_seconds = time.perf_counter() - started
+            hits, answered = self._prequential(batch, scores)
             self.seen.mark_batch(batch.y.numpy(), batch.level.numpy())
         else:
             hits, answered = self._prequential(batch)
@@ -218,20 +233,27 @@ class EventLoop:
         at ``-inf``: what a prediction served now is the argmax of."""
         return self.seen.masked(self.learner.predict(x, level), level)
 
-    def _prequential(self, batch: Batch) -> tuple[np.ndarray, np.ndarray | None]:
+    def _prequential(
+        self, batch: Batch, scores: torch.Tensor | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Hits, and which samples the learner predicted at all (None: every one), predicting
-        the batch before learning it. Bookkeeping runs in numpy on views of the CPU tensors:
-        cheaper per call than torch on micro-batches, and this runs on every batch."""
+        the batch before learning it, or from the ``scores`` a fused learner returned
+        (``[B, max classes]``, each row at its own level). Bookkeeping runs in numpy on views of
+        the CPU tensors: cheaper per call than torch on micro-batches, and this runs on every
+        batch."""
         y = batch.y.numpy()
         if self.problem.num_levels == 1:
-            return self._hits(self.learner.predict(batch.x, 0), y, 0)
+            return self._hits(self.learner.predict(batch.x, 0) if scores is None else scores, y, 0)
         hits = np.zeros(len(y), dtype=bool)
         answered = np.zeros(len(y), dtype=bool)
         levels = batch.level.numpy()
         for level in np.unique(levels).tolist():
             rows = levels == level
-            scores = self.learner.predict(batch.x[torch.from_numpy(rows)], level)
-            level_hits, level_answered = self._hits(scores, y[rows], level)
+            if scores is None:
+                level_scores = self.learner.predict(batch.x[torch.from_numpy(rows)], level)
+            else:
+                level_scores = scores[torch.from_numpy(rows), : self.problem.num_classes[level]]
+            level_hits, level_answered = self._hits(level_scores, y[rows], level)
             hits[rows] = level_hits
             answered[rows] = True if level_answered is None else level_answered
         return hits, answered
@@ -306,7 +328,9 @@ class EventLoop:
     def _evaluate(self, kind: str) -> Evaluation | None:
         if self.evaluator is None:
             return None
+        started = time.perf_counter()
         evaluation = self.evaluator.evaluate(self.learner, self.seen, self.samples_seen)
+        self.evaluation_seconds += time.perf_counter() - started
         self.evaluations.add(evaluation, kind)
         for observer in self.observers:
             observer.on_evaluation(self, evaluation, kind)
@@ -388,6 +412,7 @@ class EventLoop:
             "prequential": self.prequential.state_dict(),
             "evaluations": self.evaluations.state_dict(),
             "learn_seconds": self.learn_seconds,
+            "evaluation_seconds": self.evaluation_seconds,
             "finished": self.finished,
             "drift": None if self.drift is None else self.drift.state_dict(),
         }
@@ -411,6 +436,7 @@ class EventLoop:
                 else Evaluation.from_json(state["last_evaluation"]),
             )
         self.learn_seconds = float(state["learn_seconds"])
+        self.evaluation_seconds = float(state.get("evaluation_seconds", 0.0))
         self.finished = bool(state["finished"])
         if self.drift is not None:
             if state.get("drift") is None:

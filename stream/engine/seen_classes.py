@@ -24,7 +24,9 @@ class SeenClasses:
         # 0 for seen classes, -inf for the others: masking scores is then one addition.
         self._bias = [np.full(int(k), -np.inf, dtype=np.float32) for k in num_classes]
         self._all = [False] * len(self.masks)
-        self._any = [False] * len(self.masks)
+        # per score shape: masked-score buffers and row offsets, made once
+        self._buffers: dict[tuple[tuple[int, ...], np.dtype], np.ndarray] = {}
+        self._offsets: dict[tuple[int, int], np.ndarray] = {}
 
     @classmethod
     def from_masks(cls, masks: Iterable[np.ndarray | torch.Tensor]) -> SeenClasses:
@@ -51,7 +53,6 @@ class SeenClasses:
             seen[labels] = True
             self._bias[level][labels] = 0.0
             self._all[level] = bool(seen.all())
-            self._any[level] = True
 
     def mark_batch(self, y: np.ndarray, levels: np.ndarray) -> None:
         """The stream showed a batch labelled ``y`` at the per-sample ``levels``."""
@@ -71,21 +72,35 @@ class SeenClasses:
     def argmax(self, scores: torch.Tensor, level: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The predicted class of each row among the seen classes, and which rows scored some
         seen class above ``-inf`` (a learner that knows no seen class yet makes no prediction;
-        such a row's argmax is 0); None when every row did, the usual case, told by one
-        reduction over the raw scores."""
+        such a row's argmax is 0); None when every row did, the usual case. Reading each row's
+        argmax entry back tells which at a fraction of a reduction over all scores; a NaN row
+        is not answered either."""
         raw = scores.numpy(force=True)
+        rows, classes = raw.shape
         if self._all[level]:
-            masked, some_seen = raw, True  # nothing to mask
+            masked = raw  # nothing to mask
         else:
-            masked, some_seen = raw + self._bias[level], self._any[level]
+            masked = self._scratch(raw.shape, raw.dtype)
+            np.add(raw, self._bias[level], out=masked)
         predicted = masked.argmax(axis=1)
-        if some_seen and raw.min() > -np.inf:  # (a NaN fails this too)
+        answered = masked.reshape(-1)[predicted + self._row_starts(rows, classes)] > -np.inf
+        if answered.all():
             return predicted, None
-        # a row scored -inf throughout has its argmax at -inf; reading the argmax entries back
-        # costs a fraction of a row-wise max
-        rows, classes = masked.shape
-        answered = masked.reshape(-1)[predicted + np.arange(0, rows * classes, classes)] > -np.inf
         return predicted, answered
+
+    def _scratch(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A buffer for masked scores, reused across batches of the same shape and dtype."""
+        buffer = self._buffers.get((shape, dtype))
+        if buffer is None:
+            buffer = self._buffers[(shape, dtype)] = np.empty(shape, dtype)
+        return buffer
+
+    def _row_starts(self, rows: int, classes: int) -> np.ndarray:
+        """Flat index of each row's first entry in a ``[rows, classes]`` array."""
+        starts = self._offsets.get((rows, classes))
+        if starts is None:
+            starts = self._offsets[(rows, classes)] = np.arange(0, rows * classes, classes)
+        return starts
 
     def state_dict(self) -> list[list[int]]:
         """The seen classes of each level, as JSON."""
@@ -97,4 +112,3 @@ class SeenClasses:
             mask[np.asarray(classes, dtype=np.int64)] = True
             self._bias[level][:] = np.where(mask, 0.0, -np.inf)
         self._all = [bool(mask.all()) for mask in self.masks]
-        self._any = [bool(mask.any()) for mask in self.masks]

@@ -100,6 +100,7 @@ def replay(
         device=str(torch_device),
         seconds=seconds,
         learn_seconds=loop.learn_seconds,
+        evaluation_seconds=loop.evaluation_seconds,
         samples_per_second=loop.samples_seen / seconds if seconds > 0 else None,
         stream=str(prepared.path),
         dataset=header.dataset,

@@ -53,8 +53,13 @@ def check_events(stream: RecordedStream, dataset: Dataset | None, problem: Probl
 
 
 def _all_finite(x: np.ndarray) -> bool:
-    """Whether every value of ``x`` is finite: NaN propagates through min and max and an inf is
-    one of them, so two reductions decide, with no boolean array the size of the stream."""
+    """Whether every value of ``x`` is finite. A NaN or inf makes the sum non-finite, so one
+    pass over the stream decides in the usual case; a non-finite sum (huge finite values can
+    overflow it too) is decided exactly by min and max, through which NaN propagates and of
+    which an inf is one. No boolean array the size of the stream either way."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.add.reduce(x.reshape(-1), dtype=x.dtype)):
+            return True
     return bool(np.isfinite(x.min()) and np.isfinite(x.max()))
 
 

@@ -161,3 +161,22 @@ def test_batches_tile_the_stream_from_start_and_never_cross_a_task(
         -(-(hi - lo) // batch_size)
         for lo, hi in zip([0, *boundaries], [*boundaries, len(stream) - start], strict=True)
     )
+
+
+@pytest.mark.parametrize(
+    ("values", "bad"), [((3e38, 3e38), None), ((np.inf, -np.inf), 2), ((3e38, np.nan), 9)]
+)
+def test_the_finite_check_tells_an_overflowing_sum_from_non_finite_inputs(values, bad):
+    """One sum decides the usual case; huge finite values overflow it and are then decided
+    exactly, with no warning (pytest runs with warnings as they come)."""
+    ds = load_dataset("digits")
+    schedule, params = make_schedule("disjoint", ds, {}, seed=1)
+    stream = record_schedule(ds, schedule, "disjoint", params.model_dump(), 1, inline=True)
+    stream.x = stream.x.astype(np.float32)
+    stream.x[2, 0, 1, 1], stream.x[9, 0, 4, 4] = values
+    problem = ds.problem()
+    if bad is None:
+        assert len(list(task_batches(stream, ds, 16, problem=problem))) > 0
+    else:
+        with pytest.raises(StreamFileError, match=f"event {bad} has NaN or inf"):
+            next(task_batches(stream, ds, 16, problem=problem))

@@ -151,3 +151,40 @@ def test_only_test_samples_of_seen_classes_count_per_level():
     assert evaluation.level_accuracy == [1.0, 1.0]
     assert evaluation.class_accuracy[0].tolist() == [0.0, 1.0]
     assert evaluation.class_accuracy[1].tolist() == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_one_backbone_pass_for_every_level_gives_the_per_level_evaluation():
+    """ER scores every level from one pass (MultiLevelPrediction); the same evaluation,
+    ``either`` accuracy included, as asking ``predict`` level by level."""
+    from learners.registry import create
+
+    problem = Problem(
+        input_shape=(5,),
+        num_classes=(2, 4),
+        level_names=("coarse", "fine"),
+        parents=((0, 0, 1, 1),),
+    )
+    generator = torch.Generator().manual_seed(0)
+    learner = create("er", problem, {"backbone": {"hidden": [16], "out_dim": 8}})
+    for _ in range(10):
+        x = torch.randn(8, 5, generator=generator)
+        level = torch.randint(0, 2, (8,), generator=generator)
+        y = torch.randint(0, 4, (8,), generator=generator) // torch.where(level == 0, 2, 1)
+        learner.learn(x, y, level)
+
+    class PerLevel(FixedScores):
+        def predict(self, x, level=0):
+            return learner.predict(x, level)
+
+    fine = torch.randint(0, 4, (40,), generator=generator)
+    evaluator = AnytimeEvaluator(
+        torch.randn(40, 5, generator=generator), torch.stack([fine // 2, fine], 1), problem, 16
+    )
+    for seen in (
+        [torch.tensor([True, True]), torch.tensor([True, False, False, True])],
+        [torch.tensor([True, False]), torch.tensor([False, False, False, False])],
+        [torch.tensor([False, False]), torch.tensor([False, True, True, False])],
+    ):
+        fused = evaluator.evaluate(learner, seen, 0)
+        per_level = evaluator.evaluate(PerLevel(problem, None), seen, 0)
+        assert fused.to_json() == per_level.to_json()

@@ -204,3 +204,71 @@ def test_summary_has_every_spec_key():
     assert 0.5 < summary["A_auc"] <= 1 and 0.5 < summary["A_last"] <= 1
     assert all(0 <= acc <= 1 for _, acc in summary["curve"])
     assert np.all(np.diff([s for s, _ in summary["curve"]]) > 0)
+
+
+class HitsRecorder(Observer):
+    def __init__(self):
+        self.hits = []
+
+    def on_batch(self, loop, batch, hits, learn_seconds):
+        self.hits.append(hits.copy())
+
+
+class TwoCalls(Learner):
+    """A learner's ``predict`` and ``learn`` only: the engine's path without fused prediction."""
+
+    name = "two-calls"
+
+    def __init__(self, inner):
+        super().__init__(inner.problem, inner.config)
+        self.inner = inner
+
+    def predict(self, x, level=0):
+        return self.inner.predict(x, level)
+
+    def learn(self, x, y, level, iterations=1):
+        self.inner.learn(x, y, level, iterations)
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state):
+        self.inner.load_state_dict(state)
+
+
+@pytest.mark.parametrize("learner_name", ["er", "uer", "pl-fms"])
+def test_fused_prediction_gives_the_two_call_results_exactly(learner_name):
+    ds = load_dataset("digits")
+    schedule, params = make_schedule("si-blurry", ds, {}, seed=3)
+    stream = record_schedule(ds, schedule, "si-blurry", params.model_dump(), 3)
+    problem = ds.problem()
+    ev = AnytimeEvaluator(as_float_tensor(ds.X_test), torch.from_numpy(ds.y_test_levels), problem)
+    config = LoopConfig(eval_period=400, online_iter=1.5)
+    summaries, hits = [], []
+    for wrap in (False, True):
+        learner = create(learner_name, problem, {"seed": 1, "memory": {"capacity": 100}})
+        recorder = HitsRecorder()
+        loop = EventLoop(
+            TwoCalls(learner) if wrap else learner,
+            problem,
+            config,
+            ev,
+            num_tasks=schedule.num_tasks,
+            observers=[recorder],
+        )
+        loop.run(task_batches(stream, ds, config.batch_size))
+        summary = loop.summary()
+        summaries.append({k: summary[k] for k in ("curve", "A_last", "prequential_accuracy")})
+        hits.append(np.concatenate(recorder.hits))
+    assert summaries[0] == summaries[1]
+    np.testing.assert_array_equal(hits[0], hits[1])
+
+
+def test_evaluation_time_is_counted_apart_and_checkpointed():
+    loop = digits_run("nmc")
+    assert loop.evaluation_seconds > 0
+    state = loop.state_dict()
+    assert state["evaluation_seconds"] == loop.evaluation_seconds
+    restored = EventLoop(create("nmc", loop.problem), loop.problem, loop.config)
+    restored.load_state_dict(state)
+    assert restored.evaluation_seconds == loop.evaluation_seconds
