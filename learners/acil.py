@@ -9,8 +9,9 @@ known can share a batch without any special case (the generalised setting of G-A
 no exemplars and no gradients.
 
 Deviations from the official code (ZHUANGHP/Analytic-continual-learning), on purpose:
-- the head keeps G = HᵀH, Q = HᵀY and solves lazily (``solver="lazy"``, the default) instead of
-  updating R = (HᵀH+γI)⁻¹ per batch; the recursive form is ``solver="woodbury"``;
+- the head keeps G = HᵀH, Q = HᵀY (``solver="auto"``, the default, or ``"lazy"``) and solves
+  them in the form the prediction cadence makes fastest, instead of only updating
+  R = (HᵀH+γI)⁻¹ per batch; the recursive form is ``solver="woodbury"`` (docs/analytic.md);
 - every class of the label space has a column from the start (Q's columns are zero until the
   class arrives), and classes never learned score ``-inf``;
 - with a label hierarchy each level has its own head, fitted on the samples labelled at that level;
@@ -24,7 +25,6 @@ from typing import Any, ClassVar, Self
 import torch
 
 from learners.analytic import AnalyticConfig, AnalyticLearner
-from learners.base import Problem
 from learners.capabilities import AdditiveStatistics, Mergeable
 from learners.levels import Levels, level_index
 from learners.linalg.ridge import RecursiveRidge
@@ -49,12 +49,14 @@ class ACIL(AnalyticLearner, Mergeable, AdditiveStatistics):
     config: ACILConfig
     check_config: ClassVar[dict[str, Any]] = {"buffer_size": 64}
 
-    def __init__(self, problem: Problem, config: ACILConfig) -> None:
-        super().__init__(problem, config)
+    def _build_heads(self, width: int) -> None:
         self.heads = [
-            RecursiveRidge(config.buffer_size, classes, config.gamma, config.solver)
-            for classes in problem.num_classes
+            RecursiveRidge(width, classes, self.config.gamma, self.config.solver, self.device)
+            for classes in self.problem.num_classes
         ]
+
+    def has_learned(self) -> bool:
+        return any(bool(head.counts.any()) for head in self.heads)
 
     @torch.no_grad()
     def learn(
@@ -66,7 +68,7 @@ class ACIL(AnalyticLearner, Mergeable, AdditiveStatistics):
             self.heads[lvl].fit_labels(H[rows], y[rows])
 
     def weights(self, level: int = 0) -> torch.Tensor:
-        """The ridge solution W [buffer_size, num_classes[level]] (float64) predictions use."""
+        """The ridge solution W [width, num_classes[level]] (float64) predictions use."""
         return self.heads[level].weights()
 
     @torch.no_grad()
@@ -77,7 +79,7 @@ class ACIL(AnalyticLearner, Mergeable, AdditiveStatistics):
 
     @property
     def can_merge(self) -> bool:
-        return self.config.solver == "lazy"
+        return self.config.solver != "woodbury"  # woodbury keeps no statistics
 
     def merge(self, other: ACIL) -> None:
         """Absorb what ``other`` learned: afterwards this learner equals one that saw both streams.

@@ -123,6 +123,8 @@ class AEFOCL(ACIL, MomentStatistics):
 
     def weights(self, level: int = 0) -> torch.Tensor:
         """The balanced solution: the real statistics plus the last draw of pseudo-features."""
+        if self.heads[level].cadence.solved():
+            self.balanced[level] = None  # solve in the form the new cadence wants
         if self.drawn[level] is None or self.since_draw[level] >= self.config.refresh_every:
             self.drawn[level] = self.moments[level].copy()
             self.draws[level] += 1

@@ -7,6 +7,7 @@ arXiv 2403.15706).
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import ClassVar, Literal, Self
 
 import torch
@@ -49,6 +50,19 @@ class RandomBuffer(nn.Module):
         return _ACTIVATIONS[self.activation](features.to(torch.float64) @ self.weight)
 
 
+DEFAULT_WIDTH = {"cpu": 1024, "cuda": 8192}
+"""The buffer width by device type when the config leaves it out. Each sample costs O(d²) in
+the heads whatever the input size (the projection, O(d_in·d), is small beside it), so the
+device alone decides: 1024 keeps G-ACIL, AEF-OCL and DS-AL above 1,000 samples/s on a CPU
+with every batch predicted, even on one thread of a busy machine (at 2048 DS-AL and AEF-OCL
+fall below that there); a GPU runs the d×d products of 8192 cheaply (docs/analytic.md)."""
+
+
+def default_width(device: torch.device) -> int:
+    """The buffer width a config without ``buffer_size`` gets on ``device``."""
+    return DEFAULT_WIDTH.get(device.type, DEFAULT_WIDTH["cpu"])
+
+
 class AnalyticConfig(LearnerConfig):
     """Options shared by the learners built on a random buffer and ridge heads."""
 
@@ -56,18 +70,21 @@ class AnalyticConfig(LearnerConfig):
         default_factory=lambda: BackboneConfig(name="identity"),
         description="feature extractor (frozen); identity uses the inputs as features",
     )
-    buffer_size: int = Field(
-        8192,
+    buffer_size: int | None = Field(
+        None,
         gt=0,
-        description="width d of the random buffer layer; a head keeps two d×d float64 "
-        "matrices (statistics and their Cholesky factor), 1 GiB at 8192",
+        description="width d of the random buffer layer; null: by device, "
+        f"{DEFAULT_WIDTH['cpu']} on a CPU, {DEFAULT_WIDTH['cuda']} on a GPU (docs/analytic.md "
+        "has the accuracy/speed frontier); a head keeps two d×d float64 matrices, "
+        "1 GiB at 8192",
     )
     gamma: float = Field(0.1, gt=0, description="ridge regularisation γ")
     solver: Solver = Field(
-        "lazy",
-        description="lazy: keep HᵀH, HᵀY and solve when a prediction needs it (exact, mergeable; "
-        "the faster form unless every batch is predicted); woodbury: update (HᵀH+γI)⁻¹ and W "
-        "per batch as the official code does (faster when every batch is predicted; no merge)",
+        "auto",
+        description="auto: keep HᵀH, HᵀY and solve in the form the prediction cadence makes "
+        "fastest (exact, mergeable); lazy: the same statistics, always solved by a Cholesky "
+        "factorisation when a prediction needs it (fastest when predictions are rare); "
+        "woodbury: update (HᵀH+γI)⁻¹ and W per batch as the official code does (no merge)",
     )
 
 
@@ -89,9 +106,38 @@ class AnalyticLearner(Learner):
         super().__init__(problem, config)
         frozen = config.backbone.model_copy(update={"freeze": True})
         self.backbone = build_backbone(frozen, problem.input_shape, config.seed).eval()
+        self._build(config.buffer_size or default_width(self.device))
+
+    @property
+    def width(self) -> int:
+        """The buffer width d in use (``buffer_size``, or the default of the device)."""
+        return self.buffer.size
+
+    def _build(self, width: int) -> None:
+        """The random buffer of ``width`` and empty heads over it."""
         self.buffer = RandomBuffer(
-            self.backbone.out_dim, config.buffer_size, config.seed + 1, self.buffer_activation
+            self.backbone.out_dim, width, self.config.seed + 1, self.buffer_activation
         )
+        self.buffer.to(self.device)
+        self._build_heads(width)
+
+    @abstractmethod
+    def _build_heads(self, width: int) -> None:
+        """Empty ridge heads over a buffer of ``width`` on this learner's device."""
+
+    @abstractmethod
+    def has_learned(self) -> bool:
+        """Whether any sample was learned (the width can then no longer change)."""
+
+    def _rebuild_for(self, width: int, why: str) -> None:
+        """Take ``width`` when the config leaves it to the device and nothing was learned."""
+        if width == self.width:
+            return
+        if self.config.buffer_size is not None or self.has_learned():
+            raise ValueError(
+                f"{self.name}: buffer width {self.width} cannot become {width} ({why})"
+            )
+        self._build(width)
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -113,6 +159,9 @@ class AnalyticLearner(Learner):
                 f"{self.name} checkpoint was saved with solver={state.meta.get('solver')!r}, "
                 f"this learner uses solver={self.config.solver!r}"
             )
+        saved = state.tensors.get("buffer.weight")
+        if saved is not None and saved.ndim == 2 and saved.shape[1] != self.width:
+            self._rebuild_for(int(saved.shape[1]), "the checkpoint's width")
 
     def _feature_state(self) -> LearnerState:
         """Backbone and buffer weights: they define the space the statistics live in."""
@@ -127,7 +176,12 @@ class AnalyticLearner(Learner):
         load_module_state(self.buffer, state.part("buffer"))
 
     def to(self, device: torch.device | str) -> Self:
+        """Move to ``device``; a learner that has learned nothing and was given no
+        ``buffer_size`` takes the device's default width first."""
         super().to(device)
         self.backbone.to(self.device)
         self.buffer.to(self.device)
+        width = default_width(self.device)
+        if self.config.buffer_size is None and width != self.width and not self.has_learned():
+            self._build(width)
         return self

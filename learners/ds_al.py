@@ -14,7 +14,7 @@ Deviations from the official ``DSAL`` (ZHUANGHP/Analytic-continual-learning), on
 - PLC there keeps the last ``increase_size`` columns, i.e. the classes of the current phase; a
   stream has no phases, so here the "current" classes are those in the micro-batch. (The
   official slice ``Y[:, :-increase_size]`` also clears nothing when a phase adds no class.)
-- both streams keep sufficient statistics (``solver="lazy"``) or the recursive form
+- both streams keep sufficient statistics (``solver="auto"`` or ``"lazy"``) or the recursive form
   (``solver="woodbury"``), as G-ACIL; each level of a hierarchy has its own pair of streams.
 
 DS-AL has no ``merge``: the compensation targets depend on the main stream's state at each
@@ -32,7 +32,6 @@ import torch
 from pydantic import Field
 
 from learners.analytic import AnalyticConfig, AnalyticLearner
-from learners.base import Problem
 from learners.capabilities import AdditiveStatistics
 from learners.levels import Levels, level_index
 from learners.linalg.ridge import RecursiveRidge, one_hot
@@ -62,17 +61,19 @@ class DSAL(AnalyticLearner, AdditiveStatistics):
     check_config: ClassVar[dict[str, Any]] = {"buffer_size": 64}
     buffer_activation = "identity"
 
-    def __init__(self, problem: Problem, config: DSALConfig) -> None:
-        super().__init__(problem, config)
-        size = config.buffer_size
+    def _build_heads(self, width: int) -> None:
+        config, device = self.config, self.device
         self.main = [
-            RecursiveRidge(size, classes, config.gamma, config.solver)
-            for classes in problem.num_classes
+            RecursiveRidge(width, classes, config.gamma, config.solver, device)
+            for classes in self.problem.num_classes
         ]
         self.comp = [
-            RecursiveRidge(size, classes, config.gamma_comp, config.solver)
-            for classes in problem.num_classes
+            RecursiveRidge(width, classes, config.gamma_comp, config.solver, device)
+            for classes in self.problem.num_classes
         ]
+
+    def has_learned(self) -> bool:
+        return any(bool(head.counts.any()) for head in self.main)
 
     @torch.no_grad()
     def learn(

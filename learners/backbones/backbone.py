@@ -10,6 +10,7 @@ by ``streamcl pretrain``; frozen-backbone learners need such weights to be usefu
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -156,9 +157,15 @@ def _timm(config: BackboneConfig, input_shape: tuple[int, ...]) -> Backbone:
     return TimmBackbone(str(config.timm_model), input_shape)
 
 
+# Module initialisers draw from torch's one global generator, so a seeded build forks it; two
+# threads building at once (scale-out ranks as threads, a server thread) would otherwise
+# interleave their draws and get weights that depend on timing.
+_SEEDED_BUILD = threading.Lock()
+
+
 def build_backbone(config: BackboneConfig, input_shape: tuple[int, ...], seed: int) -> Backbone:
     """Build the configured backbone with weights drawn from ``seed`` (global RNG untouched)."""
-    with torch.random.fork_rng(devices=[]):
+    with _SEEDED_BUILD, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         backbone = BACKBONES[config.name](config, tuple(input_shape))
     if config.weights is not None:
@@ -177,6 +184,6 @@ def weights_module(backbone: Backbone, config: BackboneConfig) -> nn.Module:
 
 def seeded_linear(in_dim: int, out_dim: int, seed: int) -> nn.Linear:
     """An ``nn.Linear`` initialised from ``seed`` without touching the global RNG."""
-    with torch.random.fork_rng(devices=[]):
+    with _SEEDED_BUILD, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return nn.Linear(in_dim, out_dim)

@@ -45,7 +45,7 @@ def cholesky(A: torch.Tensor, out: torch.Tensor | None = None, block: int = BLOC
         if start > 0:
             L[start:, start:end].addmm_(L[start:, :start], L[start:end, :start].T, alpha=-1)
         diagonal = L[start:end, start:end]
-        with _one_thread(L):
+        with one_thread(L):
             factor, info = torch.linalg.cholesky_ex(diagonal)
             row = int(info)
             if row == 0 and not bool(factor.diagonal().isfinite().all()):
@@ -65,7 +65,7 @@ def cholesky(A: torch.Tensor, out: torch.Tensor | None = None, block: int = BLOC
 
 
 @contextmanager
-def _one_thread(like: torch.Tensor) -> Iterator[None]:
+def one_thread(like: torch.Tensor) -> Iterator[None]:
     """Run the CPU operations inside on one thread (torch's setting is process-wide).
 
     For the factorisation of a diagonal block and the triangular solve of its panel: MKL splits

@@ -7,8 +7,8 @@ batch with the Woodbury identity (ACIL eqs. 9-10). :class:`RecursiveRidge` inste
 sufficient statistics G = HᵀH, Q = HᵀY and per-class counts (float64), which a batch updates with
 one rank-B product, which two heads merge by addition, and which a checkpoint stores exactly. G is
 symmetric, so the head updates and reads only its lower triangle (:mod:`learners.linalg.gram`,
-:mod:`learners.linalg.cholesky`); a checkpoint holds the full symmetric G. The solution is solved
-lazily:
+:mod:`learners.linalg.cholesky`); a checkpoint holds the full symmetric G. The solution is a
+cache, rebuilt from the statistics whenever it is dropped:
 
 - :class:`CholeskySolution` factorises G + γI once and keeps W exact while rows arrive by the
   block form of the same Woodbury identity, W = W₀ + V S⁻¹ (Y_U − U W₀) with V = (G₀+γI)⁻¹Uᵀ and
@@ -19,6 +19,19 @@ lazily:
   ``solver="woodbury"``; it holds R and W only, so it cannot be merged. Where the official
   ``RecursiveLinear`` evaluates ``R @ X.T @ K @ X @ R`` left to right (two d×d products per batch,
   O(d³)), this associates the product as (R Xᵀ)(K⁻¹ X R), O(B·d²), with a Cholesky solve for K⁻¹.
+- :class:`InverseSolution` keeps R = (G+γI)⁻¹ explicitly and the current W, updated per
+  batch by the recursive form with one product R₀Hᵀ (one read of R₀), R itself left implicit
+  over the rows absorbed since the last fold; every ``capacity`` rows it folds them into R₀ by
+  one rank-``capacity`` product, and the head recomputes R₀ from the statistics every
+  ``refresh`` rows, so rounding cannot accumulate. This is the form for frequent predictions
+  (every micro-batch: prequential accuracy, the daemon).
+
+``solver="auto"`` (the default) keeps the statistics as ``lazy`` does and picks the solution by
+the prediction cadence (:class:`Cadence`): :class:`InverseSolution` while predictions come
+every few rows, :class:`CholeskySolution` while they are rare. Either way the Gram update of
+the statistics is deferred to blocks of :data:`GRAM_ROWS` rows (one rank-256 product instead
+of sixteen rank-16 ones, which run far below a matrix product's speed); solves read G plus the
+waiting rows. See docs/analytic.md for the cost of each path against the floor.
 """
 
 from __future__ import annotations
@@ -29,16 +42,40 @@ from typing import Literal, Self
 import torch
 from torch import nn
 
-from learners.linalg.cholesky import NotPositiveDefinite, cholesky, cholesky_solve
+from learners.linalg.cholesky import NotPositiveDefinite, cholesky, cholesky_solve, one_thread
 from learners.linalg.gram import add_gram, symmetric
 from learners.state.learner_state import LearnerState
 
-Solver = Literal["lazy", "woodbury"]
+Solver = Literal["auto", "lazy", "woodbury"]
+
+GRAM_ROWS = 256
+"""Rows whose Gram update a head defers and applies as one product (see the module docstring)."""
+
+FOLD_ROWS = 128
+"""Rows an :class:`InverseSolution` absorbs before folding them into R: each batch costs
+O(d·rows·b) more per row absorbed, while a rank-128 update of R runs near the speed of a
+large matrix product (a rank-16 one, per batch, runs at a fraction of that speed)."""
 
 
 def _active_columns(targets: torch.Tensor) -> torch.Tensor:
     """Indices of the target columns that are not all zero (their weights are zero otherwise)."""
     return targets.ne(0).any(dim=0).nonzero().flatten()
+
+
+def _factorise(G: torch.Tensor, gamma: float, out: torch.Tensor) -> torch.Tensor:
+    """The Cholesky factor of G + γI (G's lower triangle) written into ``out`` (may be G)."""
+    if out is not G:
+        out.copy_(G)
+    out.diagonal().add_(gamma)
+    try:
+        return cholesky(out, out=out)
+    except NotPositiveDefinite as error:
+        raise ValueError(_NOT_POSITIVE_DEFINITE) from error
+
+
+_NOT_POSITIVE_DEFINITE = (
+    "ridge statistics are not positive definite (non-finite features, or gamma too small?)"
+)
 
 
 class CholeskySolution:
@@ -60,18 +97,7 @@ class CholeskySolution:
     ) -> None:
         """Factorise G + γI, reading only G's lower triangle; ``out`` (d×d, may be ``G``
         itself) receives the factor, so that a head can reuse one buffer across solves."""
-        if out is None:
-            out = G.clone()
-        elif out is not G:
-            out.copy_(G)
-        out.diagonal().add_(gamma)
-        try:
-            factor = cholesky(out, out=out)
-        except NotPositiveDefinite as error:
-            raise ValueError(
-                "ridge statistics are not positive definite "
-                "(non-finite features, or gamma too small?)"
-            ) from error
+        factor = _factorise(G, gamma, G.clone() if out is None else out)
         self.factor = factor
         self.W0 = torch.zeros_like(Q)
         columns = _active_columns(Q)
@@ -145,6 +171,145 @@ class CholeskySolution:
         return weights
 
 
+class InverseSolution:
+    """The exact ridge solution with R = (G+γI)⁻¹ kept explicitly, for frequent solves.
+
+    W is kept current batch by batch: a batch H of b rows costs one product A = R₀Hᵀ (reading
+    R₀ once), then W ← W + P K⁻¹ (Y − H W) with P = R Hᵀ, the recursive form of ACIL eqs. 9-10,
+    where R = R₀ − Vᵀ S⁻¹ V is left implicit over the k rows U absorbed since the last fold
+    (V = U R₀, S = I + U R₀ Uᵀ, whose Cholesky factor grows by one block row per batch, the
+    new diagonal block being K's factor). Past ``capacity`` rows the block is folded into R₀
+    by one rank-k update, R₀ ← R₀ − ZᵀZ with Z = L_S⁻¹ V: the d×d work of several rank-b
+    Woodbury updates done as one product, which runs near the speed of a large matrix product
+    where rank-16 ones do not. ``folded`` counts the rows folded since R₀ was computed from
+    statistics, so that the head can recompute it before rounding accumulates.
+
+    R₀ is kept whole (not as a lower triangle like G): a product with half of it, block by
+    block, was no faster on two cores, and its many small products each wait out the time
+    slice of a preempted thread on a busy machine (see :func:`learners.linalg.cholesky.one_thread`),
+    where one product per batch does not.
+    """
+
+    def __init__(self, R: torch.Tensor, W: torch.Tensor, capacity: int = FOLD_ROWS) -> None:
+        self.R, self.W = R, W
+        self.capacity = capacity
+        self.folded = 0
+        self.rows = 0
+        d = W.shape[0]
+        like = {"dtype": W.dtype, "device": W.device}
+        self._U = torch.empty(capacity, d, **like)
+        self._Vt = torch.empty(capacity, d, **like)
+        self._L = torch.zeros(capacity, capacity, **like)
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._pending_rows = 0
+
+    @classmethod
+    def of_statistics(
+        cls, G: torch.Tensor, Q: torch.Tensor, gamma: float, capacity: int = FOLD_ROWS
+    ) -> InverseSolution:
+        """R = (G+γI)⁻¹ and W = R Q from G's lower triangle; G is overwritten (by the factor)."""
+        factor = _factorise(G, gamma, G)
+        W = torch.zeros_like(Q)
+        columns = _active_columns(Q)
+        if len(columns):
+            W[:, columns] = cholesky_solve(Q[:, columns], factor)
+        return cls(torch.cholesky_inverse(factor), W, capacity)
+
+    def room(self, rows: int) -> bool:
+        """Whether ``rows`` more rows may wait for the next solve: a few folds' worth, so that
+        a solution nobody solves (a head whose learner predicts from a copy, as AEF-OCL does)
+        is dropped instead of holding every row."""
+        return self._pending_rows + rows <= 4 * self.capacity
+
+    def append(self, H: torch.Tensor, Y: torch.Tensor) -> None:
+        if not self.room(len(H)):
+            raise ValueError("InverseSolution has too many rows waiting; solve it first")
+        self._pending.append((H, Y))
+        self._pending_rows += len(H)
+
+    def weights(self) -> torch.Tensor:
+        for H, Y in self._pending:
+            for start in range(0, len(H), self.capacity):
+                self._absorb(H[start : start + self.capacity], Y[start : start + self.capacity])
+        self._pending.clear()
+        self._pending_rows = 0
+        return self.W
+
+    def _absorb(self, H: torch.Tensor, Y: torch.Tensor) -> None:
+        if self.rows + len(H) > self.capacity:
+            self._fold()
+        A = self.R @ H.T  # R₀Hᵀ [d, b]: R₀ is symmetric, and this order runs faster than H R₀
+        with one_thread(A):
+            self._update(H, Y, A, self.rows)
+
+    def _update(self, H: torch.Tensor, Y: torch.Tensor, A: torch.Tensor, k: int) -> None:
+        """Everything after the product with R₀: small, so on one thread (see ``one_thread``)."""
+        b = len(H)
+        S_new = H @ A
+        S_new.diagonal().add_(1.0)
+        P = A
+        if k:
+            L = self._L[:k, :k]
+            X = torch.linalg.solve_triangular(L, self._U[:k] @ A, upper=False)  # L_S⁻¹ U R₀ Hᵀ
+            S_new -= X.T @ X  # the Schur complement: K = I + H R Hᵀ
+            P = A - self._Vt[:k].T @ torch.linalg.solve_triangular(L.T, X, upper=True)
+            self._L[k : k + b, :k] = X.T
+        K_factor, info = torch.linalg.cholesky_ex(S_new)
+        if int(info) or not bool(K_factor.diagonal().isfinite().all()):
+            raise ValueError(_NOT_POSITIVE_DEFINITE)
+        self.W.addmm_(P, cholesky_solve(Y - H @ self.W, K_factor))
+        self._L[k : k + b, k : k + b] = K_factor
+        self._U[k : k + b] = H
+        self._Vt[k : k + b] = A.T
+        self.rows = k + b
+
+    def _fold(self) -> None:
+        k = self.rows
+        if k == 0:
+            return
+        Z = torch.linalg.solve_triangular(self._L[:k, :k], self._Vt[:k], upper=False)
+        self.R.addmm_(Z.T, Z, alpha=-1.0)
+        self.folded += k
+        self.rows = 0
+
+
+class Cadence:
+    """How often a head is solved, to choose between the lazy and the inverse solution.
+
+    Counts the rows learned between two solves; solves with nothing learned in between (the
+    chunks of one evaluation set) do not count. Predictions become *rare* at the first solve
+    that comes more than ``threshold`` rows after the previous one (dropping R costs nothing),
+    and *frequent* again only once two solves in a row came at most ``threshold`` rows apart
+    (building R costs a factorisation and an inverse, O(d³)).
+    """
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self.frequent = True  # the engine predicts every batch: expect that until shown otherwise
+        self.rows = 0
+        self._streak = 0
+
+    def learned(self, rows: int) -> None:
+        self.rows += rows
+
+    def solved(self) -> bool:
+        """Record a solve; whether it switched the cadence."""
+        if self.rows == 0:
+            return False
+        frequent, self.rows = self.rows <= self.threshold, 0
+        if frequent == self.frequent:
+            self._streak = 0
+            return False
+        self._streak += 1
+        if frequent and self._streak < 2:
+            return False
+        self.frequent, self._streak = frequent, 0
+        return True
+
+    def reset(self) -> None:
+        self.frequent, self.rows, self._streak = True, 0, 0
+
+
 class WoodburySolution:
     """The recursive form of ACIL eqs. 9-10: R = (HᵀH + γI)⁻¹ and W, updated per batch.
 
@@ -179,21 +344,27 @@ class WoodburySolution:
         return WoodburySolution(self.R.clone(), self.W.clone())
 
 
-RidgeSolution = CholeskySolution | WoodburySolution
+RidgeSolution = CholeskySolution | InverseSolution | WoodburySolution
 
 
 class RecursiveRidge:
     """One ridge head W = (HᵀH + γI)⁻¹ HᵀY over every row it was fitted on.
 
-    ``solver="lazy"`` keeps G, Q and solves on demand (:class:`CholeskySolution`);
-    ``solver="woodbury"`` keeps R, W (:class:`WoodburySolution`). Both keep per-class counts
+    ``solver="auto"`` and ``"lazy"`` keep the statistics G, Q; ``auto`` solves with
+    :class:`InverseSolution` while its :class:`Cadence` says predictions are frequent and with
+    :class:`CholeskySolution` otherwise, ``lazy`` always with the latter.
+    ``solver="woodbury"`` keeps R, W (:class:`WoodburySolution`). All keep per-class counts
     of the labelled rows, so a learner knows which classes the head was taught.
 
-    The lazy head keeps G = HᵀH in the lower triangle (diagonal included) of ``_G`` only; the
-    strict upper triangle is stale, so everything that reads ``_G`` reads its lower triangle
-    (:func:`learners.linalg.cholesky.cholesky`, merging by addition) or goes through :meth:`gram`
-    (:func:`learners.linalg.gram.symmetric`).
-    The Cholesky factor is written into one d×d buffer reused by every solve.
+    A head with statistics keeps G = HᵀH in the lower triangle (diagonal included) of ``_G``
+    only; the strict upper triangle is stale, so everything that reads ``_G`` reads its lower
+    triangle (:func:`learners.linalg.cholesky.cholesky`, merging by addition) or goes through
+    :meth:`gram` (:func:`learners.linalg.gram.symmetric`). The last fitted rows, fewer than
+    :data:`GRAM_ROWS`, wait in ``_waiting`` for their Gram update, which is applied to ``_G``
+    only when :data:`GRAM_ROWS` rows have gathered (or G is handed out live by
+    :meth:`statistics`): G's rounding then depends on the rows alone, not on batch sizes or on
+    when predictions came, and solving or saving (:meth:`_current_gram`) changes nothing. The lazy Cholesky factor is written into one d×d
+    buffer reused by every solve.
     """
 
     def __init__(
@@ -201,26 +372,41 @@ class RecursiveRidge:
         dim: int,
         outputs: int,
         gamma: float,
-        solver: Solver = "lazy",
+        solver: Solver = "auto",
         device: torch.device | str = "cpu",
     ) -> None:
         self.dim, self.outputs, self.gamma, self.solver = dim, outputs, gamma, solver
         device = torch.device(device)
         self.counts = torch.zeros(outputs, dtype=torch.float64, device=device)
+        self.cadence = Cadence(threshold=max(1, dim // 8))
         self._G: torch.Tensor | None = None
         self.Q: torch.Tensor | None = None
+        self._waiting: torch.Tensor | None = None
+        self._waiting_rows = 0
         self._factor: torch.Tensor | None = None
         self._solution: RidgeSolution | None = None
-        if solver == "lazy":
+        self._fresh = True  # no row fitted yet: the inverse solution is (γI)⁻¹, no solve needed
+        if solver == "woodbury":
+            self._solution = WoodburySolution.fresh(dim, outputs, gamma, device)
+        else:
             self._G = torch.zeros(dim, dim, dtype=torch.float64, device=device)
             self.Q = torch.zeros(dim, outputs, dtype=torch.float64, device=device)
-        else:
-            self._solution = WoodburySolution.fresh(dim, outputs, gamma, device)
 
     @property
     def capacity(self) -> int:
         """Rows a :class:`CholeskySolution` absorbs before a new factorisation is cheaper."""
         return max(1, self.dim // 4)
+
+    @property
+    def refresh(self) -> int:
+        """Rows an :class:`InverseSolution` folds before R is recomputed from the statistics:
+        the recomputation costs O(d³), so every 4d rows it adds O(d²/4) per row."""
+        return 4 * self.dim
+
+    @property
+    def inverse(self) -> bool:
+        """Whether this head solves with :class:`InverseSolution` now."""
+        return self.solver == "auto" and self.cadence.frequent
 
     def fit(self, H: torch.Tensor, Y: torch.Tensor, labels: torch.Tensor | None = None) -> None:
         """Add rows ``H`` [B, d] with targets ``Y`` [B, outputs]; ``labels`` count the classes."""
@@ -228,16 +414,59 @@ class RecursiveRidge:
             return
         if labels is not None:
             self.counts.index_add_(0, labels, torch.ones_like(labels, dtype=torch.float64))
-        if self._G is not None and self.Q is not None:
-            add_gram(self._G, H)
-            self.Q.addmm_(H.T, Y)
-            if self._solution is not None and self._solution.room(len(H)):
-                self._solution.append(H, Y)
-            else:
-                self._solution = None
-        else:
+        self.cadence.learned(len(H))
+        if self._G is None or self.Q is None:
             assert self._solution is not None
             self._solution.append(H, Y)
+            return
+        if self._fresh and self._solution is None and self.inverse:
+            self._solution = self._solve()
+        self._fresh = False
+        self._defer_gram(H)
+        self.Q.addmm_(H.T, Y)
+        if self._solution is not None and self._solution.room(len(H)):
+            self._solution.append(H, Y)
+        else:
+            self._solution = None
+
+    def _defer_gram(self, H: torch.Tensor) -> None:
+        assert self._G is not None
+        if self._waiting is None:
+            self._waiting = torch.empty(GRAM_ROWS, self.dim, dtype=H.dtype, device=H.device)
+        start = 0
+        while start < len(H):
+            take = min(GRAM_ROWS - self._waiting_rows, len(H) - start)
+            self._waiting[self._waiting_rows : self._waiting_rows + take] = H[start : start + take]
+            self._waiting_rows += take
+            start += take
+            if self._waiting_rows == GRAM_ROWS:
+                add_gram(self._G, self._waiting)
+                self._waiting_rows = 0
+
+    def _apply_waiting(self) -> None:
+        """Apply the deferred Gram update now (before G is handed out live)."""
+        if self._waiting_rows and self._G is not None:
+            add_gram(self._G, self.waiting)
+            self._waiting_rows = 0
+
+    @property
+    def waiting(self) -> torch.Tensor:
+        """The fitted rows whose Gram update is still deferred [< GRAM_ROWS, d]."""
+        if self._waiting is None:
+            return torch.zeros(0, self.dim, dtype=torch.float64, device=self.counts.device)
+        return self._waiting[: self._waiting_rows]
+
+    def _current_gram(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The lower triangle of G = HᵀH over every row fitted, waiting rows included, in
+        ``out`` or a new tensor (the strict upper triangle is stale); the head is unchanged."""
+        assert self._G is not None
+        if out is None:
+            out = self._G.clone()
+        else:
+            out.copy_(self._G)
+        if self._waiting_rows:
+            add_gram(out, self.waiting)
+        return out
 
     def fit_labels(self, H: torch.Tensor, labels: torch.Tensor) -> None:
         """Add rows ``H`` with one-hot targets for ``labels``."""
@@ -245,35 +474,56 @@ class RecursiveRidge:
 
     def weights(self) -> torch.Tensor:
         """The current solution W [d, outputs] (float64)."""
-        if self._solution is None:
-            assert self._G is not None and self.Q is not None
-            if self._factor is None:
-                self._factor = torch.empty_like(self._G)
-            # No other solution holds the buffer: the head's previous one was dropped, and
-            # ``augmented`` factorises a copy of its own.
-            self._solution = CholeskySolution(
-                self._G, self.Q, self.gamma, self.capacity, out=self._factor
-            )
-        return self._solution.weights()
+        if self.cadence.solved() and self.solver == "auto":
+            self._solution = None  # the cadence changed: solve in the other form
+        solution = self._solution
+        if isinstance(solution, InverseSolution) and solution.folded >= self.refresh:
+            solution = None
+        if solution is None:
+            solution = self._solve()
+            self._solution = solution
+        return solution.weights()
+
+    def _solve(self) -> RidgeSolution:
+        assert self._G is not None and self.Q is not None
+        if self.inverse:
+            self._factor = None  # R takes its place: a head holds two d×d matrices, not three
+            if self._fresh:
+                R = torch.eye(self.dim, dtype=torch.float64, device=self._G.device)
+                return InverseSolution(R.div_(self.gamma), torch.zeros_like(self.Q))
+            return InverseSolution.of_statistics(self._current_gram(), self.Q, self.gamma)
+        if self._factor is None:
+            self._factor = torch.empty_like(self._G)
+        # No other solution holds the buffer: the head's previous one was dropped, and
+        # ``augmented`` factorises a copy of its own.
+        G = self._current_gram(out=self._factor)
+        return CholeskySolution(G, self.Q, self.gamma, self.capacity, out=G)
 
     def gram(self) -> torch.Tensor:
-        """G = HᵀH over the rows fitted, as a new full symmetric matrix (lazy heads only)."""
+        """G = HᵀH over the rows fitted, as a new full symmetric matrix (not woodbury heads)."""
         if self._G is None:
-            raise ValueError("a woodbury ridge head keeps no statistics; use solver='lazy'")
-        return symmetric(self._G)
+            raise ValueError("a woodbury ridge head keeps no statistics; use solver='auto'")
+        return symmetric(self._current_gram())
 
     def drop_cache(self) -> None:
-        """Forget the lazy solution; it is recomputed from the statistics when next needed."""
-        if self.solver == "lazy":
+        """Forget the solution and the cadence (heads with statistics): they are recomputed
+        from the statistics, so a head restored from them solves exactly like this one."""
+        if self._G is not None:
             self._solution = None
+            self.cadence.reset()
 
     def augmented(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> RidgeSolution:
-        """The solution of a temporary copy of this head with extra rows; the head is unchanged."""
+        """The solution of a temporary copy of this head with extra rows; the head is unchanged.
+
+        In the form the head's cadence picks, so that rows appended to it later are cheap.
+        """
         if self._G is not None and self.Q is not None:
-            G, Q = self._G.clone(), self.Q.clone()
+            G, Q = self._current_gram(), self.Q.clone()
             for H, Y in batches:
                 add_gram(G, H)
                 Q.addmm_(H.T, Y)
+            if self.inverse:
+                return InverseSolution.of_statistics(G, Q, self.gamma)
             return CholeskySolution(G, Q, self.gamma, self.capacity, out=G)
         assert isinstance(self._solution, WoodburySolution)
         solution = self._solution.copy()
@@ -283,29 +533,36 @@ class RecursiveRidge:
 
     def merge(self, other: RecursiveRidge) -> None:
         """Add ``other``'s statistics: the head then equals one fitted on both heads' rows."""
-        if self.solver != "lazy" or other.solver != "lazy":
+        if self._G is None or other._G is None:
             raise ValueError(
-                "merging ridge heads needs solver='lazy' (Woodbury keeps no statistics)"
+                "merging ridge heads needs statistics (solver='auto' or 'lazy'; "
+                "woodbury keeps none)"
             )
         if (self.dim, self.outputs, self.gamma) != (other.dim, other.outputs, other.gamma):
             raise ValueError("cannot merge ridge heads of different size or gamma")
-        assert self._G is not None and self.Q is not None
-        assert other._G is not None and other.Q is not None
+        assert self.Q is not None and other.Q is not None
         self._G += other._G.to(self._G.device)  # lower triangles add; the stale uppers too
+        if len(other.waiting):
+            add_gram(self._G, other.waiting.to(self._G.device))
         self.Q += other.Q.to(self.Q.device)
         self.counts += other.counts.to(self.counts.device)
+        self._fresh = self._fresh and other._fresh
         self._solution = None
 
     def statistics(self) -> list[torch.Tensor]:
-        """The live additive statistics G (lower triangle meaningful), Q and counts; after
-        changing them in place call :meth:`drop_cache` (lazy heads only)."""
+        """The live additive statistics G (lower triangle meaningful), Q and counts, with the
+        deferred Gram update applied; after changing them in place call :meth:`drop_cache`
+        (heads with statistics only)."""
         if self._G is None or self.Q is None:
-            raise ValueError("a woodbury ridge head keeps no statistics; use solver='lazy'")
+            raise ValueError("a woodbury ridge head keeps no statistics; use solver='auto'")
+        self._apply_waiting()
+        self._fresh = False  # the caller may add rows to them: (γI)⁻¹ is no longer known to fit
         return [self._G, self.Q, self.counts]
 
     def state_dict(self) -> LearnerState:
-        """The head's statistics: G (full, symmetric), Q, counts (lazy) or R, W, counts
-        (woodbury). The lazy solution is a cache, left out."""
+        """The head's statistics: counts and either G (full, symmetric, the waiting rows
+        included) and Q, or R and W (woodbury). The solution is a cache, left out; saving
+        changes nothing in the head."""
         tensors = {"counts": self.counts}
         if self._G is not None and self.Q is not None:
             tensors.update({"G": self.gram(), "Q": self.Q})
@@ -326,17 +583,22 @@ class RecursiveRidge:
             return state.tensors[name].to(device=device, dtype=torch.float64).clone()
 
         self.counts = take("counts")
-        if self.solver == "lazy":
-            self._G, self.Q = take("G"), take("Q")
-            self._solution = None
-        else:
+        if self.solver == "woodbury":
             self._solution = WoodburySolution(take("R"), take("W"))
+        else:
+            self._G, self.Q = take("G"), take("Q")
+            self._waiting_rows = 0
+            self._solution = self._factor = None
+            self._fresh = not bool(self._G.any())
+            self.cadence.reset()
 
     def to(self, device: torch.device | str) -> Self:
         device = torch.device(device)
         self.counts = self.counts.to(device)
         if self._G is not None and self.Q is not None:
             self._G, self.Q = self._G.to(device), self.Q.to(device)
+            if self._waiting is not None:
+                self._waiting = self._waiting.to(device)
             self._factor = self._solution = None
         elif isinstance(self._solution, WoodburySolution):
             self._solution = WoodburySolution(

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from learners import registry
+from learners.backbones.backbone import seeded_linear
 from learners.base import Problem
 from stream.daemon.gradient_sync import GradientSync
 from tests.support.threaded_ranks import ThreadedCollectives, ThreadedGroup
@@ -15,8 +16,7 @@ LR = 0.1
 
 
 def model() -> nn.Linear:
-    torch.manual_seed(0)
-    return nn.Linear(3, 1)
+    return seeded_linear(3, 1, seed=0)  # ranks are threads: never seed the global RNG in one
 
 
 def step(net: nn.Linear, optimizer: torch.optim.Optimizer, x: torch.Tensor) -> None:

@@ -87,8 +87,8 @@ def test_learners_lists_the_analytic_options(capsys):
     for line in (
         "acil  —  G-ACIL",
         "backbone.name: identity|mlp|cnn|vit|timm = 'identity'",
-        "buffer_size: int = 8192  width d of the random buffer layer",
-        "solver: lazy|woodbury = 'lazy'  lazy: keep HᵀH, HᵀY",
+        "buffer_size: int | None = None  width d of the random buffer layer; null: by device",
+        "solver: auto|lazy|woodbury = 'auto'  auto: keep HᵀH, HᵀY",
         "refresh_every: int = 1000  samples learned",
         "compensation_ratio: float = 0.6  C: weight of the compensation stream",
         "shrinkage: float = 0.0001  ε in Λ",
