@@ -12,12 +12,14 @@ from stream.daemon.checkpoint import CheckpointError
 from stream.daemon.checkpoint_key import CheckpointKeyError
 from stream.daemon.config import ServeConfigError
 from stream.data.datasets import DatasetError
+from stream.data.label_delay import LabelDelayError
 from stream.data.schedules import ScheduleError
 from stream.data.stream_file import StreamFileError
 from stream.engine.device import DeviceError
 from stream.engine.drift_detection import DriftConfigError
 from stream.observe.http_endpoint import MetricsServerError
 from stream.runs.report import ReportError
+from stream.runs.served_model import ModelFileError
 from stream.sources.kafka_options import KafkaOptionsError
 
 
@@ -36,10 +38,12 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     DatasetError,
     DeviceError,
     DriftConfigError,
+    LabelDelayError,
     KafkaOptionsError,
     LearnerConfigError,
     MemoryConfigError,
     MetricsServerError,
+    ModelFileError,
     ReportError,
     ScheduleError,
     ServeConfigError,

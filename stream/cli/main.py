@@ -24,6 +24,8 @@ COMMANDS = (
     "stream.cli.commands.learners",
     "stream.cli.commands.publish",
     "stream.cli.commands.serve",
+    "stream.cli.commands.predict",
+    "stream.cli.commands.export",
     "stream.cli.commands.pretrain",
 )
 

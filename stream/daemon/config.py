@@ -243,6 +243,27 @@ class MetricsConfig(_Section):
         return self
 
 
+class PredictionsConfig(_Section):
+    """Serving (docs/serving.md): answer prediction requests, join labels that come later."""
+
+    topic: str = Field(min_length=1, description="where the predictions are published")
+    top_k: int | None = Field(
+        None, gt=0, description="publish the k best classes per level; null: every class's score"
+    )
+    max_pending: int = Field(
+        100_000, gt=0, description="requests kept waiting for their labels (oldest expire first)"
+    )
+    max_age_seconds: float | None = Field(
+        7 * 86400.0, gt=0, description="a request older than this expires; null: no age limit"
+    )
+    max_pending_bytes: int = Field(
+        64 << 20, gt=0, description="bound on the pending inputs, which every checkpoint carries"
+    )
+    http: bool = Field(True, description="POST /predict on the metrics endpoint")
+    http_max_bytes: int = Field(4 << 20, gt=0, description="largest POST /predict body")
+    http_max_samples: int = Field(1024, gt=0, description="most samples in one POST /predict")
+
+
 class SyncConfig(_Section):
     """Scale-out (``torchrun ... -m stream serve``): when the workers make their models one."""
 
@@ -268,6 +289,7 @@ class ServeConfig(_Section):
     loop: LoopConfig = Field(default_factory=LoopConfig)
     messages: MessagesConfig = Field(default_factory=MessagesConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    predictions: PredictionsConfig | None = None
     sync: SyncConfig = Field(default_factory=SyncConfig)
 
     @model_validator(mode="after")

@@ -54,6 +54,7 @@ from stream.daemon.checkpoint_key import ENV_VAR
 from stream.daemon.config import ServeConfig, ServeConfigError
 from stream.daemon.evaluation_history import EvaluationHistory
 from stream.daemon.keep_alive import KeepAlive
+from stream.daemon.predictions import PredictionService
 from stream.daemon.storage_retry import StorageRetry
 from stream.data.datasets import load_dataset
 from stream.engine.device import resolve_device
@@ -73,6 +74,7 @@ from stream.sources.kafka_source import (
     SourceError,
     open_source,
 )
+from stream.sources.serving_wire import Labels, Requests, ServingDecoder
 from stream.sources.wire import Decoder, InvalidMessage, Samples, encode_binary
 
 log = structlog.get_logger("streamcl.serve")
@@ -142,6 +144,9 @@ class Daemon:
         if config.learner.threads is not None:
             torch.set_num_threads(config.learner.threads)
         self.problem, self._evaluator = build_problem(config)
+        self.predictions: PredictionService | None = None
+        if config.predictions is not None:
+            self.predictions = PredictionService(config, self.problem, self.telemetry)
         self._build_model()
         if checkpoint_key is None and (
             holds_sealed_pickles(self.learner.state_dict().meta)
@@ -154,9 +159,12 @@ class Daemon:
                 "so that only checkpoints signed with that key are loaded"
             )
         messages = config.messages
-        self.decoder = Decoder(
+        decoder = Decoder(
             self.problem, messages.format, messages.max_bytes, messages.max_abs, messages.max_task
         )
+        self.decoder: Decoder | ServingDecoder = decoder
+        if self.predictions is not None:
+            self.decoder = ServingDecoder(decoder)
         self.store = CheckpointStore(config.checkpoint.dir, config.checkpoint.keep, checkpoint_key)
         self.store.lock(self._lock_name())
         try:
@@ -180,6 +188,8 @@ class Daemon:
             observers=[self._telemetry_observer, LoopLogger(name)],
             keep_history=False,
         )
+        if self.predictions is not None:
+            self.predictions.attach(self.loop)
 
     def _start(self) -> None:
         config = self.config
@@ -201,8 +211,12 @@ class Daemon:
         )
         self.loop.observers.append(self.history)
         # None where a batch cannot be undone alone (a scaled-out rank: re-learning would
-        # replay gradient steps that meet the other ranks, and undo their synced statistics).
-        self.guard: LearnerGuard[Origins] | None = LearnerGuard(self.loop)
+        # replay gradient steps that meet the other ranks, and undo their synced statistics)
+        # and on the serving path, whose joined labels are learned by the prediction service
+        # and not recorded for a re-learn (docs/serving.md says so).
+        self.guard: LearnerGuard[Origins] | None = (
+            LearnerGuard(self.loop) if self.predictions is None else None
+        )
         self.dead_letters = self._open_dead_letters(checkpoint)
         self.watch = BrokerWatch(
             self.telemetry,
@@ -291,6 +305,8 @@ class Daemon:
         history_at = {"file": int(history["file"]), "bytes": int(history["bytes"])}
         self.learner.load_state_dict(checkpoint.learner)
         self.loop.load_state_dict(meta["loop"])
+        if self.predictions is not None and "serving" in meta:
+            self.predictions.restore(meta["serving"])
         self.positions, self.messages, self.invalid = positions, messages, invalid
         self._history_at = history_at
         self.checkpointed_positions = dict(self.positions)
@@ -365,6 +381,8 @@ class Daemon:
             self.source = None
         self.dead_letters.close()
         self.history.close()
+        if self.predictions is not None:
+            self.predictions.close()
         self.store.unlock()
 
     def step(self) -> None:
@@ -374,6 +392,8 @@ class Daemon:
             return
         try:
             self.connect()
+            if self.predictions is not None:
+                self.predictions.recover(self.positions)
             assert self.source is not None
             records = self.source.poll(kafka.max_poll_records, kafka.poll_timeout_seconds)
         except SourceError as exc:
@@ -393,27 +413,27 @@ class Daemon:
 
     def learn(self, records: list[Record]) -> None:
         """Judge every record, dead-letter the bad ones, learn the good ones."""
-        good: list[Samples] = []
-        origins: list[tuple[int, int, int]] = []  # partition, offset, samples of each good one
+        received = time.perf_counter()
+        good: list[Samples | Requests | Labels] = []
+        accepted: list[Record] = []
         for record in records:
             partition = record.partition
             known = self.positions.get(partition)
             if known is not None and record.offset < known:
                 continue  # learned already: a redelivery after a reconnect or rebalance
             try:
-                samples = self.decoder.decode(record.value)
+                message = self.decoder.decode(record.value)
             except InvalidMessage as exc:
                 self._dead_letter(partition, record.offset, record.value, exc.reason, exc.detail)
             else:
-                good.append(samples)
-                origins.append((partition, record.offset, len(samples)))
+                good.append(message)
+                accepted.append(record)
             self.positions[partition] = record.offset + 1
             self.messages += 1
         if not good:
+            if self.predictions is not None:
+                self.predictions.expire()  # a request's age runs on while nothing arrives
             return
-        counts = [n for _, _, n in origins]
-        partition_of = np.repeat([p for p, _, _ in origins], counts)
-        offset_of = np.repeat([o for _, o, _ in origins], counts)
         last = records[-1]
         kafka = self.config.kafka
         keep_alive = (
@@ -428,19 +448,30 @@ class Daemon:
             ),
             keep_alive as alive,
         ):
-            start = 0
-            for batch in micro_batches(good, self.config.loop.batch_size):
-                stop = start + len(batch)
-                origin = (partition_of[start:stop], offset_of[start:stop])
-                start = stop
-                if self.guard is None:
-                    self.loop.process(batch)
-                    continue
-                rejected = self.guard.process(batch, origin)
-                if rejected is not None:
-                    self._reject(rejected)
+            if self.predictions is not None:
+                # The serving path learns labelled samples and joined labels in arrival order.
+                self.predictions.handle(good, accepted, received)
+            else:
+                self._learn_guarded(good, accepted)  # type: ignore[arg-type]
         if alive is not None and alive.records:
             self.learn(alive.records)
+
+    def _learn_guarded(self, good: list[Samples], records: list[Record]) -> None:
+        """Learn the decoded messages in micro-batches, through the guard when there is one."""
+        counts = [len(samples) for samples in good]
+        partition_of = np.repeat([r.partition for r in records], counts)
+        offset_of = np.repeat([r.offset for r in records], counts)
+        start = 0
+        for batch in micro_batches(good, self.config.loop.batch_size):
+            stop = start + len(batch)
+            origin = (partition_of[start:stop], offset_of[start:stop])
+            start = stop
+            if self.guard is None:
+                self.loop.process(batch)
+                continue
+            rejected = self.guard.process(batch, origin)
+            if rejected is not None:
+                self._reject(rejected)
 
     def _dead_letter(
         self, partition: int, offset: int, value: bytes | None, reason: str, detail: str
@@ -532,6 +563,7 @@ class Daemon:
         try:
             self.dead_letters.sync()
             self.history.sync()
+            serving = None if self.predictions is None else self.predictions.checkpoint_state()
             meta = {
                 "streamcl_checkpoint": CHECKPOINT_FORMAT,
                 "created": time.time(),
@@ -547,6 +579,8 @@ class Daemon:
                     "invalid": dict(self.invalid),
                 },
             }
+            if serving is not None:
+                meta["serving"] = serving
             path = self.store.write(meta, state)
         except (OSError, SinkError) as exc:
             self.checkpoint_retry.failed(exc)

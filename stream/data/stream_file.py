@@ -93,6 +93,9 @@ class StreamHeader(BaseModel):
     )
     input_dtype: Literal["float32", "uint8"] = "float32"
     info: dict[str, Any] = Field(default_factory=dict)
+    # When labels arrive (stream/data/label_delay.py: N, uniform:A-B, exponential:MEAN samples
+    # late, drawn with ``seed``); None: with their samples.
+    label_delay: int | str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> StreamHeader:

@@ -157,8 +157,12 @@ class EventLoop:
             self.process(batch)
         self.finish()
 
-    def process(self, batch: Batch) -> None:
-        """Predict, then learn, one micro-batch; evaluate when a mark is reached."""
+    def process(self, batch: Batch, served: np.ndarray | None = None) -> None:
+        """Predict, then learn, one micro-batch; evaluate when a mark is reached.
+
+        ``served``: labels that arrived after their samples were predicted (stream/engine/
+        serving.py) carry the class served then (-1: none); prequential accuracy scores that
+        prediction, the one a user got, instead of predicting again."""
         n = batch.y.shape[0]
         if n == 0:
             return
@@ -169,7 +173,14 @@ class EventLoop:
         self.pending_updates += self.config.online_iter
         iterations = int(self.pending_updates)
         self.pending_updates -= iterations
-        if self._sequential is not None:
+        if served is not None:
+            answered = served >= 0
+            hits = (served == batch.y.numpy()) & answered
+            self.seen.mark_batch(batch.y.numpy(), batch.level.numpy())
+            started = time.perf_counter()
+            self.learner.learn(batch.x, batch.y, batch.level, iterations)
+            learn_seconds = time.perf_counter() - started
+        elif self._sequential is not None:
             started = time.perf_counter()
             predicted = self._sequential.test_then_train(batch.x, batch.y, batch.level, iterations)
             learn_seconds = time.perf_counter() - started
@@ -216,6 +227,11 @@ class EventLoop:
         self.finished = True
         for observer in self.observers:
             observer.on_finish(self)
+
+    def masked_scores(self, x: torch.Tensor, level: int) -> np.ndarray:
+        """The learner's scores for ``x`` at ``level`` with the classes the stream has not shown
+        at ``-inf``: what a prediction served now is the argmax of."""
+        return self.seen.masked(self.learner.predict(x, level), level)
 
     def _prequential(
         self, batch: Batch, scores: torch.Tensor | None = None

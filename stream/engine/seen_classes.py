@@ -63,6 +63,12 @@ class SeenClasses:
         for level in range(len(self.masks)):
             self.mark(level, y[levels == level])
 
+    def masked(self, scores: torch.Tensor, level: int) -> np.ndarray:
+        """``scores`` with the classes not seen at ``level`` at ``-inf`` (a served prediction,
+        stream/engine/serving.py, is its argmax)."""
+        raw = scores.numpy(force=True)
+        return raw if self._all[level] else raw + self._bias[level]
+
     def argmax(self, scores: torch.Tensor, level: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The predicted class of each row among the seen classes, and which rows scored some
         seen class above ``-inf`` (a learner that knows no seen class yet makes no prediction;

@@ -21,8 +21,9 @@ from stream.data.stream_file import RecordedStream, StreamFileError, read_stream
 from stream.engine.device import resolve_device
 from stream.engine.evaluation import AnytimeEvaluator
 from stream.engine.event_loop import EventLoop, LoopConfig, Observer
+from stream.runs.delayed_labels import run_delayed
 from stream.runs.plots import plot_curves
-from stream.sources.file_source import check_against_dataset, task_batches
+from stream.sources.file_source import check_against_dataset, check_events, task_batches
 
 
 @dataclass
@@ -57,8 +58,12 @@ def replay(
     device: str = "auto",
     out_dir: str | Path | None = None,
     observers: Sequence[Observer] = (),
+    label_delay: int | str | None = None,
 ) -> dict[str, Any]:
-    """Run ``learner_name`` over ``prepared``; write results.json and curve.png to ``out_dir``."""
+    """Run ``learner_name`` over ``prepared``; write results.json and curve.png to ``out_dir``.
+
+    With ``label_delay`` (stream/data/label_delay.py), every sample is a prediction request
+    first and its label comes that late (stream/runs/delayed_labels.py)."""
     loop_config = loop_config or LoopConfig()
     torch_device = resolve_device(device)
     learner: Learner = registry.create(learner_name, prepared.problem, options, torch_device)
@@ -75,13 +80,19 @@ def replay(
         learner_name=learner_name,
     )
     started = time.perf_counter()
-    loop.run(
-        task_batches(
-            prepared.stream, prepared.dataset, loop_config.batch_size, problem=prepared.problem
+    serving: dict[str, Any] = {}
+    if label_delay is None:
+        loop.run(
+            task_batches(
+                prepared.stream, prepared.dataset, loop_config.batch_size, problem=prepared.problem
+            )
         )
-    )
+    else:
+        check_events(prepared.stream, prepared.dataset, prepared.problem)
+        serving = run_delayed(loop, prepared.stream, prepared.dataset, label_delay)
     seconds = time.perf_counter() - started
     results = loop.summary()
+    results.update(serving)
     results.update(
         learner=learner_name,
         config=learner.config.model_dump(mode="json"),

@@ -29,8 +29,10 @@ import pytest
 
 from stream.data.datasets import load_dataset
 from stream.data.stream_file import read_stream
+from stream.observe.serving_telemetry import ServingTelemetry
 from stream.observe.telemetry import Telemetry
 from stream.sinks.kafka_sink import open_sink
+from stream.sources.serving_wire import encode_label_json, encode_requests
 from stream.sources.wire import encode_binary
 from tests.support.digits_stream import write_digits_stream
 from tests.support.malformed import malformed_messages
@@ -46,9 +48,16 @@ SPEC_METRICS = {
     "streamcl_seen_classes", "streamcl_memory_samples", "streamcl_update_seconds",
     "streamcl_consumer_lag", "streamcl_last_checkpoint_timestamp_seconds", "streamcl_build_info",
 }  # fmt: skip
+# Serving (docs/serving.md): only a daemon with [predictions] exports these (histograms by the
+# series the panels query).
+SERVING_METRICS = {
+    "streamcl_predictions_total", "streamcl_prediction_latency_seconds_bucket",
+    "streamcl_label_delay_seconds_bucket", "streamcl_unlabelled_expired_total",
+    "streamcl_labels_unmatched_total", "streamcl_pending_requests",
+}  # fmt: skip
 DAEMON_METRICS = {
     "streamcl_consumer_lag", "streamcl_invalid_messages_total",
-    "streamcl_last_checkpoint_timestamp_seconds", "streamcl_broker_up",
+    "streamcl_last_checkpoint_timestamp_seconds", "streamcl_broker_up", *SERVING_METRICS,
 }  # fmt: skip
 GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__range", "__interval_ms", "__range_s"}
 # What Grafana puts for $__rate_interval here: a window over the whole replay, so a rate taken
@@ -175,6 +184,7 @@ def test_dashboard_shows_every_spec_metric_and_only_exported_ones():
     # The daemon-reported gauges join the registry when first set.
     telemetry.checkpoint_written()
     telemetry.set_broker_up(True)
+    ServingTelemetry(telemetry)
     exported = set()
     for family in telemetry.registry.collect():
         name = family.name + ("_total" if family.type == "counter" else "")
@@ -214,6 +224,7 @@ class ScrapedReplay:
 
 
 DAEMON_TOPIC = "dashboard"
+SERVED = 40  # prediction requests and their labels, sent with the second half
 MAX_BYTES = 16_384  # the daemon's message size limit, so the "oversized" bad message is one
 
 
@@ -232,18 +243,23 @@ class Publisher:
             encode_binary(x[i : i + 32], y[i : i + 32], level[i : i + 32])
             for i in range(0, len(y), 32)
         ]
+        self.requests = encode_requests(x[:SERVED], np.arange(SERVED))
+        self.labels = [encode_label_json(i, int(y[i])) for i in range(SERVED)]
         self.bad = malformed_messages(dataset.problem(), MAX_BYTES)[:4]
         self.reasons: dict[str, int] = {}
         for reason, _ in self.bad:
             self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
     def send(self, part: int) -> None:
-        """Part 0: two bad messages and the first half; part 1: the rest and two bad ones."""
+        """Part 0: two bad messages and the first half; part 1: the prediction requests, the
+        rest, the requests' labels and two bad ones. Part 1 goes out after Prometheus scraped
+        the daemon, so every serving series is scraped before it first changes and its rate has
+        an increase to show."""
         half = len(self.messages) // 2
         chosen = (
             [m for _, m in self.bad[:2]] + self.messages[:half]
             if part == 0
-            else self.messages[half:] + [m for _, m in self.bad[2:]]
+            else [self.requests, *self.messages[half:], *self.labels] + [m for _, m in self.bad[2:]]
         )
         for message in chosen:
             self.sink.send(DAEMON_TOPIC, message, partition=0)
@@ -261,6 +277,7 @@ def start_daemon(tmp: Path, bootstrap: str, port: int) -> ServeProcess:
         "dead_letter": {"file": str(tmp / "daemon-dead.jsonl")},
         "messages": {"max_bytes": MAX_BYTES},
         "metrics": {"port": port, "stall_seconds": 60},
+        "predictions": {"topic": f"{DAEMON_TOPIC}-predictions"},
     }  # fmt: skip
     daemon = ServeProcess(config, tmp, "daemon")
     daemon.start()
@@ -301,6 +318,13 @@ def scraped_replay(tmp_path_factory, kafka_broker):
         daemon = start_daemon(tmp, kafka_broker.bootstrap, daemon_port)
         publisher.send(0)
         prometheus.wait_for('streamcl_samples_total{learner="nmc"}', bool, timeout=120)
+        # One POST /predict, so the HTTP latency series has an observation to show.
+        samples = [{"x": [0.0] * 64}, {"id": 7, "x": [0.5] * 64}]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{daemon_port}/predict", json.dumps({"samples": samples}).encode()
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert [p["id"] for p in json.loads(answer.read())["predictions"]] == [None, 7]
         publisher.send(1)
         deadline = time.monotonic() + 300
         # The replay logs metrics_linger once results.json is written.
@@ -317,7 +341,7 @@ def scraped_replay(tmp_path_factory, kafka_broker):
             'streamcl_samples_total{learner="er"}', lambda v: v == [samples], timeout=60
         )
         prometheus.wait_for(
-            'streamcl_samples_total{learner="nmc"}', lambda v: v == [samples], timeout=120
+            'streamcl_samples_total{learner="nmc"}', lambda v: v == [samples + SERVED], timeout=120
         )
         prometheus.wait_for("streamcl_last_checkpoint_timestamp_seconds", bool, timeout=60)
         prometheus.wait_for(

@@ -5,6 +5,12 @@ Each event becomes one JSON message, or events are grouped into binary micro-bat
 pixels of uint8 image datasets as uint8 in binary, scaled on decode exactly as on replay), with
 the event's label, level, task and id. Messages are dealt round-robin over the topic's
 partitions; a one-partition topic keeps the stream's order. A missing topic is created.
+
+With a label delay (``--label-delay N``, or the stream's own from ``streamcl schedule
+--label-delay``) every event is first a prediction request and its label follows N events later
+(stream/data/label_delay.py; docs/serving.md): one request per message, in the chosen form, and
+labels as JSON ``{id, y, level}``, so a daemon with ``[predictions]`` serves and learns it as
+``streamcl replay --label-delay N`` does.
 ``--option K=V`` and ``--options-file`` give the Kafka client its TLS and SASL settings, as the
 daemon's ``kafka.options`` does (stream/sources/kafka_options.py).
 """
@@ -22,8 +28,10 @@ import numpy as np
 from stream.cli.config_file import load_config_file
 from stream.cli.errors import UsageError
 from stream.data.datasets import as_float_tensor, load_dataset
+from stream.data.label_delay import check_label_delay
 from stream.data.stream_file import RecordedStream, read_stream
 from stream.observe.pacing import RateLimit
+from stream.sinks.delayed_messages import delayed_messages
 from stream.sinks.kafka_sink import open_sink
 from stream.sources.file_source import check_against_dataset
 from stream.sources.kafka_options import parse_option, resolve_secrets
@@ -63,6 +71,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--partitions", type=int, default=1, help="partitions of the topic if it is created"
+    )
+    parser.add_argument(
+        "--label-delay",
+        default=None,
+        metavar="DELAY",
+        help="send each event as a prediction request and its label late: N events, "
+        "uniform:A-B or exponential:MEAN (default: the stream's own delay, else labelled samples)",
     )
     parser.set_defaults(run=run)
 
@@ -110,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
     if args.batch <= 0 or args.partitions <= 0 or (args.rate is not None and args.rate <= 0):
         raise UsageError("--batch, --partitions and --rate must be positive")
     stream = read_stream(args.stream)
+    delay = stream.header.label_delay if args.label_delay is None else args.label_delay
+    if delay is not None:
+        delay = check_label_delay(delay)
     dataset = None
     if stream.x is None:
         dataset = load_dataset(stream.header.dataset)
@@ -121,7 +139,11 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     limit = RateLimit(args.rate) if args.rate is not None else None
     sent = samples = 0
-    for message, count in messages(stream, dataset, args.format, args.batch):
+    if delay is None:
+        chosen = messages(stream, dataset, args.format, args.batch)
+    else:
+        chosen = delayed_messages(stream, dataset, args.format, delay)
+    for message, count in chosen:
         sink.send(args.topic, message, partition=sent % partitions)
         sent += 1
         samples += count

@@ -19,6 +19,7 @@ from learners.capabilities import DriftAction
 from learners.registry import describe_validation_error
 from stream.cli.config_file import load_config_file
 from stream.cli.errors import UsageError
+from stream.data.label_delay import check_label_delay
 from stream.engine.device import resolve_device
 from stream.engine.drift_detection import DriftConfig
 from stream.engine.event_loop import LoopConfig, Observer
@@ -73,6 +74,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default="none",
         choices=[a.value for a in DriftAction],
         help="what a detected drift makes the learner do (default none)",
+    )
+    parser.add_argument(
+        "--label-delay",
+        default=None,
+        metavar="DELAY",
+        help="labels arrive late (N samples, uniform:A-B or exponential:MEAN), each sample "
+        "predicted first, as `streamcl serve` sees them (default: the stream's own, else none)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--out", default=None, help="output directory (default: runs/<learner>)")
@@ -156,6 +164,11 @@ def run(args: argparse.Namespace) -> int:
     learner_config = registry.validate_config(args.learner, options)
     resolve_device(args.device)
     prepared = prepare(args.stream)
+    label_delay = args.label_delay
+    if label_delay is None:
+        label_delay = prepared.stream.header.label_delay
+    if label_delay is not None:
+        label_delay = check_label_delay(label_delay)
     out = Path(args.out) if args.out else Path("runs") / args.learner.replace(":", "_")
     bar_enabled = None if resolve_format(args.log_format, sys.stderr) == "console" else False
     observers: list[Observer] = [
@@ -177,7 +190,14 @@ def run(args: argparse.Namespace) -> int:
             # Log lines on a terminal go above the progress bar rather than through it.
             with logging_redirect_tqdm() if bar_enabled is None else nullcontext():
                 results = replay(
-                    prepared, args.learner, learner_config, config, args.device, out, observers
+                    prepared,
+                    args.learner,
+                    learner_config,
+                    config,
+                    args.device,
+                    out,
+                    observers,
+                    label_delay=label_delay,
                 )
             print(format_table({args.learner: results}), flush=True)
             print(f"results in {out / 'results.json'}", flush=True)

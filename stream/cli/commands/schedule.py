@@ -7,6 +7,7 @@ from typing import Any
 
 from stream.cli.errors import UsageError
 from stream.data.datasets import load_dataset
+from stream.data.label_delay import check_label_delay
 from stream.data.option_value import option_value
 from stream.data.schedules import make_schedule, schedule_names
 from stream.data.stream_file import record_schedule, write_stream
@@ -46,6 +47,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--inline", action="store_true", help="store inputs in the stream, not row references"
     )
+    parser.add_argument(
+        "--label-delay",
+        default=None,
+        metavar="DELAY",
+        help="labels arrive late: N samples, uniform:A-B or exponential:MEAN (drawn with the "
+        "seed); replay and publish then predict each sample before its label is known "
+        "(docs/serving.md)",
+    )
     parser.add_argument("--out", required=True, help="output stream file (.jsonl or .scl)")
     parser.set_defaults(run=run)
 
@@ -76,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
         args.seed,
         inline=args.inline,
     )
+    if args.label_delay is not None:
+        delay = check_label_delay(args.label_delay)
+        recorded.header = recorded.header.model_copy(update={"label_delay": delay})
     path = write_stream(args.out, recorded)
     sizes = [int((schedule.task == t).sum()) for t in range(schedule.num_tasks)]
     print(f"wrote {len(schedule)} events in {schedule.num_tasks} tasks {sizes} to {path}")

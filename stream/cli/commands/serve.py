@@ -25,6 +25,7 @@ from stream.daemon.checkpoint_key import load_checkpoint_key
 from stream.daemon.config import load_serve_config, resolve_kafka_secrets
 from stream.daemon.distributed import World
 from stream.daemon.endpoint_security import endpoint_limits, endpoint_security
+from stream.daemon.predict_http import add_predict_route
 from stream.daemon.scaleout import ScaleOutDaemon
 from stream.daemon.serve import Daemon
 from stream.observe.http_endpoint import start_metrics_server
@@ -63,6 +64,12 @@ def run(args: argparse.Namespace) -> int:
     config = resolve_kafka_secrets(load_serve_config(args.config), os.environ)
     key = load_checkpoint_key(config.checkpoint.key_file, os.environ)
     world = World.from_environment(os.environ)
+    if config.predictions is not None and (args.workers > 1 or world is not None):
+        # One join window and one predictions log per model: ranks would each hold a part.
+        raise UsageError(
+            "[predictions] is served by a single daemon; scale-out (--workers, torchrun) does "
+            "not serve predictions (docs/serving.md)"
+        )
     if args.workers > 1 and world is None:
         return launch_workers(args.config, args.workers, args.max_restarts)
     metrics = config.metrics
@@ -86,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
                 endpoint_limits(metrics),
                 security,
             )
+            add_predict_route(server, daemon)
         except BaseException:
             daemon.close()
             raise

@@ -54,6 +54,12 @@ def test_toml_works_too(tmp_path):
         (lambda c: c.pop("problem"), "(root)"),
         (lambda c: c.update(extra=1), "extra"),
         (lambda c: c.update(loop={"batch_size": -1}), "loop.batch_size"),
+        (lambda c: c.update(predictions={}), "predictions.topic"),
+        (lambda c: c.update(predictions={"topic": "p", "top_k": 0}), "predictions.top_k"),
+        (
+            lambda c: c.update(predictions={"topic": "p", "max_age_seconds": -1}),
+            "predictions.max_age_seconds",
+        ),
     ],
 )
 def test_errors_name_the_field(tmp_path, change, field):
@@ -72,3 +78,10 @@ def test_the_deploy_config_is_a_valid_serve_config():
     config = load_serve_config(REPO / "deploy" / "streamcl" / "serve.toml")
     assert config.dead_letter.topic and config.evaluation.dataset == "digits"
     assert (config.metrics.host, config.metrics.port) == ("0.0.0.0", 9100)
+
+
+def test_serving_is_off_unless_configured_and_has_bounded_defaults():
+    assert ServeConfig.model_validate(MINIMAL).predictions is None
+    serving = ServeConfig.model_validate({**MINIMAL, "predictions": {"topic": "p"}}).predictions
+    assert serving.top_k is None and serving.http and serving.max_pending == 100_000
+    assert serving.max_age_seconds == 7 * 86400 and serving.max_pending_bytes == 64 << 20

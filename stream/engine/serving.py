@@ -1,0 +1,210 @@
+"""Serving while learning: prediction requests, labels that arrive later, and labelled samples.
+
+One :class:`ServingLoop` wraps the :class:`~stream.engine.event_loop.EventLoop` and takes the
+stream's messages in arrival order:
+
+- a **request** (a sample without a label) is predicted by the model as it is now, with the
+  classes the stream has not shown masked out, and, when it has an id, kept in the
+  :class:`~stream.engine.label_join.LabelJoin` window with the prediction served;
+- a **label** ``{id, y, level}`` takes its request out of the window and queues the sample to
+  be learned; prequential accuracy then scores the prediction that was *served*, which is the
+  honest online accuracy under label delay;
+- a **labelled sample** is predicted then learned, as without serving.
+
+Queued samples are learned in micro-batches of at most ``batch_size``, never across a task
+change, and always before the next request or labelled sample is handled, so every prediction
+sees every label that arrived before it. The result depends only on the order of the messages,
+not on how they were polled: the daemon (stream/daemon/serve.py) and a replay with delayed
+labels (stream/runs/delayed_labels.py) that see the same order learn the same model and score
+the same prequential accuracy.
+
+``predict`` may be called from another thread (the HTTP ``/predict`` endpoint): a lock keeps a
+prediction from running inside a learner update.
+
+>>> import torch
+>>> from learners.base import Problem
+>>> from learners.registry import create
+>>> from stream.engine.event_loop import EventLoop
+>>> problem = Problem(input_shape=(2,), num_classes=(2,))
+>>> serving = ServingLoop(EventLoop(create("nmc", problem), problem))
+>>> x = np.eye(2, dtype=np.float32)
+>>> serving.request(np.array([7, 8]), x, now=0.0).predicted.tolist()  # nothing learned yet
+[[-1], [-1]]
+>>> serving.label(np.array([7, 8]), np.array([0, 1]), np.array([0, 0]), now=1.0).delays
+[1.0, 1.0]
+>>> serving.flush(); serving.request(np.array([9]), x[1:], now=2.0).predicted.tolist()
+[[1]]
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from stream.engine.batch import Batch
+from stream.engine.event_loop import EventLoop
+from stream.engine.label_join import LabelJoin
+
+
+@dataclass
+class Prediction:
+    """Predictions for ``n`` samples: masked scores per level (``[n, classes]``, ``-inf`` for a
+    class not predictable), the class per level (``[n, levels]``, -1 where none), and the
+    number of samples the model had learned."""
+
+    scores: list[np.ndarray]
+    predicted: np.ndarray
+    position: int
+
+
+@dataclass
+class Served:
+    """A prediction served earlier: the class per level and when."""
+
+    predicted: list[int]
+    served_at: float
+
+
+@dataclass
+class Joined:
+    """What one label message did: the label delay of each joined request (seconds), and the
+    ids that matched no pending request (expired, or never served)."""
+
+    delays: list[float] = field(default_factory=list)
+    unmatched: list[int] = field(default_factory=list)
+
+
+class ServingLoop:
+    """Requests, delayed labels and labelled samples, in arrival order, through one loop."""
+
+    def __init__(self, loop: EventLoop, join: LabelJoin | None = None) -> None:
+        self.loop = loop
+        self.join = join if join is not None else LabelJoin()
+        self.batch_size = loop.config.batch_size
+        self.lock = threading.Lock()
+        self.predictions = 0
+        self.expired = 0
+        self.unmatched = 0
+        # Joined samples waiting to be learned: (x, y, level, task, served class).
+        self._queue: list[tuple[np.ndarray, int, int, int, int]] = []
+
+    # -- predicting -----------------------------------------------------------------------
+
+    def predict(self, x: np.ndarray) -> Prediction:
+        """Predict ``x`` (``[n, *input_shape]`` float32) with the model as it is; no state
+        changes (safe from another thread)."""
+        tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        levels = self.loop.problem.num_levels
+        with self.lock:
+            position = self.loop.samples_seen
+            scores = [self.loop.masked_scores(tensor, level) for level in range(levels)]
+        predicted = np.empty((len(x), levels), dtype=np.int64)
+        for level, level_scores in enumerate(scores):
+            best = level_scores.argmax(axis=1)
+            answered = level_scores[np.arange(len(x)), best] > -np.inf
+            predicted[:, level] = np.where(answered, best, -1)
+        return Prediction(scores, predicted, position)
+
+    def request(
+        self,
+        ids: np.ndarray,
+        x: np.ndarray,
+        now: float,
+        task: np.ndarray | None = None,
+        served: Sequence[Served | None] | None = None,
+    ) -> Prediction:
+        """Serve requests: learn what is queued, predict, keep those with an id (>= 0) for their
+        labels. Requests that push older ones out of the window count in ``expired``.
+
+        ``served`` gives, for requests answered before a crash, the classes and time they were
+        served then: those are kept for their labels instead of this prediction."""
+        self.flush()
+        prediction = self.predict(x)
+        self.predictions += len(x)
+        tasks = np.full(len(x), -1) if task is None else task
+        for i, id in enumerate(ids.tolist()):
+            earlier = None if served is None else served[i]
+            if earlier is not None:
+                prediction.predicted[i] = earlier.predicted
+            if id >= 0:
+                dropped = self.join.add(
+                    id,
+                    x[i],
+                    prediction.predicted[i].tolist(),
+                    now if earlier is None else earlier.served_at,
+                    int(tasks[i]),
+                )
+                self.expired += len(dropped)
+        return prediction
+
+    # -- learning -------------------------------------------------------------------------
+
+    def label(self, ids: np.ndarray, y: np.ndarray, level: np.ndarray, now: float) -> Joined:
+        """Join labels to their requests and queue the samples for learning."""
+        joined = Joined()
+        for id, label, lvl in zip(ids.tolist(), y.tolist(), level.tolist(), strict=True):
+            pending = self.join.take(id)
+            if pending is None:
+                joined.unmatched.append(id)
+                continue
+            joined.delays.append(now - pending.served_at)
+            if self._queue and self._queue[-1][3] != pending.task:
+                self.flush()  # a batch never spans a task change
+            self._queue.append((pending.x, label, lvl, pending.task, pending.predicted[lvl]))
+            if len(self._queue) >= self.batch_size:
+                self.flush()
+        self.unmatched += len(joined.unmatched)
+        return joined
+
+    def learn(self, batch: Batch) -> None:
+        """Predict then learn one batch of labelled samples (after what is queued)."""
+        self.flush()
+        with self.lock:
+            self.loop.process(batch)
+
+    def flush(self) -> None:
+        """Learn every queued joined sample."""
+        queue, self._queue = self._queue, []
+        for start in range(0, len(queue), self.batch_size):
+            rows = queue[start : start + self.batch_size]
+            x = np.stack([r[0] for r in rows])
+            y, level, task, served = (np.array([r[i] for r in rows]) for i in range(1, 5))
+            batch = Batch(
+                x=torch.from_numpy(x),
+                y=torch.from_numpy(y.astype(np.int64)),
+                level=torch.from_numpy(level.astype(np.int64)),
+                task=None if task[0] < 0 else torch.from_numpy(task.astype(np.int64)),
+                validated=True,  # the request and the label were each checked on arrival
+            )
+            with self.lock:
+                self.loop.process(batch, served=served.astype(np.int64))
+
+    def expire(self, now: float) -> int:
+        """Drop requests older than the join window's age; how many."""
+        dropped = len(self.join.expire(now))
+        self.expired += dropped
+        return dropped
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The window and counters, as JSON (call after :meth:`flush`)."""
+        if self._queue:
+            raise RuntimeError("flush the queued samples before taking a checkpoint")
+        return {
+            "join": self.join.state_dict(),
+            "predictions": self.predictions,
+            "expired": self.expired,
+            "unmatched": self.unmatched,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.join.load_state_dict(state["join"])
+        self.predictions = int(state["predictions"])
+        self.expired = int(state["expired"])
+        self.unmatched = int(state["unmatched"])

@@ -1,0 +1,79 @@
+"""The join window of stream/engine/label_join.py: bounded by count, age and bytes; JSON state."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from stream.engine.label_join import LabelJoin
+
+
+def _x(value: float, dim: int = 4) -> np.ndarray:
+    return np.full(dim, value, np.float32)
+
+
+def test_a_label_takes_its_request_once_with_the_prediction_served():
+    join = LabelJoin()
+    join.add(5, _x(1), [2, 7], served_at=10.0, task=3)
+    pending = join.take(5)
+    assert pending.predicted == [2, 7] and pending.served_at == 10.0 and pending.task == 3
+    np.testing.assert_array_equal(pending.x, _x(1))
+    assert join.take(5) is None and len(join) == 0 and join.bytes == 0
+
+
+def test_the_oldest_requests_expire_beyond_the_count():
+    join = LabelJoin(max_pending=3)
+    expired = [join.add(i, _x(i), [0], served_at=float(i)) for i in range(5)]
+    assert expired == [[], [], [], [0], [1]]
+    assert list(join.pending) == [2, 3, 4]
+
+
+def test_requests_older_than_the_age_expire():
+    join = LabelJoin(max_age_seconds=10)
+    for i in range(5):
+        join.add(i, _x(i), [0], served_at=float(i * 5))
+    assert join.expire(now=21.0) == [0, 1, 2]  # served at 0, 5, 10: older than 10 s at 21
+    assert list(join.pending) == [3, 4]
+    assert join.expire(now=21.0) == []
+
+
+def test_the_inputs_stay_within_the_byte_bound():
+    join = LabelJoin(max_bytes=40)  # two 16-byte inputs fit, a third does not
+    join.add(0, _x(0), [0], 0.0)
+    join.add(1, _x(1), [0], 0.0)
+    assert join.add(2, _x(2), [0], 0.0) == [0]
+    assert join.bytes == 32
+    assert join.add(3, _x(3, dim=20), [0], 0.0) == [3]  # 80 bytes: never held
+    assert list(join.pending) == [1, 2]
+
+
+def test_a_repeated_id_replaces_the_earlier_request():
+    join = LabelJoin()
+    join.add(1, _x(1), [0], 0.0)
+    assert join.add(1, _x(2), [4], 1.0) == [1]
+    assert join.take(1).predicted == [4] and len(join) == 0
+
+
+def test_the_window_round_trips_through_json_exactly():
+    join = LabelJoin()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        join.add(i * 3, rng.normal(size=(2, 3)).astype(np.float32), [i, -1], i + 0.5, i)
+    restored = LabelJoin()
+    restored.load_state_dict(json.loads(json.dumps(join.state_dict())))
+    assert list(restored.pending) == list(join.pending) and restored.bytes == join.bytes
+    for id, pending in join.pending.items():
+        again = restored.pending[id]
+        assert again.x.dtype == np.float32 and np.array_equal(again.x, pending.x)
+        assert (again.predicted, again.served_at, again.task) == (
+            pending.predicted, pending.served_at, pending.task,
+        )  # fmt: skip
+
+
+def test_bounds_must_be_positive():
+    with pytest.raises(ValueError, match="positive"):
+        LabelJoin(max_pending=0)
+    with pytest.raises(ValueError, match="max_age_seconds"):
+        LabelJoin(max_age_seconds=0)

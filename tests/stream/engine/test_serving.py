@@ -1,0 +1,119 @@
+"""Serving while learning (stream/engine/serving.py): predictions served, labels joined later."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from learners.base import Problem
+from learners.registry import create
+from stream.engine.batch import Batch
+from stream.engine.event_loop import EventLoop, LoopConfig
+from stream.engine.label_join import LabelJoin
+from stream.engine.serving import Served, ServingLoop
+
+PROBLEM = Problem(input_shape=(3,), num_classes=(3,))
+
+
+def _serving(batch_size: int = 4, **join) -> ServingLoop:
+    loop = EventLoop(create("nmc", PROBLEM), PROBLEM, LoopConfig(batch_size=batch_size))
+    return ServingLoop(loop, LabelJoin(**join))
+
+
+def _label(serving: ServingLoop, ids, y, now=1.0):
+    n = len(ids)
+    return serving.label(np.array(ids), np.array(y), np.zeros(n, np.int64), now)
+
+
+def test_prequential_accuracy_scores_the_prediction_served_not_a_later_one():
+    serving = _serving()
+    eye = np.eye(3, dtype=np.float32)
+    serving.request(np.array([0, 1]), eye[:2], now=0.0)  # nothing learned: no prediction
+    _label(serving, [0, 1], [0, 1])
+    served = serving.request(np.array([2, 3]), eye[:2], now=2.0).predicted[:, 0]
+    assert served.tolist() == [0, 1]
+    _label(serving, [2, 3], [1, 1])  # the model would now be right on 3, it served 0 for 2
+    serving.flush()
+    assert serving.loop.prequential.correct == 1 and serving.loop.prequential.total == 2
+    assert serving.loop.samples_seen == 4
+
+
+def test_labels_are_learned_before_the_next_request_whatever_the_batch_size():
+    serving = _serving(batch_size=16)
+    serving.request(np.array([0]), np.eye(3, dtype=np.float32)[:1], now=0.0)
+    _label(serving, [0], [2])
+    assert serving.loop.samples_seen == 0  # queued
+    assert serving.request(np.array([1]), np.eye(3, dtype=np.float32)[:1], 1.0).position == 1
+    assert serving.loop.samples_seen == 1
+
+
+def test_a_label_for_no_pending_request_is_unmatched_and_learns_nothing():
+    serving = _serving(max_pending=1)
+    x = np.eye(3, dtype=np.float32)
+    serving.request(np.array([0, 1]), x[:2], now=0.0)  # 0 expires when 1 arrives
+    joined = _label(serving, [0, 9, 1], [0, 0, 1], now=3.0)
+    serving.flush()
+    assert joined.unmatched == [0, 9] and joined.delays == [3.0]
+    assert serving.expired == 1 and serving.unmatched == 2 and serving.loop.samples_seen == 1
+
+
+def test_a_batch_of_joined_labels_never_spans_a_task_change():
+    serving = _serving(batch_size=8)
+    x = np.eye(3, dtype=np.float32)
+    serving.request(np.arange(3), x, now=0.0, task=np.array([0, 0, 1]))
+    _label(serving, [0, 1, 2], [0, 1, 2])
+    serving.flush()
+    assert serving.loop.current_task == 1 and serving.loop.samples_seen == 3
+
+
+def test_a_prediction_served_before_a_crash_is_the_one_kept_for_the_label():
+    serving = _serving()
+    x = np.eye(3, dtype=np.float32)
+    serving.request(np.array([0]), x[:1], now=0.0)
+    _label(serving, [0], [0])
+    earlier = Served(predicted=[2], served_at=5.0)
+    prediction = serving.request(np.array([1, 2]), x[:2], now=9.0, served=[earlier, None])
+    assert prediction.predicted[:, 0].tolist() == [2, 0]
+    pending = serving.join.pending
+    assert (pending[1].predicted, pending[1].served_at) == ([2], 5.0)
+    assert (pending[2].predicted, pending[2].served_at) == ([0], 9.0)
+
+
+def test_labelled_samples_are_predicted_then_learned_as_without_serving():
+    serving = _serving()
+    plain = EventLoop(create("nmc", PROBLEM), PROBLEM, LoopConfig(batch_size=4))
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        x = torch.from_numpy(rng.normal(size=(4, 3)).astype(np.float32))
+        y = torch.from_numpy(rng.integers(0, 3, 4))
+        batch = Batch(x=x, y=y, level=torch.zeros(4, dtype=torch.long))
+        serving.learn(batch)
+        plain.process(batch)
+    assert serving.loop.prequential.state_dict() == plain.prequential.state_dict()
+
+
+def test_the_state_round_trips_and_refuses_with_samples_queued():
+    serving = _serving(batch_size=16)
+    x = np.eye(3, dtype=np.float32)
+    serving.request(np.array([0, 1]), x[:2], now=0.0)
+    _label(serving, [0], [1])
+    try:
+        serving.state_dict()
+        raise AssertionError("a queued sample must be learned before a checkpoint")
+    except RuntimeError as exc:
+        assert "flush" in str(exc)
+    serving.flush()
+    restored = _serving()
+    restored.load_state_dict(serving.state_dict())
+    assert list(restored.join.pending) == [1] and restored.predictions == 2
+
+
+def test_a_sequential_learner_serves_and_learns_joined_labels():
+    loop = EventLoop(create("river:naive_bayes.GaussianNB", PROBLEM), PROBLEM)
+    serving = ServingLoop(loop)
+    x = np.eye(3, dtype=np.float32)
+    assert serving.request(np.arange(3), x, now=0.0).predicted[:, 0].tolist() == [-1, -1, -1]
+    _label(serving, [0, 1, 2], [0, 1, 2])
+    serving.flush()
+    assert loop.samples_seen == 3 and loop.prequential.total == 0  # none was answered
+    assert (serving.request(np.arange(3, 6), x, now=2.0).predicted >= 0).all()
