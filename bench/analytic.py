@@ -303,6 +303,11 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--eval-size", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
+    if len(args.train_per_class) != len(args.widths):
+        parser.error(
+            f"--train-per-class needs one value per width: {len(args.widths)} widths, "
+            f"{len(args.train_per_class)} values"
+        )
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
