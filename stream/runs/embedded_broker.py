@@ -41,22 +41,27 @@ def free_port() -> int:
 class EmbeddedBroker:
     """A tansu broker on ``127.0.0.1``; ``stop()`` ends it (also as a context manager)."""
 
-    def __init__(self, start_timeout: float = 20.0) -> None:
+    def __init__(self, start_timeout: float = 20.0, log: Path | None = None) -> None:
+        """Start tansu and wait until it listens; ``log`` keeps its output (else discarded)."""
         self.port = free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         url = f"tcp://{self.bootstrap}"
+        output = subprocess.DEVNULL if log is None else log.open("wb")
         self.process = subprocess.Popen(
             [
                 str(tansu_binary()), "broker", "--listener-url", url,
                 "--advertised-listener-url", url, "--storage-engine", "memory://tansu/",
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.monotonic() + start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise BrokerUnavailable(f"tansu exited with {self.process.returncode} at start")
+                said = "" if log is None else f": {log.read_text(errors='replace')[-500:]}"
+                raise BrokerUnavailable(
+                    f"tansu exited with {self.process.returncode} at start{said}"
+                )
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 return
