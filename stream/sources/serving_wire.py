@@ -46,7 +46,6 @@ from stream.sources.wire import (
     Decoder,
     InvalidMessage,
     Samples,
-    _check_finite,
     _header_size,
     _json_int,
 )
@@ -174,30 +173,10 @@ class ServingDecoder:
         )
 
     def _binary_requests(self, value: bytes) -> Requests:
-        _, version, code, flags, ndim, n = _FIXED.unpack_from(value)
-        if version != VERSION:
-            raise InvalidMessage(
-                "unsupported_version", f"binary version {version}, this daemon reads {VERSION}"
-            )
-        if code not in X_DTYPES:
-            raise InvalidMessage("wrong_type", f"unknown input dtype code {code}")
-        if flags & ~(FLAG_IDS | FLAG_TASK | FLAG_REQUEST):
-            raise InvalidMessage("wrong_type", f"unknown flags {flags:#04x}")
+        decoder = self.decoder
+        code, flags, n, start = decoder._binary_header(value, FLAG_IDS | FLAG_TASK | FLAG_REQUEST)
         if not flags & FLAG_IDS:
             raise InvalidMessage("missing_field", "binary requests need ids (flag 0x01)")
-        if not 1 <= ndim <= MAX_NDIM:
-            raise InvalidMessage("wrong_dimension", f"sample ndim {ndim} outside [1, {MAX_NDIM}]")
-        if n == 0:
-            raise InvalidMessage("empty", "binary message with 0 samples")
-        start = _header_size(ndim)
-        if len(value) < start:
-            raise InvalidMessage("truncated", f"{len(value)} bytes, the header needs {start}")
-        shape = struct.unpack_from(f"<{ndim}I", value, _FIXED.size)
-        decoder = self.decoder
-        if shape != decoder.input_shape and shape != (decoder.input_dim,):
-            raise InvalidMessage(
-                "wrong_dimension", f"sample shape {shape}, expected {decoder.input_shape}"
-            )
         x_dtype = X_DTYPES[code]
         has_task = bool(flags & FLAG_TASK)
         expected = start + n * (8 + 4 * has_task + decoder.input_dim * x_dtype.itemsize)
@@ -220,11 +199,11 @@ class ServingDecoder:
             raise InvalidMessage("wrong_type", "ids must be non-negative")
         if task is not None and int(task.min()) < 0:
             raise InvalidMessage("wrong_type", "tasks must be non-negative")
-        if code == 1:
-            _check_finite(raw)
+        if task is not None:
+            decoder._check_task(int(task.max()))
+        x = decoder._binary_inputs(raw, code)
+        if x is raw:  # a view of the message: a pending request must not hold the whole buffer
             x = raw.copy()
-        else:
-            x = raw.astype(np.float32) / np.float32(255)
         return Requests(
             x,
             ids.astype(np.int64),

@@ -204,7 +204,10 @@ class Decoder:
 
     # -- binary -------------------------------------------------------------------------------
 
-    def _binary(self, value: bytes) -> Samples:
+    def _binary_header(self, value: bytes, known_flags: int) -> tuple[int, int, int, int]:
+        """Check a binary message's fixed header and sample shape (flags outside
+        ``known_flags`` are refused); returns its dtype code, flags, sample count and the byte
+        where its arrays start."""
         if len(value) < _FIXED.size:
             raise InvalidMessage("truncated", f"{len(value)} bytes, shorter than the binary header")
         _, version, code, flags, ndim, n = _FIXED.unpack_from(value)
@@ -214,7 +217,7 @@ class Decoder:
             )
         if code not in X_DTYPES:
             raise InvalidMessage("wrong_type", f"unknown input dtype code {code}")
-        if flags & ~(FLAG_IDS | FLAG_TASK):
+        if flags & ~known_flags:
             raise InvalidMessage("wrong_type", f"unknown flags {flags:#04x}")
         if not 1 <= ndim <= MAX_NDIM:
             raise InvalidMessage("wrong_dimension", f"sample ndim {ndim} outside [1, {MAX_NDIM}]")
@@ -228,6 +231,19 @@ class Decoder:
             raise InvalidMessage(
                 "wrong_dimension", f"sample shape {shape}, expected {self.input_shape}"
             )
+        return code, flags, n, start
+
+    def _binary_inputs(self, raw: np.ndarray, code: int) -> np.ndarray:
+        """A binary message's inputs as float32: float32 values checked (finite, within
+        ``max_abs``), uint8 pixels scaled to [0, 1]."""
+        if code == 1:
+            self._check_values(raw)
+            return raw
+        # Correctly rounded float32 division, the same as stream.data.datasets.as_float_tensor.
+        return raw.astype(np.float32) / np.float32(255)
+
+    def _binary(self, value: bytes) -> Samples:
+        code, flags, n, start = self._binary_header(value, FLAG_IDS | FLAG_TASK)
         x_dtype = X_DTYPES[code]
         has_ids, has_task = bool(flags & FLAG_IDS), bool(flags & FLAG_TASK)
         expected = start + n * (
@@ -260,12 +276,7 @@ class Decoder:
             raise InvalidMessage("wrong_type", "tasks must be non-negative")
         if task is not None:
             self._check_task(int(task.max()))
-        if code == 1:
-            self._check_values(raw)
-            x = raw
-        else:
-            # Correctly rounded float32 division, the same as stream.data.datasets.as_float_tensor.
-            x = raw.astype(np.float32) / np.float32(255)
+        x = self._binary_inputs(raw, code)
         level64 = level.astype(np.int64)
         self._check_labels(y.astype(np.int64), level64)
         return Samples(

@@ -87,6 +87,20 @@ def _binary_without_ids() -> bytes:
             "non_finite",
             "NaN or inf",
         ),
+        # a finite poison value: binary requests are bounded by messages.max_abs like samples
+        (
+            encode_requests(np.full((1, 2, 2), 3e38, np.float32), np.array([1])),
+            "out_of_range",
+            "messages.max_abs",
+        ),
+        (b'{"x": [1, 2, 3, 3e38]}', "out_of_range", "messages.max_abs"),
+        (
+            encode_requests(
+                np.zeros((1, 4), np.float32), np.array([1]), task=np.array([2**31 - 1])
+            ),
+            "out_of_range",
+            "messages.max_task",
+        ),
     ],
 )
 def test_bad_requests_and_labels_are_refused_with_the_wire_reasons(value, reason, detail):
