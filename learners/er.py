@@ -31,8 +31,13 @@ from learners.capabilities import (
     MultiLevelPrediction,
     PurePrediction,
 )
-from learners.levels import level_index, level_rows
-from learners.replay_training import ReplayConfig, ReplayTraining, make_optimizer
+from learners.levels import level_rows
+from learners.replay_training import (
+    HeadPrediction,
+    ReplayConfig,
+    ReplayTraining,
+    make_optimizer,
+)
 from memory import build_memory
 
 
@@ -41,13 +46,19 @@ class ERConfig(ReplayConfig):
 
 
 class ER(
-    ReplayTraining, Learner, FusedPrediction, MultiLevelPrediction, PurePrediction, DriftAdaptive
+    HeadPrediction,
+    ReplayTraining,
+    Learner,
+    FusedPrediction,
+    MultiLevelPrediction,
+    PurePrediction,
+    DriftAdaptive,
 ):
     """Experience replay with a configurable memory and a masked growing head per level.
 
     ``learn`` (the replay step), ``predict_then_learn``, checkpoints and device moves are those
     of :class:`~learners.replay_training.ReplayTraining`; this class supplies the model,
-    ``_step`` and ``_scores``."""
+    ``_step`` and ``_head``."""
 
     name = "er"
     config_model = ERConfig
@@ -75,36 +86,14 @@ class ER(
     def memory_samples(self) -> int:
         return len(self.memory)
 
+    def _head(self, features: torch.Tensor, level: int) -> torch.Tensor:
+        return self.heads[level](features)
+
     def _logits(self, features: torch.Tensor, level: int) -> torch.Tensor:
-        logits = self.heads[level](features)
-        return logits.masked_fill(~self.seen[level], float("-inf"))
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor, level: int | None = None) -> torch.Tensor:
-        level = level_index(level)
-        self._train_mode(False)
-        return self._logits(self.backbone(x.to(self.device, torch.float32)), level)
-
-    @torch.no_grad()
-    def predict_levels(self, x: torch.Tensor, levels: list[int]) -> list[torch.Tensor]:
-        self._train_mode(False)
-        features = self.backbone(x.to(self.device, torch.float32))
-        return [self._logits(features, level) for level in levels]
+        return self._masked(features, level, self.seen[level])
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
-
-    def _scores(
-        self, features: torch.Tensor, level: torch.Tensor, seen: list[torch.Tensor]
-    ) -> torch.Tensor:
-        if self.problem.num_levels == 1:
-            return self.heads[0](features).masked_fill(~seen[0], float("-inf"))
-        scores = features.new_full((len(level), max(self.problem.num_classes)), float("-inf"))
-        for lvl in level.unique().tolist():
-            rows = level == lvl
-            logits = self.heads[lvl](features[rows]).masked_fill(~seen[lvl], float("-inf"))
-            scores[rows, : self.problem.num_classes[lvl]] = logits
-        return scores
 
     @property
     def drift_actions(self) -> frozenset[DriftAction]:  # type: ignore[override]

@@ -28,7 +28,7 @@ from learners.backbones.backbone import MLP, BackboneConfig, Identity, SmallCNN
 from learners.base import LearnerConfig, Problem
 from learners.capabilities import FusedPrediction
 from learners.finite_step import finite_step
-from learners.levels import Levels, level_rows, sample_levels
+from learners.levels import Levels, level_index, level_rows, sample_levels
 from learners.state.learner_state import LearnerState
 from learners.state.torch_state import (
     load_module_state,
@@ -263,3 +263,47 @@ class ReplayTraining:
         self.model.to(self.device)
         self.seen = [s.to(self.device) for s in self.seen]
         return self
+
+
+class HeadPrediction:
+    """``predict``, ``predict_levels`` and the fused prediction's ``_scores`` of a replay learner
+    with one head per level over shared backbone features (ER, PL-FMS, UER's dot-product head).
+    Mixed in before :class:`ReplayTraining`; the learner supplies :meth:`_head`."""
+
+    backbone: nn.Module
+    seen: list[torch.Tensor]
+    problem: Problem
+    device: torch.device
+    _train_mode: Any
+
+    def _head(self, features: torch.Tensor, level: int) -> torch.Tensor:
+        """Level ``level``'s head's logits of backbone ``features``, every class scored."""
+        raise NotImplementedError
+
+    def _masked(self, features: torch.Tensor, level: int, seen: torch.Tensor) -> torch.Tensor:
+        return self._head(features, level).masked_fill(~seen, float("-inf"))
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, level: int | None = None) -> torch.Tensor:
+        level = level_index(level)
+        self._train_mode(False)
+        features = self.backbone(x.to(self.device, torch.float32))
+        return self._masked(features, level, self.seen[level])
+
+    @torch.no_grad()
+    def predict_levels(self, x: torch.Tensor, levels: list[int]) -> list[torch.Tensor]:
+        self._train_mode(False)
+        features = self.backbone(x.to(self.device, torch.float32))
+        return [self._masked(features, level, self.seen[level]) for level in levels]
+
+    def _scores(
+        self, features: torch.Tensor, level: torch.Tensor, seen: list[torch.Tensor]
+    ) -> torch.Tensor:
+        if self.problem.num_levels == 1:
+            return self._masked(features, 0, seen[0])
+        scores = features.new_full((len(level), max(self.problem.num_classes)), float("-inf"))
+        for lvl, rows in level_rows(level, self.problem.num_levels):
+            scores[rows, : self.problem.num_classes[lvl]] = self._masked(
+                features[rows], lvl, seen[lvl]
+            )
+        return scores

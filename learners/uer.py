@@ -51,8 +51,13 @@ from torch.nn import functional as F
 from learners.backbones.backbone import build_backbone
 from learners.base import Learner, Problem
 from learners.capabilities import FusedPrediction, MultiLevelPrediction, PurePrediction
-from learners.levels import level_index, level_rows
-from learners.replay_training import ReplayConfig, ReplayTraining, make_optimizer
+from learners.levels import level_rows
+from learners.replay_training import (
+    HeadPrediction,
+    ReplayConfig,
+    ReplayTraining,
+    make_optimizer,
+)
 from memory import build_memory
 
 
@@ -67,7 +72,9 @@ def seeded_weight(num_classes: int, dim: int, seed: int) -> torch.Tensor:
     return (torch.rand(num_classes, dim, generator=generator) * 2 - 1) * bound
 
 
-class UER(ReplayTraining, Learner, FusedPrediction, MultiLevelPrediction, PurePrediction):
+class UER(
+    HeadPrediction, ReplayTraining, Learner, FusedPrediction, MultiLevelPrediction, PurePrediction
+):
     """Angle-only cross-entropy on the stream batch, dot-product cross-entropy on replay."""
 
     name = "uer"
@@ -99,42 +106,18 @@ class UER(ReplayTraining, Learner, FusedPrediction, MultiLevelPrediction, PurePr
 
     def dot_logits(self, features: torch.Tensor, level: int) -> torch.Tensor:
         """``‖f‖ ‖w_c‖ cos θ_c``, unseen classes ``-inf``."""
-        logits = features @ self.weights[level].T
-        return logits.masked_fill(~self.seen[level], float("-inf"))
+        return self._masked(features, level, self.seen[level])
 
     def cosine_logits(self, features: torch.Tensor, level: int) -> torch.Tensor:
         """``scale · cos θ_c``, unseen classes ``-inf``."""
         cosine = F.normalize(features, dim=1) @ F.normalize(self.weights[level], dim=1).T
         return (self.config.scale * cosine).masked_fill(~self.seen[level], float("-inf"))
 
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor, level: int | None = None) -> torch.Tensor:
-        level = level_index(level)
-        self._train_mode(False)
-        return self.dot_logits(self.backbone(x.to(self.device, torch.float32)), level)
-
-    @torch.no_grad()
-    def predict_levels(self, x: torch.Tensor, levels: list[int]) -> list[torch.Tensor]:
-        self._train_mode(False)
-        features = self.backbone(x.to(self.device, torch.float32))
-        return [self.dot_logits(features, level) for level in levels]
+    def _head(self, features: torch.Tensor, level: int) -> torch.Tensor:
+        return features @ self.weights[level].T
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
-
-    def _scores(
-        self, features: torch.Tensor, level: torch.Tensor, seen: list[torch.Tensor]
-    ) -> torch.Tensor:
-        if self.problem.num_levels == 1:
-            return (features @ self.weights[0].detach().T).masked_fill(~seen[0], float("-inf"))
-        scores = features.new_full((len(level), max(self.problem.num_classes)), float("-inf"))
-        for lvl in level.unique().tolist():
-            rows = level == lvl
-            logits = features[rows] @ self.weights[lvl].detach().T
-            scores[rows, : self.problem.num_classes[lvl]] = logits.masked_fill(
-                ~seen[lvl], float("-inf")
-            )
-        return scores
 
     def _step(
         self,
