@@ -174,8 +174,9 @@ class Dataset:
 def as_float_tensor(X: np.ndarray) -> torch.Tensor:
     """Inputs as float32: uint8 images scaled to ``[0, 1]``, floats as they are."""
     X = np.ascontiguousarray(X)
-    if not X.flags.writeable and X.dtype == np.float32:
-        # a read-only array: learners get their own copy rather than an alias they cannot write
+    if not X.flags.writeable:
+        # a read-only array: learners get their own copy rather than an alias they cannot
+        # write (and torch warns on wrapping one), whatever its type
         X = X.copy()
     tensor = torch.from_numpy(X)
     if tensor.dtype == torch.uint8:

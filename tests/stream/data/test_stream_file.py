@@ -132,6 +132,30 @@ def test_non_finite_inline_inputs_are_refused_before_any_batch():
         next(task_batches(stream, ds, 16, problem=problem))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("writeable", [True, False])
+def test_the_finite_check_is_exact_at_the_extremes_of_each_float_type(dtype, writeable):
+    """Whole rows of the largest finite value (whose plain sum overflows) pass; one NaN, inf or
+    -inf among them is found in its event, whichever path the array takes."""
+    ds = load_dataset("digits")
+    schedule, params = make_schedule("disjoint", ds, {}, seed=1)
+    stream = record_schedule(ds, schedule, "disjoint", params.model_dump(), 1, inline=True)
+    problem = ds.problem()
+    for bad, value in [(None, None), (4, np.nan), (11, np.inf), (0, -np.inf)]:
+        x = np.full(stream.x.shape, np.finfo(dtype).max, dtype=dtype)
+        x[3] = -np.finfo(dtype).max
+        x[5] = np.finfo(dtype).tiny / 2  # subnormal
+        if bad is not None:
+            x[bad, 0, 7, 7] = value
+        x.flags.writeable = writeable
+        replayed = replace(stream, x=x)
+        if bad is None:
+            assert len(list(task_batches(replayed, ds, 16, problem=problem))) > 0
+        else:
+            with pytest.raises(StreamFileError, match=f"event {bad} has NaN or inf"):
+                next(task_batches(replayed, ds, 16, problem=problem))
+
+
 def torch_equal(a, b):
     return bool((a == b).all())
 
