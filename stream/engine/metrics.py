@@ -99,11 +99,13 @@ class PrequentialAccuracy:
         self.correct += int(np.count_nonzero(hits))
         self.total += len(hits)
         capacity = self._capacity
-        if len(hits) >= capacity:
-            self._ring[:] = hits[-capacity:]
-            self._position = 0
-            return
         end = self._position + len(hits)
+        if len(hits) >= capacity:
+            # the ring where per-sample updates would have left it: the state (and so a
+            # checkpoint) does not depend on how the hits were cut into calls
+            self._position = end % capacity
+            self._ring[:] = np.roll(hits[-capacity:], self._position)
+            return
         if end <= capacity:
             self._ring[self._position : end] = hits
         else:

@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -118,3 +120,23 @@ def test_prequential_values_by_window_and_unknown_windows_refused():
         p.rolling_at(6)
     with pytest.raises(ValueError):
         metrics.PrequentialAccuracy((5, 5))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    windows=st.lists(st.integers(1, 30), min_size=1, max_size=3, unique=True),
+    hits=st.lists(st.booleans(), min_size=1, max_size=120),
+    cuts=st.lists(st.integers(0, 120), max_size=8),
+)
+def test_prequential_state_does_not_depend_on_how_the_hits_are_cut(windows, hits, cuts):
+    """The event loop may feed a run of batches in one call (stream/engine/
+    deferred_prequential.py): the state, checkpoints included, equals per-sample updates."""
+    one_by_one = metrics.PrequentialAccuracy(windows)
+    for hit in hits:
+        one_by_one.update(np.array([hit]))
+    chunked = metrics.PrequentialAccuracy(windows)
+    bounds = [0, *sorted(c for c in cuts if c < len(hits)), len(hits)]
+    for lo, hi in itertools.pairwise(bounds):
+        chunked.update(np.array(hits[lo:hi], dtype=bool))
+    assert chunked.state_dict() == one_by_one.state_dict()
+    assert chunked.values() == one_by_one.values()
