@@ -45,6 +45,7 @@ from learners.capabilities import (
 )
 from stream.engine import metrics
 from stream.engine.batch import Batch
+from stream.engine.deferred_prequential import DeferredPrequential
 from stream.engine.drift_detection import DriftConfig, DriftConfigError, DriftMonitor
 from stream.engine.evaluation import AnytimeEvaluator, Evaluation
 from stream.engine.evaluation_aggregates import EvaluationAggregates
@@ -124,14 +125,21 @@ class EventLoop:
         self.num_tasks = num_tasks
         self.observers = list(observers)
         self.samples_seen = 0
-        # Classes shown by the stream so far, per level; predictions are masked to them.
-        self.seen = SeenClasses(problem.num_classes)
+        self._seen_classes = SeenClasses(problem.num_classes)
         self.current_task: int | None = None
         self.pending_updates = 0.0
         self.next_eval = self.config.eval_period or 0
-        self.prequential = metrics.PrequentialAccuracy(self.config.prequential_windows)
+        self._prequential_accuracy = metrics.PrequentialAccuracy(self.config.prequential_windows)
         self._sequential = learner if isinstance(learner, SequentialLearner) else None
         self._fused = learner if isinstance(learner, FusedPrediction) else None
+        # single-level batches nothing reads one by one are counted a run at a time
+        self._deferred = (
+            DeferredPrequential(
+                self._seen_classes, self._prequential_accuracy, problem.num_classes[0]
+            )
+            if problem.num_levels == 1 and self._sequential is None
+            else None
+        )
         self.drift: DriftMonitor | None = None
         if self.config.drift is not None:
             action = self.config.drift.action
@@ -173,6 +181,17 @@ class EventLoop:
         self.pending_updates += self.config.online_iter
         iterations = int(self.pending_updates)
         self.pending_updates -= iterations
+        deferred = self._deferred
+        if (
+            deferred is not None
+            and served is None
+            and n <= deferred.capacity
+            and not self.observers
+            and self.drift is None
+        ):
+            self._process_deferred(batch, iterations, deferred)
+            self._evaluate_periodically()
+            return
         if served is not None:
             answered = served >= 0
             hits = (served == batch.y.numpy()) & answered
@@ -208,16 +227,53 @@ class EventLoop:
             action = self.config.drift.action
             if action is not DriftAction.NONE:
                 self.learner.on_drift(action)  # type: ignore[attr-defined]
+        self._evaluate_periodically()
+
+    def _process_deferred(
+        self, batch: Batch, iterations: int, deferred: DeferredPrequential
+    ) -> None:
+        """Predict and learn a single-level batch, keeping its scores for a later count
+        (stream/engine/deferred_prequential.py): nothing reads its hits now."""
+        if self._fused is not None:
+            started = time.perf_counter()
+            scores = self._fused.predict_then_learn(batch.x, batch.y, batch.level, iterations)
+            self.learn_seconds += time.perf_counter() - started
+            deferred.add(scores, batch.y.numpy())
+        else:
+            deferred.add(self.learner.predict(batch.x, 0), batch.y.numpy())
+            started = time.perf_counter()
+            self.learner.learn(batch.x, batch.y, batch.level, iterations)
+            self.learn_seconds += time.perf_counter() - started
+        self.samples_seen += len(batch.y)
+
+    def _evaluate_periodically(self) -> None:
         if self.config.eval_period and self.samples_seen >= self.next_eval:
             period = self.config.eval_period
             self.next_eval = (self.samples_seen // period + 1) * period
             if self.evaluator is not None:
                 self._evaluate("periodic")
 
+    @property
+    def seen(self) -> SeenClasses:
+        """Classes shown by the stream so far, per level; predictions are masked to them."""
+        self._count_deferred()
+        return self._seen_classes
+
+    @property
+    def prequential(self) -> metrics.PrequentialAccuracy:
+        """Prequential accuracy so far, cumulative and per rolling window."""
+        self._count_deferred()
+        return self._prequential_accuracy
+
+    def _count_deferred(self) -> None:
+        if self._deferred is not None and self._deferred.rows:
+            self._deferred.flush()
+
     def finish(self) -> None:
         """Close the stream: task-end evaluation(s) for the last task and any empty ones after."""
         if self.finished:
             return
+        self._count_deferred()
         if self.num_tasks:
             last = self.num_tasks - 1
         else:

@@ -46,6 +46,10 @@ class SeenClasses:
     def __len__(self) -> int:
         return len(self.masks)
 
+    def all_seen(self, level: int) -> bool:
+        """Whether the stream has shown every class of ``level``."""
+        return self._all[level]
+
     def mark(self, level: int, labels: np.ndarray) -> None:
         """The stream showed ``labels`` at ``level``."""
         seen = self.masks[level]
@@ -66,15 +70,17 @@ class SeenClasses:
     def masked(self, scores: torch.Tensor, level: int) -> np.ndarray:
         """``scores`` with the classes not seen at ``level`` at ``-inf`` (a served prediction,
         stream/engine/serving.py, is its argmax)."""
-        raw = scores.numpy(force=True)
+        return self.masked_array(scores.numpy(force=True), level)
+
+    def masked_array(self, raw: np.ndarray, level: int) -> np.ndarray:
+        """:meth:`masked` of a numpy ``[rows, classes]`` array (``raw`` itself when every
+        class is seen, a new array otherwise)."""
         return raw if self._all[level] else raw + self._bias[level]
 
     def argmax(self, scores: torch.Tensor, level: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The predicted class of each row among the seen classes, and which rows scored some
         seen class above ``-inf`` (a learner that knows no seen class yet makes no prediction;
-        such a row's argmax is 0); None when every row did, the usual case. Reading each row's
-        argmax entry back tells which at a fraction of a reduction over all scores; a NaN row
-        is not answered either."""
+        such a row's argmax is 0); None when every row did, the usual case."""
         raw = scores.numpy(force=True)
         rows, classes = raw.shape
         if self._all[level]:
@@ -82,11 +88,7 @@ class SeenClasses:
         else:
             masked = self._scratch(raw.shape, raw.dtype)
             np.add(raw, self._bias[level], out=masked)
-        predicted = masked.argmax(axis=1)
-        answered = masked.reshape(-1)[predicted + self._row_starts(rows, classes)] > -np.inf
-        if answered.all():
-            return predicted, None
-        return predicted, answered
+        return argmax_answered(masked, self._row_starts(rows, classes))
 
     def _scratch(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """A buffer for masked scores, reused across batches of the same shape and dtype."""
@@ -112,3 +114,20 @@ class SeenClasses:
             mask[np.asarray(classes, dtype=np.int64)] = True
             self._bias[level][:] = np.where(mask, 0.0, -np.inf)
         self._all = [bool(mask.all()) for mask in self.masks]
+
+
+def argmax_answered(
+    masked: np.ndarray, row_starts: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Each row's argmax of ``masked`` scores ``[rows, classes]`` and which rows it is above
+    ``-inf`` in (None: every row). Reading each row's argmax entry back tells which at a
+    fraction of a reduction over all scores; a NaN row is not answered either.
+    ``row_starts``: the flat index of each row's first entry, when the caller keeps one."""
+    rows, classes = masked.shape
+    if row_starts is None:
+        row_starts = np.arange(0, rows * classes, classes)
+    predicted = masked.argmax(axis=1)
+    answered = masked.reshape(-1)[predicted + row_starts] > -np.inf
+    if answered.all():
+        return predicted, None
+    return predicted, answered
