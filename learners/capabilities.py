@@ -29,8 +29,9 @@ The engine and the contract checks (:mod:`learners.checks`) look for these by ``
 - :class:`FusedPrediction` — predict-before-learn in one call. The engine's default step calls
   ``predict`` and then ``learn``; a learner whose first learning step computes what the
   prediction needs anyway (the stream batch's features under the same weights: ``er``, ``uer``,
-  ``pl-fms``) returns the prediction from that step, so prequential accuracy costs no forward
-  of its own. Learners without it keep the two calls.
+  ``pl-fms``; the backbone output that ``nmc`` both scores and adds to its class sums) returns
+  the prediction from that step, so prequential accuracy costs no forward of its own. Learners
+  without it keep the two calls.
 - :class:`MultiLevelPrediction` — every level's scores from one backbone pass, which the anytime
   evaluation of a hierarchy uses instead of one ``predict`` per level.
 - :class:`PurePrediction` — ``predict`` reads the learner and changes nothing, so the anytime

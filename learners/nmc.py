@@ -10,9 +10,11 @@ Sums are float64, so the means stay exact over a long stream. Scoring reads floa
 ``2 * mean`` and ``-||mean||^2`` (``-inf`` for unseen classes) that ``learn`` refreshes for the
 classes it touched, so ``predict`` is one float32 multiply-add against the backbone's float32
 output, with no pass over the [C, d] means per call (the scores were float32 anyway). The
-engine predicts each micro-batch, then learns it: the backbone output for the last input tensor
+engine asks for the prequential prediction and the update in one ``predict_then_learn`` call
+(:class:`~learners.capabilities.FusedPrediction`): the scores before the batch is added, from
+the one backbone pass both need. Called apart, the backbone output for the last input tensor
 is kept, so ``learn`` on the tensor ``predict`` just saw (same object, not modified in place
-since) does not run the backbone again.
+since) does not run the backbone again either.
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ from pydantic import Field
 
 from learners.backbones.backbone import BackboneConfig, build_backbone
 from learners.base import Learner, LearnerConfig, Problem
-from learners.capabilities import AdditiveStatistics, DriftAction, DriftAdaptive, Mergeable
+from learners.capabilities import (
+    AdditiveStatistics,
+    DriftAction,
+    DriftAdaptive,
+    FusedPrediction,
+    Mergeable,
+)
 from learners.levels import Levels, level_index, level_rows
 from learners.state.learner_state import LearnerState
 
@@ -35,7 +43,7 @@ class NMCConfig(LearnerConfig):
     normalize: bool = Field(False, description="L2-normalise features before averaging")
 
 
-class NMC(Learner, DriftAdaptive, Mergeable, AdditiveStatistics):
+class NMC(Learner, DriftAdaptive, Mergeable, AdditiveStatistics, FusedPrediction):
     """Nearest class mean over a frozen backbone, one set of means per hierarchy level."""
 
     name = "nmc"
@@ -94,7 +102,32 @@ class NMC(Learner, DriftAdaptive, Mergeable, AdditiveStatistics):
     def learn(
         self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
     ) -> None:
-        features = self._normalized(self._embed(x).to(torch.float64))
+        self._learn_embedded(self._embed(x), y, level)
+
+    @torch.no_grad()
+    def predict_then_learn(
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
+    ) -> torch.Tensor:
+        """``predict`` then ``learn`` from one backbone pass and one call: the engine's
+        prequential step without a second entry (the two calls give the same numbers)."""
+        embedded = self._embed(x)
+        features = self._normalized(embedded)
+        num_classes = self.problem.num_classes
+        if len(num_classes) == 1:
+            scores = torch.addmm(self._offsets[0], features, self._weights[0].T)
+        else:
+            scores = features.new_full((len(x), max(num_classes)), float("-inf"))
+            levels = None if level is None else level.to(self.device)
+            for lvl, rows in level_rows(levels, len(num_classes)):
+                scores[rows, : num_classes[lvl]] = torch.addmm(
+                    self._offsets[lvl], features[rows], self._weights[lvl].T
+                )
+        self._learn_embedded(embedded, y, level)
+        return scores
+
+    def _learn_embedded(self, embedded: torch.Tensor, y: torch.Tensor, level: Levels) -> None:
+        """Add the backbone outputs ``embedded`` of a batch to its classes' sums."""
+        features = self._normalized(embedded.to(torch.float64))
         y = y.to(self.device)
         level = None if level is None else level.to(self.device)
         for lvl, rows in level_rows(level, self.problem.num_levels):

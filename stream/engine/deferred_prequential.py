@@ -8,10 +8,10 @@ bench/engine_overhead.py: together they took a quarter of the loop's time). When
 reads them batch by batch (no observer, no drift detector), the loop instead copies each
 batch's scores and labels here and counts a run of batches at once, with the same result:
 
-- each row is masked with the classes seen before *its* batch: the run's scores get the mask of
-  the end of the run, and a class the run showed first gets ``-inf`` added again in the rows
-  before the end of the batch that showed it, which is, value for value, what masking each
-  batch alone adds (``x + 0 + -inf == x + -inf`` for every float, NaN and infinities included);
+- each row's prediction is the argmax over the classes seen before *its* batch: the unmasked
+  argmax of the run, wherever that class was seen by the row's batch and the row holds no NaN
+  or +inf (then masking changes no maximum); the few other rows are masked with their own
+  batch's mask and reduced with the arithmetic of :meth:`SeenClasses.argmax`;
 - hits go into :class:`~stream.engine.metrics.PrequentialAccuracy` in stream order, whose state
   does not depend on how they are cut into calls; the classes are marked as each batch would.
 
@@ -76,21 +76,36 @@ class DeferredPrequential:
         assert self._scores is not None
         raw = self._scores[:rows].numpy(force=True)
         labels = self._labels[:rows]
-        seen = self.seen
-        fresh = None if seen.all_seen(0) else np.flatnonzero(~seen[0][labels])
-        if fresh is None or not len(fresh):
-            predicted, answered = argmax_answered(seen.masked_array(raw, 0))
-        else:
-            classes, first = np.unique(labels[fresh], return_index=True)
-            ends = np.asarray(self._ends)
-            # a class first shown by a batch is seen from the end of that batch on
-            seen_from = ends[np.searchsorted(ends, fresh[first], side="right")]
-            seen.mark(0, classes)
-            masked = seen.masked_array(raw, 0)
-            for label, row in zip(classes.tolist(), seen_from.tolist(), strict=True):
-                masked[:row, label] += -np.inf
-            predicted, answered = argmax_answered(masked)
+        classes = raw.shape[1]
+        predicted = raw.argmax(axis=1)
+        top = raw.reshape(-1)[predicted + np.arange(0, rows * classes, classes)]
+        answered = top > -np.inf
+        if not self.seen.all_seen(0):
+            visible = self._seen_from(labels)
+            # the unmasked argmax stands where its class was seen and no NaN or +inf is in the
+            # row (masking turns +inf into NaN, which an argmax picks first)
+            masked = (visible[predicted] > np.arange(rows)) | ~(top < np.inf)
+            if masked.any():
+                again = np.flatnonzero(masked)
+                bias = np.where(visible <= again[:, None], 0.0, -np.inf).astype(raw.dtype)
+                fixed, fixed_answered = argmax_answered(raw[again] + bias)
+                predicted[again] = fixed
+                answered[again] = True if fixed_answered is None else fixed_answered
         hits = predicted == labels
-        self.prequential.update(hits if answered is None else hits[answered])
+        self.prequential.update(hits if answered.all() else hits[answered])
         self.rows = 0
         self._ends = []
+
+    def _seen_from(self, labels: np.ndarray) -> np.ndarray:
+        """The first kept row each class counts as seen in (0: seen before, ``len(labels)``:
+        not by the end), marking the classes the kept batches show first: a class first shown
+        by a batch is seen from the end of that batch on."""
+        seen = self.seen
+        visible = np.where(seen[0], 0, len(labels))
+        fresh = np.flatnonzero(~seen[0][labels])
+        if len(fresh):
+            shown, first = np.unique(labels[fresh], return_index=True)
+            ends = np.asarray(self._ends)
+            visible[shown] = ends[np.searchsorted(ends, fresh[first], side="right")]
+            seen.mark(0, shown)
+        return visible

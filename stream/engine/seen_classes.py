@@ -70,11 +70,7 @@ class SeenClasses:
     def masked(self, scores: torch.Tensor, level: int) -> np.ndarray:
         """``scores`` with the classes not seen at ``level`` at ``-inf`` (a served prediction,
         stream/engine/serving.py, is its argmax)."""
-        return self.masked_array(scores.numpy(force=True), level)
-
-    def masked_array(self, raw: np.ndarray, level: int) -> np.ndarray:
-        """:meth:`masked` of a numpy ``[rows, classes]`` array (``raw`` itself when every
-        class is seen, a new array otherwise)."""
+        raw = scores.numpy(force=True)
         return raw if self._all[level] else raw + self._bias[level]
 
     def argmax(self, scores: torch.Tensor, level: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -137,16 +137,21 @@ def test_the_poison_trio_is_dead_lettered_with_short_details_and_the_rest_learne
 def _faulty(daemon: Daemon, mode: str) -> None:
     """Make the daemon's learner raise, or go NaN, on a batch holding a POISON feature."""
     learner = daemon.learner
-    learn = learner.learn
 
-    def faulty_learn(x, y, level, iterations=1):
-        learn(x, y, level, iterations)
-        if (x[:, 1] == POISON).any():
-            if mode == "raise":
-                raise RuntimeError("Matrix is not positive definite")
-            learner.sums[0][0, 0] = float("nan")
+    def faulty(method):
+        def call(x, y, level, iterations=1):
+            result = method(x, y, level, iterations)
+            if (x[:, 1] == POISON).any():
+                if mode == "raise":
+                    raise RuntimeError("Matrix is not positive definite")
+                learner.sums[0][0, 0] = float("nan")
+            return result
 
-    learner.learn = faulty_learn
+        return call
+
+    # both ways in: the loop learns through predict_then_learn (nmc predicts fused)
+    learner.learn = faulty(learner.learn)
+    learner.predict_then_learn = faulty(learner.predict_then_learn)
 
 
 @pytest.mark.parametrize("mode", ["raise", "nan"])
@@ -354,15 +359,19 @@ def test_a_learner_slower_than_the_poll_interval_keeps_the_consumer_in_its_group
         "max_poll_records": 12,
     }  # fmt: skip
     daemon = Daemon(_config(tmp_path, kafka=group), source_factory=source.bind)
-    learn = daemon.learner.learn
     polled_while_learning = []
 
-    def slow_learn(*args):
-        time.sleep(0.2)  # four keep-alive intervals of 0.05 s
-        polled_while_learning.append(source.keep_alives)
-        learn(*args)
+    def slow(method):
+        def call(*args):
+            time.sleep(0.2)  # four keep-alive intervals of 0.05 s
+            polled_while_learning.append(source.keep_alives)
+            return method(*args)
 
-    daemon.learner.learn = slow_learn
+        return call
+
+    # both ways in: the loop learns through predict_then_learn (nmc predicts fused)
+    daemon.learner.learn = slow(daemon.learner.learn)
+    daemon.learner.predict_then_learn = slow(daemon.learner.predict_then_learn)
     _drain(daemon, source)
     daemon.close()
     assert polled_while_learning[-1] >= 3 and not source.paused

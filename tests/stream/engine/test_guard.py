@@ -33,23 +33,25 @@ def _poisoned(batch: Batch) -> Batch:
 
 
 class Faulty:
-    """Wraps nmc's learn: raises, or leaves NaN in its sums, on a poisoned sample."""
+    """Wraps nmc's learning (``learn``, and ``predict_then_learn``, which the loop calls):
+    raises, or leaves NaN in its sums, on a poisoned sample."""
 
     def __init__(self, learner, mode: str) -> None:
         self.learner, self.mode, self.calls = learner, mode, 0
-        self.learn = learner.learn
-        learner.learn = self
+        for name in ("learn", "predict_then_learn"):
+            setattr(learner, name, self._wrapped(getattr(learner, name)))
 
-    def __call__(self, x, y, level, iterations=1):
-        self.calls += 1
-        if not (x[:, 0] == POISON).any():
-            return self.learn(x, y, level, iterations)
-        if self.mode == "raise":
-            self.learn(x, y, level, iterations)  # half-done work, then the failure
-            raise np.linalg.LinAlgError("Matrix is not positive definite")
-        self.learn(x, y, level, iterations)
-        self.learner.sums[0][0, 0] = float("nan")
-        return None
+    def _wrapped(self, method):
+        def call(x, y, level, iterations=1):
+            self.calls += 1
+            result = method(x, y, level, iterations)  # on a poisoned batch: half-done work
+            if (x[:, 0] == POISON).any():
+                if self.mode == "raise":
+                    raise np.linalg.LinAlgError("Matrix is not positive definite")
+                self.learner.sums[0][0, 0] = float("nan")
+            return result
+
+        return call
 
 
 def _loop(mode: str) -> tuple[EventLoop, Faulty]:
