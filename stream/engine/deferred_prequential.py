@@ -44,7 +44,10 @@ class DeferredPrequential:
         self.prequential = prequential
         self.capacity = max(1, min(MAX_ROWS, MAX_BYTES // (4 * num_classes)))
         self._scores: torch.Tensor | None = None
+        self._layout: tuple[torch.dtype, int] | None = None  # the buffer's dtype and columns
         self._labels = np.empty(self.capacity, dtype=np.int64)
+        # flat index of each row's first score
+        self._row_starts = np.arange(0, self.capacity * num_classes, num_classes)
         self._ends: list[int] = []  # where each batch's rows end
         self.rows = 0
 
@@ -54,12 +57,14 @@ class DeferredPrequential:
         start = self.rows
         end = start + len(y)
         buffer = self._scores
-        if buffer is None or scores.dtype is not buffer.dtype or scores.shape[1] != buffer.shape[1]:
+        layout = (scores.dtype, scores.shape[1])
+        if buffer is None or layout != self._layout:
             self.flush()
             start, end = 0, len(y)
             buffer = self._scores = torch.empty(
-                (self.capacity, scores.shape[1]), dtype=scores.dtype, device=scores.device
+                (self.capacity, layout[1]), dtype=layout[0], device=scores.device
             )
+            self._layout = layout
         elif end > self.capacity:
             self.flush()
             start, end = 0, len(y)
@@ -76,17 +81,24 @@ class DeferredPrequential:
         assert self._scores is not None
         raw = self._scores[:rows].numpy(force=True)
         labels = self._labels[:rows]
-        classes = raw.shape[1]
         predicted = raw.argmax(axis=1)
-        top = raw.reshape(-1)[predicted + np.arange(0, rows * classes, classes)]
+        top = raw.reshape(-1)[predicted + self._row_starts[:rows]]
         answered = top > -np.inf
-        if not self.seen.all_seen(0):
-            visible = self._seen_from(labels)
+        seen = self.seen
+        if not seen.all_seen(0):
             # the unmasked argmax stands where its class was seen and no NaN or +inf is in the
             # row (masking turns +inf into NaN, which an argmax picks first)
-            masked = (visible[predicted] > np.arange(rows)) | ~(top < np.inf)
+            if seen[0][labels].all():  # the usual run: no class shown for the first time
+                visible = None
+                masked = ~seen[0][predicted]
+            else:
+                visible = self._seen_from(labels)
+                masked = visible[predicted] > np.arange(rows)
+            masked |= ~(top < np.inf)
             if masked.any():
                 again = np.flatnonzero(masked)
+                if visible is None:
+                    visible = np.where(seen[0], 0, rows)
                 bias = np.where(visible <= again[:, None], 0.0, -np.inf).astype(raw.dtype)
                 fixed, fixed_answered = argmax_answered(raw[again] + bias)
                 predicted[again] = fixed

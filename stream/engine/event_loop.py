@@ -177,7 +177,9 @@ class EventLoop:
         if not batch.validated:
             validate_batch(batch, self.problem)
         if batch.task is not None:
-            self._enter_task(int(batch.task.numpy()[0]))
+            task = int(batch.task.numpy()[0])
+            if task != self.current_task:
+                self._enter_task(task)
         self.pending_updates += self.config.online_iter
         iterations = int(self.pending_updates)
         self.pending_updates -= iterations
@@ -189,7 +191,7 @@ class EventLoop:
             and not self.observers
             and self.drift is None
         ):
-            self._process_deferred(batch, iterations, deferred)
+            self._process_deferred(batch, n, iterations, deferred)
             self._evaluate_periodically()
             return
         if served is not None:
@@ -230,7 +232,7 @@ class EventLoop:
         self._evaluate_periodically()
 
     def _process_deferred(
-        self, batch: Batch, iterations: int, deferred: DeferredPrequential
+        self, batch: Batch, n: int, iterations: int, deferred: DeferredPrequential
     ) -> None:
         """Predict and learn a single-level batch, keeping its scores for a later count
         (stream/engine/deferred_prequential.py): nothing reads its hits now."""
@@ -244,7 +246,7 @@ class EventLoop:
             started = time.perf_counter()
             self.learner.learn(batch.x, batch.y, batch.level, iterations)
             self.learn_seconds += time.perf_counter() - started
-        self.samples_seen += len(batch.y)
+        self.samples_seen += n
 
     def _evaluate_periodically(self) -> None:
         if self.config.eval_period and self.samples_seen >= self.next_eval:

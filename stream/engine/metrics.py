@@ -103,8 +103,10 @@ class PrequentialAccuracy:
         if len(hits) >= capacity:
             # the ring where per-sample updates would have left it: the state (and so a
             # checkpoint) does not depend on how the hits were cut into calls
-            self._position = end % capacity
-            self._ring[:] = np.roll(hits[-capacity:], self._position)
+            position = self._position = end % capacity
+            last = hits[-capacity:]
+            self._ring[position:] = last[: capacity - position]
+            self._ring[:position] = last[capacity - position :]
             return
         if end <= capacity:
             self._ring[self._position : end] = hits
