@@ -42,7 +42,7 @@ from memory import retrieval
 from memory.config import MemoryConfig
 from memory.faiss_index import Calibration, EmbeddingIndex, faiss_available
 from memory.importance import SampleImportance
-from memory.policies import POLICIES
+from memory.policies import POLICIES, reservoir
 
 Embed = Callable[[torch.Tensor], torch.Tensor]
 SampleLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -189,13 +189,18 @@ class ReplayMemory:
         # same slot, as one-at-a-time insertion would.
         placed: dict[int, int] = {}
         # Python ints: indexing a tensor element by element costs more than the policy itself
-        for i, (lvl, label) in enumerate(zip(level.tolist(), y.tolist(), strict=True)):
-            self.seen += 1
-            key = class_key(lvl, label)
-            slot = self._policy(self, key)
-            if slot is not None:
-                self._take(slot, key, lvl, label)
-                placed[slot] = i
+        levels, labels = level.tolist(), y.tolist()
+        if self._policy is reservoir and self.size == self.slots and self.importance is None:
+            placed = self._full_reservoir(n)
+            self._retag(placed, levels, labels)
+        else:
+            for i, (lvl, label) in enumerate(zip(levels, labels, strict=True)):
+                self.seen += 1
+                key = class_key(lvl, label)
+                slot = self._policy(self, key)
+                if slot is not None:
+                    self._take(slot, key, lvl, label)
+                    placed[slot] = i
         if placed:  # a full reservoir stores few of a batch, often none
             assert self.x is not None
             slots = torch.tensor(list(placed), dtype=torch.long)
@@ -207,6 +212,39 @@ class ReplayMemory:
                 self.index.write(slots, self._embed_inputs(x[rows]))
                 self.embedded_at[slots] = self.steps
         self._refresh_stale()
+
+    def _full_reservoir(self, n: int) -> dict[int, int]:
+        """Algorithm R (:func:`memory.policies.reservoir`) for ``n`` samples offered to a full
+        memory: slot -> the batch row that ends up there, with the same draws, one per sample,
+        as the policy makes, in a loop with nothing else in it (most samples are dropped)."""
+        placed: dict[int, int] = {}
+        draw, generator, slots = self._draw_into, self.generator, self.slots
+        offered = self.seen - self.reservoir_start
+        for i in range(n):
+            offered += 1
+            slot = int(draw.random_(0, offered, generator=generator).item())
+            if slot < slots:
+                placed[slot] = i
+        self.seen += n
+        return placed
+
+    def _retag(self, placed: dict[int, int], levels: list[int], labels: list[int]) -> None:
+        """Labels, levels and class counts of the occupied slots that ``placed`` overwrites.
+        Only the last sample placed in a slot counts: one placed there earlier in the batch
+        and then replaced would add to its class and take away again."""
+        if not placed:
+            return
+        slots = torch.tensor(list(placed), dtype=torch.long)
+        rows = list(placed.values())
+        keys = [class_key(levels[i], labels[i]) for i in rows]
+        for old, key in zip(self.keys[slots].tolist(), keys, strict=True):
+            self.class_counts[old] -= 1
+            if self.class_counts[old] == 0:
+                del self.class_counts[old]
+            self.class_counts[key] = self.class_counts.get(key, 0) + 1
+        self.keys[slots] = torch.tensor(keys, dtype=torch.long)
+        self.y[slots] = torch.tensor([labels[i] for i in rows], dtype=torch.long)
+        self.level[slots] = torch.tensor([levels[i] for i in rows], dtype=torch.long)
 
     def _take(self, slot: int, key: int, level: int, label: int) -> None:
         if slot < self.size:
