@@ -53,6 +53,19 @@ CHUNK = 512
 _BOOKKEEPING_BYTES = 5 * 8
 
 
+class SlotMeta:
+    """numpy views of a memory's per-slot int64 tensors (labels, levels, class keys, ids,
+    arrivals), sharing their storage: insertion writes a few elements per batch, and a numpy
+    element write costs a fraction of a tensor's."""
+
+    def __init__(self, *tensors: torch.Tensor) -> None:
+        self.y, self.level, self.keys, self.ids, self.arrival = (t.numpy() for t in tensors)
+
+
+FEW = 4
+"""Samples of a batch that :meth:`ReplayMemory.add` stores by element writes (more: by index)."""
+
+
 def class_key(level: int, label: int) -> int:
     """One int64 per ``(level, label)`` class that sorts like the pair."""
     return (level << 32) + label
@@ -192,7 +205,10 @@ class ReplayMemory:
         levels, labels = level.tolist(), y.tolist()
         if self._policy is reservoir and self.size == self.slots and self.importance is None:
             placed = self._full_reservoir(n)
-            self._retag(placed, levels, labels)
+            # Only the last sample placed in a slot counts: one placed there earlier in the
+            # batch and then replaced would add to its class and take away again.
+            for slot, i in placed.items():
+                self._take(slot, class_key(levels[i], labels[i]), levels[i], labels[i])
         else:
             for i, (lvl, label) in enumerate(zip(levels, labels, strict=True)):
                 self.seen += 1
@@ -201,7 +217,16 @@ class ReplayMemory:
                 if slot is not None:
                     self._take(slot, key, lvl, label)
                     placed[slot] = i
-        if placed:  # a full reservoir stores few of a batch, often none
+        if len(placed) <= FEW and self.index is None:
+            # a full memory stores few of a batch, often none: element writes cost less than
+            # building index tensors
+            assert self.x is not None
+            meta = self._meta
+            for slot, i in placed.items():
+                self.x[slot] = x[i]
+                meta.arrival[slot] = start + i
+                meta.ids[slot] = start + i if ids is None else int(ids[i])
+        elif placed:
             assert self.x is not None
             slots = torch.tensor(list(placed), dtype=torch.long)
             rows = torch.tensor(list(placed.values()), dtype=torch.long)
@@ -228,33 +253,16 @@ class ReplayMemory:
         self.seen += n
         return placed
 
-    def _retag(self, placed: dict[int, int], levels: list[int], labels: list[int]) -> None:
-        """Labels, levels and class counts of the occupied slots that ``placed`` overwrites.
-        Only the last sample placed in a slot counts: one placed there earlier in the batch
-        and then replaced would add to its class and take away again."""
-        if not placed:
-            return
-        slots = torch.tensor(list(placed), dtype=torch.long)
-        rows = list(placed.values())
-        keys = [class_key(levels[i], labels[i]) for i in rows]
-        for old, key in zip(self.keys[slots].tolist(), keys, strict=True):
-            self.class_counts[old] -= 1
-            if self.class_counts[old] == 0:
-                del self.class_counts[old]
-            self.class_counts[key] = self.class_counts.get(key, 0) + 1
-        self.keys[slots] = torch.tensor(keys, dtype=torch.long)
-        self.y[slots] = torch.tensor([labels[i] for i in rows], dtype=torch.long)
-        self.level[slots] = torch.tensor([levels[i] for i in rows], dtype=torch.long)
-
     def _take(self, slot: int, key: int, level: int, label: int) -> None:
+        meta = self._meta
         if slot < self.size:
-            old = int(self.keys[slot])
+            old = int(meta.keys[slot])
             self.class_counts[old] -= 1
             if self.class_counts[old] == 0:
                 del self.class_counts[old]
         else:
             self.size += 1
-        self.keys[slot], self.y[slot], self.level[slot] = key, label, level
+        meta.keys[slot], meta.y[slot], meta.level[slot] = key, label, level
         self.class_counts[key] = self.class_counts.get(key, 0) + 1
         if self.importance is not None:
             peers = self.members(key)
@@ -277,6 +285,7 @@ class ReplayMemory:
         self.x = torch.zeros((self.slots, *row.shape), dtype=row.dtype)
         for name in ("y", "level", "keys", "ids", "arrival"):
             setattr(self, name, torch.zeros(self.slots, dtype=torch.long))
+        self._meta = SlotMeta(self.y, self.level, self.keys, self.ids, self.arrival)
         if dim is not None:
             cfg = self.config
             self.index = EmbeddingIndex(
