@@ -18,16 +18,24 @@ import torch
 
 def finite_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> bool:
     """``loss.backward()`` and ``optimizer.step()``, unless the loss or a gradient is NaN or
-    inf; whether the step was taken."""
-    optimizer.zero_grad(set_to_none=True)
+    inf; whether the step was taken.
+
+    Gradients are cleared by setting them to None, which is what ``zero_grad(set_to_none=True)``
+    does, without its per-call dispatch and profiling hooks (a third of the cost of a small
+    model's step, bench/loop.py)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    _clear(params)
     if not math.isfinite(float(loss.detach())):
         return False
     loss.backward()
-    grads = [
-        p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None
-    ]
+    grads = [p.grad for p in params if p.grad is not None]
     if grads and not math.isfinite(float(torch.stack([g.sum() for g in grads]).sum())):
-        optimizer.zero_grad(set_to_none=True)
+        _clear(params)
         return False
     optimizer.step()
     return True
+
+
+def _clear(params: list[torch.Tensor]) -> None:
+    for p in params:
+        p.grad = None
