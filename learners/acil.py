@@ -26,7 +26,7 @@ import torch
 
 from learners.analytic import AnalyticConfig, AnalyticLearner
 from learners.capabilities import AdditiveStatistics, Mergeable
-from learners.levels import Levels, level_index
+from learners.levels import Levels
 from learners.linalg.ridge import RecursiveRidge
 from learners.state.learner_state import LearnerState
 
@@ -58,23 +58,18 @@ class ACIL(AnalyticLearner, Mergeable, AdditiveStatistics):
     def has_learned(self) -> bool:
         return any(bool(head.counts.any()) for head in self.heads)
 
-    @torch.no_grad()
-    def learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
+    def _absorb(
+        self, features: torch.Tensor, expanded: torch.Tensor, y: torch.Tensor, level: Levels
     ) -> None:
-        H = self.expand(x)
-        y = y.to(self.device)
         for lvl, rows in self.level_rows(level):
-            self.heads[lvl].fit_labels(H[rows], y[rows])
+            self.heads[lvl].fit_labels(expanded[rows], y[rows])
 
     def weights(self, level: int = 0) -> torch.Tensor:
         """The ridge solution W [width, num_classes[level]] (float64) predictions use."""
         return self.heads[level].weights()
 
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor, level: int | None = None) -> torch.Tensor:
-        level = level_index(level)
-        scores = self.expand(x) @ self.weights(level)
+    def _score(self, expanded: torch.Tensor, level: int) -> torch.Tensor:
+        scores = expanded @ self.weights(level)
         return scores.masked_fill(self.heads[level].counts == 0, float("-inf"))
 
     @property

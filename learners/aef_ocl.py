@@ -103,21 +103,18 @@ class AEFOCL(ACIL, MomentStatistics):
         self.since_draw = [0] * levels
         self.balanced: list[RidgeSolution | None] = [None] * levels
 
-    @torch.no_grad()
-    def learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
+    def _absorb(
+        self, features: torch.Tensor, expanded: torch.Tensor, y: torch.Tensor, level: Levels
     ) -> None:
-        features = self.features(x)
-        H = self.buffer(features)
-        y = y.to(self.device)
         for lvl, rows in self.level_rows(level):
             labels = y[rows]
-            self.heads[lvl].fit_labels(H[rows], labels)
+            H = expanded[rows]
+            self.heads[lvl].fit_labels(H, labels)
             self.moments[lvl].update(features[rows], labels)
             self.since_draw[lvl] += len(labels)
             balanced = self.balanced[lvl]
             if balanced is not None and balanced.room(len(labels)):
-                balanced.append(H[rows], one_hot(labels, self.problem.num_classes[lvl]))
+                balanced.append(H, one_hot(labels, self.problem.num_classes[lvl]))
             else:
                 self.balanced[lvl] = None
 

@@ -16,7 +16,8 @@ from torch import nn
 
 from learners.backbones.backbone import BackboneConfig, build_backbone
 from learners.base import Learner, LearnerConfig, Problem
-from learners.levels import Rows, level_rows
+from learners.capabilities import FusedPrediction
+from learners.levels import Levels, Rows, level_index, level_rows
 from learners.linalg.ridge import Solver
 from learners.state.learner_state import LearnerState
 from learners.state.torch_state import load_module_state, module_state
@@ -88,12 +89,13 @@ class AnalyticConfig(LearnerConfig):
     )
 
 
-class AnalyticLearner(Learner):
+class AnalyticLearner(Learner, FusedPrediction):
     """What the analytic learners share: a frozen backbone, a random buffer, per-level rows.
 
     ``learn`` absorbs each sample exactly once and ignores ``iterations``: a closed-form update
     has no steps to repeat, and ``iterations=0`` (a fractional ``online_iter``) must still absorb
-    the batch.
+    the batch. ``predict_then_learn`` runs the backbone and the buffer once for the prediction
+    and the update of a batch (the engine predicts every batch before learning it).
     """
 
     config: AnalyticConfig
@@ -120,6 +122,42 @@ class AnalyticLearner(Learner):
         )
         self.buffer.to(self.device)
         self._build_heads(width)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, level: int | None = None) -> torch.Tensor:
+        return self._score(self.expand(x), level_index(level))
+
+    @torch.no_grad()
+    def learn(
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
+    ) -> None:
+        features = self.features(x)
+        self._absorb(features, self.buffer(features), y.to(self.device), level)
+
+    @torch.no_grad()
+    def predict_then_learn(
+        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
+    ) -> torch.Tensor:
+        features = self.features(x)
+        expanded = self.buffer(features)
+        y = y.to(self.device)
+        widest = max(self.problem.num_classes)
+        scores = torch.full((len(y), widest), float("-inf"), dtype=torch.float64, device=y.device)
+        for lvl, rows in self.level_rows(level):
+            scores[rows, : self.problem.num_classes[lvl]] = self._score(expanded[rows], lvl)
+        self._absorb(features, expanded, y, level)
+        return scores
+
+    @abstractmethod
+    def _score(self, expanded: torch.Tensor, level: int) -> torch.Tensor:
+        """Scores [B, num_classes[level]] (float64) of buffer features ``expanded``; classes
+        never learned at ``level`` score ``-inf``."""
+
+    @abstractmethod
+    def _absorb(
+        self, features: torch.Tensor, expanded: torch.Tensor, y: torch.Tensor, level: Levels
+    ) -> None:
+        """Learn a batch from its backbone ``features`` and buffer features ``expanded``."""
 
     @abstractmethod
     def _build_heads(self, width: int) -> None:

@@ -352,13 +352,14 @@ def check_fused_prediction_equals_two_calls(name: str, levels: int) -> None:
     widest = max(plain.problem.num_classes)
     for start, iterations in zip(range(0, 60, 10), (1, 1, 0, 2, 1, 1), strict=True):
         rows = slice(start, start + 10)
-        expected = torch.full((10, widest), float("-inf"))
+        expected = torch.full((10, widest), float("-inf"), dtype=torch.float64)
         for lvl in level[rows].unique().tolist():
             mine = level[rows] == lvl
-            scores = plain.predict(x[rows][mine], lvl).cpu()
+            scores = plain.predict(x[rows][mine], lvl).cpu().double()
             expected[mine, : plain.problem.num_classes[lvl]] = scores
         plain.learn(x[rows], y[rows], level[rows], iterations)
-        scores = fused.predict_then_learn(x[rows], y[rows], level[rows], iterations).cpu()
+        fused_scores = fused.predict_then_learn(x[rows], y[rows], level[rows], iterations)
+        scores = fused_scores.cpu().double()
         assert_same_scores([scores], [expected], 1e-5, f"{name}: fused prediction differs")
         assert torch.equal(scores.argmax(1), expected.argmax(1)), f"{name}: fused argmax differs"
     xt, _, _ = blobs(name, 20, seed=30, levels=levels)

@@ -33,7 +33,7 @@ from pydantic import Field
 
 from learners.analytic import AnalyticConfig, AnalyticLearner
 from learners.capabilities import AdditiveStatistics
-from learners.levels import Levels, level_index
+from learners.levels import Levels
 from learners.linalg.ridge import RecursiveRidge, one_hot
 from learners.state.learner_state import LearnerState
 
@@ -75,15 +75,12 @@ class DSAL(AnalyticLearner, AdditiveStatistics):
     def has_learned(self) -> bool:
         return any(bool(head.counts.any()) for head in self.main)
 
-    @torch.no_grad()
-    def learn(
-        self, x: torch.Tensor, y: torch.Tensor, level: Levels = None, iterations: int = 1
+    def _absorb(
+        self, features: torch.Tensor, expanded: torch.Tensor, y: torch.Tensor, level: Levels
     ) -> None:
-        projected = self.expand(x)
-        y = y.to(self.device)
         for lvl, rows in self.level_rows(level):
             labels = y[rows]
-            H_main, H_comp = torch.relu(projected[rows]), torch.tanh(projected[rows])
+            H_main, H_comp = torch.relu(expanded[rows]), torch.tanh(expanded[rows])
             targets = one_hot(labels, self.problem.num_classes[lvl])
             self.main[lvl].fit(H_main, targets, labels)
             residual = targets - H_main @ self.main[lvl].weights()
@@ -98,13 +95,10 @@ class DSAL(AnalyticLearner, AdditiveStatistics):
         for head in (*self.main, *self.comp):
             head.drop_cache()
 
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor, level: int | None = None) -> torch.Tensor:
-        level = level_index(level)
-        projected = self.expand(x)
-        scores = torch.relu(projected) @ self.main[level].weights()
+    def _score(self, expanded: torch.Tensor, level: int) -> torch.Tensor:
+        scores = torch.relu(expanded) @ self.main[level].weights()
         scores += self.config.compensation_ratio * (
-            torch.tanh(projected) @ self.comp[level].weights()
+            torch.tanh(expanded) @ self.comp[level].weights()
         )
         return scores.masked_fill(self.main[level].counts == 0, float("-inf"))
 

@@ -23,7 +23,10 @@ On a ViT backbone (``learners.backbones.vit``, frozen by default; load pretraine
 6. plus the CVPT loss on the keys (``use_contrastive``) or the plain query–key distance;
 7. the chosen keys' use counts grow.
 
-``online_iter`` repeats are the ``iterations`` the engine passes. A replay memory is optional
+``online_iter`` repeats are the ``iterations`` the engine passes. The prequential prediction
+of a batch comes from its first step's forward (:class:`~learners.capabilities.FusedPrediction`):
+no layer of the ViT or the prompt pool reads the training mode, and the keys' use counts change
+only after the step, so the query, the chosen keys and the prompted features are ``predict``'s. A replay memory is optional
 (``memory.capacity``, default 0, as the paper uses none); its samples join each step's batch.
 The memory gets the frozen query as sample embedding (``nearest`` retrieval) and the masked
 cross-entropy as per-sample loss (the ``clib`` policy).
@@ -52,6 +55,7 @@ from learners.backbones.backbone import BackboneConfig, build_backbone, seeded_l
 from learners.backbones.prompts import PromptPool
 from learners.backbones.vit import ViT
 from learners.base import Learner, LearnerConfig, Problem
+from learners.capabilities import FusedPrediction
 from learners.finite_step import finite_step
 from learners.levels import level_index, level_rows
 from learners.replay_training import ReplayTraining
@@ -136,7 +140,7 @@ def feature_scale(
     return 1 - F.cosine_similarity(class_weights, features, dim=1) + margin
 
 
-class MVP(ReplayTraining, Learner):
+class MVP(ReplayTraining, Learner, FusedPrediction):
     """Prompt tuning of a frozen pretrained ViT; refuses without backbone.weights (streamcl pretrain).
 
     Prompt pool, logit masks, CVPT, AFS and the GSF focal loss.
@@ -252,6 +256,13 @@ class MVP(ReplayTraining, Learner):
         self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The MVP training loss of a batch, and the key chosen for each sample."""
+        loss, index, _ = self._loss(x, y, level)
+        return loss, index
+
+    def _loss(
+        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`loss`, and the prompted features of the batch."""
         distances, index = self._select(x)
         features = self.prompted_features(x, index)
         loss = features.new_zeros(())
@@ -262,7 +273,7 @@ class MVP(ReplayTraining, Learner):
             key_loss = self.pool.contrastive_loss(distances, index, self.config.frequency_penalty)
         else:
             key_loss = distances[torch.arange(len(y), device=y.device), index].mean()
-        return loss + key_loss, index
+        return loss + key_loss, index, features
 
     def classification_loss(
         self, features: torch.Tensor, y: torch.Tensor, index: torch.Tensor, level: int
@@ -285,11 +296,43 @@ class MVP(ReplayTraining, Learner):
         return per_sample.sum()
 
     def _step(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, stream_rows: int
-    ) -> None:
-        loss, index = self.loss(x, y, level)
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        level: torch.Tensor,
+        stream_rows: int,
+        seen_before: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor | None:
+        loss, index, features = self._loss(x, y, level)
+        scores = None
+        if seen_before is not None:
+            # the prequential prediction of the stream rows from the step's own forward: the
+            # query, key choice and prompted features are those ``predict`` computes (no layer
+            # reads the mode, and the key counts change only after the step)
+            with torch.no_grad():
+                scores = self._prompted_scores(
+                    features[:stream_rows], index[:stream_rows], level[:stream_rows], seen_before
+                )
         finite_step(self.optimizer, loss)
         self.pool.record(index)
+        return scores
+
+    def _prompted_scores(
+        self,
+        features: torch.Tensor,
+        index: torch.Tensor,
+        level: torch.Tensor,
+        seen: list[torch.Tensor],
+    ) -> torch.Tensor:
+        """``predict``'s scores from prompted ``features`` and chosen keys ``index``, with the
+        classes ``seen`` then, each row at its ``level``, padded with ``-inf``."""
+        scores = features.new_full((len(level), max(self.problem.num_classes)), float("-inf"))
+        for lvl, rows in level_rows(level, self.problem.num_levels):
+            logits = self.heads[lvl](features[rows]) * self.logit_scale(index[rows], lvl)
+            scores[rows, : self.problem.num_classes[lvl]] = logits.masked_fill(
+                ~seen[lvl], float("-inf")
+            )
+        return scores
 
     @torch.no_grad()
     def _sample_losses(self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:

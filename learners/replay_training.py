@@ -12,7 +12,7 @@ and the first step see the same weights and the same stream batch, so the backbo
 first step computes serve both, and predicting the batch before learning it costs no forward of
 its own. The features of a stream sample depend on the mode of no layer of a model built only
 from :data:`MODE_FREE` modules, so the step's training-mode features equal ``predict``'s; a
-learner whose model holds any other module (dropout, batch norm, a ViT) predicts separately.
+learner whose model holds any other module (dropout, batch norm) predicts separately.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from pydantic import Field
 from torch import nn
 
 from learners.backbones.backbone import MLP, BackboneConfig, Identity, SmallCNN
+from learners.backbones.prompts import PromptPool
+from learners.backbones.vit import Attention, Block, Mlp, PatchEmbed, ViT
 from learners.base import LearnerConfig, Problem
 from learners.capabilities import FusedPrediction
 from learners.finite_step import finite_step
@@ -56,6 +58,13 @@ MODE_FREE: tuple[type[nn.Module], ...] = (
     MLP,
     SmallCNN,
     Identity,
+    # the ViT of MVP and its prompt pool: no dropout, no batch statistics
+    Attention,
+    Mlp,
+    Block,
+    PatchEmbed,
+    ViT,
+    PromptPool,
 )
 
 

@@ -42,7 +42,7 @@ from memory import retrieval
 from memory.config import MemoryConfig
 from memory.faiss_index import Calibration, EmbeddingIndex, faiss_available
 from memory.importance import SampleImportance
-from memory.policies import POLICIES
+from memory.policies import POLICIES, reservoir
 
 Embed = Callable[[torch.Tensor], torch.Tensor]
 SampleLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -51,6 +51,19 @@ SampleLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 CHUNK = 512
 # y, level, class key, id and arrival: one int64 each.
 _BOOKKEEPING_BYTES = 5 * 8
+
+
+class SlotMeta:
+    """numpy views of a memory's per-slot int64 tensors (labels, levels, class keys, ids,
+    arrivals), sharing their storage: insertion writes a few elements per batch, and a numpy
+    element write costs a fraction of a tensor's."""
+
+    def __init__(self, *tensors: torch.Tensor) -> None:
+        self.y, self.level, self.keys, self.ids, self.arrival = (t.numpy() for t in tensors)
+
+
+FEW = 4
+"""Samples of a batch that :meth:`ReplayMemory.add` stores by element writes (more: by index)."""
 
 
 def class_key(level: int, label: int) -> int:
@@ -189,14 +202,31 @@ class ReplayMemory:
         # same slot, as one-at-a-time insertion would.
         placed: dict[int, int] = {}
         # Python ints: indexing a tensor element by element costs more than the policy itself
-        for i, (lvl, label) in enumerate(zip(level.tolist(), y.tolist(), strict=True)):
-            self.seen += 1
-            key = class_key(lvl, label)
-            slot = self._policy(self, key)
-            if slot is not None:
-                self._take(slot, key, lvl, label)
-                placed[slot] = i
-        if placed:  # a full reservoir stores few of a batch, often none
+        levels, labels = level.tolist(), y.tolist()
+        if self._policy is reservoir and self.size == self.slots and self.importance is None:
+            placed = self._full_reservoir(n)
+            # Only the last sample placed in a slot counts: one placed there earlier in the
+            # batch and then replaced would add to its class and take away again.
+            for slot, i in placed.items():
+                self._take(slot, class_key(levels[i], labels[i]), levels[i], labels[i])
+        else:
+            for i, (lvl, label) in enumerate(zip(levels, labels, strict=True)):
+                self.seen += 1
+                key = class_key(lvl, label)
+                slot = self._policy(self, key)
+                if slot is not None:
+                    self._take(slot, key, lvl, label)
+                    placed[slot] = i
+        if len(placed) <= FEW and self.index is None:
+            # a full memory stores few of a batch, often none: element writes cost less than
+            # building index tensors
+            assert self.x is not None
+            meta = self._meta
+            for slot, i in placed.items():
+                self.x[slot] = x[i]
+                meta.arrival[slot] = start + i
+                meta.ids[slot] = start + i if ids is None else int(ids[i])
+        elif placed:
             assert self.x is not None
             slots = torch.tensor(list(placed), dtype=torch.long)
             rows = torch.tensor(list(placed.values()), dtype=torch.long)
@@ -208,15 +238,31 @@ class ReplayMemory:
                 self.embedded_at[slots] = self.steps
         self._refresh_stale()
 
+    def _full_reservoir(self, n: int) -> dict[int, int]:
+        """Algorithm R (:func:`memory.policies.reservoir`) for ``n`` samples offered to a full
+        memory: slot -> the batch row that ends up there, with the same draws, one per sample,
+        as the policy makes, in a loop with nothing else in it (most samples are dropped)."""
+        placed: dict[int, int] = {}
+        draw, generator, slots = self._draw_into, self.generator, self.slots
+        offered = self.seen - self.reservoir_start
+        for i in range(n):
+            offered += 1
+            slot = int(draw.random_(0, offered, generator=generator).item())
+            if slot < slots:
+                placed[slot] = i
+        self.seen += n
+        return placed
+
     def _take(self, slot: int, key: int, level: int, label: int) -> None:
+        meta = self._meta
         if slot < self.size:
-            old = int(self.keys[slot])
+            old = int(meta.keys[slot])
             self.class_counts[old] -= 1
             if self.class_counts[old] == 0:
                 del self.class_counts[old]
         else:
             self.size += 1
-        self.keys[slot], self.y[slot], self.level[slot] = key, label, level
+        meta.keys[slot], meta.y[slot], meta.level[slot] = key, label, level
         self.class_counts[key] = self.class_counts.get(key, 0) + 1
         if self.importance is not None:
             peers = self.members(key)
@@ -239,6 +285,7 @@ class ReplayMemory:
         self.x = torch.zeros((self.slots, *row.shape), dtype=row.dtype)
         for name in ("y", "level", "keys", "ids", "arrival"):
             setattr(self, name, torch.zeros(self.slots, dtype=torch.long))
+        self._meta = SlotMeta(self.y, self.level, self.keys, self.ids, self.arrival)
         if dim is not None:
             cfg = self.config
             self.index = EmbeddingIndex(

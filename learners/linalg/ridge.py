@@ -174,15 +174,15 @@ class CholeskySolution:
 class InverseSolution:
     """The exact ridge solution with R = (G+γI)⁻¹ kept explicitly, for frequent solves.
 
-    W is kept current batch by batch: a batch H of b rows costs one product A = R₀Hᵀ (reading
-    R₀ once), then W ← W + P K⁻¹ (Y − H W) with P = R Hᵀ, the recursive form of ACIL eqs. 9-10,
-    where R = R₀ − Vᵀ S⁻¹ V is left implicit over the k rows U absorbed since the last fold
-    (V = U R₀, S = I + U R₀ Uᵀ, whose Cholesky factor grows by one block row per batch, the
-    new diagonal block being K's factor). Past ``capacity`` rows the block is folded into R₀
-    by one rank-k update, R₀ ← R₀ − ZᵀZ with Z = L_S⁻¹ V: the d×d work of several rank-b
-    Woodbury updates done as one product, which runs near the speed of a large matrix product
-    where rank-16 ones do not. ``folded`` counts the rows folded since R₀ was computed from
-    statistics, so that the head can recompute it before rounding accumulates.
+    W is kept current batch by batch by the recursive form of ACIL eqs. 9-10: for a batch H of b
+    rows, P = R Hᵀ, K = I + H P, W ← W + P K⁻¹ (Y − H W) and R ← R − P K⁻¹ Pᵀ. R is held as
+    R₀ − ZᵀZ: the rank-b downdate of each batch is not applied to R₀ but appended to Z as the b
+    rows L_K⁻¹ Pᵀ (L_K the Cholesky factor of K), so a batch reads R₀ once, for A = R₀Hᵀ, and
+    P = A − Zᵀ(Z Hᵀ) costs O(k·d·b) over the k rows of Z. Past ``capacity`` rows, Z is folded
+    into R₀ by one rank-k product, R₀ ← R₀ − ZᵀZ: the d×d work of several rank-b updates done
+    as one product, which runs near the speed of a large matrix product where rank-16 ones do
+    not. ``folded`` counts the rows folded since R₀ was computed from statistics, so that the
+    head can recompute it before rounding accumulates.
 
     R₀ is kept whole (not as a lower triangle like G): a product with half of it, block by
     block, was no faster on two cores, and its many small products each wait out the time
@@ -195,12 +195,8 @@ class InverseSolution:
         self.capacity = capacity
         self.folded = 0
         self.rows = 0
-        d = W.shape[0]
-        like = {"dtype": W.dtype, "device": W.device}
-        self._U = torch.empty(capacity, d, **like)
-        self._Vt = torch.empty(capacity, d, **like)
-        self._L = torch.zeros(capacity, capacity, **like)
-        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._Z = torch.empty(capacity, W.shape[0], dtype=W.dtype, device=W.device)
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         self._pending_rows = 0
 
     @classmethod
@@ -213,7 +209,10 @@ class InverseSolution:
         columns = _active_columns(Q)
         if len(columns):
             W[:, columns] = cholesky_solve(Q[:, columns], factor)
-        return cls(torch.cholesky_inverse(factor), W, capacity)
+        # cholesky_inverse returns a column-major matrix, with which R₀Hᵀ runs at half the
+        # speed of a row-major one (docs/performance-notes.md); R₀ is symmetric, so its
+        # transposed view is the same matrix in row-major order.
+        return cls(torch.cholesky_inverse(factor).mT, W, capacity)
 
     def room(self, rows: int) -> bool:
         """Whether ``rows`` more rows may wait for the next solve: a few folds' worth, so that
@@ -221,53 +220,56 @@ class InverseSolution:
         is dropped instead of holding every row."""
         return self._pending_rows + rows <= 4 * self.capacity
 
-    def append(self, H: torch.Tensor, Y: torch.Tensor) -> None:
+    def append(self, H: torch.Tensor, Y: torch.Tensor, HW: torch.Tensor | None = None) -> None:
+        """Rows ``H`` with targets ``Y``; ``HW``: H times the current weights, when the caller
+        has it (it scored H just before), valid only if no rows wait before these."""
         if not self.room(len(H)):
             raise ValueError("InverseSolution has too many rows waiting; solve it first")
-        self._pending.append((H, Y))
+        self._pending.append((H, Y, HW if not self._pending else None))
         self._pending_rows += len(H)
 
     def weights(self) -> torch.Tensor:
-        for H, Y in self._pending:
+        for H, Y, HW in self._pending:
             for start in range(0, len(H), self.capacity):
-                self._absorb(H[start : start + self.capacity], Y[start : start + self.capacity])
+                stop = start + self.capacity
+                part = None if HW is None else HW[start:stop]
+                self._absorb(H[start:stop], Y[start:stop], part)
         self._pending.clear()
         self._pending_rows = 0
         return self.W
 
-    def _absorb(self, H: torch.Tensor, Y: torch.Tensor) -> None:
+    def _absorb(self, H: torch.Tensor, Y: torch.Tensor, HW: torch.Tensor | None) -> None:
         if self.rows + len(H) > self.capacity:
             self._fold()
         A = self.R @ H.T  # R₀Hᵀ [d, b]: R₀ is symmetric, and this order runs faster than H R₀
         with one_thread(A):
-            self._update(H, Y, A, self.rows)
+            self._update(H, Y, A, HW)
 
-    def _update(self, H: torch.Tensor, Y: torch.Tensor, A: torch.Tensor, k: int) -> None:
+    def _update(
+        self, H: torch.Tensor, Y: torch.Tensor, A: torch.Tensor, HW: torch.Tensor | None
+    ) -> None:
         """Everything after the product with R₀: small, so on one thread (see ``one_thread``)."""
-        b = len(H)
-        S_new = H @ A
-        S_new.diagonal().add_(1.0)
+        k, b = self.rows, len(H)
         P = A
         if k:
-            L = self._L[:k, :k]
-            X = torch.linalg.solve_triangular(L, self._U[:k] @ A, upper=False)  # L_S⁻¹ U R₀ Hᵀ
-            S_new -= X.T @ X  # the Schur complement: K = I + H R Hᵀ
-            P = A - self._Vt[:k].T @ torch.linalg.solve_triangular(L.T, X, upper=True)
-            self._L[k : k + b, :k] = X.T
-        K_factor, info = torch.linalg.cholesky_ex(S_new)
+            Z = self._Z[:k]
+            P = A - Z.T @ (Z @ H.T)  # R Hᵀ = (R₀ − ZᵀZ) Hᵀ
+        K = H @ P
+        K.diagonal().add_(1.0)
+        K_factor, info = torch.linalg.cholesky_ex(K)
         if int(info) or not bool(K_factor.diagonal().isfinite().all()):
             raise ValueError(_NOT_POSITIVE_DEFINITE)
-        self.W.addmm_(P, cholesky_solve(Y - H @ self.W, K_factor))
-        self._L[k : k + b, k : k + b] = K_factor
-        self._U[k : k + b] = H
-        self._Vt[k : k + b] = A.T
+        residual = Y - (H @ self.W if HW is None else HW)
+        self.W.addmm_(P, cholesky_solve(residual, K_factor))
+        # R − P K⁻¹ Pᵀ = R₀ − ZᵀZ − (L_K⁻¹Pᵀ)ᵀ(L_K⁻¹Pᵀ): the new rows of Z
+        torch.linalg.solve_triangular(K_factor, P.T, upper=False, out=self._Z[k : k + b])
         self.rows = k + b
 
     def _fold(self) -> None:
         k = self.rows
         if k == 0:
             return
-        Z = torch.linalg.solve_triangular(self._L[:k, :k], self._Vt[:k], upper=False)
+        Z = self._Z[:k]
         self.R.addmm_(Z.T, Z, alpha=-1.0)
         self.folded += k
         self.rows = 0
@@ -408,8 +410,15 @@ class RecursiveRidge:
         """Whether this head solves with :class:`InverseSolution` now."""
         return self.solver == "auto" and self.cadence.frequent
 
-    def fit(self, H: torch.Tensor, Y: torch.Tensor, labels: torch.Tensor | None = None) -> None:
-        """Add rows ``H`` [B, d] with targets ``Y`` [B, outputs]; ``labels`` count the classes."""
+    def fit(
+        self,
+        H: torch.Tensor,
+        Y: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        one_hot_targets: bool = False,
+    ) -> None:
+        """Add rows ``H`` [B, d] with targets ``Y`` [B, outputs]; ``labels`` count the classes.
+        ``one_hot_targets``: Y is the one-hot of ``labels``, so HᵀY is a sum of rows per class."""
         if len(H) == 0:
             return
         if labels is not None:
@@ -423,7 +432,10 @@ class RecursiveRidge:
             self._solution = self._solve()
         self._fresh = False
         self._defer_gram(H)
-        self.Q.addmm_(H.T, Y)
+        if one_hot_targets and labels is not None:
+            self.Q.index_add_(1, labels, H.T)  # no product with a [B, outputs] matrix of zeros
+        else:
+            self.Q.addmm_(H.T, Y)
         if self._solution is not None and self._solution.room(len(H)):
             self._solution.append(H, Y)
         else:
@@ -470,7 +482,7 @@ class RecursiveRidge:
 
     def fit_labels(self, H: torch.Tensor, labels: torch.Tensor) -> None:
         """Add rows ``H`` with one-hot targets for ``labels``."""
-        self.fit(H, one_hot(labels, self.outputs), labels)
+        self.fit(H, one_hot(labels, self.outputs), labels, one_hot_targets=True)
 
     def weights(self) -> torch.Tensor:
         """The current solution W [d, outputs] (float64)."""

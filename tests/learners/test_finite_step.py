@@ -27,8 +27,10 @@ def test_a_finite_loss_steps():
         lambda w: (w * float("nan")).sum(),  # NaN loss
         lambda w: (w * float("inf")).sum() + 1,  # inf loss
         lambda w: torch.sqrt(w - w.detach()).sum(),  # a loss of 0 with an inf gradient
+        # gradients +inf and -inf, whose sum is NaN (the check sums the gradients)
+        lambda w: torch.sqrt(w[0] - w[0].detach()) - torch.sqrt(w[1] - w[1].detach()),
     ],
-    ids=["nan loss", "inf loss", "inf gradient"],
+    ids=["nan loss", "inf loss", "inf gradient", "opposite inf gradients"],
 )
 def test_a_non_finite_loss_or_gradient_leaves_weights_and_moments_alone(loss):
     weight, optimizer = _model()
