@@ -21,6 +21,11 @@ stream, this batch included, allowed — river's own test-then-train, at any bat
 Samples the learner cannot predict at all (every class scores ``-inf``: it knows none yet) are
 left out of prequential accuracy, as river's ``progressive_val_score`` leaves them out.
 
+On a single-level problem with no observer and no drift detector, nothing reads a batch's hits
+when it is learned: the loop keeps the scores of step 2 and counts hits and seen-class marks for
+a run of batches at once (stream/engine/deferred_prequential.py), with the same results, before
+anything reads them (an evaluation, ``seen``, ``prequential``, a summary or a checkpoint).
+
 The loop knows nothing about where batches come from (file or Kafka) or where metrics go:
 observers receive every batch and evaluation. Its whole state is JSON, so a checkpoint can carry
 it next to the learner's tensors and the source offsets.
