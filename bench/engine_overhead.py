@@ -7,7 +7,8 @@ repeated, best of each kept:
 - ``read``: iterating the micro-batches out of the memory-mapped file (no learner);
 - ``bare``: ``predict`` then ``learn`` on tensors already in memory, nothing else;
 - ``engine``: the event loop reading the file: validation, prequential accuracy, online_iter
-  accounting, metrics bookkeeping, ``predict`` and ``learn``.
+  accounting, metrics bookkeeping, and the learner's ``predict`` and ``learn`` (for ``nmc`` one
+  fused ``predict_then_learn`` call, learners/capabilities.py).
 
 Anytime evaluation is off in both (it would cost the same in both). Target: engine ≥ 90% of bare
 at batch 64 and 256. The ratio reported is the median over repeats of bare/engine within each
