@@ -5,8 +5,9 @@ the argmax over the classes seen before the batch, the hits, a ring-buffer updat
 of the batch's classes: about a dozen numpy calls on a few kilobytes. Between the calls of a
 small learner such as ``nmc`` each costs several times what it costs alone (measured in
 bench/engine_overhead.py: together they took a quarter of the loop's time). When nothing
-reads them batch by batch (no observer, no drift detector), the loop instead copies each
-batch's scores and labels here and counts a run of batches at once, with the same result:
+reads them batch by batch (no drift detector, no observer that reads hits), the loop instead
+copies each batch's scores and labels here and counts a run of batches at once, with the same
+result:
 
 - each row's prediction is the argmax over the classes seen before *its* batch: the unmasked
   argmax of the run, wherever that class was seen by the row's batch and the row holds no NaN

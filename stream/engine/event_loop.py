@@ -21,8 +21,8 @@ stream, this batch included, allowed — river's own test-then-train, at any bat
 Samples the learner cannot predict at all (every class scores ``-inf``: it knows none yet) are
 left out of prequential accuracy, as river's ``progressive_val_score`` leaves them out.
 
-On a single-level problem with no observer and no drift detector, nothing reads a batch's hits
-when it is learned: the loop keeps the scores of step 2 and counts hits and seen-class marks for
+On a single-level problem with no drift detector and no observer that reads hits
+(:attr:`Observer.reads_hits`), nothing reads a batch's hits when it is learned: the loop keeps the scores of step 2 and counts hits and seen-class marks for
 a run of batches at once (stream/engine/deferred_prequential.py), with the same results, before
 anything reads them (an evaluation, ``seen``, ``prequential``, a summary or a checkpoint).
 
@@ -94,10 +94,16 @@ class LoopConfig(BaseModel):
 class Observer:
     """Receives what the loop does; every method is optional."""
 
+    #: Whether :meth:`on_batch` reads ``hits``. Where no observer does (and no drift detector
+    #: runs), the loop counts prequential accuracy a run of batches at a time and passes None
+    #: (stream/engine/deferred_prequential.py); ``loop.prequential`` is up to date either way.
+    reads_hits: bool = True
+
     def on_batch(
-        self, loop: EventLoop, batch: Batch, hits: np.ndarray, learn_seconds: float
+        self, loop: EventLoop, batch: Batch, hits: np.ndarray | None, learn_seconds: float
     ) -> None:
-        """After a micro-batch was predicted and learned."""
+        """After a micro-batch was predicted and learned; ``hits``: which of its samples the
+        prequential prediction got right (None where :attr:`reads_hits` is False)."""
 
     def on_evaluation(self, loop: EventLoop, evaluation: Evaluation, kind: str) -> None:
         """After an anytime (``kind="periodic"``) or task-end (``kind="task_end"``) evaluation."""
@@ -193,10 +199,12 @@ class EventLoop:
             deferred is not None
             and served is None
             and n <= deferred.capacity
-            and not self.observers
             and self.drift is None
+            and (not self.observers or self._hits_unread())
         ):
-            self._process_deferred(batch, n, iterations, deferred)
+            learn_seconds = self._process_deferred(batch, n, iterations, deferred)
+            for observer in self.observers:
+                observer.on_batch(self, batch, None, learn_seconds)
             self._evaluate_periodically()
             return
         if served is not None:
@@ -236,22 +244,28 @@ class EventLoop:
                 self.learner.on_drift(action)  # type: ignore[attr-defined]
         self._evaluate_periodically()
 
+    def _hits_unread(self) -> bool:
+        return not any(getattr(observer, "reads_hits", True) for observer in self.observers)
+
     def _process_deferred(
         self, batch: Batch, n: int, iterations: int, deferred: DeferredPrequential
-    ) -> None:
+    ) -> float:
         """Predict and learn a single-level batch, keeping its scores for a later count
-        (stream/engine/deferred_prequential.py): nothing reads its hits now."""
+        (stream/engine/deferred_prequential.py): nothing reads its hits now. Returns the
+        seconds spent learning."""
         if self._fused is not None:
             started = time.perf_counter()
             scores = self._fused.predict_then_learn(batch.x, batch.y, batch.level, iterations)
-            self.learn_seconds += time.perf_counter() - started
+            learn_seconds = time.perf_counter() - started
             deferred.add(scores, batch.y.numpy())
         else:
             deferred.add(self.learner.predict(batch.x, 0), batch.y.numpy())
             started = time.perf_counter()
             self.learner.learn(batch.x, batch.y, batch.level, iterations)
-            self.learn_seconds += time.perf_counter() - started
+            learn_seconds = time.perf_counter() - started
+        self.learn_seconds += learn_seconds
         self.samples_seen += n
+        return learn_seconds
 
     def _evaluate_periodically(self) -> None:
         if self.config.eval_period and self.samples_seen >= self.next_eval:

@@ -28,6 +28,8 @@ def _rounded(value: float | None) -> float | None:
 class LoopLogger(Observer):
     """Logs what one learner's event loop does, with ``learner`` and ``samples`` on every line."""
 
+    reads_hits = False
+
     def __init__(
         self,
         learner: str,
@@ -46,7 +48,7 @@ class LoopLogger(Observer):
         self.log = self.log.bind(**fields)
 
     def on_batch(
-        self, loop: EventLoop, batch: Batch, hits: np.ndarray, learn_seconds: float
+        self, loop: EventLoop, batch: Batch, hits: np.ndarray | None, learn_seconds: float
     ) -> None:
         if self._last_samples is None:
             # The first batch starts the clock: setup time is not throughput.

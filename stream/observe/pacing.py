@@ -51,7 +51,9 @@ class RateLimit:
 class Pacer(RateLimit, Observer):
     """Sleeps so that no more than ``max_rate`` samples per second go through the loop."""
 
+    reads_hits = False
+
     def on_batch(
-        self, loop: EventLoop, batch: Batch, hits: np.ndarray, learn_seconds: float
+        self, loop: EventLoop, batch: Batch, hits: np.ndarray | None, learn_seconds: float
     ) -> None:
         self.passed(len(batch))

@@ -15,13 +15,15 @@ from stream.engine.event_loop import EventLoop, Observer
 class ProgressBar(Observer):
     """Shows samples learned, prequential and last anytime accuracy."""
 
+    reads_hits = False
+
     def __init__(self, total: int, label: str, enabled: bool | None = None) -> None:
         enabled = sys.stderr.isatty() if enabled is None else enabled
         self.bar = tqdm(total=total, desc=label, unit="sample", disable=not enabled, leave=False)
         self.anytime: float | None = None
 
     def on_batch(
-        self, loop: EventLoop, batch: Batch, hits: np.ndarray, learn_seconds: float
+        self, loop: EventLoop, batch: Batch, hits: np.ndarray | None, learn_seconds: float
     ) -> None:
         self.bar.update(len(batch))
 

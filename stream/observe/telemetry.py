@@ -282,7 +282,7 @@ class TelemetryObserver(Observer):
         self._drift_counted = 0
 
     def on_batch(
-        self, loop: EventLoop, batch: Batch, hits: np.ndarray, learn_seconds: float
+        self, loop: EventLoop, batch: Batch, hits: np.ndarray | None, learn_seconds: float
     ) -> None:
         self._samples.inc(len(batch))
         self._update.observe(learn_seconds)

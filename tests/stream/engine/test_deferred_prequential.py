@@ -17,6 +17,8 @@ from stream.engine.batch import Batch
 from stream.engine.deferred_prequential import DeferredPrequential
 from stream.engine.evaluation import AnytimeEvaluator
 from stream.engine.event_loop import EventLoop, LoopConfig, Observer
+from stream.observe.loop_log import LoopLogger
+from stream.observe.progress import ProgressBar
 from stream.sources.file_source import task_batches
 
 CLASSES = 7
@@ -117,10 +119,43 @@ def test_capacity_follows_the_number_of_classes():
     assert DeferredPrequential(None, None, 10_000_000).capacity == 1
 
 
+class QuietObserver(Observer):
+    """Sees every batch, reads no hits."""
+
+    reads_hits = False
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, object]] = []
+
+    def on_batch(self, loop, batch, hits, learn_seconds):
+        self.calls.append((len(batch), hits))
+
+
+def test_observers_that_read_no_hits_see_every_batch_and_keep_the_counting_deferred():
+    table = torch.eye(CLASSES)
+    quiet = QuietObserver()
+    loop = EventLoop(
+        ScoreTable(table),
+        ScoreTable(table).problem,
+        LoopConfig(eval_period=None),
+        observers=[quiet],
+    )
+    for labels in ([0, 1], [1, 2], [2, 2]):
+        y = torch.tensor(labels)
+        loop.process(Batch(x=y[:, None].float(), y=y, level=torch.zeros(2, dtype=torch.long)))
+    assert quiet.calls == [(2, None)] * 3 and loop._deferred.rows == 6
+    loop.observers.append(Observer())  # one that reads hits: counted per batch from now on
+    y = torch.tensor([0, 1])
+    loop.process(Batch(x=y[:, None].float(), y=y, level=torch.zeros(2, dtype=torch.long)))
+    assert loop._deferred.rows == 0 and quiet.calls[-1][1].tolist() == [True, True]
+    assert (loop.prequential.correct, loop.prequential.total) == (5, 6)
+
+
 @pytest.mark.parametrize("learner_name", ["nmc", "er"])
 def test_a_replay_with_evaluations_gives_the_per_batch_results(learner_name):
     """Evaluations and task ends read the seen classes in between: both paths give the same
-    curve, accuracies and checkpoint (``er`` predicts fused, ``nmc`` in two calls)."""
+    curve, accuracies and checkpoint (``er`` predicts fused, ``nmc`` in two calls). The
+    command line's progress bar and loop log read no hits: its replays count deferred."""
     ds = load_dataset("digits")
     schedule, params = make_schedule("si-blurry", ds, {}, seed=2)
     stream = record_schedule(ds, schedule, "si-blurry", params.model_dump(), 2)
@@ -128,7 +163,8 @@ def test_a_replay_with_evaluations_gives_the_per_batch_results(learner_name):
     ev = AnytimeEvaluator(as_float_tensor(ds.X_test), torch.from_numpy(ds.y_test_levels), problem)
     config = LoopConfig(eval_period=300, batch_size=16, prequential_windows=[100, 1000])
     results = []
-    for observers in ([], [Observer()]):
+    quiet = [ProgressBar(len(stream), learner_name, enabled=False), LoopLogger(learner_name)]
+    for observers in ([], quiet, [Observer()]):
         learner = create(learner_name, problem, {"seed": 1})
         loop = EventLoop(
             learner, problem, config, ev, num_tasks=schedule.num_tasks, observers=observers
@@ -139,4 +175,4 @@ def test_a_replay_with_evaluations_gives_the_per_batch_results(learner_name):
         for timing in ("learn_seconds", "evaluation_seconds"):
             del state[timing]
         results.append((summary, state))
-    assert results[0] == results[1]
+    assert results[0] == results[1] == results[2]
