@@ -89,12 +89,15 @@ class ReplayConfig(LearnerConfig):
 def make_optimizer(model: nn.Module, config: ReplayConfig) -> torch.optim.Optimizer:
     """Adam or SGD over ``model``'s trainable parameters.
 
-    ``foreach``: one kernel launch per update op for all parameters instead of one per parameter
-    (bench/loop.py), with results identical to the per-parameter loop on the CPU."""
+    Adam runs ``fused``: one kernel per parameter for the whole update, 2.6× faster than
+    ``foreach`` on ER's default model on two CPU threads (bench/loop.py). Its weights equal the
+    per-parameter loop's to float32 rounding (about 1e-8 after 50 steps), not bit for bit; the
+    pinned results of tests/learners/test_replay_training.py are unchanged. SGD keeps
+    ``foreach`` (one kernel launch per update op for all parameters, identical to the loop)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
-    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
 class ReplayTraining:

@@ -41,12 +41,27 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> LearnerState:
     return LearnerState(tensors, skeleton)
 
 
+IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable")
+"""Optimizer options that choose how an update is computed, not what it computes: a restored
+optimizer keeps the running code's (a checkpoint from before Adam ran ``fused`` would
+otherwise switch it back to ``foreach``)."""
+
+
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: LearnerState) -> None:
-    """Inverse of :func:`optimizer_state`."""
+    """Inverse of :func:`optimizer_state`, except the :data:`IMPLEMENTATION_FLAGS`, which stay
+    ``optimizer``'s."""
     entries_of: dict[int, dict[str, Any]] = {}
     for param_id, entries in state.meta["state"].items():
         entries_of[int(param_id)] = {
             key: state.tensors[f"{param_id}.{key}"] if value is None else value
             for key, value in entries.items()
         }
-    optimizer.load_state_dict({"state": entries_of, "param_groups": state.meta["param_groups"]})
+    groups = state.meta["param_groups"]
+    if isinstance(groups, list) and len(groups) == len(optimizer.param_groups):
+        groups = [
+            {**saved, **{k: live[k] for k in IMPLEMENTATION_FLAGS if k in live}}
+            if isinstance(saved, dict)
+            else saved
+            for saved, live in zip(groups, optimizer.param_groups, strict=True)
+        ]
+    optimizer.load_state_dict({"state": entries_of, "param_groups": groups})
