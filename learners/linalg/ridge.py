@@ -196,7 +196,7 @@ class InverseSolution:
         self.folded = 0
         self.rows = 0
         self._Z = torch.empty(capacity, W.shape[0], dtype=W.dtype, device=W.device)
-        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._pending_rows = 0
 
     @classmethod
@@ -220,34 +220,28 @@ class InverseSolution:
         is dropped instead of holding every row."""
         return self._pending_rows + rows <= 4 * self.capacity
 
-    def append(self, H: torch.Tensor, Y: torch.Tensor, HW: torch.Tensor | None = None) -> None:
-        """Rows ``H`` with targets ``Y``; ``HW``: H times the current weights, when the caller
-        has it (it scored H just before), valid only if no rows wait before these."""
+    def append(self, H: torch.Tensor, Y: torch.Tensor) -> None:
         if not self.room(len(H)):
             raise ValueError("InverseSolution has too many rows waiting; solve it first")
-        self._pending.append((H, Y, HW if not self._pending else None))
+        self._pending.append((H, Y))
         self._pending_rows += len(H)
 
     def weights(self) -> torch.Tensor:
-        for H, Y, HW in self._pending:
+        for H, Y in self._pending:
             for start in range(0, len(H), self.capacity):
-                stop = start + self.capacity
-                part = None if HW is None else HW[start:stop]
-                self._absorb(H[start:stop], Y[start:stop], part)
+                self._absorb(H[start : start + self.capacity], Y[start : start + self.capacity])
         self._pending.clear()
         self._pending_rows = 0
         return self.W
 
-    def _absorb(self, H: torch.Tensor, Y: torch.Tensor, HW: torch.Tensor | None) -> None:
+    def _absorb(self, H: torch.Tensor, Y: torch.Tensor) -> None:
         if self.rows + len(H) > self.capacity:
             self._fold()
         A = self.R @ H.T  # R₀Hᵀ [d, b]: R₀ is symmetric, and this order runs faster than H R₀
         with one_thread(A):
-            self._update(H, Y, A, HW)
+            self._update(H, Y, A)
 
-    def _update(
-        self, H: torch.Tensor, Y: torch.Tensor, A: torch.Tensor, HW: torch.Tensor | None
-    ) -> None:
+    def _update(self, H: torch.Tensor, Y: torch.Tensor, A: torch.Tensor) -> None:
         """Everything after the product with R₀: small, so on one thread (see ``one_thread``)."""
         k, b = self.rows, len(H)
         P = A
@@ -259,8 +253,7 @@ class InverseSolution:
         K_factor, info = torch.linalg.cholesky_ex(K)
         if int(info) or not bool(K_factor.diagonal().isfinite().all()):
             raise ValueError(_NOT_POSITIVE_DEFINITE)
-        residual = Y - (H @ self.W if HW is None else HW)
-        self.W.addmm_(P, cholesky_solve(residual, K_factor))
+        self.W.addmm_(P, cholesky_solve(Y - H @ self.W, K_factor))
         # R − P K⁻¹ Pᵀ = R₀ − ZᵀZ − (L_K⁻¹Pᵀ)ᵀ(L_K⁻¹Pᵀ): the new rows of Z
         torch.linalg.solve_triangular(K_factor, P.T, upper=False, out=self._Z[k : k + b])
         self.rows = k + b
