@@ -31,7 +31,6 @@ from learners.capabilities import (
     MultiLevelPrediction,
     PurePrediction,
 )
-from learners.finite_step import finite_step
 from learners.levels import level_rows
 from learners.replay_training import (
     HeadPrediction,
@@ -135,15 +134,5 @@ class ER(
         seen_before: list[torch.Tensor] | None = None,
     ) -> torch.Tensor | None:
         features = self.backbone(x)
-        if self.problem.num_levels > 1:
-            loss = self._losses(features, y, level).mean()
-            return self._update(loss, features, level, stream_rows, seen_before)
-        # One level: the head's logits of the step serve the loss and the fused prediction.
-        logits = self.heads[0](features)
-        masked = logits.masked_fill(~self.seen[0], float("-inf"))
-        loss = nn.functional.cross_entropy(masked, y, reduction="none").mean()
-        scores = None
-        if seen_before is not None:
-            scores = logits[:stream_rows].detach().masked_fill(~seen_before[0], float("-inf"))
-        finite_step(self.optimizer, loss)
-        return scores
+        loss = self._losses(features, y, level).mean()
+        return self._update(loss, features, level, stream_rows, seen_before)
