@@ -254,15 +254,9 @@ class MVP(ReplayTraining, Learner, FusedPrediction):
 
     def loss(
         self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The MVP training loss of a batch, and the key chosen for each sample."""
-        loss, index, _ = self._loss(x, y, level)
-        return loss, index
-
-    def _loss(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`loss`, and the prompted features of the batch."""
+        """The MVP training loss of a batch, the key chosen for each sample and the prompted
+        features (the fused prediction scores the stream rows from them)."""
         distances, index = self._select(x)
         features = self.prompted_features(x, index)
         loss = features.new_zeros(())
@@ -303,7 +297,7 @@ class MVP(ReplayTraining, Learner, FusedPrediction):
         stream_rows: int,
         seen_before: list[torch.Tensor] | None = None,
     ) -> torch.Tensor | None:
-        loss, index, features = self._loss(x, y, level)
+        loss, index, features = self.loss(x, y, level)
         scores = None
         if seen_before is not None:
             # the prequential prediction of the stream rows from the step's own forward: the
