@@ -17,7 +17,7 @@ from torch import nn
 from learners.backbones.backbone import BackboneConfig, build_backbone
 from learners.base import Learner, LearnerConfig, Problem
 from learners.capabilities import FusedPrediction
-from learners.levels import Levels, Rows, level_index, level_rows
+from learners.levels import Levels, Rows, level_index, level_rows, padded_scores
 from learners.linalg.ridge import Solver
 from learners.state.learner_state import LearnerState
 from learners.state.torch_state import load_module_state, module_state
@@ -141,10 +141,10 @@ class AnalyticLearner(Learner, FusedPrediction):
         features = self.features(x)
         expanded = self.buffer(features)
         y = y.to(self.device)
-        widest = max(self.problem.num_classes)
-        scores = torch.full((len(y), widest), float("-inf"), dtype=torch.float64, device=y.device)
-        for lvl, rows in self.level_rows(level):
-            scores[rows, : self.problem.num_classes[lvl]] = self._score(expanded[rows], lvl)
+        levels = None if level is None else level.to(self.device)
+        scores = padded_scores(
+            levels, self.problem.num_classes, len(y), lambda at, lvl: self._score(expanded[at], lvl)
+        )
         self._absorb(features, expanded, y, level)
         return scores
 

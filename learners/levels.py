@@ -8,6 +8,8 @@ on the rows labelled at its level, which :func:`level_rows` yields.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 
 Rows = torch.Tensor | slice
@@ -34,3 +36,26 @@ def level_rows(level: torch.Tensor | None, num_levels: int) -> list[tuple[int, R
     if num_levels == 1 or level is None:
         return [(0, slice(None))]
     return [(int(lvl), level == lvl) for lvl in level.unique().tolist()]
+
+
+def padded_scores(
+    level: torch.Tensor | None,
+    num_classes: Sequence[int],
+    rows: int,
+    score: Callable[[Rows, int], torch.Tensor],
+) -> torch.Tensor:
+    """Scores ``[rows, max(num_classes)]`` of a batch whose samples each have their own
+    ``level``: ``score(rows_at_level, level)`` for every level the batch touches, ``-inf``
+    beyond a level's classes (the form of ``predict_then_learn``). With one level, ``score``'s
+    own tensor."""
+    if len(num_classes) == 1:
+        return score(slice(None), 0)
+    scores: torch.Tensor | None = None
+    for lvl, at in level_rows(level, len(num_classes)):
+        part = score(at, lvl)
+        if scores is None:
+            scores = part.new_full((rows, max(num_classes)), float("-inf"))
+        scores[at, : num_classes[lvl]] = part
+    if scores is None:  # no rows
+        return torch.full((rows, max(num_classes)), float("-inf"))
+    return scores

@@ -57,7 +57,7 @@ from learners.backbones.vit import ViT
 from learners.base import Learner, LearnerConfig, Problem
 from learners.capabilities import FusedPrediction
 from learners.finite_step import finite_step
-from learners.levels import level_index, level_rows
+from learners.levels import Rows, level_index, level_rows, padded_scores
 from learners.replay_training import ReplayTraining
 from memory import MemoryConfig, build_memory
 
@@ -320,13 +320,12 @@ class MVP(ReplayTraining, Learner, FusedPrediction):
     ) -> torch.Tensor:
         """``predict``'s scores from prompted ``features`` and chosen keys ``index``, with the
         classes ``seen`` then, each row at its ``level``, padded with ``-inf``."""
-        scores = features.new_full((len(level), max(self.problem.num_classes)), float("-inf"))
-        for lvl, rows in level_rows(level, self.problem.num_levels):
+
+        def score(rows: Rows, lvl: int) -> torch.Tensor:
             logits = self.heads[lvl](features[rows]) * self.logit_scale(index[rows], lvl)
-            scores[rows, : self.problem.num_classes[lvl]] = logits.masked_fill(
-                ~seen[lvl], float("-inf")
-            )
-        return scores
+            return logits.masked_fill(~seen[lvl], float("-inf"))
+
+        return padded_scores(level, self.problem.num_classes, len(level), score)
 
     @torch.no_grad()
     def _sample_losses(self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ from learners.capabilities import (
     FusedPrediction,
     Mergeable,
 )
-from learners.levels import Levels, level_index, level_rows
+from learners.levels import Levels, level_index, level_rows, padded_scores
 from learners.state.learner_state import LearnerState
 
 
@@ -112,16 +112,13 @@ class NMC(Learner, DriftAdaptive, Mergeable, AdditiveStatistics, FusedPrediction
         prequential step without a second entry (the two calls give the same numbers)."""
         embedded = self._embed(x)
         features = self._normalized(embedded)
-        num_classes = self.problem.num_classes
-        if len(num_classes) == 1:
-            scores = torch.addmm(self._offsets[0], features, self._weights[0].T)
-        else:
-            scores = features.new_full((len(x), max(num_classes)), float("-inf"))
-            levels = None if level is None else level.to(self.device)
-            for lvl, rows in level_rows(levels, len(num_classes)):
-                scores[rows, : num_classes[lvl]] = torch.addmm(
-                    self._offsets[lvl], features[rows], self._weights[lvl].T
-                )
+        levels = None if level is None else level.to(self.device)
+        scores = padded_scores(
+            levels,
+            self.problem.num_classes,
+            len(x),
+            lambda at, lvl: torch.addmm(self._offsets[lvl], features[at], self._weights[lvl].T),
+        )
         self._learn_embedded(embedded, y, level)
         return scores
 

@@ -30,7 +30,7 @@ from learners.backbones.vit import Attention, Block, Mlp, PatchEmbed, ViT
 from learners.base import LearnerConfig, Problem
 from learners.capabilities import FusedPrediction
 from learners.finite_step import finite_step
-from learners.levels import Levels, level_index, level_rows, sample_levels
+from learners.levels import Levels, level_index, level_rows, padded_scores, sample_levels
 from learners.state.learner_state import LearnerState
 from learners.state.torch_state import (
     load_module_state,
@@ -249,13 +249,9 @@ class ReplayTraining:
 
     def _predict_padded(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         """``predict`` of each sample at its own level, padded with ``-inf`` to the widest."""
-        if self.problem.num_levels == 1:
-            return self.predict(x, 0)
-        scores = torch.full((len(level), max(self.problem.num_classes)), float("-inf"))
-        for lvl in level.unique().tolist():
-            rows = level == lvl
-            scores[rows, : self.problem.num_classes[lvl]] = self.predict(x[rows], lvl).cpu()
-        return scores
+        return padded_scores(
+            level, self.problem.num_classes, len(level), lambda at, lvl: self.predict(x[at], lvl)
+        )
 
     def state_dict(self) -> LearnerState:
         state = LearnerState({f"seen.{lvl}": seen.cpu() for lvl, seen in enumerate(self.seen)})
@@ -311,11 +307,9 @@ class HeadPrediction:
     def _scores(
         self, features: torch.Tensor, level: torch.Tensor, seen: list[torch.Tensor]
     ) -> torch.Tensor:
-        if self.problem.num_levels == 1:
-            return self._masked(features, 0, seen[0])
-        scores = features.new_full((len(level), max(self.problem.num_classes)), float("-inf"))
-        for lvl, rows in level_rows(level, self.problem.num_levels):
-            scores[rows, : self.problem.num_classes[lvl]] = self._masked(
-                features[rows], lvl, seen[lvl]
-            )
-        return scores
+        return padded_scores(
+            level,
+            self.problem.num_classes,
+            len(level),
+            lambda at, lvl: self._masked(features[at], lvl, seen[lvl]),
+        )

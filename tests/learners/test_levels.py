@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from learners.levels import level_index, level_rows, sample_levels
+from learners.levels import level_index, level_rows, padded_scores, sample_levels
 
 
 def test_none_is_level_zero():
@@ -27,3 +27,18 @@ def test_rows_of_each_touched_level_in_order():
 def test_one_level_or_no_levels_take_every_row_without_a_mask():
     assert level_rows(torch.tensor([0, 0]), 1) == [(0, slice(None))]
     assert level_rows(None, 3) == [(0, slice(None))]
+
+
+def test_padded_scores_put_each_row_at_its_level_and_pad_with_minus_inf():
+    level = torch.tensor([1, 0, 1])
+    scores = padded_scores(
+        level,
+        (2, 3),
+        3,
+        lambda rows, lvl: torch.full(
+            (int(torch.as_tensor(rows).sum()), (2, 3)[lvl]), float(lvl + 1)
+        ),
+    )
+    assert scores.tolist() == [[2.0, 2.0, 2.0], [1.0, 1.0, float("-inf")], [2.0, 2.0, 2.0]]
+    one = padded_scores(None, (4,), 2, lambda rows, lvl: torch.ones(2, 4))
+    assert one.shape == (2, 4)
