@@ -42,7 +42,7 @@ from memory import retrieval
 from memory.config import MemoryConfig
 from memory.faiss_index import Calibration, EmbeddingIndex, faiss_available
 from memory.importance import SampleImportance
-from memory.policies import POLICIES, reservoir
+from memory.policies import POLICIES
 
 Embed = Callable[[torch.Tensor], torch.Tensor]
 SampleLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -202,21 +202,13 @@ class ReplayMemory:
         # same slot, as one-at-a-time insertion would.
         placed: dict[int, int] = {}
         # Python ints: indexing a tensor element by element costs more than the policy itself
-        levels, labels = level.tolist(), y.tolist()
-        if self._policy is reservoir and self.size == self.slots and self.importance is None:
-            placed = self._full_reservoir(n)
-            # Only the last sample placed in a slot counts: one placed there earlier in the
-            # batch and then replaced would add to its class and take away again.
-            for slot, i in placed.items():
-                self._take(slot, class_key(levels[i], labels[i]), levels[i], labels[i])
-        else:
-            for i, (lvl, label) in enumerate(zip(levels, labels, strict=True)):
-                self.seen += 1
-                key = class_key(lvl, label)
-                slot = self._policy(self, key)
-                if slot is not None:
-                    self._take(slot, key, lvl, label)
-                    placed[slot] = i
+        for i, (lvl, label) in enumerate(zip(level.tolist(), y.tolist(), strict=True)):
+            self.seen += 1
+            key = class_key(lvl, label)
+            slot = self._policy(self, key)
+            if slot is not None:
+                self._take(slot, key, lvl, label)
+                placed[slot] = i
         if len(placed) <= FEW and self.index is None:
             # a full memory stores few of a batch, often none: element writes cost less than
             # building index tensors
@@ -237,21 +229,6 @@ class ReplayMemory:
                 self.index.write(slots, self._embed_inputs(x[rows]))
                 self.embedded_at[slots] = self.steps
         self._refresh_stale()
-
-    def _full_reservoir(self, n: int) -> dict[int, int]:
-        """Algorithm R (:func:`memory.policies.reservoir`) for ``n`` samples offered to a full
-        memory: slot -> the batch row that ends up there, with the same draws, one per sample,
-        as the policy makes, in a loop with nothing else in it (most samples are dropped)."""
-        placed: dict[int, int] = {}
-        draw, generator, slots = self._draw_into, self.generator, self.slots
-        offered = self.seen - self.reservoir_start
-        for i in range(n):
-            offered += 1
-            slot = int(draw.random_(0, offered, generator=generator).item())
-            if slot < slots:
-                placed[slot] = i
-        self.seen += n
-        return placed
 
     def _take(self, slot: int, key: int, level: int, label: int) -> None:
         meta = self._meta

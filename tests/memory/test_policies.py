@@ -9,7 +9,7 @@ import torch
 from scipy import stats
 
 from memory import MemoryConfig, ReplayMemory
-from memory.policies import largest_class, reservoir
+from memory.policies import largest_class
 from memory.replay_memory import class_key
 
 POLICIES = ["reservoir", "class_balanced", "clib"]
@@ -137,23 +137,3 @@ def test_class_balanced_evicts_uniformly_within_the_largest_class():
         evicted[slot] += 1
     assert set(evicted) == {0, 1, 2}  # only class 0's slots, never class 1's slot 3
     assert stats.chisquare(list(evicted.values())).pvalue > 1e-3
-
-
-def test_a_full_reservoir_stores_what_the_policy_one_sample_at_a_time_stores():
-    """ReplayMemory.add takes a shorter path for a full reservoir; it must store, count and
-    draw exactly what the policy does sample by sample (forced here by wrapping the policy)."""
-    x, y, level = imbalanced_stream(seed=3)
-    fast, general = make("reservoir", 12, seed=5), make("reservoir", 12, seed=5)
-    general._policy = lambda memory, key: reservoir(memory, key)
-    for start in range(0, len(y), 16):
-        if start == 112:  # a drift: the reservoir's count restarts
-            fast.favour_recent()
-            general.favour_recent()
-        rows = slice(start, start + 16)
-        fast.add(x[rows], y[rows], level[rows])
-        general.add(x[rows], y[rows], level[rows])
-    assert fast.seen == general.seen == len(y)
-    for name in ("x", "y", "level", "keys", "ids", "arrival"):
-        assert torch.equal(getattr(fast, name), getattr(general, name)), name
-    assert fast.class_counts == general.class_counts
-    assert torch.equal(fast.generator.get_state(), general.generator.get_state())
