@@ -383,13 +383,13 @@ class EventLoop:
     # -- tasks and evaluations ------------------------------------------------------------
 
     def _enter_task(self, task: int) -> None:
+        """A batch of ``task`` arrives while the loop is in another (or none yet)."""
         if self.current_task is None:
             # Tasks before the first non-empty one were empty: they end with nothing seen.
             self._close_tasks(through=task - 1, start=0)
-            self.current_task = task
-        elif task != self.current_task:
+        else:
             self._close_tasks(through=task - 1)
-            self.current_task = task
+        self.current_task = task
 
     def _close_tasks(self, through: int, start: int | None = None) -> None:
         """Task-end evaluations for tasks ``start..through``; empty tasks repeat the result."""
