@@ -36,9 +36,7 @@ from learners.replay_training import (
     HeadPrediction,
     ReplayConfig,
     ReplayTraining,
-    make_optimizer,
 )
-from memory import build_memory
 
 
 class ERConfig(ReplayConfig):
@@ -75,25 +73,15 @@ class ER(
             seeded_linear(self.backbone.out_dim, k, config.seed + 1 + level)
             for level, k in enumerate(problem.num_classes)
         )
-        self.model = nn.ModuleDict({"backbone": self.backbone, "heads": self.heads})
-        self.seen = [torch.zeros(k, dtype=torch.bool) for k in problem.num_classes]
-        self.memory = build_memory(
-            config.memory, seed=config.seed, embed=self._embed, loss=self._sample_losses
+        self._build_training(
+            nn.ModuleDict({"backbone": self.backbone, "heads": self.heads}), self._embed
         )
-        self.optimizer = make_optimizer(self.model, config)
-
-    @property
-    def memory_samples(self) -> int:
-        return len(self.memory)
 
     def _head(self, features: torch.Tensor, level: int) -> torch.Tensor:
         return self.heads[level](features)
 
     def _logits(self, features: torch.Tensor, level: int) -> torch.Tensor:
         return self._masked(features, level, self.seen[level])
-
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
 
     @property
     def drift_actions(self) -> frozenset[DriftAction]:  # type: ignore[override]
@@ -115,10 +103,6 @@ class ER(
             logits = self._logits(features[rows], lvl)
             losses[rows] = nn.functional.cross_entropy(logits, y[rows], reduction="none")
         return losses
-
-    @torch.no_grad()
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x.to(self.device, torch.float32))
 
     @torch.no_grad()
     def _sample_losses(self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:

@@ -59,7 +59,7 @@ from learners.capabilities import FusedPrediction
 from learners.finite_step import finite_step
 from learners.levels import Rows, level_index, level_rows, padded_scores
 from learners.replay_training import ReplayTraining
-from memory import MemoryConfig, build_memory
+from memory import MemoryConfig
 
 
 class MVPConfig(LearnerConfig):
@@ -191,17 +191,9 @@ class MVP(ReplayTraining, Learner, FusedPrediction):
             seeded_linear(dim, k, config.seed + 1 + level)
             for level, k in enumerate(problem.num_classes)
         )
-        self.model = nn.ModuleDict({"vit": self.vit, "pool": self.pool, "heads": self.heads})
-        self.seen = [torch.zeros(k, dtype=torch.bool) for k in problem.num_classes]
-        self.memory = build_memory(
-            config.memory, seed=config.seed, embed=self.query, loss=self._sample_losses
-        )
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=config.lr)
-
-    @property
-    def memory_samples(self) -> int:
-        return len(self.memory)
+        model = nn.ModuleDict({"vit": self.vit, "pool": self.pool, "heads": self.heads})
+        params = [p for p in model.parameters() if p.requires_grad]
+        self._build_training(model, self.query, torch.optim.Adam(params, lr=config.lr))
 
     # -- forward pieces -------------------------------------------------------------------
 

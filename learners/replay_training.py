@@ -18,6 +18,7 @@ learner whose model holds any other module (dropout, batch norm) predicts separa
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, Literal, Self
 
 import torch
@@ -38,7 +39,7 @@ from learners.state.torch_state import (
     module_state,
     optimizer_state,
 )
-from memory import MemoryConfig
+from memory import MemoryConfig, build_memory
 
 # Modules whose forward never reads ``self.training``.
 MODE_FREE: tuple[type[nn.Module], ...] = (
@@ -103,7 +104,8 @@ def make_optimizer(model: nn.Module, config: ReplayConfig) -> torch.optim.Optimi
 class ReplayTraining:
     """The training loop, checkpoint and device moves shared by learners trained by gradient
     steps with a replay memory (ER and those built like it): a ``model`` holding every trained
-    parameter, an ``optimizer``, per-level masks of the classes ``seen``, a ``memory`` and
+    parameter, an ``optimizer``, per-level masks of the classes ``seen`` and a ``memory``, which
+    a learner's constructor sets up with :meth:`_build_training`, and
     ``config.replay_batch_size``. Mixed in before :class:`~learners.base.Learner`; learners with
     more state extend these methods and call them.
 
@@ -119,6 +121,34 @@ class ReplayTraining:
     problem: Problem
     device: torch.device
     predict: Any
+
+    def _build_training(
+        self,
+        model: nn.Module,
+        embed: Callable[[torch.Tensor], torch.Tensor],
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
+        """Set up around ``model`` (every trained parameter) what each replay learner builds
+        the same way: no class seen yet, the memory of ``config.memory`` (embedding samples by
+        ``embed`` and scoring them by ``_sample_losses`` for the policies that ask), and
+        ``optimizer`` (default: :func:`make_optimizer`)."""
+        self.model = model
+        self.seen = [torch.zeros(k, dtype=torch.bool) for k in self.problem.num_classes]
+        self.memory = build_memory(
+            self.config.memory,
+            seed=self.config.seed,
+            embed=embed,
+            loss=self._sample_losses,
+        )
+        self.optimizer = optimizer or make_optimizer(model, self.config)
+
+    @property
+    def memory_samples(self) -> int:
+        return len(self.memory)
+
+    def _sample_losses(self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """Each sample's loss under the current model, for memories that rank by loss."""
+        raise NotImplementedError
 
     def _step(
         self,
@@ -287,6 +317,14 @@ class HeadPrediction:
     def _head(self, features: torch.Tensor, level: int) -> torch.Tensor:
         """Level ``level``'s head's logits of backbone ``features``, every class scored."""
         raise NotImplementedError
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    @torch.no_grad()
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features of any input, for the memory's embedding policies."""
+        return self.backbone(x.to(self.device, torch.float32))
 
     def _masked(self, features: torch.Tensor, level: int, seen: torch.Tensor) -> torch.Tensor:
         return self._head(features, level).masked_fill(~seen, float("-inf"))

@@ -56,9 +56,7 @@ from learners.replay_training import (
     HeadPrediction,
     ReplayConfig,
     ReplayTraining,
-    make_optimizer,
 )
-from memory import build_memory
 
 
 class UERConfig(ReplayConfig):
@@ -93,16 +91,9 @@ class UER(
             nn.Parameter(seeded_weight(k, dim, config.seed + 1 + level))
             for level, k in enumerate(problem.num_classes)
         )
-        self.model = nn.ModuleDict({"backbone": self.backbone, "weights": self.weights})
-        self.seen = [torch.zeros(k, dtype=torch.bool) for k in problem.num_classes]
-        self.memory = build_memory(
-            config.memory, seed=config.seed, embed=self._embed, loss=self._sample_losses
+        self._build_training(
+            nn.ModuleDict({"backbone": self.backbone, "weights": self.weights}), self._embed
         )
-        self.optimizer = make_optimizer(self.model, config)
-
-    @property
-    def memory_samples(self) -> int:
-        return len(self.memory)
 
     def dot_logits(self, features: torch.Tensor, level: int) -> torch.Tensor:
         """``‖f‖ ‖w_c‖ cos θ_c``, unseen classes ``-inf``."""
@@ -115,9 +106,6 @@ class UER(
 
     def _head(self, features: torch.Tensor, level: int) -> torch.Tensor:
         return features @ self.weights[level].T
-
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
 
     def _step(
         self,
@@ -150,10 +138,6 @@ class UER(
         for lvl, rows in level_rows(level, self.problem.num_levels):
             loss = loss + F.cross_entropy(logits_of(features[rows], lvl), y[rows], reduction="sum")
         return loss / len(y)
-
-    @torch.no_grad()
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x.to(self.device, torch.float32))
 
     @torch.no_grad()
     def _sample_losses(self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
