@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from learners.base import Problem
+from stream.data.finite import all_finite
 from stream.engine.batch import Batch
 
 
@@ -75,4 +76,4 @@ def _finite(x: torch.Tensor) -> bool:
     per-call cost on a micro-batch; other float types, e.g. bfloat16, through torch)."""
     if x.dtype not in (torch.float32, torch.float64):
         return bool(torch.isfinite(x).all())
-    return bool(np.isfinite(x.numpy()).all())
+    return all_finite(x.numpy())

@@ -10,6 +10,7 @@ import torch
 
 from learners.base import Problem
 from stream.data.datasets import Dataset, as_float_tensor
+from stream.data.finite import all_finite
 from stream.data.stream_file import RecordedStream, StreamFileError
 from stream.engine.batch import Batch
 from stream.engine.validation import outside_label_space
@@ -47,37 +48,9 @@ def check_events(stream: RecordedStream, dataset: Dataset | None, problem: Probl
     if bad is not None:
         raise StreamFileError(f"{where}: event {bad[0]} has {bad[2]}")
     x = stream.x
-    if x is not None and np.issubdtype(x.dtype, np.floating) and not _all_finite(x):
+    if x is not None and np.issubdtype(x.dtype, np.floating) and not all_finite(x):
         bad = int(np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[0])
         raise StreamFileError(f"{where}: event {bad} has NaN or inf in its input")
-
-
-# 2**-32: a product of any finite float32 (below 2**128) with it is below 2**96, so a row sum
-# cannot overflow, and it is far from float32's subnormals for all but inputs below 2**-94.
-_FINITE_WEIGHT = 2.0**-32
-
-
-def _all_finite(x: np.ndarray) -> bool:
-    """Whether every value of ``x`` is finite, in one pass, making one value per event.
-
-    Each row's dot product with a vector of ``2**-32`` is finite exactly when the row is: a NaN
-    or inf makes it NaN or inf, and the scale keeps a sum of finite values far from overflow.
-    A matrix-vector product streams the rows at memory speed (half the time of a pairwise
-    ``np.add.reduce`` on 512-d features, bench/engine_overhead.py). Float16 and others, which
-    the scale does not fit, take the sum and, where it is not finite, min and max: through those
-    NaN propagates and an inf is one."""
-    rows = x.reshape(len(x), -1)
-    if x.dtype in (np.float32, np.float64) and rows.size:
-        weights = np.full(rows.shape[1], _FINITE_WEIGHT, dtype=x.dtype)
-        if rows.flags.writeable:  # torch wraps only writable arrays without a warning
-            products = torch.mv(torch.from_numpy(rows), torch.from_numpy(weights)).numpy()
-        else:
-            products = rows @ weights
-        return bool(np.isfinite(products).all())
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(np.add.reduce(x.reshape(-1), dtype=x.dtype)):
-            return True
-    return bool(np.isfinite(x.min()) and np.isfinite(x.max()))
 
 
 def task_batches(

@@ -26,7 +26,6 @@ stream.sources.wire.InvalidMessage: label_out_of_range: label 7 outside [0, 3) a
 from __future__ import annotations
 
 import json
-import math
 import struct
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -34,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from learners.base import Problem
+from stream.data.finite import all_finite
 from stream.engine.validation import outside_label_space
 
 MAGIC = b"SCLB"
@@ -399,7 +399,5 @@ def _json_int(raw: Any, name: str, minimum: int | None = None, maximum: int | No
 
 
 def _check_finite(x: np.ndarray) -> None:
-    # A float64 sum of float32 values cannot overflow, so it is finite exactly when every value
-    # is: one reduction instead of a boolean array the size of the batch.
-    if not math.isfinite(float(x.sum(dtype=np.float64))):
+    if not all_finite(x):
         raise InvalidMessage("non_finite", "input contains NaN or inf")

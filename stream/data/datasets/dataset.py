@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from learners.base import Problem
+from stream.data.finite import all_finite
 
 
 class DatasetError(ValueError):
@@ -78,7 +79,7 @@ class Dataset:
                 raise DatasetError(f"{where}: y_{split} has negative labels")
             if X.dtype != np.uint8 and not np.issubdtype(X.dtype, np.floating):
                 raise DatasetError(f"{where}: X_{split} must be uint8 or float, got {X.dtype}")
-            if np.issubdtype(X.dtype, np.floating) and not np.isfinite(X).all():
+            if not all_finite(X):
                 raise DatasetError(f"{where}: X_{split} contains NaN or inf")
         if len(self.X_train) == 0:
             raise DatasetError(f"{where}: the training split is empty")
