@@ -34,8 +34,8 @@ it next to the learner's tensors and the source offsets.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -48,6 +48,7 @@ from learners.capabilities import (
     SequentialLearner,
     supported_actions,
 )
+from learners.levels import padded_scores
 from stream.engine import metrics
 from stream.engine.batch import Batch
 from stream.engine.deferred_prequential import DeferredPrequential
@@ -56,6 +57,8 @@ from stream.engine.evaluation import AnytimeEvaluator, Evaluation
 from stream.engine.evaluation_aggregates import EvaluationAggregates
 from stream.engine.seen_classes import SeenClasses
 from stream.engine.validation import validate_batch
+
+Taken = TypeVar("Taken")
 
 
 class LoopConfig(BaseModel):
@@ -202,11 +205,19 @@ class EventLoop:
             and self.drift is None
             and (not self.observers or self._hits_unread())
         ):
-            learn_seconds = self._process_deferred(batch, n, iterations, deferred)
+            # nothing reads this batch's hits now: keep its scores for a later count
+            y = batch.y.numpy()
+            _, learn_seconds = self._predict_then_learn(
+                batch, iterations, lambda scores: deferred.add(scores, y)
+            )
+            self.learn_seconds += learn_seconds
+            self.samples_seen += n
             for observer in self.observers:
                 observer.on_batch(self, batch, None, learn_seconds)
             self._evaluate_periodically()
             return
+        hits: np.ndarray
+        answered: np.ndarray | None
         if served is not None:
             answered = served >= 0
             hits = (served == batch.y.numpy()) & answered
@@ -220,18 +231,11 @@ class EventLoop:
             learn_seconds = time.perf_counter() - started
             hits, answered = self._sequential_hits(batch, predicted)
             self.seen.mark_batch(batch.y.numpy(), batch.level.numpy())
-        elif self._fused is not None:
-            started = time.perf_counter()
-            scores = self._fused.predict_then_learn(batch.x, batch.y, batch.level, iterations)
-            learn_seconds = time.perf_counter() - started
-            hits, answered = self._prequential(batch, scores)
-            self.seen.mark_batch(batch.y.numpy(), batch.level.numpy())
         else:
-            hits, answered = self._prequential(batch)
+            (hits, answered), learn_seconds = self._predict_then_learn(
+                batch, iterations, lambda scores: self._prequential(batch, scores)
+            )
             self.seen.mark_batch(batch.y.numpy(), batch.level.numpy())
-            started = time.perf_counter()
-            self.learner.learn(batch.x, batch.y, batch.level, iterations)
-            learn_seconds = time.perf_counter() - started
         self.learn_seconds += learn_seconds
         self.prequential.update(hits if answered is None else hits[answered])
         detected = self._watch_drift(hits, answered)
@@ -247,25 +251,33 @@ class EventLoop:
     def _hits_unread(self) -> bool:
         return not any(getattr(observer, "reads_hits", True) for observer in self.observers)
 
-    def _process_deferred(
-        self, batch: Batch, n: int, iterations: int, deferred: DeferredPrequential
-    ) -> float:
-        """Predict and learn a single-level batch, keeping its scores for a later count
-        (stream/engine/deferred_prequential.py): nothing reads its hits now. Returns the
-        seconds spent learning."""
+    def _predict_then_learn(
+        self, batch: Batch, iterations: int, take: Callable[[torch.Tensor], Taken]
+    ) -> tuple[Taken, float]:
+        """Predict the batch before learning it, handing the scores (``[B, max classes]``, each
+        row at its own level, padded with ``-inf``) to ``take`` before the learner changes (it
+        may reuse the tensor): from a fused learner's one call, or from ``predict`` level by
+        level before ``learn``. Returns what ``take`` returned and the seconds spent learning."""
         if self._fused is not None:
             started = time.perf_counter()
             scores = self._fused.predict_then_learn(batch.x, batch.y, batch.level, iterations)
             learn_seconds = time.perf_counter() - started
-            deferred.add(scores, batch.y.numpy())
-        else:
-            deferred.add(self.learner.predict(batch.x, 0), batch.y.numpy())
-            started = time.perf_counter()
-            self.learner.learn(batch.x, batch.y, batch.level, iterations)
-            learn_seconds = time.perf_counter() - started
-        self.learn_seconds += learn_seconds
-        self.samples_seen += n
-        return learn_seconds
+            return take(scores), learn_seconds
+        predict = self.learner.predict
+        taken = take(
+            padded_scores(
+                batch.level,
+                self.problem.num_classes,
+                len(batch.y),
+                # every row (a slice) passes the batch's own tensor, which a learner may cache on
+                lambda rows, level: predict(
+                    batch.x if isinstance(rows, slice) else batch.x[rows], level
+                ),
+            )
+        )
+        started = time.perf_counter()
+        self.learner.learn(batch.x, batch.y, batch.level, iterations)
+        return taken, time.perf_counter() - started
 
     def _evaluate_periodically(self) -> None:
         if self.config.eval_period and self.samples_seen >= self.next_eval:
@@ -311,25 +323,21 @@ class EventLoop:
         return self.seen.masked(self.learner.predict(x, level), level)
 
     def _prequential(
-        self, batch: Batch, scores: torch.Tensor | None = None
+        self, batch: Batch, scores: torch.Tensor
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Hits, and which samples the learner predicted at all (None: every one), predicting
-        the batch before learning it, or from the ``scores`` a fused learner returned
-        (``[B, max classes]``, each row at its own level). Bookkeeping runs in numpy on views of
-        the CPU tensors: cheaper per call than torch on micro-batches, and this runs on every
-        batch."""
+        """Hits, and which samples the learner predicted at all (None: every one), from the
+        batch's ``scores`` before it was learned (``[B, max classes]``, each row at its own
+        level). Bookkeeping runs in numpy on views of the CPU tensors: cheaper per call than
+        torch on micro-batches, and this runs on every batch."""
         y = batch.y.numpy()
         if self.problem.num_levels == 1:
-            return self._hits(self.learner.predict(batch.x, 0) if scores is None else scores, y, 0)
+            return self._hits(scores, y, 0)
         hits = np.zeros(len(y), dtype=bool)
         answered = np.zeros(len(y), dtype=bool)
         levels = batch.level.numpy()
         for level in np.unique(levels).tolist():
             rows = levels == level
-            if scores is None:
-                level_scores = self.learner.predict(batch.x[torch.from_numpy(rows)], level)
-            else:
-                level_scores = scores[torch.from_numpy(rows), : self.problem.num_classes[level]]
+            level_scores = scores[torch.from_numpy(rows), : self.problem.num_classes[level]]
             level_hits, level_answered = self._hits(level_scores, y[rows], level)
             hits[rows] = level_hits
             answered[rows] = True if level_answered is None else level_answered
