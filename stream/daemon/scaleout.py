@@ -220,6 +220,8 @@ class ScaleOutDaemon(Daemon):
             partitions=partitions,
             resume_at=resume,
         )
+        for partition in partitions:
+            self.telemetry.watch_partition(self.topic, partition)
         return resume
 
     # -- the loop -----------------------------------------------------------------------------

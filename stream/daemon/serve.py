@@ -218,6 +218,7 @@ class Daemon:
             LearnerGuard(self.loop) if self.predictions is None else None
         )
         self.dead_letters = self._open_dead_letters(checkpoint)
+        self.telemetry.watch_dead_letters()
         self.watch = BrokerWatch(
             self.telemetry,
             config.kafka.probe_interval_seconds,
@@ -603,6 +604,8 @@ class Daemon:
     def _assigned(self, partitions: list[int]) -> dict[int, int]:
         resume = {p: self.positions[p] for p in partitions if p in self.positions}
         log.info("partitions_assigned", topic=self.topic, partitions=partitions, resume_at=resume)
+        for partition in partitions:
+            self.telemetry.watch_partition(self.topic, partition)
         return resume
 
     def _client_error(self, problem: str) -> None:

@@ -34,6 +34,7 @@ class StorageRetry:
     ) -> None:
         self.what = what
         self.telemetry = telemetry
+        telemetry.watch_storage(what)
         self.initial_backoff = backoff
         self.backoff_max = backoff_max
         self.unhealthy_after = unhealthy_after

@@ -6,8 +6,10 @@ metric updates; the daemon reports consumer lag, invalid messages, broker state 
 through the methods here. ``stream.observe.http_endpoint`` serves the registry over HTTP.
 
 Series that only a daemon can fill exist only once the daemon reports them: a replay exports no
-consumer lag, no invalid-message counts, no broker state and no checkpoint time (an unset
-``streamcl_last_checkpoint_timestamp_seconds`` would read as a checkpoint in 1970).
+consumer lag, no invalid-message counts, no broker state, no checkpoint time (an unset
+``streamcl_last_checkpoint_timestamp_seconds`` would read as a checkpoint in 1970) and no
+storage, spill or offset-reset counts. A daemon exports those counters at 0 from the moment it
+could count (``watch_*``): ``rate`` and the dashboard need a zero before the first failure.
 
 Health (``/healthz``) is a heartbeat. The loop beats after every micro-batch, and a source that
 polls (the daemon's Kafka consumer) beats after every poll, even one that returned nothing:
@@ -168,10 +170,11 @@ class Telemetry:
             ["what"],
             registry=r,
         )
+        # unlabelled, so registered only by a daemon (watch_dead_letters)
         self.dead_letters_spilled = Counter(
             "streamcl_dead_letters_spilled",
             "Dead letters the dead-letter topic refused for good, written to the spill file.",
-            registry=r,
+            registry=None,
         )
         self.offset_resets = Counter(
             "streamcl_offset_resets",
@@ -183,7 +186,7 @@ class Telemetry:
             "streamcl_build_info", "Build information.", ["version"], registry=r
         )
         self.build_info.labels(version=_version()).set(1)
-        self._registered: set[Gauge] = set()
+        self._registered: set[Gauge | Counter] = set()
         self._lock = threading.Lock()
         self._clock = clock
         self.last_progress = clock()
@@ -214,11 +217,24 @@ class Telemetry:
         self._register(self.broker_up)
         self.broker_up.set(1 if up else 0)
 
+    def watch_storage(self, what: str) -> None:
+        """Writes of ``what`` may fail from now on: export their failure count (0 so far)."""
+        self.storage_failures.labels(what=what)
+
     def storage_failed(self, what: str) -> None:
         self.storage_failures.labels(what=what).inc()
 
+    def watch_dead_letters(self) -> None:
+        """The daemon writes dead letters: export how many were spilled (0 so far)."""
+        self._register(self.dead_letters_spilled)
+
     def dead_letter_spilled(self) -> None:
+        self._register(self.dead_letters_spilled)
         self.dead_letters_spilled.inc()
+
+    def watch_partition(self, topic: str, partition: int) -> None:
+        """The daemon reads ``partition`` now: export its offset resets (0 so far)."""
+        self.offset_resets.labels(topic=topic, partition=str(partition))
 
     def offset_reset(self, topic: str, partition: int) -> None:
         self.offset_resets.labels(topic=topic, partition=str(partition)).inc()
@@ -231,11 +247,11 @@ class Telemetry:
             else:
                 self.problems[name] = problem
 
-    def _register(self, gauge: Gauge) -> None:
+    def _register(self, metric: Gauge | Counter) -> None:
         with self._lock:
-            if gauge not in self._registered:
-                self.registry.register(gauge)
-                self._registered.add(gauge)
+            if metric not in self._registered:
+                self.registry.register(metric)
+                self._registered.add(metric)
 
     # -- health ---------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,13 @@ SERVING_METRICS = {
     "streamcl_predictions_total", "streamcl_prediction_latency_seconds_bucket",
     "streamcl_label_delay_seconds_bucket", "streamcl_unlabelled_expired_total",
     "streamcl_labels_unmatched_total", "streamcl_pending_requests",
+    "streamcl_predict_http_errors_total",
 }  # fmt: skip
 DAEMON_METRICS = {
     "streamcl_consumer_lag", "streamcl_invalid_messages_total",
     "streamcl_last_checkpoint_timestamp_seconds", "streamcl_broker_up", *SERVING_METRICS,
+    "streamcl_storage_failures_total", "streamcl_dead_letters_spilled_total",
+    "streamcl_offset_resets_total",
 }  # fmt: skip
 GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__range", "__interval_ms", "__range_s"}
 # What Grafana puts for $__rate_interval here: a window over the whole replay, so a rate taken
@@ -119,6 +123,17 @@ LABEL_VARIABLES = [v for v in variables(DASHBOARD) if v["type"] == "query"]
 
 
 # -- the dashboard JSON -------------------------------------------------------------------
+
+
+def test_no_object_repeats_a_key():
+    """Grafana keeps the last of two equal keys: the first would be dead text."""
+
+    def refuse_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in pairs]
+        assert len(keys) == len(set(keys)), sorted(k for k in keys if keys.count(k) > 1)
+        return dict(pairs)
+
+    json.loads(DASHBOARD_PATH.read_text(encoding="utf-8"), object_pairs_hook=refuse_repeats)
 
 
 def test_top_level_fields():
@@ -184,6 +199,7 @@ def test_dashboard_shows_every_spec_metric_and_only_exported_ones():
     # The daemon-reported gauges join the registry when first set.
     telemetry.checkpoint_written()
     telemetry.set_broker_up(True)
+    telemetry.watch_dead_letters()
     ServingTelemetry(telemetry)
     exported = set()
     for family in telemetry.registry.collect():
@@ -297,8 +313,12 @@ def scraped_replay(tmp_path_factory, kafka_broker):
         task_sizes = write_digits_stream(tmp / "digits.scl")
         out = tmp / "run"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        # drift detection and an ivf-searched memory, so their panels have series to show
+        learner_config = tmp / "er.json"
+        learner_config.write_text(json.dumps({"memory": {"index": "ivf", "retrieval": "nearest"}}))
         command = [
             sys.executable, "-m", "stream", "replay", str(tmp / "digits.scl"), "--learner", "er",
+            "--config", str(learner_config), "--drift", "ADWIN",
             "--eval-period", "100", "--out", str(out), "--metrics-port", str(port),
             "--metrics-linger", "300", "--log-format", "json",
             # paced to ~3 s, so scrapes every 250 ms see the run mid-stream
@@ -325,6 +345,13 @@ def scraped_replay(tmp_path_factory, kafka_broker):
         )
         with urllib.request.urlopen(request, timeout=10) as answer:
             assert [p["id"] for p in json.loads(answer.read())["predictions"]] == [None, 7]
+        # and one refused, so the refusals panel has a reason to show
+        refused = urllib.request.Request(
+            f"http://127.0.0.1:{daemon_port}/predict", b'{"samples": [{"x": [NaN]}]}'
+        )
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(refused, timeout=10)
+        assert answer.value.code == 400
         publisher.send(1)
         deadline = time.monotonic() + 300
         # The replay logs metrics_linger once results.json is written.
