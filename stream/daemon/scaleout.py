@@ -198,6 +198,7 @@ class ScaleOutDaemon(Daemon):
             self.source = self.choosing_source_factory(
                 self.config.kafka, self._assigned, self._client_error, self._choose
             )
+            self.source.on_reset = self._offset_reset
 
     def _choose(self, partitions: list[int]) -> list[int]:
         self.partitions = assign_partitions(partitions, self.world)

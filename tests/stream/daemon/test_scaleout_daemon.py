@@ -43,6 +43,10 @@ class PartitionSource(KafkaSource):
         records = []
         for partition in self.mine:
             values = self.data[partition]
+            if self.positions[partition] > len(values):  # the topic was recreated
+                if self.on_reset is not None:
+                    self.on_reset(partition, self.positions[partition])
+                self.positions[partition] = 0  # start_from = earliest
             while self.positions[partition] < len(values) and len(records) < max_records:
                 offset = self.positions[partition]
                 records.append(Record(partition, offset, values[offset]))
@@ -269,3 +273,43 @@ def test_only_rank_zero_evaluates_and_every_series_carries_its_rank(tmp_path):
     assert registry.get_sample_value("streamcl_samples_total", {"learner": "nmc", "rank": "1"}) == 4
     lag = {"topic": "t", "partition": "1", "rank": "1"}
     assert registry.get_sample_value("streamcl_consumer_lag", lag) == 0
+
+
+def test_a_rank_reports_an_offset_reset_and_learns_the_recreated_partition(tmp_path):
+    """A partition recreated with fewer records behind a rank's position: the rank logs and
+    counts the reset (as one daemon does, docs/daemon.md) and learns the new records."""
+    x, y = samples(32, seed=6)
+    topic = topic_of(x, y, 2)
+    cfg = config(tmp_path, {"name": "nmc"})
+    group = ThreadedGroup(2)
+    x_new, y_new = samples(8, seed=7)
+
+    def work(rank: int) -> ScaleOutDaemon:
+        daemon = ScaleOutDaemon(
+            cfg,
+            World(rank, 2),
+            lambda *args: PartitionSource(topic, *args),
+            ThreadedCollectives(group, rank),
+        )
+        for _ in range(4):
+            daemon.round()
+        if rank == 1:
+            topic[0] = topic_of(x_new, y_new, 1)[0]  # 2 messages where 4 were
+        group.barrier.wait()
+        for _ in range(3):
+            daemon.round()
+        daemon.close()
+        return daemon
+
+    first, second = group.run(work)
+    counted = first.telemetry.registry.get_sample_value
+    assert (
+        counted("streamcl_offset_resets_total", {"topic": "t", "partition": "0", "rank": "0"}) == 1
+    )
+    assert (
+        second.telemetry.registry.get_sample_value(
+            "streamcl_offset_resets_total", {"topic": "t", "partition": "1", "rank": "1"}
+        )
+        == 0
+    )
+    assert first.positions == {0: 2} and first.loop.samples_seen == 16 + 8
