@@ -101,6 +101,18 @@ def config(tmp_path: Path, learner: dict, every_samples: int = 24) -> ServeConfi
     )
 
 
+def rank_daemon(
+    cfg: ServeConfig, topic: dict[int, list[bytes]], group: ThreadedGroup, rank: int
+) -> ScaleOutDaemon:
+    """Rank ``rank`` of ``group``, reading ``topic`` from memory."""
+    return ScaleOutDaemon(
+        cfg,
+        World(rank, group.size),
+        lambda *args: PartitionSource(topic, *args),
+        ThreadedCollectives(group, rank),
+    )
+
+
 def run_group(
     cfg: ServeConfig, topic: dict[int, list[bytes]], ranks: int, rounds: int, stop: bool = True
 ) -> list[ScaleOutDaemon]:
@@ -109,12 +121,7 @@ def run_group(
     group = ThreadedGroup(ranks)
 
     def work(rank: int) -> ScaleOutDaemon:
-        daemon = ScaleOutDaemon(
-            cfg,
-            World(rank, ranks),
-            lambda *args: PartitionSource(topic, *args),
-            ThreadedCollectives(group, rank),
-        )
+        daemon = rank_daemon(cfg, topic, group, rank)
         for _ in range(rounds):
             daemon.round()
         if stop:
@@ -257,12 +264,7 @@ def test_only_rank_zero_evaluates_and_every_series_carries_its_rank(tmp_path):
     group = ThreadedGroup(2)
 
     def work(rank: int) -> ScaleOutDaemon:
-        daemon = ScaleOutDaemon(
-            cfg,
-            World(rank, 2),
-            lambda *args: PartitionSource(topic, *args),
-            ThreadedCollectives(group, rank),
-        )
+        daemon = rank_daemon(cfg, topic, group, rank)
         daemon.round()
         daemon.close()
         return daemon
@@ -285,12 +287,7 @@ def test_a_rank_reports_an_offset_reset_and_learns_the_recreated_partition(tmp_p
     x_new, y_new = samples(8, seed=7)
 
     def work(rank: int) -> ScaleOutDaemon:
-        daemon = ScaleOutDaemon(
-            cfg,
-            World(rank, 2),
-            lambda *args: PartitionSource(topic, *args),
-            ThreadedCollectives(group, rank),
-        )
+        daemon = rank_daemon(cfg, topic, group, rank)
         for _ in range(4):
             daemon.round()
         if rank == 1:
