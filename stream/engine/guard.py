@@ -18,8 +18,10 @@ sits between a source and :class:`~stream.engine.event_loop.EventLoop`:
   journal from the good copy batch by batch, checking after each, and rejects the batches that
   turn the state non-finite.
 
-What was rejected never counts as learned: the loop's own state (samples seen, prequential
-accuracy, seen classes) comes back with the learner's. Observers see each batch once, when it is
+The journal keeps what :meth:`EventLoop.process` was given, including the classes served for
+joined labels (stream/engine/serving.py), so a re-learn scores them on what was served, as the
+first time. What was rejected never counts as learned: the loop's own state (samples seen,
+prequential accuracy, seen classes) comes back with the learner's. Observers see each batch once, when it is
 first learned; re-learning runs with them muted, and a batch rejected after it was observed
 stays in counters such as ``streamcl_samples_total``.
 """
@@ -32,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import numpy as np
 import torch
 
 from learners.state.learner_state import LearnerState
@@ -49,6 +52,19 @@ class Rejected(Generic[Tag]):
     batch: Batch
     tag: Tag
     problem: str
+
+
+@dataclass
+class Learned(Generic[Tag]):
+    """A batch of the journal: what :meth:`EventLoop.process` was given (``served``: the
+    classes served for joined labels, stream/engine/serving.py) and the caller's tag."""
+
+    batch: Batch
+    served: np.ndarray | None
+    tag: Tag
+
+    def again(self, loop: EventLoop) -> None:
+        loop.process(self.batch, self.served)
 
 
 def non_finite(state: LearnerState) -> str | None:
@@ -72,7 +88,7 @@ class LearnerGuard(Generic[Tag]):
 
     def __init__(self, loop: EventLoop) -> None:
         self.loop = loop
-        self.journal: list[tuple[Batch, Tag]] = []
+        self.journal: list[Learned[Tag]] = []
         self._learner_bytes = b""
         self._loop_state = ""
         self.mark_good()
@@ -85,14 +101,18 @@ class LearnerGuard(Generic[Tag]):
         self._loop_state = json.dumps(self.loop.state_dict())
         self.journal = []
 
-    def process(self, batch: Batch, tag: Tag) -> Rejected[Tag] | None:
-        """Predict and learn ``batch``; if that raises, undo it and return it as rejected."""
+    def process(
+        self, batch: Batch, tag: Tag, served: np.ndarray | None = None
+    ) -> Rejected[Tag] | None:
+        """Predict and learn ``batch`` (``served``: as for :meth:`EventLoop.process`); if that
+        raises, undo it and return it as rejected."""
+        learned = Learned(batch, served, tag)
         try:
-            self.loop.process(batch)
+            learned.again(self.loop)
         except Exception as exc:  # a learner may fail in any way; the batch is what is refused
             self._restore(self.journal)
             return Rejected(batch, tag, f"{type(exc).__name__}: {exc}")
-        self.journal.append((batch, tag))
+        self.journal.append(learned)
         return None
 
     def verify(self) -> list[Rejected[Tag]]:
@@ -101,34 +121,34 @@ class LearnerGuard(Generic[Tag]):
         problem = non_finite(self.loop.learner.state_dict())
         if problem is None:
             return []
-        kept: list[tuple[Batch, Tag]] = []
+        kept: list[Learned[Tag]] = []
         rejected: list[Rejected[Tag]] = []
         self._restore([])
-        for batch, tag in self.journal:
+        for learned in self.journal:
             failure = None
             try:
                 with self._muted():
-                    self.loop.process(batch)
+                    learned.again(self.loop)
                 failure = non_finite(self.loop.learner.state_dict())
             except Exception as exc:  # learned once already; should it fail now, refuse it too
                 failure = f"{type(exc).__name__}: {exc}"
             if failure is None:
-                kept.append((batch, tag))
+                kept.append(learned)
             else:
-                rejected.append(Rejected(batch, tag, failure))
+                rejected.append(Rejected(learned.batch, learned.tag, failure))
                 self._restore(kept)
         # (Should none fail now, the learner was not deterministic: the re-learned, finite state
         # is kept and nothing is refused.)
         self.journal = kept
         return rejected
 
-    def _restore(self, batches: Sequence[tuple[Batch, Tag]]) -> None:
+    def _restore(self, batches: Sequence[Learned[Tag]]) -> None:
         """Back to the last good state, then learn ``batches`` again."""
         self.loop.learner.load_state_dict(state_from_bytes(self._learner_bytes))
         self.loop.load_state_dict(json.loads(self._loop_state))
         with self._muted():
-            for batch, _ in batches:
-                self.loop.process(batch)
+            for learned in batches:
+                learned.again(self.loop)
 
     def _muted(self) -> _Muted:
         return _Muted(self.loop)

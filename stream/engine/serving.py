@@ -21,6 +21,12 @@ the same prequential accuracy.
 ``predict`` may be called from another thread (the HTTP ``/predict`` endpoint): a lock keeps a
 prediction from running inside a learner update.
 
+Each batch is learned by ``process(batch, served, origins)``: by default the event loop's
+:meth:`~stream.engine.event_loop.EventLoop.process`; the daemon passes its learner guard
+(stream/engine/guard.py), which undoes a batch the learner fails on. ``origins`` holds, per
+sample, what the caller said the sample came from (the daemon: the Kafka partition and offset
+of the labelled sample or of the label), for the guard to name a rejected batch's messages.
+
 >>> import torch
 >>> from learners.base import Problem
 >>> from learners.registry import create
@@ -39,7 +45,7 @@ prediction from running inside a learner update.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +55,9 @@ import torch
 from stream.engine.batch import Batch
 from stream.engine.event_loop import EventLoop
 from stream.engine.label_join import LabelJoin
+
+# Learns one batch: (batch, served classes or None, one origin per sample).
+Process = Callable[[Batch, np.ndarray | None, list[Any]], None]
 
 
 @dataclass
@@ -82,16 +91,19 @@ class Joined:
 class ServingLoop:
     """Requests, delayed labels and labelled samples, in arrival order, through one loop."""
 
-    def __init__(self, loop: EventLoop, join: LabelJoin | None = None) -> None:
+    def __init__(
+        self, loop: EventLoop, join: LabelJoin | None = None, process: Process | None = None
+    ) -> None:
         self.loop = loop
         self.join = join if join is not None else LabelJoin()
+        self.process: Process = process or (lambda batch, served, _: loop.process(batch, served))
         self.batch_size = loop.config.batch_size
         self.lock = threading.Lock()
         self.predictions = 0
         self.expired = 0
         self.unmatched = 0
-        # Joined samples waiting to be learned: (x, y, level, task, served class).
-        self._queue: list[tuple[np.ndarray, int, int, int, int]] = []
+        # Joined samples waiting to be learned: (x, y, level, task, served class, origin).
+        self._queue: list[tuple[np.ndarray, int, int, int, int, Any]] = []
 
     # -- predicting -----------------------------------------------------------------------
 
@@ -144,8 +156,11 @@ class ServingLoop:
 
     # -- learning -------------------------------------------------------------------------
 
-    def label(self, ids: np.ndarray, y: np.ndarray, level: np.ndarray, now: float) -> Joined:
-        """Join labels to their requests and queue the samples for learning."""
+    def label(
+        self, ids: np.ndarray, y: np.ndarray, level: np.ndarray, now: float, origin: Any = None
+    ) -> Joined:
+        """Join labels to their requests and queue the samples for learning (``origin``:
+        where these labels came from, handed to ``process`` with each sample)."""
         joined = Joined()
         for id, label, lvl in zip(ids.tolist(), y.tolist(), level.tolist(), strict=True):
             pending = self.join.take(id)
@@ -155,17 +170,20 @@ class ServingLoop:
             joined.delays.append(now - pending.served_at)
             if self._queue and self._queue[-1][3] != pending.task:
                 self.flush()  # a batch never spans a task change
-            self._queue.append((pending.x, label, lvl, pending.task, pending.predicted[lvl]))
+            self._queue.append(
+                (pending.x, label, lvl, pending.task, pending.predicted[lvl], origin)
+            )
             if len(self._queue) >= self.batch_size:
                 self.flush()
         self.unmatched += len(joined.unmatched)
         return joined
 
-    def learn(self, batch: Batch) -> None:
-        """Predict then learn one batch of labelled samples (after what is queued)."""
+    def learn(self, batch: Batch, origins: list[Any] | None = None) -> None:
+        """Predict then learn one batch of labelled samples (after what is queued);
+        ``origins``: one per sample, for ``process``."""
         self.flush()
         with self.lock:
-            self.loop.process(batch)
+            self.process(batch, None, [None] * len(batch) if origins is None else origins)
 
     def flush(self) -> None:
         """Learn every queued joined sample."""
@@ -182,7 +200,7 @@ class ServingLoop:
                 validated=True,  # the request and the label were each checked on arrival
             )
             with self.lock:
-                self.loop.process(batch, served=served.astype(np.int64))
+                self.process(batch, served.astype(np.int64), [r[5] for r in rows])
 
     def expire(self, now: float) -> int:
         """Drop requests older than the join window's age; how many."""

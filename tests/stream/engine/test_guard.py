@@ -105,7 +105,7 @@ def test_non_finite_state_is_found_at_verify_and_only_the_batch_that_caused_it_i
     assert rejected.tag == 2 and "holds NaN or inf" in rejected.problem
     assert non_finite(loop.learner.state_dict()) is None
     _assert_same(loop, _reference([b for i, b in enumerate(batches) if i != 2]))
-    assert [tag for _, tag in guard.journal] == [0, 1, 3, 4, 5]
+    assert [learned.tag for learned in guard.journal] == [0, 1, 3, 4, 5]
     assert guard.verify() == []
 
 
@@ -143,3 +143,51 @@ def test_non_finite_names_the_tensor(state, problem):
 
     assert non_finite(LearnerState(state)) == problem
     assert non_finite(LearnerState({}, {"mean": float("nan")})) == "state metadata holds NaN or inf"
+
+
+@pytest.mark.parametrize("mode", ["raise", "nan"])
+def test_joined_labels_are_journaled_with_the_classes_served_and_undone_alone(mode):
+    """On the serving path (stream/engine/serving.py) the guard learns joined labels with the
+    classes served for them: a later undo learns them again with those same classes, so the
+    prequential accuracy scored on what was served survives a rejected batch."""
+    from stream.engine.serving import ServingLoop
+
+    loop, _ = _loop(mode)
+    guard: LearnerGuard[list] = LearnerGuard(loop)
+    rejected: list = []
+
+    def guarded(batch, served, origins):
+        refused = guard.process(batch, origins, served)
+        if refused is not None:
+            rejected.append(refused)
+
+    serving = ServingLoop(loop, process=guarded)
+    reference = ServingLoop(EventLoop(registry.create("nmc", PROBLEM), PROBLEM))
+    batches = _batches(6, seed=3)
+    bad = _poisoned(batches[4])
+    # every request served before any label: the model then knew nothing, and had learned
+    # three batches by the time the last label came
+    for s in (serving, reference):
+        for i, batch in enumerate(batches[:4]):
+            s.request(np.arange(4) + 10 * i, batch.x.numpy(), now=float(i))
+        for i, batch in enumerate(batches[:4]):
+            labels = (batch.y.numpy(), np.zeros(4, dtype=np.int64))
+            s.label(np.arange(4) + 10 * i, *labels, now=i + 0.5, origin=i)
+            s.flush()
+    serving.learn(bad, origins=["bad"] * 4)
+    serving.learn(batches[5], origins=[5] * 4)
+    reference.learn(batches[5])
+    if mode == "nan":
+        assert not rejected
+        rejected = guard.verify()
+    [refused] = rejected
+    assert refused.tag == ["bad"] * 4
+    assert [learned.tag for learned in guard.journal] == [
+        [0] * 4,
+        [1] * 4,
+        [2] * 4,
+        [3] * 4,
+        [5] * 4,
+    ]
+    assert [learned.served is not None for learned in guard.journal] == [True] * 4 + [False]
+    _assert_same(loop, reference.loop)
