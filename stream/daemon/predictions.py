@@ -23,7 +23,7 @@ from learners.base import Problem
 from stream.daemon.config import PredictionsConfig, ServeConfig
 from stream.engine.event_loop import EventLoop
 from stream.engine.label_join import LabelJoin
-from stream.engine.serving import Served, ServingLoop
+from stream.engine.serving import Process, Served, ServingLoop
 from stream.observe.serving_telemetry import ServingTelemetry
 from stream.observe.telemetry import Telemetry
 from stream.sinks.kafka_sink import SinkError, open_sink
@@ -62,8 +62,10 @@ class PredictionService:
         self.recovered: dict[str, dict[str, Any]] | None = None
         self._expired_counted = 0
 
-    def attach(self, loop: EventLoop) -> None:
-        """Serve with ``loop`` (again when the daemon rebuilds its model), an empty window."""
+    def attach(self, loop: EventLoop, process: Process | None = None) -> None:
+        """Serve with ``loop`` (again when the daemon rebuilds its model), an empty window;
+        ``process`` learns each batch (:class:`ServingLoop`), given each sample's origin as
+        its Kafka ``(partition, offset)``."""
         self.serving = ServingLoop(
             loop,
             LabelJoin(
@@ -71,6 +73,7 @@ class PredictionService:
                 self.config.max_age_seconds,
                 self.config.max_pending_bytes,
             ),
+            process,
         )
 
     # -- checkpoints ----------------------------------------------------------------------
@@ -119,16 +122,16 @@ class PredictionService:
     ) -> None:
         """Serve, join and learn the messages of one poll in order; ``received`` is the
         ``perf_counter`` time the poll returned (prediction latency counts from it)."""
-        labelled: list[Samples] = []
+        labelled: list[tuple[Samples, Record]] = []
         for message, record in zip(messages, records, strict=True):
             if isinstance(message, Samples):
-                labelled.append(message)
+                labelled.append((message, record))
                 continue
             self._learn(labelled)
             if isinstance(message, Requests):
                 self._request(message, record, received)
             else:
-                self._label(message)
+                self._label(message, record)
         self._learn(labelled)
         self.serving.flush()
         self.expire()
@@ -142,9 +145,14 @@ class PredictionService:
         self._expired_counted = self.serving.expired
         self.metrics.pending.set(len(self.serving.join))
 
-    def _learn(self, labelled: list[Samples]) -> None:
-        for batch in micro_batches(labelled, self.batch_size):
-            self.serving.learn(batch)
+    def _learn(self, labelled: list[tuple[Samples, Record]]) -> None:
+        origins = [
+            (record.partition, record.offset) for samples, record in labelled for _ in samples.y
+        ]
+        start = 0
+        for batch in micro_batches([samples for samples, _ in labelled], self.batch_size):
+            self.serving.learn(batch, origins[start : start + len(batch)])
+            start += len(batch)
         labelled.clear()
 
     def _request(self, requests: Requests, record: Record, received: float) -> None:
@@ -192,8 +200,10 @@ class PredictionService:
             float(published["served_at"]),
         )
 
-    def _label(self, labels: Labels) -> None:
-        joined = self.serving.label(labels.ids, labels.y, labels.level, time.time())
+    def _label(self, labels: Labels, record: Record) -> None:
+        joined = self.serving.label(
+            labels.ids, labels.y, labels.level, time.time(), (record.partition, record.offset)
+        )
         for delay in joined.delays:
             self.metrics.label_delay.observe(max(delay, 0.0))
         if joined.unmatched:

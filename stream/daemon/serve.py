@@ -57,6 +57,7 @@ from stream.daemon.keep_alive import KeepAlive
 from stream.daemon.predictions import PredictionService
 from stream.daemon.storage_retry import StorageRetry
 from stream.data.datasets import load_dataset
+from stream.engine.batch import Batch
 from stream.engine.device import resolve_device
 from stream.engine.evaluation import AnytimeEvaluator
 from stream.engine.event_loop import EventLoop
@@ -189,7 +190,7 @@ class Daemon:
             keep_history=False,
         )
         if self.predictions is not None:
-            self.predictions.attach(self.loop)
+            self.predictions.attach(self.loop, self._learn_served)
 
     def _start(self) -> None:
         config = self.config
@@ -211,12 +212,9 @@ class Daemon:
         )
         self.loop.observers.append(self.history)
         # None where a batch cannot be undone alone (a scaled-out rank: re-learning would
-        # replay gradient steps that meet the other ranks, and undo their synced statistics)
-        # and on the serving path, whose joined labels are learned by the prediction service
-        # and not recorded for a re-learn (docs/serving.md says so).
-        self.guard: LearnerGuard[Origins] | None = (
-            LearnerGuard(self.loop) if self.predictions is None else None
-        )
+        # replay gradient steps that meet the other ranks, and undo their synced statistics).
+        # On the serving path it journals joined labels with the classes served for them.
+        self.guard: LearnerGuard[Origins] | None = LearnerGuard(self.loop)
         self.dead_letters = self._open_dead_letters(checkpoint)
         self.telemetry.watch_dead_letters()
         self.watch = BrokerWatch(
@@ -474,6 +472,22 @@ class Daemon:
             if rejected is not None:
                 self._reject(rejected)
 
+    def _learn_served(
+        self, batch: Batch, served: np.ndarray | None, origins: list[tuple[int, int]]
+    ) -> None:
+        """Learn one batch of the serving path (labelled samples, or joined labels with the
+        classes served for them), through the guard when there is one; ``origins``: each
+        sample's ``(partition, offset)``."""
+        if self.guard is None:
+            self.loop.process(batch, served)
+            return
+        partitions, offsets = (
+            np.array(column, dtype=np.int64) for column in zip(*origins, strict=True)
+        )
+        rejected = self.guard.process(batch, (partitions, offsets), served)
+        if rejected is not None:
+            self._reject(rejected)
+
     def _dead_letter(
         self, partition: int, offset: int, value: bytes | None, reason: str, detail: str
     ) -> None:
@@ -553,14 +567,20 @@ class Daemon:
         if not force and not self.checkpoint_retry.ready():
             return
         self._last_checkpoint = time.monotonic()
-        if self.guard is not None:
-            # Never a checkpoint with NaN or inf in it: undo the batches that put them there.
-            for rejected in self.guard.verify():
-                self._reject(rejected)
-        state = self.learner.state_dict()
-        if self.guard is not None:
-            # The point a learner error goes back to, whether or not the write below succeeds.
-            self.guard.mark_good(state)
+        serving_loop = None if self.predictions is None else self.predictions.serving
+        if serving_loop is not None:
+            serving_loop.flush()  # joined labels still queued belong in this checkpoint's model
+        # Undoing batches changes the model: not while /predict reads it.
+        with contextlib.nullcontext() if serving_loop is None else serving_loop.lock:
+            if self.guard is not None:
+                # Never a checkpoint with NaN or inf in it: undo the batches that put them there.
+                for rejected in self.guard.verify():
+                    self._reject(rejected)
+            state = self.learner.state_dict()
+            if self.guard is not None:
+                # The point a learner error goes back to, whether or not the write below
+                # succeeds.
+                self.guard.mark_good(state)
         try:
             self.dead_letters.sync()
             self.history.sync()

@@ -28,6 +28,7 @@ from stream.daemon.serve import MAX_DEAD_LETTER_BACKLOG, Daemon
 from stream.engine.guard import non_finite
 from stream.sinks.dead_letter import FileDeadLetters, TopicDeadLetters
 from stream.sinks.kafka_sink import SinkError
+from stream.sources.serving_wire import encode_label_json, encode_requests
 from stream.sources.wire import Decoder, encode_binary, encode_json
 from tests.support.memory_source import MemorySource
 
@@ -474,3 +475,42 @@ def test_fuzzed_topics_never_stop_the_daemon_and_every_record_is_learned_or_dead
     if any(partitions):
         latest = CheckpointStore(tmp_path / "ckpt").latest()
         assert latest.meta["offsets"] == {str(p): len(v) for p, v in enumerate(partitions) if v}
+
+
+@pytest.mark.kafka
+def test_a_joined_label_batch_the_learner_fails_on_is_undone_and_dead_lettered(
+    tmp_path, kafka_broker
+):
+    """The serving path is guarded as the labelled one is: a batch of joined labels that the
+    learner fails on is undone and its samples dead-lettered (per label message) as
+    learner_error; the requests, labels and labelled samples around it are learned."""
+    _, x, y = _valid(12, seed=12)
+    x[5, 1] = POISON  # the second batch of joined labels holds it (samples 4..7)
+    messages = [encode_requests(x[:8], np.arange(8))]
+    messages += [encode_label_json(i, int(y[i])) for i in range(8)]  # offsets 1..8
+    messages += [encode_json(x[i], int(y[i])) for i in range(8, 12)]
+    source = MemorySource({0: messages})
+    config = _config(
+        tmp_path,
+        kafka={"bootstrap": kafka_broker.bootstrap, "max_poll_records": 20},
+        predictions={"topic": "guarded-predictions"},
+    )
+    daemon = Daemon(config, source_factory=source.bind)
+    _faulty(daemon, "raise")
+    _drain(daemon, source)
+    daemon.checkpoint()
+    daemon.close()
+    letters = _letters(tmp_path)
+    assert {d["reason"] for d in letters} == {"learner_error"}
+    assert sorted(d["offset"] for d in letters) == [5, 6, 7, 8]  # the labels of samples 4..7
+    decoder = Decoder(PROBLEM, max_abs=1e4)
+    rejected = np.concatenate(
+        [decoder.decode(base64.b64decode(d["value_base64"])).x for d in letters]
+    )
+    np.testing.assert_array_equal(np.sort(rejected[:, 0]), [4, 5, 6, 7])
+    kept = np.ones(12, dtype=bool)
+    kept[4:8] = False
+    _assert_same_model(daemon.learner, _reference(x[kept], y[kept]))
+    assert daemon.loop.samples_seen == 8
+    latest = CheckpointStore(tmp_path / "ckpt").latest()
+    assert latest.meta["loop"]["samples_seen"] == 8
