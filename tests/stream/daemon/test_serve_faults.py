@@ -155,6 +155,23 @@ def _faulty(daemon: Daemon, mode: str) -> None:
     learner.predict_then_learn = faulty(learner.predict_then_learn)
 
 
+def _assert_learner_errors(tmp_path, daemon, x, y, offsets, samples) -> None:
+    """The dead letters are the messages at ``offsets``, refused as learner_error, and hold
+    the inputs of ``samples`` (a sample's first feature is its index); the model learned the
+    other samples of ``x``."""
+    letters = _letters(tmp_path)
+    assert {d["reason"] for d in letters} == {"learner_error"}
+    assert sorted(d["offset"] for d in letters) == offsets
+    decoder = Decoder(PROBLEM, max_abs=1e4)
+    rejected = np.concatenate(
+        [decoder.decode(base64.b64decode(d["value_base64"])).x for d in letters]
+    )
+    np.testing.assert_array_equal(np.sort(rejected[:, 0]), list(samples))
+    kept = np.ones(len(y), dtype=bool)
+    kept[list(samples)] = False
+    _assert_same_model(daemon.learner, _reference(x[kept], y[kept]))
+
+
 @pytest.mark.parametrize("mode", ["raise", "nan"])
 def test_a_batch_the_learner_fails_on_is_undone_and_dead_lettered_as_learner_error(tmp_path, mode):
     messages, x, y = _valid(24, seed=3)
@@ -166,18 +183,8 @@ def test_a_batch_the_learner_fails_on_is_undone_and_dead_lettered_as_learner_err
     _drain(daemon, source)
     daemon.checkpoint()
     daemon.close()
-    letters = _letters(tmp_path)
-    assert {d["reason"] for d in letters} == {"learner_error"}
-    assert sorted(d["offset"] for d in letters) == [8, 9, 10, 11]
     # Each letter holds its message's samples, ready to publish again.
-    decoder = Decoder(PROBLEM, max_abs=1e4)
-    rejected = np.concatenate(
-        [decoder.decode(base64.b64decode(d["value_base64"])).x for d in letters]
-    )
-    np.testing.assert_array_equal(np.sort(rejected[:, 0]), [8, 9, 10, 11])
-    kept = np.ones(24, dtype=bool)
-    kept[8:12] = False
-    _assert_same_model(daemon.learner, _reference(x[kept], y[kept]))
+    _assert_learner_errors(tmp_path, daemon, x, y, offsets=[8, 9, 10, 11], samples=range(8, 12))
     assert daemon.loop.samples_seen == 20
     assert _sample(daemon, "streamcl_invalid_messages_total", {"reason": "learner_error"}) == 4
     latest = CheckpointStore(tmp_path / "ckpt").latest()
@@ -500,17 +507,8 @@ def test_a_joined_label_batch_the_learner_fails_on_is_undone_and_dead_lettered(
     _drain(daemon, source)
     daemon.checkpoint()
     daemon.close()
-    letters = _letters(tmp_path)
-    assert {d["reason"] for d in letters} == {"learner_error"}
-    assert sorted(d["offset"] for d in letters) == [5, 6, 7, 8]  # the labels of samples 4..7
-    decoder = Decoder(PROBLEM, max_abs=1e4)
-    rejected = np.concatenate(
-        [decoder.decode(base64.b64decode(d["value_base64"])).x for d in letters]
-    )
-    np.testing.assert_array_equal(np.sort(rejected[:, 0]), [4, 5, 6, 7])
-    kept = np.ones(12, dtype=bool)
-    kept[4:8] = False
-    _assert_same_model(daemon.learner, _reference(x[kept], y[kept]))
+    # the label messages of samples 4..7
+    _assert_learner_errors(tmp_path, daemon, x, y, offsets=[5, 6, 7, 8], samples=range(4, 8))
     assert daemon.loop.samples_seen == 8
     latest = CheckpointStore(tmp_path / "ckpt").latest()
     assert latest.meta["loop"]["samples_seen"] == 8
