@@ -29,7 +29,6 @@ stays in counters such as ``streamcl_samples_total``.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -70,17 +69,25 @@ class Learned(Generic[Tag]):
 def non_finite(state: LearnerState) -> str | None:
     """Which part of ``state`` holds NaN or inf (None: all finite)."""
     for name, tensor in state.tensors.items():
-        if tensor.is_floating_point() or tensor.is_complex():
-            # A sum is finite exactly when every element is (a float64 sum of float32 values
-            # cannot overflow): one reduction instead of a boolean tensor the size of the state.
-            total = tensor.detach().sum(dtype=torch.float64) if tensor.numel() else 0.0
-            if not math.isfinite(float(total)):
-                return f"tensor {name!r} holds NaN or inf"
+        if (tensor.is_floating_point() or tensor.is_complex()) and not _all_finite(tensor):
+            return f"tensor {name!r} holds NaN or inf"
     try:
         json.dumps(state.meta, allow_nan=False)
     except ValueError:
         return "state metadata holds NaN or inf"
     return None
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """One reduction in the usual case instead of a boolean tensor the size of the state: a
+    NaN or inf makes the float64 sum non-finite, and a float64 sum of float32 values cannot
+    overflow. A sum of large float64 values can, so a non-finite sum is checked element-wise."""
+    if not tensor.numel():
+        return True
+    wide = torch.complex128 if tensor.is_complex() else torch.float64
+    if bool(torch.isfinite(tensor.detach().sum(dtype=wide))):
+        return True
+    return bool(torch.isfinite(tensor).all())
 
 
 class LearnerGuard(Generic[Tag]):

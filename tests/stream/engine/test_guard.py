@@ -135,6 +135,14 @@ def test_observers_see_each_batch_once_even_when_batches_are_learned_again():
         ({"w": torch.tensor([1.0, float("inf")])}, "tensor 'w' holds NaN or inf"),
         ({"w": torch.tensor([float("nan")], dtype=torch.float64)}, "tensor 'w' holds NaN or inf"),
         ({"w": torch.tensor([3e38, 3e38])}, None),  # large but finite: a float64 sum is finite
+        # float64 whose sum overflows: finite all the same
+        ({"g": torch.tensor([1.7e308, 1.7e308], dtype=torch.float64)}, None),
+        (
+            {"g": torch.tensor([1.7e308, -float("inf")], dtype=torch.float64)},
+            "tensor 'g' holds NaN or inf",
+        ),
+        ({"z": torch.tensor([1 + 2j, complex("nan")])}, "tensor 'z' holds NaN or inf"),
+        ({"z": torch.tensor([1 + 2j])}, None),
         ({"n": torch.tensor([2**62])}, None),
     ],
 )
