@@ -33,7 +33,7 @@ from stream.sinks.predictions import (
     read_published,
     request_key,
 )
-from stream.sources.batcher import micro_batches
+from stream.sources.batcher import micro_batches_with_origins
 from stream.sources.kafka_source import Record, SourceError
 from stream.sources.serving_wire import Labels, Requests
 from stream.sources.wire import Samples
@@ -64,8 +64,8 @@ class PredictionService:
 
     def attach(self, loop: EventLoop, process: Process | None = None) -> None:
         """Serve with ``loop`` (again when the daemon rebuilds its model), an empty window;
-        ``process`` learns each batch (:class:`ServingLoop`), given each sample's origin as
-        its Kafka ``(partition, offset)``."""
+        ``process`` learns each batch (:class:`ServingLoop`), given its samples' Kafka
+        partitions and offsets."""
         self.serving = ServingLoop(
             loop,
             LabelJoin(
@@ -146,13 +146,12 @@ class PredictionService:
         self.metrics.pending.set(len(self.serving.join))
 
     def _learn(self, labelled: list[tuple[Samples, Record]]) -> None:
-        origins = [
-            (record.partition, record.offset) for samples, record in labelled for _ in samples.y
-        ]
-        start = 0
-        for batch in micro_batches([samples for samples, _ in labelled], self.batch_size):
-            self.serving.learn(batch, origins[start : start + len(batch)])
-            start += len(batch)
+        for batch, origins in micro_batches_with_origins(
+            [samples for samples, _ in labelled],
+            [(record.partition, record.offset) for _, record in labelled],
+            self.batch_size,
+        ):
+            self.serving.learn(batch, origins)
         labelled.clear()
 
     def _request(self, requests: Requests, record: Record, received: float) -> None:

@@ -57,7 +57,7 @@ from stream.daemon.keep_alive import KeepAlive
 from stream.daemon.predictions import PredictionService
 from stream.daemon.storage_retry import StorageRetry
 from stream.data.datasets import load_dataset
-from stream.engine.batch import Batch
+from stream.engine.batch import Batch, Origins
 from stream.engine.device import resolve_device
 from stream.engine.evaluation import AnytimeEvaluator
 from stream.engine.event_loop import EventLoop
@@ -66,7 +66,7 @@ from stream.observe.loop_log import LoopLogger
 from stream.observe.telemetry import Telemetry
 from stream.sinks.dead_letter import DeadLetterSink, FileDeadLetters, TopicDeadLetters
 from stream.sinks.kafka_sink import SinkError, open_sink
-from stream.sources.batcher import micro_batches
+from stream.sources.batcher import micro_batches_with_origins
 from stream.sources.kafka_source import (
     AssignHandler,
     ErrorHandler,
@@ -89,8 +89,6 @@ _UNUSABLE = (KeyError, IndexError, TypeError, ValueError, RuntimeError)
 # Dead letters that may wait in memory for storage (a full disk, the topic away) before the
 # daemon stops taking records; each holds at most dead_letter.max_value_bytes of value.
 MAX_DEAD_LETTER_BACKLOG = 1000
-# (partitions, offsets) of a micro-batch's samples: where to dead-letter them if rejected.
-Origins = tuple[np.ndarray, np.ndarray]
 SourceFactory = Callable[[Any, AssignHandler, ErrorHandler], KafkaSource]
 
 
@@ -190,7 +188,7 @@ class Daemon:
             keep_history=False,
         )
         if self.predictions is not None:
-            self.predictions.attach(self.loop, self._learn_served)
+            self.predictions.attach(self.loop, self._learn_batch)
 
     def _start(self) -> None:
         config = self.config
@@ -457,34 +455,18 @@ class Daemon:
 
     def _learn_guarded(self, good: list[Samples], records: list[Record]) -> None:
         """Learn the decoded messages in micro-batches, through the guard when there is one."""
-        counts = [len(samples) for samples in good]
-        partition_of = np.repeat([r.partition for r in records], counts)
-        offset_of = np.repeat([r.offset for r in records], counts)
-        start = 0
-        for batch in micro_batches(good, self.config.loop.batch_size):
-            stop = start + len(batch)
-            origin = (partition_of[start:stop], offset_of[start:stop])
-            start = stop
-            if self.guard is None:
-                self.loop.process(batch)
-                continue
-            rejected = self.guard.process(batch, origin)
-            if rejected is not None:
-                self._reject(rejected)
+        for batch, origins in micro_batches_with_origins(
+            good, [(r.partition, r.offset) for r in records], self.config.loop.batch_size
+        ):
+            self._learn_batch(batch, None, origins)
 
-    def _learn_served(
-        self, batch: Batch, served: np.ndarray | None, origins: list[tuple[int, int]]
-    ) -> None:
-        """Learn one batch of the serving path (labelled samples, or joined labels with the
-        classes served for them), through the guard when there is one; ``origins``: each
-        sample's ``(partition, offset)``."""
+    def _learn_batch(self, batch: Batch, served: np.ndarray | None, origins: Origins) -> None:
+        """Learn one micro-batch (on the serving path, ``served``: the classes served for
+        joined labels), through the guard when there is one."""
         if self.guard is None:
             self.loop.process(batch, served)
             return
-        partitions, offsets = (
-            np.array(column, dtype=np.int64) for column in zip(*origins, strict=True)
-        )
-        rejected = self.guard.process(batch, (partitions, offsets), served)
+        rejected = self.guard.process(batch, origins, served)
         if rejected is not None:
             self._reject(rejected)
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+Origins = tuple[np.ndarray, np.ndarray]
+"""Where each sample of a batch came from: the partition and the offset of its message, as two
+int64 arrays (-1 where the caller has none): what a rejected batch is dead-lettered by."""
 
 
 @dataclass

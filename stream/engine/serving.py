@@ -23,9 +23,10 @@ prediction from running inside a learner update.
 
 Each batch is learned by ``process(batch, served, origins)``: by default the event loop's
 :meth:`~stream.engine.event_loop.EventLoop.process`; the daemon passes its learner guard
-(stream/engine/guard.py), which undoes a batch the learner fails on. ``origins`` holds, per
-sample, what the caller said the sample came from (the daemon: the Kafka partition and offset
-of the labelled sample or of the label), for the guard to name a rejected batch's messages.
+(stream/engine/guard.py), which undoes a batch the learner fails on. ``origins``
+(:data:`~stream.engine.batch.Origins`) says where each sample came from (the daemon: the Kafka
+partition and offset of the labelled sample or of the label), for the guard to name a rejected
+batch's messages.
 
 >>> import torch
 >>> from learners.base import Problem
@@ -52,12 +53,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from stream.engine.batch import Batch
+from stream.engine.batch import Batch, Origins
 from stream.engine.event_loop import EventLoop
 from stream.engine.label_join import LabelJoin
 
-# Learns one batch: (batch, served classes or None, one origin per sample).
-Process = Callable[[Batch, np.ndarray | None, list[Any]], None]
+# Learns one batch: (batch, served classes or None, where its samples came from).
+Process = Callable[[Batch, np.ndarray | None, Origins], None]
 
 
 @dataclass
@@ -102,8 +103,9 @@ class ServingLoop:
         self.predictions = 0
         self.expired = 0
         self.unmatched = 0
-        # Joined samples waiting to be learned: (x, y, level, task, served class, origin).
-        self._queue: list[tuple[np.ndarray, int, int, int, int, Any]] = []
+        # Joined samples waiting to be learned: (x, y, level, task, served class, partition,
+        # offset).
+        self._queue: list[tuple[np.ndarray, int, int, int, int, int, int]] = []
 
     # -- predicting -----------------------------------------------------------------------
 
@@ -157,10 +159,15 @@ class ServingLoop:
     # -- learning -------------------------------------------------------------------------
 
     def label(
-        self, ids: np.ndarray, y: np.ndarray, level: np.ndarray, now: float, origin: Any = None
+        self,
+        ids: np.ndarray,
+        y: np.ndarray,
+        level: np.ndarray,
+        now: float,
+        origin: tuple[int, int] = (-1, -1),
     ) -> Joined:
-        """Join labels to their requests and queue the samples for learning (``origin``:
-        where these labels came from, handed to ``process`` with each sample)."""
+        """Join labels to their requests and queue the samples for learning (``origin``: the
+        partition and offset of the labels' message, handed to ``process`` with each sample)."""
         joined = Joined()
         for id, label, lvl in zip(ids.tolist(), y.tolist(), level.tolist(), strict=True):
             pending = self.join.take(id)
@@ -171,19 +178,22 @@ class ServingLoop:
             if self._queue and self._queue[-1][3] != pending.task:
                 self.flush()  # a batch never spans a task change
             self._queue.append(
-                (pending.x, label, lvl, pending.task, pending.predicted[lvl], origin)
+                (pending.x, label, lvl, pending.task, pending.predicted[lvl], *origin)
             )
             if len(self._queue) >= self.batch_size:
                 self.flush()
         self.unmatched += len(joined.unmatched)
         return joined
 
-    def learn(self, batch: Batch, origins: list[Any] | None = None) -> None:
+    def learn(self, batch: Batch, origins: Origins | None = None) -> None:
         """Predict then learn one batch of labelled samples (after what is queued);
-        ``origins``: one per sample, for ``process``."""
+        ``origins``: where its samples came from, for ``process`` (None: unknown)."""
         self.flush()
+        if origins is None:
+            unknown = np.full(len(batch), -1, np.int64)
+            origins = (unknown, unknown)
         with self.lock:
-            self.process(batch, None, [None] * len(batch) if origins is None else origins)
+            self.process(batch, None, origins)
 
     def flush(self) -> None:
         """Learn every queued joined sample."""
@@ -191,16 +201,18 @@ class ServingLoop:
         for start in range(0, len(queue), self.batch_size):
             rows = queue[start : start + self.batch_size]
             x = np.stack([r[0] for r in rows])
-            y, level, task, served = (np.array([r[i] for r in rows]) for i in range(1, 5))
+            y, level, task, served, partition, offset = (
+                np.array([r[i] for r in rows], dtype=np.int64) for i in range(1, 7)
+            )
             batch = Batch(
                 x=torch.from_numpy(x),
-                y=torch.from_numpy(y.astype(np.int64)),
-                level=torch.from_numpy(level.astype(np.int64)),
-                task=None if task[0] < 0 else torch.from_numpy(task.astype(np.int64)),
+                y=torch.from_numpy(y),
+                level=torch.from_numpy(level),
+                task=None if task[0] < 0 else torch.from_numpy(task),
                 validated=True,  # the request and the label were each checked on arrival
             )
             with self.lock:
-                self.process(batch, served.astype(np.int64), [r[5] for r in rows])
+                self.process(batch, served, (partition, offset))
 
     def expire(self, now: float) -> int:
         """Drop requests older than the join window's age; how many."""

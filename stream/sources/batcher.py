@@ -10,12 +10,12 @@ batch at a time, so a large poll is never copied whole.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from stream.engine.batch import Batch
+from stream.engine.batch import Batch, Origins
 from stream.sources.cuts import batch_starts
 from stream.sources.wire import Samples
 
@@ -40,6 +40,21 @@ def micro_batches(samples: list[Samples], batch_size: int) -> Iterator[Batch]:
             # the decoder refused every sample that does not fit the problem
             validated=True,
         )
+
+
+def micro_batches_with_origins(
+    samples: list[Samples], origins: Sequence[tuple[int, int]], batch_size: int
+) -> Iterator[tuple[Batch, Origins]]:
+    """:func:`micro_batches`, each with its samples' origins, given one ``(partition, offset)``
+    per message of ``samples``."""
+    counts = [len(s) for s in samples]
+    partition_of = np.repeat([p for p, _ in origins], counts).astype(np.int64)
+    offset_of = np.repeat([o for _, o in origins], counts).astype(np.int64)
+    start = 0
+    for batch in micro_batches(samples, batch_size):
+        stop = start + len(batch)
+        yield batch, (partition_of[start:stop], offset_of[start:stop])
+        start = stop
 
 
 def _gather(inputs: list[np.ndarray], starts: np.ndarray, lo: int, hi: int) -> np.ndarray:

@@ -161,7 +161,7 @@ def test_joined_labels_are_journaled_with_the_classes_served_and_undone_alone(mo
     from stream.engine.serving import ServingLoop
 
     loop, _ = _loop(mode)
-    guard: LearnerGuard[list] = LearnerGuard(loop)
+    guard: LearnerGuard[tuple] = LearnerGuard(loop)
     rejected: list = []
 
     def guarded(batch, served, origins):
@@ -180,22 +180,19 @@ def test_joined_labels_are_journaled_with_the_classes_served_and_undone_alone(mo
             s.request(np.arange(4) + 10 * i, batch.x.numpy(), now=float(i))
         for i, batch in enumerate(batches[:4]):
             labels = (batch.y.numpy(), np.zeros(4, dtype=np.int64))
-            s.label(np.arange(4) + 10 * i, *labels, now=i + 0.5, origin=i)
+            s.label(np.arange(4) + 10 * i, *labels, now=i + 0.5, origin=(0, i))
             s.flush()
-    serving.learn(bad, origins=["bad"] * 4)
-    serving.learn(batches[5], origins=[5] * 4)
+    partition = np.zeros(4, dtype=np.int64)
+    serving.learn(bad, origins=(partition, np.full(4, 99)))
+    serving.learn(batches[5], origins=(partition, np.full(4, 5)))
     reference.learn(batches[5])
     if mode == "nan":
         assert not rejected
         rejected = guard.verify()
     [refused] = rejected
-    assert refused.tag == ["bad"] * 4
-    assert [learned.tag for learned in guard.journal] == [
-        [0] * 4,
-        [1] * 4,
-        [2] * 4,
-        [3] * 4,
-        [5] * 4,
+    assert [column.tolist() for column in refused.tag] == [[0] * 4, [99] * 4]
+    assert [[column.tolist() for column in learned.tag] for learned in guard.journal] == [
+        [[0] * 4, [offset] * 4] for offset in (0, 1, 2, 3, 5)
     ]
     assert [learned.served is not None for learned in guard.journal] == [True] * 4 + [False]
     _assert_same(loop, reference.loop)

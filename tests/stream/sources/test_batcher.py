@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.sources.batcher import micro_batches
+from stream.sources.batcher import micro_batches, micro_batches_with_origins
 from stream.sources.wire import Samples
 
 
@@ -36,6 +36,18 @@ def test_batches_keep_order_and_size_and_cut_at_task_changes():
 def test_samples_without_a_task_make_batches_without_one():
     batches = list(micro_batches([_samples([0, 1], [-1, -1]), _samples([2], [4])], 8))
     assert next(b.task for b in batches) is None and batches[1].task.tolist() == [4]
+
+
+def test_each_sample_carries_the_partition_and_offset_of_its_message():
+    messages = [_samples([0, 1, 2], [0, 0, 0]), _samples([3], [1]), _samples([4, 5], [1, 1])]
+    cut = list(micro_batches_with_origins(messages, [(0, 7), (2, 3), (0, 8)], 2))
+    assert [b.ids.tolist() for b, _ in cut] == [b.ids.tolist() for b in micro_batches(messages, 2)]
+    assert [(p.tolist(), o.tolist()) for _, (p, o) in cut] == [
+        ([0, 0], [7, 7]),
+        ([0], [7]),
+        ([2, 0], [3, 8]),
+        ([0], [8]),
+    ]
 
 
 def test_nothing_in_nothing_out():
