@@ -10,7 +10,8 @@ each sample is checked exactly as a prediction request on the topic is
 It is a route of the metrics endpoint (stream/observe/http_endpoint.py), behind the same
 connection limits, TLS and authentication as ``/metrics``. A bad request is refused whole: 400
 (413 for too many samples or bytes) with ``{"error": REASON,
-"detail": "sample 3: ..."}``. HTTP predictions change nothing: they are not kept for labels and
+"detail": "sample 3: ..."}``; a prediction the learner fails on is a 500 with
+``{"error": "learner_error", "detail": ...}``, logged and counted, and the daemon serves on. HTTP predictions change nothing: they are not kept for labels and
 not published (requests that want both go through the topic). They are counted in
 ``streamcl_predictions_total{source="http"}`` and timed in
 ``streamcl_prediction_latency_seconds{source="http"}``, from the body read to the answer built.
@@ -24,16 +25,19 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import structlog
 
 from stream.engine.serving import ServingLoop
 from stream.observe.http_endpoint import MetricsServer, Request, Response
 from stream.observe.serving_telemetry import ServingTelemetry
 from stream.sinks.predictions import prediction_json
 from stream.sources.serving_wire import ServingDecoder
-from stream.sources.wire import InvalidMessage
+from stream.sources.wire import InvalidMessage, short
 
 if TYPE_CHECKING:
     from stream.daemon.serve import Daemon
+
+log = structlog.get_logger("streamcl.predict_http")
 
 
 class PredictHandler:
@@ -74,7 +78,13 @@ class PredictHandler:
             self.metrics.http_errors.labels(reason=exc.reason).inc()
             status = 413 if exc.reason == "oversized" else 400
             return status, _json({"error": exc.reason, "detail": exc.detail})
-        prediction = self.serving.predict(x)
+        try:
+            prediction = self.serving.predict(x)
+        except Exception as exc:  # the learner failed on these inputs; the request is refused
+            detail = f"{type(exc).__name__}: {exc}"
+            log.error("predict_failed", source="http", problem=detail, samples=len(ids))
+            self.metrics.http_errors.labels(reason="learner_error").inc()
+            return 500, _json({"error": "learner_error", "detail": short(detail)})
         answers = [
             prediction_json(
                 ids[i],
@@ -128,14 +138,14 @@ def _json(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
-def add_predict_route(server: MetricsServer, daemon: Daemon) -> None:
-    """``POST /predict`` on ``server`` when ``daemon`` serves over HTTP."""
+def predict_handler(daemon: Daemon) -> PredictHandler | None:
+    """The handler of ``POST /predict`` for ``daemon``; None when it does not serve over HTTP."""
     service = daemon.predictions
     config = daemon.config.predictions
     if service is None or config is None or not config.http:
-        return
+        return None
     assert isinstance(daemon.decoder, ServingDecoder)  # a serving daemon decodes requests
-    handler = PredictHandler(
+    return PredictHandler(
         service.serving,
         daemon.decoder,
         service.metrics,
@@ -144,4 +154,10 @@ def add_predict_route(server: MetricsServer, daemon: Daemon) -> None:
         config.http_max_samples,
         config.http_max_bytes,
     )
-    server.add_route("POST", "/predict", handler.route)
+
+
+def add_predict_route(server: MetricsServer, daemon: Daemon) -> None:
+    """``POST /predict`` on ``server`` when ``daemon`` serves over HTTP."""
+    handler = predict_handler(daemon)
+    if handler is not None:
+        server.add_route("POST", "/predict", handler.route)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -40,6 +41,9 @@ from stream.sources.wire import Samples
 
 log = structlog.get_logger("streamcl.predictions")
 
+# Refuses one message of the topic: (its record, why), e.g. by dead-lettering it.
+Refuse = Callable[[Record, str], None]
+
 
 class PredictionService:
     """Requests, labels and labelled samples of the daemon's topic, through one serving loop."""
@@ -62,10 +66,14 @@ class PredictionService:
         self.recovered: dict[str, dict[str, Any]] | None = None
         self._expired_counted = 0
 
-    def attach(self, loop: EventLoop, process: Process | None = None) -> None:
+    def attach(
+        self, loop: EventLoop, process: Process | None = None, refuse: Refuse | None = None
+    ) -> None:
         """Serve with ``loop`` (again when the daemon rebuilds its model), an empty window;
         ``process`` learns each batch (:class:`ServingLoop`), given its samples' Kafka
-        partitions and offsets."""
+        partitions and offsets; ``refuse`` takes a request message the learner failed to
+        predict (None: the error propagates)."""
+        self.refuse = refuse
         self.serving = ServingLoop(
             loop,
             LabelJoin(
@@ -163,7 +171,16 @@ class PredictionService:
         earlier = [self.recovered.pop(key, None) for key in keys]
         served = [None if e is None else self._served(e) for e in earlier]
         now = time.time()
-        prediction = self.serving.request(requests.ids, requests.x, now, requests.task, served)
+        self.serving.flush()  # learning is guarded on its own: only the prediction is at stake
+        try:
+            prediction = self.serving.request(requests.ids, requests.x, now, requests.task, served)
+        except Exception as exc:  # the learner failed on these inputs: refuse them, serve on
+            if self.refuse is None:
+                raise
+            detail = f"predicting: {type(exc).__name__}: {exc}"
+            log.error("predict_failed", source="kafka", problem=detail, samples=len(requests))
+            self.refuse(record, detail)
+            return
         latency = time.perf_counter() - received
         fresh = 0
         for i, key in enumerate(keys):

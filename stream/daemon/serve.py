@@ -188,7 +188,7 @@ class Daemon:
             keep_history=False,
         )
         if self.predictions is not None:
-            self.predictions.attach(self.loop, self._learn_batch)
+            self.predictions.attach(self.loop, self._learn_batch, self._refuse_request)
 
     def _start(self) -> None:
         config = self.config
@@ -469,6 +469,10 @@ class Daemon:
         rejected = self.guard.process(batch, origins, served)
         if rejected is not None:
             self._reject(rejected)
+
+    def _refuse_request(self, record: Record, detail: str) -> None:
+        """Dead-letter a request message the learner could not predict, as it came."""
+        self._dead_letter(record.partition, record.offset, record.value, "learner_error", detail)
 
     def _dead_letter(
         self, partition: int, offset: int, value: bytes | None, reason: str, detail: str

@@ -24,6 +24,7 @@ from learners import registry
 from learners.base import Problem
 from stream.daemon.checkpoint import CheckpointStore
 from stream.daemon.config import ServeConfig
+from stream.daemon.predict_http import predict_handler
 from stream.daemon.serve import MAX_DEAD_LETTER_BACKLOG, Daemon
 from stream.engine.guard import non_finite
 from stream.sinks.dead_letter import FileDeadLetters, TopicDeadLetters
@@ -512,3 +513,54 @@ def test_a_joined_label_batch_the_learner_fails_on_is_undone_and_dead_lettered(
     assert daemon.loop.samples_seen == 8
     latest = CheckpointStore(tmp_path / "ckpt").latest()
     assert latest.meta["loop"]["samples_seen"] == 8
+
+
+@pytest.mark.kafka
+def test_a_request_the_learner_cannot_predict_is_dead_lettered_and_the_daemon_goes_on(
+    tmp_path, kafka_broker
+):
+    """A request whose prediction raises is refused alone: its message is dead-lettered as
+    learner_error (as it came, ready to publish again), nothing is published or kept for it,
+    and the requests, labels and labelled samples after it are served and learned. Before, the
+    error left the daemon, which after a restart read the same request again."""
+    _, x, y = _valid(8, seed=21)
+    x[4, 1] = POISON
+    poisoned = encode_requests(x[4:5], np.array([4]))
+    messages = [encode_requests(x[:4], np.arange(4)), poisoned]  # offsets 0, 1
+    messages += [encode_label_json(i, int(y[i])) for i in range(5)]  # offsets 2..6
+    messages += [encode_json(x[i], int(y[i])) for i in range(5, 8)]  # offsets 7..9
+    source = MemorySource({0: messages})
+    config = _config(
+        tmp_path,
+        kafka={"bootstrap": kafka_broker.bootstrap, "max_poll_records": 20},
+        predictions={"topic": "unpredictable-predictions", "http": True},
+    )
+    daemon = Daemon(config, source_factory=source.bind)
+    predict = daemon.learner.predict
+
+    def faulty(inputs, level=None):
+        if (inputs[:, 1] == POISON).any():
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return predict(inputs, level)
+
+    daemon.learner.predict = faulty
+    _drain(daemon, source)
+    daemon.checkpoint()
+    letters = _letters(tmp_path)
+    assert [(d["offset"], d["reason"]) for d in letters] == [(1, "learner_error")]
+    assert "illegal memory access" in letters[0]["detail"]
+    assert base64.b64decode(letters[0]["value_base64"]) == poisoned
+    assert _sample(daemon, "streamcl_invalid_messages_total", {"reason": "learner_error"}) == 1
+    serving = daemon.predictions.serving
+    assert serving.predictions == 4 and serving.unmatched == 1  # label 4 has no request
+    assert daemon.loop.samples_seen == 7
+    keep = [0, 1, 2, 3, 5, 6, 7]
+    _assert_same_model(daemon.learner, _reference(x[keep], y[keep]))
+    # POST /predict: the same failure is a 500 that says why, counted, and the daemon serves on
+    handler = predict_handler(daemon)
+    status, body = handler(json.dumps({"samples": [{"x": x[4].tolist()}]}).encode())
+    assert status == 500 and json.loads(body)["error"] == "learner_error"
+    assert _sample(daemon, "streamcl_predict_http_errors_total", {"reason": "learner_error"}) == 1
+    status, body = handler(json.dumps({"samples": [{"x": x[0].tolist()}]}).encode())
+    assert status == 200
+    daemon.close()
