@@ -185,7 +185,8 @@ class AEFOCL(ACIL, MomentStatistics):
             moments.load_state_dict(state.part(f"moments.{lvl}"))
             drawn = None
             if state.meta["drawn"][lvl]:
-                drawn = ClassMoments(*moments.mean.shape, "diagonal", device=self.device)
+                classes, dim = moments.mean.shape
+                drawn = ClassMoments(classes, dim, "diagonal", device=self.device)
                 drawn.load_state_dict(state.part(f"drawn.{lvl}"))
             self.drawn[lvl] = drawn
         self.draws = [int(n) for n in state.meta["draws"]]

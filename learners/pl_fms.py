@@ -176,7 +176,7 @@ class PLFMS(ER):
         self.ancestors = ancestor_maps(problem)
 
     def _begin(
-        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor
+        self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         x, y, level, replay = super()._begin(x, y, level)
         self._register(y, level)

@@ -30,11 +30,12 @@ class ClassMoments:
     def __init__(
         self, classes: int, dim: int, second: SecondMoment, device: torch.device | str = "cpu"
     ) -> None:
-        like = {"dtype": torch.float64, "device": torch.device(device)}
+        where = torch.device(device)
         self.second = second
-        self.counts = torch.zeros(classes, **like)
-        self.mean = torch.zeros(classes, dim, **like)
-        self.m2 = torch.zeros(*((classes, dim) if second == "diagonal" else (dim, dim)), **like)
+        self.counts = torch.zeros(classes, dtype=torch.float64, device=where)
+        self.mean = torch.zeros(classes, dim, dtype=torch.float64, device=where)
+        shape = (classes, dim) if second == "diagonal" else (dim, dim)
+        self.m2 = torch.zeros(shape, dtype=torch.float64, device=where)
 
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Absorb a batch of float64 ``features`` [B, d] labelled ``labels`` [B]."""

@@ -138,11 +138,11 @@ class CholeskySolution:
     def _absorb(self, H: torch.Tensor, Y: torch.Tensor) -> None:
         if self._U is None:
             d, c = self.W0.shape
-            like = {"dtype": self.W0.dtype, "device": self.W0.device}
-            self._U = torch.empty(self.capacity, d, **like)
-            self._Vt = torch.empty(self.capacity, d, **like)
-            self._E = torch.empty(self.capacity, c, **like)
-            self._S = torch.empty(self.capacity, self.capacity, **like)
+            dtype, device = self.W0.dtype, self.W0.device
+            self._U = torch.empty(self.capacity, d, dtype=dtype, device=device)
+            self._Vt = torch.empty(self.capacity, d, dtype=dtype, device=device)
+            self._E = torch.empty(self.capacity, c, dtype=dtype, device=device)
+            self._S = torch.empty(self.capacity, self.capacity, dtype=dtype, device=device)
         assert self._Vt is not None and self._E is not None and self._S is not None
         k, b = self.rows, len(H)
         V = cholesky_solve(H.T, self.factor)  # (G₀+γI)⁻¹ Hᵀ

@@ -316,9 +316,10 @@ class ScaleOutDaemon(Daemon):
 
     # -- aligned checkpoints ------------------------------------------------------------------
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, force: bool = False) -> None:
         """Write this rank's shard of the next epoch; rank 0 writes the manifest once every rank
-        wrote its shard (a collective: every rank calls it in the same round)."""
+        wrote its shard (a collective: every rank calls it in the same round, so it is written
+        whenever called, and ``force`` changes nothing)."""
         self._last_checkpoint = time.monotonic()
         epoch = self.epoch + 1
         mine = {str(p): o for p, o in sorted(self.positions.items())}

@@ -571,9 +571,10 @@ class Daemon:
             self.dead_letters.sync()
             self.history.sync()
             serving = None if self.predictions is None else self.predictions.checkpoint_state()
+            created = time.time()
             meta = {
                 "streamcl_checkpoint": CHECKPOINT_FORMAT,
-                "created": time.time(),
+                "created": created,
                 "identity": self._identity(),
                 "group": self.config.kafka.group,
                 "offsets": {str(p): o for p, o in sorted(self.positions.items())},
@@ -595,7 +596,7 @@ class Daemon:
         self.checkpoint_retry.succeeded()
         self.checkpointed_positions = dict(self.positions)
         self.checkpointed_samples = self.loop.samples_seen
-        self.telemetry.checkpoint_written(meta["created"])
+        self.telemetry.checkpoint_written(created)
         log.info(
             "checkpoint_written",
             path=str(path),

@@ -29,7 +29,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal, TypeGuard
 
 import numpy as np
 from pydantic import (
@@ -45,7 +45,7 @@ from stream.data.datasets import Dataset
 from stream.data.schedules import Schedule
 
 MAGIC = b"SCLSTRM1"
-VERSION = 1
+VERSION: Final = 1
 ALIGN = 64
 EVENT_ARRAYS = ("id", "row", "y", "level", "task")
 # The dtypes each binary array may have: plain little-endian numbers, never objects (an object
@@ -306,7 +306,7 @@ def _array_spec(
     return dtype, tuple(shape), data_start + offset
 
 
-def _is_count(value: Any) -> bool:
+def _is_count(value: Any) -> TypeGuard[int]:
     return type(value) is int and 0 <= value <= MAX_COUNT
 
 

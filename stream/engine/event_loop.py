@@ -441,7 +441,7 @@ class EventLoop:
         Without ``keep_history`` the curve lists only the recent evaluations (the whole one is
         in the daemon's history file)."""
         ev = self.evaluations
-        result = {
+        result: dict[str, Any] = {
             "A_auc": ev.mean("periodic", "all"),
             "A_avg": ev.mean("task_end", "all"),
             "A_last": ev.last_value("all"),

@@ -49,8 +49,8 @@ def check_events(stream: RecordedStream, dataset: Dataset | None, problem: Probl
         raise StreamFileError(f"{where}: event {bad[0]} has {bad[2]}")
     x = stream.x
     if x is not None and np.issubdtype(x.dtype, np.floating) and not all_finite(x):
-        bad = int(np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[0])
-        raise StreamFileError(f"{where}: event {bad} has NaN or inf in its input")
+        event = int(np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[0])
+        raise StreamFileError(f"{where}: event {event} has NaN or inf in its input")
 
 
 def task_batches(
