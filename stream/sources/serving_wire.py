@@ -7,7 +7,10 @@ With ``[predictions]`` configured, a message on the daemon's topic is one of thr
   optional), or a binary micro-batch whose flags carry :data:`FLAG_REQUEST` and which then has
   no label and no level arrays (ids are required there);
 - a **label** for an earlier request: JSON with ``y`` and no ``x``
-  (``{"id": 17, "y": 3, "level": 0}``; ``level`` defaults to 0).
+  (``{"id": 17, "y": 3, "level": 0}``; ``level`` defaults to 0), or a binary batch of labels
+  whose flags carry :data:`FLAG_LABELS` (with ids): per label its request id, class and level,
+  no inputs (:func:`encode_labels`; one message for many labels, at a fraction of the JSON
+  cost).
 
 Every kind is checked as strictly as a labelled sample, with the same reason codes
 (stream/sources/wire.py), and refused whole with :class:`~stream.sources.wire.InvalidMessage`.
@@ -52,6 +55,11 @@ from stream.sources.wire import (
 
 # A binary micro-batch of prediction requests: no label or level arrays.
 FLAG_REQUEST = 0x04
+# A binary batch of labels for earlier requests: ids, labels and levels; no inputs, so its dtype
+# code is 0 and its sample shape empty (ndim 0).
+FLAG_LABELS = 0x08
+_NO_INPUTS = 0
+_LABEL_BYTES = 8 + 4 + 1  # id <i8, label <i4, level u1
 
 
 @dataclass
@@ -97,6 +105,28 @@ def encode_requests(x: np.ndarray, ids: np.ndarray, task: np.ndarray | None = No
     return b"".join(parts)
 
 
+def encode_labels(ids: np.ndarray, y: np.ndarray, level: np.ndarray | None = None) -> bytes:
+    """One binary batch of labels for the requests ``ids`` (``level``: 0 when None)."""
+    ids, y = np.asarray(ids), np.asarray(y)
+    level = np.zeros(len(ids), np.int64) if level is None else np.asarray(level)
+    if not len(ids) == len(y) == len(level):
+        raise ValueError(f"{len(ids)} ids, {len(y)} labels and {len(level)} levels")
+    if len(ids) and (ids.min() < 0 or not 0 <= y.min() <= y.max() <= _INT32_MAX):
+        raise ValueError("ids and labels must be non-negative, labels below 2**31")
+    if len(ids) and not 0 <= level.min() <= level.max() <= 255:
+        raise ValueError("levels must lie in [0, 255]")
+    header = _FIXED.pack(MAGIC, VERSION, _NO_INPUTS, FLAG_LABELS | FLAG_IDS, 0, len(ids))
+    header += b"\0" * (_header_size(0) - len(header))
+    return b"".join(
+        [
+            header,
+            ids.astype("<i8").tobytes(),
+            y.astype("<i4").tobytes(),
+            level.astype("u1").tobytes(),
+        ]
+    )
+
+
 def encode_request_json(x: np.ndarray, id: int | None = None, task: int | None = None) -> bytes:
     """One JSON prediction request."""
     message: dict[str, Any] = {"x": np.asarray(x, dtype=np.float32).ravel().tolist()}
@@ -130,12 +160,15 @@ class ServingDecoder:
                 "oversized", f"{len(value)} bytes, the limit is {decoder.max_bytes}"
             )
         if value[:4] == MAGIC:
-            if len(value) >= _FIXED.size and _FIXED.unpack_from(value)[3] & FLAG_REQUEST:
+            flags = _FIXED.unpack_from(value)[3] if len(value) >= _FIXED.size else 0
+            if flags & (FLAG_REQUEST | FLAG_LABELS):
                 if decoder.format == "json":
                     raise InvalidMessage(
                         "undecodable", "binary message on a topic configured for JSON"
                     )
-                return self._binary_requests(value)
+                if flags & FLAG_REQUEST:
+                    return self._binary_requests(value)
+                return self._binary_labels(value)
             return decoder.decode(value)
         if decoder.format == "binary":
             return decoder.decode(value)  # refuses it with the decoder's reason
@@ -209,3 +242,35 @@ class ServingDecoder:
             ids.astype(np.int64),
             np.full(n, -1, np.int64) if task is None else task.astype(np.int64),
         )
+
+    def _binary_labels(self, value: bytes) -> Labels:
+        _, version, code, flags, ndim, n = _FIXED.unpack_from(value)
+        if version != VERSION:
+            raise InvalidMessage(
+                "unsupported_version", f"binary version {version}, this daemon reads {VERSION}"
+            )
+        if flags & ~(FLAG_LABELS | FLAG_IDS):
+            raise InvalidMessage("wrong_type", f"unknown flags {flags:#04x}")
+        if not flags & FLAG_IDS:
+            raise InvalidMessage("missing_field", "binary labels need ids (flag 0x01)")
+        if code != _NO_INPUTS:
+            raise InvalidMessage("wrong_type", f"binary labels carry no inputs: dtype code {code}")
+        if ndim != 0:
+            raise InvalidMessage("wrong_dimension", f"binary labels carry no inputs: ndim {ndim}")
+        if n == 0:
+            raise InvalidMessage("empty", "binary message with 0 labels")
+        start = _header_size(0)
+        expected = start + n * _LABEL_BYTES
+        if len(value) < expected:
+            raise InvalidMessage("truncated", f"{len(value)} bytes, {n} labels need {expected}")
+        if len(value) > expected:
+            raise InvalidMessage(
+                "undecodable", f"{len(value) - expected} bytes after the last array"
+            )
+        ids = np.frombuffer(value, "<i8", n, start).astype(np.int64)
+        y = np.frombuffer(value, "<i4", n, start + 8 * n).astype(np.int64)
+        level = np.frombuffer(value, "u1", n, start + 12 * n).astype(np.int64)
+        if int(ids.min()) < 0:
+            raise InvalidMessage("wrong_type", "ids must be non-negative")
+        self.decoder._check_labels(y, level)
+        return Labels(ids, y, level)

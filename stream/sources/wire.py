@@ -215,10 +215,10 @@ class Decoder:
             raise InvalidMessage(
                 "unsupported_version", f"binary version {version}, this daemon reads {VERSION}"
             )
+        if flags & ~known_flags:  # first: a serving message (requests, labels) says what it is
+            raise InvalidMessage("wrong_type", f"unknown flags {flags:#04x}")
         if code not in X_DTYPES:
             raise InvalidMessage("wrong_type", f"unknown input dtype code {code}")
-        if flags & ~known_flags:
-            raise InvalidMessage("wrong_type", f"unknown flags {flags:#04x}")
         if not 1 <= ndim <= MAX_NDIM:
             raise InvalidMessage("wrong_dimension", f"sample ndim {ndim} outside [1, {MAX_NDIM}]")
         if n == 0:

@@ -29,7 +29,7 @@ from stream.daemon.serve import MAX_DEAD_LETTER_BACKLOG, Daemon
 from stream.engine.guard import non_finite
 from stream.sinks.dead_letter import FileDeadLetters, TopicDeadLetters
 from stream.sinks.kafka_sink import SinkError
-from stream.sources.serving_wire import encode_label_json, encode_requests
+from stream.sources.serving_wire import encode_label_json, encode_labels, encode_requests
 from stream.sources.wire import Decoder, encode_binary, encode_json
 from tests.support.memory_source import MemorySource
 
@@ -564,3 +564,38 @@ def test_a_request_the_learner_cannot_predict_is_dead_lettered_and_the_daemon_go
     status, body = handler(json.dumps({"samples": [{"x": x[0].tolist()}]}).encode())
     assert status == 200
     daemon.close()
+
+
+@pytest.mark.kafka
+def test_a_binary_label_batch_joins_as_its_json_labels_and_a_mangled_one_is_dead_lettered(
+    tmp_path, kafka_broker
+):
+    """One binary message of labels for eight requests learns the model that eight JSON labels
+    learn (same order, same served predictions); a truncated one is refused whole, and an
+    id that no request waits for is unmatched, as in JSON."""
+    _, x, y = _valid(8, seed=31)
+    ids = np.arange(8)
+
+    def serve(labels: list[bytes], name: str) -> Daemon:
+        messages = [encode_requests(x, ids), *labels]
+        source = MemorySource({0: messages})
+        config = _config(
+            tmp_path / name,
+            kafka={"bootstrap": kafka_broker.bootstrap, "max_poll_records": 20},
+            predictions={"topic": f"{name}-predictions"},
+        )
+        daemon = Daemon(config, source_factory=source.bind)
+        _drain(daemon, source)
+        daemon.checkpoint()
+        daemon.close()
+        return daemon
+
+    mangled = encode_labels(ids[:2], y[:2])[:-1]
+    binary = serve([mangled, encode_labels(np.append(ids, 99), np.append(y, 0))], "binary")
+    json_labels = serve([encode_label_json(int(i), int(y[i])) for i in ids], "json")
+    _assert_same_model(binary.learner, _reference(x, y))
+    _assert_same_model(json_labels.learner, _reference(x, y))
+    assert binary.loop.prequential.cumulative == json_labels.loop.prequential.cumulative
+    assert binary.loop.samples_seen == 8 and binary.predictions.serving.unmatched == 1
+    letters = _letters(tmp_path / "binary")
+    assert [(d["offset"], d["reason"]) for d in letters] == [(1, "truncated")]
