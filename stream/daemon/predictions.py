@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import structlog
@@ -101,13 +101,14 @@ class PredictionService:
             "published": {str(p): o for p, o in sorted(ends.items())},
         }
 
-    def recover(self, positions: dict[int, int]) -> None:
+    def recover(self, positions: dict[int, int], partitions: Collection[int] | None = None) -> None:
         """Read the predictions published since the checkpoint, once, before the first poll
         (:class:`SourceError` while the broker does not answer: the daemon retries).
 
         Only those for requests at or after ``positions`` (the checkpoint's offsets) are kept:
-        the ones the daemon will read again. Reading from before the checkpoint's recorded end
-        is therefore harmless (a broker may report a low end offset: tansu does)."""
+        the ones the daemon will read again; with ``partitions`` (a scaled-out rank's), only
+        those for requests from them. Reading from before the checkpoint's recorded end is
+        therefore harmless (a broker may report a low end offset: tansu does)."""
         if self.recovered is not None:
             return
         try:
@@ -118,6 +119,7 @@ class PredictionService:
             key: message
             for key, message in found.items()
             if message["request"]["topic"] == self.topic
+            and (partitions is None or message["request"]["partition"] in partitions)
             and message["request"]["offset"] >= positions.get(message["request"]["partition"], 0)
         }
         if self.recovered:
@@ -173,7 +175,9 @@ class PredictionService:
         now = time.time()
         self.serving.flush()  # learning is guarded on its own: only the prediction is at stake
         try:
-            prediction = self.serving.request(requests.ids, requests.x, now, requests.task, served)
+            prediction = self.serving.request(
+                requests.ids, requests.x, now, requests.task, served, record.partition
+            )
         except Exception as exc:  # the learner failed on these inputs: refuse them, serve on
             if self.refuse is None:
                 raise

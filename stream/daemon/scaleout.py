@@ -21,6 +21,7 @@ every message is learned exactly once whichever rank reads it now.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import Counter
@@ -172,6 +173,8 @@ class ScaleOutDaemon(Daemon):
             self._telemetry_observer.restore(self.loop)
             self.telemetry.restore_invalid_messages(dict(self.invalid))
         self._resume_offsets = {int(p): int(o) for p, o in manifest["offsets"].items()}
+        if self.predictions is not None:
+            self._restore_serving(manifest, own)
         self.checkpointed_samples = self.loop.samples_seen
         self._shard = own
         log.info(
@@ -182,6 +185,42 @@ class ScaleOutDaemon(Daemon):
             offsets=self._resume_offsets,
         )
         return None
+
+    def _restore_serving(self, manifest: dict[str, Any], own: Shard | None) -> None:
+        """The pending requests and published ends of the epoch: this rank's own in the same
+        world (it gets the same partitions again), every rank's in another world (partitions
+        move; :meth:`_assigned` keeps this rank's). Counters stay with their rank."""
+        assert self.predictions is not None
+        old_size = int(manifest["world_size"])
+        if old_size == self.world.size:
+            shards = [] if own is None else [own]
+        else:
+            shards = [
+                own
+                if own is not None and rank == self.world.rank
+                else self.aligned.load_shard(manifest, rank)
+                for rank in range(old_size)
+            ]
+        states = [s.meta["serving"] for s in shards if "serving" in s.meta]
+        if not states:
+            return
+        mine = own.meta.get("serving") if own is not None else None
+        counters = (
+            {k: mine["loop"][k] for k in ("predictions", "expired", "unmatched")}
+            if mine is not None
+            else {"predictions": 0, "expired": 0, "unmatched": 0}
+        )
+        requests = sorted(
+            (r for state in states for r in state["loop"]["join"]["requests"]),
+            key=lambda r: float(r["served_at"]),
+        )
+        published: dict[str, int] = {}
+        for state in states:  # from the earliest end: what is read twice is filtered
+            for partition, end in state["published"].items():
+                published[partition] = min(int(end), published.get(partition, int(end)))
+        self.predictions.restore(
+            {"loop": {**counters, "join": {"requests": requests}}, "published": published}
+        )
 
     def _open_dead_letters(self, checkpoint: Checkpoint | None) -> DeadLetterSink:
         target = self.config.dead_letter
@@ -223,6 +262,9 @@ class ScaleOutDaemon(Daemon):
         )
         for partition in partitions:
             self.telemetry.watch_partition(self.topic, partition)
+        if self.predictions is not None:
+            # requests restored from another world whose labels now come to other ranks
+            self.predictions.serving.keep_partitions(partitions)
         return resume
 
     # -- the loop -----------------------------------------------------------------------------
@@ -257,7 +299,8 @@ class ScaleOutDaemon(Daemon):
         Returns True when the group stops."""
         self._poll_and_learn()
         if self.gradients is not None:
-            self.gradients.finish_round()
+            with self._model_lock():
+                self.gradients.finish_round()
         now = time.monotonic()
         unsynced = self.loop.samples_seen - self._synced_samples
         changed = self.positions != self.checkpointed_positions
@@ -281,7 +324,8 @@ class ScaleOutDaemon(Daemon):
         )
         if sync:
             if self.statistics is not None:
-                self.statistics.synchronize()
+                with self._model_lock():
+                    self.statistics.synchronize()
             self._synced_samples = self.loop.samples_seen
             self._last_sync = now
             self.telemetry.progressed()
@@ -294,10 +338,19 @@ class ScaleOutDaemon(Daemon):
                 self._report_lag(self.source.highwater(self.source.assignment()))
         return stop > 0
 
+    def _model_lock(self) -> contextlib.AbstractContextManager[Any]:
+        """Held while the model changes outside the serving loop (a sync point, the round's last
+        gradient steps), so that ``POST /predict`` never reads it half-changed."""
+        if self.predictions is None:
+            return contextlib.nullcontext()
+        return self.predictions.serving.lock
+
     def _poll_and_learn(self) -> None:
         kafka = self.config.kafka
         try:
             self.connect()
+            if self.predictions is not None:
+                self.predictions.recover(self.positions, self.partitions or [])
             assert self.source is not None
             if not self.partitions:
                 # More ranks than partitions: this one learns nothing but still meets the others.
@@ -344,6 +397,8 @@ class ScaleOutDaemon(Daemon):
             self.history.sync()
             meta["dead_letter_position"] = self.dead_letters.position()
             meta["history_position"] = self.history.position()
+            if self.predictions is not None:
+                meta["serving"] = self.predictions.checkpoint_state()
             learner = self.learner.state_dict() if carries_learner else None
             entry = self.aligned.write_shard(epoch, self.world.rank, meta, learner)
         except (OSError, SinkError) as exc:

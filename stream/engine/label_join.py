@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,13 +33,15 @@ import numpy as np
 
 @dataclass
 class Pending:
-    """One served request: its input, the class served per level (-1: none), when, and the
-    task its request named (-1: none)."""
+    """One served request: its input, the class served per level (-1: none), when, the task
+    its request named (-1: none), and the Kafka partition it came from (-1: unknown; a
+    scaled-out daemon hands pending requests on with their partitions)."""
 
     x: np.ndarray
     predicted: list[int]
     served_at: float
     task: int = -1
+    partition: int = -1
 
 
 class LabelJoin:
@@ -64,7 +67,13 @@ class LabelJoin:
         return len(self.pending)
 
     def add(
-        self, id: int, x: np.ndarray, predicted: list[int], served_at: float, task: int = -1
+        self,
+        id: int,
+        x: np.ndarray,
+        predicted: list[int],
+        served_at: float,
+        task: int = -1,
+        partition: int = -1,
     ) -> list[int]:
         """Keep request ``id``; the ids that expired to make room (a repeated id replaces the
         earlier request, whose label can no longer be told apart)."""
@@ -76,8 +85,14 @@ class LabelJoin:
             expired.append(id)
         if x.nbytes > self.max_bytes:
             return [*expired, id]  # could never be held: expired at once
-        self.pending[id] = Pending(x, list(predicted), served_at, task)
+        self.pending[id] = Pending(x, list(predicted), served_at, task, partition)
         self.bytes += x.nbytes
+        return expired + self.shrink()
+
+    def shrink(self) -> list[int]:
+        """Drop the oldest requests while the window holds more than its bounds allow (after
+        :meth:`add`, or a restore into smaller bounds or from several windows); their ids."""
+        expired = []
         while len(self.pending) > self.max_pending or self.bytes > self.max_bytes:
             expired.append(self._drop_oldest())
         return expired
@@ -99,6 +114,16 @@ class LabelJoin:
             expired.append(self._drop_oldest())
         return expired
 
+    def keep_partitions(self, partitions: Collection[int]) -> int:
+        """Keep only the requests from ``partitions`` (a scaled-out rank, after its partitions
+        were assigned: the others' labels go to other ranks); how many were handed on. Not
+        expired: another rank holds them."""
+        owned = set(partitions)
+        gone = [id for id, p in self.pending.items() if p.partition not in owned]
+        for id in gone:
+            self.take(id)
+        return len(gone)
+
     def _drop_oldest(self) -> int:
         id, dropped = self.pending.popitem(last=False)
         self.bytes -= dropped.x.nbytes
@@ -117,20 +142,24 @@ class LabelJoin:
                     "predicted": p.predicted,
                     "served_at": p.served_at,
                     "task": p.task,
+                    "partition": p.partition,
                 }
                 for id, p in self.pending.items()
             ]
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The window of ``state``, as it was (:meth:`shrink` fits it into smaller bounds)."""
         self.pending.clear()
         self.bytes = 0
         for request in state["requests"]:
             x = np.frombuffer(base64.b64decode(request["x"]), "<f4").reshape(request["shape"])
+            self.take(int(request["id"]))  # merged windows may repeat an id: the later stands
             self.pending[int(request["id"])] = Pending(
                 x.astype(np.float32),
                 [int(c) for c in request["predicted"]],
                 float(request["served_at"]),
                 int(request["task"]),
+                int(request.get("partition", -1)),  # checkpoints before scale-out serving
             )
             self.bytes += x.nbytes

@@ -46,7 +46,7 @@ batch's messages.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,12 +131,14 @@ class ServingLoop:
         now: float,
         task: np.ndarray | None = None,
         served: Sequence[Served | None] | None = None,
+        partition: int = -1,
     ) -> Prediction:
         """Serve requests: learn what is queued, predict, keep those with an id (>= 0) for their
         labels. Requests that push older ones out of the window count in ``expired``.
 
         ``served`` gives, for requests answered before a crash, the classes and time they were
-        served then: those are kept for their labels instead of this prediction."""
+        served then: those are kept for their labels instead of this prediction. ``partition``:
+        the Kafka partition of the requests' message, kept with them (-1: none)."""
         self.flush()
         prediction = self.predict(x)
         self.predictions += len(x)
@@ -152,6 +154,7 @@ class ServingLoop:
                     prediction.predicted[i].tolist(),
                     now if earlier is None else earlier.served_at,
                     int(tasks[i]),
+                    partition,
                 )
                 self.expired += len(dropped)
         return prediction
@@ -234,7 +237,15 @@ class ServingLoop:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The window and counters of ``state``; requests beyond this window's bounds (made
+        smaller since, or windows merged) expire, oldest first."""
         self.join.load_state_dict(state["join"])
         self.predictions = int(state["predictions"])
-        self.expired = int(state["expired"])
+        self.expired = int(state["expired"]) + len(self.join.shrink())
         self.unmatched = int(state["unmatched"])
+
+    def keep_partitions(self, partitions: Collection[int]) -> None:
+        """Keep only the pending requests from ``partitions`` (a scaled-out rank's, once
+        assigned); the window's bounds then apply to what is left."""
+        self.join.keep_partitions(partitions)
+        self.expired += len(self.join.shrink())

@@ -64,12 +64,6 @@ def run(args: argparse.Namespace) -> int:
     config = resolve_kafka_secrets(load_serve_config(args.config), os.environ)
     key = load_checkpoint_key(config.checkpoint.key_file, os.environ)
     world = World.from_environment(os.environ)
-    if config.predictions is not None and (args.workers > 1 or world is not None):
-        # One join window and one predictions log per model: ranks would each hold a part.
-        raise UsageError(
-            "[predictions] is served by a single daemon; scale-out (--workers, torchrun) does "
-            "not serve predictions (docs/serving.md)"
-        )
     if args.workers > 1 and world is None:
         return launch_workers(args.config, args.workers, args.max_restarts)
     metrics = config.metrics

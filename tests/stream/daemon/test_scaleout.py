@@ -3,12 +3,18 @@
 - acil: after the whole topic the group's one model equals a single-process run on the same
   samples to 1e-9, also when one rank is killed with ``kill -9`` mid-stream (torchrun restarts
   the group, every rank resumes from the last complete global checkpoint);
-- er: synchronous data-parallel steps keep one model on every rank, and its loss goes down.
+- er: synchronous data-parallel steps keep one model on every rank, and its loss goes down;
+- nmc with ``[predictions]``: each rank serves its partitions' requests (topic and HTTP) and
+  joins their labels.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +23,11 @@ import torch
 
 from learners import registry
 from learners.base import Problem
+from stream.sinks.kafka_sink import open_sink
+from stream.sources.serving_wire import encode_labels, encode_requests
 from tests.support.scaleout_group import ScaleOutGroup, publish
+from tests.support.serve_process import free_port
+from tests.support.topic_reader import read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -139,3 +149,66 @@ def test_er_steps_data_parallel_and_its_loss_goes_down(kafka_broker, tmp_path):
         before = fresh._losses(fresh.backbone(inputs), labels, level).mean()
         after = ranks[0]._losses(ranks[0].backbone(inputs), labels, level).mean()
     assert after < 0.5 * before
+
+
+def free_ports(count: int) -> int:
+    """A port ``p`` with ``p .. p + count - 1`` free (rank L serves on metrics.port + L)."""
+    for _ in range(50):
+        first = free_port()
+        try:
+            with contextlib.ExitStack() as held:
+                for port in range(first, first + count):
+                    probe = held.enter_context(socket.socket())
+                    probe.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+    raise AssertionError(f"no {count} consecutive free ports")
+
+
+def post_predict(port: int, x: np.ndarray) -> dict:
+    body = json.dumps({"samples": [{"x": row.tolist()} for row in x]}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/predict", body, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_two_ranks_serve_predictions_on_the_topic_and_over_http(kafka_broker, tmp_path):
+    """``[predictions]`` under ``--workers 2``: each rank answers the requests of its partition
+    on the predictions topic and ``POST /predict`` on its own port, joins the labels that come
+    on the same partition, and the group's one model is the one learner of every sample."""
+    name = "scaleout-serving"
+    x, y = blobs(96, seed=3)
+    config = group_config(tmp_path, name, kafka_broker.bootstrap, {"name": "nmc"})
+    config["predictions"] = {"topic": f"{name}-out", "http": True}
+    port = free_ports(2)
+    config["metrics"] = {"port": port}
+    sink = open_sink("confluent", kafka_broker.bootstrap)
+    assert sink.ensure_topic(name, 2) == 2
+    owned: dict[int, list[int]] = {0: [], 1: []}
+    for number, first in enumerate(range(0, len(y), 8)):  # requests keyed to a partition
+        ids = np.arange(first, first + 8)
+        sink.send(name, encode_requests(x[ids], ids), partition=number % 2)
+        owned[number % 2].extend(ids.tolist())
+    for partition, ids in owned.items():  # their labels, on the same partitions
+        sink.send(name, encode_labels(np.array(ids), y[ids]), partition=partition)
+    sink.flush()
+    sink.close()
+    group = ScaleOutGroup(config, tmp_path, name, 2)
+    group.start()
+    try:
+        manifest = group.wait_for_offsets({0: 7, 1: 7}, timeout=120)
+        for rank in (0, 1):
+            answer = post_predict(port + rank, x[:3])
+            assert len(answer["predictions"]) == 3 and answer["position"] > 0
+        assert group.terminate(timeout=60) == 0
+    finally:
+        group.stop()
+    answers = [json.loads(v) for _, v in read_topic(kafka_broker.bootstrap, f"{name}-out")]
+    assert sorted(a["id"] for a in answers) == list(range(len(y)))  # each request once
+    for a in answers:
+        assert a["id"] in owned[a["request"]["partition"]]
+    learned = group.learner(group.store.latest() or manifest, 0, PROBLEM)
+    alone = single_process("nmc", {}, x, y)
+    assert torch.equal(learned.counts[0], alone.counts[0])
+    torch.testing.assert_close(learned.sums[0], alone.sums[0], rtol=1e-12, atol=0)

@@ -17,13 +17,20 @@ import torch
 from learners import registry
 from learners.base import Problem
 from stream.daemon.aligned_checkpoint import AlignedCheckpoints
-from stream.daemon.config import EvaluationConfig, ServeConfig, ServeConfigError
+from stream.daemon.config import (
+    EvaluationConfig,
+    PredictionsConfig,
+    ServeConfig,
+    ServeConfigError,
+)
 from stream.daemon.distributed import World
 from stream.daemon.scaleout import ScaleOutDaemon, rank_file
 from stream.engine.drift_detection import DriftConfig
 from stream.sources.kafka_source import KafkaSource, Record
-from stream.sources.wire import encode_binary
+from stream.sources.serving_wire import ServingDecoder, encode_labels, encode_requests
+from stream.sources.wire import Decoder, encode_binary
 from tests.support.threaded_ranks import ThreadedCollectives, ThreadedGroup
+from tests.support.topic_reader import read_topic
 
 PROBLEM = Problem(input_shape=(6,), num_classes=(3,))
 PER_MESSAGE = 4
@@ -310,3 +317,116 @@ def test_a_rank_reports_an_offset_reset_and_learns_the_recreated_partition(tmp_p
         == 0
     )
     assert first.positions == {0: 2} and first.loop.samples_seen == 16 + 8
+
+
+# -- serving predictions ------------------------------------------------------------------------
+
+
+def serving_config(tmp_path: Path, bootstrap: str, name: str) -> ServeConfig:
+    cfg = config(tmp_path, {"name": "nmc"}, every_samples=10**6)
+    cfg.kafka.bootstrap = bootstrap
+    cfg.predictions = PredictionsConfig(topic=f"{name}-predictions")
+    return cfg
+
+
+def requests_of(x: np.ndarray, partitions: int, first_id: int = 0) -> dict[int, list[bytes]]:
+    """Requests for the rows of ``x`` (id = first_id + row), four a message, partition by id:
+    a producer keys a request and its label by the id, so both go to one partition."""
+    topic: dict[int, list[bytes]] = {p: [] for p in range(partitions)}
+    for start in range(0, len(x), PER_MESSAGE):
+        ids = np.arange(start, min(start + PER_MESSAGE, len(x))) + first_id
+        topic[(start // PER_MESSAGE) % partitions].append(encode_requests(x[ids - first_id], ids))
+    return topic
+
+
+def labels_for(topic: dict[int, list[bytes]], y: np.ndarray, decoder: ServingDecoder) -> None:
+    """Append to each partition one binary label batch for the requests it holds."""
+    for values in topic.values():
+        ids = np.concatenate([decoder.decode(v).ids for v in values if v[:4] == b"SCLB"])
+        values.append(encode_labels(ids, y[ids]))
+
+
+def served(bootstrap: str, name: str) -> list[dict]:
+    return [json.loads(value) for _, value in read_topic(bootstrap, f"{name}-predictions")]
+
+
+def nmc_of(x: np.ndarray, y: np.ndarray):
+    alone = registry.create("nmc", PROBLEM, {})
+    alone.learn(torch.from_numpy(x), torch.from_numpy(y), torch.zeros(len(y), dtype=torch.long))
+    return alone
+
+
+@pytest.mark.kafka
+def test_ranks_serve_the_requests_of_their_partitions_and_learn_their_labels(
+    tmp_path, kafka_broker
+):
+    """Each rank predicts the requests of its own partitions and publishes one prediction per
+    request; their labels (on the same partitions) join on that rank, and the one model is the
+    one learner of every joined and labelled sample."""
+    x, y = samples(40, seed=11)
+    topic = requests_of(x[:32], 2)
+    labels_for(topic, y, ServingDecoder(Decoder(PROBLEM)))
+    for p, values in topic_of(x[32:], y[32:], 2).items():
+        topic[p].extend(values)
+    cfg = serving_config(tmp_path, kafka_broker.bootstrap, "ranks")
+    daemons = run_group(cfg, topic, ranks=2, rounds=8)
+    answers = served(kafka_broker.bootstrap, "ranks")
+    assert sorted(a["id"] for a in answers) == list(range(32))  # each request once
+    assert {a["request"]["partition"] for a in answers if a["id"] % 8 < 4} == {0}
+    assert [d.predictions.serving.predictions for d in daemons] == [16, 16]
+    assert [d.predictions.serving.unmatched for d in daemons] == [0, 0]
+    alone = nmc_of(x, y)
+    for daemon in daemons:
+        assert torch.equal(daemon.learner.counts[0], alone.counts[0])
+        torch.testing.assert_close(daemon.learner.sums[0], alone.sums[0], rtol=1e-12, atol=0)
+
+
+@pytest.mark.kafka
+def test_pending_requests_move_with_their_partitions_to_a_group_of_another_size(
+    tmp_path, kafka_broker
+):
+    """Two ranks answer requests and checkpoint with them pending; they answer more and vanish
+    (nothing checkpointed). One rank resumes: it holds both windows, takes the predictions
+    published since the checkpoint as served (none is published twice), and every label joins."""
+    x, y = samples(48, seed=12)
+    topic = requests_of(x[:32], 2)
+    cfg = serving_config(tmp_path, kafka_broker.bootstrap, "moved")
+    run_group(cfg, topic, ranks=2, rounds=6)  # stops with a checkpoint: 32 pending
+    manifest = AlignedCheckpoints(cfg.checkpoint.dir).latest()
+    assert manifest is not None and manifest["offsets"] == {"0": 4, "1": 4}
+    for p, values in requests_of(x[32:], 2, first_id=32).items():
+        topic[p].extend(values)
+    run_group(cfg, topic, ranks=2, rounds=6, stop=False)  # answers 16 more, then vanishes
+    assert len(served(kafka_broker.bootstrap, "moved")) == 48
+    labels_for(topic, y, ServingDecoder(Decoder(PROBLEM)))
+    [alone] = run_group(cfg, topic, ranks=1, rounds=8)
+    answers = served(kafka_broker.bootstrap, "moved")
+    assert sorted(a["id"] for a in answers) == list(range(48))  # still once each
+    serving = alone.predictions.serving
+    assert serving.unmatched == 0 and len(serving.join) == 0 and serving.expired == 0
+    assert alone.loop.samples_seen == 48
+    reference = nmc_of(x, y)
+    assert torch.equal(alone.learner.counts[0], reference.counts[0])
+    torch.testing.assert_close(alone.learner.sums[0], reference.sums[0], rtol=1e-12, atol=0)
+
+
+@pytest.mark.kafka
+def test_a_window_split_over_more_ranks_keeps_each_request_where_its_label_comes(
+    tmp_path, kafka_broker
+):
+    """One rank checkpoints 32 pending requests from two partitions; two ranks resume and each
+    keeps only its partition's, so every label joins and none is counted expired."""
+    x, y = samples(32, seed=13)
+    topic = requests_of(x, 2)
+    cfg = serving_config(tmp_path, kafka_broker.bootstrap, "split")
+    [one] = run_group(cfg, topic, ranks=1, rounds=6)
+    assert len(one.predictions.serving.join) == 32
+    labels_for(topic, y, ServingDecoder(Decoder(PROBLEM)))
+    daemons = run_group(cfg, topic, ranks=2, rounds=6)
+    for daemon in daemons:
+        serving = daemon.predictions.serving
+        assert (serving.unmatched, serving.expired, len(serving.join)) == (0, 0, 0)
+    assert [d.loop.samples_seen for d in daemons] == [16, 16]
+    assert len(served(kafka_broker.bootstrap, "split")) == 32
+    reference = nmc_of(x, y)
+    torch.testing.assert_close(daemons[1].learner.sums[0], reference.sums[0], rtol=1e-12, atol=0)
