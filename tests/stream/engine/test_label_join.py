@@ -77,3 +77,30 @@ def test_bounds_must_be_positive():
         LabelJoin(max_pending=0)
     with pytest.raises(ValueError, match="max_age_seconds"):
         LabelJoin(max_age_seconds=0)
+
+
+def test_partitions_round_trip_and_a_window_keeps_only_the_partitions_it_is_given():
+    join = LabelJoin()
+    for i in range(6):
+        join.add(i, np.full(2, i, np.float32), [i % 3], served_at=float(i), partition=i % 2)
+    state = json.loads(json.dumps(join.state_dict()))
+    again = LabelJoin()
+    again.load_state_dict(state)
+    assert [p.partition for p in again.pending.values()] == [0, 1, 0, 1, 0, 1]
+    assert again.keep_partitions([1]) == 3
+    assert list(again.pending) == [1, 3, 5] and again.bytes == 3 * 8
+    # a window written before partitions were kept reads as partition -1
+    for request in state["requests"]:
+        del request["partition"]
+    again.load_state_dict(state)
+    assert {p.partition for p in again.pending.values()} == {-1}
+
+
+def test_a_restored_window_fits_into_smaller_bounds_oldest_first():
+    join = LabelJoin()
+    for i in range(5):
+        join.add(i, np.zeros(4, np.float32), [0], served_at=float(i))
+    smaller = LabelJoin(max_pending=3)
+    smaller.load_state_dict(join.state_dict())
+    assert smaller.shrink() == [0, 1] and list(smaller.pending) == [2, 3, 4]
+    assert smaller.bytes == 3 * 16
