@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import structlog
 
 from learners.capabilities import DriftAction, SyncedStatistics
@@ -37,8 +38,10 @@ from stream.daemon.checkpoint import Checkpoint, CheckpointError
 from stream.daemon.config import ServeConfig, ServeConfigError
 from stream.daemon.distributed import Collectives, World, assign_partitions, join, leave
 from stream.daemon.gradient_sync import GradientSync
+from stream.daemon.poison import PoisonLog
 from stream.daemon.serve import CHECKPOINT_FORMAT, Daemon
 from stream.daemon.statistics_sync import StatisticsSync
+from stream.engine.batch import Batch, Origins
 from stream.engine.device import resolve_device
 from stream.observe.rank_label import RankLabelledRegistry
 from stream.observe.telemetry import Telemetry
@@ -49,9 +52,11 @@ from stream.sources.kafka_source import (
     ErrorHandler,
     KafkaSource,
     PartitionChooser,
+    Record,
     SourceError,
     open_source,
 )
+from stream.sources.wire import InvalidMessage
 
 log = structlog.get_logger("streamcl.scaleout")
 
@@ -140,6 +145,15 @@ class ScaleOutDaemon(Daemon):
             self.aligned.remove_incomplete()
         self.collectives.sum([0.0])  # nobody reads the epochs while rank 0 tidies them
         manifest = self.aligned.latest()
+        offsets = (
+            {} if manifest is None else {int(p): int(o) for p, o in manifest["offsets"].items()}
+        )
+        self.poison = PoisonLog(self.config.checkpoint.dir, self.topic)
+        self._poisoned = self.poison.since(offsets)
+        if self._poisoned:
+            log.warning(
+                "poisoned_messages_skipped", rank=self.world.rank, count=len(self._poisoned)
+            )
         epoch = 0 if manifest is None else int(manifest["epoch"])
         if self.collectives.broadcast_int(epoch) != epoch:
             raise CheckpointError("the ranks see different global checkpoints; is the dir shared?")
@@ -221,6 +235,32 @@ class ScaleOutDaemon(Daemon):
         self.predictions.restore(
             {"loop": {**counters, "join": {"requests": requests}}, "published": published}
         )
+
+    # -- a learner error ----------------------------------------------------------------------
+
+    def _learn_batch(self, batch: Batch, served: np.ndarray | None, origins: Origins) -> None:
+        """Learn one micro-batch unguarded; if the learner fails, record the batch's messages
+        (stream/daemon/poison.py) and fail: the restarted group skips them."""
+        try:
+            self.loop.process(batch, served)
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+            partitions, offsets = origins
+            messages = list(dict.fromkeys(zip(partitions.tolist(), offsets.tolist(), strict=True)))
+            recorded = self.poison.record(self.world.rank, messages, detail)
+            log.error(
+                "learner_error",
+                problem=detail,
+                samples=len(batch),
+                messages=messages[:10],
+                recorded=recorded,
+                rank=self.world.rank,
+            )
+            raise
+
+    def _refused(self, record: Record) -> InvalidMessage | None:
+        detail = self._poisoned.get((record.partition, record.offset))
+        return None if detail is None else InvalidMessage("learner_error", detail)
 
     def _open_dead_letters(self, checkpoint: Checkpoint | None) -> DeadLetterSink:
         target = self.config.dead_letter

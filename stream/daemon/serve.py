@@ -419,6 +419,9 @@ class Daemon:
             if known is not None and record.offset < known:
                 continue  # learned already: a redelivery after a reconnect or rebalance
             try:
+                refused = self._refused(record)
+                if refused is not None:
+                    raise refused
                 message = self.decoder.decode(record.value)
             except InvalidMessage as exc:
                 self._dead_letter(partition, record.offset, record.value, exc.reason, exc.detail)
@@ -452,6 +455,10 @@ class Daemon:
                 self._learn_guarded(good, accepted)  # type: ignore[arg-type]
         if alive is not None and alive.records:
             self.learn(alive.records)
+
+    def _refused(self, record: Record) -> InvalidMessage | None:
+        """Why ``record`` is refused before it is decoded (None: it is judged as it comes)."""
+        return None
 
     def _learn_guarded(self, good: list[Samples], records: list[Record]) -> None:
         """Learn the decoded messages in micro-batches, through the guard when there is one."""

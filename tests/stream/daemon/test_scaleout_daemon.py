@@ -430,3 +430,65 @@ def test_a_window_split_over_more_ranks_keeps_each_request_where_its_label_comes
     assert len(served(kafka_broker.bootstrap, "split")) == 32
     reference = nmc_of(x, y)
     torch.testing.assert_close(daemons[1].learner.sums[0], reference.sums[0], rtol=1e-12, atol=0)
+
+
+# -- a learner error ------------------------------------------------------------------------------
+
+POISON = 999.0
+
+
+def test_a_batch_the_learner_fails_on_costs_one_restart_and_is_then_dead_lettered(tmp_path):
+    """A rank whose learner raises records the batch's messages in checkpoint.dir and fails
+    (the group restarts); the restarted group, in another world here, dead-letters them as
+    learner_error and learns everything else: the model equals one that never saw them."""
+    x, y = samples(64, seed=14)
+    x[21, 1] = POISON  # message 5 (samples 20..23): partition 1's third message
+    topic = topic_of(x, y, 2)
+    cfg = config(tmp_path, {"name": "nmc"}, every_samples=16)
+    cfg.loop.batch_size = PER_MESSAGE  # a batch is a message
+    group = ThreadedGroup(2)
+
+    def work(rank: int) -> ScaleOutDaemon:
+        daemon = rank_daemon(cfg, topic, group, rank)
+        fused = daemon.learner.predict_then_learn
+
+        def faulty(inputs, labels, level=None, iterations=1):
+            if (inputs[:, 1] == POISON).any():
+                raise RuntimeError("Matrix is not positive definite")
+            return fused(inputs, labels, level, iterations)
+
+        daemon.learner.predict_then_learn = faulty
+        try:
+            for _ in range(12):
+                daemon.round()
+        finally:
+            daemon.close()
+        return daemon
+
+    with pytest.raises(RuntimeError, match="not positive definite"):
+        group.run(work)
+    [entry] = [
+        json.loads(line)
+        for line in (tmp_path / "ckpt" / "poison.rank-1.jsonl").read_text().splitlines()
+    ]
+    assert (entry["topic"], entry["partition"], entry["offset"]) == ("t", 1, 2)
+    [alone] = run_group(cfg, topic, ranks=1, rounds=12)
+    letters = [
+        json.loads(line) for line in rank_file(tmp_path / "dead.jsonl", 0).read_text().splitlines()
+    ]
+    assert [(d["partition"], d["offset"], d["reason"]) for d in letters] == [
+        (1, 2, "learner_error")
+    ]
+    assert "not positive definite" in letters[0]["detail"]
+    kept = np.ones(len(y), dtype=bool)
+    kept[20:24] = False
+    reference = registry.create("nmc", PROBLEM, {})
+    reference.learn(
+        torch.from_numpy(x[kept]),
+        torch.from_numpy(y[kept]),
+        torch.zeros(kept.sum(), dtype=torch.long),
+    )
+    assert torch.equal(alone.learner.counts[0], reference.counts[0])
+    torch.testing.assert_close(alone.learner.sums[0], reference.sums[0], rtol=1e-12, atol=0)
+    manifest = AlignedCheckpoints(cfg.checkpoint.dir).latest()
+    assert manifest is not None and manifest["offsets"] == {"0": 8, "1": 8}
