@@ -3,7 +3,7 @@
 Each test is one row of docs/daemon.md "Faults": a poisoned sample, a learner that raises or goes
 non-finite, a full disk under the dead letters or the checkpoints, a dead-letter topic that
 refuses a letter for good, a learner slower than the group's poll interval, an offset reset, and
-a fuzz of the whole message path. The real-broker versions are in
+a fuzz of the whole message path, without and with serving. The real-broker versions are in
 tests/stream/cli/commands/test_serve_hostile.py.
 """
 
@@ -29,7 +29,15 @@ from stream.daemon.serve import MAX_DEAD_LETTER_BACKLOG, Daemon
 from stream.engine.guard import non_finite
 from stream.sinks.dead_letter import FileDeadLetters, TopicDeadLetters
 from stream.sinks.kafka_sink import SinkError
-from stream.sources.serving_wire import encode_label_json, encode_labels, encode_requests
+from stream.sources.serving_wire import (
+    Labels,
+    Requests,
+    ServingDecoder,
+    encode_label_json,
+    encode_labels,
+    encode_request_json,
+    encode_requests,
+)
 from stream.sources.wire import Decoder, encode_binary, encode_json
 from tests.support.memory_source import MemorySource
 
@@ -599,3 +607,99 @@ def test_a_binary_label_batch_joins_as_its_json_labels_and_a_mangled_one_is_dead
     assert binary.loop.samples_seen == 8 and binary.predictions.serving.unmatched == 1
     letters = _letters(tmp_path / "binary")
     assert [(d["offset"], d["reason"]) for d in letters] == [(1, "truncated")]
+
+
+# -- fuzz of the serving path ------------------------------------------------------------------
+
+IDS = st.integers(0, 6)  # few ids: requests repeat, labels find or miss them
+REQUEST = st.one_of(
+    st.builds(
+        lambda x, i: encode_request_json(np.array(x, np.float32), id=i),
+        st.lists(st.floats(-1e3, 1e3, width=32), min_size=4, max_size=4),
+        st.none() | IDS,
+    ),
+    st.builds(
+        lambda ids, seed: encode_requests(
+            np.random.default_rng(seed).normal(size=(len(ids), 4)).astype(np.float32),
+            np.array(ids),
+        ),
+        st.lists(IDS, min_size=1, max_size=4),
+        st.integers(0, 100),
+    ),
+)
+LABEL = st.one_of(
+    st.builds(encode_label_json, IDS, st.integers(0, 3)),
+    st.builds(
+        lambda pairs: encode_labels(
+            np.array([i for i, _ in pairs]), np.array([c for _, c in pairs])
+        ),
+        st.lists(st.tuples(IDS, st.integers(0, 2)), min_size=1, max_size=4),
+    ),
+)
+SERVED = st.one_of(
+    REQUEST, LABEL, VALID, BINARY,
+    st.builds(lambda m, at, b: m[:at] + bytes([b]) + m[at + 1 :], LABEL | REQUEST,
+              st.integers(0, 60), st.integers(0, 255)),
+)  # fmt: skip
+
+
+def _expected_serving(values: list[bytes]) -> tuple[int, int, int, int, list[int]]:
+    """What the serving daemon must do with one partition's records, in order: request
+    samples answered, samples learned (labelled or joined), labels unmatched, and the offsets
+    it must refuse."""
+    decoder = ServingDecoder(Decoder(PROBLEM, max_abs=1e6))
+    pending: set[int] = set()
+    answered = learned = unmatched = 0
+    refused = []
+    for offset, value in enumerate(values):
+        try:
+            message = decoder.decode(value)
+        except ValueError:
+            refused.append(offset)
+            continue
+        if isinstance(message, Requests):
+            answered += len(message)
+            pending.update(int(i) for i in message.ids if i >= 0)
+        elif isinstance(message, Labels):
+            for i in message.ids.tolist():
+                if i in pending:
+                    pending.remove(i)
+                    learned += 1
+                else:
+                    unmatched += 1
+        else:
+            learned += len(message)
+    return answered, learned, unmatched, len(refused), refused
+
+
+@pytest.mark.kafka
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(values=st.lists(SERVED, min_size=1, max_size=14))
+def test_a_fuzzed_serving_topic_never_stops_the_daemon_and_every_record_is_accounted_for(
+    tmp_path_factory, kafka_broker, values
+):
+    """Requests, labels (JSON and binary batches), labelled samples and mangled bytes, in any
+    order: every request sample is answered, every label joins its pending request or is
+    unmatched, every labelled or joined sample is learned, every other record dead-lettered."""
+    tmp_path = tmp_path_factory.mktemp("serving-fuzz")
+    source = MemorySource({0: values})
+    config = _config(
+        tmp_path,
+        kafka={"bootstrap": kafka_broker.bootstrap, "max_poll_records": 4},
+        predictions={"topic": "fuzzed-predictions"},
+    )
+    daemon = Daemon(config, source_factory=source.bind)
+    _drain(daemon, source)
+    daemon.checkpoint()
+    daemon.close()
+    answered, learned, unmatched, _, refused = _expected_serving(values)
+    serving = daemon.predictions.serving
+    assert (serving.predictions, daemon.loop.samples_seen, serving.unmatched) == (
+        answered,
+        learned,
+        unmatched,
+    )
+    letters = _letters(tmp_path) if (tmp_path / "dead.jsonl").exists() else []
+    assert sorted(d["offset"] for d in letters) == refused
