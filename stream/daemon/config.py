@@ -180,6 +180,15 @@ class DeadLetterConfig(_Section):
         description="where letters the dead-letter topic refuses for good go; default "
         "dead-letters-spill.jsonl in checkpoint.dir",
     )
+    file_bytes: int = Field(
+        256 << 20,
+        gt=0,
+        description="a dead-letter file (or spill file) that reaches this size is renamed "
+        "<file>.<n> and a new one begun",
+    )
+    files: int = Field(
+        8, ge=1, description="rotated dead-letter files kept; older letters are deleted"
+    )
 
     @model_validator(mode="after")
     def _one(self) -> DeadLetterConfig:

@@ -268,7 +268,10 @@ class ScaleOutDaemon(Daemon):
             return super()._open_dead_letters(None)
         resume_at = None if self._shard is None else self._shard.meta.get("dead_letter_position")
         path = rank_file(target.file, self.world.rank)
-        return FileDeadLetters(path, self.config.messages.max_bytes, resume_at)
+        limit = min(self.config.messages.max_bytes, target.max_value_bytes)
+        return FileDeadLetters(
+            path, limit, resume_at, file_bytes=target.file_bytes, files=target.files
+        )
 
     # -- partitions ---------------------------------------------------------------------------
 

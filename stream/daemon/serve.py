@@ -320,7 +320,9 @@ class Daemon:
         limit = min(self.config.messages.max_bytes, target.max_value_bytes)
         if target.file is not None:
             resume_at = None if checkpoint is None else checkpoint.meta.get("dead_letter_position")
-            return FileDeadLetters(target.file, limit, resume_at)
+            return FileDeadLetters(
+                target.file, limit, resume_at, file_bytes=target.file_bytes, files=target.files
+            )
         assert target.topic is not None
         kafka = self.config.kafka
         spill = target.spill_file or self.config.checkpoint.dir / "dead-letters-spill.jsonl"
@@ -328,7 +330,7 @@ class Daemon:
             lambda: open_sink(kafka.client, kafka.bootstrap, kafka.options),
             target.topic,
             limit,
-            spill=FileDeadLetters(spill, limit),
+            spill=FileDeadLetters(spill, limit, file_bytes=target.file_bytes, files=target.files),
             on_spill=lambda problem: self.telemetry.dead_letter_spilled(),
         )
 

@@ -14,6 +14,10 @@ not durable. ``backlog`` says how many wait; the daemon stops reading while too 
 The file sink is exactly-once across crashes: its length is saved in every checkpoint, and on
 restart the file is cut back to that length before the daemon re-reads the messages after the
 checkpoint's offsets. A failed append is cut back too, so the file never holds half a line.
+It is bounded: a file that reaches ``file_bytes`` is renamed ``<file>.<n>`` (n counting up) and
+a new one begun; the newest ``files`` of those are kept, older letters deleted (logged). A
+checkpoint records the rotation count with the length, and a restart undoes rotations made
+after it, so a flood of invalid messages neither fills the disk nor stops learning.
 The topic sink is at-least-once: after a crash, a message dead-lettered after the last
 checkpoint is sent again (its ``streamcl-offset`` header identifies it). A letter the broker
 refuses for good (too large for it, refused by its policy) is written to a local spill file
@@ -23,6 +27,7 @@ instead, counted and logged, so that it can never hold checkpoints back.
 from __future__ import annotations
 
 import base64
+import glob
 import json
 import os
 import time
@@ -114,8 +119,9 @@ class DeadLetterSink(ABC):
     def backlog(self) -> int:
         """Letters written but not yet stored."""
 
-    def position(self) -> int | None:
-        """What a checkpoint records to resume the sink exactly (the file's length)."""
+    def position(self) -> dict[str, int] | None:
+        """What a checkpoint records to resume the sink exactly (a file's rotations and
+        length); None when nothing is needed."""
         return None
 
     @abstractmethod
@@ -123,29 +129,99 @@ class DeadLetterSink(ABC):
 
 
 class FileDeadLetters(DeadLetterSink):
-    """Dead letters appended to a JSON-lines file.
+    """Dead letters appended to a JSON-lines file, rotated at ``file_bytes``.
 
     Appends go straight to the file descriptor (no buffer that could fail half-written at a
-    later flush); ``write_bytes`` is ``os.write`` unless a test injects faults."""
+    later flush); ``write_bytes`` is ``os.write`` unless a test injects faults. ``resume_at``:
+    a checkpoint's :meth:`position` (an int: a checkpoint from before rotation, a length)."""
 
     def __init__(
         self,
         path: str | Path,
         max_value_bytes: int,
-        resume_at: int | None = None,
+        resume_at: dict[str, int] | int | None = None,
         write_bytes: Callable[[int, bytes], int] = os.write,
+        file_bytes: int = 256 << 20,
+        files: int = 8,
     ) -> None:
         super().__init__(max_value_bytes)
+        if file_bytes <= 0 or files < 1:
+            raise ValueError(f"file_bytes and files must be positive, got {file_bytes}, {files}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._write_bytes = write_bytes
+        self.file_bytes = file_bytes
+        self.files = files
+        self.rotations = max(self._rotated(), default=0)
+        if type(resume_at) is int:
+            resume_at = {"rotations": self.rotations, "bytes": resume_at}
+        if resume_at is not None and not (
+            isinstance(resume_at, dict)
+            and all(
+                type(resume_at.get(k)) is int and resume_at[k] >= 0 for k in ("rotations", "bytes")
+            )
+        ):
+            raise ValueError(
+                f"dead-letter position {str(resume_at)[:80]!r} is not one a checkpoint writes"
+            )
+        if resume_at is not None and int(resume_at["rotations"]) < self.rotations:
+            self._undo_rotations(int(resume_at["rotations"]))
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self.length = os.fstat(self.fd).st_size
-        if resume_at is not None and self.length > resume_at:
+        if resume_at is not None and self.length > int(resume_at["bytes"]):
             # Lines past the checkpoint are for messages that will be read and judged again.
-            os.ftruncate(self.fd, resume_at)
-            self.length = resume_at
+            os.ftruncate(self.fd, int(resume_at["bytes"]))
+            self.length = int(resume_at["bytes"])
         self.pending: list[bytes] = []
+
+    def _rotated_path(self, number: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.{number}")
+
+    def _rotated(self) -> list[int]:
+        """The numbers of the rotated files there are."""
+        prefix = self.path.name + "."
+        return [
+            int(p.name[len(prefix) :])
+            for p in self.path.parent.glob(f"{glob.escape(self.path.name)}.*")
+            if p.name[len(prefix) :].isdigit()
+        ]
+
+    def _undo_rotations(self, rotations: int) -> None:
+        """Back to the checkpoint's file: rotations after it held letters that will be written
+        again, so the file current then is put back and the later ones removed."""
+        self.path.unlink(missing_ok=True)
+        for number in sorted(self._rotated()):
+            if number > rotations + 1:
+                self._rotated_path(number).unlink()
+        if self._rotated_path(rotations + 1).exists():
+            self._rotated_path(rotations + 1).rename(self.path)
+        self.rotations = rotations
+
+    def _rotate(self) -> None:
+        """The file is full: rename it ``<file>.<n>``, begin the next, keep the newest ``files``.
+        If that fails, the file goes on growing until the next letter tries again."""
+        rotated = self._rotated_path(self.rotations + 1)
+        try:
+            os.fsync(self.fd)
+            self.path.rename(rotated)
+        except OSError as exc:
+            log.error("dead_letter_rotation_failed", path=str(self.path), problem=str(exc))
+            return
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as exc:
+            rotated.rename(self.path)  # the open file is the current one again
+            log.error("dead_letter_rotation_failed", path=str(self.path), problem=str(exc))
+            return
+        os.close(self.fd)
+        self.fd = fd
+        self.rotations += 1
+        self.length = 0
+        gone = [n for n in self._rotated() if n <= self.rotations - self.files]
+        for number in gone:
+            self._rotated_path(number).unlink()
+        if gone:
+            log.warning("dead_letters_rotated_away", path=str(self.path), files=len(gone))
 
     def _store(self, letter: Letter) -> None:
         self.pending.append(letter.json_line())
@@ -172,6 +248,8 @@ class FileDeadLetters(DeadLetterSink):
                 raise
             self.length += len(line)
             self.pending.pop(0)
+            if self.length >= self.file_bytes:
+                self._rotate()
 
     def sync(self) -> None:
         self._append_pending()
@@ -181,8 +259,8 @@ class FileDeadLetters(DeadLetterSink):
     def backlog(self) -> int:
         return len(self.pending)
 
-    def position(self) -> int:
-        return self.length
+    def position(self) -> dict[str, int]:
+        return {"rotations": self.rotations, "bytes": self.length}
 
     def close(self) -> None:
         if self.pending:

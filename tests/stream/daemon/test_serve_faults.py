@@ -703,3 +703,28 @@ def test_a_fuzzed_serving_topic_never_stops_the_daemon_and_every_record_is_accou
     )
     letters = _letters(tmp_path) if (tmp_path / "dead.jsonl").exists() else []
     assert sorted(d["offset"] for d in letters) == refused
+
+
+def test_a_flood_of_invalid_messages_is_rotated_within_its_bound_and_learning_goes_on(tmp_path):
+    """Megabyte-sized garbage, most of the topic: the dead-letter files stay within their bound
+    (files + 1 of file_bytes, plus a letter), every valid sample is learned, and the letters of
+    the newest files are the newest messages."""
+    valid, x, y = _valid(12, seed=41)
+    garbage = [bytes([7]) * 900_000 for _ in range(60)]
+    messages = [m for pair in zip(valid, garbage[:12], strict=True) for m in pair] + garbage[12:]
+    source = MemorySource({0: messages})
+    config = _config(tmp_path, dead_letter={"file_bytes": 1 << 20, "files": 2})
+    daemon = Daemon(config, source_factory=source.bind)
+    _drain(daemon, source)
+    daemon.checkpoint()
+    daemon.close()
+    letters = sorted(tmp_path.glob("dead.jsonl*"))
+    assert [p.name for p in letters][:1] == ["dead.jsonl"] and len(letters) == 3
+    letter = 256 * 1024 * 4 // 3 + 400  # base64 of a value cut to 256 KiB, and the rest
+    assert sum(p.stat().st_size for p in letters) <= 3 * ((1 << 20) + letter)
+    assert sum(daemon.invalid.values()) == 60 and daemon.loop.samples_seen == 12
+    _assert_same_model(daemon.learner, _reference(x, y))
+    newest = [
+        json.loads(line)["offset"] for line in (tmp_path / "dead.jsonl").read_text().splitlines()
+    ]
+    assert newest == list(range(len(messages) - len(newest), len(messages)))
