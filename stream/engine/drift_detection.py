@@ -113,9 +113,11 @@ def build_detector(config: DriftConfig) -> Any:
 
 
 class DriftMonitor:
-    """Feeds prequential errors to a river detector and records its detections."""
+    """Feeds prequential errors to a river detector and records its detections: how many
+    (``events``) and where (``positions``; with ``keep`` the newest ``keep`` only, so that a
+    daemon that runs for months on a drifting stream keeps a bounded state)."""
 
-    def __init__(self, config: DriftConfig, learner: str) -> None:
+    def __init__(self, config: DriftConfig, learner: str, keep: int | None = None) -> None:
         from river import base
 
         self.config = config
@@ -124,6 +126,7 @@ class DriftMonitor:
         self._binary = isinstance(self.detector, base.BinaryDriftDetector)
         self._filter = config.direction == "increase" and not _one_sided(self.detector)
         self.events = 0
+        self.keep = keep
         self.positions: list[int] = []
 
     def update(self, errors: np.ndarray, positions: np.ndarray) -> list[int]:
@@ -141,6 +144,8 @@ class DriftMonitor:
         for position in found:
             self.events += 1
             self.positions.append(position)
+            if self.keep is not None and len(self.positions) > self.keep:
+                del self.positions[: -self.keep]
             log.info(
                 "drift_detected",
                 learner=self.learner,
@@ -172,4 +177,4 @@ class DriftMonitor:
             )
         self.detector = detector
         self.events = int(state["events"])
-        self.positions = [int(p) for p in state["positions"]]
+        self.positions = [int(p) for p in state["positions"]][-self.keep if self.keep else 0 :]

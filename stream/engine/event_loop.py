@@ -61,6 +61,10 @@ from stream.engine.validation import validate_batch
 Taken = TypeVar("Taken")
 
 
+# Drift positions a loop without its history (a daemon) keeps: the newest.
+MAX_DRIFT_POSITIONS = 1000
+
+
 class LoopConfig(BaseModel):
     """How the loop feeds the learner and how often it evaluates."""
 
@@ -163,7 +167,12 @@ class EventLoop:
                     f"learner {learner_name or learner.name!r} does not support drift action "
                     f"{action.value!r} (it supports: {supported})"
                 )
-            self.drift = DriftMonitor(self.config.drift, learner_name or learner.name)
+            # a daemon keeps the newest positions (its log lines have every one)
+            self.drift = DriftMonitor(
+                self.config.drift,
+                learner_name or learner.name,
+                None if keep_history else MAX_DRIFT_POSITIONS,
+            )
         self.evaluations = EvaluationAggregates(
             problem.num_classes, keep_history, self.config.recent_evaluations
         )

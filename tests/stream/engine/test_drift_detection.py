@@ -18,7 +18,7 @@ from memory import MemoryConfig, ReplayMemory
 from stream.data.datasets import as_float_tensor, load_dataset
 from stream.engine.batch import Batch
 from stream.engine.drift_detection import DriftConfig, DriftConfigError, DriftMonitor
-from stream.engine.event_loop import EventLoop, LoopConfig
+from stream.engine.event_loop import MAX_DRIFT_POSITIONS, EventLoop, LoopConfig
 
 POSITION, WIDTH, SAMPLES = 3000, 50, 6000
 # ADWIN's delay on a jump of the error rate from a few percent to tens of percent is tens of
@@ -190,3 +190,31 @@ def test_resumed_loop_detects_exactly_as_an_uninterrupted_one():
         resumed.process(batch)
     assert resumed.drift.positions == whole.drift.positions
     assert resumed.prequential_values() == whole.prequential_values()
+
+
+def test_a_monitor_that_keeps_the_newest_positions_counts_every_event():
+    """A daemon's monitor (``keep``) holds a bounded state over months of drifts; the count is
+    exact, and the kept positions survive a checkpoint with their bound."""
+    monitor = DriftMonitor(DriftConfig(), "nmc", keep=3)
+    rng = np.random.default_rng(0)
+    errors = np.concatenate([rng.random(400) < rate for rate in [0.0, 1.0] * 6]).astype(float)
+    monitor.update(errors, np.arange(1, len(errors) + 1))
+    assert monitor.events > 3 and len(monitor.positions) == 3
+    unbounded = DriftMonitor(DriftConfig(), "nmc")
+    unbounded.update(errors, np.arange(1, len(errors) + 1))
+    assert monitor.positions == unbounded.positions[-3:]
+    assert unbounded.events == monitor.events == len(unbounded.positions)
+    again = DriftMonitor(DriftConfig(), "nmc", keep=3)
+    again.load_state_dict(json.loads(json.dumps(monitor.state_dict())))
+    assert again.positions == monitor.positions
+
+
+def test_a_loop_without_its_history_bounds_the_drift_positions():
+    problem = Problem(input_shape=(4,), num_classes=(2,))
+    loop = EventLoop(
+        registry.create("nmc", problem),
+        problem,
+        LoopConfig(drift=DriftConfig()),
+        keep_history=False,
+    )
+    assert loop.drift is not None and loop.drift.keep == MAX_DRIFT_POSITIONS
