@@ -39,7 +39,7 @@ from stream.daemon.config import ServeConfig, ServeConfigError
 from stream.daemon.distributed import Collectives, World, assign_partitions, join, leave
 from stream.daemon.gradient_sync import GradientSync
 from stream.daemon.poison import PoisonLog
-from stream.daemon.serve import CHECKPOINT_FORMAT, Daemon
+from stream.daemon.serve import CHECKPOINT_FORMAT, READABLE_FORMATS, Daemon
 from stream.daemon.statistics_sync import StatisticsSync
 from stream.engine.batch import Batch, Origins
 from stream.engine.device import resolve_device
@@ -145,6 +145,15 @@ class ScaleOutDaemon(Daemon):
             self.aligned.remove_incomplete()
         self.collectives.sum([0.0])  # nobody reads the epochs while rank 0 tidies them
         manifest = self.aligned.latest()
+        single = self._single_checkpoint() if manifest is None else None
+        if single is not None:
+            # A single daemon's checkpoint, as an epoch 0 of one rank whose shard it is.
+            manifest = {"epoch": 0, "world_size": 1, "offsets": single.meta["offsets"]}
+
+        def shard(rank: int) -> Shard:
+            assert manifest is not None
+            return single if single is not None else self.aligned.load_shard(manifest, rank)
+
         offsets = (
             {} if manifest is None else {int(p): int(o) for p, o in manifest["offsets"].items()}
         )
@@ -160,14 +169,10 @@ class ScaleOutDaemon(Daemon):
         self.epoch = epoch
         if manifest is None:
             return None
-        own = (
-            self.aligned.load_shard(manifest, self.world.rank)
-            if self.world.rank < int(manifest["world_size"])
-            else None
-        )
+        own = shard(self.world.rank) if self.world.rank < int(manifest["world_size"]) else None
         carrier = own if own is not None and own.learner is not None else None
         if carrier is None:
-            carrier = self.aligned.load_shard(manifest, 0)
+            carrier = shard(0)
         saved = carrier.meta.get("identity", {})
         for key, value in self._identity().items():
             if saved.get(key) != value:
@@ -188,7 +193,7 @@ class ScaleOutDaemon(Daemon):
             self.telemetry.restore_invalid_messages(dict(self.invalid))
         self._resume_offsets = {int(p): int(o) for p, o in manifest["offsets"].items()}
         if self.predictions is not None:
-            self._restore_serving(manifest, own)
+            self._restore_serving(manifest, own, shard)
         self.checkpointed_samples = self.loop.samples_seen
         self._shard = own
         log.info(
@@ -200,7 +205,32 @@ class ScaleOutDaemon(Daemon):
         )
         return None
 
-    def _restore_serving(self, manifest: dict[str, Any], own: Shard | None) -> None:
+    def _single_checkpoint(self) -> Shard | None:
+        """The newest usable checkpoint a single daemon wrote in ``checkpoint.dir``, as rank 0's
+        shard, for a group that scales that daemon out (None: there is none). Its dead-letter
+        and history positions are of the single daemon's files, not of a rank's: left out."""
+        for checkpoint in self.store.candidates():
+            version = checkpoint.meta.get("streamcl_checkpoint")
+            if version not in READABLE_FORMATS:
+                raise CheckpointError(
+                    f"{checkpoint.path}: checkpoint format {version!r}, this daemon reads "
+                    f"{READABLE_FORMATS}"
+                )
+            meta = {
+                k: v
+                for k, v in checkpoint.meta.items()
+                if k not in ("dead_letter_position", "history_position")
+            }
+            log.info(
+                "single_checkpoint_scaled_out", path=str(checkpoint.path), rank=self.world.rank
+            )
+            return Shard(0, 0, meta, checkpoint.learner)
+        self.store.refuse_if_any("none has both a valid seal and usable content")
+        return None
+
+    def _restore_serving(
+        self, manifest: dict[str, Any], own: Shard | None, shard: Callable[[int], Shard]
+    ) -> None:
         """The pending requests and published ends of the epoch: this rank's own in the same
         world (it gets the same partitions again), every rank's in another world (partitions
         move; :meth:`_assigned` keeps this rank's). Counters stay with their rank."""
@@ -210,9 +240,7 @@ class ScaleOutDaemon(Daemon):
             shards = [] if own is None else [own]
         else:
             shards = [
-                own
-                if own is not None and rank == self.world.rank
-                else self.aligned.load_shard(manifest, rank)
+                own if own is not None and rank == self.world.rank else shard(rank)
                 for rank in range(old_size)
             ]
         states = [s.meta["serving"] for s in shards if "serving" in s.meta]
@@ -306,8 +334,9 @@ class ScaleOutDaemon(Daemon):
         for partition in partitions:
             self.telemetry.watch_partition(self.topic, partition)
         if self.predictions is not None:
-            # requests restored from another world whose labels now come to other ranks
-            self.predictions.serving.keep_partitions(partitions)
+            # requests restored from another world whose labels now come to other ranks (rank 0
+            # keeps those of unknown partition, from a single daemon's older checkpoint)
+            self.predictions.serving.keep_partitions(partitions, self.world.rank == 0)
         return resume
 
     # -- the loop -----------------------------------------------------------------------------

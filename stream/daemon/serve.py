@@ -48,6 +48,7 @@ import torch
 from learners import registry
 from learners.base import Learner, Problem
 from learners.state.sealed_pickle import holds_sealed_pickles
+from stream.daemon.aligned_checkpoint import AlignedCheckpoints
 from stream.daemon.broker_watch import BrokerWatch
 from stream.daemon.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from stream.daemon.checkpoint_key import ENV_VAR
@@ -82,7 +83,7 @@ log = structlog.get_logger("streamcl.serve")
 
 CHECKPOINT_FORMAT = 2
 # Format 1 (no evaluation history, the loop's whole history in its state) is migrated on load.
-_READABLE_FORMATS = (1, CHECKPOINT_FORMAT)
+READABLE_FORMATS = (1, CHECKPOINT_FORMAT)
 # What a checkpoint's content can raise when it does not fit (a bug or a format change, under a
 # valid seal): that checkpoint is skipped for the one before it.
 _UNUSABLE = (KeyError, IndexError, TypeError, ValueError, RuntimeError)
@@ -247,7 +248,14 @@ class Daemon:
     def _resume(self) -> Checkpoint | None:
         """Restore the newest usable checkpoint and set the metrics from it; returns it (the
         dead letters resume from it), None if there is no checkpoint at all
-        (:class:`CheckpointError` if there are only unusable ones)."""
+        (:class:`CheckpointError` if there are only unusable ones, or a scaled-out group's)."""
+        directory = self.config.checkpoint.dir
+        if AlignedCheckpoints(directory).epochs():
+            raise CheckpointError(
+                f"{directory} holds a scaled-out group's global checkpoints (epoch-*), which "
+                "one daemon does not resume: run the group (--workers N, or torchrun, also with "
+                "one worker), or give this daemon another checkpoint.dir"
+            )
         for checkpoint in self.store.candidates():
             try:
                 self._restore(checkpoint)
@@ -283,10 +291,8 @@ class Daemon:
     def _restore(self, checkpoint: Checkpoint) -> None:
         meta = checkpoint.meta
         version = meta.get("streamcl_checkpoint")
-        if version not in _READABLE_FORMATS:
-            raise ValueError(
-                f"checkpoint format {version!r}, this daemon reads {_READABLE_FORMATS}"
-            )
+        if version not in READABLE_FORMATS:
+            raise ValueError(f"checkpoint format {version!r}, this daemon reads {READABLE_FORMATS}")
         saved = meta.get("identity", {})
         for key, value in self._identity().items():
             if saved.get(key) != value:

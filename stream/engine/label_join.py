@@ -114,11 +114,11 @@ class LabelJoin:
             expired.append(self._drop_oldest())
         return expired
 
-    def keep_partitions(self, partitions: Collection[int]) -> int:
+    def keep_partitions(self, partitions: Collection[int], keep_unknown: bool = False) -> int:
         """Keep only the requests from ``partitions`` (a scaled-out rank, after its partitions
-        were assigned: the others' labels go to other ranks); how many were handed on. Not
-        expired: another rank holds them."""
-        owned = set(partitions)
+        were assigned: the others' labels go to other ranks), and with ``keep_unknown`` those
+        of partition -1; how many were handed on. Not expired: another rank holds them."""
+        owned = set(partitions) | ({-1} if keep_unknown else set())
         gone = [id for id, p in self.pending.items() if p.partition not in owned]
         for id in gone:
             self.take(id)

@@ -244,8 +244,9 @@ class ServingLoop:
         self.expired = int(state["expired"]) + len(self.join.shrink())
         self.unmatched = int(state["unmatched"])
 
-    def keep_partitions(self, partitions: Collection[int]) -> None:
+    def keep_partitions(self, partitions: Collection[int], keep_unknown: bool = False) -> None:
         """Keep only the pending requests from ``partitions`` (a scaled-out rank's, once
-        assigned); the window's bounds then apply to what is left."""
-        self.join.keep_partitions(partitions)
+        assigned), and with ``keep_unknown`` those of no known partition; the window's bounds
+        then apply to what is left."""
+        self.join.keep_partitions(partitions, keep_unknown)
         self.expired += len(self.join.shrink())

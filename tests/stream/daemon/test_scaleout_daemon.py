@@ -17,6 +17,7 @@ import torch
 from learners import registry
 from learners.base import Problem
 from stream.daemon.aligned_checkpoint import AlignedCheckpoints
+from stream.daemon.checkpoint import CheckpointError
 from stream.daemon.config import (
     EvaluationConfig,
     PredictionsConfig,
@@ -25,10 +26,12 @@ from stream.daemon.config import (
 )
 from stream.daemon.distributed import World
 from stream.daemon.scaleout import ScaleOutDaemon, rank_file
+from stream.daemon.serve import Daemon
 from stream.engine.drift_detection import DriftConfig
 from stream.sources.kafka_source import KafkaSource, Record
 from stream.sources.serving_wire import ServingDecoder, encode_labels, encode_requests
 from stream.sources.wire import Decoder, encode_binary
+from tests.support.memory_source import MemorySource
 from tests.support.threaded_ranks import ThreadedCollectives, ThreadedGroup
 from tests.support.topic_reader import read_topic
 
@@ -492,3 +495,43 @@ def test_a_batch_the_learner_fails_on_costs_one_restart_and_is_then_dead_lettere
     torch.testing.assert_close(alone.learner.sums[0], reference.sums[0], rtol=1e-12, atol=0)
     manifest = AlignedCheckpoints(cfg.checkpoint.dir).latest()
     assert manifest is not None and manifest["offsets"] == {"0": 8, "1": 8}
+
+
+# -- from one daemon to a group and back --------------------------------------------------------
+
+
+def test_a_group_scales_out_a_single_daemon_from_its_checkpoint(tmp_path):
+    """A single daemon learned the first half of the topic and checkpointed; retention then
+    removed that half from the topic. Two ranks started on its checkpoint.dir take its model
+    and offsets and learn the rest, so every sample counts once (before, they started from
+    scratch: the first half was lost)."""
+    x, y = samples(96, seed=15)
+    topic = topic_of(x, y, 2)
+    cfg = config(tmp_path, {"name": "nmc"})
+    half = {p: values[: len(values) // 2] for p, values in topic.items()}
+    single = Daemon(cfg, source_factory=MemorySource(half).bind)
+    single.connect()
+    for _ in range(20):
+        single.step()
+    single.checkpoint(force=True)
+    single.close()
+    assert single.loop.samples_seen == 48
+    retained = {p: [b""] * len(half[p]) + values[len(half[p]) :] for p, values in topic.items()}
+    daemons = run_group(cfg, retained, ranks=2, rounds=10)
+    alone = registry.create("nmc", PROBLEM, {})
+    alone.learn(torch.from_numpy(x), torch.from_numpy(y), torch.zeros(len(y), dtype=torch.long))
+    for daemon in daemons:
+        assert torch.equal(daemon.learner.counts[0], alone.counts[0])  # each sample once
+        torch.testing.assert_close(daemon.learner.sums[0], alone.sums[0], rtol=1e-12, atol=0)
+    assert daemons[0].loop.samples_seen == 48 + 24  # the single daemon's count goes on at rank 0
+    assert daemons[1].loop.samples_seen == 24
+    manifest = AlignedCheckpoints(cfg.checkpoint.dir).latest()
+    assert manifest is not None and manifest["offsets"] == {"0": 12, "1": 12}
+
+
+def test_one_daemon_refuses_a_groups_checkpoints_rather_than_start_afresh(tmp_path):
+    x, y = samples(16, seed=16)
+    cfg = config(tmp_path, {"name": "nmc"})
+    run_group(cfg, topic_of(x, y, 2), ranks=2, rounds=3)
+    with pytest.raises(CheckpointError, match="scaled-out group's global checkpoints"):
+        Daemon(cfg, source_factory=MemorySource({0: []}).bind)

@@ -94,6 +94,8 @@ def test_partitions_round_trip_and_a_window_keeps_only_the_partitions_it_is_give
         del request["partition"]
     again.load_state_dict(state)
     assert {p.partition for p in again.pending.values()} == {-1}
+    assert again.keep_partitions([0], keep_unknown=True) == 0 and len(again) == 6  # rank 0
+    assert again.keep_partitions([0]) == 6 and len(again) == 0
 
 
 def test_a_restored_window_fits_into_smaller_bounds_oldest_first():
