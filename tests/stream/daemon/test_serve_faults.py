@@ -62,6 +62,20 @@ def _config(tmp_path, **overrides) -> ServeConfig:
     return ServeConfig.model_validate(raw)
 
 
+def _serving(
+    tmp_path, broker, messages: list, name: str, max_poll_records: int = 20, **predictions
+) -> tuple[Daemon, MemorySource]:
+    """A daemon with ``[predictions]`` (topic ``<name>-predictions`` on ``broker``) reading
+    ``messages`` from partition 0 in memory."""
+    source = MemorySource({0: messages})
+    config = _config(
+        tmp_path,
+        kafka={"bootstrap": broker.bootstrap, "max_poll_records": max_poll_records},
+        predictions={"topic": f"{name}-predictions", **predictions},
+    )
+    return Daemon(config, source_factory=source.bind), source
+
+
 def _valid(count: int, seed: int = 0) -> tuple[list[bytes], np.ndarray, np.ndarray]:
     """``count`` one-sample JSON messages; a sample's first feature is its index."""
     rng = np.random.default_rng(seed)
@@ -505,13 +519,7 @@ def test_a_joined_label_batch_the_learner_fails_on_is_undone_and_dead_lettered(
     messages = [encode_requests(x[:8], np.arange(8))]
     messages += [encode_label_json(i, int(y[i])) for i in range(8)]  # offsets 1..8
     messages += [encode_json(x[i], int(y[i])) for i in range(8, 12)]
-    source = MemorySource({0: messages})
-    config = _config(
-        tmp_path,
-        kafka={"bootstrap": kafka_broker.bootstrap, "max_poll_records": 20},
-        predictions={"topic": "guarded-predictions"},
-    )
-    daemon = Daemon(config, source_factory=source.bind)
+    daemon, source = _serving(tmp_path, kafka_broker, messages, "guarded")
     _faulty(daemon, "raise")
     _drain(daemon, source)
     daemon.checkpoint()
@@ -537,13 +545,7 @@ def test_a_request_the_learner_cannot_predict_is_dead_lettered_and_the_daemon_go
     messages = [encode_requests(x[:4], np.arange(4)), poisoned]  # offsets 0, 1
     messages += [encode_label_json(i, int(y[i])) for i in range(5)]  # offsets 2..6
     messages += [encode_json(x[i], int(y[i])) for i in range(5, 8)]  # offsets 7..9
-    source = MemorySource({0: messages})
-    config = _config(
-        tmp_path,
-        kafka={"bootstrap": kafka_broker.bootstrap, "max_poll_records": 20},
-        predictions={"topic": "unpredictable-predictions", "http": True},
-    )
-    daemon = Daemon(config, source_factory=source.bind)
+    daemon, source = _serving(tmp_path, kafka_broker, messages, "unpredictable", http=True)
     predict = daemon.learner.predict
 
     def faulty(inputs, level=None):
@@ -586,13 +588,7 @@ def test_a_binary_label_batch_joins_as_its_json_labels_and_a_mangled_one_is_dead
 
     def serve(labels: list[bytes], name: str) -> Daemon:
         messages = [encode_requests(x, ids), *labels]
-        source = MemorySource({0: messages})
-        config = _config(
-            tmp_path / name,
-            kafka={"bootstrap": kafka_broker.bootstrap, "max_poll_records": 20},
-            predictions={"topic": f"{name}-predictions"},
-        )
-        daemon = Daemon(config, source_factory=source.bind)
+        daemon, source = _serving(tmp_path / name, kafka_broker, messages, name)
         _drain(daemon, source)
         daemon.checkpoint()
         daemon.close()
@@ -684,13 +680,7 @@ def test_a_fuzzed_serving_topic_never_stops_the_daemon_and_every_record_is_accou
     order: every request sample is answered, every label joins its pending request or is
     unmatched, every labelled or joined sample is learned, every other record dead-lettered."""
     tmp_path = tmp_path_factory.mktemp("serving-fuzz")
-    source = MemorySource({0: values})
-    config = _config(
-        tmp_path,
-        kafka={"bootstrap": kafka_broker.bootstrap, "max_poll_records": 4},
-        predictions={"topic": "fuzzed-predictions"},
-    )
-    daemon = Daemon(config, source_factory=source.bind)
+    daemon, source = _serving(tmp_path, kafka_broker, values, "fuzzed", max_poll_records=4)
     _drain(daemon, source)
     daemon.checkpoint()
     daemon.close()
