@@ -68,6 +68,11 @@ def rank_file(path: Path, rank: int) -> Path:
     return path.with_name(f"{path.stem}.rank-{rank}{path.suffix}")
 
 
+class NonFiniteState(RuntimeError):
+    """A rank's statistics turned NaN or inf before a sync point: the group restarts without
+    the messages that rank learned since the last one (stream/daemon/poison.py)."""
+
+
 class ScaleOutDaemon(Daemon):
     """One rank of a scaled-out ``streamcl serve``."""
 
@@ -131,6 +136,8 @@ class ScaleOutDaemon(Daemon):
             )
         self._synced_samples = self.loop.samples_seen
         self._last_sync = time.monotonic()
+        # the messages learned since the last sync point, (partition, offset), in order
+        self._since_sync: dict[tuple[int, int], None] = {}
 
     # -- resume -------------------------------------------------------------------------------
 
@@ -269,11 +276,14 @@ class ScaleOutDaemon(Daemon):
     def _learn_batch(self, batch: Batch, served: np.ndarray | None, origins: Origins) -> None:
         """Learn one micro-batch unguarded; if the learner fails, record the batch's messages
         (stream/daemon/poison.py) and fail: the restarted group skips them."""
+        partitions, offsets = origins
+        self._since_sync.update(
+            dict.fromkeys(zip(partitions.tolist(), offsets.tolist(), strict=True))
+        )
         try:
             self.loop.process(batch, served)
         except Exception as exc:
             detail = f"{type(exc).__name__}: {exc}"
-            partitions, offsets = origins
             messages = list(dict.fromkeys(zip(partitions.tolist(), offsets.tolist(), strict=True)))
             recorded = self.poison.record(self.world.rank, messages, detail)
             log.error(
@@ -285,6 +295,27 @@ class ScaleOutDaemon(Daemon):
                 rank=self.world.rank,
             )
             raise
+
+    def _refuse_non_finite(self, problem: str | None) -> None:
+        """Before a sync point (a collective: every rank calls it in the same round): if any
+        rank's statistics turned NaN or inf, that rank records the messages it learned since
+        the last sync point as poisoned (the culprit is among them; the others are
+        dead-lettered with it, ready to publish again) and every rank fails, so the group
+        restarts from the last global checkpoint without them and no shard is ever written
+        with NaN or inf."""
+        if self.collectives.sum([float(problem is not None)])[0] == 0:
+            return
+        if problem is not None:
+            messages = list(self._since_sync)
+            self.poison.record(self.world.rank, messages, f"the learner's {problem}")
+            log.error(
+                "non_finite_state", problem=problem, messages=len(messages), rank=self.world.rank
+            )
+        raise NonFiniteState(
+            f"rank {self.world.rank}: {problem}"
+            if problem is not None
+            else "another rank's statistics turned NaN or inf; the group restarts"
+        )
 
     def _refused(self, record: Record) -> InvalidMessage | None:
         detail = self._poisoned.get((record.partition, record.offset))
@@ -396,8 +427,10 @@ class ScaleOutDaemon(Daemon):
         )
         if sync:
             if self.statistics is not None:
+                self._refuse_non_finite(self.statistics.non_finite())
                 with self._model_lock():
                     self.statistics.synchronize()
+            self._since_sync.clear()
             self._synced_samples = self.loop.samples_seen
             self._last_sync = now
             self.telemetry.progressed()

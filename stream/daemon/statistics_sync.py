@@ -67,6 +67,22 @@ class StatisticsSync:
             for m in self._moments()
         ]
 
+    def non_finite(self) -> str | None:
+        """Which of this rank's statistics hold NaN or inf (None: all finite): one pass over
+        them, before a sync point would spread them to every rank."""
+        named = [(f"additive statistic {i}", t) for i, t in enumerate(self._additive())]
+        for i, view in enumerate(self._moments()):
+            named += [
+                (f"moments {i} {part}", getattr(view, part))
+                for part in ("counts", "means", "second")
+            ]
+        for name, tensor in named:
+            if not bool(torch.isfinite(tensor.detach().sum(dtype=torch.float64))) and not bool(
+                torch.isfinite(tensor).all()
+            ):
+                return f"{name} holds NaN or inf"
+        return None
+
     def synchronize(self) -> None:
         """Every rank's statistics become those of all ranks' samples together."""
         live = self._additive()

@@ -25,9 +25,10 @@ from stream.daemon.config import (
     ServeConfigError,
 )
 from stream.daemon.distributed import World
-from stream.daemon.scaleout import ScaleOutDaemon, rank_file
+from stream.daemon.scaleout import NonFiniteState, ScaleOutDaemon, rank_file
 from stream.daemon.serve import Daemon
 from stream.engine.drift_detection import DriftConfig
+from stream.engine.guard import non_finite
 from stream.sources.kafka_source import KafkaSource, Record
 from stream.sources.serving_wire import ServingDecoder, encode_labels, encode_requests
 from stream.sources.wire import Decoder, encode_binary
@@ -535,3 +536,65 @@ def test_one_daemon_refuses_a_groups_checkpoints_rather_than_start_afresh(tmp_pa
     run_group(cfg, topic_of(x, y, 2), ranks=2, rounds=3)
     with pytest.raises(CheckpointError, match="scaled-out group's global checkpoints"):
         Daemon(cfg, source_factory=MemorySource({0: []}).bind)
+
+
+def test_statistics_turned_nan_never_reach_the_other_ranks_or_a_checkpoint(tmp_path):
+    """A rank whose learner leaves NaN in its statistics is caught before the sync point: the
+    group fails with no epoch written since; the restarted group dead-letters the messages that
+    rank learned since the last sync (the culprit among them) and learns the rest exactly."""
+    x, y = samples(64, seed=17)
+    x[21, 1] = POISON  # message 5: partition 1's third message
+    topic = topic_of(x, y, 2)
+    cfg = config(tmp_path, {"name": "nmc"}, every_samples=16)
+    cfg.loop.batch_size = PER_MESSAGE
+    group = ThreadedGroup(2)
+
+    def work(rank: int) -> ScaleOutDaemon:
+        daemon = rank_daemon(cfg, topic, group, rank)
+        learner = daemon.learner
+        fused = learner.predict_then_learn
+
+        def poisoning(inputs, labels, level=None, iterations=1):
+            scores = fused(inputs, labels, level, iterations)
+            if (inputs[:, 1] == POISON).any():
+                learner.sums[0][0, 0] = float("nan")
+            return scores
+
+        learner.predict_then_learn = poisoning
+        try:
+            for _ in range(12):
+                daemon.round()
+        finally:
+            daemon.close()
+        return daemon
+
+    with pytest.raises(NonFiniteState, match="NaN or inf"):  # whichever rank failed first
+        group.run(work)
+    store = AlignedCheckpoints(cfg.checkpoint.dir)
+    for epoch in store.epochs():
+        manifest = store._manifest(epoch)
+        if manifest is not None:
+            assert non_finite(store.load_shard(manifest, 0).learner) is None
+    quarantined = {
+        (e["partition"], e["offset"])
+        for e in map(
+            json.loads, (tmp_path / "ckpt" / "poison.rank-1.jsonl").read_text().splitlines()
+        )
+    }
+    assert (1, 2) in quarantined and all(p == 1 for p, _ in quarantined)
+    [alone] = run_group(cfg, topic, ranks=1, rounds=12)
+    kept = np.ones(len(y), dtype=bool)
+    for _, offset in quarantined:  # partition 1's message k holds samples of message 2k + 1
+        kept[(2 * offset + 1) * PER_MESSAGE : (2 * offset + 2) * PER_MESSAGE] = False
+    reference = registry.create("nmc", PROBLEM, {})
+    reference.learn(
+        torch.from_numpy(x[kept]),
+        torch.from_numpy(y[kept]),
+        torch.zeros(kept.sum(), dtype=torch.long),
+    )
+    assert torch.equal(alone.learner.counts[0], reference.counts[0])
+    torch.testing.assert_close(alone.learner.sums[0], reference.sums[0], rtol=1e-12, atol=0)
+    letters = [
+        json.loads(line) for line in rank_file(tmp_path / "dead.jsonl", 0).read_text().splitlines()
+    ]
+    assert {(d["partition"], d["offset"]) for d in letters} == quarantined
