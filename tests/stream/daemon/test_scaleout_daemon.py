@@ -360,6 +360,12 @@ def nmc_of(x: np.ndarray, y: np.ndarray):
     return alone
 
 
+def assert_same_nmc(learner, reference) -> None:
+    """Every sample counted once, the class sums equal to rounding."""
+    assert torch.equal(learner.counts[0], reference.counts[0])
+    torch.testing.assert_close(learner.sums[0], reference.sums[0], rtol=1e-12, atol=0)
+
+
 @pytest.mark.kafka
 def test_ranks_serve_the_requests_of_their_partitions_and_learn_their_labels(
     tmp_path, kafka_broker
@@ -381,8 +387,7 @@ def test_ranks_serve_the_requests_of_their_partitions_and_learn_their_labels(
     assert [d.predictions.serving.unmatched for d in daemons] == [0, 0]
     alone = nmc_of(x, y)
     for daemon in daemons:
-        assert torch.equal(daemon.learner.counts[0], alone.counts[0])
-        torch.testing.assert_close(daemon.learner.sums[0], alone.sums[0], rtol=1e-12, atol=0)
+        assert_same_nmc(daemon.learner, alone)
 
 
 @pytest.mark.kafka
@@ -409,9 +414,7 @@ def test_pending_requests_move_with_their_partitions_to_a_group_of_another_size(
     serving = alone.predictions.serving
     assert serving.unmatched == 0 and len(serving.join) == 0 and serving.expired == 0
     assert alone.loop.samples_seen == 48
-    reference = nmc_of(x, y)
-    assert torch.equal(alone.learner.counts[0], reference.counts[0])
-    torch.testing.assert_close(alone.learner.sums[0], reference.sums[0], rtol=1e-12, atol=0)
+    assert_same_nmc(alone.learner, nmc_of(x, y))
 
 
 @pytest.mark.kafka
@@ -441,6 +444,36 @@ def test_a_window_split_over_more_ranks_keeps_each_request_where_its_label_comes
 POISON = 999.0
 
 
+def run_poisoned_group(cfg: ServeConfig, topic: dict[int, list[bytes]], mode: str) -> None:
+    """Two ranks for 12 rounds whose learners, on a batch holding a POISON feature, raise
+    (``mode`` "raise") or leave NaN in their class sums ("nan")."""
+    group = ThreadedGroup(2)
+
+    def work(rank: int) -> ScaleOutDaemon:
+        daemon = rank_daemon(cfg, topic, group, rank)
+        learner = daemon.learner
+        fused = learner.predict_then_learn
+
+        def poisoned(inputs, labels, level=None, iterations=1):
+            hit = bool((inputs[:, 1] == POISON).any())
+            if hit and mode == "raise":
+                raise RuntimeError("Matrix is not positive definite")
+            scores = fused(inputs, labels, level, iterations)
+            if hit:
+                learner.sums[0][0, 0] = float("nan")
+            return scores
+
+        learner.predict_then_learn = poisoned
+        try:
+            for _ in range(12):
+                daemon.round()
+        finally:
+            daemon.close()
+        return daemon
+
+    group.run(work)
+
+
 def test_a_batch_the_learner_fails_on_costs_one_restart_and_is_then_dead_lettered(tmp_path):
     """A rank whose learner raises records the batch's messages in checkpoint.dir and fails
     (the group restarts); the restarted group, in another world here, dead-letters them as
@@ -450,27 +483,8 @@ def test_a_batch_the_learner_fails_on_costs_one_restart_and_is_then_dead_lettere
     topic = topic_of(x, y, 2)
     cfg = config(tmp_path, {"name": "nmc"}, every_samples=16)
     cfg.loop.batch_size = PER_MESSAGE  # a batch is a message
-    group = ThreadedGroup(2)
-
-    def work(rank: int) -> ScaleOutDaemon:
-        daemon = rank_daemon(cfg, topic, group, rank)
-        fused = daemon.learner.predict_then_learn
-
-        def faulty(inputs, labels, level=None, iterations=1):
-            if (inputs[:, 1] == POISON).any():
-                raise RuntimeError("Matrix is not positive definite")
-            return fused(inputs, labels, level, iterations)
-
-        daemon.learner.predict_then_learn = faulty
-        try:
-            for _ in range(12):
-                daemon.round()
-        finally:
-            daemon.close()
-        return daemon
-
     with pytest.raises(RuntimeError, match="not positive definite"):
-        group.run(work)
+        run_poisoned_group(cfg, topic, "raise")
     [entry] = [
         json.loads(line)
         for line in (tmp_path / "ckpt" / "poison.rank-1.jsonl").read_text().splitlines()
@@ -486,14 +500,7 @@ def test_a_batch_the_learner_fails_on_costs_one_restart_and_is_then_dead_lettere
     assert "not positive definite" in letters[0]["detail"]
     kept = np.ones(len(y), dtype=bool)
     kept[20:24] = False
-    reference = registry.create("nmc", PROBLEM, {})
-    reference.learn(
-        torch.from_numpy(x[kept]),
-        torch.from_numpy(y[kept]),
-        torch.zeros(kept.sum(), dtype=torch.long),
-    )
-    assert torch.equal(alone.learner.counts[0], reference.counts[0])
-    torch.testing.assert_close(alone.learner.sums[0], reference.sums[0], rtol=1e-12, atol=0)
+    assert_same_nmc(alone.learner, nmc_of(x[kept], y[kept]))
     manifest = AlignedCheckpoints(cfg.checkpoint.dir).latest()
     assert manifest is not None and manifest["offsets"] == {"0": 8, "1": 8}
 
@@ -519,11 +526,9 @@ def test_a_group_scales_out_a_single_daemon_from_its_checkpoint(tmp_path):
     assert single.loop.samples_seen == 48
     retained = {p: [b""] * len(half[p]) + values[len(half[p]) :] for p, values in topic.items()}
     daemons = run_group(cfg, retained, ranks=2, rounds=10)
-    alone = registry.create("nmc", PROBLEM, {})
-    alone.learn(torch.from_numpy(x), torch.from_numpy(y), torch.zeros(len(y), dtype=torch.long))
+    alone = nmc_of(x, y)
     for daemon in daemons:
-        assert torch.equal(daemon.learner.counts[0], alone.counts[0])  # each sample once
-        torch.testing.assert_close(daemon.learner.sums[0], alone.sums[0], rtol=1e-12, atol=0)
+        assert_same_nmc(daemon.learner, alone)
     assert daemons[0].loop.samples_seen == 48 + 24  # the single daemon's count goes on at rank 0
     assert daemons[1].loop.samples_seen == 24
     manifest = AlignedCheckpoints(cfg.checkpoint.dir).latest()
@@ -547,29 +552,8 @@ def test_statistics_turned_nan_never_reach_the_other_ranks_or_a_checkpoint(tmp_p
     topic = topic_of(x, y, 2)
     cfg = config(tmp_path, {"name": "nmc"}, every_samples=16)
     cfg.loop.batch_size = PER_MESSAGE
-    group = ThreadedGroup(2)
-
-    def work(rank: int) -> ScaleOutDaemon:
-        daemon = rank_daemon(cfg, topic, group, rank)
-        learner = daemon.learner
-        fused = learner.predict_then_learn
-
-        def poisoning(inputs, labels, level=None, iterations=1):
-            scores = fused(inputs, labels, level, iterations)
-            if (inputs[:, 1] == POISON).any():
-                learner.sums[0][0, 0] = float("nan")
-            return scores
-
-        learner.predict_then_learn = poisoning
-        try:
-            for _ in range(12):
-                daemon.round()
-        finally:
-            daemon.close()
-        return daemon
-
     with pytest.raises(NonFiniteState, match="NaN or inf"):  # whichever rank failed first
-        group.run(work)
+        run_poisoned_group(cfg, topic, "nan")
     store = AlignedCheckpoints(cfg.checkpoint.dir)
     for epoch in store.epochs():
         manifest = store._manifest(epoch)
@@ -586,14 +570,7 @@ def test_statistics_turned_nan_never_reach_the_other_ranks_or_a_checkpoint(tmp_p
     kept = np.ones(len(y), dtype=bool)
     for _, offset in quarantined:  # partition 1's message k holds samples of message 2k + 1
         kept[(2 * offset + 1) * PER_MESSAGE : (2 * offset + 2) * PER_MESSAGE] = False
-    reference = registry.create("nmc", PROBLEM, {})
-    reference.learn(
-        torch.from_numpy(x[kept]),
-        torch.from_numpy(y[kept]),
-        torch.zeros(kept.sum(), dtype=torch.long),
-    )
-    assert torch.equal(alone.learner.counts[0], reference.counts[0])
-    torch.testing.assert_close(alone.learner.sums[0], reference.sums[0], rtol=1e-12, atol=0)
+    assert_same_nmc(alone.learner, nmc_of(x[kept], y[kept]))
     letters = [
         json.loads(line) for line in rank_file(tmp_path / "dead.jsonl", 0).read_text().splitlines()
     ]
