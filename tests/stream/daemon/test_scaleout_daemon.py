@@ -391,6 +391,32 @@ def test_ranks_serve_the_requests_of_their_partitions_and_learn_their_labels(
 
 
 @pytest.mark.kafka
+def test_er_ranks_serving_requests_step_together_on_their_joined_labels(tmp_path, kafka_broker):
+    """A gradient learner serving: the joined labels' steps meet the other rank's, as labelled
+    batches' do, and both ranks end with one model (every request answered once)."""
+    x, y = samples(48, seed=18)
+    topic = requests_of(x, 2)
+    labels_for(topic, y, ServingDecoder(Decoder(PROBLEM)))
+    cfg = serving_config(tmp_path, kafka_broker.bootstrap, "er-serving")
+    options = {"backbone": {"hidden": [8], "out_dim": 4}, "memory": {"capacity": 30}}
+    cfg.learner = cfg.learner.model_copy(update={"name": "er", "options": options})
+    daemons = run_group(cfg, topic, ranks=2, rounds=8)
+    assert [d.loop.samples_seen for d in daemons] == [24, 24]
+    for a, b in zip(
+        daemons[0].learner.model.parameters(), daemons[1].learner.model.parameters(), strict=True
+    ):
+        assert torch.equal(a, b)
+    fresh = registry.create("er", PROBLEM, options)
+    assert any(  # steps were taken
+        not torch.equal(a, b)
+        for a, b in zip(
+            daemons[0].learner.model.parameters(), fresh.model.parameters(), strict=True
+        )
+    )
+    assert sorted(a["id"] for a in served(kafka_broker.bootstrap, "er-serving")) == list(range(48))
+
+
+@pytest.mark.kafka
 def test_pending_requests_move_with_their_partitions_to_a_group_of_another_size(
     tmp_path, kafka_broker
 ):
