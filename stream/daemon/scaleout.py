@@ -277,14 +277,12 @@ class ScaleOutDaemon(Daemon):
         """Learn one micro-batch unguarded; if the learner fails, record the batch's messages
         (stream/daemon/poison.py) and fail: the restarted group skips them."""
         partitions, offsets = origins
-        self._since_sync.update(
-            dict.fromkeys(zip(partitions.tolist(), offsets.tolist(), strict=True))
-        )
+        messages = list(dict.fromkeys(zip(partitions.tolist(), offsets.tolist(), strict=True)))
+        self._since_sync.update(dict.fromkeys(messages))
         try:
             self.loop.process(batch, served)
         except Exception as exc:
             detail = f"{type(exc).__name__}: {exc}"
-            messages = list(dict.fromkeys(zip(partitions.tolist(), offsets.tolist(), strict=True)))
             recorded = self.poison.record(self.world.rank, messages, detail)
             log.error(
                 "learner_error",
