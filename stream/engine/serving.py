@@ -13,10 +13,11 @@ stream's messages in arrival order:
 
 Queued samples are learned in micro-batches of at most ``batch_size``, never across a task
 change, and always before the next request or labelled sample is handled, so every prediction
-sees every label that arrived before it. The result depends only on the order of the messages,
-not on how they were polled: the daemon (stream/daemon/serve.py) and a replay with delayed
-labels (stream/runs/delayed_labels.py) that see the same order learn the same model and score
-the same prequential accuracy.
+sees every label that arrived before it. Given the same messages in the same order and the same
+calls to :meth:`ServingLoop.flush`, the result is the same: a replay with delayed labels
+(stream/runs/delayed_labels.py) scores what the daemon (stream/daemon/serve.py) scores, and
+learns the same model where the learner's update does not depend on how the samples are cut
+into micro-batches (the daemon also flushes at the end of each poll; docs/serving.md).
 
 ``predict`` may be called from another thread (the HTTP ``/predict`` endpoint): a lock keeps a
 prediction from running inside a learner update.
