@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from learners.base import Problem
@@ -117,3 +118,28 @@ def test_a_sequential_learner_serves_and_learns_joined_labels():
     serving.flush()
     assert loop.samples_seen == 3 and loop.prequential.total == 0  # none was answered
     assert (serving.request(np.arange(3, 6), x, now=2.0).predicted >= 0).all()
+
+
+@pytest.mark.parametrize("name", ["nmc", "acil", "aef-ocl"])
+def test_where_joined_labels_are_flushed_does_not_change_these_learners(name):
+    """docs/serving.md names the learners whose model does not depend on how joined samples
+    are cut into micro-batches (the daemon also flushes at the end of each poll)."""
+    problem = Problem(input_shape=(4,), num_classes=(3,))
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(12, 4)).astype(np.float32), rng.integers(0, 3, 12)
+
+    def learned(flush_after: int) -> dict[str, torch.Tensor]:
+        serving = ServingLoop(
+            EventLoop(create(name, problem), problem, LoopConfig(batch_size=4, eval_period=None))
+        )
+        serving.request(np.arange(12), x, now=0.0)
+        for i in range(12):
+            serving.label(np.array([i]), y[i : i + 1], np.array([0]), now=1.0)
+            if i == flush_after:
+                serving.flush()  # a poll ended here
+        serving.flush()
+        return serving.loop.learner.state_dict().tensors
+
+    one, other = learned(5), learned(-1)
+    for key, tensor in one.items():
+        assert torch.equal(tensor, other[key]), key
