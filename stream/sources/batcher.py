@@ -3,7 +3,8 @@
 The samples of one poll are taken in order and cut into batches of at most ``batch_size``,
 never spanning a task change, by the rule the recorded-stream source follows too
 (:func:`stream.sources.cuts.batch_starts`), so a micro-batch message and a run of single-sample
-JSON messages feed the learner the same way. Inputs are gathered one
+JSON messages feed the learner the same way. A poll's last batch may be short: the cut is
+per poll (stream/sources/cuts.py says when that matters). Inputs are gathered one
 batch at a time, so a large poll is never copied whole.
 """
 
