@@ -34,7 +34,7 @@ from stream.sinks.predictions import (
     read_published,
     request_key,
 )
-from stream.sources.batcher import micro_batches_with_origins
+from stream.sources.batcher import PendingSamples
 from stream.sources.kafka_source import Record, SourceError
 from stream.sources.serving_wire import Labels, Requests
 from stream.sources.wire import Samples
@@ -65,6 +65,8 @@ class PredictionService:
         self.published_from: dict[int, int] = {}
         self.recovered: dict[str, dict[str, Any]] | None = None
         self._expired_counted = 0
+        # labelled samples of a run that a poll's end cut short
+        self.pending = PendingSamples(self.batch_size)
 
     def attach(
         self, loop: EventLoop, process: Process | None = None, refuse: Refuse | None = None
@@ -86,19 +88,24 @@ class PredictionService:
 
     # -- checkpoints ----------------------------------------------------------------------
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any], decode: Callable[[bytes], object]) -> None:
+        """The serving state of a checkpoint; its pending labelled samples checked again by
+        ``decode`` (the daemon's decoder's)."""
         self.serving.load_state_dict(state["loop"])
+        self.pending.load_state_dict(state.get("pending", []), decode)
         self.published_from = {int(p): int(o) for p, o in state["published"].items()}
         self._expired_counted = self.serving.expired
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """Learn what is queued, deliver every prediction, and say where the topic ends
-        (:class:`SinkError` while the predictions cannot be delivered)."""
-        self.serving.flush()
+        """Deliver every prediction and say where the topic ends (:class:`SinkError` while the
+        predictions cannot be delivered), with the window, the joined labels queued and the
+        labelled samples pending (none is learned early for a checkpoint: where checkpoints
+        fall must not change the micro-batches)."""
         ends = self.sink.sync()
         return {
             "loop": self.serving.state_dict(),
             "published": {str(p): o for p, o in sorted(ends.items())},
+            "pending": self.pending.state_dict(),
         }
 
     def recover(self, positions: dict[int, int], partitions: Collection[int] | None = None) -> None:
@@ -137,13 +144,12 @@ class PredictionService:
             if isinstance(message, Samples):
                 labelled.append((message, record))
                 continue
-            self._learn(labelled)
+            self._learn(labelled, keep_short=False)  # a run of labelled samples ended
             if isinstance(message, Requests):
                 self._request(message, record, received)
             else:
                 self._label(message, record)
-        self._learn(labelled)
-        self.serving.flush()
+        self._learn(labelled, keep_short=True)  # the next poll may go on with the run
         self.expire()
         with contextlib.suppress(SinkError):  # retried at the next poll and before a checkpoint
             self.sink.send()
@@ -155,11 +161,19 @@ class PredictionService:
         self._expired_counted = self.serving.expired
         self.metrics.pending.set(len(self.serving.join))
 
-    def _learn(self, labelled: list[tuple[Samples, Record]]) -> None:
-        for batch, origins in micro_batches_with_origins(
+    def learn_pending(self) -> None:
+        """Learn the labelled samples and joined labels that wait for a complete micro-batch
+        (the daemon calls it when a poll returns nothing)."""
+        self._learn([], keep_short=False)
+        self.serving.flush()
+
+    def _learn(self, labelled: list[tuple[Samples, Record]], keep_short: bool) -> None:
+        """Learn a run of labelled samples after those pending, in micro-batches; with
+        ``keep_short`` a short last batch stays pending."""
+        for batch, origins in self.pending.cut(
             [samples for samples, _ in labelled],
             [(record.partition, record.offset) for _, record in labelled],
-            self.batch_size,
+            keep_short,
         ):
             self.serving.learn(batch, origins)
         labelled.clear()

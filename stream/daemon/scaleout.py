@@ -268,7 +268,8 @@ class ScaleOutDaemon(Daemon):
             for partition, end in state["published"].items():
                 published[partition] = min(int(end), published.get(partition, int(end)))
         self.predictions.restore(
-            {"loop": {**counters, "join": {"requests": requests}}, "published": published}
+            {"loop": {**counters, "join": {"requests": requests}}, "published": published},
+            self.decoder.decode,
         )
 
     # -- a learner error ----------------------------------------------------------------------
@@ -469,6 +470,9 @@ class ScaleOutDaemon(Daemon):
         if records:
             self.watch.alive()
             self.learn(records)
+        # A rank learns each poll whole: its batches meet the others' steps in this round, and
+        # a shard carries nothing pending.
+        self.learn_pending()
 
     # -- aligned checkpoints ------------------------------------------------------------------
 

@@ -67,7 +67,7 @@ from stream.observe.loop_log import LoopLogger
 from stream.observe.telemetry import Telemetry
 from stream.sinks.dead_letter import DeadLetterSink, FileDeadLetters, TopicDeadLetters
 from stream.sinks.kafka_sink import SinkError, open_sink
-from stream.sources.batcher import micro_batches_with_origins
+from stream.sources.batcher import PendingSamples
 from stream.sources.kafka_source import (
     AssignHandler,
     ErrorHandler,
@@ -202,6 +202,8 @@ class Daemon:
         self.checkpointed_samples = 0
         # without a checkpoint, history lines are of a run that starts over
         self._history_at = {"file": 1, "bytes": 0}
+        # labelled samples read but not yet in a complete micro-batch
+        self.pending = PendingSamples(config.loop.batch_size)
         checkpoint = self._resume()
         self.history = EvaluationHistory(
             self._history_dir(),
@@ -308,8 +310,9 @@ class Daemon:
         history_at = {"file": int(history["file"]), "bytes": int(history["bytes"])}
         self.learner.load_state_dict(checkpoint.learner)
         self.loop.load_state_dict(meta["loop"])
+        self.pending.load_state_dict(meta.get("pending", []), self.decoder.decode)
         if self.predictions is not None and "serving" in meta:
-            self.predictions.restore(meta["serving"])
+            self.predictions.restore(meta["serving"], self.decoder.decode)
         self.positions, self.messages, self.invalid = positions, messages, invalid
         self._history_at = history_at
         self.checkpointed_positions = dict(self.positions)
@@ -409,6 +412,8 @@ class Daemon:
         if records:
             self.watch.alive()
             self.learn(records)
+        else:
+            self.learn_pending()  # nothing more for now: a short micro-batch waits no longer
         if self._checkpoint_due():
             self.checkpoint()
         if self.watch.due():
@@ -464,15 +469,24 @@ class Daemon:
         if alive is not None and alive.records:
             self.learn(alive.records)
 
+    def learn_pending(self) -> None:
+        """Learn what waits for a complete micro-batch: labelled samples, and with serving the
+        joined labels (called when a poll returns nothing, so that nothing waits while the
+        topic is idle)."""
+        if self.predictions is not None:
+            self.predictions.learn_pending()
+            return
+        for batch, origins in self.pending.cut([], [], keep_short=False):
+            self._learn_batch(batch, None, origins)
+
     def _refused(self, record: Record) -> InvalidMessage | None:
         """Why ``record`` is refused before it is decoded (None: it is judged as it comes)."""
         return None
 
     def _learn_guarded(self, good: list[Samples], records: list[Record]) -> None:
-        """Learn the decoded messages in micro-batches, through the guard when there is one."""
-        for batch, origins in micro_batches_with_origins(
-            good, [(r.partition, r.offset) for r in records], self.config.loop.batch_size
-        ):
+        """Learn the decoded messages in micro-batches, through the guard when there is one;
+        a short last batch waits for the next poll (:class:`PendingSamples`)."""
+        for batch, origins in self.pending.cut(good, [(r.partition, r.offset) for r in records]):
             self._learn_batch(batch, None, origins)
 
     def _learn_batch(self, batch: Batch, served: np.ndarray | None, origins: Origins) -> None:
@@ -557,20 +571,25 @@ class Daemon:
         every = self.config.checkpoint
         if self.loop.samples_seen - self.checkpointed_samples >= every.every_samples:
             return True
-        changed = self.positions != self.checkpointed_positions
-        return changed and time.monotonic() - self._last_checkpoint >= every.every_seconds
+        return self._changed() and time.monotonic() - self._last_checkpoint >= every.every_seconds
+
+    def _changed(self) -> bool:
+        """Whether the last checkpoint misses something: a message read, or a sample learned
+        (one that waited for its micro-batch is learned after its message was read)."""
+        return (
+            self.positions != self.checkpointed_positions
+            or self.loop.samples_seen != self.checkpointed_samples
+        )
 
     def checkpoint(self, force: bool = False) -> None:
         """Write a checkpoint if anything changed since the last; a failure is retried after a
         backoff (``force``: now, as at the end of :meth:`run`)."""
-        if self.positions == self.checkpointed_positions:
+        if not self._changed():
             return
         if not force and not self.checkpoint_retry.ready():
             return
         self._last_checkpoint = time.monotonic()
         serving_loop = None if self.predictions is None else self.predictions.serving
-        if serving_loop is not None:
-            serving_loop.flush()  # joined labels still queued belong in this checkpoint's model
         # Undoing batches changes the model: not while /predict reads it.
         with contextlib.nullcontext() if serving_loop is None else serving_loop.lock:
             if self.guard is not None:
@@ -596,6 +615,8 @@ class Daemon:
                 "loop": self.loop.state_dict(),
                 "dead_letter_position": self.dead_letters.position(),
                 "history_position": self.history.position(),
+                # read, not yet learned: they wait for a complete micro-batch
+                "pending": self.pending.state_dict(),
                 "counters": {
                     "messages": self.messages,
                     "samples": self.loop.samples_seen,

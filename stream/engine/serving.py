@@ -14,10 +14,10 @@ stream's messages in arrival order:
 Queued samples are learned in micro-batches of at most ``batch_size``, never across a task
 change, and always before the next request or labelled sample is handled, so every prediction
 sees every label that arrived before it. Given the same messages in the same order and the same
-calls to :meth:`ServingLoop.flush`, the result is the same: a replay with delayed labels
-(stream/runs/delayed_labels.py) scores what the daemon (stream/daemon/serve.py) scores, and
-learns the same model where the learner's update does not depend on how the samples are cut
-into micro-batches (the daemon also flushes at the end of each poll; docs/serving.md).
+calls to :meth:`ServingLoop.flush`, the result is the same: the daemon (stream/daemon/serve.py)
+flushes only where this loop would, or when a poll comes back empty, and a checkpoint carries
+the queue (:meth:`state_dict`), so a replay with delayed labels (stream/runs/delayed_labels.py)
+of the same order learns the same model and scores the same accuracy.
 
 ``predict`` may be called from another thread (the HTTP ``/predict`` endpoint): a lock keeps a
 prediction from running inside a learner update.
@@ -46,6 +46,7 @@ batch's messages.
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -54,9 +55,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from stream.data.finite import all_finite
 from stream.engine.batch import Batch, Origins
 from stream.engine.event_loop import EventLoop
 from stream.engine.label_join import LabelJoin
+from stream.engine.validation import outside_label_space
 
 # Learns one batch: (batch, served classes or None, where its samples came from).
 Process = Callable[[Batch, np.ndarray | None, Origins], None]
@@ -227,11 +230,18 @@ class ServingLoop:
     # -- checkpoints ----------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """The window and counters, as JSON (call after :meth:`flush`)."""
-        if self._queue:
-            raise RuntimeError("flush the queued samples before taking a checkpoint")
+        """The window, the joined samples queued (fewer than a micro-batch) and the counters,
+        as JSON."""
         return {
             "join": self.join.state_dict(),
+            "queue": [
+                {
+                    "x": base64.b64encode(np.asarray(x, "<f4").tobytes()).decode(),
+                    "shape": list(x.shape),
+                    "joined": [y, level, task, served, partition, offset],
+                }
+                for x, y, level, task, served, partition, offset in self._queue
+            ],
             "predictions": self.predictions,
             "expired": self.expired,
             "unmatched": self.unmatched,
@@ -241,9 +251,35 @@ class ServingLoop:
         """The window and counters of ``state``; requests beyond this window's bounds (made
         smaller since, or windows merged) expire, oldest first."""
         self.join.load_state_dict(state["join"])
+        self._queue = self._queue_from(state.get("queue", []))
         self.predictions = int(state["predictions"])
         self.expired = int(state["expired"]) + len(self.join.shrink())
         self.unmatched = int(state["unmatched"])
+
+    def _queue_from(
+        self, queue: list[dict[str, Any]]
+    ) -> list[tuple[np.ndarray, int, int, int, int, int, int]]:
+        """A checkpoint's queued samples, checked as a batch is (``ValueError`` if not)."""
+        problem = self.loop.problem
+        if not isinstance(queue, list) or (queue and len(queue) >= self.batch_size):
+            raise ValueError("serving state: not a queue of fewer than batch_size samples")
+        restored = []
+        for entry in queue:
+            x = np.frombuffer(base64.b64decode(entry["x"], validate=True), "<f4")
+            if list(entry["shape"]) != list(problem.input_shape) or not all_finite(x):
+                raise ValueError("serving state: a queued input of another shape, or not finite")
+            joined = [int(v) for v in entry["joined"]]
+            if len(joined) != 6:
+                raise ValueError("serving state: a queued sample without its six numbers")
+            y, level, task, served, partition, offset = joined
+            bad = outside_label_space(
+                np.array([y]), np.array([level]), np.asarray(problem.num_classes)
+            )
+            if bad is not None:
+                raise ValueError(f"serving state: a queued sample has {bad[2]}")
+            x = x.reshape(problem.input_shape).astype(np.float32)
+            restored.append((x, y, level, task, served, partition, offset))
+        return restored
 
     def keep_partitions(self, partitions: Collection[int], keep_unknown: bool = False) -> None:
         """Keep only the pending requests from ``partitions`` (a scaled-out rank's, once

@@ -3,22 +3,24 @@
 The samples of one poll are taken in order and cut into batches of at most ``batch_size``,
 never spanning a task change, by the rule the recorded-stream source follows too
 (:func:`stream.sources.cuts.batch_starts`), so a micro-batch message and a run of single-sample
-JSON messages feed the learner the same way. A poll's last batch may be short: the cut is
-per poll (stream/sources/cuts.py says when that matters). Inputs are gathered one
+JSON messages feed the learner the same way. The daemon keeps a short last batch back for the
+next poll (:class:`PendingSamples`), so the cut does not depend on where polls end. Inputs are gathered one
 batch at a time, so a large poll is never copied whole.
 """
 
 from __future__ import annotations
 
+import base64
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from stream.engine.batch import Batch, Origins
 from stream.sources.cuts import batch_starts
-from stream.sources.wire import Samples
+from stream.sources.wire import Samples, encode_binary
 
 
 def micro_batches(samples: list[Samples], batch_size: int) -> Iterator[Batch]:
@@ -67,3 +69,89 @@ def _gather(inputs: list[np.ndarray], starts: np.ndarray, lo: int, hi: int) -> n
         for i in range(first, last)
     ]
     return np.concatenate(pieces)
+
+
+class PendingSamples:
+    """Samples read but not yet in a complete micro-batch, carried from one poll to the next.
+
+    :meth:`cut` returns the micro-batches of what is pending followed by new messages, keeping
+    the last batch back while it is short: the next poll's samples may complete it, or start a
+    new task and so end it. Batches then depend only on the order of the samples, never on
+    where the polls ended, so a learner whose update depends on the cut (a gradient step) learns
+    from the daemon what it learns from a replay of the same stream. Messages are kept as
+    ``(samples, (partition, offset))`` slices, at most ``batch_size - 1`` samples in all, and a
+    checkpoint carries them (:meth:`state_dict`), since their offsets count as read.
+    """
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.messages: list[Samples] = []
+        self.origins: list[tuple[int, int]] = []
+
+    def __len__(self) -> int:
+        return sum(len(m) for m in self.messages)
+
+    def cut(
+        self, samples: list[Samples], origins: Sequence[tuple[int, int]], keep_short: bool = True
+    ) -> list[tuple[Batch, Origins]]:
+        """The micro-batches of the pending samples and then ``samples`` (one origin per
+        message); with ``keep_short``, a short last batch stays pending instead."""
+        messages = [*self.messages, *samples]
+        at = [*self.origins, *origins]
+        self.messages, self.origins = [], []
+        batches = list(micro_batches_with_origins(messages, at, self.batch_size))
+        if keep_short and batches and len(batches[-1][0]) < self.batch_size:
+            short = len(batches.pop()[0])
+            while short:  # the last ``short`` samples, as slices of their messages
+                message, origin = messages.pop(), at.pop()
+                take = min(short, len(message))
+                self.messages.insert(0, _tail(message, take))
+                self.origins.insert(0, origin)
+                short -= take
+        return batches
+
+    def state_dict(self) -> list[dict[str, Any]]:
+        """The pending samples as JSON: each message slice as a binary message (base64)."""
+        return [
+            {
+                "partition": partition,
+                "offset": offset,
+                "message": base64.b64encode(
+                    encode_binary(
+                        m.x,
+                        m.y,
+                        m.level,
+                        m.task if (m.task >= 0).all() else None,
+                        m.ids if (m.ids >= 0).all() else None,
+                    )
+                ).decode(),
+            }
+            for m, (partition, offset) in zip(self.messages, self.origins, strict=True)
+        ]
+
+    def load_state_dict(
+        self, state: list[dict[str, Any]], decode: Callable[[bytes], object]
+    ) -> None:
+        """Pending samples from a checkpoint, each message checked again by ``decode`` (a
+        decoder's; :class:`~stream.sources.wire.InvalidMessage` or ``ValueError`` when they are
+        not what :meth:`state_dict` writes)."""
+        if not isinstance(state, list) or (state and len(state) >= self.batch_size):
+            raise ValueError("pending samples: not a list of fewer than batch_size messages")
+        messages, origins = [], []
+        for entry in state:
+            message = decode(base64.b64decode(entry["message"], validate=True))
+            if not isinstance(message, Samples):
+                raise ValueError("pending samples: a message that is not labelled samples")
+            messages.append(message)
+            origins.append((int(entry["partition"]), int(entry["offset"])))
+        if messages and sum(len(m) for m in messages) >= self.batch_size:
+            raise ValueError("pending samples: a full micro-batch or more")
+        self.messages, self.origins = messages, origins
+
+
+def _tail(samples: Samples, count: int) -> Samples:
+    """The last ``count`` samples of ``samples``."""
+    at = slice(len(samples) - count, None)
+    return Samples(
+        samples.x[at], samples.y[at], samples.level[at], samples.task[at], samples.ids[at]
+    )

@@ -4,11 +4,10 @@ As in the official i-Blurry / Si-Blurry loops, which run one data loader per tas
 never spans a task change and the last micro-batch of a task may be short; the next task starts
 a fresh batch. The recorded-stream source (``file_source.py``) and the Kafka batcher
 (``batcher.py``) cut with :func:`batch_starts`, so a stream replayed from a file and the same
-stream published to Kafka feed the learner the same batches where the daemon's polls end on
-batch boundaries (the daemon cuts each poll's samples on their own, and a poll that ends inside
-a batch ends it early; several partitions are also interleaved as the polls return them). Only
-learners whose update depends on the cut see the difference (docs/serving.md names those that
-do not).
+stream published to Kafka to one partition feed the learner the same batches: the daemon
+carries a poll's short last batch to the next poll (:class:`~stream.sources.batcher.
+PendingSamples`) and learns it early only when a poll comes back empty (the topic has nothing
+more for now). Several partitions are interleaved as the polls return them.
 """
 
 from __future__ import annotations

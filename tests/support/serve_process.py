@@ -37,6 +37,16 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+
+def waiting(meta: dict[str, Any]) -> int:
+    """How many messages or joined samples a checkpoint holds read but not yet learned."""
+    serving = meta.get("serving", {})
+    return (
+        len(meta.get("pending", []))
+        + len(serving.get("pending", []))
+        + len(serving.get("loop", {}).get("queue", []))
+    )
+
 class ServeProcess:
     """One daemon config; each :meth:`start` is a new process appending to the same log."""
 
@@ -102,13 +112,15 @@ class ServeProcess:
         return CheckpointStore(self.checkpoint_dir).latest()
 
     def wait_until_learned(self, ends: dict[int, int], timeout: float) -> Checkpoint:
-        """Wait for a checkpoint whose offsets reach ``ends`` (partition -> end offset)."""
+        """Wait for a checkpoint whose offsets reach ``ends`` (partition -> end offset) and
+        whose model learned everything read: nothing waits for a complete micro-batch (the
+        daemon learns that once a poll comes back empty)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             checkpoint = self.latest_checkpoint()
             if checkpoint is not None:
                 offsets = {int(p): o for p, o in checkpoint.meta["offsets"].items()}
-                if offsets == ends:
+                if offsets == ends and not waiting(checkpoint.meta):
                     return checkpoint
             assert self.process is not None
             if self.process.poll() is not None:

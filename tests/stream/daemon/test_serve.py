@@ -19,8 +19,10 @@ from learners.base import Problem
 from stream.daemon.checkpoint import CheckpointError, CheckpointStore
 from stream.daemon.config import ServeConfig
 from stream.daemon.serve import Daemon
+from stream.engine.event_loop import EventLoop
+from stream.sources.batcher import micro_batches
 from stream.sources.kafka_source import SourceError
-from stream.sources.wire import encode_binary, encode_json
+from stream.sources.wire import Decoder, Samples, encode_binary, encode_json
 from tests.support.malformed import malformed_messages
 from tests.support.memory_source import MemorySource
 
@@ -93,10 +95,13 @@ def _assert_same_model(learner, reference) -> None:
 
 
 def _drain(daemon: Daemon, source: MemorySource, limit: int = 1000) -> None:
+    """Step until every record is read, then once more: the empty poll after which the daemon
+    learns what waits for a complete micro-batch."""
     daemon.connect()
     for _ in range(limit):
         daemon.step()
         if source.drained():
+            daemon.step()
             return
     raise AssertionError("the source was not drained")
 
@@ -232,7 +237,9 @@ def test_stop_finishes_the_batch_checkpoints_and_returns(tmp_path):
     assert not runner.is_alive() and source.closed
     latest = CheckpointStore(tmp_path / "ckpt").latest()
     assert {int(p): o for p, o in latest.meta["offsets"].items()} == daemon.positions
-    assert latest.meta["loop"]["samples_seen"] == len(y)
+    # what waited for a complete micro-batch is in the checkpoint, to be learned after a restart
+    assert latest.meta["loop"]["samples_seen"] + len(daemon.pending) == len(y)
+    assert latest.meta["pending"] == daemon.pending.state_dict()
     restored = registry.create("nmc", PROBLEM)
     restored.load_state_dict(latest.learner)
     _assert_same_model(restored, _reference(x, y))
@@ -257,3 +264,81 @@ def test_brokers_unreachable_at_start_are_retried_until_they_answer(tmp_path):
     daemon.close()
     assert len(attempts) == 3
     _assert_same_model(daemon.learner, _reference(x, y))
+
+
+# -- micro-batches by message order, not by polls ---------------------------------------------
+
+ER = {
+    "name": "er",
+    "options": {"backbone": {"hidden": [8], "out_dim": 4}, "memory": {"capacity": 12}},
+}
+
+
+def _tasks_stream(seed: int = 21) -> tuple[list[bytes], list[Samples]]:
+    """One partition of 1- and 3-sample messages over three tasks (changes inside batches)."""
+    rng = np.random.default_rng(seed)
+    messages, samples = [], []
+    for i in range(17):
+        n = 3 if i % 3 else 1
+        x = rng.normal(size=(n, 4)).astype(np.float32)
+        y = rng.integers(0, 3, n)
+        task = np.full(n, i // 6)
+        messages.append(encode_binary(x, y, task=task))
+        samples.append(Decoder(PROBLEM).decode(messages[-1]))
+    return messages, samples
+
+
+def _parameters(learner) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in learner.model.parameters()]
+
+
+@pytest.mark.parametrize("max_poll_records", [1, 2, 5, 40])
+def test_a_gradient_learner_learns_what_a_replay_learns_however_the_polls_fall(
+    tmp_path, max_poll_records
+):
+    """``er``'s model depends on how samples are cut into micro-batches. The daemon carries a
+    poll's short last batch to the next poll, so its batches follow the message order alone:
+    whatever ``max_poll_records``, it learns exactly the model of one loop over the same
+    samples (the replay's cut rule, stream/sources/cuts.py)."""
+    messages, samples = _tasks_stream()
+    source = MemorySource({0: messages})
+    config = _config(tmp_path, learner=ER, kafka={"max_poll_records": max_poll_records})
+    daemon = Daemon(config, source_factory=source.bind)
+    _drain(daemon, source)
+    daemon.close()
+    replay = EventLoop(registry.create("er", PROBLEM, ER["options"]), PROBLEM, config.loop)
+    for batch in micro_batches(samples, config.loop.batch_size):
+        replay.process(batch)
+    assert daemon.loop.samples_seen == replay.samples_seen == sum(len(s) for s in samples)
+    for mine, theirs in zip(_parameters(daemon.learner), _parameters(replay.learner), strict=True):
+        assert torch.equal(mine, theirs)
+
+
+def test_a_gradient_learner_resumed_from_any_checkpoint_equals_an_uninterrupted_one(tmp_path):
+    """Killed (no last checkpoint) after each of several polls, resumed from the checkpoint it
+    had, ``er`` ends with the model of a daemon that never stopped: the checkpoint carries the
+    samples read but still waiting for their micro-batch."""
+    messages, _ = _tasks_stream(seed=22)
+    source = MemorySource({0: messages})
+    whole = Daemon(_config(tmp_path / "whole", learner=ER), source_factory=source.bind)
+    _drain(whole, source)
+    whole.close()
+    waiting = []
+    for killed_after in (2, 5, 9):
+        directory = tmp_path / f"killed-{killed_after}"
+        source = MemorySource({0: messages})
+        first = Daemon(_config(directory, learner=ER), source_factory=source.bind)
+        first.connect()
+        for _ in range(killed_after):
+            first.step()
+        first.store.unlock()  # kill -9: no last checkpoint, the lock file goes with the process
+        waiting.append(len(CheckpointStore(directory / "ckpt").latest().meta["pending"]))
+        source = MemorySource({0: messages})
+        resumed = Daemon(_config(directory, learner=ER), source_factory=source.bind)
+        _drain(resumed, source)
+        resumed.close()
+        for mine, theirs in zip(
+            _parameters(resumed.learner), _parameters(whole.learner), strict=True
+        ):
+            assert torch.equal(mine, theirs), killed_after
+    assert any(waiting)  # some checkpoint held samples waiting for their micro-batch

@@ -102,10 +102,13 @@ def _assert_same_model(learner, reference) -> None:
 
 
 def _drain(daemon: Daemon, source: MemorySource, limit: int = 2000) -> None:
+    """Step until every record is read and every letter stored, then once more: the empty poll
+    after which the daemon learns what waits for a complete micro-batch."""
     daemon.connect()
     for _ in range(limit):
         daemon.step()
         if source.drained() and daemon.dead_letters.backlog == 0:
+            daemon.step()
             return
     raise AssertionError("the source was not drained")
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -93,20 +96,44 @@ def test_labelled_samples_are_predicted_then_learned_as_without_serving():
     assert serving.loop.prequential.state_dict() == plain.prequential.state_dict()
 
 
-def test_the_state_round_trips_and_refuses_with_samples_queued():
+def test_the_state_round_trips_with_joined_samples_still_queued():
+    """A checkpoint does not learn the queue early (where checkpoints fall must not change the
+    micro-batches): the queued samples go into the state and come back to be learned."""
     serving = _serving(batch_size=16)
     x = np.eye(3, dtype=np.float32)
     serving.request(np.array([0, 1]), x[:2], now=0.0)
     _label(serving, [0], [1])
-    try:
-        serving.state_dict()
-        raise AssertionError("a queued sample must be learned before a checkpoint")
-    except RuntimeError as exc:
-        assert "flush" in str(exc)
-    serving.flush()
-    restored = _serving()
-    restored.load_state_dict(serving.state_dict())
+    state = json.loads(json.dumps(serving.state_dict()))
+    assert serving.loop.samples_seen == 0 and len(state["queue"]) == 1
+    restored = _serving(batch_size=16)
+    restored.load_state_dict(state)
     assert list(restored.join.pending) == [1] and restored.predictions == 2
+    restored.flush()
+    serving.flush()
+    assert restored.loop.samples_seen == serving.loop.samples_seen == 1
+    for key, tensor in serving.loop.learner.state_dict().tensors.items():
+        assert torch.equal(tensor, restored.loop.learner.state_dict().tensors[key])
+
+
+@pytest.mark.parametrize(
+    "queue",
+    [
+        [{"x": "AAAAAA==", "shape": [3], "joined": [0, 0, -1, 0, 0, 0]}],  # 1 value, not 3
+        [{"x": base64.b64encode(np.full(3, np.nan, "<f4").tobytes()).decode(), "shape": [3],
+          "joined": [0, 0, -1, 0, 0, 0]}],
+        [{"x": base64.b64encode(np.zeros(3, "<f4").tobytes()).decode(), "shape": [3],
+          "joined": [7, 0, -1, 0, 0, 0]}],  # label 7 of 3 classes
+        [{"x": base64.b64encode(np.zeros(3, "<f4").tobytes()).decode(), "shape": [3],
+          "joined": [0, 0]}],
+        [{"x": base64.b64encode(np.zeros(3, "<f4").tobytes()).decode(), "shape": [3],
+          "joined": [0, 0, -1, 0, 0, 0]}] * 16,  # a whole micro-batch
+    ],
+)  # fmt: skip
+def test_a_queue_no_checkpoint_writes_is_refused(queue):
+    serving = _serving(batch_size=16)
+    state = serving.state_dict()
+    with pytest.raises(ValueError):
+        serving.load_state_dict({**state, "queue": queue})
 
 
 def test_a_sequential_learner_serves_and_learns_joined_labels():
