@@ -37,7 +37,6 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-
 def waiting(meta: dict[str, Any]) -> int:
     """How many messages or joined samples a checkpoint holds read but not yet learned."""
     serving = meta.get("serving", {})
@@ -46,6 +45,7 @@ def waiting(meta: dict[str, Any]) -> int:
         + len(serving.get("pending", []))
         + len(serving.get("loop", {}).get("queue", []))
     )
+
 
 class ServeProcess:
     """One daemon config; each :meth:`start` is a new process appending to the same log."""
