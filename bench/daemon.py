@@ -162,6 +162,7 @@ def daemon_loop(
     daemon.connect()
     while daemon.messages < messages:
         daemon.step()
+    daemon.learn_pending()  # the last short micro-batch (what an empty poll would learn)
     seconds = time.perf_counter() - assigned[0]
     daemon.close()
     return daemon.loop.samples_seen / seconds, daemon.loop.learn_seconds / seconds
