@@ -412,7 +412,7 @@ class Daemon:
         if records:
             self.watch.alive()
             self.learn(records)
-        else:
+        elif self._caught_up():
             self.learn_pending()  # nothing more for now: a short micro-batch waits no longer
         if self._checkpoint_due():
             self.checkpoint()
@@ -468,6 +468,17 @@ class Daemon:
                 self._learn_guarded(good, accepted)  # type: ignore[arg-type]
         if alive is not None and alive.records:
             self.learn(alive.records)
+
+    def _caught_up(self) -> bool:
+        """Whether the daemon has read every partition it is assigned to its end (as the last
+        fetches reported it): an empty poll then means an idle topic, not a group still joining
+        or a fetch not yet answered, after which what was pending is learned as it is."""
+        assert self.source is not None
+        assignment = self.source.assignment()
+        if not assignment:
+            return False
+        ends = self.source.highwater(assignment)
+        return all(p in ends and self.positions.get(p, 0) >= ends[p] for p in assignment)
 
     def learn_pending(self) -> None:
         """Learn what waits for a complete micro-batch: labelled samples, and with serving the

@@ -6,8 +6,8 @@ a fresh batch. The recorded-stream source (``file_source.py``) and the Kafka bat
 (``batcher.py``) cut with :func:`batch_starts`, so a stream replayed from a file and the same
 stream published to Kafka to one partition feed the learner the same batches: the daemon
 carries a poll's short last batch to the next poll (:class:`~stream.sources.batcher.
-PendingSamples`) and learns it early only when a poll comes back empty (the topic has nothing
-more for now). Several partitions are interleaved as the polls return them.
+PendingSamples`) and learns it early only when a poll comes back empty at the end of what the
+broker has (an idle topic). Several partitions are interleaved as the polls return them.
 """
 
 from __future__ import annotations

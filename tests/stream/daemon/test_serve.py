@@ -342,3 +342,28 @@ def test_a_gradient_learner_resumed_from_any_checkpoint_equals_an_uninterrupted_
         ):
             assert torch.equal(mine, theirs), killed_after
     assert any(waiting)  # some checkpoint held samples waiting for their micro-batch
+
+
+def test_only_an_empty_poll_at_the_topics_end_learns_a_short_batch_early(tmp_path):
+    """An empty poll while the group joins or a fetch is under way is not an idle topic: the
+    short batch waits (else a restart would learn it short where an uninterrupted run would
+    have completed it); at the end of what the broker has, it is learned."""
+    messages, _ = _tasks_stream()
+    source = MemorySource({0: messages[:5]})
+    daemon = Daemon(_config(tmp_path, learner=ER), source_factory=source.bind)
+    daemon.connect()
+    while not source.drained():
+        daemon.step()
+    waiting = len(daemon.pending)
+    assert waiting
+    source.highwater = lambda partitions: {0: len(messages)}  # more there, not yet fetched
+    daemon.step()
+    assert len(daemon.pending) == waiting
+    source.assigned = False  # a group rebalancing: no partition
+    daemon.step()
+    assert len(daemon.pending) == waiting
+    source.assigned = True
+    source.highwater = lambda partitions: {0: 5}
+    daemon.step()
+    assert len(daemon.pending) == 0
+    daemon.close()
