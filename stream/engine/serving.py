@@ -61,6 +61,9 @@ from stream.engine.event_loop import EventLoop
 from stream.engine.label_join import LabelJoin
 from stream.engine.validation import outside_label_space
 
+# Joined samples a checkpoint's queue may hold, whatever batch size wrote it.
+MAX_RESTORED_QUEUE = 1 << 16
+
 # Learns one batch: (batch, served classes or None, where its samples came from).
 Process = Callable[[Batch, np.ndarray | None, Origins], None]
 
@@ -261,8 +264,9 @@ class ServingLoop:
     ) -> list[tuple[np.ndarray, int, int, int, int, int, int]]:
         """A checkpoint's queued samples, checked as a batch is (``ValueError`` if not)."""
         problem = self.loop.problem
-        if not isinstance(queue, list) or (queue and len(queue) >= self.batch_size):
-            raise ValueError("serving state: not a queue of fewer than batch_size samples")
+        limit = max(self.batch_size, MAX_RESTORED_QUEUE)  # any batch size may have written it
+        if not isinstance(queue, list) or len(queue) > limit:
+            raise ValueError(f"serving state: not a queue of at most {limit} samples")
         restored = []
         for entry in queue:
             x = np.frombuffer(base64.b64decode(entry["x"], validate=True), "<f4")

@@ -71,6 +71,11 @@ def _gather(inputs: list[np.ndarray], starts: np.ndarray, lo: int, hi: int) -> n
     return np.concatenate(pieces)
 
 
+# Pending samples a checkpoint may hold, whatever batch size wrote it (a bound on what a restore
+# reads, not on the batch size).
+MAX_RESTORED = 1 << 16
+
+
 class PendingSamples:
     """Samples read but not yet in a complete micro-batch, carried from one poll to the next.
 
@@ -135,8 +140,10 @@ class PendingSamples:
         """Pending samples from a checkpoint, each message checked again by ``decode`` (a
         decoder's; :class:`~stream.sources.wire.InvalidMessage` or ``ValueError`` when they are
         not what :meth:`state_dict` writes)."""
-        if not isinstance(state, list) or (state and len(state) >= self.batch_size):
-            raise ValueError("pending samples: not a list of fewer than batch_size messages")
+        # written with this batch size or another (loop.batch_size may change between runs)
+        limit = max(self.batch_size, MAX_RESTORED)
+        if not isinstance(state, list) or len(state) > limit:
+            raise ValueError(f"pending samples: not a list of at most {limit} messages")
         messages, origins = [], []
         for entry in state:
             message = decode(base64.b64decode(entry["message"], validate=True))
@@ -144,8 +151,8 @@ class PendingSamples:
                 raise ValueError("pending samples: a message that is not labelled samples")
             messages.append(message)
             origins.append((int(entry["partition"]), int(entry["offset"])))
-        if messages and sum(len(m) for m in messages) >= self.batch_size:
-            raise ValueError("pending samples: a full micro-batch or more")
+        if sum(len(m) for m in messages) > limit:
+            raise ValueError(f"pending samples: more than {limit}")
         self.messages, self.origins = messages, origins
 
 

@@ -367,3 +367,22 @@ def test_only_an_empty_poll_at_the_topics_end_learns_a_short_batch_early(tmp_pat
     daemon.step()
     assert len(daemon.pending) == 0
     daemon.close()
+
+
+def test_a_checkpoint_with_samples_waiting_resumes_under_another_batch_size(tmp_path):
+    """loop.batch_size is a setting one may change between runs: the samples a checkpoint
+    holds waiting (fewer than the old batch size) are learned under the new one."""
+    messages, samples = _tasks_stream()
+    source = MemorySource({0: messages[:3]})  # 1 + 3 + 3 samples: one short of a batch of 8
+    first = Daemon(_config(tmp_path, loop={"batch_size": 8}), source_factory=source.bind)
+    first.connect()
+    while not source.drained():
+        first.step()
+    first.checkpoint(force=True)
+    first.close()
+    assert len(first.pending) == 7 and first.loop.samples_seen == 0
+    source = MemorySource({0: messages})
+    resumed = Daemon(_config(tmp_path, loop={"batch_size": 2}), source_factory=source.bind)
+    _drain(resumed, source)
+    resumed.close()
+    assert resumed.loop.samples_seen == sum(len(s) for s in samples)

@@ -14,7 +14,7 @@ from learners.registry import create
 from stream.engine.batch import Batch
 from stream.engine.event_loop import EventLoop, LoopConfig
 from stream.engine.label_join import LabelJoin
-from stream.engine.serving import Served, ServingLoop
+from stream.engine.serving import MAX_RESTORED_QUEUE, Served, ServingLoop
 
 PROBLEM = Problem(input_shape=(3,), num_classes=(3,))
 
@@ -126,7 +126,7 @@ def test_the_state_round_trips_with_joined_samples_still_queued():
         [{"x": base64.b64encode(np.zeros(3, "<f4").tobytes()).decode(), "shape": [3],
           "joined": [0, 0]}],
         [{"x": base64.b64encode(np.zeros(3, "<f4").tobytes()).decode(), "shape": [3],
-          "joined": [0, 0, -1, 0, 0, 0]}] * 16,  # a whole micro-batch
+          "joined": [0, 0, -1, 0, 0, 0]}] * (MAX_RESTORED_QUEUE + 1),  # more than any batch
     ],
 )  # fmt: skip
 def test_a_queue_no_checkpoint_writes_is_refused(queue):
@@ -170,3 +170,17 @@ def test_where_joined_labels_are_flushed_does_not_change_these_learners(name):
     one, other = learned(5), learned(-1)
     for key, tensor in one.items():
         assert torch.equal(tensor, other[key]), key
+
+
+def test_a_queue_written_with_a_larger_batch_size_is_restored_and_learned():
+    """loop.batch_size may change between runs: a queue of 5 joined samples (batch size 16)
+    restored where the batch size is 4 is learned, in batches of 4, at the next label."""
+    serving = _serving(batch_size=16)
+    x = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1, 2]]
+    serving.request(np.arange(6), x, now=0.0)
+    _label(serving, list(range(5)), [0, 1, 2, 0, 1])
+    restored = _serving(batch_size=4)
+    restored.load_state_dict(json.loads(json.dumps(serving.state_dict())))
+    assert restored.loop.samples_seen == 0
+    _label(restored, [5], [2])
+    assert restored.loop.samples_seen == 6
