@@ -4,8 +4,8 @@ The samples of one poll are taken in order and cut into batches of at most ``bat
 never spanning a task change, by the rule the recorded-stream source follows too
 (:func:`stream.sources.cuts.batch_starts`), so a micro-batch message and a run of single-sample
 JSON messages feed the learner the same way. The daemon keeps a short last batch back for the
-next poll (:class:`PendingSamples`), so the cut does not depend on where polls end. Inputs are gathered one
-batch at a time, so a large poll is never copied whole.
+next poll (:class:`PendingSamples`), so the cut does not depend on where polls end. Inputs are
+gathered one batch at a time, so a large poll is never copied whole.
 """
 
 from __future__ import annotations
@@ -98,22 +98,30 @@ class PendingSamples:
 
     def cut(
         self, samples: list[Samples], origins: Sequence[tuple[int, int]], keep_short: bool = True
-    ) -> list[tuple[Batch, Origins]]:
+    ) -> Iterator[tuple[Batch, Origins]]:
         """The micro-batches of the pending samples and then ``samples`` (one origin per
-        message); with ``keep_short``, a short last batch stays pending instead."""
+        message), gathered one at a time as they are asked for; with ``keep_short``, a short
+        last batch stays pending instead (once the batches before it were taken)."""
         messages = [*self.messages, *samples]
         at = [*self.origins, *origins]
         self.messages, self.origins = [], []
-        batches = list(micro_batches_with_origins(messages, at, self.batch_size))
-        if keep_short and batches and len(batches[-1][0]) < self.batch_size:
-            short = len(batches.pop()[0])
-            while short:  # the last ``short`` samples, as slices of their messages
-                message, origin = messages.pop(), at.pop()
-                take = min(short, len(message))
-                self.messages.insert(0, _tail(message, take))
-                self.origins.insert(0, origin)
-                short -= take
-        return batches
+        batches = micro_batches_with_origins(messages, at, self.batch_size)
+        last = next(batches, None)
+        if last is None:
+            return
+        for batch in batches:  # one batch behind: only the last may stay pending
+            yield last
+            last = batch
+        if not keep_short or len(last[0]) == self.batch_size:
+            yield last
+            return
+        short = len(last[0])
+        while short:  # the last ``short`` samples, as slices of their messages
+            message, origin = messages.pop(), at.pop()
+            take = min(short, len(message))
+            self.messages.insert(0, _tail(message, take))
+            self.origins.insert(0, origin)
+            short -= take
 
     def state_dict(self) -> list[dict[str, Any]]:
         """The pending samples as JSON: each message slice as a binary message (base64)."""

@@ -6,6 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stream.sources import batcher
 from stream.sources.batcher import micro_batches, micro_batches_with_origins
 from stream.sources.wire import Samples
 
@@ -71,3 +72,22 @@ def test_batches_are_the_samples_in_order_cut_by_size_and_task(tasks, batch_size
     for batch in batches:
         assert 1 <= len(batch) <= batch_size
         assert batch.task is None or len(set(batch.task.tolist())) == 1
+
+
+def test_pending_samples_gather_a_polls_batches_one_at_a_time(monkeypatch):
+    """A large poll is never copied whole: cut gathers each batch's inputs when it is taken
+    (one ahead, to know which is the last), and keeps a short last batch back."""
+    gathered = []
+    real = batcher._gather
+    monkeypatch.setattr(batcher, "_gather", lambda *a: gathered.append(a[2]) or real(*a))
+    rng = np.random.default_rng(0)
+    message = Samples(
+        rng.normal(size=(18, 2)).astype(np.float32), np.zeros(18, np.int64),
+        np.zeros(18, np.int64), np.full(18, -1), np.full(18, -1),
+    )  # fmt: skip
+    pending = batcher.PendingSamples(4)
+    batches = pending.cut([message], [(0, 7)])
+    next(batches)
+    assert len(gathered) == 2  # the first batch and the one after it, not all five
+    assert [len(b) for b, _ in batches] == [4, 4, 4]
+    assert len(pending) == 2 and pending.origins == [(0, 7)]
