@@ -11,7 +11,8 @@ It is a route of the metrics endpoint (stream/observe/http_endpoint.py), behind 
 connection limits, TLS and authentication as ``/metrics``. A bad request is refused whole: 400
 (413 for too many samples or bytes) with ``{"error": REASON,
 "detail": "sample 3: ..."}``; a prediction the learner fails on is a 500 with
-``{"error": "learner_error", "detail": ...}``, logged and counted, and the daemon serves on. HTTP predictions change nothing: they are not kept for labels and
+``{"error": "learner_error", "detail": ...}``, logged and counted, and the daemon serves on.
+HTTP predictions change nothing: they are not kept for labels and
 not published (requests that want both go through the topic). They are counted in
 ``streamcl_predictions_total{source="http"}`` and timed in
 ``streamcl_prediction_latency_seconds{source="http"}``, from the body read to the answer built.
