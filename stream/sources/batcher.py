@@ -83,18 +83,25 @@ class PendingSamples:
     the last batch back while it is short: the next poll's samples may complete it, or start a
     new task and so end it. Batches then depend only on the order of the samples, never on
     where the polls ended, so a learner whose update depends on the cut (a gradient step) learns
-    from the daemon what it learns from a replay of the same stream. Messages are kept as
-    ``(samples, (partition, offset))`` slices, at most ``batch_size - 1`` samples in all, and a
-    checkpoint carries them (:meth:`state_dict`), since their offsets count as read.
+    from the daemon what it learns from a replay of the same stream. What is kept is the short
+    batch as gathered, one block of samples with each sample's (partition, offset), so a poll
+    does not cut a run of many small messages again; a checkpoint carries it (:meth:`state_dict`),
+    since its offsets count as read.
     """
 
     def __init__(self, batch_size: int) -> None:
         self.batch_size = batch_size
-        self.messages: list[Samples] = []
-        self.origins: list[tuple[int, int]] = []
+        self.samples: Samples | None = None
+        self.partition = np.empty(0, np.int64)  # each pending sample's message
+        self.offset = np.empty(0, np.int64)
 
     def __len__(self) -> int:
-        return sum(len(m) for m in self.messages)
+        return 0 if self.samples is None else len(self.samples)
+
+    @property
+    def origins(self) -> list[tuple[int, int]]:
+        """The messages the pending samples came from, in order."""
+        return [(int(p), int(o)) for p, o, _ in self._runs()]
 
     def cut(
         self, samples: list[Samples], origins: Sequence[tuple[int, int]], keep_short: bool = True
@@ -102,45 +109,72 @@ class PendingSamples:
         """The micro-batches of the pending samples and then ``samples`` (one origin per
         message), gathered one at a time as they are asked for; with ``keep_short``, a short
         last batch stays pending instead (once the batches before it were taken)."""
-        messages = [*self.messages, *samples]
-        at = [*self.origins, *origins]
-        self.messages, self.origins = [], []
-        batches = micro_batches_with_origins(messages, at, self.batch_size)
+        counts = [len(m) for m in samples]
+        messages = ([] if self.samples is None else [self.samples]) + list(samples)
+        partition_of = np.concatenate(
+            [self.partition, np.repeat([p for p, _ in origins], counts).astype(np.int64)]
+        )
+        offset_of = np.concatenate(
+            [self.offset, np.repeat([o for _, o in origins], counts).astype(np.int64)]
+        )
+        self.samples = None
+        self.partition = self.offset = np.empty(0, np.int64)
+        batches = micro_batches(messages, self.batch_size)
         last = next(batches, None)
         if last is None:
             return
+        start = 0
         for batch in batches:  # one batch behind: only the last may stay pending
-            yield last
-            last = batch
-        if not keep_short or len(last[0]) == self.batch_size:
-            yield last
+            stop = start + len(last)
+            yield last, (partition_of[start:stop], offset_of[start:stop])
+            start, last = stop, batch
+        stop = start + len(last)
+        if not keep_short or len(last) == self.batch_size:
+            yield last, (partition_of[start:stop], offset_of[start:stop])
             return
-        short = len(last[0])
-        while short:  # the last ``short`` samples, as slices of their messages
-            message, origin = messages.pop(), at.pop()
-            take = min(short, len(message))
-            self.messages.insert(0, _tail(message, take))
-            self.origins.insert(0, origin)
-            short -= take
+        n = len(last)
+        self.samples = Samples(
+            last.x.numpy(),
+            last.y.numpy(),
+            last.level.numpy(),
+            np.full(n, -1) if last.task is None else last.task.numpy(),
+            np.full(n, -1) if last.ids is None else last.ids.numpy(),
+        )
+        self.partition, self.offset = partition_of[start:stop], offset_of[start:stop]
+
+    def _runs(self) -> list[tuple[int, int, slice]]:
+        """(partition, offset, rows) of each run of pending samples from one message."""
+        if not len(self):
+            return []
+        change = (self.partition[1:] != self.partition[:-1]) | (self.offset[1:] != self.offset[:-1])
+        bounds = [0, *(np.flatnonzero(change) + 1).tolist(), len(self)]
+        return [
+            (int(self.partition[lo]), int(self.offset[lo]), slice(lo, hi))
+            for lo, hi in itertools.pairwise(bounds)
+        ]
 
     def state_dict(self) -> list[dict[str, Any]]:
-        """The pending samples as JSON: each message slice as a binary message (base64)."""
-        return [
-            {
-                "partition": partition,
-                "offset": offset,
-                "message": base64.b64encode(
-                    encode_binary(
-                        m.x,
-                        m.y,
-                        m.level,
-                        m.task if (m.task >= 0).all() else None,
-                        m.ids if (m.ids >= 0).all() else None,
-                    )
-                ).decode(),
-            }
-            for m, (partition, offset) in zip(self.messages, self.origins, strict=True)
-        ]
+        """The pending samples as JSON: each message's run as a binary message (base64)."""
+        entries = []
+        for partition, offset, rows in self._runs():
+            assert self.samples is not None
+            m = self.samples
+            task, ids = m.task[rows], m.ids[rows]
+            message = encode_binary(
+                m.x[rows],
+                m.y[rows],
+                m.level[rows],
+                task if (task >= 0).all() else None,
+                ids if (ids >= 0).all() else None,
+            )
+            entries.append(
+                {
+                    "partition": partition,
+                    "offset": offset,
+                    "message": base64.b64encode(message).decode(),
+                }
+            )
+        return entries
 
     def load_state_dict(
         self, state: list[dict[str, Any]], decode: Callable[[bytes], object]
@@ -159,14 +193,16 @@ class PendingSamples:
                 raise ValueError("pending samples: a message that is not labelled samples")
             messages.append(message)
             origins.append((int(entry["partition"]), int(entry["offset"])))
-        if sum(len(m) for m in messages) > limit:
+        counts = [len(m) for m in messages]
+        if sum(counts) > limit:
             raise ValueError(f"pending samples: more than {limit}")
-        self.messages, self.origins = messages, origins
+        self.samples = (
+            None
+            if not messages
+            else Samples(*(np.concatenate([getattr(m, f) for m in messages]) for f in _FIELDS))
+        )
+        self.partition = np.repeat([p for p, _ in origins], counts).astype(np.int64)
+        self.offset = np.repeat([o for _, o in origins], counts).astype(np.int64)
 
 
-def _tail(samples: Samples, count: int) -> Samples:
-    """The last ``count`` samples of ``samples``."""
-    at = slice(len(samples) - count, None)
-    return Samples(
-        samples.x[at], samples.y[at], samples.level[at], samples.task[at], samples.ids[at]
-    )
+_FIELDS = ("x", "y", "level", "task", "ids")
