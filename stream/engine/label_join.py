@@ -8,7 +8,9 @@ inputs together at most ``max_bytes``; whatever falls out, oldest first, is *exp
 will find nothing, and it is counted, never learned.
 
 The whole window is JSON (inputs as base64 float32), so a daemon checkpoint carries it next to
-the source offsets, within ``max_bytes``.
+the source offsets, within ``max_bytes``. A checkpoint is outside bytes: a restored window is
+checked request by request (:func:`decode_input`; with a problem, the input shape and the served
+classes too) and replaces the window only whole, so a damaged one changes nothing.
 
 >>> join = LabelJoin(max_pending=2)
 >>> for i in range(3):
@@ -23,12 +25,62 @@ the source offsets, within ``max_bytes``.
 from __future__ import annotations
 
 import base64
+import binascii
+import math
 from collections import OrderedDict
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from stream.data.finite import all_finite
+
+# Elements of one input a checkpoint may hold (what a wire message may carry is bounded the
+# same way, by messages.max_bytes): a shape whose product is larger is refused before decoding.
+MAX_INPUT_VALUES = 1 << 26
+
+
+def encode_input(x: np.ndarray) -> dict[str, Any]:
+    """A float32 input as JSON: its bytes in base64 and its shape."""
+    return {
+        "x": base64.b64encode(np.asarray(x, "<f4").tobytes()).decode(),
+        "shape": list(x.shape),
+    }
+
+
+def decode_input(
+    entry: dict[str, Any], input_shape: Sequence[int] | None, where: str
+) -> np.ndarray:
+    """The input of :func:`encode_input`'s ``entry``, checked (``ValueError`` naming ``where``):
+    strict base64, a shape of positive sizes (``input_shape`` when given) whose values are
+    exactly the decoded bytes, every value finite."""
+    shape = entry.get("shape")
+    if (
+        not isinstance(shape, list)
+        or not 1 <= len(shape) <= 8
+        or not all(type(s) is int and s > 0 for s in shape)
+        or math.prod(shape) > MAX_INPUT_VALUES
+    ):
+        raise ValueError(f"{where}: the input's shape {str(shape)[:80]} is not a shape")
+    if input_shape is not None and tuple(shape) != tuple(input_shape):
+        raise ValueError(
+            f"{where}: an input of shape {tuple(shape)}, this problem's is {tuple(input_shape)}"
+        )
+    size = 4 * math.prod(shape)
+    encoded = entry.get("x")
+    if not isinstance(encoded, str) or len(encoded) != 4 * ((size + 2) // 3):
+        raise ValueError(f"{where}: the input is not base64 of {size // 4} float32")
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{where}: the input is not valid base64") from None
+    if len(raw) != size:
+        raise ValueError(f"{where}: {len(raw)} input bytes for shape {tuple(shape)}")
+    x = np.frombuffer(raw, "<f4").reshape(shape).astype(np.float32)
+    if not all_finite(x):
+        raise ValueError(f"{where}: the input holds a NaN or an infinity")
+    return x
 
 
 @dataclass
@@ -137,8 +189,7 @@ class LabelJoin:
             "requests": [
                 {
                     "id": id,
-                    "x": base64.b64encode(p.x.astype("<f4").tobytes()).decode(),
-                    "shape": list(p.x.shape),
+                    **encode_input(p.x),
                     "predicted": p.predicted,
                     "served_at": p.served_at,
                     "task": p.task,
@@ -148,18 +199,55 @@ class LabelJoin:
             ]
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """The window of ``state``, as it was (:meth:`shrink` fits it into smaller bounds)."""
-        self.pending.clear()
-        self.bytes = 0
-        for request in state["requests"]:
-            x = np.frombuffer(base64.b64decode(request["x"]), "<f4").reshape(request["shape"])
-            self.take(int(request["id"]))  # merged windows may repeat an id: the later stands
-            self.pending[int(request["id"])] = Pending(
-                x.astype(np.float32),
-                [int(c) for c in request["predicted"]],
-                float(request["served_at"]),
-                int(request["task"]),
-                int(request.get("partition", -1)),  # checkpoints before scale-out serving
-            )
-            self.bytes += x.nbytes
+    def load_state_dict(
+        self,
+        state: dict[str, Any] | None,
+        input_shape: Sequence[int] | None = None,
+        num_classes: Sequence[int] | None = None,
+    ) -> None:
+        """The window of ``state``, as it was (:meth:`shrink` fits it into smaller bounds).
+
+        Every request is checked first (``ValueError`` naming the request and what is wrong;
+        the window is then unchanged): its id >= 0, its input (:func:`decode_input`; of
+        ``input_shape`` when given), a finite time, a task and a partition >= -1, and a served
+        class >= -1 per level (with ``num_classes``: one per level, each below its level's
+        count). A label joined to it is learned as checked on arrival."""
+        requests = state.get("requests") if isinstance(state, dict) else None
+        if not isinstance(requests, list):
+            raise ValueError("label join window: no list of requests")
+        pending: OrderedDict[int, Pending] = OrderedDict()
+        for i, request in enumerate(requests):
+            where = f"label join window, request {i}"
+            if not isinstance(request, dict):
+                raise ValueError(f"{where}: not an object")
+            id = restored_integer(request.get("id"), where, "id", 0)
+            x = decode_input(request, input_shape, where)
+            predicted = request.get("predicted")
+            if not isinstance(predicted, list) or not predicted:
+                raise ValueError(f"{where}: no served class per level")
+            classes = [restored_integer(c, where, "served class", -1) for c in predicted]
+            if num_classes is not None and (
+                len(classes) != len(num_classes)
+                or any(c >= k for c, k in zip(classes, num_classes, strict=True))
+            ):
+                raise ValueError(
+                    f"{where}: served classes {classes[:8]} do not fit the levels' "
+                    f"{list(num_classes)} classes"
+                )
+            served_at = request.get("served_at")
+            if type(served_at) not in (int, float) or not math.isfinite(served_at):
+                raise ValueError(f"{where}: served_at {str(served_at)[:40]} is not a finite time")
+            task = restored_integer(request.get("task"), where, "task", -1)
+            # checkpoints before scale-out serving kept no partition
+            partition = restored_integer(request.get("partition", -1), where, "partition", -1)
+            pending.pop(id, None)  # merged windows may repeat an id: the later stands
+            pending[id] = Pending(x, classes, float(served_at), task, partition)
+        self.pending = pending
+        self.bytes = sum(p.x.nbytes for p in pending.values())
+
+
+def restored_integer(value: object, where: str, what: str, least: int) -> int:
+    """``value`` (read from a checkpoint) as an int of at least ``least`` and within int64, else a ``ValueError``."""
+    if type(value) is not int or not least <= value < 1 << 63:
+        raise ValueError(f"{where}: {what} {str(value)[:40]} is not an integer >= {least}")
+    return value

@@ -46,7 +46,6 @@ batch's messages.
 
 from __future__ import annotations
 
-import base64
 import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -55,10 +54,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from stream.data.finite import all_finite
 from stream.engine.batch import Batch, Origins
 from stream.engine.event_loop import EventLoop
-from stream.engine.label_join import LabelJoin
+from stream.engine.label_join import LabelJoin, decode_input, encode_input, restored_integer
 from stream.engine.validation import outside_label_space
 
 # Joined samples a checkpoint's queue may hold, whatever batch size wrote it.
@@ -238,11 +236,7 @@ class ServingLoop:
         return {
             "join": self.join.state_dict(),
             "queue": [
-                {
-                    "x": base64.b64encode(np.asarray(x, "<f4").tobytes()).decode(),
-                    "shape": list(x.shape),
-                    "joined": [y, level, task, served, partition, offset],
-                }
+                {**encode_input(x), "joined": [y, level, task, served, partition, offset]}
                 for x, y, level, task, served, partition, offset in self._queue
             ],
             "predictions": self.predictions,
@@ -252,12 +246,19 @@ class ServingLoop:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """The window and counters of ``state``; requests beyond this window's bounds (made
-        smaller since, or windows merged) expire, oldest first."""
-        self.join.load_state_dict(state["join"])
-        self._queue = self._queue_from(state.get("queue", []))
-        self.predictions = int(state["predictions"])
-        self.expired = int(state["expired"]) + len(self.join.shrink())
-        self.unmatched = int(state["unmatched"])
+        smaller since, or windows merged) expire, oldest first. Everything is checked before
+        anything changes (``ValueError``)."""
+        problem = self.loop.problem
+        counters = {
+            name: restored_integer(state.get(name), "serving state", name, 0)
+            for name in ("predictions", "expired", "unmatched")
+        }
+        queue = self._queue_from(state.get("queue", []))
+        self.join.load_state_dict(state.get("join"), problem.input_shape, problem.num_classes)
+        self._queue = queue
+        self.predictions = counters["predictions"]
+        self.expired = counters["expired"] + len(self.join.shrink())
+        self.unmatched = counters["unmatched"]
 
     def _queue_from(
         self, queue: list[dict[str, Any]]
@@ -268,20 +269,26 @@ class ServingLoop:
         if not isinstance(queue, list) or len(queue) > limit:
             raise ValueError(f"serving state: not a queue of at most {limit} samples")
         restored = []
-        for entry in queue:
-            x = np.frombuffer(base64.b64decode(entry["x"], validate=True), "<f4")
-            if list(entry["shape"]) != list(problem.input_shape) or not all_finite(x):
-                raise ValueError("serving state: a queued input of another shape, or not finite")
-            joined = [int(v) for v in entry["joined"]]
-            if len(joined) != 6:
-                raise ValueError("serving state: a queued sample without its six numbers")
-            y, level, task, served, partition, offset = joined
+        for i, entry in enumerate(queue):
+            where = f"serving state, queued sample {i}"
+            if not isinstance(entry, dict):
+                raise ValueError(f"{where}: not an object")
+            x = decode_input(entry, problem.input_shape, where)
+            joined = entry.get("joined")
+            if not isinstance(joined, list) or len(joined) != 6:
+                raise ValueError(f"{where}: not the six numbers of a joined sample")
+            names = ("label", "level", "task", "served class", "partition", "offset")
+            y, level, task, served, partition, offset = (
+                restored_integer(v, where, name, 0 if name in ("label", "level") else -1)
+                for v, name in zip(joined, names, strict=True)
+            )
             bad = outside_label_space(
                 np.array([y]), np.array([level]), np.asarray(problem.num_classes)
             )
             if bad is not None:
-                raise ValueError(f"serving state: a queued sample has {bad[2]}")
-            x = x.reshape(problem.input_shape).astype(np.float32)
+                raise ValueError(f"{where}: {bad[2]}")
+            if served >= problem.num_classes[level]:
+                raise ValueError(f"{where}: served class {served} outside level {level}'s")
             restored.append((x, y, level, task, served, partition, offset))
         return restored
 

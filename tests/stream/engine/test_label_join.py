@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 
-from stream.engine.label_join import LabelJoin
+from stream.engine.label_join import LabelJoin, encode_input
 
 
 def _x(value: float, dim: int = 4) -> np.ndarray:
@@ -106,3 +107,56 @@ def test_a_restored_window_fits_into_smaller_bounds_oldest_first():
     smaller.load_state_dict(join.state_dict())
     assert smaller.shrink() == [0, 1] and list(smaller.pending) == [2, 3, 4]
     assert smaller.bytes == 3 * 16
+
+
+def _request(**change) -> dict:
+    request = {"id": 4, **encode_input(_x(0.5, 3)), "predicted": [1], "served_at": 2.0,
+               "task": -1, "partition": 0}  # fmt: skip
+    return {**request, **change}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"id": -1}, "id -1"),
+        ({"id": "4"}, "id 4 is not an integer"),
+        ({"id": True}, "id True"),
+        ({"x": "AAAA"}, "not base64 of 3 float32"),
+        ({"x": "!" * 16}, "not valid base64"),
+        (encode_input(np.array([0.0, np.nan, 1.0], np.float32)), "NaN"),
+        (encode_input(np.array([np.inf, 0.0, 1.0], np.float32)), "infinity"),
+        (encode_input(_x(0.5, 2)), "shape (2,), this problem's is (3,)"),
+        ({"shape": [3, 1]}, "shape (3, 1)"),
+        ({"shape": [0]}, "is not a shape"),
+        ({"shape": [1 << 40]}, "is not a shape"),
+        ({"shape": "3"}, "is not a shape"),
+        ({"predicted": []}, "no served class"),
+        ({"predicted": [3]}, "do not fit"),
+        ({"predicted": [1, 0]}, "do not fit"),
+        ({"predicted": [-2]}, "served class -2"),
+        ({"predicted": [1.5]}, "served class 1.5"),
+        ({"served_at": float("nan")}, "served_at nan"),
+        ({"served_at": "2"}, "served_at 2"),
+        ({"task": -2}, "task -2"),
+        ({"partition": None}, "partition None"),
+    ],
+)
+def test_a_window_a_checkpoint_could_not_have_written_is_refused_and_changes_nothing(
+    change, message
+):
+    """Restored requests are learned once their labels come, as checked on arrival: a window
+    with an input of another shape, a NaN, or a served class outside the label space is refused
+    before anything changes (before, a NaN input was learned into the model)."""
+    join = LabelJoin()
+    join.add(9, _x(1, 3), [2], served_at=1.0)
+    state = {"requests": [_request(id=1), _request(**change)]}
+    with pytest.raises(ValueError, match=rf"request 1: .*{re.escape(message)}"):
+        join.load_state_dict(state, input_shape=(3,), num_classes=(3,))
+    assert list(join.pending) == [9] and join.bytes == 12
+
+
+def test_a_window_is_refused_whole_when_it_is_not_a_list_of_requests():
+    join = LabelJoin()
+    for state in ({}, {"requests": "x"}, None, {"requests": ["x"]}):
+        with pytest.raises(ValueError, match="label join window"):
+            join.load_state_dict(state)  # type: ignore[arg-type]

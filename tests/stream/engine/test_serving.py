@@ -126,6 +126,11 @@ def test_the_state_round_trips_with_joined_samples_still_queued():
         [{"x": base64.b64encode(np.zeros(3, "<f4").tobytes()).decode(), "shape": [3],
           "joined": [0, 0]}],
         [{"x": base64.b64encode(np.zeros(3, "<f4").tobytes()).decode(), "shape": [3],
+          "joined": [0, 0, -1, 3, 0, 0]}],  # served class 3 of 3 classes
+        [{"x": base64.b64encode(np.zeros(3, "<f4").tobytes()).decode(), "shape": [3],
+          "joined": [0, 0, -1, 0, 0, 0.5]}],
+        ["x"],
+        [{"x": base64.b64encode(np.zeros(3, "<f4").tobytes()).decode(), "shape": [3],
           "joined": [0, 0, -1, 0, 0, 0]}] * (MAX_RESTORED_QUEUE + 1),  # more than any batch
     ],
 )  # fmt: skip
@@ -134,6 +139,35 @@ def test_a_queue_no_checkpoint_writes_is_refused(queue):
     state = serving.state_dict()
     with pytest.raises(ValueError):
         serving.load_state_dict({**state, "queue": queue})
+
+
+def test_a_window_with_a_nan_input_is_refused_before_its_label_could_teach_it():
+    """The join window of a checkpoint is outside bytes too: its inputs are learned when their
+    labels come, marked as checked, so the restore checks them (the old restore took this NaN
+    and its label then turned every class mean of ``nmc`` into NaN)."""
+    serving = _serving(batch_size=1)
+    serving.request(np.array([0]), np.eye(3, dtype=np.float32)[:1], now=0.0)
+    state = json.loads(json.dumps(serving.state_dict()))
+    state["join"]["requests"][0]["x"] = base64.b64encode(
+        np.array([np.nan, 0, 0], "<f4").tobytes()
+    ).decode()
+    restored = _serving(batch_size=1)
+    restored.request(np.array([5]), np.eye(3, dtype=np.float32)[1:2], now=0.0)
+    before = restored.state_dict()
+    with pytest.raises(ValueError, match="request 0: the input holds a NaN"):
+        restored.load_state_dict(state)
+    assert restored.state_dict() == before
+
+
+@pytest.mark.parametrize(
+    "counters",
+    [{"predictions": -1}, {"expired": "3"}, {"unmatched": None}],
+)
+def test_counters_a_checkpoint_could_not_have_written_are_refused(counters):
+    serving = _serving()
+    state = {**serving.state_dict(), **counters}
+    with pytest.raises(ValueError, match="serving state"):
+        serving.load_state_dict(state)
 
 
 def test_a_sequential_learner_serves_and_learns_joined_labels():
