@@ -8,6 +8,7 @@ back with :meth:`LearnerState.part`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,3 +34,27 @@ class LearnerState:
         head = f"{prefix}."
         tensors = {k[len(head) :]: v for k, v in self.tensors.items() if k.startswith(head)}
         return LearnerState(tensors, self.meta.get(prefix, {}))
+
+
+def non_finite(state: LearnerState) -> str | None:
+    """Which part of ``state`` holds NaN or inf (None: all finite)."""
+    for name, tensor in state.tensors.items():
+        if (tensor.is_floating_point() or tensor.is_complex()) and not _all_finite(tensor):
+            return f"tensor {name!r} holds NaN or inf"
+    try:
+        json.dumps(state.meta, allow_nan=False)
+    except ValueError:
+        return "state metadata holds NaN or inf"
+    return None
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """One reduction in the usual case instead of a boolean tensor the size of the state: a
+    NaN or inf makes the float64 sum non-finite, and a float64 sum of float32 values cannot
+    overflow. A sum of large float64 values can, so a non-finite sum is checked element-wise."""
+    if not tensor.numel():
+        return True
+    wide = torch.complex128 if tensor.is_complex() else torch.float64
+    if bool(torch.isfinite(tensor.detach().sum(dtype=wide))):
+        return True
+    return bool(torch.isfinite(tensor).all())

@@ -54,7 +54,7 @@ from typing import IO, Any
 
 import structlog
 
-from learners.state.learner_state import LearnerState
+from learners.state.learner_state import LearnerState, non_finite
 from learners.state.safetensors_io import state_from_bytes, state_to_bytes
 
 MAGIC = b"SCLCKPT2"
@@ -140,12 +140,7 @@ def decode(
     if not hmac.compare_digest(_seal(key, data[:32], body, tensors), seal):
         problem = "HMAC does not verify under the configured key" if key else "checksum mismatch"
         raise CorruptCheckpoint(f"{where}: {problem} (corrupt or forged)")
-    try:
-        return json.loads(body), state_from_bytes(tensors)
-    except Exception as exc:  # a sealed but malformed section (a bug, or our key leaked)
-        raise CorruptCheckpoint(
-            f"{where}: unreadable content: {type(exc).__name__}: {exc}"
-        ) from None
+    return _sections(body, tensors, where)
 
 
 def _decode_format_1(data: bytes, where: str) -> tuple[dict[str, Any], LearnerState]:
@@ -162,12 +157,23 @@ def _decode_format_1(data: bytes, where: str) -> tuple[dict[str, Any], LearnerSt
     tensors = data[_OLD_HEADER.size + body_size :]
     if not hmac.compare_digest(_seal(None, body, tensors), checksum):
         raise CorruptCheckpoint(f"{where}: checksum mismatch (corrupt)")
+    return _sections(body, tensors, where)
+
+
+def _sections(body: bytes, tensors: bytes, where: str) -> tuple[dict[str, Any], LearnerState]:
+    """The parsed sections of a checkpoint whose seal verified. A learner state holding NaN or
+    inf is refused like a damaged file: no streamcl writes one (the daemon checks the state
+    before each checkpoint), and one resumed would make every batch after it look poisoned."""
     try:
-        return json.loads(body), state_from_bytes(tensors)
-    except Exception as exc:
+        meta, learner = json.loads(body), state_from_bytes(tensors)
+    except Exception as exc:  # a sealed but malformed section (a bug, or our key leaked)
         raise CorruptCheckpoint(
             f"{where}: unreadable content: {type(exc).__name__}: {exc}"
         ) from None
+    problem = non_finite(learner)
+    if problem is not None:
+        raise CorruptCheckpoint(f"{where}: the learner's {problem}")
+    return meta, learner
 
 
 class CheckpointStore:

@@ -34,9 +34,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import numpy as np
-import torch
 
-from learners.state.learner_state import LearnerState
+from learners.state.learner_state import LearnerState, non_finite
 from learners.state.safetensors_io import state_from_bytes, state_to_bytes
 from stream.engine.batch import Batch
 from stream.engine.event_loop import EventLoop
@@ -64,30 +63,6 @@ class Learned(Generic[Tag]):
 
     def again(self, loop: EventLoop) -> None:
         loop.process(self.batch, self.served)
-
-
-def non_finite(state: LearnerState) -> str | None:
-    """Which part of ``state`` holds NaN or inf (None: all finite)."""
-    for name, tensor in state.tensors.items():
-        if (tensor.is_floating_point() or tensor.is_complex()) and not _all_finite(tensor):
-            return f"tensor {name!r} holds NaN or inf"
-    try:
-        json.dumps(state.meta, allow_nan=False)
-    except ValueError:
-        return "state metadata holds NaN or inf"
-    return None
-
-
-def _all_finite(tensor: torch.Tensor) -> bool:
-    """One reduction in the usual case instead of a boolean tensor the size of the state: a
-    NaN or inf makes the float64 sum non-finite, and a float64 sum of float32 values cannot
-    overflow. A sum of large float64 values can, so a non-finite sum is checked element-wise."""
-    if not tensor.numel():
-        return True
-    wide = torch.complex128 if tensor.is_complex() else torch.float64
-    if bool(torch.isfinite(tensor.detach().sum(dtype=wide))):
-        return True
-    return bool(torch.isfinite(tensor).all())
 
 
 class LearnerGuard(Generic[Tag]):

@@ -53,6 +53,20 @@ def test_latest_is_the_newest_and_only_keep_are_kept(tmp_path):
     assert latest.sequence == 4 and latest.meta["step"] == 3 and latest.meta["sequence"] == 4
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_sealed_checkpoint_whose_model_is_not_finite_is_skipped(tmp_path, value):
+    """The seal says the bytes are those written, not that a daemon wrote them (a keyless store
+    anyone may reseal): a model holding NaN or inf is refused like a damaged file."""
+    store = CheckpointStore(tmp_path, keep=3)
+    store.write({"step": 1}, _state(1.0))
+    bad = _state(2.0)
+    bad.tensors["w"][1, 0] = value
+    store.write({"step": 2}, bad)
+    with pytest.raises(CorruptCheckpoint, match="tensor 'w' holds NaN or inf"):
+        decode(encode({"step": 2}, bad))
+    assert store.latest().meta["step"] == 1
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "garbage"])
 def test_a_damaged_latest_falls_back_to_the_previous_good_one(tmp_path, damage):
     store = CheckpointStore(tmp_path, keep=3)

@@ -188,6 +188,31 @@ def test_a_restart_continues_from_the_checkpoint_and_learns_each_message_once(tm
     assert meta["counters"]["messages"] == sum(len(v) for v in partitions.values())
 
 
+def test_a_checkpoint_whose_model_holds_nan_is_passed_over_for_the_one_before(tmp_path):
+    """A resealed checkpoint with a NaN in the model was resumed: every batch after it then
+    made the state non-finite and was dead-lettered as a learner error. The daemon now resumes
+    from the checkpoint before it and learns every message."""
+    partitions, x, y, letters = _topic()
+    half = {p: records[: len(records) // 2] for p, records in partitions.items()}
+    source = MemorySource(half)
+    first = Daemon(_config(tmp_path), source_factory=source.bind)
+    _drain(first, source)
+    first.checkpoint()
+    first.close()
+    store = CheckpointStore(tmp_path / "ckpt")
+    latest = store.latest()
+    latest.learner.tensors["sums.0"][0, 0] = float("nan")
+    store.write(latest.meta, latest.learner)
+
+    source = MemorySource(partitions)
+    second = Daemon(_config(tmp_path), source_factory=source.bind)
+    _drain(second, source)
+    second.checkpoint()
+    second.close()
+    _assert_same_model(second.learner, _reference(x, y))
+    assert sorted(_letters(tmp_path)) == sorted(letters)
+
+
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):
     partitions, *_ = _topic()
     source = MemorySource(partitions)
