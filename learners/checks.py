@@ -29,6 +29,7 @@ from learners.capabilities import (
     mergeable,
     supported_actions,
 )
+from learners.state.learner_state import LearnerState
 from learners.state.safetensors_io import state_from_bytes, state_to_bytes
 
 NUM_CLASSES = 4
@@ -215,6 +216,40 @@ def check_checkpoint_round_trip(name: str, levels: int) -> None:
             stream_through(learner, second, batch=4, prequential=True)
 
 
+def check_a_state_of_other_shapes_or_labels_is_refused(name: str, levels: int) -> None:
+    """A checkpoint is outside bytes. Any tensor of a learned state given one row more (another
+    shape than this learner writes), and any integer tensor set to a value no label space holds,
+    is refused by ``load_state_dict`` (an error that names it) or, where the value is one a
+    learner may hold (a stream id), loads into a learner that then predicts and learns.
+    Before, several loaded and failed only at the next batch, or misread a tensor silently."""
+    learner = make(name, levels, seed=1)
+    stream_through(learner, blobs(name, 40, seed=2, levels=levels), batch=8, prequential=True)
+    state = learner.state_dict()
+    x, y, level = blobs(name, 12, seed=3, levels=levels)
+    for key, tensor in state.tensors.items():
+        damaged: list[tuple[str, torch.Tensor]] = []
+        if tensor.dim():
+            damaged.append(("one row more", torch.cat([tensor, tensor[:1]])))
+        if tensor.dtype in (torch.int32, torch.int64) and tensor.numel():
+            damaged.append(("values of 10**6", torch.full_like(tensor, 10**6)))
+        for what, value in damaged:
+            restored = make(name, levels, seed=1)
+            try:
+                restored.load_state_dict(LearnerState({**state.tensors, key: value}, state.meta))
+            except (ValueError, KeyError, RuntimeError):
+                continue  # refused: what a daemon needs to fall back to an earlier checkpoint
+            assert what != "one row more" or tensor.dtype == torch.uint8, (
+                f"{name}: {key!r} with {what} was loaded"
+            )  # (bytes: a sealed pickle or a generator state, checked when decoded)
+            try:
+                all_scores(restored, x)
+                restored.learn(x, y, level)
+            except Exception as exc:
+                raise AssertionError(
+                    f"{name}: {key!r} with {what} was loaded, then failed: {exc}"
+                ) from None
+
+
 def check_deterministic_under_seed(name: str, levels: int) -> None:
     runs = []
     for _ in range(2):
@@ -386,6 +421,7 @@ COMMON: tuple[Check, ...] = (
     check_new_class_mid_batch,
     check_untaught_classes_never_predicted,
     check_checkpoint_round_trip,
+    check_a_state_of_other_shapes_or_labels_is_refused,
     check_deterministic_under_seed,
     check_inputs_not_mutated,
     check_level_defaults_to_zero,

@@ -173,9 +173,10 @@ class NMC(Learner, DriftAdaptive, Mergeable, AdditiveStatistics, FusedPrediction
 
     def load_state_dict(self, state: LearnerState) -> None:
         self._last = None
-        for lvl in range(self.problem.num_levels):
-            self.sums[lvl] = state.tensors[f"sums.{lvl}"].to(self.device)
-            self.counts[lvl] = state.tensors[f"counts.{lvl}"].to(self.device)
+        for lvl, classes in enumerate(self.problem.num_classes):
+            dim = self.sums[lvl].shape[1]
+            self.sums[lvl] = state.expect(f"sums.{lvl}", (classes, dim)).to(self.device)
+            self.counts[lvl] = state.expect(f"counts.{lvl}", (classes,)).to(self.device)
         prefix = "backbone."
         self.backbone.load_state_dict(
             {k[len(prefix) :]: v for k, v in state.tensors.items() if k.startswith(prefix)}

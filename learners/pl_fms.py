@@ -290,12 +290,19 @@ class PLFMS(ER):
 
     def load_state_dict(self, state: LearnerState) -> None:
         super().load_state_dict(state)
-        self.first_seen = [
-            state.tensors[f"first_seen.{lvl}"].to(self.device)
-            for lvl in range(self.problem.num_levels)
-        ]
+        samples_seen = int(state.meta["samples_seen"])
+        if samples_seen < 0:
+            raise ValueError(f"samples_seen {samples_seen} is negative")
+        self.first_seen = []
+        for lvl, classes in enumerate(self.problem.num_classes):
+            first = state.expect(f"first_seen.{lvl}", (classes,), torch.long)
+            if bool(((first < -1) | (first > samples_seen)).any()):
+                raise ValueError(
+                    f"tensor 'first_seen.{lvl}' holds a position outside [-1, {samples_seen}]"
+                )
+            self.first_seen.append(first.to(self.device))
         self.fms_generator.set_state(state.tensors["fms_rng"])
-        self.samples_seen = int(state.meta["samples_seen"])
+        self.samples_seen = samples_seen
 
     def to(self, device: torch.device | str) -> PLFMS:
         super().to(device)

@@ -293,8 +293,12 @@ class ReplayTraining:
     def load_state_dict(self, state: LearnerState) -> None:
         load_module_state(self.model, state.part("model"))
         load_optimizer_state(self.optimizer, state.part("optimizer"))
-        self.seen = [state.tensors[f"seen.{lvl}"].to(self.device) for lvl in range(len(self.seen))]
+        self.seen = [
+            state.expect(f"seen.{lvl}", (classes,), torch.bool).to(self.device)
+            for lvl, classes in enumerate(self.problem.num_classes)
+        ]
         self.memory.load_state_dict(state.part("memory"))
+        self.memory.check_samples(self.problem.input_shape, self.problem.num_classes)
 
     def to(self, device: torch.device | str) -> Self:
         super().to(device)  # type: ignore[misc]  # the Learner this is mixed into

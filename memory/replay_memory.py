@@ -31,7 +31,7 @@ by when the learner has applied the step.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -383,6 +383,31 @@ class ReplayMemory:
         if self.importance is not None:
             state.put("importance", self.importance.state_dict(n))
         return state
+
+    def check_samples(self, input_shape: Sequence[int], num_classes: Sequence[int]) -> None:
+        """``ValueError`` unless every stored sample has ``input_shape`` and a level and label in
+        the label space ``num_classes`` (per level): for a learner after :meth:`load_state_dict`,
+        since a checkpoint is outside bytes and a label beyond its level's classes would fail
+        only when it is replayed."""
+        n = self.size
+        if self.x is None or n == 0:
+            return
+        if self.seen < n:
+            raise ValueError(f"checkpointed memory holds {n} samples but has seen {self.seen}")
+        if tuple(self.x.shape[1:]) != tuple(input_shape):
+            raise ValueError(
+                f"checkpointed memory holds inputs of shape {tuple(self.x.shape[1:])}, this "
+                f"problem's is {tuple(input_shape)}"
+            )
+        level, y = self.level[:n], self.y[:n]
+        if bool(((level < 0) | (level >= len(num_classes))).any()):
+            raise ValueError(f"checkpointed memory holds a level outside [0, {len(num_classes)})")
+        limits = torch.tensor(list(num_classes), dtype=torch.long)[level]
+        if bool(((y < 0) | (y >= limits)).any()):
+            raise ValueError("checkpointed memory holds a label outside its level's classes")
+        arrival = self.arrival[:n]
+        if bool(((arrival < 0) | (arrival >= self.seen)).any()):
+            raise ValueError(f"checkpointed memory holds an arrival outside [0, {self.seen})")
 
     def load_state_dict(self, state: LearnerState) -> None:
         meta, tensors = state.meta, state.tensors

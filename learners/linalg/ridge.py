@@ -579,13 +579,22 @@ class RecursiveRidge:
     def load_state_dict(self, state: LearnerState) -> None:
         device = self.counts.device
 
+        shapes = {
+            "counts": (self.outputs,),
+            "G": (self.dim, self.dim),
+            "R": (self.dim, self.dim),
+            "Q": (self.dim, self.outputs),
+            "W": (self.dim, self.outputs),
+        }
+
         def take(name: str) -> torch.Tensor:
             if name not in state.tensors:
                 raise KeyError(
                     f"checkpoint lacks the ridge head's {name} "
                     f"(was it saved with solver={self.solver!r}?)"
                 )
-            return state.tensors[name].to(device=device, dtype=torch.float64).clone()
+            tensor = state.expect(name, shapes[name])
+            return tensor.to(device=device, dtype=torch.float64).clone()
 
         self.counts = take("counts")
         if self.solver == "woodbury":

@@ -9,6 +9,7 @@ back with :meth:`LearnerState.part`.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,8 @@ class LearnerState:
 
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    prefix: str = field(default="", compare=False)
+    """Where this part sits in the whole (``heads.0.``), for error messages."""
 
     def put(self, prefix: str, part: LearnerState) -> None:
         """Nest ``part`` under ``prefix``: its tensors as ``prefix.name``, its metadata (when it
@@ -33,7 +36,27 @@ class LearnerState:
         """The state :meth:`put` nested under ``prefix``."""
         head = f"{prefix}."
         tensors = {k[len(head) :]: v for k, v in self.tensors.items() if k.startswith(head)}
-        return LearnerState(tensors, self.meta.get(prefix, {}))
+        return LearnerState(tensors, self.meta.get(prefix, {}), f"{self.prefix}{head}")
+
+    def expect(
+        self, name: str, shape: Sequence[int], dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """Tensor ``name``, for a ``load_state_dict``: a ``ValueError`` naming it unless it has
+        ``shape`` (and ``dtype``), a ``KeyError`` if it is missing. A checkpoint is outside
+        bytes; a tensor of another shape would otherwise fail, or be misread, only when first
+        used, long after the restore that could have refused it."""
+        tensor = self.tensors.get(name)
+        where = f"{self.prefix}{name}"
+        if tensor is None:
+            raise KeyError(f"the state has no tensor {where!r}")
+        if tuple(tensor.shape) != tuple(shape):
+            raise ValueError(
+                f"tensor {where!r} has shape {tuple(tensor.shape)}, this learner's is "
+                f"{tuple(shape)}"
+            )
+        if dtype is not None and tensor.dtype != dtype:
+            raise ValueError(f"tensor {where!r} is {tensor.dtype}, this learner's is {dtype}")
+        return tensor
 
 
 def non_finite(state: LearnerState) -> str | None:

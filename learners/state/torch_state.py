@@ -50,10 +50,14 @@ otherwise switch it back to ``foreach``)."""
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: LearnerState) -> None:
     """Inverse of :func:`optimizer_state`, except the :data:`IMPLEMENTATION_FLAGS`, which stay
     ``optimizer``'s."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     entries_of: dict[int, dict[str, Any]] = {}
     for param_id, entries in state.meta["state"].items():
-        entries_of[int(param_id)] = {
-            key: state.tensors[f"{param_id}.{key}"] if value is None else value
+        index = int(param_id)
+        if not 0 <= index < len(params):
+            raise ValueError(f"optimizer state for parameter {index} of {len(params)}")
+        entries_of[index] = {
+            key: _param_state(state, f"{param_id}.{key}", params[index]) if value is None else value
             for key, value in entries.items()
         }
     groups = state.meta["param_groups"]
@@ -65,3 +69,15 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: LearnerState) 
             for saved, live in zip(groups, optimizer.param_groups, strict=True)
         ]
     optimizer.load_state_dict({"state": entries_of, "param_groups": groups})
+
+
+def _param_state(state: LearnerState, name: str, param: torch.Tensor) -> torch.Tensor:
+    """An optimizer's per-parameter tensor: a scalar (Adam's step) or one of the parameter's
+    shape (moments, momentum), refused otherwise: the optimizer would not check it, and a
+    fused step reads it by the parameter's size."""
+    tensor = state.tensors.get(name)
+    if tensor is None:
+        raise KeyError(f"the state has no tensor {state.prefix}{name!r}")
+    if tensor.dim() == 0:
+        return tensor
+    return state.expect(name, param.shape)

@@ -55,6 +55,7 @@ from stream.engine.deferred_prequential import DeferredPrequential
 from stream.engine.drift_detection import DriftConfig, DriftConfigError, DriftMonitor
 from stream.engine.evaluation import AnytimeEvaluator, Evaluation
 from stream.engine.evaluation_aggregates import EvaluationAggregates
+from stream.engine.restored_values import restored_float, restored_integer
 from stream.engine.seen_classes import SeenClasses
 from stream.engine.validation import validate_batch
 
@@ -93,8 +94,16 @@ class LoopConfig(BaseModel):
     @field_validator("prequential_windows")
     @classmethod
     def _distinct_positive(cls, windows: list[int]) -> list[int]:
-        if min(windows) <= 0 or len(set(windows)) != len(windows):
-            raise ValueError(f"windows must be distinct positive sizes, got {windows}")
+        if (
+            len(windows) > metrics.MAX_WINDOWS
+            or min(windows) <= 0
+            or max(windows) > metrics.MAX_WINDOW
+            or len(set(windows)) != len(windows)
+        ):
+            raise ValueError(
+                f"windows must be at most {metrics.MAX_WINDOWS} distinct sizes in "
+                f"[1, {metrics.MAX_WINDOW:,}], got {windows}"
+            )
         return windows
 
 
@@ -512,11 +521,18 @@ class EventLoop:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.samples_seen = int(state["samples_seen"])
+        """The state of :meth:`state_dict`; its numbers are checked (``ValueError``) before the
+        loop takes them: a checkpoint is outside bytes, and a NaN in ``pending_updates`` would,
+        for instance, fail every batch after the restore."""
+        where = "loop state"
+        self.samples_seen = restored_integer(state["samples_seen"], where, "samples_seen", 0)
         self.seen.load_state_dict(state["seen"])
-        self.current_task = state["current_task"]
-        self.pending_updates = float(state["pending_updates"])
-        self.next_eval = int(state["next_eval"])
+        task = state["current_task"]
+        self.current_task = None if task is None else restored_integer(task, where, "task", 0)
+        self.pending_updates = restored_float(
+            state["pending_updates"], where, "pending_updates", 0.0, 1.0
+        )
+        self.next_eval = restored_integer(state["next_eval"], where, "next_eval", 0)
         self.prequential.load_state_dict(state["prequential"])
         if "evaluations" in state:
             self.evaluations.load_state_dict(state["evaluations"])
@@ -529,8 +545,10 @@ class EventLoop:
                 if state["last_evaluation"] is None
                 else Evaluation.from_json(state["last_evaluation"]),
             )
-        self.learn_seconds = float(state["learn_seconds"])
-        self.evaluation_seconds = float(state.get("evaluation_seconds", 0.0))
+        self.learn_seconds = restored_float(state["learn_seconds"], where, "learn_seconds", 0.0)
+        self.evaluation_seconds = restored_float(
+            state.get("evaluation_seconds", 0.0), where, "evaluation_seconds", 0.0
+        )
         self.finished = bool(state["finished"])
         if self.drift is not None:
             if state.get("drift") is None:

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from stream.data.finite import all_finite
+from stream.engine.restored_values import restored_float, restored_integer
 
 # Elements of one input a checkpoint may hold (what a wire message may carry is bounded the
 # same way, by messages.max_bytes): a shape whose product is larger is refused before decoding.
@@ -234,20 +235,11 @@ class LabelJoin:
                     f"{where}: served classes {classes[:8]} do not fit the levels' "
                     f"{list(num_classes)} classes"
                 )
-            served_at = request.get("served_at")
-            if type(served_at) not in (int, float) or not math.isfinite(served_at):
-                raise ValueError(f"{where}: served_at {str(served_at)[:40]} is not a finite time")
+            served_at = restored_float(request.get("served_at"), where, "served_at")
             task = restored_integer(request.get("task"), where, "task", -1)
             # checkpoints before scale-out serving kept no partition
             partition = restored_integer(request.get("partition", -1), where, "partition", -1)
             pending.pop(id, None)  # merged windows may repeat an id: the later stands
-            pending[id] = Pending(x, classes, float(served_at), task, partition)
+            pending[id] = Pending(x, classes, served_at, task, partition)
         self.pending = pending
         self.bytes = sum(p.x.nbytes for p in pending.values())
-
-
-def restored_integer(value: object, where: str, what: str, least: int) -> int:
-    """``value`` (read from a checkpoint) as an int of at least ``least`` and within int64, else a ``ValueError``."""
-    if type(value) is not int or not least <= value < 1 << 63:
-        raise ValueError(f"{where}: {what} {str(value)[:40]} is not an integer >= {least}")
-    return value

@@ -24,6 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from stream.engine.restored_values import restored_integer
+
+MAX_WINDOW = 10_000_000
+"""The largest rolling window: its ring holds one byte per prediction (10 MB here)."""
+MAX_WINDOWS = 16
+
 
 def _mean(values: Sequence[float | None]) -> float | None:
     present = [v for v in values if v is not None]
@@ -84,8 +90,16 @@ class PrequentialAccuracy:
 
     def _start(self, windows: int | Sequence[int]) -> None:
         windows = (int(windows),) if isinstance(windows, int) else tuple(int(w) for w in windows)
-        if not windows or min(windows) <= 0 or len(set(windows)) != len(windows):
-            raise ValueError(f"prequential windows must be distinct positive sizes, got {windows}")
+        if (
+            not 1 <= len(windows) <= MAX_WINDOWS
+            or min(windows) <= 0
+            or max(windows) > MAX_WINDOW
+            or len(set(windows)) != len(windows)
+        ):
+            raise ValueError(
+                f"prequential windows must be 1 to {MAX_WINDOWS} distinct sizes in "
+                f"[1, {MAX_WINDOW:,}], got {windows}"
+            )
         self.windows = windows
         self.correct = 0
         self.total = 0
@@ -155,7 +169,21 @@ class PrequentialAccuracy:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._start(state["windows"])
-        self.correct, self.total = int(state["correct"]), int(state["total"])
-        self._ring[np.asarray(state["ring"], dtype=np.int64)] = True
-        self._position = int(state["position"])
+        """The accumulator of :meth:`state_dict`, checked first (``ValueError``)."""
+        where = "prequential accuracy"
+        windows = state["windows"]
+        if not isinstance(windows, list) or not 1 <= len(windows) <= MAX_WINDOWS:
+            raise ValueError(f"{where}: not a list of at most {MAX_WINDOWS} windows")
+        windows = [restored_integer(w, where, "window", 1, MAX_WINDOW + 1) for w in windows]
+        total = restored_integer(state["total"], where, "total", 0)
+        correct = restored_integer(state["correct"], where, "correct", 0, total + 1)
+        capacity = max(windows)
+        ring = state["ring"]
+        if not isinstance(ring, list) or len(ring) > capacity:
+            raise ValueError(f"{where}: the hits of the ring are not a list of positions")
+        hits = [restored_integer(i, where, "ring position", 0, capacity) for i in ring]
+        position = restored_integer(state["position"], where, "position", 0, capacity)
+        self._start(windows)
+        self.correct, self.total = correct, total
+        self._ring[np.asarray(hits, dtype=np.int64)] = True
+        self._position = position

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from stream.engine.restored_values import restored_integer
+
 
 class SeenClasses:
     """Per level, a boolean mask of the classes the stream has shown."""
@@ -105,7 +107,17 @@ class SeenClasses:
         return [np.flatnonzero(mask).tolist() for mask in self.masks]
 
     def load_state_dict(self, state: list[list[int]]) -> None:
+        """The classes of :meth:`state_dict`, each checked to lie in its level's label space
+        (``ValueError``; a negative index would otherwise mark a class from the end)."""
+        if not isinstance(state, list) or len(state) != len(self.masks):
+            raise ValueError(f"seen classes: not a list of {len(self.masks)} levels")
+        checked = []
         for level, (mask, classes) in enumerate(zip(self.masks, state, strict=True)):
+            if not isinstance(classes, list) or len(classes) > len(mask):
+                raise ValueError(f"seen classes of level {level}: not a list of its classes")
+            where = f"seen classes of level {level}"
+            checked.append([restored_integer(c, where, "class", 0, len(mask)) for c in classes])
+        for level, (mask, classes) in enumerate(zip(self.masks, checked, strict=True)):
             mask[:] = False
             mask[np.asarray(classes, dtype=np.int64)] = True
             self._bias[level][:] = np.where(mask, 0.0, -np.inf)

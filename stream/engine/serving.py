@@ -56,7 +56,8 @@ import torch
 
 from stream.engine.batch import Batch, Origins
 from stream.engine.event_loop import EventLoop
-from stream.engine.label_join import LabelJoin, decode_input, encode_input, restored_integer
+from stream.engine.label_join import LabelJoin, decode_input, encode_input
+from stream.engine.restored_values import restored_integer
 from stream.engine.validation import outside_label_space
 
 # Joined samples a checkpoint's queue may hold, whatever batch size wrote it.

@@ -290,3 +290,49 @@ def test_evaluation_time_is_counted_apart_and_checkpointed():
     restored = EventLoop(create("nmc", loop.problem), loop.problem, loop.config)
     restored.load_state_dict(state)
     assert restored.evaluation_seconds == loop.evaluation_seconds
+
+
+def _learned_loop() -> EventLoop:
+    loop = EventLoop(create("nmc", PROBLEM), PROBLEM, LoopConfig(batch_size=4, online_iter=0.5))
+    x = torch.tensor([[0.0, 1.0], [1.0, 0.0], [2.0, 2.0]])
+    zeros = torch.zeros(3, dtype=torch.long)
+    loop.process(Batch(x=x, y=torch.tensor([0, 1, 2]), level=zeros, task=zeros))
+    return loop
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"pending_updates": float("nan")}, "pending_updates nan"),
+        ({"pending_updates": 3.0}, "pending_updates 3.0"),
+        ({"samples_seen": -5}, "samples_seen -5"),
+        ({"samples_seen": "3"}, "samples_seen 3"),
+        ({"current_task": "a"}, "task a"),
+        ({"next_eval": -1}, "next_eval -1"),
+        ({"learn_seconds": float("inf")}, "learn_seconds inf"),
+        ({"seen": [[0, -1]]}, "class -1"),
+        ({"seen": [[0, 4]]}, "class 4"),
+        ({"seen": [[0], [1]]}, "a list of 1 levels"),
+        ({"prequential": {"windows": [10**12], "correct": 0, "total": 0, "ring": [],
+                          "position": 0}}, "window 1000000000000"),
+        ({"prequential": {"windows": [10], "correct": 4, "total": 3, "ring": [],
+                          "position": 0}}, "correct 4"),
+        ({"prequential": {"windows": [10], "correct": 0, "total": 3, "ring": [-1],
+                          "position": 0}}, "ring position -1"),
+        ({"prequential": {"windows": [10], "correct": 0, "total": 3, "ring": [],
+                          "position": 10}}, "position 10"),
+    ],
+)  # fmt: skip
+def test_a_loop_state_no_run_could_write_is_refused(change, message):
+    """A checkpoint's loop state is checked before the loop takes it: a NaN in
+    ``pending_updates`` used to load and then fail every batch after the restore, a ring
+    window of 10**12 to allocate a terabyte, a class -1 to mark the last class seen."""
+    state = json.loads(json.dumps(_learned_loop().state_dict()))
+    restored = EventLoop(create("nmc", PROBLEM), PROBLEM, LoopConfig(batch_size=4))
+    with pytest.raises(ValueError, match=message):
+        restored.load_state_dict({**state, **change})
+
+
+def test_prequential_windows_are_bounded_in_the_config():
+    with pytest.raises(ValueError, match="windows must be at most 16 distinct sizes"):
+        LoopConfig(prequential_windows=[10**9])
