@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,11 @@ import structlog
 from learners.capabilities import DriftAction, SyncedStatistics
 from stream.daemon.aligned_checkpoint import AlignedCheckpoints, Shard
 from stream.daemon.checkpoint import Checkpoint, CheckpointError
+from stream.daemon.checkpoint_meta import (
+    restored_counters,
+    restored_history_position,
+    restored_offsets,
+)
 from stream.daemon.config import ServeConfig, ServeConfigError
 from stream.daemon.distributed import Collectives, World, assign_partitions, join, leave
 from stream.daemon.gradient_sync import GradientSync
@@ -161,9 +165,7 @@ class ScaleOutDaemon(Daemon):
             assert manifest is not None
             return single if single is not None else self.aligned.load_shard(manifest, rank)
 
-        offsets = (
-            {} if manifest is None else {int(p): int(o) for p, o in manifest["offsets"].items()}
-        )
+        offsets = {} if manifest is None else restored_offsets(manifest["offsets"])
         self.poison = PoisonLog(self.config.checkpoint.dir, self.topic)
         self._poisoned = self.poison.since(offsets)
         if self._poisoned:
@@ -191,11 +193,10 @@ class ScaleOutDaemon(Daemon):
         self.learner.load_state_dict(carrier.learner)
         if own is not None:
             self.loop.load_state_dict(own.meta["loop"])
-            self.messages = int(own.meta["counters"]["messages"])
-            self.invalid = Counter({k: int(v) for k, v in own.meta["counters"]["invalid"].items()})
+            self.messages, self.invalid = restored_counters(own.meta["counters"])
             history = own.meta.get("history_position")
             if history is not None:
-                self._history_at = {"file": int(history["file"]), "bytes": int(history["bytes"])}
+                self._history_at = restored_history_position(history)
             self._telemetry_observer.restore(self.loop)
             self.telemetry.restore_invalid_messages(dict(self.invalid))
         self._resume_offsets = {int(p): int(o) for p, o in manifest["offsets"].items()}

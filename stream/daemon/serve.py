@@ -52,6 +52,11 @@ from stream.daemon.aligned_checkpoint import AlignedCheckpoints
 from stream.daemon.broker_watch import BrokerWatch
 from stream.daemon.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from stream.daemon.checkpoint_key import ENV_VAR
+from stream.daemon.checkpoint_meta import (
+    restored_counters,
+    restored_history_position,
+    restored_offsets,
+)
 from stream.daemon.config import ServeConfig, ServeConfigError
 from stream.daemon.evaluation_history import EvaluationHistory
 from stream.daemon.keep_alive import KeepAlive
@@ -302,12 +307,11 @@ class Daemon:
                     f"{checkpoint.path} was written for {key}={saved.get(key)!r}, "
                     f"the config asks for {value!r}; use another checkpoint.dir for a new model"
                 )
-        positions = {int(p): int(o) for p, o in meta["offsets"].items()}
-        messages = int(meta["counters"]["messages"])
-        invalid = Counter({str(k): int(v) for k, v in meta["counters"]["invalid"].items()})
+        positions = restored_offsets(meta["offsets"])
+        messages, invalid = restored_counters(meta["counters"])
         # format 1 kept no history file: the history starts with this run
         history = meta["history_position"] if version > 1 else {"file": 1, "bytes": 0}
-        history_at = {"file": int(history["file"]), "bytes": int(history["bytes"])}
+        history_at = restored_history_position(history)
         self.learner.load_state_dict(checkpoint.learner)
         self.loop.load_state_dict(meta["loop"])
         self.pending.load_state_dict(meta.get("pending", []), self.decoder.decode)

@@ -213,6 +213,28 @@ def test_a_checkpoint_whose_model_holds_nan_is_passed_over_for_the_one_before(tm
     assert sorted(_letters(tmp_path)) == sorted(letters)
 
 
+def test_a_checkpoint_with_offsets_no_daemon_writes_is_passed_over(tmp_path):
+    """A resealed checkpoint with a negative offset was resumed from that offset."""
+    partitions, x, y, letters = _topic()
+    half = {p: records[: len(records) // 2] for p, records in partitions.items()}
+    source = MemorySource(half)
+    first = Daemon(_config(tmp_path), source_factory=source.bind)
+    _drain(first, source)
+    first.checkpoint()
+    first.close()
+    store = CheckpointStore(tmp_path / "ckpt")
+    latest = store.latest()
+    store.write({**latest.meta, "offsets": {"0": -3, "1": 0}}, latest.learner)
+
+    source = MemorySource(partitions)
+    second = Daemon(_config(tmp_path), source_factory=source.bind)
+    _drain(second, source)
+    second.checkpoint()
+    second.close()
+    _assert_same_model(second.learner, _reference(x, y))
+    assert sorted(_letters(tmp_path)) == sorted(letters)
+
+
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):
     partitions, *_ = _topic()
     source = MemorySource(partitions)
