@@ -21,6 +21,13 @@ slot on nearly every insert. With faiss-gpu and a GPU, searches run on a GPU cop
 index, made again after the index changed; every change is applied to the CPU index, which
 supports them all.
 
+Embeddings are searched by L2 distance in float32, so every one written, searched for or loaded
+must be finite with a squared norm of at most :data:`MAX_SQUARED_NORM`; anything else is refused
+with a ``ValueError`` (a learner's error, which the daemon dead-letters and undoes). Beyond it,
+squared distances overflow to inf, and faiss's k-means then throws inside an OpenMP region,
+which aborts the whole process: one sample of inputs near 1e30, finite and so accepted on the
+wire, took a daemon down, and again at every restart.
+
 Persistence: the vectors and, for ivf, the trained centroids are tensors; loading re-adds the
 vectors under the same centroids, so a reloaded index returns the same neighbours. Nothing is
 pickled and the faiss index itself is never serialized.
@@ -49,6 +56,23 @@ else:
     faiss.cvar.distance_compute_blas_threshold = 20
 
 Structure = Literal["flat", "ivf", "torch"]
+
+MAX_SQUARED_NORM = float(np.finfo(np.float32).max) / 4
+"""The largest squared norm of an embedding: the squared distance of two such vectors,
+at most (|a| + |b|)² ≤ 4·max(|a|², |b|²), then stays finite in float32."""
+
+
+def checked_embeddings(vectors: torch.Tensor, what: str) -> torch.Tensor:
+    """``vectors`` ``[n, dim]`` as float32 on the CPU, or a ``ValueError`` naming ``what`` if one
+    is not finite or its squared norm exceeds :data:`MAX_SQUARED_NORM` (see the module's doc)."""
+    vectors = vectors.detach().to("cpu", torch.float32)
+    squared = vectors.double().square().sum(dim=tuple(range(1, vectors.dim())))
+    if len(squared) and not bool((squared <= MAX_SQUARED_NORM).all()):  # NaN fails too
+        raise ValueError(
+            f"{what}: an embedding is not finite, or too large to search by L2 distance in "
+            f"float32 (squared norm above {MAX_SQUARED_NORM:.3g})"
+        )
+    return vectors
 
 
 def faiss_available() -> bool:
@@ -215,7 +239,7 @@ class EmbeddingIndex:
     def write(self, slots: torch.Tensor, vectors: torch.Tensor) -> None:
         """Set the embeddings of ``slots``: existing slots, or new ones that extend ``size``."""
         slots = slots.to(torch.long).cpu()
-        vectors = vectors.detach().to("cpu", torch.float32)
+        vectors = checked_embeddings(vectors, "memory index write")
         if len(slots) == 0:
             return
         if len(torch.unique(slots)) != len(slots):
@@ -245,7 +269,7 @@ class EmbeddingIndex:
         min(k, size)`` nearest stored embeddings, nearest first; slot -1 where an approximate
         search found fewer."""
         k = min(k, self.size)
-        q = queries.detach().to("cpu", torch.float32).contiguous()
+        q = checked_embeddings(queries, "memory index search").contiguous()
         if k <= 0 or len(q) == 0:
             return torch.empty(len(q), 0), torch.empty(len(q), 0, dtype=torch.long)
         self._prepare()
@@ -328,7 +352,12 @@ class EmbeddingIndex:
             raise ValueError(
                 f"checkpointed embeddings have dim {meta['dim']}, index has {self.dim}"
             )
-        stored = tensors["vectors"]
+        stored = checked_embeddings(tensors["vectors"], "checkpointed memory index")
+        if stored.dim() != 2 or stored.shape[1] != self.dim or len(stored) > len(self.vectors):
+            raise ValueError(
+                f"checkpointed memory index holds vectors of shape {tuple(stored.shape)}, this "
+                f"index holds up to {len(self.vectors)} of dim {self.dim}"
+            )
         self.size = len(stored)
         self.vectors[: self.size] = stored
         self.trained_on = int(meta["trained_on"])
@@ -339,6 +368,7 @@ class EmbeddingIndex:
         # as flat; ivf's approximate ones may differ).
         self.structure = meta["structure"] if faiss is not None else "torch"
         if "centroids" in tensors and faiss is not None:
+            checked_embeddings(tensors["centroids"], "checkpointed memory index centroids")
             # A calibrated index keeps the nprobe chosen at training: recalibrating on today's
             # vectors could pick another and so other neighbours. A configured nprobe wins.
             chosen = meta.get("nprobe") if self.nprobe is None else self.nprobe

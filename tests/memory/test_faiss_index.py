@@ -3,6 +3,11 @@ IVF and its retraining, reload to the same neighbours, the GPU copy and the no-f
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import faiss
 import pytest
 import torch
@@ -219,3 +224,64 @@ def test_the_exact_search_of_calibration_is_the_same_in_small_chunks(monkeypatch
     assert (chunked == whole).all()
     others = exact(vectors, vectors[picked], 11)[:, 1:]  # nearest first: itself, then the others
     assert (torch.from_numpy(whole) == others).all()
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "torch"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e30])
+def test_embeddings_l2_search_cannot_hold_are_refused_before_any_change(kind, value):
+    index = EmbeddingIndex(40, 4, kind)
+    index.write(torch.arange(20), torch.randn(20, 4))
+    before = index.vectors.clone()
+    bad = torch.randn(2, 4)
+    bad[1, 2] = value
+    with pytest.raises(ValueError, match="memory index write: an embedding is not finite"):
+        index.write(torch.tensor([3, 20]), bad)
+    assert index.size == 20 and torch.equal(index.vectors, before)
+    with pytest.raises(ValueError, match="memory index search"):
+        index.search(bad, 3)
+    assert index.search(torch.randn(2, 4), 3)[1].shape == (2, 3)
+
+
+def test_embeddings_at_the_bound_are_indexed_and_retrained_on():
+    vectors = torch.randn(200, 8, dtype=torch.float64)
+    vectors *= (faiss_index.MAX_SQUARED_NORM**0.5) * 0.999 / vectors.norm(dim=1, keepdim=True)
+    index = EmbeddingIndex(300, 8, "ivf")
+    index.write(torch.arange(200), vectors.float())
+    index.search(vectors[:5].float(), 3)
+    index.write(torch.arange(200), -vectors.float())  # a turnover: the next search retrains
+    assert index.search(vectors[:5].float(), 3)[1].shape == (5, 3)
+
+
+def test_a_sample_of_huge_inputs_is_a_learner_error_not_an_abort(tmp_path):
+    """Inputs near 1e30 are finite, so the wire accepts them; their embeddings' squared
+    distances overflow float32, and faiss's k-means threw inside an OpenMP region, which
+    aborted the process (a daemon, again at every restart). Run in a child process, which
+    must exit cleanly having seen a ValueError."""
+    script = tmp_path / "huge.py"
+    script.write_text(
+        "import torch\n"
+        "from learners.base import Problem\n"
+        "from learners.registry import create\n"
+        "problem = Problem(input_shape=(8,), num_classes=(3,))\n"
+        "memory = {'retrieval': 'nearest', 'index': 'ivf', 'approximate_from': 10,"
+        " 'capacity': 40}\n"
+        "er = create('er', problem, {'memory': memory, 'backbone': {'hidden': [16]}})\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "for _ in range(4):\n"
+        "    er.learn(torch.randn(8, 8, generator=g), torch.randint(0, 3, (8,), generator=g))\n"
+        "try:\n"
+        "    for _ in range(4):\n"
+        "        er.learn(torch.full((8, 8), 1e30), torch.zeros(8, dtype=torch.long))\n"
+        "except ValueError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "refused:" in done.stdout and "embedding" in done.stdout
