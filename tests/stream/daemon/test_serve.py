@@ -111,13 +111,19 @@ def _letters(tmp_path):
     return [(d["partition"], d["offset"], d["reason"]) for d in map(json.loads, lines)]
 
 
-def test_bad_messages_are_dead_lettered_and_only_valid_ones_learned(tmp_path):
-    partitions, x, y, letters = _topic()
+def _learn_to_the_end(tmp_path, partitions) -> tuple[Daemon, MemorySource]:
+    """A daemon that read ``partitions`` to their ends, checkpointed and closed; its source."""
     source = MemorySource(partitions)
     daemon = Daemon(_config(tmp_path), source_factory=source.bind)
     _drain(daemon, source)
     daemon.checkpoint()
     daemon.close()
+    return daemon, source
+
+
+def test_bad_messages_are_dead_lettered_and_only_valid_ones_learned(tmp_path):
+    partitions, x, y, letters = _topic()
+    daemon, source = _learn_to_the_end(tmp_path, partitions)
     _assert_same_model(daemon.learner, _reference(x, y))
     assert daemon.loop.samples_seen == len(y)
     assert sorted(_letters(tmp_path)) == sorted(letters) and len(letters) >= 10
@@ -188,51 +194,36 @@ def test_a_restart_continues_from_the_checkpoint_and_learns_each_message_once(tm
     assert meta["counters"]["messages"] == sum(len(v) for v in partitions.values())
 
 
-def test_a_checkpoint_whose_model_holds_nan_is_passed_over_for_the_one_before(tmp_path):
-    """A resealed checkpoint with a NaN in the model was resumed: every batch after it then
-    made the state non-finite and was dead-lettered as a learner error. The daemon now resumes
-    from the checkpoint before it and learns every message."""
+def _resume_after_resealing(tmp_path, change) -> None:
+    """Learn half the topic, reseal the newest checkpoint as ``change(meta, learner)`` leaves
+    it (a keyless seal anyone may rewrite), then resume on the whole topic: the daemon must
+    pass it over for the one before and learn every message exactly once."""
     partitions, x, y, letters = _topic()
-    half = {p: records[: len(records) // 2] for p, records in partitions.items()}
-    source = MemorySource(half)
-    first = Daemon(_config(tmp_path), source_factory=source.bind)
-    _drain(first, source)
-    first.checkpoint()
-    first.close()
+    _learn_to_the_end(tmp_path, {p: r[: len(r) // 2] for p, r in partitions.items()})
     store = CheckpointStore(tmp_path / "ckpt")
     latest = store.latest()
-    latest.learner.tensors["sums.0"][0, 0] = float("nan")
-    store.write(latest.meta, latest.learner)
-
-    source = MemorySource(partitions)
-    second = Daemon(_config(tmp_path), source_factory=source.bind)
-    _drain(second, source)
-    second.checkpoint()
-    second.close()
+    store.write(*change(latest.meta, latest.learner))
+    second, _ = _learn_to_the_end(tmp_path, partitions)
     _assert_same_model(second.learner, _reference(x, y))
     assert sorted(_letters(tmp_path)) == sorted(letters)
+
+
+def test_a_checkpoint_whose_model_holds_nan_is_passed_over_for_the_one_before(tmp_path):
+    """A resealed checkpoint with a NaN in the model was resumed: every batch after it then
+    made the state non-finite and was dead-lettered as a learner error."""
+
+    def poison(meta, learner):
+        learner.tensors["sums.0"][0, 0] = float("nan")
+        return meta, learner
+
+    _resume_after_resealing(tmp_path, poison)
 
 
 def test_a_checkpoint_with_offsets_no_daemon_writes_is_passed_over(tmp_path):
     """A resealed checkpoint with a negative offset was resumed from that offset."""
-    partitions, x, y, letters = _topic()
-    half = {p: records[: len(records) // 2] for p, records in partitions.items()}
-    source = MemorySource(half)
-    first = Daemon(_config(tmp_path), source_factory=source.bind)
-    _drain(first, source)
-    first.checkpoint()
-    first.close()
-    store = CheckpointStore(tmp_path / "ckpt")
-    latest = store.latest()
-    store.write({**latest.meta, "offsets": {"0": -3, "1": 0}}, latest.learner)
-
-    source = MemorySource(partitions)
-    second = Daemon(_config(tmp_path), source_factory=source.bind)
-    _drain(second, source)
-    second.checkpoint()
-    second.close()
-    _assert_same_model(second.learner, _reference(x, y))
-    assert sorted(_letters(tmp_path)) == sorted(letters)
+    _resume_after_resealing(
+        tmp_path, lambda meta, learner: ({**meta, "offsets": {"0": -3, "1": 0}}, learner)
+    )
 
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):
