@@ -25,8 +25,10 @@ Embeddings are searched by L2 distance in float32, so every one written, searche
 must be finite with a squared norm of at most :data:`MAX_SQUARED_NORM`; anything else is refused
 with a ``ValueError`` (a learner's error, which the daemon dead-letters and undoes). Beyond it,
 squared distances overflow to inf, and faiss's k-means then throws inside an OpenMP region,
-which aborts the whole process: one sample of inputs near 1e30, finite and so accepted on the
-wire, took a daemon down, and again at every restart.
+which aborts the whole process. Embeddings that large come from inputs near 1e30 (finite, so a
+recorded stream's check passes them, as does the wire where ``messages.max_abs`` is raised from
+its 1e6) or from a diverging backbone; either took the process down, a daemon again at every
+restart.
 
 Persistence: the vectors and, for ivf, the trained centroids are tensors; loading re-adds the
 vectors under the same centroids, so a reloaded index returns the same neighbours. Nothing is

@@ -253,7 +253,8 @@ def test_embeddings_at_the_bound_are_indexed_and_retrained_on():
 
 
 def test_a_sample_of_huge_inputs_is_a_learner_error_not_an_abort(tmp_path):
-    """Inputs near 1e30 are finite, so the wire accepts them; their embeddings' squared
+    """Inputs near 1e30 are finite, so a recorded stream passes them (the wire too, with
+    messages.max_abs raised), as does a diverging backbone's output; their embeddings' squared
     distances overflow float32, and faiss's k-means threw inside an OpenMP region, which
     aborted the process (a daemon, again at every restart). Run in a child process, which
     must exit cleanly having seen a ValueError."""
