@@ -26,10 +26,14 @@ from typing import Any
 
 from learners.state.learner_state import LearnerState
 from stream.daemon.checkpoint import CheckpointError, CorruptCheckpoint, decode, encode
+from stream.daemon.checkpoint_meta import restored_offsets
 
 MANIFEST = "MANIFEST.json"
 MANIFEST_FORMAT = 1
 _EPOCH = re.compile(r"^epoch-(\d{12})$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_WORLD_SIZE = 4096
+"""Ranks a manifest may name (one shard file each)."""
 
 
 def shard_name(rank: int) -> str:
@@ -133,7 +137,10 @@ class AlignedCheckpoints:
         return None
 
     def _verify(self, epoch: int, manifest: dict[str, Any]) -> str | None:
-        for entry in manifest.get("shards", []):
+        problem = _malformed(epoch, manifest)
+        if problem is not None:
+            return f"{self.epoch_dir(epoch) / MANIFEST}: {problem}"
+        for entry in manifest["shards"]:
             path = self.epoch_dir(epoch) / entry["file"]
             try:
                 data = path.read_bytes()
@@ -160,6 +167,36 @@ class AlignedCheckpoints:
             if self._manifest(epoch) is not None:
                 return
             shutil.rmtree(self.epoch_dir(epoch), ignore_errors=True)
+
+
+def _malformed(epoch: int, manifest: dict[str, Any]) -> str | None:
+    """What makes ``manifest`` one rank 0 could not have written for ``epoch`` (None: nothing).
+    A manifest is outside bytes: its shard names become paths to read, its world size the
+    number of shards to load, its offsets where the ranks resume."""
+    if manifest.get("streamcl_manifest") != MANIFEST_FORMAT:
+        return f"manifest format {str(manifest.get('streamcl_manifest'))[:20]!r}"
+    if manifest.get("epoch") != epoch or type(manifest.get("epoch")) is not int:
+        return f"written for epoch {str(manifest.get('epoch'))[:20]}, found in epoch {epoch}"
+    size = manifest.get("world_size")
+    if type(size) is not int or not 1 <= size <= MAX_WORLD_SIZE:
+        return f"world size {str(size)[:20]} is not in [1, {MAX_WORLD_SIZE}]"
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or len(shards) != size:
+        return f"not one shard entry per rank of {size}"
+    for rank, entry in enumerate(shards):
+        if (
+            not isinstance(entry, dict)
+            or entry.get("file") != shard_name(rank)
+            or type(entry.get("bytes")) is not int
+            or not isinstance(entry.get("sha256"), str)
+            or not _SHA256.fullmatch(entry["sha256"])
+        ):
+            return f"the entry of rank {rank} is not a shard's file, length and digest"
+    try:
+        restored_offsets(manifest.get("offsets"), "manifest offsets")
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 import torch
 
@@ -71,3 +74,33 @@ def test_only_the_newest_complete_epochs_are_kept(tmp_path):
         write_epoch(store, epoch, 2)
     assert store.epochs() == [4, 3]
     assert (store.epoch_dir(4) / MANIFEST).exists()
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        (lambda m: {**m, "streamcl_manifest": 9}, "manifest format"),
+        (lambda m: {**m, "epoch": 1}, "written for epoch 1, found in epoch 2"),
+        (lambda m: {**m, "world_size": 10**9}, "world size 1000000000"),
+        (lambda m: {**m, "world_size": 3}, "one shard entry per rank of 3"),
+        (lambda m: {**m, "shards": [*m["shards"][:1], {**m["shards"][1], "file": "../x"}]},
+         "the entry of rank 1"),
+        (lambda m: {**m, "shards": ["rank-00000.sclckpt", "rank-00001.sclckpt"]},
+         "the entry of rank 0"),
+        (lambda m: {**m, "offsets": {"0": -1}}, "offset of 0 -1"),
+    ],
+)  # fmt: skip
+def test_a_manifest_rank_0_could_not_have_written_falls_back_to_the_previous_epoch(
+    tmp_path, change, problem
+):
+    """Its shard names become paths, its world size a count of shards, its offsets resume
+    points: each is checked, and a manifest that fails is passed over like a torn shard."""
+    store = AlignedCheckpoints(tmp_path)
+    write_epoch(store, 1, 2)
+    write_epoch(store, 2, 2)
+    path = store.epoch_dir(2) / MANIFEST
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    assert store.latest()["epoch"] == 1
+    (store.epoch_dir(1) / shard_name(0)).unlink()
+    with pytest.raises(CheckpointError, match=re.escape(problem)):
+        store.latest()
