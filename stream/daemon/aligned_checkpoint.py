@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,22 +120,29 @@ class AlignedCheckpoints:
         """The manifest of the newest complete epoch, whose shards all match it; None when no
         epoch exists. :class:`CheckpointError` when epochs exist but none is complete and valid
         (starting afresh would throw away what was learned)."""
+        return next(self.manifests(), None)
+
+    def manifests(self) -> Iterator[dict[str, Any]]:
+        """The manifest of every complete epoch whose shards all match it, newest first: the
+        caller resumes from the first whose content it can use. :class:`CheckpointError` at
+        the end when epochs exist but none was complete and valid."""
         problems = []
-        epochs = self.epochs()
-        for epoch in epochs:
+        found = False
+        for epoch in self.epochs():
             manifest = self._manifest(epoch)
             if manifest is None:
                 continue  # interrupted before the manifest: not a global checkpoint
             problem = self._verify(epoch, manifest)
             if problem is None:
-                return manifest
-            problems.append(problem)
-        if problems:
+                found = True
+                yield manifest
+            else:
+                problems.append(problem)
+        if problems and not found:
             raise CheckpointError(
                 f"no complete global checkpoint in {self.directory}: {'; '.join(problems)}; "
                 "move these epochs away to start from scratch"
             )
-        return None
 
     def _verify(self, epoch: int, manifest: dict[str, Any]) -> str | None:
         problem = _malformed(epoch, manifest)

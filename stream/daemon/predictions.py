@@ -74,8 +74,13 @@ class PredictionService:
         """Serve with ``loop`` (again when the daemon rebuilds its model), an empty window;
         ``process`` learns each batch (:class:`ServingLoop`), given its samples' Kafka
         partitions and offsets; ``refuse`` takes a request message the learner failed to
-        predict (None: the error propagates)."""
+        predict (None: the error propagates). What a restore set before (an unusable
+        checkpoint, passed over) is forgotten with the model."""
         self.refuse = refuse
+        self.published_from = {}
+        self.recovered = None
+        self._expired_counted = 0
+        self.pending = PendingSamples(self.batch_size)
         self.serving = ServingLoop(
             loop,
             LabelJoin(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from stream.daemon.config import ServeConfig, ServeConfigError
 from stream.daemon.distributed import Collectives, World, assign_partitions, join, leave
 from stream.daemon.gradient_sync import GradientSync
 from stream.daemon.poison import PoisonLog
-from stream.daemon.serve import CHECKPOINT_FORMAT, READABLE_FORMATS, Daemon
+from stream.daemon.serve import CHECKPOINT_FORMAT, READABLE_FORMATS, UNUSABLE, Daemon
 from stream.daemon.statistics_sync import StatisticsSync
 from stream.engine.batch import Batch, Origins
 from stream.engine.device import resolve_device
@@ -152,32 +153,77 @@ class ScaleOutDaemon(Daemon):
         return super()._history_dir() / f"rank-{self.world.rank}"
 
     def _resume(self) -> Checkpoint | None:
+        """Resume from the newest epoch every rank can use: a complete epoch whose content
+        fails on any rank (a shard no daemon could have written: see
+        stream/daemon/checkpoint_meta.py, the learners' ``load_state_dict``) is passed over by
+        all for the one before it, as one daemon passes over an unusable checkpoint. Without
+        epochs, from a single daemon's checkpoint (scaling it out) or from scratch."""
         if self.world.rank == 0:
             self.aligned.remove_incomplete()
         self.collectives.sum([0.0])  # nobody reads the epochs while rank 0 tidies them
-        manifest = self.aligned.latest()
-        single = self._single_checkpoint() if manifest is None else None
+        tried = []
+        for manifest in self.aligned.manifests():
+            if self._resume_epoch(
+                manifest, lambda rank, m=manifest: self.aligned.load_shard(m, rank)
+            ):
+                return None
+            tried.append(int(manifest["epoch"]))
+            self._build_model()
+        if tried:
+            raise CheckpointError(
+                f"no global checkpoint in {self.config.checkpoint.dir} could be resumed (epochs "
+                f"{tried}; epoch_unusable lines say why); move them away to start from scratch"
+            )
+        single = self._single_checkpoint()
         if single is not None:
             # A single daemon's checkpoint, as an epoch 0 of one rank whose shard it is.
             manifest = {"epoch": 0, "world_size": 1, "offsets": single.meta["offsets"]}
-
-        def shard(rank: int) -> Shard:
-            assert manifest is not None
-            return single if single is not None else self.aligned.load_shard(manifest, rank)
-
-        offsets = {} if manifest is None else restored_offsets(manifest["offsets"])
+            if not self._resume_epoch(manifest, lambda rank: single):
+                raise CheckpointError(
+                    f"the single daemon's checkpoint in "
+                    f"{self.config.checkpoint.dir} could not be resumed"
+                )
+            return None
         self.poison = PoisonLog(self.config.checkpoint.dir, self.topic)
-        self._poisoned = self.poison.since(offsets)
-        if self._poisoned:
-            log.warning(
-                "poisoned_messages_skipped", rank=self.world.rank, count=len(self._poisoned)
-            )
-        epoch = 0 if manifest is None else int(manifest["epoch"])
+        self._poisoned = self.poison.since({})
+        if self.collectives.broadcast_int(0) != 0:
+            raise CheckpointError("the ranks see different global checkpoints; is the dir shared?")
+        self.epoch = 0
+        return None
+
+    def _resume_epoch(self, manifest: dict[str, Any], shard: Callable[[int], Shard]) -> bool:
+        """Restore this rank from ``manifest``'s epoch (a collective: every rank calls it for
+        the same epoch); whether every rank could. ``shard(rank)`` loads a rank's shard."""
+        epoch = int(manifest["epoch"])
         if self.collectives.broadcast_int(epoch) != epoch:
             raise CheckpointError("the ranks see different global checkpoints; is the dir shared?")
+        problem = None
+        try:
+            self._restore_epoch(manifest, shard)
+        except CheckpointError:
+            raise
+        except UNUSABLE as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        failed = self.collectives.sum([0.0 if problem is None else 1.0])[0]
+        if failed:
+            log.warning(
+                "epoch_unusable",
+                epoch=epoch,
+                rank=self.world.rank,
+                problem=problem or "another rank could not use it",
+            )
+            return False
+        return True
+
+    def _restore_epoch(self, manifest: dict[str, Any], shard: Callable[[int], Shard]) -> None:
+        epoch = int(manifest["epoch"])
+        # what an epoch tried before may have set (the model was rebuilt since)
+        self.messages, self.invalid = 0, Counter()
+        self._history_at = {"file": 1, "bytes": 0}
+        offsets = restored_offsets(manifest["offsets"])
+        self.poison = PoisonLog(self.config.checkpoint.dir, self.topic)
+        self._poisoned = self.poison.since(offsets)
         self.epoch = epoch
-        if manifest is None:
-            return None
         own = shard(self.world.rank) if self.world.rank < int(manifest["world_size"]) else None
         carrier = own if own is not None and own.learner is not None else None
         if carrier is None:
@@ -189,7 +235,8 @@ class ScaleOutDaemon(Daemon):
                     f"epoch {epoch} was written for {key}={saved.get(key)!r}, the config asks "
                     f"for {value!r}; use another checkpoint.dir for a new model"
                 )
-        assert carrier.learner is not None
+        if carrier.learner is None:
+            raise ValueError(f"epoch {epoch}: rank 0's shard carries no learner")
         self.learner.load_state_dict(carrier.learner)
         if own is not None:
             self.loop.load_state_dict(own.meta["loop"])
@@ -197,11 +244,17 @@ class ScaleOutDaemon(Daemon):
             history = own.meta.get("history_position")
             if history is not None:
                 self._history_at = restored_history_position(history)
-            self._telemetry_observer.restore(self.loop)
-            self.telemetry.restore_invalid_messages(dict(self.invalid))
-        self._resume_offsets = {int(p): int(o) for p, o in manifest["offsets"].items()}
         if self.predictions is not None:
             self._restore_serving(manifest, own, shard)
+        # last, once nothing can fail: counters that a retried epoch would count twice
+        if own is not None:
+            self._telemetry_observer.restore(self.loop)
+            self.telemetry.restore_invalid_messages(dict(self.invalid))
+        if self._poisoned:
+            log.warning(
+                "poisoned_messages_skipped", rank=self.world.rank, count=len(self._poisoned)
+            )
+        self._resume_offsets = offsets
         self.checkpointed_samples = self.loop.samples_seen
         self._shard = own
         log.info(
@@ -211,7 +264,6 @@ class ScaleOutDaemon(Daemon):
             samples=self.loop.samples_seen,
             offsets=self._resume_offsets,
         )
-        return None
 
     def _single_checkpoint(self) -> Shard | None:
         """The newest usable checkpoint a single daemon wrote in ``checkpoint.dir``, as rank 0's

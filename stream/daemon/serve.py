@@ -91,7 +91,9 @@ CHECKPOINT_FORMAT = 2
 READABLE_FORMATS = (1, CHECKPOINT_FORMAT)
 # What a checkpoint's content can raise when it does not fit (a bug or a format change, under a
 # valid seal): that checkpoint is skipped for the one before it.
-_UNUSABLE = (KeyError, IndexError, TypeError, ValueError, RuntimeError)
+UNUSABLE = (KeyError, IndexError, TypeError, ValueError, RuntimeError)
+"""What restoring a checkpoint with a valid seal but content a daemon cannot use raises: the
+daemon passes it over for the one before it."""
 # Dead letters that may wait in memory for storage (a full disk, the topic away) before the
 # daemon stops taking records; each holds at most dead_letter.max_value_bytes of value.
 MAX_DEAD_LETTER_BACKLOG = 1000
@@ -268,7 +270,7 @@ class Daemon:
                 self._restore(checkpoint)
             except CheckpointError:
                 raise
-            except _UNUSABLE as exc:
+            except UNUSABLE as exc:
                 log.warning(
                     "checkpoint_unusable",
                     path=str(checkpoint.path),

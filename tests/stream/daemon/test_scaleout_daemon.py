@@ -202,6 +202,33 @@ def test_a_vanished_group_resumes_from_the_last_global_checkpoint_in_another_wor
     assert final["offsets"] == {str(p): len(v) for p, v in topic.items()}
 
 
+def test_an_epoch_a_rank_cannot_use_is_passed_over_by_every_rank(tmp_path):
+    """A sealed shard whose content no daemon writes (here a NaN in the loop state, which
+    used to load and then fail every batch) makes every rank resume from the epoch before,
+    as one daemon passes over an unusable checkpoint; every sample is still learned once."""
+    x, y = samples(160, seed=1)
+    topic = topic_of(x, y, 4)
+    cfg = config(tmp_path, {"name": "nmc"}, every_samples=20)
+    run_group(cfg, topic, ranks=3, rounds=3, stop=False)
+    store = AlignedCheckpoints(cfg.checkpoint.dir)
+    newest, before = store.epochs()[:2]
+    manifest = store.latest()
+    assert manifest is not None and manifest["epoch"] == newest
+    shard = store.load_shard(manifest, 1)
+    loop = {**shard.meta["loop"], "pending_updates": float("nan")}
+    entry = store.write_shard(newest, 1, {**shard.meta, "loop": loop}, shard.learner)
+    manifest["shards"][1] = entry
+    (store.epoch_dir(newest) / "MANIFEST.json").write_text(json.dumps(manifest))
+    daemons = run_group(cfg, topic, ranks=2, rounds=14)
+    assert daemons[0].epoch > newest  # resumed from ``before``, then wrote epochs of its own
+    model = daemons[0].learner
+    alone = registry.create("nmc", PROBLEM, {})
+    alone.learn(torch.from_numpy(x), torch.from_numpy(y), torch.zeros(len(y), dtype=torch.long))
+    assert torch.equal(model.counts[0], alone.counts[0])  # each sample once
+    torch.testing.assert_close(model.sums[0], alone.sums[0], rtol=1e-9, atol=1e-9)
+    assert before < newest
+
+
 def test_er_ranks_step_together_and_shards_carry_their_memory(tmp_path):
     x, y = samples(90, seed=2)
     options = {"backbone": {"hidden": [8], "out_dim": 4}, "memory": {"capacity": 30}}
