@@ -26,6 +26,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -163,9 +164,7 @@ class ScaleOutDaemon(Daemon):
         self.collectives.sum([0.0])  # nobody reads the epochs while rank 0 tidies them
         tried = []
         for manifest in self.aligned.manifests():
-            if self._resume_epoch(
-                manifest, lambda rank, m=manifest: self.aligned.load_shard(m, rank)
-            ):
+            if self._resume_epoch(manifest, partial(self.aligned.load_shard, manifest)):
                 return None
             tried.append(int(manifest["epoch"]))
             self._build_model()
