@@ -139,6 +139,7 @@ class ReplayTraining:
             seed=self.config.seed,
             embed=embed,
             loss=self._sample_losses,
+            input_shape=self.problem.input_shape,
         )
         self.optimizer = optimizer or make_optimizer(model, self.config)
 

@@ -8,6 +8,10 @@ per-sample ``loss`` function (see :mod:`memory.replay_memory`).
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Sequence
+
 from memory.config import MemoryConfig, MemoryConfigError
 from memory.replay_memory import Embed, ReplayBatch, ReplayMemory, SampleLoss
 
@@ -19,9 +23,15 @@ def build_memory(
     seed: int,
     embed: Embed | None = None,
     loss: SampleLoss | None = None,
+    input_shape: Sequence[int] | None = None,
 ) -> ReplayMemory:
     """The memory ``config`` asks for, seeded; a config option the learner cannot serve (it gives
-    no ``embed`` or ``loss`` function) is a :class:`MemoryConfigError`."""
+    no ``embed`` or ``loss`` function) is a :class:`MemoryConfigError`, and so, given the
+    samples' ``input_shape``, is a memory larger than this machine's memory (it is allocated
+    whole at the first sample: refused now, not as an allocation failure, or an OOM kill, in
+    the middle of a stream)."""
+    if input_shape is not None:
+        _refuse_beyond_this_machine(config, input_shape)
     if config.retrieval == "nearest" and embed is None:
         raise MemoryConfigError(
             "invalid learner config: memory.retrieval: 'nearest' needs sample embeddings, and "
@@ -33,3 +43,23 @@ def build_memory(
             "learner gives its memory none; use reservoir or class_balanced"
         )
     return ReplayMemory(config, seed=seed, embed=embed, loss=loss)
+
+
+def _refuse_beyond_this_machine(config: MemoryConfig, input_shape: Sequence[int]) -> None:
+    """Refuse a ``capacity`` whose float32 inputs and bookkeeping alone (embeddings and index
+    left out) exceed the physical memory, unless ``max_bytes`` bounds the memory anyway."""
+    if config.max_bytes is not None:
+        return
+    per_slot = ReplayMemory.slot_bytes_of(4 * math.prod(input_shape), None, config)
+    needed = config.capacity * per_slot
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):  # not reported on this platform: nothing to compare with
+        return
+    if needed > physical:
+        raise MemoryConfigError(
+            f"invalid learner config: memory.capacity: {config.capacity:,} samples of "
+            f"{per_slot:,} bytes need {needed / 2**30:,.1f} GiB, more than this machine's "
+            f"{physical / 2**30:,.1f} GiB; lower memory.capacity or bound it with "
+            "memory.max_bytes"
+        )

@@ -132,12 +132,17 @@ class ReplayMemory:
         """Bytes one stored sample costs: input, bookkeeping, embedding and faiss's copy of it.
 
         An ivf index's centroids (4·√n vectors, 1.3% of them at 100k) are not counted."""
+        return self.slot_bytes_of(input_bytes, dim, self.config)
+
+    @staticmethod
+    def slot_bytes_of(input_bytes: int, dim: int | None, config: MemoryConfig) -> int:
+        """:meth:`slot_bytes` of a memory of ``config``, before one is built."""
         total = input_bytes + _BOOKKEEPING_BYTES
         if dim is not None:
-            faiss_copy = self.config.index != "torch" and faiss_available()
+            faiss_copy = config.index != "torch" and faiss_available()
             # embedding, embedded_at, and faiss's vector plus its id in an ivf index
             total += 4 * dim + 8 + (4 * dim + 8 if faiss_copy else 0)
-        if self.config.policy == "clib":
+        if config.policy == "clib":
             total += 4 + 4 + 1  # importance, previous loss, measured flag
         return total
 

@@ -208,3 +208,19 @@ def test_options_a_learner_cannot_serve_are_config_errors():
         validate_config("er", {"memory": {"retrieval": "closest"}})
     with pytest.raises(LearnerConfigError, match=r"memory\.max_bytes"):
         validate_config("er", {"memory": {"max_bytes": 0}})
+
+
+def test_a_memory_larger_than_the_machine_is_refused_when_built(monkeypatch):
+    """It is allocated whole at the first sample: a capacity typed with a zero too many used to
+    fail there (or be killed for memory later), in the middle of a stream."""
+    page, pages = 4096, (1 << 30) // 4096  # a machine of 1 GiB
+    monkeypatch.setattr(
+        "os.sysconf", lambda name: {"SC_PAGE_SIZE": page, "SC_PHYS_PAGES": pages}[name]
+    )
+    shape = (3, 32, 32)  # 12,288 bytes of float32 and 40 of bookkeeping a sample
+    with pytest.raises(
+        MemoryConfigError, match=r"memory.capacity: 100,000 samples of 12,328 bytes"
+    ):
+        build_memory(MemoryConfig(capacity=100_000), seed=0, input_shape=shape)
+    build_memory(MemoryConfig(capacity=80_000), seed=0, input_shape=shape)  # 0.92 GiB
+    build_memory(MemoryConfig(capacity=100_000, max_bytes=1 << 29), seed=0, input_shape=shape)
