@@ -19,6 +19,8 @@ from learners.base import Learner, LearnerConfig, Problem
 from learners.capabilities import FusedPrediction
 from learners.levels import Levels, Rows, level_index, level_rows, padded_scores
 from learners.linalg.ridge import Solver
+from learners.machine_memory import memory_bytes
+from learners.registry import LearnerConfigError
 from learners.state.learner_state import LearnerState
 from learners.state.torch_state import load_module_state, module_state
 
@@ -110,6 +112,23 @@ class AnalyticLearner(Learner, FusedPrediction):
         self.backbone = build_backbone(frozen, problem.input_shape, config.seed).eval()
         self._build(config.buffer_size or default_width(self.device))
 
+    heads_per_level: ClassVar[int] = 1
+    """Ridge heads per hierarchy level (DS-AL keeps a main and a compensation head)."""
+
+    def _refuse_beyond_this_device(self, width: int) -> None:
+        """A ``LearnerConfigError`` when the heads' d×d matrices (two float64 each: G and its
+        factor or inverse) would not fit in the device's memory (learners/machine_memory.py)."""
+        heads = self.heads_per_level * self.problem.num_levels
+        needed = heads * 2 * 8 * width * width
+        available = memory_bytes(self.device)
+        if available is not None and needed > available:
+            raise LearnerConfigError(
+                f"invalid learner config: buffer_size: a width of {width:,} gives {heads} ridge "
+                f"head(s) of two {width:,}×{width:,} float64 matrices, {needed / 2**30:,.1f} "
+                f"GiB, more than this {self.device.type} device's {available / 2**30:,.1f} "
+                "GiB; lower buffer_size (docs/analytic.md has the accuracy/speed frontier)"
+            )
+
     @property
     def width(self) -> int:
         """The buffer width d in use (``buffer_size``, or the default of the device)."""
@@ -117,6 +136,7 @@ class AnalyticLearner(Learner, FusedPrediction):
 
     def _build(self, width: int) -> None:
         """The random buffer of ``width`` and empty heads over it."""
+        self._refuse_beyond_this_device(width)
         self.buffer = RandomBuffer(
             self.backbone.out_dim, width, self.config.seed + 1, self.buffer_activation
         )

@@ -60,6 +60,7 @@ class DSAL(AnalyticLearner, AdditiveStatistics):
     config: DSALConfig
     check_config: ClassVar[dict[str, Any]] = {"buffer_size": 64}
     buffer_activation = "identity"
+    heads_per_level = 2  # main and compensation
 
     def _build_heads(self, width: int) -> None:
         config, device = self.config, self.device

@@ -9,9 +9,11 @@ per-sample ``loss`` function (see :mod:`memory.replay_memory`).
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 
+import torch
+
+from learners.machine_memory import memory_bytes
 from memory.config import MemoryConfig, MemoryConfigError
 from memory.replay_memory import Embed, ReplayBatch, ReplayMemory, SampleLoss
 
@@ -52,11 +54,8 @@ def _refuse_beyond_this_machine(config: MemoryConfig, input_shape: Sequence[int]
         return
     per_slot = ReplayMemory.slot_bytes_of(4 * math.prod(input_shape), None, config)
     needed = config.capacity * per_slot
-    try:
-        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):  # not reported on this platform: nothing to compare with
-        return
-    if needed > physical:
+    physical = memory_bytes(torch.device("cpu"))  # a memory is held on the CPU
+    if physical is not None and needed > physical:
         raise MemoryConfigError(
             f"invalid learner config: memory.capacity: {config.capacity:,} samples of "
             f"{per_slot:,} bytes need {needed / 2**30:,.1f} GiB, more than this machine's "

@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from learners import registry
 from learners.analytic import RandomBuffer
+from learners.base import Problem
 from learners.linalg.ridge import CholeskySolution, RecursiveRidge, WoodburySolution, one_hot
+from learners.registry import LearnerConfigError
 from tests.support.learner_streams import GAMMA, joint_ridge, relative_error
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -154,3 +157,15 @@ def test_head_wider_than_a_block_equals_joint_ridge():
     expected = joint_ridge(torch.cat([H, H[:50]]), torch.cat([Y, Y[:50]]))
     assert relative_error(augmented.weights(), expected) <= 1e-10
     assert torch.equal(restored.weights(), left.weights())
+
+
+@pytest.mark.parametrize("name, heads", [("acil", 1), ("aef-ocl", 1), ("ds-al", 2)])
+def test_a_buffer_too_wide_for_the_device_is_a_config_error(monkeypatch, name, heads):
+    """Ridge heads are allocated when the learner is built: a buffer_size with a digit too many
+    used to fail with an allocator error, or get the process killed for memory."""
+    monkeypatch.setattr("learners.analytic.memory_bytes", lambda device: (1 << 30) - 1)
+    problem = Problem(input_shape=(8,), num_classes=(3,))
+    # a machine just under 1 GiB: two float64 matrices of 4096² (256 MiB) fit, of 8192² do not
+    registry.create(name, problem, {"buffer_size": 4096 // heads})
+    with pytest.raises(LearnerConfigError, match=rf"width of 8,192 gives {heads} ridge head"):
+        registry.create(name, problem, {"buffer_size": 8192})
