@@ -102,8 +102,19 @@ def create(
     options: dict[str, Any] | LearnerConfig | None = None,
     device: torch.device | str = "cpu",
 ) -> Learner:
-    """Build the learner ``name`` for ``problem`` with validated ``options`` on ``device``."""
+    """Build the learner ``name`` for ``problem`` with validated ``options`` on ``device``.
+
+    A config whose parts cannot be allocated (a backbone layer of 10**8 units) is a
+    :class:`LearnerConfigError` that says so, not the allocator's error."""
     cls = get(name)
     config = options if isinstance(options, LearnerConfig) else validate_config(name, options)
-    learner = cls(problem, config)
-    return learner.to(device)
+    try:
+        learner = cls(problem, config)
+        return learner.to(device)
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        if not isinstance(exc, torch.OutOfMemoryError) and "allocate" not in str(exc):
+            raise
+        raise LearnerConfigError(
+            f"invalid learner config: {name!r} as configured needs more memory than "
+            f"{torch.device(device).type} has ({str(exc).splitlines()[0][:200]})"
+        ) from None
