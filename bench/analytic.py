@@ -17,7 +17,11 @@ recursive form of the official code (``solver="woodbury"``) at the same width, a
   head in lockstep, predicting a 2000-sample evaluation set every 1000 samples (batches of
   256) and, in a second run, every batch of 16 before learning it. ``woodbury-official``
   evaluates the official ``RecursiveLinear.fit`` product ``R @ X.T @ K @ X @ R`` left to right
-  (two d×d products per batch, O(d³)). Predictions must be identical across heads.
+  (two d×d products per batch, O(d³)). Predictions must be identical across heads. In the
+  every-batch run, ``woodbury+statistics`` is the bound of any head that keeps the statistics
+  (exact, mergeable): the recursive form plus nothing but G and Q's upkeep, the Gram update
+  deferred to 256-row blocks as ``auto`` does it; ``auto`` cannot beat ``woodbury`` by more
+  than this head trails it (docs/analytic.md).
 
 ``python -m bench analytic [--paths replay daemon head] [--widths 2048 8192] [--repeats 3]``
 """
@@ -38,7 +42,8 @@ import torch
 from bench._analytic_data import stream
 from bench.output import write
 from learners.analytic import RandomBuffer
-from learners.linalg.ridge import RecursiveRidge, one_hot
+from learners.linalg.gram import add_gram
+from learners.linalg.ridge import GRAM_ROWS, RecursiveRidge, one_hot
 from stream.engine.event_loop import LoopConfig
 from stream.runs.recorded_run import replay
 
@@ -64,11 +69,45 @@ class OfficialRecursiveLinear:
         return self.W
 
 
+class WoodburyKeepingStatistics:
+    """``solver="woodbury"`` plus the statistics ``auto`` keeps (G's lower triangle, updated in
+    blocks of :data:`GRAM_ROWS` rows, and Q), and nothing else: the least an exact, mergeable
+    head can do per batch while predicting from the recursive form."""
+
+    def __init__(self, dim: int, classes: int, gamma: float) -> None:
+        self.head = RecursiveRidge(dim, classes, gamma, "woodbury")
+        self.G = torch.zeros(dim, dim, dtype=torch.float64)
+        self.Q = torch.zeros(dim, classes, dtype=torch.float64)
+        self._waiting = torch.empty(GRAM_ROWS, dim, dtype=torch.float64)
+        self._rows = 0
+
+    @property
+    def counts(self) -> torch.Tensor:
+        return self.head.counts
+
+    def fit_labels(self, X: torch.Tensor, labels: torch.Tensor) -> None:
+        self.head.fit_labels(X, labels)
+        self.Q.index_add_(1, labels, X.T)
+        start = 0
+        while start < len(X):
+            take = min(GRAM_ROWS - self._rows, len(X) - start)
+            self._waiting[self._rows : self._rows + take] = X[start : start + take]
+            self._rows += take
+            start += take
+            if self._rows == GRAM_ROWS:
+                add_gram(self.G, self._waiting)
+                self._rows = 0
+
+    def weights(self) -> torch.Tensor:
+        return self.head.weights()
+
+
 HEADS: dict[str, Callable[[int, int], Any]] = {
     "lazy": lambda dim, classes: RecursiveRidge(dim, classes, GAMMA, "lazy"),
     "auto": lambda dim, classes: RecursiveRidge(dim, classes, GAMMA, "auto"),
     "woodbury": lambda dim, classes: RecursiveRidge(dim, classes, GAMMA, "woodbury"),
     "woodbury-official": lambda dim, classes: OfficialRecursiveLinear(dim, classes, GAMMA),
+    "woodbury+statistics": lambda dim, classes: WoodburyKeepingStatistics(dim, classes, GAMMA),
 }
 
 
@@ -159,12 +198,12 @@ def compare(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def print_table(title: str, table: dict[str, dict[str, Any]]) -> None:
     print(title)
     print(
-        f"  {'head':<18} {'head s':>7} {'head smp/s':>10} {'lazy ×':>7} "
+        f"  {'head':<20} {'head s':>7} {'head smp/s':>10} {'lazy ×':>7} "
         f"{'with features smp/s':>19} {'lazy ×':>7} {'same pred.':>10} {'ΔW/W':>8}"
     )
     for name, row in table.items():
         print(
-            f"  {name:<18} {row['head_seconds']:>7.2f} {row['head_samples_per_second']:>10.0f} "
+            f"  {name:<20} {row['head_seconds']:>7.2f} {row['head_samples_per_second']:>10.0f} "
             f"{row['lazy_speedup_head']:>7.2f} {row['samples_per_second']:>19.0f} "
             f"{row['lazy_speedup']:>7.2f} {row['predictions_identical_to_lazy']:>10.2%} "
             f"{row['weights_relative_difference_to_lazy']:>8.1e}"
@@ -330,10 +369,15 @@ def main(argv: list[str]) -> dict[str, Any]:
     if "head" in args.paths:
         data = make_data(args)
         buffer = RandomBuffer(args.d_in, args.buffer, seed=1)
-        heads = {name: make(args.buffer, args.classes) for name, make in HEADS.items()}
+        heads = {
+            name: make(args.buffer, args.classes)
+            for name, make in HEADS.items()
+            if name != "woodbury+statistics"
+        }
         periodic = run(heads, buffer, data, args.head_batch, args.eval_every, args.samples)
         heads = {
-            name: HEADS[name](args.buffer, args.classes) for name in ("lazy", "auto", "woodbury")
+            name: HEADS[name](args.buffer, args.classes)
+            for name in ("lazy", "auto", "woodbury", "woodbury+statistics")
         }
         prequential = run(heads, buffer, data, args.batch, None, args.prequential_samples)
         results["head_only"] = {
