@@ -35,6 +35,8 @@ _EPOCH = re.compile(r"^epoch-(\d{12})$")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_WORLD_SIZE = 4096
 """Ranks a manifest may name (one shard file each)."""
+MAX_MANIFEST_BYTES = 16 << 20
+"""A manifest of MAX_WORLD_SIZE shards and 65,536 partitions' offsets takes under 2 MiB."""
 
 
 def shard_name(rank: int) -> str:
@@ -110,9 +112,14 @@ class AlignedCheckpoints:
         return set(complete[: self.keep])
 
     def _manifest(self, epoch: int) -> dict[str, Any] | None:
+        """The epoch's manifest as parsed; None when there is none, or it is not one (larger than
+        any manifest, not JSON, nested deeper than Python parses): an interrupted epoch."""
+        path = self.epoch_dir(epoch) / MANIFEST
         try:
-            manifest = json.loads((self.epoch_dir(epoch) / MANIFEST).read_bytes())
-        except (FileNotFoundError, ValueError):
+            if path.stat().st_size > MAX_MANIFEST_BYTES:
+                return None
+            manifest = json.loads(path.read_bytes())
+        except (FileNotFoundError, ValueError, RecursionError):
             return None
         return manifest if isinstance(manifest, dict) else None
 

@@ -104,3 +104,12 @@ def test_a_manifest_rank_0_could_not_have_written_falls_back_to_the_previous_epo
     (store.epoch_dir(1) / shard_name(0)).unlink()
     with pytest.raises(CheckpointError, match=re.escape(problem)):
         store.latest()
+
+
+@pytest.mark.parametrize("content", [b"[" * 100_000, b" " * (16 << 20) + b"{}"])
+def test_a_manifest_too_deep_or_too_large_to_be_one_is_an_interrupted_epoch(tmp_path, content):
+    store = AlignedCheckpoints(tmp_path)
+    write_epoch(store, 1, 1)
+    write_epoch(store, 2, 1)
+    (store.epoch_dir(2) / MANIFEST).write_bytes(content)
+    assert store.latest()["epoch"] == 1
