@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 from pathlib import Path
 
 import numpy as np
@@ -19,25 +20,37 @@ _DTYPES: dict[int, str | type[np.generic]] = {
 }
 
 
+MAX_IDX_BYTES = 1 << 34
+"""The largest payload an IDX header may declare (16 GiB; Fashion-MNIST's largest is 47 MB)."""
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """The array stored in an IDX file (gzip-compressed or not)."""
+    """The array stored in an IDX file (gzip-compressed or not). Only the bytes its header
+    declares are read, so a compressed file cannot decompress into more than that."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as handle:
-            data = handle.read()
-    except (OSError, EOFError) as exc:
+            magic = handle.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _DTYPES:
+                raise DatasetError(f"{path}: not an IDX file (bad magic number)")
+            ndim = magic[3]
+            if not 1 <= ndim <= 8:
+                raise DatasetError(f"{path}: IDX header declares {ndim} dimensions")
+            dims = handle.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise DatasetError(f"{path}: IDX header truncated")
+            shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
+            dtype = np.dtype(_DTYPES[magic[2]])
+            expected = math.prod(shape) * dtype.itemsize
+            if expected > MAX_IDX_BYTES:
+                raise DatasetError(
+                    f"{path}: IDX header declares shape {shape}, {expected:,} bytes, more than "
+                    f"{MAX_IDX_BYTES:,}"
+                )
+            payload = handle.read(expected + 1)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise DatasetError(f"{path}: cannot read IDX file ({exc})") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
-        raise DatasetError(f"{path}: not an IDX file (bad magic number)")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DatasetError(f"{path}: IDX header truncated")
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_DTYPES[data[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(data) - header != expected:
-        raise DatasetError(
-            f"{path}: IDX payload has {len(data) - header} bytes, shape {shape} needs {expected}"
-        )
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    if len(payload) != expected:
+        found = f"more than {expected}" if len(payload) > expected else str(len(payload))
+        raise DatasetError(f"{path}: IDX payload has {found} bytes, shape {shape} needs {expected}")
+    return np.frombuffer(payload, dtype=dtype).reshape(shape)

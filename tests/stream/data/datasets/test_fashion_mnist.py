@@ -65,3 +65,31 @@ def test_bad_magic_is_refused(tmp_path):
     (tmp_path / "train-labels-idx1-ubyte").write_bytes(b"hello world")
     with pytest.raises(DatasetError, match="magic"):
         load_dataset(f"fashion-mnist:{tmp_path}")
+
+
+def test_a_gzip_bomb_is_read_only_as_far_as_its_header_declares(tmp_path):
+    """A compressed IDX file was decompressed whole before its size was checked: 1 GiB of
+    zeros behind a header of 10 bytes, compressed to 1 MB, went into memory."""
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    with gzip.open(path, "wb", compresslevel=1) as out:
+        out.write(bytes([0, 0, 0x08, 1]) + (10).to_bytes(4, "big"))
+        zeros = bytes(1 << 20)
+        for _ in range(1024):
+            out.write(zeros)
+    with pytest.raises(DatasetError, match="payload has more than 10 bytes"):
+        read_idx(path)
+
+
+@pytest.mark.parametrize(
+    "header, message",
+    [
+        (bytes([0, 0, 0x08, 0]), "declares 0 dimensions"),
+        (bytes([0, 0, 0x08, 3]) + b"\xff\xff\xff\xff" * 3, "more than 17,179,869,184"),
+        (bytes([0, 0, 0x08, 2]) + b"\x00\x00\x00\x02", "header truncated"),
+    ],
+)
+def test_idx_headers_no_dataset_has_are_refused(tmp_path, header, message):
+    path = tmp_path / "x-idx1-ubyte"
+    path.write_bytes(header)
+    with pytest.raises(DatasetError, match=message):
+        read_idx(path)
