@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 
 from learners.base import Problem
+from stream.daemon.checkpoint_meta import restored_offsets
 from stream.daemon.config import PredictionsConfig, ServeConfig
 from stream.engine.event_loop import EventLoop
 from stream.engine.label_join import LabelJoin
@@ -98,7 +99,7 @@ class PredictionService:
         ``decode`` (the daemon's decoder's)."""
         self.serving.load_state_dict(state["loop"])
         self.pending.load_state_dict(state.get("pending", []), decode)
-        self.published_from = {int(p): int(o) for p, o in state["published"].items()}
+        self.published_from = restored_offsets(state["published"], "published predictions' ends")
         self._expired_counted = self.serving.expired
 
     def checkpoint_state(self) -> dict[str, Any]:
