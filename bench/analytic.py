@@ -42,8 +42,7 @@ import torch
 from bench._analytic_data import stream
 from bench.output import write
 from learners.analytic import RandomBuffer
-from learners.linalg.gram import add_gram
-from learners.linalg.ridge import GRAM_ROWS, RecursiveRidge, one_hot
+from learners.linalg.ridge import RecursiveRidge, one_hot
 from stream.engine.event_loop import LoopConfig
 from stream.runs.recorded_run import replay
 
@@ -70,16 +69,14 @@ class OfficialRecursiveLinear:
 
 
 class WoodburyKeepingStatistics:
-    """``solver="woodbury"`` plus the statistics ``auto`` keeps (G's lower triangle, updated in
-    blocks of :data:`GRAM_ROWS` rows, and Q), and nothing else: the least an exact, mergeable
-    head can do per batch while predicting from the recursive form."""
+    """``solver="woodbury"`` plus the statistics ``auto`` keeps, updated as ``auto`` updates
+    them (a ``lazy`` head that is fitted but never solved: G's lower triangle in blocks of 256
+    rows, Q, the counts), and nothing else: the least an exact, mergeable head can do per batch
+    while predicting from the recursive form."""
 
     def __init__(self, dim: int, classes: int, gamma: float) -> None:
         self.head = RecursiveRidge(dim, classes, gamma, "woodbury")
-        self.G = torch.zeros(dim, dim, dtype=torch.float64)
-        self.Q = torch.zeros(dim, classes, dtype=torch.float64)
-        self._waiting = torch.empty(GRAM_ROWS, dim, dtype=torch.float64)
-        self._rows = 0
+        self.statistics = RecursiveRidge(dim, classes, gamma, "lazy")
 
     @property
     def counts(self) -> torch.Tensor:
@@ -87,16 +84,7 @@ class WoodburyKeepingStatistics:
 
     def fit_labels(self, X: torch.Tensor, labels: torch.Tensor) -> None:
         self.head.fit_labels(X, labels)
-        self.Q.index_add_(1, labels, X.T)
-        start = 0
-        while start < len(X):
-            take = min(GRAM_ROWS - self._rows, len(X) - start)
-            self._waiting[self._rows : self._rows + take] = X[start : start + take]
-            self._rows += take
-            start += take
-            if self._rows == GRAM_ROWS:
-                add_gram(self.G, self._waiting)
-                self._rows = 0
+        self.statistics.fit_labels(X, labels)
 
     def weights(self) -> torch.Tensor:
         return self.head.weights()
