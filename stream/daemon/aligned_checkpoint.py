@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from learners.state.learner_state import LearnerState
-from stream.daemon.checkpoint import CheckpointError, CorruptCheckpoint, decode, encode
+from stream.daemon.checkpoint import (
+    MAX_RELISTS,
+    CheckpointError,
+    CorruptCheckpoint,
+    decode,
+    encode,
+)
 from stream.daemon.checkpoint_meta import restored_offsets
 
 MANIFEST = "MANIFEST.json"
@@ -132,19 +138,30 @@ class AlignedCheckpoints:
     def manifests(self) -> Iterator[dict[str, Any]]:
         """The manifest of every complete epoch whose shards all match it, newest first: the
         caller resumes from the first whose content it can use. :class:`CheckpointError` at
-        the end when epochs exist but none was complete and valid."""
+        the end when epochs exist but none was complete and valid.
+
+        A reader beside a running group can see an epoch pruned while it reads it (its shards
+        gone): rank 0 pruned it because it completed a newer one, so the directory is listed
+        again and epochs that appeared since are offered too (at most
+        :data:`MAX_RELISTS` listings)."""
         problems = []
         found = False
-        for epoch in self.epochs():
-            manifest = self._manifest(epoch)
-            if manifest is None:
-                continue  # interrupted before the manifest: not a global checkpoint
-            problem = self._verify(epoch, manifest)
-            if problem is None:
-                found = True
-                yield manifest
-            else:
-                problems.append(problem)
+        tried: set[int] = set()
+        for _ in range(MAX_RELISTS):
+            fresh = [epoch for epoch in self.epochs() if epoch not in tried]
+            if not fresh:
+                break
+            for epoch in fresh:
+                tried.add(epoch)
+                manifest = self._manifest(epoch)
+                if manifest is None:
+                    continue  # interrupted before the manifest: not a global checkpoint
+                problem = self._verify(epoch, manifest)
+                if problem is None:
+                    found = True
+                    yield manifest
+                else:
+                    problems.append(problem)
         if problems and not found:
             raise CheckpointError(
                 f"no complete global checkpoint in {self.directory}: {'; '.join(problems)}; "

@@ -65,6 +65,7 @@ _SHA256, _HMAC = 0, 1
 _LOCK_NAME = ".lock"
 _NAME = re.compile(r"^checkpoint-(\d{12})\.sclckpt$")
 _TEMP_PREFIX = ".checkpoint-"
+MAX_RELISTS = 100  # listings of a directory a concurrent writer keeps pruning
 
 log = structlog.get_logger("streamcl.checkpoint")
 
@@ -252,18 +253,32 @@ class CheckpointStore:
     def candidates(self) -> Iterator[Checkpoint]:
         """Every checkpoint whose length and seal are right, newest first (a bad one is logged
         and skipped). The caller restores the first it can use and asks for the next when the
-        content of one turns out unusable."""
-        for sequence, path in self.files():
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                continue  # pruned by the writer since it was listed
-            try:
-                meta, learner = decode(data, str(path), self.key)
-            except CorruptCheckpoint as exc:
-                log.warning("checkpoint_skipped", path=str(path), problem=str(exc))
-                continue
-            yield Checkpoint(sequence, meta, learner, path)
+        content of one turns out unusable.
+
+        A reader beside a running daemon (``streamcl predict``/``export``) can see a listed file
+        pruned before it is read: the writer pruned it because it wrote newer ones, so the
+        directory is listed again and those are offered first (at most
+        :data:`MAX_RELISTS` times, so a reader slower than the writer still ends)."""
+        tried: set[int] = set()
+        for _ in range(MAX_RELISTS):
+            pruned = False
+            for sequence, path in self.files():
+                if sequence in tried:
+                    continue
+                tried.add(sequence)
+                try:
+                    data = path.read_bytes()
+                except FileNotFoundError:
+                    pruned = True  # the writer wrote newer checkpoints since the listing
+                    break
+                try:
+                    meta, learner = decode(data, str(path), self.key)
+                except CorruptCheckpoint as exc:
+                    log.warning("checkpoint_skipped", path=str(path), problem=str(exc))
+                    continue
+                yield Checkpoint(sequence, meta, learner, path)
+            if not pruned:
+                return
 
     def latest(self) -> Checkpoint | None:
         """The newest valid checkpoint; None if there is none at all.

@@ -51,6 +51,29 @@ def test_a_shard_that_does_not_match_its_manifest_falls_back_to_the_previous_epo
     assert manifest is not None and manifest["epoch"] == 1
 
 
+def test_a_reader_beside_a_group_that_prunes_what_it_listed_gets_the_newer_epoch(tmp_path):
+    """Between a reader's listing and its read, rank 0 completes newer epochs and prunes every
+    epoch listed: the reader takes the newest instead of calling the directory unusable."""
+    writer = AlignedCheckpoints(tmp_path, keep=2)
+    for epoch in (1, 2):
+        write_epoch(writer, epoch, 2)
+    reader = AlignedCheckpoints(tmp_path)
+    listed = reader.epochs
+    moved_on = []
+
+    def listing_then_the_group_moves_on():
+        epochs = listed()
+        if not moved_on:
+            moved_on.append(True)
+            for epoch in (3, 4):
+                write_epoch(writer, epoch, 2)  # prunes epochs 1 and 2
+        return epochs
+
+    reader.epochs = listing_then_the_group_moves_on  # type: ignore[method-assign]
+    manifest = reader.latest()
+    assert manifest is not None and manifest["epoch"] == 4
+
+
 def test_no_valid_epoch_at_all_is_an_error_not_a_fresh_start(tmp_path):
     store = AlignedCheckpoints(tmp_path)
     write_epoch(store, 1, 1)

@@ -53,6 +53,28 @@ def test_latest_is_the_newest_and_only_keep_are_kept(tmp_path):
     assert latest.sequence == 4 and latest.meta["step"] == 3 and latest.meta["sequence"] == 4
 
 
+def test_a_reader_beside_a_writer_that_prunes_what_it_listed_gets_the_newer_checkpoint(tmp_path):
+    """``streamcl predict`` on a live daemon's directory: between the reader's listing and its
+    read the daemon writes newer checkpoints and prunes every file listed. The reader takes the
+    newest one instead of calling a directory of good checkpoints unusable."""
+    writer = CheckpointStore(tmp_path, keep=2)
+    for step in range(2):
+        writer.write({"step": step}, _state(step))
+    reader = CheckpointStore(tmp_path)
+    listed = reader.files
+
+    def listing_then_the_writer_moves_on():
+        files = listed()
+        if len(files) == 2 and files[0][0] == 2:
+            for step in (2, 3):
+                writer.write({"step": step}, _state(step))  # prunes checkpoints 1 and 2
+        return files
+
+    reader.files = listing_then_the_writer_moves_on  # type: ignore[method-assign]
+    latest = reader.latest()
+    assert latest is not None and latest.sequence == 4 and latest.meta["step"] == 3
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_a_sealed_checkpoint_whose_model_is_not_finite_is_skipped(tmp_path, value):
     """The seal says the bytes are those written, not that a daemon wrote them (a keyless store
