@@ -39,12 +39,19 @@ def _files(directory: Path) -> list[tuple[int, Path]]:
 
 
 def read_history(directory: str | Path) -> Iterator[dict[str, Any]]:
-    """Every evaluation line kept, oldest first."""
+    """Every evaluation line kept, oldest first. Safe beside a running daemon: a file it
+    pruned since the listing is passed over, and a last line it is still writing (no newline
+    yet) is left for a later read."""
     for _, path in _files(Path(directory)):
-        with path.open("rb") as lines:
-            for line in lines:
-                if line.strip():
-                    yield json.loads(line)
+        try:
+            with path.open("rb") as lines:
+                for line in lines:
+                    if not line.endswith(b"\n"):
+                        break  # being written
+                    if line.strip():
+                        yield json.loads(line)
+        except FileNotFoundError:
+            continue  # rotated away since the listing
 
 
 class EvaluationHistory(Observer):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+import stream.daemon.evaluation_history as history_module
 from stream.daemon.evaluation_history import EvaluationHistory, read_history
 from stream.engine.evaluation import Evaluation
 
@@ -37,3 +38,22 @@ def test_resuming_cuts_back_what_no_checkpoint_covers(tmp_path):
     resumed.on_evaluation(None, _evaluation(6), "periodic")
     resumed.close()
     assert [line["samples_seen"] for line in read_history(tmp_path)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_reader_beside_the_daemon_skips_a_line_being_written_and_a_pruned_file(
+    tmp_path, monkeypatch
+):
+    history = EvaluationHistory(tmp_path, file_bytes=10_000, files=3)
+    for samples in range(1, 4):
+        history.on_evaluation(None, _evaluation(samples), "periodic")
+    history.close()
+    newest = sorted(tmp_path.iterdir())[-1]
+    with newest.open("ab") as out:
+        out.write(b'{"kind":"periodic","samples_se')  # the daemon's write, half done
+    listed = history_module._files
+
+    def listing_with_a_file_pruned_since(directory):
+        return [(0, tmp_path / "evaluations-000000.jsonl"), *listed(directory)]
+
+    monkeypatch.setattr(history_module, "_files", listing_with_a_file_pruned_since)
+    assert [line["samples_seen"] for line in read_history(tmp_path)] == [1, 2, 3]
