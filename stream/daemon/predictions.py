@@ -56,6 +56,7 @@ class PredictionService:
         self.topic = config.kafka.topic
         self.batch_size = config.loop.batch_size
         self.level_names = problem.level_names
+        self.num_classes = problem.num_classes
         self.metrics = ServingTelemetry(telemetry)
         kafka = config.kafka
         self.sink = PredictionSink(
@@ -125,7 +126,12 @@ class PredictionService:
         if self.recovered is not None:
             return
         try:
-            found = read_published(self.bootstrap, self.config.topic, self.published_from)
+            found = read_published(
+                self.bootstrap,
+                self.config.topic,
+                self.published_from,
+                accept=lambda message: self._in_class_space(message["predicted"]),
+            )
         except SinkError as exc:
             raise SourceError(str(exc)) from None
         self.recovered = {
@@ -232,6 +238,14 @@ class PredictionService:
             fresh += 1
         if fresh:
             self.metrics.served("kafka", fresh, latency)
+
+    def _in_class_space(self, predicted: dict[str, int | None]) -> bool:
+        """Whether a read-back prediction names a class of its level at every level (one that
+        does not was not published by a daemon of this problem: its request is answered again)."""
+        return all(
+            (c := predicted.get(name)) is None or 0 <= c < classes
+            for name, classes in zip(self.level_names, self.num_classes, strict=True)
+        )
 
     def _served(self, published: dict[str, Any]) -> Served:
         classes = published["predicted"]

@@ -26,8 +26,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import structlog
 
 from stream.sinks.kafka_sink import KafkaSink, SinkError
+
+log = structlog.get_logger("streamcl.predictions")
 
 
 def request_key(topic: str, partition: int, offset: int, index: int) -> str:
@@ -144,14 +147,21 @@ def _end_offsets(consumer: Any, topic: str) -> dict[int, int]:
 
 
 def read_published(
-    bootstrap: str, topic: str, start: dict[int, int], timeout: float = 60.0
+    bootstrap: str,
+    topic: str,
+    start: dict[int, int],
+    timeout: float = 60.0,
+    accept: Callable[[dict[str, Any]], bool] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The predictions in ``topic`` from ``start`` (partition -> offset; 0 where missing) to
-    its end, by request key (the last one wins)."""
+    its end, by request key (the last one wins); messages :func:`published_prediction` or
+    ``accept`` (the reader's own check, e.g. of the classes) refuse are passed over, so that
+    none replaces a prediction read before it, and counted in a warning."""
     import kafka
     import kafka.errors
 
     found: dict[str, dict[str, Any]] = {}
+    foreign = 0
     deadline = time.monotonic() + timeout
     try:
         consumer = _consumer(bootstrap)
@@ -169,10 +179,54 @@ def read_published(
                     raise SinkError(f"{topic!r} not read to its end within {timeout:g} s")
                 for messages in consumer.poll(timeout_ms=500).values():
                     for message in messages:
-                        if message.key is not None:
-                            found[message.key.decode()] = json.loads(message.value)
+                        checked = published_prediction(message.key, message.value)
+                        if checked is None or (accept is not None and not accept(checked[1])):
+                            foreign += 1
+                            continue
+                        found[checked[0]] = checked[1]
         finally:
             consumer.close(autocommit=False)
     except kafka.errors.KafkaError as exc:
         raise SinkError(f"reading {topic!r}: {type(exc).__name__}: {exc}") from None
+    if foreign:
+        log.warning("predictions_unreadable", topic=topic, count=foreign)
     return found
+
+
+def published_prediction(
+    key: bytes | None, value: bytes | None
+) -> tuple[str, dict[str, Any]] | None:
+    """``(key, message)`` of a message read back from the predictions topic, or None for one
+    the daemon cannot have published there (another producer's, damaged, forged): not JSON, or
+    nested past what Python parses, or without a well-formed request and served prediction, or
+    keyed otherwise than its request. Such a message is passed over; the request it claims to
+    answer, if any, is answered again."""
+    if key is None or value is None:
+        return None
+    try:
+        text_key = key.decode()
+        message = json.loads(value)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError too
+        return None
+    if not isinstance(message, dict):
+        return None
+    request = message.get("request")
+    if not isinstance(request, dict) or not isinstance(request.get("topic"), str):
+        return None
+    place = [request.get(name) for name in ("partition", "offset", "index")]
+    if not all(type(value) is int and value >= 0 for value in place):
+        return None
+    partition, offset, index = (int(value) for value in place if value is not None)
+    if text_key != request_key(request["topic"], partition, offset, index):
+        return None
+    predicted = message.get("predicted")
+    if not isinstance(predicted, dict) or not all(
+        c is None or type(c) is int for c in predicted.values()
+    ):
+        return None
+    served_at = message.get("served_at")
+    if isinstance(served_at, bool) or not isinstance(served_at, int | float):
+        return None
+    if not math.isfinite(served_at):
+        return None
+    return text_key, message
