@@ -7,17 +7,28 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+MAX_CONFIG_BYTES = 4 << 20
+"""Bytes a config file may hold (the largest real one is a few kilobytes)."""
+
 
 class ConfigFileError(ValueError):
     """A config file that is missing or does not parse."""
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """The mapping stored in a ``.json`` or ``.toml`` file."""
+    """The mapping stored in a ``.json`` or ``.toml`` file: at most :data:`MAX_CONFIG_BYTES`
+    of UTF-8, nested no deeper than Python parses."""
     path = Path(path)
     if not path.is_file():
         raise ConfigFileError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    with path.open("rb") as file:
+        raw = file.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigFileError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a config file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigFileError(f"{path}: byte {exc.start}: not UTF-8 text") from None
     try:
         if path.suffix == ".toml":
             data: Any = tomllib.loads(text)
@@ -27,6 +38,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigFileError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigFileError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigFileError(f"{path}: nested deeper than a config can be") from None
     if not isinstance(data, dict):
         raise ConfigFileError(f"{path}: the top level must be a mapping of options")
     return data

@@ -102,6 +102,8 @@ def load_results(path: str | Path) -> dict[str, Any]:
         result = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ReportError(f"{path}: not a JSON results file ({exc})") from None
+    except RecursionError:
+        raise ReportError(f"{path}: nested deeper than a results file can be") from None
     if not isinstance(result, dict):
         raise ReportError(f"{path}: a results file holds one JSON object")
     if not isinstance(result.get("learner"), str):

@@ -81,7 +81,7 @@ def parse_option(text: str) -> tuple[str, Any]:
         raise KafkaOptionsError(f"--option {text!r}: expected KEY=VALUE")
     try:
         parsed: Any = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         parsed = value
     return key.strip(), parsed
 

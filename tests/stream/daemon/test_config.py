@@ -85,3 +85,23 @@ def test_serving_is_off_unless_configured_and_has_bounded_defaults():
     serving = ServeConfig.model_validate({**MINIMAL, "predictions": {"topic": "p"}}).predictions
     assert serving.top_k is None and serving.http and serving.max_pending == 100_000
     assert serving.max_age_seconds == 7 * 86400 and serving.max_pending_bytes == 64 << 20
+
+
+@pytest.mark.parametrize(
+    "name, content, problem",
+    [
+        ("deep.json", b"[" * 100_000 + b"]" * 100_000, "nested deeper than a config can be"),
+        ("deep.toml", b"a = " + b"[" * 100_000 + b"]" * 100_000, "nested deeper"),
+        ("binary.json", b'{"kafka": "\xff\xfe"}', "byte 11: not UTF-8 text"),
+        ("huge.toml", b"# " + b"a" * (5 << 20), "larger than 4194304 bytes"),
+    ],
+)
+def test_a_hostile_config_file_is_one_clear_error_exit_2(tmp_path, capsys, name, content, problem):
+    """A config too deep for Python's parsers used to end in 'failed: RecursionError' (exit 1),
+    and a file of any size was read whole before it was parsed."""
+    from stream.cli import main as cli
+
+    path = tmp_path / name
+    path.write_bytes(content)
+    assert cli.main(["serve", "--config", str(path)]) == 2
+    assert problem in capsys.readouterr().err

@@ -82,6 +82,7 @@ def test_load_accepts_a_file_or_its_directory(tmp_path):
             "'curve' must be a list of [samples_seen, accuracy] pairs",
         ),
         ('{"learner": "er"}', "'curve' must be a list"),
+        ("[" * 100_000 + "]" * 100_000, "nested deeper than a results file can be"),
     ],
 )
 def test_load_refuses_what_it_cannot_report(tmp_path, content, message):
