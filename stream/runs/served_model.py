@@ -27,13 +27,14 @@ from typing import Any
 
 from learners import registry
 from learners.base import Problem
-from learners.state.learner_state import LearnerState
+from learners.state.learner_state import LearnerState, non_finite
 from learners.state.safetensors_io import state_from_bytes, state_to_bytes
 from stream.daemon.checkpoint import CheckpointError, CheckpointStore
 from stream.engine.event_loop import EventLoop
 from stream.engine.serving import ServingLoop
 
 SIDECAR_FORMAT = "streamcl-model/1"
+MAX_SIDECAR_BYTES = 64 << 20  # a sidecar lists the seen classes: kilobytes, megabytes at most
 
 
 class ModelFileError(ValueError):
@@ -55,9 +56,14 @@ class ServedModel:
     def serving(self) -> ServingLoop:
         """A serving loop that predicts as the daemon did (unseen classes masked)."""
         learner = registry.create(self.learner_name, self.problem, self.learner_config)
-        learner.load_state_dict(self.state)
         loop = EventLoop(learner, self.problem)
-        loop.load_state_dict({**loop.state_dict(), "seen": self.seen, "samples_seen": self.samples})
+        try:
+            learner.load_state_dict(self.state)
+            loop.load_state_dict(
+                {**loop.state_dict(), "seen": self.seen, "samples_seen": self.samples}
+            )
+        except (ValueError, KeyError, TypeError) as exc:  # a state no daemon writes
+            raise ModelFileError(f"{self.source}: cannot serve it ({exc})") from None
         return ServingLoop(loop)
 
     def sidecar(self) -> dict[str, Any]:
@@ -127,6 +133,10 @@ def from_file(path: str | Path) -> ServedModel:
     for needed in (path, sidecar_path):
         if not needed.is_file():
             raise ModelFileError(f"{needed} does not exist (export writes both)")
+    if sidecar_path.stat().st_size > MAX_SIDECAR_BYTES:
+        raise ModelFileError(
+            f"{sidecar_path}: larger than {MAX_SIDECAR_BYTES} bytes; not a sidecar"
+        )
     try:
         sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
         if sidecar.get("format") != SIDECAR_FORMAT:
@@ -138,6 +148,9 @@ def from_file(path: str | Path) -> ServedModel:
             tuple(declared["level_names"]),
         )
         state = state_from_bytes(path.read_bytes())
+        problem_in_state = non_finite(state)
+        if problem_in_state is not None:
+            raise ModelFileError(f"{path}: {problem_in_state}; no daemon exports such a model")
         return ServedModel(
             sidecar["learner"],
             sidecar["learner_config"],
@@ -147,7 +160,7 @@ def from_file(path: str | Path) -> ServedModel:
             state,
             str(path),
         )
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         if isinstance(exc, ModelFileError):
             raise
         raise ModelFileError(f"{path}: cannot load ({type(exc).__name__}: {exc})") from None

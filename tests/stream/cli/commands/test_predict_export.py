@@ -113,3 +113,42 @@ def test_missing_or_foreign_inputs_are_one_line_errors(trained, tmp_path, capsys
     lonely.with_suffix(".json").write_text('{"format": "other"}')
     assert cli.main(["predict", str(stream_path), "--model", str(lonely)]) == 2
     assert "not a streamcl-model/1 sidecar" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "tensor, sidecar, message",
+    [
+        ("nan", {}, "tensor 'sums.0' holds NaN or inf"),
+        ("shape", {}, "tensor 'sums.0' has shape (3, 3)"),
+        (None, {"seen_classes": [[1000]]}, "class 1000 is not an integer in [0, 10)"),
+        (None, {"samples_learned": -3}, "samples_seen -3 is not an integer"),
+        (None, "deep", "RecursionError"),
+    ],
+)
+def test_an_exported_model_no_daemon_writes_is_one_line_error(
+    trained, tmp_path, capsys, tensor, sidecar, message
+):
+    """A model file is outside bytes: NaN weights used to be served (exit 0, every prediction
+    wrong), a tensor of another shape or a forged sidecar ended in 'failed: ValueError'."""
+    from learners.state.learner_state import LearnerState
+    from learners.state.safetensors_io import state_from_bytes, state_to_bytes
+
+    tmp, stream_path, _, _, _ = trained
+    model = tmp_path / "model.safetensors"
+    assert cli.main(["export", "--checkpoint", str(tmp / "ckpt"), "--out", str(model)]) == 0
+    state = state_from_bytes(model.read_bytes())
+    sums = state.tensors["sums.0"]
+    if tensor == "nan":
+        state.tensors["sums.0"] = torch.full_like(sums, float("nan"))
+    elif tensor == "shape":
+        state.tensors["sums.0"] = torch.zeros(3, 3, dtype=sums.dtype)
+    model.write_bytes(state_to_bytes(LearnerState(state.tensors, state.meta)))
+    side = model.with_suffix(".json")
+    if sidecar == "deep":
+        side.write_text("[" * 100_000 + "]" * 100_000)
+    else:
+        side.write_text(json.dumps({**json.loads(side.read_text()), **sidecar}))
+    capsys.readouterr()
+    assert cli.main(["predict", str(stream_path), "--model", str(model)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(model) in err and message in err
