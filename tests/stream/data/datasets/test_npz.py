@@ -97,3 +97,46 @@ def test_missing_and_unreadable_files(tmp_path):
 def test_unknown_dataset_lists_the_known_ones():
     with pytest.raises(DatasetError, match=r"known: .*digits"):
         load_dataset("imagenet")
+
+
+def _with_member(path, name, header_shape, data=b"\0" * 64):
+    """``path`` (an npz) with member ``name`` replaced by a float32 .npy whose header declares
+    ``header_shape`` over ``data``."""
+    import io
+    import zipfile
+
+    npy = io.BytesIO()
+    header = {"descr": "<f4", "fortran_order": False, "shape": header_shape}
+    np.lib.format.write_array_header_1_0(npy, header)
+    npy.write(data)
+    with zipfile.ZipFile(path) as source:
+        members = {i.filename: source.read(i) for i in source.infolist()}
+    members[f"{name}.npy"] = npy.getvalue()
+    with zipfile.ZipFile(path, "w") as out:
+        for member, content in members.items():
+            out.writestr(member, content)
+
+
+def test_a_header_declaring_more_data_than_the_file_holds_is_refused_before_allocating(
+    tmp_path,
+):
+    """numpy allocates an array's declared shape before reading it: 20 TB here."""
+    spec = save(tmp_path / "d.npz")
+    _with_member(tmp_path / "d.npz", "X_train", (10**12, 5))
+    with pytest.raises(DatasetError, match=r"X_train: its header declares 20000000000000 bytes"):
+        load_dataset(spec)
+
+
+def test_arrays_larger_than_the_machine_are_refused(tmp_path, monkeypatch):
+    import stream.data.datasets.npz as npz
+
+    spec = save(tmp_path / "d.npz")
+    monkeypatch.setattr(npz, "memory_bytes", lambda device: 500)
+    with pytest.raises(DatasetError, match="more than this machine's 500"):
+        load_dataset(spec)
+
+
+def test_members_the_dataset_does_not_read_are_not_loaded(tmp_path):
+    spec = save(tmp_path / "d.npz", extra=np.zeros(3))
+    _with_member(tmp_path / "d.npz", "extra", (10**12, 5))
+    assert load_dataset(spec).input_shape == (5,)
