@@ -14,6 +14,8 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
+from stream.data.secret_file import read_secret_file
+
 ENV_VAR = "STREAMCL_CHECKPOINT_KEY"
 MIN_BYTES = 16
 
@@ -38,10 +40,9 @@ def load_checkpoint_key(key_file: Path | None, environ: Mapping[str, str]) -> by
             raise CheckpointKeyError(
                 f"{where}: readable by others (mode {mode & 0o777:o}); chmod 600"
             )
-        data = Path(key_file).read_bytes()
     except OSError as exc:
         raise CheckpointKeyError(f"{where}: {exc.strerror or exc}") from None
-    return _checked(data.rstrip(b"\r\n"), where)
+    return _checked(read_secret_file(key_file, where, CheckpointKeyError), where)
 
 
 def _checked(key: bytes, where: str) -> bytes:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from stream.daemon.config import MetricsConfig, ServeConfigError
+from stream.data.secret_file import read_secret_text
 from stream.observe.http_endpoint import EndpointLimits, EndpointSecurity
 
 SECRET_ENV_VAR = "STREAMCL_METRICS_SECRET"
@@ -56,10 +57,7 @@ def _secret(path: Path | None, environ: Mapping[str, str]) -> str:
         secret = from_env
     else:
         assert path is not None
-        try:
-            secret = path.read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            raise ServeConfigError(f"metrics.secret_file {path}: {exc.strerror or exc}") from None
+        secret = read_secret_text(path, f"metrics.secret_file {path}", ServeConfigError)
     if len(secret) < 16:
         raise ServeConfigError(f"metrics secret: {len(secret)} characters, at least 16 needed")
     return secret

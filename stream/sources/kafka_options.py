@@ -21,8 +21,9 @@ an error.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
+
+from stream.data.secret_file import read_secret_text
 
 
 class KafkaOptionsError(ValueError):
@@ -61,10 +62,7 @@ def _read(value: str, suffix: str, where: str, environ: Mapping[str, str]) -> st
         if value not in environ:
             raise KafkaOptionsError(f"{where}: environment variable {value} is not set")
         return environ[value]
-    try:
-        return Path(value).read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise KafkaOptionsError(f"{where}: cannot read {value}: {exc.strerror or exc}") from None
+    return read_secret_text(value, f"{where}: cannot read {value}", KafkaOptionsError)
 
 
 def parse_option(text: str) -> tuple[str, Any]:
