@@ -66,6 +66,11 @@ Taken = TypeVar("Taken")
 MAX_DRIFT_POSITIONS = 1000
 
 
+MAX_ONLINE_ITER = 1000
+"""The most update steps per micro-batch a loop takes (the papers use 1 to 3; a thousand is
+already far behind any stream, and infinity would overflow the step count)."""
+
+
 class LoopConfig(BaseModel):
     """How the loop feeds the learner and how often it evaluates."""
 
@@ -73,7 +78,10 @@ class LoopConfig(BaseModel):
 
     batch_size: int = Field(16, gt=0, description="stream samples per micro-batch")
     online_iter: float = Field(
-        1.0, ge=0, description="update steps per micro-batch (fractions accumulate)"
+        1.0,
+        ge=0,
+        le=MAX_ONLINE_ITER,
+        description="update steps per micro-batch (fractions accumulate)",
     )
     eval_period: int | None = Field(
         1000, gt=0, description="evaluate every N samples; null: task ends only"

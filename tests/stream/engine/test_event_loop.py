@@ -72,6 +72,14 @@ def test_online_iter_fractions_accumulate(online_iter, expected):
     assert [it for _, it in learner.calls] == expected
 
 
+@pytest.mark.parametrize("online_iter", [1001.0, 1e9, float("inf"), float("nan"), -1.0])
+def test_online_iter_is_bounded(online_iter):
+    """A billion update steps a batch never returned (``--online-iter 1e9`` ran until killed);
+    infinity overflowed the step count at the first batch."""
+    with pytest.raises(ValueError, match="online_iter"):
+        LoopConfig(online_iter=online_iter)
+
+
 def test_prequential_predicts_before_learning_and_masks_unseen_classes():
     loop = EventLoop(Recorder(), PROBLEM)
     # Nothing seen yet: no class can be predicted, so the samples are left out (as river's
