@@ -19,9 +19,13 @@ same arrays on any machine, in milliseconds; a recorded stream can name the spec
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from learners.machine_memory import memory_bytes
 from stream.data.datasets.dataset import Dataset, DatasetError
 
 
@@ -95,8 +99,25 @@ def _tree(
     return centres, paths
 
 
+def _check_size(params: SyntheticHierarchyParams) -> None:
+    """Refuse options whose arrays could never fit in this machine's memory (a ``MemoryError``
+    mid-generation, or the kernel's OOM killer, otherwise). Generating a split holds about
+    three float64 copies of it."""
+    leaves = math.prod(params.branching)
+    samples = leaves * (params.train + params.test)
+    needed = 3 * 8 * params.dim * max(samples, leaves * len(params.branching))
+    memory = memory_bytes(torch.device("cpu"))
+    if memory is not None and needed > memory:
+        raise DatasetError(
+            f"synthetic-hierarchy: {leaves} leaf classes x {params.train + params.test} samples "
+            f"x {params.dim} features need about {needed} bytes, more than this machine's "
+            f"{memory}"
+        )
+
+
 def load(spec: str, argument: str | None) -> Dataset:
     params = parse_options(argument)
+    _check_size(params)
     rng = np.random.default_rng(params.seed)
     centres, paths = _tree(params, rng)
     leaves = len(centres)

@@ -67,8 +67,20 @@ def make_schedule(
         raise ScheduleError(f"invalid {name} parameters: {fields}") from None
     build = importlib.import_module(_SCHEDULES[name][0]).build
     assert dataset.y_train_levels is not None
+    samples = len(dataset.y_train_levels)
+    tasks = getattr(validated, "tasks", None)
+    if isinstance(tasks, int) and tasks > samples:
+        raise ScheduleError(
+            f"invalid {name} parameters: tasks: {tasks} tasks but only {samples} samples"
+        )
     try:
         schedule: Schedule = build(dataset.y_train_levels, validated, seed)
     except ValueError as exc:
         raise ScheduleError(str(exc)) from None
+    if len(schedule.rows) == 0:
+        why = f": it keeps classes in multiples of the task count, {tasks}" if tasks else ""
+        raise ScheduleError(
+            f"{name} with these parameters shows no sample of {dataset.spec} "
+            f"(every class was dropped{why})"
+        )
     return schedule, validated

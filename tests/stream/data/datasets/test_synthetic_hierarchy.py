@@ -46,3 +46,10 @@ def test_siblings_are_closer_than_cousins():
 def test_bad_options_name_the_option(argument, message):
     with pytest.raises(DatasetError, match=message):
         load_dataset(f"synthetic-hierarchy:{argument}")
+
+
+@pytest.mark.parametrize("argument", ["branching=100000x100000", "dim=1000000000"])
+def test_options_too_large_for_the_machine_are_refused_before_generating(argument):
+    """Both used to end in 'failed: MemoryError' (74 and 37 GiB)."""
+    with pytest.raises(DatasetError, match="more than this machine's"):
+        load_dataset(f"synthetic-hierarchy:{argument}")

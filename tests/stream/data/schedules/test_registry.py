@@ -18,3 +18,13 @@ def test_unknown_schedule_and_bad_parameters_name_the_problem():
         make_schedule("disjoint", ds, {"blurry": 10}, 0)
     with pytest.raises(ScheduleError, match="11 tasks but only 10 classes"):
         make_schedule("disjoint", ds, {"tasks": 11}, 0)
+
+
+def test_a_task_count_no_stream_could_have_is_refused_before_anything_is_built():
+    """``--tasks 1000000000`` on digits was built (24 GB, killed for memory); 11 tasks on ten
+    classes made si-blurry drop every class and write a stream of no event."""
+    ds = load_dataset("digits")
+    with pytest.raises(ScheduleError, match="tasks: 1000000000 tasks but only 1442 samples"):
+        make_schedule("si-blurry", ds, {"tasks": 10**9}, 0)
+    with pytest.raises(ScheduleError, match=r"shows no sample of digits \(every class was dropped"):
+        make_schedule("si-blurry", ds, {"tasks": 11}, 0)
