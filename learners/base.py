@@ -95,7 +95,7 @@ class Problem:
 class LearnerConfig(BaseModel):
     """Base of every learner config: unknown keys are errors, every learner is seeded."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     seed: int = 0
 

@@ -26,7 +26,7 @@ class MemoryConfigError(ValueError):
 class MemoryConfig(BaseModel):
     """How many samples (and bytes) a replay memory holds, which it keeps and which it replays."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     capacity: int = Field(500, ge=0, description="samples held at most")
     max_bytes: int | None = Field(

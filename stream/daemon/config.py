@@ -48,7 +48,7 @@ class KafkaClientConfigError(ServeConfigError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class KafkaConfig(_Section):

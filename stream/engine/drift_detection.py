@@ -42,7 +42,7 @@ class DriftConfigError(ValueError):
 class DriftConfig(BaseModel):
     """Which detector watches the prequential errors and what a detection makes the learner do."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     detector: str = Field(
         "ADWIN", description="a river.drift detector: ADWIN, PageHinkley, KSWIN, binary.DDM, ..."

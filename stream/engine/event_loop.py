@@ -74,7 +74,7 @@ already far behind any stream, and infinity would overflow the step count)."""
 class LoopConfig(BaseModel):
     """How the loop feeds the learner and how often it evaluates."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     batch_size: int = Field(16, gt=0, description="stream samples per micro-batch")
     online_iter: float = Field(

@@ -36,6 +36,7 @@ import asyncio
 import base64
 import hmac
 import json
+import math
 import socket
 import ssl
 import threading
@@ -362,7 +363,7 @@ def start_metrics_server(
     """Serve ``telemetry`` on ``host:port`` (port 0: any free port; see ``.port``)."""
     if not 0 <= port <= 65535:
         raise MetricsServerError(f"metrics port must be in 0..65535, got {port}")
-    if stall_seconds <= 0:
+    if not 0 < stall_seconds < math.inf:  # NaN fails too
         raise MetricsServerError(f"health stall time must be positive, got {stall_seconds}")
     limits = limits or EndpointLimits()
     limits.check()

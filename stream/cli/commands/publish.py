@@ -18,6 +18,7 @@ daemon's ``kafka.options`` does (stream/sources/kafka_options.py).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -122,8 +123,9 @@ def client_options(args: argparse.Namespace, environ: Mapping[str, str]) -> dict
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.batch <= 0 or args.partitions <= 0 or (args.rate is not None and args.rate <= 0):
-        raise UsageError("--batch, --partitions and --rate must be positive")
+    rate_ok = args.rate is None or (math.isfinite(args.rate) and args.rate > 0)
+    if args.batch <= 0 or args.partitions <= 0 or not rate_ok:
+        raise UsageError("--batch, --partitions and --rate must be positive (and finite)")
     stream = read_stream(args.stream)
     delay = stream.header.label_delay if args.label_delay is None else args.label_delay
     if delay is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import threading
@@ -149,9 +150,10 @@ def _check_metrics_options(args: argparse.Namespace) -> None:
         ):
             if value:
                 raise UsageError(f"{flag} needs --metrics-port")
-    if args.metrics_linger < 0:
+    # written so that NaN fails too (every comparison with NaN is false)
+    if not 0 <= args.metrics_linger < math.inf:
         raise UsageError(f"--metrics-linger must be >= 0 seconds, got {args.metrics_linger:g}")
-    if args.max_rate is not None and args.max_rate <= 0:
+    if args.max_rate is not None and not 0 < args.max_rate < math.inf:
         raise UsageError(f"--max-rate must be > 0 samples/s, got {args.max_rate:g}")
 
 

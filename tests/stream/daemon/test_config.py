@@ -105,3 +105,41 @@ def test_a_hostile_config_file_is_one_clear_error_exit_2(tmp_path, capsys, name,
     path.write_bytes(content)
     assert cli.main(["serve", "--config", str(path)]) == 2
     assert problem in capsys.readouterr().err
+
+
+def _float_fields(section_model):
+    return [
+        name
+        for name, field in section_model.model_fields.items()
+        if field.annotation in (float, float | None)
+    ]
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_no_float_option_of_any_section_takes_infinity_or_nan(value):
+    """``poll_timeout_seconds = inf`` (TOML and JSON both spell it) was accepted and blocked
+    every poll for ever; NaN fails the bounds already, infinity passed them."""
+    defaults = ServeConfig.model_validate(MINIMAL)
+    checked = 0
+    for section, content in defaults:
+        if not hasattr(type(content), "model_fields"):
+            continue
+        for name in _float_fields(type(content)):
+            config = {**MINIMAL, section: {**MINIMAL.get(section, {}), name: value}}
+            with pytest.raises(ValueError, match=f"{section}.{name}"):
+                ServeConfig.model_validate(config)
+            checked += 1
+    assert checked >= 9
+
+
+@pytest.mark.parametrize("learner", ["er", "acil", "mvp", "pl-fms", "uer", "slda"])
+def test_no_float_option_of_a_learner_takes_infinity(learner):
+    from learners import registry
+    from learners.registry import LearnerConfigError
+
+    model = registry.get(learner).config_model
+    floats = _float_fields(model)
+    assert floats, f"{learner} has float options"
+    for name in floats:
+        with pytest.raises(LearnerConfigError, match=name):
+            registry.validate_config(learner, {name: float("inf")})

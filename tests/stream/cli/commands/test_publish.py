@@ -119,3 +119,6 @@ def test_bad_usage_is_one_line_and_exit_2(tmp_path, capsys):
     path, *_ = _schedule(tmp_path, "digits")
     assert _publish(path, "127.0.0.1:1", "t", "--batch", "0") == 2
     assert capsys.readouterr().err.count("\n") == 1
+    for rate in ("nan", "inf", "-1"):  # NaN passed a check written as ``rate <= 0``
+        assert _publish(path, "127.0.0.1:1", "t", "--rate", rate) == 2
+        assert "--rate must be positive (and finite)" in capsys.readouterr().err

@@ -99,6 +99,21 @@ def digits_stream(tmp_path_factory):
             ["--metrics-port", "0", "--health-stall", "0"],
             "health stall time must be positive, got 0.0",
         ),
+        # NaN passed checks written as ``x <= 0``; infinity lingered or stalled for ever
+        (
+            ["--metrics-port", "0", "--metrics-linger", "nan"],
+            "--metrics-linger must be >= 0 seconds, got nan",
+        ),
+        (
+            ["--metrics-port", "0", "--health-stall", "nan"],
+            "health stall time must be positive, got nan",
+        ),
+        (
+            ["--metrics-port", "0", "--health-stall", "inf"],
+            "health stall time must be positive, got inf",
+        ),
+        (["--max-rate", "nan"], "--max-rate must be > 0 samples/s, got nan"),
+        (["--max-rate", "inf"], "--max-rate must be > 0 samples/s, got inf"),
     ],
 )
 def test_bad_metrics_options_are_one_line_exit_2(digits_stream, tmp_path, capsys, flags, message):
