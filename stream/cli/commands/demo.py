@@ -8,6 +8,7 @@ from pathlib import Path
 
 from learners import registry
 from stream.cli.errors import UsageError
+from stream.cli.output_path import writable_directory
 from stream.observe.log_setup import configure_logging
 from stream.runs.daemon_demo import run_daemon_demo
 from stream.runs.demo import LEARNERS, run_demo
@@ -42,6 +43,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    writable_directory(args.out)
     if args.daemon:
         return _run_daemon(args)
     names = [n.strip() for n in args.learners.split(",") if n.strip()]

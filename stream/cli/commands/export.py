@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from stream.cli.output_path import writable_file
 from stream.runs.served_model import export, from_checkpoint
 
 
@@ -22,6 +23,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    writable_file(args.out)
     model = from_checkpoint(args.checkpoint)
     path, sidecar = export(model, args.out)
     print(

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from stream.cli.errors import UsageError
+from stream.cli.output_path import writable_file
 from stream.data.datasets import as_float_tensor, load_dataset
 from stream.data.stream_file import read_stream
 from stream.runs.served_model import ServedModel, from_checkpoint, from_file
@@ -39,6 +40,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.top_k is not None and args.top_k <= 0:
         raise UsageError(f"--top-k must be positive, got {args.top_k}")
+    writable_file(args.out)
     model: ServedModel = (
         from_checkpoint(args.checkpoint) if args.checkpoint else from_file(args.model)
     )
@@ -61,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
     names = model.problem.level_names
     correct = 0
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as lines:
         for start in range(0, len(stream), CHUNK):
             stop = min(start + CHUNK, len(stream))

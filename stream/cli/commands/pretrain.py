@@ -21,6 +21,7 @@ from learners.backbones.pretrain import PretrainConfig, pretrain, save_backbone
 from learners.registry import describe_validation_error
 from stream.cli.config_file import load_config_file
 from stream.cli.errors import UsageError
+from stream.cli.output_path import writable_file
 from stream.data.datasets import Dataset, as_float_tensor, load_dataset
 from stream.engine.device import resolve_device
 
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise UsageError(f"--out {out}: pretrained weights are written as .safetensors")
+    writable_file(out)
     if args.max_samples is not None and args.max_samples <= 0:
         raise UsageError("--max-samples must be positive")
     backbone_config, training = _configs(args)

@@ -20,6 +20,7 @@ from learners.capabilities import DriftAction
 from learners.registry import describe_validation_error
 from stream.cli.config_file import load_config_file
 from stream.cli.errors import UsageError
+from stream.cli.output_path import writable_directory
 from stream.data.label_delay import check_label_delay
 from stream.engine.device import resolve_device
 from stream.engine.drift_detection import DriftConfig
@@ -171,7 +172,9 @@ def run(args: argparse.Namespace) -> int:
         label_delay = prepared.stream.header.label_delay
     if label_delay is not None:
         label_delay = check_label_delay(label_delay)
-    out = Path(args.out) if args.out else Path("runs") / args.learner.replace(":", "_")
+    out = writable_directory(
+        Path(args.out) if args.out else Path("runs") / args.learner.replace(":", "_")
+    )
     bar_enabled = None if resolve_format(args.log_format, sys.stderr) == "console" else False
     observers: list[Observer] = [
         LoopLogger(args.learner),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from stream.cli.output_path import writable_directory
 from stream.runs.plots import plot_curves
 from stream.runs.report import (
     ReportError,
@@ -53,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
         lines += ["", "per hierarchy level:", "", level_table]
     text = "\n".join(lines)
     print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_directory(args.out)
     (out / "table.md").write_text(text + "\n", encoding="utf-8")
     first = runs[0]
     stream = f"{first.get('dataset')}, {first.get('schedule')}, seed {first.get('seed')}"

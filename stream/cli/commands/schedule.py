@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from stream.cli.errors import UsageError
+from stream.cli.output_path import writable_file
 from stream.data.datasets import load_dataset
 from stream.data.label_delay import check_label_delay
 from stream.data.option_value import option_value
@@ -75,6 +76,7 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    writable_file(args.out)
     dataset = load_dataset(args.dataset)
     schedule, params = make_schedule(args.schedule, dataset, _params(args), args.seed)
     recorded = record_schedule(

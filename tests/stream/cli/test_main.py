@@ -93,6 +93,7 @@ def workdir(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli")
     assert main(["schedule", "disjoint", "--dataset", "digits", "--out", str(path / "S")]) == 0
     (path / "CFG").write_text(json.dumps({"backbone": {"hidden": "wide"}}))
+    (path / "F").write_text("a file, where an output directory would have to be")
     return path
 
 
@@ -116,6 +117,20 @@ def workdir(tmp_path_factory):
         (["replay", "S", "--learner", "mvp"], "needs pretrained backbone.weights"),
         (["replay", "S", "--learner", "nmc", "--batch-size", "0"], "batch_size"),
         (["replay", "S", "--learner", "nmc", "--device", "tpu"], "unknown device"),
+        # outputs that cannot be written: checked before any work (they were tracebacks after it)
+        (["replay", "S", "--learner", "nmc", "--out", "F/run"], "--out F/run: cannot write"),
+        (["demo", "--out", "F/demo"], "--out F/demo: cannot write there"),
+        (
+            ["schedule", "disjoint", "--dataset", "digits", "--out", "F/s.scl"],
+            "--out F/s.scl: cannot write there",
+        ),
+        (["schedule", "disjoint", "--dataset", "digits", "--out", "."], "is a directory"),
+        (["predict", "S", "--checkpoint", "C", "--out", "F/p.jsonl"], "--out F/p.jsonl: cannot"),
+        (["export", "--checkpoint", "C", "--out", "F/m.safetensors"], "--out F/m.safetensors"),
+        (
+            ["pretrain", "--dataset", "digits", "--backbone", "mlp", "--out", "F/w.safetensors"],
+            "--out F/w.safetensors: cannot write there",
+        ),
     ],
 )
 def test_bad_usage_exits_2_with_one_line(workdir, monkeypatch, capsys, args, message):
