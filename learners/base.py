@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from learners.levels import Levels
 from learners.state.learner_state import LearnerState
@@ -92,12 +92,17 @@ class Problem:
         return dim
 
 
+MAX_SEED = 2**32 - 1
+"""The largest seed a learner takes: every seed derived from it (``seed + 1 + level``, ...)
+still fits the generators torch and numpy take."""
+
+
 class LearnerConfig(BaseModel):
     """Base of every learner config: unknown keys are errors, every learner is seeded."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds every random draw of the learner")
 
 
 class Learner(ABC):

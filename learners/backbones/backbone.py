@@ -13,13 +13,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from learners.backbones.weights import load_backbone_weights
+
+Width = Annotated[int, Field(gt=0)]
+"""A layer's width: at least one unit (a zero-width layer makes the backbone's output constant)."""
 
 
 class ViTOptions(BaseModel):
@@ -44,8 +47,12 @@ class BackboneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Literal["identity", "mlp", "cnn", "vit", "timm"] = "mlp"
-    hidden: list[int] = Field(default_factory=lambda: [256], description="mlp hidden widths")
-    channels: list[int] = Field(default_factory=lambda: [32, 64], description="cnn conv widths")
+    hidden: list[Width] = Field(
+        default_factory=lambda: [256], max_length=64, description="mlp hidden widths"
+    )
+    channels: list[Width] = Field(
+        default_factory=lambda: [32, 64], max_length=64, description="cnn conv widths"
+    )
     out_dim: int = Field(128, gt=0, description="feature size of mlp/cnn")
     vit: ViTOptions = Field(default_factory=ViTOptions)
     timm_model: str | None = Field(None, description="timm architecture name (name = timm)")

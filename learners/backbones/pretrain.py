@@ -30,6 +30,7 @@ from learners.backbones.backbone import (
     seeded_linear,
     weights_module,
 )
+from learners.base import MAX_SEED
 
 METADATA_KEY = "streamcl.pretrain"
 
@@ -43,7 +44,7 @@ class PretrainConfig(BaseModel):
     batch_size: int = Field(64, gt=0)
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
     weight_decay: float = Field(1e-4, ge=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 @dataclass

@@ -40,3 +40,19 @@ def test_other_runtime_errors_of_a_learner_are_not_called_config_errors(monkeypa
     monkeypatch.setattr(nmc, "__init__", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         registry.create("nmc", PROBLEM)
+
+
+@pytest.mark.parametrize(
+    "options, field",
+    [
+        ({"backbone": {"hidden": [-5]}}, "backbone.hidden.0"),  # was a RuntimeError at build
+        ({"backbone": {"hidden": [0]}}, "backbone.hidden.0"),  # was a constant backbone
+        ({"backbone": {"name": "cnn", "channels": [0]}}, "backbone.channels.0"),
+        ({"backbone": {"hidden": [8] * 65}}, "backbone.hidden"),
+        ({"seed": 10**23}, "seed"),  # was an overflow in torch.manual_seed
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_widths_and_seeds_out_of_range_are_config_errors(options, field):
+    with pytest.raises(LearnerConfigError, match=field):
+        registry.validate_config("er", options)
