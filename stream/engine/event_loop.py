@@ -66,6 +66,11 @@ Taken = TypeVar("Taken")
 MAX_DRIFT_POSITIONS = 1000
 
 
+MAX_BATCH = 1 << 16
+"""The largest micro-batch (online continual learning uses 10 to 256): a daemon keeps the
+samples of an unfilled batch in memory and in every checkpoint until it fills, so a batch the
+topic never fills would grow them without bound."""
+
 MAX_ONLINE_ITER = 1000
 """The most update steps per micro-batch a loop takes (the papers use 1 to 3; a thousand is
 already far behind any stream, and infinity would overflow the step count)."""
@@ -76,7 +81,12 @@ class LoopConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    batch_size: int = Field(16, gt=0, description="stream samples per micro-batch")
+    batch_size: int = Field(
+        16,
+        gt=0,
+        le=MAX_BATCH,
+        description="stream samples per micro-batch (a daemon holds up to one batch unlearned)",
+    )
     online_iter: float = Field(
         1.0,
         ge=0,
@@ -91,7 +101,7 @@ class LoopConfig(BaseModel):
         min_length=1,
         description="rolling prequential accuracy windows",
     )
-    eval_batch_size: int = Field(512, gt=0)
+    eval_batch_size: int = Field(512, gt=0, le=MAX_BATCH)
     recent_evaluations: int = Field(
         16, gt=0, description="evaluations a daemon keeps in memory and checkpoints"
     )

@@ -344,3 +344,12 @@ def test_a_loop_state_no_run_could_write_is_refused(change, message):
 def test_prequential_windows_are_bounded_in_the_config():
     with pytest.raises(ValueError, match="windows must be at most 16 distinct sizes"):
         LoopConfig(prequential_windows=[10**9])
+
+
+@pytest.mark.parametrize("option", ["batch_size", "eval_batch_size"])
+def test_batch_sizes_are_bounded(option):
+    """A daemon keeps an unfilled micro-batch in memory and in each checkpoint: with a batch of
+    10**12 on a busy topic (one that never polls empty) that grew without end."""
+    LoopConfig(**{option: 1 << 16})
+    with pytest.raises(ValueError, match=option):
+        LoopConfig(**{option: (1 << 16) + 1})
