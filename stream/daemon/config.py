@@ -31,7 +31,7 @@ from learners.registry import describe_validation_error
 from stream.cli.config_file import load_config_file
 from stream.engine.event_loop import LoopConfig
 from stream.sources.kafka_options import resolve_secrets
-from stream.sources.wire import DEFAULT_MAX_ABS, DEFAULT_MAX_TASK
+from stream.sources.wire import DEFAULT_MAX_ABS, DEFAULT_MAX_TASK, MAX_NDIM
 
 # Default cut of a dead letter's value: well under the 1 MB message limit that Kafka brokers
 # and clients default to, with room for the key and headers.
@@ -108,12 +108,20 @@ class KafkaConfig(_Section):
         return self
 
 
+MAX_LEVELS = 64
+"""Hierarchy levels a problem may have (HLE's hierarchies have two to four)."""
+
+
 class ProblemConfig(_Section):
     """The input and label space every message must fit."""
 
-    input_shape: list[int] = Field(min_length=1)
+    input_shape: list[int] = Field(
+        min_length=1, max_length=MAX_NDIM, description="one sample's shape, 1 to 4 dimensions"
+    )
     num_classes: list[int] = Field(
-        min_length=1, description="classes per hierarchy level, coarsest first"
+        min_length=1,
+        max_length=MAX_LEVELS,
+        description="classes per hierarchy level, coarsest first",
     )
     level_names: list[str] | None = None
     parents: list[list[int]] | None = None

@@ -143,3 +143,17 @@ def test_no_float_option_of_a_learner_takes_infinity(learner):
     for name in floats:
         with pytest.raises(LearnerConfigError, match=name):
             registry.validate_config(learner, {name: float("inf")})
+
+
+@pytest.mark.parametrize(
+    "problem, field",
+    [
+        ({"input_shape": [1] * 5, "num_classes": [10]}, "problem.input_shape"),
+        ({"input_shape": [64], "num_classes": [10] * 65}, "problem.num_classes"),
+    ],
+)
+def test_a_problem_no_message_could_fit_is_refused(problem, field):
+    """Five input dimensions passed the config although the wire refuses every such sample;
+    100,000 hierarchy levels passed too."""
+    with pytest.raises(ValueError, match=field):
+        ServeConfig.model_validate({**MINIMAL, "problem": problem})
