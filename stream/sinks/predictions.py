@@ -213,10 +213,9 @@ def published_prediction(
     request = message.get("request")
     if not isinstance(request, dict) or not isinstance(request.get("topic"), str):
         return None
-    place = [request.get(name) for name in ("partition", "offset", "index")]
-    if not all(type(value) is int and value >= 0 for value in place):
+    partition, offset, index = (_place(request.get(n)) for n in ("partition", "offset", "index"))
+    if partition is None or offset is None or index is None:
         return None
-    partition, offset, index = (int(value) for value in place if value is not None)
     if text_key != request_key(request["topic"], partition, offset, index):
         return None
     predicted = message.get("predicted")
@@ -230,3 +229,8 @@ def published_prediction(
     if not math.isfinite(served_at):
         return None
     return text_key, message
+
+
+def _place(value: Any) -> int | None:
+    """A partition, offset or index as published (an int >= 0, not a bool), else None."""
+    return value if type(value) is int and value >= 0 else None
