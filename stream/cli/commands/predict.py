@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 
@@ -40,7 +39,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.top_k is not None and args.top_k <= 0:
         raise UsageError(f"--top-k must be positive, got {args.top_k}")
-    writable_file(args.out)
+    out = writable_file(args.out)
     model: ServedModel = (
         from_checkpoint(args.checkpoint) if args.checkpoint else from_file(args.model)
     )
@@ -62,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
     serving = model.serving()
     names = model.problem.level_names
     correct = 0
-    out = Path(args.out)
     with out.open("w", encoding="utf-8") as lines:
         for start in range(0, len(stream), CHUNK):
             stop = min(start + CHUNK, len(stream))
