@@ -342,19 +342,19 @@ class TopicDeadLetters(DeadLetterSink):
         try:
             self.sink.flush()
         except SinkError as exc:
-            # Which letters failed, and how: spill the refused, send the others again. A
-            # failure that names no message leaves every letter in flight to be sent again.
-            failed = exc.failed or dict.fromkeys(self.in_flight, False)
-            for key, permanent in failed.items():
-                letter = self.in_flight.pop(key, None)
-                if letter is None:
-                    continue
+            # Which letters failed, and how: spill the refused, send the others again. The
+            # letters it does not name were delivered, or are still with the producer when the
+            # flush gave up waiting (a later flush says); a failure that names none and is not
+            # such a wait sends every letter in flight again.
+            for key, permanent in exc.failed_of(self.in_flight).items():
+                letter = self.in_flight.pop(key)
                 if permanent:
                     self._spill(letter, str(exc))
                 else:
                     self.pending.append(letter)
-            self.in_flight.clear()
-            if self.pending:
+            if not exc.unconfirmed:
+                self.in_flight.clear()
+            if self.pending or self.in_flight:
                 raise
         self.in_flight.clear()
         if self.spill is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from typing import Any, Literal, cast
 
 from stream.sources.kafka_options import kafka_python_options
@@ -26,14 +27,30 @@ class SinkError(RuntimeError):
 
     ``permanent`` is true when sending the same message again cannot succeed (too large for
     the broker, refused by its policy or ACLs); ``failed`` maps the key of each message whose
-    delivery failed to whether that failure was permanent (empty when it is not known which)."""
+    delivery failed to whether that failure was permanent. ``unconfirmed`` is true when a flush
+    gave up waiting: the messages it does not name are still with the producer, which delivers
+    them or names them at a later flush (sending them again would publish them twice); when it
+    is false, every message sent and not named was delivered."""
 
     def __init__(
-        self, message: str, permanent: bool = False, failed: dict[bytes, bool] | None = None
+        self,
+        message: str,
+        permanent: bool = False,
+        failed: dict[bytes, bool] | None = None,
+        unconfirmed: bool = False,
     ) -> None:
         super().__init__(message)
         self.permanent = permanent
         self.failed = dict(failed or {})
+        self.unconfirmed = unconfirmed
+
+    def failed_of(self, in_flight: Collection[bytes]) -> dict[bytes, bool]:
+        """Which of the messages ``in_flight`` (keys sent since the last good flush) failed,
+        and whether for good: those named; every one when the failure names none and is not a
+        flush that gave up waiting."""
+        if not self.failed and not self.unconfirmed:
+            return dict.fromkeys(in_flight, False)
+        return {key: permanent for key, permanent in self.failed.items() if key in in_flight}
 
 
 # Errors after which the same message can never be delivered; anything else (timeouts, a broker
@@ -174,12 +191,17 @@ class ConfluentSink(KafkaSink):
     def flush(self, timeout: float = 60.0) -> None:
         left = self.producer.flush(timeout)
         failures, self._failures = self._failures, []
+        failed = {key: permanent for key, _, permanent in failures}
         if left:
-            raise SinkError(f"{left} messages not delivered within {timeout:g} s")
+            named = f"; {len(failures)} failed: {failures[0][1]}" if failures else ""
+            raise SinkError(
+                f"{left} messages not delivered within {timeout:g} s{named}",
+                failed=failed,
+                unconfirmed=True,
+            )
         if failures:
             raise SinkError(
-                f"{len(failures)} messages not delivered: {failures[0][1]}",
-                failed={key: permanent for key, _, permanent in failures},
+                f"{len(failures)} messages not delivered: {failures[0][1]}", failed=failed
             )
 
     def close(self) -> None:
@@ -252,7 +274,8 @@ class KafkaPythonSink(KafkaSink):
         try:
             self.producer.flush(timeout)
         except kafka.errors.KafkaError as exc:
-            raise SinkError(f"flush: {type(exc).__name__}: {exc}") from None
+            # the futures stay: a later flush says which were delivered
+            raise SinkError(f"flush: {type(exc).__name__}: {exc}", unconfirmed=True) from None
         pending, self._pending = self._pending, []
         failed = [(k, f) for k, f in pending if not f.is_done or f.failed()]
         if failed:

@@ -73,7 +73,8 @@ class PredictionSink:
     """Publishes predictions to ``topic`` and says where the topic ends (for checkpoints).
 
     The producer is opened on first use; a message that cannot be handed over is kept and
-    retried, and ``sync`` fails (:class:`SinkError`) until all are delivered, so no checkpoint
+    retried, one handed over is kept until a flush confirms it (sent again if its delivery
+    failed), and ``sync`` fails (:class:`SinkError`) until all are delivered, so no checkpoint
     moves past a request whose prediction is not in the topic.
     """
 
@@ -82,7 +83,8 @@ class PredictionSink:
         self.topic = topic
         self.bootstrap = bootstrap
         self.sink: KafkaSink | None = None
-        self.pending: list[tuple[bytes, bytes]] = []
+        self.pending: list[tuple[bytes, bytes]] = []  # (value, key), not yet handed over
+        self.in_flight: dict[bytes, bytes] = {}  # key -> value, handed over, not yet confirmed
         self._offsets: Any = None  # a consumer kept for end-offset requests, opened on use
 
     def publish(self, message: dict[str, Any], key: str) -> None:
@@ -97,13 +99,24 @@ class PredictionSink:
         while self.pending:
             value, key = self.pending[0]
             self.sink.send(self.topic, value, key=key)
+            self.in_flight[key] = value
             self.pending.pop(0)
 
     def sync(self) -> dict[int, int]:
         """Deliver everything; the topic's end offset per partition afterwards."""
         self.send()
         assert self.sink is not None
-        self.sink.flush()
+        try:
+            self.sink.flush()
+        except SinkError as exc:
+            # Send the failed again, first; those not named are delivered, or still with the
+            # producer when the flush gave up waiting (a later flush names them if they fail).
+            again = [(self.in_flight.pop(k), k) for k in exc.failed_of(self.in_flight)]
+            self.pending[:0] = again
+            if not exc.unconfirmed:
+                self.in_flight.clear()
+            raise
+        self.in_flight.clear()
         import kafka.errors
 
         try:

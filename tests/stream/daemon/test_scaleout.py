@@ -205,7 +205,9 @@ def test_two_ranks_serve_predictions_on_the_topic_and_over_http(kafka_broker, tm
     finally:
         group.stop()
     answers = [json.loads(v) for _, v in read_topic(kafka_broker.bootstrap, f"{name}-out")]
-    assert sorted(a["id"] for a in answers) == list(range(len(y)))  # each request once
+    troubles = [e for e in group.events() if e.get("level") in ("warning", "error")]
+    answered = sorted(a["id"] for a in answers)
+    assert answered == list(range(len(y))), troubles  # each request once
     for a in answers:
         assert a["id"] in owned[a["request"]["partition"]]
     learned = group.learner(group.store.latest() or manifest, 0, PROBLEM)
