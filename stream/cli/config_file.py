@@ -7,6 +7,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from stream.data.regular_file import open_regular
+
 MAX_CONFIG_BYTES = 4 << 20
 """Bytes a config file may hold (the largest real one is a few kilobytes)."""
 
@@ -19,10 +21,13 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     """The mapping stored in a ``.json`` or ``.toml`` file: at most :data:`MAX_CONFIG_BYTES`
     of UTF-8, nested no deeper than Python parses."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigFileError(f"config file {path} does not exist")
-    with path.open("rb") as file:
-        raw = file.read(MAX_CONFIG_BYTES + 1)
+    try:
+        with open_regular(path) as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigFileError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigFileError(f"config file {path}: {exc.strerror or exc}") from None
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigFileError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a config file")
     try:

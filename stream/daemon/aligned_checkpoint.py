@@ -30,10 +30,12 @@ from stream.daemon.checkpoint import (
     MAX_RELISTS,
     CheckpointError,
     CorruptCheckpoint,
+    checkpoint_bytes,
     decode,
     encode,
 )
 from stream.daemon.checkpoint_meta import restored_offsets
+from stream.data.regular_file import FileTooLarge, NotRegularFile, read_regular
 
 MANIFEST = "MANIFEST.json"
 MANIFEST_FORMAT = 1
@@ -122,10 +124,8 @@ class AlignedCheckpoints:
         any manifest, not JSON, nested deeper than Python parses): an interrupted epoch."""
         path = self.epoch_dir(epoch) / MANIFEST
         try:
-            if path.stat().st_size > MAX_MANIFEST_BYTES:
-                return None
-            manifest = json.loads(path.read_bytes())
-        except (FileNotFoundError, ValueError, RecursionError):
+            manifest = json.loads(read_regular(path, MAX_MANIFEST_BYTES))
+        except (FileNotFoundError, NotRegularFile, FileTooLarge, ValueError, RecursionError):
             return None
         return manifest if isinstance(manifest, dict) else None
 
@@ -175,9 +175,11 @@ class AlignedCheckpoints:
         for entry in manifest["shards"]:
             path = self.epoch_dir(epoch) / entry["file"]
             try:
-                data = path.read_bytes()
+                data = read_regular(path, entry["bytes"])
             except FileNotFoundError:
                 return f"{path} is missing"
+            except (NotRegularFile, FileTooLarge):
+                return f"{path} does not match its manifest"
             if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
                 return f"{path} does not match its manifest"
         return None
@@ -187,7 +189,7 @@ class AlignedCheckpoints:
         epoch = int(manifest["epoch"])
         path = self.epoch_dir(epoch) / shard_name(rank)
         try:
-            meta, learner = decode(path.read_bytes(), str(path), self.key)
+            meta, learner = decode(read_regular(path, checkpoint_bytes()), str(path), self.key)
         except (OSError, CorruptCheckpoint) as exc:
             raise CheckpointError(f"epoch {epoch}: {exc}") from None
         return Shard(epoch, rank, meta, learner if meta.get("has_learner") else None)

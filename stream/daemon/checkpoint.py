@@ -53,9 +53,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import structlog
+import torch
 
+from learners.machine_memory import memory_bytes
 from learners.state.learner_state import LearnerState, non_finite
 from learners.state.safetensors_io import state_from_bytes, state_to_bytes
+from stream.data.regular_file import read_regular
 
 MAGIC = b"SCLCKPT2"
 _OLD_MAGIC = b"SCLCKPT1"
@@ -68,6 +71,12 @@ _TEMP_PREFIX = ".checkpoint-"
 MAX_RELISTS = 100  # listings of a directory a concurrent writer keeps pruning
 
 log = structlog.get_logger("streamcl.checkpoint")
+
+
+def checkpoint_bytes() -> int | None:
+    """The most bytes a checkpoint file is read for: this machine's memory (a larger one could
+    not be decoded here)."""
+    return memory_bytes(torch.device("cpu"))
 
 
 class CheckpointError(ValueError):
@@ -267,10 +276,14 @@ class CheckpointStore:
                     continue
                 tried.add(sequence)
                 try:
-                    data = path.read_bytes()
+                    data = read_regular(path, checkpoint_bytes())
                 except FileNotFoundError:
                     pruned = True  # the writer wrote newer checkpoints since the listing
                     break
+                except OSError as exc:  # a FIFO, a device, a directory, a file beyond memory
+                    problem = exc.strerror or str(exc)
+                    log.warning("checkpoint_skipped", path=str(path), problem=problem)
+                    continue
                 try:
                     meta, learner = decode(data, str(path), self.key)
                 except CorruptCheckpoint as exc:

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from stream.data.regular_file import open_regular
 from stream.engine.evaluation import Evaluation
 from stream.engine.event_loop import EventLoop, Observer
 
@@ -44,7 +45,7 @@ def read_history(directory: str | Path) -> Iterator[dict[str, Any]]:
     yet) is left for a later read."""
     for _, path in _files(Path(directory)):
         try:
-            with path.open("rb") as lines:
+            with open_regular(path) as lines:
                 for line in lines:
                     if not line.endswith(b"\n"):
                         break  # being written

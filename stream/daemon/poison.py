@@ -22,6 +22,7 @@ from pathlib import Path
 
 import structlog
 
+from stream.data.regular_file import NotRegularFile, open_regular
 from stream.sources.wire import short
 
 log = structlog.get_logger("streamcl.poison")
@@ -68,8 +69,12 @@ class PoisonLog:
         entry are skipped (logged), and a file beyond :data:`MAX_BYTES` is read to that size."""
         found: dict[tuple[int, int], str] = {}
         for path in sorted(self.directory.glob("poison.rank-*.jsonl")):
-            with path.open("rb") as file:
-                text = file.read(MAX_BYTES)
+            try:
+                with open_regular(path) as file:
+                    text = file.read(MAX_BYTES)
+            except NotRegularFile as exc:
+                log.warning("poison_file_skipped", path=str(path), problem=exc.strerror)
+                continue
             for number, line in enumerate(text.splitlines(), 1):
                 entry = _entry(line)
                 if entry is None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from stream.data.regular_file import open_regular
+
 MAX_SECRET_BYTES = 64 << 10
 """Bytes a secret file may hold (keys and passwords are tens of bytes)."""
 
@@ -14,7 +16,7 @@ def read_secret_file(path: str | Path, where: str, error: type[ValueError]) -> b
     """The bytes of secret file ``path``, its trailing newline dropped; ``error(message)``
     naming ``where`` when it cannot be read or is larger than :data:`MAX_SECRET_BYTES`."""
     try:
-        with Path(path).open("rb") as file:
+        with open_regular(path) as file:  # not a FIFO, which would wait for a writer
             data = file.read(MAX_SECRET_BYTES + 1)
     except OSError as exc:
         raise error(f"{where}: {exc.strerror or exc}") from None

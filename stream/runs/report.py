@@ -19,8 +19,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from stream.data.regular_file import read_regular
+
 COLUMNS = ("A_auc", "A_avg", "A_last", "F_last", "prequential_accuracy", "samples_per_second")
 LEVEL_COLUMNS = ("A_auc", "A_last", "F_last")
+# A results file holds a run's curves and accuracy matrices: kilobytes to a few megabytes.
+MAX_RESULTS_BYTES = 256 << 20
 
 
 class ReportError(ValueError):
@@ -96,10 +100,14 @@ def load_results(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         path = path / "results.json"
-    if not path.is_file():
-        raise ReportError(f"{path}: no such results file")
     try:
-        result = json.loads(path.read_text(encoding="utf-8"))
+        raw = read_regular(path, MAX_RESULTS_BYTES)
+    except FileNotFoundError:
+        raise ReportError(f"{path}: no such results file") from None
+    except OSError as exc:
+        raise ReportError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        result = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ReportError(f"{path}: not a JSON results file ({exc})") from None
     except RecursionError:

@@ -29,7 +29,8 @@ from learners import registry
 from learners.base import Problem
 from learners.state.learner_state import LearnerState, non_finite
 from learners.state.safetensors_io import state_from_bytes, state_to_bytes
-from stream.daemon.checkpoint import CheckpointError, CheckpointStore
+from stream.daemon.checkpoint import CheckpointError, CheckpointStore, checkpoint_bytes
+from stream.data.regular_file import FileTooLarge, read_regular
 from stream.engine.event_loop import EventLoop
 from stream.engine.serving import ServingLoop
 
@@ -133,12 +134,8 @@ def from_file(path: str | Path) -> ServedModel:
     for needed in (path, sidecar_path):
         if not needed.is_file():
             raise ModelFileError(f"{needed} does not exist (export writes both)")
-    if sidecar_path.stat().st_size > MAX_SIDECAR_BYTES:
-        raise ModelFileError(
-            f"{sidecar_path}: larger than {MAX_SIDECAR_BYTES} bytes; not a sidecar"
-        )
     try:
-        sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
+        sidecar = json.loads(read_regular(sidecar_path, MAX_SIDECAR_BYTES).decode("utf-8"))
         if sidecar.get("format") != SIDECAR_FORMAT:
             raise ModelFileError(f"{sidecar_path}: not a {SIDECAR_FORMAT} sidecar")
         declared = sidecar["problem"]
@@ -147,7 +144,7 @@ def from_file(path: str | Path) -> ServedModel:
             tuple(declared["num_classes"]),
             tuple(declared["level_names"]),
         )
-        state = state_from_bytes(path.read_bytes())
+        state = state_from_bytes(read_regular(path, checkpoint_bytes()))
         problem_in_state = non_finite(state)
         if problem_in_state is not None:
             raise ModelFileError(f"{path}: {problem_in_state}; no daemon exports such a model")
@@ -160,7 +157,9 @@ def from_file(path: str | Path) -> ServedModel:
             state,
             str(path),
         )
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+    except FileTooLarge as exc:
+        raise ModelFileError(f"{exc.filename}: {exc.strerror} bytes; not a model file") from None
+    except (ValueError, KeyError, TypeError, RecursionError, OSError) as exc:
         if isinstance(exc, ModelFileError):
             raise
         raise ModelFileError(f"{path}: cannot load ({type(exc).__name__}: {exc})") from None
