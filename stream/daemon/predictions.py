@@ -125,22 +125,27 @@ class PredictionService:
         therefore harmless (a broker may report a low end offset: tansu does)."""
         if self.recovered is not None:
             return
+
+        def again(message: dict[str, Any]) -> bool:
+            """A request this daemon reads again; only those are held."""
+            request = message["request"]
+            return (
+                request["topic"] == self.topic
+                and (partitions is None or request["partition"] in partitions)
+                and request["offset"] >= positions.get(request["partition"], 0)
+            )
+
         try:
             found = read_published(
                 self.bootstrap,
                 self.config.topic,
                 self.published_from,
                 accept=lambda message: self._in_class_space(message["predicted"]),
+                keep=again,
             )
         except SinkError as exc:
             raise SourceError(str(exc)) from None
-        self.recovered = {
-            key: message
-            for key, message in found.items()
-            if message["request"]["topic"] == self.topic
-            and (partitions is None or message["request"]["partition"] in partitions)
-            and message["request"]["offset"] >= positions.get(message["request"]["partition"], 0)
-        }
+        self.recovered = found
         if self.recovered:
             log.info("predictions_recovered", count=len(self.recovered), topic=self.config.topic)
 

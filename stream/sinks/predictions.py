@@ -165,11 +165,14 @@ def read_published(
     start: dict[int, int],
     timeout: float = 60.0,
     accept: Callable[[dict[str, Any]], bool] | None = None,
+    keep: Callable[[dict[str, Any]], bool] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The predictions in ``topic`` from ``start`` (partition -> offset; 0 where missing) to
     its end, by request key (the last one wins); messages :func:`published_prediction` or
     ``accept`` (the reader's own check, e.g. of the classes) refuse are passed over, so that
-    none replaces a prediction read before it, and counted in a warning."""
+    none replaces a prediction read before it, and counted in a warning. With ``keep``, only
+    the well-formed predictions it keeps are held (a scaled-out rank's partitions, requests
+    the reader will see again): the others are read past, not held in memory."""
     import kafka
     import kafka.errors
 
@@ -196,7 +199,8 @@ def read_published(
                         if checked is None or (accept is not None and not accept(checked[1])):
                             foreign += 1
                             continue
-                        found[checked[0]] = checked[1]
+                        if keep is None or keep(checked[1]):
+                            found[checked[0]] = checked[1]
         finally:
             consumer.close(autocommit=False)
     except kafka.errors.KafkaError as exc:

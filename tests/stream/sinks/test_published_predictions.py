@@ -7,7 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from stream.sinks.predictions import prediction_json, published_prediction, request_key
+from stream.sinks.kafka_sink import open_sink
+from stream.sinks.predictions import (
+    prediction_json,
+    published_prediction,
+    read_published,
+    request_key,
+)
 
 
 def published(**changes) -> tuple[bytes, bytes]:
@@ -54,3 +60,30 @@ def test_a_prediction_the_daemon_published_is_read_back_whole():
 )
 def test_a_message_the_daemon_cannot_have_published_is_passed_over(key, value):
     assert published_prediction(key, value) is None
+
+
+def at(partition: int, offset: int) -> tuple[bytes, bytes]:
+    """A prediction for request ``samples:partition:offset:0``."""
+    request = {"topic": "samples", "partition": partition, "offset": offset, "index": 0}
+    key = request_key("samples", partition, offset, 0).encode()
+    return key, published(request=request)[1]
+
+
+def test_a_reader_holds_only_the_predictions_it_keeps(kafka_broker):
+    """A scaled-out rank reads the predictions of every rank since the checkpoint; it holds
+    only those of its partitions and of requests it reads again, and no foreign message."""
+    topic = "read-back-kept"
+    sink = open_sink("confluent", kafka_broker.bootstrap)
+    sink.ensure_topic(topic)
+    messages = [at(p, o) for p in (0, 1) for o in range(8)] + [(b"k", b"not json")]
+    for key, value in messages:
+        sink.send(topic, value, key=key)
+    sink.flush()
+    sink.close()
+
+    def mine(message: dict) -> bool:
+        return message["request"]["partition"] == 1 and message["request"]["offset"] >= 5
+
+    found = read_published(kafka_broker.bootstrap, topic, {}, keep=mine)
+    assert sorted(found) == [f"samples:1:{o}:0" for o in (5, 6, 7)]
+    assert len(read_published(kafka_broker.bootstrap, topic, {})) == 16
