@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+import pytest
 
 import stream.daemon.evaluation_history as history_module
 from stream.daemon.evaluation_history import EvaluationHistory, read_history
+from stream.data.regular_file import NotRegularFile
 from stream.engine.evaluation import Evaluation
 
 
@@ -57,3 +61,10 @@ def test_a_reader_beside_the_daemon_skips_a_line_being_written_and_a_pruned_file
 
     monkeypatch.setattr(history_module, "_files", listing_with_a_file_pruned_since)
     assert [line["samples_seen"] for line in read_history(tmp_path)] == [1, 2, 3]
+
+
+@pytest.mark.timeout(20)  # the old code waited for the FIFO's writer
+def test_a_history_file_that_is_a_fifo_is_one_error_naming_it_not_a_wait(tmp_path):
+    os.mkfifo(tmp_path / "evaluations-000001.jsonl")
+    with pytest.raises(NotRegularFile, match=r"evaluations-000001\.jsonl"):
+        list(read_history(tmp_path))

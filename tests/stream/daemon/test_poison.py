@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+
+import pytest
 
 from stream.daemon import poison
 from stream.daemon.poison import PoisonLog
@@ -36,3 +39,12 @@ def test_hostile_lines_are_skipped_and_the_file_is_bounded(tmp_path, monkeypatch
     monkeypatch.setattr(poison, "MAX_BYTES", log.path(0).stat().st_size + 10)
     assert not log.record(0, [(0, 7)], "does not fit")
     assert (0, 7) not in log.since({})
+
+
+@pytest.mark.timeout(20)  # the old code waited for the FIFO's writer
+def test_a_poison_file_that_is_not_a_regular_file_is_skipped_not_waited_on(tmp_path):
+    log = PoisonLog(tmp_path, "t")
+    assert log.record(0, [(0, 4)], "RuntimeError: not positive definite")
+    os.mkfifo(log.path(1))
+    log.path(2).mkdir()
+    assert log.since({}) == {(0, 4): "RuntimeError: not positive definite"}
