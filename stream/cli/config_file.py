@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from stream.data.regular_file import open_regular
+from stream.data.regular_file import FileTooLarge, read_regular
 
 MAX_CONFIG_BYTES = 4 << 20
 """Bytes a config file may hold (the largest real one is a few kilobytes)."""
@@ -22,14 +22,15 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     of UTF-8, nested no deeper than Python parses."""
     path = Path(path)
     try:
-        with open_regular(path) as file:
-            raw = file.read(MAX_CONFIG_BYTES + 1)
+        raw = read_regular(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigFileError(f"config file {path} does not exist") from None
+    except FileTooLarge:
+        raise ConfigFileError(
+            f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a config file"
+        ) from None
     except OSError as exc:
         raise ConfigFileError(f"config file {path}: {exc.strerror or exc}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigFileError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a config file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stream.data.regular_file import open_regular
+from stream.data.regular_file import FileTooLarge, read_regular
 
 MAX_SECRET_BYTES = 64 << 10
 """Bytes a secret file may hold (keys and passwords are tens of bytes)."""
@@ -16,12 +16,11 @@ def read_secret_file(path: str | Path, where: str, error: type[ValueError]) -> b
     """The bytes of secret file ``path``, its trailing newline dropped; ``error(message)``
     naming ``where`` when it cannot be read or is larger than :data:`MAX_SECRET_BYTES`."""
     try:
-        with open_regular(path) as file:  # not a FIFO, which would wait for a writer
-            data = file.read(MAX_SECRET_BYTES + 1)
+        data = read_regular(path, MAX_SECRET_BYTES)
+    except FileTooLarge:
+        raise error(f"{where}: larger than {MAX_SECRET_BYTES} bytes; not a secret file") from None
     except OSError as exc:
         raise error(f"{where}: {exc.strerror or exc}") from None
-    if len(data) > MAX_SECRET_BYTES:
-        raise error(f"{where}: larger than {MAX_SECRET_BYTES} bytes; not a secret file")
     return data.rstrip(b"\r\n")
 
 
