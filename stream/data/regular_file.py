@@ -2,11 +2,13 @@
 
 A path that names a FIFO makes ``open`` wait for a writer (forever, at a daemon's start), a
 device such as ``/dev/zero`` reads without end, and a directory fails deep inside a reader with
-an error that names no file. Readers of outside files (checkpoints, configs, secrets, stream
-files, exported models, results, datasets, weights) open them with :func:`open_regular`, which
-refuses all of these at once without blocking, and read small ones whole with
-:func:`read_regular`, which bounds what it reads. Both raise :class:`OSError` subclasses, so a
-caller that reports ``exc.strerror`` for a missing file reports these the same way.
+an error that names no file. Readers of outside files (checkpoints and scaled-out epochs,
+configs, secrets, exported models, results, the poison log and the evaluation history) open
+them with :func:`open_regular`, which refuses all of these at once without blocking, or read
+them whole with :func:`read_regular`, which bounds what it reads. (Stream files, datasets and
+backbone weights are refused by ``Path.is_file()`` before they are opened.) Both raise
+:class:`OSError` subclasses, so a caller that reports ``exc.strerror`` for a missing file
+reports these the same way.
 """
 
 from __future__ import annotations
