@@ -243,11 +243,14 @@ def published_prediction(
     served_at = message.get("served_at")
     if isinstance(served_at, bool) or not isinstance(served_at, int | float):
         return None
-    if not math.isfinite(served_at):
+    try:
+        if not math.isfinite(served_at):  # an int beyond the float range raises
+            return None
+    except OverflowError:
         return None
     return text_key, message
 
 
 def _place(value: Any) -> int | None:
-    """A partition, offset or index as published (an int >= 0, not a bool), else None."""
-    return value if type(value) is int and value >= 0 else None
+    """A partition, offset or index as published (an int in [0, 2⁶³), not a bool), else None."""
+    return value if type(value) is int and 0 <= value < 1 << 63 else None

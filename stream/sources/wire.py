@@ -334,6 +334,13 @@ class Decoder:
             raise InvalidMessage(
                 "wrong_type", f"'x' must be a list of numbers, got {type(raw).__name__}"
             )
+        if _deeper_than(raw, len(self.input_shape)):
+            # before numpy, which cannot hold more than 32 dimensions
+            raise InvalidMessage(
+                "wrong_dimension",
+                f"'x' nests lists more than {len(self.input_shape)} deep, "
+                f"expected shape {self.input_shape}",
+            )
         try:
             cells = np.array(raw, dtype=object)
         except ValueError:
@@ -396,6 +403,17 @@ def _json_int(raw: Any, name: str, minimum: int | None = None, maximum: int | No
     if (minimum is not None and raw < minimum) or (maximum is not None and raw > maximum):
         raise InvalidMessage("wrong_type", f"{name!r} must be in [{minimum}, {maximum}], got {raw}")
     return raw
+
+
+def _deeper_than(raw: list[Any], depth: int) -> bool:
+    """Whether lists nest in ``raw`` (itself a list) more than ``depth`` deep, without
+    recursion and without looking further than that depth."""
+    level = [raw]
+    for _ in range(depth):
+        level = [item for items in level for item in items if isinstance(item, list)]
+        if not level:
+            return False
+    return True
 
 
 def _check_finite(x: np.ndarray) -> None:

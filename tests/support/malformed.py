@@ -37,6 +37,9 @@ def malformed_messages(problem: Problem, max_bytes: int) -> list[tuple[str, byte
         ("missing_field", json.dumps({"x": good_x}).encode()),
         ("wrong_dimension", json.dumps({"x": [*good_x, 0.5], "y": 0}).encode()),
         ("wrong_dimension", encode_binary(np.zeros((1, d + 1), np.float32), np.array([0]))),
+        # deeper than numpy's 32 dimensions, first or later in the list
+        ("wrong_dimension", b'{"x": ' + b"[" * 33 + b"0.5" + b"]" * 33 + b', "y": 0}'),
+        ("wrong_dimension", b'{"x": [0.5, ' + b"[" * 40 + b"0.5" + b"]" * 40 + b'], "y": 0}'),
         ("non_finite", json.dumps({"x": [float("nan"), *good_x[1:]], "y": 0}).encode()),
         ("non_finite", encode_binary(with_inf, np.array([0, 1]))),
         ("out_of_range", json.dumps({"x": [3e38, *good_x[1:]], "y": 0}).encode()),

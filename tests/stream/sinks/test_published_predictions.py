@@ -48,6 +48,7 @@ def test_a_prediction_the_daemon_published_is_read_back_whole():
         published(request={"topic": "samples", "partition": -1, "offset": 42, "index": 0}),
         published(request={"topic": "samples", "partition": 1, "offset": "42", "index": 0}),
         published(request={"topic": "samples", "partition": True, "offset": 42, "index": 0}),
+        published(request={"topic": "samples", "partition": 1, "offset": 2**63, "index": 0}),
         published(request={"topic": "samples", "partition": 1, "offset": 43, "index": 0}),
         published(predicted="3"),
         published(predicted={"label": "3"}),
@@ -56,6 +57,7 @@ def test_a_prediction_the_daemon_published_is_read_back_whole():
         published(served_at="now"),
         published(served_at=True),
         published(served_at=float("nan")),
+        published(served_at=10**400),  # valid JSON, beyond the float range
     ],
 )
 def test_a_message_the_daemon_cannot_have_published_is_passed_over(key, value):
