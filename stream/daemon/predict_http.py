@@ -9,8 +9,8 @@ each sample is checked exactly as a prediction request on the topic is
 
 It is a route of the metrics endpoint (stream/observe/http_endpoint.py), behind the same
 connection limits, TLS and authentication as ``/metrics``. A bad request is refused whole: 400
-(413 for too many samples or bytes) with ``{"error": REASON,
-"detail": "sample 3: ..."}``; a prediction the learner fails on is a 500 with
+(413 for too many samples or bytes, 411 without a ``Content-Length``) with ``{"error": REASON,
+"detail": "sample 3: ..."}``; a body over ``max_bytes`` is refused before it is read. A prediction the learner fails on is a 500 with
 ``{"error": "learner_error", "detail": ...}``, logged and counted, and the daemon serves on.
 HTTP predictions change nothing: they are not kept for labels and
 not published (requests that want both go through the topic). They are counted in
@@ -66,6 +66,17 @@ class PredictHandler:
         """The endpoint's route (stream/observe/http_endpoint.py: limits, TLS and auth apply)."""
         status, body = self(request.body)
         return Response(status, "application/json", body)
+
+    def refusal(self, status: int, detail: str) -> Response:
+        """The answer to a request the endpoint refused before reading its body (413 over
+        ``max_bytes``, 411 without a length, 400 for a bad one), counted like the others."""
+        reason = {413: "oversized", 411: "length_required"}.get(status, "undecodable")
+        self.metrics.http_errors.labels(reason=reason).inc()
+        return Response(status, "application/json", _json({"error": reason, "detail": detail}))
+
+    def add_to(self, server: MetricsServer) -> None:
+        """Serve this handler as ``POST /predict`` on ``server``, bodies up to ``max_bytes``."""
+        server.add_route("POST", "/predict", self.route, self.max_bytes, self.refusal)
 
     def __call__(self, body: bytes) -> tuple[int, bytes]:
         started = time.perf_counter()
@@ -161,4 +172,4 @@ def add_predict_route(server: MetricsServer, daemon: Daemon) -> None:
     """``POST /predict`` on ``server`` when ``daemon`` serves over HTTP."""
     handler = predict_handler(daemon)
     if handler is not None:
-        server.add_route("POST", "/predict", handler.route)
+        handler.add_to(server)

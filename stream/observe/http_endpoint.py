@@ -61,6 +61,7 @@ _REASONS = {
     401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
+    411: "Length Required",
     413: "Content Too Large",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
@@ -90,6 +91,8 @@ class Response:
 
 
 Route = Callable[[Request], Response]
+# a route's own answer to a request refused before it reached the route: (status, detail)
+Refusal = Callable[[int, str], Response]
 
 
 @dataclass(frozen=True)
@@ -149,9 +152,12 @@ class EndpointSecurity:
 
 
 class _BadRequest(Exception):
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(
+        self, status: int, detail: str, head: tuple[str, str, dict[str, str]] | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
+        self.head = head  # method, path and headers, when the request got that far
 
 
 class MetricsServer:
@@ -172,6 +178,9 @@ class MetricsServer:
             ("GET", "/metrics"): self._metrics,
             ("GET", "/healthz"): self._healthz,
         }
+        # per route: its own body limit and its own answer to a request refused before it
+        self._body_limits: dict[tuple[str, str], int] = {}
+        self._refusals: dict[tuple[str, str], Refusal] = {}
         self._pending: OrderedDict[int, asyncio.StreamWriter] = OrderedDict()
         self._open = 0
         self._executor = ThreadPoolExecutor(limits.handler_threads, "streamcl-http")
@@ -182,9 +191,26 @@ class MetricsServer:
 
     # -- routes ---------------------------------------------------------------------------
 
-    def add_route(self, method: str, path: str, route: Route) -> None:
-        """Serve ``route`` for ``method path`` (behind the same limits, TLS and auth)."""
-        self.routes[(method.upper(), path)] = route
+    def add_route(
+        self,
+        method: str,
+        path: str,
+        route: Route,
+        max_body_bytes: int | None = None,
+        refuse: Refusal | None = None,
+    ) -> None:
+        """Serve ``route`` for ``method path`` (behind the same limits, TLS and auth).
+
+        ``max_body_bytes``: the route's body limit instead of the endpoint's; a body over it is
+        refused (413) before it is read. ``refuse``: the route's answer to a request for it that
+        the endpoint refuses before the route sees it (413, 411, a bad ``Content-Length``), for
+        clients that authenticated (others get the endpoint's plain answer)."""
+        key = (method.upper(), path)
+        self.routes[key] = route
+        if max_body_bytes is not None:
+            self._body_limits[key] = max_body_bytes
+        if refuse is not None:
+            self._refusals[key] = refuse
 
     def _metrics(self, request: Request) -> Response:
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
@@ -278,8 +304,7 @@ class MetricsServer:
                 )
             except _BadRequest as exc:
                 self._pending.pop(key, None)
-                await self._send(writer, Response(exc.status, "text/plain; charset=utf-8",
-                                                  f"{exc}\n".encode()))  # fmt: skip
+                await self._send(writer, self._refusal(exc))
                 return
             self._pending.pop(key, None)
             response = await self._loop.run_in_executor(self._executor, self._answer, request)
@@ -310,14 +335,34 @@ class MetricsServer:
                 if not sep:
                     raise _BadRequest(400, "malformed header line")
                 headers[name.strip().lower()] = value.strip()
-        try:
-            length = int(headers.get("content-length", "0"))
-        except ValueError:
-            raise _BadRequest(400, "bad Content-Length") from None
-        if length < 0 or length > self.limits.max_body_bytes:
-            raise _BadRequest(413, f"body over {self.limits.max_body_bytes} bytes")
+        method, path = method.upper(), target.split("?", 1)[0]
+        asked = (method, path, headers)
+        if (method, path) in self.routes and method in ("POST", "PUT", "PATCH"):
+            # a body is read by its length only (chunks are not decoded): 411 without one
+            if "transfer-encoding" in headers:
+                raise _BadRequest(411, "send the body with a Content-Length, not chunked", asked)
+            if "content-length" not in headers:
+                raise _BadRequest(411, f"a {method} needs a Content-Length", asked)
+        text = headers.get("content-length", "0")
+        # digits only: int() would also take "+5", " 5" and "1_000"
+        if not (text.isascii() and text.isdigit() and len(text) <= 20):
+            raise _BadRequest(400, "bad Content-Length", asked)
+        length = int(text)
+        limit = self._body_limits.get((method, path), self.limits.max_body_bytes)
+        if length > limit:
+            raise _BadRequest(413, f"{length} bytes, the limit is {limit}", asked)
         body = await reader.readexactly(length) if length else b""
-        return Request(method.upper(), target.split("?", 1)[0], headers, body, client)
+        return Request(method, path, headers, body, client)
+
+    def _refusal(self, refused: _BadRequest) -> Response:
+        """The answer to a request refused before its route: the route's own, when it has one
+        and the client may use it, else plain text."""
+        if refused.head is not None:
+            method, path, headers = refused.head
+            refuse = self._refusals.get((method, path))
+            if refuse is not None and self.security.allows(headers.get("authorization")):
+                return refuse(refused.status, str(refused))
+        return Response(refused.status, "text/plain; charset=utf-8", f"{refused}\n".encode())
 
     def _answer(self, request: Request) -> Response:
         challenge = self.security.challenge()

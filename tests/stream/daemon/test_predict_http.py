@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 
 import numpy as np
 import pytest
@@ -46,7 +47,7 @@ def endpoint(digits):
         serving, decoder, metrics, problem.level_names, 2, max_samples=64, max_bytes=64_000
     )
     server = start_metrics_server(telemetry, port=0)
-    server.add_route("POST", "/predict", handler.route)
+    handler.add_to(server)
     yield server, serving, telemetry
     server.stop()
 
@@ -96,6 +97,12 @@ def test_a_batch_of_64_digits_is_predicted_with_the_current_model(endpoint, digi
         (_body([]), 400, "wrong_type", "non-empty list"),
         (_body([{"x": [0.0] * 63}]), 400, "wrong_dimension", "sample 0: 'x' has shape (63,)"),
         (_body([{"x": [0.0] * 64}, {"x": [0.0] * 64, "y": 1}]), 400, "wrong_type", "sample 1"),
+        (
+            b'{"samples": [{"x": ' + b"[" * 40 + b"0.5" + b"]" * 40 + b"}]}",
+            400,
+            "wrong_dimension",
+            "sample 0",
+        ),
         (_body([{"x": [0.0] * 63 + [float("nan")]}]), 400, "non_finite", "sample 0"),
         (_body([{"id": "a", "x": [0.0] * 64}]), 400, "wrong_type", "'id' must be an integer"),
         (_body([{"x": [0.0] * 64}] * 65), 413, "oversized", "65 samples, the limit is 64"),
@@ -106,15 +113,70 @@ def test_bad_requests_get_4xx_with_the_reason(endpoint, body, status, reason, de
     server, _, telemetry = endpoint
     got, answer = _post(server, body)
     assert (got, answer["error"]) == (status, reason) and detail in answer["detail"]
-    if status == 400:
-        counted = telemetry.registry.get_sample_value(
-            "streamcl_predict_http_errors_total", {"reason": reason}
-        )
-        assert counted == 1
+    counted = telemetry.registry.get_sample_value(
+        "streamcl_predict_http_errors_total", {"reason": reason}
+    )
+    assert counted == 1
 
 
-def test_a_body_without_a_length_or_another_path_is_refused(endpoint):
+def _raw(server, head: bytes) -> tuple[int, dict]:
+    """Send ``head`` (a request line and headers, then whatever follows) as it is."""
+    with socket.create_connection((server.host, server.port), timeout=10) as connection:
+        connection.sendall(head)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    status = int(answer.split(b" ", 2)[1])
+    return status, json.loads(answer.split(b"\r\n\r\n", 1)[1])
+
+
+@pytest.mark.parametrize(
+    ("head", "status", "reason"),
+    [
+        (b"POST /predict HTTP/1.1\r\n\r\n", 411, "length_required"),
+        (
+            b"POST /predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            411,
+            "length_required",
+        ),
+        (b"POST /predict HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello", 400, "undecodable"),
+        (b"POST /predict HTTP/1.1\r\nContent-Length: 1_0\r\n\r\n0123456789", 400, "undecodable"),
+        (b"POST /predict HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n", 413, "oversized"),
+    ],
+)
+def test_a_body_without_a_plain_length_is_refused_as_json_before_it_is_read(
+    endpoint, head, status, reason
+):
+    server, _, telemetry = endpoint
+    got, answer = _raw(server, head)
+    assert (got, answer["error"]) == (status, reason)
+    counted = telemetry.registry.get_sample_value(
+        "streamcl_predict_http_errors_total", {"reason": reason}
+    )
+    assert counted == 1
+
+
+def test_another_path_is_refused(endpoint):
     server, _, _ = endpoint
-    status, answer = _post(server, b"", length=False)  # read as an empty body
-    assert (status, answer["error"]) == (400, "undecodable")
     assert _post(server, _body([]), path="/learn")[0] == 404
+
+
+def test_bodies_up_to_the_handlers_limit_pass_even_beyond_the_endpoints(digits):
+    """The endpoint's own body limit (1 MiB) does not cap ``http_max_bytes`` (4 MiB default)."""
+    x, y, problem = digits
+    serving = ServingLoop(EventLoop(create("nmc", problem), problem))
+    serving.learn(Batch(x=torch.from_numpy(x[:200]), y=torch.from_numpy(y[:200].astype(np.int64)),
+                        level=torch.zeros(200, dtype=torch.long)))  # fmt: skip
+    telemetry = Telemetry()
+    decoder = ServingDecoder(Decoder(problem, max_bytes=1 << 20))
+    handler = PredictHandler(
+        serving, decoder, ServingTelemetry(telemetry), problem.level_names, None, 1024, 4 << 20
+    )
+    with start_metrics_server(telemetry, port=0) as server:
+        handler.add_to(server)
+        # full-precision floats: 1024 samples of 64 make about 1.3 MB
+        noisy = x[:1024].reshape(1024, -1) + np.random.default_rng(0).normal(size=(1024, 64))
+        body = _body([{"id": i, "x": row} for i, row in enumerate(noisy.tolist())])
+        assert server.limits.max_body_bytes < len(body) < 4 << 20
+        status, answer = _post(server, body)
+        assert status == 200 and len(answer["predictions"]) == 1024

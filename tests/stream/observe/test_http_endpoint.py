@@ -163,6 +163,7 @@ def test_oversized_and_malformed_requests_get_one_clear_status():
             (b"NONSENSE\r\n\r\n", b"400"),
             (b"GET /metrics HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", b"413"),
             (b"POST /metrics HTTP/1.1\r\n\r\n", b"405"),
+            (b"GET /metrics HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello", b"400"),
         ]:
             with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
                 conn.sendall(raw)
