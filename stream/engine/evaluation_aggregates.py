@@ -74,18 +74,23 @@ class EvaluationAggregates:
         self.curve: list[Evaluation] = []
         self.task_ends: list[Evaluation] = []
 
-    def add(self, evaluation: Evaluation, kind: str, repeated: bool = False) -> None:
-        """Count one evaluation; ``repeated``: an empty task's task end, which repeats the
-        previous result for the metrics without being a new measurement."""
+    def add(
+        self, evaluation: Evaluation, kind: str, repeated: bool = False, times: int = 1
+    ) -> None:
+        """Count one evaluation; ``repeated``: the task ends of ``times`` empty tasks, which
+        repeat the previous result for the metrics without being new measurements (counted in
+        one step, whatever ``times``: task ids come from outside)."""
         if kind not in KINDS:
             raise ValueError(f"evaluation kind must be one of {KINDS}, got {kind!r}")
-        self.counts[kind] += 1
+        if times < 1 or (times > 1 and not (repeated and kind == "task_end")):
+            raise ValueError(f"only empty tasks' task ends repeat, got times={times}")
+        self.counts[kind] += times
         sums = self.sums[kind]
         for name, value in _series(evaluation).items():
             if value is not None:
                 total = sums.setdefault(name, [0.0, 0])
-                total[0] += value
-                total[1] += 1
+                total[0] += value if times == 1 else value * times
+                total[1] += times
         if kind == "task_end":
             if self.last_task_end is not None:
                 for best, before in zip(
@@ -94,7 +99,7 @@ class EvaluationAggregates:
                     np.maximum(best, before, out=best)
             self.last_task_end = evaluation
         if self.keep_history:
-            (self.curve if kind == "periodic" else self.task_ends).append(evaluation)
+            (self.curve if kind == "periodic" else self.task_ends).extend([evaluation] * times)
         if repeated:
             return
         for best, per_class in zip(

@@ -443,8 +443,8 @@ class EventLoop:
         evaluation = self._evaluate("task_end")
         if evaluation is None:
             return
-        for _ in range(first + 1, through + 1):
-            self.evaluations.add(evaluation, "task_end", repeated=True)
+        if through > first:
+            self.evaluations.add(evaluation, "task_end", repeated=True, times=through - first)
 
     def _evaluate(self, kind: str) -> Evaluation | None:
         if self.evaluator is None:

@@ -81,6 +81,29 @@ def test_a_repeated_task_end_counts_for_the_means_but_is_no_new_measurement():
     assert aggregates.counts["task_end"] == 2 and len(aggregates.recent) == 1
 
 
+@pytest.mark.parametrize("keep_history", [False, True])
+def test_many_empty_tasks_count_in_one_step_as_they_would_one_by_one(keep_history):
+    """A task id jump (task 0, then 100000 from outside) closes every task between at once."""
+    stepped, jumped = (_fed(keep_history, _evaluations(6)) for _ in range(2))
+    last = _evaluations(8, seed=1)[-1][1]
+    for aggregates in (stepped, jumped):
+        aggregates.add(last, "task_end")
+    for _ in range(3):
+        stepped.add(last, "task_end", repeated=True)
+    jumped.add(last, "task_end", repeated=True, times=3)
+    assert jumped.counts == stepped.counts
+    for series in ("all", "level0", "level1", "either0"):
+        assert jumped.mean("task_end", series) == pytest.approx(stepped.mean("task_end", series))
+    assert jumped.task_end_accuracies() == stepped.task_end_accuracies()
+    for a, b in zip(jumped.best_before_last, stepped.best_before_last, strict=True):
+        np.testing.assert_array_equal(a, b)
+    if not keep_history:  # bounded: a billion empty tasks cost what three do
+        jumped.add(last, "task_end", repeated=True, times=10**9)
+        assert jumped.counts["task_end"] == stepped.counts["task_end"] + 10**9
+    with pytest.raises(ValueError, match="only empty tasks"):
+        jumped.add(last, "periodic", times=2)
+
+
 def test_a_state_for_another_label_space_is_refused():
     state = _fed(False, _evaluations(8)).state_dict()
     with pytest.raises(ValueError, match="per-class accuracies"):
