@@ -72,11 +72,19 @@ class Problem:
             )
         if self.parents and len(self.parents) != len(self.num_classes) - 1:
             raise ValueError("Problem.parents needs one parent map per level below the coarsest")
+        if len(set(self.level_names)) != len(self.level_names):
+            raise ValueError(f"Problem.level_names must differ, got {list(self.level_names)}")
         for level, parent_map in enumerate(self.parents):
             if len(parent_map) != self.num_classes[level + 1]:
                 raise ValueError(
                     f"Problem.parents[{level}] maps {len(parent_map)} classes, "
                     f"level {level + 1} has {self.num_classes[level + 1]}"
+                )
+            outside = [p for p in parent_map if not 0 <= int(p) < self.num_classes[level]]
+            if outside:
+                raise ValueError(
+                    f"Problem.parents[{level}] names class {outside[0]}, "
+                    f"level {level} has {self.num_classes[level]}"
                 )
 
     @property

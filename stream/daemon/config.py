@@ -23,10 +23,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from learners.base import Problem
 from learners.registry import describe_validation_error
 from stream.cli.config_file import load_config_file
 from stream.engine.event_loop import LoopConfig
@@ -51,11 +60,37 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+def _topic_name(value: str) -> str:
+    if value in (".", ".."):
+        raise ValueError(f"a Kafka topic cannot be named {value!r}")
+    return value
+
+
+# What Kafka accepts as a topic name: checked here, not by a client at its first request.
+Topic = Annotated[
+    str,
+    Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$"),
+    AfterValidator(_topic_name),
+]
+
+
+def _not_a_directory(path: Path | None) -> Path | None:
+    if path is not None and path.is_dir():
+        raise ValueError(f"{path} is a directory, expected a file")
+    return path
+
+
+def _a_directory(path: Path) -> Path:
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} exists and is not a directory")
+    return path
+
+
 class KafkaConfig(_Section):
     """Where the samples come from, and how the consumer behaves."""
 
     bootstrap: str = Field(description="HOST:PORT[,HOST:PORT...] of the brokers")
-    topic: str = Field(min_length=1)
+    topic: Topic
     group: str = Field("streamcl", min_length=1, description="consumer group id")
     client: Literal["kafka-python", "confluent"] = "kafka-python"
     start_from: Literal["earliest", "latest"] = Field(
@@ -132,6 +167,16 @@ class ProblemConfig(_Section):
             raise ValueError("input_shape and num_classes must be positive")
         if self.level_names is not None and len(self.level_names) != len(self.num_classes):
             raise ValueError(f"level_names needs {len(self.num_classes)} names, one per level")
+        if self.level_names is not None and len(set(self.level_names)) != len(self.level_names):
+            raise ValueError(f"level_names must differ, got {self.level_names}")
+        if self.parents is not None:
+            # the tree's own checks (one map per finer level, classes in range)
+            Problem(
+                input_shape=tuple(self.input_shape),
+                num_classes=tuple(self.num_classes),
+                level_names=tuple(f"level{i}" for i in range(len(self.num_classes))),
+                parents=tuple(tuple(p) for p in self.parents),
+            )
         return self
 
 
@@ -140,7 +185,10 @@ class LearnerSection(_Section):
     options: dict[str, Any] = Field(default_factory=dict)
     device: str = "cpu"
     threads: int | None = Field(
-        None, gt=0, description="torch CPU threads; 1 suits small models next to a Kafka client"
+        None,
+        gt=0,
+        le=1024,
+        description="torch CPU threads; 1 suits small models next to a Kafka client",
     )
 
 
@@ -151,7 +199,7 @@ class EvaluationConfig(_Section):
 
 
 class CheckpointConfig(_Section):
-    dir: Path
+    dir: Annotated[Path, AfterValidator(_a_directory)]
     every_samples: int = Field(
         10_000, gt=0, description="checkpoint after this many samples learned"
     )
@@ -174,8 +222,8 @@ class CheckpointConfig(_Section):
 class DeadLetterConfig(_Section):
     """Where invalid messages go: a JSON-lines file or a Kafka topic (exactly one)."""
 
-    file: Path | None = None
-    topic: str | None = None
+    file: Annotated[Path | None, AfterValidator(_not_a_directory)] = None
+    topic: Topic | None = None
     max_value_bytes: int = Field(
         DEFAULT_MAX_VALUE_BYTES,
         gt=0,
@@ -183,7 +231,7 @@ class DeadLetterConfig(_Section):
         description="a dead letter keeps at most this much of the message value (under the "
         "broker's 1 MB message limit)",
     )
-    spill_file: Path | None = Field(
+    spill_file: Annotated[Path | None, AfterValidator(_not_a_directory)] = Field(
         None,
         description="where letters the dead-letter topic refuses for good go; default "
         "dead-letters-spill.jsonl in checkpoint.dir",
@@ -263,7 +311,7 @@ class MetricsConfig(_Section):
 class PredictionsConfig(_Section):
     """Serving (docs/serving.md): answer prediction requests, join labels that come later."""
 
-    topic: str = Field(min_length=1, description="where the predictions are published")
+    topic: Topic = Field(description="where the predictions are published")
     top_k: int | None = Field(
         None, gt=0, description="publish the k best classes per level; null: every class's score"
     )
@@ -277,7 +325,9 @@ class PredictionsConfig(_Section):
         64 << 20, gt=0, description="bound on the pending inputs, which every checkpoint carries"
     )
     http: bool = Field(True, description="POST /predict on the metrics endpoint")
-    http_max_bytes: int = Field(4 << 20, gt=0, description="largest POST /predict body")
+    http_max_bytes: int = Field(
+        4 << 20, gt=0, le=256 << 20, description="largest POST /predict body (read whole)"
+    )
     http_max_samples: int = Field(1024, gt=0, description="most samples in one POST /predict")
 
 
@@ -313,6 +363,21 @@ class ServeConfig(_Section):
     def _problem_known(self) -> ServeConfig:
         if self.problem is None and self.evaluation is None:
             raise ValueError("give [problem] or an [evaluation] dataset to take the problem from")
+        return self
+
+    @model_validator(mode="after")
+    def _distinct_topics(self) -> ServeConfig:
+        # a daemon reading its own dead letters refuses them again, for ever
+        topics = {"kafka.topic": self.kafka.topic}
+        for name, topic in (
+            ("dead_letter.topic", self.dead_letter.topic),
+            ("predictions.topic", None if self.predictions is None else self.predictions.topic),
+        ):
+            for other, taken in topics.items():
+                if topic == taken:
+                    raise ValueError(f"{name} must differ from {other} ({topic!r})")
+            if topic is not None:
+                topics[name] = topic
         return self
 
 

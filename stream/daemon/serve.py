@@ -110,12 +110,15 @@ def build_problem(config: ServeConfig) -> tuple[Problem, AnytimeEvaluator | None
         names = declared.level_names or (
             ["label"] if levels == 1 else [f"level{i}" for i in range(levels)]
         )
-        problem = Problem(
-            input_shape=tuple(declared.input_shape),
-            num_classes=tuple(declared.num_classes),
-            level_names=tuple(names),
-            parents=tuple(tuple(p) for p in declared.parents or ()),
-        )
+        try:
+            problem = Problem(
+                input_shape=tuple(declared.input_shape),
+                num_classes=tuple(declared.num_classes),
+                level_names=tuple(names),
+                parents=tuple(tuple(p) for p in declared.parents or ()),
+            )
+        except ValueError as exc:
+            raise ServeConfigError(f"problem: {exc}") from None
         return problem, None
     dataset = load_dataset(config.evaluation.dataset)
     problem = dataset.problem()
