@@ -9,6 +9,9 @@ A delay is given as text (``streamcl schedule/replay/publish --label-delay``):
 - ``uniform:A-B``: each label ``A`` to ``B`` samples late (inclusive), uniformly;
 - ``exponential:MEAN``: each label ``floor(Exp(MEAN))`` samples late.
 
+Every delay is at most :data:`MAX_LABEL_DELAY` samples (a longer one is refused, a drawn one
+capped): far beyond any stream, and small enough that positions plus delays stay exact integers.
+
 Drawn delays are seeded (the stream's seed), so ``streamcl replay``, ``streamcl publish`` and the
 daemon demo all use the same order, and a replay scores exactly what a daemon fed the
 published topic scores.
@@ -30,6 +33,7 @@ import numpy as np
 
 Event = tuple[Literal["request", "label"], int]
 _FORMS = "N, uniform:A-B or exponential:MEAN"
+MAX_LABEL_DELAY = 1 << 40
 
 
 class LabelDelayError(ValueError):
@@ -39,12 +43,28 @@ class LabelDelayError(ValueError):
 def check_label_delay(spec: str | int) -> str | int:
     """``spec`` as stored (an int for a fixed delay), or :class:`LabelDelayError`."""
     text = str(spec).strip()
-    if re.fullmatch(r"\d+", text):
-        return int(text)
+    if len(text) > 1000:
+        raise LabelDelayError(f"label delay {text[:40]!r}...: expected {_FORMS}")
+    fixed = re.fullmatch(r"\d+", text)
     uniform = re.fullmatch(r"uniform:(\d+)-(\d+)", text)
+    exponential = re.fullmatch(r"exponential:(\d+(\.\d*)?)", text)
+    largest = (
+        int(text)
+        if fixed
+        else int(uniform.group(2))
+        if uniform
+        else float(exponential.group(1))
+        if exponential
+        else None
+    )
+    if largest is not None and largest > MAX_LABEL_DELAY:
+        raise LabelDelayError(
+            f"label delay {spec!r}: at most {MAX_LABEL_DELAY} samples, got {largest:g}"
+        )
+    if fixed:
+        return int(text)
     if uniform and int(uniform.group(1)) <= int(uniform.group(2)):
         return text
-    exponential = re.fullmatch(r"exponential:(\d+(\.\d*)?)", text)
     if exponential and 0 < float(exponential.group(1)) < math.inf:
         return text
     raise LabelDelayError(f"label delay {spec!r}: expected {_FORMS} (samples, >= 0)")
@@ -60,7 +80,8 @@ def label_delays(spec: str | int, n: int, seed: int) -> np.ndarray:
     if kind == "uniform":
         low, high = (int(v) for v in value.split("-"))
         return rng.integers(low, high + 1, n).astype(np.int64)
-    return np.floor(rng.exponential(float(value), n)).astype(np.int64)
+    drawn = np.floor(rng.exponential(float(value), n))
+    return np.minimum(drawn, MAX_LABEL_DELAY).astype(np.int64)
 
 
 def delayed_order(n: int, delays: int | np.ndarray) -> Iterator[Event]:

@@ -72,3 +72,34 @@ def test_drawn_delays_replay_the_same_twice_and_sit_between_their_bounds(stream_
     assert late["prequential_accuracy"] < drawn[0]["prequential_accuracy"]
     assert drawn[0]["prequential_accuracy"] < quick["prequential_accuracy"]
     assert drawn[0]["label_delay"] == "uniform:10-300"
+
+
+@pytest.mark.parametrize(
+    "delay",
+    [
+        "99999999999999999999",  # beyond int64: was failed: OverflowError
+        "9223372036854775000",  # positions plus delays wrapped: labels silently never learned
+        "exponential:1" + "0" * 300,  # drawn delays wrapped negative
+        "uniform:0-9223372036854775000",
+    ],
+)
+def test_a_delay_beyond_any_stream_is_bad_usage(stream_path, tmp_path, capsys, delay):
+    args = ["replay", str(stream_path), "--learner", "nmc", "--label-delay", delay]
+    assert cli.main([*args, "--out", str(tmp_path)]) == 2
+    assert "at most 1099511627776 samples" in capsys.readouterr().err
+
+
+def test_a_stream_whose_ids_repeat_is_refused_before_anything_is_learned(tmp_path, capsys):
+    """Ids join delayed labels to their samples: with repeated ids a delayed replay scored the
+    wrong predictions and exited 0 (A_last 20.85% instead of 91.27%)."""
+    path = tmp_path / "digits.jsonl"
+    assert cli.main(["schedule", "si-blurry", "--dataset", "digits", "--out", str(path)]) == 0
+    lines = path.read_text().splitlines()
+    events = [json.loads(line) for line in lines[1:]]
+    events[40]["id"] = events[7]["id"]
+    path.write_text("\n".join([lines[0], *(json.dumps(e) for e in events)]) + "\n")
+    for delay in (["--label-delay", "5"], []):
+        args = ["replay", str(path), "--learner", "nmc", *delay, "--out", str(tmp_path / "o")]
+        assert cli.main(args) == 2
+        err = capsys.readouterr().err
+        assert f"event 40 has id {events[7]['id']}, which an earlier event has" in err
