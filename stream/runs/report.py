@@ -89,10 +89,26 @@ def describe_stream(result: Mapping[str, Any]) -> str:
     return f"{result.get('dataset')}, {result.get('schedule')} ({shown}), seed {result.get('seed')}"
 
 
-def _is_number(value: Any) -> bool:
-    return value is None or (
-        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    )
+# a curve's x is a sample count: beyond 2**53 a float no longer tells samples apart
+MAX_SAMPLES = 2**53
+
+
+def _is_number(value: Any, low: float = -math.inf, high: float = math.inf) -> bool:
+    """None, or a finite int or float (not a bool) within ``[low, high]``."""
+    if value is None:
+        return True
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value) and low <= value <= high  # an int past floats raises
+    except OverflowError:
+        return False
+
+
+def _check_metrics(result: Mapping[str, Any], columns: Sequence[str], where: str) -> None:
+    for key in columns:
+        if not _is_number(result.get(key)):
+            raise ReportError(f"{where}: {key!r} must be a number or null, got {result.get(key)!r}")
 
 
 def load_results(path: str | Path) -> dict[str, Any]:
@@ -108,7 +124,7 @@ def load_results(path: str | Path) -> dict[str, Any]:
         raise ReportError(f"{path}: {exc.strerror or exc}") from None
     try:
         result = json.loads(raw.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an int of 4300+ digits
         raise ReportError(f"{path}: not a JSON results file ({exc})") from None
     except RecursionError:
         raise ReportError(f"{path}: nested deeper than a results file can be") from None
@@ -116,14 +132,30 @@ def load_results(path: str | Path) -> dict[str, Any]:
         raise ReportError(f"{path}: a results file holds one JSON object")
     if not isinstance(result.get("learner"), str):
         raise ReportError(f"{path}: no 'learner' name (is it a results.json from streamcl replay?)")
-    for key in COLUMNS:
-        if not _is_number(result.get(key)):
-            raise ReportError(f"{path}: {key!r} must be a number or null, got {result.get(key)!r}")
+    _check_metrics(result, COLUMNS, str(path))
+    per_level = result.get("per_level")
+    if per_level is not None:
+        if not isinstance(per_level, dict) or not all(
+            isinstance(v, dict) for v in per_level.values()
+        ):
+            raise ReportError(f"{path}: 'per_level' must map each level to its metrics")
+        for level, metrics in per_level.items():
+            _check_metrics(metrics, LEVEL_COLUMNS, f"{path}: per_level {level!r}")
+    if not isinstance(result.get("schedule_params") or {}, dict):
+        raise ReportError(f"{path}: 'schedule_params' must be an object")
     curve = result.get("curve")
     if not isinstance(curve, list) or not all(
-        isinstance(p, list) and len(p) == 2 and _is_number(p[0]) and _is_number(p[1]) for p in curve
+        isinstance(p, list)
+        and len(p) == 2
+        and p[0] is not None
+        and _is_number(p[0], 0, MAX_SAMPLES)
+        and _is_number(p[1], 0, 1)
+        for p in curve
     ):
-        raise ReportError(f"{path}: 'curve' must be a list of [samples_seen, accuracy] pairs")
+        raise ReportError(
+            f"{path}: 'curve' must be a list of [samples_seen, accuracy] pairs "
+            f"(0 <= samples_seen <= 2**53, accuracy in [0, 1] or null)"
+        )
     result["path"] = str(path)
     return result
 

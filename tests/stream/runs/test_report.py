@@ -82,6 +82,16 @@ def test_load_accepts_a_file_or_its_directory(tmp_path):
             "'curve' must be a list of [samples_seen, accuracy] pairs",
         ),
         ('{"learner": "er"}', "'curve' must be a list"),
+        ('{"learner": "er", "A_auc": 1' + "0" * 400 + ', "curve": []}', "'A_auc' must be a number"),
+        ('{"learner": "er", "seed": 1' + "0" * 5000 + ', "curve": []}', "not a JSON results file"),
+        ('{"learner": "er", "curve": [[1e308, 0.5], [-1e308, 0.5]]}', "'curve' must be a list"),
+        ('{"learner": "er", "curve": [[10, 1e300]]}', "'curve' must be a list"),
+        ('{"learner": "er", "per_level": {"fine": 5}, "curve": []}', "'per_level' must map"),
+        (
+            '{"learner": "er", "per_level": {"a": {"A_auc": "x"}}, "curve": []}',
+            "per_level 'a': 'A_auc' must be a number or null",
+        ),
+        ('{"learner": "er", "schedule_params": [1], "curve": []}', "'schedule_params' must be"),
         ("[" * 100_000 + "]" * 100_000, "nested deeper than a results file can be"),
     ],
 )
