@@ -1,13 +1,16 @@
 """The ``streamcl`` command line (README, "Command line").
 
-Exit codes: 0 success; 2 bad usage or bad config, with one line that says what and where;
-1 any other failure.
+Exit codes: 0 success; 2 bad usage or bad config, with one line that says what and where
+(a path too long for the file system included); 1 any other failure; 141 (as a shell's
+SIGPIPE) when the reader of the output went away (``streamcl learners | head -1``).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -70,6 +73,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         report_failure("streamcl: interrupted")
         return 130
+    except BrokenPipeError:
+        # the rest of the output has no reader: send it nowhere, so exiting flushes nothing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            report_failure(f"streamcl: error: {exc.filename}: path too long for the file system")
+            return 2
+        report_failure(f"streamcl: failed: {type(exc).__name__}: {exc}")
+        return 1
     except Exception as exc:
         report_failure(f"streamcl: failed: {type(exc).__name__}: {exc}")
         return 1

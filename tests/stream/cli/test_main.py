@@ -1,11 +1,14 @@
 """The command line as a user meets it: exit codes and one-line errors."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from stream.cli.main import main
-from tests.support.cli_runner import streamcl
+from tests.support.cli_runner import ROOT, streamcl
 
 
 def one_error_line(result):
@@ -125,6 +128,8 @@ def workdir(tmp_path_factory):
             "--out F/s.scl: cannot write there",
         ),
         (["schedule", "disjoint", "--dataset", "digits", "--out", "."], "is a directory"),
+        (["replay", "a" * 300 + ".scl", "--learner", "nmc"], "path too long for the file system"),
+        (["report", "a" * 300], "path too long for the file system"),
         (["predict", "S", "--checkpoint", "C", "--out", "F/p.jsonl"], "--out F/p.jsonl: cannot"),
         (["export", "--checkpoint", "C", "--out", "F/m.safetensors"], "--out F/m.safetensors"),
         (
@@ -158,3 +163,22 @@ def test_learners_lists_every_learner_with_options(capsys):
     out = capsys.readouterr().out
     assert "nmc" in out and "er" in out
     assert "memory.capacity" in out and "backbone.name" in out
+
+
+def test_output_whose_reader_went_away_ends_quietly():
+    """``streamcl learners | head -1``: exit 141 as a shell's SIGPIPE, no ``failed:`` line."""
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone before the first line
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "stream", "learners"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            timeout=120,
+        )
+    finally:
+        os.close(write)
+    assert result.returncode == 141 and result.stderr == "", result.stderr
