@@ -9,6 +9,11 @@ Three formats, chosen by the file's suffix:
 - anything else — a torch state dict read with ``torch.load(weights_only=True)`` (no pickled
   code runs), optionally nested under ``state_dict`` / ``model``.
 
+A weights file is outside bytes: whatever it holds that cannot be read or does not fit (an
+empty or foreign file, a broken zip, a tensor of another rank) is one
+:class:`BackboneWeightsError` naming the file and what is wrong, never a raw exception; an
+``.npz`` is refused before any member is decompressed when its members would not fit in memory.
+
 Keys under ``module.`` or ``backbone.`` are unwrapped; classifier keys (``head``, ``fc_norm``,
 ``pre_logits``) that the backbone does not have are ignored, since streamcl learners bring their
 own heads. A ViT whose image grid differs from the checkpoint's gets its position embeddings
@@ -19,15 +24,16 @@ images. Any other missing, extra or mis-shaped tensor is one error that names th
 from __future__ import annotations
 
 import math
-import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
+
+from learners.machine_memory import memory_bytes
 
 # Checkpoint keys a feature extractor does not need: classifier heads and their pre-layers.
 _HEAD_PREFIXES = ("head.", "fc_norm.", "pre_logits.")
@@ -43,18 +49,40 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise BackboneWeightsError(f"backbone weights file {path} does not exist")
+    read_as = {".safetensors": "safetensors", ".npz": "an npz ViT checkpoint"}.get(
+        path.suffix, "a torch state dict (torch.load, weights only)"
+    )
     try:
+        if path.stat().st_size == 0:
+            raise BackboneWeightsError(f"backbone weights file {path} is empty")
         if path.suffix == ".safetensors":
             return dict(load_file(str(path)))
         if path.suffix == ".npz":
+            _refuse_npz_beyond_memory(path)
             with np.load(path, allow_pickle=False) as npz:
                 return npz_vit_state(dict(npz.items()), str(path))
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
-        if isinstance(exc, BackboneWeightsError):
-            raise
-        raise BackboneWeightsError(f"cannot read backbone weights {path}: {exc}") from None
+    except BackboneWeightsError:
+        raise
+    except Exception as exc:  # a foreign or broken file fails in many ways
+        raise BackboneWeightsError(
+            f"cannot read backbone weights {path} as {read_as}: {type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:300]}"
+        ) from None
     return _state_from_torch(loaded, path)
+
+
+def _refuse_npz_beyond_memory(path: Path) -> None:
+    """Refuse an ``.npz`` whose members, decompressed, would not fit in this machine's memory
+    (a zip of a few KiB can declare gigabytes), before any is decompressed."""
+    with zipfile.ZipFile(path) as archive:
+        declared = sum(member.file_size for member in archive.infolist())
+    limit = memory_bytes(torch.device("cpu"))
+    if limit is not None and declared > limit:
+        raise BackboneWeightsError(
+            f"{path}: its arrays take {declared} bytes decompressed, more than this "
+            f"machine's memory ({limit} bytes)"
+        )
 
 
 def _state_from_torch(loaded: object, path: Path) -> dict[str, torch.Tensor]:
@@ -138,6 +166,17 @@ def npz_vit_state(w: dict[str, np.ndarray], where: str) -> dict[str, torch.Tenso
 
 def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
     """Load the weights in ``path`` into ``backbone``, adapting a ViT's grid and channels."""
+    try:
+        _load_backbone_weights(backbone, path)
+    except BackboneWeightsError:
+        raise
+    except Exception as exc:  # a tensor of another rank fails the adaptation in many ways
+        raise BackboneWeightsError(
+            f"{path} does not fit the configured backbone: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
     state = _unwrap(read_weights(path))
     expected = backbone.state_dict()
     state = {k: v for k, v in state.items() if k in expected or not k.startswith(_HEAD_PREFIXES)}
@@ -184,7 +223,7 @@ def resample_pos_embed(pos: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
     Only a square grid can be resampled; any other mismatch is left for the shape check.
     """
-    if pos.shape == shape or pos.shape[-1] != shape[-1]:
+    if pos.shape == shape or pos.dim() != len(shape) or pos.shape[-1] != shape[-1]:
         return pos
     old, new = pos.shape[1] - 1, shape[1] - 1
     old_side, new_side = math.isqrt(old), math.isqrt(new)

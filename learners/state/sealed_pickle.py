@@ -15,9 +15,13 @@ pickle names. So a river object travels *sealed*:
   ``PageHinkley``'s test), of instances of allowed classes.
 
 The digest detects accidents, not attacks: anyone who can write the bytes can recompute it. The
-trust boundary is the checkpoint file: the daemon loads a checkpoint that holds sealed pickles
-only after the HMAC over the whole file verified under the key it was given at start
-(stream/daemon/checkpoint.py). The allow-list is a second fence, not a sandbox.
+trust boundary is the file the state came in: the daemon, ``streamcl predict`` and ``streamcl
+export`` load a checkpoint that holds sealed pickles only after the HMAC over the whole file
+verified under the checkpoint key they were given, and an exported model only after the HMAC
+of its bytes in its sidecar did (stream/runs/served_model.py). The allow-list is a second
+fence, not a sandbox: it resolves no constructor that turns a few bytes of pickle into an
+unbounded allocation (``range``; ``bytes`` and ``bytearray`` of a size), but a pickle can
+still copy what it built, so memory is bounded only by the trust boundary.
 
 >>> data, meta = seal({"a": 1})
 >>> unseal(data, meta)
@@ -42,8 +46,6 @@ _ALLOWED_CLASSES: frozenset[tuple[str, str]] = frozenset(
             ("builtins", name)
             for name in (
                 "bool",
-                "bytearray",
-                "bytes",
                 "complex",
                 "dict",
                 "float",
@@ -51,7 +53,6 @@ _ALLOWED_CLASSES: frozenset[tuple[str, str]] = frozenset(
                 "int",
                 "list",
                 "object",
-                "range",
                 "set",
                 "slice",
                 "str",
@@ -147,12 +148,31 @@ def _guarded_getattr(obj: Any, name: str) -> Any:
     return getattr(obj, name)
 
 
+def _bytes_of_data(cls: type[bytes] | type[bytearray]) -> Any:
+    """``bytes`` or ``bytearray`` for a pickle: built from data the pickle holds, never of a
+    size it names (``bytearray(10**12)`` is a terabyte from 20 bytes of pickle)."""
+
+    def build(*args: Any) -> bytes | bytearray:
+        if args and isinstance(args[0], int):
+            raise SealError(f"sealed pickle asks for {cls.__name__} of size {args[0]}")
+        return cls(*args)
+
+    return build
+
+
+_GUARDED: dict[tuple[str, str], Any] = {
+    ("builtins", "getattr"): _guarded_getattr,
+    ("builtins", "bytes"): _bytes_of_data(bytes),
+    ("builtins", "bytearray"): _bytes_of_data(bytearray),
+}
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED_CLASSES or (module, name) in _ALLOWED_FUNCTIONS:
             return super().find_class(module, name)
-        if (module, name) == ("builtins", "getattr"):
-            return _guarded_getattr
+        if (module, name) in _GUARDED:
+            return _GUARDED[(module, name)]
         if (module == "numpy" or module.startswith("numpy.")) and name in _NUMPY_CLASSES:
             obj = super().find_class(module, name)
             if isinstance(obj, type):

@@ -7,6 +7,16 @@ and config, the problem (input shape, classes and names per level), the classes 
 shown (a served prediction never names another), and how many samples it had learned.
 ``streamcl predict`` loads either a checkpoint directory or such a file.
 
+Trust: both are outside bytes. Their JSON is checked against a schema before use
+(stream/runs/model_file_schema.py), and building the learner from them or loading its state
+either works or is one :class:`ModelFileError` naming the file. A river learner's state is a
+pickle (learners/state/sealed_pickle.py), and it is unpickled only from bytes the checkpoint
+key vouches for: a checkpoint signed with it (an HMAC over the whole file,
+stream/daemon/checkpoint.py), or an exported model whose sidecar holds the HMAC of its bytes
+(``model_hmac_sha256``, written by an export given the key). Without the key such a state is
+refused before anything is unpickled; its SHA-256 digest vouches for nothing, since anyone can
+recompute it. A learner whose state is tensors and JSON only needs no key.
+
 Loading it in another service, in Python::
 
     sidecar = json.loads(Path("model.json").read_text())
@@ -20,26 +30,42 @@ Loading it in another service, in Python::
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import os
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from learners import registry
 from learners.base import Problem
 from learners.state.learner_state import LearnerState, non_finite
 from learners.state.safetensors_io import state_from_bytes, state_to_bytes
+from learners.state.sealed_pickle import holds_sealed_pickles
 from stream.daemon.checkpoint import CheckpointError, CheckpointStore, checkpoint_bytes
+from stream.daemon.checkpoint_key import ENV_VAR, CheckpointKeyError, load_checkpoint_key
 from stream.data.regular_file import FileTooLarge, read_regular
 from stream.engine.event_loop import EventLoop
 from stream.engine.serving import ServingLoop
+from stream.runs.model_file_schema import (
+    SIDECAR_FORMAT,
+    CheckpointSections,
+    Sidecar,
+    problems,
+)
 
-SIDECAR_FORMAT = "streamcl-model/1"
 MAX_SIDECAR_BYTES = 64 << 20  # a sidecar lists the seen classes: kilobytes, megabytes at most
+KEY_HINT = f"give the checkpoint key with --key-file FILE or {ENV_VAR}"
 
 
 class ModelFileError(ValueError):
-    """An exported model that cannot be loaded; the message names the file and the problem."""
+    """An exported model, or a checkpoint's model, that cannot be loaded or written; the
+    message names the file and the problem."""
 
 
 @dataclass
@@ -56,18 +82,22 @@ class ServedModel:
 
     def serving(self) -> ServingLoop:
         """A serving loop that predicts as the daemon did (unseen classes masked)."""
-        learner = registry.create(self.learner_name, self.problem, self.learner_config)
-        loop = EventLoop(learner, self.problem)
         try:
+            learner = registry.create(self.learner_name, self.problem, self.learner_config)
+            loop = EventLoop(learner, self.problem)
             learner.load_state_dict(self.state)
             loop.load_state_dict(
                 {**loop.state_dict(), "seen": self.seen, "samples_seen": self.samples}
             )
-        except (ValueError, KeyError, TypeError) as exc:  # a state no daemon writes
-            raise ModelFileError(f"{self.source}: cannot serve it ({exc})") from None
+        except Exception as exc:  # built from the file's content: any failure is the file's
+            raise ModelFileError(
+                f"{self.source}: cannot serve it ({type(exc).__name__}: {_one_line(exc)})"
+            ) from None
         return ServingLoop(loop)
 
-    def sidecar(self) -> dict[str, Any]:
+    def sidecar(self, model_hmac: str | None = None) -> dict[str, Any]:
+        """The sidecar's JSON; ``model_hmac``: the HMAC of the model file's bytes under the
+        checkpoint key, which a model holding pickled objects needs to be loaded again."""
         return {
             "format": SIDECAR_FORMAT,
             "learner": self.learner_name,
@@ -83,77 +113,165 @@ class ServedModel:
             "load": "learners.registry.create(learner, Problem(input_shape, num_classes, "
             "level_names), learner_config).load_state_dict(learners.state.safetensors_io."
             "state_from_bytes(<this file's model bytes>)); mask classes not in seen_classes",
+            **({"model_hmac_sha256": model_hmac} if model_hmac is not None else {}),
         }
+
+
+def read_key(key_file: str | Path | None, environ: Mapping[str, str]) -> bytes | None:
+    """The checkpoint key of ``--key-file`` or the environment, as the daemon reads it
+    (stream/daemon/checkpoint_key.py); None when neither gives one."""
+    try:
+        return load_checkpoint_key(None if key_file is None else Path(key_file), environ)
+    except CheckpointKeyError as exc:
+        raise CheckpointKeyError(str(exc).replace("checkpoint.key_file", "--key-file")) from None
+
+
+def _model_hmac(key: bytes, data: bytes) -> str:
+    return hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+def _one_line(exc: Exception, limit: int = 400) -> str:
+    """``exc``'s message on one line, cut to ``limit`` characters (torch lists every
+    mismatched tensor, each on its own line)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _level_names(levels: int) -> tuple[str, ...]:
     return ("label",) if levels == 1 else tuple(f"level{i}" for i in range(levels))
 
 
-def from_checkpoint(directory: str | Path) -> ServedModel:
-    """The model of the newest valid checkpoint in ``directory``."""
+def from_checkpoint(directory: str | Path, key: bytes | None = None) -> ServedModel:
+    """The model of the newest valid checkpoint in ``directory``; with ``key``, only a
+    checkpoint signed with it is valid (as for the daemon)."""
     path = Path(directory)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint directory {path} does not exist")
-    checkpoint = CheckpointStore(path).latest()
+    try:
+        checkpoint = CheckpointStore(path, key=key).latest()
+    except CheckpointError:  # its message is the daemon's ("move these files away")
+        why = (
+            "with a key, only checkpoints signed with it are read"
+            if key is not None
+            else f"a signed checkpoint needs its key: {KEY_HINT}"
+        )
+        raise CheckpointError(
+            f"no usable checkpoint in {path}: none has a valid seal (each is logged above); " + why
+        ) from None
     if checkpoint is None:
         raise CheckpointError(f"no checkpoint in {path}")
-    identity = checkpoint.meta["identity"]
-    levels = len(identity["num_classes"])
-    problem = Problem(
-        tuple(identity["input_shape"]), tuple(identity["num_classes"]), _level_names(levels)
-    )
-    loop = checkpoint.meta["loop"]
+    where = checkpoint.path
+    if key is None and _pickled(checkpoint.learner, where):
+        raise ModelFileError(
+            f"{where}: the learner's state is pickled Python objects (river) under a SHA-256 "
+            "digest only, which anyone who can write the file can recompute; it is unpickled "
+            f"only from a checkpoint signed with the checkpoint key: {KEY_HINT}"
+        )
+    try:
+        sections = CheckpointSections.model_validate(checkpoint.meta)
+    except ValidationError as exc:
+        raise ModelFileError(f"{where}: not a daemon's checkpoint: {problems(exc)}") from None
+    identity, loop = sections.identity, sections.loop
     return ServedModel(
-        identity["learner"],
-        identity["learner_config"],
-        problem,
-        [list(map(int, s)) for s in loop["seen"]],
-        int(loop["samples_seen"]),
+        identity.learner,
+        identity.learner_config,
+        Problem(
+            tuple(identity.input_shape),
+            tuple(identity.num_classes),
+            _level_names(len(identity.num_classes)),
+        ),
+        [list(classes) for classes in loop.seen],
+        loop.samples_seen,
         checkpoint.learner,
-        str(checkpoint.path),
+        str(where),
     )
 
 
-def export(model: ServedModel, out: str | Path) -> tuple[Path, Path]:
-    """Write ``model`` to ``out`` (safetensors) and its sidecar; both paths."""
+def export(model: ServedModel, out: str | Path, key: bytes | None = None) -> tuple[Path, Path]:
+    """Write ``model`` to ``out`` (safetensors) and its sidecar; both paths. With ``key`` the
+    sidecar carries the HMAC of the model file, without which a model holding pickled objects
+    (river) is not loaded again; such a model is therefore not exported without one.
+
+    Nothing is written until both names are checked (a directory where the sidecar goes used
+    to fail after the model was written); both are then written to temporaries beside them and
+    renamed into place, so a failed write leaves no half-written file."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sidecar = out.with_suffix(".json")
-    if sidecar == out:
+    sidecar_path = out.with_suffix(".json")
+    if sidecar_path == out:
         raise ModelFileError(f"{out}: the model file must not end in .json (the sidecar does)")
-    out.write_bytes(state_to_bytes(model.state))
-    sidecar.write_text(json.dumps(model.sidecar(), indent=2) + "\n", encoding="utf-8")
-    return out, sidecar
+    if key is None and _pickled(model.state, model.source):
+        raise ModelFileError(
+            f"{model.source}: the learner's state is pickled Python objects (river); it is "
+            "exported only signed, so that it can be loaded again: " + KEY_HINT
+        )
+    for target in (out, sidecar_path):
+        if target.exists() and not target.is_file():
+            raise ModelFileError(f"{target}: exists and is not a file; nothing was written")
+    data = state_to_bytes(model.state)
+    sidecar = model.sidecar(None if key is None else _model_hmac(key, data))
+    text = json.dumps(sidecar, indent=2) + "\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    try:
+        for target, content in ((out, data), (sidecar_path, text.encode("utf-8"))):
+            written.append(_temporary_beside(target, content))
+        for temporary, target in zip(written, (out, sidecar_path), strict=True):
+            os.replace(temporary, target)
+    except OSError as exc:
+        raise ModelFileError(
+            f"{out}: cannot write the export ({exc.strerror or exc}: {exc.filename or out})"
+        ) from None
+    finally:
+        for temporary in written:
+            temporary.unlink(missing_ok=True)
+    return out, sidecar_path
 
 
-def from_file(path: str | Path) -> ServedModel:
-    """A model written by :func:`export` (its sidecar next to it)."""
+def _temporary_beside(target: Path, content: bytes) -> Path:
+    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    with os.fdopen(handle, "wb") as file:
+        file.write(content)
+    return Path(name)
+
+
+def from_file(path: str | Path, key: bytes | None = None) -> ServedModel:
+    """A model written by :func:`export` (its sidecar next to it). A model holding pickled
+    objects (river) is loaded only with ``key``, the key its export was given."""
     path = Path(path)
     sidecar_path = path.with_suffix(".json")
     for needed in (path, sidecar_path):
         if not needed.is_file():
             raise ModelFileError(f"{needed} does not exist (export writes both)")
     try:
-        sidecar = json.loads(read_regular(sidecar_path, MAX_SIDECAR_BYTES).decode("utf-8"))
-        if sidecar.get("format") != SIDECAR_FORMAT:
+        document = json.loads(read_regular(sidecar_path, MAX_SIDECAR_BYTES).decode("utf-8"))
+        if not isinstance(document, dict) or document.get("format") != SIDECAR_FORMAT:
             raise ModelFileError(f"{sidecar_path}: not a {SIDECAR_FORMAT} sidecar")
-        declared = sidecar["problem"]
+        try:
+            sidecar = Sidecar.model_validate(document)
+        except ValidationError as exc:
+            raise ModelFileError(f"{sidecar_path}: {problems(exc)}") from None
+        declared = sidecar.problem
         problem = Problem(
-            tuple(declared["input_shape"]),
-            tuple(declared["num_classes"]),
-            tuple(declared["level_names"]),
+            tuple(declared.input_shape), tuple(declared.num_classes), tuple(declared.level_names)
         )
-        state = state_from_bytes(read_regular(path, checkpoint_bytes()))
+        data = read_regular(path, checkpoint_bytes())
+        signed = _verified(data, sidecar.model_hmac_sha256, key, path)
+        state = state_from_bytes(data)
+        if not signed and _pickled(state, path):
+            raise ModelFileError(
+                f"{path}: the learner's state is pickled Python objects (river); it is "
+                "unpickled only from a model exported with the checkpoint key and loaded with "
+                f"the same key ({'not signed' if key else 'no key given'}): {KEY_HINT}"
+            )
         problem_in_state = non_finite(state)
         if problem_in_state is not None:
             raise ModelFileError(f"{path}: {problem_in_state}; no daemon exports such a model")
         return ServedModel(
-            sidecar["learner"],
-            sidecar["learner_config"],
+            sidecar.learner,
+            sidecar.learner_config,
             problem,
-            [list(map(int, s)) for s in sidecar["seen_classes"]],
-            int(sidecar["samples_learned"]),
+            [list(classes) for classes in sidecar.seen_classes],
+            sidecar.samples_learned,
             state,
             str(path),
         )
@@ -163,3 +281,24 @@ def from_file(path: str | Path) -> ServedModel:
         if isinstance(exc, ModelFileError):
             raise
         raise ModelFileError(f"{path}: cannot load ({type(exc).__name__}: {exc})") from None
+
+
+def _pickled(state: LearnerState, where: str | Path) -> bool:
+    """Whether ``state`` holds sealed pickles (metadata nested past what can be searched is
+    no state any learner writes)."""
+    try:
+        return holds_sealed_pickles(state.meta)
+    except RecursionError:
+        raise ModelFileError(f"{where}: the learner's metadata is nested too deep") from None
+
+
+def _verified(data: bytes, declared: str | None, key: bytes | None, path: Path) -> bool:
+    """Whether ``data`` is signed with ``key``; a signature that does not verify is refused."""
+    if key is None or declared is None:
+        return False
+    if not hmac.compare_digest(_model_hmac(key, data), declared):
+        raise ModelFileError(
+            f"{path}: its HMAC (in {path.with_suffix('.json')}) does not verify under the "
+            "given key: altered, or exported with another key"
+        )
+    return True

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import numpy as np
 
@@ -12,7 +13,7 @@ from stream.cli.errors import UsageError
 from stream.cli.output_path import writable_file
 from stream.data.datasets import as_float_tensor, load_dataset
 from stream.data.stream_file import read_stream
-from stream.runs.served_model import ServedModel, from_checkpoint, from_file
+from stream.runs.served_model import ServedModel, from_checkpoint, from_file, read_key
 from stream.sinks.predictions import prediction_json
 from stream.sources.file_source import check_against_dataset
 
@@ -31,6 +32,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", metavar="DIR", help="a daemon's checkpoint.dir")
     source.add_argument("--model", metavar="FILE", help="a file written by `streamcl export`")
+    parser.add_argument(
+        "--key-file",
+        metavar="FILE",
+        help="the checkpoint key (or env STREAMCL_CHECKPOINT_KEY): needed for a river model, "
+        "whose state is a pickle loaded only from a checkpoint or an export signed with it",
+    )
     parser.add_argument("--out", default="predictions.jsonl", help="JSON lines output")
     parser.add_argument("--top-k", type=int, default=None, help="k best classes, not all scores")
     parser.set_defaults(run=run)
@@ -40,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k is not None and args.top_k <= 0:
         raise UsageError(f"--top-k must be positive, got {args.top_k}")
     out = writable_file(args.out)
+    key = read_key(args.key_file, os.environ)
     model: ServedModel = (
-        from_checkpoint(args.checkpoint) if args.checkpoint else from_file(args.model)
+        from_checkpoint(args.checkpoint, key) if args.checkpoint else from_file(args.model, key)
     )
     stream = read_stream(args.stream)
     dataset = None

@@ -166,3 +166,50 @@ def test_npz_without_cls_token_or_vit_keys_is_refused(tmp_path):
     np.savez(tmp_path / "other.npz", a=np.zeros(3))
     with pytest.raises(BackboneWeightsError, match="not a ViT npz"):
         read_weights(tmp_path / "other.npz")
+
+
+def _malformed_weights(tmp_path, kind):
+    if kind == "empty.pt":
+        (tmp_path / kind).write_bytes(b"")
+    elif kind == "text.pt":
+        (tmp_path / kind).write_text("example text, not a torch file\n")
+    elif kind == "junk.npz":
+        (tmp_path / kind).write_bytes(b"PK\x03\x04junk")
+    elif kind == "pos1d.safetensors":
+        state = build_backbone(vit_config(), (1, 8, 8), seed=1).state_dict()
+        state["pos_embed"] = torch.zeros(8)  # as wide as the embedding: used to IndexError
+        save_file(state, str(tmp_path / kind))
+    elif kind == "qkv1d.npz":
+        w, (attn, _, _) = random_npz()
+        for n in ("query", "key", "value"):
+            w[f"Transformer/encoderblock_0/{attn}/{n}/kernel"] = np.zeros(8, np.float32)
+        np.savez(tmp_path / kind, **w)
+    return tmp_path / kind
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("empty.pt", "is empty"),
+        ("text.pt", r"cannot read backbone weights .* as a torch state dict"),
+        ("junk.npz", "as an npz ViT checkpoint: BadZipFile"),
+        ("pos1d.safetensors", r"does not fit the configured backbone: shape pos_embed \(8,\)"),
+        ("qkv1d.npz", "as an npz ViT checkpoint: IndexError"),
+    ],
+)
+def test_a_malformed_weights_file_is_one_error_naming_it(tmp_path, kind, message):
+    """Each of these ended in a raw EOFError, KeyError, BadZipFile or IndexError (exit 1)."""
+    path = _malformed_weights(tmp_path, kind)
+    with pytest.raises(BackboneWeightsError, match=message) as caught:
+        build_backbone(vit_config(weights=path), (1, 8, 8), seed=0)
+    assert str(path) in str(caught.value)
+
+
+def test_an_npz_declaring_more_than_memory_is_refused_before_decompressing(tmp_path, monkeypatch):
+    import learners.backbones.weights as weights
+
+    w, _ = random_npz()
+    np.savez(tmp_path / "vit.npz", **w)
+    monkeypatch.setattr(weights, "memory_bytes", lambda device: 1000)
+    with pytest.raises(BackboneWeightsError, match=r"vit\.npz: its arrays take \d+ bytes"):
+        read_weights(tmp_path / "vit.npz")

@@ -116,3 +116,31 @@ def test_damage_is_detected_before_unpickling():
         unseal(data[:-1] + b"\x00", meta)
     with pytest.raises(SealError, match="not a sealed pickle"):
         unseal(data, {**meta, "format": "other"})
+
+
+class Bomb:
+    """376 bytes of pickle that asked for list(range(150_000_000)): 6 GB."""
+
+    def __reduce__(self):
+        return (list, (range(150_000_000),))
+
+
+class Buffer:
+    def __reduce__(self):
+        return (bytearray, (10**12,))
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (pickle.dumps([Bomb()], protocol=5), "forbidden global builtins.range"),
+        (pickle.dumps(Buffer(), protocol=5), "bytearray of size 1000000000000"),
+    ],
+    ids=["list-of-range", "bytearray-of-size"],
+)
+def test_constructors_that_allocate_what_the_pickle_names_are_refused(payload, message):
+    """A second fence: the key is what keeps such bytes out (stream/runs/served_model.py)."""
+    with pytest.raises(SealError, match=message):
+        unseal(payload, digest_meta(payload))
+    data = bytearray(b"from data")
+    assert unseal(*seal({"raw": data, "b": bytes(data)})) == {"raw": data, "b": b"from data"}

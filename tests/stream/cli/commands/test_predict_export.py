@@ -121,7 +121,11 @@ def test_missing_or_foreign_inputs_are_one_line_errors(trained, tmp_path, capsys
         ("nan", {}, "tensor 'sums.0' holds NaN or inf"),
         ("shape", {}, "tensor 'sums.0' has shape (3, 3)"),
         (None, {"seen_classes": [[1000]]}, "class 1000 is not an integer in [0, 10)"),
-        (None, {"samples_learned": -3}, "samples_seen -3 is not an integer"),
+        (
+            None,
+            {"samples_learned": -3},
+            "samples_learned: Input should be greater than or equal to 0",
+        ),
         (None, "deep", "RecursionError"),
     ],
 )
@@ -150,5 +154,267 @@ def test_an_exported_model_no_daemon_writes_is_one_line_error(
         side.write_text(json.dumps({**json.loads(side.read_text()), **sidecar}))
     capsys.readouterr()
     assert cli.main(["predict", str(stream_path), "--model", str(model)]) == 2
+    err = capsys.readouterr().err  # names the model or, for its sidecar's fields, the sidecar
+    assert err.count("\n") == 1 and str(model.with_suffix("")) in err and message in err
+
+
+# -- outside bytes: checkpoints and models no daemon wrote ------------------------------------
+
+
+def _checkpoint_meta(loop, learner="nmc"):
+    problem = loop.problem
+    return {
+        "identity": {
+            "topic": "t",
+            "learner": learner,
+            "learner_config": loop.learner.config.model_dump(mode="json"),
+            "input_shape": list(problem.input_shape),
+            "num_classes": list(problem.num_classes),
+        },
+        "offsets": {"0": loop.samples_seen},
+        "loop": loop.state_dict(),
+    }
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda meta: meta.pop("identity"), "identity: Field required"),
+        (lambda meta: meta["identity"].update(learner=5), "identity.learner: Input should be"),
+        (lambda meta: meta["identity"].update(learner=["nmc"]), "identity.learner: Input should"),
+        (lambda meta: meta["identity"].update(learner_config=0.5), "identity.learner_config:"),
+        (lambda meta: meta["loop"].update(samples_seen=-5), "loop.samples_seen: Input should be"),
+        (lambda meta: meta["loop"].update(seen={"a": 1}), "loop.seen: Input should be"),
+    ],
+    ids=["no-identity", "learner-5", "learner-list", "config-float", "samples-neg", "seen-dict"],
+)
+def test_a_checkpoint_no_daemon_writes_is_one_line_error_for_predict_and_export(
+    trained, tmp_path, capsys, change, message
+):
+    """These ended in 'failed: KeyError: identity' or 'TypeError' (exit 1), and export wrote
+    a model of learner 5 or of -5 samples."""
+    _, stream_path, _, loop, _ = trained
+    meta = _checkpoint_meta(loop)
+    change(meta)
+    CheckpointStore(tmp_path / "ckpt").write(meta, loop.learner.state_dict())
+    model = tmp_path / "out" / "model.safetensors"
+    for args in (
+        ["predict", str(stream_path), "--checkpoint", str(tmp_path / "ckpt")],
+        ["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(model)],
+    ):
+        capsys.readouterr()
+        assert (
+            cli.main([*args, "--out", str(tmp_path / "p.jsonl")] if args[0] == "predict" else args)
+            == 2
+        )
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "checkpoint-" in err and message in err
+    assert not model.exists()
+
+
+def test_export_refuses_a_state_the_learner_cannot_load_before_writing(trained, tmp_path, capsys):
+    _, _, _, loop, _ = trained
+    state = loop.learner.state_dict()
+    state.tensors["sums.0"] = torch.zeros(3, 3, dtype=state.tensors["sums.0"].dtype)
+    CheckpointStore(tmp_path / "ckpt").write(_checkpoint_meta(loop), state)
+    model = tmp_path / "model.safetensors"
+    assert cli.main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(model)]) == 2
+    assert "cannot serve it" in capsys.readouterr().err
+    assert not model.exists()
+
+
+@pytest.mark.parametrize(
+    "sidecar, message",
+    [
+        ({"learner": ["nmc"]}, "learner: Input should be a valid string"),
+        ({"learner_config": 0.5}, "learner_config: Input should be a valid dictionary"),
+        ({"problem": {"input_shape": [64], "num_classes": [10]}}, "problem.level_names: Field"),
+        ({"seen_classes": {"a": 1}}, "seen_classes: Input should be a valid list"),
+        ({"samples_learned": 1.5}, "samples_learned: Input should be a valid integer"),
+        ({"learner": "er"}, "cannot serve it (LearnerConfigError: invalid learner 'er'"),
+    ],
+)
+def test_a_sidecar_no_export_writes_is_one_line_error(trained, tmp_path, capsys, sidecar, message):
+    """A list for the learner's name was 'TypeError: unhashable', a float for its config
+    "'float' object is not iterable" (exit 1)."""
+    tmp, stream_path, _, _, _ = trained
+    model = tmp_path / "model.safetensors"
+    assert cli.main(["export", "--checkpoint", str(tmp / "ckpt"), "--out", str(model)]) == 0
+    side = model.with_suffix(".json")
+    side.write_text(json.dumps({**json.loads(side.read_text()), **sidecar}))
+    capsys.readouterr()
+    out = tmp_path / "p.jsonl"
+    assert cli.main(["predict", str(stream_path), "--model", str(model), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and str(model) in err and message in err
+    assert err.count("\n") == 1 and str(model.with_suffix("")) in err and message in err
+
+
+def test_a_model_of_other_tensor_shapes_is_one_line_error(tmp_path, capsys):
+    """An er head of 11 classes for 10 ended in 'failed: RuntimeError: ... size mismatch'."""
+    from learners.state.safetensors_io import state_to_bytes
+    from stream.runs.served_model import ServedModel, export
+
+    problem = load_dataset("digits").problem()
+    learner = create("er", problem)
+    state = learner.state_dict()
+    state.tensors["model.heads.0.bias"] = torch.zeros(11)
+    model = tmp_path / "er.safetensors"
+    config = learner.config.model_dump(mode="json")
+    export(ServedModel("er", config, problem, [list(range(10))], 0, state, "x"), model)
+    model.write_bytes(state_to_bytes(state))
+    stream_path = tmp_path / "digits.scl"
+    assert cli.main(["schedule", "disjoint", "--dataset", "digits", "--out", str(stream_path)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "p.jsonl"
+    assert cli.main(["predict", str(stream_path), "--model", str(model), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "er.safetensors: cannot serve it (RuntimeError" in err
+    assert "size mismatch for heads.0.bias" in err
+
+
+def test_export_over_a_sidecar_name_taken_by_a_directory_writes_nothing(trained, tmp_path, capsys):
+    """It wrote the model, then failed with IsADirectoryError (exit 1): half an export."""
+    from stream.runs.served_model import ModelFileError, export, from_checkpoint
+
+    tmp = trained[0]
+    model = tmp_path / "model.safetensors"
+    model.with_suffix(".json").mkdir()
+    assert cli.main(["export", "--checkpoint", str(tmp / "ckpt"), "--out", str(model)]) == 2
+    assert "model.json: is a directory" in capsys.readouterr().err
+    with pytest.raises(ModelFileError, match=r"model\.json: exists and is not a file"):
+        export(from_checkpoint(tmp / "ckpt"), model)
+    assert not model.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["model.json"]
+
+
+# -- river learners: pickled state is loaded only under the checkpoint key --------------------
+
+RIVER = "river:tree.HoeffdingTreeClassifier"
+
+
+@pytest.fixture(scope="module")
+def river(tmp_path_factory):
+    """A river learner's checkpoints: one signed with a key, one a keyless store wrote."""
+    tmp = tmp_path_factory.mktemp("river")
+    stream_path = tmp / "digits.scl"
+    assert cli.main(["schedule", "disjoint", "--dataset", "digits", "--out", str(stream_path)]) == 0
+    stream, dataset = read_stream(stream_path), load_dataset("digits")
+    problem = dataset.problem()
+    loop = EventLoop(create(RIVER, problem), problem)
+    for batch in task_batches(stream, dataset, 16):
+        if loop.samples_seen >= 200:
+            break
+        loop.process(batch)
+    key = b"k" * 32
+    key_file = tmp / "key"
+    key_file.write_bytes(key)
+    key_file.chmod(0o600)
+    meta = _checkpoint_meta(loop, RIVER)
+    CheckpointStore(tmp / "signed", key=key).write(meta, loop.learner.state_dict())
+    CheckpointStore(tmp / "digest").write(meta, loop.learner.state_dict())
+    return tmp, stream_path, key_file
+
+
+def test_a_river_checkpoint_is_read_only_signed_and_with_its_key(river, capsys, monkeypatch):
+    """predict and export used to unpickle a river state under a SHA-256 anyone recomputes."""
+    monkeypatch.delenv("STREAMCL_CHECKPOINT_KEY", raising=False)
+    tmp, stream_path, key_file = river
+    out = str(tmp / "p.jsonl")
+    digest, signed = str(tmp / "digest"), str(tmp / "signed")
+    for args in (
+        ["predict", str(stream_path), "--checkpoint", digest, "--out", out],
+        [
+            "predict",
+            str(stream_path),
+            "--checkpoint",
+            digest,
+            "--out",
+            out,
+            "--key-file",
+            str(key_file),
+        ],
+        ["predict", str(stream_path), "--checkpoint", signed, "--out", out],
+        ["export", "--checkpoint", digest, "--out", str(tmp / "m.safetensors")],
+    ):
+        capsys.readouterr()
+        assert cli.main(args) == 2
+        error = capsys.readouterr().err.splitlines()[-1]  # after the store's warnings, if any
+        assert "key" in error and error.startswith("streamcl: error: ")
+    assert not (tmp / "m.safetensors").exists()
+    monkeypatch.setenv("STREAMCL_CHECKPOINT_KEY", key_file.read_text())
+    assert cli.main(["predict", str(stream_path), "--checkpoint", signed, "--out", out]) == 0
+
+
+def test_an_exported_river_model_is_signed_and_loads_only_with_its_key(river, capsys, monkeypatch):
+    monkeypatch.delenv("STREAMCL_CHECKPOINT_KEY", raising=False)
+    tmp, stream_path, key_file = river
+    key = ["--key-file", str(key_file)]
+    model = tmp / "river.safetensors"
+    args = ["export", "--checkpoint", str(tmp / "signed"), "--out", str(model)]
+    assert cli.main([*args, *key]) == 0
+    sidecar = json.loads(model.with_suffix(".json").read_text())
+    assert len(sidecar["model_hmac_sha256"]) == 64
+    predictions = {}
+    for source in ("--checkpoint", "--model"):
+        out = tmp / f"{source[2:]}.jsonl"
+        path = str(tmp / "signed") if source == "--checkpoint" else str(model)
+        assert cli.main(["predict", str(stream_path), source, path, "--out", str(out), *key]) == 0
+        predictions[source] = out.read_text()
+    assert predictions["--model"] == predictions["--checkpoint"]
+    capsys.readouterr()
+    predict = ["predict", str(stream_path), "--model", str(model), "--out", str(tmp / "q.jsonl")]
+    assert cli.main(predict) == 2
+    assert "(no key given)" in capsys.readouterr().err
+    other = tmp / "other-key"
+    other.write_bytes(b"o" * 32)
+    other.chmod(0o600)
+    assert cli.main([*predict, "--key-file", str(other)]) == 2
+    assert "does not verify under the given key" in capsys.readouterr().err
+
+
+def test_a_forged_river_model_is_refused_before_anything_is_unpickled(
+    river, tmp_path, capsys, monkeypatch
+):
+    """376 bytes asking for list(range(150_000_000)) under a recomputed SHA-256 took 6 GB."""
+    import hashlib
+    import pickle
+
+    import learners.river_learner
+    from learners.state.learner_state import LearnerState
+    from learners.state.safetensors_io import state_from_bytes, state_to_bytes
+
+    monkeypatch.delenv("STREAMCL_CHECKPOINT_KEY", raising=False)
+    tmp, stream_path, key_file = river
+    model = tmp_path / "evil.safetensors"
+    args = ["export", "--checkpoint", str(tmp / "signed"), "--out", str(model)]
+    assert cli.main([*args, "--key-file", str(key_file)]) == 0
+    bomb = pickle.dumps([1, 2, 3], protocol=5)
+    state = state_from_bytes(model.read_bytes())
+    sealed = {**state.meta["sealed"], "sha256": hashlib.sha256(bomb).hexdigest()}
+    model.write_bytes(
+        state_to_bytes(
+            LearnerState(
+                {"models": torch.frombuffer(bytearray(bomb), dtype=torch.uint8)},
+                {**state.meta, "sealed": sealed},
+            )
+        )
+    )
+
+    def unpickled(*_):
+        raise AssertionError("UNSEAL CALLED")
+
+    monkeypatch.setattr(learners.river_learner, "unseal", unpickled)
+    predict = ["predict", str(stream_path), "--model", str(model), "--out", str(tmp_path / "p")]
+    with_key = [*predict, "--key-file", str(key_file)]
+    for args, message, unsigned in (
+        (predict, "(no key given)", False),
+        (with_key, "does not verify under the given key", False),  # the export's, now stale
+        (with_key, "(not signed)", True),
+    ):
+        if unsigned:
+            sidecar = json.loads(model.with_suffix(".json").read_text())
+            sidecar.pop("model_hmac_sha256")
+            model.with_suffix(".json").write_text(json.dumps(sidecar))
+        capsys.readouterr()
+        assert cli.main(args) == 2
+        err = capsys.readouterr().err
+        assert "evil.safetensors" in err and message in err and "UNSEAL CALLED" not in err
