@@ -4,7 +4,10 @@ usage error (exit 2) instead of a traceback after the run."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 from stream.cli.errors import UsageError
 
@@ -33,3 +36,27 @@ def _make(directory: Path, where: str) -> None:
         raise UsageError(f"{where}: cannot write there ({exc.strerror or exc})") from None
     if not os.access(directory, os.W_OK | os.X_OK):
         raise UsageError(f"{where}: cannot write there (permission denied)")
+
+
+def not_an_input(out: Path, inputs: Mapping[str, str | Path | None], flag: str = "--out") -> None:
+    """Refuse ``out`` when it is one of the files a command reads (``inputs``: a description of
+    each, such as ``"the stream"``, to its path): writing it would destroy what is being read
+    (a memory-mapped stream overwritten in place ended in a bus error and an empty file)."""
+    if not out.exists():
+        return
+    for what, path in inputs.items():
+        if path is not None and Path(path).exists() and out.samefile(path):
+            raise UsageError(f"{flag} {out}: is {what} ({path}); name another file")
+
+
+@contextmanager
+def replaced_when_done(out: Path) -> Iterator[TextIO]:
+    """A text file that becomes ``out`` only once the block ends without an error: a failed or
+    interrupted run leaves ``out`` as it was (and no temporary beside it)."""
+    temporary = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    try:
+        with temporary.open("w", encoding="utf-8") as file:
+            yield file
+        os.replace(temporary, out)
+    finally:
+        temporary.unlink(missing_ok=True)

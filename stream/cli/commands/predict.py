@@ -6,16 +6,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 
 from stream.cli.errors import UsageError
-from stream.cli.output_path import writable_file
+from stream.cli.output_path import not_an_input, replaced_when_done, writable_file
 from stream.data.datasets import as_float_tensor, load_dataset
 from stream.data.stream_file import read_stream
 from stream.runs.served_model import ServedModel, from_checkpoint, from_file, read_key
 from stream.sinks.predictions import prediction_json
-from stream.sources.file_source import check_against_dataset
+from stream.sources.file_source import check_against_dataset, check_events
 
 CHUNK = 1024
 
@@ -47,6 +48,16 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k is not None and args.top_k <= 0:
         raise UsageError(f"--top-k must be positive, got {args.top_k}")
     out = writable_file(args.out)
+    model_file = None if args.model is None else Path(args.model)
+    not_an_input(
+        out,
+        {
+            "the stream being predicted": args.stream,
+            "the model file": model_file,
+            "the model's sidecar": None if model_file is None else model_file.with_suffix(".json"),
+            "the key file": args.key_file,
+        },
+    )
     key = read_key(args.key_file, os.environ)
     model: ServedModel = (
         from_checkpoint(args.checkpoint, key) if args.checkpoint else from_file(args.model, key)
@@ -66,10 +77,12 @@ def run(args: argparse.Namespace) -> int:
             f"{args.stream} has classes {stream.header.num_classes} per level, the model "
             f"{list(model.problem.num_classes)}"
         )
+    # labels in the label space, finite inline inputs, unique ids: as a replay checks them
+    check_events(stream, dataset, model.problem)
     serving = model.serving()
     names = model.problem.level_names
     correct = 0
-    with out.open("w", encoding="utf-8") as lines:
+    with replaced_when_done(out) as lines:
         for start in range(0, len(stream), CHUNK):
             stop = min(start + CHUNK, len(stream))
             raw = (

@@ -418,3 +418,48 @@ def test_a_forged_river_model_is_refused_before_anything_is_unpickled(
         assert cli.main(args) == 2
         err = capsys.readouterr().err
         assert "evil.safetensors" in err and message in err and "UNSEAL CALLED" not in err
+
+
+def _with_nan(path, out):
+    """A copy of the inline binary stream ``path`` whose event 7 has a NaN input."""
+    raw = bytearray(path.read_bytes())
+    size = int.from_bytes(raw[8:16], "little")
+    header = json.loads(raw[16 : 16 + size])
+    x = header["arrays"]["x"]
+    row = int(np.prod(read_stream(path).x.shape[1:])) * 4
+    at = (16 + size + 63) // 64 * 64 + x["offset"] + 7 * row
+    raw[at : at + 4] = np.float32("nan").tobytes()
+    out.write_bytes(bytes(raw))
+    return out
+
+
+def test_predict_refuses_to_write_over_what_it_reads_and_keeps_a_previous_output(
+    trained, tmp_path, capsys
+):
+    """``--out`` naming the stream overwrote the memory-mapped stream while reading it: a bus
+    error and an empty stream file. A failed run now leaves an earlier output as it was."""
+    tmp, _, _, _, _ = trained
+    stream_path = tmp_path / "inline.scl"
+    schedule = ["schedule", "disjoint", "--dataset", "digits", "--inline", "--out"]
+    assert cli.main([*schedule, str(stream_path)]) == 0
+    before = stream_path.read_bytes()
+    checkpoint = ["--checkpoint", str(tmp / "ckpt")]
+    assert cli.main(["predict", str(stream_path), *checkpoint, "--out", str(stream_path)]) == 2
+    assert "is the stream being predicted" in capsys.readouterr().err
+    assert stream_path.read_bytes() == before
+    model = tmp_path / "m.safetensors"
+    assert cli.main(["export", *checkpoint, "--out", str(model)]) == 0
+    for taken in (model, model.with_suffix(".json")):
+        args = ["predict", str(stream_path), "--model", str(model), "--out", str(taken)]
+        assert cli.main(args) == 2
+        assert "name another file" in capsys.readouterr().err
+    out = tmp_path / "predictions.jsonl"
+    assert cli.main(["predict", str(stream_path), *checkpoint, "--out", str(out)]) == 0
+    done = out.read_text()
+    # an inline input with NaN: refused as replay refuses it (it was predicted as null)
+    poisoned = _with_nan(stream_path, tmp_path / "nan.scl")
+    assert cli.main(["predict", str(poisoned), *checkpoint, "--out", str(out)]) == 2
+    assert "event 7 has NaN or inf in its input" in capsys.readouterr().err
+    assert out.read_text() == done and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["inline.scl", "m.safetensors", "m.json", "predictions.jsonl", "nan.scl"]
+    )
