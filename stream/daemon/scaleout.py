@@ -437,6 +437,7 @@ class ScaleOutDaemon(Daemon):
         try:
             while not self.round():
                 pass
+            self._note_final_checkpoint()
         finally:
             self.close()
             if self.gradients is not None:

@@ -210,6 +210,7 @@ class Daemon:
         self.invalid: Counter[str] = Counter()
         self.checkpointed_positions: dict[int, int] = {}
         self.checkpointed_samples = 0
+        self.final_checkpoint_failed = False
         # without a checkpoint, history lines are of a run that starts over
         self._history_at = {"file": 1, "bytes": 0}
         # labelled samples read but not yet in a complete micro-batch
@@ -379,9 +380,24 @@ class Daemon:
             while not self._stop.is_set():
                 self.step()
             self.checkpoint(force=True)
+            self._note_final_checkpoint()
         finally:
             self.close()
         log.info("stopped", samples=self.loop.samples_seen, messages=self.messages)
+
+    def _note_final_checkpoint(self) -> None:
+        """After the last checkpoint of a stop: whether it missed what was read or learned (the
+        storage or the broker failed it), which ``streamcl serve`` reports by its exit code.
+        Nothing is lost (offsets are committed only with a checkpoint): a restart reads the
+        messages since the last good one again."""
+        self.final_checkpoint_failed = self._changed()
+        if self.final_checkpoint_failed:
+            log.error(
+                "final_checkpoint_failed",
+                samples=self.loop.samples_seen,
+                checkpointed_samples=self.checkpointed_samples,
+                note="a restart learns the messages since the last checkpoint again",
+            )
 
     def connect(self) -> None:
         """Join the consumer group (partitions arrive with the first polls); :class:`SourceError`

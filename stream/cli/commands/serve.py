@@ -102,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.stop()
-    return 0
+    # A worker under torchrun exits 0 all the same (it logged final_checkpoint_failed): a
+    # failed worker makes torchrun restart the group that is being stopped.
+    return 1 if daemon.final_checkpoint_failed and world is None else 0
 
 
 def launch_workers(config: str, workers: int, max_restarts: int) -> int:

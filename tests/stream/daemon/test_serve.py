@@ -272,7 +272,7 @@ def test_stop_finishes_the_batch_checkpoints_and_returns(tmp_path):
         runner.join(0.01)
     daemon.stop()
     runner.join(10)
-    assert not runner.is_alive() and source.closed
+    assert not runner.is_alive() and source.closed and not daemon.final_checkpoint_failed
     latest = CheckpointStore(tmp_path / "ckpt").latest()
     assert {int(p): o for p, o in latest.meta["offsets"].items()} == daemon.positions
     # what waited for a complete micro-batch is in the checkpoint, to be learned after a restart
@@ -281,6 +281,32 @@ def test_stop_finishes_the_batch_checkpoints_and_returns(tmp_path):
     restored = registry.create("nmc", PROBLEM)
     restored.load_state_dict(latest.learner)
     _assert_same_model(restored, _reference(x, y))
+
+
+def test_a_stop_whose_last_checkpoint_fails_says_so(tmp_path, monkeypatch):
+    """The final checkpoint failed (storage, or the broker during an outage) and the daemon
+    still reported a clean stop, exit 0."""
+    partitions, *_ = _topic()
+    source = MemorySource(partitions)
+    daemon = Daemon(
+        _config(
+            tmp_path, checkpoint={"every_samples": 10_000}, kafka={"poll_timeout_seconds": 0.01}
+        ),
+        source_factory=source.bind,
+    )
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(daemon.store, "write", full_disk)
+    runner = threading.Thread(target=daemon.run)
+    runner.start()
+    while not source.drained():
+        runner.join(0.01)
+    daemon.stop()
+    runner.join(10)
+    assert not runner.is_alive() and daemon.final_checkpoint_failed
+    assert CheckpointStore(tmp_path / "ckpt").latest() is None
 
 
 def test_brokers_unreachable_at_start_are_retried_until_they_answer(tmp_path):
