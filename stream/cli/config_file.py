@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigFileError(f"{path}: invalid TOML: {exc}") from None
     except RecursionError:
         raise ConfigFileError(f"{path}: nested deeper than a config can be") from None
+    except ValueError:  # json and tomllib refuse integers of more digits than Python converts
+        raise ConfigFileError(
+            f"{path}: a number of more than {sys.get_int_max_str_digits()} digits; "
+            "not a config value"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigFileError(f"{path}: the top level must be a mapping of options")
     return data

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ from pydantic import (
     model_validator,
 )
 
-from stream.data.datasets import Dataset
+from stream.data.datasets import MAX_CLASSES, MAX_LEVELS, Dataset, DatasetError, check_spec
 from stream.data.schedules import Schedule
 
 MAGIC = b"SCLSTRM1"
@@ -60,7 +61,6 @@ _INPUT_DTYPES = {"float32": "<f4", "uint8": "|u1"}
 MAX_HEADER_BYTES = 16 << 20
 MAX_COUNT = 1 << 40
 MAX_TASKS = 100_000
-MAX_CLASSES = 1 << 24
 _INT64_MAX = 2**63 - 1
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -84,7 +84,7 @@ class StreamHeader(BaseModel):
     num_samples: StrictInt = Field(ge=0, le=MAX_COUNT)
     num_tasks: StrictInt = Field(ge=1, le=MAX_TASKS)
     num_classes: list[Annotated[StrictInt, Field(ge=1, le=MAX_CLASSES)]] = Field(
-        min_length=1, max_length=256
+        min_length=1, max_length=MAX_LEVELS
     )
     level_names: list[str]
     inline: bool = False
@@ -201,10 +201,17 @@ def _header(where: str, raw: Any) -> StreamHeader:
     if not isinstance(raw, dict):
         raise StreamFileError(f"{where}: the stream header must be a JSON object")
     try:
-        return StreamHeader.model_validate(raw)
+        header = StreamHeader.model_validate(raw)
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise StreamFileError(f"{where}: invalid stream header: {_short(fields)}") from None
+    # A generated dataset is built from the header's spec when the stream is replayed: its
+    # bounds are held here, before anything is generated.
+    try:
+        check_spec(header.dataset)
+    except DatasetError as exc:
+        raise StreamFileError(f"{where}: the header's dataset: {_short(str(exc))}") from None
+    return header
 
 
 def _short(text: str, limit: int = 200) -> str:
@@ -231,9 +238,9 @@ def _read_binary(path: Path) -> RecordedStream:
         raise StreamFileError(
             f"{path}: byte {prefix + exc.pos}: corrupt stream header ({exc.msg})"
         ) from None
-    except (UnicodeDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError, and too many digits
         raise StreamFileError(
-            f"{path}: byte {prefix}: corrupt stream header ({type(exc).__name__})"
+            f"{path}: byte {prefix}: corrupt stream header ({_json_failure(exc)})"
         ) from None
     where = f"{path}: byte {prefix}"
     if not isinstance(raw, dict):
@@ -315,9 +322,13 @@ def _read_jsonl(path: Path) -> RecordedStream:
         first = lines.readline(MAX_HEADER_BYTES + 1)
         try:
             raw = json.loads(first)
-        except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError too
+        except (json.JSONDecodeError, UnicodeDecodeError):
             raise StreamFileError(
                 f"{path}:1: not a streamcl stream file (no header line)"
+            ) from None
+        except (ValueError, RecursionError) as exc:
+            raise StreamFileError(
+                f"{path}:1: corrupt stream header ({_json_failure(exc)})"
             ) from None
         if not isinstance(raw, dict) or "streamcl_stream" not in raw:
             raise StreamFileError(f'{path}:1: first line must be {{"streamcl_stream": {{...}}}}')
@@ -341,7 +352,7 @@ def _read_jsonl(path: Path) -> RecordedStream:
                 event = json.loads(line)
             except (ValueError, RecursionError) as exc:
                 raise StreamFileError(
-                    f"{path}:{number}: malformed event ({type(exc).__name__})"
+                    f"{path}:{number}: malformed event ({_json_failure(exc)})"
                 ) from None
             _check_event(f"{path}:{number}", header, event, input_size)
             for name in EVENT_ARRAYS:
@@ -358,6 +369,15 @@ def _read_jsonl(path: Path) -> RecordedStream:
         return f"{path}:{numbers[event]}"
 
     return _checked(header, arrays, locate, f"{path}: end of file")
+
+
+def _json_failure(exc: Exception) -> str:
+    """Why ``json.loads`` failed, in a few words: besides malformed JSON it refuses integers
+    of more digits than Python converts (a plain ValueError) and nesting deeper than the
+    stack."""
+    if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError | RecursionError):
+        return type(exc).__name__
+    return f"a number of more than {sys.get_int_max_str_digits()} digits"
 
 
 def _check_event(where: str, header: StreamHeader, event: Any, input_size: int) -> None:

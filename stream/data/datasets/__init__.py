@@ -12,11 +12,27 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from stream.data.datasets.dataset import Dataset, DatasetError, as_float_tensor
+from stream.data.datasets.dataset import (
+    MAX_CLASSES,
+    MAX_LEVELS,
+    Dataset,
+    DatasetError,
+    as_float_tensor,
+)
 
-__all__ = ["Dataset", "DatasetError", "as_float_tensor", "dataset_names", "load_dataset"]
+__all__ = [
+    "MAX_CLASSES",
+    "MAX_LEVELS",
+    "Dataset",
+    "DatasetError",
+    "as_float_tensor",
+    "check_spec",
+    "dataset_names",
+    "load_dataset",
+]
 
-# name -> module with ``load(spec, argument) -> Dataset``; add a dataset with one line here.
+# name -> module with ``load(spec, argument) -> Dataset`` and, for a generated dataset,
+# ``check(spec, argument)``; add a dataset with one line here.
 _LOADERS: dict[str, str] = {
     "digits": "stream.data.datasets.digits",
     "fashion-mnist": "stream.data.datasets.fashion_mnist",
@@ -40,3 +56,15 @@ def load_dataset(spec: str) -> Dataset:
         )
     loader: Callable[[str, str | None], Dataset] = importlib.import_module(_LOADERS[name]).load
     return loader(spec, argument or None)
+
+
+def check_spec(spec: str) -> None:
+    """Refuse a generated dataset's spec whose options break a fixed bound (sample counts,
+    sizes, seeds), without generating, reading or importing anything heavy: what a recorded
+    stream's header can be held to before its dataset is built. A spec whose dataset is read
+    from files, or is unknown, passes here; :func:`load_dataset` checks it when it loads."""
+    name, _, argument = spec.partition(":")
+    if name in _LOADERS:
+        check = getattr(importlib.import_module(_LOADERS[name]), "check", None)
+        if check is not None:
+            check(spec, argument or None)

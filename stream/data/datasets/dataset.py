@@ -1,4 +1,17 @@
-"""The in-memory dataset every loader returns, and the one error a bad dataset raises."""
+"""The in-memory dataset every loader returns, the one error a bad dataset raises, and the
+bounds every loader holds a dataset to before it allocates one.
+
+Bounds (far above any real dataset, far below what exhausts a machine):
+
+- :data:`MAX_CLASSES` classes per level and :data:`MAX_LEVELS` levels, the same bounds a
+  recorded stream's header has, checked on the labels as stored, before any list of class
+  names is built or any label is cast;
+- :data:`MAX_DATASET_BYTES` (4 GiB) of arrays, and no more than this machine's memory, checked
+  on the sizes a loader declares or computes before it reads or generates them
+  (:func:`check_bytes`);
+- generator seeds in ``[0, MAX_SEED]`` (numpy's legacy generators, which river uses, take no
+  more).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +21,32 @@ import numpy as np
 import torch
 
 from learners.base import Problem
+from learners.machine_memory import memory_bytes
 from stream.data.finite import all_finite
+
+MAX_CLASSES = 1 << 24
+MAX_LEVELS = 256
+MAX_DATASET_BYTES = 4 << 30
+MAX_SEED = 2**32 - 1
 
 
 class DatasetError(ValueError):
     """A dataset that is missing, malformed or inconsistent; the message says what and where."""
+
+
+def check_bytes(where: str, needed: int, what: str, machine: bool = True) -> None:
+    """Refuse ``needed`` bytes (``what`` says for what) beyond :data:`MAX_DATASET_BYTES` or,
+    with ``machine``, beyond this machine's memory, before they are allocated."""
+    memory = memory_bytes(torch.device("cpu")) if machine else None
+    if memory is not None and needed > memory:
+        raise DatasetError(
+            f"{where}: {what} need about {needed} bytes, more than this machine's {memory}"
+        )
+    if needed > MAX_DATASET_BYTES:
+        raise DatasetError(
+            f"{where}: {what} need about {needed} bytes, more than the {MAX_DATASET_BYTES} "
+            "a dataset may take"
+        )
 
 
 @dataclass
@@ -69,6 +103,11 @@ class Dataset:
                 raise DatasetError(
                     f"{where}: X_{split} must be [n, d], [n, H, W] or [n, C, H, W], got shape {X.shape}"
                 )
+            if 0 in X.shape[1:]:
+                raise DatasetError(
+                    f"{where}: X_{split} has shape {X.shape}; every input dimension needs at "
+                    "least one value"
+                )
             if y.ndim != 1 or len(y) != len(X):
                 raise DatasetError(
                     f"{where}: y_{split} must be [n] with n = {len(X)} (X_{split} rows), got {y.shape}"
@@ -77,6 +116,7 @@ class Dataset:
                 raise DatasetError(f"{where}: y_{split} must be integers, got {y.dtype}")
             if len(y) and y.min() < 0:
                 raise DatasetError(f"{where}: y_{split} has negative labels")
+            _check_label_bound(where, f"y_{split}", y)
             if X.dtype != np.uint8 and not np.issubdtype(X.dtype, np.floating):
                 raise DatasetError(f"{where}: X_{split} must be uint8 or float, got {X.dtype}")
             if not all_finite(X):
@@ -100,14 +140,21 @@ class Dataset:
                 ("train", self.y_train_levels, self.y_train),
                 ("test", self.y_test_levels, self.y_test),
             ):
-                if levels.ndim != 2 or len(levels) != len(y):
+                if levels.ndim != 2 or len(levels) != len(y) or levels.shape[1] == 0:
                     raise DatasetError(
-                        f"{where}: y_{split}_levels must be [n, L] with n = {len(y)}, got {levels.shape}"
+                        f"{where}: y_{split}_levels must be [n, L] with n = {len(y)} and L >= 1, "
+                        f"got {levels.shape}"
                     )
                 if not np.issubdtype(levels.dtype, np.integer) or (
                     len(levels) and levels.min() < 0
                 ):
                     raise DatasetError(f"{where}: y_{split}_levels must be non-negative integers")
+                if levels.shape[1] > MAX_LEVELS:
+                    raise DatasetError(
+                        f"{where}: y_{split}_levels has {levels.shape[1]} levels, more than "
+                        f"the {MAX_LEVELS} a dataset may have"
+                    )
+                _check_label_bound(where, f"y_{split}_levels", levels)
                 if not np.array_equal(levels[:, -1], y):
                     raise DatasetError(
                         f"{where}: the last column of y_{split}_levels must equal y_{split}"
@@ -170,6 +217,16 @@ class Dataset:
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes_per_level,
         }
+
+
+def _check_label_bound(where: str, name: str, labels: np.ndarray) -> None:
+    """Refuse a label past :data:`MAX_CLASSES` while it has its stored type: a class count
+    built from it would be allocated, and a uint64 one would wrap negative as int64."""
+    if labels.size and int(labels.max()) >= MAX_CLASSES:
+        raise DatasetError(
+            f"{where}: {name} holds the label {int(labels.max())}; labels must be below "
+            f"{MAX_CLASSES} (the classes a dataset may have)"
+        )
 
 
 def as_float_tensor(X: np.ndarray) -> torch.Tensor:

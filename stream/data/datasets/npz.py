@@ -3,6 +3,13 @@
 Keys: ``X_train``, ``y_train``, ``X_test``, ``y_test``; optional ``class_names``,
 ``y_train_levels``/``y_test_levels`` (hierarchy, column 0 coarsest, last column = y) and
 ``level_names``. Other keys are ignored. Object arrays are refused (they would need pickle).
+
+Sizes are checked on the arrays' headers and the archive's directory before any array is
+read: an array's header must not declare more data than its member holds, nor more class or
+level names than a dataset may have; the arrays read, with their labels as int64, must take
+at most 4 GiB and at most this machine's memory; and, beyond 64 MiB, the compressed members
+must not expand more than 1000-fold (a zip bomb: a few megabytes of zeros that inflate to
+gigabytes).
 """
 
 from __future__ import annotations
@@ -12,13 +19,23 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from learners.machine_memory import memory_bytes
-from stream.data.datasets.dataset import Dataset, DatasetError
+from stream.data.datasets.dataset import (
+    MAX_CLASSES,
+    MAX_LEVELS,
+    Dataset,
+    DatasetError,
+    check_bytes,
+)
 
 REQUIRED = ("X_train", "y_train", "X_test", "y_test")
 KNOWN = (*REQUIRED, "class_names", "y_train_levels", "y_test_levels", "level_names")
+LABELS = ("y_train", "y_test", "y_train_levels", "y_test_levels")
+MAX_EXPANSION = 1000
+"""How many times its compressed size a compressed member may expand to (deflate's own limit
+is about 1032, reached only by constant data)."""
+EXPANSION_FLOOR = 64 << 20
+"""Bytes below which the expansion is not checked: too little to harm, however it packs."""
 
 
 def load(spec: str, argument: str | None) -> Dataset:
@@ -57,11 +74,13 @@ def load(spec: str, argument: str | None) -> Dataset:
 
 def _check_sizes(archive: np.lib.npyio.NpzFile, keys: list[str], path: Path) -> None:
     """Refuse, before anything is allocated, an array whose ``.npy`` header declares more data
-    than its member holds (numpy allocates the declared shape first), and arrays that together
-    exceed this machine's memory. Only the keys the dataset reads are loaded at all."""
+    than its member holds (numpy allocates the declared shape first), arrays that together
+    exceed the bound on a dataset or this machine's memory, and compressed members that expand
+    beyond :data:`MAX_EXPANSION` times their size. Only the keys the dataset reads are loaded
+    at all."""
     zipped = archive.zip
     assert zipped is not None  # open until the archive is closed
-    total = 0
+    total = expanded = packed = 0
     for key in keys:
         try:
             info = zipped.getinfo(f"{key}.npy")
@@ -76,6 +95,13 @@ def _check_sizes(archive: np.lib.npyio.NpzFile, keys: list[str], path: Path) -> 
             raise DatasetError(f"npz: {path}: array {key}: unreadable header ({exc})") from None
         if dtype.hasobject:
             raise DatasetError(f"npz: {path}: array {key}: object arrays are not allowed")
+        names = {"class_names": MAX_CLASSES, "level_names": MAX_LEVELS}.get(key)
+        if names is not None and math.prod(shape) > names:
+            # each becomes a Python string: tens of bytes apiece, whatever the array's size
+            raise DatasetError(
+                f"npz: {path}: array {key} holds {math.prod(shape)} names, more than the "
+                f"{names} a dataset may have"
+            )
         declared = math.prod(shape) * dtype.itemsize
         held = info.file_size - header
         if declared > held:
@@ -83,9 +109,15 @@ def _check_sizes(archive: np.lib.npyio.NpzFile, keys: list[str], path: Path) -> 
                 f"npz: {path}: array {key}: its header declares {declared} bytes of data "
                 f"({shape}, {dtype}), the file holds {held}"
             )
-        total += declared
-    memory = memory_bytes(torch.device("cpu"))
-    if memory is not None and total > memory:
+        # labels are cast to int64 once checked: that copy is allocated too
+        total += declared + (8 * math.prod(shape) if key in LABELS else 0)
+        if info.compress_type != zipfile.ZIP_STORED:
+            expanded += info.file_size
+            packed += info.compress_size
+    if expanded > EXPANSION_FLOOR and expanded > MAX_EXPANSION * packed:
         raise DatasetError(
-            f"npz: {path}: its arrays hold {total} bytes, more than this machine's {memory}"
+            f"npz: {path}: its compressed arrays expand from {packed} to {expanded} bytes, more "
+            f"than {MAX_EXPANSION} times (a zip bomb?); store them uncompressed (np.savez) if "
+            "they are real"
         )
+    check_bytes(f"npz: {path}", total, "its arrays")

@@ -26,6 +26,16 @@ Keys (values are JSON scalars, anything else is a string):
   overflows on narrower ones);
 - any other key: a constructor parameter of the generator, by its river name.
 
+Bounds, so that a spec (one a recorded stream's header names, say) cannot ask for endless
+generation: ``n``, ``test_every``, ``drift_position`` and ``drift_width`` at most
+:data:`MAX_SAMPLES` (river generates some 25,000 samples a second: under a minute); seeds in
+``[0, 2**32 - 1]`` (numpy's legacy generators take no more); every other integer parameter an
+integer in ``[0, MAX_SAMPLES]``; what a generator builds before its first sample (RandomRBF's
+centroids, RandomTree's tree) at most :data:`MAX_MODEL_VALUES` values; and the table at most
+:data:`MAX_VALUES` values, checked on the first sample's width before the rest is generated.
+The bounds on ``n``, ``test_every``, the drift positions and ``seed`` need no river: a stream's
+header is held to them when it is read (:func:`check`); the rest when the dataset is built.
+
 Features: each sample's dict becomes one float32 row, in the first sample's key order. bool and
 integer features (river encodes the categorical features of Agrawal, LED, STAGGER, ... as
 integer codes) become their numeric value; string features, missing values and samples with
@@ -40,14 +50,20 @@ import functools
 import inspect
 import math
 import numbers
+import sys
 from typing import Any
 from urllib.parse import parse_qsl
 
 import numpy as np
 
-from stream.data.datasets.dataset import Dataset, DatasetError
+from stream.data.datasets.dataset import MAX_CLASSES, MAX_SEED, Dataset, DatasetError, check_bytes
 from stream.data.option_value import option_value
 
+MAX_SAMPLES = 1_000_000
+MAX_MODEL_VALUES = 1_000_000
+MAX_VALUES = 1 << 28
+"""Values (samples x features) a generated table may hold: river makes a few million a second
+in Python, so about a minute; one GiB as float32."""
 DEFAULT_SAMPLES = 10_000
 DEFAULT_TEST_EVERY = 5
 DEFAULT_DRIFT_WIDTH = 1000  # river's own default
@@ -59,8 +75,7 @@ _OWN_KEYS = {"n", "test_every", "seed", "drift_position", "drift_width"}
 def load(spec: str, argument: str | None) -> Dataset:
     if not argument:
         raise DatasetError(f"river needs a dataset name: river:NAME, one of {', '.join(names())}")
-    name, _, query = argument.partition("?")
-    options = _parse_query(spec, query)
+    name, options = _parsed(spec, argument)
     source, limit = _source(spec, name, options)
     test_every = _int_option(spec, options, "test_every", DEFAULT_TEST_EVERY, minimum=0)
     X, labels = _table(spec, source, limit)
@@ -76,6 +91,20 @@ def load(spec: str, argument: str | None) -> Dataset:
         y_test=y[test],
         class_names=class_names,
     )
+
+
+def check(spec: str, argument: str | None) -> None:
+    """The bounds of the spec's own options (``n``, ``seed``, ...), checked without river."""
+    if argument:
+        _, options = _parsed(spec, argument)
+        for key, default, minimum in (
+            ("n", 1, 1),
+            ("test_every", DEFAULT_TEST_EVERY, 0),
+            ("drift_position", 1, 1),
+            ("drift_width", DEFAULT_DRIFT_WIDTH, 1),
+        ):
+            _int_option(spec, options, key, default, minimum)
+        _seed_option(spec, "seed", options.get("seed", 0))
 
 
 def names() -> list[str]:
@@ -114,6 +143,11 @@ def _generators() -> list[str]:
     return sorted(name for name in synth.__all__ if _is_classification(getattr(synth, name)))
 
 
+def _parsed(spec: str, argument: str) -> tuple[str, dict[str, Any]]:
+    name, _, query = argument.partition("?")
+    return name, _parse_query(spec, query)
+
+
 def _parse_query(spec: str, query: str) -> dict[str, Any]:
     options: dict[str, Any] = {}
     try:
@@ -125,14 +159,40 @@ def _parse_query(spec: str, query: str) -> dict[str, Any]:
     for key, raw in pairs:
         if key in options:
             raise DatasetError(f"{spec}: {key} is given twice")
-        options[key] = option_value(raw)
+        try:
+            options[key] = option_value(raw)
+        except ValueError:  # json refuses integers of more digits than Python converts
+            raise DatasetError(
+                f"{spec}: {key}: a number of more than {sys.get_int_max_str_digits()} digits"
+            ) from None
     return options
 
 
-def _int_option(spec: str, options: dict[str, Any], key: str, default: int, minimum: int) -> int:
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _int_option(
+    spec: str,
+    options: dict[str, Any],
+    key: str,
+    default: int,
+    minimum: int,
+    maximum: int = MAX_SAMPLES,
+) -> int:
     value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise DatasetError(f"{spec}: {key} must be an integer >= {minimum}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise DatasetError(
+            f"{spec}: {key} must be an integer in [{minimum}, {maximum}], got {_short(repr(value))}"
+        )
+    return value
+
+
+def _seed_option(spec: str, key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise DatasetError(
+            f"{spec}: {key} must be an integer in [0, {MAX_SEED}], got {_short(repr(value))}"
+        )
     return value
 
 
@@ -153,7 +213,7 @@ def _source(spec: str, name: str, options: dict[str, Any]) -> tuple[Any, int | N
     if name not in _generators():
         raise DatasetError(f"{spec}: unknown river dataset {name!r}; known: {', '.join(names())}")
     limit = _int_option(spec, options, "n", DEFAULT_SAMPLES, minimum=1)
-    seed = options.get("seed", 0)
+    seed = _seed_option(spec, "seed", options.get("seed", 0))
     params = {k: v for k, v in options.items() if k not in _OWN_KEYS and not k.startswith("drift.")}
     generator_cls = getattr(synth, name)
     stream = _generator(spec, generator_cls, params, seed)
@@ -182,7 +242,7 @@ def _source(spec: str, name: str, options: dict[str, Any]) -> tuple[Any, int | N
     return drifting, limit
 
 
-def _generator(spec: str, cls: type, params: dict[str, Any], seed: Any) -> Any:
+def _generator(spec: str, cls: type, params: dict[str, Any], seed: int) -> Any:
     accepted = inspect.signature(cls).parameters
     unknown = sorted(set(params) - set(accepted))
     if unknown:
@@ -194,26 +254,92 @@ def _generator(spec: str, cls: type, params: dict[str, Any], seed: Any) -> Any:
     for key in _SEED_PARAMS:
         if key in accepted and key not in params:
             params[key] = seed
+    _check_params(spec, cls, {**_defaults(accepted), **params})
     try:
         return cls(**params)
     except (AttributeError, TypeError, ValueError) as exc:
         raise DatasetError(f"{spec}: {cls.__name__}({_call(params)}): {exc}") from None
 
 
+def _defaults(accepted: Any) -> dict[str, Any]:
+    return {
+        key: parameter.default
+        for key, parameter in accepted.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+
+
+def _is_int_parameter(parameter: inspect.Parameter) -> bool:
+    """Annotated ``int`` (river's annotations are strings), or unannotated with an int
+    default (SEA's ``variant``)."""
+    if parameter.annotation is inspect.Parameter.empty:
+        return type(parameter.default) is int
+    return str(parameter.annotation) in ("int", "int | None", "<class 'int'>")
+
+
+def _check_params(spec: str, cls: type, params: dict[str, Any]) -> None:
+    """Every integer parameter bounded, and what the generator builds before its first sample
+    (lists of Python floats, in river) at most :data:`MAX_MODEL_VALUES`."""
+    name = cls.__name__
+    for key, parameter in inspect.signature(cls).parameters.items():
+        if key not in params or not _is_int_parameter(parameter):
+            continue
+        value = params[key]
+        if key in _SEED_PARAMS:
+            _seed_option(spec, key, value)
+        elif isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SAMPLES:
+            raise DatasetError(
+                f"{spec}: {name} parameter {key} must be an integer in [0, {MAX_SAMPLES}], "
+                f"got {_short(repr(value))}"
+            )
+    sizes = _model_values(name, params)
+    if sizes is not None and sizes[1] > MAX_MODEL_VALUES:
+        raise DatasetError(
+            f"{spec}: {name}: {sizes[0]} is {sizes[1]}, more than {MAX_MODEL_VALUES} "
+            "(what the generator builds before its first sample)"
+        )
+
+
+def _model_values(name: str, params: dict[str, Any]) -> tuple[str, int] | None:
+    """What ``name`` builds up front, in words and values; None for generators that build
+    nothing that grows with their parameters."""
+    if name == "RandomRBF":
+        return "n_centroids x n_features", params["n_centroids"] * params["n_features"]
+    if name == "RandomRBFDrift":
+        centroids = max(params["n_centroids"], params["n_drift_centroids"])
+        return "n_centroids x n_features", centroids * params["n_features"]
+    if name == "RandomTree":
+        # every split has two children, or one per category when categorical features exist;
+        # past 64 levels the tree is over the bound for any branching, so the power stays small
+        branching = max(2, params["n_categories_per_feature"] if params["n_cat_features"] else 2)
+        nodes = branching ** min(params["max_tree_depth"], 64)
+        return "the tree's node count (branching ** max_tree_depth)", nodes
+    return None
+
+
 def _call(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in params.items())
 
 
+_CHUNK = 4096
+
+
 def _table(spec: str, source: Any, limit: int | None) -> tuple[np.ndarray, list[Any]]:
-    """The samples as a float32 matrix (first sample's key order) and their labels."""
+    """The samples as a float32 matrix (first sample's key order) and their labels.
+
+    Rows are packed into float32 every :data:`_CHUNK` samples (a list of Python floats takes
+    eight times the room), and the table's size is checked on the first sample's width."""
+    chunks: list[np.ndarray] = []
     rows: list[list[float]] = []
     labels: list[Any] = []
     keys: list[Any] | None = None
-    for index, (x, y) in enumerate(source):
+    for index, (x, y) in enumerate(_samples(spec, source)):
         if limit is not None and index >= limit:
             break
         if keys is None:
             keys = list(x)
+            if limit is not None:
+                _check_table(spec, limit, len(keys))
         elif len(x) != len(keys) or any(k not in x for k in keys):
             raise DatasetError(
                 f"{spec}: sample {index} has features {sorted(map(str, x))}, the first had "
@@ -232,9 +358,47 @@ def _table(spec: str, source: Any, limit: int | None) -> tuple[np.ndarray, list[
             row.append(float(value))
         rows.append(row)
         labels.append(y)
-    if not rows:
+        if len(rows) == _CHUNK:
+            chunks.append(np.asarray(rows, dtype=np.float32))
+            rows = []
+    if rows:
+        chunks.append(np.asarray(rows, dtype=np.float32))
+    if not chunks:
         raise DatasetError(f"{spec}: the dataset yielded no samples")
-    return np.asarray(rows, dtype=np.float32), labels
+    return np.concatenate(chunks), labels
+
+
+def _samples(spec: str, source: Any) -> Any:
+    """``source``'s samples, with what river raises on parameters it accepted but cannot
+    generate with said as one error naming the spec."""
+    iterator = iter(source)
+    while True:
+        try:
+            sample = next(iterator)
+        except StopIteration:
+            return
+        except (
+            ArithmeticError,
+            AttributeError,
+            IndexError,
+            KeyError,
+            TypeError,
+            ValueError,
+        ) as exc:
+            raise DatasetError(
+                f"{spec}: the generator failed: {type(exc).__name__}: {_short(str(exc), 200)}"
+            ) from None
+        yield sample
+
+
+def _check_table(spec: str, samples: int, features: int) -> None:
+    if samples * features > MAX_VALUES:
+        raise DatasetError(
+            f"{spec}: {samples} samples x {features} features is {samples * features} values, "
+            f"more than the {MAX_VALUES} a generated table may hold"
+        )
+    # the table while it is packed, then its train and test splits: two float32 copies
+    check_bytes(spec, 2 * 4 * samples * features, f"{samples} samples x {features} features")
 
 
 def _class_ids(spec: str, labels: list[Any]) -> tuple[np.ndarray, list[str]]:
@@ -243,9 +407,12 @@ def _class_ids(spec: str, labels: list[Any]) -> tuple[np.ndarray, list[str]]:
         y = np.asarray(labels, dtype=np.int64)
         return y, ["False", "True"][: int(y.max()) + 1]
     if all(isinstance(label, numbers.Integral) and not isinstance(label, bool) for label in labels):
+        low, high = min(labels), max(labels)
+        if low < 0 or high >= MAX_CLASSES:
+            raise DatasetError(
+                f"{spec}: integer labels must be in [0, {MAX_CLASSES - 1}], got {low} to {high}"
+            )
         y = np.asarray(labels, dtype=np.int64)
-        if y.min() < 0:
-            raise DatasetError(f"{spec}: negative integer labels are not supported")
         return y, [str(c) for c in range(int(y.max()) + 1)]
     if kinds == {str}:
         names = sorted(set(labels))

@@ -10,6 +10,11 @@ Each leaf class gets ``train`` and ``test`` samples, its centre plus ``N(0, nois
 Everything comes from one numpy PCG64 generator seeded with ``seed``, so the same spec gives the
 same arrays on any machine, in milliseconds; a recorded stream can name the spec and be replayed.
 
+Bounds, checked before anything is generated (a recorded stream's header is held to them when
+it is read): ``seed`` in ``[0, 2**32 - 1]``; at most 256 levels and ``2**24`` leaf classes;
+float options finite; the arrays generation holds (about three float64 copies of a split) at
+most 4 GiB and at most this machine's memory.
+
 >>> ds = load("synthetic-hierarchy:branching=3x2,train=4,test=2", "branching=3x2,train=4,test=2")
 >>> ds.num_classes_per_level, ds.level_names, ds.parents
 ([3, 6], ['coarse', 'fine'], [[0, 0, 1, 1, 2, 2]])
@@ -22,11 +27,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from learners.machine_memory import memory_bytes
-from stream.data.datasets.dataset import Dataset, DatasetError
+from stream.data.datasets.dataset import (
+    MAX_CLASSES,
+    MAX_LEVELS,
+    MAX_SEED,
+    Dataset,
+    DatasetError,
+    check_bytes,
+)
 
 
 class SyntheticHierarchyParams(BaseModel):
@@ -35,15 +45,23 @@ class SyntheticHierarchyParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     branching: list[int] = Field(
-        default_factory=lambda: [5, 4], description="children per node, per level: 5x4"
+        default_factory=lambda: [5, 4],
+        max_length=MAX_LEVELS,
+        description="children per node, per level: 5x4",
     )
     dim: int = Field(32, gt=0, description="feature dimension")
     train: int = Field(100, gt=0, description="training samples per leaf class")
     test: int = Field(50, gt=0, description="test samples per leaf class")
-    separation: float = Field(1.0, gt=0, description="std of the root centres per dimension")
-    shrink: float = Field(0.6, gt=0, description="child offset std relative to the level above")
-    noise: float = Field(1.0, ge=0, description="std of samples around their leaf centre")
-    seed: int = 0
+    separation: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="std of the root centres per dimension"
+    )
+    shrink: float = Field(
+        0.6, gt=0, allow_inf_nan=False, description="child offset std relative to the level above"
+    )
+    noise: float = Field(
+        1.0, ge=0, allow_inf_nan=False, description="std of samples around their leaf centre"
+    )
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @field_validator("branching", mode="before")
     @classmethod
@@ -99,20 +117,30 @@ def _tree(
     return centres, paths
 
 
-def _check_size(params: SyntheticHierarchyParams) -> None:
-    """Refuse options whose arrays could never fit in this machine's memory (a ``MemoryError``
-    mid-generation, or the kernel's OOM killer, otherwise). Generating a split holds about
-    three float64 copies of it."""
+def _check_size(params: SyntheticHierarchyParams, machine: bool = True) -> None:
+    """Refuse options whose arrays exceed the bound on a dataset or, with ``machine``, this
+    machine's memory (a ``MemoryError`` mid-generation, or the kernel's OOM killer,
+    otherwise), and trees with more leaf classes than a dataset may have. Generating a split
+    holds about three float64 copies of it."""
     leaves = math.prod(params.branching)
     samples = leaves * (params.train + params.test)
     needed = 3 * 8 * params.dim * max(samples, leaves * len(params.branching))
-    memory = memory_bytes(torch.device("cpu"))
-    if memory is not None and needed > memory:
+    check_bytes(
+        "synthetic-hierarchy",
+        needed,
+        f"{leaves} leaf classes x {params.train + params.test} samples x {params.dim} features",
+        machine=machine,
+    )
+    if leaves > MAX_CLASSES:
         raise DatasetError(
-            f"synthetic-hierarchy: {leaves} leaf classes x {params.train + params.test} samples "
-            f"x {params.dim} features need about {needed} bytes, more than this machine's "
-            f"{memory}"
+            f"synthetic-hierarchy: branching {'x'.join(map(str, params.branching))} makes "
+            f"{leaves} leaf classes, more than the {MAX_CLASSES} a dataset may have"
         )
+
+
+def check(spec: str, argument: str | None) -> None:
+    """The options' bounds that hold on any machine, checked without generating."""
+    _check_size(parse_options(argument), machine=False)
 
 
 def load(spec: str, argument: str | None) -> Dataset:

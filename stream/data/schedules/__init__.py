@@ -58,6 +58,8 @@ def make_schedule(
 ) -> tuple[Schedule, ScheduleParams]:
     """Build schedule ``name`` over ``dataset``'s training split."""
     model = params_model(name)
+    if seed < 0:
+        raise ScheduleError(f"the seed must be a non-negative integer, got {seed}")
     try:
         validated = model.model_validate(params)
     except ValidationError as exc:

@@ -267,3 +267,44 @@ def test_fuzzed_scl_bytes_are_read_or_refused_cleanly(small_stream, tmp_path, da
         read_stream(path)
     except StreamFileError as exc:
         assert "\n" not in str(exc) and str(path) in str(exc)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "message"),
+    [
+        ("river:Agrawal?n=1000000000", r"n must be an integer in \[1, 1000000\]"),
+        ("river:RandomRBF?n=1&seed=-1", r"seed must be an integer in \[0, 4294967295\]"),
+        ("synthetic-hierarchy:seed=-1", "seed: Input should be greater than or equal to 0"),
+        (
+            "synthetic-hierarchy:branching=100x100,dim=2000,train=10,test=1",
+            "more than the 4294967296 a dataset may take",
+        ),
+    ],
+)
+def test_a_header_naming_a_dataset_beyond_its_bounds_is_refused_when_read(
+    small_stream, tmp_path, dataset, message
+):
+    """Replay builds the dataset a header names: a 191-byte stream naming 10^9 Agrawal samples
+    used to generate for ever before anything was compared."""
+    binary = crafted(small_stream, tmp_path / "d.scl", set_header("dataset", dataset))
+    jsonl = tmp_path / "d.jsonl"
+    header = {**split(small_stream)[0], "dataset": dataset, "num_samples": 0}
+    header.pop("arrays")
+    jsonl.write_text(json.dumps({"streamcl_stream": header}) + "\n")
+    for path, where in ((binary, f"{binary}: byte 16: "), (jsonl, f"{jsonl}:1: ")):
+        with pytest.raises(StreamFileError) as refused:
+            read_stream(path)
+        assert str(refused.value).startswith(
+            f"{where}the header's dataset: {dataset.partition(':')[0]}:"
+        )
+        assert re.search(message, str(refused.value)), refused.value
+
+
+def test_a_header_naming_a_dataset_beyond_its_bounds_is_exit_2(small_stream, tmp_path, capsys):
+    dataset = "synthetic-hierarchy:seed=-1"  # was exit 1, "failed: ValueError"
+    path = crafted(small_stream, tmp_path / "d.scl", set_header("dataset", dataset))
+    assert cli.main(["replay", str(path), "--learner", "nmc"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert (
+        f"{path}: byte 16: the header's dataset: synthetic-hierarchy: invalid options: seed" in line
+    )

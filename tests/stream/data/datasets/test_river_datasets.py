@@ -78,7 +78,7 @@ def test_integer_coded_categorical_features_stay_numeric():
         ("river:Elec2", "unknown river dataset 'Elec2'"),
         ("river:Phishing?seed=1", "takes only n and test_every"),
         ("river:Agrawal?colour=1", "has no parameter colour"),
-        ("river:Agrawal?n=0", "n must be an integer >= 1"),
+        ("river:Agrawal?n=0", r"n must be an integer in \[1, 1000000\]"),
         ("river:SEA?n=10&n=20", "given twice"),
         ("river:SEA?n", "KEY=VALUE"),
         ("river:SEA?drift.variant=2", "need drift_position"),
@@ -101,3 +101,49 @@ def test_string_features_are_refused_with_the_feature_named(monkeypatch):
     monkeypatch.setattr(river_datasets, "_source", lambda spec, name, options: (Words(), None))
     with pytest.raises(DatasetError, match="feature 'colour' of sample 0 is 'red'"):
         load_dataset("river:Phishing")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        # each used to generate for ever, or build GBs of Python floats, before any check
+        ("river:Agrawal?n=1000000000", r"n must be an integer in \[1, 1000000\], got 1000000000"),
+        ("river:Agrawal?n=1&test_every=10000000", r"test_every must be an integer in \[0, "),
+        ("river:SEA?n=5&drift_position=10000000", r"drift_position must be an integer in \[1, "),
+        ("river:RandomRBF?n=1&n_features=200000000", "parameter n_features must be an integer in"),
+        ("river:RandomRBF?n=1&n_features=2.5", "parameter n_features must be an integer in"),
+        ("river:RandomRBF?n=1&n_features=100000", r"n_centroids x n_features is 5000000, more"),
+        ("river:RandomTree?n=1&max_tree_depth=30", r"node count .* more than 1000000"),
+        ("river:Hyperplane?n=1000000&n_features=1000", "more than the 268435456 a generated"),
+        ("river:Agrawal?seed=-1", r"seed must be an integer in \[0, 4294967295\], got -1"),
+        ("river:Agrawal?seed=null", r"seed must be an integer in \[0, 4294967295\], got None"),
+        ("river:RandomRBF?seed_model=4294967296", r"seed_model must be an integer in \[0, 42"),
+        ("river:Agrawal?n=" + "9" * 5000, "n: a number of more than 4300 digits"),
+    ],
+)
+def test_generator_options_beyond_their_bounds_are_refused_before_generating(spec, message):
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(spec)
+
+
+def test_the_spec_bounds_hold_without_generating():
+    """What a recorded stream's header is held to when it is read: no river, no samples."""
+    from stream.data.datasets import check_spec
+
+    check_spec("river:Agrawal?n=20000&seed=1&drift_position=10000&drift_width=500")
+    with pytest.raises(DatasetError, match="n must be an integer"):
+        check_spec("river:Agrawal?n=1000000000")
+    with pytest.raises(DatasetError, match="seed must be an integer"):
+        check_spec("river:Agrawal?seed=-1")
+
+
+def test_a_generator_failing_mid_stream_is_one_error_naming_the_spec():
+    """river accepts n_classes=0, then fails on the first sample (it was a traceback)."""
+    with pytest.raises(DatasetError, match="the generator failed: ValueError: empty range"):
+        load_dataset("river:RandomRBF?n=5&n_classes=0")
+
+
+def test_a_table_is_packed_across_chunks_in_order():
+    ds = load_dataset("river:SEA?n=9000&seed=2&test_every=0")
+    X, _ = river_table(synth.SEA(seed=2), 9000)
+    np.testing.assert_array_equal(ds.X_train, X)

@@ -53,3 +53,32 @@ def test_options_too_large_for_the_machine_are_refused_before_generating(argumen
     """Both used to end in 'failed: MemoryError' (74 and 37 GiB)."""
     with pytest.raises(DatasetError, match="more than this machine's"):
         load_dataset(f"synthetic-hierarchy:{argument}")
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ("seed=-1", "seed: Input should be greater than or equal to 0"),  # was a ValueError
+        ("seed=4294967296", "seed: Input should be less than or equal to 4294967295"),
+        ("noise=inf", "noise: Input should be a finite number"),
+        ("branching=" + "x".join(["1"] * 300), "branching: List should have at most 256 items"),
+        ("branching=5000x5000,train=1,test=1,dim=1", "25000000 leaf classes, more than the"),
+        ("dim=" + "9" * 5000, "dim: Unable to parse input string as an integer"),
+    ],
+)
+def test_options_beyond_their_bounds_name_the_option(argument, message):
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(f"synthetic-hierarchy:{argument}")
+
+
+def test_options_beyond_the_fixed_bound_are_refused_on_any_machine(monkeypatch):
+    """100x100 leaves x 11 samples x 2000 features: 5.3 GB to generate, under a big
+    machine's memory but over the 4 GiB a dataset may take; checkable from the spec alone."""
+    import stream.data.datasets.dataset as dataset
+    from stream.data.datasets import check_spec
+
+    monkeypatch.setattr(dataset, "memory_bytes", lambda device: 1 << 40)
+    argument = "branching=100x100,dim=2000,train=10,test=1"
+    for check in (load_dataset, check_spec):
+        with pytest.raises(DatasetError, match="5280000000 bytes, more than the 4294967296"):
+            check(f"synthetic-hierarchy:{argument}")

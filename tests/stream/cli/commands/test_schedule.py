@@ -1,0 +1,65 @@
+"""``streamcl schedule`` on datasets from outside: a bad one is exit 2 with one line saying
+what and where, before anything big is allocated or generated."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stream.cli import main as cli
+from tests.support.cli_runner import streamcl
+
+
+def npz(path, **arrays):
+    X = np.random.default_rng(0).random((20, 4), dtype=np.float32)
+    y = np.arange(20) % 2
+    base = {"X_train": X, "y_train": y, "X_test": X[:5], "y_test": y[:5], **arrays}
+    np.savez(path, **base)
+    return f"npz:{path}"
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"y_train": np.r_[np.arange(19) % 2, 10**10]}, "y_train holds the label 10000000000"),
+        ({"y_test": np.array([0, 1, 0, 1, 2**63], "u8")}, "holds the label 9223372036854775808"),
+        ({"X_train": np.zeros((20, 0), "f4"), "X_test": np.zeros((5, 0), "f4")}, "(20, 0)"),
+    ],
+    ids=["label 10^10", "uint64 label 2^63", "zero-width inputs"],
+)
+def test_a_bad_npz_is_exit_2_with_one_line(tmp_path, capsys, arrays, message):
+    spec = npz(tmp_path / "d.npz", **arrays)
+    out = tmp_path / "s.scl"
+    assert (
+        cli.main(["schedule", "si-blurry", "--dataset", spec, "--tasks", "2", "--out", str(out)])
+        == 2
+    )
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"streamcl: error: {spec}: ") and message in line, line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("synthetic-hierarchy:seed=-1", "seed: Input should be greater than or equal to 0"),
+        ("river:Agrawal?n=1000000000", r"n must be an integer in [1, 1000000]"),
+    ],
+)
+def test_a_generated_dataset_beyond_its_bounds_is_exit_2_in_a_real_process(tmp_path, spec, message):
+    """The first was exit 1, "failed: ValueError"; the second generated for ever."""
+    done = streamcl(
+        "schedule", "ordered", "--dataset", spec, "--out", str(tmp_path / "s.scl"), timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("streamcl: error: ") and message in line, line
+
+
+def test_a_negative_seed_is_named(tmp_path, capsys):
+    out = str(tmp_path / "s.scl")
+    assert (
+        cli.main(["schedule", "si-blurry", "--dataset", "digits", "--seed", "-1", "--out", out])
+        == 2
+    )
+    assert "the seed must be a non-negative integer, got -1" in capsys.readouterr().err
