@@ -354,11 +354,11 @@ def _read_jsonl(path: Path) -> RecordedStream:
                 raise StreamFileError(
                     f"{path}:{number}: malformed event ({_json_failure(exc)})"
                 ) from None
-            _check_event(f"{path}:{number}", header, event, input_size)
+            values = _check_event(f"{path}:{number}", header, event, input_size)
             for name in EVENT_ARRAYS:
                 columns[name].append(event[name])
-            if header.inline:
-                columns["x"].append(event["x"])
+            if values is not None:
+                columns["x"].append(values.reshape(-1))  # flat or nested alike
             numbers.append(number)
     arrays = {name: np.asarray(columns[name], dtype=np.int64) for name in EVENT_ARRAYS}
     if header.inline:
@@ -380,7 +380,10 @@ def _json_failure(exc: Exception) -> str:
     return f"a number of more than {sys.get_int_max_str_digits()} digits"
 
 
-def _check_event(where: str, header: StreamHeader, event: Any, input_size: int) -> None:
+def _check_event(
+    where: str, header: StreamHeader, event: Any, input_size: int
+) -> np.ndarray | None:
+    """The event checked; its inline input as float64 values (None when not inline)."""
     if not isinstance(event, dict):
         raise StreamFileError(f"{where}: malformed event (not a JSON object)")
     for name in EVENT_ARRAYS:
@@ -391,18 +394,29 @@ def _check_event(where: str, header: StreamHeader, event: Any, input_size: int) 
                 f"{where}: malformed event ({name!r} must be an integer >= 0, got {got})"
             )
     if not header.inline:
-        return
+        return None
     x = event.get("x")
+    shape = tuple(header.input_shape)
     try:
-        values = np.asarray(x, dtype=np.float64)
+        # numbers only: with a dtype given, numpy would read "0.5" as 0.5 and null as NaN
+        values = np.asarray(x)
+        if values.dtype.kind not in "iuf":
+            raise TypeError
+        values = values.astype(np.float64)
     except (ValueError, TypeError, OverflowError):
         raise StreamFileError(
-            f"{where}: malformed event ('x' must be numbers in the shape {header.input_shape})"
+            f"{where}: malformed event ('x' must be numbers in the shape {shape})"
         ) from None
     if not isinstance(x, list) or values.size != input_size:
         raise StreamFileError(
             f"{where}: malformed event ('x' has {values.size} values, the header's input_shape "
-            f"{header.input_shape} needs {input_size})"
+            f"{shape} needs {input_size})"
+        )
+    if values.shape not in (shape, (input_size,)):
+        # the same count in another nesting could not be stacked with the other events
+        raise StreamFileError(
+            f"{where}: malformed event ('x' has shape {values.shape}, the header's input_shape "
+            f"is {shape}, or give {input_size} values in one list)"
         )
     with np.errstate(invalid="ignore"):
         if header.input_dtype == "uint8":
@@ -414,6 +428,7 @@ def _check_event(where: str, header: StreamHeader, event: Any, input_size: int) 
         raise StreamFileError(
             f"{where}: malformed event ('x' holds a value that is not a {header.input_dtype})"
         )
+    return values
 
 
 def _checked(

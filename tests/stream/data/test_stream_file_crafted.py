@@ -177,10 +177,15 @@ def jsonl_stream(tmp_path: Path, small_stream: Path) -> tuple[Path, list[str]]:
         ({"id": 4, "row": 1, "y": 3, "level": 0, "task": 0, "x": [[1], [1, 2]]}, "must be numbers"),
         ({"id": 4, "row": 1, "y": 3, "level": 0, "task": 0, "x": [1e39] * 64}, "not a float32"),
         ([1, 2], "not a JSON object"),
+        # 64 values nested otherwise than [1, 8, 8]: stacking them failed after every check
+        ({"id": 4, "row": 1, "y": 3, "level": 0, "task": 0, "x": [[0.5] * 8] * 8}, "shape (8, 8)"),
+        ({"id": 4, "row": 1, "y": 3, "level": 0, "task": 0, "x": ["0.5"] * 64}, "must be numbers"),
+        ({"id": 4, "row": 1, "y": 3, "level": 0, "task": 0, "x": [None] * 64}, "must be numbers"),
     ],
     ids=[
         "y 1e30", "y 10^30", "y string", "task missing", "task jump", "x 10^6 long",
-        "x too long", "x ragged", "x beyond float32", "not an object",
+        "x too long", "x ragged", "x beyond float32", "not an object", "x nested otherwise",
+        "x strings", "x nulls",
     ],
 )  # fmt: skip
 def test_a_malformed_jsonl_event_is_exit_2_naming_its_line(
@@ -196,6 +201,16 @@ def test_a_malformed_jsonl_event_is_exit_2_naming_its_line(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert f"{path}:6: " in err and message in err, err
+
+
+def test_inline_inputs_may_be_flat_or_nested_in_one_file(small_stream, tmp_path):
+    path, lines = jsonl_stream(tmp_path, small_stream)
+    for i in (3, 9):
+        event = json.loads(lines[i])
+        event["x"] = np.asarray(event["x"]).reshape(-1).tolist()
+        lines[i] = json.dumps(event)
+    path.write_text("\n".join(lines) + "\n")
+    np.testing.assert_array_equal(read_stream(path).x, read_stream(small_stream).x)
 
 
 # -- fuzz --------------------------------------------------------------------------------------
