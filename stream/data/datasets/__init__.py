@@ -47,8 +47,21 @@ def dataset_names() -> list[str]:
     return sorted(_LOADERS)
 
 
+# A spec names a file or a few options: longer is a mistake or an attack (and every error
+# about it quotes it).
+MAX_SPEC_CHARS = 1024
+
+
+def _check_length(spec: str) -> None:
+    if len(spec) > MAX_SPEC_CHARS:
+        raise DatasetError(
+            f"dataset spec {spec[:40]!r}... is {len(spec)} characters, at most {MAX_SPEC_CHARS}"
+        )
+
+
 def load_dataset(spec: str) -> Dataset:
     """Load the dataset ``spec`` (``NAME`` or ``NAME:ARGUMENT``)."""
+    _check_length(spec)
     name, _, argument = spec.partition(":")
     if name not in _LOADERS:
         raise DatasetError(
@@ -63,6 +76,7 @@ def check_spec(spec: str) -> None:
     sizes, seeds), without generating, reading or importing anything heavy: what a recorded
     stream's header can be held to before its dataset is built. A spec whose dataset is read
     from files, or is unknown, passes here; :func:`load_dataset` checks it when it loads."""
+    _check_length(spec)
     name, _, argument = spec.partition(":")
     if name in _LOADERS:
         check = getattr(importlib.import_module(_LOADERS[name]), "check", None)

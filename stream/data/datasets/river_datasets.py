@@ -50,7 +50,6 @@ import functools
 import inspect
 import math
 import numbers
-import sys
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -159,12 +158,7 @@ def _parse_query(spec: str, query: str) -> dict[str, Any]:
     for key, raw in pairs:
         if key in options:
             raise DatasetError(f"{spec}: {key} is given twice")
-        try:
-            options[key] = option_value(raw)
-        except ValueError:  # json refuses integers of more digits than Python converts
-            raise DatasetError(
-                f"{spec}: {key}: a number of more than {sys.get_int_max_str_digits()} digits"
-            ) from None
+        options[key] = option_value(raw)
     return options
 
 
