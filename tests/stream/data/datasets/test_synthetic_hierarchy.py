@@ -63,7 +63,7 @@ def test_options_too_large_for_the_machine_are_refused_before_generating(argumen
         ("noise=inf", "noise: Input should be a finite number"),
         ("branching=" + "x".join(["1"] * 300), "branching: List should have at most 256 items"),
         ("branching=5000x5000,train=1,test=1,dim=1", "25000000 leaf classes, more than the"),
-        ("dim=" + "9" * 5000, "dim: Unable to parse input string as an integer"),
+        ("dim=" + "9" * 5000, "characters, at most 1024"),
     ],
 )
 def test_options_beyond_their_bounds_name_the_option(argument, message):
