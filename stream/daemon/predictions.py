@@ -66,6 +66,9 @@ class PredictionService:
         # Where the predictions topic ended at the last checkpoint; None: read it from the start.
         self.published_from: dict[int, int] = {}
         self.recovered: dict[str, dict[str, Any]] | None = None
+        # which daemon line publishes (stream/daemon/lineage.py); set by the daemon
+        self.lineage: str | None = None
+        self.resumed = False  # restored from a checkpoint
         self._expired_counted = 0
         # labelled samples of a run that a poll's end cut short
         self.pending = PendingSamples(self.batch_size)
@@ -81,6 +84,7 @@ class PredictionService:
         self.refuse = refuse
         self.published_from = {}
         self.recovered = None
+        self.resumed = False
         self._expired_counted = 0
         self.pending = PendingSamples(self.batch_size)
         self.serving = ServingLoop(
@@ -101,6 +105,7 @@ class PredictionService:
         self.serving.load_state_dict(state["loop"])
         self.pending.load_state_dict(state.get("pending", []), decode)
         self.published_from = restored_offsets(state["published"], "published predictions' ends")
+        self.resumed = True
         self._expired_counted = self.serving.expired
 
     def checkpoint_state(self) -> dict[str, Any]:
@@ -126,6 +131,12 @@ class PredictionService:
         if self.recovered is not None:
             return
 
+        def ours(message: dict[str, Any]) -> bool:
+            """Published by this daemon's line, with classes of its problem. A message without
+            ``daemon`` (a version before it) counts only after a checkpoint of this line."""
+            daemon = message.get("daemon", None if self.resumed else False)
+            return daemon in (None, self.lineage) and self._in_class_space(message["predicted"])
+
         def again(message: dict[str, Any]) -> bool:
             """A request this daemon reads again; only those are held."""
             request = message["request"]
@@ -140,7 +151,7 @@ class PredictionService:
                 self.bootstrap,
                 self.config.topic,
                 self.published_from,
-                accept=lambda message: self._in_class_space(message["predicted"]),
+                accept=ours,
                 keep=again,
             )
         except SinkError as exc:
@@ -230,6 +241,7 @@ class PredictionService:
                 self.config.top_k,
             )
             message.update(
+                daemon=self.lineage,
                 latency_seconds=latency,
                 served_at=now,
                 request={

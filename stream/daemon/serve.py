@@ -60,6 +60,7 @@ from stream.daemon.checkpoint_meta import (
 from stream.daemon.config import ServeConfig, ServeConfigError
 from stream.daemon.evaluation_history import EvaluationHistory
 from stream.daemon.keep_alive import KeepAlive
+from stream.daemon.lineage import daemon_lineage
 from stream.daemon.predictions import PredictionService
 from stream.daemon.storage_retry import StorageRetry
 from stream.data.datasets import load_dataset
@@ -178,6 +179,8 @@ class Daemon:
         self.store = CheckpointStore(config.checkpoint.dir, config.checkpoint.keep, checkpoint_key)
         self.store.lock(self._lock_name())
         try:
+            if self.predictions is not None:
+                self.predictions.lineage = daemon_lineage(config.checkpoint.dir)
             self._start()
         except BaseException:
             self.store.unlock()

@@ -118,10 +118,13 @@ def test_delayed_labels_are_served_once_across_kill_9_and_scored_as_a_replay(
         answered = next(i for i in range(first, second) if messages[i][1])
         key = f"serve-in:0:{answered}:0".encode()
         genuine = json.loads(dict(read_topic(kafka_broker.bootstrap, "serve-out"))[key])
+        assert genuine["daemon"] == (tmp_path / "ckpt" / "lineage").read_text().strip()
         forged = [
             (key, b"not json"),
             (key, b"[" * 50_000 + b"]" * 50_000),
             (key, json.dumps({**genuine, "predicted": {"label": 10}}).encode()),
+            # another daemon's answer (another checkpoint directory): never taken for its own
+            (key, json.dumps({**genuine, "daemon": "0" * 32, "predicted": {"label": 1}}).encode()),
         ]
         for forged_key, value in forged:
             sink.send("serve-out", value, key=forged_key)
