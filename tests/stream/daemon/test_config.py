@@ -172,3 +172,17 @@ def test_a_problem_no_message_could_fit_is_refused(problem, field):
     100,000 hierarchy levels passed too."""
     with pytest.raises(ValueError, match=field):
         ServeConfig.model_validate({**MINIMAL, "problem": problem})
+
+
+def test_the_reference_config_in_the_docs_is_a_config_the_daemon_takes(tmp_path):
+    """docs/daemon.md's annotated config, as written: its [problem] and [evaluation] must agree
+    (the page once declared [64] next to digits' [1, 8, 8], which the daemon refuses)."""
+    from stream.daemon.serve import build_problem
+
+    doc = (REPO / "docs" / "daemon.md").read_text()
+    start = doc.index("```toml\n") + len("```toml\n")
+    path = tmp_path / "serve.toml"
+    path.write_text(doc[start : doc.index("```", start)])
+    config = load_serve_config(path)
+    problem, evaluator = build_problem(config)
+    assert evaluator is not None and list(problem.input_shape) == config.problem.input_shape
