@@ -75,8 +75,10 @@ class ServeProcess:
         self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         with self.log_path.open("ab") as log:
+            # a session of its own: a signal to its process group (Ctrl-C) spares pytest
             self.process = subprocess.Popen(
                 self.command(), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
             )  # fmt: skip
 
     def events(self, since_start: bool = True) -> list[dict[str, Any]]:
@@ -137,6 +139,13 @@ class ServeProcess:
         """SIGTERM (or ``signum``), then the exit code."""
         assert self.process is not None
         self.process.send_signal(signum)
+        return self.process.wait(timeout)
+
+    def interrupt_group(self, signum: int = signal.SIGINT, timeout: float = 60) -> int:
+        """``signum`` to the process group the command started (what Ctrl-C in a terminal
+        does), then the exit code."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signum)
         return self.process.wait(timeout)
 
     def stop(self) -> None:

@@ -112,13 +112,16 @@ def launch_workers(config: str, workers: int, max_restarts: int) -> int:
 
     SIGTERM and SIGINT go to the workers themselves: each finishes its round, the group writes a
     last aligned checkpoint, every worker exits 0 and so does torchrun. (Signalled itself,
-    torchrun would stop its workers the same way but report failure.)"""
+    torchrun would stop its workers the same way but report failure, with a traceback.) So
+    torchrun runs in a process group of its own: Ctrl-C in a terminal, or a signal to this
+    command's process group, reaches this process only, which forwards it. (systemd signals
+    every process of the unit's cgroup: use ``KillMode=mixed``, docs/scale-out.md.)"""
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         "--nproc-per-node", str(workers), "--max-restarts", str(max_restarts),
         "-m", "stream", "serve", "--config", config,
     ]  # fmt: skip
-    launcher = subprocess.Popen(command)
+    launcher = subprocess.Popen(command, process_group=0)
 
     def forward(signum: int, frame: FrameType | None) -> None:
         children = _children(launcher.pid)
