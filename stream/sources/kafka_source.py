@@ -162,6 +162,12 @@ class ConfluentSource(KafkaSource):
             # waits this long before fetching again; its default, a second, leaves the queue
             # empty and the learner idle for most of that second.
             "fetch.queue.backoff.ms": 10,
+            # A subscribed topic that does not exist yet is looked for at each metadata
+            # refresh: every 5 minutes by default, so a daemon started before its topic learned
+            # nothing for minutes after the topic was made. The lag probe's interval instead.
+            "topic.metadata.refresh.interval.ms": max(
+                1000, int(config.probe_interval_seconds * 1000)
+            ),
             "error_cb": self._client_error,
             "logger": client_log,
             **config.options,

@@ -355,6 +355,29 @@ def test_an_idle_daemon_at_the_end_of_the_topic_reports_the_broker_up(
         daemon.stop()
 
 
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_daemon_started_before_its_topic_learns_it_once_it_is_made(
+    kafka_broker, tmp_path, client
+):
+    """librdkafka looks for a subscribed topic that does not exist at its metadata refresh,
+    every 5 minutes by default: a confluent daemon started before its topic learned nothing of
+    it for minutes."""
+    name = f"later-{client}"
+    config = audit_config(tmp_path, "later", kafka_broker.bootstrap, name, client)
+    daemon = ServeProcess(config, tmp_path, "later")
+    try:
+        daemon.start()
+        daemon.wait_for(lambda e: e["event"] == "serving", 60)
+        time.sleep(2)  # the subscription found no topic
+        # kafka-python's subscription may have made the topic already (tansu: 4 partitions)
+        topic = Topic(kafka_broker.bootstrap, name, partitions=2, exact=False)
+        publish_audit(topic, range(40), per_message=4)
+        daemon.wait_until_learned(topic.ends, timeout=45)
+        assert daemon.terminate() == 0
+    finally:
+        daemon.stop()
+
+
 def test_a_bad_config_is_one_line_and_exit_2(tmp_path, capsys):
     path = tmp_path / "serve.toml"
     path.write_text('[kafka]\nbootstrap = "127.0.0.1:9092"\n[learner]\nname = "nmc"\n')
