@@ -457,6 +457,13 @@ def _checked(
                 f"{locate(name, bad)}: event {bad}: {name} {int(column[bad])} outside "
                 f"[{low}, {high}] (from the header)"
             )
+    duplicate = first_duplicate(arrays["id"])
+    if duplicate is not None:
+        raise StreamFileError(
+            f"{locate('id', duplicate)}: event {duplicate} has id {int(arrays['id'][duplicate])}, "
+            "which an earlier event has (ids join delayed labels to their samples: each must "
+            "be unique)"
+        )
     return RecordedStream(
         header=header,
         id=arrays["id"],
@@ -466,6 +473,21 @@ def _checked(
         task=arrays["task"],
         x=arrays.get("x") if header.inline else None,
     )
+
+
+def first_duplicate(ids: np.ndarray) -> int | None:
+    """The index of the first id an earlier position holds, or None when all differ.
+
+    >>> first_duplicate(np.array([3, 1, 4, 1, 5])), first_duplicate(np.arange(4))
+    (3, None)
+    """
+    if len(ids) < 2 or bool((ids[1:] > ids[:-1]).all()):  # a recorded stream's usual order
+        return None
+    order = np.argsort(ids, kind="stable")
+    repeated = np.flatnonzero(ids[order][1:] == ids[order][:-1])
+    if not len(repeated):
+        return None
+    return int(order[repeated + 1].min())
 
 
 def record_schedule(

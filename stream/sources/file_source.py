@@ -47,31 +47,10 @@ def check_events(stream: RecordedStream, dataset: Dataset | None, problem: Probl
     )
     if bad is not None:
         raise StreamFileError(f"{where}: event {bad[0]} has {bad[2]}")
-    duplicate = first_duplicate(np.asarray(stream.id))
-    if duplicate is not None:
-        raise StreamFileError(
-            f"{where}: event {duplicate} has id {int(stream.id[duplicate])}, which an earlier "
-            "event has (ids join delayed labels to their samples: each must be unique)"
-        )
     x = stream.x
     if x is not None and np.issubdtype(x.dtype, np.floating) and not all_finite(x):
         event = int(np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))[0])
         raise StreamFileError(f"{where}: event {event} has NaN or inf in its input")
-
-
-def first_duplicate(ids: np.ndarray) -> int | None:
-    """The index of the first id an earlier position holds, or None when all differ.
-
-    >>> first_duplicate(np.array([3, 1, 4, 1, 5])), first_duplicate(np.arange(4))
-    (3, None)
-    """
-    if len(ids) < 2 or bool((ids[1:] > ids[:-1]).all()):  # a recorded stream's usual order
-        return None
-    order = np.argsort(ids, kind="stable")
-    repeated = np.flatnonzero(ids[order][1:] == ids[order][:-1])
-    if not len(repeated):
-        return None
-    return int(order[repeated + 1].min())
 
 
 def task_batches(

@@ -98,8 +98,13 @@ def test_a_stream_whose_ids_repeat_is_refused_before_anything_is_learned(tmp_pat
     events = [json.loads(line) for line in lines[1:]]
     events[40]["id"] = events[7]["id"]
     path.write_text("\n".join([lines[0], *(json.dumps(e) for e in events)]) + "\n")
-    for delay in (["--label-delay", "5"], []):
-        args = ["replay", str(path), "--learner", "nmc", *delay, "--out", str(tmp_path / "o")]
+    out = ["--out", str(tmp_path / "o")]
+    for args in (
+        ["replay", str(path), "--learner", "nmc", "--label-delay", "5", *out],
+        ["replay", str(path), "--learner", "nmc", *out],
+        # publish too: a published stream must not diverge from its replay
+        ["publish", str(path), "--bootstrap", "127.0.0.1:9", "--topic", "t", "--label-delay", "5"],
+    ):
         assert cli.main(args) == 2
         err = capsys.readouterr().err
-        assert f"event 40 has id {events[7]['id']}, which an earlier event has" in err
+        assert f"{path}:42: event 40 has id {events[7]['id']}, which an earlier event" in err
