@@ -28,8 +28,10 @@ def plot_curves(
     axes.set_ylim(0, 1)
     axes.grid(alpha=0.3)
     axes.set_title(title)
-    if curves:
+    if axes.lines:
         axes.legend(loc="lower right")
+    else:  # no anytime evaluation (--eval-period 0): say so rather than an empty frame
+        axes.text(0.5, 0.5, "no anytime evaluation in these runs", ha="center", va="center")
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -154,8 +154,13 @@ def run(args: argparse.Namespace) -> int:
     sink.flush()
     sink.close()
     seconds = time.monotonic() - started
+    kinds = (
+        f"{args.format} messages"
+        if delay is None
+        else f"messages ({args.format} requests, JSON labels)"
+    )
     print(
-        f"published {samples} samples in {sent} {args.format} messages to {args.topic} "
+        f"published {samples} samples in {sent} {kinds} to {args.topic} "
         f"({partitions} partitions) in {seconds:.2f} s "
         f"({samples / max(seconds, 1e-9):.0f} samples/s)"
     )

@@ -22,7 +22,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "report",
         help="compare runs: a markdown table and one plot of their anytime-accuracy curves",
         description="Compare the results.json of several replays: print a markdown table "
-        "(accuracies in %%) and write it with a plot of every run's anytime-accuracy curve.",
+        "(accuracies in %) and write it with a plot of every run's anytime-accuracy curve.",
     )
     parser.add_argument(
         "results", nargs="+", metavar="RESULTS", help="results.json files or run directories"

@@ -17,7 +17,7 @@ from stream.data.stream_file import record_schedule, write_stream
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "schedule",
-        help="generate a recorded stream (disjoint, i-blurry, si-blurry, hle)",
+        help="generate a recorded stream (disjoint, i-blurry, si-blurry, hle, ordered)",
         description="Generate a recorded stream. The output form follows the suffix: "
         ".jsonl for JSON lines, anything else (e.g. .scl) for the fast binary form.",
     )
