@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 import structlog
+import torch
+import torch.distributed
 
 from learners.capabilities import DriftAction, SyncedStatistics
 from stream.daemon.aligned_checkpoint import AlignedCheckpoints, Shard
@@ -77,6 +79,23 @@ def rank_file(path: Path, rank: int) -> Path:
 class NonFiniteState(RuntimeError):
     """A rank's statistics turned NaN or inf before a sync point: the group restarts without
     the messages that rank learned since the last one (stream/daemon/poison.py)."""
+
+
+def collective_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is the process group failing (a peer gone, a collective timed out), not
+    the learner: torch raises those as ``DistError``, or from gloo as a plain RuntimeError
+    naming it. The group restarts from its last global checkpoint either way; only a learner's
+    own failure marks the batch as poison.
+
+    >>> collective_failure(RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer"))
+    True
+    >>> collective_failure(RuntimeError("Matrix is not positive definite"))
+    False
+    """
+    if isinstance(exc, torch.distributed.DistError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("gloo" in text or "NCCL" in text)
 
 
 class ScaleOutDaemon(Daemon):
@@ -336,6 +355,10 @@ class ScaleOutDaemon(Daemon):
             self.loop.process(batch, served)
         except Exception as exc:
             detail = f"{type(exc).__name__}: {exc}"
+            if collective_failure(exc):
+                # a peer died or timed out inside the step's all-reduce: the batch is innocent
+                log.error("collective_failed", problem=detail, rank=self.world.rank)
+                raise
             recorded = self.poison.record(self.world.rank, messages, detail)
             log.error(
                 "learner_error",
