@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from learners.state.learner_state import LearnerState
 from stream.daemon.checkpoint import (
     MAX_RELISTS,
@@ -36,6 +38,8 @@ from stream.daemon.checkpoint import (
 )
 from stream.daemon.checkpoint_meta import restored_offsets
 from stream.data.regular_file import FileTooLarge, NotRegularFile, read_regular
+
+log = structlog.get_logger("streamcl.aligned_checkpoint")
 
 MANIFEST = "MANIFEST.json"
 MANIFEST_FORMAT = 1
@@ -116,18 +120,23 @@ class AlignedCheckpoints:
         return path
 
     def _kept(self, newest: int) -> set[int]:
-        complete = [e for e in self.epochs() if e <= newest and self._manifest(e) is not None]
+        # a damaged manifest does not count: the good epochs before it are kept instead
+        complete = [e for e in self.epochs() if e <= newest and isinstance(self._manifest(e), dict)]
         return set(complete[: self.keep])
 
-    def _manifest(self, epoch: int) -> dict[str, Any] | None:
-        """The epoch's manifest as parsed; None when there is none, or it is not one (larger than
-        any manifest, not JSON, nested deeper than Python parses): an interrupted epoch."""
+    def _manifest(self, epoch: int) -> dict[str, Any] | str | None:
+        """The epoch's manifest as parsed; None when there is none (a crash interrupted the
+        epoch before rank 0 wrote it); what is wrong when the file is there but no manifest
+        (not a regular file, larger than any manifest, not JSON, nested deeper than Python
+        parses): rank 0 writes it atomically, so that is damage, not an interrupted write."""
         path = self.epoch_dir(epoch) / MANIFEST
         try:
             manifest = json.loads(read_regular(path, MAX_MANIFEST_BYTES))
-        except (FileNotFoundError, NotRegularFile, FileTooLarge, ValueError, RecursionError):
+        except FileNotFoundError:
             return None
-        return manifest if isinstance(manifest, dict) else None
+        except (OSError, ValueError, RecursionError) as exc:
+            return f"{path}: not a manifest ({type(exc).__name__})"
+        return manifest if isinstance(manifest, dict) else f"{path}: not a manifest (not an object)"
 
     def latest(self) -> dict[str, Any] | None:
         """The manifest of the newest complete epoch, whose shards all match it; None when no
@@ -156,11 +165,13 @@ class AlignedCheckpoints:
                 manifest = self._manifest(epoch)
                 if manifest is None:
                     continue  # interrupted before the manifest: not a global checkpoint
-                problem = self._verify(epoch, manifest)
+                problem = manifest if isinstance(manifest, str) else self._verify(epoch, manifest)
                 if problem is None:
+                    assert isinstance(manifest, dict)
                     found = True
                     yield manifest
                 else:
+                    log.warning("epoch_skipped", epoch=epoch, problem=problem)
                     problems.append(problem)
         if problems and not found:
             raise CheckpointError(
@@ -195,11 +206,15 @@ class AlignedCheckpoints:
         return Shard(epoch, rank, meta, learner if meta.get("has_learner") else None)
 
     def remove_incomplete(self) -> None:
-        """Delete epochs newer than the newest one with a manifest: writes that a crash
-        interrupted. Call it only while no rank writes (at start, before the ranks meet)."""
+        """Delete epochs newer than the newest one with a manifest file: writes that a crash
+        interrupted before rank 0 wrote it. An epoch whose manifest is there but damaged is
+        kept (passed over, and reported, when the epochs are read): deleting it would throw
+        away what was learned. Call it only while no rank writes (at start, before the ranks
+        meet)."""
         for epoch in self.epochs():
-            if self._manifest(epoch) is not None:
+            if os.path.lexists(self.epoch_dir(epoch) / MANIFEST):
                 return
+            log.info("epoch_removed", epoch=epoch, reason="interrupted before its manifest")
             shutil.rmtree(self.epoch_dir(epoch), ignore_errors=True)
 
 

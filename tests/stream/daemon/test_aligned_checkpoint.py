@@ -129,10 +129,21 @@ def test_a_manifest_rank_0_could_not_have_written_falls_back_to_the_previous_epo
         store.latest()
 
 
-@pytest.mark.parametrize("content", [b"[" * 100_000, b" " * (16 << 20) + b"{}"])
-def test_a_manifest_too_deep_or_too_large_to_be_one_is_an_interrupted_epoch(tmp_path, content):
+@pytest.mark.parametrize("content", [b"", b"[" * 100_000, b" " * (16 << 20) + b"{}"])
+def test_a_damaged_manifest_is_passed_over_but_never_deleted(tmp_path, content):
+    """Rank 0 writes a manifest atomically, so an empty, deep or oversized one is damage, not
+    an interrupted write: it used to count as interrupted, and rank 0 deleted the epoch with
+    its shards at the next start, without a word; with every manifest damaged the group
+    started from scratch. Now it is passed over (logged), kept, and with nothing else usable
+    the start is refused."""
     store = AlignedCheckpoints(tmp_path)
     write_epoch(store, 1, 1)
     write_epoch(store, 2, 1)
     (store.epoch_dir(2) / MANIFEST).write_bytes(content)
-    assert store.latest()["epoch"] == 1
+    store.remove_incomplete()
+    assert store.epochs() == [2, 1] and store.latest()["epoch"] == 1
+    (store.epoch_dir(1) / MANIFEST).write_bytes(content)
+    store.remove_incomplete()
+    assert store.epochs() == [2, 1]
+    with pytest.raises(CheckpointError, match="not a manifest"):
+        store.latest()
