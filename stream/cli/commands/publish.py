@@ -21,7 +21,7 @@ import argparse
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ from stream.data.datasets import as_float_tensor, load_dataset
 from stream.data.label_delay import check_label_delay
 from stream.data.stream_file import RecordedStream, read_stream
 from stream.observe.pacing import RateLimit
-from stream.sinks.delayed_messages import delayed_messages
+from stream.sinks.delayed_messages import delayed_events
 from stream.sinks.kafka_sink import open_sink
 from stream.sources.file_source import check_against_dataset
 from stream.sources.kafka_options import parse_option, resolve_secrets
@@ -141,12 +141,18 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     limit = RateLimit(args.rate) if args.rate is not None else None
     sent = samples = 0
+    chosen: Iterable[tuple[bytes, int, int]]
     if delay is None:
-        chosen = messages(stream, dataset, args.format, args.batch)
+        # dealt round-robin, message by message
+        chosen = (
+            (m, c, n) for n, (m, c) in enumerate(messages(stream, dataset, args.format, args.batch))
+        )
     else:
-        chosen = delayed_messages(stream, dataset, args.format, delay)
-    for message, count in chosen:
-        sink.send(args.topic, message, partition=sent % partitions)
+        # a request and its label on one partition, by event: a daemon (or a scaled-out
+        # rank) joins a label only on its request's partition
+        chosen = delayed_events(stream, dataset, args.format, delay)
+    for message, count, slot in chosen:
+        sink.send(args.topic, message, partition=slot % partitions)
         sent += 1
         samples += count
         if limit is not None:

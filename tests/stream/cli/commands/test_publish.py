@@ -96,6 +96,30 @@ def test_every_event_arrives_in_order_per_partition(
         np.testing.assert_array_equal(np.concatenate([getattr(d, name) for d in decoded]), column)
 
 
+def test_with_a_label_delay_each_label_goes_to_its_requests_partition(kafka_broker, tmp_path):
+    """Labels were dealt round-robin with the requests, so on 3 partitions almost none came to
+    its request's partition: a scaled-out group joined 34 of 1442 and left the rest pending."""
+    import json
+
+    from stream.sources.serving_wire import ServingDecoder
+
+    path, stream, dataset = _schedule(tmp_path, "digits")
+    options = ["--label-delay", "50", "--partitions", "3", "--format", "json"]
+    assert _publish(path, kafka_broker.bootstrap, "publish-delayed", *options) == 0
+    got = _consume_all(kafka_broker.bootstrap, "publish-delayed", 3, 2 * len(stream))
+    assert len(got) == 2 * len(stream)
+    decoder = ServingDecoder(Decoder(dataset.problem(), format="json"))
+    requests, labels = {}, {}
+    for partition, _, value in got:
+        message = json.loads(value)
+        if "x" in message:
+            requests[int(decoder.decode(value).ids[0])] = partition
+        else:
+            labels[message["id"]] = partition
+    assert sorted(requests) == sorted(labels) == sorted(stream.id.tolist())
+    assert requests == labels and set(requests.values()) == {0, 1, 2}
+
+
 def test_uint8_images_travel_as_uint8_and_decode_as_replay_scales_them(kafka_broker, tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(60, 3, 3), dtype=np.uint8)
