@@ -11,7 +11,11 @@ Each rank appends to its own file in ``checkpoint.dir`` (the one directory every
 ``poison.rank-<r>.jsonl``, one JSON line per message, written and fsynced before the rank fails.
 On resume every rank reads every rank's file (partitions move between ranks in another world)
 and keeps the entries of its topic at or after the checkpoint's offsets. Each file is bounded by
-:data:`MAX_BYTES`; what does not fit is not recorded (logged), and that batch fails again.
+:data:`MAX_BYTES`; what does not fit is not recorded (logged), and that batch fails again. Once
+a rank has resumed from a global checkpoint it drops its own entries the checkpoint has passed
+(:meth:`PoisonLog.prune`), so the file holds what may come again, not every poison batch ever
+(it used to fill up, after which nothing was recorded and a poison batch failed at every
+restart).
 """
 
 from __future__ import annotations
@@ -62,6 +66,38 @@ class PoisonLog:
         finally:
             os.close(fd)
         return True
+
+    def prune(self, rank: int, offsets: dict[int, int]) -> None:
+        """Drop from rank ``rank``'s file the entries before ``offsets`` (the resumed global
+        checkpoint's) or of another topic: no restart from that checkpoint or a later one reads
+        those messages again. The file is replaced atomically, and only when something goes."""
+        path = self.path(rank)
+        try:
+            with open_regular(path) as file:
+                text = file.read(MAX_BYTES)
+        except (FileNotFoundError, NotRegularFile):
+            return
+        lines = text.splitlines()
+        kept = []
+        for line in lines:
+            entry = _entry(line)
+            if (
+                entry is not None
+                and entry[0] == self.topic
+                and entry[2] >= offsets.get(entry[1], 0)
+            ):
+                kept.append(line + b"\n")
+        if len(kept) == len(lines):
+            return
+        temporary = path.with_name(f".{path.name}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"".join(kept))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+        log.info("poison_pruned", path=str(path), dropped=len(lines) - len(kept), kept=len(kept))
 
     def since(self, offsets: dict[int, int]) -> dict[tuple[int, int], str]:
         """Every rank's recorded messages of this topic at or after ``offsets`` (partition ->

@@ -231,6 +231,8 @@ class ScaleOutDaemon(Daemon):
                 problem=problem or "another rank could not use it",
             )
             return False
+        if epoch > 0:  # a global checkpoint (not a single daemon's, taken over)
+            self.poison.prune(self.world.rank, restored_offsets(manifest["offsets"]))
         return True
 
     def _restore_epoch(self, manifest: dict[str, Any], shard: Callable[[int], Shard]) -> None:

@@ -48,3 +48,21 @@ def test_a_poison_file_that_is_not_a_regular_file_is_skipped_not_waited_on(tmp_p
     os.mkfifo(log.path(1))
     log.path(2).mkdir()
     assert log.since({}) == {(0, 4): "RuntimeError: not positive definite"}
+
+
+def test_a_rank_prunes_what_the_resumed_checkpoint_passed_so_the_file_never_fills(
+    tmp_path, monkeypatch
+):
+    """The file only grew: after a few poison events it was full, nothing more was recorded,
+    and the next poison batch failed the group at every restart."""
+    monkeypatch.setattr(poison, "MAX_BYTES", 400)
+    log = PoisonLog(tmp_path, "t")
+    for event in range(6):  # each a restart: resumed past the batch recorded before
+        first = 10 * event
+        assert log.record(0, [(0, first), (1, first)], "not positive definite")
+        log.prune(0, {0: first, 1: first})
+        assert sorted(log.since({})) == [(0, first), (1, first)]
+    log.path(0).write_bytes(log.path(0).read_bytes() + b"not json\n")
+    log.prune(0, {0: 0, 1: 100})  # hostile lines go, later offsets stay
+    assert log.since({}) == {(0, 50): "not positive definite"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["poison.rank-0.jsonl"]
