@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from learners.backbones.backbone import BackboneError
 from learners.backbones.timm_backbone import TimmUnavailableError
 from learners.backbones.weights import BackboneWeightsError
@@ -50,3 +52,22 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     StreamFileError,
     UnknownLearnerError,
 )
+
+
+# Set by ``streamcl serve --workers N`` for its workers: a worker that refuses to start (exit
+# 2: a checkpoint of another model, a held lock) writes its line there, so that the launcher
+# stops the group and exits 2 too, rather than torchrun restarting it until its restarts run
+# out and exiting 1 (which a service manager restarts for ever).
+REFUSAL_FILE_ENV = "STREAMCL_REFUSAL_FILE"
+
+
+def note_refusal(message: str) -> None:
+    """Hand ``message`` (a refusal, exit 2) to the launcher of this worker, if there is one."""
+    path = os.environ.get(REFUSAL_FILE_ENV)
+    if not path:
+        return
+    try:
+        with open(path, "a", encoding="utf-8") as file:
+            file.write(message.replace("\n", " ") + "\n")
+    except OSError:
+        pass  # the launcher then sees only the exit code

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from stream.cli.errors import USER_ERRORS, UsageError
+from stream.cli.errors import USER_ERRORS, UsageError, note_refusal
 from stream.observe.log_setup import add_logging_arguments, configure_logging, report_failure
 
 # Each module adds one subcommand with ``add_parser(subparsers)``; add a command with one line.
@@ -69,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except USER_ERRORS as exc:
         report_failure(f"streamcl: error: {exc}")
+        note_refusal(str(exc))
         return 2
     except KeyboardInterrupt:
         report_failure("streamcl: interrupted")

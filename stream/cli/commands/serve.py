@@ -14,13 +14,16 @@ fails (``--max-restarts``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from types import FrameType
 
-from stream.cli.errors import UsageError
+from stream.cli.errors import REFUSAL_FILE_ENV, UsageError
 from stream.daemon.checkpoint_key import load_checkpoint_key
 from stream.daemon.config import load_serve_config, resolve_kafka_secrets
 from stream.daemon.distributed import World
@@ -121,19 +124,38 @@ def launch_workers(config: str, workers: int, max_restarts: int) -> int:
         "--nproc-per-node", str(workers), "--max-restarts", str(max_restarts),
         "-m", "stream", "serve", "--config", config,
     ]  # fmt: skip
-    launcher = subprocess.Popen(command, process_group=0)
+    with tempfile.TemporaryDirectory(prefix="streamcl-launch-") as scratch:
+        refusals = Path(scratch) / "refusals"
+        env = {**os.environ, REFUSAL_FILE_ENV: str(refusals)}
+        launcher = subprocess.Popen(command, process_group=0, env=env)
 
-    def forward(signum: int, frame: FrameType | None) -> None:
-        children = _children(launcher.pid)
-        for pid in children or [launcher.pid]:
+        def forward(signum: int, frame: FrameType | None) -> None:
+            children = _children(launcher.pid)
+            for pid in children or [launcher.pid]:
+                try:
+                    os.kill(pid, signum)
+                except ProcessLookupError:
+                    continue  # exited meanwhile
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        while True:
             try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                continue  # exited meanwhile
+                code = launcher.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if refusals.exists():
+                    # a worker refused to start: restarting it would refuse again
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(launcher.pid, signal.SIGKILL)
+        if refusals.exists():
+            first = refusals.read_text(encoding="utf-8", errors="replace").splitlines()[:1]
+            raise WorkerRefused(first[0] if first else "a worker refused to start")
+        return code
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    return launcher.wait()
+
+class WorkerRefused(UsageError):
+    """A worker of ``serve --workers`` refused to start (its own exit 2): the group stops."""
 
 
 def _children(pid: int) -> list[int]:

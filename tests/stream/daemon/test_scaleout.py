@@ -152,6 +152,16 @@ def test_er_steps_data_parallel_and_its_loss_goes_down(kafka_broker, tmp_path):
         before = fresh._losses(fresh.backbone(inputs), labels, level).mean()
         after = ranks[0]._losses(ranks[0].backbone(inputs), labels, level).mean()
     assert after < 0.5 * before
+    # The same directory with another learner: every worker refuses to start. torchrun used to
+    # restart them until its restarts ran out and exit 1, which systemd restarts for ever.
+    group.reconfigure(learner={"name": "nmc", "options": {}})
+    group.start()
+    try:
+        assert group.process is not None and group.process.wait(120) == 2, group.tail(40)
+    finally:
+        group.stop()
+    last = json.loads(group.tail(1))  # the launcher's own line (serve logs JSON)
+    assert last["event"] == "command_failed" and "written for learner='er'" in last["error"]
 
 
 def free_ports(count: int) -> int:
