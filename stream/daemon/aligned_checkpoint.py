@@ -77,6 +77,12 @@ class AlignedCheckpoints:
         self.key = key
         self.directory.mkdir(parents=True, exist_ok=True)
 
+    @staticmethod
+    def found_in(directory: str | Path) -> bool:
+        """Whether ``directory`` holds a group's epochs (making nothing, unlike the store)."""
+        path = Path(directory)
+        return path.is_dir() and any(_EPOCH.match(p.name) for p in path.iterdir())
+
     def epoch_dir(self, epoch: int) -> Path:
         return self.directory / f"epoch-{epoch:012d}"
 

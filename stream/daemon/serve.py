@@ -269,8 +269,9 @@ class Daemon:
         if AlignedCheckpoints(directory).epochs():
             raise CheckpointError(
                 f"{directory} holds a scaled-out group's global checkpoints (epoch-*), which "
-                "one daemon does not resume: run the group (--workers N, or torchrun, also with "
-                "one worker), or give this daemon another checkpoint.dir"
+                "one daemon does not resume: run the group (streamcl serve, which runs a group "
+                "of --workers N, one by default, for such a directory; or torchrun), or give "
+                "this daemon another checkpoint.dir"
             )
         for checkpoint in self.store.candidates():
             try:

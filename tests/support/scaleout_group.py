@@ -52,7 +52,9 @@ class ScaleOutGroup(ServeProcess):
         self.workers = workers
 
     def command(self) -> list[str]:
-        return [*super().command(), "--workers", str(self.workers)]
+        """With ``workers`` 0: no ``--workers`` flag (the directory decides)."""
+        flag = ["--workers", str(self.workers)] if self.workers else []
+        return [*super().command(), *flag]
 
     @property
     def store(self) -> AlignedCheckpoints:

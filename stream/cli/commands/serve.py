@@ -24,6 +24,7 @@ from pathlib import Path
 from types import FrameType
 
 from stream.cli.errors import REFUSAL_FILE_ENV, UsageError
+from stream.daemon.aligned_checkpoint import AlignedCheckpoints
 from stream.daemon.checkpoint_key import load_checkpoint_key
 from stream.daemon.config import load_serve_config, resolve_kafka_secrets
 from stream.daemon.distributed import World
@@ -67,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
     config = resolve_kafka_secrets(load_serve_config(args.config), os.environ)
     key = load_checkpoint_key(config.checkpoint.key_file, os.environ)
     world = World.from_environment(os.environ)
-    if args.workers > 1 and world is None:
+    # A group's directory resumes as a group, of one worker too (a single daemon refuses it).
+    scaled = args.workers > 1 or AlignedCheckpoints.found_in(config.checkpoint.dir)
+    if scaled and world is None:
         return launch_workers(args.config, args.workers, args.max_restarts)
     metrics = config.metrics
     security = endpoint_security(metrics, os.environ) if metrics.port is not None else None

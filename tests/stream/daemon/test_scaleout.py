@@ -162,6 +162,16 @@ def test_er_steps_data_parallel_and_its_loss_goes_down(kafka_broker, tmp_path):
         group.stop()
     last = json.loads(group.tail(1))  # the launcher's own line (serve logs JSON)
     assert last["event"] == "command_failed" and "written for learner='er'" in last["error"]
+    # Without --workers the group's directory resumes as a group of one (one daemon refused it,
+    # asking for "--workers N ... also with one worker", which did not work either).
+    group.reconfigure(learner={"name": "er", "options": options})
+    group.workers = 0
+    group.start()
+    try:
+        group.wait_for(lambda e: e["event"] == "serving" and e.get("world_size") == 1, 120)
+        assert group.terminate(timeout=60) == 0, group.tail(40)
+    finally:
+        group.stop()
 
 
 def free_ports(count: int) -> int:
