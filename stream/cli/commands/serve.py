@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 from types import FrameType
 
+from stream import early_stop
 from stream.cli.errors import REFUSAL_FILE_ENV, UsageError
 from stream.daemon.aligned_checkpoint import AlignedCheckpoints
 from stream.daemon.checkpoint_key import load_checkpoint_key
@@ -103,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if early_stop.requested:  # asked while this worker was starting (stream/early_stop.py)
+        daemon.stop()
     try:
         daemon.run()
     finally:
@@ -132,13 +135,22 @@ def launch_workers(config: str, workers: int, max_restarts: int) -> int:
         env = {**os.environ, REFUSAL_FILE_ENV: str(refusals)}
         launcher = subprocess.Popen(command, process_group=0, env=env)
 
+        stopping: list[int] = []  # the signal to pass on
+        signalled: set[int] = set()
+
         def forward(signum: int, frame: FrameType | None) -> None:
-            children = _children(launcher.pid)
-            for pid in children or [launcher.pid]:
-                try:
-                    os.kill(pid, signum)
-                except ProcessLookupError:
-                    continue  # exited meanwhile
+            stopping[:] = [signum]
+            pass_on()
+
+        def pass_on() -> None:
+            """The stop signal to every worker not given it yet: torchrun may be between two
+            groups (no workers) and start new ones later; signalled itself it would end with a
+            traceback and exit 1, so it never is."""
+            for pid in _children(launcher.pid):
+                if pid not in signalled:
+                    signalled.add(pid)
+                    with contextlib.suppress(ProcessLookupError):  # exited meanwhile
+                        os.kill(pid, stopping[0])
 
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
@@ -147,6 +159,8 @@ def launch_workers(config: str, workers: int, max_restarts: int) -> int:
                 code = launcher.wait(timeout=0.5)
                 break
             except subprocess.TimeoutExpired:
+                if stopping:
+                    pass_on()
                 if refusals.exists():
                     # a worker refused to start: restarting it would refuse again
                     with contextlib.suppress(ProcessLookupError):

@@ -174,6 +174,30 @@ def test_er_steps_data_parallel_and_its_loss_goes_down(kafka_broker, tmp_path):
         group.stop()
 
 
+def test_a_stop_while_torchrun_restarts_the_group_still_stops_it(kafka_broker, tmp_path):
+    """SIGTERM to ``serve --workers`` right after a rank died: torchrun was starting new
+    workers, which the forwarded signal killed while they imported torch; torchrun took that
+    for another failure and restarted them again, and the group kept running."""
+    name = "scaleout-stop-in-restart"
+    x, y = blobs(200, seed=5)
+    group = ScaleOutGroup(
+        group_config(tmp_path, name, kafka_broker.bootstrap, {"name": "nmc"}), tmp_path, name, 2
+    )
+    sent = publish(kafka_broker.bootstrap, name, PARTITIONS, x, y, per_message=10)
+    group.start()
+    try:
+        group.wait_for_offsets(sent, timeout=120)
+        group.kill_rank(1, timeout=10)
+        deadline = time.monotonic() + 60
+        while "failed (exitcode: -9)" not in group.tail(400):  # torchrun restarts the group
+            assert time.monotonic() < deadline, group.tail(40)
+            time.sleep(0.05)
+        assert group.terminate(timeout=120) == 0, group.tail(60)
+    finally:
+        group.stop()
+    assert group.store.latest() is not None
+
+
 def free_ports(count: int) -> int:
     """A port ``p`` with ``p .. p + count - 1`` free (rank L serves on metrics.port + L)."""
     for _ in range(50):
