@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -149,8 +150,14 @@ class ServeProcess:
         return self.process.wait(timeout)
 
     def stop(self) -> None:
+        """Kill the command and everything it started (torchrun and its workers run in a
+        process group of their own, which a kill of the command alone would leave running)."""
         if self.process is not None and self.process.poll() is None:
+            family = _descendants(self.process.pid)
             self.kill9()
+            for pid in family:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     def tail(self, lines: int = 15) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -224,3 +231,24 @@ class Topic:
 
     def flush(self) -> None:
         self.sink.flush()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc), deepest last."""
+    found: list[int] = []
+    queue = [pid]
+    while queue:
+        parent = queue.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as children:
+                    kids = [int(c) for c in children.read().split()]
+            except OSError:
+                continue
+            found += kids
+            queue += kids
+    return found
