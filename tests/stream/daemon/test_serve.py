@@ -257,8 +257,8 @@ def test_broker_failures_back_off_are_reported_and_lose_nothing(tmp_path):
     _assert_same_model(daemon.learner, _reference(x, y))
 
 
-def test_stop_finishes_the_batch_checkpoints_and_returns(tmp_path):
-    partitions, x, y, _ = _topic()
+def _stopped_when_drained(tmp_path, partitions, prepare=lambda daemon: None) -> Daemon:
+    """A daemon run on a thread over ``partitions`` and stopped once it read them all."""
     source = MemorySource(partitions)
     daemon = Daemon(
         _config(
@@ -266,13 +266,21 @@ def test_stop_finishes_the_batch_checkpoints_and_returns(tmp_path):
         ),
         source_factory=source.bind,
     )
+    prepare(daemon)
     runner = threading.Thread(target=daemon.run)
     runner.start()
     while not source.drained():
         runner.join(0.01)
     daemon.stop()
     runner.join(10)
-    assert not runner.is_alive() and source.closed and not daemon.final_checkpoint_failed
+    assert not runner.is_alive() and source.closed
+    return daemon
+
+
+def test_stop_finishes_the_batch_checkpoints_and_returns(tmp_path):
+    partitions, x, y, _ = _topic()
+    daemon = _stopped_when_drained(tmp_path, partitions)
+    assert not daemon.final_checkpoint_failed
     latest = CheckpointStore(tmp_path / "ckpt").latest()
     assert {int(p): o for p, o in latest.meta["offsets"].items()} == daemon.positions
     # what waited for a complete micro-batch is in the checkpoint, to be learned after a restart
@@ -286,26 +294,15 @@ def test_stop_finishes_the_batch_checkpoints_and_returns(tmp_path):
 def test_a_stop_whose_last_checkpoint_fails_says_so(tmp_path, monkeypatch):
     """The final checkpoint failed (storage, or the broker during an outage) and the daemon
     still reported a clean stop, exit 0."""
-    partitions, *_ = _topic()
-    source = MemorySource(partitions)
-    daemon = Daemon(
-        _config(
-            tmp_path, checkpoint={"every_samples": 10_000}, kafka={"poll_timeout_seconds": 0.01}
-        ),
-        source_factory=source.bind,
-    )
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(daemon.store, "write", full_disk)
-    runner = threading.Thread(target=daemon.run)
-    runner.start()
-    while not source.drained():
-        runner.join(0.01)
-    daemon.stop()
-    runner.join(10)
-    assert not runner.is_alive() and daemon.final_checkpoint_failed
+    partitions, *_ = _topic()
+    daemon = _stopped_when_drained(
+        tmp_path, partitions, lambda d: monkeypatch.setattr(d.store, "write", full_disk)
+    )
+    assert daemon.final_checkpoint_failed
     assert CheckpointStore(tmp_path / "ckpt").latest() is None
 
 
