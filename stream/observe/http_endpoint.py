@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
 import json
 import math
@@ -54,6 +55,10 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_STALL_SECONDS = 120.0
 
 log = structlog.get_logger("streamcl.metrics_server")
+
+# What a refused client may still send before its connection closes (see _discard).
+DISCARD_BYTES = 64 << 20
+DISCARD_IDLE_SECONDS = 1.0
 
 _REASONS = {
     200: "OK",
@@ -183,6 +188,7 @@ class MetricsServer:
         self._refusals: dict[tuple[str, str], Refusal] = {}
         self._pending: OrderedDict[int, asyncio.StreamWriter] = OrderedDict()
         self._open = 0
+        self._discarding: set[asyncio.Task[None]] = set()  # refused clients read on (_discard)
         self._executor = ThreadPoolExecutor(limits.handler_threads, "streamcl-http")
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.AbstractServer | None = None
@@ -274,6 +280,9 @@ class MetricsServer:
         self._server.close()
         for writer in list(self._pending.values()):
             writer.close()
+        for task in list(self._discarding):
+            task.cancel()
+        await asyncio.gather(*self._discarding, return_exceptions=True)
         await self._server.wait_closed()
 
     def __enter__(self) -> MetricsServer:
@@ -305,6 +314,16 @@ class MetricsServer:
             except _BadRequest as exc:
                 self._pending.pop(key, None)
                 await self._send(writer, self._refusal(exc))
+                if exc.status == 413:
+                    # A client still sending the body it was refused for would see the
+                    # connection reset, not the answer: read on for a while, then close.
+                    task = asyncio.current_task()
+                    assert task is not None
+                    self._discarding.add(task)
+                    try:
+                        await self._discard(reader)
+                    finally:
+                        self._discarding.discard(task)
                 return
             self._pending.pop(key, None)
             response = await self._loop.run_in_executor(self._executor, self._answer, request)
@@ -315,6 +334,21 @@ class MetricsServer:
             self._pending.pop(key, None)
             self._open -= 1
             writer.close()
+
+    async def _discard(self, reader: asyncio.StreamReader) -> None:
+        """Read and drop what the client still sends, up to :data:`DISCARD_BYTES` and the
+        request timeout, until it pauses for :data:`DISCARD_IDLE_SECONDS`, so that it can read
+        the refusal before the connection closes."""
+        left = DISCARD_BYTES
+        with contextlib.suppress(TimeoutError, ConnectionError, OSError):
+            async with asyncio.timeout(self.limits.request_timeout):
+                while left > 0:
+                    chunk = await asyncio.wait_for(
+                        reader.read(min(left, 1 << 16)), DISCARD_IDLE_SECONDS
+                    )
+                    if not chunk:
+                        return
+                    left -= len(chunk)
 
     async def _read(self, reader: asyncio.StreamReader, client: str) -> Request:
         try:

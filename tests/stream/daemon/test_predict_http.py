@@ -180,3 +180,12 @@ def test_bodies_up_to_the_handlers_limit_pass_even_beyond_the_endpoints(digits):
         assert server.limits.max_body_bytes < len(body) < 4 << 20
         status, answer = _post(server, body)
         assert status == 200 and len(answer["predictions"]) == 1024
+
+
+def test_a_client_sending_a_body_over_the_limit_reads_the_refusal(endpoint):
+    """The endpoint answered 413 before reading the body and closed: a client still sending
+    5 MB saw its connection reset, not the answer."""
+    server, _, telemetry = endpoint
+    status, answer = _post(server, b"x" * (5 << 20))
+    assert (status, answer["error"]) == (413, "oversized")
+    assert "the limit is 64000" in answer["detail"]
