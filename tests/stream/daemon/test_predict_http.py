@@ -189,3 +189,7 @@ def test_a_client_sending_a_body_over_the_limit_reads_the_refusal(endpoint):
     status, answer = _post(server, b"x" * (5 << 20))
     assert (status, answer["error"]) == (413, "oversized")
     assert "the limit is 64000" in answer["detail"]
+    counted = telemetry.registry.get_sample_value(
+        "streamcl_predict_http_errors_total", {"reason": "oversized"}
+    )
+    assert counted == 1
