@@ -35,6 +35,7 @@ from stream.daemon.checkpoint import (
     checkpoint_bytes,
     decode,
     encode,
+    write_atomically,
 )
 from stream.daemon.checkpoint_meta import restored_offsets
 from stream.data.regular_file import FileTooLarge, NotRegularFile, read_regular
@@ -103,7 +104,7 @@ class AlignedCheckpoints:
             self.key,
         )
         name = shard_name(rank)
-        _write_atomically(directory / name, data)
+        write_atomically(directory / name, data)
         return {"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
     def write_manifest(
@@ -119,7 +120,7 @@ class AlignedCheckpoints:
             "offsets": offsets,
         }
         path = self.epoch_dir(epoch) / MANIFEST
-        _write_atomically(path, json.dumps(manifest, indent=1).encode())
+        write_atomically(path, json.dumps(manifest, indent=1).encode())
         for old in self.epochs():
             if old < epoch and old not in self._kept(epoch):
                 shutil.rmtree(self.epoch_dir(old), ignore_errors=True)
@@ -252,24 +253,3 @@ def _malformed(epoch: int, manifest: dict[str, Any]) -> str | None:
     except ValueError as exc:
         return str(exc)
     return None
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    with temp.open("wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temp, path)
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -249,12 +249,7 @@ class CheckpointStore:
         path = self.directory / f"checkpoint-{sequence:012d}.sclckpt"
         temp = self.directory / f"{_TEMP_PREFIX}{sequence:012d}.tmp"
         data = encode({**meta, "sequence": sequence}, learner, self.key)
-        with temp.open("wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-        _fsync_directory(self.directory)
+        write_atomically(path, data, temp)
         for _, old in self.files()[self.keep :]:
             old.unlink()
         return path
@@ -311,6 +306,20 @@ class CheckpointStore:
                 f"no usable checkpoint in {self.directory}: {problem} (see the log); "
                 "move these files away to start from scratch"
             )
+
+
+def write_atomically(path: Path, data: bytes, temp: Path | None = None, mode: int = 0o666) -> None:
+    """``data`` as the whole of ``path``, or ``path`` as it was: written to ``temp`` (default
+    ``.<name>.tmp`` beside it, created with ``mode`` less the umask), fsynced, renamed over
+    ``path``, the rename made durable."""
+    temp = temp or path.with_name(f".{path.name}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temp, path)
+    _fsync_directory(path.parent)
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import structlog
 
+from stream.daemon.checkpoint import write_atomically
 from stream.data.regular_file import NotRegularFile, open_regular
 from stream.sources.wire import short
 
@@ -89,14 +90,7 @@ class PoisonLog:
                 kept.append(line + b"\n")
         if len(kept) == len(lines):
             return
-        temporary = path.with_name(f".{path.name}.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, b"".join(kept))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
+        write_atomically(path, b"".join(kept), mode=0o600)
         log.info("poison_pruned", path=str(path), dropped=len(lines) - len(kept), kept=len(kept))
 
     def since(self, offsets: dict[int, int]) -> dict[tuple[int, int], str]:
