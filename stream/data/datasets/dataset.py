@@ -9,8 +9,8 @@ Bounds (far above any real dataset, far below what exhausts a machine):
 - :data:`MAX_DATASET_BYTES` (4 GiB) of arrays, and no more than this machine's memory, checked
   on the sizes a loader declares or computes before it reads or generates them
   (:func:`check_bytes`);
-- generator seeds in ``[0, MAX_SEED]`` (numpy's legacy generators, which river uses, take no
-  more).
+- generator seeds in ``[0, learners.base.MAX_SEED]``, the learners' bound (numpy's legacy
+  generators, which river uses, take no more).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from stream.data.finite import all_finite
 MAX_CLASSES = 1 << 24
 MAX_LEVELS = 256
 MAX_DATASET_BYTES = 4 << 30
-MAX_SEED = 2**32 - 1
 
 
 class DatasetError(ValueError):

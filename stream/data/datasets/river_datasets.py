@@ -55,7 +55,8 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
-from stream.data.datasets.dataset import MAX_CLASSES, MAX_SEED, Dataset, DatasetError, check_bytes
+from learners.base import MAX_SEED
+from stream.data.datasets.dataset import MAX_CLASSES, Dataset, DatasetError, check_bytes
 from stream.data.option_value import option_value
 
 MAX_SAMPLES = 1_000_000

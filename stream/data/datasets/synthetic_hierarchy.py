@@ -29,10 +29,10 @@ import math
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from learners.base import MAX_SEED
 from stream.data.datasets.dataset import (
     MAX_CLASSES,
     MAX_LEVELS,
-    MAX_SEED,
     Dataset,
     DatasetError,
     check_bytes,
