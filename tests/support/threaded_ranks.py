@@ -12,12 +12,60 @@ import torch
 from stream.daemon.distributed import World
 
 
+class Rendezvous:
+    """A barrier that behaves like a collective: once every rank has arrived, each of them
+    returns, even if one aborts the group right after (``threading.Barrier`` let a rank that
+    left first and failed break the round its peers had already completed, so they never
+    acted on its result: a rank that a real all-reduce would let record its poison did not)."""
+
+    def __init__(self, size: int, timeout: float) -> None:
+        self.size = size
+        self.timeout = timeout
+        self._cond = threading.Condition()
+        self._arrived = 0
+        self._generation = 0
+        self._broken = False
+
+    def wait(self) -> None:
+        with self._cond:
+            if self._broken:
+                raise threading.BrokenBarrierError
+            generation = self._generation
+            self._arrived += 1
+            if self._arrived == self.size:
+                self._arrived = 0
+                self._generation += 1
+                self._cond.notify_all()
+                return
+            done = self._cond.wait_for(
+                lambda: self._generation != generation or self._broken, self.timeout
+            )
+            if self._generation != generation:
+                return
+            self._broken = True
+            self._cond.notify_all()
+            if not done:
+                raise threading.BrokenBarrierError("timed out waiting for the other ranks")
+            raise threading.BrokenBarrierError
+
+    @property
+    def n_waiting(self) -> int:
+        """How many ranks wait in the current round (as ``threading.Barrier.n_waiting``)."""
+        with self._cond:
+            return self._arrived
+
+    def abort(self) -> None:
+        with self._cond:
+            self._broken = True
+            self._cond.notify_all()
+
+
 class ThreadedGroup:
-    """What the ranks of one group share: a barrier and one slot per rank."""
+    """What the ranks of one group share: a rendezvous and one slot per rank."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.barrier = threading.Barrier(size, timeout=30)
+        self.barrier = Rendezvous(size, timeout=30)
         self.slots: list[Any] = [None] * size
 
     def run(self, work: Callable[[int], Any]) -> list[Any]:

@@ -8,6 +8,7 @@ torchrun and real-broker tests are in tests/stream/daemon/test_scaleout.py.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -612,6 +613,33 @@ def test_one_daemon_refuses_a_groups_checkpoints_rather_than_start_afresh(tmp_pa
     run_group(cfg, topic_of(x, y, 2), ranks=2, rounds=3)
     with pytest.raises(CheckpointError, match="scaled-out group's global checkpoints"):
         Daemon(cfg, source_factory=MemorySource({0: []}).bind)
+
+
+def test_a_completed_round_returns_on_every_rank_though_one_aborts_right_after():
+    """The threaded stand-in for an all-reduce: the rank that arrived last and failed at once
+    broke the round its peer had already completed (threading.Barrier), so the rank whose
+    statistics were NaN never recorded its poison (a CI run failed so, 1 in ~10)."""
+    for _ in range(20):
+        group = ThreadedGroup(2)
+        outcome: list[str] = []
+
+        def first(group: ThreadedGroup, outcome: list[str]) -> None:
+            try:
+                group.barrier.wait()
+                outcome.append("returned")
+            except threading.BrokenBarrierError:
+                outcome.append("broken")
+
+        thread = threading.Thread(target=first, args=(group, outcome))
+        thread.start()
+        while group.barrier.n_waiting == 0:  # the peer waits inside the round
+            threading.Event().wait(0.001)
+        group.barrier.wait()
+        group.barrier.abort()
+        thread.join()
+        assert outcome == ["returned"]
+    with pytest.raises(threading.BrokenBarrierError):  # a round not completed stays broken
+        group.barrier.wait()
 
 
 def test_statistics_turned_nan_never_reach_the_other_ranks_or_a_checkpoint(tmp_path):
