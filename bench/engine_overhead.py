@@ -10,9 +10,9 @@ repeated, best of each kept:
   accounting, metrics bookkeeping, and the learner's ``predict`` and ``learn`` (for ``nmc`` one
   fused ``predict_then_learn`` call, learners/capabilities.py).
 - ``scored``: the least a prequential loop must add to ``bare``: the fused call on batches in
-  memory, each batch's scores and labels copied into a run buffer (the learner reuses nothing,
-  but a later batch changes what it would predict) and the hits of each 1024-row run counted
-  by one argmax. The engine's distance to it is the loop's own cost; ``scored`` / ``bare`` is
+  memory, each batch's scores and labels kept (the fused call's scores are the caller's) and
+  the hits of each 1024-row run counted by one argmax, as the engine's run
+  (stream/engine/deferred_prequential.py). The engine's distance to it is the loop's own cost; ``scored`` / ``bare`` is
   the price of scoring every prediction, which no engine avoids.
 
 Anytime evaluation is off in both (it would cost the same in both). Target: engine ≥ 90% of bare
@@ -40,6 +40,7 @@ from learners.registry import create
 from stream.data.datasets import Dataset
 from stream.data.schedules import make_schedule
 from stream.data.stream_file import read_stream, record_schedule, write_stream
+from stream.engine.deferred_prequential import MAX_ROWS
 from stream.engine.event_loop import EventLoop, LoopConfig
 from stream.sources.file_source import task_batches
 
@@ -105,19 +106,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
             def scored(batches: list = batches) -> tuple[float, float]:
                 nmc = create("nmc", problem)
-                scores = torch.empty(1024, args.classes)
-                labels = np.empty(1024, dtype=np.int64)
+                kept: list[torch.Tensor] = []
+                labels: list[torch.Tensor] = []
                 rows = correct = 0
                 started = clocks()
                 for b in batches:
                     batch_scores = nmc.predict_then_learn(b.x, b.y, b.level)
                     n = len(batch_scores)
-                    if rows + n > len(labels):
-                        hits = scores[:rows].numpy().argmax(axis=1) == labels[:rows]
+                    if rows + n > MAX_ROWS:
+                        hits = torch.cat(kept).numpy().argmax(axis=1) == torch.cat(labels).numpy()
                         correct += int(np.count_nonzero(hits))
-                        rows = 0
-                    scores[rows : rows + n] = batch_scores
-                    labels[rows : rows + n] = b.y.numpy()
+                        kept, labels, rows = [], [], 0
+                    kept.append(batch_scores)
+                    labels.append(b.y)
                     rows += n
                 return since(started)
 

@@ -193,6 +193,8 @@ class FusedPrediction(ABC):
         Returns ``[B, max(num_classes)]`` scores, each row equal to what ``predict(x, level)``
         would have given it before the batch was learned (up to floating-point summation order),
         padded with ``-inf`` beyond its level's classes. Learning must equal ``learn``'s.
+        The tensor is the caller's: the learner never writes it again (the event loop keeps a
+        run of them uncopied until it counts them, stream/engine/deferred_prequential.py).
         """
 
 

@@ -380,11 +380,13 @@ def check_predicts_in_inference_mode(name: str, levels: int) -> None:
 def check_fused_prediction_equals_two_calls(name: str, levels: int) -> None:
     """``predict_then_learn`` predicts what ``predict`` would (each row at its own level,
     padded with -inf), and learns what ``learn`` would, for every ``iterations`` the engine may
-    pass."""
+    pass; the scores it returned stay as they were through the calls after (they are the
+    caller's)."""
     fused, plain = make(name, levels, seed=4), make(name, levels, seed=4)
     assert isinstance(fused, FusedPrediction)
     x, y, level = blobs(name, 60, seed=29, levels=levels)
     widest = max(plain.problem.num_classes)
+    returned: list[tuple[torch.Tensor, torch.Tensor]] = []
     for start, iterations in zip(range(0, 60, 10), (1, 1, 0, 2, 1, 1), strict=True):
         rows = slice(start, start + 10)
         expected = torch.full((10, widest), float("-inf"), dtype=torch.float64)
@@ -394,11 +396,14 @@ def check_fused_prediction_equals_two_calls(name: str, levels: int) -> None:
             expected[mine, : plain.problem.num_classes[lvl]] = scores
         plain.learn(x[rows], y[rows], level[rows], iterations)
         fused_scores = fused.predict_then_learn(x[rows], y[rows], level[rows], iterations)
+        returned.append((fused_scores, fused_scores.detach().clone()))
         scores = fused_scores.cpu().double()
         assert_same_scores([scores], [expected], 1e-5, f"{name}: fused prediction differs")
         assert torch.equal(scores.argmax(1), expected.argmax(1)), f"{name}: fused argmax differs"
     xt, _, _ = blobs(name, 20, seed=30, levels=levels)
     assert_same_scores(all_scores(fused, xt), all_scores(plain, xt), 0.0, f"{name}: fused learns")
+    for i, (kept, copy) in enumerate(returned):
+        assert torch.equal(kept, copy), f"{name}: the scores of call {i} changed after it returned"
 
 
 def check_predict_levels_equals_predict(name: str, levels: int) -> None:

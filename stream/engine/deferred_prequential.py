@@ -6,8 +6,8 @@ of the batch's classes: about a dozen numpy calls on a few kilobytes. Between th
 small learner such as ``nmc`` each costs several times what it costs alone (measured in
 bench/engine_overhead.py: together they took a quarter of the loop's time). When nothing
 reads them batch by batch (no drift detector, no observer that reads hits), the loop instead
-copies each batch's scores and labels here and counts a run of batches at once, with the same
-result:
+keeps each batch's scores and labels here (a fused learner's scores uncopied: they are the
+loop's, learners/capabilities.py) and counts a run of batches at once, with the same result:
 
 - each row's prediction is the argmax over the classes seen before *its* batch: the unmasked
   argmax of the run, wherever that class was seen by the row's batch and the row holds no NaN
@@ -29,8 +29,11 @@ import torch
 from stream.engine.metrics import PrequentialAccuracy
 from stream.engine.seen_classes import SeenClasses, argmax_answered
 
-# Rows kept before counting: enough to spread the per-run calls over many batches, little
-# enough (with the byte cap) that a run's scores stay in cache.
+# Rows kept before counting: the per-run calls run cold (right after the learner, whose work
+# evicted the loop's code and data), so a run spreads them over many batches; but a longer run
+# reads more of its scores back from beyond the cache. Paired against the bare loop at batch 64
+# and 256 (nmc, 100 classes), runs of 1024 and 2048 rows did best, 512 and 4096 worse
+# (bench/engine_overhead.py). The byte cap bounds what a run holds with many classes.
 MAX_ROWS = 1024
 MAX_BYTES = 1 << 20
 
@@ -44,44 +47,47 @@ class DeferredPrequential:
         self.seen = seen
         self.prequential = prequential
         self.capacity = max(1, min(MAX_ROWS, MAX_BYTES // (4 * num_classes)))
-        self._scores: torch.Tensor | None = None
-        self._layout: tuple[torch.dtype, int] | None = None  # the buffer's dtype and columns
-        self._labels = np.empty(self.capacity, dtype=np.int64)
+        # the kept batches' score tensors and label tensors, in stream order; every part has
+        # the dtype and columns of ``_layout``
+        self._scores: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+        self._layout: tuple[torch.dtype, int] | None = None
         # flat index of each row's first score
         self._row_starts = np.arange(0, self.capacity * num_classes, num_classes)
         self._ends: list[int] = []  # where each batch's rows end
         self.rows = 0
 
-    def add(self, scores: torch.Tensor, y: np.ndarray) -> None:
-        """Keep one batch's scores ``[B, C]`` (copied: the learner may reuse its tensor) and
-        labels ``[B]``; ``B`` at most :attr:`capacity`."""
-        start = self.rows
-        end = start + len(y)
-        buffer = self._scores
+    def add(self, scores: torch.Tensor, y: torch.Tensor, owned: bool = False) -> None:
+        """Keep one batch's scores ``[B, C]`` and labels ``[B]``; ``B`` at most :attr:`capacity`.
+
+        ``owned``: nothing writes ``scores`` again (a fused learner's, whose contract says so),
+        so they are kept as they are; otherwise they are copied (a learner may reuse the tensor
+        its ``predict`` returned). Labels are never copied: a batch is not changed once the
+        loop has it. Between a small learner's calls each torch or numpy call costs several
+        times what it costs alone, so a batch adds no call here but the copy it needs."""
+        if scores.requires_grad:
+            scores = scores.detach()
+        if not owned:
+            scores = scores.clone()
         layout = (scores.dtype, scores.shape[1])
-        if buffer is None or layout != self._layout:
+        if layout != self._layout:
             self.flush()
-            start, end = 0, len(y)
-            buffer = self._scores = torch.empty(
-                (self.capacity, layout[1]), dtype=layout[0], device=scores.device
-            )
             self._layout = layout
-        elif end > self.capacity:
+        elif self.rows + len(y) > self.capacity:
             self.flush()
-            start, end = 0, len(y)
-        buffer[start:end] = scores.detach() if scores.requires_grad else scores
-        self._labels[start:end] = y
-        self._ends.append(end)
-        self.rows = end
+        self._scores.append(scores)
+        self._labels.append(y)
+        self.rows += len(y)
+        self._ends.append(self.rows)
 
     def flush(self) -> None:
         """Count every kept batch, in stream order, and forget them."""
         rows = self.rows
         if not rows:
             return
-        assert self._scores is not None
-        raw = self._scores[:rows].numpy(force=True)
-        labels = self._labels[:rows]
+        parts, labelled = self._scores, self._labels
+        raw = (parts[0] if len(parts) == 1 else torch.cat(parts)).numpy(force=True)
+        labels = (labelled[0] if len(labelled) == 1 else torch.cat(labelled)).numpy(force=True)
         predicted = raw.argmax(axis=1)
         top = raw.reshape(-1)[predicted + self._row_starts[:rows]]
         answered = top > -np.inf
@@ -107,7 +113,7 @@ class DeferredPrequential:
         hits = predicted == labels
         self.prequential.update(hits if answered.all() else hits[answered])
         self.rows = 0
-        self._ends = []
+        self._scores, self._labels, self._ends = [], [], []
 
     def _seen_from(self, labels: np.ndarray) -> np.ndarray:
         """The first kept row each class counts as seen in (0: seen before, ``len(labels)``:

@@ -226,10 +226,9 @@ class EventLoop:
             return
         if not batch.validated:
             validate_batch(batch, self.problem)
-        if batch.task is not None:
-            task = int(batch.task.numpy()[0])
-            if task != self.current_task:
-                self._enter_task(task)
+        task = batch.first_task()
+        if task is not None and task != self.current_task:
+            self._enter_task(task)
         self.pending_updates += self.config.online_iter
         iterations = int(self.pending_updates)
         self.pending_updates -= iterations
@@ -241,10 +240,11 @@ class EventLoop:
             and self.drift is None
             and (not self.observers or self._hits_unread())
         ):
-            # nothing reads this batch's hits now: keep its scores for a later count
-            y = batch.y.numpy()
+            # nothing reads this batch's hits now: keep its scores for a later count (a fused
+            # learner's scores are the loop's to keep, learners/capabilities.py)
+            owned = self._fused is not None
             _, learn_seconds = self._predict_then_learn(
-                batch, iterations, lambda scores: deferred.add(scores, y)
+                batch, iterations, lambda scores: deferred.add(scores, batch.y, owned)
             )
             self.learn_seconds += learn_seconds
             self.samples_seen += n

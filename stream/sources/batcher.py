@@ -39,6 +39,7 @@ def micro_batches(samples: list[Samples], batch_size: int) -> Iterator[Batch]:
             y=torch.from_numpy(y[lo:hi]),
             level=torch.from_numpy(level[lo:hi]),
             task=None if task[lo] < 0 else torch.from_numpy(task[lo:hi]),
+            task_id=None if task[lo] < 0 else int(task[lo]),
             ids=torch.from_numpy(ids[lo:hi]),
             # the decoder refused every sample that does not fit the problem
             validated=True,

@@ -91,7 +91,10 @@ def task_batches(
         inline = torch.from_numpy(np.asarray(source[first:])).tensor_split(
             [c - first for c in cuts]
         )
-    for i, (lo, hi, y, level, tasks, ids) in enumerate(zip(starts, ends, *columns, strict=True)):
+    first_tasks = task[starts].tolist()
+    for i, (lo, hi, y, level, tasks, ids, task_id) in enumerate(
+        zip(starts, ends, *columns, first_tasks, strict=True)
+    ):
         if inline is not None:
             x = inline[i]
         elif source is not None:
@@ -99,4 +102,12 @@ def task_batches(
         else:
             assert dataset is not None
             x = as_float_tensor(dataset.X_train[np.asarray(stream.row[lo:hi])])
-        yield Batch(x=x, y=y, level=level, task=tasks, ids=ids, validated=problem is not None)
+        yield Batch(
+            x=x,
+            y=y,
+            level=level,
+            task=tasks,
+            ids=ids,
+            validated=problem is not None,
+            task_id=int(task_id),
+        )

@@ -177,6 +177,7 @@ def test_batches_tile_the_stream_from_start_and_never_cross_a_task(
         n = len(b)
         assert 0 < n <= batch_size
         assert len(set(b.task.tolist())) == 1
+        assert b.task_id == b.first_task() == b.task.tolist()[0]  # the loop reads task_id
         assert np.array_equal(b.y.numpy(), stream.y[position : position + n])
         assert np.array_equal(b.x.numpy(), ds.X_train[stream.row[position : position + n]])
         position += n

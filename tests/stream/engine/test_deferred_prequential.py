@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from learners.base import Learner, Problem
+from learners.capabilities import FusedPrediction
 from learners.registry import create
 from learners.state.learner_state import LearnerState
 from stream.data.datasets import as_float_tensor, load_dataset
@@ -51,6 +52,14 @@ class ScoreTable(Learner):
         pass
 
 
+class FusedScoreTable(ScoreTable, FusedPrediction):
+    """The table's scores from one fused call, a new tensor each time (the caller's to keep,
+    which the loop then keeps uncopied)."""
+
+    def predict_then_learn(self, x, y, level=None, iterations=1):
+        return self.table[x[:, 0].long()].clone()
+
+
 def hostile_scores(rng: np.random.Generator, n: int) -> torch.Tensor:
     """Scores with ties, -inf rows and entries, +inf and NaN, for classes seen or not."""
     scores = rng.integers(-3, 4, size=(n, CLASSES)).astype(np.float32)  # many ties
@@ -70,8 +79,9 @@ def counted(loop: EventLoop) -> dict:
 
 # +inf scores of unseen classes meet the -inf of the mask on both paths
 @pytest.mark.filterwarnings("ignore:invalid value encountered in add:RuntimeWarning")
+@pytest.mark.parametrize("fused", [False, True], ids=["copied", "kept"])
 @pytest.mark.parametrize("seed", range(6))
-def test_a_run_counted_at_once_equals_each_batch_counted(seed):
+def test_a_run_counted_at_once_equals_each_batch_counted(seed, fused):
     rng = np.random.default_rng(seed)
     n = 900
     table = hostile_scores(rng, n)
@@ -79,8 +89,9 @@ def test_a_run_counted_at_once_equals_each_batch_counted(seed):
     labels = np.minimum(rng.integers(0, CLASSES - 1, n), np.arange(n) // 40)
     cuts = np.unique(rng.integers(1, n, 120))
     config = LoopConfig(batch_size=64, eval_period=None, prequential_windows=[5, 50, 1000])
+    kind = FusedScoreTable if fused else ScoreTable
     loops = [
-        EventLoop(ScoreTable(table), ScoreTable(table).problem, config, observers=observers)
+        EventLoop(kind(table), kind(table).problem, config, observers=observers)
         for observers in ([], [Observer()])
     ]
     reads = set(rng.choice(len(cuts) + 1, 6, replace=False).tolist())

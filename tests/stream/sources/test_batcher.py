@@ -72,6 +72,12 @@ def test_batches_are_the_samples_in_order_cut_by_size_and_task(tasks, batch_size
     for batch in batches:
         assert 1 <= len(batch) <= batch_size
         assert batch.task is None or len(set(batch.task.tolist())) == 1
+        # the task the loop reads: none where messages gave none, else the samples' one
+        assert (
+            batch.task_id
+            == batch.first_task()
+            == (None if batch.task is None else batch.task.tolist()[0])
+        )
 
 
 def test_pending_samples_gather_a_polls_batches_one_at_a_time(monkeypatch):
