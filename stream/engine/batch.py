@@ -17,9 +17,9 @@ class Batch:
     """Samples learned together, as CPU tensors (learners move them to their device).
 
     ``task`` is for task-end metrics only; learners never see it (``task_id``, when set, is its
-    first value as an int). ``validated`` says the source
-    has already checked the samples against the problem (the recorded-stream source checks a
-    whole stream once, the daemon's decoder each message), so the loop need not check again.
+    first value as an int). ``validated`` says the source has already checked the samples
+    against the problem (the recorded-stream source checks a whole stream once, the daemon's
+    decoder each message), so the loop need not check again.
     """
 
     x: torch.Tensor
