@@ -354,7 +354,9 @@ def _read_jsonl(path: Path) -> RecordedStream:
                 raise StreamFileError(
                     f"{path}:{number}: malformed event ({_json_failure(exc)})"
                 ) from None
-            values = _check_event(f"{path}:{number}", header, event, input_size)
+            # JSON's booleans are the literals true and false: a line without them holds none
+            maybe_bools = b"true" in line or b"false" in line
+            values = _check_event(f"{path}:{number}", header, event, input_size, maybe_bools)
             for name in EVENT_ARRAYS:
                 columns[name].append(event[name])
             if values is not None:
@@ -381,9 +383,11 @@ def _json_failure(exc: Exception) -> str:
 
 
 def _check_event(
-    where: str, header: StreamHeader, event: Any, input_size: int
+    where: str, header: StreamHeader, event: Any, input_size: int, maybe_bools: bool = True
 ) -> np.ndarray | None:
-    """The event checked; its inline input as float64 values (None when not inline)."""
+    """The event checked; its inline input as float64 values (None when not inline).
+    ``maybe_bools``: whether the event's line could hold a JSON boolean (``true``/``false``),
+    which numpy would read as 1 or 0 among numbers."""
     if not isinstance(event, dict):
         raise StreamFileError(f"{where}: malformed event (not a JSON object)")
     for name in EVENT_ARRAYS:
@@ -400,7 +404,7 @@ def _check_event(
     try:
         # numbers only: with a dtype given, numpy would read "0.5" as 0.5 and null as NaN
         values = np.asarray(x)
-        if values.dtype.kind not in "iuf":
+        if values.dtype.kind not in "iuf" or (maybe_bools and _holds_bool(x)):
             raise TypeError
         values = values.astype(np.float64)
     except (ValueError, TypeError, OverflowError):
@@ -429,6 +433,18 @@ def _check_event(
             f"{where}: malformed event ('x' holds a value that is not a {header.input_dtype})"
         )
     return values
+
+
+def _holds_bool(value: Any) -> bool:
+    """Whether ``value`` or any list nested in it holds a boolean."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if type(item) is bool:
+            return True
+        if isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def _checked(

@@ -181,11 +181,14 @@ def jsonl_stream(tmp_path: Path, small_stream: Path) -> tuple[Path, list[str]]:
         ({"id": 4, "row": 1, "y": 3, "level": 0, "task": 0, "x": [[0.5] * 8] * 8}, "shape (8, 8)"),
         ({"id": 4, "row": 1, "y": 3, "level": 0, "task": 0, "x": ["0.5"] * 64}, "must be numbers"),
         ({"id": 4, "row": 1, "y": 3, "level": 0, "task": 0, "x": [None] * 64}, "must be numbers"),
+        # numpy reads booleans among numbers as 1 and 0
+        ({"id": 4, "row": 1, "y": 3, "level": 0, "task": 0, "x": [0.5] * 63 + [True]}, "must be numbers"),
+        ({"id": 4, "row": 1, "y": 3, "level": 0, "task": 0, "x": [[[1] * 7 + [False]] * 8]}, "must be numbers"),
     ],
     ids=[
         "y 1e30", "y 10^30", "y string", "task missing", "task jump", "x 10^6 long",
         "x too long", "x ragged", "x beyond float32", "not an object", "x nested otherwise",
-        "x strings", "x nulls",
+        "x strings", "x nulls", "x with a boolean", "x nested with a boolean",
     ],
 )  # fmt: skip
 def test_a_malformed_jsonl_event_is_exit_2_naming_its_line(
