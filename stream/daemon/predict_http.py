@@ -69,8 +69,10 @@ class PredictHandler:
 
     def refusal(self, status: int, detail: str) -> Response:
         """The answer to a request the endpoint refused before reading its body (413 over
-        ``max_bytes``, 411 without a length, 400 for a bad one), counted like the others."""
-        reason = {413: "oversized", 411: "length_required"}.get(status, "undecodable")
+        ``max_bytes``, 411 without a length, 400 for a bad one, 405 for a method other than
+        POST), counted like the others."""
+        reasons = {413: "oversized", 411: "length_required", 405: "method_not_allowed"}
+        reason = reasons.get(status, "undecodable")
         self.metrics.http_errors.labels(reason=reason).inc()
         return Response(status, "application/json", _json({"error": reason, "detail": detail}))
 

@@ -44,7 +44,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 from prometheus_client.exposition import choose_encoder
@@ -409,8 +409,9 @@ class MetricsServer:
             )
         route = self.routes.get((request.method, request.path))
         if route is None:
-            if any(path == request.path for _, path in self.routes):
-                return Response(405, "text/plain; charset=utf-8", b"method not allowed\n")
+            allowed = sorted(method for method, path in self.routes if path == request.path)
+            if allowed:
+                return self._not_allowed(request, ", ".join(allowed))
             paths = " or ".join(sorted({path for _, path in self.routes}))
             return Response(404, "text/plain; charset=utf-8", f"not found: try {paths}\n".encode())
         try:
@@ -418,6 +419,19 @@ class MetricsServer:
         except Exception:
             log.exception("request_failed", client=request.client, path=request.path)
             return Response(500, "text/plain; charset=utf-8", b"internal error\n")
+
+    def _not_allowed(self, request: Request, allowed: str) -> Response:
+        """405 with the ``Allow`` header HTTP requires, in the path's own form where one of its
+        routes answers refusals (JSON for ``/predict``)."""
+        detail = f"{request.method} {request.path}: use {allowed}"
+        refuse = next(
+            (refuse for (_, path), refuse in self._refusals.items() if path == request.path), None
+        )
+        if refuse is None:
+            response = Response(405, "text/plain; charset=utf-8", f"{detail}\n".encode())
+        else:
+            response = refuse(405, detail)
+        return replace(response, headers=(*response.headers, ("Allow", allowed)))
 
     async def _send(self, writer: asyncio.StreamWriter, response: Response) -> None:
         head = [

@@ -156,6 +156,25 @@ def test_a_body_without_a_plain_length_is_refused_as_json_before_it_is_read(
     assert counted == 1
 
 
+@pytest.mark.parametrize("method", [b"GET", b"PUT", b"DELETE"])
+def test_another_method_is_refused_as_json_saying_which_is_allowed(endpoint, method):
+    server, _, telemetry = endpoint
+    with socket.create_connection((server.host, server.port), timeout=10) as connection:
+        connection.sendall(method + b" /predict HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert head.split(b" ", 2)[1] == b"405"
+    assert b"\r\nAllow: POST" in head and b"Content-Type: application/json" in head
+    refused = json.loads(body)
+    assert refused["error"] == "method_not_allowed" and "use POST" in refused["detail"]
+    counted = telemetry.registry.get_sample_value(
+        "streamcl_predict_http_errors_total", {"reason": "method_not_allowed"}
+    )
+    assert counted == 1
+
+
 def test_another_path_is_refused(endpoint):
     server, _, _ = endpoint
     assert _post(server, _body([]), path="/learn")[0] == 404
