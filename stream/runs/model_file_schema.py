@@ -52,6 +52,9 @@ class Sidecar(BaseModel):
     problem: SidecarProblem
     seen_classes: list[Classes]
     samples_learned: Count
+    model_sha256: HexDigest | None = None
+    """SHA-256 of the model file's bytes: tells a model file from another export's (the two
+    files are renamed into place one after the other). Sidecars written before it have none."""
     model_hmac_sha256: HexDigest | None = None
     """HMAC-SHA256 of the model file's bytes under the checkpoint key; written when the export
     was given one, required to load a model that holds pickled Python objects (river)."""

@@ -36,10 +36,11 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import structlog
 from pydantic import ValidationError
 
 from learners import registry
@@ -47,7 +48,12 @@ from learners.base import Problem
 from learners.state.learner_state import LearnerState, non_finite
 from learners.state.safetensors_io import state_from_bytes, state_to_bytes
 from learners.state.sealed_pickle import holds_sealed_pickles
-from stream.daemon.checkpoint import CheckpointError, CheckpointStore, checkpoint_bytes
+from stream.daemon.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointStore,
+    checkpoint_bytes,
+)
 from stream.daemon.checkpoint_key import ENV_VAR, CheckpointKeyError, load_checkpoint_key
 from stream.data.regular_file import FileTooLarge, read_regular
 from stream.engine.event_loop import EventLoop
@@ -60,6 +66,7 @@ from stream.runs.model_file_schema import (
 )
 
 MAX_SIDECAR_BYTES = 64 << 20  # a sidecar lists the seen classes: kilobytes, megabytes at most
+log = structlog.get_logger("streamcl.served_model")
 KEY_HINT = f"give the checkpoint key with --key-file FILE or {ENV_VAR}"
 
 
@@ -79,9 +86,13 @@ class ServedModel:
     samples: int
     state: LearnerState
     source: str
+    _loop: ServingLoop | None = field(default=None, repr=False, compare=False)
 
     def serving(self) -> ServingLoop:
-        """A serving loop that predicts as the daemon did (unseen classes masked)."""
+        """A serving loop that predicts as the daemon did (unseen classes masked); built once
+        (the learner loaded with the state), then the same loop."""
+        if self._loop is not None:
+            return self._loop
         try:
             learner = registry.create(self.learner_name, self.problem, self.learner_config)
             loop = EventLoop(learner, self.problem)
@@ -93,11 +104,13 @@ class ServedModel:
             raise ModelFileError(
                 f"{self.source}: cannot serve it ({type(exc).__name__}: {_one_line(exc)})"
             ) from None
-        return ServingLoop(loop)
+        self._loop = ServingLoop(loop)
+        return self._loop
 
-    def sidecar(self, model_hmac: str | None = None) -> dict[str, Any]:
-        """The sidecar's JSON; ``model_hmac``: the HMAC of the model file's bytes under the
-        checkpoint key, which a model holding pickled objects needs to be loaded again."""
+    def sidecar(self, model_sha256: str, model_hmac: str | None = None) -> dict[str, Any]:
+        """The sidecar's JSON; ``model_sha256``: the digest of the model file's bytes (which
+        model file the sidecar belongs to); ``model_hmac``: their HMAC under the checkpoint key,
+        which a model holding pickled objects needs to be loaded again."""
         return {
             "format": SIDECAR_FORMAT,
             "learner": self.learner_name,
@@ -113,6 +126,7 @@ class ServedModel:
             "load": "learners.registry.create(learner, Problem(input_shape, num_classes, "
             "level_names), learner_config).load_state_dict(learners.state.safetensors_io."
             "state_from_bytes(<this file's model bytes>)); mask classes not in seen_classes",
+            "model_sha256": model_sha256,
             **({"model_hmac_sha256": model_hmac} if model_hmac is not None else {}),
         }
 
@@ -142,14 +156,31 @@ def _level_names(levels: int) -> tuple[str, ...]:
 
 
 def from_checkpoint(directory: str | Path, key: bytes | None = None) -> ServedModel:
-    """The model of the newest valid checkpoint in ``directory``; with ``key``, only a
-    checkpoint signed with it is valid (as for the daemon)."""
+    """The model of the newest usable checkpoint in ``directory``; with ``key``, only a
+    checkpoint signed with it is valid (as for the daemon).
+
+    As the daemon does when it resumes, a checkpoint whose content cannot be served (not a
+    daemon's, a state the learner cannot load, pickled objects without the key) is passed over
+    for the one before it, each such one logged (``checkpoint_unusable``); when none can be
+    served, the newest one's problem is the error. The model returned has been loaded into its
+    learner once already (:meth:`ServedModel.serving` returns that loop)."""
     path = Path(directory)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint directory {path} does not exist")
-    try:
-        checkpoint = CheckpointStore(path, key=key).latest()
-    except CheckpointError:  # its message is the daemon's ("move these files away")
+    store = CheckpointStore(path, key=key)
+    unusable: list[ModelFileError] = []
+    for checkpoint in store.candidates():
+        try:
+            model = _served_checkpoint(checkpoint, key)
+        except ModelFileError as exc:
+            unusable.append(exc)
+            continue
+        for problem in unusable:
+            log.warning("checkpoint_unusable", problem=str(problem), used=str(checkpoint.path))
+        return model
+    if unusable:
+        raise unusable[0]
+    if store.files():  # its message is the daemon's ("move these files away")
         why = (
             "with a key, only checkpoints signed with it are read"
             if key is not None
@@ -157,9 +188,13 @@ def from_checkpoint(directory: str | Path, key: bytes | None = None) -> ServedMo
         )
         raise CheckpointError(
             f"no usable checkpoint in {path}: none has a valid seal (each is logged above); " + why
-        ) from None
-    if checkpoint is None:
-        raise CheckpointError(f"no checkpoint in {path}")
+        )
+    raise CheckpointError(f"no checkpoint in {path}")
+
+
+def _served_checkpoint(checkpoint: Checkpoint, key: bytes | None) -> ServedModel:
+    """The model of one checkpoint, loaded into its learner (:class:`ModelFileError` naming
+    the file if it cannot be)."""
     where = checkpoint.path
     if key is None and _pickled(checkpoint.learner, where):
         raise ModelFileError(
@@ -172,7 +207,7 @@ def from_checkpoint(directory: str | Path, key: bytes | None = None) -> ServedMo
     except ValidationError as exc:
         raise ModelFileError(f"{where}: not a daemon's checkpoint: {problems(exc)}") from None
     identity, loop = sections.identity, sections.loop
-    return ServedModel(
+    model = ServedModel(
         identity.learner,
         identity.learner_config,
         Problem(
@@ -185,6 +220,8 @@ def from_checkpoint(directory: str | Path, key: bytes | None = None) -> ServedMo
         checkpoint.learner,
         str(where),
     )
+    model.serving()
+    return model
 
 
 def export(model: ServedModel, out: str | Path, key: bytes | None = None) -> tuple[Path, Path]:
@@ -194,7 +231,9 @@ def export(model: ServedModel, out: str | Path, key: bytes | None = None) -> tup
 
     Nothing is written until both names are checked (a directory where the sidecar goes used
     to fail after the model was written); both are then written to temporaries beside them and
-    renamed into place, so a failed write leaves no half-written file."""
+    renamed into place, so a failed write leaves no half-written file. The two renames are not
+    one step: the sidecar names the SHA-256 of its model file, so a model file and a sidecar of
+    different exports are refused when loaded."""
     out = Path(out)
     sidecar_path = out.with_suffix(".json")
     if sidecar_path == out:
@@ -208,7 +247,9 @@ def export(model: ServedModel, out: str | Path, key: bytes | None = None) -> tup
         if target.exists() and not target.is_file():
             raise ModelFileError(f"{target}: exists and is not a file; nothing was written")
     data = state_to_bytes(model.state)
-    sidecar = model.sidecar(None if key is None else _model_hmac(key, data))
+    sidecar = model.sidecar(
+        hashlib.sha256(data).hexdigest(), None if key is None else _model_hmac(key, data)
+    )
     text = json.dumps(sidecar, indent=2) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -255,6 +296,14 @@ def from_file(path: str | Path, key: bytes | None = None) -> ServedModel:
             tuple(declared.input_shape), tuple(declared.num_classes), tuple(declared.level_names)
         )
         data = read_regular(path, checkpoint_bytes())
+        if sidecar.model_sha256 is not None and not hmac.compare_digest(
+            hashlib.sha256(data).hexdigest(), sidecar.model_sha256
+        ):
+            raise ModelFileError(
+                f"{path}: not the model file {sidecar_path} was written with (its SHA-256 "
+                "differs): an export cut off between its two files, or one of them replaced; "
+                "export again"
+            )
         signed = _verified(data, sidecar.model_hmac_sha256, key, path)
         state = state_from_bytes(data)
         if not signed and _pickled(state, path):

@@ -35,7 +35,6 @@ def run(args: argparse.Namespace) -> int:
     writable_file(out.with_suffix(".json"), "--out's sidecar")
     key = read_key(args.key_file, os.environ)
     model = from_checkpoint(args.checkpoint, key)
-    model.serving()  # refuses a state the learner cannot load before anything is written
     path, sidecar = export(model, out, key)
     print(
         f"wrote {model.learner_name} after {model.samples} samples to {path} "

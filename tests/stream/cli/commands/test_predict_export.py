@@ -6,6 +6,7 @@ an event loop that learned the first part of a digits stream; the rest is then p
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -146,12 +147,15 @@ def test_an_exported_model_no_daemon_writes_is_one_line_error(
         state.tensors["sums.0"] = torch.full_like(sums, float("nan"))
     elif tensor == "shape":
         state.tensors["sums.0"] = torch.zeros(3, 3, dtype=sums.dtype)
-    model.write_bytes(state_to_bytes(LearnerState(state.tensors, state.meta)))
+    data = state_to_bytes(LearnerState(state.tensors, state.meta))
+    model.write_bytes(data)
     side = model.with_suffix(".json")
     if sidecar == "deep":
         side.write_text("[" * 100_000 + "]" * 100_000)
     else:
-        side.write_text(json.dumps({**json.loads(side.read_text()), **sidecar}))
+        # a forger recomputes the digest that ties the sidecar to its model file
+        digest = {"model_sha256": hashlib.sha256(data).hexdigest()}
+        side.write_text(json.dumps({**json.loads(side.read_text()), **digest, **sidecar}))
     capsys.readouterr()
     assert cli.main(["predict", str(stream_path), "--model", str(model)]) == 2
     err = capsys.readouterr().err  # names the model or, for its sidecar's fields, the sidecar
@@ -174,6 +178,63 @@ def _checkpoint_meta(loop, learner="nmc"):
         "offsets": {"0": loop.samples_seen},
         "loop": loop.state_dict(),
     }
+
+
+def test_a_model_file_of_another_export_is_refused_and_an_older_sidecar_still_loads(
+    trained, tmp_path, capsys
+):
+    """The model file and its sidecar are renamed into place one after the other: an export
+    cut off between the two leaves a new model beside the old sidecar."""
+    tmp, stream_path, _, loop, _ = trained
+    first, second = tmp_path / "a" / "model.safetensors", tmp_path / "b" / "model.safetensors"
+    assert cli.main(["export", "--checkpoint", str(tmp / "ckpt"), "--out", str(first)]) == 0
+    state = loop.learner.state_dict()
+    state.tensors["sums.0"] = state.tensors["sums.0"] * 2
+    CheckpointStore(tmp_path / "ckpt").write(_checkpoint_meta(loop), state)
+    assert cli.main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(second)]) == 0
+    sidecar = json.loads(first.with_suffix(".json").read_text())
+    assert sidecar["model_sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
+    first.write_bytes(second.read_bytes())  # the new model beside the old sidecar
+    capsys.readouterr()
+    out = tmp_path / "p.jsonl"
+    assert cli.main(["predict", str(stream_path), "--model", str(first), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "its SHA-256 differs" in err and "export again" in err
+    # a sidecar written before the digest existed has none: the pair loads as before
+    del sidecar["model_sha256"]
+    first.with_suffix(".json").write_text(json.dumps(sidecar))
+    assert cli.main(["predict", str(stream_path), "--model", str(first), "--out", str(out)]) == 0
+
+
+def test_predict_and_export_pass_over_a_checkpoint_they_cannot_serve_for_the_one_before(
+    trained, tmp_path, capsys
+):
+    """As the daemon resumes from the checkpoint before a newest one whose content it cannot
+    use, so do predict and export; they used to stop at the newest."""
+    tmp, stream_path, _, loop, _ = trained
+    store = CheckpointStore(tmp_path / "ckpt", keep=3)
+    store.write(_checkpoint_meta(loop), loop.learner.state_dict())
+    broken = loop.learner.state_dict()
+    broken.tensors["sums.0"] = torch.zeros(3, 3, dtype=broken.tensors["sums.0"].dtype)
+    newest = store.write(_checkpoint_meta(loop), broken)
+    reference = tmp_path / "reference.jsonl"
+    args = ["predict", str(stream_path), "--checkpoint", str(tmp / "ckpt")]
+    assert cli.main([*args, "--out", str(reference)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "p.jsonl"
+    args = ["predict", str(stream_path), "--checkpoint", str(tmp_path / "ckpt")]
+    assert cli.main([*args, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "checkpoint_unusable" in err and newest.name in err and "cannot serve it" in err
+    assert out.read_text() == reference.read_text()
+    model = tmp_path / "model.safetensors"
+    assert cli.main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(model)]) == 0
+    assert "checkpoint_unusable" in capsys.readouterr().err
+    exported = tmp_path / "exported.jsonl"
+    assert (
+        cli.main(["predict", str(stream_path), "--model", str(model), "--out", str(exported)]) == 0
+    )
+    assert _lines(exported) == _lines(reference)
 
 
 @pytest.mark.parametrize(
@@ -390,14 +451,17 @@ def test_a_forged_river_model_is_refused_before_anything_is_unpickled(
     bomb = pickle.dumps([1, 2, 3], protocol=5)
     state = state_from_bytes(model.read_bytes())
     sealed = {**state.meta["sealed"], "sha256": hashlib.sha256(bomb).hexdigest()}
-    model.write_bytes(
-        state_to_bytes(
-            LearnerState(
-                {"models": torch.frombuffer(bytearray(bomb), dtype=torch.uint8)},
-                {**state.meta, "sealed": sealed},
-            )
+    forged = state_to_bytes(
+        LearnerState(
+            {"models": torch.frombuffer(bytearray(bomb), dtype=torch.uint8)},
+            {**state.meta, "sealed": sealed},
         )
     )
+    model.write_bytes(forged)
+    # the SHA-256 that ties a sidecar to its model file vouches for nothing: a forger recomputes it
+    sidecar = json.loads(model.with_suffix(".json").read_text())
+    sidecar["model_sha256"] = hashlib.sha256(forged).hexdigest()
+    model.with_suffix(".json").write_text(json.dumps(sidecar))
 
     def unpickled(*_):
         raise AssertionError("UNSEAL CALLED")
