@@ -145,6 +145,8 @@ class ConfluentSource(KafkaSource):
         import confluent_kafka as ck
 
         self._ck = ck
+        # what the broker answers for a topic or partition that does not exist (yet)
+        self._absent = {ck.KafkaError._UNKNOWN_PARTITION, ck.KafkaError.UNKNOWN_TOPIC_OR_PART}
         settings = {
             "bootstrap.servers": config.bootstrap,
             "group.id": config.group,
@@ -280,6 +282,11 @@ class ConfluentSource(KafkaSource):
                     ck.TopicPartition(self.topic, partition), timeout=left, cached=False
                 )
             except ck.KafkaException as exc:
+                if exc.args and exc.args[0].code() in self._absent:
+                    # the broker answered that the topic (or partition) does not exist yet:
+                    # nothing to read, as kafka-python reports it; not an unreachable broker
+                    ends[partition] = 0
+                    continue
                 raise SourceError(f"end offset of partition {partition}: {exc}") from None
             ends[partition] = int(high)
         return ends

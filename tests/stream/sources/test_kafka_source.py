@@ -63,6 +63,20 @@ def test_assignment_seeks_where_the_daemon_says_and_polls_in_order(kafka_broker,
         source.close()
 
 
+@pytest.mark.kafka
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_topic_not_made_yet_has_end_offset_0_not_an_unreachable_broker(kafka_broker, client):
+    """confluent's watermark query fails with 'unknown partition' for a topic that does not
+    exist; the daemon's lag probe reported that as an unreachable broker."""
+    config = kafka_config(kafka_broker.bootstrap, f"not-made-{client}", client, f"n-{client}")
+    source = open_source(config, lambda partitions: {}, lambda problem: None)
+    try:
+        assert source.poll(10, 0.2) == []
+        assert source.end_offsets([0], 5.0) == {0: 0}
+    finally:
+        source.close()
+
+
 def _closed_port() -> str:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
