@@ -264,6 +264,7 @@ class ScaleOutDaemon(Daemon):
             history = own.meta.get("history_position")
             if history is not None:
                 self._history_at = restored_history_position(history)
+            self._absorb_dropped(int(manifest["world_size"]), shard)
         if self.predictions is not None:
             self._restore_serving(manifest, own, shard)
         # last, once nothing can fail: counters that a retried epoch would count twice
@@ -284,6 +285,20 @@ class ScaleOutDaemon(Daemon):
             samples=self.loop.samples_seen,
             offsets=self._resume_offsets,
         )
+
+    def _absorb_dropped(self, epoch_size: int, shard: Callable[[int], Shard]) -> None:
+        """In a group smaller than the epoch's, rank r takes over the counts of the ranks r + W,
+        r + 2W, ... the group no longer has (W its size): samples learned, messages read,
+        invalid messages, cumulative prequential accuracy. The group's totals then go on from
+        the epoch's instead of falling by what those ranks had counted (their rolling windows
+        are not taken: a window is one rank's last predictions)."""
+        size = self.world.size
+        for dropped in range(self.world.rank + size, epoch_size, size):
+            meta = shard(dropped).meta
+            messages, invalid = restored_counters(meta["counters"])
+            self.loop.absorb_counts(meta["loop"])
+            self.messages += messages
+            self.invalid.update(invalid)
 
     def _single_checkpoint(self) -> Shard | None:
         """The newest usable checkpoint a single daemon wrote in ``checkpoint.dir``, as rank 0's
@@ -507,6 +522,7 @@ class ScaleOutDaemon(Daemon):
                 self._refuse_non_finite(self.statistics.non_finite())
                 with self._model_lock():
                     self.statistics.synchronize()
+            self._sync_seen()
             self._since_sync.clear()
             self._synced_samples = self.loop.samples_seen
             self._last_sync = now
@@ -519,6 +535,20 @@ class ScaleOutDaemon(Daemon):
             elif time.monotonic() >= self._next_lag_report:
                 self._report_lag(self.source.highwater(self.source.assignment()))
         return stop > 0
+
+    def _sync_seen(self) -> None:
+        """Mark on every rank the classes any rank's stream has shown (a collective). The
+        ranks hold one model, so they predict, serve and evaluate among the same classes; a
+        rank used to mask out classes only other ranks' partitions had shown, though the model
+        had learned them."""
+        seen = self.loop.seen
+        masks = list(seen)
+        anywhere = np.asarray(self.collectives.sum(np.concatenate(masks).tolist())) > 0
+        start = 0
+        with self._model_lock():
+            for level, mask in enumerate(masks):
+                seen.mark(level, np.flatnonzero(anywhere[start : start + len(mask)]))
+                start += len(mask)
 
     def _model_lock(self) -> contextlib.AbstractContextManager[Any]:
         """Held while the model changes outside the serving loop (a sync point, the round's last

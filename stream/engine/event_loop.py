@@ -538,6 +538,17 @@ class EventLoop:
             "drift": None if self.drift is None else self.drift.state_dict(),
         }
 
+    def absorb_counts(self, state: dict[str, Any]) -> None:
+        """Add the samples and cumulative prequential counts of another loop's state (of
+        :meth:`state_dict`, checked first: ``ValueError``) to this loop's: a scaled-out rank
+        takes over those of a rank the smaller group no longer has. Nothing else is taken."""
+        where = "loop state"
+        samples = restored_integer(state["samples_seen"], where, "samples_seen", 0)
+        prequential = metrics.PrequentialAccuracy()
+        prequential.load_state_dict(state["prequential"])
+        self.samples_seen += samples
+        self.prequential.absorb(prequential)
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """The state of :meth:`state_dict`; its numbers are checked (``ValueError``) before the
         loop takes them: a checkpoint is outside bytes, and a NaN in ``pending_updates`` would,

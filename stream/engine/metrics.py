@@ -168,6 +168,12 @@ class PrequentialAccuracy:
             "position": self._position,
         }
 
+    def absorb(self, other: PrequentialAccuracy) -> None:
+        """Add ``other``'s cumulative counts to this one's (another process's predictions of
+        the same model); the rolling windows stay this one's last predictions."""
+        self.correct += other.correct
+        self.total += other.total
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """The accumulator of :meth:`state_dict`, checked first (``ValueError``)."""
         where = "prequential accuracy"

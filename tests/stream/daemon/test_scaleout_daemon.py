@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -674,3 +675,38 @@ def test_statistics_turned_nan_never_reach_the_other_ranks_or_a_checkpoint(tmp_p
         json.loads(line) for line in rank_file(tmp_path / "dead.jsonl", 0).read_text().splitlines()
     ]
     assert {(d["partition"], d["offset"]) for d in letters} == quarantined
+
+
+def test_every_rank_predicts_among_the_classes_any_rank_has_shown(tmp_path):
+    """Each rank's partitions show only some classes; the synced model has learned them all,
+    and every rank used to mask out the classes only the other ranks had shown."""
+    rng = np.random.default_rng(2)
+    centres = np.eye(3, 6, dtype=np.float32) * 8
+    topic: dict[int, list[bytes]] = {0: [], 1: []}
+    for number in range(20):
+        label = number % 2 if number % 4 < 2 else 2  # partition 0: classes 0, 1; 1: class 2
+        y = np.full(PER_MESSAGE, label)
+        x = centres[y] + rng.normal(size=(PER_MESSAGE, 6)).astype(np.float32)
+        topic[0 if label < 2 else 1].append(encode_binary(x, y))
+    daemons = run_group(config(tmp_path, {"name": "nmc"}), topic, ranks=2, rounds=6)
+    probe = torch.from_numpy(centres)
+    for daemon in daemons:
+        assert daemon.loop.seen[0].all(), daemon.world.rank
+        assert daemon.loop.masked_scores(probe, 0).argmax(axis=1).tolist() == [0, 1, 2]
+
+
+def test_a_smaller_group_carries_on_the_counts_of_the_ranks_it_no_longer_has(tmp_path):
+    """Scaled in from three ranks to one, the group's samples, messages and prequential counts
+    used to fall by what ranks 1 and 2 had counted; the model itself was whole."""
+    x, y = samples(144, seed=3)
+    topic = topic_of(x, y, 3)
+    topic[2].append(b"not a message")
+    cfg = config(tmp_path, {"name": "nmc"})
+    three = run_group(cfg, topic, ranks=3, rounds=6)
+    assert all(d.loop.samples_seen for d in three) and three[2].invalid
+    (one,) = run_group(cfg, topic, ranks=1, rounds=1)
+    assert one.loop.samples_seen == sum(d.loop.samples_seen for d in three) == len(y)
+    assert one.messages == sum(d.messages for d in three)
+    assert one.invalid == sum((d.invalid for d in three), Counter())
+    assert one.loop.prequential.total == sum(d.loop.prequential.total for d in three)
+    assert one.loop.prequential.correct == sum(d.loop.prequential.correct for d in three)
