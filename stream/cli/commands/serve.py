@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -133,7 +135,9 @@ def launch_workers(config: str, workers: int, max_restarts: int) -> int:
     with tempfile.TemporaryDirectory(prefix="streamcl-launch-") as scratch:
         refusals = Path(scratch) / "refusals"
         env = {**os.environ, REFUSAL_FILE_ENV: str(refusals)}
-        launcher = subprocess.Popen(command, process_group=0, env=env)
+        launcher = subprocess.Popen(
+            command, process_group=0, env=env, preexec_fn=_stop_with_parent(os.getpid())
+        )
 
         stopping: list[int] = []  # the signal to pass on
         signalled: set[int] = set()
@@ -169,6 +173,27 @@ def launch_workers(config: str, workers: int, max_restarts: int) -> int:
             first = refusals.read_text(encoding="utf-8", errors="replace").splitlines()[:1]
             raise WorkerRefused(first[0] if first else "a worker refused to start")
         return code
+
+
+def _stop_with_parent(parent: int) -> Callable[[], None]:
+    """For torchrun, run in the child before it starts: SIGTERM when this command dies (Linux
+    ``PR_SET_PDEATHSIG``), so that a ``kill -9`` of ``serve --workers`` stops the group, with a
+    last checkpoint, instead of leaving torchrun and its workers running with their locks held
+    (torchrun signalled itself stops its workers; its own exit code is then no one's concern).
+    Elsewhere nothing is done."""
+
+    def arm() -> None:
+        if not sys.platform.startswith("linux"):
+            return
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # this command died before the call: nothing would tell
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class WorkerRefused(UsageError):

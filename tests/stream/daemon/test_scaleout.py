@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import socket
 import time
 import urllib.request
@@ -196,6 +198,57 @@ def test_a_stop_while_torchrun_restarts_the_group_still_stops_it(kafka_broker, t
     finally:
         group.stop()
     assert group.store.latest() is not None
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting to be reaped is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_kill_9_of_the_launcher_stops_its_workers_with_a_last_checkpoint(kafka_broker, tmp_path):
+    """``kill -9`` of ``serve --workers`` left torchrun and its workers running, their locks
+    held, so the group could not be started again; now torchrun is told when the command dies
+    and stops them, and they write a last global checkpoint as on SIGTERM."""
+    name = "scaleout-launcher-killed"
+    x, y = blobs(120, seed=6)
+    group = ScaleOutGroup(
+        group_config(tmp_path, name, kafka_broker.bootstrap, {"name": "nmc"}), tmp_path, name, 2
+    )
+    sent = publish(kafka_broker.bootstrap, name, PARTITIONS, x, y, per_message=10)
+    group.start()
+    family: list[int] = []
+    try:
+        group.wait_for_offsets(sent, timeout=120)
+        ranks = group.rank_pids(timeout=10)
+        assert group.process is not None
+        family += [*_children_of(group.process.pid), *ranks.values()]
+        group.kill9()
+        deadline = time.monotonic() + 90
+        while any(_running(pid) for pid in family):
+            assert time.monotonic() < deadline, group.tail(40)
+            time.sleep(0.1)
+        stopped = [e for e in group.events() if e["event"] == "stopped"]
+        assert sorted(e["rank"] for e in stopped) == [0, 1], group.tail(40)
+        group.start()  # the locks were released: the group starts again
+        group.wait_for(lambda e: e["event"] == "serving" and e.get("world_size") == 2, 120)
+        assert group.terminate(timeout=120) == 0, group.tail(40)
+    finally:
+        group.stop()
+        for pid in family:  # what the killed command would have left running
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _children_of(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as children:
+            found += [int(c) for c in children.read().split()]
+    return found
 
 
 def free_ports(count: int) -> int:
