@@ -153,7 +153,7 @@ class ServeProcess:
         """Kill the command and everything it started (torchrun and its workers run in a
         process group of their own, which a kill of the command alone would leave running)."""
         if self.process is not None and self.process.poll() is None:
-            family = _descendants(self.process.pid)
+            family = descendants(self.process.pid)
             self.kill9()
             for pid in family:
                 with contextlib.suppress(ProcessLookupError):
@@ -233,7 +233,7 @@ class Topic:
         self.sink.flush()
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (Linux /proc), deepest last."""
     found: list[int] = []
     queue = [pid]

@@ -28,7 +28,7 @@ from learners.base import Problem
 from stream.sinks.kafka_sink import open_sink
 from stream.sources.serving_wire import encode_labels, encode_requests
 from tests.support.scaleout_group import ScaleOutGroup, publish
-from tests.support.serve_process import free_port
+from tests.support.serve_process import descendants, free_port
 from tests.support.topic_reader import read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -225,7 +225,7 @@ def test_kill_9_of_the_launcher_stops_its_workers_with_a_last_checkpoint(kafka_b
         group.wait_for_offsets(sent, timeout=120)
         ranks = group.rank_pids(timeout=10)
         assert group.process is not None
-        family += [*_children_of(group.process.pid), *ranks.values()]
+        family += [*descendants(group.process.pid), *ranks.values()]
         group.kill9()
         deadline = time.monotonic() + 90
         while any(_running(pid) for pid in family):
@@ -241,14 +241,6 @@ def test_kill_9_of_the_launcher_stops_its_workers_with_a_last_checkpoint(kafka_b
         for pid in family:  # what the killed command would have left running
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-
-
-def _children_of(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as children:
-            found += [int(c) for c in children.read().split()]
-    return found
 
 
 def free_ports(count: int) -> int:
