@@ -176,17 +176,25 @@ def test_er_steps_data_parallel_and_its_loss_goes_down(kafka_broker, tmp_path):
         group.stop()
 
 
-def test_a_stop_while_torchrun_restarts_the_group_still_stops_it(kafka_broker, tmp_path):
-    """SIGTERM to ``serve --workers`` right after a rank died: torchrun was starting new
-    workers, which the forwarded signal killed while they imported torch; torchrun took that
-    for another failure and restarted them again, and the group kept running."""
-    name = "scaleout-stop-in-restart"
-    x, y = blobs(200, seed=5)
+def started_nmc_pair(
+    kafka_broker, tmp_path: Path, name: str, n: int, seed: int
+) -> tuple[ScaleOutGroup, dict[int, int]]:
+    """``serve --workers 2`` of nmc started on a topic of ``n`` samples; the group and the
+    messages sent to each partition."""
+    x, y = blobs(n, seed=seed)
     group = ScaleOutGroup(
         group_config(tmp_path, name, kafka_broker.bootstrap, {"name": "nmc"}), tmp_path, name, 2
     )
     sent = publish(kafka_broker.bootstrap, name, PARTITIONS, x, y, per_message=10)
     group.start()
+    return group, sent
+
+
+def test_a_stop_while_torchrun_restarts_the_group_still_stops_it(kafka_broker, tmp_path):
+    """SIGTERM to ``serve --workers`` right after a rank died: torchrun was starting new
+    workers, which the forwarded signal killed while they imported torch; torchrun took that
+    for another failure and restarted them again, and the group kept running."""
+    group, sent = started_nmc_pair(kafka_broker, tmp_path, "scaleout-stop-in-restart", 200, 5)
     try:
         group.wait_for_offsets(sent, timeout=120)
         group.kill_rank(1, timeout=10)
@@ -213,13 +221,7 @@ def test_kill_9_of_the_launcher_stops_its_workers_with_a_last_checkpoint(kafka_b
     """``kill -9`` of ``serve --workers`` left torchrun and its workers running, their locks
     held, so the group could not be started again; now torchrun is told when the command dies
     and stops them, and they write a last global checkpoint as on SIGTERM."""
-    name = "scaleout-launcher-killed"
-    x, y = blobs(120, seed=6)
-    group = ScaleOutGroup(
-        group_config(tmp_path, name, kafka_broker.bootstrap, {"name": "nmc"}), tmp_path, name, 2
-    )
-    sent = publish(kafka_broker.bootstrap, name, PARTITIONS, x, y, per_message=10)
-    group.start()
+    group, sent = started_nmc_pair(kafka_broker, tmp_path, "scaleout-launcher-killed", 120, 6)
     family: list[int] = []
     try:
         group.wait_for_offsets(sent, timeout=120)
