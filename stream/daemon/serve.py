@@ -535,8 +535,7 @@ class Daemon:
         if self.guard is None:
             self.loop.process(batch, served)
             return
-        rejected = self.guard.process(batch, origins, served)
-        if rejected is not None:
+        for rejected in self.guard.process(batch, origins, served):
             self._reject(rejected)
 
     def _refuse_request(self, record: Record, detail: str) -> None:

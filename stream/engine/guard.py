@@ -12,7 +12,11 @@ sits between a source and :class:`~stream.engine.event_loop.EventLoop`:
 - :meth:`LearnerGuard.process` runs a batch through the loop; if anything raises, the learner and
   loop are restored to the last good copy and the journal is learned again (a learner is
   deterministic given its state, so this re-creates exactly the state before the batch), and the
-  batch is handed back as rejected;
+  batch is handed back as rejected. Unless the learner cannot even predict that batch from the
+  state the journal leaves: then an earlier batch is the culprit (a finite but extreme sample
+  whose statistics pass every finiteness check, and make the *next* solve fail), so the journal is
+  learned again batch by batch, undoing the one after which the prediction fails, and the batch
+  is tried once more. Rejecting it instead, and every batch after it, kept the poisoned state;
 - :meth:`LearnerGuard.verify` checks that every tensor of the state is finite (one pass over the
   state, before each checkpoint, rather than after every batch); if one is not, it re-learns the
   journal from the good copy batch by batch, checking after each, and rejects the batches that
@@ -29,7 +33,7 @@ stays in counters such as ``streamcl_samples_total``.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -85,24 +89,46 @@ class LearnerGuard(Generic[Tag]):
 
     def process(
         self, batch: Batch, tag: Tag, served: np.ndarray | None = None
-    ) -> Rejected[Tag] | None:
+    ) -> list[Rejected[Tag]]:
         """Predict and learn ``batch`` (``served``: as for :meth:`EventLoop.process`); if that
-        raises, undo it and return it as rejected."""
+        raises, undo it and return what was rejected: the batch, or, when the learner cannot
+        even predict the batch from the state the journal left, the journal's batch that made
+        it so (then ``batch`` is learned once more, and rejected too only if it fails again).
+        """
         learned = Learned(batch, served, tag)
         try:
             learned.again(self.loop)
         except Exception as exc:  # a learner may fail in any way; the batch is what is refused
             self._restore(self.journal)
-            return Rejected(batch, tag, f"{type(exc).__name__}: {exc}")
+            refused = Rejected(batch, tag, f"{type(exc).__name__}: {exc}")
+        else:
+            self.journal.append(learned)
+            return []
+        if not self.journal or self._cannot_predict(batch) is None:
+            return [refused]
+        # A batch of the journal left a state the learner cannot predict from (a finite but
+        # extreme sample: statistics too ill-conditioned to solve); rejecting ``batch``, and
+        # every batch after it, would keep that state and refuse the innocent.
+        rejected = self._undo_failing(lambda: self._cannot_predict(batch))
+        try:
+            learned.again(self.loop)
+        except Exception as exc:
+            self._restore(self.journal)
+            return [*rejected, Rejected(batch, tag, f"{type(exc).__name__}: {exc}")]
         self.journal.append(learned)
-        return None
+        return rejected
 
     def verify(self) -> list[Rejected[Tag]]:
         """Check the state is finite; if not, undo the batches since :meth:`mark_good` that
         made it so (returned) and keep the others learned."""
-        problem = non_finite(self.loop.learner.state_dict())
-        if problem is None:
+        if non_finite(self.loop.learner.state_dict()) is None:
             return []
+        return self._undo_failing(lambda: non_finite(self.loop.learner.state_dict()))
+
+    def _undo_failing(self, check: Callable[[], str | None]) -> list[Rejected[Tag]]:
+        """Learn the journal again from the last good state batch by batch, ``check``-ing the
+        state after each (a problem, or None), and undo those after which it fails (returned);
+        the state is then exactly the good one plus the journal's other batches."""
         kept: list[Learned[Tag]] = []
         rejected: list[Rejected[Tag]] = []
         self._restore([])
@@ -111,7 +137,7 @@ class LearnerGuard(Generic[Tag]):
             try:
                 with self._muted():
                     learned.again(self.loop)
-                failure = non_finite(self.loop.learner.state_dict())
+                failure = check()
             except Exception as exc:  # learned once already; should it fail now, refuse it too
                 failure = f"{type(exc).__name__}: {exc}"
             if failure is None:
@@ -119,10 +145,23 @@ class LearnerGuard(Generic[Tag]):
             else:
                 rejected.append(Rejected(learned.batch, learned.tag, failure))
                 self._restore(kept)
-        # (Should none fail now, the learner was not deterministic: the re-learned, finite state
-        # is kept and nothing is refused.)
+        # (Should none fail now, the learner was not deterministic: the re-learned state is kept
+        # and nothing is refused.) Learned once more without the checks, which may have changed
+        # what a prediction changes (a cached solution, a draw counter).
+        self._restore(kept)
         self.journal = kept
         return rejected
+
+    def _cannot_predict(self, batch: Batch) -> str | None:
+        """Why the learner cannot predict ``batch`` at every level from its state now (None:
+        it can): it raises, or scores NaN."""
+        try:
+            for level in range(self.loop.problem.num_levels):
+                if bool(self.loop.learner.predict(batch.x, level).isnan().any()):
+                    return f"it scores NaN at level {level}"
+        except Exception as exc:
+            return f"it cannot predict from the state it leaves ({type(exc).__name__}: {exc})"
+        return None
 
     def _restore(self, batches: Sequence[Learned[Tag]]) -> None:
         """Back to the last good state, then learn ``batches`` again."""

@@ -217,6 +217,39 @@ def test_a_batch_the_learner_fails_on_is_undone_and_dead_lettered_as_learner_err
     assert non_finite(latest.learner) is None and latest.meta["loop"]["samples_seen"] == 20
 
 
+def test_a_finite_extreme_sample_is_dead_lettered_not_the_batch_after_it(tmp_path):
+    """acil, ``messages.max_abs`` raised: a sample of 1e12 passes the wire's checks and every
+    finiteness check, and leaves statistics the next batch's solve fails on. The daemon used to
+    dead-letter that next batch, and every one after it, and checkpoint the poisoned state."""
+    messages, x, y = _valid(24, seed=6)
+    x[9, 1:] = 1e12  # sample 9 sits in the third micro-batch (samples 8..11)
+    messages[9] = encode_json(x[9], int(y[9]))
+    source = MemorySource({0: messages})
+    config = _config(
+        tmp_path,
+        kafka={"max_poll_records": 24},
+        learner={"name": "acil", "options": {"buffer_size": 24}},
+        messages={"max_abs": 1e13},
+    )
+    daemon = Daemon(config, source_factory=source.bind)
+    _drain(daemon, source)
+    daemon.checkpoint()
+    daemon.close()
+    letters = _letters(tmp_path)
+    assert [(d["reason"], d["offset"]) for d in letters] == [
+        ("learner_error", o) for o in range(8, 12)
+    ]
+    assert "cannot predict" in letters[0]["detail"]
+    assert daemon.loop.samples_seen == 20
+    kept = np.ones(len(y), dtype=bool)
+    kept[8:12] = False
+    alone = registry.create("acil", PROBLEM, {"buffer_size": 24})
+    alone.learn(
+        torch.from_numpy(x[kept]), torch.from_numpy(y[kept]), torch.zeros(20, dtype=torch.long)
+    )
+    torch.testing.assert_close(daemon.learner.weights(), alone.weights(), rtol=1e-9, atol=1e-9)
+
+
 # -- storage faults ----------------------------------------------------------------------------
 
 

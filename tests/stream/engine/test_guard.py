@@ -85,12 +85,12 @@ def test_a_batch_whose_learning_raises_is_undone_and_handed_back():
     guard.process(batches[0], 0)
     guard.mark_good()
     for i in (1, 2):
-        assert guard.process(batches[i], i) is None
-    rejected = guard.process(_poisoned(batches[3]), 3)
-    assert rejected is not None and rejected.tag == 3
+        assert guard.process(batches[i], i) == []
+    [rejected] = guard.process(_poisoned(batches[3]), 3)
+    assert rejected.tag == 3
     assert rejected.problem == "LinAlgError: Matrix is not positive definite"
     for i in (4, 5):
-        assert guard.process(batches[i], i) is None
+        assert guard.process(batches[i], i) == []
     _assert_same(loop, _reference([b for i, b in enumerate(batches) if i != 3]))
 
 
@@ -99,7 +99,7 @@ def test_non_finite_state_is_found_at_verify_and_only_the_batch_that_caused_it_i
     loop, _ = _loop("nan")
     guard: LearnerGuard[int] = LearnerGuard(loop)
     for i, batch in enumerate(batches):
-        assert guard.process(_poisoned(batch) if i == 2 else batch, i) is None
+        assert guard.process(_poisoned(batch) if i == 2 else batch, i) == []
     assert non_finite(loop.learner.state_dict()) is not None
     [rejected] = guard.verify()
     assert rejected.tag == 2 and "holds NaN or inf" in rejected.problem
@@ -125,7 +125,7 @@ def test_observers_see_each_batch_once_even_when_batches_are_learned_again():
     guard: LearnerGuard[int] = LearnerGuard(loop)
     for i, batch in enumerate(batches[:3]):
         guard.process(batch, i)
-    assert guard.process(_poisoned(batches[3]), 3) is not None
+    assert guard.process(_poisoned(batches[3]), 3) != []
     assert seen == [4, 4, 4]
 
 
@@ -165,9 +165,7 @@ def test_joined_labels_are_journaled_with_the_classes_served_and_undone_alone(mo
     rejected: list = []
 
     def guarded(batch, served, origins):
-        refused = guard.process(batch, origins, served)
-        if refused is not None:
-            rejected.append(refused)
+        rejected.extend(guard.process(batch, origins, served))
 
     serving = ServingLoop(loop, process=guarded)
     reference = ServingLoop(EventLoop(registry.create("nmc", PROBLEM), PROBLEM))
@@ -196,3 +194,38 @@ def test_joined_labels_are_journaled_with_the_classes_served_and_undone_alone(mo
     ]
     assert [learned.served is not None for learned in guard.journal] == [True] * 4 + [False]
     _assert_same(loop, reference.loop)
+
+
+def test_a_finite_sample_that_leaves_the_next_solve_failing_is_undone_not_the_next_batch():
+    """acil learns a batch with one sample of 1e12 (finite: it passes every finiteness check)
+    and then cannot solve its ridge head: the next batch raised "not positive definite". The
+    guard rejected that innocent batch, kept the poisoned statistics, and so rejected every
+    batch after it too. Now the journal's culprit is undone instead."""
+    problem = Problem(input_shape=(6,), num_classes=(3,))
+    rng = np.random.default_rng(4)
+    batches = []
+    for i in range(10):
+        x = rng.normal(size=(4, 6)).astype(np.float32)
+        if i == 5:
+            x[2] *= 1e12
+        y = torch.from_numpy(rng.integers(0, 3, 4))
+        batches.append(Batch(x=torch.from_numpy(x), y=y, level=torch.zeros(4, dtype=torch.long)))
+    options = {"buffer_size": 24}
+    loop = EventLoop(registry.create("acil", problem, options), problem)
+    guard: LearnerGuard[int] = LearnerGuard(loop)
+    outcomes = [[r.tag for r in guard.process(batch, i)] for i, batch in enumerate(batches)]
+    assert outcomes == [[], [], [], [], [], [], [5], [], [], []]
+    assert [learned.tag for learned in guard.journal] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+    reference = EventLoop(registry.create("acil", problem, options), problem)
+    for i, batch in enumerate(batches):
+        if i != 5:
+            reference.process(batch)
+    for mine, theirs in zip(
+        loop.learner.state_dict().tensors.values(),
+        reference.learner.state_dict().tensors.values(),
+        strict=True,
+    ):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+    mine_state, their_state = loop.state_dict(), reference.state_dict()
+    mine_state.pop("learn_seconds"), their_state.pop("learn_seconds")
+    assert mine_state == their_state
