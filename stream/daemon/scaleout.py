@@ -51,6 +51,7 @@ from stream.daemon.serve import CHECKPOINT_FORMAT, READABLE_FORMATS, UNUSABLE, D
 from stream.daemon.statistics_sync import StatisticsSync
 from stream.engine.batch import Batch, Origins
 from stream.engine.device import resolve_device
+from stream.engine.guard import cannot_predict
 from stream.observe.rank_label import RankLabelledRegistry
 from stream.observe.telemetry import Telemetry
 from stream.sinks.dead_letter import DeadLetterSink, FileDeadLetters
@@ -77,8 +78,9 @@ def rank_file(path: Path, rank: int) -> Path:
 
 
 class NonFiniteState(RuntimeError):
-    """A rank's statistics turned NaN or inf before a sync point: the group restarts without
-    the messages that rank learned since the last one (stream/daemon/poison.py)."""
+    """A rank's statistics turned NaN or inf before a sync point, or the synced model cannot
+    predict after one: the group restarts without the messages learned since the last one
+    (that rank's, or every rank's; stream/daemon/poison.py)."""
 
 
 def collective_failure(exc: BaseException) -> bool:
@@ -163,6 +165,7 @@ class ScaleOutDaemon(Daemon):
         self._last_sync = time.monotonic()
         # the messages learned since the last sync point, (partition, offset), in order
         self._since_sync: dict[tuple[int, int], None] = {}
+        self._last_batch: Batch | None = None  # what a sync point checks the model predicts
 
     # -- resume -------------------------------------------------------------------------------
 
@@ -376,6 +379,10 @@ class ScaleOutDaemon(Daemon):
                 # a peer died or timed out inside the step's all-reduce: the batch is innocent
                 log.error("collective_failed", problem=detail, rank=self.world.rank)
                 raise
+            if self.statistics is not None and cannot_predict(self.loop, batch) is not None:
+                # the state before the batch is already unusable: the culprit is among what
+                # this rank learned since the last sync point (which checked the synced model)
+                messages = list(self._since_sync)
             recorded = self.poison.record(self.world.rank, messages, detail)
             log.error(
                 "learner_error",
@@ -386,6 +393,7 @@ class ScaleOutDaemon(Daemon):
                 rank=self.world.rank,
             )
             raise
+        self._last_batch = batch
 
     def _refuse_non_finite(self, problem: str | None) -> None:
         """Before a sync point (a collective: every rank calls it in the same round): if any
@@ -407,6 +415,24 @@ class ScaleOutDaemon(Daemon):
             if problem is not None
             else "another rank's statistics turned NaN or inf; the group restarts"
         )
+
+    def _refuse_unpredictable(self) -> None:
+        """After a sync point (a collective): if the synced model cannot predict a rank's last
+        batch (a finite but extreme sample can leave statistics that pass every finiteness
+        check and that no solve can use), every rank records the messages it learned since the
+        last sync point as poisoned (the culprit is among them, on some rank; the others are
+        dead-lettered with it, ready to publish again) and fails: the group restarts from the
+        last global checkpoint without them. Otherwise the next batch of every rank failed, one
+        restart each, and the culprit was never found."""
+        batch = self._last_batch
+        problem = None if batch is None else cannot_predict(self.loop, batch)
+        if self.collectives.sum([float(problem is not None)])[0] == 0:
+            return
+        detail = f"synced with these messages, {problem or 'the model failed on another rank'}"
+        messages = list(self._since_sync)
+        self.poison.record(self.world.rank, messages, detail)
+        log.error("unusable_state", problem=detail, messages=len(messages), rank=self.world.rank)
+        raise NonFiniteState(f"rank {self.world.rank}: {detail}")
 
     def _refused(self, record: Record) -> InvalidMessage | None:
         detail = self._poisoned.get((record.partition, record.offset))
@@ -522,6 +548,7 @@ class ScaleOutDaemon(Daemon):
                 self._refuse_non_finite(self.statistics.non_finite())
                 with self._model_lock():
                     self.statistics.synchronize()
+                self._refuse_unpredictable()
             self._sync_seen()
             self._since_sync.clear()
             self._synced_samples = self.loop.samples_seen

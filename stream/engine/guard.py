@@ -153,15 +153,7 @@ class LearnerGuard(Generic[Tag]):
         return rejected
 
     def _cannot_predict(self, batch: Batch) -> str | None:
-        """Why the learner cannot predict ``batch`` at every level from its state now (None:
-        it can): it raises, or scores NaN."""
-        try:
-            for level in range(self.loop.problem.num_levels):
-                if bool(self.loop.learner.predict(batch.x, level).isnan().any()):
-                    return f"it scores NaN at level {level}"
-        except Exception as exc:
-            return f"it cannot predict from the state it leaves ({type(exc).__name__}: {exc})"
-        return None
+        return cannot_predict(self.loop, batch)
 
     def _restore(self, batches: Sequence[Learned[Tag]]) -> None:
         """Back to the last good state, then learn ``batches`` again."""
@@ -173,6 +165,19 @@ class LearnerGuard(Generic[Tag]):
 
     def _muted(self) -> _Muted:
         return _Muted(self.loop)
+
+
+def cannot_predict(loop: EventLoop, batch: Batch) -> str | None:
+    """Why ``loop``'s learner cannot predict ``batch`` at every level from its state now (None:
+    it can): it raises, or scores NaN. The prediction does what the next one would do anyway
+    (solve and cache a ridge head, draw AEF-OCL's pseudo-features after new statistics)."""
+    try:
+        for level in range(loop.problem.num_levels):
+            if bool(loop.learner.predict(batch.x, level).isnan().any()):
+                return f"the model scores NaN at level {level}"
+    except Exception as exc:
+        return f"the model cannot predict from the state it reached ({type(exc).__name__}: {exc})"
+    return None
 
 
 class _Muted:

@@ -135,14 +135,16 @@ def run_group(
 
     def work(rank: int) -> ScaleOutDaemon:
         daemon = rank_daemon(cfg, topic, group, rank)
-        for _ in range(rounds):
-            daemon.round()
-        if stop:
-            if rank == 0:
-                daemon.stop()
-            while not daemon.round():
-                pass
-        daemon.close()
+        try:
+            for _ in range(rounds):
+                daemon.round()
+            if stop:
+                if rank == 0:
+                    daemon.stop()
+                while not daemon.round():
+                    pass
+        finally:  # a failed rank too: its lock goes with it, as with a process
+            daemon.close()
         return daemon
 
     return group.run(work)
@@ -710,3 +712,72 @@ def test_a_smaller_group_carries_on_the_counts_of_the_ranks_it_no_longer_has(tmp
     assert one.invalid == sum((d.invalid for d in three), Counter())
     assert one.loop.prequential.total == sum(d.loop.prequential.total for d in three)
     assert one.loop.prequential.correct == sum(d.loop.prequential.correct for d in three)
+
+
+def test_a_finite_extreme_sample_is_found_at_the_sync_point_not_blamed_on_the_next_batch(tmp_path):
+    """acil with ``messages.max_abs`` raised: a sample of 1e12 passes every check, and once
+    synced the model can solve nothing, on every rank. The next batch of whichever rank used to
+    be recorded as the poison (the innocent one), and the group restarted once per batch after
+    it. Now the sync point checks that the synced model still predicts: the messages learned
+    since the last one (the culprit among them) are quarantined and the rest learned exactly."""
+    x, y = samples(64, seed=18)
+    x[21, 1:] = 1e12  # message 5: partition 1's third message
+    topic = topic_of(x, y, 2)
+    options = {"buffer_size": 24}
+    cfg = config(tmp_path, {"name": "acil", "options": options}, every_samples=16)
+    cfg.loop.batch_size = PER_MESSAGE
+    cfg.messages.max_abs = 1e13
+    with pytest.raises(NonFiniteState, match="cannot predict"):
+        run_group(cfg, topic, ranks=2, rounds=12)
+    quarantined = {
+        (e["partition"], e["offset"])
+        for rank in (0, 1)
+        for e in map(
+            json.loads,
+            (tmp_path / "ckpt" / f"poison.rank-{rank}.jsonl").read_text().splitlines(),
+        )
+    }
+    assert (1, 2) in quarantined and len(quarantined) <= 6, quarantined
+    [alone] = run_group(cfg, topic, ranks=1, rounds=12)
+    kept = np.ones(len(y), dtype=bool)
+    for partition, offset in quarantined:  # partition p's message k is message 2k + p
+        first = (2 * offset + partition) * PER_MESSAGE
+        kept[first : first + PER_MESSAGE] = False
+    reference = registry.create("acil", PROBLEM, options)
+    reference.learn(
+        torch.from_numpy(x[kept]),
+        torch.from_numpy(y[kept]),
+        torch.zeros(int(kept.sum()), dtype=torch.long),
+    )
+    torch.testing.assert_close(alone.learner.weights(), reference.weights(), rtol=1e-9, atol=1e-9)
+    letters = [
+        json.loads(line) for line in rank_file(tmp_path / "dead.jsonl", 0).read_text().splitlines()
+    ]
+    assert {(d["partition"], d["offset"]) for d in letters} == quarantined
+
+
+def test_a_batch_failing_on_what_its_rank_learned_before_quarantines_since_the_sync_point(
+    tmp_path,
+):
+    """The culprit's own rank learns another batch before the sync point: that batch's solve
+    fails. It used to be recorded alone, so each restart learned the culprit again and failed
+    on the next batch. When the model cannot predict the failing batch from the state before
+    it, the rank records everything it learned since the last sync point instead."""
+    x, y = samples(48, seed=19)
+    x[5, 1:] = 1e12  # message 1 of the one partition; a round reads messages 0, 1 and 2
+    topic = topic_of(x, y, 1)
+    options = {"buffer_size": 24}
+    cfg = config(tmp_path, {"name": "acil", "options": options})
+    cfg.loop.batch_size = PER_MESSAGE
+    cfg.messages.max_abs = 1e13
+    with pytest.raises(ValueError, match="not positive definite"):
+        run_group(cfg, topic, ranks=1, rounds=4)
+    entries = (tmp_path / "ckpt" / "poison.rank-0.jsonl").read_text().splitlines()
+    assert sorted(json.loads(e)["offset"] for e in entries) == [0, 1, 2]
+    [alone] = run_group(cfg, topic, ranks=1, rounds=6)
+    reference = registry.create("acil", PROBLEM, options)
+    rest = slice(3 * PER_MESSAGE, None)
+    reference.learn(
+        torch.from_numpy(x[rest]), torch.from_numpy(y[rest]), torch.zeros(36, dtype=torch.long)
+    )
+    torch.testing.assert_close(alone.learner.weights(), reference.weights(), rtol=1e-9, atol=1e-9)
