@@ -425,7 +425,8 @@ class ScaleOutDaemon(Daemon):
         last global checkpoint without them. Otherwise the next batch of every rank failed, one
         restart each, and the culprit was never found."""
         batch = self._last_batch
-        problem = None if batch is None else cannot_predict(self.loop, batch)
+        with self._model_lock():  # a prediction caches, as POST /predict's do
+            problem = None if batch is None else cannot_predict(self.loop, batch)
         if self.collectives.sum([float(problem is not None)])[0] == 0:
             return
         detail = f"synced with these messages, {problem or 'the model failed on another rank'}"
