@@ -379,9 +379,15 @@ class ScaleOutDaemon(Daemon):
                 # a peer died or timed out inside the step's all-reduce: the batch is innocent
                 log.error("collective_failed", problem=detail, rank=self.world.rank)
                 raise
-            if self.statistics is not None and cannot_predict(self.loop, batch) is not None:
-                # the state before the batch is already unusable: the culprit is among what
-                # this rank learned since the last sync point (which checked the synced model)
+            last = self._last_batch
+            if (
+                self.statistics is not None
+                and last is not None
+                and cannot_predict(self.loop, last) is not None
+            ):
+                # the model cannot predict even the batch it learned last, which it predicted
+                # before: the culprit is among what this rank learned since the last sync point
+                # (which checked the synced model), not this batch
                 messages = list(self._since_sync)
             recorded = self.poison.record(self.world.rank, messages, detail)
             log.error(

@@ -12,11 +12,12 @@ sits between a source and :class:`~stream.engine.event_loop.EventLoop`:
 - :meth:`LearnerGuard.process` runs a batch through the loop; if anything raises, the learner and
   loop are restored to the last good copy and the journal is learned again (a learner is
   deterministic given its state, so this re-creates exactly the state before the batch), and the
-  batch is handed back as rejected. Unless the learner cannot even predict that batch from the
-  state the journal leaves: then an earlier batch is the culprit (a finite but extreme sample
-  whose statistics pass every finiteness check, and make the *next* solve fail), so the journal is
-  learned again batch by batch, undoing the one after which the prediction fails, and the batch
-  is tried once more. Rejecting it instead, and every batch after it, kept the poisoned state;
+  batch is handed back as rejected. Unless the learner cannot even predict the batch it learned
+  last (which it predicted before learning it): then that state is the problem, not the batch (a
+  finite but extreme sample whose statistics pass every finiteness check and make every later
+  solve fail), so the journal is learned again batch by batch, undoing each batch the learner
+  cannot predict once it has learned it, and the failed batch is tried once more. Rejecting it
+  instead, and every batch after it, kept the poisoned state;
 - :meth:`LearnerGuard.verify` checks that every tensor of the state is finite (one pass over the
   state, before each checkpoint, rather than after every batch); if one is not, it re-learns the
   journal from the good copy batch by batch, checking after each, and rejects the batches that
@@ -104,12 +105,13 @@ class LearnerGuard(Generic[Tag]):
         else:
             self.journal.append(learned)
             return []
-        if not self.journal or self._cannot_predict(batch) is None:
+        if not self.journal or cannot_predict(self.loop, self.journal[-1].batch) is None:
             return [refused]
-        # A batch of the journal left a state the learner cannot predict from (a finite but
-        # extreme sample: statistics too ill-conditioned to solve); rejecting ``batch``, and
-        # every batch after it, would keep that state and refuse the innocent.
-        rejected = self._undo_failing(lambda: self._cannot_predict(batch))
+        # The learner cannot predict even the batch it learned last, which it predicted before
+        # learning it: a batch of the journal left a state nothing can be predicted from (a
+        # finite but extreme sample: statistics too ill-conditioned to solve). Rejecting
+        # ``batch``, and every batch after it, would keep that state and refuse the innocent.
+        rejected = self._undo_failing(lambda learned: cannot_predict(self.loop, learned.batch))
         try:
             learned.again(self.loop)
         except Exception as exc:
@@ -123,12 +125,13 @@ class LearnerGuard(Generic[Tag]):
         made it so (returned) and keep the others learned."""
         if non_finite(self.loop.learner.state_dict()) is None:
             return []
-        return self._undo_failing(lambda: non_finite(self.loop.learner.state_dict()))
+        return self._undo_failing(lambda _: non_finite(self.loop.learner.state_dict()))
 
-    def _undo_failing(self, check: Callable[[], str | None]) -> list[Rejected[Tag]]:
+    def _undo_failing(self, check: Callable[[Learned[Tag]], str | None]) -> list[Rejected[Tag]]:
         """Learn the journal again from the last good state batch by batch, ``check``-ing the
-        state after each (a problem, or None), and undo those after which it fails (returned);
-        the state is then exactly the good one plus the journal's other batches."""
+        state after each (given the batch just learned; a problem, or None), and undo those
+        after which it fails (returned); the state is then exactly the good one plus the
+        journal's other batches."""
         kept: list[Learned[Tag]] = []
         rejected: list[Rejected[Tag]] = []
         self._restore([])
@@ -137,7 +140,7 @@ class LearnerGuard(Generic[Tag]):
             try:
                 with self._muted():
                     learned.again(self.loop)
-                failure = check()
+                failure = check(learned)
             except Exception as exc:  # learned once already; should it fail now, refuse it too
                 failure = f"{type(exc).__name__}: {exc}"
             if failure is None:
@@ -151,9 +154,6 @@ class LearnerGuard(Generic[Tag]):
         self._restore(kept)
         self.journal = kept
         return rejected
-
-    def _cannot_predict(self, batch: Batch) -> str | None:
-        return cannot_predict(self.loop, batch)
 
     def _restore(self, batches: Sequence[Learned[Tag]]) -> None:
         """Back to the last good state, then learn ``batches`` again."""

@@ -229,3 +229,26 @@ def test_a_finite_sample_that_leaves_the_next_solve_failing_is_undone_not_the_ne
     mine_state, their_state = loop.state_dict(), reference.state_dict()
     mine_state.pop("learn_seconds"), their_state.pop("learn_seconds")
     assert mine_state == their_state
+
+
+def test_a_batch_the_learner_cannot_even_predict_is_rejected_alone():
+    """The journal is searched only when the learner cannot predict the batch it learned last:
+    a batch whose own inputs make every prediction fail must not take the journal with it."""
+    batches = _batches(6, seed=7)
+    loop, _ = _loop("raise")
+    predict = loop.learner.predict
+
+    def failing(x, level=None):
+        if (x[:, 0] == POISON).any():
+            raise RuntimeError("no prediction for these inputs")
+        return predict(x, level)
+
+    loop.learner.predict = failing
+    guard: LearnerGuard[int] = LearnerGuard(loop)
+    for i in range(3):
+        assert guard.process(batches[i], i) == []
+    [rejected] = guard.process(_poisoned(batches[3]), 3)
+    assert rejected.tag == 3 and [learned.tag for learned in guard.journal] == [0, 1, 2]
+    for i in (4, 5):
+        assert guard.process(batches[i], i) == []
+    _assert_same(loop, _reference([b for i, b in enumerate(batches) if i != 3]))
