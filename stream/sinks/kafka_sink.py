@@ -16,7 +16,7 @@ from collections.abc import Collection
 from typing import Any, Literal, cast
 
 from stream.sources.kafka_options import kafka_python_options
-from stream.sources.kafka_source import client_log
+from stream.sources.kafka_source import client_error, client_log
 
 Client = Literal["kafka-python", "confluent"]
 Headers = list[tuple[str, bytes]]
@@ -222,7 +222,7 @@ class KafkaPythonSink(KafkaSink):
                 **kafka_python_options(self.options, "producer"),
             )
         except kafka.errors.KafkaError as exc:
-            raise SinkError(f"{bootstrap}: {type(exc).__name__}: {exc}") from None
+            raise SinkError(f"{bootstrap}: {client_error(exc)}") from None
         self._pending: list[tuple[bytes, Any]] = []
 
     def ensure_topic(self, topic: str, partitions: int = 1, timeout: float = 30.0) -> int:
@@ -245,9 +245,7 @@ class KafkaPythonSink(KafkaSink):
                 admin.close()
             found = self.producer.partitions_for(topic)
         except kafka.errors.KafkaError as exc:
-            raise SinkError(
-                f"topic {topic!r} on {self.bootstrap}: {type(exc).__name__}: {exc}"
-            ) from None
+            raise SinkError(f"topic {topic!r} on {self.bootstrap}: {client_error(exc)}") from None
         return len(found or ())
 
     def send(
@@ -264,7 +262,7 @@ class KafkaPythonSink(KafkaSink):
             )
         except self._kafka.errors.KafkaError as exc:
             raise SinkError(
-                f"sending to {topic!r}: {type(exc).__name__}: {exc}",
+                f"sending to {topic!r}: {client_error(exc)}",
                 permanent=_kafka_python_permanent(exc),
             ) from None
         self._pending.append((key or b"", future))
@@ -275,7 +273,7 @@ class KafkaPythonSink(KafkaSink):
             self.producer.flush(timeout)
         except kafka.errors.KafkaError as exc:
             # the futures stay: a later flush says which were delivered
-            raise SinkError(f"flush: {type(exc).__name__}: {exc}", unconfirmed=True) from None
+            raise SinkError(f"flush: {client_error(exc)}", unconfirmed=True) from None
         pending, self._pending = self._pending, []
         failed = [(k, f) for k, f in pending if not f.is_done or f.failed()]
         if failed:

@@ -29,6 +29,7 @@ import numpy as np
 import structlog
 
 from stream.sinks.kafka_sink import KafkaSink, SinkError
+from stream.sources.kafka_source import client_error
 
 log = structlog.get_logger("streamcl.predictions")
 
@@ -125,7 +126,7 @@ class PredictionSink:
             return _end_offsets(self._offsets, self.topic)
         except kafka.errors.KafkaError as exc:
             self._close_offsets()
-            raise SinkError(f"end offsets of {self.topic!r}: {type(exc).__name__}: {exc}") from None
+            raise SinkError(f"end offsets of {self.topic!r}: {client_error(exc)}") from None
 
     def _close_offsets(self) -> None:
         if self._offsets is not None:
@@ -204,7 +205,7 @@ def read_published(
         finally:
             consumer.close(autocommit=False)
     except kafka.errors.KafkaError as exc:
-        raise SinkError(f"reading {topic!r}: {type(exc).__name__}: {exc}") from None
+        raise SinkError(f"reading {topic!r}: {client_error(exc)}") from None
     if foreign:
         log.warning("predictions_unreadable", topic=topic, count=foreign)
     return found

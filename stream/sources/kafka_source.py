@@ -54,6 +54,14 @@ class Record:
     value: bytes | None
 
 
+def client_error(exc: BaseException) -> str:
+    """A Kafka client's exception in one line, its type named once (kafka-python's errors
+    already begin with it: "KafkaTimeoutError: Unable to bootstrap ...")."""
+    text = str(exc)
+    name = type(exc).__name__
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
 class SourceError(RuntimeError):
     """A broker request that failed or timed out; the daemon retries with backoff."""
 
@@ -355,7 +363,7 @@ class KafkaPythonSource(KafkaSource):
             raise KafkaClientConfigError(f"kafka.options for kafka-python: {exc}") from None
         except kafka.errors.KafkaError as exc:
             # kafka-python meets the brokers in its constructor; confluent-kafka does it later.
-            raise SourceError(f"{type(exc).__name__}: {exc}") from None
+            raise SourceError(client_error(exc)) from None
         if choose is not None:
             try:
                 found = self.consumer.partitions_for_topic(config.topic)
@@ -405,7 +413,7 @@ class KafkaPythonSource(KafkaSource):
                     self.consumer.seek_to_end(tp)
             return []
         except self._kafka.errors.KafkaError as exc:
-            raise SourceError(f"{type(exc).__name__}: {exc}") from None
+            raise SourceError(client_error(exc)) from None
         return [
             Record(tp.partition, message.offset, message.value)
             for tp, messages in batches.items()
@@ -435,7 +443,7 @@ class KafkaPythonSource(KafkaSource):
         try:
             ends = self.consumer.end_offsets(wanted, timeout_ms=int(timeout * 1000))
         except kafka.errors.KafkaError as exc:
-            raise SourceError(f"end offsets: {type(exc).__name__}: {exc}") from None
+            raise SourceError(f"end offsets: {client_error(exc)}") from None
         return {tp.partition: int(offset) for tp, offset in ends.items()}
 
     def highwater(self, partitions: list[int]) -> dict[int, int]:

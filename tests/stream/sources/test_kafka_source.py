@@ -93,3 +93,15 @@ def test_an_unreachable_broker_is_a_source_error_not_a_crash(client):
             source.end_offsets([0], 1.0)
         finally:
             source.close()
+
+
+def test_a_client_error_names_its_type_once():
+    """kafka-python's errors begin with their type already: 'failed: SinkError: host:9:
+    KafkaTimeoutError: KafkaTimeoutError: Unable to bootstrap ...' named it twice."""
+    import kafka.errors
+
+    from stream.sources.kafka_source import client_error
+
+    timeout = kafka.errors.KafkaTimeoutError("Unable to bootstrap from ['127.0.0.1:9']")
+    assert client_error(timeout) == "KafkaTimeoutError: Unable to bootstrap from ['127.0.0.1:9']"
+    assert client_error(RuntimeError("closed")) == "RuntimeError: closed"
