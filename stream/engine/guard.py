@@ -19,9 +19,10 @@ sits between a source and :class:`~stream.engine.event_loop.EventLoop`:
   cannot predict once it has learned it, and the failed batch is tried once more. Rejecting it
   instead, and every batch after it, kept the poisoned state;
 - :meth:`LearnerGuard.verify` checks that every tensor of the state is finite (one pass over the
-  state, before each checkpoint, rather than after every batch); if one is not, it re-learns the
-  journal from the good copy batch by batch, checking after each, and rejects the batches that
-  turn the state non-finite.
+  state, before each checkpoint, rather than after every batch) and that the learner still
+  predicts the batch it learned last; if not, it re-learns the journal from the good copy batch by
+  batch, checking after each, and rejects the batches that turn the state non-finite or
+  unpredictable.
 
 The journal keeps what :meth:`EventLoop.process` was given, including the classes served for
 joined labels (stream/engine/serving.py), so a re-learn scores them on what was served, as the
@@ -121,11 +122,15 @@ class LearnerGuard(Generic[Tag]):
         return rejected
 
     def verify(self) -> list[Rejected[Tag]]:
-        """Check the state is finite; if not, undo the batches since :meth:`mark_good` that
-        made it so (returned) and keep the others learned."""
-        if non_finite(self.loop.learner.state_dict()) is None:
-            return []
-        return self._undo_failing(lambda _: non_finite(self.loop.learner.state_dict()))
+        """Check the state is finite and still predicts the batch learned last; if not, undo
+        the batches since :meth:`mark_good` that made it so (returned) and keep the others
+        learned. (Before a checkpoint: a state no prediction can use, left by the last batch
+        before it, would otherwise become the good state every later batch fails on.)"""
+        if non_finite(self.loop.learner.state_dict()) is not None:
+            return self._undo_failing(lambda _: non_finite(self.loop.learner.state_dict()))
+        if self.journal and cannot_predict(self.loop, self.journal[-1].batch) is not None:
+            return self._undo_failing(lambda learned: cannot_predict(self.loop, learned.batch))
+        return []
 
     def _undo_failing(self, check: Callable[[Learned[Tag]], str | None]) -> list[Rejected[Tag]]:
         """Learn the journal again from the last good state batch by batch, ``check``-ing the

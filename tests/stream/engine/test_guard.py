@@ -244,3 +244,33 @@ def test_a_batch_the_learner_cannot_even_predict_is_rejected_alone():
     for i in (4, 5):
         assert guard.process(batches[i], i) == []
     _assert_same(loop, _reference([b for i, b in enumerate(batches) if i != 3]))
+
+
+def test_a_poisoning_batch_right_before_a_checkpoint_is_undone_at_verify():
+    """The culprit is the last batch before a checkpoint: the state is finite, so the check
+    passed, the poisoned state became the good one, and every batch after it failed against
+    it for ever. verify now also checks the learner still predicts the batch learned last."""
+    problem = Problem(input_shape=(6,), num_classes=(3,))
+    rng = np.random.default_rng(8)
+    batches = []
+    for i in range(8):
+        x = rng.normal(size=(4, 6)).astype(np.float32)
+        if i == 4:
+            x[1] *= 1e12
+        y = torch.from_numpy(rng.integers(0, 3, 4))
+        batches.append(Batch(x=torch.from_numpy(x), y=y, level=torch.zeros(4, dtype=torch.long)))
+    options = {"buffer_size": 24}
+    loop = EventLoop(registry.create("acil", problem, options), problem)
+    guard: LearnerGuard[int] = LearnerGuard(loop)
+    for i in range(5):
+        assert guard.process(batches[i], i) == []
+    assert [r.tag for r in guard.verify()] == [4]
+    guard.mark_good()
+    for i in range(5, 8):
+        assert guard.process(batches[i], i) == []
+    reference = EventLoop(registry.create("acil", problem, options), problem)
+    for i, batch in enumerate(batches):
+        if i != 4:
+            reference.process(batch)
+    _assert_same(loop, reference)
+    assert guard.verify() == []
