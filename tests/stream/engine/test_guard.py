@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 import torch
@@ -196,31 +198,44 @@ def test_joined_labels_are_journaled_with_the_classes_served_and_undone_alone(mo
     _assert_same(loop, reference.loop)
 
 
+ACIL_PROBLEM = Problem(input_shape=(6,), num_classes=(3,))
+ACIL_OPTIONS = {"buffer_size": 24}
+
+
+def _extreme_batches(count: int, culprit: int, seed: int) -> list[Batch]:
+    """acil batches of four samples; batch ``culprit`` holds one sample scaled by 1e12: finite,
+    and leaves the ridge statistics no solve can use."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    for i in range(count):
+        x = rng.normal(size=(4, 6)).astype(np.float32)
+        if i == culprit:
+            x[1] *= 1e12
+        y = torch.from_numpy(rng.integers(0, 3, 4))
+        batches.append(Batch(x=torch.from_numpy(x), y=y, level=torch.zeros(4, dtype=torch.long)))
+    return batches
+
+
+def _acil_loop(batches: Sequence[Batch] = ()) -> EventLoop:
+    """An acil loop that has learned ``batches``."""
+    loop = EventLoop(registry.create("acil", ACIL_PROBLEM, ACIL_OPTIONS), ACIL_PROBLEM)
+    for batch in batches:
+        loop.process(batch)
+    return loop
+
+
 def test_a_finite_sample_that_leaves_the_next_solve_failing_is_undone_not_the_next_batch():
     """acil learns a batch with one sample of 1e12 (finite: it passes every finiteness check)
     and then cannot solve its ridge head: the next batch raised "not positive definite". The
     guard rejected that innocent batch, kept the poisoned statistics, and so rejected every
     batch after it too. Now the journal's culprit is undone instead."""
-    problem = Problem(input_shape=(6,), num_classes=(3,))
-    rng = np.random.default_rng(4)
-    batches = []
-    for i in range(10):
-        x = rng.normal(size=(4, 6)).astype(np.float32)
-        if i == 5:
-            x[2] *= 1e12
-        y = torch.from_numpy(rng.integers(0, 3, 4))
-        batches.append(Batch(x=torch.from_numpy(x), y=y, level=torch.zeros(4, dtype=torch.long)))
-    options = {"buffer_size": 24}
-    loop = EventLoop(registry.create("acil", problem, options), problem)
+    batches = _extreme_batches(10, culprit=5, seed=4)
+    loop = _acil_loop()
     guard: LearnerGuard[int] = LearnerGuard(loop)
     outcomes = [[r.tag for r in guard.process(batch, i)] for i, batch in enumerate(batches)]
     assert outcomes == [[], [], [], [], [], [], [5], [], [], []]
     assert [learned.tag for learned in guard.journal] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
-    reference = EventLoop(registry.create("acil", problem, options), problem)
-    for i, batch in enumerate(batches):
-        if i != 5:
-            reference.process(batch)
-    _assert_same(loop, reference)
+    _assert_same(loop, _acil_loop(batches[:5] + batches[6:]))
 
 
 def test_a_batch_the_learner_cannot_even_predict_is_rejected_alone():
@@ -250,17 +265,8 @@ def test_a_poisoning_batch_right_before_a_checkpoint_is_undone_at_verify():
     """The culprit is the last batch before a checkpoint: the state is finite, so the check
     passed, the poisoned state became the good one, and every batch after it failed against
     it for ever. verify now also checks the learner still predicts the batch learned last."""
-    problem = Problem(input_shape=(6,), num_classes=(3,))
-    rng = np.random.default_rng(8)
-    batches = []
-    for i in range(8):
-        x = rng.normal(size=(4, 6)).astype(np.float32)
-        if i == 4:
-            x[1] *= 1e12
-        y = torch.from_numpy(rng.integers(0, 3, 4))
-        batches.append(Batch(x=torch.from_numpy(x), y=y, level=torch.zeros(4, dtype=torch.long)))
-    options = {"buffer_size": 24}
-    loop = EventLoop(registry.create("acil", problem, options), problem)
+    batches = _extreme_batches(8, culprit=4, seed=8)
+    loop = _acil_loop()
     guard: LearnerGuard[int] = LearnerGuard(loop)
     for i in range(5):
         assert guard.process(batches[i], i) == []
@@ -268,9 +274,5 @@ def test_a_poisoning_batch_right_before_a_checkpoint_is_undone_at_verify():
     guard.mark_good()
     for i in range(5, 8):
         assert guard.process(batches[i], i) == []
-    reference = EventLoop(registry.create("acil", problem, options), problem)
-    for i, batch in enumerate(batches):
-        if i != 4:
-            reference.process(batch)
-    _assert_same(loop, reference)
+    _assert_same(loop, _acil_loop(batches[:4] + batches[5:]))
     assert guard.verify() == []
