@@ -94,9 +94,8 @@ class LearnerGuard(Generic[Tag]):
     ) -> list[Rejected[Tag]]:
         """Predict and learn ``batch`` (``served``: as for :meth:`EventLoop.process`); if that
         raises, undo it and return what was rejected: the batch, or, when the learner cannot
-        even predict the batch from the state the journal left, the journal's batch that made
-        it so (then ``batch`` is learned once more, and rejected too only if it fails again).
-        """
+        even predict the batch it learned last, the journal's batches after which it could not
+        (then ``batch`` is learned once more, and rejected too only if it fails again)."""
         learned = Learned(batch, served, tag)
         try:
             learned.again(self.loop)
@@ -174,12 +173,12 @@ class LearnerGuard(Generic[Tag]):
 
 def cannot_predict(loop: EventLoop, batch: Batch) -> str | None:
     """Why ``loop``'s learner cannot predict ``batch`` at every level from its state now (None:
-    it can): it raises, or scores NaN. The prediction does what the next one would do anyway
-    (solve and cache a ridge head, draw AEF-OCL's pseudo-features after new statistics)."""
+    it can): the prediction raises. (NaN scores are a prediction the engine scores as none, not
+    a failure.) The prediction does what the next one would do anyway (solve and cache a ridge
+    head, draw AEF-OCL's pseudo-features after new statistics)."""
     try:
         for level in range(loop.problem.num_levels):
-            if bool(loop.learner.predict(batch.x, level).isnan().any()):
-                return f"the model scores NaN at level {level}"
+            loop.learner.predict(batch.x, level)
     except Exception as exc:
         return f"the model cannot predict from the state it reached ({type(exc).__name__}: {exc})"
     return None
