@@ -175,6 +175,10 @@ class EventLoop:
         self.pending_updates = 0.0
         self.next_eval = self.config.eval_period or 0
         self._prequential_accuracy = metrics.PrequentialAccuracy(self.config.prequential_windows)
+        # a hierarchy's per-level prequential accuracy and samples (results.json's per_level)
+        self.level_counts = (
+            metrics.LevelCounts(problem.num_levels) if problem.num_levels > 1 else None
+        )
         self._sequential = learner if isinstance(learner, SequentialLearner) else None
         self._fused = learner if isinstance(learner, FusedPrediction) else None
         # single-level batches nothing reads one by one are counted a run at a time
@@ -274,6 +278,8 @@ class EventLoop:
             self.seen.mark_batch(batch.y.numpy(), batch.level.numpy())
         self.learn_seconds += learn_seconds
         self.prequential.update(hits if answered is None else hits[answered])
+        if self.level_counts is not None:
+            self.level_counts.update(batch.level.numpy(), hits, answered)
         detected = self._watch_drift(hits, answered)
         self.samples_seen += n
         for observer in self.observers:
@@ -511,6 +517,8 @@ class EventLoop:
             "F_last": ev.forgetting(level),
             "curve": ev.curve_points(series),
         }
+        if self.level_counts is not None:
+            summary.update(self.level_counts.values(level))
         if level < self.problem.num_levels - 1:
             either = f"either{level}"
             summary.update(
@@ -531,6 +539,9 @@ class EventLoop:
             "pending_updates": self.pending_updates,
             "next_eval": self.next_eval,
             "prequential": self.prequential.state_dict(),
+            "level_prequential": None
+            if self.level_counts is None
+            else self.level_counts.state_dict(),
             "evaluations": self.evaluations.state_dict(),
             "learn_seconds": self.learn_seconds,
             "evaluation_seconds": self.evaluation_seconds,
@@ -546,8 +557,14 @@ class EventLoop:
         samples = restored_integer(state["samples_seen"], where, "samples_seen", 0)
         prequential = metrics.PrequentialAccuracy()
         prequential.load_state_dict(state["prequential"])
+        counts = None
+        if self.level_counts is not None:
+            counts = metrics.LevelCounts(self.problem.num_levels)
+            counts.load_state_dict(state.get("level_prequential"))
         self.samples_seen += samples
         self.prequential.absorb(prequential)
+        if self.level_counts is not None and counts is not None:
+            self.level_counts.absorb(counts)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """The state of :meth:`state_dict`; its numbers are checked (``ValueError``) before the
@@ -563,6 +580,8 @@ class EventLoop:
         )
         self.next_eval = restored_integer(state["next_eval"], where, "next_eval", 0)
         self.prequential.load_state_dict(state["prequential"])
+        if self.level_counts is not None:
+            self.level_counts.load_state_dict(state.get("level_prequential"))
         if "evaluations" in state:
             self.evaluations.load_state_dict(state["evaluations"])
         else:  # the layout before evaluation aggregates: every evaluation in the state

@@ -193,3 +193,89 @@ class PrequentialAccuracy:
         self.correct, self.total = correct, total
         self._ring[np.asarray(hits, dtype=np.int64)] = True
         self._position = position
+
+
+class LevelCounts:
+    """Per hierarchy level: the stream samples at that level, and how many of those the
+    learner predicted (``total``) and got right (``correct``), for ``per_level`` in
+    results.json. The pooled :class:`PrequentialAccuracy` counts the same predictions over
+    every level.
+
+    >>> counts = LevelCounts(2)
+    >>> counts.update(np.array([0, 1, 1]), np.array([True, True, False]), None)
+    >>> counts.values(1)
+    {'prequential_accuracy': 0.5, 'samples': 2}
+    """
+
+    def __init__(self, num_levels: int) -> None:
+        self.samples = np.zeros(num_levels, dtype=np.int64)
+        self.total = np.zeros(num_levels, dtype=np.int64)
+        self.correct = np.zeros(num_levels, dtype=np.int64)
+        # False after restoring a checkpoint written before these counts were kept: they
+        # would then cover only part of the stream, so they are reported as unknown
+        self.known = True
+
+    def update(self, levels: np.ndarray, hits: np.ndarray, answered: np.ndarray | None) -> None:
+        """One micro-batch: each row's level, whether its prediction was right, and whether a
+        prediction was made for it (None: for every row)."""
+        size = len(self.samples)
+        hits = np.asarray(hits, dtype=bool)
+        self.samples += np.bincount(levels, minlength=size)
+        if answered is None:
+            self.total += np.bincount(levels, minlength=size)
+            self.correct += np.bincount(levels[hits], minlength=size)
+        else:
+            self.total += np.bincount(levels[answered], minlength=size)
+            self.correct += np.bincount(levels[hits & answered], minlength=size)
+
+    def values(self, level: int) -> dict[str, float | int | None]:
+        if not self.known:
+            return {"prequential_accuracy": None, "samples": None}
+        total = int(self.total[level])
+        return {
+            "prequential_accuracy": int(self.correct[level]) / total if total else None,
+            "samples": int(self.samples[level]),
+        }
+
+    def absorb(self, other: LevelCounts) -> None:
+        """Add ``other``'s counts (another process's samples of the same model)."""
+        self.samples += other.samples
+        self.total += other.total
+        self.correct += other.correct
+        self.known = self.known and other.known
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "samples": self.samples.tolist(),
+            "total": self.total.tolist(),
+            "correct": self.correct.tolist(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """The counts of :meth:`state_dict`, checked first (``ValueError``); None (a
+        checkpoint from before these counts) leaves them unknown."""
+        size = len(self.samples)
+        if state is None:
+            self.samples[:], self.total[:], self.correct[:] = 0, 0, 0
+            self.known = False
+            return
+        where = "per-level prequential counts"
+        if not isinstance(state, dict):
+            raise ValueError(f"{where}: not an object")
+        columns = {}
+        for key in ("samples", "total", "correct"):
+            raw = state.get(key)
+            if not isinstance(raw, list) or len(raw) != size:
+                raise ValueError(f"{where}: {key} is not a list of {size} counts")
+            columns[key] = [restored_integer(v, where, key, 0) for v in raw]
+        for level in range(size):
+            samples, total = columns["samples"][level], columns["total"][level]
+            if not columns["correct"][level] <= total <= samples:
+                raise ValueError(
+                    f"{where}: level {level} has correct <= total <= samples broken "
+                    f"({columns['correct'][level]}, {total}, {samples})"
+                )
+        self.samples[:] = columns["samples"]
+        self.total[:] = columns["total"]
+        self.correct[:] = columns["correct"]
+        self.known = True

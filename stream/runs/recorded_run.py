@@ -109,6 +109,12 @@ def replay(
         seed=header.seed,
         num_tasks=header.num_tasks,
     )
+    for level in results.get("per_level", {}).values():
+        # one pass learns every level: a level's rate is its samples over the run's seconds
+        level["seconds"] = seconds
+        level["samples_per_second"] = (
+            level["samples"] / seconds if seconds > 0 and level["samples"] is not None else None
+        )
     if out_dir is not None:
         write_results(results, out_dir)
     return results

@@ -341,6 +341,71 @@ def test_a_loop_state_no_run_could_write_is_refused(change, message):
         restored.load_state_dict({**state, **change})
 
 
+TWO_LEVELS = Problem(
+    input_shape=(2,), num_classes=(2, 4), level_names=("coarse", "fine"), parents=((0, 0, 1, 1),)
+)
+
+
+def leveled(rows):
+    """A batch of (level, label, predicted class) rows for the ``Recorder`` learner."""
+    level, y, guess = (torch.tensor(column) for column in zip(*rows, strict=True))
+    x = torch.stack([guess.float(), torch.zeros(len(y))], 1)
+    return Batch(x=x, y=y, level=level, task=torch.zeros(len(y), dtype=torch.long))
+
+
+def _hierarchy_loop() -> EventLoop:
+    loop = EventLoop(Recorder(TWO_LEVELS), TWO_LEVELS, LoopConfig(batch_size=8))
+    # no coarse class seen yet: both abstain
+    loop.process(leveled([(0, 0, 0), (0, 1, 1)]))
+    # coarse: one hit, one miss; fine: no fine class seen yet, abstains
+    loop.process(leveled([(0, 0, 0), (0, 1, 0), (1, 2, 2)]))
+    # fine: only class 2 seen, so every row predicts 2: two hits, one miss
+    loop.process(leveled([(1, 2, 2), (1, 3, 2), (1, 2, 2)]))
+    return loop
+
+
+def test_per_level_results_have_the_prequential_accuracy_and_samples_of_each_level():
+    """SPEC: ``per_level`` has the same keys per level; the pooled prequential accuracy counts
+    the predictions of every level, each level's only its own samples (abstentions left out)."""
+    summary = _hierarchy_loop().summary()
+    coarse, fine = summary["per_level"]["coarse"], summary["per_level"]["fine"]
+    assert (coarse["prequential_accuracy"], coarse["samples"]) == (0.5, 4)
+    assert (fine["prequential_accuracy"], fine["samples"]) == (2 / 3, 4)
+    assert summary["prequential_accuracy"] == 3 / 5 and summary["samples"] == 8
+
+
+def test_per_level_counts_survive_a_checkpoint_and_an_older_one_reports_them_unknown():
+    state = json.loads(json.dumps(_hierarchy_loop().state_dict()))
+    restored = EventLoop(Recorder(TWO_LEVELS), TWO_LEVELS, LoopConfig(batch_size=8))
+    restored.load_state_dict(state)
+    assert restored.summary()["per_level"] == _hierarchy_loop().summary()["per_level"]
+    # a checkpoint written before the counts were kept: a count of part of the stream would
+    # read as the whole stream's, so the level's figures are unknown
+    older = EventLoop(Recorder(TWO_LEVELS), TWO_LEVELS, LoopConfig(batch_size=8))
+    older.load_state_dict({k: v for k, v in state.items() if k != "level_prequential"})
+    older.process(leveled([(1, 3, 3)]))
+    fine = older.summary()["per_level"]["fine"]
+    assert fine["prequential_accuracy"] is None and fine["samples"] is None
+    assert older.summary()["prequential_accuracy"] == 4 / 6
+
+
+@pytest.mark.parametrize(
+    "counts, message",
+    [
+        ({"samples": [4, 4], "total": [2, 3], "correct": [3, 2]}, "level 0"),
+        ({"samples": [4, 4], "total": [2, 5], "correct": [1, 2]}, "level 1"),
+        ({"samples": [4], "total": [2], "correct": [1]}, "samples is not a list of 2"),
+        ({"samples": [4, -1], "total": [2, 3], "correct": [1, 2]}, "samples -1"),
+        ([1, 2], "not an object"),
+    ],
+)
+def test_per_level_counts_no_run_could_write_are_refused(counts, message):
+    state = json.loads(json.dumps(_hierarchy_loop().state_dict()))
+    restored = EventLoop(Recorder(TWO_LEVELS), TWO_LEVELS, LoopConfig(batch_size=8))
+    with pytest.raises(ValueError, match=message):
+        restored.load_state_dict({**state, "level_prequential": counts})
+
+
 def test_prequential_windows_are_bounded_in_the_config():
     with pytest.raises(ValueError, match="windows must be at most 16 distinct sizes"):
         LoopConfig(prequential_windows=[10**9])

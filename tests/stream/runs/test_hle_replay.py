@@ -41,6 +41,13 @@ def test_learns_both_levels_of_an_hle_stream(hle_stream, learner, scenario):
     # Fine classes appear only after task 0, so the fine curve starts with no accuracy.
     assert fine["curve"][0][1] is None and coarse["curve"][0][1] is not None
     assert results["task_end_accuracies"][-1] == results["A_last"]
+    # SPEC: per_level has the same keys as the top level, per level
+    spec_keys = {"A_auc", "A_avg", "A_last", "F_last", "prequential_accuracy", "samples"}
+    spec_keys |= {"seconds", "samples_per_second", "curve"}
+    assert spec_keys <= set(coarse) and spec_keys <= set(fine)
+    assert coarse["samples"] + fine["samples"] == results["samples"]
+    assert coarse["seconds"] == results["seconds"]
+    assert 0 < fine["prequential_accuracy"] < 1
 
 
 def test_acil_coarse_head_is_untouched_by_the_fine_tasks(hle_stream):
