@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from learners.levels import Levels
 from learners.state.learner_state import LearnerState
@@ -111,6 +111,40 @@ class LearnerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds every random draw of the learner")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _over_the_learners_defaults(cls, data: Any) -> Any:
+        """A nested option given in part keeps the learner's defaults for the keys left out.
+
+        A learner sets its own defaults for a nested section (``nmc``: ``backbone.name =
+        "identity"``; ``mvp``: a frozen ``vit``; ``pl-fms``: a class-balanced memory), which
+        ``streamcl learners`` lists. Pydantic applies such a default only when the section is
+        absent: ``{"backbone": {"freeze": true}}`` used to build the section's own defaults (an
+        ``mlp``, unfrozen) and so silently changed the learner. The given keys now go over the
+        learner's default section instead."""
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for name, field in cls.model_fields.items():
+            given = data.get(name)
+            if not isinstance(given, dict) or field.default_factory is None:
+                continue
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, BaseModel):
+                merged[name] = _merged(default.model_dump(exclude_unset=True), given)
+        return merged
+
+
+def _merged(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` over ``defaults``, nested sections merged key by key."""
+    merged = dict(defaults)
+    for key, value in given.items():
+        below = merged.get(key)
+        merged[key] = (
+            _merged(below, value) if isinstance(below, dict) and isinstance(value, dict) else value
+        )
+    return merged
 
 
 class Learner(ABC):

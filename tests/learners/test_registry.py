@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pydantic import BaseModel
 
 from learners import registry
 from learners.base import Problem
@@ -56,3 +57,40 @@ def test_other_runtime_errors_of_a_learner_are_not_called_config_errors(monkeypa
 def test_widths_and_seeds_out_of_range_are_config_errors(options, field):
     with pytest.raises(LearnerConfigError, match=field):
         registry.validate_config("er", options)
+
+
+def _sections(name):
+    """The nested sections of a learner's config whose defaults are the learner's own."""
+    config_model = registry.get(name).config_model
+    for field_name, field in config_model.model_fields.items():
+        if field.default_factory is not None:
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, BaseModel):
+                yield field_name, default
+
+
+@pytest.mark.parametrize("name", [n for n in registry.names() if ":" not in n])
+def test_a_nested_section_given_in_part_keeps_the_learners_defaults(name):
+    """``{"backbone": {"freeze": true}}`` turned nmc's identity backbone into a random MLP, and
+    any backbone key turned mvp's frozen ViT into a tuned one: the section was built from its
+    own defaults, not the learner's. An empty section now equals the learner's default (the
+    section checked alone: mvp's default needs a weights file to pass as a whole)."""
+    config_model = registry.get(name).config_model
+    for section, default in _sections(name):
+        merged = config_model._over_the_learners_defaults({section: {}})
+        assert type(default).model_validate(merged[section]) == default, section
+
+
+def test_the_keys_given_go_over_the_learners_defaults_and_the_rest_stay(tmp_path):
+    nmc = registry.validate_config("nmc", {"backbone": {"freeze": True}})
+    assert (nmc.backbone.name, nmc.backbone.freeze) == ("identity", True)
+    weights = str(tmp_path / "vit.safetensors")
+    mvp = registry.validate_config(
+        "mvp", {"backbone": {"weights": weights, "vit": {"depth": 5}}, "e_prompt_layers": [2]}
+    )
+    assert (mvp.backbone.name, mvp.backbone.freeze, mvp.backbone.vit.depth) == ("vit", True, 5)
+    assert mvp.backbone.vit.embed_dim == 64  # the nested section's other keys stay too
+    pl_fms = registry.validate_config("pl-fms", {"memory": {"capacity": 50}})
+    assert (pl_fms.memory.capacity, pl_fms.memory.policy) == (50, "class_balanced")
+    acil = registry.validate_config("acil", {"backbone": {"name": "mlp", "hidden": [8]}})
+    assert (acil.backbone.name, acil.backbone.hidden) == ("mlp", [8])
