@@ -49,10 +49,18 @@ def build_memory(
 
 def _refuse_beyond_this_machine(config: MemoryConfig, input_shape: Sequence[int]) -> None:
     """Refuse a ``capacity`` whose float32 inputs and bookkeeping alone (embeddings and index
-    left out) exceed the physical memory, unless ``max_bytes`` bounds the memory anyway."""
-    if config.max_bytes is not None:
-        return
+    left out) exceed the physical memory, unless ``max_bytes`` bounds the memory anyway; and a
+    ``max_bytes`` below what one such sample costs (it was found at the first sample, as a
+    failure of the run rather than of the config)."""
     per_slot = ReplayMemory.slot_bytes_of(4 * math.prod(input_shape), None, config)
+    if config.max_bytes is not None:
+        if config.capacity and config.max_bytes < per_slot:
+            raise MemoryConfigError(
+                f"invalid learner config: memory.max_bytes: {config.max_bytes:,} bytes cannot "
+                f"hold one sample (at least {per_slot:,} bytes each for inputs of shape "
+                f"{tuple(input_shape)}); raise it or leave it out"
+            )
+        return
     needed = config.capacity * per_slot
     physical = memory_bytes(torch.device("cpu"))  # a memory is held on the CPU
     if physical is not None and needed > physical:

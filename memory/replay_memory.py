@@ -39,7 +39,7 @@ import torch
 
 from learners.state.learner_state import LearnerState
 from memory import retrieval
-from memory.config import MemoryConfig
+from memory.config import MemoryConfig, MemoryConfigError
 from memory.faiss_index import Calibration, EmbeddingIndex, faiss_available
 from memory.importance import SampleImportance
 from memory.policies import POLICIES
@@ -260,7 +260,7 @@ class ReplayMemory:
             per_slot = self.slot_bytes(row.numel() * row.element_size(), dim)
             self.slots = min(self.capacity, self.config.max_bytes // per_slot)
             if self.slots == 0:
-                raise ValueError(
+                raise MemoryConfigError(
                     f"memory max_bytes={self.config.max_bytes} cannot hold one sample "
                     f"({per_slot} bytes each)"
                 )

@@ -60,6 +60,18 @@ def test_a_byte_bound_below_one_sample_is_a_clear_error():
         memory.add(x, y, level)
 
 
+def test_a_byte_bound_below_one_input_is_refused_as_a_config_error_before_any_sample():
+    """``memory.max_bytes: 1`` was found at the first sample, and ``streamcl replay`` ended
+    with ``failed: ValueError`` (exit 1) where a bad config is one error line (exit 2)."""
+    config = MemoryConfig(capacity=10, max_bytes=1)
+    with pytest.raises(MemoryConfigError, match=r"memory\.max_bytes: 1 bytes cannot hold one"):
+        build_memory(config, seed=0, input_shape=(1, 8, 8))
+    build_memory(config.model_copy(update={"capacity": 0}), seed=0, input_shape=(1, 8, 8))
+    per_sample = ReplayMemory.slot_bytes_of(4 * 64, None, config)
+    roomy = config.model_copy(update={"max_bytes": per_sample})
+    build_memory(roomy, seed=0, input_shape=(1, 8, 8))
+
+
 def test_stored_samples_keep_their_ids_and_arrival():
     memory = ReplayMemory(MemoryConfig(capacity=5), seed=0)
     x, y, level = stream(5, seed=3)
