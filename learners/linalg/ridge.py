@@ -70,12 +70,28 @@ def _factorise(G: torch.Tensor, gamma: float, out: torch.Tensor) -> torch.Tensor
     try:
         return cholesky(out, out=out)
     except NotPositiveDefinite as error:
-        raise ValueError(_NOT_POSITIVE_DEFINITE) from error
+        raise RidgeBreakdown(_NOT_POSITIVE_DEFINITE) from error
+
+
+class RidgeBreakdown(ValueError):
+    """The regularised statistics lost positive definiteness in floating point: gamma is too
+    small for the scale of these features (or a feature is not finite). A user's config
+    error (the CLI's exit 2); the head is left as it was before the batch that met it."""
 
 
 _NOT_POSITIVE_DEFINITE = (
-    "ridge statistics are not positive definite (non-finite features, or gamma too small?)"
+    "ridge statistics are not positive definite: the learner's gamma is too small for the "
+    "scale of these features (or a feature is not finite); raise gamma"
 )
+
+
+def _factor(matrix: torch.Tensor) -> torch.Tensor:
+    """The lower Cholesky factor of a small positive definite ``matrix``, or ``RidgeBreakdown``
+    (torch's own error named its internals)."""
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    if int(info) or not bool(factor.diagonal().isfinite().all()):
+        raise RidgeBreakdown(_NOT_POSITIVE_DEFINITE)
+    return factor
 
 
 class CholeskySolution:
@@ -165,7 +181,7 @@ class CholeskySolution:
         columns = _active_columns(E)
         weights = self.W0.clone()
         if len(columns):
-            S_factor = torch.linalg.cholesky(self._S[:k, :k])
+            S_factor = _factor(self._S[:k, :k])
             Z = cholesky_solve(E[:, columns], S_factor)
             weights[:, columns] += self._Vt[:k].T @ Z
         return weights
@@ -250,9 +266,7 @@ class InverseSolution:
             P = A - Z.T @ (Z @ H.T)  # R Hᵀ = (R₀ − ZᵀZ) Hᵀ
         K = H @ P
         K.diagonal().add_(1.0)
-        K_factor, info = torch.linalg.cholesky_ex(K)
-        if int(info) or not bool(K_factor.diagonal().isfinite().all()):
-            raise ValueError(_NOT_POSITIVE_DEFINITE)
+        K_factor = _factor(K)
         self.W.addmm_(P, cholesky_solve(Y - H @ self.W, K_factor))
         # R − P K⁻¹ Pᵀ = R₀ − ZᵀZ − (L_K⁻¹Pᵀ)ᵀ(L_K⁻¹Pᵀ): the new rows of Z
         torch.linalg.solve_triangular(K_factor, P.T, upper=False, out=self._Z[k : k + b])
@@ -327,7 +341,7 @@ class WoodburySolution:
         RHt = self.R @ H.T
         K = H @ RHt
         K.diagonal().add_(1.0)
-        K_factor = torch.linalg.cholesky(K)
+        K_factor = _factor(K)
         self.W.addmm_(RHt, cholesky_solve(Y - H @ self.W, K_factor))
         # In place: R − (R Hᵀ)(K⁻¹ H R) as one product would allocate another d×d matrix.
         self.R.addmm_(RHt, cholesky_solve(RHt.T, K_factor), alpha=-1)

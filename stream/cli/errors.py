@@ -7,6 +7,7 @@ import os
 from learners.backbones.backbone import BackboneError
 from learners.backbones.timm_backbone import TimmUnavailableError
 from learners.backbones.weights import BackboneWeightsError
+from learners.linalg.ridge import RidgeBreakdown
 from learners.registry import LearnerConfigError, UnknownLearnerError
 from memory.config import MemoryConfigError
 from stream.cli.config_file import ConfigFileError
@@ -47,6 +48,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     MetricsServerError,
     ModelFileError,
     ReportError,
+    RidgeBreakdown,
     ScheduleError,
     ServeConfigError,
     StreamFileError,

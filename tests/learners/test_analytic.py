@@ -8,8 +8,15 @@ import torch
 from learners import registry
 from learners.analytic import RandomBuffer
 from learners.base import Problem
-from learners.linalg.ridge import CholeskySolution, RecursiveRidge, WoodburySolution, one_hot
+from learners.linalg.ridge import (
+    CholeskySolution,
+    RecursiveRidge,
+    RidgeBreakdown,
+    WoodburySolution,
+    one_hot,
+)
 from learners.registry import LearnerConfigError
+from stream.cli.errors import USER_ERRORS
 from tests.support.learner_streams import GAMMA, joint_ridge, relative_error
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -133,6 +140,31 @@ def test_non_finite_features_give_one_clear_error(bad):
     head.fit_labels(torch.full((2, 4), bad, dtype=torch.float64), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="ridge statistics are not positive definite"):
         head.weights()
+
+
+@pytest.mark.parametrize("solver", ["auto", "lazy", "woodbury"])
+def test_a_gamma_too_small_for_the_features_is_one_error_that_says_raise_gamma(solver):
+    """γ = 1e-300 on digits ended replay with ``failed: ValueError`` (auto) or torch's
+    ``_LinAlgError`` naming a leading minor (woodbury), exit 1. Every solver now raises
+    :class:`RidgeBreakdown` (a user error, exit 2), before the batch changes its solution."""
+    H, labels, _ = rows(64)
+    head = RecursiveRidge(48, 6, 1e-300, solver)
+    before = head.weights().clone()
+    with pytest.raises(RidgeBreakdown, match=r"gamma is too small .* raise gamma"):
+        for at in range(0, 64, 8):
+            head.fit_labels(H[at : at + 8], labels[at : at + 8])
+            head.weights()
+            before = head.weights().clone()
+    if solver == "woodbury":  # its solution is the state: the failing batch left it alone
+        assert torch.equal(head.weights(), before)
+
+
+@pytest.mark.parametrize("option", ["gamma", "gamma_comp"])
+def test_gamma_below_what_double_precision_can_regularise_is_refused_in_the_config(option):
+    registry.validate_config("ds-al", {option: 1e-8})
+    with pytest.raises(LearnerConfigError, match=option):
+        registry.validate_config("ds-al", {option: 1e-300})
+    assert RidgeBreakdown in USER_ERRORS  # one line, exit 2, if the data still break it
 
 
 def test_head_wider_than_a_block_equals_joint_ridge():
