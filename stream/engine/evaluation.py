@@ -41,6 +41,10 @@ class Evaluation:
     level_accuracy: list[float | None]
     class_accuracy: list[np.ndarray]
     either_accuracy: list[float | None] = field(default_factory=list)
+    # test samples (of seen classes) the learner gave no prediction for: every seen class
+    # scored NaN or -inf, as a diverged model's do; counted as wrong. Not kept in checkpoints:
+    # it is reported when the evaluation is made (stream/observe/loop_log.py).
+    unanswered: int = field(default=0, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,6 +64,15 @@ class Evaluation:
             class_accuracy=[np.asarray(a, dtype=np.float64) for a in raw["class_accuracy"]],
             either_accuracy=list(raw.get("either_accuracy", [])),
         )
+
+
+def _answers(predicted: np.ndarray, answered: np.ndarray | None) -> torch.Tensor:
+    """Predicted classes, -1 (no label's class) where the learner gave no prediction: a
+    row's argmax over NaN or all ``-inf`` scores is class 0, which counted as a hit for
+    every test sample of class 0 (prequential accuracy leaves such rows out instead)."""
+    if answered is not None:
+        predicted = np.where(answered, predicted, -1)
+    return torch.from_numpy(predicted)
 
 
 class AnytimeEvaluator:
@@ -100,8 +113,7 @@ class AnytimeEvaluator:
         predictions = []
         for start in range(0, len(rows), self.batch_size):
             x = self.x_test[rows[start : start + self.batch_size]].to(learner.device)
-            predicted, _ = seen.argmax(learner.predict(x, level), level)
-            predictions.append(torch.from_numpy(predicted))
+            predictions.append(_answers(*seen.argmax(learner.predict(x, level), level)))
         return torch.cat(predictions) if predictions else torch.empty(0, dtype=torch.long)
 
     def _predictions(
@@ -121,7 +133,7 @@ class AnytimeEvaluator:
             chunk = union[start : start + self.batch_size]
             scores = learner.predict_levels(self.x_test[chunk].to(learner.device), levels)
             for lvl, level_scores in zip(levels, scores, strict=True):
-                table[chunk, lvl] = torch.from_numpy(seen.argmax(level_scores, lvl)[0])
+                table[chunk, lvl] = _answers(*seen.argmax(level_scores, lvl))
         return lambda rows, level: table[rows, level]
 
     def evaluate(
@@ -145,7 +157,7 @@ class AnytimeEvaluator:
         level_accuracy: list[float | None] = []
         class_accuracy: list[np.ndarray] = []
         predictions: list[torch.Tensor | None] = []
-        hits_total, count_total = 0, 0
+        hits_total, count_total, unanswered = 0, 0, 0
         for level in range(self.problem.num_levels):
             labels = self.y_test_levels[:, level]
             rows = test_rows[level]
@@ -157,6 +169,7 @@ class AnytimeEvaluator:
                 continue
             predicted = predict(rows, level)
             predictions.append(predicted)
+            unanswered += int((predicted < 0).sum())
             hits = predicted == labels[rows]
             hits_total += int(hits.sum())
             count_total += len(rows)
@@ -173,6 +186,7 @@ class AnytimeEvaluator:
             level_accuracy=level_accuracy,
             class_accuracy=class_accuracy,
             either_accuracy=either,
+            unanswered=unanswered,
         )
 
     def _either_accuracy(
@@ -206,6 +220,8 @@ class AnytimeEvaluator:
                 missing = rows[finer[rows] < 0]
                 if len(missing):
                     finer[missing] = predict(missing, level + 1)
-                hits = hits | (self.parents[level][finer[rows]] == truth)
+                answers = finer[rows]
+                parents = self.parents[level][answers.clamp(min=0)]
+                hits = hits | ((parents == truth) & (answers >= 0))
             either.append(int(hits.sum()) / len(hits))
         return either

@@ -38,6 +38,7 @@ class LoopLogger(Observer):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.log = (logger or structlog.get_logger("streamcl.loop")).bind(learner=learner)
+        self._warned_unanswered = False
         self.progress_seconds = progress_seconds
         self._clock = clock
         self._last_time = clock()
@@ -83,10 +84,25 @@ class LoopLogger(Observer):
                     loop.problem.level_names, evaluation.level_accuracy, strict=True
                 )
             }
+        if evaluation.unanswered:
+            self._warn_unanswered(evaluation)
         if kind == "task_end":
             self.log.info("task_end", task=loop.evaluations.counts["task_end"] - 1, **fields)
         else:
             self.log.debug("evaluation", **fields)
+
+    def _warn_unanswered(self, evaluation: Evaluation) -> None:
+        """Once a run (then at debug level): a learner whose scores are NaN or ``-inf`` for
+        every seen class has diverged, and its evaluations count those samples as wrong."""
+        log = self.log.debug if self._warned_unanswered else self.log.warning
+        self._warned_unanswered = True
+        log(
+            "learner_gave_no_prediction",
+            samples=evaluation.samples_seen,
+            unanswered_test_samples=evaluation.unanswered,
+            hint="its scores are NaN or -inf for every seen class: the model has likely "
+            "diverged (a learning rate too high?); such samples count as wrong",
+        )
 
     def on_finish(self, loop: EventLoop) -> None:
         summary = loop.summary()

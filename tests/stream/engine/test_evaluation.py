@@ -188,3 +188,17 @@ def test_one_backbone_pass_for_every_level_gives_the_per_level_evaluation():
         fused = evaluator.evaluate(learner, seen, 0)
         per_level = evaluator.evaluate(PerLevel(problem, None), seen, 0)
         assert fused.to_json() == per_level.to_json()
+
+
+def test_a_row_with_no_finite_score_for_a_seen_class_is_wrong_not_class_0():
+    """A NaN row's argmax, and that of a row scoring -inf for every seen class, is class 0:
+    it counted as a hit for test samples of class 0."""
+    problem = Problem(input_shape=(1,), num_classes=(3,))
+    y = torch.tensor([0, 0, 1])
+    x = torch.arange(3, dtype=torch.float32)[:, None]
+    table = torch.tensor([[float("nan")] * 3, [float("-inf"), float("-inf"), 1.0], [0.0, 1.0, 0.0]])
+    evaluator = AnytimeEvaluator(x, y[:, None], problem)
+    seen = [torch.tensor([True, True, False])]
+    ev = evaluator.evaluate(FixedScores(problem, [table]), seen, samples_seen=3)
+    assert ev.accuracy == pytest.approx(1 / 3) and ev.unanswered == 2
+    np.testing.assert_allclose(ev.class_accuracy[0], [0.0, 1.0, 0.0])

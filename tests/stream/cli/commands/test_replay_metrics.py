@@ -149,3 +149,24 @@ def test_bad_input_with_metrics_is_still_one_line(digits_stream, tmp_path, capsy
     assert (
         code == 2 and len(err) == 1 and err[0].startswith("streamcl: error: ") and message in err[0]
     )
+
+
+def test_a_diverged_learner_scores_no_hit_and_says_so_once(digits_stream, tmp_path, capsys):
+    """``er`` with lr 1e30: finite weights (about 1e30) whose scores are NaN, every later step
+    skipped. Evaluations took each NaN row's argmax, class 0, so every class-0 test sample
+    counted as a hit (A_last .0986 where prequential accuracy, which leaves such rows out,
+    read null) and nothing said why. Such samples now count as wrong, and the log says once
+    that the learner gave no prediction."""
+    config = tmp_path / "er.json"
+    config.write_text('{"lr": 1e30}')
+    run = ["replay", str(digits_stream), "--learner", "er", "--config", str(config)]
+    code = main(
+        [*run, "--out", str(tmp_path / "run"), "--eval-period", "500", "--log-format", "json"]
+    )
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert code == 0 and results["A_last"] == 0.0 and results["A_auc"] == 0.0
+    assert results["prequential_accuracy"] is None
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    warned = [line for line in lines if line["event"] == "learner_gave_no_prediction"]
+    assert len(warned) == 1 and warned[0]["level"] == "warning"
+    assert warned[0]["unanswered_test_samples"] > 0
