@@ -41,6 +41,7 @@ import bisect
 import importlib
 import inspect
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -172,6 +173,29 @@ def _picks_argmax_of_proba(model: Any) -> bool:
     return type(final).predict_one is base.Classifier.predict_one
 
 
+def _probe(config: RiverConfig, input_dim: int) -> None:
+    """Teach a throwaway copy of the model two samples and ask it for one prediction: river
+    checks many constructor parameters only when the model is used (``KNNClassifier`` with
+    ``n_neighbors: 0`` builds, then fails its first prediction), which ended a replay with
+    ``failed: ValueError`` naming no option. Such a model is a config error now, before any
+    sample of the stream is learned."""
+    from learners.registry import LearnerConfigError
+
+    model = build_model(config)
+    samples = [({i: float(value) for i in range(input_dim)}, value) for value in (0, 1)]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for features, label in samples:
+                model.learn_one(features, label)
+            model.predict_proba_one(samples[0][0])
+    except Exception as exc:  # whatever river raises: the model as configured cannot run
+        raise LearnerConfigError(
+            f"invalid learner 'river:{config.target}' config: params: the model fails on its "
+            f"first samples ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
+
+
 class RiverLearner(Learner, SequentialLearner, DriftAdaptive):
     """A river classifier learning one sample at a time (river:<module.Class>)."""
 
@@ -191,6 +215,7 @@ class RiverLearner(Learner, SequentialLearner, DriftAdaptive):
                     f"invalid learner 'river:{config.target}' config: target: it is a binary "
                     f"classifier, but level {problem.level_names[level]!r} has {k} classes"
                 )
+        _probe(config, problem.input_dim)
         self._width = max(problem.num_classes)
         self._keys = list(range(problem.input_dim))
         self._reset_learned()

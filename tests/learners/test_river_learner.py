@@ -249,3 +249,14 @@ def test_river_reference_models_are_the_ones_wrapped():
     )
     assert type(learner.models[0]) is linear_model.SoftmaxRegression
     assert learner.models[0].l2 == 0.01
+
+
+def test_parameters_river_checks_only_on_use_are_a_config_error_before_any_sample():
+    """``KNNClassifier(n_neighbors=0)`` builds, then fails its first prediction: replay ended
+    with ``failed: ValueError: not enough values to unpack`` (exit 1), naming no option."""
+    problem = Problem(input_shape=(3,), num_classes=(4,))
+    with pytest.raises(LearnerConfigError, match=r"KNNClassifier' config: params: .*unpack"):
+        registry.create("river:neighbors.KNNClassifier", problem, {"params": {"n_neighbors": 0}})
+    # the probe teaches a copy: the learner itself starts knowing nothing
+    knn = registry.create("river:neighbors.KNNClassifier", problem, {"params": {"n_neighbors": 1}})
+    assert torch.isinf(knn.predict(torch.zeros(2, 3))).all()
