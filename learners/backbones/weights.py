@@ -48,7 +48,8 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors stored in ``path``, under timm-style names for ``.npz`` ViT checkpoints."""
     path = Path(path)
     if not path.is_file():
-        raise BackboneWeightsError(f"backbone weights file {path} does not exist")
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise BackboneWeightsError(f"backbone weights file {path} {what}")
     read_as = {".safetensors": "safetensors", ".npz": "an npz ViT checkpoint"}.get(
         path.suffix, "a torch state dict (torch.load, weights only)"
     )

@@ -56,6 +56,8 @@ def test_pickled_code_is_refused(tmp_path):
 def test_missing_file_and_misfit_weights_are_one_clear_error(tmp_path):
     with pytest.raises(BackboneWeightsError, match="does not exist"):
         build_backbone(vit_config(weights=tmp_path / "nope.safetensors"), (1, 8, 8), 0)
+    with pytest.raises(BackboneWeightsError, match="is not a regular file"):  # a directory
+        build_backbone(vit_config(weights=tmp_path), (1, 8, 8), 0)
     other = build_backbone(BackboneConfig(hidden=[8], out_dim=4), (64,), seed=1)
     save_file(other.state_dict(), str(tmp_path / "mlp.safetensors"))
     with pytest.raises(BackboneWeightsError, match=r"mlp\.safetensors does not fit.*missing"):
