@@ -125,6 +125,7 @@ class LearnerConfig(BaseModel):
         learner's default section instead."""
         if not isinstance(data, dict):
             return data
+        data = _undotted(data)
         merged = dict(data)
         for name, field in cls.model_fields.items():
             given = data.get(name)
@@ -134,6 +135,29 @@ class LearnerConfig(BaseModel):
             if isinstance(default, BaseModel):
                 merged[name] = _merged(default.model_dump(exclude_unset=True), given)
         return merged
+
+
+def _undotted(options: dict[str, Any]) -> dict[str, Any]:
+    """``{"backbone.name": "mlp"}`` as ``{"backbone": {"name": "mlp"}}``: the dotted names
+    ``streamcl learners`` lists are accepted as keys too (a dotted key goes over the same key
+    given nested)."""
+    if not any(isinstance(key, str) and "." in key for key in options):
+        return options
+    nested: dict[str, Any] = {}
+    dotted: dict[str, Any] = {}
+    for key, value in options.items():
+        if isinstance(key, str) and "." in key:
+            *path, last = key.split(".")
+            at = dotted
+            for part in path:
+                below = at.setdefault(part, {})
+                if not isinstance(below, dict):  # "a.b" beside "a": pydantic names the clash
+                    return options
+                at = below
+            at[last] = value
+        else:
+            nested[key] = value
+    return _merged(nested, dotted)
 
 
 def _merged(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:

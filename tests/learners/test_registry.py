@@ -94,3 +94,18 @@ def test_the_keys_given_go_over_the_learners_defaults_and_the_rest_stay(tmp_path
     assert (pl_fms.memory.capacity, pl_fms.memory.policy) == (50, "class_balanced")
     acil = registry.validate_config("acil", {"backbone": {"name": "mlp", "hidden": [8]}})
     assert (acil.backbone.name, acil.backbone.hidden) == ("mlp", [8])
+
+
+def test_the_dotted_names_streamcl_learners_lists_are_accepted_as_keys():
+    """``{"backbone.name": "mlp"}`` was refused as an extra input, though ``streamcl learners``
+    lists the options by those names."""
+    nmc = registry.validate_config("nmc", {"backbone.name": "mlp", "backbone.hidden": [8]})
+    assert (nmc.backbone.name, nmc.backbone.hidden) == ("mlp", [8])
+    acil = registry.validate_config("acil", {"backbone": {"hidden": [4]}, "backbone.vit.depth": 2})
+    assert (acil.backbone.name, acil.backbone.hidden, acil.backbone.vit.depth) == (
+        "identity",
+        [4],
+        2,
+    )
+    with pytest.raises(LearnerConfigError, match=r"backbone\.nme: Extra inputs"):
+        registry.validate_config("nmc", {"backbone.nme": "mlp"})
