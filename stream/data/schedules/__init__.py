@@ -64,7 +64,10 @@ def make_schedule(
         validated = model.model_validate(params)
     except ValidationError as exc:
         fields = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            if e["loc"]
+            else e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
         )
         raise ScheduleError(f"invalid {name} parameters: {fields}") from None
     build = importlib.import_module(_SCHEDULES[name][0]).build

@@ -25,10 +25,10 @@ for ``single``/``dual`` (the paper's CIFAR-100 setting: one coarse and five fine
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from stream.data.schedules.schedule import Schedule, ScheduleParams
 
@@ -56,6 +56,17 @@ class HLEParams(ScheduleParams):
         lt=1,
         description="single: share of each fine class labelled coarse in task 0 (default 1/T)",
     )
+
+    @model_validator(mode="after")
+    def _share_of_single_only(self) -> Self:
+        # dual labels every sample coarse in task 0, and multi-depth splits each class into
+        # one part per level: a share was recorded in the header and changed nothing
+        if self.coarse_share is not None and self.scenario != "single":
+            raise ValueError(
+                f"coarse_share applies to the single scenario only; {self.scenario} has no "
+                "share to set"
+            )
+        return self
 
 
 def build(levels: np.ndarray, params: HLEParams, seed: int) -> Schedule:

@@ -10,9 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class ScheduleParams(BaseModel):
-    """Base of every schedule's parameters; unknown keys are errors."""
+    """Base of every schedule's parameters; unknown keys are errors, and so is a value of
+    another JSON type (strict: ``blurry=true`` was read as a percent of 1)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     tasks: int = Field(5, ge=1, description="number of tasks T")
 

@@ -63,3 +63,29 @@ def test_a_negative_seed_is_named(tmp_path, capsys):
         == 2
     )
     assert "the seed must be a non-negative integer, got -1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # read as a percent of 1 and recorded as "blurry": 1
+        (["si-blurry", "--param", "blurry=true"], "invalid si-blurry parameters: blurry: "),
+        (["i-blurry", "--param", "tasks=false"], "invalid i-blurry parameters: tasks: "),
+        # recorded in the header, changing nothing in the stream
+        (
+            ["hle", "--scenario", "dual", "--param", "coarse_share=0.3"],
+            "invalid hle parameters: coarse_share applies to the single scenario only",
+        ),
+        (
+            ["hle", "--scenario", "multi-depth", "--param", "coarse_share=0.5"],
+            "invalid hle parameters: coarse_share applies to the single scenario only",
+        ),
+    ],
+)
+def test_a_parameter_that_would_mean_nothing_is_named(tmp_path, capsys, args, message):
+    dataset = "synthetic-hierarchy" if args[0] == "hle" else "digits"
+    out = tmp_path / "s.jsonl"
+    assert cli.main(["schedule", *args, "--dataset", dataset, "--out", str(out)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"streamcl: error: {message}"), line
+    assert not out.exists()
