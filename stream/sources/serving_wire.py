@@ -185,9 +185,10 @@ class ServingDecoder:
     def _json_request(self, message: dict[str, Any]) -> Requests:
         x = self.decoder._json_input(message["x"])
         ident = -1 if message.get("id") is None else _json_int(message["id"], "id", 0, _INT64_MAX)
-        task = (
-            -1 if message.get("task") is None else _json_int(message["task"], "task", 0, _INT32_MAX)
-        )
+        task = -1
+        if message.get("task") is not None:
+            task = _json_int(message["task"], "task", 0, _INT32_MAX)
+            self.decoder._check_task(task)  # as a labelled sample's and a binary request's
         return Requests(x[None], np.array([ident], np.int64), np.array([task], np.int64))
 
     def _json_label(self, message: dict[str, Any]) -> Labels:

@@ -143,6 +143,8 @@ def _binary_without_ids() -> bytes:
             "out_of_range",
             "messages.max_task",
         ),
+        # a JSON request's task was bounded only by int32: answered, then joined and learned
+        (b'{"id": 1, "x": [1, 2, 3, 4], "task": 2147483647}', "out_of_range", "max_task"),
     ],
 )
 def test_bad_requests_and_labels_are_refused_with_the_wire_reasons(value, reason, detail):
