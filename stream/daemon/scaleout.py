@@ -54,6 +54,7 @@ from stream.engine.device import resolve_device
 from stream.engine.guard import cannot_predict
 from stream.observe.rank_label import RankLabelledRegistry
 from stream.observe.telemetry import Telemetry
+from stream.runs.model_file_schema import problem_section
 from stream.sinks.dead_letter import DeadLetterSink, FileDeadLetters
 from stream.sinks.kafka_sink import SinkError
 from stream.sources.kafka_source import (
@@ -629,6 +630,7 @@ class ScaleOutDaemon(Daemon):
             "streamcl_checkpoint": CHECKPOINT_FORMAT,
             "created": time.time(),
             "identity": self._identity(),
+            "problem": problem_section(self.problem),
             "group": self.config.kafka.group,
             "world_size": self.world.size,
             "offsets": mine,

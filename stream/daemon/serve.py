@@ -71,6 +71,7 @@ from stream.engine.event_loop import EventLoop
 from stream.engine.guard import LearnerGuard, Rejected
 from stream.observe.loop_log import LoopLogger
 from stream.observe.telemetry import Telemetry
+from stream.runs.model_file_schema import problem_section
 from stream.sinks.dead_letter import DeadLetterSink, FileDeadLetters, TopicDeadLetters
 from stream.sinks.kafka_sink import SinkError, open_sink
 from stream.sources.batcher import PendingSamples
@@ -649,6 +650,7 @@ class Daemon:
                 "streamcl_checkpoint": CHECKPOINT_FORMAT,
                 "created": created,
                 "identity": self._identity(),
+                "problem": problem_section(self.problem),
                 "group": self.config.kafka.group,
                 "offsets": {str(p): o for p, o in sorted(self.positions.items())},
                 "loop": self.loop.state_dict(),

@@ -31,6 +31,18 @@ Classes = Annotated[list[Annotated[int, Field(ge=0, lt=2**31)]], Field(max_lengt
 Shape = Annotated[list[Size], Field(min_length=1, max_length=8)]
 Levels = Annotated[list[Size], Field(min_length=1, max_length=64)]
 HexDigest = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+LevelNames = Annotated[list[Name], Field(min_length=1, max_length=64)]
+# parents[l][c]: the class at level l of class c at level l + 1 (learners.base.Problem)
+Parents = Annotated[list[Classes], Field(max_length=63)]
+
+
+def problem_section(problem: Any) -> dict[str, Any]:
+    """What a checkpoint keeps of a :class:`~learners.base.Problem` beyond its identity: the
+    level names its predictions are keyed by, and the hierarchy's parent maps."""
+    return {
+        "level_names": list(problem.level_names),
+        "parents": [[int(c) for c in level] for level in problem.parents],
+    }
 
 
 class SidecarProblem(BaseModel):
@@ -38,7 +50,8 @@ class SidecarProblem(BaseModel):
 
     input_shape: Shape
     num_classes: Levels
-    level_names: Annotated[list[Name], Field(min_length=1, max_length=64)]
+    level_names: LevelNames
+    parents: Parents = []  # sidecars written before it have none
 
 
 class Sidecar(BaseModel):
@@ -80,11 +93,22 @@ class CheckpointLoop(BaseModel):
     samples_seen: Count
 
 
+class CheckpointProblem(BaseModel):
+    """The problem's level names and parents (:func:`problem_section`)."""
+
+    model_config = _STRICT
+
+    level_names: LevelNames
+    parents: Parents = []
+
+
 class CheckpointSections(BaseModel):
     model_config = _STRICT
 
     identity: CheckpointIdentity
     loop: CheckpointLoop
+    # checkpoints written before it have none: their levels are named label / level0, ...
+    problem: CheckpointProblem | None = None
 
 
 def problems(exc: ValidationError, limit: int = 3) -> str:

@@ -35,7 +35,7 @@ import hmac
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,7 @@ from stream.runs.model_file_schema import (
     SIDECAR_FORMAT,
     CheckpointSections,
     Sidecar,
+    problem_section,
     problems,
 )
 
@@ -118,7 +119,7 @@ class ServedModel:
             "problem": {
                 "input_shape": list(self.problem.input_shape),
                 "num_classes": list(self.problem.num_classes),
-                "level_names": list(self.problem.level_names),
+                **problem_section(self.problem),
             },
             "seen_classes": self.seen,
             "samples_learned": self.samples,
@@ -149,6 +150,26 @@ def _one_line(exc: Exception, limit: int = 400) -> str:
     mismatched tensor, each on its own line)."""
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _problem(
+    input_shape: Sequence[int],
+    num_classes: Sequence[int],
+    level_names: Sequence[str],
+    parents: Sequence[Sequence[int]],
+    where: Path,
+) -> Problem:
+    """The problem a model file declares, checked as a whole (:class:`ModelFileError`: level
+    names or parent maps that do not fit its levels)."""
+    try:
+        return Problem(
+            tuple(input_shape),
+            tuple(num_classes),
+            tuple(level_names),
+            tuple(tuple(level) for level in parents),
+        )
+    except ValueError as exc:
+        raise ModelFileError(f"{where}: {exc}") from None
 
 
 def _level_names(levels: int) -> tuple[str, ...]:
@@ -206,14 +227,16 @@ def _served_checkpoint(checkpoint: Checkpoint, key: bytes | None) -> ServedModel
         sections = CheckpointSections.model_validate(checkpoint.meta)
     except ValidationError as exc:
         raise ModelFileError(f"{where}: not a daemon's checkpoint: {problems(exc)}") from None
-    identity, loop = sections.identity, sections.loop
+    identity, loop, kept = sections.identity, sections.loop, sections.problem
     model = ServedModel(
         identity.learner,
         identity.learner_config,
-        Problem(
-            tuple(identity.input_shape),
-            tuple(identity.num_classes),
-            _level_names(len(identity.num_classes)),
+        _problem(
+            identity.input_shape,
+            identity.num_classes,
+            _level_names(len(identity.num_classes)) if kept is None else kept.level_names,
+            [] if kept is None else kept.parents,
+            where,
         ),
         [list(classes) for classes in loop.seen],
         loop.samples_seen,
@@ -292,8 +315,12 @@ def from_file(path: str | Path, key: bytes | None = None) -> ServedModel:
         except ValidationError as exc:
             raise ModelFileError(f"{sidecar_path}: {problems(exc)}") from None
         declared = sidecar.problem
-        problem = Problem(
-            tuple(declared.input_shape), tuple(declared.num_classes), tuple(declared.level_names)
+        problem = _problem(
+            declared.input_shape,
+            declared.num_classes,
+            declared.level_names,
+            declared.parents,
+            sidecar_path,
         )
         data = read_regular(path, checkpoint_bytes())
         if sidecar.model_sha256 is not None and not hmac.compare_digest(

@@ -6,6 +6,7 @@ an event loop that learned the first part of a digits stream; the rest is then p
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -19,6 +20,7 @@ from stream.daemon.checkpoint import CheckpointStore
 from stream.data.datasets import as_float_tensor, load_dataset
 from stream.data.stream_file import read_stream
 from stream.engine.event_loop import EventLoop
+from stream.runs.model_file_schema import problem_section
 from stream.sources.file_source import task_batches
 
 LEARNED = 700
@@ -527,3 +529,70 @@ def test_predict_refuses_to_write_over_what_it_reads_and_keeps_a_previous_output
     assert out.read_text() == done and sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["inline.scl", "m.safetensors", "m.json", "predictions.jsonl", "nan.scl"]
     )
+
+
+HIERARCHY = "synthetic-hierarchy:branching=2x3,train=20,test=5,dim=4"
+
+
+@pytest.fixture(scope="module")
+def hierarchy(tmp_path_factory):
+    """A hierarchy checkpoint whose levels the daemon's config named kingdom and species."""
+    tmp = tmp_path_factory.mktemp("hierarchy")
+    stream_path = tmp / "hle.scl"
+    args = ["schedule", "hle", "--dataset", HIERARCHY, "--out", str(stream_path)]
+    assert cli.main(args) == 0
+    dataset = load_dataset(HIERARCHY)
+    problem = dataclasses.replace(dataset.problem(), level_names=("kingdom", "species"))
+    loop = EventLoop(create("nmc", problem), problem)
+    for batch in task_batches(read_stream(stream_path), dataset, 16):
+        loop.process(batch)
+    meta = {**_checkpoint_meta(loop), "problem": problem_section(problem)}
+    CheckpointStore(tmp / "ckpt").write(meta, loop.learner.state_dict())
+    return tmp, stream_path, loop
+
+
+def test_predict_and_export_key_a_hierarchy_by_the_level_names_the_daemon_served(hierarchy):
+    """The daemon publishes ``{"kingdom": 4, "species": 19}``; predict and export from its
+    checkpoint wrote ``{"level0": ..., "level1": ...}`` and a sidecar without the names or the
+    parent maps, so a consumer keyed on level names broke when it moved to offline output."""
+    tmp, stream_path, loop = hierarchy
+    model = tmp / "model.safetensors"
+    assert cli.main(["export", "--checkpoint", str(tmp / "ckpt"), "--out", str(model)]) == 0
+    declared = json.loads(model.with_suffix(".json").read_text())["problem"]
+    assert declared["level_names"] == ["kingdom", "species"]
+    assert declared["parents"] == [list(loop.problem.parents[0])]
+    outs = []
+    for source in (["--model", str(model)], ["--checkpoint", str(tmp / "ckpt")]):
+        out = tmp / f"{source[0][2:]}.jsonl"
+        assert cli.main(["predict", str(stream_path), *source, "--out", str(out)]) == 0
+        outs.append(out.read_text())
+    assert outs[0] == outs[1]
+    assert set(json.loads(outs[0].splitlines()[0])["predicted"]) == {"kingdom", "species"}
+
+
+@pytest.mark.parametrize(
+    ("problem", "message"),
+    [
+        (None, None),  # a checkpoint from before the section: levels named level0, level1
+        ({"level_names": ["a", "b", "c"]}, "level_names has 3 names for 2 levels"),
+        ({"level_names": ["a", "b"], "parents": [[0, 9, 0, 0, 0, 0]]}, "names class 9"),
+        ({"level_names": ["a", 5]}, "problem.level_names.1"),
+    ],
+)
+def test_a_checkpoints_level_names_are_optional_and_checked(
+    hierarchy, tmp_path, capsys, problem, message
+):
+    _, stream_path, loop = hierarchy
+    meta = _checkpoint_meta(loop)
+    if problem is not None:
+        meta["problem"] = problem
+    CheckpointStore(tmp_path / "ckpt").write(meta, loop.learner.state_dict())
+    out = tmp_path / "p.jsonl"
+    ckpt = str(tmp_path / "ckpt")
+    code = cli.main(["predict", str(stream_path), "--checkpoint", ckpt, "--out", str(out)])
+    if message is None:
+        assert code == 0
+        assert set(json.loads(out.read_text().splitlines()[0])["predicted"]) == {"level0", "level1"}
+    else:
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and message in err, err
