@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from learners.config_model import ConfigModel
 from learners.levels import Levels
 from learners.state.learner_state import LearnerState
 
@@ -105,7 +106,7 @@ MAX_SEED = 2**32 - 1
 still fits the generators torch and numpy take."""
 
 
-class LearnerConfig(BaseModel):
+class LearnerConfig(ConfigModel):
     """Base of every learner config: unknown keys are errors, every learner is seeded."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)

@@ -46,16 +46,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from learners.base import Learner, LearnerConfig, Problem
 from learners.capabilities import DriftAction, DriftAdaptive, SequentialLearner
+from learners.config_model import ConfigModel
 from learners.levels import Levels, level_index, sample_levels
 from learners.state.learner_state import LearnerState
 from learners.state.sealed_pickle import seal, unseal
 
 
-class RiverComponent(BaseModel):
+class RiverComponent(ConfigModel):
     """One river object: its class inside ``river`` and its constructor parameters."""
 
     model_config = ConfigDict(extra="forbid")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
+from learners.config_model import ConfigModel
 from memory.faiss_index import faiss_available
 
 Policy = Literal["reservoir", "class_balanced", "clib"]
@@ -23,7 +24,7 @@ class MemoryConfigError(ValueError):
     """A memory option the learner that owns the memory cannot serve; the message names it."""
 
 
-class MemoryConfig(BaseModel):
+class MemoryConfig(ConfigModel):
     """How many samples (and bytes) a replay memory holds, which it keeps and which it replays."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)

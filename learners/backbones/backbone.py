@@ -16,16 +16,17 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 from torch import nn
 
 from learners.backbones.weights import load_backbone_weights
+from learners.config_model import ConfigModel
 
 Width = Annotated[int, Field(gt=0)]
 """A layer's width: at least one unit (a zero-width layer makes the backbone's output constant)."""
 
 
-class ViTOptions(BaseModel):
+class ViTOptions(ConfigModel):
     """The size of the ``vit`` backbone (``learners.backbones.vit``)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -41,7 +42,7 @@ class BackboneError(ValueError):
     """A backbone that cannot be built for the inputs it is given (says which and why)."""
 
 
-class BackboneConfig(BaseModel):
+class BackboneConfig(ConfigModel):
     """Which backbone to build and how big."""
 
     model_config = ConfigDict(extra="forbid")

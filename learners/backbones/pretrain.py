@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
@@ -31,11 +31,12 @@ from learners.backbones.backbone import (
     weights_module,
 )
 from learners.base import MAX_SEED
+from learners.config_model import ConfigModel
 
 METADATA_KEY = "streamcl.pretrain"
 
 
-class PretrainConfig(BaseModel):
+class PretrainConfig(ConfigModel):
     """How long and how fast to pretrain."""
 
     model_config = ConfigDict(extra="forbid")

@@ -27,7 +27,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ConfigDict,
     Field,
     ValidationError,
@@ -36,6 +35,7 @@ from pydantic import (
 )
 
 from learners.base import Problem
+from learners.config_model import ConfigModel
 from learners.registry import describe_validation_error
 from stream.cli.config_file import load_config_file
 from stream.engine.event_loop import LoopConfig
@@ -56,7 +56,7 @@ class KafkaClientConfigError(ServeConfigError):
     reported before serving, never retried as if the broker were away."""
 
 
-class _Section(BaseModel):
+class _Section(ConfigModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
@@ -276,9 +276,11 @@ class MessagesConfig(_Section):
 class MetricsConfig(_Section):
     """``/metrics`` and ``/healthz`` (stream/observe/http_endpoint.py)."""
 
+    false_is_null = frozenset({"port"})  # TOML has no null: port = false, no endpoint
+
     host: str = Field("127.0.0.1", description="loopback unless a remote Prometheus scrapes it")
     port: int | None = Field(
-        9100, ge=0, le=65535, description="null: no endpoint; 0: any free port"
+        9100, ge=0, le=65535, description="null (or false): no endpoint; 0: any free port"
     )
     stall_seconds: float = Field(
         120.0, gt=0, description="/healthz fails after this long without a poll or a batch"
@@ -311,6 +313,8 @@ class MetricsConfig(_Section):
 class PredictionsConfig(_Section):
     """Serving (docs/serving.md): answer prediction requests, join labels that come later."""
 
+    false_is_null = frozenset({"max_age_seconds"})  # TOML: false, no age limit
+
     topic: Topic = Field(description="where the predictions are published")
     top_k: int | None = Field(
         None, gt=0, description="publish the k best classes per level; null: every class's score"
@@ -319,7 +323,9 @@ class PredictionsConfig(_Section):
         100_000, gt=0, description="requests kept waiting for their labels (oldest expire first)"
     )
     max_age_seconds: float | None = Field(
-        7 * 86400.0, gt=0, description="a request older than this expires; null: no age limit"
+        7 * 86400.0,
+        gt=0,
+        description="a request older than this expires; null (or false): no age limit",
     )
     max_pending_bytes: int = Field(
         64 << 20, gt=0, description="bound on the pending inputs, which every checkpoint carries"

@@ -27,9 +27,10 @@ from typing import Any, Literal
 
 import numpy as np
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from learners.capabilities import DriftAction
+from learners.config_model import ConfigModel
 from learners.state.sealed_pickle import seal, unseal
 
 log = structlog.get_logger("streamcl.drift")
@@ -39,7 +40,7 @@ class DriftConfigError(ValueError):
     """A drift action the learner does not support."""
 
 
-class DriftConfig(BaseModel):
+class DriftConfig(ConfigModel):
     """Which detector watches the prequential errors and what a detection makes the learner do."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from learners.base import Learner, Problem
 from learners.capabilities import (
@@ -48,6 +48,7 @@ from learners.capabilities import (
     SequentialLearner,
     supported_actions,
 )
+from learners.config_model import ConfigModel
 from learners.levels import padded_scores
 from stream.engine import metrics
 from stream.engine.batch import Batch
@@ -76,10 +77,11 @@ MAX_ONLINE_ITER = 1000
 already far behind any stream, and infinity would overflow the step count)."""
 
 
-class LoopConfig(BaseModel):
+class LoopConfig(ConfigModel):
     """How the loop feeds the learner and how often it evaluates."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    false_is_null = frozenset({"eval_period"})  # TOML has no null: false, task ends only
 
     batch_size: int = Field(
         16,
@@ -94,7 +96,7 @@ class LoopConfig(BaseModel):
         description="update steps per micro-batch (fractions accumulate)",
     )
     eval_period: int | None = Field(
-        1000, gt=0, description="evaluate every N samples; null: task ends only"
+        1000, gt=0, description="evaluate every N samples; null (or false): task ends only"
     )
     prequential_windows: list[int] = Field(
         default_factory=lambda: [1000],

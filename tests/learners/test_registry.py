@@ -109,3 +109,14 @@ def test_the_dotted_names_streamcl_learners_lists_are_accepted_as_keys():
     )
     with pytest.raises(LearnerConfigError, match=r"backbone\.nme: Extra inputs"):
         registry.validate_config("nmc", {"backbone.nme": "mlp"})
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"lr": True}, {"memory": {"capacity": True}}, {"backbone": {"out_dim": True}}],
+    ids=["lr", "memory.capacity", "backbone.out_dim"],
+)
+def test_a_boolean_where_a_number_goes_is_refused(options):
+    """pydantic's lax mode read ``{"lr": true}`` as a learning rate of 1.0."""
+    with pytest.raises(LearnerConfigError, match="true is not a number"):
+        registry.validate_config("er", options)

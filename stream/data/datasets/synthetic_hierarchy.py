@@ -27,9 +27,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from learners.base import MAX_SEED
+from learners.config_model import ConfigModel
 from stream.data.datasets.dataset import (
     MAX_CLASSES,
     MAX_LEVELS,
@@ -39,7 +40,7 @@ from stream.data.datasets.dataset import (
 )
 
 
-class SyntheticHierarchyParams(BaseModel):
+class SyntheticHierarchyParams(ConfigModel):
     """Options of ``synthetic-hierarchy:k=v,...``."""
 
     model_config = ConfigDict(extra="forbid")

@@ -186,3 +186,34 @@ def test_the_reference_config_in_the_docs_is_a_config_the_daemon_takes(tmp_path)
     config = load_serve_config(path)
     problem, evaluator = build_problem(config)
     assert evaluator is not None and list(problem.input_shape) == config.problem.input_shape
+
+
+@pytest.mark.parametrize(
+    ("section", "option", "value"),
+    [
+        ("metrics", "port", True),  # bound http://127.0.0.1:1
+        ("loop", "batch_size", True),
+        ("checkpoint", "every_samples", False),
+        ("messages", "max_task", True),
+    ],
+)
+def test_a_boolean_where_a_number_goes_is_refused(tmp_path, section, option, value):
+    """pydantic's lax mode read true as 1 and false as 0: ``port = false``, what a TOML user
+    writes to turn the endpoint off, served on a random port."""
+    with pytest.raises(ServeConfigError, match=f"{option}: {str(value).lower()} is not a number"):
+        load_serve_config(
+            _write(tmp_path, {**MINIMAL, section: {**MINIMAL.get(section, {}), option: value}})
+        )
+
+
+def test_false_turns_off_what_null_turns_off_since_toml_has_no_null(tmp_path):
+    path = tmp_path / "serve.toml"
+    path.write_text(
+        '[kafka]\nbootstrap = "h:1"\ntopic = "t"\n[problem]\ninput_shape = [4]\n'
+        'num_classes = [3]\n[learner]\nname = "nmc"\n[checkpoint]\ndir = "c"\n'
+        '[dead_letter]\nfile = "d.jsonl"\n[metrics]\nport = false\n[loop]\n'
+        'eval_period = false\n[predictions]\ntopic = "answers"\nmax_age_seconds = false\n'
+    )
+    config = load_serve_config(path)
+    assert config.metrics.port is None and config.loop.eval_period is None
+    assert config.predictions is not None and config.predictions.max_age_seconds is None
