@@ -244,7 +244,10 @@ class LevelCounts:
         self.correct += other.correct
         self.known = self.known and other.known
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any] | None:
+        """The counts, or None while they are unknown (so a later restore still says so)."""
+        if not self.known:
+            return None
         return {
             "samples": self.samples.tolist(),
             "total": self.total.tolist(),

@@ -387,6 +387,11 @@ def test_per_level_counts_survive_a_checkpoint_and_an_older_one_reports_them_unk
     fine = older.summary()["per_level"]["fine"]
     assert fine["prequential_accuracy"] is None and fine["samples"] is None
     assert older.summary()["prequential_accuracy"] == 4 / 6
+    # and they stay unknown through the checkpoints after it (a second restart read the counts
+    # since the first as the whole stream's)
+    again = EventLoop(Recorder(TWO_LEVELS), TWO_LEVELS, LoopConfig(batch_size=8))
+    again.load_state_dict(json.loads(json.dumps(older.state_dict())))
+    assert again.summary()["per_level"]["fine"]["samples"] is None
 
 
 @pytest.mark.parametrize(
