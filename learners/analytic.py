@@ -54,9 +54,6 @@ class RandomBuffer(nn.Module):
 
 
 DEFAULT_WIDTH = {"cpu": 1024, "cuda": 8192}
-# The least ridge regularisation: with features of order 1 at width d = 2048, the Cholesky
-# factorisation of a few rows' Gram matrix breaks down below about d·ε·‖G‖ ≈ 1e-8.
-MIN_GAMMA = 1e-8
 """The buffer width by device type when the config leaves it out. Each sample costs O(d²) in
 the heads whatever the input size (the projection, O(d_in·d), is small beside it), so the
 device alone decides: 1024 keeps G-ACIL, AEF-OCL and DS-AL above 1,000 samples/s on a CPU
@@ -86,9 +83,9 @@ class AnalyticConfig(LearnerConfig):
     )
     gamma: float = Field(
         0.1,
-        ge=MIN_GAMMA,
-        description="ridge regularisation γ (at least 1e-8: below, double precision cannot keep "
-        "the Gram matrix of a few rows positive definite)",
+        gt=0,
+        description="ridge regularisation γ (too small for the features' scale: one error, "
+        "raise gamma)",
     )
     solver: Solver = Field(
         "auto",

@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Self
 import torch
 from pydantic import Field
 
-from learners.analytic import MIN_GAMMA, AnalyticConfig, AnalyticLearner
+from learners.analytic import AnalyticConfig, AnalyticLearner
 from learners.capabilities import AdditiveStatistics
 from learners.levels import Levels
 from learners.linalg.ridge import RecursiveRidge, one_hot
@@ -40,7 +40,7 @@ from learners.state.learner_state import LearnerState
 
 class DSALConfig(AnalyticConfig):
     gamma_comp: float = Field(
-        0.1, ge=MIN_GAMMA, description="ridge regularisation of the compensation stream"
+        0.1, gt=0, description="ridge regularisation of the compensation stream"
     )
     compensation_ratio: float = Field(
         0.6, ge=0, description="C: weight of the compensation stream in the output (CIFAR-100: 0.6)"

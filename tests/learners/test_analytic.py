@@ -16,7 +16,6 @@ from learners.linalg.ridge import (
     one_hot,
 )
 from learners.registry import LearnerConfigError
-from stream.cli.errors import USER_ERRORS
 from tests.support.learner_streams import GAMMA, joint_ridge, relative_error
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -157,14 +156,6 @@ def test_a_gamma_too_small_for_the_features_is_one_error_that_says_raise_gamma(s
             before = head.weights().clone()
     if solver == "woodbury":  # its solution is the state: the failing batch left it alone
         assert torch.equal(head.weights(), before)
-
-
-@pytest.mark.parametrize("option", ["gamma", "gamma_comp"])
-def test_gamma_below_what_double_precision_can_regularise_is_refused_in_the_config(option):
-    registry.validate_config("ds-al", {option: 1e-8})
-    with pytest.raises(LearnerConfigError, match=option):
-        registry.validate_config("ds-al", {option: 1e-300})
-    assert RidgeBreakdown in USER_ERRORS  # one line, exit 2, if the data still break it
 
 
 def test_head_wider_than_a_block_equals_joint_ridge():

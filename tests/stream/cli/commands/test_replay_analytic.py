@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from stream.cli.main import main
+from tests.support.digits_stream import write_digits_stream
 from tests.support.paths import REPO
 
 ROOT = REPO
@@ -79,6 +80,22 @@ def test_bad_option_is_one_line_and_exit_2(feature_stream):
     )
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "solver" in done.stderr
+
+
+@pytest.mark.parametrize("solver", ["auto", "woodbury"])
+def test_a_gamma_too_small_for_the_features_is_one_line_and_exit_2(tmp_path, solver):
+    """gamma 1e-300 on digits ended with ``failed: ValueError`` (auto) or torch's
+    ``_LinAlgError`` naming a leading minor (woodbury), exit 1."""
+    stream = tmp_path / "digits.scl"
+    write_digits_stream(stream)
+    config = tmp_path / "tiny-gamma.json"
+    config.write_text(json.dumps({"gamma": 1e-300, "solver": solver}), encoding="utf-8")
+    done = streamcl(
+        "replay", str(stream), "--learner", "acil", "--config", str(config),
+        "--log-level", "error", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "raise gamma" in done.stderr, done.stderr
 
 
 def test_learners_lists_the_analytic_options(capsys):
