@@ -140,25 +140,33 @@ class LearnerConfig(ConfigModel):
 
 def _undotted(options: dict[str, Any]) -> dict[str, Any]:
     """``{"backbone.name": "mlp"}`` as ``{"backbone": {"name": "mlp"}}``: the dotted names
-    ``streamcl learners`` lists are accepted as keys too (a dotted key goes over the same key
-    given nested)."""
+    ``streamcl learners`` lists are accepted as keys too, beside nested ones. An option given
+    twice (``backbone.name`` dotted and nested, or a value where another key puts a section)
+    is a ``ValueError`` naming it; ``options`` itself is left as it was."""
     if not any(isinstance(key, str) and "." in key for key in options):
         return options
-    nested: dict[str, Any] = {}
-    dotted: dict[str, Any] = {}
+    joined: dict[str, Any] = {}
     for key, value in options.items():
-        if isinstance(key, str) and "." in key:
-            *path, last = key.split(".")
-            at = dotted
-            for part in path:
-                below = at.setdefault(part, {})
-                if not isinstance(below, dict):  # "a.b" beside "a": pydantic names the clash
-                    return options
-                at = below
-            at[last] = value
+        path = key.split(".") if isinstance(key, str) else [key]
+        for part in reversed(path[1:]):
+            value = {part: value}
+        _join(joined, {path[0]: value}, "")
+    return joined
+
+
+def _join(into: dict[str, Any], given: dict[str, Any], where: str) -> None:
+    """Add ``given`` to ``into`` (copying ``given``'s sections), refusing a key set twice."""
+    for key, value in given.items():
+        if key not in into:
+            into[key] = _copied(value)
+        elif isinstance(into[key], dict) and isinstance(value, dict):
+            _join(into[key], value, f"{where}{key}.")
         else:
-            nested[key] = value
-    return _merged(nested, dotted)
+            raise ValueError(f"option {where}{key} is given twice (dotted and nested)")
+
+
+def _copied(value: Any) -> Any:
+    return {k: _copied(v) for k, v in value.items()} if isinstance(value, dict) else value
 
 
 def _merged(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:

@@ -109,6 +109,19 @@ def test_the_dotted_names_streamcl_learners_lists_are_accepted_as_keys():
     )
     with pytest.raises(LearnerConfigError, match=r"backbone\.nme: Extra inputs"):
         registry.validate_config("nmc", {"backbone.nme": "mlp"})
+    # dotted and nested keys of one section join, the caller's options left as they were
+    options = {"backbone.vit.depth": 2, "backbone.vit": {"embed_dim": 32}}
+    nmc = registry.validate_config("nmc", options)
+    assert (nmc.backbone.vit.depth, nmc.backbone.vit.embed_dim) == (2, 32)
+    assert options == {"backbone.vit.depth": 2, "backbone.vit": {"embed_dim": 32}}
+    # one option given twice, in either order, is named (one of the two was silently dropped)
+    for twice in (
+        {"backbone.name": "mlp", "backbone": {"name": "cnn"}},
+        {"backbone.name.x": 1, "backbone.name": "mlp"},
+        {"backbone.name": "mlp", "backbone.name.x": 1},
+    ):
+        with pytest.raises(LearnerConfigError, match=r"option backbone\.name is given twice"):
+            registry.validate_config("nmc", twice)
 
 
 @pytest.mark.parametrize(
