@@ -40,7 +40,7 @@ class ConfigModel(BaseModel):
         checked = data
         for name, field in cls.model_fields.items():
             value = data.get(name)
-            if not isinstance(value, bool) or _takes_bool(field.annotation):
+            if not isinstance(value, bool) or not _lax_number(field.annotation):
                 continue
             if name in cls.false_is_null and value is False:
                 if checked is data:
@@ -51,15 +51,21 @@ class ConfigModel(BaseModel):
         return checked
 
 
-def _takes_bool(annotation: Any) -> bool:
-    """Whether a field of ``annotation`` may hold a boolean."""
-    if annotation is bool or annotation is Any:
+def _lax_number(annotation: Any) -> bool:
+    """Whether pydantic would read a boolean as a number in a field of ``annotation``: it takes
+    an int or a float and no boolean (other types refuse a boolean with their own message)."""
+    return _takes(annotation, (int, float)) and not _takes(annotation, (bool,))
+
+
+def _takes(annotation: Any, kinds: tuple[type, ...]) -> bool:
+    """Whether a field of ``annotation`` holds values of one of ``kinds`` (or anything)."""
+    if annotation is Any or annotation in kinds:
         return True
     origin = get_origin(annotation)
     if origin is Annotated:
-        return _takes_bool(get_args(annotation)[0])
+        return _takes(get_args(annotation)[0], kinds)
     if origin is Union or origin is types.UnionType:
-        return any(_takes_bool(arg) for arg in get_args(annotation))
+        return any(_takes(arg, kinds) for arg in get_args(annotation))
     if origin is Literal:
-        return any(isinstance(arg, bool) for arg in get_args(annotation))
+        return any(type(arg) in kinds for arg in get_args(annotation))
     return False

@@ -29,6 +29,7 @@ from pydantic import (
     AfterValidator,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -158,7 +159,8 @@ class ProblemConfig(_Section):
         max_length=MAX_LEVELS,
         description="classes per hierarchy level, coarsest first",
     )
-    level_names: list[str] | None = None
+    # as a checkpoint's and an export's schema bounds them (stream/runs/model_file_schema.py)
+    level_names: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] | None = None
     parents: list[list[int]] | None = None
 
     @model_validator(mode="after")

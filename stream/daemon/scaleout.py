@@ -47,7 +47,13 @@ from stream.daemon.config import ServeConfig, ServeConfigError
 from stream.daemon.distributed import Collectives, World, assign_partitions, join, leave
 from stream.daemon.gradient_sync import GradientSync
 from stream.daemon.poison import PoisonLog
-from stream.daemon.serve import CHECKPOINT_FORMAT, READABLE_FORMATS, UNUSABLE, Daemon
+from stream.daemon.serve import (
+    CHECKPOINT_FORMAT,
+    READABLE_FORMATS,
+    UNUSABLE,
+    Daemon,
+    identity_hint,
+)
 from stream.daemon.statistics_sync import StatisticsSync
 from stream.engine.batch import Batch, Origins
 from stream.engine.device import resolve_device
@@ -258,6 +264,7 @@ class ScaleOutDaemon(Daemon):
                 raise CheckpointError(
                     f"epoch {epoch} was written for {key}={saved.get(key)!r}, the config asks "
                     f"for {value!r}; use another checkpoint.dir for a new model"
+                    + identity_hint(key)
                 )
         if carrier.learner is None:
             raise ValueError(f"epoch {epoch}: rank 0's shard carries no learner")

@@ -137,6 +137,17 @@ def build_problem(config: ServeConfig) -> tuple[Problem, AnytimeEvaluator | None
     return problem, evaluator
 
 
+def identity_hint(key: str) -> str:
+    """What to add to a refusal of a checkpoint whose ``key`` differs from the config's."""
+    if key != "learner_config":
+        return ""
+    return (
+        " (since a learner section given in part keeps the learner's defaults for the keys "
+        "left out, a checkpoint written before then resumes if its config names those keys, "
+        "e.g. backbone.name)"
+    )
+
+
 class Daemon:
     """``streamcl serve``: one learner fed by one topic, checkpointed with its offsets."""
 
@@ -317,6 +328,7 @@ class Daemon:
                 raise CheckpointError(
                     f"{checkpoint.path} was written for {key}={saved.get(key)!r}, "
                     f"the config asks for {value!r}; use another checkpoint.dir for a new model"
+                    + identity_hint(key)
                 )
         positions = restored_offsets(meta["offsets"])
         messages, invalid = restored_counters(meta["counters"])

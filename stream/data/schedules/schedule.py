@@ -6,14 +6,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from learners.config_model import ConfigModel
 
 
-class ScheduleParams(BaseModel):
-    """Base of every schedule's parameters; unknown keys are errors, and so is a value of
-    another JSON type (strict: ``blurry=true`` was read as a percent of 1)."""
+class ScheduleParams(ConfigModel):
+    """Base of every schedule's parameters; unknown keys are errors, and so is a boolean for a
+    number (``blurry=true`` was read as a percent of 1)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid")
 
     tasks: int = Field(5, ge=1, description="number of tasks T")
 

@@ -53,6 +53,9 @@ def test_toml_works_too(tmp_path):
         (lambda c: c["problem"].update(level_names=["a", "b"]), "problem"),
         (lambda c: c["problem"].update(level_names=["a"], num_classes=[2, 4]), "problem"),
         (lambda c: c["problem"].update(level_names=["a", "a"], num_classes=[2, 4]), "problem"),
+        # a checkpoint's and an export's schema bound names to 256 characters: predict and
+        # export refused the daemon's own checkpoint
+        (lambda c: c["problem"].update(level_names=["a" * 257]), "problem.level_names.0"),
         (lambda c: c["problem"].update(num_classes=[2, 4], parents=[[0, 1]]), "problem"),
         (lambda c: c["problem"].update(num_classes=[2, 4], parents=[[0, 1, 2, 0]]), "problem"),
         (lambda c: c["kafka"].update(topic="bad topic/../x"), "kafka.topic"),
