@@ -220,3 +220,13 @@ def test_false_turns_off_what_null_turns_off_since_toml_has_no_null(tmp_path):
     config = load_serve_config(path)
     assert config.metrics.port is None and config.loop.eval_period is None
     assert config.predictions is not None and config.predictions.max_age_seconds is None
+
+
+def test_a_checkpoint_refused_for_its_learner_config_says_how_an_older_one_resumes():
+    """Since a learner section given in part keeps the learner's defaults, the config that
+    wrote an older checkpoint may validate to another learner config: the refusal says what
+    to name so that it resumes."""
+    from stream.daemon.serve import identity_hint
+
+    assert "backbone.name" in identity_hint("learner_config")
+    assert identity_hint("num_classes") == ""
