@@ -29,7 +29,6 @@ from pydantic import (
     AfterValidator,
     ConfigDict,
     Field,
-    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -40,6 +39,7 @@ from learners.config_model import ConfigModel
 from learners.registry import describe_validation_error
 from stream.cli.config_file import load_config_file
 from stream.engine.event_loop import LoopConfig
+from stream.runs.model_file_schema import Name
 from stream.sources.kafka_options import resolve_secrets
 from stream.sources.wire import DEFAULT_MAX_ABS, DEFAULT_MAX_TASK, MAX_NDIM
 
@@ -159,8 +159,8 @@ class ProblemConfig(_Section):
         max_length=MAX_LEVELS,
         description="classes per hierarchy level, coarsest first",
     )
-    # as a checkpoint's and an export's schema bounds them (stream/runs/model_file_schema.py)
-    level_names: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] | None = None
+    # bounded as a checkpoint's and an export's schema bounds them, which predict and export read
+    level_names: list[Name] | None = None
     parents: list[list[int]] | None = None
 
     @model_validator(mode="after")
