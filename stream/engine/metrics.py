@@ -220,9 +220,10 @@ class LevelCounts:
         prediction was made for it (None: for every row)."""
         size = len(self.samples)
         hits = np.asarray(hits, dtype=bool)
-        self.samples += np.bincount(levels, minlength=size)
+        per_level = np.bincount(levels, minlength=size)
+        self.samples += per_level
         if answered is None:
-            self.total += np.bincount(levels, minlength=size)
+            self.total += per_level
             self.correct += np.bincount(levels[hits], minlength=size)
         else:
             self.total += np.bincount(levels[answered], minlength=size)
