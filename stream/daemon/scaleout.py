@@ -52,7 +52,7 @@ from stream.daemon.serve import (
     READABLE_FORMATS,
     UNUSABLE,
     Daemon,
-    identity_hint,
+    refuse_another_identity,
 )
 from stream.daemon.statistics_sync import StatisticsSync
 from stream.engine.batch import Batch, Origins
@@ -258,14 +258,9 @@ class ScaleOutDaemon(Daemon):
         carrier = own if own is not None and own.learner is not None else None
         if carrier is None:
             carrier = shard(0)
-        saved = carrier.meta.get("identity", {})
-        for key, value in self._identity().items():
-            if saved.get(key) != value:
-                raise CheckpointError(
-                    f"epoch {epoch} was written for {key}={saved.get(key)!r}, the config asks "
-                    f"for {value!r}; use another checkpoint.dir for a new model"
-                    + identity_hint(key)
-                )
+        refuse_another_identity(
+            carrier.meta.get("identity", {}), self._identity(), f"epoch {epoch}"
+        )
         if carrier.learner is None:
             raise ValueError(f"epoch {epoch}: rank 0's shard carries no learner")
         self.learner.load_state_dict(carrier.learner)

@@ -137,15 +137,23 @@ def build_problem(config: ServeConfig) -> tuple[Problem, AnytimeEvaluator | None
     return problem, evaluator
 
 
-def identity_hint(key: str) -> str:
-    """What to add to a refusal of a checkpoint whose ``key`` differs from the config's."""
-    if key != "learner_config":
-        return ""
-    return (
-        " (since a learner section given in part keeps the learner's defaults for the keys "
-        "left out, a checkpoint written before then resumes if its config names those keys, "
-        "e.g. backbone.name)"
-    )
+def refuse_another_identity(saved: Any, expected: dict[str, Any], written: str) -> None:
+    """``CheckpointError`` unless the checkpoint's ``saved`` identity (``written``: what wrote
+    it, a path or an epoch) agrees with ``expected``, the config's, key by key."""
+    saved = saved if isinstance(saved, dict) else {}
+    for key, value in expected.items():
+        if saved.get(key) != value:
+            hint = ""
+            if key == "learner_config":
+                hint = (
+                    " (since a learner section given in part keeps the learner's defaults for "
+                    "the keys left out, a checkpoint written before then resumes if its config "
+                    "names those keys, e.g. backbone.name)"
+                )
+            raise CheckpointError(
+                f"{written} was written for {key}={saved.get(key)!r}, the config asks for "
+                f"{value!r}; use another checkpoint.dir for a new model{hint}"
+            )
 
 
 class Daemon:
@@ -322,14 +330,7 @@ class Daemon:
         version = meta.get("streamcl_checkpoint")
         if version not in READABLE_FORMATS:
             raise ValueError(f"checkpoint format {version!r}, this daemon reads {READABLE_FORMATS}")
-        saved = meta.get("identity", {})
-        for key, value in self._identity().items():
-            if saved.get(key) != value:
-                raise CheckpointError(
-                    f"{checkpoint.path} was written for {key}={saved.get(key)!r}, "
-                    f"the config asks for {value!r}; use another checkpoint.dir for a new model"
-                    + identity_hint(key)
-                )
+        refuse_another_identity(meta.get("identity", {}), self._identity(), str(checkpoint.path))
         positions = restored_offsets(meta["offsets"])
         messages, invalid = restored_counters(meta["counters"])
         # format 1 kept no history file: the history starts with this run

@@ -226,7 +226,13 @@ def test_a_checkpoint_refused_for_its_learner_config_says_how_an_older_one_resum
     """Since a learner section given in part keeps the learner's defaults, the config that
     wrote an older checkpoint may validate to another learner config: the refusal says what
     to name so that it resumes."""
-    from stream.daemon.serve import identity_hint
+    from stream.daemon.checkpoint import CheckpointError
+    from stream.daemon.serve import refuse_another_identity
 
-    assert "backbone.name" in identity_hint("learner_config")
-    assert identity_hint("num_classes") == ""
+    expected = {"learner": "nmc", "learner_config": {"seed": 0}}
+    refuse_another_identity(dict(expected), expected, "checkpoint-1")
+    with pytest.raises(CheckpointError, match=r"written for learner_config=.*backbone\.name"):
+        refuse_another_identity({**expected, "learner_config": {"seed": 1}}, expected, "c")
+    with pytest.raises(CheckpointError, match="learner='er'") as refused:
+        refuse_another_identity({**expected, "learner": "er"}, expected, "c")
+    assert "backbone.name" not in str(refused.value)
