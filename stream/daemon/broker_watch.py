@@ -89,3 +89,69 @@ class BrokerWatch:
         self.backoff = min(self.backoff * 2, self.backoff_max)
         self.telemetry.set_broker_up(False)
         return wait
+
+
+class PartitionWatch:
+    """Whether the consumer group gives this daemon any partition.
+
+    A daemon that polls keeps ``/healthz`` beating even when it reads nothing, which hides a
+    consumer that holds no partition: a topic that does not exist (a typo in ``kafka.topic``),
+    another member of the group holding every partition, or a group stuck rebalancing. After
+    ``patience`` seconds of answered polls without a partition, ``/healthz`` answers ``failing``
+    with the problem (one ``no_partitions_assigned`` error in the log) until partitions come;
+    ``streamcl_assigned_partitions`` shows the count all along. The patience covers a normal
+    join, which may wait a rebalance timeout for a member that died without leaving.
+    """
+
+    PROBLEM = "partitions"
+
+    def __init__(
+        self,
+        telemetry: Telemetry,
+        topic: str,
+        group: str,
+        patience: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.telemetry = telemetry
+        self.topic = topic
+        self.group = group
+        self.patience = patience
+        self.clock = clock
+        self.unassigned_since: float | None = None
+        self.reported = False
+
+    def polled(self, assignment: list[int]) -> None:
+        """A poll was answered while the consumer held ``assignment``."""
+        self.telemetry.set_assigned_partitions(self.topic, len(assignment))
+        now = self.clock()
+        if assignment:
+            if self.reported:
+                log.info("partitions_assigned_again", topic=self.topic, partitions=assignment)
+                self.telemetry.set_problem(self.PROBLEM, None)
+            self.unassigned_since, self.reported = None, False
+            return
+        if self.unassigned_since is None:
+            self.unassigned_since = now
+        waited = now - self.unassigned_since
+        if waited > self.patience:
+            problem = (
+                f"no partition of topic {self.topic!r} assigned for {waited:.0f} s (consumer "
+                f"group {self.group!r}): the topic may not exist, another member of the group "
+                "may hold every partition, or the group may be stuck rebalancing"
+            )
+            if not self.reported:
+                log.error(
+                    "no_partitions_assigned",
+                    topic=self.topic,
+                    group=self.group,
+                    waited_seconds=round(waited, 1),
+                )
+                self.reported = True
+            self.telemetry.set_problem(self.PROBLEM, problem)
+
+    def interrupted(self) -> None:
+        """A poll failed (the broker away): the wait for partitions starts again once it
+        answers, so an outage is not counted as time without partitions (the broker has its
+        own gauge); a problem already reported stays until partitions come."""
+        self.unassigned_since = None

@@ -49,7 +49,7 @@ from learners import registry
 from learners.base import Learner, Problem
 from learners.state.sealed_pickle import holds_sealed_pickles
 from stream.daemon.aligned_checkpoint import AlignedCheckpoints
-from stream.daemon.broker_watch import BrokerWatch
+from stream.daemon.broker_watch import BrokerWatch, PartitionWatch
 from stream.daemon.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from stream.daemon.checkpoint_key import ENV_VAR
 from stream.daemon.checkpoint_meta import (
@@ -259,6 +259,17 @@ class Daemon:
             config.kafka.retry_backoff_max_seconds,
         )
         kafka = config.kafka
+        # A join may wait out a member that died without leaving: its session, then a
+        # rebalance timeout (kafka.max_poll_interval_ms), and once more for a rebalance in flight.
+        self.partition_watch = PartitionWatch(
+            self.telemetry,
+            self.topic,
+            kafka.group,
+            max(
+                config.metrics.stall_seconds,
+                (kafka.session_timeout_ms + 2 * kafka.max_poll_interval_ms) / 1000,
+            ),
+        )
         self.checkpoint_retry, self.dead_letter_retry = (
             StorageRetry(
                 what,
@@ -448,10 +459,12 @@ class Daemon:
             assert self.source is not None
             records = self.source.poll(kafka.max_poll_records, kafka.poll_timeout_seconds)
         except SourceError as exc:
+            self.partition_watch.interrupted()
             self._stop.wait(self.watch.failed(str(exc)))
             return
         assert self.source is not None
         self.telemetry.progressed()  # the source answered: alive, even with nothing new
+        self.partition_watch.polled(self.source.assignment())
         if records:
             self.watch.alive()
             self.learn(records)

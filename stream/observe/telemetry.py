@@ -152,6 +152,13 @@ class Telemetry:
             ["topic", "partition"],
             registry=r,
         )
+        # Only a daemon with a consumer group reports it (stream/daemon/broker_watch.py).
+        self.assigned_partitions = Gauge(
+            "streamcl_assigned_partitions",
+            "Partitions of the topic the consumer group gives this daemon now.",
+            ["topic"],
+            registry=r,
+        )
         # Unlabelled gauges are exported from creation on; these two join the registry when
         # the daemon first reports them (see the module docstring).
         self.last_checkpoint = Gauge(
@@ -203,6 +210,9 @@ class Telemetry:
 
     def set_consumer_lag(self, topic: str, partition: int, lag: int) -> None:
         self.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+
+    def set_assigned_partitions(self, topic: str, count: int) -> None:
+        self.assigned_partitions.labels(topic=topic).set(count)
 
     def restore_invalid_messages(self, counts: dict[str, int]) -> None:
         """Continue the invalid-message counters from a checkpoint's counts."""

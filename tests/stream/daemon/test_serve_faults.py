@@ -39,6 +39,7 @@ from stream.sources.serving_wire import (
     encode_requests,
 )
 from stream.sources.wire import Decoder, encode_binary, encode_json
+from tests.support.clock import Clock
 from tests.support.memory_source import MemorySource
 
 PROBLEM = Problem(input_shape=(4,), num_classes=(3,))
@@ -442,6 +443,60 @@ def test_a_learner_slower_than_the_poll_interval_keeps_the_consumer_in_its_group
     _drain(daemon, source)
     daemon.close()
     assert polled_while_learning[-1] >= 3 and not source.paused
+    _assert_same_model(daemon.learner, _reference(x, y))
+
+
+# -- the consumer group ------------------------------------------------------------------------
+
+
+class _Withheld(MemorySource):
+    """Partitions the group does not give this consumer until ``withhold`` is cleared (a topic
+    not made yet, another member holding them, a group stuck rebalancing)."""
+
+    withhold = True
+
+    def poll(self, max_records: int, timeout: float) -> list:
+        if self.withhold and not self.failing_polls:
+            return []
+        return super().poll(max_records, timeout)
+
+
+def test_a_daemon_the_group_gives_no_partition_is_failing_until_it_gets_one(tmp_path):
+    messages, x, y = _valid(8, seed=9)
+    source = _Withheld({0: messages})
+    config = _config(tmp_path, kafka={"group": "g1"}, metrics={"stall_seconds": 5})
+    daemon = Daemon(config, source_factory=source.bind)
+    clock = Clock()
+    daemon.partition_watch.clock = clock
+    # patience: a session timeout and two rebalance timeouts (10 s + 2 x 30 s by default),
+    # or the health stall time where that is longer
+    assert daemon.partition_watch.patience == 70.0
+    daemon.connect()
+    daemon.step()
+    assigned = {"topic": "samples"}
+    assert _sample(daemon, "streamcl_assigned_partitions", assigned) == 0
+    clock.advance(69)
+    daemon.step()
+    assert _health(daemon).ok  # a join may take this long
+    # A broker outage is not time without partitions: the wait starts again after it.
+    source.failing_polls = 1
+    daemon.step()
+    clock.advance(2)
+    daemon.step()
+    assert _health(daemon).ok
+    clock.advance(71)
+    daemon.step()
+    health = _health(daemon)
+    assert health.state == "failing"
+    assert (
+        "no partition of topic 'samples' assigned for 71 s (consumer group 'g1')"
+        in (health.problems["partitions"])
+    )
+    source.withhold = False
+    _drain(daemon, source)
+    assert _health(daemon).ok and not _health(daemon).problems
+    assert _sample(daemon, "streamcl_assigned_partitions", assigned) == 1
+    daemon.close()
     _assert_same_model(daemon.learner, _reference(x, y))
 
 
