@@ -69,9 +69,16 @@ class PredictHandler:
 
     def refusal(self, status: int, detail: str) -> Response:
         """The answer to a request the endpoint refused before reading its body (413 over
-        ``max_bytes``, 411 without a length, 400 for a bad one, 405 for a method other than
-        POST), counted like the others."""
-        reasons = {413: "oversized", 411: "length_required", 405: "method_not_allowed"}
+        ``max_bytes``, 431 for headers over the endpoint's limit, 411 without a length, 400 for
+        a bad one or a malformed request line or header, 405 for a method other than POST, 408
+        for a request that did not arrive whole in time), counted like the others."""
+        reasons = {
+            413: "oversized",
+            431: "oversized",
+            411: "length_required",
+            405: "method_not_allowed",
+            408: "request_timeout",
+        }
         reason = reasons.get(status, "undecodable")
         self.metrics.http_errors.labels(reason=reason).inc()
         return Response(status, "application/json", _json({"error": reason, "detail": detail}))

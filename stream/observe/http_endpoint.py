@@ -45,6 +45,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from urllib.parse import urlsplit
 
 import structlog
 from prometheus_client.exposition import choose_encoder
@@ -56,6 +57,9 @@ DEFAULT_STALL_SECONDS = 120.0
 
 log = structlog.get_logger("streamcl.metrics_server")
 
+# HTTP/1.x versions served; anything else is refused (400).
+_VERSIONS = ("HTTP/1.0", "HTTP/1.1")
+
 # What a refused client may still send before its connection closes (see _discard).
 DISCARD_BYTES = 64 << 20
 DISCARD_IDLE_SECONDS = 1.0
@@ -66,6 +70,7 @@ _REASONS = {
     401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     411: "Length Required",
     413: "Content Too Large",
     431: "Request Header Fields Too Large",
@@ -297,7 +302,7 @@ class MetricsServer:
         key = id(writer)
         if self._open >= self.limits.max_connections:
             if not self._pending:  # every connection is being answered: refuse this one
-                writer.close()
+                await self._turn_away(reader, writer)
                 return
             _, oldest = self._pending.popitem(last=False)
             oldest.close()  # its read fails and its task ends
@@ -306,17 +311,27 @@ class MetricsServer:
         self._pending[key] = writer
         peer = writer.get_extra_info("peername")
         client = str(peer[0]) if peer else "?"
+        head: list[tuple[str, str, dict[str, str]]] = []  # the request's head, once read
         try:
             try:
                 request = await asyncio.wait_for(
-                    self._read(reader, client), self.limits.request_timeout
+                    self._read(reader, writer, client, head), self.limits.request_timeout
                 )
+            except TimeoutError:
+                # Not evicted (that closes the connection, failing the read): too slow.
+                self._pending.pop(key, None)
+                late = f"the request did not arrive whole within {self.limits.request_timeout:g} s"
+                await self._send(writer, self._refusal(_BadRequest(408, late, *head[:1])))
+                return
             except _BadRequest as exc:
                 self._pending.pop(key, None)
                 await self._send(writer, self._refusal(exc))
                 if exc.status == 413:
                     # A client still sending the body it was refused for would see the
                     # connection reset, not the answer: read on for a while, then close.
+                    # It has its answer, so it is the first to close when connections run
+                    # out, as a half-sent request is: 413s cannot take every place.
+                    self._pending[key] = writer
                     task = asyncio.current_task()
                     assert task is not None
                     self._discarding.add(task)
@@ -335,6 +350,28 @@ class MetricsServer:
             self._open -= 1
             writer.close()
 
+    async def _turn_away(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """503 to a connection beyond the cap while every open one is being answered. Its
+        request is read (for a second at most) before closing, else the close would reset the
+        connection and the client might never see the 503; beyond ``max_connections`` such
+        connections at once, they are closed as they come."""
+        writer.write(_encode(_BUSY))
+        task = asyncio.current_task()
+        assert task is not None
+        if len(self._discarding) >= self.limits.max_connections:
+            writer.close()
+            return
+        self._discarding.add(task)
+        try:
+            with contextlib.suppress(TimeoutError, ConnectionError, OSError):
+                if writer.can_write_eof():
+                    writer.write_eof()
+                async with asyncio.timeout(DISCARD_IDLE_SECONDS):
+                    await reader.read(self.limits.max_header_bytes)
+        finally:
+            self._discarding.discard(task)
+            writer.close()
+
     async def _discard(self, reader: asyncio.StreamReader) -> None:
         """Read and drop what the client still sends, up to :data:`DISCARD_BYTES` and the
         request timeout, until it pauses for :data:`DISCARD_IDLE_SECONDS`, so that it can read
@@ -350,27 +387,42 @@ class MetricsServer:
                         return
                     left -= len(chunk)
 
-    async def _read(self, reader: asyncio.StreamReader, client: str) -> Request:
+    async def _read(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        client: str,
+        head: list[tuple[str, str, dict[str, str]]],
+    ) -> Request:
+        """The whole request; its method, path and headers go into ``head`` as soon as they
+        are read, so that a refusal or a timeout after that is answered in the route's form."""
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
+            raw = await reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError:
-            raise _BadRequest(431, "request headers too large") from None
-        try:
-            lines = head.decode("latin-1").split("\r\n")
-            method, target, version = lines[0].split(" ")
-        except ValueError:
-            raise _BadRequest(400, "malformed request line") from None
-        if not version.startswith("HTTP/1."):
-            raise _BadRequest(400, "HTTP/1.x only")
+            # the request line is in what was read, if it came whole
+            start = await reader.read(self.limits.max_header_bytes)
+            line = start.split(b"\r\n", 1)[0].decode("latin-1") if b"\r\n" in start else ""
+            raise _BadRequest(431, "request headers too large", _named(line)) from None
+        lines = raw.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3:
+            raise _BadRequest(400, "malformed request line", _named(lines[0]))
+        method, target, version = parts
+        method, path = method.upper(), _path(target)
         headers: dict[str, str] = {}
+        asked = (method, path, headers)
+        if version not in _VERSIONS:
+            raise _BadRequest(400, "HTTP/1.0 or HTTP/1.1 only", asked)
         for line in lines[1:]:
             if line:
                 name, sep, value = line.partition(":")
                 if not sep:
-                    raise _BadRequest(400, "malformed header line")
-                headers[name.strip().lower()] = value.strip()
-        method, path = method.upper(), target.split("?", 1)[0]
-        asked = (method, path, headers)
+                    raise _BadRequest(400, "malformed header line", asked)
+                name, value = name.strip().lower(), value.strip()
+                if name == "content-length" and headers.get(name, value) != value:
+                    raise _BadRequest(400, "conflicting Content-Length headers", asked)
+                headers[name] = value
+        head.append(asked)
         if (method, path) in self.routes and method in ("POST", "PUT", "PATCH"):
             # a body is read by its length only (chunks are not decoded): 411 without one
             if "transfer-encoding" in headers:
@@ -385,6 +437,8 @@ class MetricsServer:
         limit = self._body_limits.get((method, path), self.limits.max_body_bytes)
         if length > limit:
             raise _BadRequest(413, f"{length} bytes, the limit is {limit}", asked)
+        if length and headers.get("expect", "").lower() == "100-continue":
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits a second without it
         body = await reader.readexactly(length) if length else b""
         return Request(method, path, headers, body, client)
 
@@ -434,15 +488,42 @@ class MetricsServer:
         return replace(response, headers=(*response.headers, ("Allow", allowed)))
 
     async def _send(self, writer: asyncio.StreamWriter, response: Response) -> None:
-        head = [
-            f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Unknown')}",
-            f"Content-Type: {response.content_type}",
-            f"Content-Length: {len(response.body)}",
-            "Connection: close",
-            *(f"{name}: {value}" for name, value in response.headers),
-        ]
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body)
+        writer.write(_encode(response))
         await asyncio.wait_for(writer.drain(), self.limits.request_timeout)
+
+
+_BUSY = Response(
+    503,
+    "text/plain; charset=utf-8",
+    b"every connection is being answered: try again\n",
+    (("Retry-After", "1"),),
+)
+
+
+def _encode(response: Response) -> bytes:
+    head = [
+        f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Unknown')}",
+        f"Content-Type: {response.content_type}",
+        f"Content-Length: {len(response.body)}",
+        "Connection: close",
+        *(f"{name}: {value}" for name, value in response.headers),
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body
+
+
+def _path(target: str) -> str:
+    """The path of a request target, in origin form (``/predict?x``) or absolute form
+    (``http://host/predict``), which HTTP/1.1 servers must accept."""
+    if target.lower().startswith(("http://", "https://")):
+        return urlsplit(target).path or "/"
+    return target.split("?", 1)[0]
+
+
+def _named(line: str) -> tuple[str, str, dict[str, str]] | None:
+    """Method and path of a request line refused as malformed, where its words still name
+    them (so that ``/predict`` answers in its own form), else None."""
+    words = line.split()
+    return (words[0].upper(), _path(words[1]), {}) if len(words) == 3 else None
 
 
 def start_metrics_server(

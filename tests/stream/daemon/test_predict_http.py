@@ -16,7 +16,7 @@ from stream.data.datasets import as_float_tensor, load_dataset
 from stream.engine.batch import Batch
 from stream.engine.event_loop import EventLoop
 from stream.engine.serving import ServingLoop
-from stream.observe.http_endpoint import start_metrics_server
+from stream.observe.http_endpoint import EndpointLimits, start_metrics_server
 from stream.observe.serving_telemetry import ServingTelemetry
 from stream.observe.telemetry import Telemetry
 from stream.sources.serving_wire import ServingDecoder
@@ -152,6 +152,58 @@ def test_a_body_without_a_plain_length_is_refused_as_json_before_it_is_read(
     assert (got, answer["error"]) == (status, reason)
     counted = telemetry.registry.get_sample_value(
         "streamcl_predict_http_errors_total", {"reason": reason}
+    )
+    assert counted == 1
+
+
+@pytest.mark.parametrize(
+    ("head", "status", "reason"),
+    [
+        (b"POST /predict HTTP/1.1\r\nX: " + b"a" * (20 << 10) + b"\r\n\r\n", 431, "oversized"),
+        (b"POST /predict HTTP/1.1\r\nno colon here\r\n\r\n", 400, "undecodable"),
+        (b"POST /predict HTTP/2.0\r\nContent-Length: 0\r\n\r\n", 400, "undecodable"),
+        (b"POST /predict HTTP/1.banana\r\nContent-Length: 0\r\n\r\n", 400, "undecodable"),
+        (b"POST  /predict HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 400, "undecodable"),
+        (
+            b"POST /predict HTTP/1.1\r\nContent-Length: 99\r\nContent-Length: 5\r\n\r\nhello",
+            400,
+            "undecodable",
+        ),
+    ],
+    ids=["headers-too-large", "header-line", "http2", "version", "request-line", "two-lengths"],
+)
+def test_a_malformed_head_naming_predict_is_refused_as_json_and_counted(
+    endpoint, head, status, reason
+):
+    """These were refused before the endpoint knew the route: plain text, not counted."""
+    server, _, telemetry = endpoint
+    got, answer = _raw(server, head)
+    assert (got, answer["error"]) == (status, reason)
+    counted = telemetry.registry.get_sample_value(
+        "streamcl_predict_http_errors_total", {"reason": reason}
+    )
+    assert counted == 1
+
+
+def test_a_request_that_stalls_gets_a_json_408_counted(digits):
+    problem = digits[2]
+    serving = ServingLoop(EventLoop(create("nmc", problem), problem))
+    telemetry = Telemetry()
+    decoder = ServingDecoder(Decoder(problem, max_bytes=1 << 20))
+    handler = PredictHandler(
+        serving, decoder, ServingTelemetry(telemetry), problem.level_names, None, 64
+    )
+    limits = EndpointLimits(request_timeout=0.5)
+    with start_metrics_server(telemetry, port=0, limits=limits) as server:
+        handler.add_to(server)
+        # a body of 395 bytes where 10000 were announced, then nothing
+        status, answer = _raw(
+            server, b"POST /predict HTTP/1.1\r\nContent-Length: 10000\r\n\r\n" + b"{" * 395
+        )
+    assert (status, answer["error"]) == (408, "request_timeout")
+    assert "within 0.5 s" in answer["detail"]
+    counted = telemetry.registry.get_sample_value(
+        "streamcl_predict_http_errors_total", {"reason": "request_timeout"}
     )
     assert counted == 1
 

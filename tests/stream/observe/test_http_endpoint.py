@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import shutil
 import socket
@@ -20,6 +21,7 @@ from stream.observe.http_endpoint import (
     EndpointLimits,
     EndpointSecurity,
     MetricsServerError,
+    Request,
     Response,
     start_metrics_server,
 )
@@ -142,17 +144,128 @@ def test_500_idle_half_sent_requests_do_not_pin_threads_or_lock_out_a_scraper():
         assert threading.active_count() <= threads_before + limits.handler_threads
         # the oldest idle connections made room; a scraper still gets its answer
         assert _get(f"{server.url}/metrics")[0] == 200
-        # and every idle one is closed by the server within the request timeout
+        # and every idle one is closed by the server within the request timeout: the
+        # evicted ones at once, the rest with a 408 once their time is up
         deadline = time.monotonic() + 3 * limits.request_timeout
-        closed = 0
+        closed, timed_out = 0, 0
         for conn in idle:
             conn.settimeout(max(0.1, deadline - time.monotonic()))
+            answer = b""
             try:
-                closed += conn.recv(1) == b""
-            except (ConnectionResetError, TimeoutError):
+                while chunk := conn.recv(4096):
+                    answer += chunk
                 closed += 1
+            except ConnectionResetError:
+                closed += 1
+            except TimeoutError:
+                pass
+            timed_out += answer.startswith(b"HTTP/1.1 408 ")
             conn.close()
         assert closed == 500
+        assert limits.max_connections - 1 <= timed_out < limits.max_connections
+
+
+def _exchange(port: int, raw: bytes, timeout: float = 10) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        conn.sendall(raw)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_clients_refused_for_oversized_bodies_cannot_lock_out_a_scraper():
+    """A 413 is answered, then what the client still sends is read on and dropped for a
+    while; those connections took every place, and every newcomer was closed unanswered."""
+    limits = EndpointLimits(request_timeout=5.0, max_connections=8)
+    with start_metrics_server(Telemetry(), port=0, limits=limits) as server:
+        refused = []
+        for _ in range(limits.max_connections):
+            conn = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            conn.sendall(b"GET /metrics HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n")
+            assert conn.recv(12) == b"HTTP/1.1 413"
+            refused.append(conn)
+        stop = threading.Event()
+
+        def trickle() -> None:  # a byte now and then: the server keeps discarding
+            while not stop.wait(0.2):
+                for conn in refused:
+                    with contextlib.suppress(OSError):
+                        conn.send(b"x")
+
+        sender = threading.Thread(target=trickle)
+        sender.start()
+        try:
+            time.sleep(0.3)
+            assert _get(f"{server.url}/metrics")[0] == 200
+        finally:
+            stop.set()
+            sender.join()
+            for conn in refused:
+                conn.close()
+
+
+def test_a_newcomer_gets_503_while_every_connection_is_being_answered():
+    limits = EndpointLimits(max_connections=2, handler_threads=2)
+    release = threading.Event()
+    with start_metrics_server(Telemetry(), port=0, limits=limits) as server:
+
+        def slow(request: Request) -> Response:
+            release.wait(10)
+            return Response(200, "text/plain", b"done")
+
+        server.add_route("GET", "/slow", slow)
+        busy = [
+            threading.Thread(target=_exchange, args=(server.port, b"GET /slow HTTP/1.1\r\n\r\n"))
+            for _ in range(2)
+        ]
+        for thread in busy:
+            thread.start()
+        time.sleep(0.3)
+        try:
+            answer = _exchange(server.port, b"GET /metrics HTTP/1.1\r\n\r\n")
+        finally:
+            release.set()
+            for thread in busy:
+                thread.join()
+    assert answer.startswith(b"HTTP/1.1 503 ") and b"\r\nRetry-After: 1\r\n" in answer
+
+
+def test_a_request_that_does_not_arrive_whole_in_time_gets_408():
+    limits = EndpointLimits(request_timeout=0.5)
+    with start_metrics_server(Telemetry(), port=0, limits=limits) as server:
+        for raw in [
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\n",  # headers never end
+            b"GET /healthz HTTP/1.1\nHost: x\n\n",  # bare line feeds: never a whole head
+        ]:
+            answer = _exchange(server.port, raw)
+            assert answer.startswith(b"HTTP/1.1 408 "), answer
+            assert b"did not arrive whole within 0.5 s" in answer
+
+
+def test_http_1_1_details_a_client_relies_on():
+    with start_metrics_server(Telemetry(), port=0) as server:
+        # an absolute-form target, which servers must accept
+        answer = _exchange(server.port, b"GET http://127.0.0.1/healthz HTTP/1.1\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        # two different lengths could frame two different requests: refused
+        answer = _exchange(
+            server.port,
+            b"GET /metrics HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        )
+        assert answer.startswith(b"HTTP/1.1 400 ") and b"conflicting Content-Length" in answer
+        # a client that asks whether to send its body is told to (curl waits a second else)
+        server.add_route("POST", "/echo", lambda request: Response(200, "text/plain", request.body))
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+            conn.sendall(
+                b"POST /echo HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+            )
+            assert conn.recv(64) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            conn.sendall(b"hello")
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\nhello")
 
 
 def test_oversized_and_malformed_requests_get_one_clear_status():
@@ -161,6 +274,7 @@ def test_oversized_and_malformed_requests_get_one_clear_status():
         for raw, status in [
             (b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 4096 + b"\r\n\r\n", b"431"),
             (b"NONSENSE\r\n\r\n", b"400"),
+            (b"GET /metrics HTTP/1.banana\r\n\r\n", b"400"),
             (b"GET /metrics HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", b"413"),
             (b"POST /metrics HTTP/1.1\r\n\r\n", b"405"),
             (b"GET /metrics HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello", b"400"),
