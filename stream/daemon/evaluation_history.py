@@ -28,7 +28,8 @@ from stream.data.regular_file import open_regular
 from stream.engine.evaluation import Evaluation
 from stream.engine.event_loop import EventLoop, Observer
 
-_NAME = re.compile(r"^evaluations-(\d{6})\.jsonl$")
+# six digits at least: file 1000000 and on are still this history's (and pruned)
+_NAME = re.compile(r"^evaluations-(\d{6,})\.jsonl$")
 
 
 def _files(directory: Path) -> list[tuple[int, Path]]:

@@ -29,6 +29,20 @@ def test_files_rotate_and_only_the_newest_are_kept(tmp_path):
     assert all(p.stat().st_size < 1000 + 400 for p in tmp_path.iterdir())
 
 
+def test_files_past_number_999999_are_still_rotated_out(tmp_path):
+    """Files are numbered with six digits at least; the seventh made them strangers that
+    were never pruned nor read."""
+    history = EvaluationHistory(
+        tmp_path, file_bytes=1, files=2, resume_at={"file": 999990, "bytes": 0}
+    )
+    for samples in range(1, 31):
+        history.on_evaluation(None, _evaluation(samples), "periodic")
+    history.close()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) <= 3 and "evaluations-1000020.jsonl" in names
+    assert [line["samples_seen"] for line in read_history(tmp_path)][-1] == 30
+
+
 def test_resuming_cuts_back_what_no_checkpoint_covers(tmp_path):
     history = EvaluationHistory(tmp_path, file_bytes=600, files=10)
     for samples in range(1, 6):
