@@ -615,6 +615,8 @@ class ScaleOutDaemon(Daemon):
         if records:
             self.watch.alive()
             self.learn(records)
+        elif self.predictions is not None:
+            self.predictions.expire()  # a request's age runs on while nothing arrives
         # A rank learns each poll whole: its batches meet the others' steps in this round, and
         # a shard carries nothing pending.
         self.learn_pending()

@@ -468,8 +468,11 @@ class Daemon:
         if records:
             self.watch.alive()
             self.learn(records)
-        elif self._caught_up():
-            self.learn_pending()  # nothing more for now: a short micro-batch waits no longer
+        else:
+            if self._caught_up():
+                self.learn_pending()  # nothing more for now: a short micro-batch waits no longer
+            if self.predictions is not None:
+                self.predictions.expire()  # a request's age runs on while nothing arrives
         if self._checkpoint_due():
             self.checkpoint()
         if self.watch.due():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -72,3 +74,30 @@ def test_joined_labels_and_labelled_samples_are_cut_the_same_whatever_the_polls(
     for other in models[1:]:
         for mine, theirs in zip(models[0], other, strict=True):
             assert torch.equal(mine, theirs)
+
+
+def test_requests_expire_by_age_while_the_topic_is_idle(tmp_path, kafka_broker):
+    """Only a poll that brought records used to expire requests: on an idle topic they
+    stayed in the window past ``max_age_seconds``, and the gauges said so."""
+    config = ServeConfig.model_validate(
+        {
+            "kafka": {"bootstrap": kafka_broker.bootstrap, "topic": "t"},
+            "problem": {"input_shape": [4], "num_classes": [3]},
+            "learner": {"name": "nmc"},
+            "checkpoint": {"dir": str(tmp_path / "ckpt")},
+            "dead_letter": {"file": str(tmp_path / "dead.jsonl")},
+            "predictions": {"topic": "idle-expiry-predictions", "max_age_seconds": 0.5},
+        }
+    )
+    x = np.random.default_rng(3).normal(size=(7, 4)).astype(np.float32)
+    source = MemorySource({0: [encode_requests(x, np.arange(7))]})
+    daemon = Daemon(config, source_factory=source.bind)
+    daemon.connect()
+    daemon.step()
+    registry = daemon.telemetry.registry
+    assert registry.get_sample_value("streamcl_pending_requests") == 7
+    time.sleep(0.6)
+    daemon.step()  # nothing new on the topic
+    daemon.close()
+    assert registry.get_sample_value("streamcl_pending_requests") == 0
+    assert registry.get_sample_value("streamcl_unlabelled_expired_total") == 7
