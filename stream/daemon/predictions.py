@@ -26,6 +26,7 @@ from stream.daemon.config import PredictionsConfig, ServeConfig
 from stream.engine.event_loop import EventLoop
 from stream.engine.label_join import LabelJoin
 from stream.engine.serving import Process, Served, ServingLoop
+from stream.observe.log_budget import LogBudget
 from stream.observe.serving_telemetry import ServingTelemetry
 from stream.observe.telemetry import Telemetry
 from stream.sinks.kafka_sink import SinkError, open_sink
@@ -49,8 +50,15 @@ Refuse = Callable[[Record, str], None]
 class PredictionService:
     """Requests, labels and labelled samples of the daemon's topic, through one serving loop."""
 
-    def __init__(self, config: ServeConfig, problem: Problem, telemetry: Telemetry) -> None:
-        """The daemon attaches its event loop (:meth:`attach`) before any message comes."""
+    def __init__(
+        self,
+        config: ServeConfig,
+        problem: Problem,
+        telemetry: Telemetry,
+        log_budget: LogBudget | None = None,
+    ) -> None:
+        """The daemon attaches its event loop (:meth:`attach`) before any message comes;
+        ``log_budget`` bounds the lines of unmatched labels (the daemon's, shared)."""
         assert config.predictions is not None
         self.config: PredictionsConfig = config.predictions
         self.topic = config.kafka.topic
@@ -58,6 +66,7 @@ class PredictionService:
         self.level_names = problem.level_names
         self.num_classes = problem.num_classes
         self.metrics = ServingTelemetry(telemetry)
+        self.log_budget = log_budget or LogBudget()
         kafka = config.kafka
         self.sink = PredictionSink(
             lambda: open_sink(kafka.client, kafka.bootstrap), self.config.topic, kafka.bootstrap
@@ -279,7 +288,8 @@ class PredictionService:
             self.metrics.label_delay.observe(max(delay, 0.0))
         if joined.unmatched:
             self.metrics.unmatched.inc(len(joined.unmatched))
-            log.info("label_unmatched", ids=joined.unmatched[:10], count=len(joined.unmatched))
+            if self.log_budget.allow("label_unmatched"):
+                log.info("label_unmatched", ids=joined.unmatched[:10], count=len(joined.unmatched))
 
     def close(self) -> None:
         self.sink.close()

@@ -69,6 +69,7 @@ from stream.engine.device import resolve_device
 from stream.engine.evaluation import AnytimeEvaluator
 from stream.engine.event_loop import EventLoop
 from stream.engine.guard import LearnerGuard, Rejected
+from stream.observe.log_budget import LogBudget
 from stream.observe.loop_log import LoopLogger
 from stream.observe.telemetry import Telemetry
 from stream.runs.model_file_schema import problem_section
@@ -172,12 +173,16 @@ class Daemon:
         self.topic = config.kafka.topic
         self.telemetry = telemetry or Telemetry()
         self.source_factory = source_factory
+        # lines per event an outsider can repeat at will (invalid messages, unmatched labels)
+        self.log_budget = LogBudget()
         if config.learner.threads is not None:
             torch.set_num_threads(config.learner.threads)
         self.problem, self._evaluator = build_problem(config)
         self.predictions: PredictionService | None = None
         if config.predictions is not None:
-            self.predictions = PredictionService(config, self.problem, self.telemetry)
+            self.predictions = PredictionService(
+                config, self.problem, self.telemetry, self.log_budget
+            )
         self._build_model()
         if checkpoint_key is None and (
             holds_sealed_pickles(self.learner.state_dict().meta)
@@ -442,6 +447,7 @@ class Daemon:
             self.source.close()
             self.source = None
         self.dead_letters.close()
+        self.log_budget.flush()
         self.history.close()
         if self.predictions is not None:
             self.predictions.close()
@@ -578,14 +584,15 @@ class Daemon:
         self.dead_letters.write(self.topic, partition, offset, value, reason, detail)
         self.telemetry.invalid_message(reason)
         self.invalid[reason] += 1
-        log.info(
-            "invalid_message",
-            reason=reason,
-            detail=detail,
-            topic=self.topic,
-            partition=partition,
-            offset=offset,
-        )
+        if self.log_budget.allow("invalid_message"):
+            log.info(
+                "invalid_message",
+                reason=reason,
+                detail=detail,
+                topic=self.topic,
+                partition=partition,
+                offset=offset,
+            )
 
     def _reject(self, rejected: Rejected[Origins]) -> None:
         """Dead-letter the samples of a batch the learner could not take, per message, as a

@@ -154,6 +154,8 @@ def test_every_container_is_hardened():
         assert service.get("cap_drop") == ["ALL"], f"{name}: drop every capability"
         assert "no-new-privileges:true" in service.get("security_opt", []), name
         assert re.fullmatch(r"\d+[mg]", str(service.get("mem_limit", ""))), f"{name}: mem_limit"
+        logging = service.get("logging", {})
+        assert logging.get("options", {}).get("max-size"), f"{name}: a rotated log"
         if name not in WRITES_ITS_ROOT:
             assert service.get("read_only") is True, f"{name}: read-only root filesystem"
     # our own image is pinned too: a full Python version, not a moving tag

@@ -19,6 +19,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from learners import registry
 from learners.base import Problem
@@ -784,6 +785,25 @@ def test_a_fuzzed_serving_topic_never_stops_the_daemon_and_every_record_is_accou
     )
     letters = _letters(tmp_path) if (tmp_path / "dead.jsonl").exists() else []
     assert sorted(d["offset"] for d in letters) == refused
+
+
+def test_a_flood_of_small_invalid_messages_logs_a_burst_and_a_sum_not_a_line_each(tmp_path):
+    """Each invalid message was an info line: 88 MB of log for 365k small messages, where
+    the dead-letter files stay within their bound. The counters keep every one."""
+    valid, x, y = _valid(8, seed=43)
+    source = MemorySource({0: valid + [b"not json"] * 200})
+    daemon = Daemon(_config(tmp_path), source_factory=source.bind)
+    with capture_logs() as logs:
+        _drain(daemon, source)
+        daemon.close()
+    assert sum(entry["event"] == "invalid_message" for entry in logs) == 20
+    summaries = [entry for entry in logs if entry["event"] == "log_lines_suppressed"]
+    assert [(s["suppressed_event"], s["suppressed"]) for s in summaries] == [
+        ("invalid_message", 180)
+    ]
+    assert _sample(daemon, "streamcl_invalid_messages_total", {"reason": "undecodable"}) == 200
+    assert len(_letters(tmp_path)) == 200
+    _assert_same_model(daemon.learner, _reference(x, y))
 
 
 def test_a_flood_of_invalid_messages_is_rotated_within_its_bound_and_learning_goes_on(tmp_path):
