@@ -117,6 +117,12 @@ class PredictionService:
         self.resumed = True
         self._expired_counted = self.serving.expired
 
+    def continue_counters(self) -> None:
+        """Continue the serving counters from the restored state (once the whole checkpoint
+        is restored: a checkpoint passed over must not count)."""
+        serving = self.serving
+        self.metrics.continue_from(serving.predictions, serving.expired, serving.unmatched)
+
     def checkpoint_state(self) -> dict[str, Any]:
         """Deliver every prediction and say where the topic ends (:class:`SinkError` while the
         predictions cannot be delivered), with the window, the joined labels queued and the

@@ -277,6 +277,8 @@ class ScaleOutDaemon(Daemon):
         if own is not None:
             self._telemetry_observer.restore(self.loop)
             self.telemetry.restore_invalid_messages(dict(self.invalid))
+            if self.predictions is not None:
+                self.predictions.continue_counters()
         if self._poisoned:
             log.warning(
                 "poisoned_messages_skipped", rank=self.world.rank, count=len(self._poisoned)

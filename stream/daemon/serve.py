@@ -324,6 +324,8 @@ class Daemon:
                 continue
             self._telemetry_observer.restore(self.loop)
             self.telemetry.restore_invalid_messages(dict(self.invalid))
+            if self.predictions is not None:
+                self.predictions.continue_counters()
             self.telemetry.checkpoint_written(float(checkpoint.meta["created"]))
             return checkpoint
         self.store.refuse_if_any("none has both a valid seal and usable content")

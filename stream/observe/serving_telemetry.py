@@ -66,6 +66,13 @@ class ServingTelemetry:
             self.predictions.labels(source=source)
             self.latency.labels(source=source)
 
+    def continue_from(self, predictions: int, expired: int, unmatched: int) -> None:
+        """Continue the counters a checkpoint keeps (the topic's requests answered, requests
+        expired, labels unmatched) after a restart, as ``streamcl_samples_total`` does."""
+        self.predictions.labels(source="kafka").inc(predictions)
+        self.expired.inc(expired)
+        self.unmatched.inc(unmatched)
+
     def served(self, source: str, count: int, seconds: float) -> None:
         self.predictions.labels(source=source).inc(count)
         self.latency.labels(source=source).observe(seconds)

@@ -101,3 +101,42 @@ def test_requests_expire_by_age_while_the_topic_is_idle(tmp_path, kafka_broker):
     daemon.close()
     assert registry.get_sample_value("streamcl_pending_requests") == 0
     assert registry.get_sample_value("streamcl_unlabelled_expired_total") == 7
+
+
+def test_the_serving_counters_continue_after_a_restart(tmp_path, kafka_broker):
+    """Answered, expired and unmatched counts are in the checkpoint; a restarted daemon
+    exported them from 0 again while streamcl_samples_total continued."""
+    config = ServeConfig.model_validate(
+        {
+            "kafka": {"bootstrap": kafka_broker.bootstrap, "topic": "t"},
+            "problem": {"input_shape": [4], "num_classes": [3]},
+            "learner": {"name": "nmc"},
+            "checkpoint": {"dir": str(tmp_path / "ckpt")},
+            "dead_letter": {"file": str(tmp_path / "dead.jsonl")},
+            "predictions": {"topic": "restart-counters-predictions", "max_pending": 4},
+        }
+    )
+    x = np.random.default_rng(5).normal(size=(6, 4)).astype(np.float32)
+    # six requests into a window of four (two expire), and two labels nobody waits for
+    messages = [encode_requests(x, np.arange(6)), encode_labels(np.array([70, 71]), [0, 1])]
+    source = MemorySource({0: messages})
+    counters = {
+        "streamcl_predictions_total": {"source": "kafka"},
+        "streamcl_unlabelled_expired_total": {},
+        "streamcl_labels_unmatched_total": {},
+    }
+
+    def read(daemon: Daemon) -> list[float | None]:
+        registry = daemon.telemetry.registry
+        return [registry.get_sample_value(name, labels) for name, labels in counters.items()]
+
+    daemon = Daemon(config, source_factory=source.bind)
+    daemon.connect()
+    while not source.drained():
+        daemon.step()
+    daemon.checkpoint(force=True)
+    daemon.close()
+    assert read(daemon) == [6, 2, 2]
+    restarted = Daemon(config, source_factory=MemorySource({0: messages}).bind)
+    assert read(restarted) == [6, 2, 2]
+    restarted.close()
