@@ -11,7 +11,9 @@ by ``streamcl pretrain``; frozen-backbone learners need such weights to be usefu
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -169,6 +171,20 @@ def _timm(config: BackboneConfig, input_shape: tuple[int, ...]) -> Backbone:
 # threads building at once (scale-out ranks as threads, a server thread) would otherwise
 # interleave their draws and get weights that depend on timing.
 _SEEDED_BUILD = threading.Lock()
+# Set while a saved state that holds the backbone's tensors is about to be loaded.
+_STATE_BRINGS_WEIGHTS: ContextVar[bool] = ContextVar("state_brings_weights", default=False)
+
+
+@contextmanager
+def weights_from_state() -> Iterator[None]:
+    """Build backbones without reading their ``weights`` files, for a caller that loads a saved
+    state holding the backbone's tensors next (an exported model, a checkpoint): the file the
+    model was trained from need not be there any more, nor hold the same weights."""
+    token = _STATE_BRINGS_WEIGHTS.set(True)
+    try:
+        yield
+    finally:
+        _STATE_BRINGS_WEIGHTS.reset(token)
 
 
 def build_backbone(config: BackboneConfig, input_shape: tuple[int, ...], seed: int) -> Backbone:
@@ -176,7 +192,7 @@ def build_backbone(config: BackboneConfig, input_shape: tuple[int, ...], seed: i
     with _SEEDED_BUILD, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         backbone = BACKBONES[config.name](config, tuple(input_shape))
-    if config.weights is not None:
+    if config.weights is not None and not _STATE_BRINGS_WEIGHTS.get():
         load_backbone_weights(weights_module(backbone, config), config.weights)
     if config.freeze:
         backbone.requires_grad_(False)

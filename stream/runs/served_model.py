@@ -44,6 +44,7 @@ import structlog
 from pydantic import ValidationError
 
 from learners import registry
+from learners.backbones.backbone import weights_from_state
 from learners.base import Problem
 from learners.state.learner_state import LearnerState, non_finite
 from learners.state.safetensors_io import state_from_bytes, state_to_bytes
@@ -95,7 +96,9 @@ class ServedModel:
         if self._loop is not None:
             return self._loop
         try:
-            learner = registry.create(self.learner_name, self.problem, self.learner_config)
+            # the state holds the backbone: the weights file it was trained from is not needed
+            with weights_from_state():
+                learner = registry.create(self.learner_name, self.problem, self.learner_config)
             loop = EventLoop(learner, self.problem)
             learner.load_state_dict(self.state)
             loop.load_state_dict(
@@ -124,9 +127,11 @@ class ServedModel:
             "seen_classes": self.seen,
             "samples_learned": self.samples,
             "source": self.source,
-            "load": "learners.registry.create(learner, Problem(input_shape, num_classes, "
-            "level_names), learner_config).load_state_dict(learners.state.safetensors_io."
-            "state_from_bytes(<this file's model bytes>)); mask classes not in seen_classes",
+            "load": "with learners.backbones.backbone.weights_from_state(): learner = "
+            "learners.registry.create(learner, Problem(input_shape, num_classes, level_names), "
+            "learner_config); learner.load_state_dict(learners.state.safetensors_io."
+            "state_from_bytes(<this file's model bytes>)); mask classes not in seen_classes "
+            "(the model file holds the backbone: backbone.weights is not read)",
             "model_sha256": model_sha256,
             **({"model_hmac_sha256": model_hmac} if model_hmac is not None else {}),
         }

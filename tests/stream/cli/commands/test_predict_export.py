@@ -335,6 +335,47 @@ def test_a_model_of_other_tensor_shapes_is_one_line_error(tmp_path, capsys):
     assert "size mismatch for heads.0.bias" in err
 
 
+def test_a_model_trained_from_a_weights_file_is_served_without_that_file(trained, tmp_path):
+    """An export (and a checkpoint) holds the backbone's tensors, but loading it read the
+    weights file named in its config again: moved to another machine it failed ("backbone
+    weights file ... does not exist"), and with another file there it loaded other weights."""
+    from safetensors.torch import save_file
+
+    _, stream_path, stream, _, x = trained
+    problem = load_dataset("digits").problem()
+    options = {"backbone": {"name": "mlp", "hidden": [32], "out_dim": 16}}
+    shapes = create("nmc", problem, options).backbone.state_dict()
+    weights = tmp_path / "w" / "mlp.safetensors"
+    weights.parent.mkdir()
+    save_file(
+        {
+            k: torch.randn(v.shape, generator=torch.Generator().manual_seed(1))
+            for k, v in shapes.items()
+        },
+        weights,
+    )
+    options["backbone"]["weights"] = str(weights)
+    loop = EventLoop(create("nmc", problem, options), problem)
+    for batch in task_batches(stream, load_dataset("digits"), 16):
+        if loop.samples_seen >= LEARNED:
+            break
+        loop.process(batch)
+    CheckpointStore(tmp_path / "ckpt").write(_checkpoint_meta(loop), loop.learner.state_dict())
+    model = tmp_path / "export" / "model.safetensors"
+    assert cli.main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(model)]) == 0
+    # other weights in its place, then none at all
+    save_file({k: torch.zeros(v.shape) for k, v in shapes.items()}, weights)
+    expected = loop.masked_scores(x, 0).argmax(1)
+    for args in (["--model", str(model)], ["--checkpoint", str(tmp_path / "ckpt")]):
+        for present in (True, False):
+            if not present:
+                weights.unlink(missing_ok=True)
+            out = tmp_path / "p.jsonl"
+            assert cli.main(["predict", str(stream_path), *args, "--out", str(out)]) == 0
+            got = np.array([line["predicted"]["label"] for line in _lines(out)])
+            np.testing.assert_array_equal(got, expected)
+
+
 def test_export_over_a_sidecar_name_taken_by_a_directory_writes_nothing(trained, tmp_path, capsys):
     """It wrote the model, then failed with IsADirectoryError (exit 1): half an export."""
     from stream.runs.served_model import ModelFileError, export, from_checkpoint
