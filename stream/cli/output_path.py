@@ -25,8 +25,20 @@ def writable_file(path: str | Path, flag: str = "--out") -> Path:
     file = Path(path)
     if file.is_dir():
         raise UsageError(f"{flag} {file}: is a directory, a file name is needed")
+    if file.exists() and not file.is_file():
+        # the result is renamed over it: a device (/dev/full, /dev/stdout), a FIFO or a socket
+        # would be replaced by a regular file, which for root means the device is gone
+        raise UsageError(f"{flag} {file}: exists and is not a regular file; name a file")
     _make(file.parent, f"{flag} {file}")
     return file
+
+
+def not_inside(out: Path, directory: str | Path, what: str, flag: str = "--out") -> None:
+    """Refuse ``out`` inside ``directory`` (``what`` it is, such as a checkpoint directory):
+    the result would replace a file there, e.g. the newest checkpoint."""
+    root = Path(directory).resolve()
+    if root == out.resolve() or root in out.resolve().parents:
+        raise UsageError(f"{flag} {out}: is inside {what} ({directory}); write it elsewhere")
 
 
 def _make(directory: Path, where: str) -> None:

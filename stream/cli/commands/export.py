@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from stream.cli.output_path import writable_file
+from stream.cli.output_path import not_inside, writable_file
 from stream.runs.served_model import export, from_checkpoint, read_key
 
 
@@ -32,7 +32,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = writable_file(args.out)
-    writable_file(out.with_suffix(".json"), "--out's sidecar")
+    sidecar = writable_file(out.with_suffix(".json"), "--out's sidecar")
+    for path, flag in ((out, "--out"), (sidecar, "--out's sidecar")):
+        not_inside(path, args.checkpoint, "the checkpoint directory", flag)
     key = read_key(args.key_file, os.environ)
     model = from_checkpoint(args.checkpoint, key)
     path, sidecar = export(model, out, key)

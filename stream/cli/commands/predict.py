@@ -11,7 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from stream.cli.errors import UsageError
-from stream.cli.output_path import not_an_input, replaced_when_done, writable_file
+from stream.cli.output_path import (
+    not_an_input,
+    not_inside,
+    replaced_when_done,
+    writable_file,
+)
 from stream.data.datasets import as_float_tensor, load_dataset
 from stream.data.stream_file import read_stream
 from stream.runs.served_model import ServedModel, from_checkpoint, from_file, read_key
@@ -58,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
             "the key file": args.key_file,
         },
     )
+    if args.checkpoint is not None:
+        not_inside(out, args.checkpoint, "the checkpoint directory")
     key = read_key(args.key_file, os.environ)
     model: ServedModel = (
         from_checkpoint(args.checkpoint, key) if args.checkpoint else from_file(args.model, key)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import shutil
+import stat
 
 import numpy as np
 import pytest
@@ -570,6 +573,31 @@ def test_predict_refuses_to_write_over_what_it_reads_and_keeps_a_previous_output
     assert out.read_text() == done and sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["inline.scl", "m.safetensors", "m.json", "predictions.jsonl", "nan.scl"]
     )
+
+
+def test_predict_and_export_write_neither_into_the_checkpoint_directory_nor_over_a_device(
+    trained, tmp_path, capsys
+):
+    """``--out`` naming the newest checkpoint replaced it with JSON lines (or the export's
+    safetensors), and a FIFO or a device such as /dev/full was replaced by a regular file."""
+    tmp, stream_path, _, _, _ = trained
+    directory = tmp_path / "ckpt"
+    shutil.copytree(tmp / "ckpt", directory)
+    before = {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+    newest = directory / max(name for name in before if name.endswith(".sclckpt"))
+    checkpoint = ["--checkpoint", str(directory)]
+    for command in (["predict", str(stream_path)], ["export"]):
+        for out in (newest, directory / "lineage", directory / "sub" / "model.safetensors"):
+            assert cli.main([*command, *checkpoint, "--out", str(out)]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "is inside the checkpoint directory" in err
+    assert {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()} == before
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    # (a FIFO of the test's own: a device tried as root would be replaced if this regressed)
+    assert cli.main(["predict", str(stream_path), *checkpoint, "--out", str(fifo)]) == 2
+    assert "exists and is not a regular file" in capsys.readouterr().err
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
 
 
 HIERARCHY = "synthetic-hierarchy:branching=2x3,train=20,test=5,dim=4"
