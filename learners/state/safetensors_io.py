@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
@@ -19,7 +20,13 @@ def state_to_bytes(state: LearnerState) -> bytes:
 
 
 def state_from_bytes(data: bytes) -> LearnerState:
-    tensors: dict[str, torch.Tensor] = load_tensors(data)
+    """The state in ``data``; ``ValueError`` when the bytes are not safetensors (truncated, a
+    pickle, a forged header length): safetensors' own error derives from ``Exception`` only,
+    and callers refuse bad files by ``ValueError``."""
+    try:
+        tensors: dict[str, torch.Tensor] = load_tensors(data)
+    except SafetensorError as exc:
+        raise ValueError(f"not a safetensors file ({exc})") from None
     header_size = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + header_size])
     meta = json.loads(header.get("__metadata__", {}).get(_META_KEY, "{}"))

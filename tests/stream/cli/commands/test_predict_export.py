@@ -338,6 +338,35 @@ def test_a_model_of_other_tensor_shapes_is_one_line_error(tmp_path, capsys):
     assert "size mismatch for heads.0.bias" in err
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[:100],  # truncated
+        lambda data: (10**15).to_bytes(8, "little") + data[8:],  # a header length beyond it
+        lambda data: b"\x80\x04\x95" + data[3:],  # a pickle's opening
+    ],
+    ids=["truncated", "header-length", "pickle"],
+)
+def test_a_model_file_that_is_not_safetensors_is_one_line_error_naming_it(
+    trained, tmp_path, capsys, damage
+):
+    """With its digest recomputed (or a sidecar from before digests), a damaged model file
+    ended in 'failed: SafetensorError: ... invalid header length', exit 1, naming no file."""
+    tmp, stream_path, _, _, _ = trained
+    model = tmp_path / "model.safetensors"
+    assert cli.main(["export", "--checkpoint", str(tmp / "ckpt"), "--out", str(model)]) == 0
+    data = damage(model.read_bytes())
+    model.write_bytes(data)
+    side = model.with_suffix(".json")
+    digest = {"model_sha256": hashlib.sha256(data).hexdigest()}
+    side.write_text(json.dumps({**json.loads(side.read_text()), **digest}))
+    capsys.readouterr()
+    out = tmp_path / "p.jsonl"
+    assert cli.main(["predict", str(stream_path), "--model", str(model), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{model}: cannot load" in err and "not a safetensors" in err
+
+
 def test_a_model_trained_from_a_weights_file_is_served_without_that_file(trained, tmp_path):
     """An export (and a checkpoint) holds the backbone's tensors, but loading it read the
     weights file named in its config again: moved to another machine it failed ("backbone
