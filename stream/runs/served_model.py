@@ -30,11 +30,12 @@ Loading it in another service, in Python::
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,10 +298,22 @@ def export(model: ServedModel, out: str | Path, key: bytes | None = None) -> tup
 
 
 def _temporary_beside(target: Path, content: bytes) -> Path:
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    with os.fdopen(handle, "wb") as file:
-        file.write(content)
-    return Path(name)
+    """A new file beside ``target`` holding ``content``, readable as the umask allows (an
+    export is for another service; mkstemp's 0600 kept it from any other user)."""
+    for _ in range(100):
+        name = target.parent / f".{target.name}.{secrets.token_hex(8)}.partial"
+        try:
+            handle = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            with os.fdopen(handle, "wb") as file:
+                file.write(content)
+        except BaseException:
+            name.unlink(missing_ok=True)
+            raise
+        return name
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(target.parent))
 
 
 def from_file(path: str | Path, key: bytes | None = None) -> ServedModel:

@@ -367,6 +367,20 @@ def test_a_model_file_that_is_not_safetensors_is_one_line_error_naming_it(
     assert err.count("\n") == 1 and f"{model}: cannot load" in err and "not a safetensors" in err
 
 
+def test_an_export_is_readable_as_the_umask_allows(trained, tmp_path):
+    """mkstemp's 0600 kept an export 'for another service' from any other user."""
+    tmp = trained[0]
+    model = tmp_path / "model.safetensors"
+    old = os.umask(0o022)
+    try:
+        assert cli.main(["export", "--checkpoint", str(tmp / "ckpt"), "--out", str(model)]) == 0
+    finally:
+        os.umask(old)
+    for path in (model, model.with_suffix(".json")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.safetensors"]
+
+
 def test_a_model_trained_from_a_weights_file_is_served_without_that_file(trained, tmp_path):
     """An export (and a checkpoint) holds the backbone's tensors, but loading it read the
     weights file named in its config again: moved to another machine it failed ("backbone
