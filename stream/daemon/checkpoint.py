@@ -264,6 +264,7 @@ class CheckpointStore:
         directory is listed again and those are offered first (at most
         :data:`MAX_RELISTS` times, so a reader slower than the writer still ends)."""
         tried: set[int] = set()
+        self.skipped: list[str] = []  # why each passed-over file was, newest first
         for _ in range(MAX_RELISTS):
             pruned = False
             for sequence, path in self.files():
@@ -278,11 +279,13 @@ class CheckpointStore:
                 except OSError as exc:  # a FIFO, a device, a directory, a file beyond memory
                     problem = exc.strerror or str(exc)
                     log.warning("checkpoint_skipped", path=str(path), problem=problem)
+                    self.skipped.append(f"{path}: {problem}")
                     continue
                 try:
                     meta, learner = decode(data, str(path), self.key)
                 except CorruptCheckpoint as exc:
                     log.warning("checkpoint_skipped", path=str(path), problem=str(exc))
+                    self.skipped.append(str(exc))
                     continue
                 yield Checkpoint(sequence, meta, learner, path)
             if not pruned:

@@ -207,14 +207,20 @@ def from_checkpoint(directory: str | Path, key: bytes | None = None) -> ServedMo
         return model
     if unusable:
         raise unusable[0]
-    if store.files():  # its message is the daemon's ("move these files away")
+    if store.skipped:
+        # the newest one's problem, with the key hint only where a seal or key is the problem
+        newest = store.skipped[0]
+        keyed = any("signed" in problem for problem in store.skipped)
         why = (
-            "with a key, only checkpoints signed with it are read"
+            ""
+            if not keyed
+            else "; with a key, only checkpoints signed with it are read"
             if key is not None
-            else f"a signed checkpoint needs its key: {KEY_HINT}"
+            else f"; a signed checkpoint needs its key: {KEY_HINT}"
         )
         raise CheckpointError(
-            f"no usable checkpoint in {path}: none has a valid seal (each is logged above); " + why
+            f"no usable checkpoint in {path}: none can be read (each is logged above; the "
+            f"newest: {newest})" + why
         )
     raise CheckpointError(f"no checkpoint in {path}")
 
@@ -322,10 +328,20 @@ def from_file(path: str | Path, key: bytes | None = None) -> ServedModel:
     path = Path(path)
     sidecar_path = path.with_suffix(".json")
     for needed in (path, sidecar_path):
-        if not needed.is_file():
+        if needed.is_dir():
+            raise ModelFileError(f"{needed} is a directory: give the model file export wrote")
+        if not needed.exists():
             raise ModelFileError(f"{needed} does not exist (export writes both)")
+        if not needed.is_file():
+            raise ModelFileError(f"{needed} is not a regular file (a device, a FIFO, a socket)")
     try:
-        document = json.loads(read_regular(sidecar_path, MAX_SIDECAR_BYTES).decode("utf-8"))
+        text = read_regular(sidecar_path, MAX_SIDECAR_BYTES).decode("utf-8")
+        document = json.loads(text)
+    except FileTooLarge as exc:
+        raise ModelFileError(f"{exc.filename}: {exc.strerror} bytes; not a sidecar") from None
+    except (ValueError, RecursionError, OSError) as exc:
+        raise ModelFileError(f"{sidecar_path}: cannot load ({type(exc).__name__}: {exc})") from None
+    try:
         if not isinstance(document, dict) or document.get("format") != SIDECAR_FORMAT:
             raise ModelFileError(f"{sidecar_path}: not a {SIDECAR_FORMAT} sidecar")
         try:

@@ -381,6 +381,41 @@ def test_an_export_is_readable_as_the_umask_allows(trained, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.safetensors"]
 
 
+def test_errors_about_unreadable_inputs_say_what_is_wrong_with_them(trained, tmp_path, capsys):
+    """Every checkpoint truncated was "none has a valid seal ... a signed checkpoint needs its
+    key" (no key was involved); a directory or a device given for a model or sidecar "does not
+    exist"; a sidecar too deep for JSON was blamed on the model file."""
+    tmp, stream_path, _, _, _ = trained
+    directory = tmp_path / "ckpt"
+    shutil.copytree(tmp / "ckpt", directory)
+    for file in directory.glob("*.sclckpt"):
+        file.write_bytes(file.read_bytes()[:-10])
+    out = str(tmp_path / "p.jsonl")
+    capsys.readouterr()
+    assert (
+        cli.main(["predict", str(stream_path), "--checkpoint", str(directory), "--out", out]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "none can be read" in err and "truncated" in err and "key" not in err, err
+    model = tmp_path / "m" / "model.safetensors"
+    assert cli.main(["export", "--checkpoint", str(tmp / "ckpt"), "--out", str(model)]) == 0
+    capsys.readouterr()
+    assert cli.main(["predict", str(stream_path), "--model", str(model.parent), "--out", out]) == 2
+    assert "is a directory: give the model file" in capsys.readouterr().err
+    sidecar = model.with_suffix(".json")
+    text = sidecar.read_text()
+    sidecar.write_text("[" * 100_000 + "]" * 100_000)
+    assert cli.main(["predict", str(stream_path), "--model", str(model), "--out", out]) == 2
+    assert f"{sidecar}: cannot load (RecursionError" in capsys.readouterr().err
+    sidecar.unlink()
+    os.mkfifo(sidecar)
+    assert cli.main(["predict", str(stream_path), "--model", str(model), "--out", out]) == 2
+    assert f"{sidecar} is not a regular file" in capsys.readouterr().err
+    sidecar.unlink()
+    sidecar.write_text(text)
+    assert cli.main(["predict", str(stream_path), "--model", str(model), "--out", out]) == 0
+
+
 def test_a_model_trained_from_a_weights_file_is_served_without_that_file(trained, tmp_path):
     """An export (and a checkpoint) holds the backbone's tensors, but loading it read the
     weights file named in its config again: moved to another machine it failed ("backbone
