@@ -1,4 +1,4 @@
-"""Comparison tables of run results (A_auc / A_last / F_last ...) for terminals and markdown.
+r"""Comparison tables of run results (A_auc / A_last / F_last ...) for terminals and markdown.
 
 ``load_results`` reads the ``results.json`` files that ``streamcl replay`` writes and checks the
 fields a report uses; ``label_runs`` names each run after its learner (and its directory where
@@ -9,12 +9,21 @@ two runs share a learner); ``format_table`` is the table of pooled metrics and
 | learner | A_auc | A_last |
 |---------|-------|--------|
 | nmc     | 50.00 |  25.00 |
+
+Text taken from a file (a learner, a level) is written on one line, its ``|`` escaped, so that
+it cannot split a row:
+
+>>> print(format_table({"a|b\nc": {"A_auc": 1.0}}, columns=("A_auc",)))
+| learner | A_auc  |
+|---------|--------|
+| a\|b c  | 100.00 |
 """
 
 from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +32,15 @@ from stream.data.regular_file import read_regular
 
 COLUMNS = ("A_auc", "A_avg", "A_last", "F_last", "prequential_accuracy", "samples_per_second")
 LEVEL_COLUMNS = ("A_auc", "A_last", "F_last")
+# [low, high] of each metric: the accuracies are fractions, F_last is a difference of two of them
+BOUNDS = {
+    "A_auc": (0.0, 1.0),
+    "A_avg": (0.0, 1.0),
+    "A_last": (0.0, 1.0),
+    "F_last": (-1.0, 1.0),
+    "prequential_accuracy": (0.0, 1.0),
+    "samples_per_second": (0.0, math.inf),
+}
 # A results file holds a run's curves and accuracy matrices: kilobytes to a few megabytes.
 MAX_RESULTS_BYTES = 256 << 20
 
@@ -39,7 +57,13 @@ def _cell(key: str, value: Any) -> str:
     return f"{100 * value:.2f}"
 
 
+def _one_line(text: str) -> str:
+    """``text`` with each control character, line separator and lone surrogate as a space."""
+    return "".join(" " if unicodedata.category(c) in {"Cc", "Cs", "Zl", "Zp"} else c for c in text)
+
+
 def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    header, rows = _escaped(header), [_escaped(row) for row in rows]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"]
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -49,6 +73,11 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         ]
         lines.append("| " + " | ".join(padded) + " |")
     return "\n".join(lines)
+
+
+def _escaped(cells: Sequence[str]) -> list[str]:
+    # an unescaped | would end the cell, a newline the row
+    return [_one_line(cell).replace("|", "\\|") for cell in cells]
 
 
 def format_table(results: Mapping[str, Mapping[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
@@ -86,7 +115,9 @@ def describe_stream(result: Mapping[str, Any]) -> str:
     """``dataset, schedule (params), seed S`` of a run."""
     params = result.get("schedule_params") or {}
     shown = " ".join(f"{k}={v}" for k, v in params.items())
-    return f"{result.get('dataset')}, {result.get('schedule')} ({shown}), seed {result.get('seed')}"
+    return _one_line(
+        f"{result.get('dataset')}, {result.get('schedule')} ({shown}), seed {result.get('seed')}"
+    )
 
 
 # a curve's x is a sample count: beyond 2**53 a float no longer tells samples apart
@@ -107,8 +138,12 @@ def _is_number(value: Any, low: float = -math.inf, high: float = math.inf) -> bo
 
 def _check_metrics(result: Mapping[str, Any], columns: Sequence[str], where: str) -> None:
     for key in columns:
-        if not _is_number(result.get(key)):
-            raise ReportError(f"{where}: {key!r} must be a number or null, got {result.get(key)!r}")
+        low, high = BOUNDS[key]
+        if not _is_number(result.get(key), low, high):
+            within = f"in [{low:g}, {high:g}]" if high < math.inf else f">= {low:g}"
+            raise ReportError(
+                f"{where}: {key!r} must be a number {within} or null, got {result.get(key)!r}"
+            )
 
 
 def load_results(path: str | Path) -> dict[str, Any]:
@@ -161,17 +196,29 @@ def load_results(path: str | Path) -> dict[str, Any]:
 
 
 def label_runs(results: Sequence[Mapping[str, Any]]) -> list[str]:
-    """A distinct label per run: its learner, with its directory where learners repeat."""
-    labels = [str(r["learner"]) for r in results]
+    """A distinct label per run, on one line: its learner, with its directory where learners
+    repeat, its path where those repeat too, and its learner and path where a path is another
+    run's label. Raises ``ReportError`` if even that leaves two runs with one label."""
+    labels = [_one_line(str(r["learner"])) for r in results]
     for attempt in (
         lambda r: f"{r['learner']} ({Path(r['path']).parent.name})",
         lambda r: r["path"],
+        lambda r: f"{r['learner']} ({r['path']})",
     ):
-        repeated = {label for label in labels if labels.count(label) > 1}
+        repeated = _repeated(labels)
         if not repeated:
             break
         labels = [
-            attempt(r) if label in repeated else label
+            _one_line(attempt(r)) if label in repeated else label
             for r, label in zip(results, labels, strict=True)
         ]
+    if repeated := _repeated(labels):
+        path = next(
+            r["path"] for r, label in zip(results, labels, strict=True) if label in repeated
+        )
+        raise ReportError(f"{path}: no label tells this run from another: {min(repeated)!r}")
     return labels
+
+
+def _repeated(labels: Sequence[str]) -> set[str]:
+    return {label for label in labels if labels.count(label) > 1}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from stream.cli.errors import UsageError
 from stream.cli.output_path import writable_directory
 from stream.runs.plots import plot_curves
 from stream.runs.report import (
@@ -40,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
             raise ReportError(f"{result['path']}: given twice")
         seen.add(resolved)
     by_label = dict(zip(label_runs(runs), runs, strict=True))
+    out = _output_directory(args.out)
     streams = {describe_stream(r) for r in runs}
     one_stream = len(streams) == 1
     lines = []
@@ -54,7 +56,6 @@ def run(args: argparse.Namespace) -> int:
         lines += ["", "per hierarchy level:", "", level_table]
     text = "\n".join(lines)
     print(text)
-    out = writable_directory(args.out)
     (out / "table.md").write_text(text + "\n", encoding="utf-8")
     first = runs[0]
     stream = f"{first.get('dataset')}, {first.get('schedule')}, seed {first.get('seed')}"
@@ -64,3 +65,13 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"table in {out / 'table.md'}, curves in {out / 'curves.png'}")
     return 0
+
+
+def _output_directory(path: str) -> Path:
+    """``--out``, checked before anything is printed or written: a directory named
+    ``table.md`` or ``curves.png`` there would fail the report half-written."""
+    out = writable_directory(path)
+    for name in ("table.md", "curves.png"):
+        if (out / name).is_dir():
+            raise UsageError(f"--out {out}: {name} there is a directory; remove it or name another")
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import json
+import re
 
 import pytest
 
@@ -74,9 +75,12 @@ def test_load_accepts_a_file_or_its_directory(tmp_path):
         ('{"curve": []}', "no 'learner' name"),
         (
             '{"learner": "er", "A_auc": "high", "curve": []}',
-            "'A_auc' must be a number or null, got 'high'",
+            "'A_auc' must be a number in [0, 1] or null, got 'high'",
         ),
-        ('{"learner": "er", "A_last": true, "curve": []}', "'A_last' must be a number or null"),
+        (
+            '{"learner": "er", "A_last": true, "curve": []}',
+            "'A_last' must be a number in [0, 1] or null",
+        ),
         (
             '{"learner": "er", "curve": [[1, 2, 3]]}',
             "'curve' must be a list of [samples_seen, accuracy] pairs",
@@ -89,10 +93,22 @@ def test_load_accepts_a_file_or_its_directory(tmp_path):
         ('{"learner": "er", "per_level": {"fine": 5}, "curve": []}', "'per_level' must map"),
         (
             '{"learner": "er", "per_level": {"a": {"A_auc": "x"}}, "curve": []}',
-            "per_level 'a': 'A_auc' must be a number or null",
+            "per_level 'a': 'A_auc' must be a number in [0, 1] or null",
         ),
         ('{"learner": "er", "schedule_params": [1], "curve": []}', "'schedule_params' must be"),
         ("[" * 100_000 + "]" * 100_000, "nested deeper than a results file can be"),
+        ('{"learner": "er", "A_auc": 5.0, "curve": []}', "'A_auc' must be a number in [0, 1]"),
+        ('{"learner": "er", "A_avg": -0.1, "curve": []}', "'A_avg' must be a number in [0, 1]"),
+        ('{"learner": "er", "prequential_accuracy": 1.5, "curve": []}', "in [0, 1] or null"),
+        ('{"learner": "er", "F_last": -1.5, "curve": []}', "'F_last' must be a number in [-1, 1]"),
+        (
+            '{"learner": "er", "samples_per_second": -3, "curve": []}',
+            "'samples_per_second' must be a number >= 0 or null, got -3",
+        ),
+        (
+            '{"learner": "er", "per_level": {"a": {"A_last": 1.2}}, "curve": []}',
+            "per_level 'a': 'A_last' must be a number in [0, 1] or null, got 1.2",
+        ),
     ],
 )
 def test_load_refuses_what_it_cannot_report(tmp_path, content, message):
@@ -102,6 +118,32 @@ def test_load_refuses_what_it_cannot_report(tmp_path, content, message):
     with pytest.raises(ReportError) as error:
         load_results(path)
     assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+
+
+def test_load_accepts_metrics_at_the_ends_of_their_ranges(tmp_path):
+    path = _write(
+        tmp_path / "results.json",
+        A_auc=1, A_avg=0.0, A_last=0, F_last=-1.0, prequential_accuracy=1.0, samples_per_second=0,
+        per_level={"fine": {"A_auc": 0, "A_last": 1, "F_last": 1}},
+    )  # fmt: skip
+    assert load_results(path)["F_last"] == -1.0
+
+
+def _cells(line):
+    """The cells of a markdown table row, split where a ``|`` is not escaped."""
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip("|"))]
+
+
+def test_text_from_files_stays_in_its_cell():
+    runs = {"a|b\nc\r\x1b": {"A_auc": 0.5, "per_level": {"co|arse\u2028": {"A_auc": 0.5}}}}
+    table = format_table(runs, columns=("A_auc",))
+    levels = format_level_table(runs, columns=("A_auc",))
+    assert table.splitlines()[2] == "| a\\|b c   | 50.00 |"
+    assert [_cells(line) for line in levels.splitlines()] == [
+        ["learner", "A_auc [co\\|arse ]"],
+        ["-" * 10, "-" * 19],
+        ["a\\|b c", "50.00"],
+    ]
 
 
 def test_labels_are_learners_made_distinct_by_directory_then_path(tmp_path):
@@ -115,3 +157,33 @@ def test_labels_are_learners_made_distinct_by_directory_then_path(tmp_path):
         "er (er-lr3)", str(tmp_path / "a" / "er-lr4" / "results.json"),
         str(tmp_path / "b" / "er-lr4" / "results.json"), "nmc",
     ]  # fmt: skip
+
+
+def test_a_learner_named_as_another_runs_path_still_gets_a_label_of_its_own(tmp_path):
+    """The two ``er`` runs fall back to their paths, one of which is the third run's learner:
+    the labels once repeated, and a report keyed by label dropped a run."""
+    first = tmp_path / "a" / "x" / "results.json"
+    runs = [
+        load_results(_write(tmp_path / "c" / "results.json", learner=str(first))),
+        load_results(_write(first, learner="er")),
+        load_results(_write(tmp_path / "b" / "x" / "results.json", learner="er")),
+    ]
+    assert label_runs(runs) == [
+        f"{first} ({tmp_path / 'c' / 'results.json'})",
+        f"er ({first})",
+        str(tmp_path / "b" / "x" / "results.json"),
+    ]
+
+
+def test_labels_are_on_one_line_and_stay_distinct(tmp_path):
+    runs = [
+        load_results(_write(tmp_path / "a" / "results.json", learner="x\ny")),
+        load_results(_write(tmp_path / "b" / "results.json", learner="x y")),
+    ]
+    assert label_runs(runs) == ["x y (a)", "x y (b)"]
+
+
+def test_runs_no_label_tells_apart_are_refused(tmp_path):
+    path = _write(tmp_path / "results.json")
+    with pytest.raises(ReportError, match="no label tells this run from another"):
+        label_runs([load_results(path), load_results(path)])

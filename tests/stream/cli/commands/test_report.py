@@ -82,3 +82,52 @@ def test_bad_results_are_one_line_exit_2(runs, tmp_path, capsys, arguments, mess
     assert code == 2 and len(err.splitlines()) == 1
     assert err.startswith("streamcl: error: ") and err.rstrip().endswith(message)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_metric_out_of_its_range_is_one_line_exit_2(runs, tmp_path, capsys):
+    result = json.loads((runs / "nmc-200" / "results.json").read_text())
+    result["A_auc"] = 5.0
+    (tmp_path / "results.json").write_text(json.dumps(result))
+    code = main(["report", str(tmp_path / "results.json"), "--out", str(tmp_path / "r")])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "" and len(captured.err.splitlines()) == 1
+    assert f"{tmp_path / 'results.json'}: 'A_auc' must be a number in [0, 1]" in captured.err
+    assert not (tmp_path / "r").exists()
+
+
+def test_three_runs_with_colliding_labels_each_get_a_row(runs, tmp_path, capsys):
+    """Two runs of one learner in directories of one name fall back to their paths; a third
+    run's learner is named as one of those paths: every run keeps its row and its curve."""
+    result = json.loads((runs / "nmc-200" / "results.json").read_text())
+    first = tmp_path / "a" / "x" / "results.json"
+    for path, learner in (
+        (tmp_path / "c" / "results.json", str(first)),
+        (first, "nmc"),
+        (tmp_path / "b" / "x" / "results.json", "nmc"),
+    ):
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({**result, "learner": learner}))
+    out = tmp_path / "r"
+    arguments = [str(tmp_path / d) for d in ("c", "a/x", "b/x")]
+    assert main(["report", *arguments, "--out", str(out)]) == 0
+    table = (out / "table.md").read_text().splitlines()
+    assert len([line for line in table if line.startswith("| ")]) == 1 + 3
+
+
+@pytest.mark.parametrize("name", ["table.md", "curves.png"])
+def test_an_output_that_is_a_directory_is_refused_before_anything_is_written(
+    runs, tmp_path, capsys, name
+):
+    (tmp_path / "r" / name).mkdir(parents=True)
+    code = main(["report", str(runs / "nmc-200"), "--out", str(tmp_path / "r")])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "" and len(captured.err.splitlines()) == 1
+    assert f"--out {tmp_path / 'r'}: {name} there is a directory" in captured.err
+    assert [p.name for p in (tmp_path / "r").iterdir()] == [name]
+
+
+def test_an_unwritable_out_is_refused_before_the_table_is_printed(runs, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    code = main(["report", str(runs / "nmc-200"), "--out", str(tmp_path / "file")])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "" and "cannot write there" in captured.err
