@@ -19,6 +19,11 @@ Keys under ``module.`` or ``backbone.`` are unwrapped; classifier keys (``head``
 own heads. A ViT whose image grid differs from the checkpoint's gets its position embeddings
 resampled (bicubic, as timm does) and an RGB patch embedding summed to one channel for grey
 images. Any other missing, extra or mis-shaped tensor is one error that names the file and keys.
+
+Floating-point tensors of another precision (float16, float64, ...) are cast to the parameter's
+dtype; an integer, bool or complex tensor for a floating-point parameter is refused, as is a
+tensor holding NaN or infinity (after the cast: a float64 beyond float32's range is one) —
+either would give a backbone whose features are useless.
 """
 
 from __future__ import annotations
@@ -108,6 +113,10 @@ def npz_vit_state(w: dict[str, np.ndarray], where: str) -> dict[str, torch.Tenso
     def get(key: str) -> torch.Tensor:
         if prefix + key not in w:
             raise BackboneWeightsError(f"{where}: npz checkpoint has no {prefix}{key}")
+        if not np.issubdtype(w[prefix + key].dtype, np.floating):
+            raise BackboneWeightsError(
+                f"{where}: tensor {prefix}{key} is {w[prefix + key].dtype}, not floating point"
+            )
         return torch.from_numpy(np.asarray(w[prefix + key], dtype=np.float32))
 
     if prefix + "cls" not in w:
@@ -181,6 +190,9 @@ def _load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
     state = _unwrap(read_weights(path))
     expected = backbone.state_dict()
     state = {k: v for k, v in state.items() if k in expected or not k.startswith(_HEAD_PREFIXES)}
+    for k, v in state.items():
+        if k in expected and expected[k].is_floating_point() and not v.is_floating_point():
+            raise BackboneWeightsError(f"{path}: tensor {k} is {_dtype(v)}, not floating point")
     if "pos_embed" in state and "pos_embed" in expected:
         state["pos_embed"] = resample_pos_embed(state["pos_embed"], expected["pos_embed"].shape)
     proj = "patch_embed.proj.weight"
@@ -209,7 +221,15 @@ def _load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
         raise BackboneWeightsError(
             f"{path} does not fit the configured backbone: " + "; ".join(problems)
         )
-    backbone.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    cast = {k: v.to(expected[k].dtype) for k, v in state.items()}
+    for k, v in cast.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            overflow = bool(torch.isfinite(state[k]).all())  # finite until cast
+            raise BackboneWeightsError(
+                f"{path}: tensor {k} holds NaN or infinite values"
+                + (f" once cast from {_dtype(state[k])} to {_dtype(v)}" if overflow else "")
+            )
+    backbone.load_state_dict(cast)
 
 
 def _unwrap(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -233,6 +253,10 @@ def resample_pos_embed(pos: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     grid = pos[:, 1:].reshape(1, old_side, old_side, -1).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=False)
     return torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, new, -1)], dim=1)
+
+
+def _dtype(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
 
 
 def _few(items: list[str], limit: int = 4) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -214,4 +216,60 @@ def test_an_npz_declaring_more_than_memory_is_refused_before_decompressing(tmp_p
     np.savez(tmp_path / "vit.npz", **w)
     monkeypatch.setattr(weights, "memory_bytes", lambda device: 1000)
     with pytest.raises(BackboneWeightsError, match=r"vit\.npz: its arrays take \d+ bytes"):
+        read_weights(tmp_path / "vit.npz")
+
+
+MLP = BackboneConfig(hidden=[8], out_dim=4)
+
+
+@pytest.mark.parametrize(
+    ("value", "dtype", "message"),
+    [
+        (float("nan"), torch.float32, "holds NaN or infinite values$"),
+        (float("inf"), torch.float32, "holds NaN or infinite values$"),
+        (1e300, torch.float64, "holds NaN or infinite values once cast from float64 to float32"),
+    ],
+)
+def test_non_finite_weights_are_refused(tmp_path, value, dtype, message):
+    """NaN weights loaded silently: a replay on them exited 0 with all-zero results."""
+    state = build_backbone(MLP, (6,), seed=1).state_dict()
+    key = next(iter(state))
+    state[key] = state[key].to(dtype)
+    state[key][0, 0] = value
+    save_file(state, str(tmp_path / "w.safetensors"))
+    with pytest.raises(
+        BackboneWeightsError, match=rf"w\.safetensors: tensor {re.escape(key)} {message}"
+    ):
+        build_backbone(MLP.model_copy(update={"weights": tmp_path / "w.safetensors"}), (6,), 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int8, torch.bool, torch.complex64])
+def test_weights_that_are_not_floating_point_are_refused(tmp_path, dtype):
+    """An integer or bool tensor was cast to float without a word: a useless backbone."""
+    state = build_backbone(MLP, (6,), seed=1).state_dict()
+    key = next(iter(state))
+    state[key] = (3 * state[key]).to(dtype)
+    torch.save(state, tmp_path / "w.pt")
+    name = str(dtype).removeprefix("torch.")
+    with pytest.raises(
+        BackboneWeightsError, match=rf"w\.pt: tensor {re.escape(key)} is {name}, not float"
+    ):
+        build_backbone(MLP.model_copy(update={"weights": tmp_path / "w.pt"}), (6,), 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64, torch.bfloat16])
+def test_weights_of_another_float_precision_are_cast(tmp_path, dtype):
+    source = build_backbone(MLP, (6,), seed=1)
+    state = {k: v.to(dtype) for k, v in source.state_dict().items()}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    loaded = build_backbone(MLP.model_copy(update={"weights": tmp_path / "w.safetensors"}), (6,), 2)
+    for k, v in loaded.state_dict().items():
+        assert v.dtype == torch.float32 and torch.equal(v, state[k].float())
+
+
+def test_an_npz_array_that_is_not_floating_point_is_refused(tmp_path):
+    w, _ = random_npz()
+    w["cls"] = np.ones_like(w["cls"], dtype=np.int32)
+    np.savez(tmp_path / "vit.npz", **w)
+    with pytest.raises(BackboneWeightsError, match=r"vit\.npz: tensor cls is int32, not float"):
         read_weights(tmp_path / "vit.npz")
