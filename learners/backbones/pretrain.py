@@ -6,11 +6,18 @@ cross-entropy, for a few epochs over the given samples — typically the classes
 session", or other data than the stream that will be learned later. Only the backbone is saved,
 as safetensors, with its config and the training summary in the file's metadata; the file loads
 back through ``BackboneConfig.weights``.
+
+The training samples must hold at least two classes (with one, cross-entropy has no gradient
+and the backbone would stay as initialised). Test accuracy is scored only on the test samples
+of the classes the training samples hold: the temporary head has no row for any other class.
+A loss or weight that turns NaN or infinite stops training with :class:`PretrainDiverged`, so
+a diverged backbone is never returned, let alone saved.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,13 +46,26 @@ METADATA_KEY = "streamcl.pretrain"
 class PretrainConfig(ConfigModel):
     """How long and how fast to pretrain."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     epochs: int = Field(5, gt=0, description="passes over the training samples")
     batch_size: int = Field(64, gt=0)
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
     weight_decay: float = Field(1e-4, ge=0)
     seed: int = Field(0, ge=0, le=MAX_SEED)
+
+
+class PretrainError(ValueError):
+    """Samples that cannot pretrain a backbone."""
+
+
+class PretrainDiverged(PretrainError):
+    """Training diverged: a loss or weight became NaN or infinite."""
+
+    def __init__(self, what: str, epoch: int) -> None:
+        super().__init__(f"training diverged ({what} at epoch {epoch}); lower the learning rate")
+        self.what = what  # "loss nan", "loss inf" or "non-finite weights"
+        self.epoch = epoch
 
 
 @dataclass
@@ -56,12 +76,14 @@ class PretrainResult:
     test_accuracy: float | None
     seconds: float
     epoch_losses: list[float] = field(default_factory=list)
+    test_samples: int = 0  # the test samples scored: those of ``classes``
 
     def summary(self) -> dict[str, Any]:
         return {
             "classes": self.classes,
             "train_accuracy": self.train_accuracy,
             "test_accuracy": self.test_accuracy,
+            "test_samples": self.test_samples,
             "seconds": self.seconds,
             "epoch_losses": self.epoch_losses,
         }
@@ -77,9 +99,17 @@ def pretrain(
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> PretrainResult:
     """Train a fresh backbone (from ``backbone_config``, unfrozen) and a temporary head on
-    ``(x, y)``; report accuracy on ``test`` when given (labels must be among ``y``'s)."""
+    ``(x, y)``; report accuracy on the samples of ``test`` whose labels are among ``y``'s.
+
+    Raises :class:`PretrainError` when ``y`` holds fewer than two classes and
+    :class:`PretrainDiverged` when training diverges."""
     started = time.perf_counter()
     classes = sorted(int(c) for c in torch.unique(y))
+    if len(classes) < 2:
+        raise PretrainError(
+            f"the training samples hold {len(classes)} class(es) {classes}; "
+            "pretraining needs at least 2"
+        )
     # Dataset labels -> head rows 0..K-1.
     lookup = torch.full((max(classes) + 1,), -1, dtype=torch.long)
     lookup[classes] = torch.arange(len(classes))
@@ -91,7 +121,7 @@ def pretrain(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
     generator = torch.Generator().manual_seed(config.seed)
-    targets = lookup[y]
+    targets = lookup[y.long()]
     losses = []
     for epoch in range(config.epochs):
         model.train()
@@ -104,14 +134,25 @@ def pretrain(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(rows)
+            batch_loss = float(loss.detach())
+            if not math.isfinite(batch_loss):
+                raise PretrainDiverged(f"loss {batch_loss}", epoch + 1)
+            total += batch_loss * len(rows)
+        # the last step can break the weights after a finite loss
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise PretrainDiverged("non-finite weights", epoch + 1)
         losses.append(total / len(y))
         if on_epoch is not None:
             on_epoch(epoch, losses[-1])
     train_accuracy = accuracy(model, x, targets, config.batch_size, device)
-    test_accuracy = None
+    test_accuracy, test_samples = None, 0
     if test is not None:
-        test_accuracy = accuracy(model, test[0], lookup[test[1]], config.batch_size, device)
+        known = torch.isin(test[1], torch.tensor(classes, dtype=test[1].dtype))
+        test_samples = int(known.sum())
+        if test_samples:
+            test_accuracy = accuracy(
+                model, test[0][known], lookup[test[1][known].long()], config.batch_size, device
+            )
     backbone.requires_grad_(False)
     return PretrainResult(
         backbone.cpu().eval(),
@@ -120,6 +161,7 @@ def pretrain(
         test_accuracy,
         time.perf_counter() - started,
         losses,
+        test_samples,
     )
 
 

@@ -4,6 +4,9 @@
 
 The weights go to a safetensors file that learners load with ``backbone.weights``. Training is
 ``learners.backbones.pretrain``; this module only reads the command line and the dataset.
+Training samples of fewer than two classes, and training that diverges, are usage errors
+(exit 2, nothing written); the test accuracy counts only the test samples of the classes
+the training samples hold.
 """
 
 from __future__ import annotations
@@ -17,7 +20,12 @@ import torch
 from pydantic import ValidationError
 
 from learners.backbones.backbone import BackboneConfig
-from learners.backbones.pretrain import PretrainConfig, pretrain, save_backbone
+from learners.backbones.pretrain import (
+    PretrainConfig,
+    PretrainDiverged,
+    pretrain,
+    save_backbone,
+)
 from learners.registry import describe_validation_error
 from stream.cli.config_file import load_config_file
 from stream.cli.errors import UsageError
@@ -117,23 +125,37 @@ def run(args: argparse.Namespace) -> int:
     train, test = select(dataset, classes, args.max_samples, args.seed)
     if len(train[1]) == 0:
         raise UsageError(f"--classes {args.classes}: no training samples in {args.dataset}")
+    trained = torch.unique(train[1]).tolist()
+    if len(trained) < 2:
+        raise UsageError(
+            f"the training samples hold only class {trained[0]}; pretraining needs at least 2 "
+            "classes (widen --classes or raise --max-samples)"
+        )
     device = resolve_device(args.device)
     print(
         f"pretraining {args.backbone} on {len(train[1])} samples of {args.dataset} "
         f"(classes {classes if classes else 'all'}), {training.epochs} epochs on {device}"
     )
-    result = pretrain(
-        backbone_config,
-        *train,
-        training,
-        device,
-        test=test if len(test[1]) else None,
-        on_epoch=lambda epoch, loss: print(f"epoch {epoch + 1}: loss {loss:.4f}", flush=True),
-    )
+    try:
+        result = pretrain(
+            backbone_config,
+            *train,
+            training,
+            device,
+            test=test if len(test[1]) else None,
+            on_epoch=lambda epoch, loss: print(f"epoch {epoch + 1}: loss {loss:.4f}", flush=True),
+        )
+    except PretrainDiverged as exc:
+        raise UsageError(
+            f"training diverged ({exc.what} at epoch {exc.epoch}); lower --lr"
+        ) from None
     summary = {**result.summary(), "dataset": args.dataset, "training": training.model_dump()}
     save_backbone(result.backbone, backbone_config, out, summary)
     test_text = (
-        "" if result.test_accuracy is None else f", test accuracy {result.test_accuracy:.3f}"
+        ""
+        if result.test_accuracy is None
+        else f", test accuracy {result.test_accuracy:.3f} "
+        f"(on the {result.test_samples} test samples of the trained classes)"
     )
     print(
         f"train accuracy {result.train_accuracy:.3f}{test_text} in {result.seconds:.0f} s; "

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import json
+import math
 
+import pytest
 import torch
+from pydantic import ValidationError
 from safetensors import safe_open
 
 from learners.backbones.backbone import BackboneConfig, build_backbone
-from learners.backbones.pretrain import METADATA_KEY, PretrainConfig, pretrain, save_backbone
+from learners.backbones.pretrain import (
+    METADATA_KEY,
+    PretrainConfig,
+    PretrainDiverged,
+    PretrainError,
+    pretrain,
+    save_backbone,
+)
 from learners.base import Problem
 from learners.registry import create
 
@@ -58,3 +68,63 @@ def test_pretraining_is_deterministic_under_its_seed():
     a = pretrain(BackboneConfig(hidden=[8], out_dim=4), x.flatten(1), y, config).backbone
     b = pretrain(BackboneConfig(hidden=[8], out_dim=4), x.flatten(1), y, config).backbone
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+MLP = BackboneConfig(hidden=[8], out_dim=4)
+
+
+def test_test_accuracy_counts_only_the_classes_trained_on():
+    # test classes 0 and 8 are not in the training sample: 8 was an IndexError, 0 was scored
+    # against a head row that does not exist (always wrong)
+    x, y = blobs(64, [3, 5])
+    tx, ty = blobs(60, [0, 3, 5, 8], 1)
+    result = pretrain(MLP, x.flatten(1), y, PretrainConfig(epochs=1), test=(tx.flatten(1), ty))
+    known = (ty == 3) | (ty == 5)
+    assert result.test_samples == int(known.sum()) < len(ty)
+    assert result.summary()["test_samples"] == result.test_samples
+    alone = pretrain(
+        MLP, x.flatten(1), y, PretrainConfig(epochs=1), test=(tx[known].flatten(1), ty[known])
+    )
+    assert result.test_accuracy == alone.test_accuracy
+    unknown = pretrain(
+        MLP, x.flatten(1), y, PretrainConfig(epochs=1), test=(tx[~known].flatten(1), ty[~known])
+    )
+    assert unknown.test_accuracy is None and unknown.test_samples == 0
+
+
+def test_fewer_than_two_classes_is_refused():
+    x, y = blobs(16, [4])
+    with pytest.raises(PretrainError, match="1 class"):
+        pretrain(MLP, x.flatten(1), y, PretrainConfig(epochs=1))
+
+
+@pytest.mark.parametrize(("lr", "epoch"), [(1e30, 1), (1e6, 2)])
+def test_divergence_is_one_error_and_no_backbone(lr, epoch):
+    x, y = blobs(64, [0, 1])
+    with pytest.raises(PretrainDiverged, match=rf"loss nan at epoch {epoch}\)") as caught:
+        pretrain(MLP, x.flatten(1), y, PretrainConfig(epochs=2, batch_size=16, lr=lr))
+    assert caught.value.epoch == epoch and caught.value.what == "loss nan"
+
+
+@pytest.mark.parametrize(
+    "options", [{"lr": math.inf}, {"lr": math.nan}, {"weight_decay": math.inf}]
+)
+def test_non_finite_options_are_refused(options):
+    with pytest.raises(ValidationError, match="finite number"):
+        PretrainConfig(**options)
+
+
+def test_weights_broken_by_the_last_step_are_divergence(monkeypatch):
+    # one step per epoch: its loss is computed before the step that breaks the weights
+    step = torch.optim.AdamW.step
+
+    def breaking_step(self, *args, **kwargs):
+        out = step(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].fill_(math.inf)
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", breaking_step)
+    x, y = blobs(16, [0, 1])
+    with pytest.raises(PretrainDiverged, match=r"non-finite weights at epoch 1\)"):
+        pretrain(MLP, x.flatten(1), y, PretrainConfig(epochs=1, batch_size=16))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from safetensors import safe_open
 
+from learners.backbones.pretrain import METADATA_KEY
 from stream.cli.commands.pretrain import parse_classes
 from stream.cli.errors import UsageError
 from tests.support.cli_runner import streamcl
@@ -54,6 +56,10 @@ def test_pretrain_a_first_session_then_replay_with_the_weights(tmp_path):
         (["--classes", "0-12"], "outside the dataset's classes 0-9"),
         (["--classes", "a"], "not a class id"),
         (["--out", "w.pt"], "written as .safetensors"),
+        (["--lr", "inf"], "lr: Input should be a finite number"),
+        (["--classes", "3"], "only class 3; pretraining needs at least 2 classes"),
+        (["--max-samples", "1"], "pretraining needs at least 2 classes"),
+        (["--lr", "1e6", "--epochs", "1"], "training diverged (loss nan at epoch 1); lower --lr"),
     ],
 )
 def test_bad_usage_is_one_line_exit_2(tmp_path, args, message):
@@ -64,6 +70,19 @@ def test_bad_usage_is_one_line_exit_2(tmp_path, args, message):
     done = streamcl("pretrain", *argv, cwd=tmp_path)
     assert done.returncode == 2
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("*.safetensors"))  # nothing written
+
+
+def test_a_sample_missing_test_classes_scores_only_the_trained_ones(tmp_path):
+    done = streamcl(
+        "pretrain", "--dataset", "digits", "--backbone", "mlp", "--max-samples", "3",
+        "--epochs", "1", "--out", "w/t.safetensors", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "test samples of the trained classes" in done.stdout
+    with safe_open(str(tmp_path / "w" / "t.safetensors"), "pt") as f:
+        meta = json.loads(f.metadata()[METADATA_KEY])
+    assert 0 < meta["test_samples"] < 355  # of the 355 test samples of digits, 10 classes
 
 
 def test_replay_with_misfit_weights_is_exit_2(tmp_path):
