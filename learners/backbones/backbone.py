@@ -31,7 +31,7 @@ Width = Annotated[int, Field(gt=0)]
 class ViTOptions(ConfigModel):
     """The size of the ``vit`` backbone (``learners.backbones.vit``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     patch_size: int = Field(4, gt=0, description="square patch side in pixels")
     embed_dim: int = Field(64, gt=0, description="token width (the feature size)")
@@ -47,7 +47,7 @@ class BackboneError(ValueError):
 class BackboneConfig(ConfigModel):
     """Which backbone to build and how big."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: Literal["identity", "mlp", "cnn", "vit", "timm"] = "mlp"
     hidden: list[Width] = Field(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from pydantic import BaseModel
@@ -133,3 +135,11 @@ def test_a_boolean_where_a_number_goes_is_refused(options):
     """pydantic's lax mode read ``{"lr": true}`` as a learning rate of 1.0."""
     with pytest.raises(LearnerConfigError, match="true is not a number"):
         registry.validate_config("er", options)
+
+
+@pytest.mark.parametrize("value", [math.inf, math.nan])
+def test_a_backbone_size_that_is_not_finite_is_refused(value):
+    """The learner's own options refused inf and NaN, its backbone's did not: a ViT with an
+    infinite MLP ratio was accepted until it was built."""
+    with pytest.raises(LearnerConfigError, match=r"backbone\.vit\.mlp_ratio"):
+        registry.validate_config("nmc", {"backbone": {"name": "vit", "vit": {"mlp_ratio": value}}})
