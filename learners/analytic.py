@@ -105,6 +105,8 @@ class AnalyticLearner(Learner, FusedPrediction):
     and the update of a batch (the engine predicts every batch before learning it).
     """
 
+    frozen_backbone = True
+
     config: AnalyticConfig
     buffer_activation: ClassVar[Activation] = "relu"
     # a restored head factorises its statistics afresh, where the live one kept a factorisation

@@ -192,6 +192,9 @@ class Learner(ABC):
     # How far (relative) a restored learner's scores may be from the uninterrupted learner's:
     # 0 (bit-identical) unless a cache the checkpoint leaves out is exact only to rounding.
     restore_tolerance: ClassVar[float] = 0.0
+    # True where the learner freezes its backbone whatever ``backbone.freeze`` says (it learns
+    # statistics over fixed features, no backbone weights); ``streamcl learners`` says so.
+    frozen_backbone: ClassVar[bool] = False
 
     def __init__(self, problem: Problem, config: LearnerConfig) -> None:
         self.problem = problem

@@ -48,6 +48,7 @@ class NMC(Learner, DriftAdaptive, Mergeable, AdditiveStatistics, FusedPrediction
 
     name = "nmc"
     config_model = NMCConfig
+    frozen_backbone = True
     config: NMCConfig
     drift_actions = frozenset({DriftAction.RESET})
 

@@ -54,6 +54,7 @@ class SLDA(Learner, Mergeable, MomentStatistics):
 
     name = "slda"
     config_model = SLDAConfig
+    frozen_backbone = True
     config: SLDAConfig
 
     def __init__(self, problem: Problem, config: SLDAConfig) -> None:

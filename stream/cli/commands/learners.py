@@ -17,15 +17,23 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def describe_options(
-    model: type[BaseModel], prefix: str = "", defaults: BaseModel | None = None
+    model: type[BaseModel],
+    prefix: str = "",
+    defaults: BaseModel | None = None,
+    fixed: dict[str, str] | None = None,
 ) -> list[str]:
     """One line per option, nested models as dotted names.
 
     ``defaults`` is the nested model's default instance in its parent (a learner may default its
-    backbone to ``identity`` while ``BackboneConfig`` itself defaults to ``mlp``).
+    backbone to ``identity`` while ``BackboneConfig`` itself defaults to ``mlp``). ``fixed``:
+    dotted options the learner sets itself whatever they say, with what it sets them to.
     """
+    fixed = fixed or {}
     lines = []
     for name, field in model.model_fields.items():
+        if f"{prefix}{name}" in fixed:
+            lines.append(f"    {prefix}{name}: {fixed[f'{prefix}{name}']}")
+            continue
         annotation = field.annotation
         default = (
             getattr(defaults, name)
@@ -33,7 +41,7 @@ def describe_options(
             else field.get_default(call_default_factory=True)
         )
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            lines += describe_options(annotation, f"{prefix}{name}.", default)
+            lines += describe_options(annotation, f"{prefix}{name}.", default, fixed)
             continue
         description = f"  {field.description}" if field.description else ""
         shown = "(required)" if field.is_required() else repr(default)
@@ -52,7 +60,12 @@ def run(args: argparse.Namespace) -> int:
         cls = registry.get(name.split(":<")[0] + (":x" if ":<" in name else ""))
         summary = (inspect.getdoc(cls) or "").splitlines()[0] if cls.__doc__ else ""
         print(f"{name}  —  {summary}")
-        for line in describe_options(cls.config_model):
+        fixed = (
+            {"backbone.freeze": "always true  this learner learns no backbone weights"}
+            if cls.frozen_backbone
+            else None
+        )
+        for line in describe_options(cls.config_model, fixed=fixed):
             print(line)
         print()
     return 0
