@@ -256,7 +256,7 @@ class ReplayTraining:
             wanted = replay + (0 if keep is None else len(y) - len(by))
             stream_rows = len(by)
             if wanted > 0 and len(self.memory) > 0:
-                mx, my, mlevel = self.memory.sample(wanted, query=x)
+                mx, my, mlevel = self.memory.sample(wanted, query=x, query_stored=memory_first)
                 bx = torch.cat([bx, mx.to(self.device, torch.float32)])
                 by = torch.cat([by, my.to(self.device)])
                 blevel = torch.cat([blevel, mlevel.to(self.device)])

@@ -318,21 +318,26 @@ class ReplayMemory:
         self.importance.update(torch.cat(losses).cpu())
 
     def sample(
-        self, n: int, query: torch.Tensor | None = None
+        self, n: int, query: torch.Tensor | None = None, query_stored: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(x, y, level)`` of ``min(n, len(self))`` distinct stored samples (see
         :meth:`sample_batch`)."""
-        slots = self._draw(n, query)
+        slots = self._draw(n, query, query_stored)
         assert self.x is not None
         return self.x[slots], self.y[slots], self.level[slots]
 
-    def sample_batch(self, n: int, query: torch.Tensor | None = None) -> ReplayBatch:
+    def sample_batch(
+        self, n: int, query: torch.Tensor | None = None, query_stored: bool = False
+    ) -> ReplayBatch:
         """``min(n, len(self))`` distinct stored samples chosen by the configured retrieval.
 
         ``query`` is the current stream batch's inputs; ``nearest`` retrieval needs it (and
         embeds it), the other modes ignore it, so a learner may always pass it.
+        ``query_stored``: the query batch was the last one added (a learner that stores the
+        stream batch before its steps); ``nearest`` then leaves its samples out, else each
+        would be its own query's nearest and the replay a copy of the stream batch.
         """
-        slots = self._draw(n, query)
+        slots = self._draw(n, query, query_stored)
         assert self.x is not None
         return ReplayBatch(
             self.x[slots],
@@ -343,7 +348,7 @@ class ReplayMemory:
             slots,
         )
 
-    def _draw(self, n: int, query: torch.Tensor | None) -> torch.Tensor:
+    def _draw(self, n: int, query: torch.Tensor | None, query_stored: bool = False) -> torch.Tensor:
         """The slots of a replay batch (one training step, for CLIB's importance)."""
         self._measure_importance()
         n = min(n, self.size)
@@ -355,7 +360,9 @@ class ReplayMemory:
                 raise ValueError("retrieval 'nearest' needs the stream batch: sample(n, query=x)")
             assert self.index is not None
             queries = self._embed_inputs(query.detach())
-            slots = retrieval.nearest(self.index, queries, n, self.generator)
+            # the query batch's own samples: the last len(query) arrivals, where stored
+            own = self.arrival[: self.size] >= self.seen - len(query) if query_stored else None
+            slots = retrieval.nearest(self.index, queries, n, self.generator, own)
         elif mode == "class_balanced":
             slots = retrieval.balanced(self.keys[: self.size], n, self.generator)
         elif mode == "per_level":

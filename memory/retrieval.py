@@ -55,19 +55,35 @@ def balanced(groups: torch.Tensor, n: int, generator: torch.Generator) -> torch.
 
 
 def nearest(
-    index: EmbeddingIndex, queries: torch.Tensor, n: int, generator: torch.Generator
+    index: EmbeddingIndex,
+    queries: torch.Tensor,
+    n: int,
+    generator: torch.Generator,
+    exclude: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``n`` distinct slots nearest to ``queries`` (embeddings ``[B, d]``), rank by rank."""
+    """``n`` distinct slots nearest to ``queries`` (embeddings ``[B, d]``), rank by rank.
+
+    ``exclude`` (a mask over the slots) marks the queries' own samples where they are stored
+    already: each would be its own query's nearest, a copy of the stream batch instead of a
+    replay. They are taken last, only when nothing else is left."""
     n = min(n, index.size)
-    _, found = index.search(queries, n)
-    ranked = found.T.reshape(-1).numpy()
-    ranked = ranked[ranked >= 0]
+    skipped = np.zeros(index.size, dtype=bool) if exclude is None else exclude.numpy()
+    _, found_tensor = index.search(queries, min(n + int(skipped.sum()), index.size))
+    found = found_tensor.numpy()
+    # each query's neighbours that count (found, not left out), moved to the front in order,
+    # so that rank r is every query's r-th of those
+    usable = (found >= 0) & ~skipped[np.maximum(found, 0)]
+    order = np.argsort(~usable, axis=1, kind="stable")
+    found, usable = np.take_along_axis(found, order, 1), np.take_along_axis(usable, order, 1)
+    ranked = found.T.reshape(-1)[usable.T.reshape(-1)]
     _, first = np.unique(ranked, return_index=True)
     chosen = torch.from_numpy(ranked[np.sort(first)][:n])
     if len(chosen) < n:
         rest = torch.ones(index.size, dtype=torch.bool)
         rest[chosen] = False
-        others = torch.nonzero(rest).flatten()
-        fill = others[torch.randperm(len(others), generator=generator)[: n - len(chosen)]]
-        chosen = torch.cat([chosen, fill])
+        fill = []
+        for group in (rest & ~torch.from_numpy(skipped), rest & torch.from_numpy(skipped)):
+            members = torch.nonzero(group).flatten()
+            fill.append(members[torch.randperm(len(members), generator=generator)])
+        chosen = torch.cat([chosen, torch.cat(fill)[: n - len(chosen)]])
     return chosen

@@ -156,9 +156,11 @@ def test_memory_first_replays_a_batchs_own_samples_in_its_first_step():
         sizes: list[int] = []
         sample = learner.memory.sample
 
-        def counting(n, query=None, memory=learner.memory, sample=sample, sizes=sizes):
+        def counting(
+            n, query=None, query_stored=False, memory=learner.memory, sample=sample, sizes=sizes
+        ):
             sizes.append(len(memory))
-            return sample(n, query)
+            return sample(n, query, query_stored)
 
         learner.memory.sample = counting
         learner.learn(*labelled(0, [0, 1] * 4, seed=0), iterations=1)

@@ -121,6 +121,28 @@ def test_refresh_can_be_turned_off_and_done_at_once():
     assert torch.allclose(memory.index.vectors[:20], -memory.x[:20, :4])
 
 
+def test_nearest_replay_of_a_batch_already_stored_leaves_that_batch_out():
+    """A learner that stores the stream batch before its steps (pl-fms) asked for the batch's
+    nearest samples: each was its own nearest, and 95% of the "replay" was the stream batch."""
+    backbone = Backbone()
+    memory = ReplayMemory(MemoryConfig(capacity=100, retrieval="nearest"), 0, embed=backbone.embed)
+    old, y_old, level_old = stream(40, seed=8)
+    new, y_new, level_new = stream(16, seed=9)
+    memory.add(old, y_old, level_old)
+    memory.add(new, y_new, level_new)
+    batch = memory.sample_batch(16, query=new)
+    assert (batch.arrival >= 40).all()  # without saying so: the batch itself, at distance 0
+    batch = memory.sample_batch(16, query=new, query_stored=True)
+    assert (batch.arrival < 40).all() and len(batch.slots.unique()) == 16
+    # rank by rank: every query's nearest older sample is among them
+    nearest = torch.cdist(backbone.embed(new), backbone.embed(old)).argmin(1)
+    assert set(nearest.tolist()) <= set(batch.arrival.tolist())
+    # with nothing else stored, the batch's own samples are all there is
+    only = ReplayMemory(MemoryConfig(capacity=100, retrieval="nearest"), 0, embed=backbone.embed)
+    only.add(new, y_new, level_new)
+    assert len(only.sample_batch(10, query=new, query_stored=True).slots.unique()) == 10
+
+
 def test_embeddings_are_only_computed_when_retrieval_needs_them():
     backbone = Backbone()
     memory = ReplayMemory(MemoryConfig(capacity=20), seed=0, embed=backbone.embed)
