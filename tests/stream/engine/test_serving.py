@@ -181,10 +181,12 @@ def test_a_sequential_learner_serves_and_learns_joined_labels():
     assert (serving.request(np.arange(3, 6), x, now=2.0).predicted >= 0).all()
 
 
-@pytest.mark.parametrize("name", ["nmc", "acil", "aef-ocl"])
-def test_where_joined_labels_are_flushed_does_not_change_these_learners(name):
-    """docs/serving.md names the learners whose model does not depend on how joined samples
-    are cut into micro-batches (the daemon also flushes at the end of each poll)."""
+@pytest.mark.parametrize(("name", "rtol"), [("nmc", 0), ("acil", 1e-12), ("aef-ocl", 1e-12)])
+def test_where_joined_labels_are_flushed_does_not_change_these_learners(name, rtol):
+    """These learners' models do not depend on how joined samples are cut into micro-batches
+    (the daemon may flush when a poll ends on an idle topic): nmc's class sums exactly, the
+    ridge heads' statistics to rounding (the Gram products of other cuts add in another order,
+    which on some CPUs' BLAS kernels differs in the last bit)."""
     problem = Problem(input_shape=(4,), num_classes=(3,))
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(12, 4)).astype(np.float32), rng.integers(0, 3, 12)
@@ -203,7 +205,7 @@ def test_where_joined_labels_are_flushed_does_not_change_these_learners(name):
 
     one, other = learned(5), learned(-1)
     for key, tensor in one.items():
-        assert torch.equal(tensor, other[key]), key
+        torch.testing.assert_close(tensor, other[key], rtol=rtol, atol=0, msg=key)
 
 
 def test_a_queue_written_with_a_larger_batch_size_is_restored_and_learned():
