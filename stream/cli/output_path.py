@@ -25,12 +25,19 @@ def writable_file(path: str | Path, flag: str = "--out") -> Path:
     file = Path(path)
     if file.is_dir():
         raise UsageError(f"{flag} {file}: is a directory, a file name is needed")
-    if file.exists() and not file.is_file():
-        # the result is renamed over it: a device (/dev/full, /dev/stdout), a FIFO or a socket
-        # would be replaced by a regular file, which for root means the device is gone
-        raise UsageError(f"{flag} {file}: exists and is not a regular file; name a file")
     _make(file.parent, f"{flag} {file}")
     return file
+
+
+def replaceable_file(path: str | Path, flag: str = "--out") -> Path:
+    """:func:`writable_file` for a result renamed over ``path`` when done: an existing device
+    (``/dev/full``, ``/dev/stdout``), FIFO or socket there would be replaced by a regular file
+    (for root: the device gone), so it is refused. (A command that writes in place, such as
+    ``schedule``, may write to those.)"""
+    file = Path(path)
+    if file.exists() and not file.is_dir() and not file.is_file():
+        raise UsageError(f"{flag} {file}: exists and is not a regular file; name a file")
+    return writable_file(file, flag)
 
 
 def not_inside(out: Path, directory: str | Path, what: str, flag: str = "--out") -> None:

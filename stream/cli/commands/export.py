@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
-from stream.cli.output_path import not_inside, writable_file
+from stream.cli.output_path import not_inside, replaceable_file
 from stream.runs.served_model import export, from_checkpoint, read_key
 
 
@@ -31,10 +32,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = writable_file(args.out)
-    sidecar = writable_file(out.with_suffix(".json"), "--out's sidecar")
-    for path, flag in ((out, "--out"), (sidecar, "--out's sidecar")):
+    wanted = Path(args.out)
+    for path, flag in ((wanted, "--out"), (wanted.with_suffix(".json"), "--out's sidecar")):
         not_inside(path, args.checkpoint, "the checkpoint directory", flag)
+    out = replaceable_file(wanted)
+    replaceable_file(out.with_suffix(".json"), "--out's sidecar")
     key = read_key(args.key_file, os.environ)
     model = from_checkpoint(args.checkpoint, key)
     path, sidecar = export(model, out, key)

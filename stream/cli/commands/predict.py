@@ -14,8 +14,8 @@ from stream.cli.errors import UsageError
 from stream.cli.output_path import (
     not_an_input,
     not_inside,
+    replaceable_file,
     replaced_when_done,
-    writable_file,
 )
 from stream.data.datasets import as_float_tensor, load_dataset
 from stream.data.stream_file import read_stream
@@ -52,7 +52,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.top_k is not None and args.top_k <= 0:
         raise UsageError(f"--top-k must be positive, got {args.top_k}")
-    out = writable_file(args.out)
+    if args.checkpoint is not None:
+        not_inside(Path(args.out), args.checkpoint, "the checkpoint directory")
+    out = replaceable_file(args.out)
     model_file = None if args.model is None else Path(args.model)
     not_an_input(
         out,
@@ -63,8 +65,6 @@ def run(args: argparse.Namespace) -> int:
             "the key file": args.key_file,
         },
     )
-    if args.checkpoint is not None:
-        not_inside(out, args.checkpoint, "the checkpoint directory")
     key = read_key(args.key_file, os.environ)
     model: ServedModel = (
         from_checkpoint(args.checkpoint, key) if args.checkpoint else from_file(args.model, key)

@@ -662,6 +662,7 @@ def test_predict_and_export_write_neither_into_the_checkpoint_directory_nor_over
     directory = tmp_path / "ckpt"
     shutil.copytree(tmp / "ckpt", directory)
     before = {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+    listed = sorted(p.relative_to(directory) for p in directory.rglob("*"))
     newest = directory / max(name for name in before if name.endswith(".sclckpt"))
     checkpoint = ["--checkpoint", str(directory)]
     for command in (["predict", str(stream_path)], ["export"]):
@@ -670,6 +671,7 @@ def test_predict_and_export_write_neither_into_the_checkpoint_directory_nor_over
             err = capsys.readouterr().err
             assert err.count("\n") == 1 and "is inside the checkpoint directory" in err
     assert {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()} == before
+    assert sorted(p.relative_to(directory) for p in directory.rglob("*")) == listed  # no sub/
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     # (a FIFO of the test's own: a device tried as root would be replaced if this regressed)
