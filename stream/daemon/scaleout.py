@@ -241,6 +241,13 @@ class ScaleOutDaemon(Daemon):
                 problem=problem or "another rank could not use it",
             )
             return False
+        # counters continue only now: an epoch another rank cannot use is retried with an
+        # older one, and counting them here first would count them twice
+        if self._restored_own:
+            self._telemetry_observer.restore(self.loop)
+            self.telemetry.restore_invalid_messages(dict(self.invalid))
+            if self.predictions is not None:
+                self.predictions.continue_counters()
         if epoch > 0:  # a global checkpoint (not a single daemon's, taken over)
             self.poison.prune(self.world.rank, restored_offsets(manifest["offsets"]))
         return True
@@ -249,6 +256,7 @@ class ScaleOutDaemon(Daemon):
         epoch = int(manifest["epoch"])
         # what an epoch tried before may have set (the model was rebuilt since)
         self.messages, self.invalid = 0, Counter()
+        self._restored_own = False
         self._history_at = {"file": 1, "bytes": 0}
         offsets = restored_offsets(manifest["offsets"])
         self.poison = PoisonLog(self.config.checkpoint.dir, self.topic)
@@ -273,12 +281,8 @@ class ScaleOutDaemon(Daemon):
             self._absorb_dropped(int(manifest["world_size"]), shard)
         if self.predictions is not None:
             self._restore_serving(manifest, own, shard)
-        # last, once nothing can fail: counters that a retried epoch would count twice
-        if own is not None:
-            self._telemetry_observer.restore(self.loop)
-            self.telemetry.restore_invalid_messages(dict(self.invalid))
-            if self.predictions is not None:
-                self.predictions.continue_counters()
+        # what _resume_epoch exports once every rank could use the epoch
+        self._restored_own = own is not None
         if self._poisoned:
             log.warning(
                 "poisoned_messages_skipped", rank=self.world.rank, count=len(self._poisoned)

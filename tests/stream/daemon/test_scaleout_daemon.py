@@ -225,6 +225,17 @@ def test_an_epoch_a_rank_cannot_use_is_passed_over_by_every_rank(tmp_path):
     (store.epoch_dir(newest) / "MANIFEST.json").write_text(json.dumps(manifest))
     daemons = run_group(cfg, topic, ranks=2, rounds=14)
     assert daemons[0].epoch > newest  # resumed from ``before``, then wrote epochs of its own
+    # the counters continued from ``before`` alone: rank 0, which could use ``newest``, did
+    # not count that epoch's samples first
+    exported = [
+        sample.value
+        for daemon in daemons
+        for metric in daemon.telemetry.registry.collect()
+        if metric.name == "streamcl_samples"
+        for sample in metric.samples
+        if sample.name == "streamcl_samples_total"
+    ]
+    assert sum(exported) == len(y), exported
     model = daemons[0].learner
     alone = registry.create("nmc", PROBLEM, {})
     alone.learn(torch.from_numpy(x), torch.from_numpy(y), torch.zeros(len(y), dtype=torch.long))
