@@ -14,13 +14,18 @@ it has not progressed for ``stall_seconds``, with the details as JSON; see
 longest single learner update or evaluation the process does, or a slow but working loop is
 reported stalled.
 
-Every byte a client sends is hostile until proven otherwise. Connections are read by one
-asyncio event loop, not a thread each, so idle or half-sent requests cost a few KiB, not a
-thread: a request must arrive whole (request line and headers within ``max_header_bytes``, a
-body within ``max_body_bytes``) within ``request_timeout`` seconds or the connection is closed;
-at most ``max_connections`` are open, and a new one beyond that closes the oldest that has not
-finished sending its request (so a flood of idle connections cannot lock a scraper out). Only
-a complete request reaches a handler, which runs on a small thread pool.
+Every byte a client sends is hostile until proven otherwise. Connections are accepted and read
+by one asyncio event loop, not a thread each, so idle or half-sent requests cost a few KiB, not
+a thread. A connection counts from its accept (its TLS handshake included): at most
+``max_connections`` are open, and a new one beyond that ends the oldest that has not finished
+sending its request, or is still sending a body it was refused for (so a flood of idle
+connections, stalled handshakes or trickled refused uploads cannot lock a scraper out); while
+every open one is being answered, a newcomer gets 503. A request must arrive whole (request
+line and headers within ``max_header_bytes``, a body within ``max_body_bytes``) within
+``request_timeout`` seconds, else it gets 408. Credentials are checked as soon as the headers are
+read, before anything route-specific is said (a 411, a 413 with the route's limit, a ``100
+Continue``) or any body is read. Only a complete request reaches a handler, which runs on a
+small thread pool. A close waits a second at most for the peer (a TLS close_notify).
 
 Optional TLS (``EndpointSecurity.tls``) and authentication (a bearer token or a basic-auth
 pair, compared in constant time) apply to every route, those added later with
@@ -45,6 +50,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
@@ -63,6 +69,7 @@ _VERSIONS = ("HTTP/1.0", "HTTP/1.1")
 # What a refused client may still send before its connection closes (see _discard).
 DISCARD_BYTES = 64 << 20
 DISCARD_IDLE_SECONDS = 1.0
+LISTEN_BACKLOG = 128
 
 _REASONS = {
     200: "OK",
@@ -191,12 +198,17 @@ class MetricsServer:
         # per route: its own body limit and its own answer to a request refused before it
         self._body_limits: dict[tuple[str, str], int] = {}
         self._refusals: dict[tuple[str, str], Refusal] = {}
-        self._pending: OrderedDict[int, asyncio.StreamWriter] = OrderedDict()
+        # connections still sending their request (or a body refused), oldest first: the
+        # first to go when connections run out
+        self._pending: OrderedDict[int, asyncio.Task[None]] = OrderedDict()
+        self._turned_away = 0
         self._open = 0
-        self._discarding: set[asyncio.Task[None]] = set()  # refused clients read on (_discard)
+        # every connection's task (and those turned away), cancelled when the server stops
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._executor = ThreadPoolExecutor(limits.handler_threads, "streamcl-http")
         self._loop = asyncio.new_event_loop()
-        self._server: asyncio.AbstractServer | None = None
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
         self.host, self.port = "", 0
 
@@ -249,16 +261,11 @@ class MetricsServer:
             self._executor.shutdown()
             reason = exc.strerror or str(exc)
             raise MetricsServerError(f"cannot serve metrics on {host}:{port}: {reason}") from None
-        self._server = self._loop.run_until_complete(
-            asyncio.start_server(
-                self._connection,
-                sock=listener,
-                ssl=self.security.tls,
-                ssl_handshake_timeout=self.limits.request_timeout if self.security.tls else None,
-                limit=self.limits.max_header_bytes,
-            )
-        )
-        address = self._server.sockets[0].getsockname()
+        listener.listen(LISTEN_BACKLOG)
+        listener.setblocking(False)
+        self._listener = listener
+        self._accepting = self._loop.create_task(self._accept(listener))
+        address = listener.getsockname()
         self.host, self.port = str(address[0]), int(address[1])
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="streamcl-metrics", daemon=True
@@ -281,14 +288,12 @@ class MetricsServer:
         self._executor.shutdown(wait=True)
 
     async def _shutdown(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._pending.values()):
-            writer.close()
-        for task in list(self._discarding):
+        assert self._accepting is not None and self._listener is not None
+        self._accepting.cancel()
+        for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._discarding, return_exceptions=True)
-        await self._server.wait_closed()
+        await asyncio.gather(self._accepting, *self._tasks, return_exceptions=True)
+        self._listener.close()
 
     def __enter__(self) -> MetricsServer:
         return self
@@ -298,79 +303,130 @@ class MetricsServer:
 
     # -- one connection -------------------------------------------------------------------
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        key = id(writer)
+    async def _accept(self, listener: socket.socket) -> None:
+        """Accept connections and hand each to its own task. asyncio's own server runs the TLS
+        handshake before handing a connection over, so connections in their handshake (each
+        with a 256 KiB buffer) were not counted: here every connection counts from its accept."""
+        while True:
+            try:
+                connection, _ = await self._loop.sock_accept(listener)
+            except OSError as exc:  # out of file descriptors: the backlog waits a moment
+                log.warning("accept_failed", problem=exc.strerror or str(exc))
+                await asyncio.sleep(DISCARD_IDLE_SECONDS)
+                continue
+            task = self._loop.create_task(self._connection(connection))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _connection(self, connection: socket.socket) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        key = id(task)
         if self._open >= self.limits.max_connections:
             if not self._pending:  # every connection is being answered: refuse this one
-                await self._turn_away(reader, writer)
+                await self._turn_away(connection)
                 return
             _, oldest = self._pending.popitem(last=False)
-            oldest.close()  # its read fails and its task ends
+            oldest.cancel()  # its handshake, read or discard ends, and it closes
             log.debug("connection_evicted", open=self._open)
         self._open += 1
-        self._pending[key] = writer
-        peer = writer.get_extra_info("peername")
-        client = str(peer[0]) if peer else "?"
+        self._pending[key] = task
+        try:
+            client = str(connection.getpeername()[0])
+        except OSError:
+            client = "?"
         head: list[tuple[str, str, dict[str, str]]] = []  # the request's head, once read
+        writer: asyncio.StreamWriter | None = None
         try:
             try:
-                request = await asyncio.wait_for(
-                    self._read(reader, writer, client, head), self.limits.request_timeout
-                )
+                async with asyncio.timeout(self.limits.request_timeout):
+                    reader, writer = await self._streams(connection, self.security.tls)
+                    request = await self._read(reader, writer, client, head)
             except TimeoutError:
-                # Not evicted (that closes the connection, failing the read): too slow.
                 self._pending.pop(key, None)
+                if writer is None:
+                    return  # the TLS handshake did not end: nothing can be said
                 late = f"the request did not arrive whole within {self.limits.request_timeout:g} s"
                 await self._send(writer, self._refusal(_BadRequest(408, late, *head[:1])))
                 return
             except _BadRequest as exc:
                 self._pending.pop(key, None)
+                assert writer is not None
                 await self._send(writer, self._refusal(exc))
-                if exc.status == 413:
+                if exc.status in (401, 413):
                     # A client still sending the body it was refused for would see the
                     # connection reset, not the answer: read on for a while, then close.
                     # It has its answer, so it is the first to close when connections run
-                    # out, as a half-sent request is: 413s cannot take every place.
-                    self._pending[key] = writer
-                    task = asyncio.current_task()
-                    assert task is not None
-                    self._discarding.add(task)
-                    try:
-                        await self._discard(reader)
-                    finally:
-                        self._discarding.discard(task)
+                    # out: refused uploads cannot take every place.
+                    self._pending[key] = task
+                    self._pending.move_to_end(key, last=False)
+                    await self._discard(reader)
                 return
             self._pending.pop(key, None)
             response = await self._loop.run_in_executor(self._executor, self._answer, request)
             await self._send(writer, response)
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, OSError):
             log.debug("connection_dropped", client=client)
+        except asyncio.CancelledError:
+            pass  # evicted, or the server stops
         finally:
             self._pending.pop(key, None)
+            if writer is None:
+                connection.close()
+            else:
+                await self._close(writer)
             self._open -= 1
-            writer.close()
 
-    async def _turn_away(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _streams(
+        self, connection: socket.socket, tls: ssl.SSLContext | None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A reader and writer over an accepted connection, after the TLS handshake where TLS
+        is on."""
+        reader = asyncio.StreamReader(limit=self.limits.max_header_bytes)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        transport, _ = await self._loop.connect_accepted_socket(
+            lambda: protocol,
+            connection,
+            ssl=tls,
+            ssl_handshake_timeout=self.limits.request_timeout if tls else None,
+        )
+        return reader, asyncio.StreamWriter(transport, protocol, reader, self._loop)
+
+    async def _close(self, writer: asyncio.StreamWriter) -> None:
+        """Close, waiting a moment at most for the peer (a TLS close waits for its
+        close_notify, 30 s by default, while the connection holds its buffers)."""
+        writer.close()
+        try:
+            await asyncio.wait_for(writer.wait_closed(), DISCARD_IDLE_SECONDS)
+        except (TimeoutError, ConnectionError, ssl.SSLError, OSError, asyncio.CancelledError):
+            writer.transport.abort()
+
+    async def _turn_away(self, connection: socket.socket) -> None:
         """503 to a connection beyond the cap while every open one is being answered. Its
         request is read (for a second at most) before closing, else the close would reset the
         connection and the client might never see the 503; beyond ``max_connections`` such
-        connections at once, they are closed as they come."""
-        writer.write(_encode(_BUSY))
-        task = asyncio.current_task()
-        assert task is not None
-        if len(self._discarding) >= self.limits.max_connections:
-            writer.close()
+        connections at once, they are closed as they come. Over TLS, where nothing can be said
+        before a handshake, the connection is closed at once."""
+        if self.security.tls is not None or self._turned_away >= self.limits.max_connections:
+            connection.close()
             return
-        self._discarding.add(task)
+        self._turned_away += 1
+        writer: asyncio.StreamWriter | None = None
         try:
-            with contextlib.suppress(TimeoutError, ConnectionError, OSError):
-                if writer.can_write_eof():
-                    writer.write_eof()
-                async with asyncio.timeout(DISCARD_IDLE_SECONDS):
-                    await reader.read(self.limits.max_header_bytes)
+            reader, writer = await self._streams(connection, None)
+            writer.write(_encode(_BUSY))
+            if writer.can_write_eof():
+                writer.write_eof()
+            async with asyncio.timeout(DISCARD_IDLE_SECONDS):
+                await reader.read(self.limits.max_header_bytes)
+        except (TimeoutError, ConnectionError, OSError, asyncio.CancelledError):
+            pass  # the 503 went as far as it could; or the server stops
         finally:
-            self._discarding.discard(task)
-            writer.close()
+            self._turned_away -= 1
+            if writer is None:
+                connection.close()
+            else:
+                writer.close()
 
     async def _discard(self, reader: asyncio.StreamReader) -> None:
         """Read and drop what the client still sends, up to :data:`DISCARD_BYTES` and the
@@ -423,6 +479,9 @@ class MetricsServer:
                     raise _BadRequest(400, "conflicting Content-Length headers", asked)
                 headers[name] = value
         head.append(asked)
+        if not self.security.allows(headers.get("authorization")):
+            # before anything about the route (its body limit, a 411) or any body is read
+            raise _BadRequest(401, "unauthorized")
         if (method, path) in self.routes and method in ("POST", "PUT", "PATCH"):
             # a body is read by its length only (chunks are not decoded): 411 without one
             if "transfer-encoding" in headers:
@@ -437,7 +496,7 @@ class MetricsServer:
         limit = self._body_limits.get((method, path), self.limits.max_body_bytes)
         if length > limit:
             raise _BadRequest(413, f"{length} bytes, the limit is {limit}", asked)
-        if length and headers.get("expect", "").lower() == "100-continue":
+        if length and version == "HTTP/1.1" and headers.get("expect", "").lower() == "100-continue":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits a second without it
         body = await reader.readexactly(length) if length else b""
         return Request(method, path, headers, body, client)
@@ -445,6 +504,8 @@ class MetricsServer:
     def _refusal(self, refused: _BadRequest) -> Response:
         """The answer to a request refused before its route: the route's own, when it has one
         and the client may use it, else plain text."""
+        if refused.status == 401:
+            return self._unauthorized()
         if refused.head is not None:
             method, path, headers = refused.head
             refuse = self._refusals.get((method, path))
@@ -452,15 +513,15 @@ class MetricsServer:
                 return refuse(refused.status, str(refused))
         return Response(refused.status, "text/plain; charset=utf-8", f"{refused}\n".encode())
 
-    def _answer(self, request: Request) -> Response:
+    def _unauthorized(self) -> Response:
         challenge = self.security.challenge()
-        if challenge is not None and not self.security.allows(request.headers.get("authorization")):
-            return Response(
-                401,
-                "text/plain; charset=utf-8",
-                b"unauthorized\n",
-                (("WWW-Authenticate", challenge),),
-            )
+        assert challenge is not None
+        return Response(
+            401, "text/plain; charset=utf-8", b"unauthorized\n", (("WWW-Authenticate", challenge),)
+        )
+
+    def _answer(self, request: Request) -> Response:
+        """A whole request of a client that may ask (``_read`` checked its credentials)."""
         route = self.routes.get((request.method, request.path))
         if route is None:
             allowed = sorted(method for method, path in self.routes if path == request.path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import select
 import shutil
 import socket
 import ssl
@@ -339,3 +340,72 @@ def test_tls_serves_https_and_refuses_plain_http(tmp_path):
         assert _get_with(f"{server.url}/metrics", "Bearer t", client)[0] == 200
         with pytest.raises((urllib.error.URLError, ConnectionError)):  # a TLS port: no answer
             urllib.request.urlopen(server.url.replace("https", "http") + "/metrics", timeout=5)
+
+
+@pytest.fixture
+def tls_files(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context, ssl.create_default_context(cafile=str(cert))
+
+
+def test_tls_handshakes_count_against_the_cap_and_evicted_ones_end_at_once(tls_files):
+    """asyncio's server ran each TLS handshake before handing the connection over, so stalled
+    handshakes (256 KiB of buffer each) were not counted: thousands could be held. And an
+    evicted TLS connection waited for the peer's close_notify, keeping its place, so a good
+    client got 503 for the request timeout."""
+    server_context, client_context = tls_files
+    limits = EndpointLimits(request_timeout=10.0, max_connections=8)
+    security = EndpointSecurity(tls=server_context)
+    with start_metrics_server(Telemetry(), port=0, limits=limits, security=security) as server:
+        stalled = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(40)]
+        # and connections whose handshake ended, then idle (the eviction path of TLS)
+        idle = []
+        for _ in range(limits.max_connections):
+            raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            idle.append(client_context.wrap_socket(raw, server_hostname="127.0.0.1"))
+        time.sleep(0.3)
+        # the stalled handshakes made way, oldest first: the server closed them
+        readable, _, _ = select.select(stalled, [], [], 1.0)
+        closed = [conn for conn in readable if conn.recv(1) == b""]
+        assert len(closed) >= len(stalled) - limits.max_connections
+        started = time.monotonic()
+        assert _get_with(f"{server.url}/healthz", None, client_context)[0] == 200
+        assert time.monotonic() - started < 2.0
+        for conn in stalled + idle:
+            conn.close()
+
+
+def test_an_unauthenticated_client_learns_nothing_of_a_route_and_sends_no_body():
+    """Authentication was checked after the head's other checks: a POST to a route without a
+    length got that route's 411, an oversized one its 413 with the route's limit, and
+    ``Expect: 100-continue`` its 100, inviting the body before the 401."""
+    security = EndpointSecurity(bearer_token="t0ken-long-enough")
+    with start_metrics_server(Telemetry(), port=0, security=security) as server:
+        server.add_route("POST", "/echo", lambda request: Response(200, "text/plain", b""), 100)
+        for raw in [
+            b"POST /echo HTTP/1.1\r\n\r\n",
+            b"POST /echo HTTP/1.1\r\nContent-Length: 999999\r\n\r\n",
+            b"POST /echo HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        ]:
+            answer = _exchange(server.port, raw)
+            assert answer.startswith(b"HTTP/1.1 401 "), answer
+            assert b"WWW-Authenticate: Bearer" in answer and b"999999" not in answer
+        # an HTTP/1.0 client's expectation is ignored (RFC 9110), an authenticated 1.1 one's met
+        good = b"Authorization: Bearer t0ken-long-enough\r\n"
+        answer = _exchange(
+            server.port,
+            b"POST /echo HTTP/1.0\r\n"
+            + good
+            + b"Content-Length: 2\r\nExpect: 100-continue\r\n\r\nhi",
+        )
+        assert answer.startswith(b"HTTP/1.1 200 ")
