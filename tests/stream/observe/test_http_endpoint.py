@@ -409,3 +409,28 @@ def test_an_unauthenticated_client_learns_nothing_of_a_route_and_sends_no_body()
             + b"Content-Length: 2\r\nExpect: 100-continue\r\n\r\nhi",
         )
         assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_refused_upload_makes_way_before_a_request_still_arriving():
+    """Connections read on after a 413 were put at the back of the eviction queue, so a
+    genuine slow request was closed before them."""
+    limits = EndpointLimits(request_timeout=5.0, max_connections=3)
+    with start_metrics_server(Telemetry(), port=0, limits=limits) as server:
+        slow = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        slow.sendall(b"GET /metrics HTTP/1.1\r\n")  # still arriving
+        time.sleep(0.1)
+        refused = []
+        for _ in range(2):
+            conn = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            conn.sendall(b"GET /metrics HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n")
+            assert conn.recv(12) == b"HTTP/1.1 413"
+            conn.sendall(b"x")  # and on sending
+            refused.append(conn)
+        assert _get(f"{server.url}/metrics")[0] == 200  # one place made
+        slow.sendall(b"\r\n")
+        answer = b""
+        while chunk := slow.recv(65536):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ")  # the slow request was kept
+        for conn in [slow, *refused]:
+            conn.close()
