@@ -84,7 +84,12 @@ class CheckpointError(ValueError):
 
 
 class CorruptCheckpoint(ValueError):
-    """One checkpoint file that fails its length or seal test."""
+    """One checkpoint file that fails its length or seal test; ``keyed``: the problem is the
+    checkpoint key (a signed file without it, an unsigned one with it, a seal that fails)."""
+
+    def __init__(self, message: str, keyed: bool = False) -> None:
+        super().__init__(message)
+        self.keyed = keyed
 
 
 class CheckpointLocked(CheckpointError):
@@ -126,7 +131,8 @@ def decode(
         if key:
             raise CorruptCheckpoint(
                 f"{where}: checkpoint format 1 (an older streamcl) is unsigned; a daemon with a "
-                "checkpoint key reads only checkpoints signed with it"
+                "checkpoint key reads only checkpoints signed with it",
+                keyed=True,
             )
         return _decode_format_1(data, where)
     if len(data) < _HEADER.size:
@@ -142,14 +148,18 @@ def decode(
             f"{where}: {len(data)} bytes, the header says {expected} (truncated?)"
         )
     if key and mode != _HMAC:
-        raise CorruptCheckpoint(f"{where}: unsigned, but a checkpoint key is configured")
+        raise CorruptCheckpoint(
+            f"{where}: unsigned, but a checkpoint key is configured", keyed=True
+        )
     if not key and mode == _HMAC:
-        raise CorruptCheckpoint(f"{where}: signed; give the daemon its checkpoint key to load it")
+        raise CorruptCheckpoint(
+            f"{where}: signed; give the daemon its checkpoint key to load it", keyed=True
+        )
     body = data[_HEADER.size : _HEADER.size + body_size]
     tensors = data[_HEADER.size + body_size :]
     if not hmac.compare_digest(_seal(key, data[:32], body, tensors), seal):
         problem = "HMAC does not verify under the configured key" if key else "checksum mismatch"
-        raise CorruptCheckpoint(f"{where}: {problem} (corrupt or forged)")
+        raise CorruptCheckpoint(f"{where}: {problem} (corrupt or forged)", keyed=key is not None)
     return _sections(body, tensors, where)
 
 
@@ -195,6 +205,8 @@ class CheckpointStore:
         self.directory = Path(directory)
         self.keep = keep
         self.key = key
+        # why each file the last candidates() passed over was, newest first
+        self.skipped: list[CorruptCheckpoint] = []
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock: IO[str] | None = None
 
@@ -264,7 +276,7 @@ class CheckpointStore:
         directory is listed again and those are offered first (at most
         :data:`MAX_RELISTS` times, so a reader slower than the writer still ends)."""
         tried: set[int] = set()
-        self.skipped: list[str] = []  # why each passed-over file was, newest first
+        self.skipped = []
         for _ in range(MAX_RELISTS):
             pruned = False
             for sequence, path in self.files():
@@ -279,13 +291,13 @@ class CheckpointStore:
                 except OSError as exc:  # a FIFO, a device, a directory, a file beyond memory
                     problem = exc.strerror or str(exc)
                     log.warning("checkpoint_skipped", path=str(path), problem=problem)
-                    self.skipped.append(f"{path}: {problem}")
+                    self.skipped.append(CorruptCheckpoint(f"{path}: {problem}"))
                     continue
                 try:
                     meta, learner = decode(data, str(path), self.key)
                 except CorruptCheckpoint as exc:
                     log.warning("checkpoint_skipped", path=str(path), problem=str(exc))
-                    self.skipped.append(str(exc))
+                    self.skipped.append(exc)
                     continue
                 yield Checkpoint(sequence, meta, learner, path)
             if not pruned:

@@ -208,19 +208,17 @@ def from_checkpoint(directory: str | Path, key: bytes | None = None) -> ServedMo
     if unusable:
         raise unusable[0]
     if store.skipped:
-        # the newest one's problem, with the key hint only where a seal or key is the problem
-        newest = store.skipped[0]
-        keyed = any("signed" in problem for problem in store.skipped)
-        why = (
-            ""
-            if not keyed
-            else "; with a key, only checkpoints signed with it are read"
-            if key is not None
-            else f"; a signed checkpoint needs its key: {KEY_HINT}"
-        )
+        # the newest one's problem, and a word on keys where a key is the problem
+        why = ""
+        if any(problem.keyed for problem in store.skipped):
+            why = (
+                "; with a key, only checkpoints signed with it are read"
+                if key is not None
+                else f"; a signed checkpoint needs its key: {KEY_HINT}"
+            )
         raise CheckpointError(
             f"no usable checkpoint in {path}: none can be read (each is logged above; the "
-            f"newest: {newest})" + why
+            f"newest: {store.skipped[0]})" + why
         )
     raise CheckpointError(f"no checkpoint in {path}")
 

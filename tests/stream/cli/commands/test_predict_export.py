@@ -386,7 +386,7 @@ def test_errors_about_unreadable_inputs_say_what_is_wrong_with_them(trained, tmp
     key" (no key was involved); a directory or a device given for a model or sidecar "does not
     exist"; a sidecar too deep for JSON was blamed on the model file."""
     tmp, stream_path, _, _, _ = trained
-    directory = tmp_path / "ckpt"
+    directory = tmp_path / "unsigned"  # a word in the path is no reason for the key hint
     shutil.copytree(tmp / "ckpt", directory)
     for file in directory.glob("*.sclckpt"):
         file.write_bytes(file.read_bytes()[:-10])
@@ -396,7 +396,7 @@ def test_errors_about_unreadable_inputs_say_what_is_wrong_with_them(trained, tmp
         cli.main(["predict", str(stream_path), "--checkpoint", str(directory), "--out", out]) == 2
     )
     err = capsys.readouterr().err
-    assert "none can be read" in err and "truncated" in err and "key" not in err, err
+    assert "none can be read" in err and "truncated" in err and "checkpoint key" not in err, err
     model = tmp_path / "m" / "model.safetensors"
     assert cli.main(["export", "--checkpoint", str(tmp / "ckpt"), "--out", str(model)]) == 0
     capsys.readouterr()
