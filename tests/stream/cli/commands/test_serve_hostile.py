@@ -161,27 +161,28 @@ def test_options_the_kafka_client_refuses_are_exit_2_with_one_line_before_servin
     assert line.startswith("streamcl: error: ") and problem in line, line
 
 
-# a model large enough that a micro-batch can take seconds within online_iter's bound of 1000
-SLOW_ER = {"name": "er", "threads": 1, "options": {"backbone": {"hidden": [1024, 1024]}}}
-
-
-def _steps_taking(seconds: float) -> int:
-    """How many steps of ``SLOW_ER`` on a micro-batch of 16 (and 16 replayed) take about
-    ``seconds`` on this machine, with one thread (a fixed count of a smaller model took 3 s on
-    one machine and 0.4 s on another, which then never needed a keep-alive)."""
+def _slow_er(seconds: float) -> tuple[dict, int]:
+    """An er learner and a step count that make a micro-batch of 16 (and 16 replayed) take
+    about ``seconds`` on this machine, with one thread: a fixed count of a fixed model took 3 s
+    on one machine and 0.4 s on another, which then never needed a keep-alive. The model
+    widens until the count fits ``online_iter``'s bound of 1000."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        learner = registry.create("er", PROBLEM, SLOW_ER["options"])
-        x, y = valid_samples(32, seed=3)
-        x, y = torch.from_numpy(x), torch.from_numpy(y)
-        learner.learn(x[:16], y[:16], None, iterations=1)  # the replay memory holds a batch
-        started = time.perf_counter()
-        learner.learn(x[16:], y[16:], None, iterations=20)
-        per_step = (time.perf_counter() - started) / 20
+        for width in (1024, 2048, 4096):
+            options = {"backbone": {"hidden": [width, width]}}
+            learner = registry.create("er", PROBLEM, options)
+            x, y = valid_samples(32, seed=3)
+            x, y = torch.from_numpy(x), torch.from_numpy(y)
+            learner.learn(x[:16], y[:16], None, iterations=1)  # the memory holds a batch
+            started = time.perf_counter()
+            learner.learn(x[16:], y[16:], None, iterations=10)
+            steps = round(seconds / ((time.perf_counter() - started) / 10))
+            if steps <= 1000:
+                return {"name": "er", "threads": 1, "options": options}, max(10, steps)
     finally:
         torch.set_num_threads(threads)
-    return min(1000, max(20, round(seconds / per_step)))
+    raise AssertionError(f"no er here takes {seconds} s a micro-batch within 1000 steps")
 
 
 def test_a_learner_slower_than_the_poll_interval_keeps_its_group_membership(kafka_broker, tmp_path):
@@ -192,10 +193,10 @@ def test_a_learner_slower_than_the_poll_interval_keeps_its_group_membership(kafk
     for i in range(len(y)):
         topic.send(encode_json(x[i], int(y[i])), 0)
     topic.flush()
-    steps = _steps_taking(3.0)
+    learner, steps = _slow_er(3.0)
     config = serve_config(
         tmp_path, "slow", kafka_broker.bootstrap, topic.name, "kafka-python",
-        learner=SLOW_ER, loop={"batch_size": 16, "online_iter": steps},
+        learner=learner, loop={"batch_size": 16, "online_iter": steps},
         kafka={"max_poll_records": 32}, checkpoint={"every_seconds": 60}, problem=SMALL,
     )  # fmt: skip
     daemon = ServeProcess(config, tmp_path, "slow")
