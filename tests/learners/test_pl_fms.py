@@ -185,3 +185,24 @@ def test_memory_stays_class_balanced_unless_told_otherwise():
     assert learner.config.memory.policy == "class_balanced" and learner.memory.capacity == 30
     learner = registry.create("pl-fms", PROBLEM, {"memory": {"policy": "reservoir"}})
     assert learner.config.memory.policy == "reservoir"
+
+
+def test_nearest_replay_after_storing_the_batch_is_not_the_batch_again():
+    """With memory_first the batch is stored before its steps, so each of its samples was its
+    own nearest: 95% of a "replay" was the stream batch (digits, A_last 30% against 90%)."""
+    options = {**SMALL, "memory": {"capacity": 50, "retrieval": "nearest"}}
+    learner = registry.create("pl-fms", PROBLEM, {**options, "flexible_sampling": False})
+    memory = learner.memory
+    own: list[bool] = []
+    draw = memory._draw
+
+    def recording(n, query=None, query_stored=False):
+        slots = draw(n, query, query_stored)
+        own.append(bool((memory.arrival[slots] >= memory.seen - len(query)).any()))
+        return slots
+
+    memory._draw = recording
+    for seed in range(4):
+        learner.learn(*labelled(1, [0, 1, 2, 3] * 2, seed=seed), iterations=1)
+    # the first batch has only itself to replay; the others replay what came before them
+    assert own == [True, False, False, False]
