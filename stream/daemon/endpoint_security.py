@@ -7,6 +7,7 @@ password from ``metrics.secret_file`` or the ``STREAMCL_METRICS_SECRET`` environ
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +17,8 @@ from stream.data.secret_file import read_secret_text
 from stream.observe.http_endpoint import EndpointLimits, EndpointSecurity
 
 SECRET_ENV_VAR = "STREAMCL_METRICS_SECRET"
+# RFC 6750 b64token (token68): what a client can send after "Bearer "
+_TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 def endpoint_limits(metrics: MetricsConfig) -> EndpointLimits:
@@ -42,6 +45,14 @@ def endpoint_security(metrics: MetricsConfig, environ: Mapping[str, str]) -> End
         return EndpointSecurity(tls=tls)
     secret = _secret(metrics.secret_file, environ)
     if metrics.auth == "bearer":
+        if not _TOKEN68.fullmatch(secret):
+            # a space, a newline, a BOM or a non-ASCII letter no client can send as sent here:
+            # the daemon started and every scrape got 401, with nothing to say why
+            raise ServeConfigError(
+                "metrics secret: a bearer token is letters, digits and -._~+/ (then = "
+                "padding), RFC 6750; this one has other characters (a space, a line end, a "
+                "byte-order mark, a non-ASCII letter?)"
+            )
         return EndpointSecurity(tls=tls, bearer_token=secret)
     return EndpointSecurity(tls=tls, basic_user=metrics.username, basic_password=secret)
 

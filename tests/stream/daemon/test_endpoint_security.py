@@ -47,6 +47,21 @@ def test_unusable_settings_are_one_clear_error(config, environ, message):
         endpoint_security(config, environ)
 
 
+@pytest.mark.parametrize(
+    "secret",
+    [SECRET + " ", " " + SECRET, SECRET + "\n", "\ufeff" + SECRET, "pässwörd-0123456789€"],
+    ids=["trailing-space", "leading-space", "env-newline", "bom", "non-ascii"],
+)
+def test_a_bearer_token_no_client_can_send_is_refused_at_start(secret):
+    """Each started the daemon, and then every scrape got 401 with nothing to say why."""
+    with pytest.raises(ServeConfigError, match="RFC 6750"):
+        endpoint_security(MetricsConfig(auth="bearer"), {"STREAMCL_METRICS_SECRET": secret})
+    # as a basic-auth password each is fine: the pair travels base64-encoded
+    endpoint_security(
+        MetricsConfig(auth="basic", username="prom"), {"STREAMCL_METRICS_SECRET": secret}
+    )
+
+
 def test_tls_needs_both_files_and_limits_come_from_the_section():
     with pytest.raises(ValidationError, match="tls_key_file"):
         MetricsConfig(tls_cert_file="/x.pem")
