@@ -76,19 +76,24 @@ def test_joined_labels_and_labelled_samples_are_cut_the_same_whatever_the_polls(
             assert torch.equal(mine, theirs)
 
 
-def test_requests_expire_by_age_while_the_topic_is_idle(tmp_path, kafka_broker):
-    """Only a poll that brought records used to expire requests: on an idle topic they
-    stayed in the window past ``max_age_seconds``, and the gauges said so."""
-    config = ServeConfig.model_validate(
+def _nmc_serving(tmp_path, broker, name: str, **predictions) -> ServeConfig:
+    """An nmc daemon serving predictions to ``<name>-predictions`` with ``predictions``."""
+    return ServeConfig.model_validate(
         {
-            "kafka": {"bootstrap": kafka_broker.bootstrap, "topic": "t"},
+            "kafka": {"bootstrap": broker.bootstrap, "topic": "t"},
             "problem": {"input_shape": [4], "num_classes": [3]},
             "learner": {"name": "nmc"},
             "checkpoint": {"dir": str(tmp_path / "ckpt")},
             "dead_letter": {"file": str(tmp_path / "dead.jsonl")},
-            "predictions": {"topic": "idle-expiry-predictions", "max_age_seconds": 0.5},
+            "predictions": {"topic": f"{name}-predictions", **predictions},
         }
     )
+
+
+def test_requests_expire_by_age_while_the_topic_is_idle(tmp_path, kafka_broker):
+    """Only a poll that brought records used to expire requests: on an idle topic they
+    stayed in the window past ``max_age_seconds``, and the gauges said so."""
+    config = _nmc_serving(tmp_path, kafka_broker, "idle-expiry", max_age_seconds=0.5)
     x = np.random.default_rng(3).normal(size=(7, 4)).astype(np.float32)
     source = MemorySource({0: [encode_requests(x, np.arange(7))]})
     daemon = Daemon(config, source_factory=source.bind)
@@ -106,16 +111,7 @@ def test_requests_expire_by_age_while_the_topic_is_idle(tmp_path, kafka_broker):
 def test_the_serving_counters_continue_after_a_restart(tmp_path, kafka_broker):
     """Answered, expired and unmatched counts are in the checkpoint; a restarted daemon
     exported them from 0 again while streamcl_samples_total continued."""
-    config = ServeConfig.model_validate(
-        {
-            "kafka": {"bootstrap": kafka_broker.bootstrap, "topic": "t"},
-            "problem": {"input_shape": [4], "num_classes": [3]},
-            "learner": {"name": "nmc"},
-            "checkpoint": {"dir": str(tmp_path / "ckpt")},
-            "dead_letter": {"file": str(tmp_path / "dead.jsonl")},
-            "predictions": {"topic": "restart-counters-predictions", "max_pending": 4},
-        }
-    )
+    config = _nmc_serving(tmp_path, kafka_broker, "restart-counters", max_pending=4)
     x = np.random.default_rng(5).normal(size=(6, 4)).astype(np.float32)
     # six requests into a window of four (two expire), and two labels nobody waits for
     messages = [encode_requests(x, np.arange(6)), encode_labels(np.array([70, 71]), [0, 1])]

@@ -322,26 +322,6 @@ def _get_with(url: str, authorization: str | None, context=None) -> tuple[int, s
         return exc.code, exc.headers.get("WWW-Authenticate", ""), exc.read()
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
-def test_tls_serves_https_and_refuses_plain_http(tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    security = EndpointSecurity(tls=context, bearer_token="t")
-    with start_metrics_server(Telemetry(), port=0, security=security) as server:
-        assert server.url.startswith("https://")
-        client = ssl.create_default_context(cafile=str(cert))
-        assert _get_with(f"{server.url}/metrics", "Bearer t", client)[0] == 200
-        with pytest.raises((urllib.error.URLError, ConnectionError)):  # a TLS port: no answer
-            urllib.request.urlopen(server.url.replace("https", "http") + "/metrics", timeout=5)
-
-
 @pytest.fixture
 def tls_files(tmp_path):
     if shutil.which("openssl") is None:
@@ -356,6 +336,16 @@ def tls_files(tmp_path):
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     return context, ssl.create_default_context(cafile=str(cert))
+
+
+def test_tls_serves_https_and_refuses_plain_http(tls_files):
+    context, client = tls_files
+    security = EndpointSecurity(tls=context, bearer_token="t")
+    with start_metrics_server(Telemetry(), port=0, security=security) as server:
+        assert server.url.startswith("https://")
+        assert _get_with(f"{server.url}/metrics", "Bearer t", client)[0] == 200
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # a TLS port: no answer
+            urllib.request.urlopen(server.url.replace("https", "http") + "/metrics", timeout=5)
 
 
 def test_tls_handshakes_count_against_the_cap_and_evicted_ones_end_at_once(tls_files):
