@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 from pydantic import ConfigDict, Field
-from safetensors.torch import save_file
+from safetensors.torch import save as save_tensors
 from torch import nn
 from torch.nn import functional as F
 
@@ -183,12 +184,24 @@ def save_backbone(
     path: str | Path,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the backbone's weights as safetensors, its config and ``extra`` as metadata."""
+    """Write the backbone's weights as safetensors, its config and ``extra`` as metadata.
+
+    The file is readable as the umask allows (safetensors' own ``save_file`` makes it 0600,
+    which kept the weights from a daemon running as another user) and appears whole: written
+    beside ``path``, then renamed over it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = weights_module(backbone, backbone_config).state_dict()
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     config = backbone_config.model_dump(mode="json", exclude={"weights", "freeze"})
     metadata = {METADATA_KEY: json.dumps({"backbone": config, **(extra or {})}, allow_nan=False)}
-    save_file(tensors, str(path), metadata=metadata)
+    data = save_tensors(tensors, metadata=metadata)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
     return path

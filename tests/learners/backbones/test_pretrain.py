@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 
 import pytest
 import torch
@@ -43,7 +45,14 @@ def test_pretraining_learns_the_classes_and_saves_a_loadable_backbone(tmp_path):
     assert result.classes == [3, 5, 8]
     assert result.epoch_losses[-1] < result.epoch_losses[0]
     assert result.test_accuracy is not None and result.test_accuracy > 0.9
-    path = save_backbone(result.backbone, VIT, tmp_path / "vit.safetensors", result.summary())
+    old = os.umask(0o022)
+    try:
+        path = save_backbone(result.backbone, VIT, tmp_path / "vit.safetensors", result.summary())
+    finally:
+        os.umask(old)
+    # readable by a daemon running as another user (safetensors' save_file made it 0600)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vit.safetensors"]
     with safe_open(str(path), "pt") as f:
         meta = json.loads(f.metadata()[METADATA_KEY])
     assert meta["classes"] == [3, 5, 8] and meta["backbone"]["vit"]["embed_dim"] == 16
