@@ -317,6 +317,8 @@ class MetricsServer:
             task = self._loop.create_task(self._connection(connection))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            # a task cancelled before it ran (the server stopping) never reached its finally
+            task.add_done_callback(lambda _, connection=connection: connection.close())
 
     async def _connection(self, connection: socket.socket) -> None:
         task = asyncio.current_task()
@@ -337,6 +339,7 @@ class MetricsServer:
             client = "?"
         head: list[tuple[str, str, dict[str, str]]] = []  # the request's head, once read
         writer: asyncio.StreamWriter | None = None
+        cancelled = False
         try:
             try:
                 async with asyncio.timeout(self.limits.request_timeout):
@@ -368,13 +371,19 @@ class MetricsServer:
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, OSError):
             log.debug("connection_dropped", client=client)
         except asyncio.CancelledError:
-            pass  # evicted, or the server stops
+            cancelled = True  # evicted, or the server stops
         finally:
             self._pending.pop(key, None)
             if writer is None:
                 connection.close()
+            elif cancelled:  # its place is taken already: no wait for the peer
+                writer.transport.abort()
             else:
+                # answered: while it waits for the peer's close it is the first to make way
+                self._pending[key] = task
+                self._pending.move_to_end(key, last=False)
                 await self._close(writer)
+                self._pending.pop(key, None)
             self._open -= 1
 
     async def _streams(
@@ -576,7 +585,10 @@ def _path(target: str) -> str:
     """The path of a request target, in origin form (``/predict?x``) or absolute form
     (``http://host/predict``), which HTTP/1.1 servers must accept."""
     if target.lower().startswith(("http://", "https://")):
-        return urlsplit(target).path or "/"
+        try:
+            return urlsplit(target).path or "/"
+        except ValueError:  # "http://[": an unclosed IPv6 host
+            raise _BadRequest(400, "malformed request target") from None
     return target.split("?", 1)[0]
 
 
@@ -584,7 +596,12 @@ def _named(line: str) -> tuple[str, str, dict[str, str]] | None:
     """Method and path of a request line refused as malformed, where its words still name
     them (so that ``/predict`` answers in its own form), else None."""
     words = line.split()
-    return (words[0].upper(), _path(words[1]), {}) if len(words) == 3 else None
+    if len(words) != 3:
+        return None
+    try:
+        return words[0].upper(), _path(words[1]), {}
+    except _BadRequest:
+        return None
 
 
 def start_metrics_server(

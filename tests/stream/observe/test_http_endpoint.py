@@ -246,9 +246,13 @@ def test_a_request_that_does_not_arrive_whole_in_time_gets_408():
 
 def test_http_1_1_details_a_client_relies_on():
     with start_metrics_server(Telemetry(), port=0) as server:
-        # an absolute-form target, which servers must accept
+        # an absolute-form target, which servers must accept; a malformed one is a 400 (it
+        # ended the connection task with a traceback in the log)
         answer = _exchange(server.port, b"GET http://127.0.0.1/healthz HTTP/1.1\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 200 ")
+        for target in (b"http://[", b"http://[x]/"):
+            answer = _exchange(server.port, b"GET " + target + b" HTTP/1.1\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 400 ") and b"malformed request target" in answer
         # two different lengths could frame two different requests: refused
         answer = _exchange(
             server.port,
@@ -372,6 +376,26 @@ def test_tls_handshakes_count_against_the_cap_and_evicted_ones_end_at_once(tls_f
         assert _get_with(f"{server.url}/healthz", None, client_context)[0] == 200
         assert time.monotonic() - started < 2.0
         for conn in stalled + idle:
+            conn.close()
+
+
+def test_answered_tls_clients_that_linger_make_way_for_a_newcomer(tls_files):
+    """A close over TLS waits a moment for the peer's close_notify; counted but no longer
+    evictable, four answered clients that kept their sockets open locked a good one out for
+    that moment (at 130 requests a second, for good)."""
+    server_context, client_context = tls_files
+    limits = EndpointLimits(max_connections=4)
+    security = EndpointSecurity(tls=server_context)
+    with start_metrics_server(Telemetry(), port=0, limits=limits, security=security) as server:
+        lingering = []
+        for _ in range(limits.max_connections):
+            raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            conn = client_context.wrap_socket(raw, server_hostname="127.0.0.1")
+            conn.sendall(b"X\r\n\r\n")
+            assert conn.recv(12) == b"HTTP/1.1 400"
+            lingering.append(conn)  # and never closed
+        assert _get_with(f"{server.url}/healthz", None, client_context)[0] == 200
+        for conn in lingering:
             conn.close()
 
 
