@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hmac
 import json
 import math
@@ -318,7 +319,7 @@ class MetricsServer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             # a task cancelled before it ran (the server stopping) never reached its finally
-            task.add_done_callback(lambda _, connection=connection: connection.close())
+            task.add_done_callback(functools.partial(_close_socket, connection))
 
     async def _connection(self, connection: socket.socket) -> None:
         task = asyncio.current_task()
@@ -579,6 +580,10 @@ def _encode(response: Response) -> bytes:
         *(f"{name}: {value}" for name, value in response.headers),
     ]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body
+
+
+def _close_socket(connection: socket.socket, _: object) -> None:
+    connection.close()  # a second close of a socket is nothing
 
 
 def _path(target: str) -> str:
