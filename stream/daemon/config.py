@@ -67,6 +67,16 @@ def _topic_name(value: str) -> str:
     return value
 
 
+def bootstrap_hosts(value: str) -> str:
+    """``value`` when it is ``HOST:PORT[,HOST:PORT...]`` with ports in 1..65535, else
+    ``ValueError`` (a client given ``host:notaport`` failed deep inside with int())."""
+    for host in value.split(","):
+        name, sep, port = host.strip().rpartition(":")
+        if not (sep and name and port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"expected HOST:PORT[,HOST:PORT...], got {value!r}")
+    return value
+
+
 # What Kafka accepts as a topic name: checked here, not by a client at its first request.
 Topic = Annotated[
     str,
@@ -125,11 +135,7 @@ class KafkaConfig(_Section):
     @field_validator("bootstrap")
     @classmethod
     def _hosts(cls, value: str) -> str:
-        for host in value.split(","):
-            name, sep, port = host.strip().rpartition(":")
-            if not sep or not name or not port.isdigit():
-                raise ValueError(f"expected HOST:PORT[,HOST:PORT...], got {value!r}")
-        return value
+        return bootstrap_hosts(value)
 
     @model_validator(mode="after")
     def _timeouts(self) -> KafkaConfig:

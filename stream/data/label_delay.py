@@ -40,6 +40,21 @@ class LabelDelayError(ValueError):
     """A label delay that cannot be understood; the message shows the accepted forms."""
 
 
+def chosen_label_delay(
+    given: str | int | None, recorded: str | int | None, stream: object
+) -> str | int | None:
+    """The delay a run uses, checked: ``given`` on the command line, else the one ``recorded``
+    in the header of ``stream`` (a path), whose error then says where it came from."""
+    if given is not None:
+        return check_label_delay(given)
+    if recorded is None:
+        return None
+    try:
+        return check_label_delay(recorded)
+    except LabelDelayError as exc:
+        raise LabelDelayError(f"{stream}: the header's label_delay: {exc}") from None
+
+
 def check_label_delay(spec: str | int) -> str | int:
     """``spec`` as stored (an int for a fixed delay), or :class:`LabelDelayError`."""
     text = str(spec).strip()

@@ -25,11 +25,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
+from pydantic import TypeAdapter, ValidationError
 
 from stream.cli.config_file import load_config_file
 from stream.cli.errors import UsageError
+from stream.daemon.config import Topic, bootstrap_hosts
 from stream.data.datasets import as_float_tensor, load_dataset
-from stream.data.label_delay import check_label_delay
+from stream.data.label_delay import chosen_label_delay
 from stream.data.stream_file import RecordedStream, read_stream
 from stream.observe.pacing import RateLimit
 from stream.sinks.delayed_messages import delayed_events
@@ -122,14 +124,28 @@ def client_options(args: argparse.Namespace, environ: Mapping[str, str]) -> dict
     return resolve_secrets(options, environ)
 
 
+MAX_PARTITIONS = 2**31 - 1  # a partition count is an int32 on the wire
+
+
 def run(args: argparse.Namespace) -> int:
     rate_ok = args.rate is None or (math.isfinite(args.rate) and args.rate > 0)
     if args.batch <= 0 or args.partitions <= 0 or not rate_ok:
         raise UsageError("--batch, --partitions and --rate must be positive (and finite)")
+    if args.partitions > MAX_PARTITIONS:
+        raise UsageError(f"--partitions {args.partitions}: Kafka takes at most {MAX_PARTITIONS}")
+    try:
+        bootstrap_hosts(args.bootstrap)
+    except ValueError as exc:
+        raise UsageError(f"--bootstrap: {exc}") from None
+    try:
+        TypeAdapter(Topic).validate_python(args.topic)
+    except ValidationError:
+        raise UsageError(
+            f"--topic {args.topic!r}: a Kafka topic is 1 to 249 of the characters A-Z a-z 0-9 "
+            ". _ - (and not '.' or '..')"
+        ) from None
     stream = read_stream(args.stream)
-    delay = stream.header.label_delay if args.label_delay is None else args.label_delay
-    if delay is not None:
-        delay = check_label_delay(delay)
+    delay = chosen_label_delay(args.label_delay, stream.header.label_delay, args.stream)
     dataset = None
     if stream.x is None:
         dataset = load_dataset(stream.header.dataset)

@@ -21,7 +21,7 @@ from learners.registry import describe_validation_error
 from stream.cli.config_file import load_config_file
 from stream.cli.errors import UsageError
 from stream.cli.output_path import writable_directory
-from stream.data.label_delay import check_label_delay
+from stream.data.label_delay import chosen_label_delay
 from stream.engine.device import resolve_device
 from stream.engine.drift_detection import DriftConfig
 from stream.engine.event_loop import LoopConfig, Observer
@@ -152,8 +152,11 @@ def _check_metrics_options(args: argparse.Namespace) -> None:
             if value:
                 raise UsageError(f"{flag} needs --metrics-port")
     # written so that NaN fails too (every comparison with NaN is false)
-    if not 0 <= args.metrics_linger < math.inf:
-        raise UsageError(f"--metrics-linger must be >= 0 seconds, got {args.metrics_linger:g}")
+    if not 0 <= args.metrics_linger <= threading.TIMEOUT_MAX:  # a wait beyond it overflows
+        raise UsageError(
+            f"--metrics-linger must be 0 to {threading.TIMEOUT_MAX:g} seconds, "
+            f"got {args.metrics_linger:g}"
+        )
     if args.max_rate is not None and not 0 < args.max_rate < math.inf:
         raise UsageError(f"--max-rate must be > 0 samples/s, got {args.max_rate:g}")
 
@@ -167,11 +170,9 @@ def run(args: argparse.Namespace) -> int:
     learner_config = registry.validate_config(args.learner, options)
     resolve_device(args.device)
     prepared = prepare(args.stream)
-    label_delay = args.label_delay
-    if label_delay is None:
-        label_delay = prepared.stream.header.label_delay
-    if label_delay is not None:
-        label_delay = check_label_delay(label_delay)
+    label_delay = chosen_label_delay(
+        args.label_delay, prepared.stream.header.label_delay, args.stream
+    )
     out = writable_directory(
         Path(args.out) if args.out else Path("runs") / args.learner.replace(":", "_")
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -146,3 +147,34 @@ def test_bad_usage_is_one_line_and_exit_2(tmp_path, capsys):
     for rate in ("nan", "inf", "-1"):  # NaN passed a check written as ``rate <= 0``
         assert _publish(path, "127.0.0.1:1", "t", "--rate", rate) == 2
         assert "--rate must be positive (and finite)" in capsys.readouterr().err
+    # each was exit 1 with a client's internal error, or (confluent) published to a topic a
+    # real Kafka refuses
+    for args, message in [
+        (("--partitions", str(2**31)), "Kafka takes at most 2147483647"),
+        (("--bootstrap", "host:notaport"), "--bootstrap: expected HOST:PORT"),
+        (("--bootstrap", "host:70000"), "--bootstrap: expected HOST:PORT"),
+    ]:
+        assert _publish(path, "127.0.0.1:1", "t", *args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    for topic in ("bad topic!", "", "..", "t" * 250):
+        assert _publish(path, "127.0.0.1:1", topic) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "a Kafka topic is 1 to 249 of the characters" in err
+
+
+def test_a_bad_label_delay_in_the_header_names_the_file(tmp_path, capsys):
+    """It said only "label delay 'exponential:inf': expected ..." to a user who gave none."""
+    jsonl = tmp_path / "delayed.jsonl"
+    assert cli.main(["schedule", "disjoint", "--dataset", "digits", "--out", str(jsonl)]) == 0
+    lines = jsonl.read_text().splitlines()
+    header = json.loads(lines[0])
+    header["streamcl_stream"]["label_delay"] = "exponential:inf"
+    jsonl.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    capsys.readouterr()
+    assert _publish(jsonl, "127.0.0.1:1", "t") == 2
+    err = capsys.readouterr().err
+    assert f"{jsonl}: the header's label_delay: label delay 'exponential:inf'" in err, err
+    out = str(tmp_path / "run")
+    assert cli.main(["replay", str(jsonl), "--learner", "nmc", "--out", out]) == 2
+    assert f"{jsonl}: the header's label_delay" in capsys.readouterr().err
