@@ -17,6 +17,9 @@ import numpy as np
 from stream.engine.batch import Batch
 from stream.engine.event_loop import EventLoop, Observer
 
+# the longest single sleep (a day): far below what time.sleep and thread waits take
+MAX_SLEEP_SECONDS = 86400.0
+
 
 class RateLimit:
     """No more than ``max_rate`` samples per second: the schedule starts at the first
@@ -45,7 +48,9 @@ class RateLimit:
         self.samples += samples
         wait = self.started + self.samples / self.max_rate - now
         if wait > 0:
-            self.sleep(wait)
+            # a rate such as 1e-9 samples/s asks for waits the OS cannot sleep (OverflowError
+            # mid-run); the next call sleeps on, so pacing holds
+            self.sleep(min(wait, MAX_SLEEP_SECONDS))
 
 
 class Pacer(RateLimit, Observer):

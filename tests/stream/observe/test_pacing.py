@@ -46,6 +46,16 @@ def test_time_spent_elsewhere_counts_and_a_late_stream_does_not_sleep():
     assert clock.sleeps == pytest.approx([0.1, 0.2])
 
 
+def test_a_rate_so_slow_that_one_wait_would_overflow_sleeps_a_day_at_a_time():
+    """1e-9 samples/s asked time.sleep for 6e10 s: OverflowError after the first batch (a
+    publish left half published)."""
+    clock = SleepingClock()
+    limit = RateLimit(1e-9, clock=clock, sleep=clock.sleep)
+    limit.passed(64)
+    limit.passed(64)
+    assert clock.sleeps == [86400.0, 86400.0]
+
+
 def test_rate_must_be_positive():
     with pytest.raises(ValueError, match="max rate must be positive, got 0"):
         Pacer(0)

@@ -92,7 +92,7 @@ def digits_stream(tmp_path_factory):
         (["--metrics-host", "0.0.0.0"], "--metrics-host needs --metrics-port"),
         (
             ["--metrics-port", "0", "--metrics-linger", "-1"],
-            "--metrics-linger must be >= 0 seconds, got -1",
+            "--metrics-linger must be 0 to 9.22337e+09 seconds, got -1",
         ),
         (["--metrics-port", "70000"], "metrics port must be in 0..65535, got 70000"),
         (
@@ -102,7 +102,7 @@ def digits_stream(tmp_path_factory):
         # NaN passed checks written as ``x <= 0``; infinity lingered or stalled for ever
         (
             ["--metrics-port", "0", "--metrics-linger", "nan"],
-            "--metrics-linger must be >= 0 seconds, got nan",
+            "--metrics-linger must be 0 to 9.22337e+09 seconds, got nan",
         ),
         (
             ["--metrics-port", "0", "--health-stall", "nan"],
@@ -111,6 +111,11 @@ def digits_stream(tmp_path_factory):
         (
             ["--metrics-port", "0", "--health-stall", "inf"],
             "health stall time must be positive, got inf",
+        ),
+        # a wait beyond threading.TIMEOUT_MAX overflowed after the run (exit 1)
+        (
+            ["--metrics-port", "0", "--metrics-linger", "1e10"],
+            "--metrics-linger must be 0 to 9.22337e+09 seconds, got 1e+10",
         ),
         (["--max-rate", "nan"], "--max-rate must be > 0 samples/s, got nan"),
         (["--max-rate", "inf"], "--max-rate must be > 0 samples/s, got inf"),
