@@ -244,10 +244,7 @@ class ScaleOutDaemon(Daemon):
         # counters continue only now: an epoch another rank cannot use is retried with an
         # older one, and counting them here first would count them twice
         if self._restored_own:
-            self._telemetry_observer.restore(self.loop)
-            self.telemetry.restore_invalid_messages(dict(self.invalid))
-            if self.predictions is not None:
-                self.predictions.continue_counters()
+            self._continue_metrics()
         if epoch > 0:  # a global checkpoint (not a single daemon's, taken over)
             self.poison.prune(self.world.rank, restored_offsets(manifest["offsets"]))
         return True

@@ -322,14 +322,19 @@ class Daemon:
                 )
                 self._build_model()
                 continue
-            self._telemetry_observer.restore(self.loop)
-            self.telemetry.restore_invalid_messages(dict(self.invalid))
-            if self.predictions is not None:
-                self.predictions.continue_counters()
+            self._continue_metrics()
             self.telemetry.checkpoint_written(float(checkpoint.meta["created"]))
             return checkpoint
         self.store.refuse_if_any("none has both a valid seal and usable content")
         return None
+
+    def _continue_metrics(self) -> None:
+        """Set the metrics from the restored state, counters continuing from its counts (once
+        it is restored for good: a checkpoint passed over must count nothing)."""
+        self._telemetry_observer.restore(self.loop)
+        self.telemetry.restore_invalid_messages(dict(self.invalid))
+        if self.predictions is not None:
+            self.predictions.continue_counters()
 
     # -- set up -------------------------------------------------------------------------------
 
