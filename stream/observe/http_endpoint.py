@@ -362,8 +362,7 @@ class MetricsServer:
                     # connection reset, not the answer: read on for a while, then close.
                     # It has its answer, so it is the first to close when connections run
                     # out: refused uploads cannot take every place.
-                    self._pending[key] = task
-                    self._pending.move_to_end(key, last=False)
+                    self._first_to_go(key, task)
                     await self._discard(reader)
                 return
             self._pending.pop(key, None)
@@ -381,11 +380,15 @@ class MetricsServer:
                 writer.transport.abort()
             else:
                 # answered: while it waits for the peer's close it is the first to make way
-                self._pending[key] = task
-                self._pending.move_to_end(key, last=False)
+                self._first_to_go(key, task)
                 await self._close(writer)
                 self._pending.pop(key, None)
             self._open -= 1
+
+    def _first_to_go(self, key: int, task: asyncio.Task[None]) -> None:
+        """Put a connection that has its answer at the head of the eviction queue."""
+        self._pending[key] = task
+        self._pending.move_to_end(key, last=False)
 
     async def _streams(
         self, connection: socket.socket, tls: ssl.SSLContext | None
