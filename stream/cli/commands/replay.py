@@ -116,7 +116,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     metrics.add_argument(
         "--health-stall",
         type=float,
-        default=DEFAULT_STALL_SECONDS,
+        default=None,
         metavar="S",
         help="/healthz fails once the loop has not progressed for S seconds "
         f"(default {DEFAULT_STALL_SECONDS:g}; must exceed the slowest update or evaluation)",
@@ -148,9 +148,12 @@ def _check_metrics_options(args: argparse.Namespace) -> None:
         for flag, value in (
             ("--metrics-host", args.metrics_host),
             ("--metrics-linger", args.metrics_linger),
+            ("--health-stall", args.health_stall is not None),
         ):
             if value:
                 raise UsageError(f"{flag} needs --metrics-port")
+    if args.health_stall is not None and not 0 < args.health_stall < math.inf:  # NaN fails
+        raise UsageError(f"--health-stall must be > 0 seconds, got {args.health_stall:g}")
     # written so that NaN fails too (every comparison with NaN is false)
     if not 0 <= args.metrics_linger <= threading.TIMEOUT_MAX:  # a wait beyond it overflows
         raise UsageError(
@@ -189,7 +192,10 @@ def run(args: argparse.Namespace) -> int:
             telemetry = Telemetry()
             observers.append(telemetry.observer(args.learner))
             server = start_metrics_server(
-                telemetry, args.metrics_host or DEFAULT_HOST, args.metrics_port, args.health_stall
+                telemetry,
+                args.metrics_host or DEFAULT_HOST,
+                args.metrics_port,
+                DEFAULT_STALL_SECONDS if args.health_stall is None else args.health_stall,
             )
         try:
             log.info("replay_started", stream=args.stream, events=len(prepared.stream))

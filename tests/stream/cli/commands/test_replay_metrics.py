@@ -90,6 +90,8 @@ def digits_stream(tmp_path_factory):
     [
         (["--metrics-linger", "5"], "--metrics-linger needs --metrics-port"),
         (["--metrics-host", "0.0.0.0"], "--metrics-host needs --metrics-port"),
+        # accepted and ignored before: nothing serves /healthz without a port
+        (["--health-stall", "30"], "--health-stall needs --metrics-port"),
         (
             ["--metrics-port", "0", "--metrics-linger", "-1"],
             "--metrics-linger must be 0 to 9.22337e+09 seconds, got -1",
@@ -97,7 +99,7 @@ def digits_stream(tmp_path_factory):
         (["--metrics-port", "70000"], "metrics port must be in 0..65535, got 70000"),
         (
             ["--metrics-port", "0", "--health-stall", "0"],
-            "health stall time must be positive, got 0.0",
+            "--health-stall must be > 0 seconds, got 0",
         ),
         # NaN passed checks written as ``x <= 0``; infinity lingered or stalled for ever
         (
@@ -106,11 +108,11 @@ def digits_stream(tmp_path_factory):
         ),
         (
             ["--metrics-port", "0", "--health-stall", "nan"],
-            "health stall time must be positive, got nan",
+            "--health-stall must be > 0 seconds, got nan",
         ),
         (
             ["--metrics-port", "0", "--health-stall", "inf"],
-            "health stall time must be positive, got inf",
+            "--health-stall must be > 0 seconds, got inf",
         ),
         # a wait beyond threading.TIMEOUT_MAX overflowed after the run (exit 1)
         (
