@@ -37,7 +37,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
+    StrictStr,
     ValidationError,
     model_validator,
 )
@@ -80,14 +82,14 @@ class StreamHeader(BaseModel):
     dataset_fingerprint: dict[str, Any] = Field(default_factory=dict)
     schedule: str
     params: dict[str, Any] = Field(default_factory=dict)
-    seed: int
+    seed: StrictInt
     num_samples: StrictInt = Field(ge=0, le=MAX_COUNT)
     num_tasks: StrictInt = Field(ge=1, le=MAX_TASKS)
     num_classes: list[Annotated[StrictInt, Field(ge=1, le=MAX_CLASSES)]] = Field(
         min_length=1, max_length=MAX_LEVELS
     )
     level_names: list[str]
-    inline: bool = False
+    inline: StrictBool = False
     input_shape: list[Annotated[StrictInt, Field(ge=1, le=MAX_COUNT)]] = Field(
         default_factory=list, max_length=8
     )
@@ -95,7 +97,7 @@ class StreamHeader(BaseModel):
     info: dict[str, Any] = Field(default_factory=dict)
     # When labels arrive (stream/data/label_delay.py: N, uniform:A-B, exponential:MEAN samples
     # late, drawn with ``seed``); None: with their samples.
-    label_delay: int | str | None = None
+    label_delay: StrictInt | StrictStr | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> StreamHeader:

@@ -95,6 +95,11 @@ BINARY_CASES = [
     ("input dtype object", set_header("input_dtype", "object"), "input_dtype"),
     ("level names mismatch", set_header("level_names", ["a", "b"]), "2 level_names for 1"),
     ("header not an object", lambda h: h.clear() or h.update(x=[]), "invalid stream header"),
+    # JSON booleans and floats where integers go read as 1 and 3 before
+    ("boolean label delay", set_header("label_delay", True), "label_delay.int: Input should"),
+    ("float label delay", set_header("label_delay", 3.0), "label_delay.int: Input should"),
+    ("boolean seed", set_header("seed", True), "seed: Input should be a valid integer"),
+    ("boolean inline", set_header("inline", 1), "inline: Input should be a valid boolean"),
 ]
 
 
