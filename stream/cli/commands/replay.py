@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import signal
 import sys
@@ -10,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import structlog
 from pydantic import ValidationError
@@ -78,6 +80,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="what a detected drift makes the learner do (default none)",
     )
     parser.add_argument(
+        "--drift-direction",
+        default=None,
+        choices=["increase", "any"],
+        help="count rises of the error rate only (default increase), or any change: "
+        "two-sided detectors with no error estimate (KSWIN) need any",
+    )
+    parser.add_argument(
+        "--drift-param",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a constructor argument of the detector, VALUE read as JSON where it parses, else "
+        "as text (repeat for several; e.g. --drift PageHinkley --drift-param mode=up)",
+    )
+    parser.add_argument(
         "--label-delay",
         default=None,
         metavar="DELAY",
@@ -125,22 +141,55 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def loop_config(args: argparse.Namespace) -> LoopConfig:
-    if args.drift is None and args.drift_action != DriftAction.NONE:
-        raise UsageError("--drift-action needs --drift DETECTOR")
+    if args.drift is None:
+        for flag, given in (
+            ("--drift-action", args.drift_action != DriftAction.NONE),
+            ("--drift-direction", args.drift_direction is not None),
+            ("--drift-param", bool(args.drift_param)),
+        ):
+            if given:
+                raise UsageError(f"{flag} needs --drift DETECTOR")
+    try:
+        drift = None if args.drift is None else drift_config(args)
+    except ValidationError as exc:
+        where = "--drift options (--drift-direction, --drift-param NAME=VALUE)"
+        raise UsageError(describe_validation_error(exc, where)) from None
     try:
         return LoopConfig(
             batch_size=args.batch_size,
             online_iter=args.online_iter,
             eval_period=args.eval_period or None,
             prequential_windows=args.prequential_window or [1000],
-            drift=None if args.drift is None else drift_config(args),
+            drift=drift,
         )
     except ValidationError as exc:
         raise UsageError(describe_validation_error(exc, "loop options")) from None
 
 
 def drift_config(args: argparse.Namespace) -> DriftConfig:
-    return DriftConfig(detector=args.drift, action=DriftAction(args.drift_action))
+    return DriftConfig(
+        detector=args.drift,
+        params=drift_params(args.drift_param or []),
+        action=DriftAction(args.drift_action),
+        direction=args.drift_direction or "increase",
+    )
+
+
+def drift_params(given: list[str]) -> dict[str, Any]:
+    """``--drift-param NAME=VALUE`` flags as the detector's keyword arguments."""
+    params: dict[str, Any] = {}
+    for item in given:
+        name, sep, text = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise UsageError(f"--drift-param: expected NAME=VALUE, got {item[:80]!r}")
+        if name in params:
+            raise UsageError(f"--drift-param: {name} given twice")
+        try:
+            value = json.loads(text, parse_constant=str)  # NaN, Infinity: taken as text
+        except (ValueError, RecursionError):
+            value = text
+        params[name] = value
+    return params
 
 
 def _check_metrics_options(args: argparse.Namespace) -> None:
