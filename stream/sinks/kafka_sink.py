@@ -15,7 +15,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection
 from typing import Any, Literal, cast
 
-from stream.sources.kafka_options import kafka_python_options
+from stream.daemon.config import KafkaClientConfigError
+from stream.sources.kafka_options import KafkaOptionsError, kafka_python_options
 from stream.sources.kafka_source import client_error, client_log
 
 Client = Literal["kafka-python", "confluent"]
@@ -216,11 +217,17 @@ class KafkaPythonSink(KafkaSink):
 
         self._kafka = kafka
         try:
+            options = kafka_python_options(self.options, "producer")
+        except KafkaOptionsError as exc:  # a config error, never retried
+            raise KafkaClientConfigError(str(exc)) from None
+        try:
             self.producer = kafka.KafkaProducer(
                 bootstrap_servers=bootstrap.split(","),
-                linger_ms=5,
-                **kafka_python_options(self.options, "producer"),
+                **{"linger_ms": 5, **options},  # a user's linger_ms replaces this default
             )
+        except (kafka.errors.KafkaConfigurationError, AssertionError, TypeError, ValueError) as exc:
+            # a value kafka-python refuses (one it checks, such as delivery_timeout_ms)
+            raise KafkaClientConfigError(f"kafka.options for kafka-python: {exc}") from None
         except kafka.errors.KafkaError as exc:
             raise SinkError(f"{bootstrap}: {client_error(exc)}") from None
         self._pending: list[tuple[bytes, Any]] = []

@@ -15,11 +15,16 @@ options does not print the password.
 
 kafka-python's producer, consumer and admin client each refuse arguments they do not know, so
 each gets the options it accepts (:func:`kafka_python_options`); a name none of them accepts is
-an error.
+an error. kafka-python checks few values: ``acks="banana"`` or ``retries=-1`` went unnoticed
+until its I/O thread failed, logging a traceback per request for a minute. So every value is
+checked here against the kind of its default (a bool, a count, a text, one of a few names), and
+the options that take Python objects (serializers, an SSL context) are refused: a config
+cannot give them.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -98,7 +103,7 @@ def _defaults(role: str) -> dict[str, Any]:
 
 def kafka_python_options(options: Mapping[str, Any], role: str) -> dict[str, Any]:
     """The options kafka-python's ``role`` client (consumer, producer, admin) accepts;
-    :class:`KafkaOptionsError` for a name that no client accepts."""
+    :class:`KafkaOptionsError` for a name that no client accepts or a value it cannot take."""
     if role not in _ROLES:
         raise ValueError(f"role must be one of {_ROLES}, got {role!r}")
     known = {r: _defaults(r) for r in _ROLES}
@@ -108,4 +113,73 @@ def kafka_python_options(options: Mapping[str, Any], role: str) -> dict[str, Any
             f"kafka.options: kafka-python knows no option {', '.join(unknown)} "
             "(options use its argument names, e.g. security_protocol, sasl_plain_username)"
         )
+    defaults = {k: v for names in known.values() for k, v in names.items()}
+    for name, value in options.items():
+        wrong = _wrong_value(name, value, defaults[name])
+        if wrong:
+            shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:80] + "..."
+            raise KafkaOptionsError(f"kafka.options: {name} = {shown}: {wrong}")
     return {k: v for k, v in options.items() if k in known[role]}
+
+
+# Values kafka-python takes for these (its own checks, where it has any, come late or never).
+_NAMED = {
+    "acks": (0, 1, -1, "all"),
+    "security_protocol": ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    "sasl_mechanism": ("PLAIN", "GSSAPI", "OAUTHBEARER", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+    "compression_type": (None, "gzip", "snappy", "lz4", "zstd"),
+    "auto_offset_reset": ("earliest", "latest", "none"),
+    "isolation_level": ("read_uncommitted", "read_committed"),
+    "client_dns_lookup": ("use_all_dns_ips", "resolve_canonical_bootstrap_servers_only"),
+}
+# Options whose default is None that take a Python object (a callable, a context).
+_OBJECTS = {
+    "key_serializer",
+    "value_serializer",
+    "key_deserializer",
+    "value_deserializer",
+    "ssl_context",
+    "sasl_oauth_token_provider",
+}
+_COUNTS = {"receive_buffer_bytes", "send_buffer_bytes"}  # None by default: the OS's size
+_INT32_MAX = 2**31 - 1
+
+
+def _wrong_value(name: str, value: Any, default: Any) -> str | None:
+    """What is wrong with ``value`` for kafka-python's option ``name`` (None: nothing)."""
+    if name == "bootstrap_servers":
+        return "the brokers are given by --bootstrap or kafka.bootstrap"
+    if name in _NAMED:
+        allowed = _NAMED[name]
+        if not any(value == a and type(value) is type(a) for a in allowed):
+            return "expected one of " + ", ".join("null" if a is None else repr(a) for a in allowed)
+        return None
+    if name == "socket_options":
+        triples = isinstance(value, list) and all(
+            isinstance(t, list) and len(t) == 3 and all(_is_count(v) for v in t) for t in value
+        )
+        return None if triples else "expected a list of [level, option, value] integer triples"
+    if name == "api_version":
+        version = value is None or (
+            isinstance(value, str) and re.fullmatch(r"\d+(\.\d+){0,2}", value)
+        )
+        return None if version else 'expected null or a broker version such as "2.8.0"'
+    if name in _OBJECTS or not (default is None or isinstance(default, bool | int | float | str)):
+        return "takes a Python object, which a config cannot give"
+    if name in _COUNTS or (isinstance(default, int) and not isinstance(default, bool)):
+        if name in _COUNTS and value is None:
+            return None
+        return None if _is_count(value) else f"expected an integer from 0 to {_INT32_MAX}"
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "expected true or false"
+    if isinstance(default, float):  # retries, consumer_timeout_ms: inf by default
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        return None if number and value >= 0 else "expected a number >= 0"
+    # a text (a name, a path, a password), None by default for most
+    if value is None and default is None:
+        return None
+    return None if isinstance(value, str) else "expected a text"
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _INT32_MAX

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from stream.daemon.config import KafkaClientConfigError, KafkaConfig
-from stream.sources.kafka_options import kafka_python_options
+from stream.sources.kafka_options import KafkaOptionsError, kafka_python_options
 
 # Partition -> offset to continue from, for the partitions the daemon knows.
 AssignHandler = Callable[[list[int]], dict[int, int]]
@@ -344,6 +344,10 @@ class KafkaPythonSource(KafkaSource):
 
         self._kafka = kafka
         try:
+            options = kafka_python_options(config.options, "consumer")
+        except KafkaOptionsError as exc:  # a config error, never retried
+            raise KafkaClientConfigError(str(exc)) from None
+        try:
             self.consumer = kafka.KafkaConsumer(
                 bootstrap_servers=config.bootstrap.split(","),
                 group_id=config.group,
@@ -356,7 +360,7 @@ class KafkaPythonSource(KafkaSource):
                 request_timeout_ms=config.request_timeout_ms,
                 bootstrap_timeout_ms=config.request_timeout_ms,
                 fetch_max_wait_ms=config.fetch_max_wait_ms,
-                **kafka_python_options(config.options, "consumer"),
+                **options,
             )
         except (kafka.errors.KafkaConfigurationError, AssertionError, TypeError, ValueError) as exc:
             # an option kafka-python does not know, or a value it refuses

@@ -15,7 +15,7 @@ import kafka
 import pytest
 
 from stream.cli import main as cli
-from stream.daemon.config import ServeConfig, resolve_kafka_secrets
+from stream.daemon.config import KafkaClientConfigError, ServeConfig, resolve_kafka_secrets
 from stream.daemon.serve import Daemon
 from stream.sinks.kafka_sink import open_sink
 from stream.sources.kafka_options import (
@@ -186,3 +186,87 @@ def test_open_sink_passes_options_to_the_confluent_admin(monkeypatch):
     _recorders(monkeypatch)
     open_sink("confluent", "127.0.0.1:9", {"security.protocol": "SSL"}).ensure_topic("samples")
     assert all(s["security.protocol"] == "SSL" for _, s in Recorder.made)
+
+
+GOOD_VALUES = {
+    "acks": ["all", 0, 1, -1],
+    "retries": [0, 5, float("inf")],
+    "linger_ms": [0, 10],
+    "ssl_check_hostname": [False],
+    "ssl_cafile": ["/etc/ssl/ca.pem"],
+    "compression_type": [None, "gzip"],
+    "api_version": [None, "2.8.0", "3"],
+    "receive_buffer_bytes": [None, 1 << 20],
+    "socket_options": [[[6, 1, 1]]],
+    "sasl_plain_password": [Secret("s3cret")],
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [(n, v) for n, values in GOOD_VALUES.items() for v in values]
+)
+def test_values_kafka_python_takes_pass(name, value):
+    assert kafka_python_options({name: value}, "producer" if name != "receive_buffer_bytes"
+                                else "consumer")[name] == value  # fmt: skip
+
+
+# Each was taken before: kafka-python's I/O thread then failed on every request for a minute
+# (acks, a negative count), waited 30 s to bootstrap (request_timeout_ms as text, socket
+# options), or failed on the first send (batch_size as text).
+BAD_VALUES = [
+    ("acks", "banana", "expected one of 0, 1, -1, 'all'"),
+    ("acks", True, "expected one of 0, 1, -1, 'all'"),
+    ("acks", 2, "expected one of 0, 1, -1, 'all'"),
+    ("retries", -1, "expected a number >= 0"),
+    ("retries", float("nan"), "expected a number >= 0"),
+    ("linger_ms", -5, "expected an integer from 0 to 2147483647"),
+    ("request_timeout_ms", "x", "expected an integer from 0 to 2147483647"),
+    ("batch_size", 2**40, "expected an integer from 0 to 2147483647"),
+    ("metadata_max_age_ms", True, "expected an integer from 0 to 2147483647"),
+    ("send_buffer_bytes", "x", "expected an integer from 0 to 2147483647"),
+    ("ssl_check_hostname", "yes", "expected true or false"),
+    ("security_protocol", "BOGUS", "expected one of 'PLAINTEXT', 'SSL'"),
+    ("sasl_mechanism", "FOO", "expected one of 'PLAIN', 'GSSAPI'"),
+    ("compression_type", "bogus", "expected one of null, 'gzip'"),
+    ("client_id", 5, "expected a text"),
+    ("api_version", "banana", 'expected null or a broker version such as "2.8.0"'),
+    ("socket_options", "x", "expected a list of \\[level, option, value\\] integer triples"),
+    ("value_serializer", "json", "takes a Python object, which a config cannot give"),
+    ("partitioner", "x", "takes a Python object, which a config cannot give"),
+    ("bootstrap_servers", "h:1", "the brokers are given by --bootstrap or kafka.bootstrap"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "message"), BAD_VALUES)
+def test_values_kafka_python_cannot_take_are_refused_by_name(name, value, message):
+    with pytest.raises(KafkaOptionsError, match=f"kafka.options: {name} = .*: {message}"):
+        kafka_python_options({name: value}, "admin")  # whatever client takes it
+
+
+def test_a_secret_in_a_bad_value_stays_masked():
+    with pytest.raises(KafkaOptionsError) as refused:
+        kafka_python_options({"sasl_mechanism": Secret("hunter2")}, "consumer")
+    assert "hunter2" not in str(refused.value) and "'***'" in str(refused.value)
+
+
+def test_publish_refuses_a_bad_value_at_once_with_one_line(tmp_path, capsys):
+    """It logged the producer thread's tracebacks for a minute, then exit 1."""
+    stream = tmp_path / "s.scl"
+    assert cli.main(["schedule", "disjoint", "--dataset", "digits", "--out", str(stream)]) == 0
+    capsys.readouterr()
+    code = cli.main(["publish", str(stream), "--bootstrap", "127.0.0.1:9", "--topic", "samples",
+                     "--option", "acks=banana"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "kafka.options: acks = 'banana': expected one of 0, 1, -1, 'all'" in err
+
+
+@pytest.mark.parametrize("options", [{"acks": "banana"}, {"securty_protocol": "SSL"}])
+def test_the_daemons_source_and_sink_call_a_bad_option_a_config_error(tmp_path, options):
+    """A config error is reported before serving, never retried as if the broker were away."""
+    config = _serve_config(tmp_path, "kafka-python", {})
+    kafka_config = config.kafka.model_copy(update={"options": options})
+    with pytest.raises(KafkaClientConfigError, match=r"^kafka\.options: "):
+        open_source(kafka_config, lambda partitions: {}, lambda problem: None)
+    with pytest.raises(KafkaClientConfigError, match=r"^kafka\.options: "):
+        open_sink("kafka-python", "127.0.0.1:9", options)
