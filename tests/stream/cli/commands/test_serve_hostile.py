@@ -142,7 +142,7 @@ def test_the_poison_trio_is_dead_lettered_and_the_model_equals_the_valid_samples
 @pytest.mark.parametrize(
     ("client", "options", "problem"),
     [
-        ("kafka-python", {"no_such_option": 1}, "kafka.options for kafka-python"),
+        ("kafka-python", {"no_such_option": 1}, "kafka.options: kafka-python knows no option"),
         ("confluent", {"no.such.property": "1"}, "kafka.options for confluent-kafka"),
     ],
 )
