@@ -1,18 +1,24 @@
 """CIFAR-100 "python version" (``train``, ``test``, ``meta`` pickles): 20 coarse, 100 fine labels.
 
 The files are pickles. They are read with an unpickler that only rebuilds dicts, lists, strings,
-bytes, numbers and numpy arrays, so a tampered file cannot run code.
+bytes, numbers and numpy arrays, so a tampered file cannot run code, and only files within the
+bound on a dataset (:func:`~stream.data.datasets.dataset.check_bytes`). What they hold is
+checked for the types the real files have before any of it is converted: ``data`` a uint8
+array ``[n, 3072]``, each label list a flat list (or array) of integers, the names a list of
+texts; so a nested list that shares its parts, which a small pickle can hold and numpy would
+expand, is refused rather than expanded.
 """
 
 from __future__ import annotations
 
 import pickle
+import reprlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stream.data.datasets.dataset import Dataset, DatasetError
+from stream.data.datasets.dataset import MAX_CLASSES, Dataset, DatasetError, check_bytes
 
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"),
@@ -39,6 +45,8 @@ def _text(value: Any) -> str:
 def _load_pickle(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DatasetError(f"cifar100: missing file {path} (expected train, test and meta)")
+    # what unpickling holds at once: the file's bytes and the objects rebuilt from them
+    check_bytes(f"cifar100: {path}", 2 * path.stat().st_size, "its contents")
     try:
         with path.open("rb") as handle:
             raw = _DataOnlyUnpickler(handle, encoding="bytes").load()
@@ -54,14 +62,54 @@ def _split(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     for key in ("data", "fine_labels", "coarse_labels"):
         if key not in content:
             raise DatasetError(f"cifar100: {path} lacks the key {key!r}")
-    data = np.asarray(content["data"], dtype=np.uint8)
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise DatasetError(f"cifar100: {path} data must be [n, 3072] uint8, got {data.shape}")
-    fine = np.asarray(content["fine_labels"], dtype=np.int64)
-    coarse = np.asarray(content["coarse_labels"], dtype=np.int64)
+    data = content["data"]
+    if not (
+        isinstance(data, np.ndarray)
+        and data.dtype == np.uint8
+        and data.ndim == 2
+        and data.shape[1] == 3 * 32 * 32
+    ):
+        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DatasetError(f"cifar100: {path} data must be a [n, 3072] uint8 array, got {got}")
+    fine = _labels(content["fine_labels"], path, "fine_labels")
+    coarse = _labels(content["coarse_labels"], path, "coarse_labels")
     if len(fine) != len(data) or len(coarse) != len(data):
         raise DatasetError(f"cifar100: {path} has {len(data)} images but other label counts")
     return data.reshape(-1, 3, 32, 32), fine, coarse
+
+
+def _labels(value: Any, path: Path, key: str) -> np.ndarray:
+    """A flat list or array of integers as int64, or :class:`DatasetError` naming ``key``."""
+    if isinstance(value, np.ndarray):
+        if value.ndim != 1 or not np.issubdtype(value.dtype, np.integer):
+            raise DatasetError(
+                f"cifar100: {path} {key} must be a flat list of integers, got an array of "
+                f"{value.dtype} {value.shape}"
+            )
+        if value.size and (int(value.min()) < 0 or int(value.max()) > _MAX_LABEL):
+            raise DatasetError(f"cifar100: {path} {key} holds a label outside 0..{_MAX_LABEL}")
+        return value.astype(np.int64)
+    if not isinstance(value, list):
+        raise DatasetError(
+            f"cifar100: {path} {key} must be a flat list of integers, got {type(value).__name__}"
+        )
+    for i, label in enumerate(value):
+        if type(label) is not int or not 0 <= label <= _MAX_LABEL:
+            raise DatasetError(
+                f"cifar100: {path} {key}[{i}] is {_short(label)}; labels are integers in "
+                f"0..{_MAX_LABEL}"
+            )
+    return np.asarray(value, dtype=np.int64)
+
+
+_MAX_LABEL = MAX_CLASSES - 1
+
+
+def _short(value: Any) -> str:
+    # reprlib: a nested list that shares its parts would print as 2**depth items
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxstring, short.maxother = 3, 4, 40, 40
+    return short.repr(value)
 
 
 def load(spec: str, argument: str | None) -> Dataset:
@@ -71,8 +119,15 @@ def load(spec: str, argument: str | None) -> Dataset:
     X_train, fine_train, coarse_train = _split(directory / "train")
     X_test, fine_test, coarse_test = _split(directory / "test")
     meta = _load_pickle(directory / "meta")
-    fine_names = [_text(n) for n in meta.get("fine_label_names", [])]
-    num_fine = int(max(fine_train.max(), fine_test.max())) + 1
+    names = meta.get("fine_label_names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str | bytes) for n in names):
+        raise DatasetError(
+            f"cifar100: {directory / 'meta'} fine_label_names must be a list of names"
+        )
+    fine_names = [_text(n) for n in names]
+    if not len(fine_test):
+        raise DatasetError(f"cifar100: {directory / 'test'} holds no images")
+    num_fine = int(max(fine_train.max(initial=0), fine_test.max())) + 1
     return Dataset(
         spec=spec,
         X_train=X_train,

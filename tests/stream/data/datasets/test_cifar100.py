@@ -6,13 +6,16 @@ import pytest
 from stream.data.datasets import DatasetError, load_dataset
 
 
-def write_cifar100(directory, n_train=40, n_test=20):
-    """Small files in the CIFAR-100 "python version" layout (bytes keys, as the real ones)."""
+def write_cifar100(directory, n_train=120, n_test=20):
+    """Small files in the CIFAR-100 "python version" layout (bytes keys, as the real ones),
+    every fine class in the training split (as in the real files)."""
     rng = np.random.default_rng(0)
     fine_to_coarse = np.arange(100) // 5  # 20 coarse classes of 5 fine classes each
     for name, n in (("train", n_train), ("test", n_test)):
         fine = rng.integers(0, 100, n)
         fine[:2] = [0, 99]
+        if name == "train":
+            fine[:100] = np.arange(100)
         content = {
             b"filenames": [f"img{i}.png".encode() for i in range(n)],
             b"fine_labels": fine.tolist(),
@@ -77,4 +80,73 @@ def test_wrong_image_size_is_refused(tmp_path):
             out,
         )
     with pytest.raises(DatasetError, match="3072"):
+        load_dataset(f"cifar100:{tmp_path}")
+
+
+def _rewrite(directory, name, **changes):
+    with open(directory / name, "rb") as handle:
+        content = pickle.load(handle)
+    content.update({key.encode(): value for key, value in changes.items()})
+    with open(directory / name, "wb") as out:
+        pickle.dump(content, out, protocol=2)
+
+
+def _nested(depth):
+    """A list that numpy would expand into 2**depth labels, from a pickle of a few hundred bytes."""
+    value = [1, 2]
+    for _ in range(depth):
+        value = [value, value]
+    return value
+
+
+# Each was an exit 1 with a traceback-born message (OverflowError, TypeError, numpy's own), or
+# (float labels) silently truncated.
+MALFORMED = [
+    ("train", {"fine_labels": [2**70] * 120}, r"fine_labels\[0\] is 1180591620717411303424"),
+    ("train", {"fine_labels": ["3"] * 120}, r"fine_labels\[0\] is '3'; labels are integers"),
+    ("train", {"fine_labels": [3.5] * 120}, r"fine_labels\[0\] is 3.5"),
+    ("train", {"fine_labels": [True] * 120}, r"fine_labels\[0\] is True"),
+    ("train", {"coarse_labels": [[3]] * 120}, r"coarse_labels\[0\] is \[3\]"),
+    ("train", {"coarse_labels": np.zeros((120, 1), np.int64)}, "got an array of int64"),
+    ("train", {"fine_labels": np.full(120, -1)}, "holds a label outside"),
+    ("train", {"fine_labels": {"a": 1}}, "must be a flat list of integers, got dict"),
+    ("train", {"data": [[300] * 3072] * 120}, "must be a \\[n, 3072\\] uint8 array, got list"),
+    ("train", {"data": np.zeros((120, 3072), np.float32)}, "uint8 array, got float32"),
+    ("meta", {"fine_label_names": 5}, "fine_label_names must be a list of names"),
+]
+
+
+@pytest.mark.parametrize(("name", "changes", "message"), MALFORMED)
+def test_malformed_contents_are_one_clear_error(tmp_path, name, changes, message):
+    write_cifar100(tmp_path)
+    _rewrite(tmp_path, name, **changes)
+    with pytest.raises(DatasetError, match=message) as refused:
+        load_dataset(f"cifar100:{tmp_path}")
+    assert str(tmp_path) in str(refused.value)
+
+
+def test_a_nested_label_list_sharing_its_parts_is_refused_not_expanded(tmp_path):
+    """numpy turned a few hundred pickled bytes into 2**40 labels (or died trying)."""
+    write_cifar100(tmp_path)
+    _rewrite(tmp_path, "train", coarse_labels=_nested(40))
+    with pytest.raises(DatasetError, match=r"coarse_labels\[0\] is \[\[\[\[\.\.\.\], "):
+        load_dataset(f"cifar100:{tmp_path}")
+
+
+def test_an_empty_test_split_is_refused(tmp_path):
+    write_cifar100(tmp_path)
+    with open(tmp_path / "test", "wb") as out:  # protocol 4: an empty array pickles as bytes
+        pickle.dump({b"data": np.zeros((0, 3072), np.uint8), b"fine_labels": [],
+                     b"coarse_labels": []}, out, protocol=4)  # fmt: skip
+    with pytest.raises(DatasetError, match="holds no images"):
+        load_dataset(f"cifar100:{tmp_path}")
+
+
+def test_a_fine_class_without_samples_is_refused_not_a_crash_later(tmp_path):
+    """Its coarse class is unknown: replay and serve failed on the parent map with exit 1."""
+    write_cifar100(tmp_path)
+    labels = [c if c != 7 else 8 for c in range(100)] + [8] * 20
+    _rewrite(tmp_path, "train", fine_labels=labels, coarse_labels=[c // 5 for c in labels])
+    _rewrite(tmp_path, "test", fine_labels=[8] * 20, coarse_labels=[1] * 20)
+    with pytest.raises(DatasetError, match="class 7 of level 1 has no samples"):
         load_dataset(f"cifar100:{tmp_path}")
