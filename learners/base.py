@@ -44,6 +44,11 @@ if TYPE_CHECKING:
     from memory.faiss_index import Calibration
 
 
+MAX_LEVELS = 64
+"""Hierarchy levels a problem may have (HLE's hierarchies have two to four): the one bound a
+dataset, a stream header, a daemon's config and a served model's sidecar all hold."""
+
+
 @dataclass(frozen=True)
 class Problem:
     """What a learner is asked to learn: its input and label space.
@@ -65,6 +70,10 @@ class Problem:
         if not self.num_classes or any(int(k) <= 0 for k in self.num_classes):
             raise ValueError(
                 f"Problem.num_classes must be positive per level, got {self.num_classes}"
+            )
+        if len(self.num_classes) > MAX_LEVELS:
+            raise ValueError(
+                f"Problem.num_classes has {len(self.num_classes)} levels, at most {MAX_LEVELS}"
             )
         if len(self.level_names) != len(self.num_classes):
             raise ValueError(

@@ -34,7 +34,7 @@ from pydantic import (
     model_validator,
 )
 
-from learners.base import Problem
+from learners.base import MAX_LEVELS, Problem
 from learners.config_model import ConfigModel
 from learners.registry import describe_validation_error
 from stream.cli.config_file import load_config_file
@@ -148,10 +148,6 @@ class KafkaConfig(_Section):
         if self.retry_backoff_seconds > self.retry_backoff_max_seconds:
             raise ValueError("retry_backoff_seconds must not exceed retry_backoff_max_seconds")
         return self
-
-
-MAX_LEVELS = 64
-"""Hierarchy levels a problem may have (HLE's hierarchies have two to four)."""
 
 
 class ProblemConfig(_Section):

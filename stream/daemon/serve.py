@@ -126,11 +126,25 @@ def build_problem(config: ServeConfig) -> tuple[Problem, AnytimeEvaluator | None
     dataset = load_dataset(config.evaluation.dataset)
     problem = dataset.problem()
     if declared is not None:
-        for name in ("input_shape", "num_classes"):
-            if list(getattr(declared, name)) != list(getattr(problem, name)):
+        given = {
+            "input_shape": list(declared.input_shape),
+            "num_classes": list(declared.num_classes),
+            "level_names": declared.level_names,
+            "parents": declared.parents,
+        }
+        found = {
+            "input_shape": list(problem.input_shape),
+            "num_classes": list(problem.num_classes),
+            "level_names": list(problem.level_names),
+            "parents": [list(p) for p in problem.parents],
+        }
+        for name, value in given.items():
+            if value is not None and value != found[name]:  # level names, parents: optional
+                shown = "" if name == "parents" else f" {value}"  # parent maps can be long
+                theirs = "" if name == "parents" else f" {found[name]}"
                 raise ServeConfigError(
-                    f"problem.{name} {getattr(declared, name)} differs from evaluation dataset "
-                    f"{config.evaluation.dataset!r}'s {list(getattr(problem, name))}"
+                    f"problem.{name}{shown} differs from evaluation dataset "
+                    f"{config.evaluation.dataset!r}'s{theirs}"
                 )
     evaluator = AnytimeEvaluator.on_test_split(
         dataset, problem, config.loop.eval_batch_size, device

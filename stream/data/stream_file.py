@@ -45,7 +45,7 @@ from pydantic import (
 )
 
 from stream.data.datasets import MAX_CLASSES, MAX_LEVELS, Dataset, DatasetError, check_spec
-from stream.data.schedules import Schedule
+from stream.data.schedules.schedule import MAX_TASKS, Schedule
 
 MAGIC = b"SCLSTRM1"
 VERSION: Final = 1
@@ -62,7 +62,6 @@ _INPUT_DTYPES = {"float32": "<f4", "uint8": "|u1"}
 # exhaust memory or overflow a product before a size check.
 MAX_HEADER_BYTES = 16 << 20
 MAX_COUNT = 1 << 40
-MAX_TASKS = 100_000
 _INT64_MAX = 2**63 - 1
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -474,6 +473,16 @@ def _checked(
             raise StreamFileError(
                 f"{locate(name, bad)}: event {bad}: {name} {int(column[bad])} outside "
                 f"[{low}, {high}] (from the header)"
+            )
+    if n and len(header.num_classes) > 1:  # each label within its own level's classes
+        limits = np.asarray(header.num_classes)[arrays["level"]]
+        wrong = arrays["y"] >= limits
+        if wrong.any():
+            bad = int(np.flatnonzero(wrong)[0])
+            level = int(arrays["level"][bad])
+            raise StreamFileError(
+                f"{locate('y', bad)}: event {bad}: y {int(arrays['y'][bad])} outside "
+                f"[0, {header.num_classes[level] - 1}] at level {level} (from the header)"
             )
     duplicate = first_duplicate(arrays["id"])
     if duplicate is not None:

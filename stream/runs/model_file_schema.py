@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from learners.base import MAX_LEVELS
+
 SIDECAR_FORMAT = "streamcl-model/1"
 
 # Strict: JSON's 5.0 or "5" is not a size, and true is not a count.
@@ -29,11 +31,11 @@ Size = Annotated[int, Field(gt=0, lt=2**31)]
 Count = Annotated[int, Field(ge=0, lt=2**63)]
 Classes = Annotated[list[Annotated[int, Field(ge=0, lt=2**31)]], Field(max_length=2**31)]
 Shape = Annotated[list[Size], Field(min_length=1, max_length=8)]
-Levels = Annotated[list[Size], Field(min_length=1, max_length=64)]
+Levels = Annotated[list[Size], Field(min_length=1, max_length=MAX_LEVELS)]
 HexDigest = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-LevelNames = Annotated[list[Name], Field(min_length=1, max_length=64)]
+LevelNames = Annotated[list[Name], Field(min_length=1, max_length=MAX_LEVELS)]
 # parents[l][c]: the class at level l of class c at level l + 1 (learners.base.Problem)
-Parents = Annotated[list[Classes], Field(max_length=63)]
+Parents = Annotated[list[Classes], Field(max_length=MAX_LEVELS - 1)]
 
 
 def problem_section(problem: Any) -> dict[str, Any]:

@@ -135,15 +135,27 @@ def encode_binary(
     header += b"\0" * (_header_size(len(sample_shape)) - len(header))
     parts = [header]
     if ids is not None:
-        parts.append(np.asarray(ids, dtype="<i8").tobytes())
-    parts.append(np.asarray(y, dtype="<i4").tobytes())
+        parts.append(_column(ids, "ids", "<i8", n))
+    parts.append(_column(y, "y", "<i4", n))
     if task is not None:
-        parts.append(np.asarray(task, dtype="<i4").tobytes())
+        parts.append(_column(task, "task", "<i4", n))
     parts.append(np.ascontiguousarray(x, dtype=X_DTYPES[code]).tobytes())
-    parts.append(
-        np.zeros(n, "u1").tobytes() if level is None else np.asarray(level, dtype="u1").tobytes()
-    )
+    parts.append(np.zeros(n, "u1").tobytes() if level is None else _column(level, "level", "u1", n))
     return b"".join(parts)
+
+
+def _column(values: Any, name: str, dtype: str, n: int) -> bytes:
+    """``values`` as ``n`` integers of ``dtype``; a value the type cannot hold is an error (a
+    cast would wrap it: level 256 read back as 0, -1 as 255)."""
+    array = np.asarray(values)
+    if array.shape != (n,) or not (array.size == 0 or np.issubdtype(array.dtype, np.integer)):
+        raise ValueError(
+            f"{name} must be {n} integers, one per sample, got {array.dtype} {array.shape}"
+        )
+    limits = np.iinfo(dtype)
+    if n and (int(array.min()) < limits.min or int(array.max()) > limits.max):
+        raise ValueError(f"{name} must be in [{limits.min}, {limits.max}] for the binary form")
+    return array.astype(dtype).tobytes()
 
 
 def encode_json(

@@ -15,17 +15,18 @@ Bounds (far above any real dataset, far below what exhausts a machine):
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from learners.base import Problem
+from learners.base import MAX_LEVELS, Problem
 from learners.machine_memory import memory_bytes
 from stream.data.finite import all_finite
 
 MAX_CLASSES = 1 << 24
-MAX_LEVELS = 256
 MAX_DATASET_BYTES = 4 << 30
 
 
@@ -83,6 +84,9 @@ class Dataset:
             raise DatasetError(
                 f"{self.spec}: {len(self.level_names)} level names for {self.num_levels} levels"
             )
+        if len(set(self.level_names)) != len(self.level_names):
+            # predictions and metrics are keyed by level name
+            raise DatasetError(f"{self.spec}: level names must differ, got {self.level_names}")
         if not self.class_names:
             self.class_names = [str(c) for c in range(self.num_classes_per_level[-1])]
         if len(self.class_names) != self.num_classes_per_level[-1]:
@@ -177,6 +181,13 @@ class Dataset:
                         f"{lvl} ({parent[child]} and {par}); levels must form a tree"
                     )
                 parent[child] = par
+            orphans = np.flatnonzero(parent < 0)
+            if len(orphans):
+                raise DatasetError(
+                    f"{self.spec}: class {int(orphans[0])} of level {lvl + 1} has no samples, so "
+                    f"its class at level {lvl} is unknown; number each level's classes "
+                    "0..K-1 without gaps"
+                )
             maps.append(parent.tolist())
         return maps
 
@@ -201,21 +212,32 @@ class Dataset:
 
     def problem(self) -> Problem:
         """The learner-facing description of this dataset."""
-        return Problem(
-            input_shape=self.input_shape,
-            num_classes=tuple(self.num_classes_per_level),
-            level_names=tuple(self.level_names),
-            parents=tuple(tuple(p) for p in self.parents),
-        )
+        try:
+            return Problem(
+                input_shape=self.input_shape,
+                num_classes=tuple(self.num_classes_per_level),
+                level_names=tuple(self.level_names),
+                parents=tuple(tuple(p) for p in self.parents),
+            )
+        except ValueError as exc:  # what the checks above let through, named as the dataset's
+            raise DatasetError(f"{self.spec}: {exc}") from None
 
     def fingerprint(self) -> dict[str, object]:
-        """A few numbers a recorded stream keeps to check it is replayed on the same data."""
-        return {
+        """A few numbers a recorded stream keeps to check it is replayed on the same data; with
+        a hierarchy also its level names and a digest of its parent maps (a regenerated tree
+        with the same class counts is other data). Streams recorded before these keys lack
+        them, and are checked on the keys they have."""
+        found: dict[str, object] = {
             "n_train": len(self.y_train),
             "n_test": len(self.y_test),
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes_per_level,
         }
+        if self.num_levels > 1:
+            found["level_names"] = list(self.level_names)
+            tree = json.dumps(self.parents, separators=(",", ":")).encode()
+            found["parents_sha256"] = hashlib.sha256(tree).hexdigest()
+        return found
 
 
 def _check_label_bound(where: str, name: str, labels: np.ndarray) -> None:

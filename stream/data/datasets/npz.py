@@ -65,11 +65,21 @@ def load(spec: str, argument: str | None) -> Dataset:
         y_train=arrays["y_train"],
         X_test=arrays["X_test"],
         y_test=arrays["y_test"],
-        class_names=[str(n) for n in arrays.get("class_names", [])],
+        class_names=_names(arrays, "class_names", path),
         y_train_levels=arrays.get("y_train_levels") if has_levels else None,
         y_test_levels=arrays.get("y_test_levels") if has_levels else None,
-        level_names=[str(n) for n in arrays.get("level_names", [])],
+        level_names=_names(arrays, "level_names", path),
     )
+
+
+def _names(arrays: dict[str, np.ndarray], key: str, path: Path) -> list[str]:
+    """The strings of the one-dimensional array ``key`` (none when it is absent)."""
+    names = arrays.get(key)
+    if names is None:
+        return []
+    if names.ndim != 1:
+        raise DatasetError(f"npz: {path}: {key} must be a list of names, got shape {names.shape}")
+    return [str(n) for n in names]
 
 
 def _check_sizes(archive: np.lib.npyio.NpzFile, keys: list[str], path: Path) -> None:

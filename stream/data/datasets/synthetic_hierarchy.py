@@ -11,7 +11,7 @@ Everything comes from one numpy PCG64 generator seeded with ``seed``, so the sam
 same arrays on any machine, in milliseconds; a recorded stream can name the spec and be replayed.
 
 Bounds, checked before anything is generated (a recorded stream's header is held to them when
-it is read): ``seed`` in ``[0, 2**32 - 1]``; at most 256 levels and ``2**24`` leaf classes;
+it is read): ``seed`` in ``[0, 2**32 - 1]``; at most 64 levels and ``2**24`` leaf classes;
 float options finite; the arrays generation holds (about three float64 copies of a split) at
 most 4 GiB and at most this machine's memory.
 
@@ -25,6 +25,7 @@ most 4 GiB and at most this machine's memory.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 from pydantic import ConfigDict, Field, ValidationError, field_validator
@@ -64,6 +65,14 @@ class SyntheticHierarchyParams(ConfigModel):
     )
     seed: int = Field(0, ge=0, le=MAX_SEED)
 
+    @field_validator("dim", "train", "test", "seed", mode="before")
+    @classmethod
+    def _whole(cls, value: object) -> object:
+        # from the spec's text: "1.0" and "1e3" were read as counts
+        if isinstance(value, str) and not re.fullmatch(r"[+-]?\d+", value):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        return value
+
     @field_validator("branching", mode="before")
     @classmethod
     def _parse_branching(cls, value: object) -> object:
@@ -95,6 +104,8 @@ def parse_options(argument: str | None) -> SyntheticHierarchyParams:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise DatasetError(f"synthetic-hierarchy: expected KEY=VALUE options, got {item!r}")
+        if key.strip() in options:
+            raise DatasetError(f"synthetic-hierarchy: option {key.strip()} given twice")
         options[key.strip()] = value.strip()
     try:
         return SyntheticHierarchyParams.model_validate(options)

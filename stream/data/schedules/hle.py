@@ -30,7 +30,7 @@ from typing import Literal, Self
 import numpy as np
 from pydantic import Field, model_validator
 
-from stream.data.schedules.schedule import Schedule, ScheduleParams
+from stream.data.schedules.schedule import MAX_TASKS, Schedule, ScheduleParams
 
 DEFAULT_FINE_TASKS = 5
 
@@ -42,6 +42,7 @@ class HLEParams(ScheduleParams):
     tasks: int | None = Field(  # type: ignore[assignment]
         None,
         ge=2,
+        le=MAX_TASKS,
         description="T; default 1 + min(5, #coarse) (single, dual) or L (multi-depth)",
     )
     blurry: int = Field(

@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from stream.data.schedules.schedule import Schedule, ScheduleParams
+from stream.data.schedules.schedule import MAX_TASKS, Schedule, ScheduleParams
 
 
 class OrderedParams(ScheduleParams):
-    tasks: int = Field(1, ge=1, description="number of consecutive tasks T")
+    tasks: int = Field(1, ge=1, le=MAX_TASKS, description="number of consecutive tasks T")
 
 
 def build(levels: np.ndarray, params: OrderedParams, seed: int) -> Schedule:

@@ -10,6 +10,10 @@ from pydantic import ConfigDict, Field
 
 from learners.config_model import ConfigModel
 
+MAX_TASKS = 100_000
+"""Tasks a schedule may have: the bound a recorded stream's header holds (a larger count was
+refused only when the stream was written, after the schedule was made)."""
+
 
 class ScheduleParams(ConfigModel):
     """Base of every schedule's parameters; unknown keys are errors, and so is a boolean for a
@@ -17,7 +21,7 @@ class ScheduleParams(ConfigModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tasks: int = Field(5, ge=1, description="number of tasks T")
+    tasks: int = Field(5, ge=1, le=MAX_TASKS, description="number of tasks T")
 
 
 @dataclass

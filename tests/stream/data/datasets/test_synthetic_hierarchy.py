@@ -61,7 +61,7 @@ def test_options_too_large_for_the_machine_are_refused_before_generating(argumen
         ("seed=-1", "seed: Input should be greater than or equal to 0"),  # was a ValueError
         ("seed=4294967296", "seed: Input should be less than or equal to 4294967295"),
         ("noise=inf", "noise: Input should be a finite number"),
-        ("branching=" + "x".join(["1"] * 300), "branching: List should have at most 256 items"),
+        ("branching=" + "x".join(["1"] * 300), "branching: List should have at most 64 items"),
         ("branching=5000x5000,train=1,test=1,dim=1", "25000000 leaf classes, more than the"),
         ("dim=" + "9" * 5000, "characters, at most 1024"),
     ],
