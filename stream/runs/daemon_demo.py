@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -76,6 +77,14 @@ def run_daemon_demo(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    checkpoints = workdir / "checkpoints"
+    if checkpoints.exists():
+        # Every demo starts an empty broker: a checkpoint from an earlier run would resume at
+        # offsets this topic never reaches, and the daemon would learn nothing.
+        shutil.rmtree(checkpoints)
+        echo(
+            f"removed the previous run's checkpoints in {checkpoints}: the demo's broker starts empty"
+        )
     dataset = load_dataset(DATASET)
     schedule, params = make_schedule(SCHEDULE, dataset, PARAMS, SEED)
     stream = record_schedule(dataset, schedule, SCHEDULE, params.model_dump(mode="json"), SEED)
@@ -111,7 +120,9 @@ def run_daemon_demo(
                 time.sleep(1.0)
                 now = time.monotonic()
                 learned = daemon.loop.samples_seen
-                lag = published["messages"] - sum(daemon.positions.values())
+                # Never negative: with a fresh broker and fresh checkpoints the daemon is at most
+                # ahead by a message sent but not yet counted.
+                lag = max(published["messages"] - sum(daemon.positions.values()), 0)
                 evaluation = daemon.loop.last_evaluation
                 echo(
                     f"{now - started:5.1f} s  learned {learned:5d}  "
