@@ -60,6 +60,11 @@ class _StderrHandler(logging.StreamHandler):
 
 
 QUIET_LIBRARIES = ("faiss.loader", "matplotlib")
+# kafka-python logs each bootstrap, connection and metadata update at info: some 40 lines for
+# one `streamcl publish`. Heard from at warning, in full at `--log-level debug`. (librdkafka,
+# the confluent client, logs to ``streamcl.kafka`` and says nothing at info unless its own
+# ``debug`` option is set.)
+CHATTY_CLIENTS = ("kafka",)
 
 
 def configure_logging(
@@ -111,6 +116,8 @@ def configure_logging(
     # acts on; their warnings still come through.
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    for name in CHATTY_CLIENTS:
+        logging.getLogger(name).setLevel(logging.NOTSET if level == "debug" else logging.WARNING)
     logging.captureWarnings(True)
     _json_requested = log_format == "json"
     return resolved

@@ -58,7 +58,7 @@ def test_context_bound_by_a_caller_is_on_every_line():
     log = structlog.get_logger("streamcl.loop").bind(learner="nmc")
     with structlog.contextvars.bound_contextvars(topic="samples", partition=2, offset=41):
         log.info("task_end", samples=10)
-        logging.getLogger("kafka").info("fetched")
+        logging.getLogger("kafka").warning("fetch retried")
     log.info("after", samples=11)
     first, second, third = _json_lines(out)
     for line in (first, second):
@@ -101,6 +101,28 @@ def test_level_filters_structlog_and_stdlib():
     logging.getLogger("b").info("dropped too")
     structlog.get_logger("a").warning("kept")
     assert [line["event"] for line in _json_lines(out)] == ["kept"]
+
+
+def test_kafka_python_info_records_show_only_at_debug():
+    chatty = logging.getLogger("kafka.net.manager")
+    out = io.StringIO()
+    log_setup.configure_logging("json", stream=out)  # the default level, info
+    chatty.info("Attempting bootstrap to bootstrap-0")
+    chatty.warning("bootstrap failed")
+    logging.getLogger("streamcl.publish").info("published")
+    assert [line["event"] for line in _json_lines(out)] == ["bootstrap failed", "published"]
+    out = io.StringIO()
+    log_setup.configure_logging("json", "debug", stream=out)
+    chatty.info("Attempting bootstrap to bootstrap-0")
+    chatty.debug("Added sensor")
+    assert [line["event"] for line in _json_lines(out)] == [
+        "Attempting bootstrap to bootstrap-0",
+        "Added sensor",
+    ]
+    out = io.StringIO()
+    log_setup.configure_logging("json", "info", stream=out)  # a later call quiets them again
+    chatty.info("Attempting bootstrap to bootstrap-0")
+    assert out.getvalue() == ""
 
 
 def test_default_stream_is_stderr_at_the_time_of_logging(capsys):
