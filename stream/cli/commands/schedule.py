@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import numpy as np
+import structlog
+
 from stream.cli.errors import UsageError
 from stream.cli.output_path import writable_file
 from stream.data.datasets import load_dataset
 from stream.data.label_delay import check_label_delay
 from stream.data.option_value import option_value
 from stream.data.schedules import make_schedule, schedule_names
+from stream.data.schedules.si_blurry import tasks_keeping_every_class
 from stream.data.stream_file import record_schedule, write_stream
+
+log = structlog.get_logger("streamcl.schedule")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -79,6 +85,21 @@ def run(args: argparse.Namespace) -> int:
     writable_file(args.out)
     dataset = load_dataset(args.dataset)
     schedule, params = make_schedule(args.schedule, dataset, _params(args), args.seed)
+    dropped = schedule.info.get("dropped_classes")
+    if dropped:
+        # Only the stream's header would say so otherwise: "wrote 500 events" of 700.
+        assert dataset.y_train_levels is not None
+        labels = dataset.y_train_levels[:, -1]
+        classes, tasks = len(np.unique(labels)), schedule.num_tasks
+        log.warning(
+            "classes_dropped",
+            classes=dropped,
+            samples=int(np.isin(labels, dropped).sum()),
+            of=len(labels),
+            why=f"{args.schedule} keeps classes in multiples of the task count, {tasks}",
+            fix=f"--tasks {tasks_keeping_every_class(classes, tasks)}, a divisor of the "
+            f"{classes} classes, keeps every class",
+        )
     recorded = record_schedule(
         dataset,
         schedule,

@@ -13,10 +13,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
 from stream.data.datasets import Dataset
 from stream.data.schedules.schedule import Schedule, ScheduleParams
+from stream.data.schedules.si_blurry import tasks_keeping_every_class
 
 __all__ = [
     "Schedule",
@@ -83,7 +85,14 @@ def make_schedule(
     except ValueError as exc:
         raise ScheduleError(str(exc)) from None
     if len(schedule.rows) == 0:
-        why = f": it keeps classes in multiples of the task count, {tasks}" if tasks else ""
+        why = ""
+        if tasks:
+            classes = len(np.unique(dataset.y_train_levels[:, -1]))
+            why = (
+                f": it keeps classes in multiples of the task count, {tasks}, and there are "
+                f"{classes}; --tasks {tasks_keeping_every_class(classes, tasks)}, a divisor of "
+                f"{classes}, keeps every class"
+            )
         raise ScheduleError(
             f"{name} with these parameters shows no sample of {dataset.spec} "
             f"(every class was dropped{why})"

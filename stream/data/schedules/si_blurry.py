@@ -2,7 +2,8 @@
 Blurry Task Boundaries"), following ``OnlineSampler(varing_NM=True)`` of KHU-AGI/Si-Blurry.
 
 1. D = floor(C·N/100) disjoint and B = C − D blurry classes, each rounded down to a multiple of
-   T (as the official code does; classes left over are dropped and listed in ``info``).
+   T (as the official code does; classes left over are dropped and listed in ``info``). That
+   drops C mod T classes, so a T that divides C keeps them all (``tasks_keeping_every_class``).
 2. A seeded class permutation; the disjoint classes are cut into T groups at T−1 sorted uniform
    random cut points, the blurry classes likewise, so tasks get uneven, possibly empty, class sets.
 3. Every sample goes to the task that owns its class.
@@ -21,6 +22,8 @@ official code's torch-generated streams.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from pydantic import Field
 
@@ -33,6 +36,18 @@ class SiBlurryParams(ScheduleParams):
     stochastic: bool = Field(
         True, description="random task sizes (Si-Blurry); false: i-Blurry-like"
     )
+
+
+def tasks_keeping_every_class(classes: int, tasks: int) -> int:
+    """The task count nearest ``tasks`` (the larger on a tie) that divides ``classes``, so that
+    no class is dropped.
+
+    >>> tasks_keeping_every_class(7, 5), tasks_keeping_every_class(3, 5), tasks_keeping_every_class(100, 3)
+    (7, 3, 4)
+    """
+    small = [t for t in range(1, math.isqrt(classes) + 1) if classes % t == 0]
+    divisors = small + [classes // t for t in small]
+    return min(divisors, key=lambda t: (abs(t - tasks), -t))
 
 
 def _random_cuts(total: int, parts: int, rng: np.random.Generator) -> np.ndarray:

@@ -3,6 +3,7 @@ what and where, before anything big is allocated or generated."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 
@@ -10,7 +11,9 @@ import numpy as np
 import pytest
 
 from stream.cli import main as cli
+from stream.data.stream_file import read_stream
 from tests.support.cli_runner import streamcl
+from tests.support.logging_state import restore_logging  # noqa: F401 - autouse fixture
 
 
 def npz(path, **arrays):
@@ -113,3 +116,41 @@ def test_a_stream_can_be_written_into_a_fifo(tmp_path):
         reader.join(timeout=30)
     lines = received[0].decode().splitlines()
     assert len(lines) > 1000 and lines[-1].startswith("{")
+
+
+def classes_npz(path, classes: int) -> str:
+    y = np.arange(100 * classes) % classes
+    X = np.random.default_rng(0).random((len(y), 4), dtype=np.float32)
+    np.savez(path, X_train=X, y_train=y, X_test=X[:5], y_test=y[:5])
+    return f"npz:{path}"
+
+
+def test_si_blurry_says_which_classes_it_dropped_and_which_tasks_keep_them(tmp_path, capsys):
+    """7 classes in 5 tasks: 2 classes, 200 of 700 samples, were dropped and only the stream's
+    header said so; the terminal read "wrote 500 events"."""
+    spec = classes_npz(tmp_path / "c7.npz", 7)
+    out = tmp_path / "s.scl"
+    assert cli.main(["schedule", "si-blurry", "--dataset", spec, "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    [warning] = [json.loads(line) for line in captured.err.splitlines()]
+    dropped = read_stream(out).header.info["dropped_classes"]
+    assert len(dropped) == 2 and warning["classes"] == dropped
+    assert (warning["event"], warning["level"]) == ("classes_dropped", "warning")
+    assert (warning["samples"], warning["of"]) == (200, 700)
+    assert "multiples of the task count, 5" in warning["why"]
+    assert warning["fix"].startswith("--tasks 7,")
+    assert "wrote 500 events" in captured.out
+    assert (
+        cli.main(["schedule", "si-blurry", "--dataset", spec, "--tasks", "7", "--out", str(out)])
+        == 0
+    )
+    assert capsys.readouterr().err == ""
+
+
+def test_si_blurry_dropping_every_class_suggests_a_task_count(tmp_path, capsys):
+    spec = classes_npz(tmp_path / "c3.npz", 3)
+    out = tmp_path / "s.scl"
+    assert cli.main(["schedule", "si-blurry", "--dataset", spec, "--out", str(out)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "every class was dropped" in line and "--tasks 3" in line, line
+    assert not out.exists()

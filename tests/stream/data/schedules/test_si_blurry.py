@@ -4,7 +4,7 @@ from hypothesis import strategies as st
 
 from stream.data.datasets import load_dataset
 from stream.data.schedules import make_schedule
-from stream.data.schedules.si_blurry import SiBlurryParams, build
+from stream.data.schedules.si_blurry import SiBlurryParams, build, tasks_keeping_every_class
 from tests.stream.data.schedules.conftest import label_matrix
 
 
@@ -99,3 +99,13 @@ def test_stream_is_pinned_across_machines():
     assert s.info["disjoint_classes"] == [[8], [], [4], [0, 7], [1]]
     assert s.info["quotas"] == [9, 7, 15, 7, 34]
     assert np.bincount(s.task).tolist() == [149, 7, 433, 431, 422]
+
+
+@settings(max_examples=30, deadline=None)
+@given(tasks=st.integers(1, 12), counts=st.lists(st.integers(3, 10), min_size=1, max_size=24))
+def test_the_suggested_task_count_drops_no_class(tasks, counts):
+    levels = label_matrix(counts)
+    suggested = tasks_keeping_every_class(len(counts), tasks)
+    dropped = build(levels, SiBlurryParams(tasks=tasks), 0).info["dropped_classes"]
+    assert len(dropped) == len(counts) % tasks
+    assert build(levels, SiBlurryParams(tasks=suggested), 0).info["dropped_classes"] == []
