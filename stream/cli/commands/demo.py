@@ -25,7 +25,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default=",".join(LEARNERS),
         help=f"comma-separated (default {','.join(LEARNERS)})",
     )
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument(
         "--daemon",
         action="store_true",

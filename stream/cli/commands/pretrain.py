@@ -54,10 +54,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--classes", help="class ids to train on, e.g. 0-4 or 0,2,5-7 (default all)"
     )
     parser.add_argument("--max-samples", type=int, help="train on at most N samples (seeded draw)")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=5, help="passes over the training data")
+    parser.add_argument("--batch-size", type=int, default=64, help="samples per training step")
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the training and of the --max-samples draw"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--out", required=True, help="output weights file (.safetensors)")
     parser.set_defaults(run=run)

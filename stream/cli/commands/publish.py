@@ -53,13 +53,23 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("stream", help="a stream file written by `streamcl schedule`")
     parser.add_argument("--bootstrap", required=True, help="HOST:PORT of a broker")
-    parser.add_argument("--topic", required=True)
+    parser.add_argument("--topic", required=True, help="the topic to write to")
     parser.add_argument(
         "--rate", type=float, default=None, help="samples per second (default: as fast as possible)"
     )
-    parser.add_argument("--format", choices=("json", "binary"), default="binary")
+    parser.add_argument(
+        "--format",
+        choices=("json", "binary"),
+        default="binary",
+        help="one JSON message per sample, or binary micro-batches",
+    )
     parser.add_argument("--batch", type=int, default=64, help="samples per binary message")
-    parser.add_argument("--client", choices=("kafka-python", "confluent"), default="kafka-python")
+    parser.add_argument(
+        "--client",
+        choices=("kafka-python", "confluent"),
+        default="kafka-python",
+        help="the Kafka client library",
+    )
     parser.add_argument(
         "--option",
         action="append",

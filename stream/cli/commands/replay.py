@@ -55,7 +55,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--learner", required=True, help="learner name (see `streamcl learners`)")
     parser.add_argument("--config", help="learner options, a JSON or TOML file")
     parser.add_argument(
-        "--eval-period", type=int, default=1000, help="evaluate every N samples (0: task ends only)"
+        "--eval-period",
+        type=int,
+        default=1000,
+        help="evaluate every N samples, 0 for at task ends only",
     )
     parser.add_argument("--batch-size", type=int, default=16, help="stream samples per micro-batch")
     parser.add_argument(

@@ -13,7 +13,7 @@ from stream.cli.output_path import writable_file
 from stream.data.datasets import load_dataset
 from stream.data.label_delay import check_label_delay
 from stream.data.option_value import option_value
-from stream.data.schedules import make_schedule, schedule_names
+from stream.data.schedules import make_schedule, params_model, schedule_names
 from stream.data.schedules.si_blurry import tasks_keeping_every_class
 from stream.data.stream_file import record_schedule, write_stream
 
@@ -35,10 +35,21 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         " river:NAME[?KEY=VALUE&...]",
     )
     parser.add_argument(
-        "--tasks", type=int, help="number of tasks T (default 5; hle: 1 + min(5, #coarse) or L)"
+        "--tasks",
+        type=int,
+        help=f"number of tasks T (default: {_defaults('tasks')}; "
+        "hle: 1 + min(5, #coarse), multi-depth: L)",
     )
-    parser.add_argument("--disjoint", type=int, help="N: percent of disjoint classes")
-    parser.add_argument("--blurry", type=int, help="M: percent of blurry samples mixed")
+    parser.add_argument(
+        "--disjoint",
+        type=int,
+        help=f"N: percent of disjoint classes (default: {_defaults('disjoint')})",
+    )
+    parser.add_argument(
+        "--blurry",
+        type=int,
+        help=f"M: percent of blurry samples mixed (default: {_defaults('blurry')})",
+    )
     parser.add_argument(
         "--non-stochastic", action="store_true", help="si-blurry with fixed task sizes"
     )
@@ -50,7 +61,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="any other schedule parameter (VALUE parsed as JSON when it can be)",
     )
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1, help="seed of the schedule's draws")
     parser.add_argument(
         "--inline", action="store_true", help="store inputs in the stream, not row references"
     )
@@ -64,6 +75,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", required=True, help="output stream file (.jsonl or .scl)")
     parser.set_defaults(run=run)
+
+
+def _defaults(field: str) -> str:
+    """Each schedule's default for ``field``, read from its parameters, e.g. ``5 for disjoint,
+    si-blurry; 1 for ordered``; schedules without the field (or without a fixed default) are
+    left out."""
+    schedules: dict[Any, list[str]] = {}
+    for name in schedule_names():
+        info = params_model(name).model_fields.get(field)
+        if info is not None and info.default is not None:
+            schedules.setdefault(info.default, []).append(name)
+    return "; ".join(f"{value} for {', '.join(names)}" for value, names in schedules.items())
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
