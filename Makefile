@@ -11,7 +11,7 @@ test:
 	bash scripts/test.sh
 
 bench: setup
-	.venv/bin/python -m bench
+	.venv/bin/python -m bench all
 
 lint: setup
 	.venv/bin/ruff check stream learners memory tests bench
