@@ -16,7 +16,7 @@ from stream.data.schedules import make_schedule
 from stream.data.stream_file import record_schedule, write_stream
 from stream.engine.event_loop import LoopConfig
 from stream.runs.plots import plot_curves
-from stream.runs.recorded_run import prepare, replay
+from stream.runs.recorded_run import learner_folder, prepare, replay
 from stream.runs.report import format_table
 
 DATASET = "digits"
@@ -59,7 +59,13 @@ def run_demo(
 
             observers.append(ProgressBar(len(prepared.stream), name))
         all_results[name] = replay(
-            prepared, name, LEARNERS.get(name, {}), LOOP, device, out / name, observers=observers
+            prepared,
+            name,
+            LEARNERS.get(name, {}),
+            LOOP,
+            device,
+            out / learner_folder(name),
+            observers=observers,
         )
     table = format_table(all_results)
     (out / "table.md").write_text(table + "\n", encoding="utf-8")

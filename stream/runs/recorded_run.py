@@ -26,6 +26,14 @@ from stream.runs.plots import plot_curves
 from stream.sources.file_source import check_against_dataset, check_events, task_batches
 
 
+def learner_folder(learner: str) -> str:
+    """The folder a run of ``learner`` writes to, by default (``streamcl replay``: under
+    ``runs/``; ``streamcl demo``: under its --out): the learner's name with each ``:`` as ``_``,
+    so ``river:tree.HoeffdingTreeClassifier`` writes to ``river_tree.HoeffdingTreeClassifier``
+    (Windows refuses a colon in a folder name, and elsewhere it splits lists of paths)."""
+    return learner.replace(":", "_")
+
+
 @dataclass
 class PreparedStream:
     """A recorded stream with its dataset, label space and test-set evaluator inputs."""

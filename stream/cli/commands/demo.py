@@ -19,7 +19,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "demo", help="run the embedded demo: digits, Si-Blurry, several learners; table + plot"
     )
-    parser.add_argument("--out", default="streamcl-demo", help="output directory")
+    parser.add_argument(
+        "--out",
+        default="streamcl-demo",
+        help="output directory; each learner's results go to a folder of its name in it, each "
+        "':' as '_'",
+    )
     parser.add_argument(
         "--learners",
         default=",".join(LEARNERS),
@@ -56,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(results))
     print(
         f"curves in {out / 'curve.png'}, table in {out / 'table.md'}, "
-        f"per-learner results in {out}/<learner>/results.json ({time.perf_counter() - started:.1f} s)"
+        f"per-learner results in {out}/<learner>/results.json, ':' in a name as '_' "
+        f"({time.perf_counter() - started:.1f} s)"
     )
     return 0
 

@@ -38,7 +38,7 @@ from stream.observe.loop_log import LoopLogger
 from stream.observe.pacing import Pacer
 from stream.observe.progress import ProgressBar
 from stream.observe.telemetry import Telemetry
-from stream.runs.recorded_run import prepare, replay
+from stream.runs.recorded_run import learner_folder, prepare, replay
 from stream.runs.report import format_table
 
 log = structlog.get_logger("streamcl.replay")
@@ -104,7 +104,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "predicted first, as `streamcl serve` sees them (default: the stream's own, else none)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--out", default=None, help="output directory (default: runs/<learner>)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output directory (default: runs/LEARNER, each ':' in the name as '_', e.g. "
+        "runs/river_tree.HoeffdingTreeClassifier)",
+    )
     parser.add_argument(
         "--max-rate",
         type=float,
@@ -229,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
         args.label_delay, prepared.stream.header.label_delay, args.stream
     )
     out = writable_directory(
-        Path(args.out) if args.out else Path("runs") / args.learner.replace(":", "_")
+        Path(args.out) if args.out else Path("runs") / learner_folder(args.learner)
     )
     bar_enabled = None if resolve_format(args.log_format, sys.stderr) == "console" else False
     observers: list[Observer] = [
