@@ -27,24 +27,32 @@ __all__ = [
     "DatasetError",
     "as_float_tensor",
     "check_spec",
+    "dataset_forms",
     "dataset_names",
     "load_dataset",
 ]
 
-# name -> module with ``load(spec, argument) -> Dataset`` and, for a generated dataset,
-# ``check(spec, argument)``; add a dataset with one line here.
-_LOADERS: dict[str, str] = {
-    "digits": "stream.data.datasets.digits",
-    "fashion-mnist": "stream.data.datasets.fashion_mnist",
-    "cifar100": "stream.data.datasets.cifar100",
-    "npz": "stream.data.datasets.npz",
-    "river": "stream.data.datasets.river_datasets",
-    "synthetic-hierarchy": "stream.data.datasets.synthetic_hierarchy",
+# name -> (module with ``load(spec, argument) -> Dataset`` and, for a generated dataset,
+# ``check(spec, argument)``; what may follow the name, as docs/datasets.md writes it: "" for
+# nothing, "[:X]" for an optional argument, ":X" for a required one); add a dataset with one
+# line here.
+_LOADERS: dict[str, tuple[str, str]] = {
+    "digits": ("stream.data.datasets.digits", ""),
+    "fashion-mnist": ("stream.data.datasets.fashion_mnist", "[:DIR]"),
+    "cifar100": ("stream.data.datasets.cifar100", ":DIR"),
+    "npz": ("stream.data.datasets.npz", ":PATH"),
+    "river": ("stream.data.datasets.river_datasets", ":NAME[?KEY=VALUE&...]"),
+    "synthetic-hierarchy": ("stream.data.datasets.synthetic_hierarchy", "[:k=v,...]"),
 }
 
 
 def dataset_names() -> list[str]:
     return sorted(_LOADERS)
+
+
+def dataset_forms() -> list[str]:
+    """Each dataset's spec as a user writes it, e.g. ``digits``, ``cifar100:DIR``."""
+    return [name + _LOADERS[name][1] for name in dataset_names()]
 
 
 # A spec names a file or a few options: longer is a mistake or an attack (and every error
@@ -64,10 +72,8 @@ def load_dataset(spec: str) -> Dataset:
     _check_length(spec)
     name, _, argument = spec.partition(":")
     if name not in _LOADERS:
-        raise DatasetError(
-            f"unknown dataset {spec!r}; known: {', '.join(f'{n}[:ARG]' for n in dataset_names())}"
-        )
-    loader: Callable[[str, str | None], Dataset] = importlib.import_module(_LOADERS[name]).load
+        raise DatasetError(f"unknown dataset {spec!r}; known: {', '.join(dataset_forms())}")
+    loader: Callable[[str, str | None], Dataset] = importlib.import_module(_LOADERS[name][0]).load
     return loader(spec, argument or None)
 
 
@@ -79,6 +85,6 @@ def check_spec(spec: str) -> None:
     _check_length(spec)
     name, _, argument = spec.partition(":")
     if name in _LOADERS:
-        check = getattr(importlib.import_module(_LOADERS[name]), "check", None)
+        check = getattr(importlib.import_module(_LOADERS[name][0]), "check", None)
         if check is not None:
             check(spec, argument or None)

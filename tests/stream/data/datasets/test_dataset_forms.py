@@ -1,0 +1,32 @@
+"""The dataset specs an error lists are the ones each dataset takes (docs/datasets.md)."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from stream.data.datasets import DatasetError, dataset_forms, dataset_names, load_dataset
+
+DOCS = Path(__file__).resolve().parents[4] / "docs" / "datasets.md"
+
+
+def test_the_unknown_dataset_error_lists_each_form_exactly():
+    with pytest.raises(DatasetError) as error:
+        load_dataset("mnist")
+    message = str(error.value)
+    listed = message.split("known: ", 1)[1].split(", ")
+    assert listed == dataset_forms()
+    assert "digits" in listed and "cifar100:DIR" in listed and "npz:PATH" in listed
+    assert "[:ARG]" not in message
+
+
+def test_every_form_is_the_one_docs_datasets_md_gives():
+    documented = set(re.findall(r"^\| `([^`]+)` \|", DOCS.read_text(encoding="utf-8"), re.M))
+    assert set(dataset_forms()) <= documented
+    assert [re.split(r"[\[:]", f, maxsplit=1)[0] for f in dataset_forms()] == dataset_names()
+
+
+@pytest.mark.parametrize("form", [f for f in dataset_forms() if ":" in f and "[:" not in f])
+def test_a_required_argument_is_required(form):
+    with pytest.raises(DatasetError, match="needs"):
+        load_dataset(form.split(":", 1)[0])
