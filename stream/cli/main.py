@@ -1,8 +1,9 @@
 """The ``streamcl`` command line (README, "Command line").
 
 Exit codes: 0 success; 2 bad usage or bad config, with one line that says what and where
-(a path too long for the file system included); 1 any other failure; 141 (as a shell's
-SIGPIPE) when the reader of the output went away (``streamcl learners | head -1``).
+(a path too long for the file system included), or, with no command at all, the usage and the
+list of commands; 1 any other failure; 141 (as a shell's SIGPIPE) when the reader of the
+output went away (``streamcl learners | head -1``).
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
+        # main prefixes "streamcl: error: "; a subcommand's error names the subcommand only
+        # (its prog is "streamcl replay"), so the line does not say streamcl twice
+        command = self.prog.partition(" ")[2]
+        raise UsageError(f"{command}: {message}" if command else message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,8 +90,14 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        if not argv:
+            # no command: the usage and the list of commands, not just "required: COMMAND"
+            parser.print_help(sys.stderr)
+            return 2
+        args = parser.parse_args(argv)
         configure_logging(args.log_format, args.log_level)
         return int(args.run(args))
     except USER_ERRORS as exc:

@@ -182,3 +182,27 @@ def test_output_whose_reader_went_away_ends_quietly():
     finally:
         os.close(write)
     assert result.returncode == 141 and result.stderr == "", result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["replay"], "streamcl: error: replay: the following arguments are required: stream"),
+        (["replay", "S", "--learner", "nmc", "--batch-size", "z"], "streamcl: error: replay: "),
+        (["frobnicate"], "streamcl: error: argument COMMAND: invalid choice: 'frobnicate'"),
+    ],
+)
+def test_an_argparse_error_says_streamcl_once(capsys, args, line):
+    """argparse's own errors were wrapped again: ``streamcl: error: streamcl replay: ...``."""
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(line) and err.count("streamcl") == 1, err
+
+
+def test_bare_streamcl_prints_the_usage_and_every_command():
+    result = streamcl()
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("usage: streamcl")
+    assert "required: COMMAND" not in result.stderr
+    for command in ("demo", "schedule", "replay", "report", "learners", "serve", "predict"):
+        assert f"\n    {command} " in result.stderr, command
