@@ -39,9 +39,9 @@ class ACIL(AnalyticLearner, Mergeable, AdditiveStatistics):
     """G-ACIL: frozen backbone, random ReLU buffer, exact streaming ridge head per level.
 
     ``learn`` absorbs each sample exactly once and ignores ``iterations``. ``state_dict`` saves
-    the statistics, not the cached solution: a restored learner solves afresh, which equals the
-    cached solution (kept exact by Woodbury updates since its factorisation) to rounding, not
-    bit for bit (``restore_tolerance``). ``merge`` adds another learner's statistics.
+    the statistics and the cached solution with its cadence (:meth:`RecursiveRidge.state_dict`):
+    a restored learner goes on bit for bit (a checkpoint from before the cache was saved: to
+    rounding). ``merge`` adds another learner's statistics.
     """
 
     name = "acil"

@@ -39,7 +39,7 @@ from learners.base import Problem
 from learners.capabilities import ClassMomentsView, MomentStatistics
 from learners.levels import Levels
 from learners.linalg.class_moments import ClassMoments
-from learners.linalg.ridge import RidgeSolution, one_hot
+from learners.linalg.ridge import RidgeSolution, load_solution, one_hot, solution_state
 from learners.state.learner_state import LearnerState
 
 PSEUDO_CHUNK = 4096  # pseudo-features drawn and fitted per step (bounds the temporary memory)
@@ -83,9 +83,10 @@ class AEFOCL(ACIL, MomentStatistics):
 
     ``iterations`` is ignored as in :class:`learners.acil.ACIL`. A draw is reproducible from
     the class moments it was made from and its index, both kept (and checkpointed), so a
-    balanced solution dropped for room, a device move or a restore is rebuilt from the same
-    pseudo-features; a restored learner's solution equals the one it replaces to rounding
-    (``restore_tolerance``, as :class:`learners.acil.ACIL`).
+    balanced solution dropped for room or a device move is rebuilt from the same
+    pseudo-features. A checkpoint also carries the balanced solution itself
+    (:func:`learners.linalg.ridge.solution_state`), so a restored learner goes on bit for bit;
+    one from before it did rebuilds it, equal to rounding.
     """
 
     name = "aef-ocl"
@@ -172,10 +173,14 @@ class AEFOCL(ACIL, MomentStatistics):
             drawn = self.drawn[lvl]
             if drawn is not None:
                 state.put(f"drawn.{lvl}", drawn.state_dict())
+            balanced = self.balanced[lvl]
+            if balanced is not None:
+                state.put(f"balanced.{lvl}", solution_state(balanced))
         state.meta.update(
             draws=list(self.draws),
             since_draw=list(self.since_draw),
             drawn=[d is not None for d in self.drawn],
+            balanced=[b is not None for b in self.balanced],
         )
         return state
 
@@ -192,6 +197,27 @@ class AEFOCL(ACIL, MomentStatistics):
         self.draws = [int(n) for n in state.meta["draws"]]
         self.since_draw = [int(n) for n in state.meta["since_draw"]]
         self.balanced = [None] * self.problem.num_levels
+        kept = state.meta.get("balanced")  # absent from checkpoints before it was saved
+        if kept is None:
+            return
+        levels = self.problem.num_levels
+        if (
+            not isinstance(kept, list)
+            or len(kept) != levels
+            or any(type(b) is not bool for b in kept)
+        ):
+            raise ValueError(f"balanced is {kept!r}, not {levels} flags")
+        balanced: list[RidgeSolution | None] = [None] * levels
+        for lvl, head in enumerate(self.heads):
+            if kept[lvl]:
+                balanced[lvl] = load_solution(
+                    state.part(f"balanced.{lvl}"),
+                    head.dim,
+                    head.outputs,
+                    head.capacity,
+                    self.device,
+                )
+        self.balanced = balanced
 
     def to(self, device: torch.device | str) -> Self:
         super().to(device)

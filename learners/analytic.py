@@ -109,9 +109,8 @@ class AnalyticLearner(Learner, FusedPrediction):
 
     config: AnalyticConfig
     buffer_activation: ClassVar[Activation] = "relu"
-    # a restored head factorises its statistics afresh, where the live one kept a factorisation
-    # exact by Woodbury updates: the two solutions agree to rounding
-    restore_tolerance: ClassVar[float] = 1e-9
+    # restore_tolerance stays 0: a checkpoint carries each head's cached solution, cadence and
+    # deferred Gram rows (learners.linalg.ridge), so a restored learner goes on bit for bit
 
     def __init__(self, problem: Problem, config: AnalyticConfig) -> None:
         super().__init__(problem, config)

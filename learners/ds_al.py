@@ -51,8 +51,11 @@ class DSAL(AnalyticLearner, AdditiveStatistics):
     """DS-AL: ReLU main stream + C × tanh compensation stream fitted to its cleansed residual.
 
     ``learn`` absorbs each sample exactly once and ignores ``iterations``. ``state_dict`` saves
-    the statistics, not the cached solutions, which a restored learner solves afresh: equal to
-    rounding (``restore_tolerance``), as :class:`learners.acil.ACIL`.
+    both streams' statistics and cached solutions (:meth:`RecursiveRidge.state_dict`), so a
+    restored learner goes on bit for bit. This matters more here than for
+    :class:`learners.acil.ACIL`: each compensation row is a residual against the main stream's
+    solution, so a restored main stream solving afresh (a checkpoint from before the cache was
+    saved) rounds differently, and the compensation statistics learn that rounding for good.
     """
 
     name = "ds-al"

@@ -8,7 +8,8 @@ sufficient statistics G = HᵀH, Q = HᵀY and per-class counts (float64), which
 one rank-B product, which two heads merge by addition, and which a checkpoint stores exactly. G is
 symmetric, so the head updates and reads only its lower triangle (:mod:`learners.linalg.gram`,
 :mod:`learners.linalg.cholesky`); a checkpoint holds the full symmetric G. The solution is a
-cache, rebuilt from the statistics whenever it is dropped:
+cache, rebuilt from the statistics whenever it is dropped (a merge, a device move); a checkpoint
+carries it (:func:`solution_state`), so that a restored head goes on bit for bit:
 
 - :class:`CholeskySolution` factorises G + γI once and keeps W exact while rows arrive by the
   block form of the same Woodbury identity, W = W₀ + V S⁻¹ (Y_U − U W₀) with V = (G₀+γI)⁻¹Uᵀ and
@@ -151,15 +152,20 @@ class CholeskySolution:
             self._weights = self._corrected()
         return self._weights
 
+    def _allocate(self) -> None:
+        """The buffers of ``capacity`` rows the absorbed rows go into."""
+        d, c = self.W0.shape
+        dtype, device = self.W0.dtype, self.W0.device
+        self._U = torch.empty(self.capacity, d, dtype=dtype, device=device)
+        self._Vt = torch.empty(self.capacity, d, dtype=dtype, device=device)
+        self._E = torch.empty(self.capacity, c, dtype=dtype, device=device)
+        self._S = torch.empty(self.capacity, self.capacity, dtype=dtype, device=device)
+
     def _absorb(self, H: torch.Tensor, Y: torch.Tensor) -> None:
         if self._U is None:
-            d, c = self.W0.shape
-            dtype, device = self.W0.dtype, self.W0.device
-            self._U = torch.empty(self.capacity, d, dtype=dtype, device=device)
-            self._Vt = torch.empty(self.capacity, d, dtype=dtype, device=device)
-            self._E = torch.empty(self.capacity, c, dtype=dtype, device=device)
-            self._S = torch.empty(self.capacity, self.capacity, dtype=dtype, device=device)
-        assert self._Vt is not None and self._E is not None and self._S is not None
+            self._allocate()
+        assert self._U is not None and self._Vt is not None
+        assert self._E is not None and self._S is not None
         k, b = self.rows, len(H)
         V = cholesky_solve(H.T, self.factor)  # (G₀+γI)⁻¹ Hᵀ
         self._U[k : k + b] = H
@@ -318,6 +324,22 @@ class Cadence:
     def reset(self) -> None:
         self.frequent, self.rows, self._streak = True, 0, 0
 
+    def state(self) -> dict[str, object]:
+        """What a checkpoint keeps (JSON): the form in use, the rows since the last solve, and
+        whether the previous solve already voted to switch back to frequent."""
+        return {"frequent": self.frequent, "rows": self.rows, "streak": self._streak}
+
+    @classmethod
+    def of_state(cls, state: object, threshold: int, where: str = "") -> Cadence:
+        """The cadence :meth:`state` saved, each value checked; ``threshold``: the head's."""
+        if not isinstance(state, dict):
+            raise ValueError(f"{where}cadence is {state!r}, not a mapping")
+        cadence = cls(threshold)
+        cadence.frequent = _flag(state, "frequent", f"{where}cadence.")
+        cadence.rows = _count(state, "rows", f"{where}cadence.")
+        cadence._streak = _count(state, "streak", f"{where}cadence.", 1)
+        return cadence
+
 
 class WoodburySolution:
     """The recursive form of ACIL eqs. 9-10: R = (HᵀH + γI)⁻¹ and W, updated per batch.
@@ -354,6 +376,146 @@ class WoodburySolution:
 
 
 RidgeSolution = CholeskySolution | InverseSolution | WoodburySolution
+
+
+def _count(meta: dict[str, object], key: str, where: str, most: int | None = None) -> int:
+    """``meta[key]`` as a count in [0, most]; a ``ValueError`` naming it otherwise (a checkpoint
+    is outside bytes, its metadata too)."""
+    value = meta.get(key)
+    if type(value) is not int or value < 0 or (most is not None and value > most):
+        bound = "" if most is None else f" at most {most}"
+        raise ValueError(f"{where}{key} is {value!r}, not a count{bound}")
+    return value
+
+
+def _flag(meta: dict[str, object], key: str, where: str) -> bool:
+    value = meta.get(key)
+    if type(value) is not bool:
+        raise ValueError(f"{where}{key} is {value!r}, not true or false")
+    return value
+
+
+def _exact_tensor(
+    state: LearnerState, name: str, shape: tuple[int, ...], device: torch.device
+) -> torch.Tensor:
+    """Tensor ``name`` of a cache: float64 of ``shape``, finite (refused otherwise, naming it),
+    as a new row-major tensor on ``device``. Converting another dtype would round it, and the
+    point of saving a cache is that it is not rounded again."""
+    tensor = state.expect(name, shape, torch.float64)
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"tensor {state.prefix}{name!r} holds NaN or inf")
+    return tensor.to(device=device).clone(memory_format=torch.contiguous_format)
+
+
+def _batches_state(
+    tensors: dict[str, torch.Tensor], pending: list[tuple[torch.Tensor, torch.Tensor]]
+) -> list[int]:
+    """The rows waiting in a solution, as two tensors and the batch sizes (the batches are
+    absorbed one by one, so their boundaries shape the rounding)."""
+    if pending:
+        tensors["pending_H"] = torch.cat([H for H, _ in pending])
+        tensors["pending_Y"] = torch.cat([Y for _, Y in pending])
+    return [len(H) for H, _ in pending]
+
+
+def _load_batches(
+    state: LearnerState, dim: int, outputs: int, device: torch.device, most: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    sizes = state.meta.get("pending")
+    where = state.prefix
+    if not isinstance(sizes, list) or not all(type(n) is int and n > 0 for n in sizes):
+        raise ValueError(f"{where}pending is {sizes!r}, not a list of batch sizes")
+    total = sum(sizes)
+    if total > most:
+        raise ValueError(f"{where}pending holds {total} rows, more than the {most} it may")
+    if not total:
+        return []
+    H = _exact_tensor(state, "pending_H", (total, dim), device)
+    Y = _exact_tensor(state, "pending_Y", (total, outputs), device)
+    return list(zip(H.split(sizes), Y.split(sizes), strict=True))
+
+
+def solution_state(solution: RidgeSolution) -> LearnerState:
+    """Everything of ``solution`` that its future arithmetic reads: factor or inverse, weights,
+    the rows absorbed since and the rows waiting, and its counters. Bounded: two d×d matrices
+    at most (R and W, or the factor and W₀ — the same d×d the head would hold anyway), plus
+    rows of d: ``capacity`` (d/4) absorbed and d/8 waiting for a :class:`CholeskySolution`,
+    :data:`FOLD_ROWS` absorbed and 4·:data:`FOLD_ROWS` waiting for an :class:`InverseSolution`."""
+    tensors: dict[str, torch.Tensor] = {}
+    if isinstance(solution, CholeskySolution):
+        k = solution.rows
+        tensors.update(factor=solution.factor, W0=solution.W0)
+        if k:
+            assert solution._U is not None and solution._Vt is not None
+            assert solution._E is not None and solution._S is not None
+            tensors.update(
+                U=solution._U[:k], Vt=solution._Vt[:k], E=solution._E[:k], S=solution._S[:k, :k]
+            )
+        meta = {"kind": "cholesky", "rows": k}
+    elif isinstance(solution, InverseSolution):
+        tensors.update(R=solution.R, W=solution.W)
+        if solution.rows:
+            tensors["Z"] = solution._Z[: solution.rows]
+        meta = {"kind": "inverse", "rows": solution.rows, "folded": solution.folded}
+    else:
+        tensors.update(R=solution.R, W=solution.W)
+        meta = {"kind": "woodbury"}
+    if not isinstance(solution, WoodburySolution):
+        meta["pending"] = _batches_state(tensors, solution._pending)
+    cpu = {name: value.detach().cpu() for name, value in tensors.items()}
+    return LearnerState(cpu, meta)
+
+
+def load_solution(
+    state: LearnerState, dim: int, outputs: int, capacity: int, device: torch.device
+) -> RidgeSolution:
+    """The solution :func:`solution_state` saved, every tensor and counter checked (shape,
+    float64, finite, counts within the solution's bounds); ``capacity``: the head's
+    :attr:`RecursiveRidge.capacity` (a :class:`CholeskySolution`'s)."""
+    kind, where = state.meta.get("kind"), state.prefix
+    square, wide = (dim, dim), (dim, outputs)
+    if kind == "woodbury":
+        return WoodburySolution(
+            _exact_tensor(state, "R", square, device), _exact_tensor(state, "W", wide, device)
+        )
+    if kind == "cholesky":
+        k = _count(state.meta, "rows", where, capacity)
+        factor = _exact_tensor(state, "factor", square, device)
+        cholesky_solution = CholeskySolution.__new__(CholeskySolution)
+        cholesky_solution.factor = factor
+        cholesky_solution.W0 = _exact_tensor(state, "W0", wide, device)
+        cholesky_solution.capacity = capacity
+        cholesky_solution.rows = 0
+        cholesky_solution._pending, cholesky_solution._pending_rows = [], 0
+        cholesky_solution._U = cholesky_solution._Vt = None
+        cholesky_solution._E = cholesky_solution._S = None
+        cholesky_solution._weights = None
+        if k:
+            cholesky_solution._allocate()
+            assert cholesky_solution._U is not None and cholesky_solution._Vt is not None
+            assert cholesky_solution._E is not None and cholesky_solution._S is not None
+            cholesky_solution._U[:k] = _exact_tensor(state, "U", (k, dim), device)
+            cholesky_solution._Vt[:k] = _exact_tensor(state, "Vt", (k, dim), device)
+            cholesky_solution._E[:k] = _exact_tensor(state, "E", (k, outputs), device)
+            cholesky_solution._S[:k, :k] = _exact_tensor(state, "S", (k, k), device)
+            cholesky_solution.rows = k
+        most = min(capacity - k, max(1, capacity // 2))
+        pending = _load_batches(state, dim, outputs, device, most)
+        cholesky_solution._pending = pending
+        cholesky_solution._pending_rows = sum(len(H) for H, _ in pending)
+        return cholesky_solution
+    if kind == "inverse":
+        inverse = InverseSolution(
+            _exact_tensor(state, "R", square, device), _exact_tensor(state, "W", wide, device)
+        )
+        inverse.rows = _count(state.meta, "rows", where, inverse.capacity)
+        inverse.folded = _count(state.meta, "folded", where)
+        if inverse.rows:
+            inverse._Z[: inverse.rows] = _exact_tensor(state, "Z", (inverse.rows, dim), device)
+        inverse._pending = _load_batches(state, dim, outputs, device, 4 * inverse.capacity)
+        inverse._pending_rows = sum(len(H) for H, _ in inverse._pending)
+        return inverse
+    raise ValueError(f"{where}kind is {kind!r}, not a ridge solution (cholesky, inverse, woodbury)")
 
 
 class RecursiveRidge:
@@ -579,18 +741,40 @@ class RecursiveRidge:
         return [self._G, self.Q, self.counts]
 
     def state_dict(self) -> LearnerState:
-        """The head's statistics: counts and either G (full, symmetric, the waiting rows
-        included) and Q, or R and W (woodbury). The solution is a cache, left out; saving
-        changes nothing in the head."""
+        """The head's statistics and everything its future arithmetic reads; saving changes
+        nothing in the head.
+
+        A woodbury head: counts, R and W. A head with statistics: counts, G (full and
+        symmetric: the lower triangle of the Gram products applied so far), Q, the rows whose
+        Gram update is deferred (``waiting``, fewer than :data:`GRAM_ROWS`; the statistics are
+        G + waitingᵀwaiting), and in the metadata the cadence and whether the head is fresh; and
+        its cached solution (:func:`solution_state`), when it holds one. A restored head then
+        applies the Gram update, solves and predicts with the same operations on the same
+        operands as the head that was saved: bit for bit the same, whatever comes after."""
         tensors = {"counts": self.counts}
+        # a woodbury head's cadence too: AEF-OCL redraws its balanced solution when it switches
+        meta: dict[str, object] = {"cadence": self.cadence.state()}
+        solution = None
         if self._G is not None and self.Q is not None:
-            tensors.update({"G": self.gram(), "Q": self.Q})
+            tensors.update({"G": symmetric(self._G), "Q": self.Q})
+            if self._waiting_rows:
+                tensors["waiting"] = self.waiting
+            meta.update(waiting=self._waiting_rows, fresh=self._fresh)
+            solution = self._solution
         else:
             assert isinstance(self._solution, WoodburySolution)
             tensors.update({"R": self._solution.R, "W": self._solution.W})
-        return LearnerState({key: value.detach().cpu() for key, value in tensors.items()})
+        state = LearnerState({key: value.detach().cpu() for key, value in tensors.items()}, meta)
+        if solution is not None:
+            state.put("solution", solution_state(solution))
+        return state
 
     def load_state_dict(self, state: LearnerState) -> None:
+        """Take a :meth:`state_dict`, every tensor and counter checked (shape, dtype, finite,
+        within bounds). A checkpoint from before the head saved its cache (no ``cadence`` in
+        its metadata; G then includes every row) loads too: its head drops the cache and solves
+        the statistics afresh, so it equals the head that was saved only to rounding (about
+        1e-14 relative), which DS-AL's compensation stream then learns from."""
         device = self.counts.device
 
         shapes = {
@@ -610,15 +794,48 @@ class RecursiveRidge:
             tensor = state.expect(name, shapes[name])
             return tensor.to(device=device, dtype=torch.float64).clone()
 
-        self.counts = take("counts")
+        counts = take("counts")
+        meta, where = state.meta, state.prefix
         if self.solver == "woodbury":
-            self._solution = WoodburySolution(take("R"), take("W"))
-        else:
-            self._G, self.Q = take("G"), take("Q")
+            solution: RidgeSolution | None = WoodburySolution(take("R"), take("W"))
+            cadence = Cadence(self.cadence.threshold)  # saved before heads saved their cadence
+            if "cadence" in meta:
+                cadence = Cadence.of_state(meta["cadence"], self.cadence.threshold, where)
+            self.counts, self._solution, self.cadence = counts, solution, cadence
+            return
+        G, Q = take("G"), take("Q")
+        if "cadence" not in meta:  # saved before heads saved their cache
+            self.counts, self._G, self.Q = counts, G, Q
             self._waiting_rows = 0
             self._solution = self._factor = None
             self._fresh = not bool(self._G.any())
             self.cadence.reset()
+            return
+        if not bool(torch.isfinite(G).all() and torch.isfinite(Q).all()):
+            raise ValueError(f"{where}G or Q holds NaN or inf")
+        waiting_rows = _count(meta, "waiting", where, GRAM_ROWS - 1)
+        waiting = None
+        if waiting_rows:
+            waiting = torch.empty(GRAM_ROWS, self.dim, dtype=torch.float64, device=device)
+            waiting[:waiting_rows] = _exact_tensor(
+                state, "waiting", (waiting_rows, self.dim), device
+            )
+        fresh = _flag(meta, "fresh", where)
+        cadence = Cadence.of_state(meta["cadence"], self.cadence.threshold, where)
+        solution = None
+        if "solution" in meta:
+            solution = load_solution(
+                state.part("solution"), self.dim, self.outputs, self.capacity, device
+            )
+            if isinstance(solution, WoodburySolution):
+                raise ValueError(f"{where}solution is woodbury in a head with statistics")
+        # all checked: only now change the head
+        self.counts, self._G, self.Q = counts, G.contiguous(), Q.contiguous()
+        self._waiting, self._waiting_rows = waiting, waiting_rows
+        self._fresh, self.cadence = fresh, cadence
+        self._solution = solution
+        # a Cholesky solution factorises into the head's one buffer: it is that buffer again
+        self._factor = solution.factor if isinstance(solution, CholeskySolution) else None
 
     def to(self, device: torch.device | str) -> Self:
         device = torch.device(device)

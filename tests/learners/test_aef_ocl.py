@@ -79,7 +79,8 @@ def test_real_statistics_are_never_polluted():
     aef.predict(x_test)
     aef.predict(x_test)  # two evaluations in a row (the official code pollutes the head here)
     for name, tensor in acil.heads[0].state_dict().tensors.items():
-        assert torch.equal(aef.heads[0].state_dict().tensors[name], tensor), name
+        if not name.startswith("solution."):  # the cached solutions differ: acil solves its own
+            assert torch.equal(aef.heads[0].state_dict().tensors[name], tensor), name
     for head in (acil.heads[0], aef.heads[0]):
         head.drop_cache()  # both solve the statistics afresh
     assert torch.equal(aef.heads[0].weights(), acil.weights())
@@ -118,20 +119,20 @@ def test_beats_acil_on_mean_class_accuracy_when_some_classes_are_ten_times_rarer
 
 
 def test_checkpoint_round_trip_redraws_identically():
-    """The restored learner draws the same pseudo-features; it solves them afresh where the live
-    one kept its balanced solution, so the two agree to rounding (``restore_tolerance``)."""
+    """The restored learner draws the same pseudo-features and keeps the balanced solution the
+    saved one held: the two predict the same scores, bit for bit."""
     x, y, x_test, _ = imbalanced(4)
     options = {**OPTIONS, "refresh_every": 300}
     learner = create("aef-ocl", PROBLEM, options)
     feed(learner, x[:900], y[:900])
     restored = create("aef-ocl", PROBLEM, options)
     restored.load_state_dict(state_from_bytes(state_to_bytes(learner.state_dict())))
-    tolerance = learner.restore_tolerance
-    assert relative_error(restored.predict(x_test), learner.predict(x_test)) <= tolerance
+    assert learner.restore_tolerance == 0.0
+    assert torch.equal(restored.predict(x_test), learner.predict(x_test))
     feed(learner, x[900:], y[900:])
     feed(restored, x[900:], y[900:])
     assert restored.draws == learner.draws
-    assert relative_error(restored.predict(x_test), learner.predict(x_test)) <= tolerance
+    assert torch.equal(restored.predict(x_test), learner.predict(x_test))
     assert torch.equal(restored.predict(x_test).argmax(1), learner.predict(x_test).argmax(1))
 
 

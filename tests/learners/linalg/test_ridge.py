@@ -3,6 +3,8 @@ the deferred Gram update, each against the joint ridge solution computed directl
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -15,6 +17,7 @@ from learners.linalg.ridge import (
     RecursiveRidge,
     one_hot,
 )
+from learners.state.learner_state import LearnerState
 from tests.support.learner_streams import GAMMA, joint_ridge, relative_error
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -123,20 +126,24 @@ def test_gram_statistics_do_not_depend_on_batch_sizes_or_solves():
     assert len(heads[0].waiting) == 37  # two blocks applied, the rest waits
 
 
-def test_saving_changes_nothing_and_the_restored_head_continues_to_rounding():
+def test_saving_changes_nothing_and_the_restored_head_continues_bit_for_bit():
+    """The checkpoint holds G as applied so far and the rows whose Gram update waits, so the
+    restored head applies the next block at the same row as the saved one."""
     H, labels, Y = rows(3 * FOLD_ROWS)
     head = RecursiveRidge(H.shape[1], 7, GAMMA, "lazy")
     head.fit_labels(H[:100], labels[:100])
     state = head.state_dict()
     assert len(head.waiting) == 100  # saving left the deferred Gram update deferred
-    assert relative_error(state.tensors["G"], H[:100].T @ H[:100]) <= 1e-12
+    assert torch.equal(state.tensors["waiting"], H[:100])
+    statistics = state.tensors["G"] + state.tensors["waiting"].T @ state.tensors["waiting"]
+    assert relative_error(statistics, H[:100].T @ H[:100]) <= 1e-12
     restored = RecursiveRidge(H.shape[1], 7, GAMMA, "lazy")
     restored.load_state_dict(state)
     assert torch.equal(head.weights(), restored.weights())
     for start in range(100, len(H), 16):
         for each in (head, restored):
             each.fit_labels(H[start : start + 16], labels[start : start + 16])
-        assert relative_error(restored.weights(), head.weights()) <= 1e-12
+        assert torch.equal(restored.weights(), head.weights())
     assert relative_error(head.weights(), joint_ridge(H, Y)) <= 1e-10
 
 
@@ -147,3 +154,53 @@ def test_a_solution_nobody_solves_is_dropped_instead_of_holding_every_row():
         head.fit_labels(H[start : start + 16], labels[start : start + 16])
     assert head._solution is None
     assert relative_error(head.weights(), joint_ridge(H, Y)) <= 1e-10
+
+
+def _saved_head(solver: str = "auto") -> tuple[RecursiveRidge, LearnerState]:
+    H, labels, _ = rows(150)
+    head = RecursiveRidge(H.shape[1], 7, GAMMA, solver)
+    for start in range(0, 150, 4):  # predicted every 4 rows: the inverse solution (auto)
+        head.fit_labels(H[start : start + 4], labels[start : start + 4])
+        head.weights()
+    head.fit_labels(H[:3], labels[:3])  # rows waiting in the cached solution
+    return head, head.state_dict()
+
+
+@pytest.mark.parametrize("solver", ["auto", "lazy"])
+def test_a_checkpoint_from_before_the_cache_was_saved_loads_to_rounding(solver):
+    """No cadence, waiting rows or solution (G then held every row): the head solves afresh."""
+    head, state = _saved_head(solver)
+    G = state.tensors["G"] + state.tensors["waiting"].T @ state.tensors["waiting"]
+    old = LearnerState({"counts": state.tensors["counts"], "G": G, "Q": state.tensors["Q"]})
+    restored = RecursiveRidge(head.dim, 7, GAMMA, solver)
+    restored.load_state_dict(old)
+    assert relative_error(restored.weights(), head.weights()) <= 1e-12
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda t, m: t.update({"solution.R": t["solution.R"].float()}),
+        lambda t, m: t.update({"solution.W": t["solution.W"] * float("nan")}),
+        lambda t, m: t.update({"waiting": t["waiting"] * float("inf")}),
+        lambda t, m: m.update(waiting=GRAM_ROWS),
+        lambda t, m: m.update(fresh=1),
+        lambda t, m: m["cadence"].update(rows=-1),
+        lambda t, m: m["cadence"].update(streak=2),
+        lambda t, m: m["solution"].update(rows=FOLD_ROWS + 1),
+        lambda t, m: m["solution"].update(folded=1.5),
+        lambda t, m: m["solution"].update(pending=[2, 2]),
+        lambda t, m: m["solution"].update(kind="qr"),
+    ],
+)
+def test_a_damaged_cache_in_a_checkpoint_is_refused_and_leaves_the_head_alone(damage):
+    head, state = _saved_head()
+    tensors, meta = dict(state.tensors), copy.deepcopy(state.meta)
+    damage(tensors, meta)
+    fresh = RecursiveRidge(head.dim, 7, GAMMA)
+    before = fresh.state_dict()
+    with pytest.raises((ValueError, KeyError)):
+        fresh.load_state_dict(LearnerState(tensors, meta))
+    after = fresh.state_dict()
+    assert after.meta == before.meta
+    assert all(torch.equal(before.tensors[k], v) for k, v in after.tensors.items())
