@@ -10,9 +10,11 @@ checkpoints save) and mirrors the first ``size`` of them in a search structure:
   The coarse quantizer (k-means, :func:`ivf_lists` centroids) is trained on the stored vectors
   and retrained, at the next search, once as many vectors were written since as it was trained
   on: the lists follow the stream's drift and the refreshed embeddings. At every (re)training,
-  and when a checkpoint's centroids are loaded, :func:`calibrate_nprobe` measures recall@10
-  against exact search and, unless ``nprobe`` is fixed, scans the fewest lists that reach
-  ``target_recall``; :attr:`EmbeddingIndex.calibration` reports the outcome.
+  :func:`calibrate_nprobe` measures recall@10 against exact search and, unless ``nprobe`` is
+  fixed, scans the fewest lists that reach ``target_recall``; :attr:`EmbeddingIndex.calibration`
+  reports the outcome. A checkpoint carries the calibration, so a restored index reports the
+  recall measured at training, not one measured on the vectors held at the restore (a
+  checkpoint from before it did is calibrated again when loaded).
 - ``torch`` — exact top-k from one matmul, for machines without faiss.
 
 ``auto`` is flat (faiss, else torch) below ``approximate_from`` stored vectors and ivf from there.
@@ -294,7 +296,10 @@ class EmbeddingIndex:
         structure: Structure,
         centroids: torch.Tensor | None = None,
         nprobe: int | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
+        """Build the search structure; ``calibration``: a checkpoint's (with ``centroids``),
+        kept instead of measured again."""
         self.structure = structure
         self.calibration = None
         self._gpu_copy = None
@@ -318,10 +323,13 @@ class EmbeddingIndex:
                 index = faiss.IndexIVFFlat(quantizer, self.dim, len(centroids))
             index.set_direct_map_type(faiss.DirectMap.Hashtable)
             index.add_with_ids(stored, np.arange(self.size, dtype=np.int64))
-            # Seeded by the training size: a reloaded index draws the same queries again.
-            self.calibration = calibrate_nprobe(
-                index, stored, self.target_recall, nprobe or self.nprobe, seed=self.trained_on
-            )
+            if calibration is None:
+                # Seeded by the training size: a reloaded index draws the same queries again.
+                calibration = calibrate_nprobe(
+                    index, stored, self.target_recall, nprobe or self.nprobe, seed=self.trained_on
+                )
+            index.nprobe = min(calibration.nprobe, index.nlist)  # as calibrate_nprobe leaves it
+            self.calibration = calibration
             self._faiss = index
 
     def _searchable(self) -> Any:
@@ -339,13 +347,20 @@ class EmbeddingIndex:
         if self.structure == "ivf" and self._faiss is not None:
             nlist = self._faiss.nlist
             tensors["centroids"] = torch.from_numpy(self._faiss.quantizer.reconstruct_n(0, nlist))
-        meta = {
+        meta: dict[str, Any] = {
             "dim": self.dim,
             "structure": self.structure,
             "trained_on": self.trained_on,
             "written_since_train": self.written_since_train,
             "nprobe": self.calibration.nprobe if self.calibration is not None else None,
         }
+        if self.calibration is not None:
+            calibration = self.calibration
+            meta["calibration"] = {
+                "recall": calibration.recall,
+                "k": calibration.k,
+                "queries": calibration.queries,
+            }
         return LearnerState(tensors, meta)
 
     def load_state_dict(self, state: LearnerState) -> None:
@@ -374,6 +389,33 @@ class EmbeddingIndex:
             # A calibrated index keeps the nprobe chosen at training: recalibrating on today's
             # vectors could pick another and so other neighbours. A configured nprobe wins.
             chosen = meta.get("nprobe") if self.nprobe is None else self.nprobe
-            self._build(
-                "ivf", tensors["centroids"], None if chosen is None else max(int(chosen), 1)
-            )
+            nprobe = None if chosen is None else max(int(chosen), 1)
+            self._build("ivf", tensors["centroids"], nprobe, _saved_calibration(meta, nprobe))
+
+
+def _saved_calibration(meta: dict[str, Any], nprobe: int | None) -> Calibration | None:
+    """The calibration a checkpoint's ``meta`` carries, if it was measured at ``nprobe`` (the
+    one the restored index scans); None otherwise, or for a checkpoint from before it was
+    saved: the index is then calibrated again. A checkpoint is outside bytes: recall must be
+    a finite number in [0, 1], k and queries counts; anything else is refused."""
+    saved = meta.get("calibration")
+    if saved is None:
+        return None
+    if not isinstance(saved, dict):
+        raise ValueError(f"checkpointed memory index calibration is {saved!r}, not a mapping")
+    recall, k, queries = saved.get("recall"), saved.get("k"), saved.get("queries")
+    if not (
+        isinstance(recall, int | float)
+        and not isinstance(recall, bool)
+        and math.isfinite(recall)
+        and 0.0 <= recall <= 1.0
+    ):
+        raise ValueError(f"checkpointed memory index recall is {recall!r}, not in [0, 1]")
+    for name, count in (("k", k), ("queries", queries)):
+        if type(count) is not int or count < 0:
+            raise ValueError(f"checkpointed memory index {name} is {count!r}, not a count")
+    saved_nprobe = meta.get("nprobe")
+    if nprobe is None or saved_nprobe is None or int(saved_nprobe) != nprobe:
+        return None  # measured at another nprobe than the one scanned now
+    assert type(k) is int and type(queries) is int
+    return Calibration(nprobe=nprobe, recall=float(recall), k=k, queries=queries)
