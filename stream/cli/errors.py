@@ -23,6 +23,7 @@ from stream.engine.drift_detection import DriftConfigError
 from stream.observe.http_endpoint import MetricsServerError
 from stream.runs.report import ReportError
 from stream.runs.served_model import ModelFileError
+from stream.sinks.dead_letter import DeadLetterFileInUse
 from stream.sources.kafka_options import KafkaOptionsError
 
 
@@ -39,6 +40,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     TimmUnavailableError,
     ConfigFileError,
     DatasetError,
+    DeadLetterFileInUse,
     DeviceError,
     DriftConfigError,
     LabelDelayError,

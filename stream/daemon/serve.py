@@ -404,7 +404,9 @@ class Daemon:
             lambda: open_sink(kafka.client, kafka.bootstrap, kafka.options),
             target.topic,
             limit,
-            spill=FileDeadLetters(spill, limit, file_bytes=target.file_bytes, files=target.files),
+            spill=FileDeadLetters(
+                spill, limit, file_bytes=target.file_bytes, files=target.files, exclusive=False
+            ),
             on_spill=lambda problem: self.telemetry.dead_letter_spilled(),
         )
 

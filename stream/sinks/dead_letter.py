@@ -17,7 +17,10 @@ checkpoint's offsets. A failed append is cut back too, so the file never holds h
 It is bounded: a file that reaches ``file_bytes`` is renamed ``<file>.<n>`` (n counting up) and
 a new one begun; the newest ``files`` of those are kept, older letters deleted (logged). A
 checkpoint records the rotation count with the length, and a restart undoes rotations made
-after it, so a flood of invalid messages neither fills the disk nor stops learning.
+after it, so a flood of invalid messages neither fills the disk nor stops learning. Since a
+restart cuts the file back, one daemon's file must not be another's: a lock (``flock`` on
+``.<file>.lock`` beside it) refuses a second daemon the file (two daemons started in one folder
+with the same relative ``file`` shared it, and a restart of one cut off the other's letters).
 The topic sink is at-least-once: after a crash, a message dead-lettered after the last
 checkpoint is sent again (its ``streamcl-offset`` header identifies it). A letter the broker
 refuses for good (too large for it, refused by its policy) is written to a local spill file
@@ -27,6 +30,8 @@ instead, counted and logged, so that it can never hold checkpoints back.
 from __future__ import annotations
 
 import base64
+import errno
+import fcntl
 import glob
 import json
 import os
@@ -128,12 +133,19 @@ class DeadLetterSink(ABC):
     def close(self) -> None: ...
 
 
+class DeadLetterFileInUse(ValueError):
+    """Another process holds the dead-letter file (a config error: give each daemon its own)."""
+
+
 class FileDeadLetters(DeadLetterSink):
     """Dead letters appended to a JSON-lines file, rotated at ``file_bytes``.
 
     Appends go straight to the file descriptor (no buffer that could fail half-written at a
     later flush); ``write_bytes`` is ``os.write`` unless a test injects faults. ``resume_at``:
-    a checkpoint's :meth:`position` (an int: a checkpoint from before rotation, a length)."""
+    a checkpoint's :meth:`position` (an int: a checkpoint from before rotation, a length).
+    ``exclusive``: hold the file's lock (:class:`DeadLetterFileInUse` when another process
+    does); a file that is never cut back (a topic sink's spill file, which the ranks of a
+    scaled-out daemon share) may go without."""
 
     def __init__(
         self,
@@ -143,12 +155,15 @@ class FileDeadLetters(DeadLetterSink):
         write_bytes: Callable[[int, bytes], int] = os.write,
         file_bytes: int = 256 << 20,
         files: int = 8,
+        exclusive: bool = True,
     ) -> None:
         super().__init__(max_value_bytes)
         if file_bytes <= 0 or files < 1:
             raise ValueError(f"file_bytes and files must be positive, got {file_bytes}, {files}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # before anything is cut back or rotated: taken for the sink's life
+        self._lock = _locked(self.path) if exclusive else None
         self._write_bytes = write_bytes
         self.file_bytes = file_bytes
         self.files = files
@@ -268,6 +283,27 @@ class FileDeadLetters(DeadLetterSink):
                 "dead_letters_not_stored", path=str(self.path), letters=len(self.pending)
             )  # the next start re-reads their messages from the checkpoint's offsets
         os.close(self.fd)
+        if self._lock is not None:
+            os.close(self._lock)  # releases the flock
+            self._lock = None
+
+
+def _locked(path: Path) -> int:
+    """A descriptor holding the flock of ``.<name>.lock`` beside ``path``, or
+    :class:`DeadLetterFileInUse`."""
+    lock = path.with_name(f".{path.name}.lock")  # not one of the rotated files' names
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        raise DeadLetterFileInUse(
+            f"dead_letter.file {path} is in use by another streamcl daemon; give each daemon "
+            "its own file (a relative path is taken from the folder the daemon starts in)"
+        ) from None
+    return fd
 
 
 class TopicDeadLetters(DeadLetterSink):

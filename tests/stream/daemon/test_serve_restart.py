@@ -176,6 +176,21 @@ def test_a_second_daemon_on_the_directory_exits_2_with_one_line(tmp_path, capsys
         holder.close()
 
 
+def test_a_second_daemon_on_the_dead_letter_file_exits_2_with_one_line(tmp_path, capsys):
+    """Its own checkpoint.dir but the same dead_letter.file: a restart of either cut the file
+    back to its own checkpoint, deleting the other's letters."""
+    holder = Daemon(_config(tmp_path), source_factory=MemorySource({0: []}).bind)
+    try:
+        other = _config(tmp_path, checkpoint={"dir": str(tmp_path / "other")})
+        path = tmp_path / "serve.json"
+        path.write_text(other.model_dump_json())
+        assert cli.main(["serve", "--config", str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "dead_letter.file" in err[0] and "in use" in err[0], err
+    finally:
+        holder.close()
+
+
 RIVER = {"name": "river:naive_bayes.GaussianNB"}
 DRIFT = {"drift": {"detector": "ADWIN"}}
 

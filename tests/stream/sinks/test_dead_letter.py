@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from stream.sinks.dead_letter import FileDeadLetters
+from stream.sinks.dead_letter import DeadLetterFileInUse, FileDeadLetters
 
 
 def _letters(path):
@@ -46,7 +46,9 @@ def test_resuming_cuts_letters_written_after_the_checkpoint(tmp_path):
 
 def test_without_a_checkpoint_an_existing_file_is_appended_to(tmp_path):
     path = tmp_path / "dead.jsonl"
-    FileDeadLetters(path, 64).write("t", 0, 1, b"a", "empty", "")
+    first = FileDeadLetters(path, 64)
+    first.write("t", 0, 1, b"a", "empty", "")
+    first.close()
     sink = FileDeadLetters(path, 64)
     sink.write("t", 0, 2, b"b", "empty", "")
     sink.close()
@@ -99,7 +101,7 @@ def test_a_restart_undoes_the_rotations_after_the_checkpoint(tmp_path):
     for offset in range(13):
         uninterrupted.write("t", 0, offset, b"a", "empty", "")
     uninterrupted.close()
-    names = sorted(p.name for p in alone.parent.iterdir())
+    names = sorted(p.name for p in alone.parent.iterdir() if p.name.startswith("dead"))
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("dead")) == names
 
 
@@ -130,3 +132,29 @@ def _three_letters(tmp_path) -> int:
     sink.write("t", 0, 10, b"a", "empty", "")
     sink.close()
     return int(2.5 * probe.stat().st_size)
+
+
+def test_a_file_another_sink_holds_is_refused_and_kept_whole(tmp_path):
+    """Two daemons started in one folder with the same relative file shared it; a restart of one
+    cut the file back to its own checkpoint, and the other's letters were gone."""
+    path = tmp_path / "dead.jsonl"
+    holder = FileDeadLetters(path, 64)
+    holder.write("t", 0, 1, b"a", "empty", "")
+    holder.sync()
+    with pytest.raises(DeadLetterFileInUse, match=f"dead_letter.file {path} is in use"):
+        FileDeadLetters(path, 64, resume_at={"rotations": 0, "bytes": 0})
+    holder.write("t", 0, 2, b"b", "empty", "")
+    holder.close()
+    assert [letter["offset"] for letter in _letters(path)] == [1, 2]
+    FileDeadLetters(path, 64).close()  # free again once closed
+
+
+def test_a_spill_file_may_be_shared(tmp_path):
+    """The ranks of a scaled-out daemon append to one spill file, which is never cut back."""
+    path = tmp_path / "spill.jsonl"
+    ranks = [FileDeadLetters(path, 64, exclusive=False) for _ in range(2)]
+    for offset, sink in enumerate(ranks):
+        sink.write("t", offset, offset, b"a", "too_large", "")
+        sink.sync()
+        sink.close()
+    assert sorted(letter["offset"] for letter in _letters(path)) == [0, 1]
