@@ -59,7 +59,10 @@ def client_error(exc: BaseException) -> str:
     already begin with it: "KafkaTimeoutError: Unable to bootstrap ...")."""
     text = str(exc)
     name = type(exc).__name__
-    return text if text.startswith(name) else f"{name}: {text}"
+    line = text if text.startswith(name) else f"{name}: {text}"
+    if "Unable to bootstrap" in text:  # kafka-python's answer when nothing answers there
+        line += " (is a Kafka broker listening at that address, and reachable from here?)"
+    return line
 
 
 class SourceError(RuntimeError):

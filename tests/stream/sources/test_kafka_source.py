@@ -103,5 +103,8 @@ def test_a_client_error_names_its_type_once():
     from stream.sources.kafka_source import client_error
 
     timeout = kafka.errors.KafkaTimeoutError("Unable to bootstrap from ['127.0.0.1:9']")
-    assert client_error(timeout) == "KafkaTimeoutError: Unable to bootstrap from ['127.0.0.1:9']"
+    assert client_error(timeout) == (
+        "KafkaTimeoutError: Unable to bootstrap from ['127.0.0.1:9'] "
+        "(is a Kafka broker listening at that address, and reachable from here?)"
+    )
     assert client_error(RuntimeError("closed")) == "RuntimeError: closed"
