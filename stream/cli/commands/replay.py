@@ -19,7 +19,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from learners import registry
 from learners.capabilities import DriftAction
-from learners.registry import describe_validation_error
+from learners.registry import LearnerConfigError, describe_validation_error
 from stream.cli.config_file import load_config_file
 from stream.cli.errors import UsageError
 from stream.cli.output_path import writable_directory
@@ -171,7 +171,25 @@ def loop_config(args: argparse.Namespace) -> LoopConfig:
             drift=drift,
         )
     except ValidationError as exc:
-        raise UsageError(describe_validation_error(exc, "loop options")) from None
+        raise UsageError(_named_by_flags(describe_validation_error(exc, "loop options"))) from None
+
+
+# LoopConfig's fields as the command line names them
+_FLAGS = {
+    "batch_size": "--batch-size",
+    "online_iter": "--online-iter",
+    "eval_period": "--eval-period",
+    "prequential_windows": "--prequential-window",
+}
+
+
+def _named_by_flags(message: str) -> str:
+    """``message`` with each failing field called by the flag that set it."""
+    for field, flag in _FLAGS.items():
+        message = message.replace(f" {field}: ", f" {flag}: ").replace(
+            f"; {field}: ", f"; {flag}: "
+        )
+    return message.replace("invalid loop options: ", "invalid options: ", 1)
 
 
 def drift_config(args: argparse.Namespace) -> DriftConfig:
@@ -227,7 +245,12 @@ def run(args: argparse.Namespace) -> int:
     _check_metrics_options(args)
     options = load_config_file(args.config) if args.config else {}
     config = loop_config(args)
-    learner_config = registry.validate_config(args.learner, options)
+    try:
+        learner_config = registry.validate_config(args.learner, options)
+    except LearnerConfigError as exc:
+        if not args.config:
+            raise
+        raise LearnerConfigError(f"{args.config}: {exc}") from None
     resolve_device(args.device)
     prepared = prepare(args.stream)
     label_delay = chosen_label_delay(

@@ -1,5 +1,6 @@
 """stream/cli/commands/replay.py: drift detection from the command line, every detector the docs
-list (docs/river.md) with its direction and constructor arguments."""
+list (docs/river.md) with its direction and constructor arguments; and errors in the loop and
+learner options named as the user gave them (the flag, the config file)."""
 
 from __future__ import annotations
 
@@ -77,3 +78,28 @@ def test_bad_drift_flags_are_one_line_exit_2(digits_stream, tmp_path, capsys, fl
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        # named the LoopConfig field (online_iter) rather than the flag a user typed
+        (["--online-iter", "-1"], "invalid options: --online-iter: Input should be greater"),
+        (["--batch-size", "0"], "invalid options: --batch-size: Input should be greater than 0"),
+        (["--prequential-window", "0"], "invalid options: --prequential-window: Value error"),
+    ],
+)
+def test_a_bad_loop_flag_is_named_as_typed(digits_stream, tmp_path, capsys, flags, message):
+    assert _replay(digits_stream, tmp_path, *flags) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_a_bad_learner_config_names_its_file(digits_stream, tmp_path, capsys):
+    config = tmp_path / "bad.json"
+    config.write_text('{"lr": -1}')
+    code = main(["replay", str(digits_stream), "--learner", "er", "--config", str(config),
+                 "--out", str(tmp_path / "run")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{config}: invalid learner 'er' config: lr: Input should be greater than 0" in err
