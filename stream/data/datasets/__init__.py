@@ -73,6 +73,8 @@ def load_dataset(spec: str) -> Dataset:
     name, _, argument = spec.partition(":")
     if name not in _LOADERS:
         raise DatasetError(f"unknown dataset {spec!r}; known: {', '.join(dataset_forms())}")
+    if argument and not _LOADERS[name][1]:  # digits:anything loaded digits, ignoring it
+        raise DatasetError(f"dataset {name} takes no argument, got {spec!r}")
     loader: Callable[[str, str | None], Dataset] = importlib.import_module(_LOADERS[name][0]).load
     return loader(spec, argument or None)
 

@@ -30,3 +30,10 @@ def test_every_form_is_the_one_docs_datasets_md_gives():
 def test_a_required_argument_is_required(form):
     with pytest.raises(DatasetError, match="needs"):
         load_dataset(form.split(":", 1)[0])
+
+
+@pytest.mark.parametrize("form", [f for f in dataset_forms() if ":" not in f])
+def test_an_argument_where_none_is_taken_is_refused(form):
+    """digits:anything loaded digits and ignored the rest (a recorded stream named it so)."""
+    with pytest.raises(DatasetError, match=f"dataset {form} takes no argument, got '{form}:x'"):
+        load_dataset(f"{form}:x")
