@@ -321,8 +321,9 @@ def scraped_replay(tmp_path_factory, kafka_broker):
             "--config", str(learner_config), "--drift", "ADWIN",
             "--eval-period", "100", "--out", str(out), "--metrics-port", str(port),
             "--metrics-linger", "300", "--log-format", "json",
-            # paced to ~3 s, so scrapes every 250 ms see the run mid-stream
-            "--max-rate", "500",
+            # paced to ~6 s, so scrapes every 250 ms see the run mid-stream (at ~3 s a loaded
+            # machine's Prometheus caught it once or not at all)
+            "--max-rate", "250",
         ]  # fmt: skip
         logs = tmp / "replay.log"
         with logs.open("w") as stderr:

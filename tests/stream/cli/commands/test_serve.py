@@ -269,11 +269,20 @@ def test_kill_9_five_times_and_the_acil_model_equals_an_uninterrupted_runs(kafka
     resumed.load_state_dict(final.learner)
     uninterrupted = registry.create("acil", dataset.problem(), options)
     uninterrupted.learn(x, y, level)
+    # the buffer layer as it is; the heads by their statistics (a head's state also holds the
+    # rows waiting for their Gram update and the solution its predictions cached, which depend
+    # on how the samples were batched and predicted, not on what was learned)
     mine, theirs = resumed.state_dict().tensors, uninterrupted.state_dict().tensors
-    assert mine.keys() == theirs.keys()
-    for name in mine:
-        a, b = mine[name].double(), theirs[name].double()
-        assert (a - b).norm() <= 1e-9 * b.norm(), name
+    buffer = sorted(name for name in theirs if not name.startswith("heads."))
+    assert buffer and buffer == sorted(name for name in mine if not name.startswith("heads."))
+    for name in buffer:
+        assert torch.equal(mine[name], theirs[name]), name
+    for a, b in zip(
+        resumed.additive_statistics(), uninterrupted.additive_statistics(), strict=True
+    ):
+        if a.dim() == 2 and a.shape[0] == a.shape[1]:  # G: its lower triangle is kept
+            a, b = a.tril(), b.tril()
+        assert (a.double() - b.double()).norm() <= 1e-9 * b.double().norm()
     w_resumed, w_uninterrupted = resumed.weights(0), uninterrupted.weights(0)
     assert (w_resumed - w_uninterrupted).norm() <= 1e-9 * w_uninterrupted.norm()
     assert torch.equal(resumed.predict(x).argmax(1), uninterrupted.predict(x).argmax(1))
