@@ -222,6 +222,11 @@ class Daemon:
                 self.predictions.lineage = daemon_lineage(config.checkpoint.dir)
             self._start()
         except BaseException:
+            # what _start opened before it failed: the dead-letter file's lock above all, which
+            # another Daemon of this process would meet
+            for opened in ("dead_letters", "history"):
+                if opened in self.__dict__:
+                    self.__dict__[opened].close()
             self.store.unlock()
             raise
 

@@ -411,7 +411,9 @@ def test_a_learner_resumed_from_any_checkpoint_equals_an_uninterrupted_one(tmp_p
         first.connect()
         for _ in range(killed_after):
             first.step()
-        first.store.unlock()  # kill -9: no last checkpoint, the lock file goes with the process
+        # kill -9: no last checkpoint; the locks (checkpoint.dir, dead-letter file) go with the process
+        first.store.unlock()
+        first.dead_letters.close()
         waiting.append(len(CheckpointStore(directory / "ckpt").latest().meta["pending"]))
         source = MemorySource({0: messages})
         resumed = Daemon(_config(directory, learner=ER), source_factory=source.bind)
@@ -440,7 +442,8 @@ def _analytic_resumed_from_any_checkpoint(tmp_path, learner) -> None:
         first.connect()
         for _ in range(killed_after):
             first.step()
-        first.store.unlock()  # kill -9: no last checkpoint
+        first.store.unlock()  # kill -9: no last checkpoint; the locks go with the process
+        first.dead_letters.close()
         source = MemorySource({0: messages})
         resumed = Daemon(_config(directory, learner=learner), source_factory=source.bind)
         _drain(resumed, source)

@@ -191,6 +191,20 @@ def test_a_second_daemon_on_the_dead_letter_file_exits_2_with_one_line(tmp_path,
         holder.close()
 
 
+def test_a_daemon_that_fails_to_start_lets_go_of_its_dead_letter_file(tmp_path, monkeypatch):
+    """What its start opened stays closed: the file's lock held on would refuse the next try."""
+    import stream.daemon.serve as serve
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("failed after the dead-letter file was opened")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(serve, "BrokerWatch", broken)
+        with pytest.raises(RuntimeError, match="after the dead-letter file"):
+            Daemon(_config(tmp_path), source_factory=MemorySource({0: []}).bind)
+    Daemon(_config(tmp_path), source_factory=MemorySource({0: []}).bind).close()
+
+
 RIVER = {"name": "river:naive_bayes.GaussianNB"}
 DRIFT = {"drift": {"detector": "ADWIN"}}
 
