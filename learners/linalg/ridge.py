@@ -474,13 +474,20 @@ def load_solution(
     :attr:`RecursiveRidge.capacity` (a :class:`CholeskySolution`'s)."""
     kind, where = state.meta.get("kind"), state.prefix
     square, wide = (dim, dim), (dim, outputs)
+
+    def definite(name: str) -> torch.Tensor:
+        # a Cholesky factor and an inverse of G + γI have a positive diagonal: a zero there
+        # loaded, and failed later as a breakdown asking to raise gamma
+        tensor = _exact_tensor(state, name, square, device)
+        if not bool((tensor.diagonal() > 0).all()):
+            raise ValueError(f"{where}{name}: its diagonal is not positive, as a solution's is")
+        return tensor
+
     if kind == "woodbury":
-        return WoodburySolution(
-            _exact_tensor(state, "R", square, device), _exact_tensor(state, "W", wide, device)
-        )
+        return WoodburySolution(definite("R"), _exact_tensor(state, "W", wide, device))
     if kind == "cholesky":
         k = _count(state.meta, "rows", where, capacity)
-        factor = _exact_tensor(state, "factor", square, device)
+        factor = definite("factor")
         cholesky_solution = CholeskySolution.__new__(CholeskySolution)
         cholesky_solution.factor = factor
         cholesky_solution.W0 = _exact_tensor(state, "W0", wide, device)
@@ -505,9 +512,7 @@ def load_solution(
         cholesky_solution._pending_rows = sum(len(H) for H, _ in pending)
         return cholesky_solution
     if kind == "inverse":
-        inverse = InverseSolution(
-            _exact_tensor(state, "R", square, device), _exact_tensor(state, "W", wide, device)
-        )
+        inverse = InverseSolution(definite("R"), _exact_tensor(state, "W", wide, device))
         inverse.rows = _count(state.meta, "rows", where, inverse.capacity)
         inverse.folded = _count(state.meta, "folded", where)
         if inverse.rows:
@@ -744,10 +749,11 @@ class RecursiveRidge:
         """The head's statistics and everything its future arithmetic reads; saving changes
         nothing in the head.
 
-        A woodbury head: counts, R and W. A head with statistics: counts, G (full and
-        symmetric: the lower triangle of the Gram products applied so far), Q, the rows whose
-        Gram update is deferred (``waiting``, fewer than :data:`GRAM_ROWS`; the statistics are
-        G + waitingᵀwaiting), and in the metadata the cadence and whether the head is fresh; and
+        A woodbury head: counts, R and W. A head with statistics: counts, ``G_applied`` (full
+        and symmetric: the lower triangle of the Gram products applied so far), Q, the rows
+        whose Gram update is deferred (``waiting``, fewer than :data:`GRAM_ROWS`; the statistics
+        are G_applied + waitingᵀwaiting), and in the metadata the cadence and whether the head
+        is fresh; and
         its cached solution (:func:`solution_state`), when it holds one. A restored head then
         applies the Gram update, solves and predicts with the same operations on the same
         operands as the head that was saved: bit for bit the same, whatever comes after."""
@@ -756,7 +762,10 @@ class RecursiveRidge:
         meta: dict[str, object] = {"cadence": self.cadence.state()}
         solution = None
         if self._G is not None and self.Q is not None:
-            tensors.update({"G": symmetric(self._G), "Q": self.Q})
+            # not "G", the whole Gram matrix a checkpoint from before this form holds: a build
+            # that knows only "G" refuses this one ("lacks G") rather than solve without the
+            # waiting rows
+            tensors.update({"G_applied": symmetric(self._G), "Q": self.Q})
             if self._waiting_rows:
                 tensors["waiting"] = self.waiting
             meta.update(waiting=self._waiting_rows, fresh=self._fresh)
@@ -780,6 +789,7 @@ class RecursiveRidge:
         shapes = {
             "counts": (self.outputs,),
             "G": (self.dim, self.dim),
+            "G_applied": (self.dim, self.dim),
             "R": (self.dim, self.dim),
             "Q": (self.dim, self.outputs),
             "W": (self.dim, self.outputs),
@@ -803,16 +813,17 @@ class RecursiveRidge:
                 cadence = Cadence.of_state(meta["cadence"], self.cadence.threshold, where)
             self.counts, self._solution, self.cadence = counts, solution, cadence
             return
-        G, Q = take("G"), take("Q")
         if "cadence" not in meta:  # saved before heads saved their cache
+            G, Q = take("G"), take("Q")
             self.counts, self._G, self.Q = counts, G, Q
             self._waiting_rows = 0
             self._solution = self._factor = None
             self._fresh = not bool(self._G.any())
             self.cadence.reset()
             return
+        G, Q = take("G_applied"), take("Q")
         if not bool(torch.isfinite(G).all() and torch.isfinite(Q).all()):
-            raise ValueError(f"{where}G or Q holds NaN or inf")
+            raise ValueError(f"{where}G_applied or Q holds NaN or inf")
         waiting_rows = _count(meta, "waiting", where, GRAM_ROWS - 1)
         waiting = None
         if waiting_rows:

@@ -135,7 +135,7 @@ def test_saving_changes_nothing_and_the_restored_head_continues_bit_for_bit():
     state = head.state_dict()
     assert len(head.waiting) == 100  # saving left the deferred Gram update deferred
     assert torch.equal(state.tensors["waiting"], H[:100])
-    statistics = state.tensors["G"] + state.tensors["waiting"].T @ state.tensors["waiting"]
+    statistics = state.tensors["G_applied"] + state.tensors["waiting"].T @ state.tensors["waiting"]
     assert relative_error(statistics, H[:100].T @ H[:100]) <= 1e-12
     restored = RecursiveRidge(H.shape[1], 7, GAMMA, "lazy")
     restored.load_state_dict(state)
@@ -167,10 +167,18 @@ def _saved_head(solver: str = "auto") -> tuple[RecursiveRidge, LearnerState]:
 
 
 @pytest.mark.parametrize("solver", ["auto", "lazy"])
+def test_a_new_checkpoint_has_no_g_an_older_build_would_solve_without_the_waiting_rows(solver):
+    """An older streamcl takes "G" as every row's Gram matrix; the applied part alone, under that
+    name, loaded there silently wrong (weights 48% off). Under its own name it is refused."""
+    _, state = _saved_head(solver)
+    assert "G" not in state.tensors and "G_applied" in state.tensors and "waiting" in state.tensors
+
+
+@pytest.mark.parametrize("solver", ["auto", "lazy"])
 def test_a_checkpoint_from_before_the_cache_was_saved_loads_to_rounding(solver):
     """No cadence, waiting rows or solution (G then held every row): the head solves afresh."""
     head, state = _saved_head(solver)
-    G = state.tensors["G"] + state.tensors["waiting"].T @ state.tensors["waiting"]
+    G = state.tensors["G_applied"] + state.tensors["waiting"].T @ state.tensors["waiting"]
     old = LearnerState({"counts": state.tensors["counts"], "G": G, "Q": state.tensors["Q"]})
     restored = RecursiveRidge(head.dim, 7, GAMMA, solver)
     restored.load_state_dict(old)
@@ -191,6 +199,8 @@ def test_a_checkpoint_from_before_the_cache_was_saved_loads_to_rounding(solver):
         lambda t, m: m["solution"].update(folded=1.5),
         lambda t, m: m["solution"].update(pending=[2, 2]),
         lambda t, m: m["solution"].update(kind="qr"),
+        # finite but no inverse of G + γI: served, then a breakdown asking to raise gamma
+        lambda t, m: t.update({"solution.R": t["solution.R"].tril(-1)}),
     ],
 )
 def test_a_damaged_cache_in_a_checkpoint_is_refused_and_leaves_the_head_alone(damage):
@@ -204,3 +214,14 @@ def test_a_damaged_cache_in_a_checkpoint_is_refused_and_leaves_the_head_alone(da
     after = fresh.state_dict()
     assert after.meta == before.meta
     assert all(torch.equal(before.tensors[k], v) for k, v in after.tensors.items())
+
+
+def test_a_cholesky_factor_without_a_positive_diagonal_is_refused():
+    head, state = _saved_head("lazy")
+    tensors = dict(state.tensors)
+    assert "solution.factor" in tensors
+    tensors["solution.factor"] = tensors["solution.factor"].clone().fill_diagonal_(0.0)
+    with pytest.raises(ValueError, match="factor: its diagonal is not positive"):
+        RecursiveRidge(head.dim, 7, GAMMA, "lazy").load_state_dict(
+            LearnerState(tensors, state.meta)
+        )
