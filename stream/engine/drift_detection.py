@@ -109,7 +109,7 @@ def build_detector(config: DriftConfig) -> Any:
     cls = detector_class(config.detector)
     try:
         return cls(**config.params)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # clock=1e29 as an int: Overflow
         raise ValueError(f"params: river.drift {cls.__name__}: {exc}") from None
 
 

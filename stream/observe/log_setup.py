@@ -117,7 +117,9 @@ def configure_logging(
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     for name in CHATTY_CLIENTS:
-        logging.getLogger(name).setLevel(logging.NOTSET if level == "debug" else logging.WARNING)
+        # at most as chatty as the root: --log-level error hides their warnings too
+        quiet = max(logging.WARNING, root.level)
+        logging.getLogger(name).setLevel(logging.NOTSET if level == "debug" else quiet)
     logging.captureWarnings(True)
     _json_requested = log_format == "json"
     return resolved

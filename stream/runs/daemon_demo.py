@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from stream.daemon.checkpoint import CheckpointError, CheckpointStore
 from stream.daemon.config import ServeConfig
 from stream.daemon.predict_http import add_predict_route
 from stream.daemon.serve import Daemon
@@ -66,6 +67,24 @@ def _percent(value: float | None) -> str:
     return "   -  " if value is None else f"{100 * value:5.1f}%"
 
 
+# Marks a checkpoint folder as the demo's own, which the next demo may delete.
+DEMO_MARKER = ".streamcl-demo"
+
+
+def _remove_demo_checkpoints(checkpoints: Path) -> None:
+    """Delete an earlier demo's ``checkpoints``: only a folder the demo marked, and not while a
+    demo still runs there (it holds the folder's lock)."""
+    if not (checkpoints / DEMO_MARKER).is_file():
+        raise CheckpointError(
+            f"{checkpoints} exists and is not a checkpoint folder of the demo's; give --out a "
+            "folder of its own"
+        )
+    store = CheckpointStore(checkpoints)
+    store.lock()  # CheckpointLocked while another demo runs there
+    store.unlock()
+    shutil.rmtree(checkpoints)
+
+
 def run_daemon_demo(
     workdir: str | Path,
     label_delay: int = 200,
@@ -81,10 +100,12 @@ def run_daemon_demo(
     if checkpoints.exists():
         # Every demo starts an empty broker: a checkpoint from an earlier run would resume at
         # offsets this topic never reaches, and the daemon would learn nothing.
-        shutil.rmtree(checkpoints)
+        _remove_demo_checkpoints(checkpoints)
         echo(
             f"removed the previous run's checkpoints in {checkpoints}: the demo's broker starts empty"
         )
+    checkpoints.mkdir()
+    (checkpoints / DEMO_MARKER).write_text("checkpoints of `streamcl demo --daemon`\n")
     dataset = load_dataset(DATASET)
     schedule, params = make_schedule(SCHEDULE, dataset, PARAMS, SEED)
     stream = record_schedule(dataset, schedule, SCHEDULE, params.model_dump(mode="json"), SEED)

@@ -162,11 +162,21 @@ class FileDeadLetters(DeadLetterSink):
             raise ValueError(f"file_bytes and files must be positive, got {file_bytes}, {files}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # before anything is cut back or rotated: taken for the sink's life
-        self._lock = _locked(self.path) if exclusive else None
         self._write_bytes = write_bytes
         self.file_bytes = file_bytes
         self.files = files
+        # before anything is cut back or rotated: taken for the sink's life
+        self._lock = _locked(self.path) if exclusive else None
+        try:
+            self._open(resume_at)
+        except BaseException:  # let go of the lock, or the next try in this process is refused
+            if self._lock is not None:
+                os.close(self._lock)
+            raise
+        self.pending: list[bytes] = []
+
+    def _open(self, resume_at: dict[str, int] | int | None) -> None:
+        """Open the file as the checkpoint's ``resume_at`` left it."""
         self.rotations = max(self._rotated(), default=0)
         if type(resume_at) is int:
             resume_at = {"rotations": self.rotations, "bytes": resume_at}
@@ -187,7 +197,6 @@ class FileDeadLetters(DeadLetterSink):
             # Lines past the checkpoint are for messages that will be read and judged again.
             os.ftruncate(self.fd, int(resume_at["bytes"]))
             self.length = int(resume_at["bytes"])
-        self.pending: list[bytes] = []
 
     def _rotated_path(self, number: int) -> Path:
         return self.path.with_name(f"{self.path.name}.{number}")

@@ -126,9 +126,9 @@ def kafka_python_options(options: Mapping[str, Any], role: str) -> dict[str, Any
 _NAMED = {
     "acks": (0, 1, -1, "all"),
     "security_protocol": ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
-    "sasl_mechanism": ("PLAIN", "GSSAPI", "OAUTHBEARER", "SCRAM-SHA-256", "SCRAM-SHA-512"),
     "compression_type": (None, "gzip", "snappy", "lz4", "zstd"),
-    "auto_offset_reset": ("earliest", "latest", "none"),
+    # smallest, largest: older names kafka-python still maps
+    "auto_offset_reset": ("earliest", "latest", "none", "smallest", "largest"),
     "isolation_level": ("read_uncommitted", "read_committed"),
     "client_dns_lookup": ("use_all_dns_ips", "resolve_canonical_bootstrap_servers_only"),
 }
@@ -149,8 +149,8 @@ def _wrong_value(name: str, value: Any, default: Any) -> str | None:
     """What is wrong with ``value`` for kafka-python's option ``name`` (None: nothing)."""
     if name == "bootstrap_servers":
         return "the brokers are given by --bootstrap or kafka.bootstrap"
-    if name in _NAMED:
-        allowed = _NAMED[name]
+    if name in _NAMED or name == "sasl_mechanism":
+        allowed = _NAMED[name] if name in _NAMED else _sasl_mechanisms()
         if not any(value == a and type(value) is type(a) for a in allowed):
             return "expected one of " + ", ".join("null" if a is None else repr(a) for a in allowed)
         return None
@@ -179,6 +179,13 @@ def _wrong_value(name: str, value: Any, default: Any) -> str | None:
     if value is None and default is None:
         return None
     return None if isinstance(value, str) else "expected a text"
+
+
+def _sasl_mechanisms() -> tuple[str, ...]:
+    """The SASL mechanisms the installed kafka-python registers (AWS_MSK_IAM among them)."""
+    from kafka.net.sasl import SASL_MECHANISMS
+
+    return tuple(sorted(SASL_MECHANISMS))
 
 
 def _is_count(value: Any) -> bool:

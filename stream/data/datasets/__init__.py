@@ -86,6 +86,8 @@ def check_spec(spec: str) -> None:
     from files, or is unknown, passes here; :func:`load_dataset` checks it when it loads."""
     _check_length(spec)
     name, _, argument = spec.partition(":")
+    if name in _LOADERS and argument and not _LOADERS[name][1]:
+        raise DatasetError(f"dataset {name} takes no argument, got {spec!r}")
     if name in _LOADERS:
         check = getattr(importlib.import_module(_LOADERS[name][0]), "check", None)
         if check is not None:

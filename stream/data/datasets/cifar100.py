@@ -1,8 +1,8 @@
 """CIFAR-100 "python version" (``train``, ``test``, ``meta`` pickles): 20 coarse, 100 fine labels.
 
 The files are pickles. They are read with an unpickler that only rebuilds dicts, lists, strings,
-bytes, numbers and numpy arrays, so a tampered file cannot run code, and only files within the
-bound on a dataset (:func:`~stream.data.datasets.dataset.check_bytes`). What they hold is
+bytes, numbers and numpy arrays, so a tampered file cannot run code, and what it rebuilds is
+counted as it is read against the bound on a dataset (:class:`_Budgeted`). What they hold is
 checked for the types the real files have before any of it is converted: ``data`` a uint8
 array ``[n, 3072]``, each label list a flat list (or array) of integers, the names a list of
 texts; so a nested list that shares its parts, which a small pickle can hold and numpy would
@@ -18,7 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from stream.data.datasets.dataset import MAX_CLASSES, Dataset, DatasetError, check_bytes
+from stream.data.datasets.dataset import (
+    MAX_CLASSES,
+    MAX_DATASET_BYTES,
+    Dataset,
+    DatasetError,
+    check_bytes,
+)
 
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"),
@@ -31,11 +37,47 @@ _ALLOWED = {
 }
 
 
-class _DataOnlyUnpickler(pickle.Unpickler):
+# What one pickle opcode may cost in memory beyond the bytes it reads: the largest object a
+# single opcode builds from a byte or two (an empty dict or list, 64 bytes, and its reference).
+_OBJECT_BYTES = 72
+
+
+class _DataOnlyUnpickler(pickle._Unpickler):  # the Python one: it reads opcode by opcode
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a dataset file")
         return super().find_class(module, name)
+
+
+class _Budgeted:
+    """A file whose reads are counted against ``budget`` bytes of memory: each read (the
+    unpickler makes one per opcode, and one per payload) as one object of
+    :data:`_OBJECT_BYTES` plus the bytes it returns. A pickle of a few bytes per empty list
+    would otherwise expand some thirty times in memory before any check of its contents."""
+
+    def __init__(self, handle: Any, budget: int, where: str) -> None:
+        self.handle, self.left, self.where = handle, budget, where
+
+    def _spend(self, data: bytes) -> bytes:
+        self.left -= _OBJECT_BYTES + len(data)
+        if self.left < 0:
+            raise DatasetError(
+                f"{self.where}: its objects would take more than the "
+                f"{MAX_DATASET_BYTES} bytes a dataset may (a pickle of many small objects?)"
+            )
+        return data
+
+    def read(self, size: int = -1) -> bytes:
+        return self._spend(self.handle.read(size))
+
+    def readline(self) -> bytes:
+        return self._spend(self.handle.readline())
+
+    def readinto(self, buffer: Any) -> int:
+        count = self.handle.readinto(buffer)
+        self._spend(b"")
+        self.left -= count
+        return count
 
 
 def _text(value: Any) -> str:
@@ -45,11 +87,12 @@ def _text(value: Any) -> str:
 def _load_pickle(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DatasetError(f"cifar100: missing file {path} (expected train, test and meta)")
-    # what unpickling holds at once: the file's bytes and the objects rebuilt from them
-    check_bytes(f"cifar100: {path}", 2 * path.stat().st_size, "its contents")
+    # what unpickling holds at once: the objects rebuilt (counted as they are read, below)
+    check_bytes(f"cifar100: {path}", path.stat().st_size, "its contents")
     try:
         with path.open("rb") as handle:
-            raw = _DataOnlyUnpickler(handle, encoding="bytes").load()
+            budgeted = _Budgeted(handle, MAX_DATASET_BYTES, f"cifar100: {path}")
+            raw = _DataOnlyUnpickler(budgeted, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
         raise DatasetError(f"cifar100: {path} is not a CIFAR-100 python pickle ({exc})") from None
     if not isinstance(raw, dict):

@@ -118,7 +118,7 @@ def workdir(tmp_path_factory):
         (["replay", "missing.scl", "--learner", "nmc"], "does not exist"),
         (["replay", "S", "--learner", "er", "--config", "CFG"], "backbone.hidden"),
         (["replay", "S", "--learner", "mvp"], "needs pretrained backbone.weights"),
-        (["replay", "S", "--learner", "nmc", "--batch-size", "0"], "batch_size"),
+        (["replay", "S", "--learner", "nmc", "--batch-size", "0"], "--batch-size"),
         (["replay", "S", "--learner", "nmc", "--device", "tpu"], "unknown device"),
         # outputs that cannot be written: checked before any work (they were tracebacks after it)
         (["replay", "S", "--learner", "nmc", "--out", "F/run"], "--out F/run: cannot write"),

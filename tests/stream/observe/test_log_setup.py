@@ -123,6 +123,11 @@ def test_kafka_python_info_records_show_only_at_debug():
     log_setup.configure_logging("json", "info", stream=out)  # a later call quiets them again
     chatty.info("Attempting bootstrap to bootstrap-0")
     assert out.getvalue() == ""
+    out = io.StringIO()
+    log_setup.configure_logging("json", "error", stream=out)  # and hides their warnings too
+    chatty.warning("bootstrap failed")
+    chatty.error("bootstrap failed for good")
+    assert [line["event"] for line in _json_lines(out)] == ["bootstrap failed for good"]
 
 
 def test_default_stream_is_stderr_at_the_time_of_logging(capsys):

@@ -158,3 +158,11 @@ def test_a_spill_file_may_be_shared(tmp_path):
         sink.sync()
         sink.close()
     assert sorted(letter["offset"] for letter in _letters(path)) == [0, 1]
+
+
+def test_a_sink_that_fails_to_open_lets_go_of_the_lock(tmp_path):
+    """It kept the lock, so the next open in this process was refused as another daemon's."""
+    path = tmp_path / "dead.jsonl"
+    with pytest.raises(ValueError, match="not one a checkpoint writes"):
+        FileDeadLetters(path, 64, resume_at={"rotations": -1, "bytes": 0})
+    FileDeadLetters(path, 64).close()

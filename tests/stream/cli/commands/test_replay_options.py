@@ -66,6 +66,8 @@ def test_the_parameters_reach_the_detector(digits_stream, tmp_path):
             ["--drift", "ADWIN", "--drift-param", "bogus=1"],
             "unexpected keyword argument 'bogus'",
         ),
+        # river's OverflowError, exit 1 as a failure
+        (["--drift", "ADWIN", "--drift-param", "clock=" + "1" * 30], "params: river.drift ADWIN"),
         (
             ["--drift", "PageHinkley"],
             "invalid --drift options (--drift-direction, --drift-param NAME=VALUE): "

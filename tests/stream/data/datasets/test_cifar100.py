@@ -150,3 +150,16 @@ def test_a_fine_class_without_samples_is_refused_not_a_crash_later(tmp_path):
     _rewrite(tmp_path, "test", fine_labels=[8] * 20, coarse_labels=[1] * 20)
     with pytest.raises(DatasetError, match="class 7 of level 1 has no samples"):
         load_dataset(f"cifar100:{tmp_path}")
+
+
+def test_a_pickle_of_many_small_objects_is_refused_while_it_is_read(tmp_path, monkeypatch):
+    """Empty lists pickle in two bytes and take some seventy in memory: a file within the bound
+    on a dataset expanded far beyond it before any check of what it held."""
+    import stream.data.datasets.cifar100 as cifar100
+
+    write_cifar100(tmp_path)
+    monkeypatch.setattr(cifar100, "MAX_DATASET_BYTES", 4 << 20)  # the real bound, scaled down
+    _rewrite(tmp_path, "train", filenames=[[] for _ in range(100_000)])  # 0.8 MB of them on disk
+    assert (tmp_path / "train").stat().st_size < 2 << 20
+    with pytest.raises(DatasetError, match="its objects would take more than the 4194304 bytes"):
+        load_dataset(f"cifar100:{tmp_path}")

@@ -5,7 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from stream.data.datasets import DatasetError, dataset_forms, dataset_names, load_dataset
+from stream.data.datasets import (
+    DatasetError,
+    check_spec,
+    dataset_forms,
+    dataset_names,
+    load_dataset,
+)
 
 DOCS = Path(__file__).resolve().parents[4] / "docs" / "datasets.md"
 
@@ -35,5 +41,6 @@ def test_a_required_argument_is_required(form):
 @pytest.mark.parametrize("form", [f for f in dataset_forms() if ":" not in f])
 def test_an_argument_where_none_is_taken_is_refused(form):
     """digits:anything loaded digits and ignored the rest (a recorded stream named it so)."""
-    with pytest.raises(DatasetError, match=f"dataset {form} takes no argument, got '{form}:x'"):
-        load_dataset(f"{form}:x")
+    for check in (load_dataset, check_spec):  # check_spec: what a stream header is held to
+        with pytest.raises(DatasetError, match=f"dataset {form} takes no argument, got '{form}:x'"):
+            check(f"{form}:x")
