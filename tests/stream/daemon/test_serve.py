@@ -406,24 +406,33 @@ def test_a_learner_resumed_from_any_checkpoint_equals_an_uninterrupted_one(tmp_p
     waiting = []
     for killed_after in (2, 5, 9):
         directory = tmp_path / f"killed-{killed_after}"
-        source = MemorySource({0: messages})
-        first = Daemon(_config(directory, learner=ER), source_factory=source.bind)
-        first.connect()
-        for _ in range(killed_after):
-            first.step()
-        # kill -9: no last checkpoint; the locks (checkpoint.dir, dead-letter file) go with the process
-        first.store.unlock()
-        first.dead_letters.close()
-        waiting.append(len(CheckpointStore(directory / "ckpt").latest().meta["pending"]))
-        source = MemorySource({0: messages})
-        resumed = Daemon(_config(directory, learner=ER), source_factory=source.bind)
-        _drain(resumed, source)
-        resumed.close()
+        resumed, left = _killed_and_resumed(directory, ER, messages, killed_after)
+        waiting.append(len(left.meta["pending"]))
         for mine, theirs in zip(
             _parameters(resumed.learner), _parameters(whole.learner), strict=True
         ):
             assert torch.equal(mine, theirs), killed_after
     assert any(waiting)  # some checkpoint held samples waiting for their micro-batch
+
+
+def _killed_and_resumed(directory, learner, messages, steps):
+    """A daemon killed (as by ``kill -9``: no last checkpoint) after ``steps`` polls of
+    ``messages``, then one resumed from what it left and run to the end; the resumed daemon,
+    and the checkpoint the killed one left."""
+    source = MemorySource({0: messages})
+    first = Daemon(_config(directory, learner=learner), source_factory=source.bind)
+    first.connect()
+    for _ in range(steps):
+        first.step()
+    # its locks (checkpoint.dir, dead-letter file) go with the process
+    first.store.unlock()
+    first.dead_letters.close()
+    left = CheckpointStore(directory / "ckpt").latest()
+    source = MemorySource({0: messages})
+    resumed = Daemon(_config(directory, learner=learner), source_factory=source.bind)
+    _drain(resumed, source)
+    resumed.close()
+    return resumed, left
 
 
 def _analytic_resumed_from_any_checkpoint(tmp_path, learner) -> None:
@@ -436,18 +445,9 @@ def _analytic_resumed_from_any_checkpoint(tmp_path, learner) -> None:
     probe = torch.randn(16, *PROBLEM.input_shape, generator=torch.Generator().manual_seed(3))
     scores = whole.learner.predict(probe)
     for killed_after in (1, 3, 6):
-        directory = tmp_path / f"killed-{killed_after}"
-        source = MemorySource({0: messages})
-        first = Daemon(_config(directory, learner=learner), source_factory=source.bind)
-        first.connect()
-        for _ in range(killed_after):
-            first.step()
-        first.store.unlock()  # kill -9: no last checkpoint; the locks go with the process
-        first.dead_letters.close()
-        source = MemorySource({0: messages})
-        resumed = Daemon(_config(directory, learner=learner), source_factory=source.bind)
-        _drain(resumed, source)
-        resumed.close()
+        resumed, _ = _killed_and_resumed(
+            tmp_path / f"killed-{killed_after}", learner, messages, killed_after
+        )
         got = _learned_state(resumed.learner)
         assert got.keys() == expected.keys(), killed_after
         for key, tensor in expected.items():
