@@ -196,6 +196,28 @@ def _sections(body: bytes, tensors: bytes, where: str) -> tuple[dict[str, Any], 
     return meta, learner
 
 
+def _flock(path: Path, mode: int) -> IO[str] | None:
+    """``path`` open with an flock of ``mode`` taken, or None when another process holds a
+    conflicting one."""
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, mode | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        return None
+    return handle
+
+
+def _holder(path: Path) -> str:
+    """The pid the holder of the lock file ``path`` wrote into it."""
+    try:
+        return path.read_text()[:32].strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
 class CheckpointStore:
     """The checkpoints of one daemon, in one directory."""
 
@@ -209,35 +231,50 @@ class CheckpointStore:
         self.skipped: list[CorruptCheckpoint] = []
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock: IO[str] | None = None
+        self._shared: IO[str] | None = None
 
     def lock(self, name: str = _LOCK_NAME) -> None:
         """Take the directory's lock ``name`` (one per writer: a rank of a scaled-out daemon has
         its own), or raise :class:`CheckpointLocked` when another process holds it (released by
-        :meth:`unlock` or when the process ends, even by ``kill -9``)."""
-        handle = (self.directory / name).open("a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                handle.close()
-                raise
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
+        :meth:`unlock` or when the process ends, even by ``kill -9``).
+
+        A single daemon holds the directory's own lock (``.lock``) alone; each rank of a
+        scaled-out group holds it shared beside its rank's lock, so that neither a single daemon
+        nor a group starts on a directory the other serves (each locked only its own file, and
+        both served the same topic from one directory)."""
+        shared = None
+        if name != _LOCK_NAME:
+            shared = _flock(self.directory / _LOCK_NAME, fcntl.LOCK_SH)
+            if shared is None:
+                raise CheckpointLocked(
+                    f"checkpoint.dir {self.directory} is in use by a single streamcl daemon "
+                    f"(pid {_holder(self.directory / _LOCK_NAME)}); stop it before scaling out"
+                )
+        handle = _flock(self.directory / name, fcntl.LOCK_EX)
+        if handle is None:
+            if shared is not None:
+                shared.close()
+            elif (group := _flock(self.directory / _LOCK_NAME, fcntl.LOCK_SH)) is not None:
+                group.close()  # only shared holders: the ranks of a group
+                raise CheckpointLocked(
+                    f"checkpoint.dir {self.directory} is in use by another streamcl daemon "
+                    "(a scaled-out group, serve --workers); give each daemon its own directory"
+                )
             raise CheckpointLocked(
                 f"checkpoint.dir {self.directory} is in use by another streamcl daemon "
-                f"(pid {holder}); give each daemon its own directory"
-            ) from None
+                f"(pid {_holder(self.directory / name)}); give each daemon its own directory"
+            )
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()
-        self._lock = handle
+        self._lock, self._shared = handle, shared
 
     def unlock(self) -> None:
-        if self._lock is not None:
-            self._lock.close()  # closing the file releases the flock
-            self._lock = None
+        for held in (self._lock, self._shared):
+            if held is not None:
+                held.close()  # closing the file releases the flock
+        self._lock = self._shared = None
 
     def remove_interrupted_writes(self) -> None:
         """Delete temporary files: writes that a crash interrupted before their rename (call it

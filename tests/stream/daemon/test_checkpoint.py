@@ -215,3 +215,30 @@ def test_a_second_process_cannot_take_the_lock(tmp_path):
     first.unlock()
     second.lock()
     second.unlock()
+
+
+def test_a_single_daemon_and_a_scaled_out_group_keep_off_each_others_directory(tmp_path):
+    """Each locked only its own file (.lock, .lock.rank-N), so `serve` and `serve --workers 2`
+    served the same topic from one directory at once, writing checkpoints and epochs beside
+    each other and dead-lettering the same messages twice."""
+    single = CheckpointStore(tmp_path)
+    single.lock()
+    with pytest.raises(
+        CheckpointLocked,
+        match=rf"in use by a single streamcl daemon \(pid {os.getpid()}\); stop it",
+    ):
+        CheckpointStore(tmp_path).lock(".lock.rank-0")
+    single.unlock()
+    ranks = [CheckpointStore(tmp_path) for _ in range(2)]
+    for rank, store in enumerate(ranks):
+        store.lock(f".lock.rank-{rank}")  # the ranks share the directory
+    with pytest.raises(
+        CheckpointLocked, match=r"in use by another streamcl daemon \(a scaled-out group"
+    ):
+        CheckpointStore(tmp_path).lock()
+    with pytest.raises(CheckpointLocked, match="in use by another streamcl daemon"):
+        CheckpointStore(tmp_path).lock(".lock.rank-1")  # a second group's rank 1
+    for store in ranks:
+        store.unlock()
+    single.lock()
+    single.unlock()
