@@ -139,6 +139,11 @@ class ScaleOutDaemon(Daemon):
             config.checkpoint.dir, config.checkpoint.keep, checkpoint_key
         )
         self._shard: Shard | None = None
+        # dead-letter files of another layout to cut back to the resumed checkpoint: their
+        # lines after it are for messages this group reads and judges again (the files of the
+        # ranks the resumed epoch had and this group has not; a single daemon's file)
+        self._dropped_letters: dict[Path, dict[str, int]] = {}
+        self._single_letters: dict[Path, dict[str, int]] = {}
         self._resume_offsets: dict[int, int] = {}
         self.epoch = 0
         self.partitions: list[int] | None = None
@@ -254,6 +259,7 @@ class ScaleOutDaemon(Daemon):
         # what an epoch tried before may have set (the model was rebuilt since)
         self.messages, self.invalid = 0, Counter()
         self._restored_own = False
+        self._dropped_letters = {}
         self._history_at = {"file": 1, "bytes": 0}
         offsets = restored_offsets(manifest["offsets"])
         self.poison = PoisonLog(self.config.checkpoint.dir, self.topic)
@@ -302,8 +308,12 @@ class ScaleOutDaemon(Daemon):
         the epoch's instead of falling by what those ranks had counted (their rolling windows
         are not taken: a window is one rank's last predictions)."""
         size = self.world.size
+        target = self.config.dead_letter.file
         for dropped in range(self.world.rank + size, epoch_size, size):
             meta = shard(dropped).meta
+            position = meta.get("dead_letter_position")
+            if target is not None and position is not None:
+                self._dropped_letters[rank_file(target, dropped)] = position
             messages, invalid = restored_counters(meta["counters"])
             self.loop.absorb_counts(meta["loop"])
             self.messages += messages
@@ -325,6 +335,10 @@ class ScaleOutDaemon(Daemon):
                 for k, v in checkpoint.meta.items()
                 if k not in ("dead_letter_position", "history_position")
             }
+            position = checkpoint.meta.get("dead_letter_position")
+            file = self.config.dead_letter.file
+            if file is not None and position is not None and self.world.rank == 0:
+                self._single_letters = {Path(file): position}
             log.info(
                 "single_checkpoint_scaled_out", path=str(checkpoint.path), rank=self.world.rank
             )
@@ -458,6 +472,12 @@ class ScaleOutDaemon(Daemon):
         resume_at = None if self._shard is None else self._shard.meta.get("dead_letter_position")
         path = rank_file(target.file, self.world.rank)
         limit = min(self.config.messages.max_bytes, target.max_value_bytes)
+        for stale, position in {**self._dropped_letters, **self._single_letters}.items():
+            # cut back (rotations undone) under its lock, then let go: no one writes it now
+            FileDeadLetters(
+                stale, limit, position, file_bytes=target.file_bytes, files=target.files
+            ).close()
+            log.info("dead_letters_cut_back", path=str(stale), rank=self.world.rank)
         return FileDeadLetters(
             path, limit, resume_at, file_bytes=target.file_bytes, files=target.files
         )

@@ -792,3 +792,59 @@ def test_a_batch_failing_on_what_its_rank_learned_before_quarantines_since_the_s
         torch.from_numpy(x[rest]), torch.from_numpy(y[rest]), torch.zeros(36, dtype=torch.long)
     )
     torch.testing.assert_close(alone.learner.weights(), reference.weights(), rtol=1e-9, atol=1e-9)
+
+
+def _letters(tmp_path: Path) -> Counter:
+    """(partition, offset) of every dead letter in every dead-letter file of ``tmp_path``."""
+    found: Counter = Counter()
+    for path in tmp_path.glob("dead*.jsonl"):
+        for line in path.read_text().splitlines():
+            letter = json.loads(line)
+            found[(letter["partition"], letter["offset"])] += 1
+    return found
+
+
+def _with_bad_messages(topic: dict[int, list[bytes]], at: list[int]) -> dict[int, list[bytes]]:
+    """``topic`` with a message no decoder takes put into partition 1 before each of ``at``."""
+    bad = dict(topic)
+    for index in sorted(at, reverse=True):
+        bad[1] = [*bad[1][:index], b"not a message", *bad[1][index:]]
+    return bad
+
+
+def test_a_smaller_group_cuts_back_the_dead_letters_of_the_ranks_it_no_longer_has(tmp_path):
+    """Two ranks vanish (kill -9) after dead-lettering messages past their last epoch; one rank
+    resumes and judges those messages again. Rank 1's file kept its letters after the epoch, so
+    each was stored twice; it is now cut back to the epoch, as a rank's own file is."""
+    x, y = samples(160, seed=21)
+    topic = _with_bad_messages(topic_of(x, y, 2), [2, 12, 14])
+    cfg = config(tmp_path, {"name": "nmc"}, every_samples=40)
+    run_group(cfg, topic, ranks=2, rounds=5, stop=False)
+    manifest = AlignedCheckpoints(cfg.checkpoint.dir).latest()
+    assert manifest is not None
+    bad = {(1, o) for o, m in enumerate(topic[1]) if m == b"not a message"}
+    after = {(p, o) for p, o in _letters(tmp_path) if o >= manifest["offsets"]["1"]}
+    assert after  # the precondition: letters past the epoch in rank 1's file
+    run_group(cfg, topic, ranks=1, rounds=40)
+    assert _letters(tmp_path) == Counter(dict.fromkeys(bad, 1))
+
+
+def test_a_group_cuts_back_the_dead_letters_of_the_single_daemon_it_scales_out(tmp_path):
+    """A single daemon dead-letters messages past its last checkpoint and is killed; a group
+    of two resumes from that checkpoint and judges them again into its rank files. The single
+    daemon's file kept them too."""
+    x, y = samples(96, seed=22)
+    topic = _with_bad_messages(topic_of(x, y, 2), [1, 8])
+    cfg = config(tmp_path, {"name": "nmc"}, every_samples=1000)
+    single = Daemon(cfg, source_factory=MemorySource(topic).bind)
+    single.connect()
+    for _ in range(2):
+        single.step()
+    single.checkpoint(force=True)
+    for _ in range(20):
+        single.step()
+    single.close()  # killed: no last checkpoint
+    assert sum(_letters(tmp_path).values()) == 2  # both judged, one past the checkpoint
+    run_group(cfg, topic, ranks=2, rounds=20)
+    bad = {(1, o) for o, m in enumerate(topic[1]) if m == b"not a message"}
+    assert _letters(tmp_path) == Counter(dict.fromkeys(bad, 1))
