@@ -50,6 +50,7 @@ from learners.base import Problem
 from learners.state.learner_state import LearnerState, non_finite
 from learners.state.safetensors_io import state_from_bytes, state_to_bytes
 from learners.state.sealed_pickle import holds_sealed_pickles
+from stream.daemon.aligned_checkpoint import AlignedCheckpoints, shard_name
 from stream.daemon.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -194,6 +195,8 @@ def from_checkpoint(directory: str | Path, key: bytes | None = None) -> ServedMo
     path = Path(directory)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint directory {path} does not exist")
+    if AlignedCheckpoints.found_in(path):
+        return _from_epochs(path, key)
     store = CheckpointStore(path, key=key)
     unusable: list[ModelFileError] = []
     for checkpoint in store.candidates():
@@ -221,6 +224,44 @@ def from_checkpoint(directory: str | Path, key: bytes | None = None) -> ServedMo
             f"newest: {store.skipped[0]})" + why
         )
     raise CheckpointError(f"no checkpoint in {path}")
+
+
+def _from_epochs(path: Path, key: bytes | None) -> ServedModel:
+    """The model of the newest complete epoch a scaled-out group wrote in ``path`` that can be
+    served: its rank 0 shard's (every rank holds the same model after a sync point; rank 0's
+    shard carries it), with the samples every rank learned. A group's directory may also hold
+    the checkpoints of the single daemon it scaled out: older, and not served (the group
+    resumed from them and went on), as the daemon itself resumes from the epochs."""
+    epochs = AlignedCheckpoints(path, key=key)
+    unusable: list[ModelFileError] = []
+    for manifest in epochs.manifests():
+        epoch = int(manifest["epoch"])
+        shard = epochs.load_shard(manifest, 0)
+        where = epochs.epoch_dir(epoch) / shard_name(0)
+        if shard.learner is None:
+            unusable.append(ModelFileError(f"{where}: rank 0's shard carries no learner"))
+            continue
+        meta = dict(shard.meta)
+        loop = meta.get("loop")
+        if isinstance(loop, dict):  # the group's count, not rank 0's alone
+            samples = [loop.get("samples_seen")]
+            for rank in range(1, int(manifest["world_size"])):
+                samples.append(
+                    epochs.load_shard(manifest, rank).meta.get("loop", {}).get("samples_seen")
+                )
+            if all(type(n) is int and n >= 0 for n in samples):
+                meta["loop"] = {**loop, "samples_seen": sum(samples)}
+        try:
+            model = _served_checkpoint(Checkpoint(epoch, meta, shard.learner, where), key)
+        except ModelFileError as exc:
+            unusable.append(exc)
+            continue
+        for problem in unusable:
+            log.warning("checkpoint_unusable", problem=str(problem), used=str(where))
+        return model
+    if unusable:
+        raise unusable[0]
+    raise CheckpointError(f"no complete global checkpoint in {path}")
 
 
 def _served_checkpoint(checkpoint: Checkpoint, key: bytes | None) -> ServedModel:

@@ -848,3 +848,27 @@ def test_a_group_cuts_back_the_dead_letters_of_the_single_daemon_it_scales_out(t
     run_group(cfg, topic, ranks=2, rounds=20)
     bad = {(1, o) for o, m in enumerate(topic[1]) if m == b"not a message"}
     assert _letters(tmp_path) == Counter(dict.fromkeys(bad, 1))
+
+
+def test_predict_and_export_serve_a_scaled_out_groups_newest_epoch(tmp_path):
+    """They read a single daemon's checkpoints only: on a group's directory "no checkpoint",
+    and on one scaled out from a single daemon that daemon's older model, without a word."""
+    from stream.runs.served_model import export, from_checkpoint, from_file
+
+    x, y = samples(96, seed=23)
+    topic = topic_of(x, y, 2)
+    cfg = config(tmp_path, {"name": "nmc"})
+    single = Daemon(cfg, source_factory=MemorySource({0: topic[0][:4]}).bind)
+    single.connect()
+    for _ in range(3):
+        single.step()
+    single.checkpoint(force=True)
+    single.close()
+    daemons = run_group(cfg, topic, ranks=2, rounds=10)
+    model = from_checkpoint(cfg.checkpoint.dir)
+    assert model.samples == sum(d.loop.samples_seen for d in daemons) > single.loop.samples_seen
+    probe = torch.from_numpy(x[:8])
+    expected = daemons[0].learner.predict(probe)
+    assert torch.equal(model.serving().loop.learner.predict(probe), expected)
+    exported = export(model, tmp_path / "model.safetensors")[0]
+    assert torch.equal(from_file(exported).serving().loop.learner.predict(probe), expected)
