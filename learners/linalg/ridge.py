@@ -7,9 +7,10 @@ batch with the Woodbury identity (ACIL eqs. 9-10). :class:`RecursiveRidge` inste
 sufficient statistics G = HᵀH, Q = HᵀY and per-class counts (float64), which a batch updates with
 one rank-B product, which two heads merge by addition, and which a checkpoint stores exactly. G is
 symmetric, so the head updates and reads only its lower triangle (:mod:`learners.linalg.gram`,
-:mod:`learners.linalg.cholesky`); a checkpoint holds the full symmetric G. The solution is a
-cache, rebuilt from the statistics whenever it is dropped (a merge, a device move); a checkpoint
-carries it (:func:`solution_state`), so that a restored head goes on bit for bit:
+:mod:`learners.linalg.cholesky`); a checkpoint holds the Gram products applied so far (full and
+symmetric) and the rows whose Gram update is deferred. The solution is a cache, rebuilt from the
+statistics whenever it is dropped (a merge, a device move); a checkpoint carries it
+(:func:`solution_state`), so that a restored head goes on bit for bit:
 
 - :class:`CholeskySolution` factorises G + γI once and keeps W exact while rows arrive by the
   block form of the same Woodbury identity, W = W₀ + V S⁻¹ (Y_U − U W₀) with V = (G₀+γI)⁻¹Uᵀ and
@@ -115,11 +116,24 @@ class CholeskySolution:
         """Factorise G + γI, reading only G's lower triangle; ``out`` (d×d, may be ``G``
         itself) receives the factor, so that a head can reuse one buffer across solves."""
         factor = _factorise(G, gamma, G.clone() if out is None else out)
-        self.factor = factor
-        self.W0 = torch.zeros_like(Q)
+        W0 = torch.zeros_like(Q)
         columns = _active_columns(Q)
         if len(columns):
-            self.W0[:, columns] = cholesky_solve(Q[:, columns], factor)
+            W0[:, columns] = cholesky_solve(Q[:, columns], factor)
+        self._begin(factor, W0, capacity)
+
+    @classmethod
+    def restored(cls, factor: torch.Tensor, W0: torch.Tensor, capacity: int) -> CholeskySolution:
+        """The solution of a factor and weights computed before (a checkpoint's): nothing is
+        factorised; rows absorbed or waiting since are set by the caller."""
+        solution = cls.__new__(cls)
+        solution._begin(factor, W0, capacity)
+        solution._weights = None
+        return solution
+
+    def _begin(self, factor: torch.Tensor, W0: torch.Tensor, capacity: int) -> None:
+        self.factor = factor
+        self.W0 = W0
         self.capacity = capacity
         self.rows = 0
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -487,16 +501,9 @@ def load_solution(
         return WoodburySolution(definite("R"), _exact_tensor(state, "W", wide, device))
     if kind == "cholesky":
         k = _count(state.meta, "rows", where, capacity)
-        factor = definite("factor")
-        cholesky_solution = CholeskySolution.__new__(CholeskySolution)
-        cholesky_solution.factor = factor
-        cholesky_solution.W0 = _exact_tensor(state, "W0", wide, device)
-        cholesky_solution.capacity = capacity
-        cholesky_solution.rows = 0
-        cholesky_solution._pending, cholesky_solution._pending_rows = [], 0
-        cholesky_solution._U = cholesky_solution._Vt = None
-        cholesky_solution._E = cholesky_solution._S = None
-        cholesky_solution._weights = None
+        cholesky_solution = CholeskySolution.restored(
+            definite("factor"), _exact_tensor(state, "W0", wide, device), capacity
+        )
         if k:
             cholesky_solution._allocate()
             assert cholesky_solution._U is not None and cholesky_solution._Vt is not None
@@ -753,8 +760,8 @@ class RecursiveRidge:
         and symmetric: the lower triangle of the Gram products applied so far), Q, the rows
         whose Gram update is deferred (``waiting``, fewer than :data:`GRAM_ROWS`; the statistics
         are G_applied + waitingᵀwaiting), and in the metadata the cadence and whether the head
-        is fresh; and
-        its cached solution (:func:`solution_state`), when it holds one. A restored head then
+        is fresh; and its cached solution (:func:`solution_state`), when it holds one. A
+        restored head then
         applies the Gram update, solves and predicts with the same operations on the same
         operands as the head that was saved: bit for bit the same, whatever comes after."""
         tensors = {"counts": self.counts}
