@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import importlib
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -62,6 +63,17 @@ class DriftConfig(ConfigModel):
         detector_class(detector)
         return detector
 
+    @field_validator("params")
+    @classmethod
+    def _finite(cls, params: dict[str, Any]) -> dict[str, Any]:
+        # allow_inf_nan does not reach values typed Any; river's range checks pass NaN
+        for name, value in params.items():
+            if _non_finite(value):
+                raise ValueError(
+                    f"{name}: {value!r} holds NaN or inf; a detector takes finite numbers"
+                )
+        return params
+
     @model_validator(mode="after")
     def _builds(self) -> DriftConfig:
         detector = build_detector(self)
@@ -71,6 +83,20 @@ class DriftConfig(ConfigModel):
                 "estimate to tell a rise from a fall; set direction 'any' or a one-sided mode"
             )
         return self
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether ``value`` is, or a list or mapping in it holds, a float NaN or inf."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return True
+        if isinstance(item, list | tuple):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+    return False
 
 
 def _has_estimate(detector: Any) -> bool:

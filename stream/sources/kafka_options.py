@@ -28,6 +28,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from stream.data.option_value import option_value
 from stream.data.secret_file import read_secret_text
 
 
@@ -77,16 +78,10 @@ def parse_option(text: str) -> tuple[str, Any]:
     >>> parse_option("request_timeout_ms=5000"), parse_option('sasl_plain_username="007"')
     (('request_timeout_ms', 5000), ('sasl_plain_username', '007'))
     """
-    import json
-
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise KafkaOptionsError(f"--option {text!r}: expected KEY=VALUE")
-    try:
-        parsed: Any = json.loads(value)
-    except (ValueError, RecursionError):
-        parsed = value
-    return key.strip(), parsed
+    return key.strip(), option_value(value)
 
 
 _ROLES = ("consumer", "producer", "admin")

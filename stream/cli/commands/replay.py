@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import signal
 import sys
@@ -24,6 +23,7 @@ from stream.cli.config_file import load_config_file
 from stream.cli.errors import UsageError
 from stream.cli.output_path import writable_directory
 from stream.data.label_delay import chosen_label_delay
+from stream.data.option_value import option_value
 from stream.engine.device import resolve_device
 from stream.engine.drift_detection import DriftConfig
 from stream.engine.event_loop import LoopConfig, Observer
@@ -210,11 +210,7 @@ def drift_params(given: list[str]) -> dict[str, Any]:
             raise UsageError(f"--drift-param: expected NAME=VALUE, got {item[:80]!r}")
         if name in params:
             raise UsageError(f"--drift-param: {name} given twice")
-        try:
-            value = json.loads(text, parse_constant=str)  # NaN, Infinity: taken as text
-        except (ValueError, RecursionError):
-            value = text
-        params[name] = value
+        params[name] = option_value(text)  # NaN and inf: refused by DriftConfig
     return params
 
 

@@ -66,6 +66,11 @@ def test_the_parameters_reach_the_detector(digits_stream, tmp_path):
             ["--drift", "ADWIN", "--drift-param", "bogus=1"],
             "unexpected keyword argument 'bogus'",
         ),
+        # NaN passes river's range checks (alpha < 0 or alpha > 1 is false for it)
+        (
+            ["--drift", "KSWIN", "--drift-direction", "any", "--drift-param", "alpha=NaN"],
+            "params: Value error, alpha: nan holds NaN or inf",
+        ),
         # river's OverflowError, exit 1 as a failure
         (["--drift", "ADWIN", "--drift-param", "clock=" + "1" * 30], "params: river.drift ADWIN"),
         (
