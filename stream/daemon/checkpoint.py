@@ -39,7 +39,6 @@ checkpoints (a daemon, a rank of a scaled-out run) goes through it.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import hmac
@@ -58,6 +57,7 @@ import torch
 from learners.machine_memory import memory_bytes
 from learners.state.learner_state import LearnerState, non_finite
 from learners.state.safetensors_io import state_from_bytes, state_to_bytes
+from stream.data.file_lock import flocked
 from stream.data.regular_file import read_regular
 
 MAGIC = b"SCLCKPT2"
@@ -196,20 +196,6 @@ def _sections(body: bytes, tensors: bytes, where: str) -> tuple[dict[str, Any], 
     return meta, learner
 
 
-def _flock(path: Path, mode: int) -> IO[str] | None:
-    """``path`` open with an flock of ``mode`` taken, or None when another process holds a
-    conflicting one."""
-    handle = path.open("a+")
-    try:
-        fcntl.flock(handle, mode | fcntl.LOCK_NB)
-    except OSError as exc:
-        handle.close()
-        if exc.errno not in (errno.EAGAIN, errno.EACCES):
-            raise
-        return None
-    return handle
-
-
 def _holder(path: Path) -> str:
     """The pid the holder of the lock file ``path`` wrote into it."""
     try:
@@ -244,17 +230,17 @@ class CheckpointStore:
         both served the same topic from one directory)."""
         shared = None
         if name != _LOCK_NAME:
-            shared = _flock(self.directory / _LOCK_NAME, fcntl.LOCK_SH)
+            shared = flocked(self.directory / _LOCK_NAME, fcntl.LOCK_SH)
             if shared is None:
                 raise CheckpointLocked(
                     f"checkpoint.dir {self.directory} is in use by a single streamcl daemon "
                     f"(pid {_holder(self.directory / _LOCK_NAME)}); stop it before scaling out"
                 )
-        handle = _flock(self.directory / name, fcntl.LOCK_EX)
+        handle = flocked(self.directory / name, fcntl.LOCK_EX)
         if handle is None:
             if shared is not None:
                 shared.close()
-            elif (group := _flock(self.directory / _LOCK_NAME, fcntl.LOCK_SH)) is not None:
+            elif (group := flocked(self.directory / _LOCK_NAME, fcntl.LOCK_SH)) is not None:
                 group.close()  # only shared holders: the ranks of a group
                 raise CheckpointLocked(
                     f"checkpoint.dir {self.directory} is in use by another streamcl daemon "

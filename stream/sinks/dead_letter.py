@@ -30,8 +30,6 @@ instead, counted and logged, so that it can never hold checkpoints back.
 from __future__ import annotations
 
 import base64
-import errno
-import fcntl
 import glob
 import json
 import os
@@ -40,10 +38,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import structlog
 
+from stream.data.file_lock import flocked
 from stream.sinks.kafka_sink import Headers, KafkaSink, SinkError
 from stream.sources.wire import short
 
@@ -171,7 +170,7 @@ class FileDeadLetters(DeadLetterSink):
             self._open(resume_at)
         except BaseException:  # let go of the lock, or the next try in this process is refused
             if self._lock is not None:
-                os.close(self._lock)
+                self._lock.close()
             raise
         self.pending: list[bytes] = []
 
@@ -293,26 +292,20 @@ class FileDeadLetters(DeadLetterSink):
             )  # the next start re-reads their messages from the checkpoint's offsets
         os.close(self.fd)
         if self._lock is not None:
-            os.close(self._lock)  # releases the flock
+            self._lock.close()  # releases the flock
             self._lock = None
 
 
-def _locked(path: Path) -> int:
-    """A descriptor holding the flock of ``.<name>.lock`` beside ``path``, or
+def _locked(path: Path) -> IO[str]:
+    """The open lock file ``.<name>.lock`` beside ``path``, its flock held, or
     :class:`DeadLetterFileInUse`."""
-    lock = path.with_name(f".{path.name}.lock")  # not one of the rotated files' names
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno not in (errno.EAGAIN, errno.EACCES):
-            raise
+    lock = flocked(path.with_name(f".{path.name}.lock"))  # not a rotated file's name
+    if lock is None:
         raise DeadLetterFileInUse(
             f"dead_letter.file {path} is in use by another streamcl daemon; give each daemon "
             "its own file (a relative path is taken from the folder the daemon starts in)"
-        ) from None
-    return fd
+        )
+    return lock
 
 
 class TopicDeadLetters(DeadLetterSink):
