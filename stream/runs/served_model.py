@@ -36,7 +36,7 @@ import hmac
 import json
 import os
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,18 +198,9 @@ def from_checkpoint(directory: str | Path, key: bytes | None = None) -> ServedMo
     if AlignedCheckpoints.found_in(path):
         return _from_epochs(path, key)
     store = CheckpointStore(path, key=key)
-    unusable: list[ModelFileError] = []
-    for checkpoint in store.candidates():
-        try:
-            model = _served_checkpoint(checkpoint, key)
-        except ModelFileError as exc:
-            unusable.append(exc)
-            continue
-        for problem in unusable:
-            log.warning("checkpoint_unusable", problem=str(problem), used=str(checkpoint.path))
+    model = _first_servable(store.candidates(), key)
+    if model is not None:
         return model
-    if unusable:
-        raise unusable[0]
     if store.skipped:
         # the newest one's problem, and a word on keys where a key is the problem
         why = ""
@@ -226,42 +217,60 @@ def from_checkpoint(directory: str | Path, key: bytes | None = None) -> ServedMo
     raise CheckpointError(f"no checkpoint in {path}")
 
 
+def _first_servable(
+    candidates: Iterable[Checkpoint | ModelFileError], key: bytes | None
+) -> ServedModel | None:
+    """The model of the first of ``candidates`` (newest first) that can be served, each one
+    passed over before it logged (``checkpoint_unusable``); None when there is no candidate;
+    the newest one's problem when none can be served (a candidate may be that problem)."""
+    unusable: list[ModelFileError] = []
+    for candidate in candidates:
+        try:
+            if isinstance(candidate, ModelFileError):
+                raise candidate
+            model = _served_checkpoint(candidate, key)
+        except ModelFileError as exc:
+            unusable.append(exc)
+            continue
+        for problem in unusable:
+            log.warning("checkpoint_unusable", problem=str(problem), used=str(candidate.path))
+        return model
+    if unusable:
+        raise unusable[0]
+    return None
+
+
 def _from_epochs(path: Path, key: bytes | None) -> ServedModel:
     """The model of the newest complete epoch a scaled-out group wrote in ``path`` that can be
     served: its rank 0 shard's (every rank holds the same model after a sync point; rank 0's
     shard carries it), with the samples every rank learned. A group's directory may also hold
     the checkpoints of the single daemon it scaled out: older, and not served (the group
     resumed from them and went on), as the daemon itself resumes from the epochs."""
-    epochs = AlignedCheckpoints(path, key=key)
-    unusable: list[ModelFileError] = []
+    model = _first_servable(_epoch_checkpoints(AlignedCheckpoints(path, key=key)), key)
+    if model is None:
+        raise CheckpointError(f"no complete global checkpoint in {path}")
+    return model
+
+
+def _epoch_checkpoints(epochs: AlignedCheckpoints) -> Iterator[Checkpoint | ModelFileError]:
+    """Each complete epoch, newest first, as the checkpoint rank 0's shard makes of it (the
+    samples summed over the ranks), or the reason it cannot be one."""
     for manifest in epochs.manifests():
         epoch = int(manifest["epoch"])
         shard = epochs.load_shard(manifest, 0)
         where = epochs.epoch_dir(epoch) / shard_name(0)
         if shard.learner is None:
-            unusable.append(ModelFileError(f"{where}: rank 0's shard carries no learner"))
+            yield ModelFileError(f"{where}: rank 0's shard carries no learner")
             continue
         meta = dict(shard.meta)
-        loop = meta.get("loop")
-        if isinstance(loop, dict):  # the group's count, not rank 0's alone
-            samples = [loop.get("samples_seen")]
-            for rank in range(1, int(manifest["world_size"])):
-                samples.append(
-                    epochs.load_shard(manifest, rank).meta.get("loop", {}).get("samples_seen")
-                )
-            if all(type(n) is int and n >= 0 for n in samples):
-                meta["loop"] = {**loop, "samples_seen": sum(samples)}
-        try:
-            model = _served_checkpoint(Checkpoint(epoch, meta, shard.learner, where), key)
-        except ModelFileError as exc:
-            unusable.append(exc)
-            continue
-        for problem in unusable:
-            log.warning("checkpoint_unusable", problem=str(problem), used=str(where))
-        return model
-    if unusable:
-        raise unusable[0]
-    raise CheckpointError(f"no complete global checkpoint in {path}")
+        loops = [meta.get("loop")] + [
+            epochs.load_shard(manifest, rank).meta.get("loop")
+            for rank in range(1, int(manifest["world_size"]))
+        ]
+        samples = [loop.get("samples_seen") if isinstance(loop, dict) else None for loop in loops]
+        if all(type(n) is int and n >= 0 for n in samples):  # the group's count, not rank 0's
+            meta["loop"] = {**meta["loop"], "samples_seen": sum(samples)}
+        yield Checkpoint(epoch, meta, shard.learner, where)
 
 
 def _served_checkpoint(checkpoint: Checkpoint, key: bytes | None) -> ServedModel:
