@@ -8,6 +8,7 @@ dependency is only needed by the learner that uses it.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -87,11 +88,17 @@ def validate_config(name: str, options: dict[str, Any] | None) -> LearnerConfig:
         ) from None
 
 
-def describe_validation_error(exc: ValidationError, where: str) -> str:
-    """One line naming every failing field of a pydantic error."""
+def describe_validation_error(
+    exc: ValidationError, where: str, names: Mapping[str, str] | None = None
+) -> str:
+    """One line naming every failing field of a pydantic error; ``names``: what to call a
+    top-level field instead (the command-line flag that set it)."""
     parts = []
     for error in exc.errors():
-        location = ".".join(str(part) for part in error["loc"]) or "(root)"
+        loc = [str(part) for part in error["loc"]]
+        if loc and names and loc[0] in names:
+            loc[0] = names[loc[0]]
+        location = ".".join(loc) or "(root)"
         parts.append(f"{location}: {error['msg']}")
     return f"invalid {where}: " + "; ".join(parts)
 

@@ -171,7 +171,7 @@ def loop_config(args: argparse.Namespace) -> LoopConfig:
             drift=drift,
         )
     except ValidationError as exc:
-        raise UsageError(_named_by_flags(describe_validation_error(exc, "loop options"))) from None
+        raise UsageError(describe_validation_error(exc, "options", _FLAGS)) from None
 
 
 # LoopConfig's fields as the command line names them
@@ -181,15 +181,6 @@ _FLAGS = {
     "eval_period": "--eval-period",
     "prequential_windows": "--prequential-window",
 }
-
-
-def _named_by_flags(message: str) -> str:
-    """``message`` with each failing field called by the flag that set it."""
-    for field, flag in _FLAGS.items():
-        message = message.replace(f" {field}: ", f" {flag}: ").replace(
-            f"; {field}: ", f"; {flag}: "
-        )
-    return message.replace("invalid loop options: ", "invalid options: ", 1)
 
 
 def drift_config(args: argparse.Namespace) -> DriftConfig:
