@@ -69,14 +69,11 @@ def _check_length(spec: str) -> None:
 
 def load_dataset(spec: str) -> Dataset:
     """Load the dataset ``spec`` (``NAME`` or ``NAME:ARGUMENT``)."""
-    _check_length(spec)
-    name, _, argument = spec.partition(":")
+    name, argument = _parts(spec)
     if name not in _LOADERS:
         raise DatasetError(f"unknown dataset {spec!r}; known: {', '.join(dataset_forms())}")
-    if argument and not _LOADERS[name][1]:  # digits:anything loaded digits, ignoring it
-        raise DatasetError(f"dataset {name} takes no argument, got {spec!r}")
     loader: Callable[[str, str | None], Dataset] = importlib.import_module(_LOADERS[name][0]).load
-    return loader(spec, argument or None)
+    return loader(spec, argument)
 
 
 def check_spec(spec: str) -> None:
@@ -84,11 +81,18 @@ def check_spec(spec: str) -> None:
     sizes, seeds), without generating, reading or importing anything heavy: what a recorded
     stream's header can be held to before its dataset is built. A spec whose dataset is read
     from files, or is unknown, passes here; :func:`load_dataset` checks it when it loads."""
+    name, argument = _parts(spec)
+    if name in _LOADERS:
+        check = getattr(importlib.import_module(_LOADERS[name][0]), "check", None)
+        if check is not None:
+            check(spec, argument)
+
+
+def _parts(spec: str) -> tuple[str, str | None]:
+    """``spec``'s name and argument (None: none), its length checked, and no argument given to
+    a known dataset that takes none (digits:anything loaded digits, ignoring it)."""
     _check_length(spec)
     name, _, argument = spec.partition(":")
     if name in _LOADERS and argument and not _LOADERS[name][1]:
         raise DatasetError(f"dataset {name} takes no argument, got {spec!r}")
-    if name in _LOADERS:
-        check = getattr(importlib.import_module(_LOADERS[name][0]), "check", None)
-        if check is not None:
-            check(spec, argument or None)
+    return name, argument or None
