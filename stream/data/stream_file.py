@@ -46,6 +46,7 @@ from pydantic import (
 
 from stream.data.datasets import MAX_CLASSES, MAX_LEVELS, Dataset, DatasetError, check_spec
 from stream.data.schedules.schedule import MAX_TASKS, Schedule
+from stream.engine.validation import outside_label_space
 
 MAGIC = b"SCLSTRM1"
 VERSION: Final = 1
@@ -474,11 +475,10 @@ def _checked(
                 f"{locate(name, bad)}: event {bad}: {name} {int(column[bad])} outside "
                 f"[{low}, {high}] (from the header)"
             )
-    if n and len(header.num_classes) > 1:  # each label within its own level's classes
-        limits = np.asarray(header.num_classes)[arrays["level"]]
-        wrong = arrays["y"] >= limits
-        if wrong.any():
-            bad = int(np.flatnonzero(wrong)[0])
+    if len(header.num_classes) > 1:  # each label within its own level's classes
+        outside = outside_label_space(arrays["y"], arrays["level"], np.asarray(header.num_classes))
+        if outside is not None:
+            bad = outside[0]
             level = int(arrays["level"][bad])
             raise StreamFileError(
                 f"{locate('y', bad)}: event {bad}: y {int(arrays['y'][bad])} outside "
