@@ -30,6 +30,7 @@ from typing import Any
 
 from stream.data.option_value import option_value
 from stream.data.secret_file import read_secret_text
+from stream.sources.wire import short
 
 
 class KafkaOptionsError(ValueError):
@@ -112,8 +113,7 @@ def kafka_python_options(options: Mapping[str, Any], role: str) -> dict[str, Any
     for name, value in options.items():
         wrong = _wrong_value(name, value, defaults[name])
         if wrong:
-            shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:80] + "..."
-            raise KafkaOptionsError(f"kafka.options: {name} = {shown}: {wrong}")
+            raise KafkaOptionsError(f"kafka.options: {name} = {short(repr(value), 80)}: {wrong}")
     return {k: v for k, v in options.items() if k in known[role]}
 
 
