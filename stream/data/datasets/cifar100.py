@@ -58,25 +58,28 @@ class _Budgeted:
     def __init__(self, handle: Any, budget: int, where: str) -> None:
         self.handle, self.left, self.where = handle, budget, where
 
-    def _spend(self, data: bytes) -> bytes:
-        self.left -= _OBJECT_BYTES + len(data)
+    def _spend(self, count: int) -> None:
+        """One read of ``count`` bytes."""
+        self.left -= _OBJECT_BYTES + count
         if self.left < 0:
             raise DatasetError(
                 f"{self.where}: its objects would take more than the "
                 f"{MAX_DATASET_BYTES} bytes a dataset may (a pickle of many small objects?)"
             )
-        return data
 
     def read(self, size: int = -1) -> bytes:
-        return self._spend(self.handle.read(size))
+        data = self.handle.read(size)
+        self._spend(len(data))
+        return data
 
     def readline(self) -> bytes:
-        return self._spend(self.handle.readline())
+        line = self.handle.readline()
+        self._spend(len(line))
+        return line
 
     def readinto(self, buffer: Any) -> int:
         count = self.handle.readinto(buffer)
-        self._spend(b"")
-        self.left -= count
+        self._spend(count)
         return count
 
 
